@@ -1,0 +1,998 @@
+//! The CommitLog: the one ordered, durable log of entries (the Raft log). It owns the segment
+//! files, the append path (index assignment, encoding, segment roll), the writer thread (pwrite +
+//! one `fdatasync` per batch = group commit), segment preallocation, reads by log index,
+//! `truncate_after` and physical deletion of old segments.
+//!
+//! What it must never do: acknowledge an append in `sync` mode before `fdatasync` returned;
+//! retry a failed fsync (the kernel may have dropped the dirty pages — the log fails instead and
+//! must be reopened through recovery); delete a segment on its own clock (the engine decides).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::checkpoint::Checkpoint;
+use super::entry::{
+    BLANK_LEN, LogEntry, LogIndex, NewEntry, Term, check_record, decode_entry, encode_blank,
+    encode_entry,
+};
+use super::error::{IoContext, Result, StoreError};
+use super::log_index::{IndexRecord, LogIndexMap};
+use super::recovery::{RecoveryReport, recover, segment_at, zero_garbage};
+use super::segment::{SEGMENT_HEADER_LEN, Segment, allocate_segment};
+use super::storage::Storage;
+
+/// When an append is acknowledged, and what a crash can take back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// Acknowledged after `fdatasync`; concurrent appends share one (group commit). Nothing
+    /// acknowledged is lost to a power cut.
+    Sync,
+    /// Acknowledged once written to the OS (survives a process crash); `fdatasync` every
+    /// `interval_ms`. A power cut loses at most the last interval of acknowledged entries.
+    Async {
+        /// Flush interval in milliseconds.
+        interval_ms: u64,
+    },
+}
+
+/// CommitLog settings. Every bound is here, with its default.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Segment size in bytes (default 1 GiB; at most 4 GiB). Applies to new segments.
+    pub segment_size: u64,
+    /// Largest encoded entry accepted (default 16 MiB); must fit a segment.
+    pub max_entry_bytes: usize,
+    /// Flush mode (default `Sync`).
+    pub flush: FlushMode,
+    /// Log-index map records per file (default 2^20 = 24 MiB files).
+    pub index_records_per_file: u64,
+    /// How often the checkpoint advances (default 1000 ms). Recovery re-verifies at most this
+    /// much of the log.
+    pub checkpoint_interval_ms: u64,
+    /// Index records of the newest entries kept in memory (default 65536).
+    pub recent_records: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_size: 1 << 30,
+            max_entry_bytes: 16 << 20,
+            flush: FlushMode::Sync,
+            index_records_per_file: 1 << 20,
+            checkpoint_interval_ms: 1000,
+            recent_records: 65_536,
+        }
+    }
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(StoreError::Config(m.into()));
+        if self.segment_size > u64::from(u32::MAX) || self.segment_size < 4096 {
+            return bad("segment_size must be between 4 KiB and 4 GiB");
+        }
+        let room = self.segment_size - SEGMENT_HEADER_LEN - BLANK_LEN as u64;
+        if self.max_entry_bytes as u64 > room || self.max_entry_bytes < 64 {
+            return bad("max_entry_bytes must be at least 64 and fit a segment");
+        }
+        if self.index_records_per_file == 0 || self.recent_records == 0 {
+            return bad("index_records_per_file and recent_records must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// The durability ticket of one append. Resolves to the entry's index once the append is as
+/// durable as the flush mode promises, or to the error that failed the log.
+#[derive(Debug)]
+pub struct AppendTicket {
+    /// Index assigned to the entry.
+    pub index: LogIndex,
+    rx: oneshot::Receiver<Result<()>>,
+}
+
+impl AppendTicket {
+    /// Blocks the thread until durable. Must not be called from inside an async runtime.
+    pub fn wait(self) -> Result<LogIndex> {
+        self.rx
+            .blocking_recv()
+            .map_err(|_| StoreError::Closed)?
+            .map(|()| self.index)
+    }
+}
+
+impl Future for AppendTicket {
+    type Output = Result<LogIndex>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let index = self.index;
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            r.map_err(|_| StoreError::Closed)
+                .and_then(|r| r.map(|()| index))
+        })
+    }
+}
+
+/// File holding the PID of the running store; present at open = unclean shutdown.
+pub const ABORT_FILE: &str = "abort";
+const LOG_DIR: &str = "commitlog";
+const MAP_DIR: &str = "raftindex";
+
+#[derive(Debug)]
+enum NextSegment {
+    None,
+    Allocating,
+    Ready(Arc<Segment>),
+    Failed(StoreError),
+}
+
+/// Work for the allocator thread.
+#[derive(Debug, Clone, Copy)]
+enum Alloc {
+    /// A CommitLog segment starting at this byte offset.
+    Segment(u64),
+    /// The log-index map file holding this index.
+    MapFile(LogIndex),
+}
+
+/// Preallocation state of the log-index map files.
+#[derive(Debug)]
+enum MapAlloc {
+    Idle,
+    Pending,
+    Failed(StoreError),
+}
+
+#[derive(Debug)]
+struct Chunk {
+    seg: Arc<Segment>,
+    off: u64,
+    data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct State {
+    first_index: LogIndex,
+    next_index: LogIndex,
+    last_term: Term,
+    tail_seg: Arc<Segment>,
+    tail_off: u64,
+    pending: Vec<Chunk>,
+    pending_first: LogIndex,
+    pending_records: Vec<IndexRecord>,
+    waiters: VecDeque<(LogIndex, oneshot::Sender<Result<()>>)>,
+    written_index: LogIndex,
+    flushed_index: LogIndex,
+    checkpoint: Checkpoint,
+    writer_waiting: bool,
+    writer_busy: bool,
+    failed: Option<Arc<str>>,
+    shutdown: bool,
+    next_segment: NextSegment,
+    /// One past the last index the preallocated map files can hold.
+    map_ready_until: LogIndex,
+    map_alloc: MapAlloc,
+    alloc_tx: Option<mpsc::Sender<Alloc>>,
+    recent: VecDeque<IndexRecord>,
+    recent_first: LogIndex,
+}
+
+impl State {
+    fn last_index(&self) -> LogIndex {
+        self.next_index - 1
+    }
+    fn writable(&self) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Failed(why.clone()));
+        }
+        if self.shutdown {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+    /// Pending bytes for position `off` of the tail segment, appended to the last chunk when
+    /// contiguous so the writer issues one `pwrite` per segment per batch.
+    fn pending_buf(&mut self) -> &mut Vec<u8> {
+        let (seg, off) = (self.tail_seg.clone(), self.tail_off);
+        let contiguous = self
+            .pending
+            .last()
+            .is_some_and(|c| Arc::ptr_eq(&c.seg, &seg) && c.off + c.data.len() as u64 == off);
+        if !contiguous {
+            self.pending.push(Chunk {
+                seg,
+                off,
+                data: Vec::with_capacity(64 * 1024),
+            });
+        }
+        let last = self.pending.len() - 1;
+        &mut self.pending[last].data
+    }
+    fn request_allocation(&mut self) {
+        self.next_segment = NextSegment::Allocating;
+        let base = self.tail_seg.end();
+        if let Some(tx) = &self.alloc_tx {
+            let _ = tx.send(Alloc::Segment(base));
+        }
+    }
+    fn request_map_file(&mut self) {
+        self.map_alloc = MapAlloc::Pending;
+        let index = self.map_ready_until;
+        if let Some(tx) = &self.alloc_tx {
+            let _ = tx.send(Alloc::MapFile(index));
+        }
+    }
+    fn recent_record(&self, index: LogIndex) -> Option<IndexRecord> {
+        let i = index.checked_sub(self.recent_first)?;
+        self.recent.get(usize::try_from(i).ok()?).copied()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<dyn Storage>,
+    root: PathBuf,
+    log_dir: PathBuf,
+    config: LogConfig,
+    map: LogIndexMap,
+    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    state: Mutex<State>,
+    /// The writer waits here for work.
+    writer_cv: Condvar,
+    /// Appenders, readers and truncation wait here for the writer or the allocator.
+    progress_cv: Condvar,
+    closing: AtomicBool,
+}
+
+/// The CommitLog. See the module docs.
+#[derive(Debug)]
+pub struct CommitLog {
+    inner: Arc<Inner>,
+    report: RecoveryReport,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl CommitLog {
+    /// Opens (or creates) the log under `root`, recovering after any kind of shutdown.
+    pub fn open(storage: Arc<dyn Storage>, root: &Path, config: LogConfig) -> Result<Self> {
+        config.validate()?;
+        let log_dir = root.join(LOG_DIR);
+        storage.create_dir_all(&log_dir).at(&log_dir)?;
+        let abort = root.join(ABORT_FILE);
+        let unclean = storage.exists(&abort);
+        let map = LogIndexMap::open(
+            storage.clone(),
+            &root.join(MAP_DIR),
+            config.index_records_per_file,
+        )?;
+        let rec = recover(
+            storage.as_ref(),
+            root,
+            &log_dir,
+            &map,
+            config.segment_size,
+            unclean,
+        )?;
+
+        // Mark the store as running; a clean close removes the marker.
+        let marker = storage.open(&abort, true).at(&abort)?;
+        marker.set_len(0).at(&abort)?;
+        marker
+            .write_at(0, std::process::id().to_string().as_bytes())
+            .at(&abort)?;
+        marker.sync_data().at(&abort)?;
+        storage.sync_dir(root).at(root)?;
+
+        let recent_first = rec
+            .last_index
+            .saturating_sub(config.recent_records as u64 / 2)
+            .max(rec.first_index);
+        let recent: VecDeque<IndexRecord> = map
+            .read_range(recent_first, (rec.last_index + 1 - recent_first) as usize)?
+            .into_iter()
+            .collect();
+        if recent.len() as u64 != rec.last_index + 1 - recent_first {
+            return Err(StoreError::Corruption {
+                file: root.join(MAP_DIR),
+                offset: recent_first,
+                reason: "log-index map has holes after recovery".into(),
+            });
+        }
+        map.ensure_covering(rec.last_index + 1, rec.last_index + 1)?;
+        let map_ready_until = map.ready_until();
+        let (alloc_tx, alloc_rx) = mpsc::channel();
+        let (tail_seg, tail_off) = rec.tail;
+        let state = State {
+            first_index: rec.first_index,
+            next_index: rec.last_index + 1,
+            last_term: rec.last_term,
+            tail_seg,
+            tail_off,
+            pending: Vec::new(),
+            pending_first: rec.last_index + 1,
+            pending_records: Vec::new(),
+            waiters: VecDeque::new(),
+            written_index: rec.last_index,
+            flushed_index: rec.last_index,
+            checkpoint: rec.checkpoint,
+            writer_waiting: false,
+            writer_busy: false,
+            failed: None,
+            shutdown: false,
+            next_segment: match rec.next {
+                Some(seg) => NextSegment::Ready(seg),
+                None => NextSegment::None,
+            },
+            map_ready_until,
+            map_alloc: MapAlloc::Idle,
+            alloc_tx: Some(alloc_tx),
+            recent,
+            recent_first,
+        };
+        let inner = Arc::new(Inner {
+            storage,
+            root: root.to_path_buf(),
+            log_dir,
+            config,
+            map,
+            segments: RwLock::new(rec.segments),
+            state: Mutex::new(state),
+            writer_cv: Condvar::new(),
+            progress_cv: Condvar::new(),
+            closing: AtomicBool::new(false),
+        });
+        {
+            let mut st = inner.lock();
+            if matches!(st.next_segment, NextSegment::None) {
+                st.request_allocation();
+            }
+        }
+        let w = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("commitlog-writer".into())
+            .spawn(move || w.writer_loop())
+            .map_err(|e| StoreError::io("commitlog-writer thread", e))?;
+        let a = inner.clone();
+        let allocator = std::thread::Builder::new()
+            .name("commitlog-alloc".into())
+            .spawn(move || a.allocator_loop(alloc_rx))
+            .map_err(|e| StoreError::io("commitlog-alloc thread", e))?;
+        Ok(CommitLog {
+            inner,
+            report: rec.report,
+            threads: vec![writer, allocator],
+        })
+    }
+
+    /// What recovery found when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Appends an entry at the next index. Returns at once; await (or `wait`) the ticket for
+    /// durability. Entries are durable in index order.
+    pub fn append(&self, entry: &NewEntry) -> Result<AppendTicket> {
+        let size = entry.encoded_len();
+        if size > self.inner.config.max_entry_bytes {
+            return Err(StoreError::EntryTooLarge {
+                size,
+                limit: self.inner.config.max_entry_bytes,
+            });
+        }
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        st.writable()?;
+        if st.next_index + inner.config.index_records_per_file / 2 >= st.map_ready_until {
+            st = inner.ensure_map_room(st)?;
+        }
+        if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
+            st = inner.roll(st)?;
+        }
+        let index = st.next_index;
+        let pos = st.tail_seg.base + st.tail_off;
+        let crc = encode_entry(st.pending_buf(), entry, index);
+        let record = IndexRecord {
+            pos,
+            term: entry.term,
+            size: size as u32,
+            crc,
+        };
+        st.pending_records.push(record);
+        st.recent.push_back(record);
+        if st.recent.len() > inner.config.recent_records {
+            st.recent.pop_front();
+            st.recent_first += 1;
+        }
+        st.next_index += 1;
+        st.last_term = entry.term;
+        st.tail_off += size as u64;
+        let (tx, rx) = oneshot::channel();
+        st.waiters.push_back((index, tx));
+        if st.writer_waiting {
+            st.writer_waiting = false;
+            inner.writer_cv.notify_one();
+        }
+        Ok(AppendTicket { index, rx })
+    }
+
+    /// First index held.
+    pub fn first_index(&self) -> LogIndex {
+        self.inner.lock().first_index
+    }
+    /// Last index appended (durable or not).
+    pub fn last_index(&self) -> LogIndex {
+        self.inner.lock().last_index()
+    }
+    /// Term of the last entry (0 when empty).
+    pub fn last_term(&self) -> Term {
+        self.inner.lock().last_term
+    }
+    /// Last index known durable (fdatasynced).
+    pub fn flushed_index(&self) -> LogIndex {
+        self.inner.lock().flushed_index
+    }
+
+    /// Term of the entry at `index`; 0 for index 0.
+    pub fn term_at(&self, index: LogIndex) -> Result<Term> {
+        if index == 0 {
+            return Ok(0);
+        }
+        Ok(self.inner.record(index, false)?.term)
+    }
+
+    /// The raw record bytes of `index`, verified (CRC, index, term).
+    pub fn read_raw(&self, index: LogIndex) -> Result<Bytes> {
+        let rec = self.inner.record(index, true)?;
+        let seg = segment_at(&self.inner.segments_read(), rec.pos).ok_or_else(|| {
+            StoreError::Corruption {
+                file: self.inner.log_dir.clone(),
+                offset: rec.pos,
+                reason: format!("entry {index} points outside every segment"),
+            }
+        })?;
+        let off = rec.pos - seg.base;
+        let mut buf = vec![0u8; rec.size as usize];
+        seg.file.read_exact_at(off, &mut buf).at(&seg.path)?;
+        let corrupt = |reason: String| StoreError::Corruption {
+            file: seg.path.clone(),
+            offset: off,
+            reason,
+        };
+        let h = check_record(&buf).map_err(|e| corrupt(e.to_string()))?;
+        if h.index != index || h.term != rec.term {
+            return Err(corrupt(format!(
+                "entry {index} found index {} term {}",
+                h.index, h.term
+            )));
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// The decoded entry at `index`.
+    pub fn entry(&self, index: LogIndex) -> Result<LogEntry> {
+        let raw = self.read_raw(index)?;
+        decode_entry(&raw).map_err(|e| StoreError::Corruption {
+            file: self.inner.log_dir.clone(),
+            offset: index,
+            reason: format!("entry {index}: {e}"),
+        })
+    }
+
+    /// Removes every entry after `index` (an uncommitted suffix), durably: after this returns,
+    /// no crash brings them back. Waits for in-flight writes first.
+    pub fn truncate_after(&self, index: LogIndex) -> Result<()> {
+        self.inner.truncate_after(index)
+    }
+
+    /// Deletes whole segments whose entries all lie below `index`; the segment holding `index`
+    /// and the tail segment are kept. Returns the new first index. Called by the engine when a
+    /// retention command applies; the store never deletes on its own.
+    pub fn delete_before(&self, index: LogIndex) -> Result<LogIndex> {
+        self.inner.delete_before(index)
+    }
+
+    /// Closes cleanly: flushes, writes the checkpoint, removes the abort marker.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown_threads();
+        let inner = &self.inner;
+        let st = inner.lock();
+        if let Some(why) = &st.failed {
+            return Err(StoreError::Failed(why.clone()));
+        }
+        drop(st);
+        let abort = inner.root.join(ABORT_FILE);
+        inner.storage.remove(&abort).at(&abort)?;
+        inner.storage.sync_dir(&inner.root).at(&inner.root)
+    }
+
+    fn shutdown_threads(&mut self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
+        {
+            let mut st = self.inner.lock();
+            st.shutdown = true;
+            st.alloc_tx = None;
+            self.inner.writer_cv.notify_all();
+            self.inner.progress_cv.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for CommitLog {
+    fn drop(&mut self) {
+        // Without `close`, the writer still flushes what it has, but the abort marker stays: the
+        // next open treats this as an unclean shutdown (it is the safe reading).
+        self.shutdown_threads();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn segments_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<Segment>>> {
+        self.segments.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn segments_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Arc<Segment>>> {
+        self.segments.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the tail into the preallocated next segment, blanking the rest of the current one.
+    /// A failed allocation is retried once, fresh, before the append fails: appends succeed
+    /// again as soon as space is freed.
+    fn roll<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+        let mut retried = false;
+        loop {
+            match std::mem::replace(&mut st.next_segment, NextSegment::None) {
+                NextSegment::Ready(seg) => {
+                    let remaining = st.tail_seg.size - st.tail_off;
+                    encode_blank(st.pending_buf(), remaining as u32);
+                    self.segments_write().insert(seg.base, seg.clone());
+                    st.tail_seg = seg;
+                    st.tail_off = SEGMENT_HEADER_LEN;
+                    st.request_allocation();
+                    return Ok(st);
+                }
+                NextSegment::Failed(e) if retried => {
+                    st.next_segment = NextSegment::Failed(e.clone());
+                    return Err(e);
+                }
+                NextSegment::Failed(_) | NextSegment::None => {
+                    retried = true;
+                    st.request_allocation();
+                }
+                NextSegment::Allocating => st.next_segment = NextSegment::Allocating,
+            }
+            st = self.progress_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.writable()?;
+        }
+    }
+
+    /// Keeps the log-index map preallocated ahead of the appends: asks for the next file when
+    /// half of the last one is used, and waits only when the next index has no file yet.
+    fn ensure_map_room<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+    ) -> Result<MutexGuard<'a, State>> {
+        let mut retried = false;
+        loop {
+            match std::mem::replace(&mut st.map_alloc, MapAlloc::Idle) {
+                MapAlloc::Failed(e) if retried || st.next_index < st.map_ready_until => {
+                    st.map_alloc = MapAlloc::Failed(e.clone());
+                    if st.next_index < st.map_ready_until {
+                        return Ok(st); // not needed yet; the next append asks again
+                    }
+                    return Err(e);
+                }
+                MapAlloc::Idle | MapAlloc::Failed(_) => {
+                    retried = true;
+                    st.request_map_file();
+                }
+                MapAlloc::Pending => st.map_alloc = MapAlloc::Pending,
+            }
+            if st.next_index < st.map_ready_until {
+                return Ok(st);
+            }
+            st = self.progress_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.writable()?;
+        }
+    }
+
+    /// The map record of `index`; with `written`, waits until its bytes reached the file.
+    fn record(&self, index: LogIndex, written: bool) -> Result<IndexRecord> {
+        let mut st = self.lock();
+        if index < st.first_index || index > st.last_index() {
+            return Err(StoreError::IndexOutOfRange {
+                index,
+                first: st.first_index,
+                last: st.last_index(),
+            });
+        }
+        while written && st.written_index < index {
+            if let Some(why) = &st.failed {
+                return Err(StoreError::Failed(why.clone()));
+            }
+            st = self.progress_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(r) = st.recent_record(index) {
+            return Ok(r);
+        }
+        drop(st);
+        self.map.read(index)?.ok_or_else(|| StoreError::Corruption {
+            file: self.root.join(MAP_DIR),
+            offset: index * super::log_index::INDEX_RECORD_LEN,
+            reason: format!("no log-index record for {index}"),
+        })
+    }
+
+    /// Marks the log failed: every waiter gets the error, appends are refused until reopen.
+    fn fail(&self, err: &StoreError) {
+        tracing::error!(error = %err, "commitlog failed; refusing appends until reopened");
+        let why: Arc<str> = Arc::from(err.to_string());
+        let waiters = {
+            let mut st = self.lock();
+            if st.failed.is_none() {
+                st.failed = Some(why.clone());
+            }
+            st.pending.clear();
+            st.pending_records.clear();
+            st.writer_busy = false;
+            std::mem::take(&mut st.waiters)
+        };
+        for (_, tx) in waiters {
+            let _ = tx.send(Err(StoreError::Failed(why.clone())));
+        }
+        self.progress_cv.notify_all();
+    }
+
+    fn complete_up_to(&self, st: &mut State, index: LogIndex) -> Vec<oneshot::Sender<Result<()>>> {
+        let mut done = Vec::new();
+        while st.waiters.front().is_some_and(|(i, _)| *i <= index) {
+            if let Some((_, tx)) = st.waiters.pop_front() {
+                done.push(tx);
+            }
+        }
+        done
+    }
+
+    fn writer_loop(self: Arc<Self>) {
+        let sync_mode = self.config.flush == FlushMode::Sync;
+        let flush_every = match self.config.flush {
+            FlushMode::Sync => Duration::ZERO,
+            FlushMode::Async { interval_ms } => Duration::from_millis(interval_ms),
+        };
+        let checkpoint_every = Duration::from_millis(self.config.checkpoint_interval_ms);
+        let mut last_flush = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        let mut dirty: Vec<Arc<Segment>> = Vec::new();
+        loop {
+            let mut st = self.lock();
+            let shutdown = loop {
+                if st.failed.is_some() {
+                    if st.shutdown {
+                        return;
+                    }
+                } else {
+                    let unflushed = st.written_index > st.flushed_index;
+                    let flush_due = !sync_mode && unflushed && last_flush.elapsed() >= flush_every;
+                    let cp_due = st.flushed_index > st.checkpoint.flushed_index
+                        && last_checkpoint.elapsed() >= checkpoint_every;
+                    if !st.pending.is_empty() || flush_due || cp_due || st.shutdown {
+                        break st.shutdown;
+                    }
+                }
+                st.writer_waiting = true;
+                let nap = if sync_mode {
+                    checkpoint_every
+                } else {
+                    flush_every.min(checkpoint_every)
+                };
+                st = self
+                    .writer_cv
+                    .wait_timeout(st, nap.max(Duration::from_millis(1)))
+                    .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+                st.writer_waiting = false;
+            };
+            let chunks = std::mem::take(&mut st.pending);
+            let records = std::mem::take(&mut st.pending_records);
+            let first = st.pending_first;
+            st.pending_first = st.next_index;
+            let target = st.last_index();
+            st.writer_busy = true;
+            drop(st);
+
+            let step = (|| -> Result<()> {
+                // 1. Write the batch: one pwrite per contiguous chunk, then the map records.
+                for c in &chunks {
+                    c.seg.file.write_at(c.off, &c.data).at(&c.seg.path)?;
+                    if !dirty.iter().any(|d| Arc::ptr_eq(d, &c.seg)) {
+                        dirty.push(c.seg.clone());
+                    }
+                }
+                self.map.write(first, &records)?;
+                let acked = {
+                    let mut st = self.lock();
+                    st.written_index = target;
+                    if sync_mode {
+                        Vec::new()
+                    } else {
+                        self.complete_up_to(&mut st, target)
+                    }
+                };
+                self.progress_cv.notify_all();
+                for tx in acked {
+                    let _ = tx.send(Ok(()));
+                }
+                // 2. fdatasync: every batch in sync mode, on the interval (or at close) in async.
+                if sync_mode || shutdown || last_flush.elapsed() >= flush_every {
+                    for seg in dirty.drain(..) {
+                        seg.file.sync_data().at(&seg.path)?;
+                    }
+                    last_flush = Instant::now();
+                    let acked = {
+                        let mut st = self.lock();
+                        st.flushed_index = st.flushed_index.max(target);
+                        self.complete_up_to(&mut st, target)
+                    };
+                    for tx in acked {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                // 3. Checkpoint: the map first, then the file that says how far both are durable.
+                let (due, cp) = {
+                    let st = self.lock();
+                    let cp = Checkpoint {
+                        first_index: st.first_index,
+                        flushed_index: st.flushed_index,
+                        map_flushed_index: target,
+                    };
+                    let moved = cp.flushed_index > st.checkpoint.flushed_index;
+                    (
+                        moved && (shutdown || last_checkpoint.elapsed() >= checkpoint_every),
+                        cp,
+                    )
+                };
+                if due {
+                    self.map.sync()?;
+                    cp.store(self.storage.as_ref(), &self.root)?;
+                    self.lock().checkpoint = cp;
+                    last_checkpoint = Instant::now();
+                }
+                Ok(())
+            })();
+            match step {
+                Ok(()) => {
+                    let mut st = self.lock();
+                    st.writer_busy = false;
+                    let done = shutdown && st.pending.is_empty();
+                    drop(st);
+                    self.progress_cv.notify_all();
+                    if done {
+                        return;
+                    }
+                }
+                Err(e) => self.fail(&e),
+            }
+        }
+    }
+
+    fn allocator_loop(self: Arc<Self>, rx: mpsc::Receiver<Alloc>) {
+        for request in rx {
+            match request {
+                Alloc::Segment(base) => self.allocate_next_segment(base),
+                Alloc::MapFile(index) => {
+                    let result = self.map.preallocate(index);
+                    let mut st = self.lock();
+                    match result {
+                        Ok(()) => {
+                            st.map_ready_until = self.map.ready_until();
+                            st.map_alloc = MapAlloc::Idle;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "log-index file allocation failed; will retry");
+                            st.map_alloc = MapAlloc::Failed(e);
+                        }
+                    }
+                }
+            }
+            self.progress_cv.notify_all();
+        }
+    }
+
+    fn allocate_next_segment(&self, base: u64) {
+        let cancelled = || self.closing.load(Ordering::Relaxed);
+        let result = allocate_segment(
+            self.storage.as_ref(),
+            &self.log_dir,
+            base,
+            self.config.segment_size,
+            &cancelled,
+        );
+        let mut st = self.lock();
+        let wanted =
+            matches!(st.next_segment, NextSegment::Allocating) && st.tail_seg.end() == base;
+        match result {
+            Ok(seg) if wanted => st.next_segment = NextSegment::Ready(Arc::new(seg)),
+            Ok(seg) => {
+                // Truncation moved the tail while we worked: this file is not the next one.
+                let _ = self.storage.remove(&seg.path);
+                let _ = self.storage.sync_dir(&self.log_dir);
+            }
+            Err(e) if wanted => {
+                tracing::warn!(error = %e, "segment allocation failed; will retry on next roll");
+                st.next_segment = NextSegment::Failed(e);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Waits until the writer is idle with nothing pending; the guard is returned still held.
+    fn quiesce(&self) -> Result<MutexGuard<'_, State>> {
+        let mut st = self.lock();
+        loop {
+            st.writable()?;
+            if st.pending.is_empty() && !st.writer_busy {
+                return Ok(st);
+            }
+            if st.writer_waiting {
+                self.writer_cv.notify_one();
+            }
+            st = self.progress_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn truncate_after(&self, index: LogIndex) -> Result<()> {
+        let mut st = self.quiesce()?;
+        if index >= st.last_index() {
+            return Ok(());
+        }
+        if index + 1 < st.first_index {
+            return Err(StoreError::IndexOutOfRange {
+                index,
+                first: st.first_index,
+                last: st.last_index(),
+            });
+        }
+        let cut = self.record_locked(&st, index + 1)?;
+        let new_last_term = if index >= st.first_index {
+            self.record_locked(&st, index)?.term
+        } else {
+            0
+        };
+        let result = (|| -> Result<()> {
+            // 1. Lower the durable points first, so a crash mid-way never finds zeros below them.
+            let cp = Checkpoint {
+                first_index: st.first_index,
+                flushed_index: st.checkpoint.flushed_index.min(index),
+                map_flushed_index: st.checkpoint.map_flushed_index.min(index),
+            };
+            cp.store(self.storage.as_ref(), &self.root)?;
+            st.checkpoint = cp;
+            // 2. Drop whole segments after the cut, and a preallocated one that no longer follows.
+            let cut_seg = segment_at(&self.segments_read(), cut.pos).ok_or_else(|| {
+                StoreError::Corruption {
+                    file: self.log_dir.clone(),
+                    offset: cut.pos,
+                    reason: format!("entry {} points outside every segment", index + 1),
+                }
+            })?;
+            let doomed: Vec<Arc<Segment>> = self
+                .segments_read()
+                .range(cut_seg.end()..)
+                .map(|(_, s)| s.clone())
+                .collect();
+            if !doomed.is_empty() {
+                if let NextSegment::Ready(seg) =
+                    std::mem::replace(&mut st.next_segment, NextSegment::None)
+                {
+                    self.storage.remove(&seg.path).at(&seg.path)?;
+                }
+                for seg in &doomed {
+                    self.segments_write().remove(&seg.base);
+                    self.storage.remove(&seg.path).at(&seg.path)?;
+                }
+                self.storage.sync_dir(&self.log_dir).at(&self.log_dir)?;
+            }
+            // 3. Zero the cut range in its segment and make the zeros durable.
+            let from = cut.pos - cut_seg.base;
+            zero_garbage(&cut_seg, from)?;
+            cut_seg.file.sync_data().at(&cut_seg.path)?;
+            st.tail_seg = cut_seg;
+            st.tail_off = from;
+            if !doomed.is_empty() || matches!(st.next_segment, NextSegment::None) {
+                st.request_allocation();
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            drop(st);
+            self.fail(&e);
+            return Err(e);
+        }
+        st.next_index = index + 1;
+        st.pending_first = index + 1;
+        st.last_term = new_last_term;
+        st.written_index = st.written_index.min(index);
+        st.flushed_index = st.flushed_index.min(index);
+        let keep = (index + 1).saturating_sub(st.recent_first) as usize;
+        st.recent.truncate(keep);
+        if st.recent.is_empty() {
+            st.recent_first = index + 1;
+        }
+        Ok(())
+    }
+
+    fn record_locked(&self, st: &State, index: LogIndex) -> Result<IndexRecord> {
+        if let Some(r) = st.recent_record(index) {
+            return Ok(r);
+        }
+        self.map.read(index)?.ok_or_else(|| StoreError::Corruption {
+            file: self.root.join(MAP_DIR),
+            offset: index * super::log_index::INDEX_RECORD_LEN,
+            reason: format!("no log-index record for {index}"),
+        })
+    }
+
+    fn delete_before(&self, index: LogIndex) -> Result<LogIndex> {
+        let mut st = self.quiesce()?;
+        let index = index.min(st.last_index() + 1);
+        let segs: Vec<Arc<Segment>> = self.segments_read().values().cloned().collect();
+        // A segment may go when the next segment starts at or below `index`.
+        let mut doomed = Vec::new();
+        let mut new_first = st.first_index;
+        for pair in segs.windows(2) {
+            let (seg, next) = (&pair[0], &pair[1]);
+            if Arc::ptr_eq(next, &st.tail_seg) && st.tail_off == SEGMENT_HEADER_LEN {
+                break; // the tail holds no entry yet: its first index is unknown
+            }
+            let mut head = [0u8; super::entry::ENTRY_HEADER_LEN];
+            next.file
+                .read_exact_at(SEGMENT_HEADER_LEN, &mut head)
+                .at(&next.path)?;
+            let first_of_next = u64::from_le_bytes(head[24..32].try_into().unwrap_or([0; 8]));
+            if first_of_next == 0 || first_of_next > index {
+                break;
+            }
+            doomed.push(seg.clone());
+            new_first = first_of_next;
+        }
+        if doomed.is_empty() {
+            return Ok(st.first_index);
+        }
+        let cp = Checkpoint {
+            first_index: new_first,
+            ..st.checkpoint
+        };
+        cp.store(self.storage.as_ref(), &self.root)?;
+        st.checkpoint = cp;
+        st.first_index = new_first;
+        if st.recent_first < new_first {
+            let drop_n = ((new_first - st.recent_first) as usize).min(st.recent.len());
+            st.recent.drain(..drop_n);
+            st.recent_first = new_first;
+        }
+        drop(st);
+        for seg in &doomed {
+            self.segments_write().remove(&seg.base);
+            self.storage.remove(&seg.path).at(&seg.path)?;
+        }
+        self.storage.sync_dir(&self.log_dir).at(&self.log_dir)?;
+        self.map.remove_before(new_first)?;
+        Ok(new_first)
+    }
+}

@@ -1,0 +1,23 @@
+//! The store: RocketMQ-style CommitLog (which is also the Raft log) with its log-index map,
+//! checkpoint and crash recovery, all file IO behind the [`Storage`] trait.
+//!
+//! Layout of a data directory (every byte: `docs/storage-format.md`):
+//! `commitlog/<20-digit offset>` segments, `raftindex/<20-digit offset>` log-index map files,
+//! `checkpoint`, and `abort` while the store is open.
+
+pub mod checkpoint;
+pub mod commitlog;
+pub mod entry;
+pub mod error;
+pub mod log_index;
+pub mod recovery;
+pub mod segment;
+pub mod simdisk;
+pub mod storage;
+
+pub use commitlog::{AppendTicket, CommitLog, FlushMode, LogConfig};
+pub use entry::{EntryKind, LogEntry, LogIndex, NewEntry, StreamId, SubRecord, Term};
+pub use error::{Result, StoreError};
+pub use recovery::RecoveryReport;
+pub use simdisk::{CrashMode, SimDisk};
+pub use storage::{RealFs, Storage, StorageFile};

@@ -1,0 +1,1 @@
+//! Shared helpers for Manifold's multi-process tests.
