@@ -24,6 +24,10 @@ pub struct Checkpoint {
     pub flushed_index: LogIndex,
     /// Every log-index map record up to here was fdatasynced.
     pub map_flushed_index: LogIndex,
+    /// The flushed index of the previous checkpoint: recovery verifies every entry from here
+    /// on, so entries in `(verify_from_index, flushed_index]` that fail to verify are reported
+    /// as corruption rather than cut as a torn tail.
+    pub verify_from_index: LogIndex,
 }
 
 impl Checkpoint {
@@ -35,6 +39,7 @@ impl Checkpoint {
         b[8..16].copy_from_slice(&self.first_index.to_le_bytes());
         b[16..24].copy_from_slice(&self.flushed_index.to_le_bytes());
         b[24..32].copy_from_slice(&self.map_flushed_index.to_le_bytes());
+        b[32..40].copy_from_slice(&self.verify_from_index.to_le_bytes());
         let crc = crc32c::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -66,6 +71,7 @@ impl Checkpoint {
             first_index: long(8),
             flushed_index: long(16),
             map_flushed_index: long(24),
+            verify_from_index: long(32),
         })
     }
 

@@ -760,6 +760,7 @@ impl Inner {
                         first_index: st.first_index,
                         flushed_index: st.flushed_index,
                         map_flushed_index: target,
+                        verify_from_index: st.checkpoint.flushed_index,
                     };
                     let moved = cp.flushed_index > st.checkpoint.flushed_index;
                     (
@@ -880,6 +881,7 @@ impl Inner {
                 first_index: st.first_index,
                 flushed_index: st.checkpoint.flushed_index.min(index),
                 map_flushed_index: st.checkpoint.map_flushed_index.min(index),
+                verify_from_index: st.checkpoint.verify_from_index.min(index),
             };
             cp.store(self.storage.as_ref(), &self.root)?;
             st.checkpoint = cp;
