@@ -40,7 +40,10 @@ fn entry(term: u64, n: u64, body: usize) -> NewEntry {
                 id: StreamId::new(n, i),
                 message_key: Bytes::new(),
                 properties: vec![(Bytes::from_static(b"ct"), Bytes::from_static(b"text/plain"))],
-                fields: vec![(Bytes::from_static(b"payload"), Bytes::from(vec![n as u8; body]))],
+                fields: vec![(
+                    Bytes::from_static(b"payload"),
+                    Bytes::from(vec![n as u8; body]),
+                )],
             })
             .collect(),
     }
@@ -100,7 +103,10 @@ fn torn_shapes() -> Vec<(&'static str, Vec<u8>)> {
         ("index gap", encoded(1, 13)),
         ("term going backwards", encoded(0, 11)),
         ("size past segment end", huge),
-        ("garbage", (0..200u32).map(|i| (i * 37 + 11) as u8).collect()),
+        (
+            "garbage",
+            (0..200u32).map(|i| (i * 37 + 11) as u8).collect(),
+        ),
         ("valid entry then torn one", valid_then_torn),
     ]
 }
@@ -116,15 +122,26 @@ fn every_torn_tail_shape_is_cut_and_zeroed() -> Result<(), StoreError> {
         write_synced(&disk, &segment0(), tail, &bytes);
 
         let log = open(&disk, config(0))?;
-        let want_last = if name == "valid entry then torn one" { 11 } else { 10 };
+        let want_last = if name == "valid entry then torn one" {
+            11
+        } else {
+            10
+        };
         assert_eq!(log.last_index(), want_last, "{name}");
         for i in 1..=want_last {
             assert_eq!(log.entry(i)?.index, i, "{name}");
         }
         // Nothing of the torn bytes is left behind the end, durably.
         let data = disk.durable_contents(&segment0()).unwrap_or_default();
-        let end = if want_last == 11 { tail + encoded(1, 11).len() as u64 } else { tail };
-        assert!(data[end as usize..].iter().all(|b| *b == 0), "{name}: garbage left");
+        let end = if want_last == 11 {
+            tail + encoded(1, 11).len() as u64
+        } else {
+            tail
+        };
+        assert!(
+            data[end as usize..].iter().all(|b| *b == 0),
+            "{name}: garbage left"
+        );
         // And the log goes on.
         log.append(&entry(2, want_last + 1, 10))?.wait()?;
         log.close()?;
@@ -143,10 +160,17 @@ fn corruption_before_the_flushed_point_is_refused_with_file_and_offset() -> Resu
     let log = open(&disk, config(60_000))?;
     fill(&log, 30)?;
     log.close()?;
-    let offset_of_25 = HEADER + (1..25).map(|i| entry(1, i, 40).encoded_len() as u64).sum::<u64>();
+    let offset_of_25 = HEADER
+        + (1..25)
+            .map(|i| entry(1, i, 40).encoded_len() as u64)
+            .sum::<u64>();
     write_synced(&disk, &segment0(), offset_of_25 + 60, b"\xff\xfe");
     match open(&disk, config(60_000)) {
-        Err(StoreError::Corruption { file, offset, reason }) => {
+        Err(StoreError::Corruption {
+            file,
+            offset,
+            reason,
+        }) => {
             assert_eq!(file, segment0());
             assert_eq!(offset, offset_of_25, "{reason}");
         }
@@ -204,10 +228,16 @@ struct Model {
 
 fn check(log: &CommitLog, model: &Model) -> Result<(), TestCaseError> {
     let last = log.last_index() as usize;
-    prop_assert!(last >= model.durable, "lost synced entries: last {last} < {}", model.durable);
+    prop_assert!(
+        last >= model.durable,
+        "lost synced entries: last {last} < {}",
+        model.durable
+    );
     prop_assert!(last <= model.entries.len(), "entries appeared from nowhere");
     for (i, want) in model.entries[..last].iter().enumerate() {
-        let got = log.entry(i as u64 + 1).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got = log
+            .entry(i as u64 + 1)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let got = NewEntry {
             term: got.term,
             kind: got.kind,
@@ -222,10 +252,20 @@ fn check(log: &CommitLog, model: &Model) -> Result<(), TestCaseError> {
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let fail = |e: StoreError| TestCaseError::fail(e.to_string());
-    let cfg = LogConfig { segment_size: 8192, max_entry_bytes: 4096, ..config(5) };
+    let cfg = LogConfig {
+        segment_size: 8192,
+        max_entry_bytes: 4096,
+        ..config(5)
+    };
     let mut disk = SimDisk::new();
+    // A slow fsync widens the window in which an early acknowledgement would be caught.
+    let latency = std::time::Duration::from_micros(300);
+    disk.set_sync_latency(latency);
     let mut log = open(&disk, cfg.clone()).map_err(fail)?;
-    let mut model = Model { entries: Vec::new(), durable: 0 };
+    let mut model = Model {
+        entries: Vec::new(),
+        durable: 0,
+    };
     let mut term = 1;
     for op in ops {
         match op {
@@ -252,10 +292,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 term += 1; // a new leader's entries replace the suffix
             }
             Op::Crash(seed) => {
-                let mode = if seed % 4 == 0 { CrashMode::DropUnsynced } else { CrashMode::Random(seed) };
+                let mode = if seed % 4 == 0 {
+                    CrashMode::DropUnsynced
+                } else {
+                    CrashMode::Random(seed)
+                };
                 let after = disk.crash(mode);
                 drop(log);
                 disk = after;
+                disk.set_sync_latency(latency);
                 log = open(&disk, cfg.clone()).map_err(fail)?;
                 check(&log, &model)?;
                 model.entries.truncate(log.last_index() as usize);

@@ -51,7 +51,7 @@ pub enum FlushMode {
 pub struct LogConfig {
     /// Segment size in bytes (default 1 GiB; at most 4 GiB). Applies to new segments.
     pub segment_size: u64,
-    /// Largest encoded entry accepted (default 16 MiB); must fit a segment.
+    /// Largest encoded entry accepted (default 16 MiB); capped by what fits a segment.
     pub max_entry_bytes: usize,
     /// Flush mode (default `Sync`).
     pub flush: FlushMode,
@@ -78,14 +78,22 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// The entry size limit in force: `max_entry_bytes`, or less if a segment is smaller.
+    pub fn entry_limit(&self) -> usize {
+        let room = self
+            .segment_size
+            .saturating_sub(SEGMENT_HEADER_LEN + BLANK_LEN as u64);
+        self.max_entry_bytes
+            .min(usize::try_from(room).unwrap_or(usize::MAX))
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(StoreError::Config(m.into()));
         if self.segment_size > u64::from(u32::MAX) || self.segment_size < 4096 {
             return bad("segment_size must be between 4 KiB and 4 GiB");
         }
-        let room = self.segment_size - SEGMENT_HEADER_LEN - BLANK_LEN as u64;
-        if self.max_entry_bytes as u64 > room || self.max_entry_bytes < 64 {
-            return bad("max_entry_bytes must be at least 64 and fit a segment");
+        if self.max_entry_bytes < 64 {
+            return bad("max_entry_bytes must be at least 64");
         }
         if self.index_records_per_file == 0 || self.recent_records == 0 {
             return bad("index_records_per_file and recent_records must be positive");

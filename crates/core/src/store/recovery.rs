@@ -110,7 +110,10 @@ pub(crate) fn recover(
 
     // Where the scan starts: after an entry both the log and the map synced one checkpoint ago,
     // so the scan re-verifies what the last checkpoint declared flushed.
-    let trusted = cp.verify_from_index.min(cp.flushed_index).min(cp.map_flushed_index);
+    let trusted = cp
+        .verify_from_index
+        .min(cp.flushed_index)
+        .min(cp.map_flushed_index);
     let (mut seg, mut off, mut expected, mut prev_term) = if trusted < cp.first_index {
         (first, SEGMENT_HEADER_LEN, cp.first_index, 0)
     } else {
@@ -292,8 +295,12 @@ fn fresh(
     segment_size: u64,
     unclean_shutdown: bool,
 ) -> Result<Recovered> {
-    let checkpoint =
-        Checkpoint { first_index: 1, flushed_index: 0, map_flushed_index: 0, verify_from_index: 0 };
+    let checkpoint = Checkpoint {
+        first_index: 1,
+        flushed_index: 0,
+        map_flushed_index: 0,
+        verify_from_index: 0,
+    };
     checkpoint.store(storage, root)?;
     let seg = Arc::new(allocate_segment(
         storage,

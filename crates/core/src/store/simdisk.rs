@@ -74,6 +74,7 @@ struct SimState {
     next_id: FileId,
     failing_syncs: u32,
     capacity: Option<u64>,
+    sync_latency: std::time::Duration,
 }
 
 /// Handle on the simulated disk. Clones share the disk; a crash retires every old handle.
@@ -158,6 +159,14 @@ impl SimDisk {
     pub fn fail_next_syncs(&self, n: u32) {
         if let Ok(mut s) = self.lock() {
             s.failing_syncs = n;
+        }
+    }
+
+    /// Makes every `sync_data` take this long before its data becomes durable, like a slow
+    /// disk: a crash during the wait loses the data, which catches acknowledgements sent early.
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        if let Ok(mut s) = self.lock() {
+            s.sync_latency = latency;
         }
     }
 
@@ -255,6 +264,7 @@ impl SimDisk {
         s.durable_names = names;
         s.files = files;
         s.failing_syncs = 0;
+        s.sync_latency = std::time::Duration::ZERO;
         SimDisk {
             state: self.state.clone(),
             generation: s.generation,
@@ -328,6 +338,10 @@ impl StorageFile for SimFile {
         })
     }
     fn sync_data(&self) -> io::Result<()> {
+        let latency = self.disk.lock()?.sync_latency;
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
         self.disk.with_file(self.id, |s, id| {
             if s.failing_syncs > 0 {
                 s.failing_syncs -= 1;
