@@ -196,6 +196,82 @@ fn a_read_of_a_corrupted_entry_reports_file_and_offset() -> Result<(), StoreErro
     Ok(())
 }
 
+#[test]
+fn an_interrupted_delete_before_is_finished_not_mistaken_for_a_torn_tail() -> Result<(), StoreError>
+{
+    let disk = SimDisk::new();
+    let cfg = LogConfig {
+        segment_size: 4096,
+        ..config(60_000)
+    };
+    let log = open(&disk, cfg.clone())?;
+    for i in 1..=200 {
+        log.append(&entry(1, i, 40))?.wait()?;
+    }
+    let old = disk.durable_contents(&segment0()).expect("segment 0");
+    let first = log.delete_before(150)?;
+    assert!(first > 1);
+    // A crash between the checkpoint and the removals: the old segment is still there.
+    let disk = disk.crash(CrashMode::DropUnsynced);
+    drop(log);
+    write_synced_new(&disk, &segment0(), &old);
+    let log = open(&disk, cfg)?;
+    assert_eq!((log.first_index(), log.last_index()), (first, 200));
+    for i in first..=200 {
+        assert_eq!(log.entry(i)?.index, i);
+    }
+    assert!(!disk.exists(&segment0()), "left-over segment removed");
+    Ok(())
+}
+
+#[test]
+fn recovery_syncs_every_segment_it_declares_flushed() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let cfg = LogConfig {
+        segment_size: 4096,
+        flush: manifold_core::store::FlushMode::Async {
+            interval_ms: 60_000,
+        },
+        ..config(60_000)
+    };
+    let log = open(&disk, cfg.clone())?;
+    for i in 1..=100 {
+        log.append(&entry(1, i, 40))?.wait()?; // ~8 segments, none synced
+    }
+    // The process dies (the OS keeps its writes); recovery keeps all 100 entries...
+    let disk = disk.crash(CrashMode::KeepUnsynced);
+    drop(log);
+    let log = open(&disk, cfg.clone())?;
+    assert_eq!(log.last_index(), 100);
+    // ...and a power cut right after must not lose what recovery called flushed.
+    let disk = disk.crash(CrashMode::DropUnsynced);
+    drop(log);
+    let log = open(&disk, cfg)?;
+    assert_eq!(log.last_index(), 100);
+    Ok(())
+}
+
+#[test]
+fn terms_never_go_backwards() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let log = open(&disk, config(0))?;
+    log.append(&entry(3, 1, 1))?.wait()?;
+    assert!(matches!(
+        log.append(&entry(2, 2, 1)),
+        Err(StoreError::TermRegression { .. })
+    ));
+    log.append(&entry(3, 2, 1))?.wait()?;
+    Ok(())
+}
+
+fn write_synced_new(disk: &SimDisk, path: &Path, bytes: &[u8]) {
+    let f = disk.open(path, true).expect("create");
+    f.write_at(0, bytes).expect("write");
+    f.sync_data().expect("sync");
+    disk.sync_dir(path.parent().expect("parent"))
+        .expect("sync dir");
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// Append and wait for durability.
@@ -292,10 +368,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 term += 1; // a new leader's entries replace the suffix
             }
             Op::Crash(seed) => {
-                let mode = if seed % 4 == 0 {
-                    CrashMode::DropUnsynced
-                } else {
-                    CrashMode::Random(seed)
+                let mode = match seed % 4 {
+                    0 => CrashMode::DropUnsynced,
+                    1 => CrashMode::KeepUnsynced,
+                    _ => CrashMode::Random(seed),
                 };
                 let after = disk.crash(mode);
                 drop(log);

@@ -49,7 +49,7 @@ pub enum FlushMode {
 /// CommitLog settings. Every bound is here, with its default.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Segment size in bytes (default 1 GiB; at most 4 GiB). Applies to new segments.
+    /// Segment size in bytes (default 1 GiB; 4 KiB to 4 GiB - 1). Applies to new segments.
     pub segment_size: u64,
     /// Largest encoded entry accepted (default 16 MiB); capped by what fits a segment.
     pub max_entry_bytes: usize,
@@ -62,6 +62,8 @@ pub struct LogConfig {
     pub checkpoint_interval_ms: u64,
     /// Index records of the newest entries kept in memory (default 65536).
     pub recent_records: usize,
+    /// Bytes appended but not yet handed to the writer before `append` blocks (default 64 MiB).
+    pub max_pending_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -73,6 +75,7 @@ impl Default for LogConfig {
             index_records_per_file: 1 << 20,
             checkpoint_interval_ms: 1000,
             recent_records: 65_536,
+            max_pending_bytes: 64 << 20,
         }
     }
 }
@@ -179,6 +182,8 @@ struct State {
     pending: Vec<Chunk>,
     pending_first: LogIndex,
     pending_records: Vec<IndexRecord>,
+    /// Bytes in `pending`, bounded by `max_pending_bytes`.
+    pending_bytes: usize,
     waiters: VecDeque<(LogIndex, oneshot::Sender<Result<()>>)>,
     written_index: LogIndex,
     flushed_index: LogIndex,
@@ -329,6 +334,7 @@ impl CommitLog {
             tail_off,
             pending: Vec::new(),
             pending_first: rec.last_index + 1,
+            pending_bytes: 0,
             pending_records: Vec::new(),
             waiters: VecDeque::new(),
             written_index: rec.last_index,
@@ -401,15 +407,39 @@ impl CommitLog {
         let inner = &self.inner;
         let mut st = inner.lock();
         st.writable()?;
+        if entry.term < st.last_term {
+            return Err(StoreError::TermRegression {
+                term: entry.term,
+                last_term: st.last_term,
+            });
+        }
+        // Backpressure: a writer that cannot keep up bounds the memory appends may hold.
+        while st.pending_bytes >= inner.config.max_pending_bytes {
+            if st.writer_waiting {
+                inner.writer_cv.notify_one();
+            }
+            st = inner
+                .progress_cv
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+            st.writable()?;
+        }
         if st.next_index + inner.config.index_records_per_file / 2 >= st.map_ready_until {
             st = inner.ensure_map_room(st)?;
         }
         if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
             st = inner.roll(st)?;
+            if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
+                return Err(StoreError::EntryTooLarge {
+                    size,
+                    limit: (st.tail_seg.size - st.tail_off) as usize,
+                });
+            }
         }
         let index = st.next_index;
         let pos = st.tail_seg.base + st.tail_off;
         let crc = encode_entry(st.pending_buf(), entry, index);
+        st.pending_bytes += size;
         let record = IndexRecord {
             pos,
             term: entry.term,
@@ -461,6 +491,11 @@ impl CommitLog {
 
     /// The raw record bytes of `index`, verified (CRC, index, term).
     pub fn read_raw(&self, index: LogIndex) -> Result<Bytes> {
+        self.read_located(index).map(|(raw, _, _)| raw)
+    }
+
+    /// The verified record of `index` with the file and offset it was read from.
+    fn read_located(&self, index: LogIndex) -> Result<(Bytes, PathBuf, u64)> {
         let rec = self.inner.record(index, true)?;
         let seg = segment_at(&self.inner.segments_read(), rec.pos).ok_or_else(|| {
             StoreError::Corruption {
@@ -484,15 +519,15 @@ impl CommitLog {
                 h.index, h.term
             )));
         }
-        Ok(Bytes::from(buf))
+        Ok((Bytes::from(buf), seg.path.clone(), off))
     }
 
     /// The decoded entry at `index`.
     pub fn entry(&self, index: LogIndex) -> Result<LogEntry> {
-        let raw = self.read_raw(index)?;
+        let (raw, file, offset) = self.read_located(index)?;
         decode_entry(&raw).map_err(|e| StoreError::Corruption {
-            file: self.inner.log_dir.clone(),
-            offset: index,
+            file,
+            offset,
             reason: format!("entry {index}: {e}"),
         })
     }
@@ -570,6 +605,7 @@ impl Inner {
                 NextSegment::Ready(seg) => {
                     let remaining = st.tail_seg.size - st.tail_off;
                     encode_blank(st.pending_buf(), remaining as u32);
+                    st.pending_bytes += BLANK_LEN;
                     self.segments_write().insert(seg.base, seg.clone());
                     st.tail_seg = seg;
                     st.tail_off = SEGMENT_HEADER_LEN;
@@ -603,7 +639,9 @@ impl Inner {
                 MapAlloc::Failed(e) if retried || st.next_index < st.map_ready_until => {
                     st.map_alloc = MapAlloc::Failed(e.clone());
                     if st.next_index < st.map_ready_until {
-                        return Ok(st); // not needed yet; the next append asks again
+                        // Not needed yet. The retry happens when the files run out: that
+                        // append waits for one fresh attempt and fails only if it fails too.
+                        return Ok(st);
                     }
                     return Err(e);
                 }
@@ -631,7 +669,9 @@ impl Inner {
                 last: st.last_index(),
             });
         }
-        while written && st.written_index < index {
+        // A record evicted from the recent cache is read from the map, which only holds what
+        // the writer wrote: wait for it then, too.
+        while (written || st.recent_record(index).is_none()) && st.written_index < index {
             if let Some(why) = &st.failed {
                 return Err(StoreError::Failed(why.clone()));
             }
@@ -659,6 +699,7 @@ impl Inner {
             }
             st.pending.clear();
             st.pending_records.clear();
+            st.pending_bytes = 0;
             st.writer_busy = false;
             std::mem::take(&mut st.waiters)
         };
@@ -717,6 +758,7 @@ impl Inner {
                 st.writer_waiting = false;
             };
             let chunks = std::mem::take(&mut st.pending);
+            st.pending_bytes = 0;
             let records = std::mem::take(&mut st.pending_records);
             let first = st.pending_first;
             st.pending_first = st.next_index;

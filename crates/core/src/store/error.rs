@@ -30,12 +30,20 @@ pub enum StoreError {
         /// What failed to verify.
         reason: String,
     },
-    /// Allocating the next segment ran out of disk space. Appends fail until space is freed
-    /// (allocation is retried); reads keep working.
+    /// Allocating the next segment or log-index file ran out of disk space. Appends fail
+    /// until space is freed (allocation is retried); reads keep working.
     #[error("no space left allocating {path}: appends fail until space is freed; reads work")]
     NoSpace {
-        /// The segment being allocated.
+        /// The file being allocated.
         path: PathBuf,
+    },
+    /// An entry's term is below the last entry's: Raft terms never go backwards in a log.
+    #[error("entry term {term} is below the log's last term {last_term}")]
+    TermRegression {
+        /// Term offered.
+        term: super::entry::Term,
+        /// Term of the last entry.
+        last_term: super::entry::Term,
     },
     /// An fsync or write failed: the log refuses appends until reopened through recovery.
     #[error("log failed, reopen to recover: {0}")]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::checkpoint::Checkpoint;
-use super::entry::{BLANK_LEN, LogIndex, Slot, Term, check_record, classify};
+use super::entry::{BLANK_LEN, ENTRY_HEADER_LEN, LogIndex, Slot, Term, check_record, classify};
 use super::error::{IoContext, Result, StoreError};
 use super::log_index::{IndexRecord, LogIndexMap};
 use super::segment::{
@@ -114,6 +114,20 @@ pub(crate) fn recover(
         .verify_from_index
         .min(cp.flushed_index)
         .min(cp.map_flushed_index);
+    // Segments wholly below the first index are left-overs of a `delete_before` whose removals
+    // did not all happen (the checkpoint is written first): finish the deletion.
+    let first = first_segment(&segments, cp.first_index)?.unwrap_or(first);
+    let leftovers: Vec<Arc<Segment>> = segments
+        .range(..first.base)
+        .map(|(_, s)| s.clone())
+        .collect();
+    for s in &leftovers {
+        segments.remove(&s.base);
+        storage.remove(&s.path).at(&s.path)?;
+    }
+    if !leftovers.is_empty() {
+        storage.sync_dir(log_dir).at(log_dir)?;
+    }
     let (mut seg, mut off, mut expected, mut prev_term) = if trusted < cp.first_index {
         (first, SEGMENT_HEADER_LEN, cp.first_index, 0)
     } else {
@@ -148,6 +162,8 @@ pub(crate) fn recover(
     };
     let scan_from = expected;
 
+    // Every segment the scan crosses is synced before the checkpoint calls its entries flushed.
+    let mut visited = vec![seg.clone()];
     let mut batch: Vec<IndexRecord> = Vec::new();
     let mut batch_first = expected;
     let mut scanned = 0u64;
@@ -158,10 +174,14 @@ pub(crate) fn recover(
             Err(e) => Err(format!("unreadable record header: {e}")),
         };
         let bad = match slot {
+            Ok(Slot::Empty) if expected <= cp.flushed_index => {
+                format!("zeros where flushed entry {expected} belongs")
+            }
             Ok(Slot::Empty) => break,
             Ok(Slot::Blank) => match segments.get(&seg.end()) {
                 Some(next) => {
                     seg = next.clone();
+                    visited.push(seg.clone());
                     off = SEGMENT_HEADER_LEN;
                     continue;
                 }
@@ -231,7 +251,9 @@ pub(crate) fn recover(
     // Zero what lies behind the end (torn bytes, unsynced records that lost their prefix) so
     // a later append can never line up with stale bytes.
     let zeroed = zero_garbage(&seg, off)?;
-    seg.file.sync_data().at(&seg.path)?;
+    for s in &visited {
+        s.file.sync_data().at(&s.path)?;
+    }
 
     // Segments after the tail: keep the next one only if nothing was ever written to it.
     let mut next = None;
@@ -243,7 +265,8 @@ pub(crate) fn recover(
     for s in later {
         let stray = stray.iter().any(|x| Arc::ptr_eq(x, &s));
         segments.remove(&s.base);
-        if !stray && next.is_none() && s.base == seg.end() && zero_garbage_probe(&s)? {
+        let fits = s.size == segment_size; // a segment made under an older size is not reused
+        if !stray && fits && next.is_none() && s.base == seg.end() && zero_garbage_probe(&s)? {
             next = Some(s);
         } else {
             storage.remove(&s.path).at(&s.path)?;
@@ -358,6 +381,37 @@ pub(crate) fn zero_garbage(seg: &Segment, off: u64) -> Result<u64> {
         at += n as u64;
     }
     Ok(zeroed)
+}
+
+/// The segment holding `first_index`: the last one whose first entry is at or below it.
+/// `None` if no segment starts with a readable entry (an empty log).
+fn first_segment(
+    segments: &BTreeMap<u64, Arc<Segment>>,
+    first_index: LogIndex,
+) -> Result<Option<Arc<Segment>>> {
+    let mut found = None;
+    for seg in segments.values() {
+        let mut head = [0u8; ENTRY_HEADER_LEN];
+        if seg
+            .file
+            .read_exact_at(SEGMENT_HEADER_LEN, &mut head)
+            .is_err()
+        {
+            break;
+        }
+        let mut first8 = [0u8; 8];
+        first8.copy_from_slice(&head[..8]);
+        if !matches!(classify(&first8), Ok(Slot::Entry(_))) {
+            break;
+        }
+        let mut index = [0u8; 8];
+        index.copy_from_slice(&head[24..32]);
+        if u64::from_le_bytes(index) > first_index {
+            break;
+        }
+        found = Some(seg.clone());
+    }
+    Ok(found)
 }
 
 /// Whether a segment's first block after the header is all zeros (never written to).

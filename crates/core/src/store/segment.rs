@@ -92,6 +92,12 @@ pub fn open_segment(storage: &dyn Storage, path: &Path, base: u64) -> Result<Seg
             "unsupported segment format version {version}"
         )));
     }
+    let header_len = u16::from_le_bytes([h[6], h[7]]);
+    if u64::from(header_len) != SEGMENT_HEADER_LEN {
+        return Err(corrupt(format!(
+            "unsupported segment header length {header_len}"
+        )));
+    }
     let size = long(8);
     if long(16) != base {
         return Err(corrupt(format!(

@@ -30,6 +30,8 @@ pub const SECTOR: u64 = 512;
 pub enum CrashMode {
     /// Every unsynced byte and name change is lost.
     DropUnsynced,
+    /// A process crash, not a power cut: the OS keeps every write and name change.
+    KeepUnsynced,
     /// A seeded random prefix of each file's unsynced writes survives, the next one torn at
     /// sector granularity; each unsynced name change survives with probability 1/2.
     Random(u64),
@@ -191,12 +193,17 @@ impl SimDisk {
         };
         let s = &mut *guard;
         let mut rng = SplitMix(match mode {
-            CrashMode::DropUnsynced => 0,
+            CrashMode::DropUnsynced | CrashMode::KeepUnsynced => 0,
             CrashMode::Random(seed) => seed,
         });
+        let keep_all = matches!(mode, CrashMode::KeepUnsynced);
         let random = matches!(mode, CrashMode::Random(_));
         // Names: each unsynced change independently survives or not.
-        let mut names = s.durable_names.clone();
+        let mut names = if keep_all {
+            s.names.clone()
+        } else {
+            s.durable_names.clone()
+        };
         if random {
             let all: Vec<PathBuf> = s
                 .names
@@ -217,11 +224,30 @@ impl SimDisk {
         }
         // Contents: synced bytes plus a prefix of the unsynced operations, the next one torn.
         let mut files = HashMap::new();
-        for id in names.values() {
+        let reachable: Vec<FileId> = if keep_all {
+            s.names
+                .values()
+                .chain(s.durable_names.values())
+                .copied()
+                .collect()
+        } else {
+            names.values().copied().collect()
+        };
+        for id in &reachable {
             if files.contains_key(id) {
                 continue;
             }
             let Some(f) = s.files.get(id) else { continue };
+            if keep_all {
+                // A process crash: written bytes stay in the page cache, still not durable.
+                let kept = SimFileData {
+                    durable: f.durable.clone(),
+                    current: f.current.clone(),
+                    unsynced: f.unsynced.clone(),
+                };
+                files.insert(*id, kept);
+                continue;
+            }
             let mut data = f.durable.clone();
             if random && !f.unsynced.is_empty() {
                 let keep = rng.below(f.unsynced.len() as u64 + 1) as usize;
@@ -260,8 +286,11 @@ impl SimDisk {
             );
         }
         s.generation += 1;
-        s.names = names.clone();
-        s.durable_names = names;
+        if !keep_all {
+            // (After a process crash, name changes stay as they were, durable or not.)
+            s.names = names.clone();
+            s.durable_names = names;
+        }
         s.files = files;
         s.failing_syncs = 0;
         s.sync_latency = std::time::Duration::ZERO;
