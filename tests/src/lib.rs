@@ -1,7 +1,7 @@
 //! Shared helpers for Manifold's multi-process tests.
 
 use bytes::Bytes;
-use manifold_core::store::{EntryKind, NewEntry, StreamId, SubRecord};
+use manifold_core::store::{EntryKind, NewEntry, RecordOp, StreamId, SubRecord};
 
 /// The entry the SIGKILL test's child appends at index `n`: its content is a function of `n`
 /// so the parent can check every surviving entry byte for byte.
@@ -12,6 +12,7 @@ pub fn kill_test_entry(n: u64) -> NewEntry {
         timestamp_ms: n,
         command: Bytes::from(n.to_le_bytes().to_vec()),
         records: vec![SubRecord {
+            op: RecordOp::Message,
             db: 0,
             topic: Bytes::from(format!("device/{}", n % 17)),
             id: StreamId::new(n, 0),

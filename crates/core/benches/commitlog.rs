@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use manifold_core::store::RecordOp;
 use manifold_core::store::{
     AppendTicket, CommitLog, EntryKind, FlushMode, LogConfig, NewEntry, RealFs, StreamId, SubRecord,
 };
@@ -33,6 +34,7 @@ fn entry(n: u64) -> NewEntry {
         timestamp_ms: n,
         command: Bytes::new(),
         records: vec![SubRecord {
+            op: RecordOp::Message,
             db: 0,
             topic: Bytes::from_static(b"bench"),
             id: StreamId::new(n, 0),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use manifold_core::store::RecordOp;
 use manifold_core::store::{
     CommitLog, CrashMode, EntryKind, FlushMode, LogConfig, NewEntry, RealFs, SimDisk, Storage,
     StoreError, StreamId, SubRecord,
@@ -28,6 +29,7 @@ fn entry(term: u64, n: u64) -> NewEntry {
         timestamp_ms: 1_700_000_000_000 + n,
         command: Bytes::from(format!("cmd-{n}")),
         records: vec![SubRecord {
+            op: RecordOp::Message,
             db: (n % 16) as u8,
             topic: Bytes::from(format!("topic-{}", n % 3)),
             id: StreamId::new(n, 0),

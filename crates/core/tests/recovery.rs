@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use manifold_core::store::RecordOp;
 use manifold_core::store::entry::encode_entry;
 use manifold_core::store::{
     CommitLog, CrashMode, EntryKind, LogConfig, NewEntry, SimDisk, Storage, StoreError, StreamId,
@@ -35,6 +36,7 @@ fn entry(term: u64, n: u64, body: usize) -> NewEntry {
         command: Bytes::from(vec![b'c'; n as usize % 7]),
         records: (0..(n % 3))
             .map(|i| SubRecord {
+                op: RecordOp::Message,
                 db: 0,
                 topic: Bytes::from(format!("t{i}")),
                 id: StreamId::new(n, i),

@@ -67,9 +67,39 @@ impl EntryKind {
     }
 }
 
-/// One message inside an entry: a stream entry of topic `(db, topic)`.
+/// What a sub-record does to its topic. The dispatcher applies these in log order to the
+/// ConsumeQueue, so XDEL flags, trims and dropped topics are re-derived on recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum RecordOp {
+    /// A message appended to the topic (the topic is created if it does not exist).
+    #[default]
+    Message = 0,
+    /// XDEL: the entry with exactly this stream ID is marked deleted.
+    Delete = 1,
+    /// Trim: entries with a stream ID below this one are gone.
+    Trim = 2,
+    /// The topic is dropped; a later message creates a new incarnation.
+    Drop = 3,
+}
+
+impl RecordOp {
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(RecordOp::Message),
+            1 => Some(RecordOp::Delete),
+            2 => Some(RecordOp::Trim),
+            3 => Some(RecordOp::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// One message (or topic operation) inside an entry, on stream topic `(db, topic)`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SubRecord {
+    /// What this sub-record does; `Message` for a message.
+    pub op: RecordOp,
     /// Redis database 0..=15 (MQTT and HTTP use 0).
     pub db: u8,
     /// Topic key, arbitrary bytes.
@@ -277,7 +307,7 @@ pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, index: LogIndex) -> u32
 fn encode_sub_record(out: &mut Vec<u8>, r: &SubRecord) {
     out.extend_from_slice(&(r.encoded_len() as u32).to_le_bytes());
     out.push(r.db);
-    out.push(0); // flags
+    out.push(r.op as u8);
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&r.id.ms.to_le_bytes());
     out.extend_from_slice(&r.id.seq.to_le_bytes());
@@ -409,7 +439,8 @@ impl Reader<'_> {
             .checked_add(len)
             .filter(|e| *e <= self.buf.len() && len >= SUB_RECORD_HEADER_LEN);
         let end = end.ok_or(DecodeError::BadBody("sub-record length"))?;
-        if head[5] != 0 || u16_at(&head, 6) != 0 {
+        let op = RecordOp::from_u8(head[5]).ok_or(DecodeError::BadBody("sub-record op"))?;
+        if u16_at(&head, 6) != 0 {
             return Err(DecodeError::BadBody("sub-record reserved bits set"));
         }
         let id = StreamId::new(u64_at(&head, 8), u64_at(&head, 16));
@@ -423,6 +454,7 @@ impl Reader<'_> {
             ));
         }
         Ok(SubRecord {
+            op,
             db: head[4],
             topic,
             id,
@@ -445,7 +477,14 @@ mod tests {
         proptest::collection::vec((bytes(), bytes()), 0..4)
     }
     fn sub_record() -> impl Strategy<Value = SubRecord> {
+        let op = prop_oneof![
+            Just(RecordOp::Message),
+            Just(RecordOp::Delete),
+            Just(RecordOp::Trim),
+            Just(RecordOp::Drop)
+        ];
         (
+            op,
             0u8..16,
             bytes(),
             any::<u64>(),
@@ -455,7 +494,8 @@ mod tests {
             pairs(),
         )
             .prop_map(
-                |(db, topic, ms, seq, message_key, properties, fields)| SubRecord {
+                |(op, db, topic, ms, seq, message_key, properties, fields)| SubRecord {
+                    op,
                     db,
                     topic,
                     id: StreamId::new(ms, seq),

@@ -16,7 +16,7 @@ pub mod simdisk;
 pub mod storage;
 
 pub use commitlog::{AppendTicket, CommitLog, FlushMode, LogConfig};
-pub use entry::{EntryKind, LogEntry, LogIndex, NewEntry, StreamId, SubRecord, Term};
+pub use entry::{EntryKind, LogEntry, LogIndex, NewEntry, RecordOp, StreamId, SubRecord, Term};
 pub use error::{Result, StoreError};
 pub use recovery::RecoveryReport;
 pub use simdisk::{CrashMode, SimDisk};
