@@ -24,9 +24,10 @@ pub struct Checkpoint {
     pub flushed_index: LogIndex,
     /// Every log-index map record up to here was fdatasynced.
     pub map_flushed_index: LogIndex,
-    /// The flushed index of the previous checkpoint: recovery verifies every entry from here
-    /// on, so entries in `(verify_from_index, flushed_index]` that fail to verify are reported
-    /// as corruption rather than cut as a torn tail.
+    /// Recovery verifies every entry after this one, so entries in
+    /// `(verify_from_index, flushed_index]` that fail to verify are reported as corruption
+    /// rather than cut as a torn tail. The writer sets it to the previous checkpoint's flushed
+    /// index; recovery keeps its own scan start; `truncate_after` lowers it to the cut.
     pub verify_from_index: LogIndex,
 }
 

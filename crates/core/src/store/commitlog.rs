@@ -57,7 +57,8 @@ pub struct LogConfig {
     pub flush: FlushMode,
     /// Log-index map records per file (default 2^20 = 24 MiB files).
     pub index_records_per_file: u64,
-    /// How often the checkpoint advances (default 1000 ms). Recovery re-verifies at most this
+    /// How often the checkpoint advances (default 1000 ms). Recovery re-verifies about two
+    /// intervals' worth of the log (from the previous checkpoint's flushed point);
     /// much of the log.
     pub checkpoint_interval_ms: u64,
     /// Index records of the newest entries kept in memory (default 65536).
@@ -97,6 +98,9 @@ impl LogConfig {
         }
         if self.max_entry_bytes < 64 {
             return bad("max_entry_bytes must be at least 64");
+        }
+        if self.max_pending_bytes < self.entry_limit() {
+            return bad("max_pending_bytes must hold at least one entry of the size limit");
         }
         if self.index_records_per_file == 0 || self.recent_records == 0 {
             return bad("index_records_per_file and recent_records must be positive");
@@ -398,21 +402,13 @@ impl CommitLog {
     /// durability. Entries are durable in index order.
     pub fn append(&self, entry: &NewEntry) -> Result<AppendTicket> {
         let size = entry.encoded_len();
-        if size > self.inner.config.max_entry_bytes {
-            return Err(StoreError::EntryTooLarge {
-                size,
-                limit: self.inner.config.max_entry_bytes,
-            });
+        let limit = self.inner.config.entry_limit();
+        if size > limit {
+            return Err(StoreError::EntryTooLarge { size, limit });
         }
         let inner = &self.inner;
         let mut st = inner.lock();
         st.writable()?;
-        if entry.term < st.last_term {
-            return Err(StoreError::TermRegression {
-                term: entry.term,
-                last_term: st.last_term,
-            });
-        }
         // Backpressure: a writer that cannot keep up bounds the memory appends may hold.
         while st.pending_bytes >= inner.config.max_pending_bytes {
             if st.writer_waiting {
@@ -427,13 +423,26 @@ impl CommitLog {
         if st.next_index + inner.config.index_records_per_file / 2 >= st.map_ready_until {
             st = inner.ensure_map_room(st)?;
         }
+        // Checked after every wait above (each releases the lock): the term is compared with
+        // the entry this one will directly follow.
+        if entry.term < st.last_term {
+            return Err(StoreError::TermRegression {
+                term: entry.term,
+                last_term: st.last_term,
+            });
+        }
         if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
-            st = inner.roll(st)?;
-            if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
-                return Err(StoreError::EntryTooLarge {
-                    size,
-                    limit: (st.tail_seg.size - st.tail_off) as usize,
+            st = inner.roll(st, size)?;
+            if entry.term < st.last_term {
+                return Err(StoreError::TermRegression {
+                    term: entry.term,
+                    last_term: st.last_term,
                 });
+            }
+            // Segments are made with the configured size and recovery reuses no other, so an
+            // entry within `entry_limit` always fits a fresh one; checked all the same.
+            if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
+                return Err(StoreError::EntryTooLarge { size, limit });
             }
         }
         let index = st.next_index;
@@ -598,9 +607,16 @@ impl Inner {
     /// Moves the tail into the preallocated next segment, blanking the rest of the current one.
     /// A failed allocation is retried once, fresh, before the append fails: appends succeed
     /// again as soon as space is freed.
-    fn roll<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+    fn roll<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        size: usize,
+    ) -> Result<MutexGuard<'a, State>> {
         let mut retried = false;
         loop {
+            if st.tail_off + (size + BLANK_LEN) as u64 <= st.tail_seg.size {
+                return Ok(st); // another appender rolled while we waited
+            }
             match std::mem::replace(&mut st.next_segment, NextSegment::None) {
                 NextSegment::Ready(seg) => {
                     let remaining = st.tail_seg.size - st.tail_off;

@@ -7,17 +7,26 @@
 
 pub mod checkpoint;
 pub mod commitlog;
+pub mod consume_queue;
 pub mod entry;
 pub mod error;
+pub mod file_cache;
+pub mod index_file;
 pub mod log_index;
+pub mod message_store;
 pub mod recovery;
 pub mod segment;
 pub mod simdisk;
 pub mod storage;
+pub mod topics;
 
 pub use commitlog::{AppendTicket, CommitLog, FlushMode, LogConfig};
+pub use consume_queue::{CqConfig, CqEntry};
 pub use entry::{EntryKind, LogEntry, LogIndex, NewEntry, RecordOp, StreamId, SubRecord, Term};
 pub use error::{Result, StoreError};
+pub use index_file::{IndexConfig, IndexHit};
+pub use message_store::{MessageStore, StoreConfig, StoredMessage};
 pub use recovery::RecoveryReport;
 pub use simdisk::{CrashMode, SimDisk};
 pub use storage::{RealFs, Storage, StorageFile};
+pub use topics::{Topic, TopicId};

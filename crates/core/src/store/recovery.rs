@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::checkpoint::Checkpoint;
-use super::entry::{BLANK_LEN, ENTRY_HEADER_LEN, LogIndex, Slot, Term, check_record, classify};
+use super::entry::{BLANK_LEN, LogIndex, Slot, Term, check_record, classify};
 use super::error::{IoContext, Result, StoreError};
 use super::log_index::{IndexRecord, LogIndexMap};
 use super::segment::{
@@ -80,7 +80,7 @@ pub(crate) fn recover(
         let seg = open_segment(storage, &log_dir.join(&name), base)?;
         segments.insert(base, Arc::new(seg));
     }
-    // Segments after a gap can only be left-overs of a truncation whose removal did not reach
+    // Segments after a gap can only be left-overs of a truncation or deletion whose removal did not reach
     // the disk: they lie past the end. If the scan needs one, it reports the missing segment.
     let mut run_end = None;
     let mut stray = Vec::new();
@@ -391,25 +391,34 @@ fn first_segment(
 ) -> Result<Option<Arc<Segment>>> {
     let mut found = None;
     for seg in segments.values() {
-        let mut head = [0u8; ENTRY_HEADER_LEN];
+        // Trust a segment's first index only if its whole first record verifies: a torn or
+        // flipped header must never make recovery delete live segments.
+        let mut first8 = [0u8; 8];
         if seg
             .file
-            .read_exact_at(SEGMENT_HEADER_LEN, &mut head)
+            .read_exact_at(SEGMENT_HEADER_LEN, &mut first8)
             .is_err()
         {
             break;
         }
-        let mut first8 = [0u8; 8];
-        first8.copy_from_slice(&head[..8]);
-        if !matches!(classify(&first8), Ok(Slot::Entry(_))) {
+        let Ok(Slot::Entry(size)) = classify(&first8) else {
+            break;
+        };
+        if SEGMENT_HEADER_LEN + u64::from(size) > seg.size {
             break;
         }
-        let mut index = [0u8; 8];
-        index.copy_from_slice(&head[24..32]);
-        if u64::from_le_bytes(index) > first_index {
+        let mut record = vec![0u8; size as usize];
+        if seg
+            .file
+            .read_exact_at(SEGMENT_HEADER_LEN, &mut record)
+            .is_err()
+        {
             break;
         }
-        found = Some(seg.clone());
+        match check_record(&record) {
+            Ok(h) if h.index <= first_index => found = Some(seg.clone()),
+            _ => break,
+        }
     }
     Ok(found)
 }

@@ -1,0 +1,143 @@
+//! A bounded cache of open file handles for the many small files of the ConsumeQueue and the
+//! IndexFile (an MQTT deployment has a topic per device: far more files than descriptors).
+//! It also remembers which files were written since the last sync, holding their handles until
+//! `sync_dirty` so eviction never loses a pending fdatasync.
+//!
+//! It must never decide what a file contains; callers pass the size a new file is created with.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::error::{IoContext, Result};
+use super::storage::{Storage, StorageFile};
+
+#[derive(Debug, Default)]
+struct Inner {
+    open: HashMap<PathBuf, (Arc<dyn StorageFile>, u64)>,
+    lru: BTreeMap<u64, PathBuf>,
+    tick: u64,
+    dirty: HashMap<PathBuf, Arc<dyn StorageFile>>,
+    new_names: BTreeSet<PathBuf>,
+}
+
+/// The cache. Thread-safe.
+#[derive(Debug)]
+pub struct FileCache {
+    storage: Arc<dyn Storage>,
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+impl FileCache {
+    /// A cache holding at most `capacity` open handles (plus dirty ones awaiting sync).
+    pub fn new(storage: Arc<dyn Storage>, capacity: usize) -> Self {
+        FileCache {
+            storage,
+            capacity: capacity.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The handle of `path`. When the file does not exist: `None` if `create_len` is `None`,
+    /// otherwise the file (and its directory) is created with that length (sparse zeros).
+    pub fn get(
+        &self,
+        path: &Path,
+        create_len: Option<u64>,
+    ) -> Result<Option<Arc<dyn StorageFile>>> {
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        if let Some((handle, last)) = inner.open.get_mut(path) {
+            let handle = handle.clone();
+            let old = std::mem::replace(last, tick);
+            inner.lru.remove(&old);
+            inner.lru.insert(tick, path.to_path_buf());
+            return Ok(Some(handle));
+        }
+        if let Some(handle) = inner.dirty.get(path).cloned() {
+            self.insert(&mut inner, path, handle.clone(), tick);
+            return Ok(Some(handle));
+        }
+        let handle = if self.storage.exists(path) {
+            self.storage.open(path, false).at(path)?
+        } else if let Some(len) = create_len {
+            if let Some(dir) = path.parent() {
+                self.storage.create_dir_all(dir).at(dir)?;
+            }
+            let handle = self.storage.open(path, true).at(path)?;
+            handle.set_len(len).at(path)?;
+            inner.new_names.insert(path.to_path_buf());
+            inner.dirty.insert(path.to_path_buf(), handle.clone());
+            handle
+        } else {
+            return Ok(None);
+        };
+        self.insert(&mut inner, path, handle.clone(), tick);
+        Ok(Some(handle))
+    }
+
+    fn insert(&self, inner: &mut Inner, path: &Path, handle: Arc<dyn StorageFile>, tick: u64) {
+        inner.open.insert(path.to_path_buf(), (handle, tick));
+        inner.lru.insert(tick, path.to_path_buf());
+        while inner.open.len() > self.capacity {
+            let Some((_, victim)) = inner.lru.pop_first() else {
+                break;
+            };
+            inner.open.remove(&victim);
+        }
+    }
+
+    /// Records that `path` was written and must be synced by the next `sync_dirty`.
+    pub fn mark_dirty(&self, path: &Path, handle: &Arc<dyn StorageFile>) {
+        let mut inner = self.lock();
+        if !inner.dirty.contains_key(path) {
+            inner.dirty.insert(path.to_path_buf(), handle.clone());
+        }
+    }
+
+    /// fdatasyncs every file written since the last call, then fsyncs the directories of
+    /// newly created ones. Returns the number of files synced.
+    pub fn sync_dirty(&self) -> Result<usize> {
+        let (dirty, names) = {
+            let mut inner = self.lock();
+            (
+                std::mem::take(&mut inner.dirty),
+                std::mem::take(&mut inner.new_names),
+            )
+        };
+        for (path, handle) in &dirty {
+            handle.sync_data().at(path)?;
+        }
+        let dirs: BTreeSet<&Path> = names.iter().filter_map(|p| p.parent()).collect();
+        for dir in dirs {
+            self.storage.sync_dir(dir).at(dir)?;
+        }
+        Ok(dirty.len())
+    }
+
+    /// Drops the handle of a file about to be removed.
+    pub fn forget(&self, path: &Path) {
+        let mut inner = self.lock();
+        if let Some((_, tick)) = inner.open.remove(path) {
+            inner.lru.remove(&tick);
+        }
+        inner.dirty.remove(path);
+    }
+
+    /// Open handles held (bounded by the capacity) plus dirty ones awaiting sync.
+    pub fn open_handles(&self) -> usize {
+        let inner = self.lock();
+        inner.open.len()
+            + inner
+                .dirty
+                .keys()
+                .filter(|p| !inner.open.contains_key(*p))
+                .count()
+    }
+}

@@ -1,0 +1,526 @@
+//! The message store: the CommitLog plus what is derived from it — the topic table, the
+//! ConsumeQueues and the IndexFiles — kept in step by a dispatcher that follows a **dispatch
+//! point given by the caller** (the commit index), never the raw log end.
+//!
+//! Derived state is made durable by dispatch checkpoints (queue and index files synced, changed
+//! topic rows written, then the `dispatch` file naming all of it). After a crash it is rebuilt by
+//! re-dispatching the log past the last checkpoint; each topic remembers the last sub-record it
+//! applied, so re-dispatch is idempotent. This module must never dispatch past the caller's
+//! point nor let the log lose (truncate or delete) an entry it has dispatched but not
+//! checkpointed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::commitlog::{CommitLog, LogConfig};
+use super::consume_queue::{CQ_DELETED, ConsumeQueues, CqConfig, CqEntry};
+use super::entry::{LogEntry, LogIndex, RecordOp, StreamId, SubRecord};
+use super::error::{IoContext, Result, StoreError};
+use super::index_file::{IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
+use super::recovery::RecoveryReport;
+use super::storage::{Storage, read_all, write_atomic};
+use super::topics::{TableMark, Topic, TopicId, TopicTable};
+
+/// Settings of the whole store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// CommitLog.
+    pub log: LogConfig,
+    /// ConsumeQueues.
+    pub queues: CqConfig,
+    /// IndexFiles.
+    pub index: IndexConfig,
+    /// How often derived state is checkpointed (default 1000 ms); recovery re-dispatches at
+    /// most this much of the log.
+    pub dispatch_checkpoint_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            log: LogConfig::default(),
+            queues: CqConfig::default(),
+            index: IndexConfig::default(),
+            dispatch_checkpoint_interval_ms: 1000,
+        }
+    }
+}
+
+const DISPATCH_FILE: &str = "dispatch";
+const DISPATCH_MAGIC: u32 = u32::from_le_bytes(*b"MFDC");
+const DISPATCH_VERSION: u16 = 1;
+const DISPATCH_LEN: usize = 128;
+
+/// The durable point of the derived state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct DispatchCheckpoint {
+    dispatched: LogIndex,
+    table: TableMark,
+    next_slot: u32,
+    next_topic: TopicId,
+    index: IndexFill,
+}
+
+impl DispatchCheckpoint {
+    fn encode(&self) -> [u8; DISPATCH_LEN] {
+        let mut b = [0u8; DISPATCH_LEN];
+        b[0..4].copy_from_slice(&DISPATCH_MAGIC.to_le_bytes());
+        b[4..6].copy_from_slice(&DISPATCH_VERSION.to_le_bytes());
+        b[8..16].copy_from_slice(&self.dispatched.to_le_bytes());
+        b[16..24].copy_from_slice(&self.table.generation.to_le_bytes());
+        b[24..32].copy_from_slice(&self.table.len.to_le_bytes());
+        b[32..36].copy_from_slice(&self.next_slot.to_le_bytes());
+        b[36..40].copy_from_slice(&self.next_topic.to_le_bytes());
+        b[40..48].copy_from_slice(&self.index.first_index.to_le_bytes());
+        b[48..52].copy_from_slice(&self.index.count.to_le_bytes());
+        b[56..64].copy_from_slice(&self.index.begin_ms.to_le_bytes());
+        b[64..72].copy_from_slice(&self.index.end_ms.to_le_bytes());
+        b[72..80].copy_from_slice(&self.index.end_index.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..DISPATCH_LEN - 4]);
+        b[DISPATCH_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8], path: &Path) -> Result<Self> {
+        let corrupt = || StoreError::Corruption {
+            file: path.to_path_buf(),
+            offset: 0,
+            reason: "dispatch checkpoint does not verify".into(),
+        };
+        if b.len() != DISPATCH_LEN {
+            return Err(corrupt());
+        }
+        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let long = |at: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(a)
+        };
+        if word(0) != DISPATCH_MAGIC
+            || u16::from_le_bytes([b[4], b[5]]) != DISPATCH_VERSION
+            || word(DISPATCH_LEN - 4) != crc32c::crc32c(&b[..DISPATCH_LEN - 4])
+        {
+            return Err(corrupt());
+        }
+        Ok(DispatchCheckpoint {
+            dispatched: long(8),
+            table: TableMark {
+                generation: long(16),
+                len: long(24),
+            },
+            next_slot: word(32),
+            next_topic: word(36),
+            index: IndexFill {
+                first_index: long(40),
+                count: word(48),
+                begin_ms: long(56),
+                end_ms: long(64),
+                end_index: long(72),
+            },
+        })
+    }
+}
+
+/// Files of a trimmed or dropped topic, removable once a checkpoint past `at` is durable.
+#[derive(Debug)]
+struct PendingRemoval {
+    at: LogIndex,
+    topic: Topic,
+    below: u64,
+}
+
+#[derive(Debug)]
+struct Dispatcher {
+    topics: TopicTable,
+    index: IndexFiles,
+    dispatched: LogIndex,
+    next_slot: u32,
+    next_topic: TopicId,
+    checkpointed: LogIndex,
+    last_checkpoint: Instant,
+    removals: Vec<PendingRemoval>,
+}
+
+/// The store. Thread-safe: appends and reads go straight to the CommitLog and the queues;
+/// dispatch and topic metadata take one lock.
+#[derive(Debug)]
+pub struct MessageStore {
+    storage: Arc<dyn Storage>,
+    root: PathBuf,
+    config: StoreConfig,
+    log: CommitLog,
+    queues: ConsumeQueues,
+    dispatch: Mutex<Dispatcher>,
+}
+
+/// A message read back through its queue entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The queue entry (position, stream ID, flags).
+    pub entry: CqEntry,
+    /// Store timestamp (the leader timestamp of its log entry), ms.
+    pub timestamp_ms: u64,
+    /// The sub-record.
+    pub record: SubRecord,
+}
+
+impl MessageStore {
+    /// Opens (or creates) a store under `root`. Derived state is as of the last dispatch
+    /// checkpoint: call [`MessageStore::dispatch_to`] with the commit index to catch up.
+    pub fn open(storage: Arc<dyn Storage>, root: &Path, config: StoreConfig) -> Result<Self> {
+        let log = CommitLog::open(storage.clone(), root, config.log.clone())?;
+        let cp_path = root.join(DISPATCH_FILE);
+        let cp = if storage.exists(&cp_path) {
+            let bytes = read_all(storage.as_ref(), &cp_path).at(&cp_path)?;
+            DispatchCheckpoint::decode(&bytes, &cp_path)?
+        } else {
+            DispatchCheckpoint {
+                index: IndexFill {
+                    first_index: 1,
+                    ..IndexFill::default()
+                },
+                ..Default::default()
+            }
+        };
+        if cp.dispatched > log.last_index() {
+            return Err(StoreError::Corruption {
+                file: cp_path,
+                offset: 8,
+                reason: format!(
+                    "dispatched up to {} but the log ends at {}",
+                    cp.dispatched,
+                    log.last_index()
+                ),
+            });
+        }
+        let cq_dir = root.join("consumequeue");
+        let topics = TopicTable::open(storage.clone(), &cq_dir, cp.table)?;
+        let queues = ConsumeQueues::open(storage.clone(), &cq_dir, config.queues.clone())?;
+        let index = IndexFiles::open(
+            storage.clone(),
+            &root.join("index"),
+            config.index.clone(),
+            Some(cp.index),
+        )?;
+        let dispatch = Dispatcher {
+            topics,
+            index,
+            dispatched: cp.dispatched,
+            next_slot: cp.next_slot,
+            next_topic: cp.next_topic,
+            checkpointed: cp.dispatched,
+            last_checkpoint: Instant::now(),
+            removals: Vec::new(),
+        };
+        Ok(MessageStore {
+            storage,
+            root: root.to_path_buf(),
+            config,
+            log,
+            queues,
+            dispatch: Mutex::new(dispatch),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Dispatcher> {
+        self.dispatch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The CommitLog (append, read by index, durability).
+    pub fn log(&self) -> &CommitLog {
+        &self.log
+    }
+
+    /// What the CommitLog's recovery found.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        self.log.recovery_report()
+    }
+
+    /// Last index dispatched into queues and index.
+    pub fn dispatched_index(&self) -> LogIndex {
+        self.lock().dispatched
+    }
+
+    /// Dispatches every entry up to `commit` (bounded by the log's end) into the queues and
+    /// the index, in log order; checkpoints derived state when the interval has passed.
+    /// Returns the new dispatch point.
+    pub fn dispatch_to(&self, commit: LogIndex) -> Result<LogIndex> {
+        let target = commit.min(self.log.last_index());
+        let mut d = self.lock();
+        while d.dispatched < target {
+            let i = d.dispatched + 1;
+            let entry = self.log.entry(i)?;
+            self.dispatch_entry(&mut d, &entry)?;
+            d.dispatched = i;
+        }
+        let interval = Duration::from_millis(self.config.dispatch_checkpoint_interval_ms);
+        if d.dispatched > d.checkpointed && d.last_checkpoint.elapsed() >= interval {
+            self.checkpoint_locked(&mut d)?;
+        }
+        Ok(d.dispatched)
+    }
+
+    fn dispatch_entry(&self, d: &mut Dispatcher, entry: &LogEntry) -> Result<()> {
+        let i = entry.index;
+        for (j, r) in entry.records.iter().enumerate() {
+            let j = j as u16;
+            let existing = d.topics.find(r.db, &r.topic).cloned();
+            // Rows are written only by checkpoints, so a row never runs ahead of the dispatch
+            // point it was checkpointed with; this guard keeps re-dispatch idempotent even so.
+            if existing.as_ref().is_some_and(|t| (i, j) <= t.last_applied) {
+                continue;
+            }
+            match (r.op, existing) {
+                (RecordOp::Message, existing) => {
+                    let mut t = match existing {
+                        Some(t) => t,
+                        None => {
+                            let t = Topic {
+                                id: d.next_topic,
+                                db: r.db,
+                                key: r.topic.clone(),
+                                incarnation: i,
+                                len: 0,
+                                first_live: 0,
+                                last_applied: (0, 0),
+                                slot: d.next_slot,
+                                migrated: false,
+                                dropped: false,
+                                last_id: StreamId::default(),
+                            };
+                            d.next_topic += 1;
+                            d.next_slot += 1;
+                            d.topics.create(t.clone());
+                            t
+                        }
+                    };
+                    let n = t.len;
+                    if self.queues.needs_migration(&t, n) {
+                        self.queues.migrate(&t)?;
+                        t.migrated = true;
+                    }
+                    let e = CqEntry {
+                        log_index: i,
+                        sub: j,
+                        id: r.id,
+                        size: r.encoded_len() as u32,
+                        flags: 0,
+                    };
+                    self.queues.write(&t, n, &e)?;
+                    d.topics.update(t.id, |t| {
+                        t.migrated |= n >= self.config.queues.slot_entries;
+                        t.len = n + 1;
+                        t.last_id = r.id;
+                        t.last_applied = (i, j);
+                    });
+                    if !r.message_key.is_empty() {
+                        let hash = key_hash(r.db, &r.topic, &r.message_key);
+                        d.index.add(hash, i, j, entry.timestamp_ms)?;
+                    }
+                }
+                (_, None) => {} // an operation on a topic that does not exist changes nothing
+                (RecordOp::Delete, Some(t)) => {
+                    if let Some(n) = self.queues.find(&t, r.id)? {
+                        self.queues.set_flags(&t, n, CQ_DELETED)?;
+                    }
+                    d.topics.update(t.id, |t| t.last_applied = (i, j));
+                }
+                (RecordOp::Trim, Some(t)) => {
+                    let n = self.queues.seek(&t, r.id)?;
+                    d.topics.update(t.id, |t| {
+                        t.first_live = t.first_live.max(n);
+                        t.last_applied = (i, j);
+                    });
+                    d.removals.push(PendingRemoval {
+                        at: i,
+                        topic: t,
+                        below: n,
+                    });
+                }
+                (RecordOp::Drop, Some(t)) => {
+                    d.topics.update(t.id, |t| {
+                        t.dropped = true;
+                        t.last_applied = (i, j);
+                    });
+                    d.removals.push(PendingRemoval {
+                        at: i,
+                        topic: t,
+                        below: u64::MAX,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the derived state durable up to the dispatch point now.
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut d = self.lock();
+        self.checkpoint_locked(&mut d)
+    }
+
+    fn checkpoint_locked(&self, d: &mut Dispatcher) -> Result<()> {
+        self.queues.sync()?;
+        d.index.sync()?;
+        let table = d.topics.persist()?;
+        let cp = DispatchCheckpoint {
+            dispatched: d.dispatched,
+            table,
+            next_slot: d.next_slot,
+            next_topic: d.next_topic,
+            index: d.index.active(),
+        };
+        write_atomic(
+            self.storage.as_ref(),
+            &self.root.join(DISPATCH_FILE),
+            &cp.encode(),
+        )
+        .at(self.root.join(DISPATCH_FILE))?;
+        d.checkpointed = d.dispatched;
+        d.last_checkpoint = Instant::now();
+        d.topics.remove_old_generations()?;
+        // Files of trims and drops recorded by this checkpoint are no longer needed.
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut d.removals)
+            .into_iter()
+            .partition(|r| r.at <= d.checkpointed);
+        d.removals = later;
+        for r in due {
+            self.queues
+                .remove_files(self.storage.as_ref(), &r.topic, r.below)?;
+        }
+        Ok(())
+    }
+
+    /// The live topic `(db, key)`.
+    pub fn topic(&self, db: u8, key: &[u8]) -> Option<Topic> {
+        self.lock().topics.find(db, key).cloned()
+    }
+
+    /// A topic by id (dropped ones included until compaction).
+    pub fn topic_by_id(&self, id: TopicId) -> Option<Topic> {
+        self.lock().topics.get(id).cloned()
+    }
+
+    /// Number of live topics.
+    pub fn topic_count(&self) -> usize {
+        self.lock().topics.live_count()
+    }
+
+    /// Live topics, for listing (`KEYS`, `SCAN`, MQTT wildcard matching).
+    pub fn topics(&self) -> Vec<Topic> {
+        self.lock().topics.live().cloned().collect()
+    }
+
+    /// Queue entries `[from, from + count)` of `topic` that are neither trimmed nor deleted.
+    pub fn read_queue(&self, topic: &Topic, from: u64, count: u64) -> Result<Vec<(u64, CqEntry)>> {
+        let from = from.max(topic.first_live);
+        let entries = self.queues.read(topic, from, count)?;
+        Ok((from..)
+            .zip(entries)
+            .filter(|(_, e)| !e.is_deleted())
+            .collect())
+    }
+
+    /// All queue entries of `[from, from + count)`, trimmed and deleted ones included.
+    pub fn read_queue_raw(&self, topic: &Topic, from: u64, count: u64) -> Result<Vec<CqEntry>> {
+        self.queues.read(topic, from, count)
+    }
+
+    /// Queue offset of the first live entry with a stream ID `>= id`.
+    pub fn seek(&self, topic: &Topic, id: StreamId) -> Result<u64> {
+        self.queues.seek(topic, id)
+    }
+
+    /// The message a queue entry points to, read from the CommitLog.
+    pub fn message(&self, entry: &CqEntry) -> Result<StoredMessage> {
+        let e = self.log.entry(entry.log_index)?;
+        let record =
+            e.records
+                .get(entry.sub as usize)
+                .cloned()
+                .ok_or_else(|| StoreError::Corruption {
+                    file: self.root.join("consumequeue"),
+                    offset: entry.log_index,
+                    reason: format!(
+                        "queue entry points at sub-record {} of entry {}",
+                        entry.sub, entry.log_index
+                    ),
+                })?;
+        Ok(StoredMessage {
+            entry: *entry,
+            timestamp_ms: e.timestamp_ms,
+            record,
+        })
+    }
+
+    /// Messages of topic `(db, topic)` with message key `key` and a store timestamp in
+    /// `[from_ms, to_ms]`, newest first, at most `max`. Hash collisions are filtered out.
+    pub fn find_by_key(
+        &self,
+        db: u8,
+        topic: &[u8],
+        key: &[u8],
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<IndexHit>> {
+        let hash = key_hash(db, topic, key);
+        let candidates =
+            self.lock()
+                .index
+                .query(hash, from_ms, to_ms, max.saturating_mul(2).max(max))?;
+        let first = self.log.first_index();
+        let mut out = Vec::new();
+        for hit in candidates {
+            if out.len() >= max {
+                break;
+            }
+            if hit.log_index < first {
+                continue;
+            }
+            let e = self.log.entry(hit.log_index)?;
+            let matches = e.records.get(hit.sub as usize).is_some_and(|r| {
+                r.db == db && r.topic == topic && r.message_key == key && r.op == RecordOp::Message
+            });
+            if matches {
+                out.push(hit);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Truncates the log after `index`; refused below the dispatch point (dispatched entries
+    /// are committed and never truncated).
+    pub fn truncate_after(&self, index: LogIndex) -> Result<()> {
+        let d = self.lock();
+        if index < d.dispatched {
+            return Err(StoreError::IndexOutOfRange {
+                index,
+                first: d.dispatched,
+                last: self.log.last_index(),
+            });
+        }
+        self.log.truncate_after(index)
+    }
+
+    /// Deletes old segments below `index` (called by the engine's retention), never past the
+    /// last dispatch checkpoint (recovery re-dispatches from there). Returns the new first index.
+    pub fn delete_before(&self, index: LogIndex) -> Result<LogIndex> {
+        let mut d = self.lock();
+        let first = self.log.delete_before(index.min(d.checkpointed + 1))?;
+        d.index.remove_before(first)?;
+        Ok(first)
+    }
+
+    /// Open handles of queue files (bounded by `max_open_files` plus unsynced ones).
+    pub fn open_queue_handles(&self) -> usize {
+        self.queues.open_handles()
+    }
+
+    /// Checkpoints derived state and closes the log cleanly.
+    pub fn close(self) -> Result<()> {
+        self.checkpoint()?;
+        self.log.close()
+    }
+}

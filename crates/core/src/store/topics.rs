@@ -1,0 +1,377 @@
+//! The topic table: every topic's metadata (name, db, incarnation, ConsumeQueue location and
+//! length, trim point, last dispatched position) in memory, and on disk as one append-only file
+//! of row records (`consumequeue/topics-<generation>`), not a directory per topic.
+//!
+//! Rows are written only at dispatch checkpoints, for the topics that changed; the checkpoint
+//! records the file's valid length, so a row written after it (torn or not) is ignored at open.
+//! When the file holds more than twice its live rows it is rewritten as the next generation.
+//! This module must never touch queue files; it only holds where they are.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::entry::{LogIndex, StreamId};
+use super::error::{IoContext, Result, StoreError};
+use super::storage::{Storage, StorageFile};
+
+/// Dense id of a topic incarnation, assigned in dispatch order.
+pub type TopicId = u32;
+
+/// One topic incarnation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    /// Id (its row).
+    pub id: TopicId,
+    /// Redis database.
+    pub db: u8,
+    /// Topic key.
+    pub key: Bytes,
+    /// Log index of the entry that created this incarnation.
+    pub incarnation: LogIndex,
+    /// ConsumeQueue entries written (including trimmed and deleted ones).
+    pub len: u64,
+    /// Entries below this offset are trimmed.
+    pub first_live: u64,
+    /// Position `(log index, sub-record)` of the last sub-record applied to this topic: a
+    /// re-dispatch after a crash skips everything at or before it.
+    pub last_applied: (LogIndex, u16),
+    /// Arena slot holding the first entries.
+    pub slot: u32,
+    /// Entries live in the topic's own files (the arena slot overflowed).
+    pub migrated: bool,
+    /// The topic was dropped; it stays in the table until the next compaction.
+    pub dropped: bool,
+    /// Stream ID of the last message.
+    pub last_id: StreamId,
+}
+
+const ROW_FIXED: usize = 72;
+const FLAG_MIGRATED: u8 = 1;
+const FLAG_DROPPED: u8 = 2;
+
+impl Topic {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let size = (ROW_FIXED + self.key.len()) as u32;
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes()); // crc, patched below
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.push(self.db);
+        out.push(
+            if self.migrated { FLAG_MIGRATED } else { 0 }
+                | if self.dropped { FLAG_DROPPED } else { 0 },
+        );
+        out.extend_from_slice(&self.last_applied.1.to_le_bytes());
+        out.extend_from_slice(&self.incarnation.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&self.first_live.to_le_bytes());
+        out.extend_from_slice(&self.last_applied.0.to_le_bytes());
+        out.extend_from_slice(&self.slot.to_le_bytes());
+        out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.last_id.ms.to_le_bytes());
+        out.extend_from_slice(&self.last_id.seq.to_le_bytes());
+        out.extend_from_slice(&self.key);
+        debug_assert_eq!(out.len() - start, size as usize);
+        let crc = crc32c::crc32c(&out[start + 8..]);
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes one row at the start of `b`; returns it and its size.
+    fn decode(b: &[u8]) -> Option<(Topic, usize)> {
+        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let long = |at: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(a)
+        };
+        if b.len() < ROW_FIXED {
+            return None;
+        }
+        let size = word(0) as usize;
+        if size < ROW_FIXED || size > b.len() || crc32c::crc32c(&b[8..size]) != word(4) {
+            return None;
+        }
+        let key_len = word(52) as usize;
+        if ROW_FIXED + key_len != size {
+            return None;
+        }
+        let flags = b[13];
+        Some((
+            Topic {
+                id: word(8),
+                db: b[12],
+                key: Bytes::copy_from_slice(&b[ROW_FIXED..size]),
+                incarnation: long(16),
+                len: long(24),
+                first_live: long(32),
+                last_applied: (long(40), u16::from_le_bytes([b[14], b[15]])),
+                slot: word(48),
+                migrated: flags & FLAG_MIGRATED != 0,
+                dropped: flags & FLAG_DROPPED != 0,
+                last_id: StreamId::new(long(56), long(64)),
+            },
+            size,
+        ))
+    }
+}
+
+fn key_hash(hasher: &DefaultHashBuilder, db: u8, key: &[u8]) -> u64 {
+    hasher.hash_one((db, key))
+}
+
+/// Where the table's rows are on disk, as recorded by a dispatch checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableMark {
+    /// File generation.
+    pub generation: u64,
+    /// Valid bytes in that file.
+    pub len: u64,
+}
+
+/// The table.
+#[derive(Debug)]
+pub struct TopicTable {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    topics: Vec<Topic>,
+    live: HashTable<TopicId>,
+    hasher: DefaultHashBuilder,
+    dirty: Vec<TopicId>,
+    is_dirty: Vec<bool>,
+    file: Option<Arc<dyn StorageFile>>,
+    mark: TableMark,
+    live_row_bytes: u64,
+}
+
+fn table_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("topics-{generation:08}"))
+}
+
+impl TopicTable {
+    /// Loads the rows up to `mark` (rows past it were written after the last checkpoint).
+    pub fn open(storage: Arc<dyn Storage>, dir: &Path, mark: TableMark) -> Result<Self> {
+        storage.create_dir_all(dir).at(dir)?;
+        let mut table = TopicTable {
+            storage,
+            dir: dir.to_path_buf(),
+            topics: Vec::new(),
+            live: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
+            file: None,
+            mark,
+            live_row_bytes: 0,
+        };
+        let path = table_path(dir, mark.generation);
+        if mark.len == 0 && !table.storage.exists(&path) {
+            return Ok(table);
+        }
+        let file = table.storage.open(&path, false).at(&path)?;
+        let mut buf = vec![0u8; mark.len as usize];
+        file.read_exact_at(0, &mut buf)
+            .map_err(|e| StoreError::Corruption {
+                file: path.clone(),
+                offset: 0,
+                reason: format!("topic table shorter than its checkpoint: {e}"),
+            })?;
+        let mut at = 0usize;
+        while at < buf.len() {
+            let (topic, size) =
+                Topic::decode(&buf[at..]).ok_or_else(|| StoreError::Corruption {
+                    file: path.clone(),
+                    offset: at as u64,
+                    reason: "topic row does not verify".into(),
+                })?;
+            table.put(topic);
+            at += size;
+        }
+        table.file = Some(file);
+        table.dirty.clear();
+        table.is_dirty.iter_mut().for_each(|d| *d = false);
+        Ok(table)
+    }
+
+    /// Inserts or replaces a row (from disk or from dispatch) and marks it dirty.
+    fn put(&mut self, topic: Topic) {
+        let id = topic.id as usize;
+        if id >= self.topics.len() {
+            self.topics.resize_with(id + 1, || Topic {
+                id: u32::MAX,
+                db: 0,
+                key: Bytes::new(),
+                incarnation: 0,
+                len: 0,
+                first_live: 0,
+                last_applied: (0, 0),
+                slot: 0,
+                migrated: false,
+                dropped: true,
+                last_id: StreamId::default(),
+            });
+            self.is_dirty.resize(id + 1, false);
+        }
+        let was_live = self.topics[id].id != u32::MAX && !self.topics[id].dropped;
+        if was_live {
+            self.unindex(id as TopicId);
+        }
+        if !topic.dropped {
+            let hash = key_hash(&self.hasher, topic.db, &topic.key);
+            let (topics, hasher) = (&self.topics, &self.hasher);
+            self.live.insert_unique(hash, topic.id, |i| {
+                let t = &topics[*i as usize];
+                key_hash(hasher, t.db, &t.key)
+            });
+        }
+        self.topics[id] = topic;
+        self.touch(id as TopicId);
+    }
+
+    fn unindex(&mut self, id: TopicId) {
+        let t = &self.topics[id as usize];
+        let hash = key_hash(&self.hasher, t.db, &t.key);
+        if let Ok(entry) = self.live.find_entry(hash, |i| *i == id) {
+            entry.remove();
+        }
+    }
+
+    fn touch(&mut self, id: TopicId) {
+        if !self.is_dirty[id as usize] {
+            self.is_dirty[id as usize] = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// The live topic `(db, key)`.
+    pub fn find(&self, db: u8, key: &[u8]) -> Option<&Topic> {
+        let hash = key_hash(&self.hasher, db, key);
+        let topics = &self.topics;
+        self.live
+            .find(hash, |i| {
+                let t = &topics[*i as usize];
+                t.db == db && t.key == key
+            })
+            .map(|i| &topics[*i as usize])
+    }
+
+    /// A topic by id (dropped ones included).
+    pub fn get(&self, id: TopicId) -> Option<&Topic> {
+        self.topics.get(id as usize).filter(|t| t.id == id)
+    }
+
+    /// Creates a new incarnation; the caller chose `id` and `slot`.
+    pub fn create(&mut self, topic: Topic) {
+        self.put(topic);
+    }
+
+    /// Changes a topic; marks it for the next checkpoint.
+    pub fn update(&mut self, id: TopicId, f: impl FnOnce(&mut Topic)) {
+        let Some(t) = self.topics.get_mut(id as usize) else {
+            return;
+        };
+        let was_live = !t.dropped;
+        f(t);
+        if was_live && self.topics[id as usize].dropped {
+            self.unindex(id); // the key is unchanged, so its hash is too
+        }
+        self.touch(id);
+    }
+
+    /// Live topics (for listing).
+    pub fn live(&self) -> impl Iterator<Item = &Topic> {
+        self.live.iter().map(|i| &self.topics[*i as usize])
+    }
+
+    /// Number of live topics.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Id the next created topic gets.
+    pub fn next_id(&self) -> TopicId {
+        self.topics.len() as TopicId
+    }
+
+    /// Writes the changed rows (or a compacted generation) and syncs; returns the new mark.
+    /// The caller records the mark in the dispatch checkpoint, which is what makes the rows count.
+    pub fn persist(&mut self) -> Result<TableMark> {
+        if self.dirty.is_empty() && self.file.is_some() {
+            return Ok(self.mark);
+        }
+        let mut buf = Vec::new();
+        let live_bytes: u64 = self
+            .topics
+            .iter()
+            .filter(|t| t.id != u32::MAX && !t.dropped)
+            .map(|t| (ROW_FIXED + t.key.len()) as u64)
+            .sum::<u64>();
+        self.live_row_bytes = live_bytes;
+        let compact = self.file.is_none() || self.mark.len > 2 * live_bytes + (4 << 20);
+        if compact {
+            for t in self
+                .topics
+                .iter()
+                .filter(|t| t.id != u32::MAX && !t.dropped)
+            {
+                t.encode(&mut buf);
+            }
+            let generation = if self.file.is_some() {
+                self.mark.generation + 1
+            } else {
+                self.mark.generation
+            };
+            let path = table_path(&self.dir, generation);
+            let file = self.storage.open(&path, true).at(&path)?;
+            file.set_len(0).at(&path)?;
+            file.write_at(0, &buf).at(&path)?;
+            file.sync_data().at(&path)?;
+            self.storage.sync_dir(&self.dir).at(&self.dir)?;
+            self.file = Some(file);
+            self.mark = TableMark {
+                generation,
+                len: buf.len() as u64,
+            };
+        } else {
+            for id in &self.dirty {
+                self.topics[*id as usize].encode(&mut buf);
+            }
+            let path = table_path(&self.dir, self.mark.generation);
+            let file = self.file.clone().ok_or(StoreError::Closed)?;
+            file.write_at(self.mark.len, &buf).at(&path)?;
+            file.sync_data().at(&path)?;
+            self.mark.len += buf.len() as u64;
+        }
+        for id in self.dirty.drain(..) {
+            self.is_dirty[id as usize] = false;
+        }
+        Ok(self.mark)
+    }
+
+    /// Removes table files of generations older than the current one (after the checkpoint
+    /// that names the current one is durable).
+    pub fn remove_old_generations(&self) -> Result<()> {
+        for name in self.storage.list(&self.dir).at(&self.dir)? {
+            let Some(g) = name
+                .strip_prefix("topics-")
+                .and_then(|g| g.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if g < self.mark.generation {
+                let path = self.dir.join(&name);
+                self.storage.remove(&path).at(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of live rows on disk.
+    pub fn live_row_bytes(&self) -> u64 {
+        self.live_row_bytes
+    }
+}
