@@ -122,6 +122,11 @@ impl DispatchCheckpoint {
     }
 }
 
+/// Reads a `dispatch` checkpoint image for `inspect`: the dispatch point and the table mark.
+pub(crate) fn inspect_dispatch(bytes: &[u8], path: &Path) -> Result<(LogIndex, TableMark)> {
+    DispatchCheckpoint::decode(bytes, path).map(|cp| (cp.dispatched, cp.table))
+}
+
 /// Files of a trimmed or dropped topic, removable once a checkpoint past `at` is durable.
 #[derive(Debug)]
 struct PendingRemoval {

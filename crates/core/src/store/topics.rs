@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use std::hash::BuildHasher;
+
+use bytes::Bytes;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
@@ -152,6 +153,42 @@ fn table_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("topics-{generation:08}"))
 }
 
+/// The rows recorded up to `mark`, in file order (a later row of an id supersedes an earlier
+/// one). Read-only.
+pub fn read_rows(storage: &dyn Storage, dir: &Path, mark: TableMark) -> Result<Vec<Topic>> {
+    read_rows_with_file(storage, dir, mark).map(|(rows, _)| rows)
+}
+
+/// Rows read from the table and the file they came from.
+type RowsAndFile = (Vec<Topic>, Option<Arc<dyn StorageFile>>);
+
+fn read_rows_with_file(storage: &dyn Storage, dir: &Path, mark: TableMark) -> Result<RowsAndFile> {
+    let path = table_path(dir, mark.generation);
+    if mark.len == 0 && !storage.exists(&path) {
+        return Ok((Vec::new(), None));
+    }
+    let file = storage.open(&path, false).at(&path)?;
+    let mut buf = vec![0u8; mark.len as usize];
+    file.read_exact_at(0, &mut buf)
+        .map_err(|e| StoreError::Corruption {
+            file: path.clone(),
+            offset: 0,
+            reason: format!("topic table shorter than its checkpoint: {e}"),
+        })?;
+    let mut rows = Vec::new();
+    let mut at = 0usize;
+    while at < buf.len() {
+        let (topic, size) = Topic::decode(&buf[at..]).ok_or_else(|| StoreError::Corruption {
+            file: path.clone(),
+            offset: at as u64,
+            reason: "topic row does not verify".into(),
+        })?;
+        rows.push(topic);
+        at += size;
+    }
+    Ok((rows, Some(file)))
+}
+
 impl TopicTable {
     /// Loads the rows up to `mark` (rows past it were written after the last checkpoint).
     pub fn open(storage: Arc<dyn Storage>, dir: &Path, mark: TableMark) -> Result<Self> {
@@ -168,30 +205,11 @@ impl TopicTable {
             mark,
             live_row_bytes: 0,
         };
-        let path = table_path(dir, mark.generation);
-        if mark.len == 0 && !table.storage.exists(&path) {
-            return Ok(table);
-        }
-        let file = table.storage.open(&path, false).at(&path)?;
-        let mut buf = vec![0u8; mark.len as usize];
-        file.read_exact_at(0, &mut buf)
-            .map_err(|e| StoreError::Corruption {
-                file: path.clone(),
-                offset: 0,
-                reason: format!("topic table shorter than its checkpoint: {e}"),
-            })?;
-        let mut at = 0usize;
-        while at < buf.len() {
-            let (topic, size) =
-                Topic::decode(&buf[at..]).ok_or_else(|| StoreError::Corruption {
-                    file: path.clone(),
-                    offset: at as u64,
-                    reason: "topic row does not verify".into(),
-                })?;
+        let (rows, file) = read_rows_with_file(table.storage.as_ref(), dir, mark)?;
+        for topic in rows {
             table.put(topic);
-            at += size;
         }
-        table.file = Some(file);
+        table.file = file;
         table.dirty.clear();
         table.is_dirty.iter_mut().for_each(|d| *d = false);
         Ok(table)
