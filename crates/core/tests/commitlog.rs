@@ -256,3 +256,43 @@ fn real_filesystem_round_trip() -> Result<(), StoreError> {
     assert_entries(&log, 1, 500, 4)?;
     Ok(())
 }
+
+#[test]
+fn tickets_resolve_as_futures_inside_a_runtime() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let log = Arc::new(open(&disk)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .map_err(|e| StoreError::io("runtime", e))?;
+    rt.block_on(async {
+        // 64 tasks, each with several appends in flight at once.
+        let mut tasks = Vec::new();
+        for t in 0..64u64 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tickets = Vec::new();
+                for n in 0..5 {
+                    tickets.push(log.append(&entry(1, t * 5 + n))?);
+                }
+                let mut done = Vec::new();
+                for ticket in tickets {
+                    done.push(ticket.await?);
+                }
+                Ok::<_, StoreError>(done)
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(
+                task.await
+                    .map_err(|e| StoreError::io("join", std::io::Error::other(e)))??,
+            );
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=320).collect::<Vec<u64>>());
+        Ok::<_, StoreError>(())
+    })?;
+    assert!(log.flushed_index() >= 320);
+    Ok(())
+}

@@ -11,15 +11,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::checkpoint::Checkpoint;
 use super::entry::{
@@ -110,32 +109,58 @@ impl LogConfig {
 }
 
 /// The durability ticket of one append. Resolves to the entry's index once the append is as
-/// durable as the flush mode promises, or to the error that failed the log.
+/// durable as the flush mode promises, or to the error that failed the log. Costs no
+/// allocation: it compares the log's acknowledged watermark with its index.
 #[derive(Debug)]
 pub struct AppendTicket {
     /// Index assigned to the entry.
     pub index: LogIndex,
-    rx: oneshot::Receiver<Result<()>>,
+    inner: Arc<Inner>,
 }
 
 impl AppendTicket {
-    /// Blocks the thread until durable. Must not be called from inside an async runtime.
+    /// `Some` once decided, checked against state the caller has locked.
+    fn decided(&self, st: &State) -> Option<Result<LogIndex>> {
+        if self.inner.acked.load(Ordering::Acquire) >= self.index {
+            return Some(Ok(self.index));
+        }
+        if let Some(why) = &st.failed {
+            return Some(Err(StoreError::Failed(why.clone())));
+        }
+        st.writer_gone.then_some(Err(StoreError::Closed))
+    }
+
+    /// Blocks the thread until durable.
     pub fn wait(self) -> Result<LogIndex> {
-        self.rx
-            .blocking_recv()
-            .map_err(|_| StoreError::Closed)?
-            .map(|()| self.index)
+        if self.inner.acked.load(Ordering::Acquire) >= self.index {
+            return Ok(self.index);
+        }
+        let mut st = self.inner.lock();
+        loop {
+            if let Some(r) = self.decided(&st) {
+                return r;
+            }
+            st = self
+                .inner
+                .progress_cv
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
 impl Future for AppendTicket {
     type Output = Result<LogIndex>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let index = self.index;
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            r.map_err(|_| StoreError::Closed)
-                .and_then(|r| r.map(|()| index))
-        })
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.inner.acked.load(Ordering::Acquire) >= self.index {
+            return Poll::Ready(Ok(self.index));
+        }
+        let mut st = self.inner.lock();
+        if let Some(r) = self.decided(&st) {
+            return Poll::Ready(r);
+        }
+        st.wakers.push((self.index, cx.waker().clone()));
+        Poll::Pending
     }
 }
 
@@ -188,7 +213,10 @@ struct State {
     pending_records: Vec<IndexRecord>,
     /// Bytes in `pending`, bounded by `max_pending_bytes`.
     pending_bytes: usize,
-    waiters: VecDeque<(LogIndex, oneshot::Sender<Result<()>>)>,
+    /// Tasks awaiting tickets (index, waker); woken when the watermark passes the index.
+    wakers: Vec<(LogIndex, Waker)>,
+    /// The writer thread has exited: tickets not yet acknowledged never will be.
+    writer_gone: bool,
     written_index: LogIndex,
     flushed_index: LogIndex,
     checkpoint: Checkpoint,
@@ -270,6 +298,8 @@ struct Inner {
     /// Appenders, readers and truncation wait here for the writer or the allocator.
     progress_cv: Condvar,
     closing: AtomicBool,
+    /// Appends up to here are acknowledged (written in `async`, fdatasynced in `sync`).
+    acked: AtomicU64,
 }
 
 /// The CommitLog. See the module docs.
@@ -340,7 +370,8 @@ impl CommitLog {
             pending_first: rec.last_index + 1,
             pending_bytes: 0,
             pending_records: Vec::new(),
-            waiters: VecDeque::new(),
+            wakers: Vec::new(),
+            writer_gone: false,
             written_index: rec.last_index,
             flushed_index: rec.last_index,
             checkpoint: rec.checkpoint,
@@ -369,6 +400,7 @@ impl CommitLog {
             writer_cv: Condvar::new(),
             progress_cv: Condvar::new(),
             closing: AtomicBool::new(false),
+            acked: AtomicU64::new(rec.last_index),
         });
         {
             let mut st = inner.lock();
@@ -379,7 +411,10 @@ impl CommitLog {
         let w = inner.clone();
         let writer = std::thread::Builder::new()
             .name("commitlog-writer".into())
-            .spawn(move || w.writer_loop())
+            .spawn(move || {
+                w.clone().writer_loop();
+                w.writer_exited();
+            })
             .map_err(|e| StoreError::io("commitlog-writer thread", e))?;
         let a = inner.clone();
         let allocator = std::thread::Builder::new()
@@ -409,41 +444,45 @@ impl CommitLog {
         let inner = &self.inner;
         let mut st = inner.lock();
         st.writable()?;
-        // Backpressure: a writer that cannot keep up bounds the memory appends may hold.
-        while st.pending_bytes >= inner.config.max_pending_bytes {
-            if st.writer_waiting {
-                inner.writer_cv.notify_one();
-            }
-            st = inner
-                .progress_cv
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+        // Every wait below releases the lock and lets other appenders move the tail, so after
+        // any wait all conditions are checked again; the entry goes in on a pass that waited
+        // for nothing.
+        loop {
             st.writable()?;
+            // Backpressure: a writer that cannot keep up bounds the memory appends may hold.
+            if st.pending_bytes >= inner.config.max_pending_bytes {
+                if st.writer_waiting {
+                    inner.writer_cv.notify_one();
+                }
+                st = inner
+                    .progress_cv
+                    .wait(st)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            if st.next_index + inner.config.index_records_per_file / 2 >= st.map_ready_until {
+                let must_wait = st.next_index >= st.map_ready_until;
+                st = inner.ensure_map_room(st)?;
+                if must_wait {
+                    continue;
+                }
+            }
+            if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
+                if st.tail_off == SEGMENT_HEADER_LEN {
+                    // Cannot happen with `entry_limit` and same-size segments; never loop on it.
+                    return Err(StoreError::EntryTooLarge { size, limit });
+                }
+                st = inner.roll(st, size)?;
+                continue;
+            }
+            break;
         }
-        if st.next_index + inner.config.index_records_per_file / 2 >= st.map_ready_until {
-            st = inner.ensure_map_room(st)?;
-        }
-        // Checked after every wait above (each releases the lock): the term is compared with
-        // the entry this one will directly follow.
+        // The term is compared with the entry this one will directly follow.
         if entry.term < st.last_term {
             return Err(StoreError::TermRegression {
                 term: entry.term,
                 last_term: st.last_term,
             });
-        }
-        if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
-            st = inner.roll(st, size)?;
-            if entry.term < st.last_term {
-                return Err(StoreError::TermRegression {
-                    term: entry.term,
-                    last_term: st.last_term,
-                });
-            }
-            // Segments are made with the configured size and recovery reuses no other, so an
-            // entry within `entry_limit` always fits a fresh one; checked all the same.
-            if st.tail_off + (size + BLANK_LEN) as u64 > st.tail_seg.size {
-                return Err(StoreError::EntryTooLarge { size, limit });
-            }
         }
         let index = st.next_index;
         let pos = st.tail_seg.base + st.tail_off;
@@ -464,13 +503,15 @@ impl CommitLog {
         st.next_index += 1;
         st.last_term = entry.term;
         st.tail_off += size as u64;
-        let (tx, rx) = oneshot::channel();
-        st.waiters.push_back((index, tx));
+
         if st.writer_waiting {
             st.writer_waiting = false;
             inner.writer_cv.notify_one();
         }
-        Ok(AppendTicket { index, rx })
+        Ok(AppendTicket {
+            index,
+            inner: inner.clone(),
+        })
     }
 
     /// First index held.
@@ -704,35 +745,59 @@ impl Inner {
         })
     }
 
-    /// Marks the log failed: every waiter gets the error, appends are refused until reopen.
+    /// Marks the log failed: every waiting ticket gets the error, appends are refused until
+    /// reopen.
     fn fail(&self, err: &StoreError) {
         tracing::error!(error = %err, "commitlog failed; refusing appends until reopened");
-        let why: Arc<str> = Arc::from(err.to_string());
-        let waiters = {
+        let wakers = {
             let mut st = self.lock();
             if st.failed.is_none() {
-                st.failed = Some(why.clone());
+                st.failed = Some(Arc::from(err.to_string()));
             }
             st.pending.clear();
             st.pending_records.clear();
             st.pending_bytes = 0;
             st.writer_busy = false;
-            std::mem::take(&mut st.waiters)
+            std::mem::take(&mut st.wakers)
         };
-        for (_, tx) in waiters {
-            let _ = tx.send(Err(StoreError::Failed(why.clone())));
+        for (_, w) in wakers {
+            w.wake();
         }
         self.progress_cv.notify_all();
     }
 
-    fn complete_up_to(&self, st: &mut State, index: LogIndex) -> Vec<oneshot::Sender<Result<()>>> {
-        let mut done = Vec::new();
-        while st.waiters.front().is_some_and(|(i, _)| *i <= index) {
-            if let Some((_, tx)) = st.waiters.pop_front() {
-                done.push(tx);
-            }
+    /// After the writer thread ends: tickets it did not acknowledge never will be.
+    fn writer_exited(&self) {
+        let wakers = {
+            let mut st = self.lock();
+            st.writer_gone = true;
+            std::mem::take(&mut st.wakers)
+        };
+        for (_, w) in wakers {
+            w.wake();
         }
-        done
+        self.progress_cv.notify_all();
+    }
+
+    /// Moves the acknowledged watermark to `index` and wakes the tickets it passes.
+    fn acknowledge(&self, index: LogIndex) {
+        let woken: Vec<Waker> = {
+            let mut st = self.lock();
+            self.acked.fetch_max(index, Ordering::AcqRel);
+            if st.wakers.is_empty() {
+                Vec::new()
+            } else {
+                let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut st.wakers)
+                    .into_iter()
+                    .partition(|(i, _)| *i <= index);
+                st.wakers = wait;
+                done.into_iter().map(|(_, w)| w).collect()
+            }
+        };
+        for w in woken {
+            w.wake();
+        }
+        self.progress_cv.notify_all();
     }
 
     fn writer_loop(self: Arc<Self>) {
@@ -791,18 +856,11 @@ impl Inner {
                     }
                 }
                 self.map.write(first, &records)?;
-                let acked = {
-                    let mut st = self.lock();
-                    st.written_index = target;
-                    if sync_mode {
-                        Vec::new()
-                    } else {
-                        self.complete_up_to(&mut st, target)
-                    }
-                };
-                self.progress_cv.notify_all();
-                for tx in acked {
-                    let _ = tx.send(Ok(()));
+                self.lock().written_index = target;
+                if sync_mode {
+                    self.progress_cv.notify_all(); // readers wait for written entries
+                } else {
+                    self.acknowledge(target);
                 }
                 // 2. fdatasync: every batch in sync mode, on the interval (or at close) in async.
                 if sync_mode || shutdown || last_flush.elapsed() >= flush_every {
@@ -810,13 +868,12 @@ impl Inner {
                         seg.file.sync_data().at(&seg.path)?;
                     }
                     last_flush = Instant::now();
-                    let acked = {
+                    {
                         let mut st = self.lock();
                         st.flushed_index = st.flushed_index.max(target);
-                        self.complete_up_to(&mut st, target)
-                    };
-                    for tx in acked {
-                        let _ = tx.send(Ok(()));
+                    }
+                    if sync_mode {
+                        self.acknowledge(target);
                     }
                 }
                 // 3. Checkpoint: the map first, then the file that says how far both are durable.
@@ -994,6 +1051,8 @@ impl Inner {
         }
         st.next_index = index + 1;
         st.pending_first = index + 1;
+        // Quiesced: every ticket up to the old end was decided; new ones start above `index`.
+        self.acked.fetch_min(index, Ordering::AcqRel);
         st.last_term = new_last_term;
         st.written_index = st.written_index.min(index);
         st.flushed_index = st.flushed_index.min(index);

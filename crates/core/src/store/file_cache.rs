@@ -65,6 +65,9 @@ impl FileCache {
             return Ok(Some(handle));
         }
         let handle = if self.storage.exists(path) {
+            // A file found on disk may have been created by a process that crashed before
+            // syncing its directory: its name is synced once more before we rely on it.
+            inner.new_names.insert(path.to_path_buf());
             self.storage.open(path, false).at(path)?
         } else if let Some(len) = create_len {
             if let Some(dir) = path.parent() {
@@ -102,7 +105,7 @@ impl FileCache {
     }
 
     /// fdatasyncs every file written since the last call, then fsyncs the directories of
-    /// newly created ones. Returns the number of files synced.
+    /// files created or first opened since. Returns the number of files synced.
     pub fn sync_dirty(&self) -> Result<usize> {
         let (dirty, names) = {
             let mut inner = self.lock();

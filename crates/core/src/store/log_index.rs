@@ -94,6 +94,8 @@ impl LogIndexMap {
                 storage.open(&path, false).at(&path)?,
             );
         }
+        // Names of map files left by a crashed process become durable here.
+        storage.sync_dir(dir).at(dir)?;
         Ok(LogIndexMap {
             storage,
             dir: dir.to_path_buf(),

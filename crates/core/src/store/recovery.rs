@@ -273,9 +273,9 @@ pub(crate) fn recover(
             removed += 1;
         }
     }
-    if removed > 0 {
-        storage.sync_dir(log_dir).at(log_dir)?;
-    }
+    // Always: a segment renamed into place by a process that crashed before syncing the
+    // directory exists now, but its name is not durable until this sync.
+    storage.sync_dir(log_dir).at(log_dir)?;
 
     map.sync()?;
     let checkpoint = Checkpoint {
