@@ -203,24 +203,44 @@ impl ConsumeQueues {
 
     /// Writes entry `n` of `topic`.
     pub fn write(&self, topic: &Topic, n: u64, entry: &CqEntry) -> Result<()> {
-        let place = self.place(topic, n);
-        let file = self
-            .files
-            .get(&place.path, Some(place.file_len))?
-            .ok_or(StoreError::Closed)?;
-        file.write_at(place.offset, &entry.encode())
-            .at(&place.path)?;
-        self.files.mark_dirty(&place.path, &file);
-        if topic.migrated && n.is_multiple_of(SPARSE_EVERY) {
-            let mut sparse = self.sparse.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(v) = sparse
-                .get_mut(&topic.id)
-                .filter(|v| v.len() as u64 == n / SPARSE_EVERY)
-            {
-                v.push(entry.id);
+        self.write_many(topic, n, std::slice::from_ref(entry))
+    }
+
+    /// Writes consecutive entries `n, n+1, ...` with one write per file touched.
+    pub fn write_many(&self, topic: &Topic, n: u64, entries: &[CqEntry]) -> Result<()> {
+        let mut done = 0usize;
+        let mut buf = Vec::new();
+        while done < entries.len() {
+            let at = n + done as u64;
+            let place = self.place(topic, at);
+            let take = (place.room as usize).min(entries.len() - done);
+            buf.clear();
+            for e in &entries[done..done + take] {
+                buf.extend_from_slice(&e.encode());
             }
+            let file = self
+                .files
+                .get(&place.path, Some(place.file_len))?
+                .ok_or(StoreError::Closed)?;
+            file.write_at(place.offset, &buf).at(&place.path)?;
+            self.files.mark_dirty(&place.path, &file);
+            if topic.migrated {
+                self.note_block_starts(topic.id, at, &entries[done..done + take]);
+            }
+            done += take;
         }
         Ok(())
+    }
+
+    /// Extends a built sparse index with the block-start entries among `entries` (at `at`).
+    fn note_block_starts(&self, id: TopicId, at: u64, entries: &[CqEntry]) {
+        let mut sparse = self.sparse.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(v) = sparse.get_mut(&id) else { return };
+        for (k, e) in (at..).zip(entries) {
+            if k.is_multiple_of(SPARSE_EVERY) && v.len() as u64 == k / SPARSE_EVERY {
+                v.push(e.id);
+            }
+        }
     }
 
     /// Sets flag bits on entry `n` in place.

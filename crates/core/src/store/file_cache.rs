@@ -66,9 +66,14 @@ impl FileCache {
         }
         let handle = if self.storage.exists(path) {
             // A file found on disk may have been created by a process that crashed before
-            // syncing its directory: its name is synced once more before we rely on it.
+            // syncing its directory or its length: both are made whole and synced again.
             inner.new_names.insert(path.to_path_buf());
-            self.storage.open(path, false).at(path)?
+            let handle = self.storage.open(path, false).at(path)?;
+            if let Some(len) = create_len.filter(|len| handle.size().is_ok_and(|s| s < *len)) {
+                handle.set_len(len).at(path)?;
+                inner.dirty.insert(path.to_path_buf(), handle.clone());
+            }
+            handle
         } else if let Some(len) = create_len {
             if let Some(dir) = path.parent() {
                 self.storage.create_dir_all(dir).at(dir)?;

@@ -203,8 +203,7 @@ impl IndexFiles {
             // Written by a run that got further before a crash: the durable entry `n` holds
             // the true link (see the module docs).
             let mut old = [0u8; INDEX_ENTRY_LEN as usize];
-            file.read_exact_at(self.entry_offset(n), &mut old)
-                .at(&path)?;
+            read_or_zero(file.as_ref(), self.entry_offset(n), &mut old).at(&path)?;
             let same = old[0..4] == hash.to_le_bytes()
                 && old[8..16] == log_index.to_le_bytes()
                 && old[24..26] == sub.to_le_bytes();
@@ -247,8 +246,12 @@ impl IndexFiles {
             return Ok(*v);
         }
         let mut b = [0u8; 4];
-        file.read_exact_at(INDEX_HEADER_LEN + u64::from(slot) * 4, &mut b)
-            .at(path)?;
+        read_or_zero(
+            file.as_ref(),
+            INDEX_HEADER_LEN + u64::from(slot) * 4,
+            &mut b,
+        )
+        .at(path)?;
         Ok(u32::from_le_bytes(b))
     }
 
@@ -273,7 +276,7 @@ impl IndexFiles {
             while n != 0 && n <= fill.count && out.len() < max && guard <= fill.count {
                 guard += 1;
                 let mut e = [0u8; INDEX_ENTRY_LEN as usize];
-                file.read_exact_at(self.entry_offset(n), &mut e).at(&path)?;
+                read_or_zero(file.as_ref(), self.entry_offset(n), &mut e).at(&path)?;
                 let word = |at: usize| u32::from_le_bytes([e[at], e[at + 1], e[at + 2], e[at + 3]]);
                 let long = |at: usize| {
                     let mut a = [0u8; 8];
@@ -368,6 +371,25 @@ impl IndexFiles {
     pub fn file_count(&self) -> usize {
         self.sealed.len() + usize::from(self.active.count > 0)
     }
+}
+
+/// Reads what the file holds at `offset`; bytes past its end read as zeros (a file whose
+/// length did not survive a crash is a file of zeros there, as the sparse file it was).
+fn read_or_zero(
+    file: &dyn super::storage::StorageFile,
+    offset: u64,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(offset + done as u64, &mut buf[done..])?;
+        if n == 0 {
+            buf[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 fn encode_header(
