@@ -228,7 +228,11 @@ struct State {
     /// One past the last index the preallocated map files can hold.
     map_ready_until: LogIndex,
     map_alloc: MapAlloc,
+    /// Work for the segment allocator thread.
     alloc_tx: Option<mpsc::Sender<Alloc>>,
+    /// Work for the map-file allocator thread: its own thread, so a small map file never
+    /// waits behind a gigabyte of segment zeros.
+    map_alloc_tx: Option<mpsc::Sender<Alloc>>,
     recent: VecDeque<IndexRecord>,
     recent_first: LogIndex,
 }
@@ -274,7 +278,7 @@ impl State {
     fn request_map_file(&mut self) {
         self.map_alloc = MapAlloc::Pending;
         let index = self.map_ready_until;
-        if let Some(tx) = &self.alloc_tx {
+        if let Some(tx) = &self.map_alloc_tx {
             let _ = tx.send(Alloc::MapFile(index));
         }
     }
@@ -359,6 +363,7 @@ impl CommitLog {
         map.ensure_covering(rec.last_index + 1, rec.last_index + 1)?;
         let map_ready_until = map.ready_until();
         let (alloc_tx, alloc_rx) = mpsc::channel();
+        let (map_alloc_tx, map_alloc_rx) = mpsc::channel();
         let (tail_seg, tail_off) = rec.tail;
         let state = State {
             first_index: rec.first_index,
@@ -386,6 +391,7 @@ impl CommitLog {
             map_ready_until,
             map_alloc: MapAlloc::Idle,
             alloc_tx: Some(alloc_tx),
+            map_alloc_tx: Some(map_alloc_tx),
             recent,
             recent_first,
         };
@@ -421,10 +427,15 @@ impl CommitLog {
             .name("commitlog-alloc".into())
             .spawn(move || a.allocator_loop(alloc_rx))
             .map_err(|e| StoreError::io("commitlog-alloc thread", e))?;
+        let m = inner.clone();
+        let map_allocator = std::thread::Builder::new()
+            .name("raftindex-alloc".into())
+            .spawn(move || m.allocator_loop(map_alloc_rx))
+            .map_err(|e| StoreError::io("raftindex-alloc thread", e))?;
         Ok(CommitLog {
             inner,
             report: rec.report,
-            threads: vec![writer, allocator],
+            threads: vec![writer, allocator, map_allocator],
         })
     }
 
@@ -615,6 +626,7 @@ impl CommitLog {
             let mut st = self.inner.lock();
             st.shutdown = true;
             st.alloc_tx = None;
+            st.map_alloc_tx = None;
             self.inner.writer_cv.notify_all();
             self.inner.progress_cv.notify_all();
         }

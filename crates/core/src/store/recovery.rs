@@ -15,7 +15,7 @@ use super::entry::{BLANK_LEN, LogIndex, Slot, Term, check_record, classify};
 use super::error::{IoContext, Result, StoreError};
 use super::log_index::{IndexRecord, LogIndexMap};
 use super::segment::{
-    SEGMENT_HEADER_LEN, Segment, allocate_segment, open_segment, parse_file_name,
+    SEGMENT_HEADER_LEN, Segment, SegmentReader, allocate_segment, open_segment, parse_file_name,
 };
 use super::storage::Storage;
 
@@ -167,10 +167,17 @@ pub(crate) fn recover(
     let mut batch: Vec<IndexRecord> = Vec::new();
     let mut batch_first = expected;
     let mut scanned = 0u64;
+    let mut reader = SegmentReader::new(seg.clone());
     loop {
-        let mut first8 = [0u8; 8];
-        let slot = match seg.file.read_exact_at(off, &mut first8) {
-            Ok(()) => classify(&first8).map_err(|e| e.to_string()),
+        if !Arc::ptr_eq(reader.segment(), &seg) {
+            reader = SegmentReader::new(seg.clone());
+        }
+        let slot = match reader.read(off, 8) {
+            Ok(b) => {
+                let mut first8 = [0u8; 8];
+                first8.copy_from_slice(b);
+                classify(&first8).map_err(|e| e.to_string())
+            }
             Err(e) => Err(format!("unreadable record header: {e}")),
         };
         let bad = match slot {
@@ -197,12 +204,10 @@ pub(crate) fn recover(
                 format!("record of {size} bytes runs past the segment end")
             }
             Ok(Slot::Entry(size)) => {
-                let mut buf = vec![0u8; size as usize];
-                let checked = seg
-                    .file
-                    .read_exact_at(off, &mut buf)
+                let checked = reader
+                    .read(off, size as usize)
                     .map_err(|e| e.to_string())
-                    .and_then(|()| check_record(&buf).map_err(|e| e.to_string()));
+                    .and_then(|buf| check_record(buf).map_err(|e| e.to_string()));
                 match checked {
                     Ok(h) if h.index == expected && h.term >= prev_term => {
                         batch.push(IndexRecord {

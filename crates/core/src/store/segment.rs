@@ -169,3 +169,55 @@ pub fn allocate_segment(
         }
     }
 }
+
+/// Sequential reads of a segment through a large buffer: recovery and inspect look at every
+/// record, and one `pread` per record would dominate their time.
+#[derive(Debug)]
+pub struct SegmentReader {
+    seg: Arc<Segment>,
+    buf: Vec<u8>,
+    start: u64,
+    len: usize,
+}
+
+impl SegmentReader {
+    /// Read-ahead size.
+    const CHUNK: usize = 1 << 20;
+
+    /// A reader of `seg`.
+    pub fn new(seg: Arc<Segment>) -> Self {
+        SegmentReader {
+            seg,
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// The segment read.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
+    /// `n` bytes at in-file offset `off` (fails past the segment's end).
+    pub fn read(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
+        let end = off + n as u64;
+        if off < self.start || end > self.start + self.len as u64 {
+            if end > self.seg.size {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "past segment end",
+                ));
+            }
+            let want = n.max(Self::CHUNK).min((self.seg.size - off) as usize);
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            self.seg.file.read_exact_at(off, &mut self.buf[..want])?;
+            self.start = off;
+            self.len = want;
+        }
+        let at = (off - self.start) as usize;
+        Ok(&self.buf[at..at + n])
+    }
+}
