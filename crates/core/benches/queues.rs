@@ -47,6 +47,7 @@ fn queues(c: &mut Criterion) {
         migrated: true,
         dropped: false,
         last_id: StreamId::default(),
+        removed_below: 0,
     };
     let batch = 65_536u64;
     let mut n = 0;

@@ -454,3 +454,145 @@ proptest! {
         run(ops)?;
     }
 }
+
+#[test]
+fn a_trimmed_topic_whose_old_files_are_gone_still_seeks_and_deletes() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    for i in 1..=300u64 {
+        append(
+            &store,
+            i,
+            vec![record(RecordOp::Message, "big", StreamId::new(i, 0), "")],
+        )?;
+    }
+    append(
+        &store,
+        301,
+        vec![record(RecordOp::Trim, "big", StreamId::new(250, 0), "")],
+    )?;
+    store.dispatch_to(u64::MAX)?;
+    store.checkpoint()?; // removes the files wholly below the trim point
+    let dir = PathBuf::from("/data/consumequeue").join(format!(
+        "{:08x}",
+        store.topic(0, b"big").map_or(0, |t| t.id)
+    ));
+    let files = disk.list(&dir).map_err(|e| StoreError::io(&dir, e))?;
+    assert!(files.len() < 5, "old queue files removed: {files:?}");
+    drop(store);
+    let store = open(&disk)?;
+    store.dispatch_to(u64::MAX)?;
+    append(
+        &store,
+        302,
+        vec![record(RecordOp::Delete, "big", StreamId::new(260, 0), "")],
+    )?;
+    store.dispatch_to(u64::MAX)?;
+    let want: Vec<StreamId> = (250..=300)
+        .filter(|i| *i != 260)
+        .map(|i| StreamId::new(i, 0))
+        .collect();
+    assert_eq!(ids(&store, "big")?, want);
+    let t = store.topic(0, b"big").expect("topic");
+    assert_eq!(store.seek(&t, StreamId::new(1, 0))?, t.first_live);
+    assert_eq!(store.seek(&t, StreamId::new(270, 0))?, t.first_live + 20);
+    Ok(())
+}
+
+#[test]
+fn a_dropped_topics_files_are_removed_after_the_checkpoint() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    for i in 1..=50u64 {
+        append(
+            &store,
+            i,
+            vec![record(RecordOp::Message, "gone", StreamId::new(i, 0), "")],
+        )?;
+    }
+    store.dispatch_to(u64::MAX)?;
+    let id = store.topic(0, b"gone").map(|t| t.id).expect("topic");
+    append(
+        &store,
+        51,
+        vec![record(RecordOp::Drop, "gone", StreamId::default(), "")],
+    )?;
+    store.dispatch_to(u64::MAX)?;
+    store.checkpoint()?;
+    let dir = PathBuf::from("/data/consumequeue").join(format!("{id:08x}"));
+    assert_eq!(
+        disk.list(&dir).map_err(|e| StoreError::io(&dir, e))?,
+        Vec::<String>::new()
+    );
+    assert!(store.topic(0, b"gone").is_none());
+    Ok(())
+}
+
+#[test]
+fn async_dispatch_checkpoints_only_what_the_log_made_durable() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let async_config = StoreConfig {
+        log: LogConfig {
+            flush: manifold_core::store::FlushMode::Async {
+                interval_ms: 3_600_000,
+            },
+            ..config().log
+        },
+        ..config()
+    };
+    let store = open_with(&disk, async_config.clone())?;
+    for i in 1..=20u64 {
+        append(
+            &store,
+            i,
+            vec![record(RecordOp::Message, "a", StreamId::new(i, 0), "")],
+        )?;
+    }
+    store.dispatch_to(u64::MAX)?; // checkpoints (interval 0): must fdatasync the log first
+    let disk = disk.crash(CrashMode::DropUnsynced);
+    drop(store);
+    let store = open_with(&disk, async_config)?;
+    store.dispatch_to(u64::MAX)?;
+    assert_eq!(ids(&store, "a")?.len(), 20);
+    Ok(())
+}
+
+#[test]
+fn reopening_with_another_queue_layout_is_refused() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    append(
+        &store,
+        1,
+        vec![record(RecordOp::Message, "a", StreamId::new(1, 0), "")],
+    )?;
+    store.dispatch_to(u64::MAX)?;
+    store.close()?;
+    let mut other = config();
+    other.queues.slot_entries = 8;
+    assert!(matches!(
+        open_with(&disk, other),
+        Err(StoreError::Config(_))
+    ));
+    assert!(open(&disk).is_ok());
+    Ok(())
+}
+
+#[test]
+fn an_entry_cannot_hold_more_sub_records_than_queues_can_number() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    let records = vec![record(RecordOp::Delete, "a", StreamId::new(1, 0), ""); 65_537];
+    let e = NewEntry {
+        term: 1,
+        kind: EntryKind::Command,
+        timestamp_ms: 1,
+        command: Bytes::new(),
+        records,
+    };
+    assert!(matches!(
+        store.log().append(&e),
+        Err(StoreError::TooManySubRecords { .. })
+    ));
+    Ok(())
+}

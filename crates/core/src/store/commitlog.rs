@@ -164,6 +164,9 @@ impl Future for AppendTicket {
     }
 }
 
+/// Sub-records one entry may hold: queue entries number them with 16 bits.
+pub const MAX_SUB_RECORDS: usize = 1 << 16;
+
 /// File holding the PID of the running store; present at open = unclean shutdown.
 pub const ABORT_FILE: &str = "abort";
 const LOG_DIR: &str = "commitlog";
@@ -213,6 +216,8 @@ struct State {
     pending_records: Vec<IndexRecord>,
     /// Bytes in `pending`, bounded by `max_pending_bytes`.
     pending_bytes: usize,
+    /// `sync()` asked for an fdatasync now.
+    force_flush: bool,
     /// Tasks awaiting tickets (index, waker); woken when the watermark passes the index.
     wakers: Vec<(LogIndex, Waker)>,
     /// The writer thread has exited: tickets not yet acknowledged never will be.
@@ -377,6 +382,7 @@ impl CommitLog {
             pending_records: Vec::new(),
             wakers: Vec::new(),
             writer_gone: false,
+            force_flush: false,
             written_index: rec.last_index,
             flushed_index: rec.last_index,
             checkpoint: rec.checkpoint,
@@ -447,6 +453,12 @@ impl CommitLog {
     /// Appends an entry at the next index. Returns at once; await (or `wait`) the ticket for
     /// durability. Entries are durable in index order.
     pub fn append(&self, entry: &NewEntry) -> Result<AppendTicket> {
+        if entry.records.len() > MAX_SUB_RECORDS {
+            return Err(StoreError::TooManySubRecords {
+                count: entry.records.len(),
+                limit: MAX_SUB_RECORDS,
+            });
+        }
         let size = entry.encoded_len();
         let limit = self.inner.config.entry_limit();
         if size > limit {
@@ -540,6 +552,33 @@ impl CommitLog {
     /// Last index known durable (fdatasynced).
     pub fn flushed_index(&self) -> LogIndex {
         self.inner.lock().flushed_index
+    }
+
+    /// Makes every entry appended so far durable now, whatever the flush mode; returns the
+    /// index it reached. In `sync` mode this only waits for the batch in flight.
+    pub fn sync(&self) -> Result<LogIndex> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let target = st.last_index();
+        if st.flushed_index < target {
+            st.force_flush = true;
+            if st.writer_waiting {
+                inner.writer_cv.notify_one();
+            }
+        }
+        while st.flushed_index < target {
+            if let Some(why) = &st.failed {
+                return Err(StoreError::Failed(why.clone()));
+            }
+            if st.writer_gone {
+                return Err(StoreError::Closed);
+            }
+            st = inner
+                .progress_cv
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(target)
     }
 
     /// Term of the entry at `index`; 0 for index 0.
@@ -831,7 +870,9 @@ impl Inner {
                     }
                 } else {
                     let unflushed = st.written_index > st.flushed_index;
-                    let flush_due = !sync_mode && unflushed && last_flush.elapsed() >= flush_every;
+                    let flush_due =
+                        (!sync_mode && unflushed && last_flush.elapsed() >= flush_every)
+                            || st.force_flush;
                     let cp_due = st.flushed_index > st.checkpoint.flushed_index
                         && last_checkpoint.elapsed() >= checkpoint_every;
                     if !st.pending.is_empty() || flush_due || cp_due || st.shutdown {
@@ -850,6 +891,7 @@ impl Inner {
                     .map_or_else(|p| p.into_inner().0, |(g, _)| g);
                 st.writer_waiting = false;
             };
+            let forced = std::mem::replace(&mut st.force_flush, false);
             let chunks = std::mem::take(&mut st.pending);
             st.pending_bytes = 0;
             let records = std::mem::take(&mut st.pending_records);
@@ -875,7 +917,7 @@ impl Inner {
                     self.acknowledge(target);
                 }
                 // 2. fdatasync: every batch in sync mode, on the interval (or at close) in async.
-                if sync_mode || shutdown || last_flush.elapsed() >= flush_every {
+                if sync_mode || shutdown || forced || last_flush.elapsed() >= flush_every {
                     for seg in dirty.drain(..) {
                         seg.file.sync_data().at(&seg.path)?;
                     }

@@ -223,7 +223,7 @@ impl ConsumeQueues {
                 .get(&place.path, Some(place.file_len))?
                 .ok_or(StoreError::Closed)?;
             file.write_at(place.offset, &buf).at(&place.path)?;
-            self.files.mark_dirty(&place.path, &file);
+            self.files.mark_dirty(&place.path, &file)?;
             if topic.migrated {
                 self.note_block_starts(topic.id, at, &entries[done..done + take]);
             }
@@ -255,7 +255,7 @@ impl ConsumeQueues {
             .at(&place.path)?;
         file.write_at(place.offset + 30, &[b[0] | flags])
             .at(&place.path)?;
-        self.files.mark_dirty(&place.path, &file);
+        self.files.mark_dirty(&place.path, &file)?;
         Ok(())
     }
 
@@ -332,12 +332,22 @@ impl ConsumeQueues {
                 return Ok(v[..want].partition_point(|s| *s < id) as u64);
             }
         }
-        // Build by reading the queue once, in large chunks.
-        let mut v = Vec::with_capacity(want);
-        let mut n = 0;
+        // Build by reading the live part of the queue once, in large chunks. Blocks wholly
+        // below `first_live` may have no files any more: they hold the smallest ID (nothing
+        // is sought there); the block holding `first_live` is keyed by its first live entry.
+        let b0 = topic.first_live / SPARSE_EVERY;
+        let mut v = vec![StreamId::default(); b0 as usize];
+        v.reserve(want.saturating_sub(v.len()));
+        let mut n = topic.first_live;
         while n < topic.len {
             let chunk = self.read(topic, n, (SPARSE_EVERY * 64).min(topic.len - n))?;
-            v.extend(chunk.iter().step_by(SPARSE_EVERY as usize).map(|e| e.id));
+            for (k, e) in (n..).zip(&chunk) {
+                if (k.is_multiple_of(SPARSE_EVERY) || k == topic.first_live)
+                    && v.len() as u64 == k / SPARSE_EVERY
+                {
+                    v.push(e.id);
+                }
+            }
             n += chunk.len() as u64;
         }
         let below = v.partition_point(|s| *s < id) as u64;

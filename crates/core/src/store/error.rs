@@ -37,6 +37,14 @@ pub enum StoreError {
         /// The file being allocated.
         path: PathBuf,
     },
+    /// An entry holds more sub-records than queue entries can number.
+    #[error("entry has {count} sub-records; at most {limit}")]
+    TooManySubRecords {
+        /// Sub-records offered.
+        count: usize,
+        /// Limit.
+        limit: usize,
+    },
     /// An entry's term is below the last entry's: Raft terms never go backwards in a log.
     #[error("entry term {term} is below the log's last term {last_term}")]
     TermRegression {

@@ -66,8 +66,11 @@ impl FileCache {
         }
         let handle = if self.storage.exists(path) {
             // A file found on disk may have been created by a process that crashed before
-            // syncing its directory or its length: both are made whole and synced again.
-            inner.new_names.insert(path.to_path_buf());
+            // syncing its directory or its length: before writing to it, both are made whole
+            // and synced again (reads need neither).
+            if create_len.is_some() {
+                inner.new_names.insert(path.to_path_buf());
+            }
             let handle = self.storage.open(path, false).at(path)?;
             if let Some(len) = create_len.filter(|len| handle.size().is_ok_and(|s| s < *len)) {
                 handle.set_len(len).at(path)?;
@@ -101,12 +104,20 @@ impl FileCache {
         }
     }
 
-    /// Records that `path` was written and must be synced by the next `sync_dirty`.
-    pub fn mark_dirty(&self, path: &Path, handle: &Arc<dyn StorageFile>) {
+    /// Records that `path` was written and must be synced by the next `sync_dirty`. Dirty
+    /// handles stay open until synced, so past four times the capacity they are synced now
+    /// (syncing early is always safe): open files stay bounded between checkpoints.
+    pub fn mark_dirty(&self, path: &Path, handle: &Arc<dyn StorageFile>) -> Result<()> {
         let mut inner = self.lock();
         if !inner.dirty.contains_key(path) {
             inner.dirty.insert(path.to_path_buf(), handle.clone());
         }
+        let over = inner.dirty.len() > self.capacity * 4;
+        drop(inner);
+        if over {
+            self.sync_dirty()?;
+        }
+        Ok(())
     }
 
     /// fdatasyncs every file written since the last call, then fsyncs the directories of

@@ -168,6 +168,22 @@ impl IndexFiles {
     }
 
     /// Adds a key at `log_index`/`sub`. Entries must come in log order.
+    /// Called before the keys of the entry at `log_index` are added: starts a new file when
+    /// `keys` would not fit the active one, so an entry's keys never straddle two files and two
+    /// files never share a name. Keys beyond a whole file's capacity are not indexed.
+    pub fn reserve(&mut self, log_index: LogIndex, keys: u32) {
+        if self.active.count > 0 && self.active.count.saturating_add(keys) > self.config.entries {
+            self.to_seal.push(self.active);
+            self.sealed.push(self.active);
+            self.active = IndexFill {
+                first_index: log_index,
+                ..IndexFill::default()
+            };
+        }
+    }
+
+    /// Adds a key at `log_index`/`sub`, after `reserve` for its entry. Entries must come in
+    /// log order.
     pub fn add(
         &mut self,
         hash: u32,
@@ -176,12 +192,11 @@ impl IndexFiles {
         timestamp_ms: u64,
     ) -> Result<()> {
         if self.active.count >= self.config.entries {
-            self.to_seal.push(self.active);
-            self.sealed.push(self.active);
-            self.active = IndexFill {
-                first_index: log_index,
-                ..IndexFill::default()
-            };
+            tracing::warn!(
+                log_index,
+                "entry has more keys than an index file holds; key not indexed"
+            );
+            return Ok(());
         }
         let path = self.path(self.active.first_index);
         let file = self
@@ -225,7 +240,7 @@ impl IndexFiles {
         e[24..26].copy_from_slice(&sub.to_le_bytes());
         file.write_at(self.entry_offset(n), &e).at(&path)?;
         self.dirty_slots.insert((first, slot), n);
-        self.files.mark_dirty(&path, &file);
+        self.files.mark_dirty(&path, &file)?;
         if self.active.count == 0 {
             self.active.begin_ms = timestamp_ms;
         }
@@ -320,7 +335,7 @@ impl IndexFiles {
                 })?;
             file.write_at(INDEX_HEADER_LEN + u64::from(slot) * 4, &n.to_le_bytes())
                 .at(&path)?;
-            self.files.mark_dirty(&path, &file);
+            self.files.mark_dirty(&path, &file)?;
         }
         for fill in std::mem::take(&mut self.to_seal) {
             let path = self.path(fill.first_index);
@@ -334,7 +349,7 @@ impl IndexFiles {
                 })?;
             file.write_at(0, &encode_header(&self.config, &fill, fill.first_index))
                 .at(&path)?;
-            self.files.mark_dirty(&path, &file);
+            self.files.mark_dirty(&path, &file)?;
         }
         self.files.sync_dirty()?;
         Ok(())

@@ -365,7 +365,10 @@ fn derived(
     summary.queue_files = count(&cq_dir.join("arena"));
     match super::topics::read_rows(storage, &cq_dir, view.1) {
         Ok(rows) => {
-            for t in rows.iter().filter(|t| !t.dropped) {
+            // A later row of an id supersedes an earlier one.
+            let latest: std::collections::BTreeMap<u32, &super::topics::Topic> =
+                rows.iter().map(|t| (t.id, t)).collect();
+            for t in latest.values().filter(|t| !t.dropped) {
                 summary.live_topics += 1;
                 summary.queue_entries += t.len;
                 if t.migrated {

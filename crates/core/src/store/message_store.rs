@@ -60,6 +60,34 @@ struct DispatchCheckpoint {
     next_slot: u32,
     next_topic: TopicId,
     index: IndexFill,
+    /// The queue and index layout the files were written with; reopening with another one
+    /// would read other topics' entries.
+    layout: Layout,
+}
+
+/// Settings that decide where bytes of derived state are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Layout {
+    slot_entries: u64,
+    arena_file_slots: u64,
+    first_file_entries: u64,
+    max_file_entries: u64,
+    index_slots: u32,
+    index_entries: u32,
+}
+
+impl Layout {
+    fn of(config: &StoreConfig) -> Self {
+        let q = &config.queues;
+        Layout {
+            slot_entries: q.slot_entries,
+            arena_file_slots: q.arena_file_slots,
+            first_file_entries: q.first_file_entries,
+            max_file_entries: q.max_file_entries,
+            index_slots: config.index.slots,
+            index_entries: config.index.entries,
+        }
+    }
 }
 
 impl DispatchCheckpoint {
@@ -77,6 +105,13 @@ impl DispatchCheckpoint {
         b[56..64].copy_from_slice(&self.index.begin_ms.to_le_bytes());
         b[64..72].copy_from_slice(&self.index.end_ms.to_le_bytes());
         b[72..80].copy_from_slice(&self.index.end_index.to_le_bytes());
+        let l = &self.layout;
+        b[80..88].copy_from_slice(&l.slot_entries.to_le_bytes());
+        b[88..96].copy_from_slice(&l.arena_file_slots.to_le_bytes());
+        b[96..104].copy_from_slice(&l.first_file_entries.to_le_bytes());
+        b[104..112].copy_from_slice(&l.max_file_entries.to_le_bytes());
+        b[112..116].copy_from_slice(&l.index_slots.to_le_bytes());
+        b[116..120].copy_from_slice(&l.index_entries.to_le_bytes());
         let crc = crc32c::crc32c(&b[..DISPATCH_LEN - 4]);
         b[DISPATCH_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
         b
@@ -118,6 +153,14 @@ impl DispatchCheckpoint {
                 end_ms: long(64),
                 end_index: long(72),
             },
+            layout: Layout {
+                slot_entries: long(80),
+                arena_file_slots: long(88),
+                first_file_entries: long(96),
+                max_file_entries: long(104),
+                index_slots: word(112),
+                index_entries: word(116),
+            },
         })
     }
 }
@@ -125,14 +168,6 @@ impl DispatchCheckpoint {
 /// Reads a `dispatch` checkpoint image for `inspect`: the dispatch point and the table mark.
 pub(crate) fn inspect_dispatch(bytes: &[u8], path: &Path) -> Result<(LogIndex, TableMark)> {
     DispatchCheckpoint::decode(bytes, path).map(|cp| (cp.dispatched, cp.table))
-}
-
-/// Files of a trimmed or dropped topic, removable once a checkpoint past `at` is durable.
-#[derive(Debug)]
-struct PendingRemoval {
-    at: LogIndex,
-    topic: Topic,
-    below: u64,
 }
 
 #[derive(Debug)]
@@ -144,7 +179,11 @@ struct Dispatcher {
     next_topic: TopicId,
     checkpointed: LogIndex,
     last_checkpoint: Instant,
-    removals: Vec<PendingRemoval>,
+    /// Topics trimmed or dropped since the last checkpoint: their files go after the next.
+    removals: Vec<TopicId>,
+    /// Set by any dispatch or checkpoint error: derived state in memory may be ahead of or
+    /// apart from the disk, so nothing more is dispatched until the store is reopened.
+    failed: Option<Arc<str>>,
 }
 
 /// The store. Thread-safe: appends and reads go straight to the CommitLog and the queues;
@@ -178,7 +217,15 @@ impl MessageStore {
         let cp_path = root.join(DISPATCH_FILE);
         let cp = if storage.exists(&cp_path) {
             let bytes = read_all(storage.as_ref(), &cp_path).at(&cp_path)?;
-            DispatchCheckpoint::decode(&bytes, &cp_path)?
+            let cp = DispatchCheckpoint::decode(&bytes, &cp_path)?;
+            if cp.layout != Layout::of(&config) {
+                return Err(StoreError::Config(format!(
+                    "queue/index layout {:?} differs from the one the store was written with {:?}",
+                    Layout::of(&config),
+                    cp.layout
+                )));
+            }
+            cp
         } else {
             DispatchCheckpoint {
                 index: IndexFill {
@@ -217,15 +264,23 @@ impl MessageStore {
             checkpointed: cp.dispatched,
             last_checkpoint: Instant::now(),
             removals: Vec::new(),
+            failed: None,
         };
-        Ok(MessageStore {
+        let store = MessageStore {
             storage,
             root: root.to_path_buf(),
             config,
             log,
             queues,
             dispatch: Mutex::new(dispatch),
-        })
+        };
+        // Trims and drops recorded by the checkpoint whose file removal a crash interrupted.
+        {
+            let mut d = store.lock();
+            d.removals = d.topics.with_pending_removals();
+            store.finish_removals(&mut d)?;
+        }
+        Ok(store)
     }
 
     fn lock(&self) -> MutexGuard<'_, Dispatcher> {
@@ -253,21 +308,46 @@ impl MessageStore {
     pub fn dispatch_to(&self, commit: LogIndex) -> Result<LogIndex> {
         let target = commit.min(self.log.last_index());
         let mut d = self.lock();
-        while d.dispatched < target {
-            let i = d.dispatched + 1;
-            let entry = self.log.entry(i)?;
-            self.dispatch_entry(&mut d, &entry)?;
-            d.dispatched = i;
+        Self::usable(&d)?;
+        let result = (|| {
+            while d.dispatched < target {
+                let i = d.dispatched + 1;
+                let entry = self.log.entry(i)?;
+                self.dispatch_entry(&mut d, &entry)?;
+                d.dispatched = i;
+            }
+            let interval = Duration::from_millis(self.config.dispatch_checkpoint_interval_ms);
+            if d.dispatched > d.checkpointed && d.last_checkpoint.elapsed() >= interval {
+                self.checkpoint_locked(&mut d)?;
+            }
+            Ok(d.dispatched)
+        })();
+        Self::note_failure(&mut d, result)
+    }
+
+    fn usable(d: &Dispatcher) -> Result<()> {
+        match &d.failed {
+            Some(why) => Err(StoreError::Failed(why.clone())),
+            None => Ok(()),
         }
-        let interval = Duration::from_millis(self.config.dispatch_checkpoint_interval_ms);
-        if d.dispatched > d.checkpointed && d.last_checkpoint.elapsed() >= interval {
-            self.checkpoint_locked(&mut d)?;
+    }
+
+    fn note_failure<T>(d: &mut Dispatcher, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "dispatch failed; derived state is rebuilt at reopen");
+            d.failed.get_or_insert_with(|| Arc::from(e.to_string()));
         }
-        Ok(d.dispatched)
+        result
     }
 
     fn dispatch_entry(&self, d: &mut Dispatcher, entry: &LogEntry) -> Result<()> {
         let i = entry.index;
+        let keys = entry
+            .records
+            .iter()
+            .filter(|r| r.op == RecordOp::Message && !r.message_key.is_empty())
+            .count();
+        d.index.reserve(i, u32::try_from(keys).unwrap_or(u32::MAX));
         for (j, r) in entry.records.iter().enumerate() {
             let j = j as u16;
             let existing = d.topics.find(r.db, &r.topic).cloned();
@@ -293,9 +373,12 @@ impl MessageStore {
                                 migrated: false,
                                 dropped: false,
                                 last_id: StreamId::default(),
+                                removed_below: 0,
                             };
-                            d.next_topic += 1;
-                            d.next_slot += 1;
+                            let exhausted =
+                                || StoreError::Config("topic ids or arena slots exhausted".into());
+                            d.next_topic = d.next_topic.checked_add(1).ok_or_else(exhausted)?;
+                            d.next_slot = d.next_slot.checked_add(1).ok_or_else(exhausted)?;
                             d.topics.create(t.clone());
                             t
                         }
@@ -337,22 +420,14 @@ impl MessageStore {
                         t.first_live = t.first_live.max(n);
                         t.last_applied = (i, j);
                     });
-                    d.removals.push(PendingRemoval {
-                        at: i,
-                        topic: t,
-                        below: n,
-                    });
+                    d.removals.push(t.id);
                 }
                 (RecordOp::Drop, Some(t)) => {
                     d.topics.update(t.id, |t| {
                         t.dropped = true;
                         t.last_applied = (i, j);
                     });
-                    d.removals.push(PendingRemoval {
-                        at: i,
-                        topic: t,
-                        below: u64::MAX,
-                    });
+                    d.removals.push(t.id);
                 }
             }
         }
@@ -362,10 +437,17 @@ impl MessageStore {
     /// Makes the derived state durable up to the dispatch point now.
     pub fn checkpoint(&self) -> Result<()> {
         let mut d = self.lock();
-        self.checkpoint_locked(&mut d)
+        Self::usable(&d)?;
+        let result = self.checkpoint_locked(&mut d);
+        Self::note_failure(&mut d, result)
     }
 
     fn checkpoint_locked(&self, d: &mut Dispatcher) -> Result<()> {
+        // The checkpoint may only name entries the log has made durable (in `async` mode the
+        // dispatch point can run ahead of the last fdatasync).
+        if self.log.flushed_index() < d.dispatched {
+            self.log.sync()?;
+        }
         self.queues.sync()?;
         d.index.sync()?;
         let table = d.topics.persist()?;
@@ -375,6 +457,7 @@ impl MessageStore {
             next_slot: d.next_slot,
             next_topic: d.next_topic,
             index: d.index.active(),
+            layout: Layout::of(&self.config),
         };
         write_atomic(
             self.storage.as_ref(),
@@ -384,15 +467,23 @@ impl MessageStore {
         .at(self.root.join(DISPATCH_FILE))?;
         d.checkpointed = d.dispatched;
         d.last_checkpoint = Instant::now();
-        d.topics.remove_old_generations()?;
-        // Files of trims and drops recorded by this checkpoint are no longer needed.
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut d.removals)
-            .into_iter()
-            .partition(|r| r.at <= d.checkpointed);
-        d.removals = later;
-        for r in due {
-            self.queues
-                .remove_files(self.storage.as_ref(), &r.topic, r.below)?;
+        d.topics.remove_stale_generation()?;
+        self.finish_removals(d)
+    }
+
+    /// Removes the queue files of trims and drops that a durable checkpoint records, and notes
+    /// how far that went in the topic rows (persisted by the next checkpoint).
+    fn finish_removals(&self, d: &mut Dispatcher) -> Result<()> {
+        for id in std::mem::take(&mut d.removals) {
+            let Some(t) = d.topics.get(id).cloned() else {
+                continue;
+            };
+            let below = t.removable_below();
+            if t.removed_below >= below {
+                continue;
+            }
+            self.queues.remove_files(self.storage.as_ref(), &t, below)?;
+            d.topics.update(id, |t| t.removed_below = below);
         }
         Ok(())
     }

@@ -49,9 +49,25 @@ pub struct Topic {
     pub dropped: bool,
     /// Stream ID of the last message.
     pub last_id: StreamId,
+    /// Queue files holding only entries below this were removed (`u64::MAX`: all of them,
+    /// for a dropped topic). Trims and drops remove files after the checkpoint recording
+    /// them; this says how far that went, so a crash in between is finished at open.
+    pub removed_below: u64,
 }
 
-const ROW_FIXED: usize = 72;
+impl Topic {
+    /// How far this topic's queue files should be removed: everything for a dropped topic,
+    /// below the trim point otherwise.
+    pub fn removable_below(&self) -> u64 {
+        if self.dropped {
+            u64::MAX
+        } else {
+            self.first_live
+        }
+    }
+}
+
+const ROW_FIXED: usize = 80;
 const FLAG_MIGRATED: u8 = 1;
 const FLAG_DROPPED: u8 = 2;
 
@@ -76,6 +92,7 @@ impl Topic {
         out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.last_id.ms.to_le_bytes());
         out.extend_from_slice(&self.last_id.seq.to_le_bytes());
+        out.extend_from_slice(&self.removed_below.to_le_bytes());
         out.extend_from_slice(&self.key);
         debug_assert_eq!(out.len() - start, size as usize);
         let crc = crc32c::crc32c(&out[start + 8..]);
@@ -115,6 +132,7 @@ impl Topic {
                 migrated: flags & FLAG_MIGRATED != 0,
                 dropped: flags & FLAG_DROPPED != 0,
                 last_id: StreamId::new(long(56), long(64)),
+                removed_below: long(72),
             },
             size,
         ))
@@ -146,6 +164,8 @@ pub struct TopicTable {
     is_dirty: Vec<bool>,
     file: Option<Arc<dyn StorageFile>>,
     mark: TableMark,
+    /// A generation replaced by compaction, removable once a checkpoint names the new one.
+    stale_generation: Option<u64>,
     live_row_bytes: u64,
 }
 
@@ -203,6 +223,7 @@ impl TopicTable {
             is_dirty: Vec::new(),
             file: None,
             mark,
+            stale_generation: None,
             live_row_bytes: 0,
         };
         let (rows, file) = read_rows_with_file(table.storage.as_ref(), dir, mark)?;
@@ -231,6 +252,7 @@ impl TopicTable {
                 migrated: false,
                 dropped: true,
                 last_id: StreamId::default(),
+                removed_below: u64::MAX,
             });
             self.is_dirty.resize(id + 1, false);
         }
@@ -322,20 +344,18 @@ impl TopicTable {
             return Ok(self.mark);
         }
         let mut buf = Vec::new();
+        // A dropped topic's row stays until its files are gone: open finishes removals from it.
+        let kept = |t: &&Topic| t.id != u32::MAX && (!t.dropped || t.removed_below != u64::MAX);
         let live_bytes: u64 = self
             .topics
             .iter()
-            .filter(|t| t.id != u32::MAX && !t.dropped)
+            .filter(kept)
             .map(|t| (ROW_FIXED + t.key.len()) as u64)
             .sum::<u64>();
         self.live_row_bytes = live_bytes;
         let compact = self.file.is_none() || self.mark.len > 2 * live_bytes + (4 << 20);
         if compact {
-            for t in self
-                .topics
-                .iter()
-                .filter(|t| t.id != u32::MAX && !t.dropped)
-            {
+            for t in self.topics.iter().filter(kept) {
                 t.encode(&mut buf);
             }
             let generation = if self.file.is_some() {
@@ -349,6 +369,9 @@ impl TopicTable {
             file.write_at(0, &buf).at(&path)?;
             file.sync_data().at(&path)?;
             self.storage.sync_dir(&self.dir).at(&self.dir)?;
+            if self.file.is_some() {
+                self.stale_generation = Some(self.mark.generation);
+            }
             self.file = Some(file);
             self.mark = TableMark {
                 generation,
@@ -370,22 +393,26 @@ impl TopicTable {
         Ok(self.mark)
     }
 
-    /// Removes table files of generations older than the current one (after the checkpoint
-    /// that names the current one is durable).
-    pub fn remove_old_generations(&self) -> Result<()> {
-        for name in self.storage.list(&self.dir).at(&self.dir)? {
-            let Some(g) = name
-                .strip_prefix("topics-")
-                .and_then(|g| g.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if g < self.mark.generation {
-                let path = self.dir.join(&name);
+    /// Removes the generation a compaction replaced, once the checkpoint naming the new one
+    /// is durable (the caller's job to call it only then).
+    pub fn remove_stale_generation(&mut self) -> Result<()> {
+        if let Some(g) = self.stale_generation.take() {
+            let path = table_path(&self.dir, g);
+            if self.storage.exists(&path) {
                 self.storage.remove(&path).at(&path)?;
+                self.storage.sync_dir(&self.dir).at(&self.dir)?;
             }
         }
         Ok(())
+    }
+
+    /// Topics with queue files still to remove after a trim or drop.
+    pub fn with_pending_removals(&self) -> Vec<TopicId> {
+        self.topics
+            .iter()
+            .filter(|t| t.id != u32::MAX && t.removed_below < t.removable_below())
+            .map(|t| t.id)
+            .collect()
     }
 
     /// Bytes of live rows on disk.
