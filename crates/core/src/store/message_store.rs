@@ -10,6 +10,8 @@
 //! checkpointed.
 
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -364,7 +366,8 @@ impl MessageStore {
                             let t = Topic {
                                 id: d.next_topic,
                                 db: r.db,
-                                key: r.topic.clone(),
+                                // A copy: a slice would keep the whole decoded entry alive.
+                                key: Bytes::copy_from_slice(&r.topic),
                                 incarnation: i,
                                 len: 0,
                                 first_live: 0,
