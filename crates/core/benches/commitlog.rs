@@ -53,6 +53,9 @@ fn open(flush: FlushMode) -> (tempfile::TempDir, CommitLog) {
         ..LogConfig::default()
     };
     let log = CommitLog::open(Arc::new(RealFs), dir.path(), config).expect("open");
+    while !log.next_segment_ready() {
+        std::thread::sleep(Duration::from_millis(5)); // start in steady state
+    }
     (dir, log)
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
@@ -132,19 +132,20 @@ impl AppendTicket {
 
     /// Blocks the thread until durable.
     pub fn wait(self) -> Result<LogIndex> {
-        if self.inner.acked.load(Ordering::Acquire) >= self.index {
-            return Ok(self.index);
+        // A batch is usually acknowledged within microseconds: look a few times before paying
+        // for a sleep and a wake-up.
+        for _ in 0..SPIN_CHECKS {
+            if self.inner.acked.load(Ordering::Acquire) >= self.index {
+                return Ok(self.index);
+            }
+            std::thread::yield_now();
         }
         let mut st = self.inner.lock();
         loop {
             if let Some(r) = self.decided(&st) {
                 return r;
             }
-            st = self
-                .inner
-                .progress_cv
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.inner.acks.wait(st);
         }
     }
 }
@@ -163,6 +164,12 @@ impl Future for AppendTicket {
         Poll::Pending
     }
 }
+
+/// Map records are written to the map file in batches of this many (and at checkpoints).
+const MAP_BATCH: usize = 4096;
+
+/// How many times a waiting thread looks again (yielding in between) before it sleeps.
+const SPIN_CHECKS: u32 = 20;
 
 /// Sub-records one entry may hold: queue entries number them with 16 bits.
 pub const MAX_SUB_RECORDS: usize = 1 << 16;
@@ -212,6 +219,8 @@ struct State {
     tail_seg: Arc<Segment>,
     tail_off: u64,
     pending: Vec<Chunk>,
+    /// Map records not yet written to the map file: those of `pending_first..next_index`.
+    /// Written in batches of `MAP_BATCH` and at every checkpoint, not per append batch.
     pending_first: LogIndex,
     pending_records: Vec<IndexRecord>,
     /// Bytes in `pending`, bounded by `max_pending_bytes`.
@@ -287,9 +296,41 @@ impl State {
             let _ = tx.send(Alloc::MapFile(index));
         }
     }
+    /// The record of `index` if it is still in memory (recent cache or not yet in the map).
+    fn memory_record(&self, index: LogIndex) -> Option<IndexRecord> {
+        self.recent_record(index).or_else(|| {
+            let i = index.checked_sub(self.pending_first)?;
+            self.pending_records.get(usize::try_from(i).ok()?).copied()
+        })
+    }
     fn recent_record(&self, index: LogIndex) -> Option<IndexRecord> {
         let i = index.checked_sub(self.recent_first)?;
         self.recent.get(usize::try_from(i).ok()?).copied()
+    }
+}
+
+/// A condition variable that skips the notify syscall when nobody waits.
+#[derive(Debug, Default)]
+struct Signal {
+    cv: Condvar,
+    waiters: AtomicUsize,
+}
+
+impl Signal {
+    /// Sleeps until notified. Callers check their condition under the lock first, so a
+    /// notification sent after a state change under the same lock is never missed.
+    fn wait<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        st
+    }
+
+    /// Wakes every waiter, if there is any. Call after changing state under the lock.
+    fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
     }
 }
 
@@ -305,7 +346,9 @@ struct Inner {
     /// The writer waits here for work.
     writer_cv: Condvar,
     /// Appenders, readers and truncation wait here for the writer or the allocator.
-    progress_cv: Condvar,
+    progress: Signal,
+    /// Blocking ticket waits sleep here: woken only when the acknowledged watermark moves.
+    acks: Signal,
     closing: AtomicBool,
     /// Appends up to here are acknowledged (written in `async`, fdatasynced in `sync`).
     acked: AtomicU64,
@@ -410,7 +453,8 @@ impl CommitLog {
             segments: RwLock::new(rec.segments),
             state: Mutex::new(state),
             writer_cv: Condvar::new(),
-            progress_cv: Condvar::new(),
+            progress: Signal::default(),
+            acks: Signal::default(),
             closing: AtomicBool::new(false),
             acked: AtomicU64::new(rec.last_index),
         });
@@ -477,10 +521,7 @@ impl CommitLog {
                 if st.writer_waiting {
                     inner.writer_cv.notify_one();
                 }
-                st = inner
-                    .progress_cv
-                    .wait(st)
-                    .unwrap_or_else(|p| p.into_inner());
+                st = inner.wait_progress(st);
                 continue;
             }
             if st.next_index + inner.config.index_records_per_file / 2 >= st.map_ready_until {
@@ -554,6 +595,11 @@ impl CommitLog {
         self.inner.lock().flushed_index
     }
 
+    /// Whether the next segment is preallocated and ready (appends will not wait for it).
+    pub fn next_segment_ready(&self) -> bool {
+        matches!(self.inner.lock().next_segment, NextSegment::Ready(_))
+    }
+
     /// Makes every entry appended so far durable now, whatever the flush mode; returns the
     /// index it reached. In `sync` mode this only waits for the batch in flight.
     pub fn sync(&self) -> Result<LogIndex> {
@@ -573,10 +619,7 @@ impl CommitLog {
             if st.writer_gone {
                 return Err(StoreError::Closed);
             }
-            st = inner
-                .progress_cv
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = inner.wait_progress(st);
         }
         Ok(target)
     }
@@ -667,7 +710,7 @@ impl CommitLog {
             st.alloc_tx = None;
             st.map_alloc_tx = None;
             self.inner.writer_cv.notify_all();
-            self.inner.progress_cv.notify_all();
+            self.inner.notify_progress();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -686,6 +729,14 @@ impl Drop for CommitLog {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_progress<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.progress.wait(st)
+    }
+
+    fn notify_progress(&self) {
+        self.progress.notify();
     }
 
     fn segments_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<Segment>>> {
@@ -730,7 +781,7 @@ impl Inner {
                 }
                 NextSegment::Allocating => st.next_segment = NextSegment::Allocating,
             }
-            st = self.progress_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.wait_progress(st);
             st.writable()?;
         }
     }
@@ -762,7 +813,7 @@ impl Inner {
             if st.next_index < st.map_ready_until {
                 return Ok(st);
             }
-            st = self.progress_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.wait_progress(st);
             st.writable()?;
         }
     }
@@ -777,15 +828,15 @@ impl Inner {
                 last: st.last_index(),
             });
         }
-        // A record evicted from the recent cache is read from the map, which only holds what
-        // the writer wrote: wait for it then, too.
-        while (written || st.recent_record(index).is_none()) && st.written_index < index {
+        while written && st.written_index < index {
             if let Some(why) = &st.failed {
                 return Err(StoreError::Failed(why.clone()));
             }
-            st = self.progress_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.wait_progress(st);
         }
-        if let Some(r) = st.recent_record(index) {
+        // Every record is in memory or in the map file: the writer drops a record from memory
+        // only after writing it there.
+        if let Some(r) = st.memory_record(index) {
             return Ok(r);
         }
         drop(st);
@@ -814,7 +865,8 @@ impl Inner {
         for (_, w) in wakers {
             w.wake();
         }
-        self.progress_cv.notify_all();
+        self.acks.notify();
+        self.notify_progress();
     }
 
     /// After the writer thread ends: tickets it did not acknowledge never will be.
@@ -827,7 +879,22 @@ impl Inner {
         for (_, w) in wakers {
             w.wake();
         }
-        self.progress_cv.notify_all();
+        self.acks.notify();
+        self.notify_progress();
+    }
+
+    /// Writes the first `records.len()` pending map records to the map file, then drops them
+    /// from memory (readers find every record in memory or in the file, never neither).
+    fn write_map_records(&self, records: &[IndexRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let first = self.lock().pending_first;
+        self.map.write(first, records)?;
+        let mut st = self.lock();
+        st.pending_records.drain(..records.len());
+        st.pending_first += records.len() as u64;
+        Ok(())
     }
 
     /// Moves the acknowledged watermark to `index` and wakes the tickets it passes.
@@ -848,7 +915,8 @@ impl Inner {
         for w in woken {
             w.wake();
         }
-        self.progress_cv.notify_all();
+        self.acks.notify();
+        self.notify_progress();
     }
 
     fn writer_loop(self: Arc<Self>) {
@@ -863,6 +931,7 @@ impl Inner {
         let mut dirty: Vec<Arc<Segment>> = Vec::new();
         loop {
             let mut st = self.lock();
+            let mut idle_checks = 0;
             let shutdown = loop {
                 if st.failed.is_some() {
                     if st.shutdown {
@@ -879,6 +948,15 @@ impl Inner {
                         break st.shutdown;
                     }
                 }
+                if idle_checks < SPIN_CHECKS {
+                    // More appends usually arrive while a batch is acknowledged: look again
+                    // before sleeping, so a busy log never pays for a wake-up per batch.
+                    idle_checks += 1;
+                    drop(st);
+                    std::thread::yield_now();
+                    st = self.lock();
+                    continue;
+                }
                 st.writer_waiting = true;
                 let nap = if sync_mode {
                     checkpoint_every
@@ -894,9 +972,8 @@ impl Inner {
             let forced = std::mem::replace(&mut st.force_flush, false);
             let chunks = std::mem::take(&mut st.pending);
             st.pending_bytes = 0;
-            let records = std::mem::take(&mut st.pending_records);
-            let first = st.pending_first;
-            st.pending_first = st.next_index;
+            let map_batch =
+                (st.pending_records.len() >= MAP_BATCH).then(|| st.pending_records.clone());
             let target = st.last_index();
             st.writer_busy = true;
             drop(st);
@@ -909,10 +986,12 @@ impl Inner {
                         dirty.push(c.seg.clone());
                     }
                 }
-                self.map.write(first, &records)?;
+                if let Some(records) = map_batch {
+                    self.write_map_records(&records)?;
+                }
                 self.lock().written_index = target;
                 if sync_mode {
-                    self.progress_cv.notify_all(); // readers wait for written entries
+                    self.notify_progress(); // readers wait for written entries
                 } else {
                     self.acknowledge(target);
                 }
@@ -928,25 +1007,29 @@ impl Inner {
                     }
                     if sync_mode {
                         self.acknowledge(target);
+                    } else {
+                        self.notify_progress(); // `sync()` waits for the flushed index
                     }
                 }
                 // 3. Checkpoint: the map first, then the file that says how far both are durable.
-                let (due, cp) = {
+                let due = {
                     let st = self.lock();
-                    let cp = Checkpoint {
-                        first_index: st.first_index,
-                        flushed_index: st.flushed_index,
-                        map_flushed_index: target,
-                        verify_from_index: st.checkpoint.flushed_index,
-                    };
-                    let moved = cp.flushed_index > st.checkpoint.flushed_index;
-                    (
-                        moved && (shutdown || last_checkpoint.elapsed() >= checkpoint_every),
-                        cp,
-                    )
+                    st.flushed_index > st.checkpoint.flushed_index
+                        && (shutdown || last_checkpoint.elapsed() >= checkpoint_every)
                 };
                 if due {
+                    let records = self.lock().pending_records.clone();
+                    self.write_map_records(&records)?;
                     self.map.sync()?;
+                    let cp = {
+                        let st = self.lock();
+                        Checkpoint {
+                            first_index: st.first_index,
+                            flushed_index: st.flushed_index,
+                            map_flushed_index: st.pending_first - 1,
+                            verify_from_index: st.checkpoint.flushed_index,
+                        }
+                    };
                     cp.store(self.storage.as_ref(), &self.root)?;
                     self.lock().checkpoint = cp;
                     last_checkpoint = Instant::now();
@@ -959,7 +1042,7 @@ impl Inner {
                     st.writer_busy = false;
                     let done = shutdown && st.pending.is_empty();
                     drop(st);
-                    self.progress_cv.notify_all();
+                    self.notify_progress();
                     if done {
                         return;
                     }
@@ -988,7 +1071,7 @@ impl Inner {
                     }
                 }
             }
-            self.progress_cv.notify_all();
+            self.notify_progress();
         }
     }
 
@@ -1030,7 +1113,7 @@ impl Inner {
             if st.writer_waiting {
                 self.writer_cv.notify_one();
             }
-            st = self.progress_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.wait_progress(st);
         }
     }
 
@@ -1104,7 +1187,13 @@ impl Inner {
             return Err(e);
         }
         st.next_index = index + 1;
-        st.pending_first = index + 1;
+        if index + 1 > st.pending_first {
+            let keep = (index + 1 - st.pending_first) as usize;
+            st.pending_records.truncate(keep);
+        } else {
+            st.pending_records.clear();
+            st.pending_first = index + 1;
+        }
         // Quiesced: every ticket up to the old end was decided; new ones start above `index`.
         self.acked.fetch_min(index, Ordering::AcqRel);
         st.last_term = new_last_term;
@@ -1119,7 +1208,7 @@ impl Inner {
     }
 
     fn record_locked(&self, st: &State, index: LogIndex) -> Result<IndexRecord> {
-        if let Some(r) = st.recent_record(index) {
+        if let Some(r) = st.memory_record(index) {
             return Ok(r);
         }
         self.map.read(index)?.ok_or_else(|| StoreError::Corruption {
