@@ -5,45 +5,16 @@
 //! The data directory is `$MANIFOLD_BENCH_DIR` or `target/bench-data`: it must be on a real
 //! disk (a tmpfs makes fdatasync free and the figures meaningless).
 
+mod common;
+
+use common::{bench_dir, entry};
+
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use manifold_core::store::RecordOp;
-use manifold_core::store::{
-    AppendTicket, CommitLog, EntryKind, FlushMode, LogConfig, NewEntry, RealFs, StreamId, SubRecord,
-};
-
-fn bench_dir() -> PathBuf {
-    let base = std::env::var_os("MANIFOLD_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data")
-        });
-    std::fs::create_dir_all(&base).expect("bench dir");
-    base
-}
-
-fn entry(n: u64) -> NewEntry {
-    NewEntry {
-        term: 1,
-        kind: EntryKind::Command,
-        timestamp_ms: n,
-        command: Bytes::new(),
-        records: vec![SubRecord {
-            op: RecordOp::Message,
-            db: 0,
-            topic: Bytes::from_static(b"bench"),
-            id: StreamId::new(n, 0),
-            message_key: Bytes::new(),
-            properties: Vec::new(),
-            fields: vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
-        }],
-    }
-}
+use manifold_core::store::{AppendTicket, CommitLog, FlushMode, LogConfig, NewEntry, RealFs};
 
 fn open(flush: FlushMode) -> (tempfile::TempDir, CommitLog) {
     let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
@@ -77,7 +48,7 @@ fn run_window(log: &CommitLog, n: u64, window: usize, e: &NewEntry) -> Duration 
 }
 
 fn appends(c: &mut Criterion) {
-    let e = entry(1);
+    let e = entry(1, 100);
     let mut g = c.benchmark_group("append");
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);

@@ -4,7 +4,10 @@
 //! `MANIFOLD_BENCH_DIR` (default `target/bench-data`) must be on a real disk.
 //! `MANIFOLD_BENCH_CQ_ENTRIES` overrides the queue length (default 20,000,000).
 
-use std::path::PathBuf;
+mod common;
+
+use common::bench_dir;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,16 +15,6 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use manifold_core::store::consume_queue::ConsumeQueues;
 use manifold_core::store::{CqConfig, CqEntry, RealFs, StreamId, Topic};
-
-fn bench_dir() -> PathBuf {
-    let base = std::env::var_os("MANIFOLD_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data")
-        });
-    std::fs::create_dir_all(&base).expect("bench dir");
-    base
-}
 
 fn id_of(n: u64) -> StreamId {
     // Several entries per millisecond, as a busy stream has.

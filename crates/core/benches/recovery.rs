@@ -6,48 +6,18 @@
 //! `MANIFOLD_RECOVERY_GIB` (default "1,20") lists the sizes; `MANIFOLD_BENCH_DIR` (default
 //! `target/bench-data`) must be on a real disk with room for the largest.
 
+mod common;
+
+use common::{bench_dir, entry};
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use manifold_core::store::{
-    AppendTicket, CommitLog, EntryKind, LogConfig, NewEntry, RealFs, RecordOp, StreamId, SubRecord,
-};
-
-fn bench_dir() -> PathBuf {
-    let base = std::env::var_os("MANIFOLD_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data")
-        });
-    std::fs::create_dir_all(&base).expect("bench dir");
-    base
-}
-
-fn entry(n: u64, body: usize) -> NewEntry {
-    NewEntry {
-        term: 1,
-        kind: EntryKind::Command,
-        timestamp_ms: n,
-        command: Bytes::new(),
-        records: vec![SubRecord {
-            op: RecordOp::Message,
-            db: 0,
-            topic: Bytes::from_static(b"bench"),
-            id: StreamId::new(n, 0),
-            message_key: Bytes::new(),
-            properties: Vec::new(),
-            fields: vec![(
-                Bytes::from_static(b"payload"),
-                Bytes::from(vec![b'x'; body]),
-            )],
-        }],
-    }
-}
+use manifold_core::store::{AppendTicket, CommitLog, LogConfig, RealFs};
 
 /// Appends with `window` in flight until `stop` says so.
 fn append_while(log: &CommitLog, body: usize, window: usize, mut stop: impl FnMut(u64) -> bool) {

@@ -4,47 +4,20 @@
 //! pair by pair with a process timer (`hyperfine`, `/usr/bin/time`).
 //!
 //! Usage: `single_append log|raw [COUNT]` (default 3000). `MANIFOLD_BENCH_DIR` as the others.
-//! Under `cargo bench` (an argument `--bench`), runs both once and prints their rates.
+//! Under `cargo bench` (an argument `--bench`), alternates the two three times and prints
+//! their rates and ratio.
+
+mod common;
+
+use common::{bench_dir, entry};
 
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use manifold_core::store::{
-    CommitLog, EntryKind, LogConfig, NewEntry, RealFs, RecordOp, StreamId, SubRecord,
-};
+use manifold_core::store::{CommitLog, LogConfig, RealFs};
 
 const SEGMENT: u64 = 64 << 20;
-
-fn bench_dir() -> PathBuf {
-    let base = std::env::var_os("MANIFOLD_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data")
-        });
-    std::fs::create_dir_all(&base).expect("bench dir");
-    base
-}
-
-fn entry(n: u64) -> NewEntry {
-    NewEntry {
-        term: 1,
-        kind: EntryKind::Command,
-        timestamp_ms: n,
-        command: Bytes::new(),
-        records: vec![SubRecord {
-            op: RecordOp::Message,
-            db: 0,
-            topic: Bytes::from_static(b"bench"),
-            id: StreamId::new(n, 0),
-            message_key: Bytes::new(),
-            properties: Vec::new(),
-            fields: vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
-        }],
-    }
-}
 
 fn log(count: u64) -> f64 {
     let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
@@ -60,7 +33,7 @@ fn log(count: u64) -> f64 {
     }
     let start = Instant::now();
     for n in 1..=count {
-        log.append(&entry(n))
+        log.append(&entry(n, 100))
             .expect("append")
             .wait()
             .expect("durable");
@@ -82,7 +55,7 @@ fn raw(count: u64) -> f64 {
         file.write_all_at(&zeros, i << 20).expect("zero");
     }
     file.sync_all().expect("sync");
-    let record = vec![b'x'; entry(0).encoded_len()];
+    let record = vec![b'x'; entry(0, 100).encoded_len()];
     let start = Instant::now();
     for n in 0..count {
         file.write_all_at(&record, 64 + n * record.len() as u64)

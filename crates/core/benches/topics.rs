@@ -6,9 +6,13 @@
 //! `MANIFOLD_BENCH_TOPICS` (default 1,000,000), `MANIFOLD_BENCH_DIR` (default
 //! `target/bench-data`, a real disk).
 
+mod common;
+
+use common::bench_dir;
+
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,16 +25,6 @@ use manifold_core::store::{
 
 const PER_TOPIC: u64 = 10;
 const PER_ENTRY: u64 = 100;
-
-fn bench_dir() -> PathBuf {
-    let base = std::env::var_os("MANIFOLD_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data")
-        });
-    std::fs::create_dir_all(&base).expect("bench dir");
-    base
-}
 
 fn status(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

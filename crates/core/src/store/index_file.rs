@@ -319,34 +319,32 @@ impl IndexFiles {
         Ok(out)
     }
 
+    /// The index file named `first`, which must exist (it holds entries already added).
+    fn existing(&self, first: LogIndex) -> Result<(PathBuf, Arc<dyn super::storage::StorageFile>)> {
+        let path = self.path(first);
+        let file = self
+            .files
+            .get(&path, None)?
+            .ok_or_else(|| StoreError::Corruption {
+                file: path.clone(),
+                offset: 0,
+                reason: "index file written since the last sync is missing".into(),
+            })?;
+        Ok((path, file))
+    }
+
     /// Makes everything added so far durable: entries first, then the slots pointing at them
     /// and the headers of sealed files.
     pub fn sync(&mut self) -> Result<()> {
         self.files.sync_dirty()?;
         for ((first, slot), n) in std::mem::take(&mut self.dirty_slots) {
-            let path = self.path(first);
-            let file = self
-                .files
-                .get(&path, None)?
-                .ok_or_else(|| StoreError::Corruption {
-                    file: path.clone(),
-                    offset: 0,
-                    reason: "index file with pending slots is missing".into(),
-                })?;
+            let (path, file) = self.existing(first)?;
             file.write_at(INDEX_HEADER_LEN + u64::from(slot) * 4, &n.to_le_bytes())
                 .at(&path)?;
             self.files.mark_dirty(&path, &file)?;
         }
         for fill in std::mem::take(&mut self.to_seal) {
-            let path = self.path(fill.first_index);
-            let file = self
-                .files
-                .get(&path, None)?
-                .ok_or_else(|| StoreError::Corruption {
-                    file: path.clone(),
-                    offset: 0,
-                    reason: "index file to seal is missing".into(),
-                })?;
+            let (path, file) = self.existing(fill.first_index)?;
             file.write_at(0, &encode_header(&self.config, &fill, fill.first_index))
                 .at(&path)?;
             self.files.mark_dirty(&path, &file)?;
