@@ -534,18 +534,20 @@ impl MessageStore {
     /// The message a queue entry points to, read from the CommitLog.
     pub fn message(&self, entry: &CqEntry) -> Result<StoredMessage> {
         let e = self.log.entry(entry.log_index)?;
-        let record =
-            e.records
-                .get(entry.sub as usize)
-                .cloned()
-                .ok_or_else(|| StoreError::Corruption {
-                    file: self.root.join("consumequeue"),
-                    offset: entry.log_index,
-                    reason: format!(
-                        "queue entry points at sub-record {} of entry {}",
-                        entry.sub, entry.log_index
-                    ),
-                })?;
+        // Queue entries carry no checksum: check the message is the one they describe.
+        let record = e
+            .records
+            .get(entry.sub as usize)
+            .filter(|r| r.op == RecordOp::Message && r.id == entry.id)
+            .cloned()
+            .ok_or_else(|| StoreError::Corruption {
+                file: self.root.join("consumequeue"),
+                offset: entry.log_index,
+                reason: format!(
+                    "queue entry for {} points at sub-record {} of entry {}, which is not it",
+                    entry.id, entry.sub, entry.log_index
+                ),
+            })?;
         Ok(StoredMessage {
             entry: *entry,
             timestamp_ms: e.timestamp_ms,
