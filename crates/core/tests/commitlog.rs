@@ -296,3 +296,46 @@ fn tickets_resolve_as_futures_inside_a_runtime() -> Result<(), StoreError> {
     assert!(log.flushed_index() >= 320);
     Ok(())
 }
+
+#[test]
+fn a_ticket_of_a_truncated_entry_fails_even_if_its_index_is_reused() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let log = open(&disk)?;
+    append_all(&log, 1, 5, 1)?;
+    let tickets: Vec<_> = (6..=9)
+        .map(|n| log.append(&entry(1, n)))
+        .collect::<Result<_, _>>()?;
+    log.truncate_after(7)?;
+    append_all(&log, 8, 12, 2)?; // index 8 and 9 now hold other entries, durably
+    let results: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+    assert!(matches!(results[0], Ok(6)) && matches!(results[1], Ok(7)));
+    assert!(matches!(
+        results[2],
+        Err(StoreError::Truncated { index: 8 })
+    ));
+    assert!(matches!(
+        results[3],
+        Err(StoreError::Truncated { index: 9 })
+    ));
+    Ok(())
+}
+
+#[test]
+fn delete_before_drops_map_records_still_in_memory() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+    // No checkpoint for a minute: map records of the whole run stay in memory.
+    let config = LogConfig {
+        checkpoint_interval_ms: 60_000,
+        ..small_config()
+    };
+    let log = CommitLog::open(storage, &root(), config)?;
+    append_all(&log, 1, 200, 1)?;
+    let first = log.delete_before(150)?;
+    append_all(&log, 201, 260, 1)?;
+    assert_entries(&log, first, 260, 1)?;
+    log.close()?;
+    let log = open(&disk)?;
+    assert_entries(&log, first, 260, 1)?;
+    Ok(())
+}

@@ -122,7 +122,7 @@ fn exercise(disk: &SimDisk) {
             continue;
         };
         for (_, e) in entries {
-            if let Ok(m) = store.message(&e) {
+            if let Ok(m) = store.message(&t, &e) {
                 assert_eq!(m.record.id, e.id, "a queue entry points at another message");
             }
         }

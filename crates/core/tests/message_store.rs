@@ -127,7 +127,7 @@ fn dispatch_builds_queues_that_read_back_the_messages() -> Result<(), StoreError
     let topic = store.topic(0, b"t2").expect("t2 exists");
     assert!(topic.migrated, "33 entries outgrow a 4-entry slot");
     for (n, e) in store.read_queue(&topic, 0, u64::MAX)? {
-        let m = store.message(&e)?;
+        let m = store.message(&topic, &e)?;
         assert_eq!(m.record.fields[0].1, Bytes::from(format!("t2@{}", e.id)));
         assert_eq!(store.seek(&topic, e.id)?, n);
         // Between two IDs, seek lands on the next one.

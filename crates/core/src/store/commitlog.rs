@@ -27,7 +27,7 @@ use super::entry::{
 };
 use super::error::{IoContext, Result, StoreError};
 use super::log_index::{IndexRecord, LogIndexMap};
-use super::recovery::{RecoveryReport, recover, segment_at, zero_garbage};
+use super::recovery::{RecoveryReport, first_entry_index, recover, segment_at, zero_garbage};
 use super::segment::{SEGMENT_HEADER_LEN, Segment, allocate_segment};
 use super::storage::Storage;
 
@@ -57,8 +57,7 @@ pub struct LogConfig {
     /// Log-index map records per file (default 2^20 = 24 MiB files).
     pub index_records_per_file: u64,
     /// How often the checkpoint advances (default 1000 ms). Recovery re-verifies about two
-    /// intervals' worth of the log (from the previous checkpoint's flushed point);
-    /// much of the log.
+    /// intervals' worth of the log (from the previous checkpoint's flushed point).
     pub checkpoint_interval_ms: u64,
     /// Index records of the newest entries kept in memory (default 65536).
     pub recent_records: usize,
@@ -115,12 +114,25 @@ impl LogConfig {
 pub struct AppendTicket {
     /// Index assigned to the entry.
     pub index: LogIndex,
+    /// Truncations the log had seen when the entry was appended.
+    generation: u64,
     inner: Arc<Inner>,
 }
 
 impl AppendTicket {
+    /// Acknowledged, and no truncation since the append: decided without the lock.
+    fn acked(&self) -> bool {
+        self.inner.acked.load(Ordering::Acquire) >= self.index
+            && self.inner.truncations.load(Ordering::Acquire) == self.generation
+    }
+
     /// `Some` once decided, checked against state the caller has locked.
     fn decided(&self, st: &State) -> Option<Result<LogIndex>> {
+        // A truncation at or below the entry removed it, whatever is at its index now.
+        let cuts = st.cuts.get(self.generation as usize..).unwrap_or_default();
+        if cuts.iter().any(|cut| *cut < self.index) {
+            return Some(Err(StoreError::Truncated { index: self.index }));
+        }
         if self.inner.acked.load(Ordering::Acquire) >= self.index {
             return Some(Ok(self.index));
         }
@@ -135,7 +147,7 @@ impl AppendTicket {
         // A batch is usually acknowledged within microseconds: look a few times before paying
         // for a sleep and a wake-up.
         for _ in 0..SPIN_CHECKS {
-            if self.inner.acked.load(Ordering::Acquire) >= self.index {
+            if self.acked() {
                 return Ok(self.index);
             }
             std::thread::yield_now();
@@ -153,14 +165,23 @@ impl AppendTicket {
 impl Future for AppendTicket {
     type Output = Result<LogIndex>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.inner.acked.load(Ordering::Acquire) >= self.index {
+        if self.acked() {
             return Poll::Ready(Ok(self.index));
         }
         let mut st = self.inner.lock();
         if let Some(r) = self.decided(&st) {
             return Poll::Ready(r);
         }
-        st.wakers.push((self.index, cx.waker().clone()));
+        // One waker per ticket: a re-poll replaces its own instead of adding another.
+        let index = self.index;
+        match st
+            .wakers
+            .iter_mut()
+            .find(|(i, w)| *i == index && w.will_wake(cx.waker()))
+        {
+            Some(slot) => slot.1 = cx.waker().clone(),
+            None => st.wakers.push((index, cx.waker().clone())),
+        }
         Poll::Pending
     }
 }
@@ -227,6 +248,8 @@ struct State {
     pending_bytes: usize,
     /// `sync()` asked for an fdatasync now.
     force_flush: bool,
+    /// The index each truncation kept up to, in order (tickets of later entries fail).
+    cuts: Vec<LogIndex>,
     /// Tasks awaiting tickets (index, waker); woken when the watermark passes the index.
     wakers: Vec<(LogIndex, Waker)>,
     /// The writer thread has exited: tickets not yet acknowledged never will be.
@@ -352,6 +375,8 @@ struct Inner {
     closing: AtomicBool,
     /// Appends up to here are acknowledged (written in `async`, fdatasynced in `sync`).
     acked: AtomicU64,
+    /// Truncations so far (`State::cuts` holds where each cut).
+    truncations: AtomicU64,
 }
 
 /// The CommitLog. See the module docs.
@@ -426,6 +451,7 @@ impl CommitLog {
             wakers: Vec::new(),
             writer_gone: false,
             force_flush: false,
+            cuts: Vec::new(),
             written_index: rec.last_index,
             flushed_index: rec.last_index,
             checkpoint: rec.checkpoint,
@@ -457,6 +483,7 @@ impl CommitLog {
             acks: Signal::default(),
             closing: AtomicBool::new(false),
             acked: AtomicU64::new(rec.last_index),
+            truncations: AtomicU64::new(0),
         });
         {
             let mut st = inner.lock();
@@ -574,6 +601,7 @@ impl CommitLog {
         }
         Ok(AppendTicket {
             index,
+            generation: inner.truncations.load(Ordering::Acquire),
             inner: inner.clone(),
         })
     }
@@ -857,7 +885,9 @@ impl Inner {
                 st.failed = Some(Arc::from(err.to_string()));
             }
             st.pending.clear();
-            st.pending_records.clear();
+            // Records of written entries stay: those entries remain readable until reopen.
+            let keep = (st.written_index + 1).saturating_sub(st.pending_first) as usize;
+            st.pending_records.truncate(keep);
             st.pending_bytes = 0;
             st.writer_busy = false;
             std::mem::take(&mut st.wakers)
@@ -1194,7 +1224,9 @@ impl Inner {
             st.pending_records.clear();
             st.pending_first = index + 1;
         }
-        // Quiesced: every ticket up to the old end was decided; new ones start above `index`.
+        // Tickets of the removed entries fail with `Truncated`; new ones start above `index`.
+        st.cuts.push(index);
+        self.truncations.fetch_add(1, Ordering::AcqRel);
         self.acked.fetch_min(index, Ordering::AcqRel);
         st.last_term = new_last_term;
         st.written_index = st.written_index.min(index);
@@ -1230,12 +1262,10 @@ impl Inner {
             if Arc::ptr_eq(next, &st.tail_seg) && st.tail_off == SEGMENT_HEADER_LEN {
                 break; // the tail holds no entry yet: its first index is unknown
             }
-            let mut head = [0u8; super::entry::ENTRY_HEADER_LEN];
-            next.file
-                .read_exact_at(SEGMENT_HEADER_LEN, &mut head)
-                .at(&next.path)?;
-            let first_of_next = u64::from_le_bytes(head[24..32].try_into().unwrap_or([0; 8]));
-            if first_of_next == 0 || first_of_next > index {
+            let Some(first_of_next) = first_entry_index(next) else {
+                break; // unreadable or damaged: keep everything from here
+            };
+            if first_of_next > index {
                 break;
             }
             doomed.push(seg.clone());
@@ -1251,6 +1281,13 @@ impl Inner {
         cp.store(self.storage.as_ref(), &self.root)?;
         st.checkpoint = cp;
         st.first_index = new_first;
+        // Map records of deleted entries that were still in memory go with them (their map
+        // file is about to be removed).
+        if st.pending_first < new_first {
+            let drop_n = ((new_first - st.pending_first) as usize).min(st.pending_records.len());
+            st.pending_records.drain(..drop_n);
+            st.pending_first = new_first;
+        }
         if st.recent_first < new_first {
             let drop_n = ((new_first - st.recent_first) as usize).min(st.recent.len());
             st.recent.drain(..drop_n);

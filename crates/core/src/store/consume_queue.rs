@@ -134,9 +134,14 @@ impl ConsumeQueues {
                 "first_file_entries must be >= slot_entries > 0".into(),
             ));
         }
-        if config.max_file_entries < config.first_file_entries || config.arena_file_slots == 0 {
+        if config.max_file_entries < config.first_file_entries {
             return Err(StoreError::Config(
                 "max_file_entries must be >= first_file_entries".into(),
+            ));
+        }
+        if config.arena_file_slots == 0 {
+            return Err(StoreError::Config(
+                "arena_file_slots must be positive".into(),
             ));
         }
         storage.create_dir_all(&dir.join("arena")).at(dir)?;

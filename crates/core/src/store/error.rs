@@ -74,6 +74,12 @@ pub enum StoreError {
         /// Last index held.
         last: LogIndex,
     },
+    /// The entry was removed by `truncate_after` before its ticket was awaited.
+    #[error("entry {index} was truncated away")]
+    Truncated {
+        /// Its index.
+        index: LogIndex,
+    },
     /// The configuration is unusable.
     #[error("invalid store config: {0}")]
     Config(String),

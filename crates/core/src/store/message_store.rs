@@ -496,7 +496,8 @@ impl MessageStore {
         self.lock().topics.find(db, key).cloned()
     }
 
-    /// A topic by id (dropped ones included until compaction).
+    /// A topic by id (dropped ones included, until a restart after the compaction that
+    /// drops their rows).
     pub fn topic_by_id(&self, id: TopicId) -> Option<Topic> {
         self.lock().topics.get(id).cloned()
     }
@@ -531,14 +532,19 @@ impl MessageStore {
         self.queues.seek(topic, id)
     }
 
-    /// The message a queue entry points to, read from the CommitLog.
-    pub fn message(&self, entry: &CqEntry) -> Result<StoredMessage> {
+    /// The message a queue entry of `topic` points to, read from the CommitLog.
+    pub fn message(&self, topic: &Topic, entry: &CqEntry) -> Result<StoredMessage> {
         let e = self.log.entry(entry.log_index)?;
         // Queue entries carry no checksum: check the message is the one they describe.
         let record = e
             .records
             .get(entry.sub as usize)
-            .filter(|r| r.op == RecordOp::Message && r.id == entry.id)
+            .filter(|r| {
+                r.op == RecordOp::Message
+                    && r.id == entry.id
+                    && r.db == topic.db
+                    && r.topic == topic.key
+            })
             .cloned()
             .ok_or_else(|| StoreError::Corruption {
                 file: self.root.join("consumequeue"),

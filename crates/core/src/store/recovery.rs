@@ -396,36 +396,32 @@ fn first_segment(
 ) -> Result<Option<Arc<Segment>>> {
     let mut found = None;
     for seg in segments.values() {
-        // Trust a segment's first index only if its whole first record verifies: a torn or
-        // flipped header must never make recovery delete live segments.
-        let mut first8 = [0u8; 8];
-        if seg
-            .file
-            .read_exact_at(SEGMENT_HEADER_LEN, &mut first8)
-            .is_err()
-        {
-            break;
-        }
-        let Ok(Slot::Entry(size)) = classify(&first8) else {
-            break;
-        };
-        if SEGMENT_HEADER_LEN + u64::from(size) > seg.size {
-            break;
-        }
-        let mut record = vec![0u8; size as usize];
-        if seg
-            .file
-            .read_exact_at(SEGMENT_HEADER_LEN, &mut record)
-            .is_err()
-        {
-            break;
-        }
-        match check_record(&record) {
-            Ok(h) if h.index <= first_index => found = Some(seg.clone()),
+        match first_entry_index(seg) {
+            Some(index) if index <= first_index => found = Some(seg.clone()),
             _ => break,
         }
     }
     Ok(found)
+}
+
+/// Index of a segment's first entry, trusted only if its whole first record verifies: a torn
+/// or flipped header must never make the store delete live segments.
+pub(crate) fn first_entry_index(seg: &Segment) -> Option<LogIndex> {
+    let mut first8 = [0u8; 8];
+    seg.file
+        .read_exact_at(SEGMENT_HEADER_LEN, &mut first8)
+        .ok()?;
+    let Ok(Slot::Entry(size)) = classify(&first8) else {
+        return None;
+    };
+    if SEGMENT_HEADER_LEN + u64::from(size) > seg.size {
+        return None;
+    }
+    let mut record = vec![0u8; size as usize];
+    seg.file
+        .read_exact_at(SEGMENT_HEADER_LEN, &mut record)
+        .ok()?;
+    check_record(&record).ok().map(|h| h.index)
 }
 
 /// Whether a segment's first block after the header is all zeros (never written to).

@@ -227,6 +227,17 @@ impl TopicTable {
             live_row_bytes: 0,
         };
         let (rows, file) = read_rows_with_file(table.storage.as_ref(), dir, mark)?;
+        // Generations other than the checkpoint's: a compaction whose old file a crash kept,
+        // or a new one whose checkpoint never came.
+        for name in table.storage.list(dir).at(dir)? {
+            let other = name
+                .strip_prefix("topics-")
+                .and_then(|g| g.parse::<u64>().ok());
+            if other.is_some_and(|g| g != mark.generation) {
+                let path = dir.join(&name);
+                table.storage.remove(&path).at(&path)?;
+            }
+        }
         for topic in rows {
             table.put(topic);
         }
