@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::entry::LogIndex;
 use super::error::{IoContext, Result, StoreError};
+use super::le;
 use super::storage::{Storage, read_all, write_atomic};
 
 /// File name under the data directory.
@@ -56,12 +57,8 @@ impl Checkpoint {
         if b.len() != LEN {
             return Err(corrupt("checkpoint has the wrong size"));
         }
-        let long = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
-        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let long = |at: usize| le::u64_at(b, at);
+        let word = |at: usize| le::u32_at(b, at);
         if word(0) != MAGIC || word(60) != crc32c::crc32c(&b[..60]) {
             return Err(corrupt("checkpoint magic or crc mismatch"));
         }

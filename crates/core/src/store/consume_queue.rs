@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use super::entry::{LogIndex, StreamId};
 use super::error::{IoContext, Result, StoreError};
 use super::file_cache::FileCache;
+use super::le;
 use super::segment::file_name;
 use super::storage::Storage;
 use super::topics::{Topic, TopicId};
@@ -64,11 +65,7 @@ impl CqEntry {
     }
 
     fn decode(b: &[u8]) -> Self {
-        let long = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
+        let long = |at: usize| le::u64_at(b, at);
         CqEntry {
             log_index: long(0),
             id: StreamId::new(long(8), long(16)),

@@ -6,6 +6,8 @@
 
 use bytes::Bytes;
 
+use super::le::{u16_at, u32_at, u64_at};
+
 /// Position of an entry in the Raft log. Starts at 1; 0 means "before the first entry".
 pub type LogIndex = u64;
 /// Raft term.
@@ -256,20 +258,6 @@ pub fn classify(first8: &[u8; 8]) -> Result<Slot, DecodeError> {
         ENTRY_MAGIC => Err(DecodeError::BadSize(size)),
         other => Err(DecodeError::BadMagic(other)),
     }
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
 }
 
 /// Appends the blank marker filling `remaining` bytes of a segment.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use super::entry::LogIndex;
 use super::error::{IoContext, Result, StoreError};
 use super::file_cache::FileCache;
+use super::le;
 use super::segment::{file_name, parse_file_name};
 use super::storage::Storage;
 
@@ -292,12 +293,8 @@ impl IndexFiles {
                 guard += 1;
                 let mut e = [0u8; INDEX_ENTRY_LEN as usize];
                 read_or_zero(file.as_ref(), self.entry_offset(n), &mut e).at(&path)?;
-                let word = |at: usize| u32::from_le_bytes([e[at], e[at + 1], e[at + 2], e[at + 3]]);
-                let long = |at: usize| {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&e[at..at + 8]);
-                    u64::from_le_bytes(a)
-                };
+                let word = |at: usize| le::u32_at(&e, at);
+                let long = |at: usize| le::u64_at(&e, at);
                 let ts = long(16);
                 if ts < from_ms {
                     break; // the chain is newest first
@@ -426,12 +423,8 @@ fn encode_header(
 }
 
 fn decode_header(h: &[u8], path: &Path, first: LogIndex) -> Result<(IndexConfig, IndexFill)> {
-    let word = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    let long = |at: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&h[at..at + 8]);
-        u64::from_le_bytes(a)
-    };
+    let word = |at: usize| le::u32_at(h, at);
+    let long = |at: usize| le::u64_at(h, at);
     if word(0) != MAGIC || word(60) != crc32c::crc32c(&h[..60]) || long(16) != first {
         return Err(StoreError::Corruption {
             file: path.to_path_buf(),

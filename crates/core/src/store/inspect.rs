@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::checkpoint::Checkpoint;
 use super::entry::{LogIndex, Slot, Term, check_record, classify};
 use super::error::{IoContext, Result};
+use super::le;
 use super::log_index::{INDEX_RECORD_LEN, IndexRecord};
 use super::segment::{SEGMENT_HEADER_LEN, open_segment, parse_file_name};
 use super::storage::{Storage, read_all};
@@ -307,19 +308,8 @@ impl MapReader {
                 reason: format!("no map record for {index}"),
             });
         }
-        let long = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
-        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let rec = IndexRecord {
-            pos: long(0),
-            term: long(8),
-            size: word(16),
-            crc: word(20),
-        };
-        (rec != found).then(|| Problem {
+        let rec = IndexRecord::decode(&b);
+        (rec != Some(found)).then(|| Problem {
             file: path.clone(),
             offset: at - start,
             reason: format!(

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::entry::{LogIndex, Term};
 use super::error::{IoContext, Result, StoreError};
+use super::le;
 use super::segment::{file_name, parse_file_name};
 use super::storage::{Storage, StorageFile};
 
@@ -37,13 +38,9 @@ impl IndexRecord {
         out.extend_from_slice(&self.size.to_le_bytes());
         out.extend_from_slice(&self.crc.to_le_bytes());
     }
-    fn decode(b: &[u8]) -> Option<Self> {
-        let long = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
-        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        let long = |at: usize| le::u64_at(b, at);
+        let word = |at: usize| le::u32_at(b, at);
         let r = IndexRecord {
             pos: long(0),
             term: long(8),

@@ -20,6 +20,7 @@ use super::consume_queue::{CQ_DELETED, ConsumeQueues, CqConfig, CqEntry};
 use super::entry::{LogEntry, LogIndex, RecordOp, StreamId, SubRecord};
 use super::error::{IoContext, Result, StoreError};
 use super::index_file::{IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
+use super::le;
 use super::recovery::RecoveryReport;
 use super::storage::{Storage, read_all, write_atomic};
 use super::topics::{TableMark, Topic, TopicId, TopicTable};
@@ -128,12 +129,8 @@ impl DispatchCheckpoint {
         if b.len() != DISPATCH_LEN {
             return Err(corrupt());
         }
-        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        let long = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
+        let word = |at: usize| le::u32_at(b, at);
+        let long = |at: usize| le::u64_at(b, at);
         if word(0) != DISPATCH_MAGIC
             || u16::from_le_bytes([b[4], b[5]]) != DISPATCH_VERSION
             || word(DISPATCH_LEN - 4) != crc32c::crc32c(&b[..DISPATCH_LEN - 4])

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{IoContext, Result, StoreError};
+use super::le;
 use super::storage::{Storage, StorageFile};
 
 /// Segment header size; the first record starts here.
@@ -74,12 +75,8 @@ pub fn open_segment(storage: &dyn Storage, path: &Path, base: u64) -> Result<Seg
     };
     file.read_exact_at(0, &mut h)
         .map_err(|e| corrupt(format!("segment header unreadable: {e}")))?;
-    let word = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    let long = |at: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&h[at..at + 8]);
-        u64::from_le_bytes(a)
-    };
+    let word = |at: usize| le::u32_at(&h, at);
+    let long = |at: usize| le::u64_at(&h, at);
     if word(0) != SEGMENT_MAGIC {
         return Err(corrupt(format!("bad segment magic {:#010x}", word(0))));
     }

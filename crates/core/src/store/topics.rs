@@ -18,6 +18,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::entry::{LogIndex, StreamId};
 use super::error::{IoContext, Result, StoreError};
+use super::le;
 use super::storage::{Storage, StorageFile};
 
 /// Dense id of a topic incarnation, assigned in dispatch order.
@@ -101,12 +102,8 @@ impl Topic {
 
     /// Decodes one row at the start of `b`; returns it and its size.
     fn decode(b: &[u8]) -> Option<(Topic, usize)> {
-        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        let long = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
+        let word = |at: usize| le::u32_at(b, at);
+        let long = |at: usize| le::u64_at(b, at);
         if b.len() < ROW_FIXED {
             return None;
         }
