@@ -11,7 +11,6 @@ use std::sync::Arc;
 use super::checkpoint::Checkpoint;
 use super::entry::{LogIndex, Slot, Term, check_record, classify};
 use super::error::{IoContext, Result};
-use super::le;
 use super::log_index::{INDEX_RECORD_LEN, IndexRecord};
 use super::segment::{SEGMENT_HEADER_LEN, open_segment, parse_file_name};
 use super::storage::{Storage, read_all};
