@@ -281,7 +281,14 @@ fn derive(store: &MessageStore, upto: u64) -> Result<BTreeMap<String, Vec<Stream
         for r in store.log().entry(i)?.records {
             let name = String::from_utf8_lossy(&r.topic).into_owned();
             match r.op {
-                RecordOp::Message => topics.entry(name).or_default().push((r.id, false)),
+                RecordOp::Message => {
+                    // Stream IDs only grow: a message at or below the last ID is not added.
+                    let q = topics.entry(name).or_default();
+                    let last = q.last().map_or(StreamId::default(), |(id, _)| *id);
+                    if r.id > last {
+                        q.push((r.id, false));
+                    }
+                }
                 RecordOp::Delete => {
                     if let Some(q) = topics.get_mut(&name) {
                         q.iter_mut()
@@ -453,6 +460,32 @@ proptest! {
     fn derived_state_after_any_crash_equals_the_log(ops in proptest::collection::vec(op(), 1..30)) {
         run(ops)?;
     }
+}
+
+#[test]
+fn a_message_at_or_below_the_last_id_is_not_added() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    append(
+        &store,
+        1,
+        vec![record(RecordOp::Message, "s", StreamId::new(0, 0), "")],
+    )?;
+    assert!(store.topic(0, b"s").is_none() || ids(&store, "s")?.is_empty());
+    for (ts, id) in [
+        (2, StreamId::new(5, 1)),
+        (3, StreamId::new(5, 1)),
+        (4, StreamId::new(4, 9)),
+        (5, StreamId::new(5, 2)),
+    ] {
+        append(&store, ts, vec![record(RecordOp::Message, "s", id, "")])?;
+    }
+    store.dispatch_to(u64::MAX)?;
+    assert_eq!(
+        ids(&store, "s")?,
+        vec![StreamId::new(5, 1), StreamId::new(5, 2)]
+    );
+    Ok(())
 }
 
 #[test]

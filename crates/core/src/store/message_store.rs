@@ -357,6 +357,12 @@ impl MessageStore {
             }
             match (r.op, existing) {
                 (RecordOp::Message, existing) => {
+                    // Stream IDs only grow (Redis's rule, re-checked by the engine at apply):
+                    // a message that breaks it is not in the stream.
+                    let last = existing.as_ref().map_or(StreamId::default(), |t| t.last_id);
+                    if r.id <= last {
+                        continue;
+                    }
                     let mut t = match existing {
                         Some(t) => t,
                         None => {
