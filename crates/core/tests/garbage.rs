@@ -109,7 +109,14 @@ fn files(disk: &SimDisk) -> Vec<PathBuf> {
 /// whatever is read back must verify.
 fn exercise(disk: &SimDisk) {
     let storage: Arc<dyn Storage> = Arc::new(disk.clone());
-    let _ = inspect(storage.clone(), &root(), InspectOptions { digests: true });
+    let _ = inspect(
+        storage.clone(),
+        &root(),
+        InspectOptions {
+            digests: true,
+            ..InspectOptions::default()
+        },
+    );
     let Ok(store) = MessageStore::open(storage, &root(), config()) else {
         return;
     };

@@ -72,7 +72,10 @@ fn run(disk: &SimDisk) -> Result<manifold_core::store::InspectReport, StoreError
     inspect(
         Arc::new(disk.clone()),
         &root(),
-        InspectOptions { digests: true },
+        InspectOptions {
+            digests: true,
+            ..InspectOptions::default()
+        },
     )
 }
 
@@ -163,5 +166,40 @@ fn corruption_is_reported_with_file_and_offset_and_a_torn_tail_is_not_a_problem(
     let report = run(&disk)?;
     assert_eq!(report.problems, vec![]);
     assert_eq!(report.torn_tail, Some((seg, end)));
+    Ok(())
+}
+
+#[test]
+fn a_topic_is_checked_entry_by_entry_against_the_log() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    fill(&disk, 100, None)?;
+    let options = InspectOptions {
+        digests: false,
+        topic: Some((0, b"t1".to_vec())),
+    };
+    let report = inspect(Arc::new(disk.clone()), &root(), options.clone())?;
+    assert_eq!(report.problems, vec![]);
+    let check = report.topic.expect("topic checked");
+    assert_eq!((check.log_messages, check.queue_entries), (25, 25));
+    let topic = check.topic.expect("row");
+    // Damage one queue entry of the topic (its own files: it outgrew its arena slot).
+    let dir = root()
+        .join("consumequeue")
+        .join(format!("{:08x}", topic.id));
+    let first = disk
+        .list(&dir)
+        .map_err(|e| StoreError::io(&dir, e))?
+        .into_iter()
+        .next()
+        .expect("a file");
+    let f = disk
+        .open(&dir.join(&first), false)
+        .map_err(|e| StoreError::io(&dir, e))?;
+    f.write_at(32 * 3 + 8, &[0xee])
+        .map_err(|e| StoreError::io(&dir, e))?; // entry 3's stream ID
+    f.sync_data().map_err(|e| StoreError::io(&dir, e))?;
+    let report = inspect(Arc::new(disk.clone()), &root(), options)?;
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].offset, 32 * 3);
     Ok(())
 }

@@ -8,18 +8,36 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::checkpoint::Checkpoint;
-use super::entry::{LogIndex, Slot, Term, check_record, classify};
+use super::consume_queue::ConsumeQueues;
+use super::entry::{
+    LogIndex, RecordOp, Slot, StreamId, Term, check_record, classify, decode_entry,
+};
 use super::error::{IoContext, Result};
 use super::log_index::{INDEX_RECORD_LEN, IndexRecord};
 use super::segment::{SEGMENT_HEADER_LEN, open_segment, parse_file_name};
 use super::storage::{Storage, read_all};
 
 /// What inspect looks at beyond the CommitLog.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct InspectOptions {
     /// Collect a digest per entry (memory: 20 bytes per entry).
     pub digests: bool,
+    /// Check this topic `(db, key)` entry by entry: its queue against the log.
+    pub topic: Option<(u8, Vec<u8>)>,
+}
+
+/// One topic, checked entry by entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicCheck {
+    /// Its row in the topic table, if it exists at the last dispatch checkpoint.
+    pub topic: Option<super::topics::Topic>,
+    /// Messages of the topic found in the log (up to the dispatch point).
+    pub log_messages: u64,
+    /// Queue entries compared with them.
+    pub queue_entries: u64,
 }
 
 /// One problem, where it is.
@@ -98,6 +116,8 @@ pub struct InspectReport {
     pub digests: Vec<EntryDigest>,
     /// Derived state, when a dispatch checkpoint exists.
     pub derived: Option<DerivedSummary>,
+    /// The topic asked for with `InspectOptions::topic`.
+    pub topic: Option<TopicCheck>,
     /// Everything that does not verify. Empty means the directory is sound.
     pub problems: Vec<Problem>,
 }
@@ -128,6 +148,7 @@ pub fn inspect(
         Err(_) => Vec::new(),
     };
     names.sort();
+    let mut topic_log: TopicLog = Vec::new();
     let mut expected: Option<LogIndex> = None;
     let mut prev_term = 0;
     let mut ended = false;
@@ -167,6 +188,9 @@ pub fn inspect(
                     seg.file.read_exact_at(off, &mut buf).at(&path)?;
                     match check_record(&buf) {
                         Ok(h) if expected.is_none_or(|e| h.index == e) && h.term >= prev_term => {
+                            if let Some((db, key)) = &options.topic {
+                                collect_messages(&buf, *db, key, &mut topic_log);
+                            }
                             if let Some(problem) = map.check(
                                 h.index,
                                 IndexRecord {
@@ -233,7 +257,125 @@ pub fn inspect(
         });
     }
     report.derived = derived(storage.as_ref(), root, &mut report.problems);
+    if let Some((db, key)) = &options.topic {
+        report.topic = Some(check_topic(
+            storage,
+            root,
+            *db,
+            key,
+            &topic_log,
+            &mut report.problems,
+        )?);
+    }
     Ok(report)
+}
+
+/// `(index, sub-record, id)` of messages of one topic, in log order.
+type TopicLog = Vec<(LogIndex, u16, StreamId)>;
+
+fn collect_messages(record: &[u8], db: u8, key: &[u8], out: &mut TopicLog) {
+    let Ok(entry) = decode_entry(&Bytes::copy_from_slice(record)) else {
+        return;
+    };
+    for (j, r) in entry.records.iter().enumerate() {
+        if r.db == db && r.topic == key && r.op == RecordOp::Message {
+            out.push((entry.index, j as u16, r.id));
+        }
+    }
+}
+
+/// Compares the topic's queue with the log's messages of its current incarnation, up to the
+/// dispatch point: same entries, same order, same positions.
+fn check_topic(
+    storage: Arc<dyn Storage>,
+    root: &Path,
+    db: u8,
+    key: &[u8],
+    log: &TopicLog,
+    problems: &mut Vec<Problem>,
+) -> Result<TopicCheck> {
+    let mut check = TopicCheck {
+        topic: None,
+        log_messages: 0,
+        queue_entries: 0,
+    };
+    let dispatch = root.join("dispatch");
+    let Ok(bytes) = read_all(storage.as_ref(), &dispatch) else {
+        return Ok(check);
+    };
+    let Ok((dispatched, mark, queues)) = super::message_store::inspect_dispatch(&bytes, &dispatch)
+    else {
+        return Ok(check);
+    };
+    let cq_dir = root.join("consumequeue");
+    let Ok(rows) = super::topics::read_rows(storage.as_ref(), &cq_dir, mark) else {
+        return Ok(check);
+    };
+    let latest: std::collections::BTreeMap<u32, &super::topics::Topic> =
+        rows.iter().map(|t| (t.id, t)).collect();
+    let Some(topic) = latest
+        .values()
+        .find(|t| !t.dropped && t.db == db && t.key == key)
+        .map(|t| (*t).clone())
+    else {
+        return Ok(check);
+    };
+    // The log's messages of this incarnation that the dispatcher adds (IDs only grow).
+    let mut expected = Vec::new();
+    let mut last = StreamId::default();
+    for (index, sub, id) in log
+        .iter()
+        .filter(|(i, _, _)| *i >= topic.incarnation && *i <= dispatched)
+    {
+        if *id > last {
+            expected.push((*index, *sub, *id));
+            last = *id;
+        }
+    }
+    let cqs = ConsumeQueues::open(storage, &cq_dir, queues)?;
+    let from = topic.first_live;
+    let entries = match cqs.read(&topic, from, topic.len - from) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(problem_of(&e, cqs.topic_dir(topic.id)));
+            Vec::new()
+        }
+    };
+    let want = expected.get(from as usize..).unwrap_or_default();
+    for (n, (e, w)) in entries.iter().zip(want).enumerate() {
+        if (e.log_index, e.sub, e.id) != *w {
+            problems.push(Problem {
+                file: cqs.topic_dir(topic.id),
+                offset: (from + n as u64) * super::consume_queue::CQ_ENTRY_LEN,
+                reason: format!(
+                    "queue entry {} is ({}, {}, {}) but the log says ({}, {}, {})",
+                    from + n as u64,
+                    e.log_index,
+                    e.sub,
+                    e.id,
+                    w.0,
+                    w.1,
+                    w.2
+                ),
+            });
+            break;
+        }
+    }
+    if expected.len() as u64 != topic.len {
+        problems.push(Problem {
+            file: cq_dir.join(format!("topics-{:08}", mark.generation)),
+            offset: 0,
+            reason: format!(
+                "topic row says {} queue entries, the log has {} messages up to {dispatched}",
+                topic.len,
+                expected.len()
+            ),
+        });
+    }
+    check.log_messages = expected.len() as u64;
+    check.queue_entries = entries.len() as u64;
+    check.topic = Some(topic);
+    Ok(check)
 }
 
 fn problem_of(e: &super::error::StoreError, fallback: PathBuf) -> Problem {
@@ -338,7 +480,7 @@ fn derived(
             return None;
         }
     };
-    let view = match super::message_store::inspect_dispatch(&bytes, &path) {
+    let view = match super::message_store::inspect_dispatch(&bytes, &path).map(|(d, m, _)| (d, m)) {
         Ok(v) => v,
         Err(e) => {
             problems.push(problem_of(&e, path));

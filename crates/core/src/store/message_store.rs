@@ -165,8 +165,21 @@ impl DispatchCheckpoint {
 }
 
 /// Reads a `dispatch` checkpoint image for `inspect`: the dispatch point and the table mark.
-pub(crate) fn inspect_dispatch(bytes: &[u8], path: &Path) -> Result<(LogIndex, TableMark)> {
-    DispatchCheckpoint::decode(bytes, path).map(|cp| (cp.dispatched, cp.table))
+pub(crate) fn inspect_dispatch(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(LogIndex, TableMark, CqConfig)> {
+    DispatchCheckpoint::decode(bytes, path).map(|cp| {
+        let l = cp.layout;
+        let queues = CqConfig {
+            slot_entries: l.slot_entries,
+            arena_file_slots: l.arena_file_slots,
+            first_file_entries: l.first_file_entries,
+            max_file_entries: l.max_file_entries,
+            ..CqConfig::default()
+        };
+        (cp.dispatched, cp.table, queues)
+    })
 }
 
 #[derive(Debug)]
