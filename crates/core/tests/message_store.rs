@@ -322,6 +322,47 @@ fn derive(store: &MessageStore, upto: u64) -> Result<BTreeMap<String, Vec<Stream
         .collect())
 }
 
+/// XINFO's max-deleted-entry-id per live topic, derived from the log alone.
+fn derive_max_deleted(
+    store: &MessageStore,
+    upto: u64,
+) -> Result<BTreeMap<String, StreamId>, StoreError> {
+    // Per topic: every ID added (in order) and the max deleted one, for the current incarnation.
+    let mut topics: BTreeMap<String, (Vec<StreamId>, StreamId)> = BTreeMap::new();
+    for i in store.log().first_index()..=upto {
+        for r in store.log().entry(i)?.records {
+            let name = String::from_utf8_lossy(&r.topic).into_owned();
+            match r.op {
+                RecordOp::Message => {
+                    let (ids, _) = topics.entry(name).or_default();
+                    if ids.last().is_none_or(|last| r.id > *last) {
+                        ids.push(r.id);
+                    }
+                }
+                RecordOp::Delete => {
+                    if let Some((_, max)) =
+                        topics.get_mut(&name).filter(|(ids, _)| ids.contains(&r.id))
+                    {
+                        *max = (*max).max(r.id);
+                    }
+                }
+                RecordOp::Trim => {
+                    if let Some((ids, max)) = topics.get_mut(&name) {
+                        if let Some(last_cut) = ids.iter().filter(|id| **id < r.id).max() {
+                            *max = (*max).max(*last_cut);
+                        }
+                        ids.retain(|id| *id >= r.id);
+                    }
+                }
+                RecordOp::Drop => {
+                    topics.remove(&name);
+                }
+            }
+        }
+    }
+    Ok(topics.into_iter().map(|(k, (_, max))| (k, max)).collect())
+}
+
 /// Positions of every message of `topic` with key "key", newest first: what the index must find.
 fn keyed(store: &MessageStore, topic: &str, upto: u64) -> Result<Vec<(u64, u16)>, StoreError> {
     let mut out = Vec::new();
@@ -436,6 +477,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 actual(&store).map_err(fail)?,
                 derive(&store, last).map_err(fail)?
             );
+            let max_deleted = derive_max_deleted(&store, last).map_err(fail)?;
+            for t in store.topics() {
+                let name = String::from_utf8_lossy(&t.key).into_owned();
+                prop_assert_eq!(
+                    Some(&t.max_deleted_id),
+                    max_deleted.get(&name),
+                    "max deleted of {}",
+                    name
+                );
+            }
             for topic in 0..4u8 {
                 let name = format!("topic/{topic}");
                 let hits = store
@@ -460,6 +511,63 @@ proptest! {
     fn derived_state_after_any_crash_equals_the_log(ops in proptest::collection::vec(op(), 1..30)) {
         run(ops)?;
     }
+}
+
+#[test]
+fn dispatch_next_says_what_each_sub_record_did() -> Result<(), StoreError> {
+    use manifold_core::store::Outcome;
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    let next = |records: Vec<SubRecord>| -> Result<Vec<Outcome>, StoreError> {
+        let e = NewEntry {
+            term: 1,
+            kind: EntryKind::Command,
+            timestamp_ms: 1,
+            command: Bytes::new(),
+            records,
+        };
+        let index = store.log().append(&e)?.wait()?;
+        store.dispatch_next(&store.log().entry(index)?)
+    };
+    let msg = |ms| record(RecordOp::Message, "s", StreamId::new(ms, 0), "");
+    assert_eq!(
+        next(vec![msg(1), msg(2), msg(3), msg(2)])?,
+        vec![
+            Outcome::Added,
+            Outcome::Added,
+            Outcome::Added,
+            Outcome::Rejected {
+                last: StreamId::new(3, 0)
+            }
+        ]
+    );
+    let del = |ms| record(RecordOp::Delete, "s", StreamId::new(ms, 0), "");
+    assert_eq!(
+        next(vec![del(2), del(2), del(9)])?,
+        vec![
+            Outcome::Deleted(true),
+            Outcome::Deleted(false),
+            Outcome::Deleted(false)
+        ]
+    );
+    let t = store.topic(0, b"s").expect("topic");
+    assert_eq!(t.max_deleted_id, StreamId::new(2, 0));
+    // Trimming below 3 removes 1 live entry (2 was already deleted).
+    assert_eq!(
+        next(vec![record(RecordOp::Trim, "s", StreamId::new(3, 0), "")])?,
+        vec![Outcome::Trimmed(1)]
+    );
+    assert_eq!(ids(&store, "s")?, vec![StreamId::new(3, 0)]);
+    let t = store.topic(0, b"s").expect("topic");
+    assert_eq!(t.max_deleted_id, StreamId::new(2, 0));
+    assert_eq!(
+        next(vec![
+            record(RecordOp::Drop, "s", StreamId::default(), ""),
+            record(RecordOp::Drop, "s", StreamId::default(), "")
+        ])?,
+        vec![Outcome::Dropped(true), Outcome::Dropped(false)]
+    );
+    Ok(())
 }
 
 #[test]

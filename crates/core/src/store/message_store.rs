@@ -210,6 +210,24 @@ pub struct MessageStore {
     dispatch: Mutex<Dispatcher>,
 }
 
+/// What dispatching one sub-record did: the facts the engine's replies are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message was added to its stream.
+    Added,
+    /// The message was not added: its ID is not above the stream's last ID.
+    Rejected {
+        /// The stream's last ID.
+        last: StreamId,
+    },
+    /// XDEL: whether a live entry with that ID existed (and is now deleted).
+    Deleted(bool),
+    /// Trim: live entries removed.
+    Trimmed(u64),
+    /// Drop: whether the topic existed.
+    Dropped(bool),
+}
+
 /// A message read back through its queue entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -328,13 +346,40 @@ impl MessageStore {
                 self.dispatch_entry(&mut d, &entry)?;
                 d.dispatched = i;
             }
-            let interval = Duration::from_millis(self.config.dispatch_checkpoint_interval_ms);
-            if d.dispatched > d.checkpointed && d.last_checkpoint.elapsed() >= interval {
-                self.checkpoint_locked(&mut d)?;
-            }
+            self.checkpoint_if_due(&mut d)?;
             Ok(d.dispatched)
         })();
         Self::note_failure(&mut d, result)
+    }
+
+    /// Dispatches `entry`, which must be the one right after the dispatch point, and says what
+    /// each of its sub-records did: the engine's replies come from here. The caller passes the
+    /// entry it already holds, so nothing is read back from the log.
+    pub fn dispatch_next(&self, entry: &LogEntry) -> Result<Vec<Outcome>> {
+        let mut d = self.lock();
+        Self::usable(&d)?;
+        let result = (|| {
+            if entry.index != d.dispatched + 1 {
+                return Err(StoreError::IndexOutOfRange {
+                    index: entry.index,
+                    first: d.dispatched + 1,
+                    last: d.dispatched + 1,
+                });
+            }
+            let outcomes = self.dispatch_entry(&mut d, entry)?;
+            d.dispatched = entry.index;
+            self.checkpoint_if_due(&mut d)?;
+            Ok(outcomes)
+        })();
+        Self::note_failure(&mut d, result)
+    }
+
+    fn checkpoint_if_due(&self, d: &mut Dispatcher) -> Result<()> {
+        let interval = Duration::from_millis(self.config.dispatch_checkpoint_interval_ms);
+        if d.dispatched > d.checkpointed && d.last_checkpoint.elapsed() >= interval {
+            self.checkpoint_locked(d)?;
+        }
+        Ok(())
     }
 
     fn usable(d: &Dispatcher) -> Result<()> {
@@ -352,8 +397,19 @@ impl MessageStore {
         result
     }
 
-    fn dispatch_entry(&self, d: &mut Dispatcher, entry: &LogEntry) -> Result<()> {
+    fn dispatch_entry(&self, d: &mut Dispatcher, entry: &LogEntry) -> Result<Vec<Outcome>> {
         let i = entry.index;
+        // What each sub-record did; ops on a missing topic change nothing.
+        let mut outcomes: Vec<Outcome> = entry
+            .records
+            .iter()
+            .map(|r| match r.op {
+                RecordOp::Message => Outcome::Added,
+                RecordOp::Delete => Outcome::Deleted(false),
+                RecordOp::Trim => Outcome::Trimmed(0),
+                RecordOp::Drop => Outcome::Dropped(false),
+            })
+            .collect();
         let keys = entry
             .records
             .iter()
@@ -374,6 +430,7 @@ impl MessageStore {
                     // a message that breaks it is not in the stream.
                     let last = existing.as_ref().map_or(StreamId::default(), |t| t.last_id);
                     if r.id <= last {
+                        outcomes[j as usize] = Outcome::Rejected { last };
                         continue;
                     }
                     let mut t = match existing {
@@ -393,6 +450,7 @@ impl MessageStore {
                                 dropped: false,
                                 last_id: StreamId::default(),
                                 removed_below: 0,
+                                max_deleted_id: StreamId::default(),
                             };
                             let exhausted =
                                 || StoreError::Config("topic ids or arena slots exhausted".into());
@@ -428,18 +486,43 @@ impl MessageStore {
                 }
                 (_, None) => {} // an operation on a topic that does not exist changes nothing
                 (RecordOp::Delete, Some(t)) => {
-                    if let Some(n) = self.queues.find(&t, r.id)? {
+                    let found = self.queues.find(&t, r.id)?;
+                    let live = match found {
+                        Some(n) if n >= t.first_live => {
+                            let e = self.queues.read(&t, n, 1)?;
+                            (!e.first().is_some_and(CqEntry::is_deleted)).then_some(n)
+                        }
+                        _ => None,
+                    };
+                    if let Some(n) = live {
                         self.queues.set_flags(&t, n, CQ_DELETED)?;
                     }
-                    d.topics.update(t.id, |t| t.last_applied = (i, j));
+                    d.topics.update(t.id, |t| {
+                        // Raised whenever the ID exists, deleted already or not: the same
+                        // after a re-dispatch that finds the flag set by the run before.
+                        if found.is_some() {
+                            t.max_deleted_id = t.max_deleted_id.max(r.id);
+                        }
+                        t.last_applied = (i, j);
+                    });
+                    // Live dispatch only: on a re-dispatch after a crash the flag may already
+                    // be set by the run before, so outcomes are not kept as state.
+                    outcomes[j as usize] = Outcome::Deleted(live.is_some());
                 }
                 (RecordOp::Trim, Some(t)) => {
-                    let n = self.queues.seek(&t, r.id)?;
+                    let n = self.queues.seek(&t, r.id)?.max(t.first_live);
+                    let cut = self.queues.read(&t, t.first_live, n - t.first_live)?;
+                    let were_deleted = cut.iter().filter(|e| e.is_deleted()).count() as u64;
+                    let last_cut = cut.last().map(|e| e.id);
                     d.topics.update(t.id, |t| {
-                        t.first_live = t.first_live.max(n);
+                        t.first_live = n;
+                        if let Some(id) = last_cut {
+                            t.max_deleted_id = t.max_deleted_id.max(id);
+                        }
                         t.last_applied = (i, j);
                     });
                     d.removals.push(t.id);
+                    outcomes[j as usize] = Outcome::Trimmed(cut.len() as u64 - were_deleted);
                 }
                 (RecordOp::Drop, Some(t)) => {
                     d.topics.update(t.id, |t| {
@@ -447,10 +530,11 @@ impl MessageStore {
                         t.last_applied = (i, j);
                     });
                     d.removals.push(t.id);
+                    outcomes[j as usize] = Outcome::Dropped(true);
                 }
             }
         }
-        Ok(())
+        Ok(outcomes)
     }
 
     /// Makes the derived state durable up to the dispatch point now.

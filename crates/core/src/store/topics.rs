@@ -54,6 +54,8 @@ pub struct Topic {
     /// for a dropped topic). Trims and drops remove files after the checkpoint recording
     /// them; this says how far that went, so a crash in between is finished at open.
     pub removed_below: u64,
+    /// Largest ID removed by XDEL or a trim (XINFO's max-deleted-entry-id).
+    pub max_deleted_id: StreamId,
 }
 
 impl Topic {
@@ -68,7 +70,7 @@ impl Topic {
     }
 }
 
-const ROW_FIXED: usize = 80;
+const ROW_FIXED: usize = 96;
 const FLAG_MIGRATED: u8 = 1;
 const FLAG_DROPPED: u8 = 2;
 
@@ -94,6 +96,8 @@ impl Topic {
         out.extend_from_slice(&self.last_id.ms.to_le_bytes());
         out.extend_from_slice(&self.last_id.seq.to_le_bytes());
         out.extend_from_slice(&self.removed_below.to_le_bytes());
+        out.extend_from_slice(&self.max_deleted_id.ms.to_le_bytes());
+        out.extend_from_slice(&self.max_deleted_id.seq.to_le_bytes());
         out.extend_from_slice(&self.key);
         debug_assert_eq!(out.len() - start, size as usize);
         let crc = crc32c::crc32c(&out[start + 8..]);
@@ -130,6 +134,7 @@ impl Topic {
                 dropped: flags & FLAG_DROPPED != 0,
                 last_id: StreamId::new(long(56), long(64)),
                 removed_below: long(72),
+                max_deleted_id: StreamId::new(long(80), long(88)),
             },
             size,
         ))
@@ -261,6 +266,7 @@ impl TopicTable {
                 dropped: true,
                 last_id: StreamId::default(),
                 removed_below: u64::MAX,
+                max_deleted_id: StreamId::default(),
             });
             self.is_dirty.resize(id + 1, false);
         }
