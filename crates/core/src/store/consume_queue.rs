@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use super::entry::{LogIndex, StreamId};
 use super::error::{IoContext, Result, StoreError};
-use super::file_cache::FileCache;
+use super::file_cache::{FileCache, FileKey};
 use super::le;
 use super::segment::file_name;
 use super::storage::Storage;
@@ -103,10 +103,46 @@ impl Default for CqConfig {
     }
 }
 
+/// A queue file, named cheaply: the hot path hashes this, not a path.
+#[derive(Debug, Clone)]
+pub struct QueueFile {
+    root: Arc<PathBuf>,
+    which: Which,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Which {
+    /// The arena file starting at this byte offset.
+    Arena(u64),
+    /// A migrated topic's file starting at this byte offset.
+    Topic(TopicId, u64),
+}
+
+impl PartialEq for QueueFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.which == other.which
+    }
+}
+impl Eq for QueueFile {}
+impl std::hash::Hash for QueueFile {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.which.hash(state);
+    }
+}
+
+impl FileKey for QueueFile {
+    fn path(&self) -> PathBuf {
+        match self.which {
+            Which::Arena(offset) => self.root.join("arena").join(file_name(offset)),
+            Which::Topic(id, offset) => self.root.join(format!("{id:08x}")).join(file_name(offset)),
+        }
+    }
+}
+
 /// Where entry `n` of a topic is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Place {
-    path: PathBuf,
+    file: QueueFile,
     file_len: u64,
     offset: u64,
     /// Entries from `n` to the end of this file (or slot).
@@ -116,9 +152,9 @@ struct Place {
 /// All ConsumeQueues.
 #[derive(Debug)]
 pub struct ConsumeQueues {
-    dir: PathBuf,
+    dir: Arc<PathBuf>,
     config: CqConfig,
-    files: FileCache,
+    files: FileCache<QueueFile>,
     /// Stream ID of every `SPARSE_EVERY`-th entry of migrated topics, built on first seek.
     sparse: Mutex<HashMap<TopicId, Vec<StreamId>>>,
 }
@@ -144,7 +180,7 @@ impl ConsumeQueues {
         storage.create_dir_all(&dir.join("arena")).at(dir)?;
         let files = FileCache::new(storage, config.max_open_files);
         Ok(ConsumeQueues {
-            dir: dir.to_path_buf(),
+            dir: Arc::new(dir.to_path_buf()),
             config,
             files,
             sparse: Mutex::new(HashMap::new()),
@@ -164,7 +200,10 @@ impl ConsumeQueues {
             let file_len = c.arena_file_slots * slot_bytes;
             let in_file = u64::from(topic.slot) % c.arena_file_slots;
             return Place {
-                path: self.dir.join("arena").join(file_name(file_no * file_len)),
+                file: QueueFile {
+                    root: self.dir.clone(),
+                    which: Which::Arena(file_no * file_len),
+                },
                 file_len,
                 offset: in_file * slot_bytes + n * CQ_ENTRY_LEN,
                 room: c.slot_entries.saturating_sub(n),
@@ -176,9 +215,10 @@ impl ConsumeQueues {
             cap = (cap * 2).min(c.max_file_entries);
         }
         Place {
-            path: self
-                .topic_dir(topic.id)
-                .join(file_name(start * CQ_ENTRY_LEN)),
+            file: QueueFile {
+                root: self.dir.clone(),
+                which: Which::Topic(topic.id, start * CQ_ENTRY_LEN),
+            },
             file_len: cap * CQ_ENTRY_LEN,
             offset: (n - start) * CQ_ENTRY_LEN,
             room: start + cap - n,
@@ -220,12 +260,8 @@ impl ConsumeQueues {
             for e in &entries[done..done + take] {
                 buf.extend_from_slice(&e.encode());
             }
-            let file = self
-                .files
-                .get(&place.path, Some(place.file_len))?
-                .ok_or(StoreError::Closed)?;
-            file.write_at(place.offset, &buf).at(&place.path)?;
-            self.files.mark_dirty(&place.path, &file)?;
+            let file = self.files.get_for_write(&place.file, place.file_len)?;
+            file.write_at(place.offset, &buf).at(place.file.path())?;
             if topic.migrated {
                 self.note_block_starts(topic.id, at, &entries[done..done + take]);
             }
@@ -248,16 +284,12 @@ impl ConsumeQueues {
     /// Sets flag bits on entry `n` in place.
     pub fn set_flags(&self, topic: &Topic, n: u64, flags: u8) -> Result<()> {
         let place = self.place(topic, n);
-        let file = self
-            .files
-            .get(&place.path, Some(place.file_len))?
-            .ok_or(StoreError::Closed)?;
+        let file = self.files.get_for_write(&place.file, place.file_len)?;
+        let path = || place.file.path();
         let mut b = [0u8; 1];
-        file.read_exact_at(place.offset + 30, &mut b)
-            .at(&place.path)?;
+        file.read_exact_at(place.offset + 30, &mut b).at(path())?;
         file.write_at(place.offset + 30, &[b[0] | flags])
-            .at(&place.path)?;
-        self.files.mark_dirty(&place.path, &file)?;
+            .at(path())?;
         Ok(())
     }
 
@@ -273,19 +305,20 @@ impl ConsumeQueues {
             let take = place.room.min(end - n);
             let file =
                 self.files
-                    .get(&place.path, None)?
+                    .get(&place.file, None)?
                     .ok_or_else(|| StoreError::Corruption {
-                        file: place.path.clone(),
+                        file: place.file.path(),
                         offset: place.offset,
                         reason: format!("queue file missing for entry {n} of topic {}", topic.id),
                     })?;
             buf.resize((take * CQ_ENTRY_LEN) as usize, 0);
-            file.read_exact_at(place.offset, &mut buf).at(&place.path)?;
+            file.read_exact_at(place.offset, &mut buf)
+                .at(place.file.path())?;
             for chunk in buf.chunks_exact(CQ_ENTRY_LEN as usize) {
                 let e = CqEntry::decode(chunk);
                 if e.log_index == 0 {
                     return Err(StoreError::Corruption {
-                        file: place.path.clone(),
+                        file: place.file.path(),
                         offset: place.offset + (out.len() as u64 + from - n) * CQ_ENTRY_LEN,
                         reason: format!("empty queue entry {} below length {}", n, topic.len),
                     });
@@ -384,7 +417,7 @@ impl ConsumeQueues {
             let place = self.place(topic, start);
             if start + place.room <= below {
                 let path = dir.join(&name);
-                self.files.forget(&path);
+                self.files.forget(&place.file);
                 storage.remove(&path).at(&path)?;
                 removed = true;
             }

@@ -3,99 +3,122 @@
 //! It also remembers which files were written since the last sync, holding their handles until
 //! `sync_dirty` so eviction never loses a pending fdatasync.
 //!
+//! Files are named by a small key (`FileKey`); a path is built only when a file is opened.
 //! It must never decide what a file contains; callers pass the size a new file is created with.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::error::{IoContext, Result};
+use hashbrown::HashMap;
+
+use super::error::{IoContext, Result, StoreError};
 use super::storage::{Storage, StorageFile};
 
-#[derive(Debug, Default)]
-struct Inner {
-    open: HashMap<PathBuf, (Arc<dyn StorageFile>, u64)>,
-    lru: BTreeMap<u64, PathBuf>,
+/// Names a cached file cheaply: the hot path hashes the key, never a path.
+pub trait FileKey: Clone + Eq + Hash + Debug + Send + Sync {
+    /// The file's path.
+    fn path(&self) -> PathBuf;
+}
+
+#[derive(Debug)]
+struct Inner<K> {
+    open: HashMap<K, (Arc<dyn StorageFile>, u64)>,
+    lru: BTreeMap<u64, K>,
     tick: u64,
-    dirty: HashMap<PathBuf, Arc<dyn StorageFile>>,
+    dirty: HashMap<K, Arc<dyn StorageFile>>,
     new_names: BTreeSet<PathBuf>,
 }
 
 /// The cache. Thread-safe.
 #[derive(Debug)]
-pub struct FileCache {
+pub struct FileCache<K: FileKey> {
     storage: Arc<dyn Storage>,
     capacity: usize,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<K>>,
 }
 
-impl FileCache {
+impl<K: FileKey> FileCache<K> {
     /// A cache holding at most `capacity` open handles (plus dirty ones awaiting sync).
     pub fn new(storage: Arc<dyn Storage>, capacity: usize) -> Self {
+        let inner = Inner {
+            open: HashMap::new(),
+            lru: BTreeMap::new(),
+            tick: 0,
+            dirty: HashMap::new(),
+            new_names: BTreeSet::new(),
+        };
         FileCache {
             storage,
             capacity: capacity.max(1),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(inner),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<K>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The handle of `path`. When the file does not exist: `None` if `create_len` is `None`,
+    /// The handle of `key`. When the file does not exist: `None` if `create_len` is `None`,
     /// otherwise the file (and its directory) is created with that length (sparse zeros).
-    pub fn get(
-        &self,
-        path: &Path,
-        create_len: Option<u64>,
-    ) -> Result<Option<Arc<dyn StorageFile>>> {
+    pub fn get(&self, key: &K, create_len: Option<u64>) -> Result<Option<Arc<dyn StorageFile>>> {
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
-        if let Some((handle, last)) = inner.open.get_mut(path) {
+        if let Some((handle, last)) = inner.open.get_mut(key) {
             let handle = handle.clone();
             let old = std::mem::replace(last, tick);
             inner.lru.remove(&old);
-            inner.lru.insert(tick, path.to_path_buf());
+            inner.lru.insert(tick, key.clone());
             return Ok(Some(handle));
         }
-        if let Some(handle) = inner.dirty.get(path).cloned() {
-            self.insert(&mut inner, path, handle.clone(), tick);
+        if let Some(handle) = inner.dirty.get(key).cloned() {
+            self.insert(&mut inner, key, handle.clone(), tick);
             return Ok(Some(handle));
         }
-        let handle = if self.storage.exists(path) {
+        let path = key.path();
+        let handle = if self.storage.exists(&path) {
             // A file found on disk may have been created by a process that crashed before
             // syncing its directory or its length: before writing to it, both are made whole
             // and synced again (reads need neither).
-            if create_len.is_some() {
-                inner.new_names.insert(path.to_path_buf());
-            }
-            let handle = self.storage.open(path, false).at(path)?;
-            if let Some(len) = create_len.filter(|len| handle.size().is_ok_and(|s| s < *len)) {
-                handle.set_len(len).at(path)?;
-                inner.dirty.insert(path.to_path_buf(), handle.clone());
+            let handle = self.storage.open(&path, false).at(&path)?;
+            if let Some(len) = create_len {
+                inner.new_names.insert(path.clone());
+                if handle.size().is_ok_and(|s| s < len) {
+                    handle.set_len(len).at(&path)?;
+                    inner.dirty.insert(key.clone(), handle.clone());
+                }
             }
             handle
         } else if let Some(len) = create_len {
             if let Some(dir) = path.parent() {
                 self.storage.create_dir_all(dir).at(dir)?;
             }
-            let handle = self.storage.open(path, true).at(path)?;
-            handle.set_len(len).at(path)?;
-            inner.new_names.insert(path.to_path_buf());
-            inner.dirty.insert(path.to_path_buf(), handle.clone());
+            let handle = self.storage.open(&path, true).at(&path)?;
+            handle.set_len(len).at(&path)?;
+            inner.new_names.insert(path);
+            inner.dirty.insert(key.clone(), handle.clone());
             handle
         } else {
             return Ok(None);
         };
-        self.insert(&mut inner, path, handle.clone(), tick);
+        self.insert(&mut inner, key, handle.clone(), tick);
         Ok(Some(handle))
     }
 
-    fn insert(&self, inner: &mut Inner, path: &Path, handle: Arc<dyn StorageFile>, tick: u64) {
-        inner.open.insert(path.to_path_buf(), (handle, tick));
-        inner.lru.insert(tick, path.to_path_buf());
+    /// The handle of `key`, created with `len` if missing, marked written: the next
+    /// `sync_dirty` syncs it.
+    pub fn get_for_write(&self, key: &K, len: u64) -> Result<Arc<dyn StorageFile>> {
+        let handle = self.get(key, Some(len))?.ok_or(StoreError::Closed)?;
+        self.mark_dirty(key, &handle)?;
+        Ok(handle)
+    }
+
+    fn insert(&self, inner: &mut Inner<K>, key: &K, handle: Arc<dyn StorageFile>, tick: u64) {
+        inner.open.insert(key.clone(), (handle, tick));
+        inner.lru.insert(tick, key.clone());
         while inner.open.len() > self.capacity {
             let Some((_, victim)) = inner.lru.pop_first() else {
                 break;
@@ -104,13 +127,13 @@ impl FileCache {
         }
     }
 
-    /// Records that `path` was written and must be synced by the next `sync_dirty`. Dirty
+    /// Records that `key` was written and must be synced by the next `sync_dirty`. Dirty
     /// handles stay open until synced, so past four times the capacity they are synced now
     /// (syncing early is always safe): open files stay bounded between checkpoints.
-    pub fn mark_dirty(&self, path: &Path, handle: &Arc<dyn StorageFile>) -> Result<()> {
+    pub fn mark_dirty(&self, key: &K, handle: &Arc<dyn StorageFile>) -> Result<()> {
         let mut inner = self.lock();
-        if !inner.dirty.contains_key(path) {
-            inner.dirty.insert(path.to_path_buf(), handle.clone());
+        if !inner.dirty.contains_key(key) {
+            inner.dirty.insert(key.clone(), handle.clone());
         }
         let over = inner.dirty.len() > self.capacity * 4;
         drop(inner);
@@ -121,7 +144,7 @@ impl FileCache {
     }
 
     /// fdatasyncs every file written since the last call, then fsyncs the directories of
-    /// files created or first opened since. Returns the number of files synced.
+    /// files created or first opened for writing since. Returns the number of files synced.
     pub fn sync_dirty(&self) -> Result<usize> {
         let (dirty, names) = {
             let mut inner = self.lock();
@@ -130,8 +153,8 @@ impl FileCache {
                 std::mem::take(&mut inner.new_names),
             )
         };
-        for (path, handle) in &dirty {
-            handle.sync_data().at(path)?;
+        for (key, handle) in &dirty {
+            handle.sync_data().at(key.path())?;
         }
         let dirs: BTreeSet<&Path> = names.iter().filter_map(|p| p.parent()).collect();
         for dir in dirs {
@@ -141,12 +164,12 @@ impl FileCache {
     }
 
     /// Drops the handle of a file about to be removed.
-    pub fn forget(&self, path: &Path) {
+    pub fn forget(&self, key: &K) {
         let mut inner = self.lock();
-        if let Some((_, tick)) = inner.open.remove(path) {
+        if let Some((_, tick)) = inner.open.remove(key) {
             inner.lru.remove(&tick);
         }
-        inner.dirty.remove(path);
+        inner.dirty.remove(key);
     }
 
     /// Open handles held (bounded by the capacity) plus dirty ones awaiting sync.
@@ -156,7 +179,7 @@ impl FileCache {
             + inner
                 .dirty
                 .keys()
-                .filter(|p| !inner.open.contains_key(*p))
+                .filter(|k| !inner.open.contains_key(*k))
                 .count()
     }
 }

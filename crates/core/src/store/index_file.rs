@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::entry::LogIndex;
 use super::error::{IoContext, Result, StoreError};
-use super::file_cache::FileCache;
+use super::file_cache::{FileCache, FileKey};
 use super::le;
 use super::segment::{file_name, parse_file_name};
 use super::storage::Storage;
@@ -83,13 +83,38 @@ pub fn key_hash(db: u8, topic: &[u8], key: &[u8]) -> u32 {
     crc32c::crc32c_append(h, key)
 }
 
+/// An index file, named by its first log index.
+#[derive(Debug, Clone)]
+pub struct IndexFileKey {
+    dir: Arc<PathBuf>,
+    first: LogIndex,
+}
+
+impl PartialEq for IndexFileKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.first == other.first
+    }
+}
+impl Eq for IndexFileKey {}
+impl std::hash::Hash for IndexFileKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.first.hash(state);
+    }
+}
+
+impl FileKey for IndexFileKey {
+    fn path(&self) -> PathBuf {
+        self.dir.join(file_name(self.first))
+    }
+}
+
 /// All index files: sealed ones (fill state from their headers) and the active one.
 #[derive(Debug)]
 pub struct IndexFiles {
     storage: Arc<dyn Storage>,
-    dir: PathBuf,
+    dir: Arc<PathBuf>,
     config: IndexConfig,
-    files: FileCache,
+    files: FileCache<IndexFileKey>,
     sealed: Vec<IndexFill>,
     active: IndexFill,
     /// Files to seal (header write) before the next checkpoint.
@@ -139,7 +164,7 @@ impl IndexFiles {
         }
         Ok(IndexFiles {
             storage,
-            dir: dir.to_path_buf(),
+            dir: Arc::new(dir.to_path_buf()),
             config,
             files,
             sealed,
@@ -147,6 +172,13 @@ impl IndexFiles {
             to_seal: Vec::new(),
             dirty_slots: BTreeMap::new(),
         })
+    }
+
+    fn key(&self, first: LogIndex) -> IndexFileKey {
+        IndexFileKey {
+            dir: self.dir.clone(),
+            first,
+        }
     }
 
     fn path(&self, first: LogIndex) -> PathBuf {
@@ -199,11 +231,9 @@ impl IndexFiles {
             );
             return Ok(());
         }
-        let path = self.path(self.active.first_index);
-        let file = self
-            .files
-            .get(&path, Some(self.file_len()))?
-            .ok_or(StoreError::Closed)?;
+        let key = self.key(self.active.first_index);
+        let path = key.path();
+        let file = self.files.get_for_write(&key, self.file_len())?;
         if self.active.count == 0 {
             file.write_at(
                 0,
@@ -241,7 +271,6 @@ impl IndexFiles {
         e[24..26].copy_from_slice(&sub.to_le_bytes());
         file.write_at(self.entry_offset(n), &e).at(&path)?;
         self.dirty_slots.insert((first, slot), n);
-        self.files.mark_dirty(&path, &file)?;
         if self.active.count == 0 {
             self.active.begin_ms = timestamp_ms;
         }
@@ -283,7 +312,7 @@ impl IndexFiles {
                 continue;
             }
             let path = self.path(fill.first_index);
-            let Some(file) = self.files.get(&path, None)? else {
+            let Some(file) = self.files.get(&self.key(fill.first_index), None)? else {
                 continue;
             };
             let mut n =
@@ -319,14 +348,14 @@ impl IndexFiles {
     /// The index file named `first`, which must exist (it holds entries already added).
     fn existing(&self, first: LogIndex) -> Result<(PathBuf, Arc<dyn super::storage::StorageFile>)> {
         let path = self.path(first);
-        let file = self
-            .files
-            .get(&path, None)?
-            .ok_or_else(|| StoreError::Corruption {
-                file: path.clone(),
-                offset: 0,
-                reason: "index file written since the last sync is missing".into(),
-            })?;
+        let file =
+            self.files
+                .get(&self.key(first), None)?
+                .ok_or_else(|| StoreError::Corruption {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: "index file written since the last sync is missing".into(),
+                })?;
         Ok((path, file))
     }
 
@@ -338,13 +367,13 @@ impl IndexFiles {
             let (path, file) = self.existing(first)?;
             file.write_at(INDEX_HEADER_LEN + u64::from(slot) * 4, &n.to_le_bytes())
                 .at(&path)?;
-            self.files.mark_dirty(&path, &file)?;
+            self.files.mark_dirty(&self.key(first), &file)?;
         }
         for fill in std::mem::take(&mut self.to_seal) {
             let (path, file) = self.existing(fill.first_index)?;
             file.write_at(0, &encode_header(&self.config, &fill, fill.first_index))
                 .at(&path)?;
-            self.files.mark_dirty(&path, &file)?;
+            self.files.mark_dirty(&self.key(fill.first_index), &file)?;
         }
         self.files.sync_dirty()?;
         Ok(())
@@ -363,7 +392,7 @@ impl IndexFiles {
                     .any(|f| f.first_index == fill.first_index)
             {
                 let path = self.path(fill.first_index);
-                self.files.forget(&path);
+                self.files.forget(&self.key(fill.first_index));
                 self.storage.remove(&path).at(&path)?;
                 removed = true;
             } else {
@@ -372,7 +401,7 @@ impl IndexFiles {
         }
         self.sealed = kept;
         if removed {
-            self.storage.sync_dir(&self.dir).at(&self.dir)?;
+            self.storage.sync_dir(&self.dir).at(self.dir.as_path())?;
         }
         Ok(())
     }
