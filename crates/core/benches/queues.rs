@@ -41,6 +41,7 @@ fn queues(c: &mut Criterion) {
         dropped: false,
         last_id: StreamId::default(),
         removed_below: 0,
+        deleted: 0,
         max_deleted_id: StreamId::default(),
     };
     let batch = 65_536u64;

@@ -259,6 +259,9 @@ enum Op {
     /// A power cut in the middle of a checkpoint: queue and index files synced (slots
     /// included), the topic rows and the dispatch file not written.
     CrashMidCheckpoint,
+    /// A power cut after a checkpoint wrote its XDEL flags (and the intent naming them) but
+    /// before the dispatch file: the `n`-th sync after the intent fails, then the power goes.
+    CrashAfterDeleteFlags(u8, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -271,6 +274,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Checkpoint),
         2 => any::<u64>().prop_map(Op::Crash),
         1 => Just(Op::CrashMidCheckpoint),
+        2 => (1u8..4, any::<u64>()).prop_map(|(n, seed)| Op::CrashAfterDeleteFlags(n, seed)),
     ]
 }
 
@@ -382,6 +386,7 @@ fn actual(store: &MessageStore) -> Result<BTreeMap<String, Vec<StreamId>>, Store
     for t in store.topics() {
         let name = String::from_utf8_lossy(&t.key).into_owned();
         let live = ids(store, &name)?;
+        assert_eq!(t.live_len(), live.len() as u64, "XLEN counter of {name}");
         if !live.is_empty() {
             out.insert(name, live);
         }
@@ -448,6 +453,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 store.dispatch_to(store.log().last_index()).map_err(fail)?;
             }
             Op::Checkpoint => store.checkpoint().map_err(fail)?,
+            Op::CrashAfterDeleteFlags(n, seed) => {
+                disk.fail_sync_after(u32::from(n));
+                let _ = store.checkpoint();
+                let after = disk.crash(CrashMode::Random(seed));
+                drop(store);
+                disk = after;
+                store = open_manual(&disk).map_err(fail)?;
+            }
             Op::CrashMidCheckpoint => {
                 // No room for the topic rows: the checkpoint stops after syncing the index.
                 disk.set_capacity(Some(disk.used_bytes()));
@@ -470,7 +483,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 store = open_manual(&disk).map_err(fail)?;
             }
         }
-        if matches!(op, Op::Dispatch | Op::Crash(_) | Op::CrashMidCheckpoint) {
+        if matches!(
+            op,
+            Op::Dispatch | Op::Crash(_) | Op::CrashMidCheckpoint | Op::CrashAfterDeleteFlags(..)
+        ) {
             // Whatever happened, once dispatched to the log's end the queues equal the log.
             let last = store.dispatch_to(store.log().last_index()).map_err(fail)?;
             prop_assert_eq!(
@@ -551,7 +567,7 @@ fn dispatch_next_says_what_each_sub_record_did() -> Result<(), StoreError> {
         ]
     );
     let t = store.topic(0, b"s").expect("topic");
-    assert_eq!(t.max_deleted_id, StreamId::new(2, 0));
+    assert_eq!((t.live_len(), t.max_deleted_id), (2, StreamId::new(2, 0)));
     // Trimming below 3 removes 1 live entry (2 was already deleted).
     assert_eq!(
         next(vec![record(RecordOp::Trim, "s", StreamId::new(3, 0), "")])?,

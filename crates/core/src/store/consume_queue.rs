@@ -13,7 +13,7 @@
 //! Every file handle goes through the bounded [`FileCache`]. This module never decides what a
 //! topic contains: the dispatcher calls it in log order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -157,6 +157,9 @@ pub struct ConsumeQueues {
     files: FileCache<QueueFile>,
     /// Stream ID of every `SPARSE_EVERY`-th entry of migrated topics, built on first seek.
     sparse: Mutex<HashMap<TopicId, Vec<StreamId>>>,
+    /// XDELs since the last checkpoint: their flags reach the files only at a checkpoint (see
+    /// `write_deletes`), so a crash never leaves a flag the checkpoint does not account for.
+    pending_deletes: Mutex<HashMap<TopicId, BTreeSet<u64>>>,
 }
 
 impl ConsumeQueues {
@@ -184,6 +187,7 @@ impl ConsumeQueues {
             config,
             files,
             sparse: Mutex::new(HashMap::new()),
+            pending_deletes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -234,7 +238,9 @@ impl ConsumeQueues {
     /// the topic migrated; the slot is never reused, so readers holding the old layout still
     /// read correct entries.
     pub fn migrate(&self, topic: &Topic) -> Result<()> {
-        let entries = self.read(topic, 0, topic.len.min(self.config.slot_entries))?;
+        // As the files hold them: a pending deletion must not reach the disk before its
+        // checkpoint, and it stays pending (by offset) across the move.
+        let entries = self.read_disk(topic, 0, topic.len.min(self.config.slot_entries))?;
         let mut migrated = topic.clone();
         migrated.migrated = true;
         for (n, e) in entries.iter().enumerate() {
@@ -281,21 +287,77 @@ impl ConsumeQueues {
         }
     }
 
-    /// Sets flag bits on entry `n` in place.
-    pub fn set_flags(&self, topic: &Topic, n: u64, flags: u8) -> Result<()> {
+    /// Marks entry `n` deleted (XDEL). Readers see it at once; the flag reaches the file at
+    /// the next checkpoint.
+    pub fn mark_deleted(&self, topic: &Topic, n: u64) {
+        self.pending(|p| p.entry(topic.id).or_default().insert(n));
+    }
+
+    fn pending<R>(&self, f: impl FnOnce(&mut HashMap<TopicId, BTreeSet<u64>>) -> R) -> R {
+        f(&mut self
+            .pending_deletes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Deletions not yet written to the files, `(topic, entry)` in order.
+    pub fn pending_deletes(&self) -> Vec<(TopicId, u64)> {
+        self.pending(|p| {
+            let mut v: Vec<(TopicId, u64)> = p
+                .iter()
+                .flat_map(|(id, ns)| ns.iter().map(move |n| (*id, *n)))
+                .collect();
+            v.sort_unstable();
+            v
+        })
+    }
+
+    /// Sets (or, to undo a checkpoint that never completed, clears) the deleted flag of
+    /// entry `n` in its file. `topic` gives the layout.
+    pub fn write_deleted_flag(&self, topic: &Topic, n: u64, deleted: bool) -> Result<()> {
         let place = self.place(topic, n);
         let file = self.files.get_for_write(&place.file, place.file_len)?;
         let path = || place.file.path();
         let mut b = [0u8; 1];
         file.read_exact_at(place.offset + 30, &mut b).at(path())?;
-        file.write_at(place.offset + 30, &[b[0] | flags])
-            .at(path())?;
-        Ok(())
+        let flags = if deleted {
+            b[0] | CQ_DELETED
+        } else {
+            b[0] & !CQ_DELETED
+        };
+        file.write_at(place.offset + 30, &[flags]).at(path())
+    }
+
+    /// Forgets pending deletions once their flags are in the files and a checkpoint names them.
+    pub fn forget_deletes(&self, written: &[(TopicId, u64)]) {
+        self.pending(|p| {
+            for (id, n) in written {
+                if let Some(ns) = p.get_mut(id) {
+                    ns.remove(n);
+                    if ns.is_empty() {
+                        p.remove(id);
+                    }
+                }
+            }
+        });
     }
 
     /// Reads up to `count` entries from `from` (bounded by the topic's length), trimmed ones
-    /// included; the caller filters by `first_live` and flags.
+    /// included; the caller filters by `first_live` and flags. Pending deletions count.
     pub fn read(&self, topic: &Topic, from: u64, count: u64) -> Result<Vec<CqEntry>> {
+        let mut entries = self.read_disk(topic, from, count)?;
+        self.pending(|p| {
+            if let Some(ns) = p.get(&topic.id) {
+                for n in ns.range(from..from + entries.len() as u64) {
+                    entries[(n - from) as usize].flags |= CQ_DELETED;
+                }
+            }
+        });
+        Ok(entries)
+    }
+
+    /// Entries as the files hold them (no pending deletion applied).
+    fn read_disk(&self, topic: &Topic, from: u64, count: u64) -> Result<Vec<CqEntry>> {
         let end = topic.len.min(from.saturating_add(count));
         let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
         let mut n = from;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::commitlog::{CommitLog, LogConfig};
-use super::consume_queue::{CQ_DELETED, ConsumeQueues, CqConfig, CqEntry};
+use super::consume_queue::{ConsumeQueues, CqConfig, CqEntry};
 use super::entry::{LogEntry, LogIndex, RecordOp, StreamId, SubRecord};
 use super::error::{IoContext, Result, StoreError};
 use super::index_file::{IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
@@ -164,6 +164,59 @@ impl DispatchCheckpoint {
     }
 }
 
+const DELETE_INTENT_FILE: &str = "dispatch.deletes";
+const INTENT_MAGIC: u32 = u32::from_le_bytes(*b"MFDI");
+
+/// The XDEL flags a checkpoint is about to write, recorded first so that a crash before the
+/// checkpoint completes can be undone.
+#[derive(Debug)]
+struct DeleteIntent {
+    dispatched: LogIndex,
+    deletes: Vec<(TopicId, u64)>,
+}
+
+impl DeleteIntent {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(20 + self.deletes.len() * 12 + 4);
+        b.extend_from_slice(&INTENT_MAGIC.to_le_bytes());
+        b.extend_from_slice(&self.dispatched.to_le_bytes());
+        b.extend_from_slice(&(self.deletes.len() as u64).to_le_bytes());
+        for (id, n) in &self.deletes {
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
+        if b.len() < 24
+            || crc32c::crc32c(body).to_le_bytes() != crc
+            || body[..4] != INTENT_MAGIC.to_le_bytes()
+        {
+            return None;
+        }
+        let count = usize::try_from(super::le::u64_at(body, 12)).ok()?;
+        if body.len() != 20 + count.checked_mul(12)? {
+            return None;
+        }
+        let deletes = (0..count)
+            .map(|k| {
+                (
+                    super::le::u32_at(body, 20 + k * 12),
+                    super::le::u64_at(body, 24 + k * 12),
+                )
+            })
+            .collect();
+        Some(DeleteIntent {
+            dispatched: super::le::u64_at(body, 4),
+            deletes,
+        })
+    }
+}
+
 /// Reads a `dispatch` checkpoint image for `inspect`: the dispatch point and the table mark.
 pub(crate) fn inspect_dispatch(
     bytes: &[u8],
@@ -307,6 +360,7 @@ impl MessageStore {
         // Trims and drops recorded by the checkpoint whose file removal a crash interrupted.
         {
             let mut d = store.lock();
+            store.undo_incomplete_deletes(&d, cp.dispatched)?;
             d.removals = d.topics.with_pending_removals();
             store.finish_removals(&mut d)?;
         }
@@ -450,6 +504,7 @@ impl MessageStore {
                                 dropped: false,
                                 last_id: StreamId::default(),
                                 removed_below: 0,
+                                deleted: 0,
                                 max_deleted_id: StreamId::default(),
                             };
                             let exhausted =
@@ -495,18 +550,17 @@ impl MessageStore {
                         _ => None,
                     };
                     if let Some(n) = live {
-                        self.queues.set_flags(&t, n, CQ_DELETED)?;
+                        self.queues.mark_deleted(&t, n);
                     }
                     d.topics.update(t.id, |t| {
-                        // Raised whenever the ID exists, deleted already or not: the same
-                        // after a re-dispatch that finds the flag set by the run before.
+                        if live.is_some() {
+                            t.deleted += 1;
+                        }
                         if found.is_some() {
                             t.max_deleted_id = t.max_deleted_id.max(r.id);
                         }
                         t.last_applied = (i, j);
                     });
-                    // Live dispatch only: on a re-dispatch after a crash the flag may already
-                    // be set by the run before, so outcomes are not kept as state.
                     outcomes[j as usize] = Outcome::Deleted(live.is_some());
                 }
                 (RecordOp::Trim, Some(t)) => {
@@ -516,6 +570,7 @@ impl MessageStore {
                     let last_cut = cut.last().map(|e| e.id);
                     d.topics.update(t.id, |t| {
                         t.first_live = n;
+                        t.deleted -= were_deleted.min(t.deleted);
                         if let Some(id) = last_cut {
                             t.max_deleted_id = t.max_deleted_id.max(id);
                         }
@@ -551,6 +606,22 @@ impl MessageStore {
         if self.log.flushed_index() < d.dispatched {
             self.log.sync()?;
         }
+        // XDEL flags reach the files now, under an intent record naming them: if this
+        // checkpoint does not complete, open clears them again (the deletions are re-dispatched).
+        let deletes = self.queues.pending_deletes();
+        if !deletes.is_empty() {
+            let intent = DeleteIntent {
+                dispatched: d.dispatched,
+                deletes: deletes.clone(),
+            };
+            let path = self.root.join(DELETE_INTENT_FILE);
+            write_atomic(self.storage.as_ref(), &path, &intent.encode()).at(&path)?;
+            for (id, n) in &deletes {
+                if let Some(t) = d.topics.get(*id).cloned() {
+                    self.queues.write_deleted_flag(&t, *n, true)?;
+                }
+            }
+        }
         self.queues.sync()?;
         d.index.sync()?;
         let table = d.topics.persist()?;
@@ -570,8 +641,31 @@ impl MessageStore {
         .at(self.root.join(DISPATCH_FILE))?;
         d.checkpointed = d.dispatched;
         d.last_checkpoint = Instant::now();
+        self.queues.forget_deletes(&deletes);
         d.topics.remove_stale_generation()?;
         self.finish_removals(d)
+    }
+
+    /// Clears the XDEL flags written by a checkpoint that never completed (its intent names a
+    /// dispatch point past the one on disk): those deletions are re-dispatched.
+    fn undo_incomplete_deletes(&self, d: &Dispatcher, dispatched: LogIndex) -> Result<()> {
+        let path = self.root.join(DELETE_INTENT_FILE);
+        if !self.storage.exists(&path) {
+            return Ok(());
+        }
+        let bytes = read_all(self.storage.as_ref(), &path).at(&path)?;
+        // A damaged intent can only be one whose write did not complete: no flag was written
+        // after it (flags follow the intent's fsync).
+        if let Some(intent) = DeleteIntent::decode(&bytes).filter(|i| i.dispatched > dispatched) {
+            for (id, n) in &intent.deletes {
+                if let Some(t) = d.topics.get(*id).filter(|t| *n < t.len) {
+                    self.queues.write_deleted_flag(t, *n, false)?;
+                }
+            }
+            self.queues.sync()?;
+        }
+        self.storage.remove(&path).at(&path)?;
+        self.storage.sync_dir(&self.root).at(&self.root)
     }
 
     /// Removes the queue files of trims and drops that a durable checkpoint records, and notes

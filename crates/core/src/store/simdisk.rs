@@ -75,6 +75,8 @@ struct SimState {
     files: HashMap<FileId, SimFileData>,
     next_id: FileId,
     failing_syncs: u32,
+    /// Syncs to let through before `failing_syncs` start failing.
+    syncs_before_failing: u32,
     capacity: Option<u64>,
     sync_latency: std::time::Duration,
 }
@@ -169,6 +171,15 @@ impl SimDisk {
     pub fn set_sync_latency(&self, latency: std::time::Duration) {
         if let Ok(mut s) = self.lock() {
             s.sync_latency = latency;
+        }
+    }
+
+    /// Lets `skip` more `sync_data` calls succeed, then fails the next one (EIO): a crash in
+    /// the middle of a multi-file protocol.
+    pub fn fail_sync_after(&self, skip: u32) {
+        if let Ok(mut s) = self.lock() {
+            s.syncs_before_failing = skip;
+            s.failing_syncs = 1;
         }
     }
 
@@ -293,6 +304,7 @@ impl SimDisk {
         }
         s.files = files;
         s.failing_syncs = 0;
+        s.syncs_before_failing = 0;
         s.sync_latency = std::time::Duration::ZERO;
         SimDisk {
             state: self.state.clone(),
@@ -372,7 +384,9 @@ impl StorageFile for SimFile {
             std::thread::sleep(latency);
         }
         self.disk.with_file(self.id, |s, id| {
-            if s.failing_syncs > 0 {
+            if s.failing_syncs > 0 && s.syncs_before_failing > 0 {
+                s.syncs_before_failing -= 1;
+            } else if s.failing_syncs > 0 {
                 s.failing_syncs -= 1;
                 return Err(io::Error::from_raw_os_error(5)); // EIO
             }

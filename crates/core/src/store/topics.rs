@@ -54,11 +54,18 @@ pub struct Topic {
     /// for a dropped topic). Trims and drops remove files after the checkpoint recording
     /// them; this says how far that went, so a crash in between is finished at open.
     pub removed_below: u64,
+    /// Entries at or above `first_live` flagged deleted (XDEL).
+    pub deleted: u64,
     /// Largest ID removed by XDEL or a trim (XINFO's max-deleted-entry-id).
     pub max_deleted_id: StreamId,
 }
 
 impl Topic {
+    /// Entries in the stream now: neither trimmed nor deleted (XLEN).
+    pub fn live_len(&self) -> u64 {
+        self.len - self.first_live - self.deleted
+    }
+
     /// How far this topic's queue files should be removed: everything for a dropped topic,
     /// below the trim point otherwise.
     pub fn removable_below(&self) -> u64 {
@@ -70,7 +77,7 @@ impl Topic {
     }
 }
 
-const ROW_FIXED: usize = 96;
+const ROW_FIXED: usize = 104;
 const FLAG_MIGRATED: u8 = 1;
 const FLAG_DROPPED: u8 = 2;
 
@@ -96,6 +103,7 @@ impl Topic {
         out.extend_from_slice(&self.last_id.ms.to_le_bytes());
         out.extend_from_slice(&self.last_id.seq.to_le_bytes());
         out.extend_from_slice(&self.removed_below.to_le_bytes());
+        out.extend_from_slice(&self.deleted.to_le_bytes());
         out.extend_from_slice(&self.max_deleted_id.ms.to_le_bytes());
         out.extend_from_slice(&self.max_deleted_id.seq.to_le_bytes());
         out.extend_from_slice(&self.key);
@@ -134,7 +142,8 @@ impl Topic {
                 dropped: flags & FLAG_DROPPED != 0,
                 last_id: StreamId::new(long(56), long(64)),
                 removed_below: long(72),
-                max_deleted_id: StreamId::new(long(80), long(88)),
+                deleted: long(80),
+                max_deleted_id: StreamId::new(long(88), long(96)),
             },
             size,
         ))
@@ -266,6 +275,7 @@ impl TopicTable {
                 dropped: true,
                 last_id: StreamId::default(),
                 removed_below: u64::MAX,
+                deleted: 0,
                 max_deleted_id: StreamId::default(),
             });
             self.is_dirty.resize(id + 1, false);
