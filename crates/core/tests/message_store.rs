@@ -754,3 +754,58 @@ fn an_entry_cannot_hold_more_sub_records_than_queues_can_number() -> Result<(), 
     ));
     Ok(())
 }
+
+#[test]
+fn a_queue_entry_read_against_another_topic_is_corruption() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    append(
+        &store,
+        1,
+        vec![record(RecordOp::Message, "a", StreamId::new(1, 0), "")],
+    )?;
+    append(
+        &store,
+        2,
+        vec![record(RecordOp::Message, "b", StreamId::new(1, 0), "")],
+    )?;
+    store.dispatch_to(u64::MAX)?;
+    let (a, b) = (
+        store.topic(0, b"a").expect("a"),
+        store.topic(0, b"b").expect("b"),
+    );
+    let (_, entry_of_a) = store.read_queue(&a, 0, 1)?[0];
+    assert!(store.message(&a, &entry_of_a).is_ok());
+    // Same stream ID, other topic: never returned as b's message.
+    assert!(matches!(
+        store.message(&b, &entry_of_a),
+        Err(StoreError::Corruption { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn stray_topic_table_generations_are_removed_at_open() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    append(
+        &store,
+        1,
+        vec![record(RecordOp::Message, "a", StreamId::new(1, 0), "")],
+    )?;
+    store.dispatch_to(u64::MAX)?;
+    store.close()?;
+    let stray = PathBuf::from("/data/consumequeue/topics-00000099");
+    let f = disk
+        .open(&stray, true)
+        .map_err(|e| StoreError::io(&stray, e))?;
+    f.write_at(0, b"left by a crash")
+        .map_err(|e| StoreError::io(&stray, e))?;
+    f.sync_data().map_err(|e| StoreError::io(&stray, e))?;
+    disk.sync_dir(&PathBuf::from("/data/consumequeue"))
+        .map_err(|e| StoreError::io(&stray, e))?;
+    let store = open(&disk)?;
+    assert!(!disk.exists(&stray));
+    assert_eq!(ids(&store, "a")?, vec![StreamId::new(1, 0)]);
+    Ok(())
+}

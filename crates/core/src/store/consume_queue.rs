@@ -163,8 +163,14 @@ pub struct ConsumeQueues {
 }
 
 impl ConsumeQueues {
-    /// Opens the queues under `dir`.
+    /// Opens the queues under `dir`, creating its arena directory.
     pub fn open(storage: Arc<dyn Storage>, dir: &Path, config: CqConfig) -> Result<Self> {
+        storage.create_dir_all(&dir.join("arena")).at(dir)?;
+        Self::open_existing(storage, dir, config)
+    }
+
+    /// Opens the queues under `dir` without creating anything (for read-only inspection).
+    pub fn open_existing(storage: Arc<dyn Storage>, dir: &Path, config: CqConfig) -> Result<Self> {
         if config.slot_entries == 0 || config.first_file_entries < config.slot_entries {
             return Err(StoreError::Config(
                 "first_file_entries must be >= slot_entries > 0".into(),
@@ -180,7 +186,6 @@ impl ConsumeQueues {
                 "arena_file_slots must be positive".into(),
             ));
         }
-        storage.create_dir_all(&dir.join("arena")).at(dir)?;
         let files = FileCache::new(storage, config.max_open_files);
         Ok(ConsumeQueues {
             dir: Arc::new(dir.to_path_buf()),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::checkpoint::Checkpoint;
-use super::consume_queue::ConsumeQueues;
+use super::consume_queue::{ConsumeQueues, CqEntry};
 use super::entry::{
     LogIndex, RecordOp, Slot, StreamId, Term, check_record, classify, decode_entry,
 };
@@ -270,16 +270,28 @@ pub fn inspect(
     Ok(report)
 }
 
-/// `(index, sub-record, id)` of messages of one topic, in log order.
-type TopicLog = Vec<(LogIndex, u16, StreamId)>;
+/// `(index, sub-record, id)` of messages of one topic in log order; `None` marks a drop.
+type TopicLog = Vec<(LogIndex, u16, Option<StreamId>)>;
+
+/// First index of the log as its checkpoint records it (retention moves it).
+fn log_first_index(storage: &dyn Storage, root: &Path) -> Option<LogIndex> {
+    Checkpoint::load(storage, root)
+        .ok()
+        .flatten()
+        .map(|c| c.first_index)
+}
 
 fn collect_messages(record: &[u8], db: u8, key: &[u8], out: &mut TopicLog) {
     let Ok(entry) = decode_entry(&Bytes::copy_from_slice(record)) else {
         return;
     };
     for (j, r) in entry.records.iter().enumerate() {
-        if r.db == db && r.topic == key && r.op == RecordOp::Message {
-            out.push((entry.index, j as u16, r.id));
+        if r.db == db && r.topic == key {
+            match r.op {
+                RecordOp::Message => out.push((entry.index, j as u16, Some(r.id))),
+                RecordOp::Drop => out.push((entry.index, j as u16, None)),
+                RecordOp::Delete | RecordOp::Trim => {}
+            }
         }
     }
 }
@@ -320,20 +332,32 @@ fn check_topic(
     else {
         return Ok(check);
     };
-    // The log's messages of this incarnation that the dispatcher adds (IDs only grow).
+    // The log's messages of this incarnation that the dispatcher adds (IDs only grow; a drop,
+    // even earlier in the creating entry, starts over).
     let mut expected = Vec::new();
     let mut last = StreamId::default();
     for (index, sub, id) in log
         .iter()
         .filter(|(i, _, _)| *i >= topic.incarnation && *i <= dispatched)
     {
-        if *id > last {
-            expected.push((*index, *sub, *id));
-            last = *id;
+        match id {
+            None => {
+                expected.clear();
+                last = StreamId::default();
+            }
+            Some(id) if *id > last => {
+                expected.push((*index, *sub, *id));
+                last = *id;
+            }
+            Some(_) => {}
         }
     }
-    let cqs = ConsumeQueues::open(storage, &cq_dir, queues)?;
-    let from = topic.first_live;
+    // Old segments deleted by retention take the first messages with them: then only what
+    // the log still holds is compared, aligned at the end.
+    let log_first = log_first_index(storage.as_ref(), root);
+    let whole = log_first.is_none_or(|f| f <= topic.incarnation);
+    let cqs = ConsumeQueues::open_existing(storage, &cq_dir, queues)?;
+    let from = topic.first_live.min(topic.len);
     let entries = match cqs.read(&topic, from, topic.len - from) {
         Ok(e) => e,
         Err(e) => {
@@ -341,8 +365,18 @@ fn check_topic(
             Vec::new()
         }
     };
-    let want = expected.get(from as usize..).unwrap_or_default();
-    for (n, (e, w)) in entries.iter().zip(want).enumerate() {
+    let (compared, want): (Vec<&CqEntry>, &[(LogIndex, u16, StreamId)]) = if whole {
+        (
+            entries.iter().collect(),
+            expected.get(from as usize..).unwrap_or_default(),
+        )
+    } else {
+        let first = log_first.unwrap_or(0);
+        let held: Vec<&CqEntry> = entries.iter().filter(|e| e.log_index >= first).collect();
+        let skip = expected.len().saturating_sub(held.len());
+        (held, expected.get(skip..).unwrap_or_default())
+    };
+    for (n, (e, w)) in compared.iter().zip(want).enumerate() {
         if (e.log_index, e.sub, e.id) != *w {
             problems.push(Problem {
                 file: cqs.topic_dir(topic.id),
@@ -361,7 +395,7 @@ fn check_topic(
             break;
         }
     }
-    if expected.len() as u64 != topic.len {
+    if whole && expected.len() as u64 != topic.len {
         problems.push(Problem {
             file: cq_dir.join(format!("topics-{:08}", mark.generation)),
             offset: 0,

@@ -165,6 +165,8 @@ impl DispatchCheckpoint {
 }
 
 const DELETE_INTENT_FILE: &str = "dispatch.deletes";
+/// Queue entries a trim reads at a time.
+const TRIM_CHUNK: u64 = 65_536;
 const INTENT_MAGIC: u32 = u32::from_le_bytes(*b"MFDI");
 
 /// The XDEL flags a checkpoint is about to write, recorded first so that a crash before the
@@ -412,14 +414,24 @@ impl MessageStore {
     pub fn dispatch_next(&self, entry: &LogEntry) -> Result<Vec<Outcome>> {
         let mut d = self.lock();
         Self::usable(&d)?;
+        // A caller's mistake changes nothing and fails nothing: the entry must be the log's
+        // next one, as the log holds it.
+        let next = d.dispatched + 1;
+        if entry.index != next || entry.index > self.log.last_index() {
+            return Err(StoreError::IndexOutOfRange {
+                index: entry.index,
+                first: next,
+                last: next,
+            });
+        }
+        if self.log.term_at(entry.index)? != entry.term {
+            return Err(StoreError::Corruption {
+                file: self.root.join("commitlog"),
+                offset: entry.index,
+                reason: format!("entry {} handed to dispatch is not the log's", entry.index),
+            });
+        }
         let result = (|| {
-            if entry.index != d.dispatched + 1 {
-                return Err(StoreError::IndexOutOfRange {
-                    index: entry.index,
-                    first: d.dispatched + 1,
-                    last: d.dispatched + 1,
-                });
-            }
             let outcomes = self.dispatch_entry(&mut d, entry)?;
             d.dispatched = entry.index;
             self.checkpoint_if_due(&mut d)?;
@@ -565,9 +577,16 @@ impl MessageStore {
                 }
                 (RecordOp::Trim, Some(t)) => {
                     let n = self.queues.seek(&t, r.id)?.max(t.first_live);
-                    let cut = self.queues.read(&t, t.first_live, n - t.first_live)?;
-                    let were_deleted = cut.iter().filter(|e| e.is_deleted()).count() as u64;
-                    let last_cut = cut.last().map(|e| e.id);
+                    // Walk the cut range in bounded chunks: a trim may cut millions.
+                    let (mut were_deleted, mut last_cut, mut cut_len) = (0u64, None, 0u64);
+                    let mut at = t.first_live;
+                    while at < n {
+                        let chunk = self.queues.read(&t, at, (n - at).min(TRIM_CHUNK))?;
+                        were_deleted += chunk.iter().filter(|e| e.is_deleted()).count() as u64;
+                        last_cut = chunk.last().map(|e| e.id).or(last_cut);
+                        cut_len += chunk.len() as u64;
+                        at += chunk.len().max(1) as u64;
+                    }
                     d.topics.update(t.id, |t| {
                         t.first_live = n;
                         t.deleted -= were_deleted.min(t.deleted);
@@ -577,7 +596,7 @@ impl MessageStore {
                         t.last_applied = (i, j);
                     });
                     d.removals.push(t.id);
-                    outcomes[j as usize] = Outcome::Trimmed(cut.len() as u64 - were_deleted);
+                    outcomes[j as usize] = Outcome::Trimmed(cut_len - were_deleted);
                 }
                 (RecordOp::Drop, Some(t)) => {
                     d.topics.update(t.id, |t| {
@@ -603,8 +622,11 @@ impl MessageStore {
     fn checkpoint_locked(&self, d: &mut Dispatcher) -> Result<()> {
         // The checkpoint may only name entries the log has made durable (in `async` mode the
         // dispatch point can run ahead of the last fdatasync).
-        if self.log.flushed_index() < d.dispatched {
-            self.log.sync()?;
+        if self.log.flushed_index() < d.dispatched && self.log.sync()? < d.dispatched {
+            return Err(StoreError::Failed(Arc::from(format!(
+                "dispatched to {} but the log holds less",
+                d.dispatched
+            ))));
         }
         // XDEL flags reach the files now, under an intent record naming them: if this
         // checkpoint does not complete, open clears them again (the deletions are re-dispatched).
