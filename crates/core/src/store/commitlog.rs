@@ -384,7 +384,7 @@ struct Inner {
 pub struct CommitLog {
     inner: Arc<Inner>,
     report: RecoveryReport,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl CommitLog {
@@ -512,7 +512,7 @@ impl CommitLog {
         Ok(CommitLog {
             inner,
             report: rec.report,
-            threads: vec![writer, allocator, map_allocator],
+            threads: Mutex::new(vec![writer, allocator, map_allocator]),
         })
     }
 
@@ -716,8 +716,9 @@ impl CommitLog {
         self.inner.delete_before(index)
     }
 
-    /// Closes cleanly: flushes, writes the checkpoint, removes the abort marker.
-    pub fn close(mut self) -> Result<()> {
+    /// Closes cleanly: flushes, writes the checkpoint, removes the abort marker. Appends fail
+    /// with `Closed` afterwards.
+    pub fn close(&self) -> Result<()> {
         self.shutdown_threads();
         let inner = &self.inner;
         let st = inner.lock();
@@ -726,11 +727,14 @@ impl CommitLog {
         }
         drop(st);
         let abort = inner.root.join(ABORT_FILE);
-        inner.storage.remove(&abort).at(&abort)?;
-        inner.storage.sync_dir(&inner.root).at(&inner.root)
+        if inner.storage.exists(&abort) {
+            inner.storage.remove(&abort).at(&abort)?;
+            inner.storage.sync_dir(&inner.root).at(&inner.root)?;
+        }
+        Ok(())
     }
 
-    fn shutdown_threads(&mut self) {
+    fn shutdown_threads(&self) {
         self.inner.closing.store(true, Ordering::Relaxed);
         {
             let mut st = self.inner.lock();
@@ -740,7 +744,8 @@ impl CommitLog {
             self.inner.writer_cv.notify_all();
             self.inner.notify_progress();
         }
-        for t in self.threads.drain(..) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
     }

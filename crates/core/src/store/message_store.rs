@@ -842,7 +842,7 @@ impl MessageStore {
     }
 
     /// Checkpoints derived state and closes the log cleanly.
-    pub fn close(self) -> Result<()> {
+    pub fn close(&self) -> Result<()> {
         self.checkpoint()?;
         self.log.close()
     }

@@ -1,0 +1,45 @@
+//! The engine's typed errors. Each front end maps them to its protocol's own reply (a Redis
+//! error string, an MQTT reason code, an HTTP status); the variants say what happened, not how
+//! a protocol spells it.
+
+use crate::store::{StoreError, StreamId};
+
+/// Errors of engine operations.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// An explicit or `ms-*` ID is not above the stream's last ID.
+    #[error("the ID specified is equal or smaller than the stream's top item {last}")]
+    IdTooSmall {
+        /// The stream's last ID.
+        last: StreamId,
+    },
+    /// `0-0` was given as an ID.
+    #[error("the ID specified must be greater than 0-0")]
+    IdZero,
+    /// No ID can follow the stream's last one.
+    #[error("the stream has exhausted the last possible ID")]
+    IdExhausted,
+    /// A message without fields.
+    #[error("a message needs at least one field")]
+    NoFields,
+    /// The database number is out of range.
+    #[error("database {0} is out of range (0..=15)")]
+    BadDb(u8),
+    /// The message is larger than `max_message_bytes`.
+    #[error("message of {size} bytes exceeds max_message_bytes {limit}")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// The engine is shutting down; retry on another node or after restart.
+    #[error("engine is shutting down")]
+    ShuttingDown,
+    /// The store failed; the node must be restarted (recovery decides what survived).
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// `Result` with [`EngineError`].
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

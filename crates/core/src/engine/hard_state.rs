@@ -1,0 +1,64 @@
+//! Raft hard state: the current term and the vote cast in it, fsynced before anything that
+//! depends on them (a vote, an entry of the term). A single node is a group of one: it votes for
+//! itself in a new term at every start, exactly as a Raft election it wins alone.
+
+use std::path::Path;
+
+use crate::store::storage::{Storage, read_all, write_atomic};
+use crate::store::{StoreError, Term};
+
+/// File name under the data directory.
+pub const HARD_STATE_FILE: &str = "hardstate";
+const MAGIC: u32 = u32::from_le_bytes(*b"MFHS");
+
+/// Term and vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HardState {
+    /// Current term.
+    pub term: Term,
+    /// Node voted for in `term` (0 = none).
+    pub voted_for: u64,
+}
+
+impl HardState {
+    /// Loads the hard state, default (term 0, no vote) when there is none.
+    pub fn load(storage: &dyn Storage, root: &Path) -> Result<Self, StoreError> {
+        let path = root.join(HARD_STATE_FILE);
+        if !storage.exists(&path) {
+            return Ok(HardState::default());
+        }
+        let b = read_all(storage, &path).map_err(|e| StoreError::io(&path, e))?;
+        let corrupt = || StoreError::Corruption {
+            file: path.clone(),
+            offset: 0,
+            reason: "hard state does not verify".into(),
+        };
+        if b.len() != 24
+            || crc32c::crc32c(&b[..20]).to_le_bytes() != b[20..24]
+            || b[..4] != MAGIC.to_le_bytes()
+        {
+            return Err(corrupt());
+        }
+        let long = |at: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(a)
+        };
+        Ok(HardState {
+            term: long(4),
+            voted_for: long(12),
+        })
+    }
+
+    /// Writes the hard state durably (temp file, fsync, rename, directory fsync).
+    pub fn store(&self, storage: &dyn Storage, root: &Path) -> Result<(), StoreError> {
+        let mut b = Vec::with_capacity(24);
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&self.term.to_le_bytes());
+        b.extend_from_slice(&self.voted_for.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        let path = root.join(HARD_STATE_FILE);
+        write_atomic(storage, &path, &b).map_err(|e| StoreError::io(&path, e))
+    }
+}

@@ -1,0 +1,747 @@
+//! The engine: the API every front end uses. A single node runs the Raft-shaped pipeline a
+//! replicated group will: hard state on disk, a new term and a no-op entry at every start, then
+//! **propose → append → commit → apply**, with every reply made from apply.
+//!
+//! - The **proposer** (one lock) validates a command against the *leader view* (applied state
+//!   plus the effects of entries appended but not yet applied), resolves stream IDs, stamps the
+//!   leader timestamp (`max(previous, wall clock)`), and appends.
+//! - The **applier** (one thread) takes entries in log order once durable (committed: a group of
+//!   one commits what it has made durable), dispatches each into the store in lockstep
+//!   (`dispatch_next`: apply at index k sees the store as of k-1), answers the proposer from the
+//!   dispatch outcomes, and wakes the waiters of the topics it touched.
+//!
+//! Stream state (IDs, lengths, deletions, trims) lives in the store's derived state, checkpointed
+//! with it. This slice holds streams only: consumer groups, sessions, retained messages,
+//! retention, snapshots, access control and timers come in later slices.
+//! The engine never reads a clock or randomness while applying; only the proposer does.
+
+mod error;
+mod hard_state;
+mod ids;
+mod waiters;
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+pub use error::{EngineError, Result};
+pub use hard_state::HardState;
+pub use ids::{IdSpec, resolve};
+pub use waiters::TopicKey;
+
+use crate::store::{
+    AppendTicket, EntryKind, LogEntry, LogIndex, MessageStore, NewEntry, Outcome, RecordOp,
+    StoreConfig, StoreError, StreamId, SubRecord, Term, Topic,
+};
+use waiters::Waiters;
+
+/// This node's id in its group. A group of one is node 1.
+const NODE_ID: u64 = 1;
+/// Command bytes: format version, then what the entry does (the sub-records carry the data).
+const COMMAND_VERSION: u8 = 1;
+
+/// What an entry's command is, recorded in the log next to its sub-records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum CommandTag {
+    Append = 1,
+    Delete = 2,
+    Drop = 3,
+}
+
+/// Engine settings; every limit has a default.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The store.
+    pub store: StoreConfig,
+    /// Largest message (encoded sub-record) accepted (default 16 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            store: StoreConfig::default(),
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+/// An append (XADD, an MQTT PUBLISH, an HTTP POST).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// Database 0..=15.
+    pub db: u8,
+    /// Topic key.
+    pub key: Bytes,
+    /// How the ID is chosen.
+    pub id: IdSpec,
+    /// Field/value pairs, in order (at least one).
+    pub fields: Vec<(Bytes, Bytes)>,
+    /// Properties (content type, MQTT v5 user properties, ...).
+    pub properties: Vec<(Bytes, Bytes)>,
+    /// Message key for lookups by key; empty = none.
+    pub message_key: Bytes,
+    /// NOMKSTREAM: do not create the stream; the reply is `None` when it does not exist.
+    pub nomkstream: bool,
+}
+
+/// A message read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Stream ID.
+    pub id: StreamId,
+    /// Fields, in order.
+    pub fields: Vec<(Bytes, Bytes)>,
+    /// Properties.
+    pub properties: Vec<(Bytes, Bytes)>,
+    /// Message key (empty = none).
+    pub message_key: Bytes,
+    /// Store timestamp (ms).
+    pub timestamp_ms: u64,
+    /// Log index of the entry holding it.
+    pub log_index: LogIndex,
+}
+
+/// What XINFO STREAM shows of a stream, as far as this slice holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Entries (XLEN).
+    pub length: u64,
+    /// Last ID generated.
+    pub last_generated_id: StreamId,
+    /// Largest ID removed by XDEL or a trim.
+    pub max_deleted_entry_id: StreamId,
+    /// Entries ever added.
+    pub entries_added: u64,
+    /// First and last entry.
+    pub first_entry: Option<Message>,
+    /// See `first_entry`.
+    pub last_entry: Option<Message>,
+    /// Log index that created this incarnation of the stream.
+    pub incarnation: LogIndex,
+}
+
+/// What a wait ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// An applied entry added messages to a waited topic (shared by all its waiters).
+    Entry(Arc<LogEntry>),
+    /// A waited topic changed after the given position before the wait began: read again.
+    Changed,
+    /// Nothing arrived in time.
+    Timeout,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ViewTopic {
+    last_id: StreamId,
+    exists: bool,
+    /// Last entry that changed this view.
+    at: LogIndex,
+}
+
+/// The proposer's state: term, clock and the leader view of topics with unapplied entries.
+#[derive(Debug)]
+struct Proposer {
+    term: Term,
+    last_ts: u64,
+    view: HashMap<TopicKey, ViewTopic>,
+    /// `(index, topic)` in proposal order, to drop view entries once applied.
+    order: VecDeque<(LogIndex, TopicKey)>,
+    shut: bool,
+}
+
+/// A proposal on its way to the applier.
+struct Proposal {
+    ticket: AppendTicket,
+    entry: NewEntry,
+    reply: oneshot::Sender<Result<Vec<Outcome>>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: MessageStore,
+    config: EngineConfig,
+    proposer: Mutex<Proposer>,
+    apply_tx: Mutex<Option<mpsc::Sender<Proposal>>>,
+    waiters: Waiters,
+    applied: AtomicU64,
+}
+
+/// The engine. Cheap to share (`Arc` inside); all operations take `&self`.
+#[derive(Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    applier: Option<JoinHandle<()>>,
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl std::fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Proposal({})", self.ticket.index)
+    }
+}
+
+impl Engine {
+    /// Opens the engine on the data directory `root`: recovers the store, applies everything the
+    /// log holds (a group of one has committed all it made durable), starts a new term with a
+    /// durable vote for itself, and commits a no-op in it.
+    pub fn open(
+        storage: Arc<dyn crate::store::Storage>,
+        root: &Path,
+        config: EngineConfig,
+    ) -> Result<Self> {
+        let store = MessageStore::open(storage.clone(), root, config.store.clone())?;
+        let last = store.log().last_index();
+        store.dispatch_to(last)?;
+        let hard = HardState::load(storage.as_ref(), root)?;
+        let term = hard.term.max(store.log().last_term()) + 1;
+        HardState {
+            term,
+            voted_for: NODE_ID,
+        }
+        .store(storage.as_ref(), root)?;
+        let last_ts = if last >= store.log().first_index() && last > 0 {
+            store.log().entry(last)?.timestamp_ms
+        } else {
+            0
+        };
+        let (tx, rx) = mpsc::channel::<Proposal>();
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            proposer: Mutex::new(Proposer {
+                term,
+                last_ts,
+                view: HashMap::new(),
+                order: VecDeque::new(),
+                shut: false,
+            }),
+            apply_tx: Mutex::new(Some(tx)),
+            waiters: Waiters::default(),
+            applied: AtomicU64::new(last),
+        });
+        let applier_inner = inner.clone();
+        let applier = std::thread::Builder::new()
+            .name("engine-apply".into())
+            .spawn(move || applier_inner.apply_loop(rx))
+            .map_err(|e| StoreError::io("engine-apply thread", e))?;
+        let engine = Engine {
+            inner,
+            applier: Some(applier),
+        };
+        // The leader's no-op: commits everything before it in the new term.
+        let noop = engine
+            .inner
+            .propose(|p| Ok(Some((EntryKind::Noop, Bytes::new(), Vec::new(), p.term))))?;
+        if let Some(noop) = noop {
+            noop.blocking_recv()
+                .map_err(|_| EngineError::ShuttingDown)??;
+        }
+        Ok(engine)
+    }
+
+    /// The store underneath (reads, inspection).
+    pub fn store(&self) -> &MessageStore {
+        &self.inner.store
+    }
+
+    /// Current term.
+    pub fn term(&self) -> Term {
+        self.inner.lock_proposer().term
+    }
+
+    /// Readers waiting right now (metrics, tests).
+    pub fn waiting(&self) -> usize {
+        self.inner.waiters.len()
+    }
+
+    /// Last index applied: a position to wait after.
+    pub fn applied_index(&self) -> LogIndex {
+        self.inner.applied.load(Ordering::Acquire)
+    }
+
+    /// Appends a message; the reply is its stream ID (`None`: NOMKSTREAM and no stream).
+    pub async fn append(&self, req: AppendRequest) -> Result<Option<StreamId>> {
+        if req.db > 15 {
+            return Err(EngineError::BadDb(req.db));
+        }
+        if req.fields.is_empty() {
+            return Err(EngineError::NoFields);
+        }
+        let limit = self.inner.config.max_message_bytes;
+        let mut resolved = None;
+        let reply = self.inner.propose(|p| {
+            let key: TopicKey = (req.db, req.key.clone());
+            let (last, exists) = p.view_of(&self.inner.store, &key);
+            if req.nomkstream && !exists {
+                return Ok(None); // nothing to log: the reply is nil
+            }
+            let id = resolve(req.id, last, p.last_ts)?;
+            resolved = Some(id);
+            let record = SubRecord {
+                op: RecordOp::Message,
+                db: req.db,
+                topic: req.key.clone(),
+                id,
+                message_key: req.message_key.clone(),
+                properties: req.properties.clone(),
+                fields: req.fields.clone(),
+            };
+            let size = record.encoded_len();
+            if size > limit {
+                return Err(EngineError::TooLarge { size, limit });
+            }
+            Ok(Some((
+                EntryKind::Command,
+                command(CommandTag::Append),
+                vec![record],
+                p.term,
+            )))
+        })?;
+        let Some(reply) = reply else { return Ok(None) };
+        let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        match outcomes.first() {
+            Some(Outcome::Added) => Ok(resolved),
+            // Apply re-checks what the proposer checked; a failed check is a no-op with an error.
+            Some(Outcome::Rejected { last }) => Err(EngineError::IdTooSmall { last: *last }),
+            _ => Ok(None),
+        }
+    }
+
+    /// XDEL: marks the entries with these IDs deleted; the reply counts those that existed.
+    pub async fn delete(&self, db: u8, key: Bytes, ids: Vec<StreamId>) -> Result<u64> {
+        let reply = self.inner.propose(|p| {
+            let records = ids
+                .iter()
+                .map(|id| SubRecord {
+                    op: RecordOp::Delete,
+                    db,
+                    topic: key.clone(),
+                    id: *id,
+                    ..SubRecord::default()
+                })
+                .collect();
+            Ok(Some((
+                EntryKind::Command,
+                command(CommandTag::Delete),
+                records,
+                p.term,
+            )))
+        })?;
+        let Some(reply) = reply else { return Ok(0) };
+        let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        Ok(outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Deleted(true))
+            .count() as u64)
+    }
+
+    /// DEL: drops the stream; a later append creates a new incarnation. Replies whether it existed.
+    pub async fn drop_topic(&self, db: u8, key: Bytes) -> Result<bool> {
+        let reply = self.inner.propose(|p| {
+            let record = SubRecord {
+                op: RecordOp::Drop,
+                db,
+                topic: key.clone(),
+                ..SubRecord::default()
+            };
+            Ok(Some((
+                EntryKind::Command,
+                command(CommandTag::Drop),
+                vec![record],
+                p.term,
+            )))
+        })?;
+        let Some(reply) = reply else { return Ok(false) };
+        let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        Ok(outcomes.first() == Some(&Outcome::Dropped(true)))
+    }
+
+    /// Entries (neither deleted nor trimmed) with IDs in `[start, end]` (bounds may be
+    /// exclusive or open), oldest first or, with `reverse`, newest first; at most `count`.
+    pub fn read_range(
+        &self,
+        db: u8,
+        key: &[u8],
+        start: Bound<StreamId>,
+        end: Bound<StreamId>,
+        count: Option<usize>,
+        reverse: bool,
+    ) -> Result<Vec<Message>> {
+        let store = &self.inner.store;
+        let Some(topic) = store.topic(db, key) else {
+            return Ok(Vec::new());
+        };
+        let lo = match start {
+            Bound::Unbounded => topic.first_live,
+            Bound::Included(id) => store.seek(&topic, id)?,
+            Bound::Excluded(id) => match next_id(id) {
+                Some(next) => store.seek(&topic, next)?,
+                None => topic.len,
+            },
+        };
+        let hi = match end {
+            Bound::Unbounded => topic.len,
+            Bound::Excluded(id) => store.seek(&topic, id)?,
+            Bound::Included(id) => match next_id(id) {
+                Some(next) => store.seek(&topic, next)?,
+                None => topic.len,
+            },
+        };
+        let limit = count.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        const CHUNK: u64 = 1024;
+        if reverse {
+            let mut top = hi;
+            while top > lo && out.len() < limit {
+                let from = top.saturating_sub(CHUNK).max(lo);
+                let chunk = store.read_queue(&topic, from, top - from)?;
+                for (_, e) in chunk.iter().rev() {
+                    if out.len() == limit {
+                        break;
+                    }
+                    out.push(self.message(&topic, e)?);
+                }
+                top = from;
+            }
+        } else {
+            let mut at = lo;
+            while at < hi && out.len() < limit {
+                let chunk = store.read_queue(&topic, at, (hi - at).min(CHUNK))?;
+                for (_, e) in &chunk {
+                    if out.len() == limit {
+                        break;
+                    }
+                    out.push(self.message(&topic, e)?);
+                }
+                at += (hi - at).min(CHUNK);
+            }
+        }
+        Ok(out)
+    }
+
+    fn message(&self, topic: &Topic, e: &crate::store::CqEntry) -> Result<Message> {
+        let m = self.inner.store.message(topic, e)?;
+        Ok(Message {
+            id: m.record.id,
+            fields: m.record.fields,
+            properties: m.record.properties,
+            message_key: m.record.message_key,
+            timestamp_ms: m.timestamp_ms,
+            log_index: e.log_index,
+        })
+    }
+
+    /// XLEN: entries in the stream (0 when it does not exist).
+    pub fn len(&self, db: u8, key: &[u8]) -> u64 {
+        self.inner.store.topic(db, key).map_or(0, |t| t.live_len())
+    }
+
+    /// XINFO STREAM's fields this slice holds; `None` when the stream does not exist.
+    pub fn stream_info(&self, db: u8, key: &[u8]) -> Result<Option<StreamInfo>> {
+        let Some(t) = self.inner.store.topic(db, key) else {
+            return Ok(None);
+        };
+        let first = self.read_range(db, key, Bound::Unbounded, Bound::Unbounded, Some(1), false)?;
+        let last = self.read_range(db, key, Bound::Unbounded, Bound::Unbounded, Some(1), true)?;
+        Ok(Some(StreamInfo {
+            length: t.live_len(),
+            last_generated_id: t.last_id,
+            max_deleted_entry_id: t.max_deleted_id,
+            entries_added: t.len,
+            first_entry: first.into_iter().next(),
+            last_entry: last.into_iter().next(),
+            incarnation: t.incarnation,
+        }))
+    }
+
+    /// Streams of `db` whose key matches the glob `pattern` (`*`, `?`, `[...]`, `\` escapes:
+    /// Redis KEYS), in no particular order.
+    pub fn topics(&self, db: u8, pattern: &[u8]) -> Vec<Bytes> {
+        self.inner
+            .store
+            .topics()
+            .into_iter()
+            .filter(|t| t.db == db && glob_match(pattern, &t.key))
+            .map(|t| t.key)
+            .collect()
+    }
+
+    /// Waits until an entry applied after `after` adds a message to one of `topics`, or
+    /// `timeout` passes. Idle waiters cost nothing; a commit wakes exactly the waiters of the
+    /// topics it touched.
+    pub async fn wait(&self, topics: &[TopicKey], after: LogIndex, timeout: Duration) -> Wake {
+        let (id, rx) = self.inner.waiters.register(topics);
+        // Registered first, checked second: an append applied in between is never missed.
+        let changed = topics.iter().any(|(db, key)| {
+            self.inner
+                .store
+                .topic(*db, key)
+                .is_some_and(|t| t.last_applied.0 > after)
+        });
+        let wake = if changed {
+            Wake::Changed
+        } else {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(entry)) => Wake::Entry(entry),
+                Ok(Err(_)) => Wake::Changed, // shutting down: let the caller read again
+                Err(_) => Wake::Timeout,
+            }
+        };
+        self.inner.waiters.cancel(id, topics);
+        wake
+    }
+
+    /// Stops taking proposals, applies what was proposed, checkpoints and closes the store
+    /// cleanly (no recovery scan needed at the next open).
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown();
+        Ok(self.inner.store.close()?)
+    }
+
+    fn shutdown(&mut self) {
+        self.inner.lock_proposer().shut = true;
+        drop(
+            self.inner
+                .apply_tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        if let Some(h) = self.applier.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn command(tag: CommandTag) -> Bytes {
+    Bytes::from(vec![COMMAND_VERSION, tag as u8])
+}
+
+/// The smallest ID above `id`, if any.
+fn next_id(id: StreamId) -> Option<StreamId> {
+    if id.seq < u64::MAX {
+        Some(StreamId::new(id.ms, id.seq + 1))
+    } else if id.ms < u64::MAX {
+        Some(StreamId::new(id.ms + 1, 0))
+    } else {
+        None
+    }
+}
+
+/// Redis's glob (KEYS, SCAN MATCH): `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`.
+fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob_match(rest, &s[1..]),
+        Some((b'[', rest)) => {
+            let Some((&c, tail)) = s.split_first() else {
+                return false;
+            };
+            let (negate, mut p) = match rest.split_first() {
+                Some((b'^', r)) => (true, r),
+                _ => (false, rest),
+            };
+            let mut matched = false;
+            loop {
+                match p {
+                    [] => return false, // unterminated class matches nothing
+                    [b']', after @ ..] => {
+                        p = after;
+                        break;
+                    }
+                    [b'\\', x, after @ ..] => {
+                        matched |= *x == c;
+                        p = after;
+                    }
+                    [a, b'-', z, after @ ..] if *z != b']' => {
+                        let (lo, hi) = if a <= z { (*a, *z) } else { (*z, *a) };
+                        matched |= lo <= c && c <= hi;
+                        p = after;
+                    }
+                    [x, after @ ..] => {
+                        matched |= *x == c;
+                        p = after;
+                    }
+                }
+            }
+            matched != negate && glob_match(p, tail)
+        }
+        Some((b'\\', rest)) if !rest.is_empty() => {
+            s.first() == Some(&rest[0]) && glob_match(&rest[1..], &s[1..])
+        }
+        Some((c, rest)) => s.first() == Some(c) && glob_match(rest, &s[1..]),
+    }
+}
+
+impl Proposer {
+    /// The leader view of a topic: last ID and existence, including unapplied entries.
+    fn view_of(&self, store: &MessageStore, key: &TopicKey) -> (StreamId, bool) {
+        match self.view.get(key) {
+            Some(v) => (v.last_id, v.exists),
+            None => match store.topic(key.0, &key.1) {
+                Some(t) => (t.last_id, true),
+                None => (StreamId::default(), false),
+            },
+        }
+    }
+}
+
+impl Inner {
+    fn lock_proposer(&self) -> MutexGuard<'_, Proposer> {
+        self.proposer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds an entry under the proposer lock, appends it and hands it to the applier;
+    /// returns where the reply (the dispatch outcomes) will arrive.
+    #[allow(clippy::type_complexity)]
+    fn propose(
+        &self,
+        build: impl FnOnce(&mut Proposer) -> Result<Option<(EntryKind, Bytes, Vec<SubRecord>, Term)>>,
+    ) -> Result<Option<oneshot::Receiver<Result<Vec<Outcome>>>>> {
+        let mut p = self.lock_proposer();
+        if p.shut {
+            return Err(EngineError::ShuttingDown);
+        }
+        // Time never runs backwards across terms or restarts.
+        p.last_ts = p.last_ts.max(wall_clock_ms());
+        let Some((kind, command, records, term)) = build(&mut p)? else {
+            return Ok(None);
+        };
+        let entry = NewEntry {
+            term,
+            kind,
+            timestamp_ms: p.last_ts,
+            command,
+            records,
+        };
+        let ticket = self.store.log().append(&entry)?;
+        let index = ticket.index;
+        for r in &entry.records {
+            let key: TopicKey = (r.db, r.topic.clone());
+            let v = p.view.entry(key.clone()).or_insert(ViewTopic {
+                last_id: StreamId::default(),
+                exists: false,
+                at: 0,
+            });
+            match r.op {
+                RecordOp::Message if r.id > v.last_id || !v.exists => {
+                    v.last_id = r.id;
+                    v.exists = true;
+                }
+                RecordOp::Drop => {
+                    v.last_id = StreamId::default();
+                    v.exists = false;
+                }
+                _ => {}
+            }
+            v.at = index;
+            p.order.push_back((index, key));
+        }
+        let (reply, rx) = oneshot::channel();
+        let tx = self.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = tx.as_ref().map(|tx| {
+            tx.send(Proposal {
+                ticket,
+                entry,
+                reply,
+            })
+            .is_ok()
+        });
+        if sent != Some(true) {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(Some(rx))
+    }
+
+    /// The applier: entries in log order, once durable; dispatch, reply, wake.
+    fn apply_loop(&self, rx: mpsc::Receiver<Proposal>) {
+        for p in rx.iter() {
+            let index = p.ticket.index;
+            let applied = p.ticket.wait().map_err(EngineError::from).and_then(|_| {
+                let entry = Arc::new(LogEntry {
+                    index,
+                    term: p.entry.term,
+                    kind: p.entry.kind,
+                    timestamp_ms: p.entry.timestamp_ms,
+                    command: p.entry.command,
+                    records: p.entry.records,
+                });
+                let outcomes = self.store.dispatch_next(&entry)?;
+                Ok((entry, outcomes))
+            });
+            match applied {
+                Ok((entry, outcomes)) => {
+                    self.applied.store(index, Ordering::Release);
+                    let touched = entry
+                        .records
+                        .iter()
+                        .zip(&outcomes)
+                        .filter(|(_, o)| **o == Outcome::Added)
+                        .map(|(r, _)| (r.db, &r.topic));
+                    self.waiters.wake(&entry, touched);
+                    let _ = p.reply.send(Ok(outcomes));
+                }
+                Err(e) => {
+                    // The log or the store failed: nothing later can apply either.
+                    tracing::error!(error = %e, index, "apply failed; the engine stops applying");
+                    let _ = p.reply.send(Err(e.clone()));
+                    for rest in rx.try_iter() {
+                        let _ = rest.reply.send(Err(e.clone()));
+                    }
+                    self.lock_proposer().shut = true;
+                    return;
+                }
+            }
+            // The leader view keeps only topics with entries not yet applied.
+            let mut prop = self.lock_proposer();
+            while prop.order.front().is_some_and(|(i, _)| *i <= index) {
+                let Some((_, key)) = prop.order.pop_front() else {
+                    break;
+                };
+                if prop.view.get(&key).is_some_and(|v| v.at <= index) {
+                    prop.view.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_follows_redis() {
+        assert!(glob_match(b"*", b"anything"));
+        assert!(glob_match(b"h?llo", b"hello"));
+        assert!(glob_match(b"h*llo", b"heeeello"));
+        assert!(glob_match(b"h[ae]llo", b"hallo"));
+        assert!(!glob_match(b"h[^e]llo", b"hello"));
+        assert!(glob_match(b"h[a-b]llo", b"hbllo"));
+        assert!(glob_match(b"h\\*llo", b"h*llo"));
+        assert!(!glob_match(b"h\\*llo", b"hello"));
+        assert!(!glob_match(b"a[bc", b"ab"));
+    }
+}
