@@ -10,16 +10,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use manifold_core::engine::{AppendRequest, Engine, EngineConfig, EngineError, IdSpec, Wake};
 use manifold_core::store::{
-    CrashMode, EntryKind, LogConfig, SimDisk, Storage, StoreConfig, StreamId,
+    CqConfig, CrashMode, EntryKind, IndexConfig, LogConfig, SimDisk, Storage, StoreConfig, StreamId,
 };
 
 fn config() -> EngineConfig {
+    // Small files: the simulated disk holds every byte in memory.
     EngineConfig {
         store: StoreConfig {
             log: LogConfig {
                 segment_size: 64 * 1024,
                 index_records_per_file: 256,
                 ..LogConfig::default()
+            },
+            queues: CqConfig {
+                arena_file_slots: 64,
+                ..CqConfig::default()
+            },
+            index: IndexConfig {
+                slots: 64,
+                entries: 256,
             },
             ..StoreConfig::default()
         },
@@ -350,4 +359,190 @@ fn acknowledged_appends_survive_a_power_cut() -> Result<(), EngineError> {
     assert_eq!(got, want);
     assert_eq!(engine.len(0, b"p"), 39);
     Ok(())
+}
+
+// ---- model-based: random stream commands against an in-memory model of Redis semantics,
+// ---- with clean restarts and power cuts in between; replies and state must match.
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    pub enum Op {
+        Append { topic: u8, spec: u8, ms: u64 },
+        Delete { topic: u8, nth: u8 },
+        Drop { topic: u8 },
+        Restart,
+        Crash(u64),
+    }
+
+    pub fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0u8..3, 0u8..3, 0u64..40).prop_map(|(topic, spec, ms)| Op::Append { topic, spec, ms }),
+            2 => (0u8..3, any::<u8>()).prop_map(|(topic, nth)| Op::Delete { topic, nth }),
+            1 => (0u8..3).prop_map(|topic| Op::Drop { topic }),
+            1 => Just(Op::Restart),
+            1 => any::<u64>().prop_map(Op::Crash),
+        ]
+    }
+
+    #[derive(Debug, Default, Clone)]
+    struct Stream {
+        entries: Vec<(StreamId, bool)>,
+        last: StreamId,
+        max_deleted: StreamId,
+    }
+
+    fn name(topic: u8) -> String {
+        format!("m{topic}")
+    }
+
+    fn check(engine: &Engine, model: &BTreeMap<u8, Stream>) -> Result<(), TestCaseError> {
+        for topic in 0..3u8 {
+            let key = name(topic);
+            let got: Vec<StreamId> = engine
+                .read_range(
+                    0,
+                    key.as_bytes(),
+                    Bound::Unbounded,
+                    Bound::Unbounded,
+                    None,
+                    false,
+                )
+                .map_err(|e| TestCaseError::fail(e.to_string()))?
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            let want: Vec<StreamId> = model
+                .get(&topic)
+                .map(|s| {
+                    s.entries
+                        .iter()
+                        .filter(|(_, d)| !d)
+                        .map(|(id, _)| *id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            prop_assert_eq!(&got, &want, "entries of {}", key);
+            prop_assert_eq!(engine.len(0, key.as_bytes()), want.len() as u64);
+            let info = engine
+                .stream_info(0, key.as_bytes())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            match (info, model.get(&topic)) {
+                (Some(i), Some(s)) => {
+                    prop_assert_eq!(i.last_generated_id, s.last);
+                    prop_assert_eq!(i.max_deleted_entry_id, s.max_deleted);
+                    prop_assert_eq!(i.entries_added, s.entries.len() as u64);
+                }
+                (None, None) => {}
+                (i, s) => prop_assert!(
+                    false,
+                    "stream {} exists: engine {:?}, model {:?}",
+                    key,
+                    i.is_some(),
+                    s.is_some()
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let fail = |e: EngineError| TestCaseError::fail(e.to_string());
+        let rt = runtime();
+        let mut disk = SimDisk::new();
+        let mut engine = open(&disk).map_err(fail)?;
+        let mut model: BTreeMap<u8, Stream> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Append { topic, spec, ms } => {
+                    let s = model.get(&topic).cloned().unwrap_or_default();
+                    let spec = match spec {
+                        0 => IdSpec::Auto,
+                        1 => IdSpec::AutoSeq(ms),
+                        _ => IdSpec::Explicit(id(ms, ms % 3)),
+                    };
+                    let got = rt.block_on(engine.append(req(&name(topic), spec, "v")));
+                    match (spec, got) {
+                        (IdSpec::Auto, Ok(Some(new))) => prop_assert!(new > s.last),
+                        (spec, Ok(Some(new))) => prop_assert_eq!(
+                            Some(new),
+                            manifold_core::engine::resolve(spec, s.last, 0).ok()
+                        ),
+                        (spec, Err(e)) => {
+                            let expected = manifold_core::engine::resolve(spec, s.last, 0);
+                            prop_assert!(
+                                expected.is_err(),
+                                "engine refused {:?} with {}, model accepts",
+                                spec,
+                                e
+                            );
+                            continue;
+                        }
+                        (_, Ok(None)) => prop_assert!(false, "no ID without NOMKSTREAM"),
+                    }
+                    let new = engine
+                        .stream_info(0, name(topic).as_bytes())
+                        .map_err(fail)?
+                        .map(|i| i.last_generated_id)
+                        .unwrap_or_default();
+                    let s = model.entry(topic).or_default();
+                    s.entries.push((new, false));
+                    s.last = new;
+                }
+                Op::Delete { topic, nth } => {
+                    let Some(s) = model.get_mut(&topic) else {
+                        continue;
+                    };
+                    if s.entries.is_empty() {
+                        continue;
+                    }
+                    let k = nth as usize % s.entries.len();
+                    let target = s.entries[k].0;
+                    let count = rt
+                        .block_on(engine.delete(0, Bytes::from(name(topic)), vec![target]))
+                        .map_err(fail)?;
+                    prop_assert_eq!(count, u64::from(!s.entries[k].1));
+                    s.entries[k].1 = true;
+                    s.max_deleted = s.max_deleted.max(target);
+                }
+                Op::Drop { topic } => {
+                    let existed = rt
+                        .block_on(engine.drop_topic(0, Bytes::from(name(topic))))
+                        .map_err(fail)?;
+                    prop_assert_eq!(existed, model.remove(&topic).is_some());
+                }
+                Op::Restart => {
+                    engine.close().map_err(fail)?;
+                    engine = open(&disk).map_err(fail)?;
+                }
+                Op::Crash(seed) => {
+                    // Every command above was acknowledged: a power cut keeps all of them.
+                    let mode = if seed % 2 == 0 {
+                        CrashMode::DropUnsynced
+                    } else {
+                        CrashMode::Random(seed)
+                    };
+                    let after = disk.crash(mode);
+                    drop(engine);
+                    disk = after;
+                    engine = open(&disk).map_err(fail)?;
+                }
+            }
+            check(&engine, &model)?;
+        }
+        Ok(())
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..proptest::prelude::ProptestConfig::default() })]
+    #[test]
+    fn engine_matches_a_model_of_redis_streams_across_restarts_and_power_cuts(
+        ops in proptest::collection::vec(model::op(), 1..40)
+    ) {
+        model::run(ops)?;
+    }
 }
