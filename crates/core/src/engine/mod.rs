@@ -44,6 +44,8 @@ use waiters::Waiters;
 
 /// This node's id in its group. A group of one is node 1.
 const NODE_ID: u64 = 1;
+/// Entries the applier dispatches together at most.
+const APPLY_BATCH: usize = 1024;
 /// Command bytes: format version, then what the entry does (the sub-records carry the data).
 const COMMAND_VERSION: u8 = 1;
 
@@ -640,9 +642,11 @@ impl Inner {
         let index = ticket.index;
         for r in &entry.records {
             let key: TopicKey = (r.db, r.topic.clone());
+            // A topic enters the view as applied state has it, whatever the entry does to it.
+            let (last_id, exists) = p.view_of(&self.store, &key);
             let v = p.view.entry(key.clone()).or_insert(ViewTopic {
-                last_id: StreamId::default(),
-                exists: false,
+                last_id,
+                exists,
                 at: 0,
             });
             match r.op {
@@ -675,54 +679,88 @@ impl Inner {
         Ok(Some(rx))
     }
 
-    /// The applier: entries in log order, once durable; dispatch, reply, wake.
+    /// The applier: entries in log order, once durable; dispatched in batches (whatever has
+    /// arrived, up to `APPLY_BATCH`), then each proposer gets its reply and the waiters of the
+    /// touched topics are woken.
     fn apply_loop(&self, rx: mpsc::Receiver<Proposal>) {
-        for p in rx.iter() {
-            let index = p.ticket.index;
-            let applied = p.ticket.wait().map_err(EngineError::from).and_then(|_| {
-                let entry = Arc::new(LogEntry {
-                    index,
-                    term: p.entry.term,
-                    kind: p.entry.kind,
-                    timestamp_ms: p.entry.timestamp_ms,
-                    command: p.entry.command,
-                    records: p.entry.records,
-                });
-                let outcomes = self.store.dispatch_next(&entry)?;
-                Ok((entry, outcomes))
-            });
-            match applied {
-                Ok((entry, outcomes)) => {
-                    self.applied.store(index, Ordering::Release);
-                    let touched = entry
-                        .records
-                        .iter()
-                        .zip(&outcomes)
-                        .filter(|(_, o)| **o == Outcome::Added)
-                        .map(|(r, _)| (r.db, &r.topic));
-                    self.waiters.wake(&entry, touched);
-                    let _ = p.reply.send(Ok(outcomes));
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < APPLY_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
                 }
+            }
+            let mut entries = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut failed = None;
+            for p in batch {
+                if failed.is_some() {
+                    replies.push(p.reply);
+                    continue;
+                }
+                // Tickets resolve in index order: each wait here is the commit of its entry.
+                match p.ticket.wait() {
+                    Ok(index) => entries.push(Arc::new(LogEntry {
+                        index,
+                        term: p.entry.term,
+                        kind: p.entry.kind,
+                        timestamp_ms: p.entry.timestamp_ms,
+                        command: p.entry.command,
+                        records: p.entry.records,
+                    })),
+                    Err(e) => failed = Some(EngineError::from(e)),
+                }
+                replies.push(p.reply);
+            }
+            let outcomes = match failed {
+                Some(e) => Err(e),
+                None => self
+                    .store
+                    .dispatch_batch(&entries)
+                    .map_err(EngineError::from),
+            };
+            let outcomes = match outcomes {
+                Ok(o) => o,
                 Err(e) => {
                     // The log or the store failed: nothing later can apply either.
-                    tracing::error!(error = %e, index, "apply failed; the engine stops applying");
-                    let _ = p.reply.send(Err(e.clone()));
+                    tracing::error!(error = %e, "apply failed; the engine stops applying");
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
                     for rest in rx.try_iter() {
                         let _ = rest.reply.send(Err(e.clone()));
                     }
                     self.lock_proposer().shut = true;
                     return;
                 }
-            }
-            // The leader view keeps only topics with entries not yet applied.
-            let mut prop = self.lock_proposer();
-            while prop.order.front().is_some_and(|(i, _)| *i <= index) {
-                let Some((_, key)) = prop.order.pop_front() else {
-                    break;
-                };
-                if prop.view.get(&key).is_some_and(|v| v.at <= index) {
-                    prop.view.remove(&key);
+            };
+            let Some(last) = entries.last().map(|e| e.index) else {
+                continue;
+            };
+            self.applied.store(last, Ordering::Release);
+            // The leader view keeps only topics with entries not yet applied; pruned before any
+            // reply goes out, so a proposer acting on a reply sees applied state.
+            {
+                let mut prop = self.lock_proposer();
+                while prop.order.front().is_some_and(|(i, _)| *i <= last) {
+                    let Some((_, key)) = prop.order.pop_front() else {
+                        break;
+                    };
+                    if prop.view.get(&key).is_some_and(|v| v.at <= last) {
+                        prop.view.remove(&key);
+                    }
                 }
+            }
+            for ((entry, outcomes), reply) in entries.iter().zip(outcomes).zip(replies) {
+                let touched = entry
+                    .records
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| **o == Outcome::Added)
+                    .map(|(r, _)| (r.db, &r.topic));
+                self.waiters.wake(entry, touched);
+                let _ = reply.send(Ok(outcomes));
             }
         }
     }

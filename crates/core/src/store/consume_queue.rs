@@ -278,7 +278,7 @@ impl ConsumeQueues {
             }
             done += take;
         }
-        Ok(())
+        self.files.sync_if_crowded()
     }
 
     /// Extends a built sparse index with the block-start entries among `entries` (at `at`).
@@ -330,7 +330,8 @@ impl ConsumeQueues {
         } else {
             b[0] & !CQ_DELETED
         };
-        file.write_at(place.offset + 30, &[flags]).at(path())
+        file.write_at(place.offset + 30, &[flags]).at(path())?;
+        self.files.sync_if_crowded()
     }
 
     /// Forgets pending deletions once their flags are in the files and a checkpoint names them.

@@ -127,16 +127,20 @@ impl<K: FileKey> FileCache<K> {
         }
     }
 
-    /// Records that `key` was written and must be synced by the next `sync_dirty`. Dirty
-    /// handles stay open until synced, so past four times the capacity they are synced now
-    /// (syncing early is always safe): open files stay bounded between checkpoints.
+    /// Records that `key` is (being) written and must be synced by the next `sync_dirty`.
     pub fn mark_dirty(&self, key: &K, handle: &Arc<dyn StorageFile>) -> Result<()> {
         let mut inner = self.lock();
         if !inner.dirty.contains_key(key) {
             inner.dirty.insert(key.clone(), handle.clone());
         }
-        let over = inner.dirty.len() > self.capacity * 4;
-        drop(inner);
+        Ok(())
+    }
+
+    /// Dirty handles stay open until synced: past four times the capacity they are synced
+    /// now (syncing early is always safe), so open files stay bounded between checkpoints.
+    /// Call after the writes, never between marking a file and writing it.
+    pub fn sync_if_crowded(&self) -> Result<()> {
+        let over = self.lock().dirty.len() > self.capacity * 4;
         if over {
             self.sync_dirty()?;
         }

@@ -271,6 +271,7 @@ impl IndexFiles {
         e[24..26].copy_from_slice(&sub.to_le_bytes());
         file.write_at(self.entry_offset(n), &e).at(&path)?;
         self.dirty_slots.insert((first, slot), n);
+        self.files.sync_if_crowded()?;
         if self.active.count == 0 {
             self.active.begin_ms = timestamp_ms;
         }

@@ -265,6 +265,15 @@ pub struct MessageStore {
     dispatch: Mutex<Dispatcher>,
 }
 
+/// Consecutive messages of one topic, buffered during a dispatch call so they reach the queue
+/// in one write. Flushed before anything that reads the queue and before the lock is released.
+#[derive(Debug)]
+struct Run {
+    topic: Topic,
+    start: u64,
+    entries: Vec<CqEntry>,
+}
+
 /// What dispatching one sub-record did: the facts the engine's replies are made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -396,12 +405,14 @@ impl MessageStore {
         let mut d = self.lock();
         Self::usable(&d)?;
         let result = (|| {
+            let mut run = None;
             while d.dispatched < target {
                 let i = d.dispatched + 1;
                 let entry = self.log.entry(i)?;
-                self.dispatch_entry(&mut d, &entry)?;
+                self.dispatch_entry(&mut d, &entry, &mut run)?;
                 d.dispatched = i;
             }
+            self.flush_run(&mut run)?;
             self.checkpoint_if_due(&mut d)?;
             Ok(d.dispatched)
         })();
@@ -412,30 +423,50 @@ impl MessageStore {
     /// each of its sub-records did: the engine's replies come from here. The caller passes the
     /// entry it already holds, so nothing is read back from the log.
     pub fn dispatch_next(&self, entry: &LogEntry) -> Result<Vec<Outcome>> {
+        self.dispatch_batch(std::slice::from_ref(entry))
+            .map(|mut v| v.pop().unwrap_or_default())
+    }
+
+    /// `dispatch_next` for consecutive entries under one lock: consecutive messages of a topic
+    /// reach its queue in one write.
+    pub fn dispatch_batch<E: std::borrow::Borrow<LogEntry>>(
+        &self,
+        entries: &[E],
+    ) -> Result<Vec<Vec<Outcome>>> {
         let mut d = self.lock();
         Self::usable(&d)?;
-        // A caller's mistake changes nothing and fails nothing: the entry must be the log's
-        // next one, as the log holds it.
+        // A caller's mistake changes nothing and fails nothing: the entries must be the log's
+        // next ones, as the log holds them.
         let next = d.dispatched + 1;
-        if entry.index != next || entry.index > self.log.last_index() {
-            return Err(StoreError::IndexOutOfRange {
-                index: entry.index,
-                first: next,
-                last: next,
-            });
-        }
-        if self.log.term_at(entry.index)? != entry.term {
-            return Err(StoreError::Corruption {
-                file: self.root.join("commitlog"),
-                offset: entry.index,
-                reason: format!("entry {} handed to dispatch is not the log's", entry.index),
-            });
+        for (k, e) in entries.iter().enumerate() {
+            let e = e.borrow();
+            let want = next + k as u64;
+            if e.index != want || e.index > self.log.last_index() {
+                return Err(StoreError::IndexOutOfRange {
+                    index: e.index,
+                    first: want,
+                    last: want,
+                });
+            }
+            if self.log.term_at(e.index)? != e.term {
+                return Err(StoreError::Corruption {
+                    file: self.root.join("commitlog"),
+                    offset: e.index,
+                    reason: format!("entry {} handed to dispatch is not the log's", e.index),
+                });
+            }
         }
         let result = (|| {
-            let outcomes = self.dispatch_entry(&mut d, entry)?;
-            d.dispatched = entry.index;
+            let mut run = None;
+            let mut all = Vec::with_capacity(entries.len());
+            for e in entries {
+                let e = e.borrow();
+                all.push(self.dispatch_entry(&mut d, e, &mut run)?);
+                d.dispatched = e.index;
+            }
+            self.flush_run(&mut run)?;
             self.checkpoint_if_due(&mut d)?;
-            Ok(outcomes)
+            Ok(all)
         })();
         Self::note_failure(&mut d, result)
     }
@@ -463,7 +494,20 @@ impl MessageStore {
         result
     }
 
-    fn dispatch_entry(&self, d: &mut Dispatcher, entry: &LogEntry) -> Result<Vec<Outcome>> {
+    /// Writes the buffered queue entries of a run (see [`Run`]).
+    fn flush_run(&self, run: &mut Option<Run>) -> Result<()> {
+        match run.take() {
+            Some(r) => self.queues.write_many(&r.topic, r.start, &r.entries),
+            None => Ok(()),
+        }
+    }
+
+    fn dispatch_entry(
+        &self,
+        d: &mut Dispatcher,
+        entry: &LogEntry,
+        run: &mut Option<Run>,
+    ) -> Result<Vec<Outcome>> {
         let i = entry.index;
         // What each sub-record did; ops on a missing topic change nothing.
         let mut outcomes: Vec<Outcome> = entry
@@ -529,6 +573,7 @@ impl MessageStore {
                     };
                     let n = t.len;
                     if self.queues.needs_migration(&t, n) {
+                        self.flush_run(run)?; // migration reads the slot from disk
                         self.queues.migrate(&t)?;
                         t.migrated = true;
                     }
@@ -539,7 +584,24 @@ impl MessageStore {
                         size: r.encoded_len() as u32,
                         flags: 0,
                     };
-                    self.queues.write(&t, n, &e)?;
+                    // Consecutive messages of one topic go out as one write.
+                    match run {
+                        Some(r)
+                            if r.topic.id == t.id
+                                && r.topic.migrated == t.migrated
+                                && r.start + r.entries.len() as u64 == n =>
+                        {
+                            r.entries.push(e);
+                        }
+                        _ => {
+                            self.flush_run(run)?;
+                            *run = Some(Run {
+                                topic: t.clone(),
+                                start: n,
+                                entries: vec![e],
+                            });
+                        }
+                    }
                     d.topics.update(t.id, |t| {
                         t.migrated |= n >= self.config.queues.slot_entries;
                         t.len = n + 1;
@@ -553,6 +615,7 @@ impl MessageStore {
                 }
                 (_, None) => {} // an operation on a topic that does not exist changes nothing
                 (RecordOp::Delete, Some(t)) => {
+                    self.flush_run(run)?; // reads the queue
                     let found = self.queues.find(&t, r.id)?;
                     let live = match found {
                         Some(n) if n >= t.first_live => {
@@ -576,6 +639,7 @@ impl MessageStore {
                     outcomes[j as usize] = Outcome::Deleted(live.is_some());
                 }
                 (RecordOp::Trim, Some(t)) => {
+                    self.flush_run(run)?; // reads the queue
                     let n = self.queues.seek(&t, r.id)?.max(t.first_live);
                     // Walk the cut range in bounded chunks: a trim may cut millions.
                     let (mut were_deleted, mut last_cut, mut cut_len) = (0u64, None, 0u64);
@@ -599,6 +663,7 @@ impl MessageStore {
                     outcomes[j as usize] = Outcome::Trimmed(cut_len - were_deleted);
                 }
                 (RecordOp::Drop, Some(t)) => {
+                    self.flush_run(run)?;
                     d.topics.update(t.id, |t| {
                         t.dropped = true;
                         t.last_applied = (i, j);
