@@ -809,3 +809,38 @@ fn stray_topic_table_generations_are_removed_at_open() -> Result<(), StoreError>
     assert_eq!(ids(&store, "a")?, vec![StreamId::new(1, 0)]);
     Ok(())
 }
+
+#[test]
+fn dispatch_next_refuses_an_entry_that_is_not_the_logs_next_and_keeps_working()
+-> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    let e = NewEntry {
+        term: 1,
+        kind: EntryKind::Command,
+        timestamp_ms: 1,
+        command: Bytes::new(),
+        records: vec![record(RecordOp::Message, "a", StreamId::new(1, 0), "")],
+    };
+    let index = store.log().append(&e)?.wait()?;
+    let mut entry = store.log().entry(index)?;
+    // Not the next index, or not the log's term: refused, and the store is not failed.
+    entry.index += 1;
+    assert!(matches!(
+        store.dispatch_next(&entry),
+        Err(StoreError::IndexOutOfRange { .. })
+    ));
+    entry.index -= 1;
+    entry.term += 1;
+    assert!(matches!(
+        store.dispatch_next(&entry),
+        Err(StoreError::Corruption { .. })
+    ));
+    entry.term -= 1;
+    assert_eq!(
+        store.dispatch_next(&entry)?,
+        vec![manifold_core::store::Outcome::Added]
+    );
+    assert_eq!(ids(&store, "a")?, vec![StreamId::new(1, 0)]);
+    Ok(())
+}

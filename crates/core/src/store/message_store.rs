@@ -743,7 +743,11 @@ impl MessageStore {
         let bytes = read_all(self.storage.as_ref(), &path).at(&path)?;
         // A damaged intent can only be one whose write did not complete: no flag was written
         // after it (flags follow the intent's fsync).
-        if let Some(intent) = DeleteIntent::decode(&bytes).filter(|i| i.dispatched > dispatched) {
+        let intent = DeleteIntent::decode(&bytes);
+        if intent.is_none() {
+            tracing::warn!(file = %path.display(), "ignoring a torn XDEL intent: its flags were never written");
+        }
+        if let Some(intent) = intent.filter(|i| i.dispatched > dispatched) {
             for (id, n) in &intent.deletes {
                 if let Some(t) = d.topics.get(*id).filter(|t| *n < t.len) {
                     self.queues.write_deleted_flag(t, *n, false)?;
