@@ -250,6 +250,10 @@ enum Op {
         topic: u8,
         nth: u8,
     },
+    TrimToLen {
+        topic: u8,
+        keep: u8,
+    },
     Drop {
         topic: u8,
     },
@@ -269,6 +273,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..4, 1u8..12, any::<bool>()).prop_map(|(topic, count, keyed)| Op::Publish { topic, count, keyed }),
         1 => (0u8..4, any::<u8>()).prop_map(|(topic, nth)| Op::Delete { topic, nth }),
         1 => (0u8..4, any::<u8>()).prop_map(|(topic, nth)| Op::Trim { topic, nth }),
+        1 => (0u8..4, 0u8..12).prop_map(|(topic, keep)| Op::TrimToLen { topic, keep }),
         1 => (0u8..4).prop_map(|topic| Op::Drop { topic }),
         2 => Just(Op::Dispatch),
         1 => Just(Op::Checkpoint),
@@ -305,6 +310,11 @@ fn derive(store: &MessageStore, upto: u64) -> Result<BTreeMap<String, Vec<Stream
                         q.retain(|(id, _)| *id >= r.id);
                     }
                 }
+                RecordOp::TrimToLen => {
+                    if let Some(q) = topics.get_mut(&name) {
+                        trim_to_len(q, r.id.ms);
+                    }
+                }
                 RecordOp::Drop => {
                     topics.remove(&name);
                 }
@@ -331,31 +341,40 @@ fn derive_max_deleted(
     store: &MessageStore,
     upto: u64,
 ) -> Result<BTreeMap<String, StreamId>, StoreError> {
-    // Per topic: every ID added (in order) and the max deleted one, for the current incarnation.
-    let mut topics: BTreeMap<String, (Vec<StreamId>, StreamId)> = BTreeMap::new();
+    // Per topic: every entry added (in order, with its deleted flag) and the max deleted ID,
+    // for the current incarnation.
+    let mut topics: BTreeMap<String, (Vec<(StreamId, bool)>, StreamId)> = BTreeMap::new();
     for i in store.log().first_index()..=upto {
         for r in store.log().entry(i)?.records {
             let name = String::from_utf8_lossy(&r.topic).into_owned();
             match r.op {
                 RecordOp::Message => {
-                    let (ids, _) = topics.entry(name).or_default();
-                    if ids.last().is_none_or(|last| r.id > *last) {
-                        ids.push(r.id);
+                    let (q, _) = topics.entry(name).or_default();
+                    if q.last().is_none_or(|(last, _)| r.id > *last) {
+                        q.push((r.id, false));
                     }
                 }
                 RecordOp::Delete => {
-                    if let Some((_, max)) =
-                        topics.get_mut(&name).filter(|(ids, _)| ids.contains(&r.id))
+                    if let Some((q, max)) = topics.get_mut(&name)
+                        && let Some(e) = q.iter_mut().find(|(id, _)| *id == r.id)
                     {
+                        e.1 = true;
                         *max = (*max).max(r.id);
                     }
                 }
                 RecordOp::Trim => {
-                    if let Some((ids, max)) = topics.get_mut(&name) {
-                        if let Some(last_cut) = ids.iter().filter(|id| **id < r.id).max() {
+                    if let Some((q, max)) = topics.get_mut(&name) {
+                        if let Some((last_cut, _)) = q.iter().filter(|(id, _)| *id < r.id).max() {
                             *max = (*max).max(*last_cut);
                         }
-                        ids.retain(|id| *id >= r.id);
+                        q.retain(|(id, _)| *id >= r.id);
+                    }
+                }
+                RecordOp::TrimToLen => {
+                    if let Some((q, max)) = topics.get_mut(&name)
+                        && let Some(last_cut) = trim_to_len(q, r.id.ms)
+                    {
+                        *max = (*max).max(last_cut);
                     }
                 }
                 RecordOp::Drop => {
@@ -365,6 +384,23 @@ fn derive_max_deleted(
         }
     }
     Ok(topics.into_iter().map(|(k, (_, max))| (k, max)).collect())
+}
+
+/// MAXLEN: removes the oldest entries until `keep` live ones remain (deleted ones after the
+/// last removed live entry stay); returns the last removed ID.
+fn trim_to_len(q: &mut Vec<(StreamId, bool)>, keep: u64) -> Option<StreamId> {
+    let live = q.iter().filter(|(_, d)| !d).count() as u64;
+    let mut excess = live.saturating_sub(keep);
+    let mut cut = 0;
+    while excess > 0 && cut < q.len() {
+        if !q[cut].1 {
+            excess -= 1;
+        }
+        cut += 1;
+    }
+    let last = cut.checked_sub(1).map(|k| q[k].0);
+    q.drain(..cut);
+    last
 }
 
 /// Positions of every message of `topic` with key "key", newest first: what the index must find.
@@ -417,6 +453,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     })
                     .collect();
                 append(&store, next_id, records).map_err(fail)?;
+            }
+            Op::TrimToLen { topic, keep } => {
+                let keep = StreamId::new(u64::from(keep), 0);
+                append(
+                    &store,
+                    next_id,
+                    vec![record(
+                        RecordOp::TrimToLen,
+                        &format!("topic/{topic}"),
+                        keep,
+                        "",
+                    )],
+                )
+                .map_err(fail)?;
             }
             Op::Delete { topic, nth } | Op::Trim { topic, nth } => {
                 let Some(list) = published.get(&topic).filter(|l| !l.is_empty()) else {

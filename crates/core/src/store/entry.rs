@@ -83,6 +83,8 @@ pub enum RecordOp {
     Trim = 2,
     /// The topic is dropped; a later message creates a new incarnation.
     Drop = 3,
+    /// Trim to a length (MAXLEN): the oldest entries go until `id.ms` live entries remain.
+    TrimToLen = 4,
 }
 
 impl RecordOp {
@@ -92,6 +94,7 @@ impl RecordOp {
             1 => Some(RecordOp::Delete),
             2 => Some(RecordOp::Trim),
             3 => Some(RecordOp::Drop),
+            4 => Some(RecordOp::TrimToLen),
             _ => None,
         }
     }
@@ -469,7 +472,8 @@ mod tests {
             Just(RecordOp::Message),
             Just(RecordOp::Delete),
             Just(RecordOp::Trim),
-            Just(RecordOp::Drop)
+            Just(RecordOp::Drop),
+            Just(RecordOp::TrimToLen)
         ];
         (
             op,

@@ -516,7 +516,7 @@ impl MessageStore {
             .map(|r| match r.op {
                 RecordOp::Message => Outcome::Added,
                 RecordOp::Delete => Outcome::Deleted(false),
-                RecordOp::Trim => Outcome::Trimmed(0),
+                RecordOp::Trim | RecordOp::TrimToLen => Outcome::Trimmed(0),
                 RecordOp::Drop => Outcome::Dropped(false),
             })
             .collect();
@@ -638,9 +638,13 @@ impl MessageStore {
                     });
                     outcomes[j as usize] = Outcome::Deleted(live.is_some());
                 }
-                (RecordOp::Trim, Some(t)) => {
+                (op @ (RecordOp::Trim | RecordOp::TrimToLen), Some(t)) => {
                     self.flush_run(run)?; // reads the queue
-                    let n = self.queues.seek(&t, r.id)?.max(t.first_live);
+                    let n = if op == RecordOp::Trim {
+                        self.queues.seek(&t, r.id)?.max(t.first_live)
+                    } else {
+                        self.position_keeping(&t, r.id.ms)?
+                    };
                     // Walk the cut range in bounded chunks: a trim may cut millions.
                     let (mut were_deleted, mut last_cut, mut cut_len) = (0u64, None, 0u64);
                     let mut at = t.first_live;
@@ -731,6 +735,29 @@ impl MessageStore {
         self.queues.forget_deletes(&deletes);
         d.topics.remove_stale_generation()?;
         self.finish_removals(d)
+    }
+
+    /// Where the live part of `t` must start for `keep` live entries to remain (MAXLEN): just
+    /// past the oldest live entries in excess. Reads only the entries it removes.
+    fn position_keeping(&self, t: &Topic, keep: u64) -> Result<u64> {
+        let mut excess = t.live_len().saturating_sub(keep);
+        let mut at = t.first_live;
+        while excess > 0 && at < t.len {
+            let chunk = self.queues.read(t, at, (t.len - at).min(TRIM_CHUNK))?;
+            for e in &chunk {
+                at += 1;
+                if !e.is_deleted() {
+                    excess -= 1;
+                    if excess == 0 {
+                        break;
+                    }
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+        }
+        Ok(at)
     }
 
     /// Clears the XDEL flags written by a checkpoint that never completed (its intent names a
