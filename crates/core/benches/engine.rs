@@ -42,6 +42,7 @@ fn engine_appends(c: &mut Criterion) {
         properties: Vec::new(),
         message_key: Bytes::new(),
         nomkstream: false,
+        trim: None,
     };
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));

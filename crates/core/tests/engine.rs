@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use manifold_core::engine::{AppendRequest, Engine, EngineConfig, EngineError, IdSpec, Wake};
+use manifold_core::engine::{AppendRequest, Engine, EngineConfig, EngineError, IdSpec, Trim, Wake};
 use manifold_core::store::{
     CqConfig, CrashMode, EntryKind, IndexConfig, LogConfig, SimDisk, Storage, StoreConfig, StreamId,
 };
@@ -61,6 +61,7 @@ fn req(key: &str, id: IdSpec, value: &str) -> AppendRequest {
         properties: Vec::new(),
         message_key: Bytes::new(),
         nomkstream: false,
+        trim: None,
     }
 }
 
@@ -371,9 +372,27 @@ mod model {
 
     #[derive(Debug, Clone)]
     pub enum Op {
-        Append { topic: u8, spec: u8, ms: u64 },
-        Delete { topic: u8, nth: u8 },
-        Drop { topic: u8 },
+        Append {
+            topic: u8,
+            spec: u8,
+            ms: u64,
+        },
+        Delete {
+            topic: u8,
+            nth: u8,
+        },
+        Drop {
+            topic: u8,
+        },
+        Trim {
+            topic: u8,
+            maxlen: Option<u8>,
+            nth: u8,
+        },
+        AppendCapped {
+            topic: u8,
+            maxlen: u8,
+        },
         Restart,
         Crash(u64),
     }
@@ -383,6 +402,8 @@ mod model {
             8 => (0u8..3, 0u8..3, 0u64..40).prop_map(|(topic, spec, ms)| Op::Append { topic, spec, ms }),
             2 => (0u8..3, any::<u8>()).prop_map(|(topic, nth)| Op::Delete { topic, nth }),
             1 => (0u8..3).prop_map(|topic| Op::Drop { topic }),
+            1 => (0u8..3, proptest::option::of(0u8..6), any::<u8>()).prop_map(|(topic, maxlen, nth)| Op::Trim { topic, maxlen, nth }),
+            1 => (0u8..3, 0u8..6).prop_map(|(topic, maxlen)| Op::AppendCapped { topic, maxlen }),
             1 => Just(Op::Restart),
             1 => any::<u64>().prop_map(Op::Crash),
         ]
@@ -393,6 +414,32 @@ mod model {
         entries: Vec<(StreamId, bool)>,
         last: StreamId,
         max_deleted: StreamId,
+        added: u64,
+    }
+
+    impl Stream {
+        /// Redis's exact trim; returns the live entries removed.
+        fn trim(&mut self, trim: Trim) -> u64 {
+            let cut = match trim {
+                Trim::MinId(min) => self.entries.iter().take_while(|(id, _)| *id < min).count(),
+                Trim::MaxLen(keep) => {
+                    let mut excess = (self.entries.iter().filter(|(_, d)| !d).count() as u64)
+                        .saturating_sub(keep);
+                    let mut cut = 0;
+                    while excess > 0 && cut < self.entries.len() {
+                        if !self.entries[cut].1 {
+                            excess -= 1;
+                        }
+                        cut += 1;
+                    }
+                    cut
+                }
+            };
+            if let Some(last) = cut.checked_sub(1).map(|k| self.entries[k].0) {
+                self.max_deleted = self.max_deleted.max(last);
+            }
+            self.entries.drain(..cut).filter(|(_, d)| !d).count() as u64
+        }
     }
 
     fn name(topic: u8) -> String {
@@ -434,7 +481,7 @@ mod model {
                 (Some(i), Some(s)) => {
                     prop_assert_eq!(i.last_generated_id, s.last);
                     prop_assert_eq!(i.max_deleted_entry_id, s.max_deleted);
-                    prop_assert_eq!(i.entries_added, s.entries.len() as u64);
+                    prop_assert_eq!(i.entries_added, s.added);
                 }
                 (None, None) => {}
                 (i, s) => prop_assert!(
@@ -491,6 +538,41 @@ mod model {
                     let s = model.entry(topic).or_default();
                     s.entries.push((new, false));
                     s.last = new;
+                    s.added += 1;
+                }
+                Op::AppendCapped { topic, maxlen } => {
+                    let mut r = req(&name(topic), IdSpec::Auto, "capped");
+                    r.trim = Some(Trim::MaxLen(u64::from(maxlen)));
+                    let new = rt.block_on(engine.append(r)).map_err(fail)?.expect("id");
+                    let s = model.entry(topic).or_default();
+                    prop_assert!(new > s.last);
+                    s.entries.push((new, false));
+                    s.last = new;
+                    s.added += 1;
+                    s.trim(Trim::MaxLen(u64::from(maxlen)));
+                }
+                Op::Trim { topic, maxlen, nth } => {
+                    let s = model.entry(topic).or_default().clone();
+                    let trim = match maxlen {
+                        Some(n) => Trim::MaxLen(u64::from(n)),
+                        None => Trim::MinId(
+                            s.entries
+                                .get(nth as usize % s.entries.len().max(1))
+                                .map_or(id(nth.into(), 0), |e| e.0),
+                        ),
+                    };
+                    let removed = rt
+                        .block_on(engine.trim(0, Bytes::from(name(topic)), trim))
+                        .map_err(fail)?;
+                    match model.get_mut(&topic) {
+                        Some(s) if !s.entries.is_empty() || s.added > 0 => {
+                            prop_assert_eq!(removed, s.trim(trim))
+                        }
+                        _ => {
+                            model.remove(&topic);
+                            prop_assert_eq!(removed, 0);
+                        }
+                    }
                 }
                 Op::Delete { topic, nth } => {
                     let Some(s) = model.get_mut(&topic) else {

@@ -56,6 +56,7 @@ enum CommandTag {
     Append = 1,
     Delete = 2,
     Drop = 3,
+    Trim = 4,
 }
 
 /// Engine settings; every limit has a default.
@@ -93,6 +94,34 @@ pub struct AppendRequest {
     pub message_key: Bytes,
     /// NOMKSTREAM: do not create the stream; the reply is `None` when it does not exist.
     pub nomkstream: bool,
+    /// Trim applied after the append (XADD MAXLEN / MINID).
+    pub trim: Option<Trim>,
+}
+
+/// A trim (XTRIM, XADD MAXLEN/MINID). Exact: Redis's `~` may keep more entries than asked; an
+/// exact trim is one of the results it allows (the RESP front end decides how `~` maps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trim {
+    /// Keep the newest `n` entries.
+    MaxLen(u64),
+    /// Remove entries with an ID below this one.
+    MinId(StreamId),
+}
+
+impl Trim {
+    fn record(self, db: u8, key: &Bytes) -> SubRecord {
+        let (op, id) = match self {
+            Trim::MaxLen(n) => (RecordOp::TrimToLen, StreamId::new(n, 0)),
+            Trim::MinId(id) => (RecordOp::Trim, id),
+        };
+        SubRecord {
+            op,
+            db,
+            topic: key.clone(),
+            id,
+            ..SubRecord::default()
+        }
+    }
 }
 
 /// A message read back.
@@ -307,10 +336,12 @@ impl Engine {
             if size > limit {
                 return Err(EngineError::TooLarge { size, limit });
             }
+            let mut records = vec![record];
+            records.extend(req.trim.map(|t| t.record(req.db, &req.key)));
             Ok(Some((
                 EntryKind::Command,
                 command(CommandTag::Append),
-                vec![record],
+                records,
                 p.term,
             )))
         })?;
@@ -350,6 +381,24 @@ impl Engine {
             .iter()
             .filter(|o| **o == Outcome::Deleted(true))
             .count() as u64)
+    }
+
+    /// XTRIM: trims the stream; the reply counts the entries removed.
+    pub async fn trim(&self, db: u8, key: Bytes, trim: Trim) -> Result<u64> {
+        let reply = self.inner.propose(|p| {
+            Ok(Some((
+                EntryKind::Command,
+                command(CommandTag::Trim),
+                vec![trim.record(db, &key)],
+                p.term,
+            )))
+        })?;
+        let Some(reply) = reply else { return Ok(0) };
+        let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        Ok(outcomes
+            .iter()
+            .map(|o| if let Outcome::Trimmed(n) = o { *n } else { 0 })
+            .sum())
     }
 
     /// DEL: drops the stream; a later append creates a new incarnation. Replies whether it existed.
