@@ -1,9 +1,10 @@
 //! The `manifold` binary: parses the command line and runs a subcommand. It wires the crates
 //! together and holds no protocol or storage logic.
 //!
-//! Today: `manifold inspect`. `manifold serve` arrives with the engine.
+//! `manifold serve` runs a node; `manifold inspect` verifies a data directory.
 
 mod inspect;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -19,13 +20,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node (single node: data in ./data unless --data-dir or the config file says).
+    Serve(serve::ServeArgs),
     /// Verify and summarise a data directory, read-only; exits 1 if anything does not verify.
     Inspect(inspect::InspectArgs),
+}
+
+/// Logs to stderr; `RUST_LOG` sets the level (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        // A closed stderr (a supervisor gone) must not kill the node: no error report about
+        // failing to log, which would itself go to stderr and panic.
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            serve::run(&args)
+        }
         Command::Inspect(args) => inspect::run(&args),
     };
     match result {

@@ -1,0 +1,218 @@
+//! `manifold serve`: the command-line contract of DESIGN.md (every flag has a TOML key of the
+//! same name; flags win over the file), a single node on the engine, and a graceful shutdown on
+//! SIGINT/SIGTERM (stop intake, apply what was proposed, checkpoint, close the log cleanly).
+//!
+//! Listeners whose front end is not built yet are logged as unavailable and skipped; cluster
+//! flags are refused until replication exists rather than silently running alone.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use manifold_core::engine::{Engine, EngineConfig};
+use manifold_core::store::{FlushMode, RealFs};
+use serde::Deserialize;
+
+/// Arguments of `manifold serve`.
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Data directory (default `./data`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML file with any of these settings; flags win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// MQTT listener (default 127.0.0.1:1883).
+    #[arg(long)]
+    mqtt_addr: Option<String>,
+    /// RESP (Redis) listener (default 127.0.0.1:6379).
+    #[arg(long)]
+    resp_addr: Option<String>,
+    /// HTTP listener (default 127.0.0.1:8080).
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// This node's id in its cluster (default 1).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Raft listener of this node.
+    #[arg(long)]
+    raft_addr: Option<String>,
+    /// Cluster members, `1=H:P,2=H:P,3=H:P`.
+    #[arg(long)]
+    peers: Option<String>,
+    /// `sync` (default: acknowledged after fdatasync) or `async`.
+    #[arg(long)]
+    flush: Option<String>,
+    /// Flush interval for `async`, milliseconds (default 100).
+    #[arg(long)]
+    flush_interval_ms: Option<u64>,
+}
+
+/// The TOML file: the same settings, by the same names (with `_`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    mqtt_addr: Option<String>,
+    resp_addr: Option<String>,
+    http_addr: Option<String>,
+    node_id: Option<u64>,
+    raft_addr: Option<String>,
+    peers: Option<String>,
+    flush: Option<String>,
+    flush_interval_ms: Option<u64>,
+}
+
+/// Settings after merging flags, file and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settings {
+    data_dir: PathBuf,
+    listeners: [(&'static str, String); 3],
+    node_id: u64,
+    raft_addr: Option<String>,
+    peers: Option<String>,
+    flush: FlushMode,
+}
+
+fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let pick = |flag: &Option<String>, file: &Option<String>, default: &str| {
+        flag.clone()
+            .or_else(|| file.clone())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let flush = match pick(&args.flush, &file.flush, "sync").as_str() {
+        "sync" => FlushMode::Sync,
+        "async" => FlushMode::Async {
+            interval_ms: args
+                .flush_interval_ms
+                .or(file.flush_interval_ms)
+                .unwrap_or(100),
+        },
+        other => bail!("flush must be sync or async, not {other:?}"),
+    };
+    Ok(Settings {
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data")),
+        listeners: [
+            (
+                "MQTT",
+                pick(&args.mqtt_addr, &file.mqtt_addr, "127.0.0.1:1883"),
+            ),
+            (
+                "RESP",
+                pick(&args.resp_addr, &file.resp_addr, "127.0.0.1:6379"),
+            ),
+            (
+                "HTTP",
+                pick(&args.http_addr, &file.http_addr, "127.0.0.1:8080"),
+            ),
+        ],
+        node_id: args.node_id.or(file.node_id).unwrap_or(1),
+        raft_addr: args.raft_addr.clone().or(file.raft_addr),
+        peers: args.peers.clone().or(file.peers),
+        flush,
+    })
+}
+
+/// Runs the subcommand until SIGINT or SIGTERM.
+pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let s = settings(args)?;
+    if s.peers
+        .as_deref()
+        .is_some_and(|p| p.split(',').filter(|m| !m.trim().is_empty()).count() > 1)
+    {
+        bail!(
+            "--peers names a cluster, but replication is not built yet: run a single node (no --peers)"
+        );
+    }
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating {}", s.data_dir.display()))?;
+    let mut config = EngineConfig::default();
+    config.store.log.flush = s.flush;
+    let engine = open(&s.data_dir, config)?;
+    for (name, addr) in &s.listeners {
+        tracing::warn!(listener = name, %addr, "front end not available yet; not listening");
+    }
+    if let Some(addr) = &s.raft_addr {
+        tracing::warn!(%addr, "raft listener not available yet (single node); not listening");
+    }
+    // Signal handlers first, then the ready line: a signal sent on seeing it is never missed.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    let (mut term, mut int) = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
+    tracing::info!(
+        data_dir = %s.data_dir.display(),
+        node = s.node_id,
+        term = engine.term(),
+        applied = engine.applied_index(),
+        "manifold ready"
+    );
+    let signal = runtime.block_on(async {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    });
+    tracing::info!(
+        signal,
+        "shutting down: applying what was proposed, checkpointing"
+    );
+    engine.close().context("closing the engine")?;
+    tracing::info!("manifold stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(dir: &Path, config: EngineConfig) -> anyhow::Result<Engine> {
+    Engine::open(Arc::new(RealFs), dir, config)
+        .with_context(|| format!("opening {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("manifold.toml");
+        std::fs::write(
+            &path,
+            "resp_addr = \"127.0.0.1:7000\"\nhttp_addr = \"127.0.0.1:9000\"\nflush = \"async\"\n",
+        )?;
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            http_addr: Some("127.0.0.1:9999".into()),
+            ..ServeArgs::default()
+        };
+        let s = settings(&args)?;
+        assert_eq!(s.listeners[0].1, "127.0.0.1:1883");
+        assert_eq!(s.listeners[1].1, "127.0.0.1:7000");
+        assert_eq!(s.listeners[2].1, "127.0.0.1:9999");
+        assert_eq!(s.flush, FlushMode::Async { interval_ms: 100 });
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        std::fs::write(&path, "no_such_setting = 1\n")?;
+        assert!(settings(&args).is_err(), "unknown keys are refused");
+        Ok(())
+    }
+}
