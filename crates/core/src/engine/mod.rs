@@ -357,26 +357,17 @@ impl Engine {
 
     /// XDEL: marks the entries with these IDs deleted; the reply counts those that existed.
     pub async fn delete(&self, db: u8, key: Bytes, ids: Vec<StreamId>) -> Result<u64> {
-        let reply = self.inner.propose(|p| {
-            let records = ids
-                .iter()
-                .map(|id| SubRecord {
-                    op: RecordOp::Delete,
-                    db,
-                    topic: key.clone(),
-                    id: *id,
-                    ..SubRecord::default()
-                })
-                .collect();
-            Ok(Some((
-                EntryKind::Command,
-                command(CommandTag::Delete),
-                records,
-                p.term,
-            )))
-        })?;
-        let Some(reply) = reply else { return Ok(0) };
-        let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        let records = ids
+            .iter()
+            .map(|id| SubRecord {
+                op: RecordOp::Delete,
+                db,
+                topic: key.clone(),
+                id: *id,
+                ..SubRecord::default()
+            })
+            .collect();
+        let outcomes = self.command(CommandTag::Delete, records).await?;
         Ok(outcomes
             .iter()
             .filter(|o| **o == Outcome::Deleted(true))
@@ -385,16 +376,9 @@ impl Engine {
 
     /// XTRIM: trims the stream; the reply counts the entries removed.
     pub async fn trim(&self, db: u8, key: Bytes, trim: Trim) -> Result<u64> {
-        let reply = self.inner.propose(|p| {
-            Ok(Some((
-                EntryKind::Command,
-                command(CommandTag::Trim),
-                vec![trim.record(db, &key)],
-                p.term,
-            )))
-        })?;
-        let Some(reply) = reply else { return Ok(0) };
-        let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        let outcomes = self
+            .command(CommandTag::Trim, vec![trim.record(db, &key)])
+            .await?;
         Ok(outcomes
             .iter()
             .map(|o| if let Outcome::Trimmed(n) = o { *n } else { 0 })
@@ -403,23 +387,26 @@ impl Engine {
 
     /// DEL: drops the stream; a later append creates a new incarnation. Replies whether it existed.
     pub async fn drop_topic(&self, db: u8, key: Bytes) -> Result<bool> {
-        let reply = self.inner.propose(|p| {
-            let record = SubRecord {
-                op: RecordOp::Drop,
-                db,
-                topic: key.clone(),
-                ..SubRecord::default()
-            };
-            Ok(Some((
-                EntryKind::Command,
-                command(CommandTag::Drop),
-                vec![record],
-                p.term,
-            )))
-        })?;
-        let Some(reply) = reply else { return Ok(false) };
-        let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        let record = SubRecord {
+            op: RecordOp::Drop,
+            db,
+            topic: key,
+            ..SubRecord::default()
+        };
+        let outcomes = self.command(CommandTag::Drop, vec![record]).await?;
         Ok(outcomes.first() == Some(&Outcome::Dropped(true)))
+    }
+
+    /// Proposes a command whose sub-records need no validation, and waits for what apply made
+    /// of each.
+    async fn command(&self, tag: CommandTag, records: Vec<SubRecord>) -> Result<Vec<Outcome>> {
+        let reply = self
+            .inner
+            .propose(|p| Ok(Some((EntryKind::Command, command(tag), records, p.term))))?;
+        match reply {
+            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)?,
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Entries (neither deleted nor trimmed) with IDs in `[start, end]` (bounds may be
