@@ -6,6 +6,7 @@
 mod inspect;
 mod serve;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -53,7 +54,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("manifold: {e:#}");
+            // Not eprintln!: a closed stderr must not turn an error exit into a panic.
+            let _ = writeln!(std::io::stderr(), "manifold: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -140,7 +140,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating {}", s.data_dir.display()))?;
-    let mut config = EngineConfig::default();
+    let mut config = EngineConfig {
+        node_id: s.node_id,
+        ..EngineConfig::default()
+    };
     config.store.log.flush = s.flush;
     let engine = open(&s.data_dir, config)?;
     for (name, addr) in &s.listeners {

@@ -6,9 +6,9 @@
 //!   plus the effects of entries appended but not yet applied), resolves stream IDs, stamps the
 //!   leader timestamp (`max(previous, wall clock)`), and appends.
 //! - The **applier** (one thread) takes entries in log order once durable (committed: a group of
-//!   one commits what it has made durable), dispatches each into the store in lockstep
-//!   (`dispatch_next`: apply at index k sees the store as of k-1), answers the proposer from the
-//!   dispatch outcomes, and wakes the waiters of the topics it touched.
+//!   one commits what it has made durable), dispatches them into the store in lockstep, in
+//!   batches (`dispatch_batch`: apply at index k sees the store as of k-1), answers each
+//!   proposer from the dispatch outcomes, and wakes the waiters of the topics touched.
 //!
 //! Stream state (IDs, lengths, deletions, trims) lives in the store's derived state, checkpointed
 //! with it. This slice holds streams only: consumer groups, sessions, retained messages,
@@ -42,8 +42,6 @@ use crate::store::{
 };
 use waiters::Waiters;
 
-/// This node's id in its group. A group of one is node 1.
-const NODE_ID: u64 = 1;
 /// Entries the applier dispatches together at most.
 const APPLY_BATCH: usize = 1024;
 /// Command bytes: format version, then what the entry does (the sub-records carry the data).
@@ -66,6 +64,8 @@ pub struct EngineConfig {
     pub store: StoreConfig,
     /// Largest message (encoded sub-record) accepted (default 16 MiB).
     pub max_message_bytes: usize,
+    /// This node's id (default 1); it votes for itself at every start.
+    pub node_id: u64,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +73,7 @@ impl Default for EngineConfig {
         EngineConfig {
             store: StoreConfig::default(),
             max_message_bytes: 16 << 20,
+            node_id: 1,
         }
     }
 }
@@ -207,7 +208,7 @@ struct Inner {
     applied: AtomicU64,
 }
 
-/// The engine. Cheap to share (`Arc` inside); all operations take `&self`.
+/// The engine. All operations take `&self`: share it with an `Arc`.
 #[derive(Debug)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -242,7 +243,7 @@ impl Engine {
         let term = hard.term.max(store.log().last_term()) + 1;
         HardState {
             term,
-            voted_for: NODE_ID,
+            voted_for: config.node_id,
         }
         .store(storage.as_ref(), root)?;
         let last_ts = if last >= store.log().first_index() && last > 0 {
@@ -307,9 +308,7 @@ impl Engine {
 
     /// Appends a message; the reply is its stream ID (`None`: NOMKSTREAM and no stream).
     pub async fn append(&self, req: AppendRequest) -> Result<Option<StreamId>> {
-        if req.db > 15 {
-            return Err(EngineError::BadDb(req.db));
-        }
+        check_db(req.db)?;
         if req.fields.is_empty() {
             return Err(EngineError::NoFields);
         }
@@ -357,6 +356,7 @@ impl Engine {
 
     /// XDEL: marks the entries with these IDs deleted; the reply counts those that existed.
     pub async fn delete(&self, db: u8, key: Bytes, ids: Vec<StreamId>) -> Result<u64> {
+        check_db(db)?;
         let records = ids
             .iter()
             .map(|id| SubRecord {
@@ -376,6 +376,7 @@ impl Engine {
 
     /// XTRIM: trims the stream; the reply counts the entries removed.
     pub async fn trim(&self, db: u8, key: Bytes, trim: Trim) -> Result<u64> {
+        check_db(db)?;
         let outcomes = self
             .command(CommandTag::Trim, vec![trim.record(db, &key)])
             .await?;
@@ -387,6 +388,7 @@ impl Engine {
 
     /// DEL: drops the stream; a later append creates a new incarnation. Replies whether it existed.
     pub async fn drop_topic(&self, db: u8, key: Bytes) -> Result<bool> {
+        check_db(db)?;
         let record = SubRecord {
             op: RecordOp::Drop,
             db,
@@ -545,7 +547,7 @@ impl Engine {
     }
 
     /// Stops taking proposals, applies what was proposed, checkpoints and closes the store
-    /// cleanly (no recovery scan needed at the next open).
+    /// cleanly (the next open finds no abort marker).
     pub fn close(mut self) -> Result<()> {
         self.shutdown();
         Ok(self.inner.store.close()?)
@@ -569,6 +571,14 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+fn check_db(db: u8) -> Result<()> {
+    if db > 15 {
+        Err(EngineError::BadDb(db))
+    } else {
+        Ok(())
     }
 }
 

@@ -743,7 +743,10 @@ impl MessageStore {
         let mut excess = t.live_len().saturating_sub(keep);
         let mut at = t.first_live;
         while excess > 0 && at < t.len {
-            let chunk = self.queues.read(t, at, (t.len - at).min(TRIM_CHUNK))?;
+            // Never more than the entries still to remove: the rest stays unread.
+            let chunk = self
+                .queues
+                .read(t, at, (t.len - at).min(TRIM_CHUNK).min(excess))?;
             for e in &chunk {
                 at += 1;
                 if !e.is_deleted() {
@@ -879,7 +882,8 @@ impl MessageStore {
         self.queues.read(topic, from, count)
     }
 
-    /// Queue offset of the first live entry with a stream ID `>= id`.
+    /// Queue offset of the first entry at or above `first_live` with a stream ID `>= id`
+    /// (it may be a deleted one; readers skip those).
     pub fn seek(&self, topic: &Topic, id: StreamId) -> Result<u64> {
         self.queues.seek(topic, id)
     }
