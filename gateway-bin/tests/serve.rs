@@ -129,3 +129,32 @@ fn cluster_flags_are_refused_until_replication_exists() -> anyhow::Result<()> {
     ensure!(String::from_utf8_lossy(&out.stderr).contains("replication is not built yet"));
     Ok(())
 }
+
+#[test]
+fn a_closed_stderr_does_not_kill_the_node() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    loop {
+        let line = lines.next().context("exited before ready")??;
+        if line.contains("manifold ready") {
+            break;
+        }
+    }
+    drop(lines); // the supervisor goes away: the node's next log lines hit a closed pipe
+    let server = Server(child);
+    signal(&server, "TERM")?;
+    let mut server = server;
+    let status = server.0.wait()?;
+    ensure!(status.success(), "exit status {status}");
+    let (code, out) = inspect(dir.path())?;
+    ensure!(code == 0 && out.contains("shutdown: clean"), "{out}");
+    Ok(())
+}
