@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use manifold_core::engine::{AppendRequest, Engine, EngineConfig, EngineError, IdSpec, Trim, Wake};
 use manifold_core::store::{
-    CqConfig, CrashMode, EntryKind, IndexConfig, LogConfig, SimDisk, Storage, StoreConfig, StreamId,
+    CqConfig, CrashMode, EntryKind, FlushMode, IndexConfig, LogConfig, SimDisk, Storage,
+    StoreConfig, StreamId,
 };
 
 fn config() -> EngineConfig {
@@ -318,6 +319,80 @@ fn restarts_keep_streams_start_a_new_term_and_commit_a_noop() -> Result<(), Engi
     assert_eq!((noop.kind, noop.term), (EntryKind::Noop, first_term + 1));
     let next = runtime().block_on(engine.append(req("r", IdSpec::Auto, "after")))?;
     assert!(next > last, "IDs keep growing across restarts");
+    Ok(())
+}
+
+/// The wall clock of the async-mode power-cut test: it steps back across the restart.
+static STEPPED_CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn stepped_clock() -> u64 {
+    STEPPED_CLOCK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn async_config() -> EngineConfig {
+    let mut config = config();
+    // Nothing reaches the disk on its own during the test: a power cut loses every
+    // acknowledged entry after open.
+    config.store.log.flush = FlushMode::Async {
+        interval_ms: 3_600_000,
+    };
+    config.store.log.checkpoint_interval_ms = 3_600_000;
+    config.store.dispatch_checkpoint_interval_ms = 3_600_000;
+    config.clock = stepped_clock;
+    config
+}
+
+#[test]
+fn async_mode_never_reuses_an_auto_id_after_a_power_cut() -> Result<(), EngineError> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let root = PathBuf::from("/data");
+    let disk = SimDisk::new();
+    STEPPED_CLOCK.store(1_000_000_000, SeqCst);
+    let engine = Engine::open(Arc::new(disk.clone()), &root, async_config())?;
+    let acked = runtime().block_on(async {
+        let mut acked = Vec::new();
+        for n in 0..10 {
+            acked.push(
+                engine
+                    .append(req("c", IdSpec::Auto, &n.to_string()))
+                    .await?
+                    .expect("id"),
+            );
+        }
+        Ok::<_, EngineError>(acked)
+    })?;
+    assert_eq!(acked[0], id(1_000_000_000, 0));
+    // Readers saw them: they are committed in async mode.
+    assert_eq!(engine.len(0, b"c"), 10);
+    let disk = disk.crash(CrashMode::DropUnsynced);
+    drop(engine);
+    // The wall clock stepped back a second while the node was down.
+    STEPPED_CLOCK.store(999_999_000, SeqCst);
+    let engine = Engine::open(Arc::new(disk.clone()), &root, async_config())?;
+    assert!(
+        engine.len(0, b"c") < 10,
+        "the power cut lost acknowledged entries"
+    );
+    let next = runtime()
+        .block_on(engine.append(req("c", IdSpec::Auto, "different content")))?
+        .expect("id");
+    let newest = *acked.iter().max().expect("acked");
+    assert!(
+        next > newest,
+        "auto ID {next} after the restart must be above every ID handed out before it ({newest})"
+    );
+    // A clean shutdown loses nothing: the clock continues from the log, bound or no bound.
+    engine.close()?;
+    let engine = Engine::open(Arc::new(disk.clone()), &root, async_config())?;
+    let after = runtime()
+        .block_on(engine.append(req("c", IdSpec::Auto, "after clean")))?
+        .expect("id");
+    assert!(after > next);
+    // Sync mode acknowledges only durable entries: it keeps no clock bound.
+    let sync_disk = SimDisk::new();
+    let sync = Engine::open(Arc::new(sync_disk.clone()), &root, config())?;
+    runtime().block_on(sync.append(req("s", IdSpec::Auto, "x")))?;
+    assert!(!sync_disk.exists(&root.join(manifold_core::engine::CLOCK_BOUND_FILE)));
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 //! retention, snapshots, access control and timers come in later slices.
 //! The engine never reads a clock or randomness while applying; only the proposer does.
 
+mod clock_bound;
 mod error;
 mod hard_state;
 mod ids;
@@ -22,7 +23,7 @@ mod waiters;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
@@ -31,14 +32,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+pub use clock_bound::CLOCK_BOUND_FILE;
 pub use error::{EngineError, Result};
 pub use hard_state::HardState;
 pub use ids::{IdSpec, resolve};
 pub use waiters::TopicKey;
 
 use crate::store::{
-    AppendTicket, EntryKind, LogEntry, LogIndex, MessageStore, NewEntry, Outcome, RecordOp,
-    StoreConfig, StoreError, StreamId, SubRecord, Term, Topic,
+    AppendTicket, EntryKind, FlushMode, LogEntry, LogIndex, MessageStore, NewEntry, Outcome,
+    RecordOp, StoreConfig, StoreError, StreamId, SubRecord, Term, Topic,
 };
 use waiters::Waiters;
 
@@ -66,6 +68,12 @@ pub struct EngineConfig {
     pub max_message_bytes: usize,
     /// This node's id (default 1); it votes for itself at every start.
     pub node_id: u64,
+    /// The wall clock, in milliseconds since the Unix epoch (tests replace it).
+    pub clock: fn() -> u64,
+    /// How far ahead of the proposer's clock the durable clock bound is set in `async` mode
+    /// (default 2000 ms): one small atomic file write per this much time under load, and how
+    /// far auto IDs jump ahead after an unclean restart.
+    pub clock_lease_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +82,8 @@ impl Default for EngineConfig {
             store: StoreConfig::default(),
             max_message_bytes: 16 << 20,
             node_id: 1,
+            clock: wall_clock_ms,
+            clock_lease_ms: 2000,
         }
     }
 }
@@ -185,6 +195,9 @@ struct ViewTopic {
 struct Proposer {
     term: Term,
     last_ts: u64,
+    /// Durable bound on `last_ts` (`async` mode only; `None` in `sync` mode, where nothing
+    /// acknowledged or seen by a reader can be lost).
+    ts_bound: Option<u64>,
     view: HashMap<TopicKey, ViewTopic>,
     /// `(index, topic)` in proposal order, to drop view entries once applied.
     order: VecDeque<(LogIndex, TopicKey)>,
@@ -201,6 +214,9 @@ struct Proposal {
 #[derive(Debug)]
 struct Inner {
     store: MessageStore,
+    /// Where the hard state and clock bound live.
+    storage: Arc<dyn crate::store::Storage>,
+    root: PathBuf,
     config: EngineConfig,
     proposer: Mutex<Proposer>,
     apply_tx: Mutex<Option<mpsc::Sender<Proposal>>>,
@@ -246,18 +262,28 @@ impl Engine {
             voted_for: config.node_id,
         }
         .store(storage.as_ref(), root)?;
-        let last_ts = if last >= store.log().first_index() && last > 0 {
+        let mut last_ts = if last >= store.log().first_index() && last > 0 {
             store.log().entry(last)?.timestamp_ms
         } else {
             0
         };
+        // Entries stamped after the last survivor may have been acknowledged and lost: start
+        // after every timestamp the previous run could have stamped (see `clock_bound`).
+        let bound = clock_bound::load(storage.as_ref(), root)?;
+        if store.recovery_report().unclean_shutdown && bound > 0 {
+            last_ts = last_ts.max(bound.saturating_add(1));
+        }
+        let ts_bound = matches!(config.store.log.flush, FlushMode::Async { .. }).then_some(bound);
         let (tx, rx) = mpsc::channel::<Proposal>();
         let inner = Arc::new(Inner {
             store,
+            storage,
+            root: root.to_path_buf(),
             config,
             proposer: Mutex::new(Proposer {
                 term,
                 last_ts,
+                ts_bound,
                 view: HashMap::new(),
                 order: VecDeque::new(),
                 shut: false,
@@ -673,7 +699,14 @@ impl Inner {
             return Err(EngineError::ShuttingDown);
         }
         // Time never runs backwards across terms or restarts.
-        p.last_ts = p.last_ts.max(wall_clock_ms());
+        p.last_ts = p.last_ts.max((self.config.clock)());
+        if let Some(bound) = p.ts_bound
+            && p.last_ts > bound
+        {
+            let next = p.last_ts.saturating_add(self.config.clock_lease_ms);
+            clock_bound::store(self.storage.as_ref(), &self.root, next)?;
+            p.ts_bound = Some(next);
+        }
         let Some((kind, command, records, term)) = build(&mut p)? else {
             return Ok(None);
         };
