@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use manifold_core::engine::{AppendRequest, Engine, EngineConfig, EngineError, IdSpec, Trim, Wake};
+use manifold_core::engine::{
+    AppendRequest, Engine, EngineConfig, EngineError, IdSpec, Trim, TrimTo, Wake,
+};
 use manifold_core::store::{
     CqConfig, CrashMode, EntryKind, FlushMode, IndexConfig, LogConfig, SimDisk, Storage,
     StoreConfig, StreamId,
@@ -195,6 +197,63 @@ fn appends_follow_redis_id_rules_and_read_back_in_ranges() -> Result<(), EngineE
         (4, 4, far)
     );
     assert_eq!(info.first_entry.map(|m| m.id), Some(all[0]));
+    Ok(())
+}
+
+#[test]
+fn a_trim_limit_caps_the_live_entries_removed() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = open(&disk)?;
+    let key = Bytes::from_static(b"lim");
+    let rt = runtime();
+    let all = rt.block_on(async {
+        let mut all = Vec::new();
+        for n in 1..=10u64 {
+            all.push(
+                engine
+                    .append(req("lim", IdSpec::Explicit(id(n, 0)), "v"))
+                    .await?
+                    .expect("id"),
+            );
+        }
+        engine.delete(0, key.clone(), vec![all[2]]).await?;
+        Ok::<_, EngineError>(all)
+    })?;
+    let live = |engine: &Engine| {
+        ids(
+            engine,
+            "lim",
+            Bound::Unbounded,
+            Bound::Unbounded,
+            None,
+            false,
+        )
+    };
+    // MAXLEN 2 would remove 7 live entries; LIMIT 3 removes the oldest three live ones (the
+    // deleted 3-0 between them goes too).
+    let removed = rt.block_on(engine.trim(0, key.clone(), Trim::max_len(2).with_limit(3)))?;
+    assert_eq!(removed, 3);
+    assert_eq!(live(&engine), all[4..].to_vec());
+    // MINID 10-0 would remove five; LIMIT 2 removes two.
+    let removed =
+        rt.block_on(engine.trim(0, key.clone(), Trim::min_id(id(10, 0)).with_limit(2)))?;
+    assert_eq!(removed, 2);
+    assert_eq!(live(&engine), all[6..].to_vec());
+    // A limit above what the cut needs changes nothing; LIMIT 0 is no limit.
+    let removed = rt.block_on(engine.trim(
+        0,
+        key.clone(),
+        Trim::max_len(2).with_limit(manifold_core::engine::APPROX_TRIM_LIMIT),
+    ))?;
+    assert_eq!(removed, 2);
+    let removed = rt.block_on(engine.trim(0, key.clone(), Trim::max_len(0).with_limit(0)))?;
+    assert_eq!(removed, 2);
+    assert!(live(&engine).is_empty());
+    // The limit is in the log: a replay from scratch cuts the same.
+    drop(engine);
+    let replay = disk.crash(CrashMode::KeepUnsynced);
+    let engine = open(&replay)?;
+    assert_eq!(engine.len(0, b"lim"), 0);
     Ok(())
 }
 
@@ -463,10 +522,12 @@ mod model {
             topic: u8,
             maxlen: Option<u8>,
             nth: u8,
+            limit: u8,
         },
         AppendCapped {
             topic: u8,
             maxlen: u8,
+            limit: u8,
         },
         Restart,
         Crash(u64),
@@ -477,8 +538,8 @@ mod model {
             8 => (0u8..3, 0u8..3, 0u64..40).prop_map(|(topic, spec, ms)| Op::Append { topic, spec, ms }),
             2 => (0u8..3, any::<u8>()).prop_map(|(topic, nth)| Op::Delete { topic, nth }),
             1 => (0u8..3).prop_map(|topic| Op::Drop { topic }),
-            1 => (0u8..3, proptest::option::of(0u8..6), any::<u8>()).prop_map(|(topic, maxlen, nth)| Op::Trim { topic, maxlen, nth }),
-            1 => (0u8..3, 0u8..6).prop_map(|(topic, maxlen)| Op::AppendCapped { topic, maxlen }),
+            1 => (0u8..3, proptest::option::of(0u8..6), any::<u8>(), 0u8..4).prop_map(|(topic, maxlen, nth, limit)| Op::Trim { topic, maxlen, nth, limit }),
+            1 => (0u8..3, 0u8..6, 0u8..4).prop_map(|(topic, maxlen, limit)| Op::AppendCapped { topic, maxlen, limit }),
             1 => Just(Op::Restart),
             1 => any::<u64>().prop_map(Op::Crash),
         ]
@@ -493,23 +554,34 @@ mod model {
     }
 
     impl Stream {
-        /// Redis's exact trim; returns the live entries removed.
+        /// Redis's exact trim, removing at most `limit` live entries (0: no limit); returns
+        /// the live entries removed.
         fn trim(&mut self, trim: Trim) -> u64 {
-            let cut = match trim {
-                Trim::MinId(min) => self.entries.iter().take_while(|(id, _)| *id < min).count(),
-                Trim::MaxLen(keep) => {
-                    let mut excess = (self.entries.iter().filter(|(_, d)| !d).count() as u64)
-                        .saturating_sub(keep);
-                    let mut cut = 0;
-                    while excess > 0 && cut < self.entries.len() {
-                        if !self.entries[cut].1 {
-                            excess -= 1;
-                        }
-                        cut += 1;
-                    }
-                    cut
-                }
+            let limit = if trim.limit == 0 {
+                u64::MAX
+            } else {
+                trim.limit
             };
+            let (below, mut excess) = match trim.to {
+                TrimTo::MinId(min) => (
+                    self.entries.iter().take_while(|(id, _)| *id < min).count(),
+                    limit,
+                ),
+                TrimTo::MaxLen(keep) => (
+                    self.entries.len(),
+                    (self.entries.iter().filter(|(_, d)| !d).count() as u64)
+                        .saturating_sub(keep)
+                        .min(limit),
+                ),
+            };
+            // Walk the oldest entries up to `below` until `excess` live ones are gone.
+            let mut cut = 0;
+            while excess > 0 && cut < below {
+                if !self.entries[cut].1 {
+                    excess -= 1;
+                }
+                cut += 1;
+            }
             if let Some(last) = cut.checked_sub(1).map(|k| self.entries[k].0) {
                 self.max_deleted = self.max_deleted.max(last);
             }
@@ -615,27 +687,38 @@ mod model {
                     s.last = new;
                     s.added += 1;
                 }
-                Op::AppendCapped { topic, maxlen } => {
+                Op::AppendCapped {
+                    topic,
+                    maxlen,
+                    limit,
+                } => {
+                    let trim = Trim::max_len(u64::from(maxlen)).with_limit(u64::from(limit));
                     let mut r = req(&name(topic), IdSpec::Auto, "capped");
-                    r.trim = Some(Trim::MaxLen(u64::from(maxlen)));
+                    r.trim = Some(trim);
                     let new = rt.block_on(engine.append(r)).map_err(fail)?.expect("id");
                     let s = model.entry(topic).or_default();
                     prop_assert!(new > s.last);
                     s.entries.push((new, false));
                     s.last = new;
                     s.added += 1;
-                    s.trim(Trim::MaxLen(u64::from(maxlen)));
+                    s.trim(trim);
                 }
-                Op::Trim { topic, maxlen, nth } => {
+                Op::Trim {
+                    topic,
+                    maxlen,
+                    nth,
+                    limit,
+                } => {
                     let s = model.entry(topic).or_default().clone();
                     let trim = match maxlen {
-                        Some(n) => Trim::MaxLen(u64::from(n)),
-                        None => Trim::MinId(
+                        Some(n) => Trim::max_len(u64::from(n)),
+                        None => Trim::min_id(
                             s.entries
                                 .get(nth as usize % s.entries.len().max(1))
                                 .map_or(id(nth.into(), 0), |e| e.0),
                         ),
-                    };
+                    }
+                    .with_limit(u64::from(limit));
                     let removed = rt
                         .block_on(engine.trim(0, Bytes::from(name(topic)), trim))
                         .map_err(fail)?;
@@ -713,7 +796,7 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
             let key = format!("d{}", n % 5);
             let mut r = req(&key, IdSpec::Auto, &n.to_string());
             if n % 7 == 0 {
-                r.trim = Some(Trim::MaxLen(20));
+                r.trim = Some(Trim::max_len(20));
             }
             let id = engine.append(r).await?.expect("id");
             if n % 11 == 0 {
@@ -724,7 +807,7 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
             }
         }
         engine
-            .trim(0, Bytes::from_static(b"d1"), Trim::MaxLen(3))
+            .trim(0, Bytes::from_static(b"d1"), Trim::max_len(3))
             .await?;
         Ok::<_, EngineError>(())
     })?;

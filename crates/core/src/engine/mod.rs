@@ -109,27 +109,74 @@ pub struct AppendRequest {
     pub trim: Option<Trim>,
 }
 
-/// A trim (XTRIM, XADD MAXLEN/MINID). Exact: Redis's `~` may keep more entries than asked; an
-/// exact trim is one of the results it allows (the RESP front end decides how `~` maps).
+/// A trim (XTRIM, XADD MAXLEN/MINID): what to cut, and at most how many live entries.
+///
+/// The cut is exact up to the limit. Redis's `~` may keep more entries than asked, and removes
+/// at most LIMIT (default [`APPROX_TRIM_LIMIT`]) per call; an exact cut within the limit is one
+/// of the results it allows. The RESP front end maps `=` to `limit: 0` (Redis refuses LIMIT
+/// without `~`) and `~ [LIMIT n]` to `n` (default [`APPROX_TRIM_LIMIT`]; `LIMIT 0`: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trim {
-    /// Keep the newest `n` entries.
+pub struct Trim {
+    /// What to cut.
+    pub to: TrimTo,
+    /// At most this many live entries removed; 0 = no limit (Redis's `LIMIT 0`).
+    pub limit: u64,
+}
+
+/// What a trim cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrimTo {
+    /// Keep the newest `n` live entries.
     MaxLen(u64),
     /// Remove entries with an ID below this one.
     MinId(StreamId),
 }
 
+/// What Redis's `~` removes at most per call without LIMIT: 100 × `stream-node-max-entries`
+/// (default 100).
+pub const APPROX_TRIM_LIMIT: u64 = 10_000;
+
 impl Trim {
+    /// Exact MAXLEN: keep the newest `n` live entries.
+    pub fn max_len(n: u64) -> Trim {
+        Trim {
+            to: TrimTo::MaxLen(n),
+            limit: 0,
+        }
+    }
+
+    /// Exact MINID: remove entries below `id`.
+    pub fn min_id(id: StreamId) -> Trim {
+        Trim {
+            to: TrimTo::MinId(id),
+            limit: 0,
+        }
+    }
+
+    /// The same cut, removing at most `limit` live entries (0: no limit).
+    pub fn with_limit(self, limit: u64) -> Trim {
+        Trim { limit, ..self }
+    }
+
     fn record(self, db: u8, key: &Bytes) -> SubRecord {
-        let (op, id) = match self {
-            Trim::MaxLen(n) => (RecordOp::TrimToLen, StreamId::new(n, 0)),
-            Trim::MinId(id) => (RecordOp::Trim, id),
+        let (op, id) = match self.to {
+            TrimTo::MaxLen(n) => (RecordOp::TrimToLen, StreamId::new(n, 0)),
+            TrimTo::MinId(id) => (RecordOp::Trim, id),
+        };
+        let properties = if self.limit == 0 {
+            Vec::new()
+        } else {
+            vec![(
+                Bytes::from_static(crate::store::TRIM_LIMIT_PROPERTY),
+                Bytes::copy_from_slice(&self.limit.to_le_bytes()),
+            )]
         };
         SubRecord {
             op,
             db,
             topic: key.clone(),
             id,
+            properties,
             ..SubRecord::default()
         }
     }

@@ -167,6 +167,20 @@ impl DispatchCheckpoint {
 const DELETE_INTENT_FILE: &str = "dispatch.deletes";
 /// Queue entries a trim reads at a time.
 const TRIM_CHUNK: u64 = 65_536;
+
+/// Property of a Trim / TrimToLen sub-record holding its LIMIT: at most this many live entries
+/// removed (8 bytes, little-endian). Absent, or any other length: no limit.
+pub const TRIM_LIMIT_PROPERTY: &[u8] = b"limit";
+
+/// The LIMIT a trim sub-record carries, if any.
+fn trim_limit(r: &SubRecord) -> Option<u64> {
+    let (_, value) = r
+        .properties
+        .iter()
+        .find(|(name, _)| name.as_ref() == TRIM_LIMIT_PROPERTY)?;
+    let bytes: [u8; 8] = value.as_ref().try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
 const INTENT_MAGIC: u32 = u32::from_le_bytes(*b"MFDI");
 
 /// The XDEL flags a checkpoint is about to write, recorded first so that a crash before the
@@ -640,10 +654,16 @@ impl MessageStore {
                 }
                 (op @ (RecordOp::Trim | RecordOp::TrimToLen), Some(t)) => {
                     self.flush_run(run)?; // reads the queue
+                    let limit = trim_limit(r);
                     let n = if op == RecordOp::Trim {
-                        self.queues.seek(&t, r.id)?.max(t.first_live)
+                        let below = self.queues.seek(&t, r.id)?.max(t.first_live);
+                        match limit {
+                            Some(limit) => self.position_removing(&t, limit, below)?,
+                            None => below,
+                        }
                     } else {
-                        self.position_keeping(&t, r.id.ms)?
+                        let excess = t.live_len().saturating_sub(r.id.ms);
+                        self.position_removing(&t, excess.min(limit.unwrap_or(u64::MAX)), t.len)?
                     };
                     // Walk the cut range in bounded chunks: a trim may cut millions.
                     let (mut were_deleted, mut last_cut, mut cut_len) = (0u64, None, 0u64);
@@ -737,22 +757,26 @@ impl MessageStore {
         self.finish_removals(d)
     }
 
-    /// Where the live part of `t` must start for `keep` live entries to remain (MAXLEN): just
-    /// past the oldest live entries in excess. Reads only the entries it removes.
-    fn position_keeping(&self, t: &Topic, keep: u64) -> Result<u64> {
-        let mut excess = t.live_len().saturating_sub(keep);
+    /// Where the live part of `t` starts once its oldest `live` live entries are removed, never
+    /// past position `end`: just past the last of them (deleted entries before it go too).
+    /// Reads only the entries it removes.
+    fn position_removing(&self, t: &Topic, live: u64, end: u64) -> Result<u64> {
+        let mut excess = live;
         let mut at = t.first_live;
-        while excess > 0 && at < t.len {
+        if excess == 0 {
+            return Ok(at);
+        }
+        while at < end {
             // Never more than the entries still to remove: the rest stays unread.
             let chunk = self
                 .queues
-                .read(t, at, (t.len - at).min(TRIM_CHUNK).min(excess))?;
+                .read(t, at, (end - at).min(TRIM_CHUNK).min(excess))?;
             for e in &chunk {
                 at += 1;
                 if !e.is_deleted() {
                     excess -= 1;
                     if excess == 0 {
-                        break;
+                        return Ok(at);
                     }
                 }
             }
