@@ -258,6 +258,91 @@ fn a_trim_limit_caps_the_live_entries_removed() -> Result<(), EngineError> {
 }
 
 #[test]
+fn mqtt_filters_match_topics_with_the_dollar_rule() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = open(&disk)?;
+    runtime().block_on(async {
+        for key in ["sport/tennis/p1", "sport", "$SYS/load", "/lead", "a+b"] {
+            engine.append(req(key, IdSpec::Auto, "v")).await?;
+        }
+        let mut other_db = req("sport/golf", IdSpec::Auto, "v");
+        other_db.db = 1;
+        engine.append(other_db).await?;
+        Ok::<_, EngineError>(())
+    })?;
+    let matching = |filter: &str| -> Result<Vec<String>, EngineError> {
+        let mut keys: Vec<String> = engine
+            .topics_matching(filter.as_bytes())?
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    };
+    // `a+b` is a Redis key but not an MQTT topic name; db 1 is not MQTT's.
+    assert_eq!(matching("#")?, ["/lead", "sport", "sport/tennis/p1"]);
+    assert_eq!(matching("sport/#")?, ["sport", "sport/tennis/p1"]);
+    assert_eq!(matching("+/tennis/+")?, ["sport/tennis/p1"]);
+    assert_eq!(matching("+/+")?, ["/lead"]);
+    assert_eq!(matching("$SYS/#")?, ["$SYS/load"]);
+    assert!(matching("+/load")?.is_empty());
+    assert!(matches!(
+        engine.topics_matching(b"sport/#/p1"),
+        Err(EngineError::BadTopic(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn find_by_key_returns_live_messages_newest_first() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = open(&disk)?;
+    let keyed = |n: u64, key: &str| {
+        let mut r = req("devices", IdSpec::Explicit(id(n, 0)), &n.to_string());
+        r.message_key = Bytes::copy_from_slice(key.as_bytes());
+        r
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        for (n, key) in [(1, "k1"), (2, "k2"), (3, "k1"), (4, "k1"), (5, "k1")] {
+            engine.append(keyed(n, key)).await?;
+        }
+        engine
+            .delete(0, Bytes::from_static(b"devices"), vec![id(4, 0)])
+            .await?;
+        Ok::<_, EngineError>(())
+    })?;
+    let found = |engine: &Engine, max: usize| -> Result<Vec<StreamId>, EngineError> {
+        Ok(engine
+            .find_by_key(0, b"devices", b"k1", 0, u64::MAX, max)?
+            .into_iter()
+            .map(|m| m.id)
+            .collect())
+    };
+    assert_eq!(found(&engine, 10)?, [id(5, 0), id(3, 0), id(1, 0)]);
+    assert_eq!(found(&engine, 2)?, [id(5, 0), id(3, 0)]);
+    assert!(
+        engine
+            .find_by_key(0, b"other", b"k1", 0, u64::MAX, 10)?
+            .is_empty()
+    );
+    // Trimmed messages and an older incarnation's are gone from the answer too.
+    rt.block_on(engine.trim(0, Bytes::from_static(b"devices"), Trim::max_len(1)))?;
+    assert_eq!(found(&engine, 10)?, [id(5, 0)]);
+    rt.block_on(async {
+        engine.drop_topic(0, Bytes::from_static(b"devices")).await?;
+        engine.append(keyed(1, "k1")).await?;
+        Ok::<_, EngineError>(())
+    })?;
+    assert_eq!(found(&engine, 10)?, [id(1, 0)]);
+    // The index survives a restart.
+    engine.close()?;
+    let engine = open(&disk)?;
+    assert_eq!(found(&engine, 10)?, [id(1, 0)]);
+    Ok(())
+}
+
+#[test]
 fn nomkstream_delete_and_drop_answer_as_redis() -> Result<(), EngineError> {
     let disk = SimDisk::new();
     let engine = open(&disk)?;

@@ -33,6 +33,9 @@ pub enum EngineError {
         /// Limit.
         limit: usize,
     },
+    /// An invalid MQTT topic name or filter.
+    #[error("invalid topic: {0}")]
+    BadTopic(super::topic_filter::TopicError),
     /// The engine is shutting down; retry on another node or after restart.
     #[error("engine is shutting down")]
     ShuttingDown,

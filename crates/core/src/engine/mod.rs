@@ -19,6 +19,7 @@ mod clock_bound;
 mod error;
 mod hard_state;
 mod ids;
+pub mod topic_filter;
 mod waiters;
 
 use std::collections::{HashMap, VecDeque};
@@ -592,6 +593,80 @@ impl Engine {
             .filter(|t| t.db == db && glob_match(pattern, &t.key))
             .map(|t| t.key)
             .collect()
+    }
+
+    /// MQTT: the topics of db 0 whose key is a valid topic name matched by `filter` (`+`, `#`,
+    /// and the `$` rule: a filter starting with a wildcard skips `$...` topics), in no
+    /// particular order.
+    pub fn topics_matching(&self, filter: &[u8]) -> Result<Vec<Bytes>> {
+        topic_filter::check_filter(filter).map_err(EngineError::BadTopic)?;
+        Ok(self
+            .inner
+            .store
+            .topics()
+            .into_iter()
+            .filter(|t| {
+                t.db == 0
+                    && topic_filter::check_topic_name(&t.key).is_ok()
+                    && topic_filter::filter_matches(filter, &t.key)
+            })
+            .map(|t| t.key)
+            .collect())
+    }
+
+    /// Live messages (neither deleted nor trimmed, of the stream's current incarnation) of
+    /// `(db, topic)` with message key `key` and a timestamp in `[from_ms, to_ms]`, newest
+    /// first, at most `max`. Served by the IndexFile: costs what the key's hits cost, not a
+    /// scan of the stream.
+    pub fn find_by_key(
+        &self,
+        db: u8,
+        topic: &[u8],
+        key: &[u8],
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Message>> {
+        check_db(db)?;
+        if max == 0 || key.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Hits may name messages deleted, trimmed or of an older incarnation since: ask for
+        // more until `max` live ones are found or the index has no more.
+        let mut ask = max;
+        loop {
+            let hits = self
+                .inner
+                .store
+                .find_by_key(db, topic, key, from_ms, to_ms, ask)?;
+            let mut out = Vec::new();
+            for hit in &hits {
+                let entry = self.inner.store.log().entry(hit.log_index)?;
+                let Some(record) = entry.records.get(usize::from(hit.sub)) else {
+                    continue;
+                };
+                let id = record.id;
+                let live = self
+                    .read_range(
+                        db,
+                        topic,
+                        Bound::Included(id),
+                        Bound::Included(id),
+                        Some(1),
+                        false,
+                    )?
+                    .into_iter()
+                    .find(|m| m.log_index == hit.log_index);
+                out.extend(live);
+                if out.len() == max {
+                    return Ok(out);
+                }
+            }
+            if hits.len() < ask {
+                return Ok(out);
+            }
+            ask = ask.saturating_mul(4);
+        }
     }
 
     /// Waits until an entry applied after `after` adds a message to one of `topics`, or
