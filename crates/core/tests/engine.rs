@@ -441,6 +441,78 @@ fn a_waiter_is_woken_by_its_topic_only_and_times_out_otherwise() -> Result<(), E
 }
 
 #[test]
+fn a_filter_waiter_is_woken_by_a_matching_topic_only() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = Arc::new(open(&disk)?);
+    runtime().block_on(async {
+        let after = engine.applied_index();
+        let spawn_wait = |filter: &'static str| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .wait_filter(filter.as_bytes(), after, Duration::from_secs(10))
+                    .await
+            })
+        };
+        let temps = spawn_wait("sensors/+/temp");
+        let loads = spawn_wait("+/load");
+        while engine.waiting() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Not a match: another level, another db, and a wildcard first level does not see `$`
+        // topics.
+        engine
+            .append(req("sensors/k/hum/x", IdSpec::Auto, "v"))
+            .await?;
+        engine.append(req("$SYS/load", IdSpec::Auto, "v")).await?;
+        let mut db1 = req("sensors/k/temp", IdSpec::Auto, "v");
+        db1.db = 1;
+        engine.append(db1).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(engine.waiting(), 2, "no match wakes nobody");
+        let id = engine
+            .append(req("sensors/k/temp", IdSpec::Auto, "21.5"))
+            .await?
+            .expect("id");
+        match temps.await.expect("join")? {
+            Wake::Entry(entry) => assert_eq!(entry.records[0].id, id),
+            other => panic!("expected the entry, got {other:?}"),
+        }
+        assert_eq!(engine.waiting(), 1);
+        let id = engine
+            .append(req("cpu/load", IdSpec::Auto, "0.3"))
+            .await?
+            .expect("id");
+        match loads.await.expect("join")? {
+            Wake::Entry(entry) => assert_eq!(entry.records[0].id, id),
+            other => panic!("expected the entry, got {other:?}"),
+        }
+        assert_eq!(engine.waiting(), 0);
+        assert_eq!(
+            engine
+                .wait_filter(b"sensors/#", after, Duration::from_secs(10))
+                .await?,
+            Wake::Changed
+        );
+        let now = engine.applied_index();
+        assert_eq!(
+            engine
+                .wait_filter(b"sensors/#", now, Duration::from_millis(30))
+                .await?,
+            Wake::Timeout
+        );
+        assert_eq!(engine.waiting(), 0);
+        assert!(matches!(
+            engine
+                .wait_filter(b"a/#/b", now, Duration::from_millis(30))
+                .await,
+            Err(EngineError::BadTopic(_))
+        ));
+        Ok::<_, EngineError>(())
+    })
+}
+
+#[test]
 fn restarts_keep_streams_start_a_new_term_and_commit_a_noop() -> Result<(), EngineError> {
     let disk = SimDisk::new();
     let engine = open(&disk)?;

@@ -669,6 +669,34 @@ impl Engine {
         }
     }
 
+    /// Waits until an entry applied after `after` adds a message to a db-0 topic matched by the
+    /// MQTT `filter`, or `timeout` passes. `Changed` when anything was applied after `after`
+    /// before the wait began (read again from `after`, then wait after `applied_index()`).
+    pub async fn wait_filter(
+        &self,
+        filter: &[u8],
+        after: LogIndex,
+        timeout: Duration,
+    ) -> Result<Wake> {
+        topic_filter::check_filter(filter).map_err(EngineError::BadTopic)?;
+        let (id, rx) = self
+            .inner
+            .waiters
+            .register_filter(Bytes::copy_from_slice(filter));
+        // Registered first, checked second: an entry applied in between is never missed.
+        let wake = if self.applied_index() > after {
+            Wake::Changed
+        } else {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(entry)) => Wake::Entry(entry),
+                Ok(Err(_)) => Wake::Changed,
+                Err(_) => Wake::Timeout,
+            }
+        };
+        self.inner.waiters.cancel(id, &[]);
+        Ok(wake)
+    }
+
     /// Waits until an entry applied after `after` adds a message to one of `topics`, or
     /// `timeout` passes. Idle waiters cost nothing; a commit wakes exactly the waiters of the
     /// topics it touched.

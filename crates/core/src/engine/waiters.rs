@@ -1,6 +1,8 @@
 //! Readers waiting for new messages on topics (XREAD BLOCK, long-poll, subscribers). A commit
 //! wakes exactly the waiters of the topics it touched and hands them the applied entry, shared
 //! (`Arc`): a thousand waiters at the head cost one decode and no reads. Idle waiters cost no CPU.
+//! MQTT filter waiters are checked against each touched db-0 topic (a list, not a trie: cost
+//! per commit is filters × topics touched).
 //! This module never decides what a waiter reads; it only says that something arrived.
 
 use std::collections::HashMap;
@@ -9,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::topic_filter;
 use crate::store::LogEntry;
 
 /// A topic: `(db, key)`.
@@ -17,6 +20,8 @@ pub type TopicKey = (u8, Bytes);
 #[derive(Debug, Default)]
 struct Inner {
     by_topic: HashMap<TopicKey, Vec<u64>>,
+    /// `(waiter, filter)` of filter waiters (db 0).
+    by_filter: Vec<(u64, Bytes)>,
     waiting: HashMap<u64, oneshot::Sender<Arc<LogEntry>>>,
     next_id: u64,
 }
@@ -46,10 +51,22 @@ impl Waiters {
         (id, rx)
     }
 
+    /// Registers a waiter on the db-0 topics matched by the valid MQTT `filter`.
+    pub fn register_filter(&self, filter: Bytes) -> (u64, oneshot::Receiver<Arc<LogEntry>>) {
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.lock();
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.waiting.insert(id, tx);
+        inner.by_filter.push((id, filter));
+        (id, rx)
+    }
+
     /// Removes a waiter that gave up (timeout, disconnect).
     pub fn cancel(&self, id: u64, topics: &[TopicKey]) {
         let mut inner = self.lock();
         inner.waiting.remove(&id);
+        inner.by_filter.retain(|(w, _)| *w != id);
         for t in topics {
             if let Some(ids) = inner.by_topic.get_mut(t) {
                 ids.retain(|w| *w != id);
@@ -65,7 +82,21 @@ impl Waiters {
         let mut senders = Vec::new();
         {
             let mut inner = self.lock();
+            let inner = &mut *inner;
             for (db, key) in topics {
+                if db == 0
+                    && !inner.by_filter.is_empty()
+                    && topic_filter::check_topic_name(key).is_ok()
+                {
+                    let waiting = &mut inner.waiting;
+                    inner.by_filter.retain(|(id, filter)| {
+                        if !topic_filter::filter_matches(filter, key) {
+                            return true;
+                        }
+                        senders.extend(waiting.remove(id));
+                        false
+                    });
+                }
                 let Some(ids) = inner.by_topic.remove(&(db, key.clone())) else {
                     continue;
                 };
