@@ -43,6 +43,7 @@ fn engine_appends(c: &mut Criterion) {
         message_key: Bytes::new(),
         nomkstream: false,
         trim: None,
+        retain: manifold_core::engine::RetainEffect::None,
     };
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use manifold_core::engine::{
-    AppendRequest, Engine, EngineConfig, EngineError, IdSpec, Trim, TrimTo, Wake,
+    AppendRequest, Engine, EngineConfig, EngineError, IdSpec, RetainEffect, Trim, TrimTo, Wake,
 };
 use manifold_core::store::{
     CqConfig, CrashMode, EntryKind, FlushMode, IndexConfig, LogConfig, SimDisk, Storage,
@@ -65,6 +65,7 @@ fn req(key: &str, id: IdSpec, value: &str) -> AppendRequest {
         message_key: Bytes::new(),
         nomkstream: false,
         trim: None,
+        retain: RetainEffect::None,
     }
 }
 
@@ -339,6 +340,152 @@ fn find_by_key_returns_live_messages_newest_first() -> Result<(), EngineError> {
     engine.close()?;
     let engine = open(&disk)?;
     assert_eq!(found(&engine, 10)?, [id(1, 0)]);
+    Ok(())
+}
+
+fn retained_payloads(engine: &Engine, filter: &str) -> Result<Vec<(String, String)>, EngineError> {
+    let mut out: Vec<(String, String)> = engine
+        .retained(filter.as_bytes())?
+        .iter()
+        .map(|(key, r)| {
+            (
+                String::from_utf8_lossy(key).into_owned(),
+                String::from_utf8_lossy(&r.fields[0].1).into_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn retained_messages_are_set_cleared_and_survive_restarts_and_power_cuts() -> Result<(), EngineError>
+{
+    let disk = SimDisk::new();
+    let engine = open(&disk)?;
+    let publish = |key: &str, value: &str, retain: RetainEffect| {
+        let mut r = req(key, IdSpec::Auto, value);
+        r.retain = retain;
+        r
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        engine
+            .append(publish("home/t1", "20", RetainEffect::Set))
+            .await?;
+        engine
+            .append(publish("home/t1", "21", RetainEffect::Set))
+            .await?;
+        engine
+            .append(publish("home/t1", "22", RetainEffect::None))
+            .await?;
+        engine
+            .append(publish("home/t2", "5", RetainEffect::Set))
+            .await?;
+        engine
+            .append(publish("home/t2", "", RetainEffect::Clear))
+            .await?;
+        engine
+            .append(publish("$SYS/up", "1", RetainEffect::Set))
+            .await?;
+        engine
+            .append(publish("gone", "x", RetainEffect::Set))
+            .await?;
+        engine.drop_topic(0, Bytes::from_static(b"gone")).await?;
+        // A rejected append (ID too small) sets nothing.
+        let mut late = publish("home/t1", "old", RetainEffect::Set);
+        late.id = IdSpec::Explicit(id(1, 0));
+        assert!(matches!(
+            engine.append(late).await,
+            Err(EngineError::IdTooSmall { .. })
+        ));
+        // XDEL and trims of the stream leave the retained copy alone.
+        engine
+            .trim(0, Bytes::from_static(b"home/t1"), Trim::max_len(0))
+            .await?;
+        Ok::<_, EngineError>(())
+    })?;
+    let want = vec![("home/t1".to_string(), "21".to_string())];
+    assert_eq!(retained_payloads(&engine, "home/#")?, want);
+    assert_eq!(retained_payloads(&engine, "#")?, want, "# skips $ topics");
+    assert_eq!(
+        retained_payloads(&engine, "$SYS/+")?,
+        [("$SYS/up".to_string(), "1".to_string())]
+    );
+    assert!(engine.retained_of(0, b"home/t2").is_none());
+    assert!(engine.retained_of(0, b"gone").is_none());
+    let digest = engine.state_digest();
+    // A clean restart loads the snapshot written at close.
+    engine.close()?;
+    let engine = open(&disk)?;
+    assert_eq!(engine.state_digest(), digest);
+    assert_eq!(retained_payloads(&engine, "home/#")?, want);
+    rt.block_on(engine.append(publish("home/t3", "9", RetainEffect::Set)))?;
+    let digest = engine.state_digest();
+    // A power cut: the snapshot at the store's checkpoint, then the log after it.
+    let disk = disk.crash(CrashMode::DropUnsynced);
+    drop(engine);
+    let engine = open(&disk)?;
+    assert_eq!(engine.state_digest(), digest);
+    assert_eq!(
+        retained_payloads(&engine, "home/t3")?,
+        [("home/t3".to_string(), "9".to_string())]
+    );
+    Ok(())
+}
+
+#[test]
+fn snapshots_follow_the_store_checkpoint_and_replay_after_them() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let root = PathBuf::from("/data");
+    let mut config = config();
+    // A snapshot and dispatch checkpoint after every applied batch.
+    config.store.dispatch_checkpoint_interval_ms = 0;
+    let engine = Engine::open(Arc::new(disk.clone()), &root, config.clone())?;
+    let rt = runtime();
+    rt.block_on(async {
+        for n in 0..200u64 {
+            let mut r = req(&format!("s/{}", n % 7), IdSpec::Auto, &n.to_string());
+            r.retain = if n % 3 == 0 {
+                RetainEffect::Set
+            } else {
+                RetainEffect::None
+            };
+            engine.append(r).await?;
+        }
+        Ok::<_, EngineError>(())
+    })?;
+    let digest = engine.state_digest();
+    // Stopped without a clean close: the applier finishes its last checkpoint, nothing more.
+    drop(engine);
+    let snapshots = root.join(manifold_core::engine::SNAPSHOT_DIR);
+    let names = disk.list(&snapshots).unwrap_or_default();
+    let files: Vec<&String> = names.iter().filter(|n| !n.ends_with(".tmp")).collect();
+    assert_eq!(files.len(), 1, "older snapshots are removed: {names:?}");
+    let at: u64 = files[0].parse().expect("index name");
+    assert!(at > 1, "snapshots were taken while applying");
+    for mode in [CrashMode::KeepUnsynced, CrashMode::DropUnsynced] {
+        let after = disk.crash(mode);
+        let engine = Engine::open(Arc::new(after.clone()), &root, config.clone())?;
+        assert_eq!(engine.state_digest(), digest);
+    }
+    // A damaged snapshot is refused, never silently replaced by an empty state.
+    let broken = disk.crash(CrashMode::KeepUnsynced);
+    let names = broken.list(&snapshots).unwrap_or_default();
+    let newest = names
+        .iter()
+        .filter(|n| !n.ends_with(".tmp"))
+        .max()
+        .expect("a snapshot");
+    let path = snapshots.join(newest);
+    let f = broken.open(&path, false).expect("snapshot file");
+    f.write_at(30, &[0xee]).expect("write");
+    assert!(matches!(
+        Engine::open(Arc::new(broken), &root, config),
+        Err(EngineError::Store(
+            manifold_core::store::StoreError::Corruption { .. }
+        ))
+    ));
     Ok(())
 }
 
@@ -955,6 +1102,11 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
             if n % 7 == 0 {
                 r.trim = Some(Trim::max_len(20));
             }
+            r.retain = match n % 13 {
+                0 | 5 => RetainEffect::Set,
+                9 => RetainEffect::Clear,
+                _ => RetainEffect::None,
+            };
             let id = engine.append(r).await?.expect("id");
             if n % 11 == 0 {
                 engine.delete(0, Bytes::from(key.clone()), vec![id]).await?;
@@ -969,6 +1121,8 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
         Ok::<_, EngineError>(())
     })?;
     let digest = engine.store().state_digest()?;
+    let state = engine.state_digest();
+    assert!(!engine.retained(b"#")?.is_empty());
     engine.close()?;
     // The same log, every derived file removed: a fresh replay must derive the same state.
     let replay = disk.crash(CrashMode::KeepUnsynced);
@@ -985,7 +1139,12 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
         }
     }
     let _ = replay.remove(&root.join("dispatch"));
+    let snapshots = root.join(manifold_core::engine::SNAPSHOT_DIR);
+    for name in replay.list(&snapshots).unwrap_or_default() {
+        let _ = replay.remove(&snapshots.join(name));
+    }
     let engine = open(&replay)?;
     assert_eq!(engine.store().state_digest()?, digest);
+    assert_eq!(engine.state_digest(), state);
     Ok(())
 }

@@ -19,6 +19,8 @@ mod clock_bound;
 mod error;
 mod hard_state;
 mod ids;
+mod snapshot;
+mod state;
 pub mod topic_filter;
 mod waiters;
 
@@ -28,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -37,6 +39,8 @@ pub use clock_bound::CLOCK_BOUND_FILE;
 pub use error::{EngineError, Result};
 pub use hard_state::HardState;
 pub use ids::{IdSpec, resolve};
+pub use snapshot::SNAPSHOT_DIR;
+pub use state::{EngineState, RetainEffect, Retained};
 pub use waiters::TopicKey;
 
 use crate::store::{
@@ -58,6 +62,19 @@ enum CommandTag {
     Delete = 2,
     Drop = 3,
     Trim = 4,
+    /// An append whose message becomes its topic's retained message.
+    AppendRetain = 5,
+    /// An append whose message clears its topic's retained message.
+    AppendClearRetain = 6,
+}
+
+/// What an entry's command does to retained messages.
+fn retain_effect(entry: &LogEntry) -> RetainEffect {
+    match entry.command.as_ref() {
+        [COMMAND_VERSION, t] if *t == CommandTag::AppendRetain as u8 => RetainEffect::Set,
+        [COMMAND_VERSION, t] if *t == CommandTag::AppendClearRetain as u8 => RetainEffect::Clear,
+        _ => RetainEffect::None,
+    }
 }
 
 /// Engine settings; every limit has a default.
@@ -108,6 +125,9 @@ pub struct AppendRequest {
     pub nomkstream: bool,
     /// Trim applied after the append (XADD MAXLEN / MINID).
     pub trim: Option<Trim>,
+    /// MQTT retain: the message also sets (`Set`) or clears (`Clear`) the topic's retained
+    /// message, if it is added.
+    pub retain: RetainEffect,
 }
 
 /// A trim (XTRIM, XADD MAXLEN/MINID): what to cut, and at most how many live entries.
@@ -270,6 +290,8 @@ struct Inner {
     apply_tx: Mutex<Option<mpsc::Sender<Proposal>>>,
     waiters: Waiters,
     applied: AtomicU64,
+    /// Engine state beyond streams (retained messages), as of `applied`.
+    state: Mutex<EngineState>,
 }
 
 /// The engine. All operations take `&self`: share it with an `Arc`.
@@ -300,9 +322,28 @@ impl Engine {
         root: &Path,
         config: EngineConfig,
     ) -> Result<Self> {
-        let store = MessageStore::open(storage.clone(), root, config.store.clone())?;
+        // The engine decides when derived state is checkpointed: a snapshot of its own state
+        // at the same index goes first (see `snapshot`).
+        let mut store_config = config.store.clone();
+        store_config.dispatch_checkpoint_interval_ms = u64::MAX;
+        let store = MessageStore::open(storage.clone(), root, store_config)?;
         let last = store.log().last_index();
-        store.dispatch_to(last)?;
+        let checkpointed = store.dispatched_index();
+        let mut state = snapshot::load(storage.as_ref(), root, checkpointed)?.unwrap_or_default();
+        snapshot::prune(storage.as_ref(), root, checkpointed, checkpointed)?;
+        // Re-apply the log after the checkpoint, with the outcomes the state depends on.
+        let mut next = checkpointed + 1;
+        while next <= last {
+            let upto = last.min(next + APPLY_BATCH as u64 - 1);
+            let entries = (next..=upto)
+                .map(|i| store.log().entry(i))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let outcomes = store.dispatch_batch(&entries)?;
+            for (entry, outcomes) in entries.iter().zip(&outcomes) {
+                state.apply(entry, retain_effect(entry), outcomes);
+            }
+            next = upto + 1;
+        }
         let hard = HardState::load(storage.as_ref(), root)?;
         let term = hard.term.max(store.log().last_term()) + 1;
         HardState {
@@ -339,6 +380,7 @@ impl Engine {
             apply_tx: Mutex::new(Some(tx)),
             waiters: Waiters::default(),
             applied: AtomicU64::new(last),
+            state: Mutex::new(state),
         });
         let applier_inner = inner.clone();
         let applier = std::thread::Builder::new()
@@ -411,12 +453,12 @@ impl Engine {
             }
             let mut records = vec![record];
             records.extend(req.trim.map(|t| t.record(req.db, &req.key)));
-            Ok(Some((
-                EntryKind::Command,
-                command(CommandTag::Append),
-                records,
-                p.term,
-            )))
+            let tag = match req.retain {
+                RetainEffect::None => CommandTag::Append,
+                RetainEffect::Set => CommandTag::AppendRetain,
+                RetainEffect::Clear => CommandTag::AppendClearRetain,
+            };
+            Ok(Some((EntryKind::Command, command(tag), records, p.term)))
         })?;
         let Some(reply) = reply else { return Ok(None) };
         let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
@@ -595,6 +637,37 @@ impl Engine {
             .collect()
     }
 
+    /// The retained message of `(db, key)`, if any.
+    pub fn retained_of(&self, db: u8, key: &[u8]) -> Option<Arc<Retained>> {
+        self.inner
+            .lock_state()
+            .retained
+            .get(&(db, Bytes::copy_from_slice(key)))
+            .cloned()
+    }
+
+    /// MQTT SUBSCRIBE: the retained messages of the db-0 topics the filter matches, by topic.
+    pub fn retained(&self, filter: &[u8]) -> Result<Vec<(Bytes, Arc<Retained>)>> {
+        topic_filter::check_filter(filter).map_err(EngineError::BadTopic)?;
+        Ok(self
+            .inner
+            .lock_state()
+            .retained
+            .iter()
+            .filter(|((db, key), _)| {
+                *db == 0
+                    && topic_filter::check_topic_name(key).is_ok()
+                    && topic_filter::filter_matches(filter, key)
+            })
+            .map(|((_, key), r)| (key.clone(), r.clone()))
+            .collect())
+    }
+
+    /// A digest of the engine state beyond streams (determinism tests).
+    pub fn state_digest(&self) -> u32 {
+        crc32c::crc32c(&self.inner.lock_state().encode())
+    }
+
     /// MQTT: the topics of db 0 whose key is a valid topic name matched by `filter` (`+`, `#`,
     /// and the `$` rule: a filter starting with a wildcard skips `$...` topics), in no
     /// particular order.
@@ -726,6 +799,7 @@ impl Engine {
     /// cleanly (the next open finds no abort marker).
     pub fn close(mut self) -> Result<()> {
         self.shutdown();
+        self.inner.checkpoint()?;
         Ok(self.inner.store.close()?)
     }
 
@@ -912,6 +986,7 @@ impl Inner {
     /// arrived, up to `APPLY_BATCH`), then each proposer gets its reply and the waiters of the
     /// touched topics are woken.
     fn apply_loop(&self, rx: mpsc::Receiver<Proposal>) {
+        let mut last_checkpoint = Instant::now();
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < APPLY_BATCH {
@@ -967,6 +1042,12 @@ impl Inner {
             let Some(last) = entries.last().map(|e| e.index) else {
                 continue;
             };
+            {
+                let mut state = self.lock_state();
+                for (entry, outcomes) in entries.iter().zip(&outcomes) {
+                    state.apply(entry, retain_effect(entry), outcomes);
+                }
+            }
             self.applied.store(last, Ordering::Release);
             // The leader view keeps only topics with entries not yet applied; pruned before any
             // reply goes out, so a proposer acting on a reply sees applied state.
@@ -991,7 +1072,30 @@ impl Inner {
                 self.waiters.wake(entry, touched);
                 let _ = reply.send(Ok(outcomes));
             }
+            let interval = Duration::from_millis(self.config.store.dispatch_checkpoint_interval_ms);
+            if last_checkpoint.elapsed() >= interval {
+                if let Err(e) = self.checkpoint() {
+                    tracing::error!(error = %e, "snapshot or checkpoint failed");
+                }
+                last_checkpoint = Instant::now();
+            }
         }
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, EngineState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Snapshot of the engine state at the store's dispatch point, then the store's dispatch
+    /// checkpoint at the same index, then older snapshots removed. Called by the applier (or
+    /// after it stopped), so the dispatch point does not move meanwhile.
+    fn checkpoint(&self) -> Result<()> {
+        let index = self.store.dispatched_index();
+        let bytes = self.lock_state().encode();
+        snapshot::write(self.storage.as_ref(), &self.root, index, &bytes)?;
+        self.store.checkpoint()?;
+        snapshot::prune(self.storage.as_ref(), &self.root, index, index)?;
+        Ok(())
     }
 }
 
