@@ -814,6 +814,8 @@ mod model {
             topic: u8,
             spec: u8,
             ms: u64,
+            /// 0: plain, 1: retain (set), 2: retain with an empty payload (clear).
+            retain: u8,
         },
         Delete {
             topic: u8,
@@ -839,7 +841,7 @@ mod model {
 
     pub fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            8 => (0u8..3, 0u8..3, 0u64..40).prop_map(|(topic, spec, ms)| Op::Append { topic, spec, ms }),
+            8 => (0u8..3, 0u8..3, 0u64..40, 0u8..3).prop_map(|(topic, spec, ms, retain)| Op::Append { topic, spec, ms, retain }),
             2 => (0u8..3, any::<u8>()).prop_map(|(topic, nth)| Op::Delete { topic, nth }),
             1 => (0u8..3).prop_map(|topic| Op::Drop { topic }),
             1 => (0u8..3, proptest::option::of(0u8..6), any::<u8>(), 0u8..4).prop_map(|(topic, maxlen, nth, limit)| Op::Trim { topic, maxlen, nth, limit }),
@@ -953,16 +955,34 @@ mod model {
         let mut disk = SimDisk::new();
         let mut engine = open(&disk).map_err(fail)?;
         let mut model: BTreeMap<u8, Stream> = BTreeMap::new();
-        for op in ops {
+        // Retained payload per topic.
+        let mut retained: BTreeMap<u8, String> = BTreeMap::new();
+        for (step, op) in ops.into_iter().enumerate() {
             match op {
-                Op::Append { topic, spec, ms } => {
+                Op::Append {
+                    topic,
+                    spec,
+                    ms,
+                    retain,
+                } => {
                     let s = model.get(&topic).cloned().unwrap_or_default();
                     let spec = match spec {
                         0 => IdSpec::Auto,
                         1 => IdSpec::AutoSeq(ms),
                         _ => IdSpec::Explicit(id(ms, ms % 3)),
                     };
-                    let got = rt.block_on(engine.append(req(&name(topic), spec, "v")));
+                    let payload = if retain == 2 {
+                        String::new()
+                    } else {
+                        format!("v{step}")
+                    };
+                    let mut r = req(&name(topic), spec, &payload);
+                    r.retain = match retain {
+                        1 => RetainEffect::Set,
+                        2 => RetainEffect::Clear,
+                        _ => RetainEffect::None,
+                    };
+                    let got = rt.block_on(engine.append(r));
                     match (spec, got) {
                         (IdSpec::Auto, Ok(Some(new))) => prop_assert!(new > s.last),
                         (spec, Ok(Some(new))) => prop_assert_eq!(
@@ -990,6 +1010,15 @@ mod model {
                     s.entries.push((new, false));
                     s.last = new;
                     s.added += 1;
+                    match retain {
+                        1 => {
+                            retained.insert(topic, payload);
+                        }
+                        2 => {
+                            retained.remove(&topic);
+                        }
+                        _ => {}
+                    }
                 }
                 Op::AppendCapped {
                     topic,
@@ -1057,6 +1086,9 @@ mod model {
                         .block_on(engine.drop_topic(0, Bytes::from(name(topic))))
                         .map_err(fail)?;
                     prop_assert_eq!(existed, model.remove(&topic).is_some());
+                    if existed {
+                        retained.remove(&topic);
+                    }
                 }
                 Op::Restart => {
                     engine.close().map_err(fail)?;
@@ -1076,6 +1108,12 @@ mod model {
                 }
             }
             check(&engine, &model)?;
+            for topic in 0..3u8 {
+                let got = engine
+                    .retained_of(0, name(topic).as_bytes())
+                    .map(|r| String::from_utf8_lossy(&r.fields[0].1).into_owned());
+                prop_assert_eq!(got.as_ref(), retained.get(&topic), "retained of {}", topic);
+            }
         }
         Ok(())
     }
