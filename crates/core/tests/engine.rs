@@ -660,6 +660,40 @@ fn a_filter_waiter_is_woken_by_a_matching_topic_only() -> Result<(), EngineError
 }
 
 #[test]
+fn a_waiter_dropped_mid_wait_leaves_no_registration() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = Arc::new(open(&disk)?);
+    runtime().block_on(async {
+        let after = engine.applied_index();
+        let by_topic = {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let topics = [(0u8, Bytes::from_static(b"never"))];
+                engine.wait(&topics, after, Duration::from_secs(60)).await
+            })
+        };
+        let by_filter = {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .wait_filter(b"never/#", after, Duration::from_secs(60))
+                    .await
+            })
+        };
+        while engine.waiting() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The clients go away (the tasks are dropped mid-wait).
+        by_topic.abort();
+        by_filter.abort();
+        assert!(by_topic.await.is_err());
+        assert!(by_filter.await.is_err());
+        assert_eq!(engine.waiting(), 0, "registrations of dropped waits remain");
+        Ok::<_, EngineError>(())
+    })
+}
+
+#[test]
 fn restarts_keep_streams_start_a_new_term_and_commit_a_noop() -> Result<(), EngineError> {
     let disk = SimDisk::new();
     let engine = open(&disk)?;

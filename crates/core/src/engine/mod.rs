@@ -756,6 +756,11 @@ impl Engine {
             .inner
             .waiters
             .register_filter(Bytes::copy_from_slice(filter));
+        let _registered = WaitGuard {
+            waiters: &self.inner.waiters,
+            id,
+            topics: &[],
+        };
         // Registered first, checked second: an entry applied in between is never missed.
         let wake = if self.applied_index() > after {
             Wake::Changed
@@ -766,7 +771,6 @@ impl Engine {
                 Err(_) => Wake::Timeout,
             }
         };
-        self.inner.waiters.cancel(id, &[]);
         Ok(wake)
     }
 
@@ -775,6 +779,11 @@ impl Engine {
     /// topics it touched.
     pub async fn wait(&self, topics: &[TopicKey], after: LogIndex, timeout: Duration) -> Wake {
         let (id, rx) = self.inner.waiters.register(topics);
+        let _registered = WaitGuard {
+            waiters: &self.inner.waiters,
+            id,
+            topics,
+        };
         // Registered first, checked second: an append applied in between is never missed.
         let changed = topics.iter().any(|(db, key)| {
             self.inner
@@ -791,7 +800,6 @@ impl Engine {
                 Err(_) => Wake::Timeout,
             }
         };
-        self.inner.waiters.cancel(id, topics);
         wake
     }
 
@@ -821,6 +829,20 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Unregisters a waiter however its wait ends: woken, timed out, or dropped mid-wait (a client
+/// that disconnects during XREAD BLOCK must not leave its registration behind).
+struct WaitGuard<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+    topics: &'a [TopicKey],
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.waiters.cancel(self.id, self.topics);
     }
 }
 
