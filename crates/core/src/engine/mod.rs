@@ -791,16 +791,14 @@ impl Engine {
                 .topic(*db, key)
                 .is_some_and(|t| t.last_applied.0 > after)
         });
-        let wake = if changed {
-            Wake::Changed
-        } else {
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(entry)) => Wake::Entry(entry),
-                Ok(Err(_)) => Wake::Changed, // shutting down: let the caller read again
-                Err(_) => Wake::Timeout,
-            }
-        };
-        wake
+        if changed {
+            return Wake::Changed;
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(entry)) => Wake::Entry(entry),
+            Ok(Err(_)) => Wake::Changed, // shutting down: let the caller read again
+            Err(_) => Wake::Timeout,
+        }
     }
 
     /// Stops taking proposals, applies what was proposed, checkpoints and closes the store
