@@ -44,6 +44,7 @@ fn engine_appends(c: &mut Criterion) {
         nomkstream: false,
         trim: None,
         retain: manifold_core::engine::RetainEffect::None,
+        producer: None,
     };
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));

@@ -66,6 +66,7 @@ fn req(key: &str, id: IdSpec, value: &str) -> AppendRequest {
         nomkstream: false,
         trim: None,
         retain: RetainEffect::None,
+        producer: None,
     }
 }
 
@@ -486,6 +487,73 @@ fn snapshots_follow_the_store_checkpoint_and_replay_after_them() -> Result<(), E
             manifold_core::store::StoreError::Corruption { .. }
         ))
     ));
+    Ok(())
+}
+
+#[test]
+fn a_producer_repeat_gets_the_original_answer_and_appends_nothing() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = Arc::new(open(&disk)?);
+    let send = |seq: u64, id_spec: IdSpec| {
+        let mut r = req("orders", id_spec, &format!("seq {seq}"));
+        r.producer = Some((Bytes::from_static(b"gateway-7"), seq));
+        r
+    };
+    let rt = runtime();
+    let first = rt.block_on(async {
+        let first = engine.append(send(1, IdSpec::Explicit(id(100, 0)))).await?;
+        assert_eq!(first, Some(id(100, 0)));
+        // The repeat is answered from the table: re-evaluated it would be "ID too small".
+        assert_eq!(
+            engine.append(send(1, IdSpec::Explicit(id(100, 0)))).await?,
+            first
+        );
+        // A send refused before the log appended nothing and is not remembered: its retry is
+        // evaluated afresh.
+        let refused = engine.append(send(2, IdSpec::Explicit(id(50, 0)))).await;
+        assert!(matches!(refused, Err(EngineError::IdTooSmall { last }) if last == id(100, 0)));
+        let again = engine.append(send(2, IdSpec::Explicit(id(50, 0)))).await;
+        assert!(matches!(again, Err(EngineError::IdTooSmall { last }) if last == id(100, 0)));
+        // Another producer with the same sequence is another message.
+        let mut other = req("orders", IdSpec::Auto, "x");
+        other.producer = Some((Bytes::from_static(b"gateway-8"), 1));
+        assert!(engine.append(other).await?.expect("id") > id(100, 0));
+        // Concurrent repeats of one send: one message, one answer for all.
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let engine = engine.clone();
+            let r = send(3, IdSpec::Auto);
+            tasks.push(tokio::spawn(async move { engine.append(r).await }));
+        }
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.expect("join")?);
+        }
+        assert!(answers.iter().all(|a| *a == answers[0] && a.is_some()));
+        Ok::<_, EngineError>(first)
+    })?;
+    assert_eq!(engine.len(0, b"orders"), 3);
+    // Remembered across a clean restart and a power cut (snapshot, then the log after it).
+    let engine = Arc::try_unwrap(engine).expect("one owner");
+    engine.close()?;
+    let engine = open(&disk)?;
+    assert_eq!(rt.block_on(engine.append(send(1, IdSpec::Auto)))?, first);
+    let disk = disk.crash(CrashMode::DropUnsynced);
+    drop(engine);
+    let engine = open(&disk)?;
+    assert_eq!(rt.block_on(engine.append(send(1, IdSpec::Auto)))?, first);
+    assert_eq!(engine.len(0, b"orders"), 3);
+    // Only the newest 64 sequences of a producer are remembered.
+    rt.block_on(async {
+        for seq in 10..(10 + manifold_core::engine::PRODUCER_WINDOW as u64) {
+            engine.append(send(seq, IdSpec::Auto)).await?;
+        }
+        Ok::<_, EngineError>(())
+    })?;
+    let len = engine.len(0, b"orders");
+    let again = rt.block_on(engine.append(send(1, IdSpec::Auto)))?;
+    assert!(again > first);
+    assert_eq!(engine.len(0, b"orders"), len + 1);
     Ok(())
 }
 

@@ -40,7 +40,7 @@ pub use error::{EngineError, Result};
 pub use hard_state::HardState;
 pub use ids::{IdSpec, resolve};
 pub use snapshot::SNAPSHOT_DIR;
-pub use state::{EngineState, RetainEffect, Retained};
+pub use state::{Deduped, EngineState, MAX_PRODUCERS, PRODUCER_WINDOW, RetainEffect, Retained};
 pub use waiters::TopicKey;
 
 use crate::store::{
@@ -71,10 +71,39 @@ enum CommandTag {
 /// What an entry's command does to retained messages.
 fn retain_effect(entry: &LogEntry) -> RetainEffect {
     match entry.command.as_ref() {
-        [COMMAND_VERSION, t] if *t == CommandTag::AppendRetain as u8 => RetainEffect::Set,
-        [COMMAND_VERSION, t] if *t == CommandTag::AppendClearRetain as u8 => RetainEffect::Clear,
+        [COMMAND_VERSION, t, ..] if *t == CommandTag::AppendRetain as u8 => RetainEffect::Set,
+        [COMMAND_VERSION, t, ..] if *t == CommandTag::AppendClearRetain as u8 => {
+            RetainEffect::Clear
+        }
         _ => RetainEffect::None,
     }
+}
+
+/// The producer sequence an append's command carries after its tag: `id_len` u32, id, `seq`
+/// u64. Anything else (no trailer, or one that does not fit exactly): none.
+fn command_producer(command: &Bytes) -> Option<(Bytes, u64)> {
+    let c = command.as_ref();
+    let rest = match c {
+        [COMMAND_VERSION, _, rest @ ..] if rest.len() >= 12 => rest,
+        _ => return None,
+    };
+    let (len, rest) = rest.split_at(4);
+    let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+    if rest.len() != len.checked_add(8)? {
+        return None;
+    }
+    let seq = u64::from_le_bytes(rest[len..].try_into().ok()?);
+    Some((command.slice(6..6 + len), seq))
+}
+
+fn command_with_producer(tag: CommandTag, producer: Option<&(Bytes, u64)>) -> Bytes {
+    let mut c = vec![COMMAND_VERSION, tag as u8];
+    if let Some((id, seq)) = producer {
+        c.extend_from_slice(&(id.len() as u32).to_le_bytes());
+        c.extend_from_slice(id);
+        c.extend_from_slice(&seq.to_le_bytes());
+    }
+    Bytes::from(c)
 }
 
 /// Engine settings; every limit has a default.
@@ -128,6 +157,10 @@ pub struct AppendRequest {
     /// MQTT retain: the message also sets (`Set`) or clears (`Clear`) the topic's retained
     /// message, if it is added.
     pub retain: RetainEffect,
+    /// Producer dedupe `(producer id, sequence)`: a repeat of a remembered pair is not appended
+    /// again and gets the original answer (the ID, or the ID error). Forwarding, MQTT QoS 2
+    /// and HTTP idempotency keys all use this.
+    pub producer: Option<(Bytes, u64)>,
 }
 
 /// A trim (XTRIM, XADD MAXLEN/MINID): what to cut, and at most how many live entries.
@@ -270,6 +303,8 @@ struct Proposer {
     /// `(index, topic)` in proposal order, to drop view entries once applied.
     order: VecDeque<(LogIndex, TopicKey)>,
     shut: bool,
+    /// Producer sequences proposed and not yet applied, with their log index.
+    producers_in_flight: HashMap<(Bytes, u64), LogIndex>,
 }
 
 /// A proposal on its way to the applier.
@@ -340,7 +375,12 @@ impl Engine {
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let outcomes = store.dispatch_batch(&entries)?;
             for (entry, outcomes) in entries.iter().zip(&outcomes) {
-                state.apply(entry, retain_effect(entry), outcomes);
+                state.apply(
+                    entry,
+                    retain_effect(entry),
+                    command_producer(&entry.command),
+                    outcomes,
+                );
             }
             next = upto + 1;
         }
@@ -375,6 +415,7 @@ impl Engine {
                 ts_bound,
                 view: HashMap::new(),
                 order: VecDeque::new(),
+                producers_in_flight: HashMap::new(),
                 shut: false,
             }),
             apply_tx: Mutex::new(Some(tx)),
@@ -430,7 +471,21 @@ impl Engine {
         }
         let limit = self.inner.config.max_message_bytes;
         let mut resolved = None;
+        let mut repeat = None;
         let reply = self.inner.propose(|p| {
+            // A repeat: answered from the table, or the original is still on its way. Checked
+            // under the proposer lock, which the applier takes to forget an in-flight pair only
+            // after the state remembers it.
+            if let Some(pair) = &req.producer {
+                if let Some(index) = p.producers_in_flight.get(pair) {
+                    repeat = Some(Err(*index));
+                    return Ok(None);
+                }
+                if let Some(answer) = self.inner.lock_state().deduped(&pair.0, pair.1) {
+                    repeat = Some(Ok(answer));
+                    return Ok(None);
+                }
+            }
             let key: TopicKey = (req.db, req.key.clone());
             let (last, exists) = p.view_of(&self.inner.store, &key);
             if req.nomkstream && !exists {
@@ -458,8 +513,18 @@ impl Engine {
                 RetainEffect::Set => CommandTag::AppendRetain,
                 RetainEffect::Clear => CommandTag::AppendClearRetain,
             };
-            Ok(Some((EntryKind::Command, command(tag), records, p.term)))
+            Ok(Some((
+                EntryKind::Command,
+                command_with_producer(tag, req.producer.as_ref()),
+                records,
+                p.term,
+            )))
         })?;
+        match repeat {
+            Some(Ok(answer)) => return answer_of(answer),
+            Some(Err(index)) => return self.answer_after(index, req.producer).await,
+            None => {}
+        }
         let Some(reply) = reply else { return Ok(None) };
         let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
         match outcomes.first() {
@@ -467,6 +532,28 @@ impl Engine {
             // Apply re-checks what the proposer checked; a failed check is a no-op with an error.
             Some(Outcome::Rejected { last }) => Err(EngineError::IdTooSmall { last: *last }),
             _ => Ok(None),
+        }
+    }
+
+    /// The answer to a repeat whose original (at `index`) was not applied yet: waits for it.
+    async fn answer_after(
+        &self,
+        index: LogIndex,
+        producer: Option<(Bytes, u64)>,
+    ) -> Result<Option<StreamId>> {
+        let Some((id, seq)) = producer else {
+            return Ok(None);
+        };
+        while self.applied_index() < index {
+            if self.inner.lock_proposer().shut {
+                return Err(EngineError::ShuttingDown);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        match self.inner.lock_state().deduped(&id, seq) {
+            Some(answer) => answer_of(answer),
+            // The original was not logged as an append (NOMKSTREAM without a stream).
+            None => Ok(None),
         }
     }
 
@@ -852,6 +939,13 @@ fn check_db(db: u8) -> Result<()> {
     }
 }
 
+fn answer_of(answer: state::Deduped) -> Result<Option<StreamId>> {
+    match answer {
+        state::Deduped::Added(id) => Ok(Some(id)),
+        state::Deduped::Rejected(last) => Err(EngineError::IdTooSmall { last }),
+    }
+}
+
 fn command(tag: CommandTag) -> Bytes {
     Bytes::from(vec![COMMAND_VERSION, tag as u8])
 }
@@ -963,6 +1057,9 @@ impl Inner {
         };
         let ticket = self.store.log().append(&entry)?;
         let index = ticket.index;
+        if let Some(pair) = command_producer(&entry.command) {
+            p.producers_in_flight.insert(pair, index);
+        }
         for r in &entry.records {
             let key: TopicKey = (r.db, r.topic.clone());
             // A topic enters the view as applied state has it, whatever the entry does to it.
@@ -1065,7 +1162,12 @@ impl Inner {
             {
                 let mut state = self.lock_state();
                 for (entry, outcomes) in entries.iter().zip(&outcomes) {
-                    state.apply(entry, retain_effect(entry), outcomes);
+                    state.apply(
+                        entry,
+                        retain_effect(entry),
+                        command_producer(&entry.command),
+                        outcomes,
+                    );
                 }
             }
             self.applied.store(last, Ordering::Release);
@@ -1073,6 +1175,9 @@ impl Inner {
             // reply goes out, so a proposer acting on a reply sees applied state.
             {
                 let mut prop = self.lock_proposer();
+                if !prop.producers_in_flight.is_empty() {
+                    prop.producers_in_flight.retain(|_, i| *i > last);
+                }
                 while prop.order.front().is_some_and(|(i, _)| *i <= last) {
                     let Some((_, key)) = prop.order.pop_front() else {
                         break;

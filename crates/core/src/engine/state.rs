@@ -1,4 +1,5 @@
-//! Engine state that is not stream state: today the retained message of each topic. It is a
+//! Engine state that is not stream state: the retained message of each topic and the producer
+//! dedupe table (what each producer's recent sequence numbers were answered). It is a
 //! pure function of the committed log and the store's dispatch outcomes (whether an append was
 //! added), applied entry by entry in log order, and is saved whole in snapshots.
 //!
@@ -41,19 +42,66 @@ pub struct Retained {
     pub fields: Vec<(Bytes, Bytes)>,
 }
 
+/// What an append with a producer sequence was answered; a repeat gets the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deduped {
+    /// Added with this ID.
+    Added(StreamId),
+    /// Refused: the ID was not above the stream's last ID, which was this.
+    Rejected(StreamId),
+}
+
+/// Sequences remembered per producer (the newest ones; an older repeat appends again).
+pub const PRODUCER_WINDOW: usize = 64;
+/// Producers remembered; past this the one used longest ago (by log index) is forgotten.
+pub const MAX_PRODUCERS: usize = 10_000;
+
+/// One producer's recent answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Producer {
+    /// Log index of its newest append.
+    pub last_used: LogIndex,
+    /// Answer per sequence number, the newest `PRODUCER_WINDOW`.
+    pub answers: BTreeMap<u64, Deduped>,
+}
+
 /// The state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineState {
     /// Retained message per topic.
     pub retained: BTreeMap<TopicKey, Arc<Retained>>,
+    /// Producer dedupe table.
+    pub producers: BTreeMap<Bytes, Producer>,
 }
 
 /// Version of the encoding below.
 const STATE_VERSION: u32 = 1;
 
 impl EngineState {
-    /// Applies one committed entry, given what dispatch made of each of its sub-records.
-    pub fn apply(&mut self, entry: &LogEntry, effect: RetainEffect, outcomes: &[Outcome]) {
+    /// The answer remembered for `(producer, seq)`.
+    pub fn deduped(&self, producer: &[u8], seq: u64) -> Option<Deduped> {
+        self.producers.get(producer)?.answers.get(&seq).copied()
+    }
+
+    /// Applies one committed entry, given what dispatch made of each of its sub-records and the
+    /// producer sequence its command carries.
+    pub fn apply(
+        &mut self,
+        entry: &LogEntry,
+        effect: RetainEffect,
+        producer: Option<(Bytes, u64)>,
+        outcomes: &[Outcome],
+    ) {
+        if let Some((id, seq)) = producer {
+            let answer = match (entry.records.first(), outcomes.first()) {
+                (Some(r), Some(Outcome::Added)) => Some(Deduped::Added(r.id)),
+                (_, Some(Outcome::Rejected { last })) => Some(Deduped::Rejected(*last)),
+                _ => None,
+            };
+            if let Some(answer) = answer {
+                self.remember(id, seq, answer, entry.index);
+            }
+        }
         let mut retain_done = false;
         for (r, o) in entry.records.iter().zip(outcomes) {
             match (r.op, o) {
@@ -87,6 +135,26 @@ impl EngineState {
         }
     }
 
+    fn remember(&mut self, id: Bytes, seq: u64, answer: Deduped, index: LogIndex) {
+        let p = self.producers.entry(id).or_default();
+        p.last_used = index;
+        p.answers.insert(seq, answer);
+        while p.answers.len() > PRODUCER_WINDOW {
+            p.answers.pop_first();
+        }
+        if self.producers.len() > MAX_PRODUCERS {
+            // Deterministic: the smallest `last_used`, ties by producer id (map order).
+            let oldest = self
+                .producers
+                .iter()
+                .min_by_key(|(_, p)| p.last_used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.producers.remove(&k);
+            }
+        }
+    }
+
     /// Deterministic encoding (see `docs/storage-format.md`, Snapshot body).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -101,6 +169,22 @@ impl EngineState {
             out.extend_from_slice(&r.log_index.to_le_bytes());
             put_pairs(&mut out, &r.properties);
             put_pairs(&mut out, &r.fields);
+        }
+        out.extend_from_slice(&(self.producers.len() as u64).to_le_bytes());
+        for (id, p) in &self.producers {
+            put_bytes(&mut out, id);
+            out.extend_from_slice(&p.last_used.to_le_bytes());
+            out.extend_from_slice(&(p.answers.len() as u32).to_le_bytes());
+            for (seq, answer) in &p.answers {
+                let (kind, sid) = match answer {
+                    Deduped::Added(sid) => (0u8, sid),
+                    Deduped::Rejected(sid) => (1u8, sid),
+                };
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.push(kind);
+                out.extend_from_slice(&sid.ms.to_le_bytes());
+                out.extend_from_slice(&sid.seq.to_le_bytes());
+            }
         }
         out
     }
@@ -132,6 +216,28 @@ impl EngineState {
                     fields,
                 }),
             );
+        }
+        let producers = r.u64()?;
+        for _ in 0..producers {
+            let id = r.bytes()?;
+            let last_used = r.u64()?;
+            let n = r.u32()?;
+            let mut p = Producer {
+                last_used,
+                answers: BTreeMap::new(),
+            };
+            for _ in 0..n {
+                let seq = r.u64()?;
+                let kind = r.u8()?;
+                let sid = StreamId::new(r.u64()?, r.u64()?);
+                let answer = match kind {
+                    0 => Deduped::Added(sid),
+                    1 => Deduped::Rejected(sid),
+                    k => return Err(format!("dedupe answer kind {k}")),
+                };
+                p.answers.insert(seq, answer);
+            }
+            state.producers.insert(id, p);
         }
         if r.at != b.len() {
             return Err(format!("{} bytes after the state", b.len() - r.at));
@@ -225,6 +331,18 @@ mod tests {
                 }),
             );
         }
+        s.remember(
+            Bytes::from_static(b"p1"),
+            4,
+            Deduped::Added(StreamId::new(1, 2)),
+            10,
+        );
+        s.remember(
+            Bytes::from_static(b"p1"),
+            5,
+            Deduped::Rejected(StreamId::new(3, 4)),
+            11,
+        );
         let b = s.encode();
         assert_eq!(EngineState::decode(&b), Ok(s));
         for cut in 0..b.len() {
