@@ -937,6 +937,8 @@ mod model {
             maxlen: u8,
             limit: u8,
         },
+        /// Sends the newest added append again, same producer sequence.
+        Repeat,
         Restart,
         Crash(u64),
     }
@@ -948,6 +950,7 @@ mod model {
             1 => (0u8..3).prop_map(|topic| Op::Drop { topic }),
             1 => (0u8..3, proptest::option::of(0u8..6), any::<u8>(), 0u8..4).prop_map(|(topic, maxlen, nth, limit)| Op::Trim { topic, maxlen, nth, limit }),
             1 => (0u8..3, 0u8..6, 0u8..4).prop_map(|(topic, maxlen, limit)| Op::AppendCapped { topic, maxlen, limit }),
+            1 => Just(Op::Repeat),
             1 => Just(Op::Restart),
             1 => any::<u64>().prop_map(Op::Crash),
         ]
@@ -1059,6 +1062,8 @@ mod model {
         let mut model: BTreeMap<u8, Stream> = BTreeMap::new();
         // Retained payload per topic.
         let mut retained: BTreeMap<u8, String> = BTreeMap::new();
+        // The newest added append and its ID (every append carries a producer sequence).
+        let mut last_added: Option<(AppendRequest, StreamId)> = None;
         for (step, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Append {
@@ -1084,6 +1089,8 @@ mod model {
                         2 => RetainEffect::Clear,
                         _ => RetainEffect::None,
                     };
+                    r.producer = Some((Bytes::from_static(b"model"), step as u64));
+                    let sent = r.clone();
                     let got = rt.block_on(engine.append(r));
                     match (spec, got) {
                         (IdSpec::Auto, Ok(Some(new))) => prop_assert!(new > s.last),
@@ -1108,6 +1115,7 @@ mod model {
                         .map_err(fail)?
                         .map(|i| i.last_generated_id)
                         .unwrap_or_default();
+                    last_added = Some((sent, new));
                     let s = model.entry(topic).or_default();
                     s.entries.push((new, false));
                     s.last = new;
@@ -1190,6 +1198,14 @@ mod model {
                     prop_assert_eq!(existed, model.remove(&topic).is_some());
                     if existed {
                         retained.remove(&topic);
+                    }
+                }
+                Op::Repeat => {
+                    // Answered from the dedupe table: the same ID, nothing appended, nothing
+                    // retained again.
+                    if let Some((sent, id)) = &last_added {
+                        let got = rt.block_on(engine.append(sent.clone())).map_err(fail)?;
+                        prop_assert_eq!(got, Some(*id));
                     }
                 }
                 Op::Restart => {
