@@ -1,6 +1,7 @@
 //! End-to-end appends through the engine's pipeline (propose → append → fdatasync → apply →
 //! reply) with `sync` flushing and 800 appends in flight (800 tasks, one append each at a
-//! time), 100-byte values, one stream. `MANIFOLD_BENCH_DIR` as the other benchmarks.
+//! time), 100-byte values, one stream; and what a snapshot of the engine state costs.
+//! `MANIFOLD_BENCH_DIR` as the other benchmarks.
 
 mod common;
 
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use manifold_core::engine::{AppendRequest, Engine, EngineConfig, IdSpec};
-use manifold_core::store::{LogConfig, RealFs, StoreConfig};
+use manifold_core::engine::{AppendRequest, Engine, EngineConfig, EngineState, IdSpec, Retained};
+use manifold_core::store::storage::write_atomic;
+use manifold_core::store::{LogConfig, RealFs, StoreConfig, StreamId};
 
 fn engine_appends(c: &mut Criterion) {
     let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
@@ -76,5 +78,36 @@ fn engine_appends(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine_appends);
+/// What a snapshot costs the applier (which waits for it): encoding the engine state and
+/// writing it atomically (temp file, fdatasync, rename, directory fsync), for 100k retained
+/// messages of 100-byte payloads. The store's dispatch checkpoint that follows it is measured
+/// with the store.
+fn snapshot_stall(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
+    let mut state = EngineState::default();
+    for n in 0..100_000u32 {
+        state.retained.insert(
+            (0, Bytes::from(format!("site/{}/sensor/{n}", n % 100))),
+            Arc::new(Retained {
+                id: StreamId::new(1_700_000_000_000 + u64::from(n), 0),
+                timestamp_ms: 1_700_000_000_000,
+                log_index: u64::from(n) + 2,
+                properties: Vec::new(),
+                fields: vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
+            }),
+        );
+    }
+    let path = dir.path().join("snapshot");
+    let mut g = c.benchmark_group("engine");
+    g.sample_size(10);
+    g.bench_function("snapshot/100k_retained/encode", |b| {
+        b.iter(|| state.encode())
+    });
+    g.bench_function("snapshot/100k_retained/encode+write", |b| {
+        b.iter(|| write_atomic(&RealFs, &path, &state.encode()).expect("write"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine_appends, snapshot_stall);
 criterion_main!(benches);
