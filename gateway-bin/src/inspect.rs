@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use manifold_core::engine::{EngineFiles, inspect_files};
 use manifold_core::store::inspect::InspectOptions;
 use manifold_core::store::{InspectReport, RealFs, inspect};
 
@@ -42,16 +43,25 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     };
     let report = inspect(Arc::new(RealFs), &args.data_dir, options)
         .with_context(|| format!("reading {}", args.data_dir.display()))?;
+    let dispatched = report.derived.as_ref().map_or(0, |d| d.dispatched);
+    let engine = inspect_files(&RealFs, &args.data_dir, dispatched);
     let mut out = std::io::stdout().lock();
-    print(&mut out, args, &report).context("writing the report")?;
-    Ok(if report.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    print(&mut out, args, &report, &engine).context("writing the report")?;
+    Ok(
+        if report.problems.is_empty() && engine.problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
-fn print(out: &mut impl Write, args: &InspectArgs, r: &InspectReport) -> std::io::Result<()> {
+fn print(
+    out: &mut impl Write,
+    args: &InspectArgs,
+    r: &InspectReport,
+    engine: &EngineFiles,
+) -> std::io::Result<()> {
     writeln!(out, "data directory: {}", args.data_dir.display())?;
     let shutdown = if r.unclean {
         "unclean (abort marker present, or running)"
@@ -128,15 +138,33 @@ fn print(out: &mut impl Write, args: &InspectArgs, r: &InspectReport) -> std::io
             )?,
         }
     }
+    let snapshot = match engine.snapshot {
+        Some((index, retained, producers)) => {
+            format!("snapshot at {index}: {retained} retained messages, {producers} producers")
+        }
+        None => "no snapshot (empty state)".to_string(),
+    };
+    writeln!(
+        out,
+        "engine: term {}, voted for {}, clock bound {}, {snapshot}",
+        engine.hard_state.term, engine.hard_state.voted_for, engine.clock_bound
+    )?;
     if args.digest {
         for d in &r.digests {
             writeln!(out, "{} {} {:08x}", d.index, d.term, d.crc)?;
         }
     }
-    if r.problems.is_empty() {
+    if r.problems.is_empty() && engine.problems.is_empty() {
         writeln!(out, "problems: none")?;
     } else {
-        writeln!(out, "problems: {}", r.problems.len())?;
+        writeln!(
+            out,
+            "problems: {}",
+            r.problems.len() + engine.problems.len()
+        )?;
+        for p in &engine.problems {
+            writeln!(out, "  {p}")?;
+        }
         for p in &r.problems {
             writeln!(
                 out,

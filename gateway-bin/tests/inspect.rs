@@ -101,3 +101,45 @@ fn a_missing_directory_exits_two() -> anyhow::Result<()> {
     assert_eq!(code, 2);
     Ok(())
 }
+
+#[test]
+fn engine_files_are_reported_and_a_damaged_snapshot_exits_one() -> anyhow::Result<()> {
+    use manifold_core::engine::{AppendRequest, Engine, EngineConfig, IdSpec, RetainEffect};
+    let dir = tempfile::tempdir()?;
+    let mut config = EngineConfig::default();
+    config.store.log.segment_size = 1 << 20;
+    config.store.log.index_records_per_file = 1024;
+    let engine = Engine::open(Arc::new(RealFs), dir.path(), config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(engine.append(AppendRequest {
+        db: 0,
+        key: Bytes::from_static(b"home/temp"),
+        id: IdSpec::Auto,
+        fields: vec![(Bytes::from_static(b"payload"), Bytes::from_static(b"21.5"))],
+        properties: Vec::new(),
+        message_key: Bytes::new(),
+        nomkstream: false,
+        trim: None,
+        retain: RetainEffect::Set,
+        producer: Some((Bytes::from_static(b"p"), 1)),
+    }))?;
+    engine.close()?;
+    let (code, out) = inspect(dir.path(), &[])?;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("engine: term 1, voted for 1, clock bound 0, snapshot at 2: 1 retained messages, 1 producers"),
+        "{out}"
+    );
+    // One byte of the snapshot body flipped.
+    let snapshot = dir
+        .path()
+        .join(manifold_core::engine::SNAPSHOT_DIR)
+        .join(format!("{:020}", 2));
+    let mut bytes = std::fs::read(&snapshot)?;
+    bytes[30] ^= 0xff;
+    std::fs::write(&snapshot, bytes)?;
+    let (code, out) = inspect(dir.path(), &[])?;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("snapshot does not verify"), "{out}");
+    Ok(())
+}

@@ -917,6 +917,46 @@ impl Drop for Engine {
     }
 }
 
+/// What `manifold inspect` reports of the engine's own files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineFiles {
+    /// The hard state (term 0, no vote when there is no file).
+    pub hard_state: HardState,
+    /// The clock bound (0 when there is none).
+    pub clock_bound: u64,
+    /// The snapshot at the store's dispatch point: `(index, retained messages, producers)`;
+    /// `None` when the state is empty by rule (dispatch point 0, or no snapshot files at all).
+    pub snapshot: Option<(LogIndex, usize, usize)>,
+    /// What does not verify, one line each (file and reason).
+    pub problems: Vec<String>,
+}
+
+/// Reads and verifies the engine's files (hard state, clock bound, the snapshot at the
+/// store's dispatch point `dispatched`) without writing anything.
+pub fn inspect_files(
+    storage: &dyn crate::store::Storage,
+    root: &Path,
+    dispatched: LogIndex,
+) -> EngineFiles {
+    let mut files = EngineFiles::default();
+    match HardState::load(storage, root) {
+        Ok(h) => files.hard_state = h,
+        Err(e) => files.problems.push(e.to_string()),
+    }
+    match clock_bound::load(storage, root) {
+        Ok(b) => files.clock_bound = b,
+        Err(e) => files.problems.push(e.to_string()),
+    }
+    match snapshot::load(storage, root, dispatched) {
+        Ok(Some(state)) => {
+            files.snapshot = Some((dispatched, state.retained.len(), state.producers.len()));
+        }
+        Ok(None) => {}
+        Err(e) => files.problems.push(e.to_string()),
+    }
+    files
+}
+
 /// Unregisters a waiter however its wait ends: woken, timed out, or dropped mid-wait (a client
 /// that disconnects during XREAD BLOCK must not leave its registration behind).
 struct WaitGuard<'a> {
