@@ -3,16 +3,19 @@
 //! **propose → append → commit → apply**, with every reply made from apply.
 //!
 //! - The **proposer** (one lock) validates a command against the *leader view* (applied state
-//!   plus the effects of entries appended but not yet applied), resolves stream IDs, stamps the
-//!   leader timestamp (`max(previous, wall clock)`), and appends.
+//!   plus the effects of entries appended but not yet applied), answers producer repeats,
+//!   resolves stream IDs, stamps the leader timestamp (`max(previous, wall clock)`, under the
+//!   durable clock bound in `async` mode), and appends.
 //! - The **applier** (one thread) takes entries in log order once durable (committed: a group of
 //!   one commits what it has made durable), dispatches them into the store in lockstep, in
-//!   batches (`dispatch_batch`: apply at index k sees the store as of k-1), answers each
-//!   proposer from the dispatch outcomes, and wakes the waiters of the topics touched.
+//!   batches (`dispatch_batch`: apply at index k sees the store as of k-1), applies them to the
+//!   engine state with the dispatch outcomes, answers each proposer from those outcomes, wakes
+//!   the waiters of the topics touched, and, every checkpoint interval, writes a snapshot of the
+//!   engine state and then the store's dispatch checkpoint at the same index.
 //!
-//! Stream state (IDs, lengths, deletions, trims) lives in the store's derived state, checkpointed
-//! with it. This slice holds streams only: consumer groups, sessions, retained messages,
-//! retention, snapshots, access control and timers come in later slices.
+//! Stream state (IDs, lengths, deletions, trims) lives in the store's derived state; the rest
+//! (retained messages, the producer dedupe table) in `state::EngineState`, saved in snapshots.
+//! Consumer groups, sessions, retention, access control and timers come in later slices.
 //! The engine never reads a clock or randomness while applying; only the proposer does.
 
 mod clock_bound;
