@@ -436,6 +436,53 @@ fn retained_messages_are_set_cleared_and_survive_restarts_and_power_cuts() -> Re
 }
 
 #[test]
+fn retained_bytes_are_limited() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let mut config = config();
+    config.max_retained_bytes = 100;
+    let engine = Engine::open(Arc::new(disk.clone()), &PathBuf::from("/data"), config)?;
+    let publish = |key: &str, len: usize, retain: RetainEffect| {
+        let mut r = req(key, IdSpec::Auto, &"x".repeat(len));
+        r.retain = retain;
+        r
+    };
+    runtime().block_on(async {
+        // Each counts key (3) + field name (1) + value.
+        engine.append(publish("r/a", 40, RetainEffect::Set)).await?;
+        engine.append(publish("r/b", 40, RetainEffect::Set)).await?;
+        let refused = engine.append(publish("r/c", 40, RetainEffect::Set)).await;
+        assert!(matches!(
+            refused,
+            Err(EngineError::RetainedLimit { limit: 100 })
+        ));
+        assert_eq!(
+            engine.len(0, b"r/c"),
+            0,
+            "a refused publish appends nothing"
+        );
+        // Plain publishes are not retained and not limited; replacing counts the difference.
+        engine
+            .append(publish("r/c", 40, RetainEffect::None))
+            .await?;
+        engine.append(publish("r/a", 50, RetainEffect::Set)).await?;
+        // Clearing frees its bytes.
+        engine
+            .append(publish("r/b", 0, RetainEffect::Clear))
+            .await?;
+        engine.append(publish("r/c", 40, RetainEffect::Set)).await?;
+        Ok::<_, EngineError>(())
+    })?;
+    let mut kept: Vec<usize> = engine
+        .retained(b"r/+")?
+        .iter()
+        .map(|(_, r)| r.fields[0].1.len())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, [40, 50]);
+    Ok(())
+}
+
+#[test]
 fn snapshots_follow_the_store_checkpoint_and_replay_after_them() -> Result<(), EngineError> {
     let disk = SimDisk::new();
     let root = PathBuf::from("/data");

@@ -33,6 +33,12 @@ pub enum EngineError {
         /// Limit.
         limit: usize,
     },
+    /// A retained publish would take retained messages past `max_retained_bytes`.
+    #[error("retained messages would exceed max_retained_bytes {limit}")]
+    RetainedLimit {
+        /// Limit.
+        limit: u64,
+    },
     /// An invalid MQTT topic name or filter.
     #[error("invalid topic: {0}")]
     BadTopic(super::topic_filter::TopicError),

@@ -124,6 +124,9 @@ pub struct EngineConfig {
     /// (default 2000 ms): one small atomic file write per this much time under load, and how
     /// far auto IDs jump ahead after an unclean restart.
     pub clock_lease_ms: u64,
+    /// Bytes of retained messages (topic keys, properties, fields) kept at most (default
+    /// 256 MiB); a retained publish that would pass it is refused (`RetainedLimit`).
+    pub max_retained_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -134,6 +137,7 @@ impl Default for EngineConfig {
             node_id: 1,
             clock: wall_clock_ms,
             clock_lease_ms: 2000,
+            max_retained_bytes: 256 << 20,
         }
     }
 }
@@ -508,6 +512,23 @@ impl Engine {
             let size = record.encoded_len();
             if size > limit {
                 return Err(EngineError::TooLarge { size, limit });
+            }
+            if req.retain == RetainEffect::Set {
+                // Checked against applied state: appends in flight may pass it by their own size.
+                let limit = self.inner.config.max_retained_bytes;
+                let state = self.inner.lock_state();
+                let old = state.retained.get(&key).map_or(0, |r| r.size(&req.key));
+                let new = Retained {
+                    id,
+                    timestamp_ms: 0,
+                    log_index: 0,
+                    properties: req.properties.clone(),
+                    fields: req.fields.clone(),
+                }
+                .size(&req.key);
+                if state.retained_bytes - old.min(state.retained_bytes) + new > limit {
+                    return Err(EngineError::RetainedLimit { limit });
+                }
             }
             let mut records = vec![record];
             records.extend(req.trim.map(|t| t.record(req.db, &req.key)));

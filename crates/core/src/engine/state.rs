@@ -72,6 +72,16 @@ pub struct EngineState {
     pub retained: BTreeMap<TopicKey, Arc<Retained>>,
     /// Producer dedupe table.
     pub producers: BTreeMap<Bytes, Producer>,
+    /// Sum of `Retained::size` over `retained` (derived: not encoded, recomputed by `decode`).
+    pub retained_bytes: u64,
+}
+
+impl Retained {
+    /// What it counts against `max_retained_bytes`: its topic key, properties and fields.
+    pub fn size(&self, key: &[u8]) -> u64 {
+        let pairs = |p: &[(Bytes, Bytes)]| p.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        (key.len() + pairs(&self.properties) + pairs(&self.fields)) as u64
+    }
 }
 
 /// Version of the encoding below.
@@ -110,28 +120,32 @@ impl EngineState {
                     match effect {
                         RetainEffect::None => continue,
                         RetainEffect::Set => {
-                            self.retained.insert(
-                                key,
-                                Arc::new(Retained {
-                                    id: r.id,
-                                    timestamp_ms: entry.timestamp_ms,
-                                    log_index: entry.index,
-                                    properties: r.properties.clone(),
-                                    fields: r.fields.clone(),
-                                }),
-                            );
+                            let new = Arc::new(Retained {
+                                id: r.id,
+                                timestamp_ms: entry.timestamp_ms,
+                                log_index: entry.index,
+                                properties: r.properties.clone(),
+                                fields: r.fields.clone(),
+                            });
+                            self.retained_bytes += new.size(&key.1);
+                            self.clear_retained(&key);
+                            self.retained.insert(key, new);
                         }
-                        RetainEffect::Clear => {
-                            self.retained.remove(&key);
-                        }
+                        RetainEffect::Clear => self.clear_retained(&key),
                     }
                     retain_done = true;
                 }
                 (RecordOp::Drop, Outcome::Dropped(true)) => {
-                    self.retained.remove(&(r.db, r.topic.clone()));
+                    self.clear_retained(&(r.db, r.topic.clone()));
                 }
                 _ => {}
             }
+        }
+    }
+
+    fn clear_retained(&mut self, key: &TopicKey) {
+        if let Some(old) = self.retained.remove(key) {
+            self.retained_bytes -= old.size(&key.1).min(self.retained_bytes);
         }
     }
 
@@ -206,16 +220,15 @@ impl EngineState {
             let log_index = r.u64()?;
             let properties = r.pairs()?;
             let fields = r.pairs()?;
-            state.retained.insert(
-                (db, key),
-                Arc::new(Retained {
-                    id,
-                    timestamp_ms,
-                    log_index,
-                    properties,
-                    fields,
-                }),
-            );
+            let retained = Retained {
+                id,
+                timestamp_ms,
+                log_index,
+                properties,
+                fields,
+            };
+            state.retained_bytes += retained.size(&key);
+            state.retained.insert((db, key), Arc::new(retained));
         }
         let producers = r.u64()?;
         for _ in 0..producers {
@@ -331,6 +344,8 @@ mod tests {
                 }),
             );
         }
+        // Each: key 3, property 2, field 7 + 5.
+        s.retained_bytes = 3 * 17;
         s.remember(
             Bytes::from_static(b"p1"),
             4,
