@@ -99,6 +99,19 @@ fn command_producer(command: &Bytes) -> Option<(Bytes, u64)> {
     Some((command.slice(6..6 + len), seq))
 }
 
+/// Applies committed entries to the engine state, with what dispatch made of each.
+fn apply_to_state<E: std::borrow::Borrow<LogEntry>>(
+    state: &mut EngineState,
+    entries: &[E],
+    outcomes: &[Vec<Outcome>],
+) {
+    for (entry, outcomes) in entries.iter().zip(outcomes) {
+        let entry = entry.borrow();
+        let producer = command_producer(&entry.command);
+        state.apply(entry, retain_effect(entry), producer, outcomes);
+    }
+}
+
 fn command_with_producer(tag: CommandTag, producer: Option<&(Bytes, u64)>) -> Bytes {
     let mut c = vec![COMMAND_VERSION, tag as u8];
     if let Some((id, seq)) = producer {
@@ -381,14 +394,7 @@ impl Engine {
                 .map(|i| store.log().entry(i))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let outcomes = store.dispatch_batch(&entries)?;
-            for (entry, outcomes) in entries.iter().zip(&outcomes) {
-                state.apply(
-                    entry,
-                    retain_effect(entry),
-                    command_producer(&entry.command),
-                    outcomes,
-                );
-            }
+            apply_to_state(&mut state, &entries, &outcomes);
             next = upto + 1;
         }
         let hard = HardState::load(storage.as_ref(), root)?;
@@ -518,14 +524,7 @@ impl Engine {
                 let limit = self.inner.config.max_retained_bytes;
                 let state = self.inner.lock_state();
                 let old = state.retained.get(&key).map_or(0, |r| r.size(&req.key));
-                let new = Retained {
-                    id,
-                    timestamp_ms: 0,
-                    log_index: 0,
-                    properties: req.properties.clone(),
-                    fields: req.fields.clone(),
-                }
-                .size(&req.key);
+                let new = state::retained_size(&req.key, &req.properties, &req.fields);
                 if state.retained_bytes - old.min(state.retained_bytes) + new > limit {
                     return Err(EngineError::RetainedLimit { limit });
                 }
@@ -1223,17 +1222,7 @@ impl Inner {
             let Some(last) = entries.last().map(|e| e.index) else {
                 continue;
             };
-            {
-                let mut state = self.lock_state();
-                for (entry, outcomes) in entries.iter().zip(&outcomes) {
-                    state.apply(
-                        entry,
-                        retain_effect(entry),
-                        command_producer(&entry.command),
-                        outcomes,
-                    );
-                }
-            }
+            apply_to_state(&mut self.lock_state(), &entries, &outcomes);
             self.applied.store(last, Ordering::Release);
             // The leader view keeps only topics with entries not yet applied; pruned before any
             // reply goes out, so a proposer acting on a reply sees applied state.

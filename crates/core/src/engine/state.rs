@@ -76,11 +76,17 @@ pub struct EngineState {
     pub retained_bytes: u64,
 }
 
+/// What a retained message counts against `max_retained_bytes`: its topic key, properties and
+/// fields.
+pub fn retained_size(key: &[u8], properties: &[(Bytes, Bytes)], fields: &[(Bytes, Bytes)]) -> u64 {
+    let pairs = |p: &[(Bytes, Bytes)]| p.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    (key.len() + pairs(properties) + pairs(fields)) as u64
+}
+
 impl Retained {
-    /// What it counts against `max_retained_bytes`: its topic key, properties and fields.
+    /// What it counts against `max_retained_bytes` under topic `key`.
     pub fn size(&self, key: &[u8]) -> u64 {
-        let pairs = |p: &[(Bytes, Bytes)]| p.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        (key.len() + pairs(&self.properties) + pairs(&self.fields)) as u64
+        retained_size(key, &self.properties, &self.fields)
     }
 }
 
