@@ -257,6 +257,10 @@ enum Op {
     Drop {
         topic: u8,
     },
+    /// XGROUP CREATE MKSTREAM: the topic exists (empty) afterwards.
+    Create {
+        topic: u8,
+    },
     Dispatch,
     Checkpoint,
     Crash(u64),
@@ -275,6 +279,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, any::<u8>()).prop_map(|(topic, nth)| Op::Trim { topic, nth }),
         1 => (0u8..4, 0u8..12).prop_map(|(topic, keep)| Op::TrimToLen { topic, keep }),
         1 => (0u8..4).prop_map(|topic| Op::Drop { topic }),
+        1 => (0u8..4).prop_map(|topic| Op::Create { topic }),
         2 => Just(Op::Dispatch),
         1 => Just(Op::Checkpoint),
         2 => any::<u64>().prop_map(Op::Crash),
@@ -318,9 +323,13 @@ fn derive(store: &MessageStore, upto: u64) -> Result<BTreeMap<String, Vec<Stream
                 RecordOp::Drop => {
                     topics.remove(&name);
                 }
+                RecordOp::Create => {
+                    topics.entry(name).or_default();
+                }
             }
         }
     }
+    // Every existing topic, empty ones included (trimmed to nothing, or created empty).
     Ok(topics
         .into_iter()
         .map(|(k, v)| {
@@ -332,7 +341,6 @@ fn derive(store: &MessageStore, upto: u64) -> Result<BTreeMap<String, Vec<Stream
                     .collect(),
             )
         })
-        .filter(|(_, v): &(String, Vec<StreamId>)| !v.is_empty())
         .collect())
 }
 
@@ -380,6 +388,9 @@ fn derive_max_deleted(
                 RecordOp::Drop => {
                     topics.remove(&name);
                 }
+                RecordOp::Create => {
+                    topics.entry(name).or_default();
+                }
             }
         }
     }
@@ -423,9 +434,7 @@ fn actual(store: &MessageStore) -> Result<BTreeMap<String, Vec<StreamId>>, Store
         let name = String::from_utf8_lossy(&t.key).into_owned();
         let live = ids(store, &name)?;
         assert_eq!(t.live_len(), live.len() as u64, "XLEN counter of {name}");
-        if !live.is_empty() {
-            out.insert(name, live);
-        }
+        out.insert(name, live);
     }
     Ok(out)
 }
@@ -492,6 +501,19 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     next_id,
                     vec![record(
                         RecordOp::Drop,
+                        &format!("topic/{topic}"),
+                        StreamId::default(),
+                        "",
+                    )],
+                )
+                .map_err(fail)?;
+            }
+            Op::Create { topic } => {
+                append(
+                    &store,
+                    next_id,
+                    vec![record(
+                        RecordOp::Create,
                         &format!("topic/{topic}"),
                         StreamId::default(),
                         "",

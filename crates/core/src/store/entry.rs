@@ -85,6 +85,8 @@ pub enum RecordOp {
     Drop = 3,
     /// Trim to a length (MAXLEN): the oldest entries go until `id.ms` live entries remain.
     TrimToLen = 4,
+    /// The topic is created empty if it does not exist (XGROUP CREATE MKSTREAM).
+    Create = 5,
 }
 
 impl RecordOp {
@@ -95,6 +97,7 @@ impl RecordOp {
             2 => Some(RecordOp::Trim),
             3 => Some(RecordOp::Drop),
             4 => Some(RecordOp::TrimToLen),
+            5 => Some(RecordOp::Create),
             _ => None,
         }
     }
@@ -473,7 +476,8 @@ mod tests {
             Just(RecordOp::Delete),
             Just(RecordOp::Trim),
             Just(RecordOp::Drop),
-            Just(RecordOp::TrimToLen)
+            Just(RecordOp::TrimToLen),
+            Just(RecordOp::Create)
         ];
         (
             op,

@@ -304,6 +304,8 @@ pub enum Outcome {
     Trimmed(u64),
     /// Drop: whether the topic existed.
     Dropped(bool),
+    /// Create: whether the topic was created (it did not exist).
+    Created(bool),
 }
 
 /// A message read back through its queue entry.
@@ -532,6 +534,7 @@ impl MessageStore {
                 RecordOp::Delete => Outcome::Deleted(false),
                 RecordOp::Trim | RecordOp::TrimToLen => Outcome::Trimmed(0),
                 RecordOp::Drop => Outcome::Dropped(false),
+                RecordOp::Create => Outcome::Created(false),
             })
             .collect();
         let keys = entry
@@ -559,31 +562,7 @@ impl MessageStore {
                     }
                     let mut t = match existing {
                         Some(t) => t,
-                        None => {
-                            let t = Topic {
-                                id: d.next_topic,
-                                db: r.db,
-                                // A copy: a slice would keep the whole decoded entry alive.
-                                key: Bytes::copy_from_slice(&r.topic),
-                                incarnation: i,
-                                len: 0,
-                                first_live: 0,
-                                last_applied: (0, 0),
-                                slot: d.next_slot,
-                                migrated: false,
-                                dropped: false,
-                                last_id: StreamId::default(),
-                                removed_below: 0,
-                                deleted: 0,
-                                max_deleted_id: StreamId::default(),
-                            };
-                            let exhausted =
-                                || StoreError::Config("topic ids or arena slots exhausted".into());
-                            d.next_topic = d.next_topic.checked_add(1).ok_or_else(exhausted)?;
-                            d.next_slot = d.next_slot.checked_add(1).ok_or_else(exhausted)?;
-                            d.topics.create(t.clone());
-                            t
-                        }
+                        None => Self::create_topic(d, r, i)?,
                     };
                     let n = t.len;
                     if self.queues.needs_migration(&t, n) {
@@ -627,6 +606,12 @@ impl MessageStore {
                         d.index.add(hash, i, j, entry.timestamp_ms)?;
                     }
                 }
+                (RecordOp::Create, None) => {
+                    let t = Self::create_topic(d, r, i)?;
+                    d.topics.update(t.id, |t| t.last_applied = (i, j));
+                    outcomes[j as usize] = Outcome::Created(true);
+                }
+                (RecordOp::Create, Some(_)) => {}
                 (_, None) => {} // an operation on a topic that does not exist changes nothing
                 (RecordOp::Delete, Some(t)) => {
                     self.flush_run(run)?; // reads the queue
@@ -698,6 +683,32 @@ impl MessageStore {
             }
         }
         Ok(outcomes)
+    }
+
+    /// A new, empty topic for `r`'s key, created by the entry at `index`.
+    fn create_topic(d: &mut Dispatcher, r: &SubRecord, index: LogIndex) -> Result<Topic> {
+        let t = Topic {
+            id: d.next_topic,
+            db: r.db,
+            // A copy: a slice would keep the whole decoded entry alive.
+            key: Bytes::copy_from_slice(&r.topic),
+            incarnation: index,
+            len: 0,
+            first_live: 0,
+            last_applied: (0, 0),
+            slot: d.next_slot,
+            migrated: false,
+            dropped: false,
+            last_id: StreamId::default(),
+            removed_below: 0,
+            deleted: 0,
+            max_deleted_id: StreamId::default(),
+        };
+        let exhausted = || StoreError::Config("topic ids or arena slots exhausted".into());
+        d.next_topic = d.next_topic.checked_add(1).ok_or_else(exhausted)?;
+        d.next_slot = d.next_slot.checked_add(1).ok_or_else(exhausted)?;
+        d.topics.create(t.clone());
+        Ok(t)
     }
 
     /// Makes the derived state durable up to the dispatch point now.
