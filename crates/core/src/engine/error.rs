@@ -42,6 +42,9 @@ pub enum EngineError {
     /// An invalid MQTT topic name or filter.
     #[error("invalid topic: {0}")]
     BadTopic(super::topic_filter::TopicError),
+    /// A consumer-group command failed and changed nothing.
+    #[error("{0}")]
+    Group(#[from] super::groups::GroupError),
     /// The engine is shutting down; retry on another node or after restart.
     #[error("engine is shutting down")]
     ShuttingDown,

@@ -20,6 +20,9 @@
 
 mod clock_bound;
 mod error;
+mod group_api;
+pub mod group_command;
+pub mod groups;
 mod hard_state;
 mod ids;
 mod snapshot;
@@ -40,6 +43,12 @@ use tokio::sync::oneshot;
 
 pub use clock_bound::CLOCK_BOUND_FILE;
 pub use error::{EngineError, Result};
+pub use group_api::{AutoClaimed, GroupEntry, PendingQuery};
+pub use group_command::{Claim, ClaimTime, GroupCommand, GroupOp, GroupStart, ReadFrom};
+pub use groups::{
+    Claimed, ConsumerInfo, EntryRef, GroupError, GroupInfo, GroupLimits, GroupOutcome,
+    MAX_AUTOCLAIM_COUNT, PendingEntry, PendingSummary, StreamFacts, Streams,
+};
 pub use hard_state::HardState;
 pub use ids::{IdSpec, resolve};
 pub use snapshot::SNAPSHOT_DIR;
@@ -69,6 +78,8 @@ enum CommandTag {
     AppendRetain = 5,
     /// An append whose message clears its topic's retained message.
     AppendClearRetain = 6,
+    /// Consumer-group commands (`group_command`), applied against the streams as of the entry.
+    Group = 7,
 }
 
 /// What an entry's command does to retained messages.
@@ -99,16 +110,142 @@ fn command_producer(command: &Bytes) -> Option<(Bytes, u64)> {
     Some((command.slice(6..6 + len), seq))
 }
 
-/// Applies committed entries to the engine state, with what dispatch made of each.
-fn apply_to_state<E: std::borrow::Borrow<LogEntry>>(
-    state: &mut EngineState,
+/// The group commands an entry's command carries (none when it is not a group command, or
+/// does not decode: then it does nothing, on every node alike).
+fn group_commands(entry: &LogEntry) -> Vec<GroupCommand> {
+    match entry.command.as_ref() {
+        [COMMAND_VERSION, t, rest @ ..] if *t == CommandTag::Group as u8 => {
+            group_command::decode(rest).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// What applying one entry produced: the store's outcome per sub-record and what each group
+/// command did.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    outcomes: Vec<Outcome>,
+    groups: Vec<GroupOutcome>,
+}
+
+/// Applies committed entries: dispatches them into the store and applies them to the engine
+/// state. An entry with group commands reads the streams, so it must see the store exactly as
+/// of itself: dispatch stops after it, the state catches up, and the rest follows. The result
+/// is the same however entries are batched (the applier's batches, the replay at open).
+/// The state is locked only while it is changed, not while the store dispatches.
+fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
+    store: &MessageStore,
+    state: &Mutex<EngineState>,
     entries: &[E],
-    outcomes: &[Vec<Outcome>],
-) {
-    for (entry, outcomes) in entries.iter().zip(outcomes) {
-        let entry = entry.borrow();
-        let producer = command_producer(&entry.command);
-        state.apply(entry, retain_effect(entry), producer, outcomes);
+    limits: GroupLimits,
+) -> Result<Vec<Applied>> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut start = 0;
+    for (k, e) in entries.iter().enumerate() {
+        let reads_streams = e.borrow().command.get(1) == Some(&(CommandTag::Group as u8));
+        if !reads_streams && k + 1 < entries.len() {
+            continue;
+        }
+        let run = &entries[start..=k];
+        let outcomes = store.dispatch_batch(run)?;
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        for (entry, outcomes) in run.iter().zip(outcomes) {
+            let entry = entry.borrow();
+            let groups = state.apply(
+                entry,
+                retain_effect(entry),
+                command_producer(&entry.command),
+                &group_commands(entry),
+                &outcomes,
+                &StoreStreams(store),
+                limits,
+            )?;
+            out.push(Applied { outcomes, groups });
+        }
+        start = k + 1;
+    }
+    Ok(out)
+}
+
+/// The store as group commands read it.
+struct StoreStreams<'a>(&'a MessageStore);
+
+impl StoreStreams<'_> {
+    /// Live entries of `t` from queue position `from`, at most `count` (0: all).
+    fn live_from(&self, t: &Topic, from: u64, count: u64) -> Result<Vec<EntryRef>, StoreError> {
+        const CHUNK: u64 = 1024;
+        let want = if count == 0 { u64::MAX } else { count };
+        let mut out = Vec::new();
+        let mut at = from.max(t.first_live);
+        while at < t.len && (out.len() as u64) < want {
+            let n = (t.len - at).min(CHUNK);
+            for (_, e) in self.0.read_queue(t, at, n)? {
+                if out.len() as u64 == want {
+                    break;
+                }
+                out.push(EntryRef {
+                    id: e.id,
+                    log_index: e.log_index,
+                    sub: e.sub,
+                });
+            }
+            at += n;
+        }
+        Ok(out)
+    }
+}
+
+impl Streams for StoreStreams<'_> {
+    fn facts(&self, db: u8, key: &[u8]) -> Result<Option<StreamFacts>, StoreError> {
+        let Some(t) = self.0.topic(db, key) else {
+            return Ok(None);
+        };
+        let first_id = self
+            .live_from(&t, t.first_live, 1)?
+            .first()
+            .map_or(StreamId::default(), |e| e.id);
+        Ok(Some(StreamFacts {
+            length: t.live_len(),
+            last_id: t.last_id,
+            first_id,
+            max_deleted_id: t.max_deleted_id,
+            entries_added: t.len,
+        }))
+    }
+
+    fn after(
+        &self,
+        db: u8,
+        key: &[u8],
+        after: StreamId,
+        count: u64,
+    ) -> Result<Vec<EntryRef>, StoreError> {
+        let Some(t) = self.0.topic(db, key) else {
+            return Ok(Vec::new());
+        };
+        let Some(next) = next_id(after) else {
+            return Ok(Vec::new());
+        };
+        let from = self.0.seek(&t, next)?;
+        self.live_from(&t, from, count)
+    }
+
+    fn live(&self, db: u8, key: &[u8], id: StreamId) -> Result<Option<EntryRef>, StoreError> {
+        let Some(t) = self.0.topic(db, key) else {
+            return Ok(None);
+        };
+        let at = self.0.seek(&t, id)?;
+        Ok(self
+            .0
+            .read_queue(&t, at, 1)?
+            .into_iter()
+            .map(|(_, e)| EntryRef {
+                id: e.id,
+                log_index: e.log_index,
+                sub: e.sub,
+            })
+            .find(|e| e.id == id))
     }
 }
 
@@ -140,6 +277,9 @@ pub struct EngineConfig {
     /// Bytes of retained messages (topic keys, properties, fields) kept at most (default
     /// 256 MiB); a retained publish that would pass it is refused (`RetainedLimit`).
     pub max_retained_bytes: u64,
+    /// Pending entries per consumer group at most (default 1,000,000): a group read delivers
+    /// no more new entries than fit, and fails (`PendingLimit`) when none fits.
+    pub max_pending_per_group: u64,
 }
 
 impl Default for EngineConfig {
@@ -151,6 +291,15 @@ impl Default for EngineConfig {
             clock: wall_clock_ms,
             clock_lease_ms: 2000,
             max_retained_bytes: 256 << 20,
+            max_pending_per_group: 1_000_000,
+        }
+    }
+}
+
+impl EngineConfig {
+    fn group_limits(&self) -> GroupLimits {
+        GroupLimits {
+            max_pending: self.max_pending_per_group,
         }
     }
 }
@@ -331,7 +480,7 @@ struct Proposer {
 struct Proposal {
     ticket: AppendTicket,
     entry: NewEntry,
-    reply: oneshot::Sender<Result<Vec<Outcome>>>,
+    reply: oneshot::Sender<Result<Applied>>,
 }
 
 #[derive(Debug)]
@@ -384,7 +533,8 @@ impl Engine {
         let store = MessageStore::open(storage.clone(), root, store_config)?;
         let last = store.log().last_index();
         let checkpointed = store.dispatched_index();
-        let mut state = snapshot::load(storage.as_ref(), root, checkpointed)?.unwrap_or_default();
+        let state =
+            Mutex::new(snapshot::load(storage.as_ref(), root, checkpointed)?.unwrap_or_default());
         snapshot::prune(storage.as_ref(), root, checkpointed, checkpointed)?;
         // Re-apply the log after the checkpoint, with the outcomes the state depends on.
         let mut next = checkpointed + 1;
@@ -393,8 +543,7 @@ impl Engine {
             let entries = (next..=upto)
                 .map(|i| store.log().entry(i))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            let outcomes = store.dispatch_batch(&entries)?;
-            apply_to_state(&mut state, &entries, &outcomes);
+            apply_entries(&store, &state, &entries, config.group_limits())?;
             next = upto + 1;
         }
         let hard = HardState::load(storage.as_ref(), root)?;
@@ -434,7 +583,7 @@ impl Engine {
             apply_tx: Mutex::new(Some(tx)),
             waiters: Waiters::default(),
             applied: AtomicU64::new(last),
-            state: Mutex::new(state),
+            state,
         });
         let applier_inner = inner.clone();
         let applier = std::thread::Builder::new()
@@ -549,7 +698,10 @@ impl Engine {
             None => {}
         }
         let Some(reply) = reply else { return Ok(None) };
-        let outcomes = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        let outcomes = reply
+            .await
+            .map_err(|_| EngineError::ShuttingDown)??
+            .outcomes;
         match outcomes.first() {
             Some(Outcome::Added) => Ok(resolved),
             // Apply re-checks what the proposer checked; a failed check is a no-op with an error.
@@ -632,7 +784,10 @@ impl Engine {
             .inner
             .propose(|p| Ok(Some((EntryKind::Command, command(tag), records, p.term))))?;
         match reply {
-            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)?,
+            Some(reply) => Ok(reply
+                .await
+                .map_err(|_| EngineError::ShuttingDown)??
+                .outcomes),
             None => Ok(Vec::new()),
         }
     }
@@ -1094,7 +1249,7 @@ impl Inner {
     fn propose(
         &self,
         build: impl FnOnce(&mut Proposer) -> Result<Option<(EntryKind, Bytes, Vec<SubRecord>, Term)>>,
-    ) -> Result<Option<oneshot::Receiver<Result<Vec<Outcome>>>>> {
+    ) -> Result<Option<oneshot::Receiver<Result<Applied>>>> {
         let mut p = self.lock_proposer();
         if p.shut {
             return Err(EngineError::ShuttingDown);
@@ -1141,6 +1296,7 @@ impl Inner {
                     v.last_id = StreamId::default();
                     v.exists = false;
                 }
+                RecordOp::Create => v.exists = true,
                 _ => {}
             }
             v.at = index;
@@ -1197,14 +1353,16 @@ impl Inner {
                 }
                 replies.push(p.reply);
             }
-            let outcomes = match failed {
+            let applied = match failed {
                 Some(e) => Err(e),
-                None => self
-                    .store
-                    .dispatch_batch(&entries)
-                    .map_err(EngineError::from),
+                None => apply_entries(
+                    &self.store,
+                    &self.state,
+                    &entries,
+                    self.config.group_limits(),
+                ),
             };
-            let outcomes = match outcomes {
+            let applied = match applied {
                 Ok(o) => o,
                 Err(e) => {
                     // The log or the store failed: nothing later can apply either.
@@ -1222,7 +1380,6 @@ impl Inner {
             let Some(last) = entries.last().map(|e| e.index) else {
                 continue;
             };
-            apply_to_state(&mut self.lock_state(), &entries, &outcomes);
             self.applied.store(last, Ordering::Release);
             // The leader view keeps only topics with entries not yet applied; pruned before any
             // reply goes out, so a proposer acting on a reply sees applied state.
@@ -1240,15 +1397,15 @@ impl Inner {
                     }
                 }
             }
-            for ((entry, outcomes), reply) in entries.iter().zip(outcomes).zip(replies) {
+            for ((entry, applied), reply) in entries.iter().zip(applied).zip(replies) {
                 let touched = entry
                     .records
                     .iter()
-                    .zip(&outcomes)
+                    .zip(&applied.outcomes)
                     .filter(|(_, o)| **o == Outcome::Added)
                     .map(|(r, _)| (r.db, &r.topic));
                 self.waiters.wake(entry, touched);
-                let _ = reply.send(Ok(outcomes));
+                let _ = reply.send(Ok(applied));
             }
             let interval = Duration::from_millis(self.config.store.dispatch_checkpoint_interval_ms);
             if last_checkpoint.elapsed() >= interval {

@@ -1,5 +1,6 @@
-//! Engine state that is not stream state: the retained message of each topic and the producer
-//! dedupe table (what each producer's recent sequence numbers were answered). It is a
+//! Engine state that is not stream state: the retained message of each topic, the producer
+//! dedupe table (what each producer's recent sequence numbers were answered) and the consumer
+//! groups (`groups.rs`). It is a
 //! pure function of the committed log and the store's dispatch outcomes (whether an append was
 //! added), applied entry by entry in log order, and is saved whole in snapshots.
 //!
@@ -11,8 +12,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::group_command::GroupCommand;
+use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
 use super::waiters::TopicKey;
-use crate::store::{LogEntry, LogIndex, Outcome, RecordOp, StreamId};
+use crate::store::{LogEntry, LogIndex, Outcome, RecordOp, StoreError, StreamId};
 
 /// What an entry's command says about retained messages (the command tag, decoded by the
 /// engine).
@@ -72,6 +75,8 @@ pub struct EngineState {
     pub retained: BTreeMap<TopicKey, Arc<Retained>>,
     /// Producer dedupe table.
     pub producers: BTreeMap<Bytes, Producer>,
+    /// Consumer groups.
+    pub groups: Groups,
     /// Sum of `Retained::size` over `retained` (derived: not encoded, recomputed by `decode`).
     pub retained_bytes: u64,
 }
@@ -90,8 +95,8 @@ impl Retained {
     }
 }
 
-/// Version of the encoding below.
-const STATE_VERSION: u32 = 1;
+/// Version of the encoding below (1: without groups; still read).
+const STATE_VERSION: u32 = 2;
 
 impl EngineState {
     /// The answer remembered for `(producer, seq)`.
@@ -99,15 +104,20 @@ impl EngineState {
         self.producers.get(producer)?.answers.get(&seq).copied()
     }
 
-    /// Applies one committed entry, given what dispatch made of each of its sub-records and the
-    /// producer sequence its command carries.
+    /// Applies one committed entry, given what dispatch made of each of its sub-records, the
+    /// producer sequence and group commands its command carries, and the streams as of this
+    /// entry (group commands read them). Returns what each group command did.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
         entry: &LogEntry,
         effect: RetainEffect,
         producer: Option<(Bytes, u64)>,
+        group_commands: &[GroupCommand],
         outcomes: &[Outcome],
-    ) {
+        streams: &dyn Streams,
+        limits: GroupLimits,
+    ) -> Result<Vec<GroupOutcome>, StoreError> {
         if let Some((id, seq)) = producer {
             let answer = match (entry.records.first(), outcomes.first()) {
                 (Some(r), Some(Outcome::Added)) => Some(Deduped::Added(r.id)),
@@ -142,11 +152,18 @@ impl EngineState {
                     retain_done = true;
                 }
                 (RecordOp::Drop, Outcome::Dropped(true)) => {
-                    self.clear_retained(&(r.db, r.topic.clone()));
+                    let key = (r.db, r.topic.clone());
+                    self.clear_retained(&key);
+                    self.groups.drop_stream(&key);
                 }
                 _ => {}
             }
         }
+        if group_commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.groups
+            .apply(group_commands, entry.timestamp_ms, streams, limits)
     }
 
     fn clear_retained(&mut self, key: &TopicKey) {
@@ -206,6 +223,7 @@ impl EngineState {
                 out.extend_from_slice(&sid.seq.to_le_bytes());
             }
         }
+        encode_groups(&self.groups, &mut out);
         out
     }
 
@@ -213,7 +231,7 @@ impl EngineState {
     pub fn decode(b: &[u8]) -> Result<Self, String> {
         let mut r = Reader { b, at: 0 };
         let version = r.u32()?;
-        if version != STATE_VERSION {
+        if version != 1 && version != STATE_VERSION {
             return Err(format!("state version {version} is not {STATE_VERSION}"));
         }
         let count = r.u64()?;
@@ -258,11 +276,133 @@ impl EngineState {
             }
             state.producers.insert(id, p);
         }
+        if version >= 2 {
+            state.groups = decode_groups(&mut r)?;
+        }
         if r.at != b.len() {
             return Err(format!("{} bytes after the state", b.len() - r.at));
         }
         Ok(state)
     }
+}
+
+fn put_id(out: &mut Vec<u8>, id: StreamId) {
+    out.extend_from_slice(&id.ms.to_le_bytes());
+    out.extend_from_slice(&id.seq.to_le_bytes());
+}
+
+/// Groups: stream count u64; per stream db, key, group count u32; per group name, last ID,
+/// entries-read (flag + u64), consumers (count u32; name, seen ms), pending entries (count u64;
+/// ID, owner as an index into the consumers just listed u32, delivery ms, delivery count).
+/// Each consumer's own list of pending IDs is not written: decode rebuilds it from the PEL.
+fn encode_groups(groups: &Groups, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(groups.streams.len() as u64).to_le_bytes());
+    for ((db, key), gs) in &groups.streams {
+        out.push(*db);
+        put_bytes(out, key);
+        out.extend_from_slice(&(gs.len() as u32).to_le_bytes());
+        for (name, g) in gs {
+            put_bytes(out, name);
+            put_id(out, g.last_id);
+            match g.entries_read {
+                None => out.extend_from_slice(&[0; 9]),
+                Some(n) => {
+                    out.push(1);
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+            out.extend_from_slice(&(g.consumers.len() as u32).to_le_bytes());
+            let mut index = BTreeMap::new();
+            for (k, (cname, c)) in g.consumers.iter().enumerate() {
+                put_bytes(out, cname);
+                out.extend_from_slice(&c.seen_ms.to_le_bytes());
+                index.insert(cname, k as u32);
+            }
+            out.extend_from_slice(&(g.pel.len() as u64).to_le_bytes());
+            for (id, p) in &g.pel {
+                put_id(out, *id);
+                // Every pending entry's owner is a consumer of the group (`groups.rs` keeps it so).
+                out.extend_from_slice(
+                    &index
+                        .get(&p.consumer)
+                        .copied()
+                        .unwrap_or(u32::MAX)
+                        .to_le_bytes(),
+                );
+                out.extend_from_slice(&p.delivered_ms.to_le_bytes());
+                out.extend_from_slice(&p.count.to_le_bytes());
+            }
+        }
+    }
+}
+
+fn decode_groups(r: &mut Reader<'_>) -> Result<Groups, String> {
+    let mut groups = Groups::default();
+    let streams = r.u64()?;
+    for _ in 0..streams {
+        let db = r.u8()?;
+        let key = r.bytes()?;
+        let n = r.u32()?;
+        let mut gs = BTreeMap::new();
+        for _ in 0..n {
+            let name = r.bytes()?;
+            let last_id = r.id()?;
+            let entries_read = match r.u8()? {
+                0 => {
+                    r.u64()?;
+                    None
+                }
+                1 => Some(r.u64()?),
+                f => return Err(format!("entries-read flag {f}")),
+            };
+            let consumers = r.u32()?;
+            let mut g = Group {
+                last_id,
+                entries_read,
+                ..Group::default()
+            };
+            let mut names = Vec::new();
+            for _ in 0..consumers {
+                let cname = r.bytes()?;
+                let seen_ms = r.u64()?;
+                g.consumers.insert(
+                    cname.clone(),
+                    Consumer {
+                        seen_ms,
+                        pending: Default::default(),
+                    },
+                );
+                names.push(cname);
+            }
+            let pending = r.u64()?;
+            for _ in 0..pending {
+                let id = r.id()?;
+                let owner = r.u32()? as usize;
+                let delivered_ms = r.u64()?;
+                let count = r.u64()?;
+                let consumer = names.get(owner).cloned().ok_or_else(|| {
+                    format!(
+                        "pending entry {id} owned by consumer {owner} of {}",
+                        names.len()
+                    )
+                })?;
+                if let Some(c) = g.consumers.get_mut(&consumer) {
+                    c.pending.insert(id);
+                }
+                g.pel.insert(
+                    id,
+                    Pending {
+                        consumer,
+                        delivered_ms,
+                        count,
+                    },
+                );
+            }
+            gs.insert(name, g);
+        }
+        groups.streams.insert((db, key), gs);
+    }
+    Ok(groups)
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -309,6 +449,10 @@ impl Reader<'_> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
+    }
+
+    fn id(&mut self) -> Result<StreamId, String> {
+        Ok(StreamId::new(self.u64()?, self.u64()?))
     }
 
     fn bytes(&mut self) -> Result<Bytes, String> {

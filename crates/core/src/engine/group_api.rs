@@ -1,0 +1,428 @@
+//! The engine's consumer-group operations: XGROUP, XREADGROUP, XACK, XCLAIM, XAUTOCLAIM as
+//! commands through the log (their replies are what apply decided), and XPENDING and
+//! XINFO GROUPS / CONSUMERS as reads of the applied state.
+//!
+//! This module only builds commands and shapes replies; what a command does is `groups.rs`'s,
+//! and it never changes group state itself.
+
+use bytes::Bytes;
+
+use super::group_command::{self, Claim, GroupCommand, GroupOp, GroupStart, ReadFrom};
+use super::groups::{
+    Claimed, ConsumerInfo, EntryRef, GroupError, GroupInfo, GroupOutcome, PendingEntry,
+    PendingSummary, Streams,
+};
+use super::{
+    COMMAND_VERSION, CommandTag, Engine, EngineError, Message, Result, StoreStreams, check_db,
+};
+use crate::store::{EntryKind, RecordOp, StreamId, SubRecord};
+
+/// An entry a group read or claim delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    /// Stream ID.
+    pub id: StreamId,
+    /// The message; `None` when it is gone (a history read of a deleted entry) or not asked
+    /// for (JUSTID).
+    pub message: Option<Message>,
+}
+
+/// What XAUTOCLAIM returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AutoClaimed {
+    /// Where the next call starts; 0-0 when the scan reached the end.
+    pub next: StreamId,
+    /// Entries claimed (without messages with JUSTID).
+    pub entries: Vec<GroupEntry>,
+    /// Pending entries whose message was gone: removed from the pending list.
+    pub deleted: Vec<StreamId>,
+}
+
+/// XPENDING's extended form: which pending entries to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingQuery {
+    /// Smallest ID (inclusive).
+    pub start: StreamId,
+    /// Largest ID (inclusive).
+    pub end: StreamId,
+    /// At most this many.
+    pub count: u64,
+    /// Only this consumer's.
+    pub consumer: Option<Bytes>,
+    /// IDLE: only entries idle at least this long (ms).
+    pub min_idle_ms: Option<u64>,
+}
+
+impl Engine {
+    /// Proposes group commands (with `records`: a Create for MKSTREAM) and returns what apply
+    /// made of each.
+    async fn group_commands(
+        &self,
+        commands: Vec<GroupCommand>,
+        records: Vec<SubRecord>,
+    ) -> Result<Vec<GroupOutcome>> {
+        for c in &commands {
+            check_db(c.db)?;
+        }
+        let mut bytes = vec![COMMAND_VERSION, CommandTag::Group as u8];
+        group_command::encode(&commands, &mut bytes);
+        let bytes = Bytes::from(bytes);
+        let reply = self
+            .inner
+            .propose(|p| Ok(Some((EntryKind::Command, bytes, records, p.term))))?;
+        match reply {
+            Some(reply) => Ok(reply.await.map_err(|_| EngineError::ShuttingDown)??.groups),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// One group command's outcome.
+    async fn group_command(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        op: GroupOp,
+    ) -> Result<GroupOutcome> {
+        let outcomes = self
+            .group_commands(vec![GroupCommand { db, key, group, op }], Vec::new())
+            .await?;
+        one(outcomes)
+    }
+
+    /// XGROUP CREATE key group (ID | `$`) [MKSTREAM] [ENTRIESREAD n]: `$` is the stream's last
+    /// ID when the command applies; `entries_read` `None` is Redis's -1 (unknown).
+    pub async fn group_create(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        start: GroupStart,
+        mkstream: bool,
+        entries_read: Option<u64>,
+    ) -> Result<()> {
+        let records = if mkstream {
+            vec![SubRecord {
+                op: RecordOp::Create,
+                db,
+                topic: key.clone(),
+                ..SubRecord::default()
+            }]
+        } else {
+            Vec::new()
+        };
+        let command = GroupCommand {
+            db,
+            key,
+            group,
+            op: GroupOp::Create {
+                start,
+                entries_read,
+            },
+        };
+        match one(self.group_commands(vec![command], records).await?)? {
+            GroupOutcome::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// XGROUP DESTROY: whether the group existed.
+    pub async fn group_destroy(&self, db: u8, key: Bytes, group: Bytes) -> Result<bool> {
+        match self.group_command(db, key, group, GroupOp::Destroy).await? {
+            GroupOutcome::Bool(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// XGROUP SETID key group (ID | `$`) [ENTRIESREAD n].
+    pub async fn group_set_id(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        start: GroupStart,
+        entries_read: Option<u64>,
+    ) -> Result<()> {
+        let op = GroupOp::SetId {
+            start,
+            entries_read,
+        };
+        match self.group_command(db, key, group, op).await? {
+            GroupOutcome::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// XGROUP CREATECONSUMER: whether it was created.
+    pub async fn consumer_create(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+    ) -> Result<bool> {
+        let op = GroupOp::CreateConsumer { consumer };
+        match self.group_command(db, key, group, op).await? {
+            GroupOutcome::Bool(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// XGROUP DELCONSUMER: how many pending entries it had (they leave the group's list).
+    pub async fn consumer_delete(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+    ) -> Result<u64> {
+        let op = GroupOp::DeleteConsumer { consumer };
+        match self.group_command(db, key, group, op).await? {
+            GroupOutcome::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// XREADGROUP GROUP group consumer [COUNT count] [NOACK] STREAMS key... id...: one command
+    /// for all the streams; apply decides what each delivers. Returns the streams served, in
+    /// order: a `>` stream only when it had new entries, a history read always (Redis's reply;
+    /// none served is its nil). `count` 0 = no limit.
+    pub async fn read_group(
+        &self,
+        db: u8,
+        group: Bytes,
+        consumer: Bytes,
+        streams: Vec<(Bytes, ReadFrom)>,
+        count: u64,
+        noack: bool,
+    ) -> Result<Vec<(Bytes, Vec<GroupEntry>)>> {
+        let commands = streams
+            .iter()
+            .map(|(key, from)| GroupCommand {
+                db,
+                key: key.clone(),
+                group: group.clone(),
+                op: GroupOp::Deliver {
+                    consumer: consumer.clone(),
+                    from: *from,
+                    count,
+                    noack,
+                },
+            })
+            .collect();
+        let outcomes = self.group_commands(commands, Vec::new()).await?;
+        let mut out = Vec::new();
+        for ((key, from), outcome) in streams.into_iter().zip(outcomes) {
+            let delivered = match outcome {
+                GroupOutcome::Delivered(d) => d,
+                GroupOutcome::Error(e) => return Err(e.into()),
+                other => return Err(unexpected(other)),
+            };
+            if from == ReadFrom::New && delivered.is_empty() {
+                continue;
+            }
+            let mut entries = Vec::with_capacity(delivered.len());
+            for (id, at) in delivered {
+                let message = match at {
+                    Some(at) => self.message_at(&at)?,
+                    None => None,
+                };
+                entries.push(GroupEntry { id, message });
+            }
+            out.push((key, entries));
+        }
+        Ok(out)
+    }
+
+    /// XACK: how many of `ids` were pending (0 when the key or group does not exist).
+    pub async fn ack(&self, db: u8, key: Bytes, group: Bytes, ids: Vec<StreamId>) -> Result<u64> {
+        match self
+            .group_command(db, key, group, GroupOp::Ack { ids })
+            .await?
+        {
+            GroupOutcome::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// XCLAIM: the entries claimed, in argument order (IDs only with JUSTID). Pending entries
+    /// whose message is gone leave the pending list and are not returned (Redis 7.0).
+    pub async fn claim(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        claim: Claim,
+    ) -> Result<Vec<GroupEntry>> {
+        let justid = claim.justid;
+        match self
+            .group_command(db, key, group, GroupOp::Claim(claim))
+            .await?
+        {
+            GroupOutcome::Claimed(c) => self.claimed_entries(&c.entries, justid),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// XAUTOCLAIM key group consumer min-idle start [COUNT count] [JUSTID]: scans the pending
+    /// list from `start`, at most `count` × 10 entries, claiming up to `count`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn autoclaim(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+        min_idle_ms: u64,
+        start: StreamId,
+        count: u64,
+        justid: bool,
+    ) -> Result<AutoClaimed> {
+        let op = GroupOp::AutoClaim {
+            consumer,
+            min_idle_ms,
+            start,
+            count: count.clamp(1, super::MAX_AUTOCLAIM_COUNT),
+            justid,
+        };
+        match self.group_command(db, key, group, op).await? {
+            GroupOutcome::Claimed(Claimed {
+                next,
+                entries,
+                deleted,
+            }) => Ok(AutoClaimed {
+                next,
+                entries: self.claimed_entries(&entries, justid)?,
+                deleted,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn claimed_entries(&self, entries: &[EntryRef], justid: bool) -> Result<Vec<GroupEntry>> {
+        entries
+            .iter()
+            .map(|e| {
+                Ok(GroupEntry {
+                    id: e.id,
+                    message: if justid { None } else { self.message_at(e)? },
+                })
+            })
+            .collect()
+    }
+
+    /// The message at a log position (read from the CommitLog, so an entry deleted or trimmed
+    /// since it was delivered is still returned, as Redis returned it when it was delivered);
+    /// `None` when retention removed its entry.
+    fn message_at(&self, at: &EntryRef) -> Result<Option<Message>> {
+        let log = self.inner.store.log();
+        if at.log_index < log.first_index() {
+            return Ok(None);
+        }
+        let entry = log.entry(at.log_index)?;
+        Ok(entry.records.get(usize::from(at.sub)).map(|r| Message {
+            id: r.id,
+            fields: r.fields.clone(),
+            properties: r.properties.clone(),
+            message_key: r.message_key.clone(),
+            timestamp_ms: entry.timestamp_ms,
+            log_index: at.log_index,
+        }))
+    }
+
+    /// XPENDING key group: the summary. `NoGroup` when the key or group does not exist.
+    pub fn pending_summary(&self, db: u8, key: &[u8], group: &[u8]) -> Result<PendingSummary> {
+        let state = self.inner.lock_state();
+        let g = state
+            .groups
+            .group(&(db, Bytes::copy_from_slice(key)), group)
+            .ok_or(GroupError::NoGroup)?;
+        Ok(g.pending_summary())
+    }
+
+    /// XPENDING key group [IDLE min] start end count [consumer]; idle times as of now.
+    pub fn pending(
+        &self,
+        db: u8,
+        key: &[u8],
+        group: &[u8],
+        query: &PendingQuery,
+    ) -> Result<Vec<PendingEntry>> {
+        let now = self.now_ms();
+        let state = self.inner.lock_state();
+        let g = state
+            .groups
+            .group(&(db, Bytes::copy_from_slice(key)), group)
+            .ok_or(GroupError::NoGroup)?;
+        Ok(g.pending_range(
+            query.start,
+            query.end,
+            query.count,
+            query.consumer.as_deref(),
+            query.min_idle_ms,
+            now,
+        ))
+    }
+
+    /// XINFO GROUPS: every group of the stream, by name; `None` when the stream does not exist.
+    pub fn groups_info(&self, db: u8, key: &[u8]) -> Result<Option<Vec<GroupInfo>>> {
+        let Some(facts) = StoreStreams(&self.inner.store).facts(db, key)? else {
+            return Ok(None);
+        };
+        let state = self.inner.lock_state();
+        let Some(groups) = state.groups.streams.get(&(db, Bytes::copy_from_slice(key))) else {
+            return Ok(Some(Vec::new()));
+        };
+        Ok(Some(
+            groups
+                .iter()
+                .map(|(name, g)| g.info(name, &facts))
+                .collect(),
+        ))
+    }
+
+    /// XINFO CONSUMERS: the group's consumers, by name, idle times as of now. `None` when the
+    /// stream does not exist; `NoGroup` when the group does not.
+    pub fn consumers_info(
+        &self,
+        db: u8,
+        key: &[u8],
+        group: &[u8],
+    ) -> Result<Option<Vec<ConsumerInfo>>> {
+        if self.inner.store.topic(db, key).is_none() {
+            return Ok(None);
+        }
+        let now = self.now_ms();
+        let state = self.inner.lock_state();
+        let g = state
+            .groups
+            .group(&(db, Bytes::copy_from_slice(key)), group)
+            .ok_or(GroupError::NoGroup)?;
+        Ok(Some(g.consumers_info(now)))
+    }
+
+    /// The proposer's clock now (never behind any command's timestamp).
+    fn now_ms(&self) -> u64 {
+        let p = self.inner.lock_proposer();
+        p.last_ts.max((self.inner.config.clock)())
+    }
+}
+
+fn one(outcomes: Vec<GroupOutcome>) -> Result<GroupOutcome> {
+    match outcomes.into_iter().next() {
+        Some(GroupOutcome::Error(e)) => Err(e.into()),
+        Some(o) => Ok(o),
+        None => Err(EngineError::ShuttingDown),
+    }
+}
+
+fn unexpected(o: GroupOutcome) -> EngineError {
+    match o {
+        GroupOutcome::Error(e) => e.into(),
+        // Apply answers each op with its own shape; anything else is a bug, reported as a
+        // failed store rather than a panic.
+        other => EngineError::Store(crate::store::StoreError::Failed(std::sync::Arc::from(
+            format!("group command answered {other:?}"),
+        ))),
+    }
+}
