@@ -1299,7 +1299,65 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
     let disk = SimDisk::new();
     let engine = open(&disk)?;
     runtime().block_on(async {
+        let group = |key: &'static str| {
+            engine.group_create(
+                0,
+                Bytes::from_static(key.as_bytes()),
+                Bytes::from_static(b"g"),
+                manifold_core::engine::GroupStart::Id(StreamId::default()),
+                true,
+                None,
+            )
+        };
+        group("d2").await?;
+        group("d3").await?;
         for n in 0..300u64 {
+            if n % 4 == 0 {
+                // Group reads interleaved with appends: what each delivers is decided at apply.
+                let consumer = Bytes::from(format!("c{}", n % 3));
+                let mut streams = vec![(
+                    Bytes::from_static(b"d3"),
+                    manifold_core::engine::ReadFrom::New,
+                )];
+                if n % 8 == 0 {
+                    // Both, or (once d2 is dropped with its group) neither.
+                    streams.push((
+                        Bytes::from_static(b"d2"),
+                        manifold_core::engine::ReadFrom::New,
+                    ));
+                }
+                let _ = engine
+                    .read_group(0, Bytes::from_static(b"g"), consumer, streams, 2, false)
+                    .await;
+            }
+            if n % 9 == 0 {
+                let pending = engine
+                    .pending_summary(0, b"d2", b"g")
+                    .ok()
+                    .and_then(|s| s.range);
+                if let Some((first, _)) = pending {
+                    engine
+                        .ack(
+                            0,
+                            Bytes::from_static(b"d2"),
+                            Bytes::from_static(b"g"),
+                            vec![first],
+                        )
+                        .await?;
+                }
+                engine
+                    .autoclaim(
+                        0,
+                        Bytes::from_static(b"d3"),
+                        Bytes::from_static(b"g"),
+                        Bytes::from_static(b"z"),
+                        0,
+                        StreamId::default(),
+                        3,
+                        false,
+                    )
+                    .await?;
+            }
             let key = format!("d{}", n % 5);
             let mut r = req(&key, IdSpec::Auto, &n.to_string());
             if n % 7 == 0 {
@@ -1326,6 +1384,11 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
     let digest = engine.store().state_digest()?;
     let state = engine.state_digest();
     assert!(!engine.retained(b"#")?.is_empty());
+    assert!(
+        engine
+            .consumers_info(0, b"d3", b"g")?
+            .is_some_and(|c| c.len() > 3)
+    );
     engine.close()?;
     // The same log, every derived file removed: a fresh replay must derive the same state.
     let replay = disk.crash(CrashMode::KeepUnsynced);
