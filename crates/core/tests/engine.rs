@@ -1040,9 +1040,7 @@ mod model {
                 }
                 cut += 1;
             }
-            if let Some(last) = cut.checked_sub(1).map(|k| self.entries[k].0) {
-                self.max_deleted = self.max_deleted.max(last);
-            }
+            // Redis 7.0: a trim leaves max-deleted-entry-id alone (only XDEL moves it).
             self.entries.drain(..cut).filter(|(_, d)| !d).count() as u64
         }
     }

@@ -370,19 +370,15 @@ fn derive_max_deleted(
                         *max = (*max).max(r.id);
                     }
                 }
+                // Trims leave the max deleted ID alone (Redis 7.0: only XDEL moves it).
                 RecordOp::Trim => {
-                    if let Some((q, max)) = topics.get_mut(&name) {
-                        if let Some((last_cut, _)) = q.iter().filter(|(id, _)| *id < r.id).max() {
-                            *max = (*max).max(*last_cut);
-                        }
+                    if let Some((q, _)) = topics.get_mut(&name) {
                         q.retain(|(id, _)| *id >= r.id);
                     }
                 }
                 RecordOp::TrimToLen => {
-                    if let Some((q, max)) = topics.get_mut(&name)
-                        && let Some(last_cut) = trim_to_len(q, r.id.ms)
-                    {
-                        *max = (*max).max(last_cut);
+                    if let Some((q, _)) = topics.get_mut(&name) {
+                        trim_to_len(q, r.id.ms);
                     }
                 }
                 RecordOp::Drop => {

@@ -651,21 +651,18 @@ impl MessageStore {
                         self.position_removing(&t, excess.min(limit.unwrap_or(u64::MAX)), t.len)?
                     };
                     // Walk the cut range in bounded chunks: a trim may cut millions.
-                    let (mut were_deleted, mut last_cut, mut cut_len) = (0u64, None, 0u64);
+                    let (mut were_deleted, mut cut_len) = (0u64, 0u64);
                     let mut at = t.first_live;
                     while at < n {
                         let chunk = self.queues.read(&t, at, (n - at).min(TRIM_CHUNK))?;
                         were_deleted += chunk.iter().filter(|e| e.is_deleted()).count() as u64;
-                        last_cut = chunk.last().map(|e| e.id).or(last_cut);
                         cut_len += chunk.len() as u64;
                         at += chunk.len().max(1) as u64;
                     }
+                    // Redis 7.0: a trim does not move `max_deleted_entry_id` (only XDEL does).
                     d.topics.update(t.id, |t| {
                         t.first_live = n;
                         t.deleted -= were_deleted.min(t.deleted);
-                        if let Some(id) = last_cut {
-                            t.max_deleted_id = t.max_deleted_id.max(id);
-                        }
                         t.last_applied = (i, j);
                     });
                     d.removals.push(t.id);
