@@ -7,9 +7,8 @@
 //! delivers is decided here, identically on every node. This module never reads a clock, the
 //! disk or randomness itself; its maps are ordered, so `encode` is deterministic.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use bytes::Bytes;
+use imbl::{OrdMap, OrdSet};
 
 use super::group_command::{Claim, ClaimTime, GroupCommand, GroupOp, GroupStart, ReadFrom};
 use super::waiters::TopicKey;
@@ -79,7 +78,7 @@ pub struct Consumer {
     /// Last time it read or claimed (ms, command time).
     pub seen_ms: u64,
     /// Its pending entries.
-    pub pending: BTreeSet<StreamId>,
+    pub pending: OrdSet<StreamId>,
 }
 
 /// A consumer group.
@@ -90,16 +89,16 @@ pub struct Group {
     /// Entries the group has read (Redis's logical counter); `None` when unknown.
     pub entries_read: Option<u64>,
     /// Pending entries, by ID.
-    pub pel: BTreeMap<StreamId, Pending>,
+    pub pel: OrdMap<StreamId, Pending>,
     /// Consumers, by name.
-    pub consumers: BTreeMap<Bytes, Consumer>,
+    pub consumers: OrdMap<Bytes, Consumer>,
 }
 
 /// The groups of every stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Groups {
     /// Groups per stream, by name.
-    pub streams: BTreeMap<TopicKey, BTreeMap<Bytes, Group>>,
+    pub streams: OrdMap<TopicKey, OrdMap<Bytes, Group>>,
 }
 
 /// Why a group command did nothing.
@@ -244,7 +243,7 @@ impl Groups {
                     .streams
                     .get_mut(&key)
                     .is_some_and(|g| g.remove(&c.group).is_some());
-                if self.streams.get(&key).is_some_and(BTreeMap::is_empty) {
+                if self.streams.get(&key).is_some_and(OrdMap::is_empty) {
                     self.streams.remove(&key);
                 }
                 GroupOutcome::Bool(removed)
@@ -277,7 +276,7 @@ impl Groups {
                         consumer.clone(),
                         Consumer {
                             seen_ms: now,
-                            pending: BTreeSet::new(),
+                            pending: OrdSet::new(),
                         },
                     );
                     GroupOutcome::Bool(true)

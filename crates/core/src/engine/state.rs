@@ -8,6 +8,8 @@
 //! maps), so two nodes that applied the same log encode byte-identical state.
 
 use std::collections::BTreeMap;
+
+use imbl::OrdMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -72,9 +74,9 @@ pub struct Producer {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineState {
     /// Retained message per topic.
-    pub retained: BTreeMap<TopicKey, Arc<Retained>>,
+    pub retained: OrdMap<TopicKey, Arc<Retained>>,
     /// Producer dedupe table.
-    pub producers: BTreeMap<Bytes, Producer>,
+    pub producers: OrdMap<Bytes, Producer>,
     /// Consumer groups.
     pub groups: Groups,
     /// Sum of `Retained::size` over `retained` (derived: not encoded, recomputed by `decode`).
@@ -343,7 +345,7 @@ fn decode_groups(r: &mut Reader<'_>) -> Result<Groups, String> {
         let db = r.u8()?;
         let key = r.bytes()?;
         let n = r.u32()?;
-        let mut gs = BTreeMap::new();
+        let mut gs = OrdMap::new();
         for _ in 0..n {
             let name = r.bytes()?;
             let last_id = r.id()?;
