@@ -138,12 +138,16 @@ fn print(
             )?,
         }
     }
-    let snapshot = match engine.snapshot {
-        Some((index, retained, producers)) => {
-            format!("snapshot at {index}: {retained} retained messages, {producers} producers")
-        }
+    let mut snapshot = match engine.snapshot {
+        Some((index, retained, producers, groups)) => format!(
+            "snapshot at {index}: {retained} retained messages, {producers} producers, \
+             {groups} consumer groups"
+        ),
         None => "no snapshot (empty state)".to_string(),
     };
+    if let Some((upto, entries)) = engine.journal {
+        snapshot.push_str(&format!(", journal to {upto}: {entries} entries"));
+    }
     writeln!(
         out,
         "engine: term {}, voted for {}, clock bound {}, {snapshot}",

@@ -127,7 +127,7 @@ fn engine_files_are_reported_and_a_damaged_snapshot_exits_one() -> anyhow::Resul
     let (code, out) = inspect(dir.path(), &[])?;
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("engine: term 1, voted for 1, clock bound 0, snapshot at 2: 1 retained messages, 1 producers"),
+        out.contains("engine: term 1, voted for 1, clock bound 0, snapshot at 2: 1 retained messages, 1 producers, 0 consumer groups"),
         "{out}"
     );
     // One byte of the snapshot body flipped.

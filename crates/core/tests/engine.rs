@@ -504,36 +504,89 @@ fn snapshots_follow_the_store_checkpoint_and_replay_after_them() -> Result<(), E
         Ok::<_, EngineError>(())
     })?;
     let digest = engine.state_digest();
-    // Stopped without a clean close: the applier finishes its last checkpoint, nothing more.
+    // Stopped without a clean close: the applier finishes the snapshot it was writing, nothing
+    // more.
     drop(engine);
     let snapshots = root.join(manifold_core::engine::SNAPSHOT_DIR);
-    let names = disk.list(&snapshots).unwrap_or_default();
-    let files: Vec<&String> = names.iter().filter(|n| !n.ends_with(".tmp")).collect();
-    assert_eq!(files.len(), 1, "older snapshots are removed: {names:?}");
-    let at: u64 = files[0].parse().expect("index name");
-    assert!(at > 1, "snapshots were taken while applying");
+    let files = |disk: &SimDisk| -> Vec<String> {
+        let mut names: Vec<String> = disk
+            .list(&snapshots)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !n.ends_with(".tmp"))
+            .collect();
+        names.sort();
+        names
+    };
+    let left = files(&disk);
+    // What the last checkpoint needs (a snapshot, or a journal and the snapshot it carries
+    // forward), and at most one snapshot written after it.
+    assert!(
+        (1..=3).contains(&left.len()),
+        "older files are removed: {left:?}"
+    );
     for mode in [CrashMode::KeepUnsynced, CrashMode::DropUnsynced] {
         let after = disk.crash(mode);
         let engine = Engine::open(Arc::new(after.clone()), &root, config.clone())?;
         assert_eq!(engine.state_digest(), digest);
+        // Open keeps only what the dispatch point needs (and the engine may have started its
+        // next snapshot since).
+        let kept = files(&after);
+        let journals = kept.iter().filter(|n| n.ends_with(".journal")).count();
+        assert!(
+            kept.len() <= 2 + journals && journals <= 1,
+            "open keeps what it loaded: {kept:?}"
+        );
     }
-    // A damaged snapshot is refused, never silently replaced by an empty state.
-    let broken = disk.crash(CrashMode::KeepUnsynced);
-    let names = broken.list(&snapshots).unwrap_or_default();
-    let newest = names
+    // Any damaged file the dispatch point needs is refused, never silently replaced by an
+    // empty state.
+    let opened = disk.crash(CrashMode::KeepUnsynced);
+    drop(Engine::open(
+        Arc::new(opened.clone()),
+        &root,
+        config.clone(),
+    )?);
+    let needed = files(&opened);
+    assert!(
+        needed.iter().any(|n| n.parse::<u64>().is_ok_and(|i| i > 1)),
+        "snapshots were taken while applying: {needed:?}"
+    );
+    // Damage one needed file at a time (and put the byte back after): the journal, if the
+    // checkpoint has one, and the oldest snapshot (the journal's base, or the checkpoint's own
+    // snapshot; a newer one was written after the checkpoint and is not needed).
+    let mut damage: Vec<String> = needed
         .iter()
-        .filter(|n| !n.ends_with(".tmp"))
-        .max()
-        .expect("a snapshot");
-    let path = snapshots.join(newest);
-    let f = broken.open(&path, false).expect("snapshot file");
-    f.write_at(30, &[0xee]).expect("write");
-    assert!(matches!(
-        Engine::open(Arc::new(broken), &root, config),
-        Err(EngineError::Store(
-            manifold_core::store::StoreError::Corruption { .. }
-        ))
-    ));
+        .filter(|n| n.ends_with(".journal"))
+        .cloned()
+        .collect();
+    damage.extend(needed.iter().find(|n| n.parse::<u64>().is_ok()).cloned());
+    let mut refused = 0;
+    let mut disk = opened;
+    for name in &damage {
+        let broken = disk.crash(CrashMode::KeepUnsynced);
+        let path = snapshots.join(name);
+        let f = broken.open(&path, false).expect("file");
+        let mut was = [0u8; 1];
+        f.read_at(30, &mut was).expect("read");
+        f.write_at(30, &[was[0] ^ 0xee]).expect("write");
+        drop(f);
+        assert!(
+            matches!(
+                Engine::open(Arc::new(broken.clone()), &root, config.clone()),
+                Err(EngineError::Store(
+                    manifold_core::store::StoreError::Corruption { .. }
+                ))
+            ),
+            "damaged {name} of {needed:?} must be refused"
+        );
+        refused += 1;
+        disk = broken.crash(CrashMode::KeepUnsynced);
+        let f = disk.open(&path, false).expect("file");
+        f.write_at(30, &was).expect("restore");
+    }
+    let engine = Engine::open(Arc::new(disk.crash(CrashMode::KeepUnsynced)), &root, config)?;
+    assert_eq!(engine.state_digest(), digest, "restored, it opens again");
+    assert!(refused >= 1);
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub mod group_command;
 pub mod groups;
 mod hard_state;
 mod ids;
+pub mod journal;
 mod snapshot;
 mod state;
 pub mod topic_filter;
@@ -134,11 +135,15 @@ struct Applied {
 /// of itself: dispatch stops after it, the state catches up, and the rest follows. The result
 /// is the same however entries are batched (the applier's batches, the replay at open).
 /// The state is locked only while it is changed, not while the store dispatches.
+///
+/// With `journal`, what each entry read from the store is recorded there (a snapshot is being
+/// written: see `journal.rs`).
 fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
     store: &MessageStore,
     state: &Mutex<EngineState>,
     entries: &[E],
     limits: GroupLimits,
+    mut journal: Option<&mut Vec<journal::JournalEntry>>,
 ) -> Result<Vec<Applied>> {
     let mut out = Vec::with_capacity(entries.len());
     let mut start = 0;
@@ -152,15 +157,24 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         for (entry, outcomes) in run.iter().zip(outcomes) {
             let entry = entry.borrow();
+            let streams = StoreStreams(store);
+            let recorder = journal::Recorder::new(&streams);
             let groups = state.apply(
                 entry,
                 retain_effect(entry),
                 command_producer(&entry.command),
                 &group_commands(entry),
                 &outcomes,
-                &StoreStreams(store),
+                &recorder,
                 limits,
             )?;
+            if let Some(j) = journal.as_deref_mut() {
+                j.push(journal::JournalEntry {
+                    index: entry.index,
+                    outcomes: outcomes.clone(),
+                    reads: recorder.take(),
+                });
+            }
             out.push(Applied { outcomes, groups });
         }
         start = k + 1;
@@ -476,6 +490,15 @@ struct Proposer {
     producers_in_flight: HashMap<(Bytes, u64), LogIndex>,
 }
 
+/// A snapshot being written off the applier thread (at `base`), and the journal that will
+/// carry it forward to the dispatch point of the checkpoint that follows it.
+struct InFlight {
+    base: LogIndex,
+    journal: Vec<journal::JournalEntry>,
+    done: mpsc::Receiver<Result<()>>,
+    writer: JoinHandle<()>,
+}
+
 /// A proposal on its way to the applier.
 struct Proposal {
     ticket: AppendTicket,
@@ -533,9 +556,41 @@ impl Engine {
         let store = MessageStore::open(storage.clone(), root, store_config)?;
         let last = store.log().last_index();
         let checkpointed = store.dispatched_index();
-        let state =
-            Mutex::new(snapshot::load(storage.as_ref(), root, checkpointed)?.unwrap_or_default());
-        snapshot::prune(storage.as_ref(), root, checkpointed, checkpointed)?;
+        let state = match snapshot::load(storage.as_ref(), root, checkpointed)? {
+            None => EngineState::default(),
+            Some(loaded) => {
+                // A snapshot carried forward by its journal: the log entries after it, applied
+                // with what they read from the store back then.
+                let mut state = loaded.state;
+                for je in loaded.journal {
+                    let entry = store.log().entry(je.index)?;
+                    let replay = journal::Replayer::new(je.index, je.reads);
+                    state.apply(
+                        &entry,
+                        retain_effect(&entry),
+                        command_producer(&entry.command),
+                        &group_commands(&entry),
+                        &je.outcomes,
+                        &replay,
+                        config.group_limits(),
+                    )?;
+                    if !replay.finished() {
+                        return Err(StoreError::Corruption {
+                            file: root.join(SNAPSHOT_DIR),
+                            offset: je.index,
+                            reason: format!(
+                                "the apply journal has answers entry {} did not ask for",
+                                je.index
+                            ),
+                        }
+                        .into());
+                    }
+                }
+                state
+            }
+        };
+        let state = Mutex::new(state);
+        snapshot::prune(storage.as_ref(), root, checkpointed)?;
         // Re-apply the log after the checkpoint, with the outcomes the state depends on.
         let mut next = checkpointed + 1;
         while next <= last {
@@ -543,7 +598,7 @@ impl Engine {
             let entries = (next..=upto)
                 .map(|i| store.log().entry(i))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            apply_entries(&store, &state, &entries, config.group_limits())?;
+            apply_entries(&store, &state, &entries, config.group_limits(), None)?;
             next = upto + 1;
         }
         let hard = HardState::load(storage.as_ref(), root)?;
@@ -1102,9 +1157,12 @@ pub struct EngineFiles {
     pub hard_state: HardState,
     /// The clock bound (0 when there is none).
     pub clock_bound: u64,
-    /// The snapshot at the store's dispatch point: `(index, retained messages, producers)`;
-    /// `None` when the state is empty by rule (dispatch point 0, or no snapshot files at all).
-    pub snapshot: Option<(LogIndex, usize, usize)>,
+    /// The snapshot the store's dispatch point starts from: `(index, retained messages,
+    /// producers, consumer groups)`; `None` when the state is empty by rule (dispatch point 0,
+    /// or no snapshot files at all).
+    pub snapshot: Option<(LogIndex, usize, usize, usize)>,
+    /// The journal carrying that snapshot to the dispatch point: `(dispatch point, entries)`.
+    pub journal: Option<(LogIndex, usize)>,
     /// What does not verify, one line each (file and reason).
     pub problems: Vec<String>,
 }
@@ -1126,8 +1184,13 @@ pub fn inspect_files(
         Err(e) => files.problems.push(e.to_string()),
     }
     match snapshot::load(storage, root, dispatched) {
-        Ok(Some(state)) => {
-            files.snapshot = Some((dispatched, state.retained.len(), state.producers.len()));
+        Ok(Some(loaded)) => {
+            let s = &loaded.state;
+            let groups = s.groups.streams.values().map(|g| g.len()).sum();
+            files.snapshot = Some((loaded.base, s.retained.len(), s.producers.len(), groups));
+            if loaded.base != dispatched {
+                files.journal = Some((dispatched, loaded.journal.len()));
+            }
         }
         Ok(None) => {}
         Err(e) => files.problems.push(e.to_string()),
@@ -1320,99 +1383,190 @@ impl Inner {
 
     /// The applier: entries in log order, once durable; dispatched in batches (whatever has
     /// arrived, up to `APPLY_BATCH`), then each proposer gets its reply and the waiters of the
-    /// touched topics are woken.
+    /// touched topics are woken. Between batches it drives checkpoints (`advance_checkpoint`).
     fn apply_loop(&self, rx: mpsc::Receiver<Proposal>) {
         let mut last_checkpoint = Instant::now();
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < APPLY_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            let mut entries = Vec::with_capacity(batch.len());
-            let mut replies = Vec::with_capacity(batch.len());
-            let mut failed = None;
-            for p in batch {
-                if failed.is_some() {
-                    replies.push(p.reply);
-                    continue;
-                }
-                // Tickets resolve in index order: each wait here is the commit of its entry.
-                match p.ticket.wait() {
-                    Ok(index) => entries.push(Arc::new(LogEntry {
-                        index,
-                        term: p.entry.term,
-                        kind: p.entry.kind,
-                        timestamp_ms: p.entry.timestamp_ms,
-                        command: p.entry.command,
-                        records: p.entry.records,
-                    })),
-                    Err(e) => failed = Some(EngineError::from(e)),
-                }
-                replies.push(p.reply);
-            }
-            let applied = match failed {
-                Some(e) => Err(e),
-                None => apply_entries(
-                    &self.store,
-                    &self.state,
-                    &entries,
-                    self.config.group_limits(),
-                ),
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            // While a snapshot is being written, wake up now and then to finish its checkpoint
+            // even if nothing arrives.
+            let next = match &in_flight {
+                Some(_) => rx.recv_timeout(Duration::from_millis(20)),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             };
-            let applied = match applied {
-                Ok(o) => o,
-                Err(e) => {
-                    // The log or the store failed: nothing later can apply either.
-                    tracing::error!(error = %e, "apply failed; the engine stops applying");
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                    for rest in rx.try_iter() {
-                        let _ = rest.reply.send(Err(e.clone()));
-                    }
-                    self.lock_proposer().shut = true;
-                    return;
-                }
-            };
-            let Some(last) = entries.last().map(|e| e.index) else {
-                continue;
-            };
-            self.applied.store(last, Ordering::Release);
-            // The leader view keeps only topics with entries not yet applied; pruned before any
-            // reply goes out, so a proposer acting on a reply sees applied state.
-            {
-                let mut prop = self.lock_proposer();
-                if !prop.producers_in_flight.is_empty() {
-                    prop.producers_in_flight.retain(|_, i| *i > last);
-                }
-                while prop.order.front().is_some_and(|(i, _)| *i <= last) {
-                    let Some((_, key)) = prop.order.pop_front() else {
+            match next {
+                Ok(first) => {
+                    let journal = in_flight.as_mut().map(|f| &mut f.journal);
+                    if !self.apply_batch(first, &rx, journal) {
                         break;
-                    };
-                    if prop.view.get(&key).is_some_and(|v| v.at <= last) {
-                        prop.view.remove(&key);
                     }
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            for ((entry, applied), reply) in entries.iter().zip(applied).zip(replies) {
-                let touched = entry
-                    .records
-                    .iter()
-                    .zip(&applied.outcomes)
-                    .filter(|(_, o)| **o == Outcome::Added)
-                    .map(|(r, _)| (r.db, &r.topic));
-                self.waiters.wake(entry, touched);
-                let _ = reply.send(Ok(applied));
+            self.advance_checkpoint(&mut in_flight, &mut last_checkpoint);
+        }
+        // Stopping: a snapshot still being written is waited for (close writes its own).
+        if let Some(f) = in_flight {
+            let _ = f.writer.join();
+        }
+    }
+
+    /// Applies one batch starting with `first`; false when apply failed and the engine stops.
+    fn apply_batch(
+        &self,
+        first: Proposal,
+        rx: &mpsc::Receiver<Proposal>,
+        journal: Option<&mut Vec<journal::JournalEntry>>,
+    ) -> bool {
+        let mut batch = vec![first];
+        while batch.len() < APPLY_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
             }
-            let interval = Duration::from_millis(self.config.store.dispatch_checkpoint_interval_ms);
-            if last_checkpoint.elapsed() >= interval {
-                if let Err(e) = self.checkpoint() {
-                    tracing::error!(error = %e, "snapshot or checkpoint failed");
+        }
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        for p in batch {
+            if failed.is_some() {
+                replies.push(p.reply);
+                continue;
+            }
+            // Tickets resolve in index order: each wait here is the commit of its entry.
+            match p.ticket.wait() {
+                Ok(index) => entries.push(Arc::new(LogEntry {
+                    index,
+                    term: p.entry.term,
+                    kind: p.entry.kind,
+                    timestamp_ms: p.entry.timestamp_ms,
+                    command: p.entry.command,
+                    records: p.entry.records,
+                })),
+                Err(e) => failed = Some(EngineError::from(e)),
+            }
+            replies.push(p.reply);
+        }
+        let applied = match failed {
+            Some(e) => Err(e),
+            None => apply_entries(
+                &self.store,
+                &self.state,
+                &entries,
+                self.config.group_limits(),
+                journal,
+            ),
+        };
+        let applied = match applied {
+            Ok(o) => o,
+            Err(e) => {
+                // The log or the store failed: nothing later can apply either.
+                tracing::error!(error = %e, "apply failed; the engine stops applying");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
-                last_checkpoint = Instant::now();
+                for rest in rx.try_iter() {
+                    let _ = rest.reply.send(Err(e.clone()));
+                }
+                self.lock_proposer().shut = true;
+                return false;
+            }
+        };
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return true;
+        };
+        self.applied.store(last, Ordering::Release);
+        // The leader view keeps only topics with entries not yet applied; pruned before any
+        // reply goes out, so a proposer acting on a reply sees applied state.
+        {
+            let mut prop = self.lock_proposer();
+            if !prop.producers_in_flight.is_empty() {
+                prop.producers_in_flight.retain(|_, i| *i > last);
+            }
+            while prop.order.front().is_some_and(|(i, _)| *i <= last) {
+                let Some((_, key)) = prop.order.pop_front() else {
+                    break;
+                };
+                if prop.view.get(&key).is_some_and(|v| v.at <= last) {
+                    prop.view.remove(&key);
+                }
+            }
+        }
+        for ((entry, applied), reply) in entries.iter().zip(applied).zip(replies) {
+            let touched = entry
+                .records
+                .iter()
+                .zip(&applied.outcomes)
+                .filter(|(_, o)| **o == Outcome::Added)
+                .map(|(r, _)| (r.db, &r.topic));
+            self.waiters.wake(entry, touched);
+            let _ = reply.send(Ok(applied));
+        }
+        true
+    }
+
+    /// Drives checkpoints without making apply wait for the snapshot: every
+    /// `dispatch_checkpoint_interval_ms` the state is cloned (O(1): persistent maps) at the
+    /// dispatch point `base` and written by another thread while apply goes on, recording
+    /// what it reads from the store; once the snapshot is durable, the journal from `base` to
+    /// the dispatch point now is written, then the store's dispatch checkpoint, then whatever
+    /// that checkpoint no longer needs is removed.
+    fn advance_checkpoint(&self, in_flight: &mut Option<InFlight>, last: &mut Instant) {
+        if let Some(f) = in_flight {
+            let written = match f.done.try_recv() {
+                Err(mpsc::TryRecvError::Empty) => return,
+                Ok(r) => r,
+                Err(mpsc::TryRecvError::Disconnected) => Err(EngineError::ShuttingDown),
+            };
+            let upto = self.store.dispatched_index();
+            let storage = self.storage.as_ref();
+            let checkpoint = written
+                .and_then(|()| {
+                    if upto > f.base {
+                        snapshot::write_journal(storage, &self.root, f.base, upto, &f.journal)?;
+                    }
+                    Ok(())
+                })
+                .and_then(|()| Ok(self.store.checkpoint()?))
+                .and_then(|()| Ok(snapshot::prune(storage, &self.root, upto)?));
+            if let Err(e) = checkpoint {
+                tracing::error!(error = %e, "snapshot or checkpoint failed");
+            }
+            if let Some(f) = in_flight.take() {
+                let _ = f.writer.join();
+            }
+            *last = Instant::now();
+            return;
+        }
+        let interval = Duration::from_millis(self.config.store.dispatch_checkpoint_interval_ms);
+        if last.elapsed() < interval {
+            return;
+        }
+        let base = self.store.dispatched_index();
+        let state = self.lock_state().clone();
+        let (tx, done) = mpsc::channel();
+        let (storage, root) = (self.storage.clone(), self.root.clone());
+        let writer = std::thread::Builder::new()
+            .name("engine-snapshot".into())
+            .spawn(move || {
+                let bytes = state.encode();
+                let _ = tx.send(
+                    snapshot::write(storage.as_ref(), &root, base, &bytes).map_err(Into::into),
+                );
+            });
+        match writer {
+            Ok(writer) => {
+                *in_flight = Some(InFlight {
+                    base,
+                    journal: Vec::new(),
+                    done,
+                    writer,
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the snapshot thread");
+                *last = Instant::now();
             }
         }
     }
@@ -1429,7 +1583,7 @@ impl Inner {
         let bytes = self.lock_state().encode();
         snapshot::write(self.storage.as_ref(), &self.root, index, &bytes)?;
         self.store.checkpoint()?;
-        snapshot::prune(self.storage.as_ref(), &self.root, index, index)?;
+        snapshot::prune(self.storage.as_ref(), &self.root, index)?;
         Ok(())
     }
 }
