@@ -1,0 +1,188 @@
+//! Restart time of a loaded engine: a child process appends `MANIFOLD_RESTART_MESSAGES`
+//! (default 10,000,000) 100-byte messages over 100 streams (`sync`, 800 in flight), creates
+//! 1,000 consumer groups (10 per stream) and has each read 1,000 entries (1,000,000 pending),
+//! then keeps appending and reading until it is killed with SIGKILL. The parent times
+//! `Engine::open` — store recovery, the snapshot and journal loaded, the log after the
+//! checkpoint re-applied, a new term's no-op committed: the node serves when it returns — and
+//! then a clean close followed by another open.
+//!
+//! `MANIFOLD_BENCH_DIR` (default `target/bench-data`) must be on a real disk with room for
+//! the log (~2 GB at the default size).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use manifold_core::engine::{
+    AppendRequest, Engine, EngineConfig, GroupStart, IdSpec, ReadFrom, RetainEffect,
+};
+use manifold_core::store::{RealFs, StreamId};
+
+const STREAMS: u64 = 100;
+const GROUPS_PER_STREAM: u64 = 10;
+const PENDING_PER_GROUP: u64 = 1000;
+
+fn request(stream: u64) -> AppendRequest {
+    AppendRequest {
+        db: 0,
+        key: Bytes::from(format!("stream-{stream}")),
+        id: IdSpec::Auto,
+        fields: vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
+        properties: Vec::new(),
+        message_key: Bytes::new(),
+        nomkstream: false,
+        trim: None,
+        retain: RetainEffect::None,
+        producer: None,
+    }
+}
+
+async fn fill(engine: &Arc<Engine>, n: u64) {
+    let tasks = 800u64;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let engine = engine.clone();
+        let mine = n / tasks + u64::from(t < n % tasks);
+        handles.push(tokio::spawn(async move {
+            for k in 0..mine {
+                let r = request((t + k) % STREAMS);
+                engine.append(r).await.expect("append");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+}
+
+fn child(dir: &Path, messages: u64) {
+    let engine =
+        Arc::new(Engine::open(Arc::new(RealFs), dir, EngineConfig::default()).expect("open"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        fill(&engine, messages).await;
+        for s in 0..STREAMS {
+            for g in 0..GROUPS_PER_STREAM {
+                let key = Bytes::from(format!("stream-{s}"));
+                let group = Bytes::from(format!("group-{g}"));
+                engine
+                    .group_create(
+                        0,
+                        key.clone(),
+                        group.clone(),
+                        GroupStart::Id(StreamId::default()),
+                        false,
+                        None,
+                    )
+                    .await
+                    .expect("group");
+                engine
+                    .read_group(
+                        0,
+                        group,
+                        Bytes::from_static(b"c"),
+                        vec![(key, ReadFrom::New)],
+                        PENDING_PER_GROUP,
+                        false,
+                    )
+                    .await
+                    .expect("read");
+            }
+        }
+        println!("filled {}", engine.applied_index());
+        // Until killed: appends and group reads.
+        let mut k = 0u64;
+        loop {
+            fill(&engine, 8000).await;
+            let key = Bytes::from(format!("stream-{}", k % STREAMS));
+            let _ = engine
+                .read_group(
+                    0,
+                    Bytes::from_static(b"group-0"),
+                    Bytes::from_static(b"d"),
+                    vec![(key, ReadFrom::New)],
+                    10,
+                    false,
+                )
+                .await;
+            k += 1;
+        }
+    });
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("restart: bench");
+        return;
+    }
+    let messages: u64 = std::env::var("MANIFOLD_RESTART_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    if let Some(dir) = std::env::var_os("MANIFOLD_RESTART_CHILD") {
+        child(Path::new(&dir), messages);
+        return;
+    }
+    let dir = tempfile::tempdir_in(common::bench_dir()).expect("tempdir");
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .env("MANIFOLD_RESTART_CHILD", dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let started = Instant::now();
+    let filled = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("filled") => break l,
+            Some(_) => continue,
+            None => panic!("child ended before filling"),
+        }
+    };
+    println!("restart: {filled} in {:?}", started.elapsed());
+    // Let it run past a few checkpoints, then kill it mid-write.
+    std::thread::sleep(Duration::from_secs(3));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let start = Instant::now();
+    let engine = Engine::open(Arc::new(RealFs), dir.path(), EngineConfig::default()).expect("open");
+    let after_kill = start.elapsed();
+    let pending: u64 = (0..STREAMS)
+        .flat_map(|s| (0..GROUPS_PER_STREAM).map(move |g| (s, g)))
+        .map(|(s, g)| {
+            engine
+                .pending_summary(
+                    0,
+                    format!("stream-{s}").as_bytes(),
+                    format!("group-{g}").as_bytes(),
+                )
+                .map_or(0, |p| p.count)
+        })
+        .sum();
+    let messages_now: u64 = (0..STREAMS)
+        .map(|s| engine.len(0, format!("stream-{s}").as_bytes()))
+        .sum();
+    println!(
+        "restart/after-sigkill: open {after_kill:?} ({messages_now} messages, {pending} pending, applied {})",
+        engine.applied_index()
+    );
+    let start = Instant::now();
+    engine.close().expect("close");
+    let close = start.elapsed();
+    let start = Instant::now();
+    let engine = Engine::open(Arc::new(RealFs), dir.path(), EngineConfig::default()).expect("open");
+    println!(
+        "restart/after-close: close {close:?}, open {:?}",
+        start.elapsed()
+    );
+    drop(engine);
+}
