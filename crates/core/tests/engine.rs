@@ -657,6 +657,66 @@ fn a_producer_repeat_gets_the_original_answer_and_appends_nothing() -> Result<()
     Ok(())
 }
 
+static PRODUCER_CLOCK: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(1_700_000_000_000);
+
+fn producer_clock() -> u64 {
+    PRODUCER_CLOCK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn the_expiry_timer_forgets_idle_producers_through_the_log() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let mut config = config();
+    config.clock = producer_clock;
+    config.producer_ttl_ms = 60_000;
+    config.timer_tick_ms = 5;
+    let engine = Engine::open(
+        Arc::new(disk.clone()),
+        &PathBuf::from("/data"),
+        config.clone(),
+    )?;
+    let send = |producer: &'static str, seq: u64| {
+        let mut r = req("orders", IdSpec::Auto, "x");
+        r.producer = Some((Bytes::from_static(producer.as_bytes()), seq));
+        r
+    };
+    let rt = runtime();
+    let wait_for = |want: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while engine.producer_count() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the timer did not fire"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let first = rt.block_on(engine.append(send("old", 1)))?;
+    PRODUCER_CLOCK.fetch_add(30_000, std::sync::atomic::Ordering::SeqCst);
+    rt.block_on(engine.append(send("young", 1)))?;
+    assert_eq!(
+        rt.block_on(engine.append(send("old", 1)))?,
+        first,
+        "still remembered"
+    );
+    // 60 s after its last append "old" is past the TTL; "young" (30 s later) is not.
+    PRODUCER_CLOCK.fetch_add(30_001, std::sync::atomic::Ordering::SeqCst);
+    wait_for(1);
+    let again = rt.block_on(engine.append(send("old", 1)))?;
+    assert!(again > first, "a forgotten producer's repeat appends again");
+    assert_eq!(engine.len(0, b"orders"), 3);
+    // The expiry is a command in the log: a restart (replaying it) agrees.
+    let digest = engine.state_digest();
+    let disk = disk.crash(CrashMode::KeepUnsynced);
+    drop(engine);
+    config.timer_tick_ms = 3_600_000;
+    let engine = Engine::open(Arc::new(disk), &PathBuf::from("/data"), config)?;
+    assert_eq!(engine.state_digest(), digest);
+    assert_eq!(engine.producer_count(), 2);
+    Ok(())
+}
+
 #[test]
 fn nomkstream_delete_and_drop_answer_as_redis() -> Result<(), EngineError> {
     let disk = SimDisk::new();

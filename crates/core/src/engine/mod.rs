@@ -28,6 +28,7 @@ mod ids;
 pub mod journal;
 mod snapshot;
 mod state;
+mod timers;
 pub mod topic_filter;
 mod waiters;
 
@@ -53,7 +54,9 @@ pub use groups::{
 pub use hard_state::HardState;
 pub use ids::{IdSpec, resolve};
 pub use snapshot::SNAPSHOT_DIR;
+use state::EntryCommand;
 pub use state::{Deduped, EngineState, MAX_PRODUCERS, PRODUCER_WINDOW, RetainEffect, Retained};
+use timers::TimerCommand;
 pub use waiters::TopicKey;
 
 use crate::store::{
@@ -81,6 +84,8 @@ enum CommandTag {
     AppendClearRetain = 6,
     /// Consumer-group commands (`group_command`), applied against the streams as of the entry.
     Group = 7,
+    /// A timer's command (`timers`), proposed by the leader when a deadline passes.
+    Timer = 8,
 }
 
 /// What an entry's command does to retained messages.
@@ -122,6 +127,26 @@ fn group_commands(entry: &LogEntry) -> Vec<GroupCommand> {
     }
 }
 
+/// A timer's command an entry carries.
+fn timer_command(entry: &LogEntry) -> Option<TimerCommand> {
+    match entry.command.as_ref() {
+        [COMMAND_VERSION, t, rest @ ..] if *t == CommandTag::Timer as u8 => {
+            TimerCommand::decode(rest)
+        }
+        _ => None,
+    }
+}
+
+/// Everything an entry's command asks of the engine state.
+fn entry_command(entry: &LogEntry) -> EntryCommand {
+    EntryCommand {
+        retain: retain_effect(entry),
+        producer: command_producer(&entry.command),
+        groups: group_commands(entry),
+        timer: timer_command(entry),
+    }
+}
+
 /// What applying one entry produced: the store's outcome per sub-record and what each group
 /// command did.
 #[derive(Debug, Clone, Default)]
@@ -159,15 +184,7 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
             let entry = entry.borrow();
             let streams = StoreStreams(store);
             let recorder = journal::Recorder::new(&streams);
-            let groups = state.apply(
-                entry,
-                retain_effect(entry),
-                command_producer(&entry.command),
-                &group_commands(entry),
-                &outcomes,
-                &recorder,
-                limits,
-            )?;
+            let groups = state.apply(entry, &entry_command(entry), &outcomes, &recorder, limits)?;
             if let Some(j) = journal.as_deref_mut() {
                 j.push(journal::JournalEntry {
                     index: entry.index,
@@ -294,6 +311,11 @@ pub struct EngineConfig {
     /// Pending entries per consumer group at most (default 1,000,000): a group read delivers
     /// no more new entries than fit, and fails (`PendingLimit`) when none fits.
     pub max_pending_per_group: u64,
+    /// A producer whose newest append is older than this (ms, default 24 h) is forgotten by
+    /// the expiry timer: a repeat after that appends again.
+    pub producer_ttl_ms: u64,
+    /// How often the leader's timer thread looks for due deadlines (ms, default 1000).
+    pub timer_tick_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -306,6 +328,8 @@ impl Default for EngineConfig {
             clock_lease_ms: 2000,
             max_retained_bytes: 256 << 20,
             max_pending_per_group: 1_000_000,
+            producer_ttl_ms: 24 * 3600 * 1000,
+            timer_tick_ms: 1000,
         }
     }
 }
@@ -526,6 +550,8 @@ struct Inner {
 pub struct Engine {
     inner: Arc<Inner>,
     applier: Option<JoinHandle<()>>,
+    /// The timer thread, and the sender whose drop stops it.
+    timers: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 fn wall_clock_ms() -> u64 {
@@ -567,9 +593,7 @@ impl Engine {
                     let replay = journal::Replayer::new(je.index, je.reads);
                     state.apply(
                         &entry,
-                        retain_effect(&entry),
-                        command_producer(&entry.command),
-                        &group_commands(&entry),
+                        &entry_command(&entry),
                         &je.outcomes,
                         &replay,
                         config.group_limits(),
@@ -645,9 +669,10 @@ impl Engine {
             .name("engine-apply".into())
             .spawn(move || applier_inner.apply_loop(rx))
             .map_err(|e| StoreError::io("engine-apply thread", e))?;
-        let engine = Engine {
+        let mut engine = Engine {
             inner,
             applier: Some(applier),
+            timers: None,
         };
         // The leader's no-op: commits everything before it in the new term.
         let noop = engine
@@ -657,6 +682,14 @@ impl Engine {
             noop.blocking_recv()
                 .map_err(|_| EngineError::ShuttingDown)??;
         }
+        // A group of one is the leader: its timers run.
+        let (stop, stopped) = mpsc::channel();
+        let timer_inner = engine.inner.clone();
+        let timers = std::thread::Builder::new()
+            .name("engine-timers".into())
+            .spawn(move || timer_inner.timer_loop(stopped))
+            .map_err(|e| StoreError::io("engine-timers thread", e))?;
+        engine.timers = Some((stop, timers));
         Ok(engine)
     }
 
@@ -668,6 +701,11 @@ impl Engine {
     /// Current term.
     pub fn term(&self) -> Term {
         self.inner.lock_proposer().term
+    }
+
+    /// Producers the dedupe table remembers (metrics, tests).
+    pub fn producer_count(&self) -> usize {
+        self.inner.lock_state().producers.len()
     }
 
     /// Readers waiting right now (metrics, tests).
@@ -1130,6 +1168,10 @@ impl Engine {
     }
 
     fn shutdown(&mut self) {
+        if let Some((stop, timers)) = self.timers.take() {
+            drop(stop);
+            let _ = timers.join();
+        }
         self.inner.lock_proposer().shut = true;
         drop(
             self.inner
@@ -1567,6 +1609,29 @@ impl Inner {
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the snapshot thread");
                 *last = Instant::now();
+            }
+        }
+    }
+
+    /// The timer thread: every `timer_tick_ms`, proposes the command of each deadline that
+    /// has passed (`timers::due`), one at a time, waiting for each to apply; stops when the
+    /// engine shuts down.
+    fn timer_loop(&self, stop: mpsc::Receiver<()>) {
+        let tick = Duration::from_millis(self.config.timer_tick_ms.max(1));
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
+            let now = self.lock_proposer().last_ts.max((self.config.clock)());
+            let oldest = self.lock_state().oldest_producer_ms();
+            for due in timers::due(now, oldest, self.config.producer_ttl_ms) {
+                let mut bytes = vec![COMMAND_VERSION, CommandTag::Timer as u8];
+                due.encode(&mut bytes);
+                let bytes = Bytes::from(bytes);
+                match self.propose(|p| Ok(Some((EntryKind::Command, bytes, Vec::new(), p.term)))) {
+                    Ok(Some(reply)) => {
+                        let _ = reply.blocking_recv();
+                    }
+                    Ok(None) => {}
+                    Err(_) => return, // shutting down, or the log failed
+                }
             }
         }
     }

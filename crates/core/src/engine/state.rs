@@ -16,8 +16,23 @@ use bytes::Bytes;
 
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
+use super::timers::TimerCommand;
 use super::waiters::TopicKey;
 use crate::store::{LogEntry, LogIndex, Outcome, RecordOp, StoreError, StreamId};
+
+/// What an entry's command asks of the engine state, decoded from its command bytes by the
+/// engine (`mod.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryCommand {
+    /// Retained-message effect of an append.
+    pub retain: RetainEffect,
+    /// The producer sequence of an append.
+    pub producer: Option<(Bytes, u64)>,
+    /// Group commands.
+    pub groups: Vec<GroupCommand>,
+    /// A timer's command.
+    pub timer: Option<TimerCommand>,
+}
 
 /// What an entry's command says about retained messages (the command tag, decoded by the
 /// engine).
@@ -66,6 +81,9 @@ pub const MAX_PRODUCERS: usize = 10_000;
 pub struct Producer {
     /// Log index of its newest append.
     pub last_used: LogIndex,
+    /// Leader timestamp of its newest append (ms): the expiry timer's deadline is this plus
+    /// `producer_ttl_ms`.
+    pub last_used_ms: u64,
     /// Answer per sequence number, the newest `PRODUCER_WINDOW`.
     pub answers: BTreeMap<u64, Deduped>,
 }
@@ -97,8 +115,9 @@ impl Retained {
     }
 }
 
-/// Version of the encoding below (1: without groups; still read).
-const STATE_VERSION: u32 = 2;
+/// Version of the encoding below (1: without groups, 2: without producers' `last_used_ms`;
+/// both still read).
+const STATE_VERSION: u32 = 3;
 
 impl EngineState {
     /// The answer remembered for `(producer, seq)`.
@@ -113,21 +132,23 @@ impl EngineState {
     pub fn apply(
         &mut self,
         entry: &LogEntry,
-        effect: RetainEffect,
-        producer: Option<(Bytes, u64)>,
-        group_commands: &[GroupCommand],
+        command: &EntryCommand,
         outcomes: &[Outcome],
         streams: &dyn Streams,
         limits: GroupLimits,
     ) -> Result<Vec<GroupOutcome>, StoreError> {
-        if let Some((id, seq)) = producer {
+        let effect = command.retain;
+        if let Some(TimerCommand::ExpireProducers { before_ms }) = command.timer {
+            self.expire_producers(before_ms);
+        }
+        if let Some((id, seq)) = command.producer.clone() {
             let answer = match (entry.records.first(), outcomes.first()) {
                 (Some(r), Some(Outcome::Added)) => Some(Deduped::Added(r.id)),
                 (_, Some(Outcome::Rejected { last })) => Some(Deduped::Rejected(*last)),
                 _ => None,
             };
             if let Some(answer) = answer {
-                self.remember(id, seq, answer, entry.index);
+                self.remember(id, seq, answer, entry.index, entry.timestamp_ms);
             }
         }
         let mut retain_done = false;
@@ -161,11 +182,32 @@ impl EngineState {
                 _ => {}
             }
         }
-        if group_commands.is_empty() {
+        if command.groups.is_empty() {
             return Ok(Vec::new());
         }
         self.groups
-            .apply(group_commands, entry.timestamp_ms, streams, limits)
+            .apply(&command.groups, entry.timestamp_ms, streams, limits)
+    }
+
+    /// A timer command: forgets the producers whose newest append was stamped before
+    /// `before_ms`. Returns how many.
+    pub fn expire_producers(&mut self, before_ms: u64) -> usize {
+        let old: Vec<Bytes> = self
+            .producers
+            .iter()
+            .filter(|(_, p)| p.last_used_ms < before_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &old {
+            self.producers.remove(k);
+        }
+        old.len()
+    }
+
+    /// The oldest `last_used_ms` of any producer: when the next expiry is due (the timer adds
+    /// the TTL).
+    pub fn oldest_producer_ms(&self) -> Option<u64> {
+        self.producers.values().map(|p| p.last_used_ms).min()
     }
 
     fn clear_retained(&mut self, key: &TopicKey) {
@@ -174,9 +216,10 @@ impl EngineState {
         }
     }
 
-    fn remember(&mut self, id: Bytes, seq: u64, answer: Deduped, index: LogIndex) {
+    fn remember(&mut self, id: Bytes, seq: u64, answer: Deduped, index: LogIndex, at_ms: u64) {
         let p = self.producers.entry(id).or_default();
         p.last_used = index;
+        p.last_used_ms = at_ms;
         p.answers.insert(seq, answer);
         while p.answers.len() > PRODUCER_WINDOW {
             p.answers.pop_first();
@@ -213,6 +256,7 @@ impl EngineState {
         for (id, p) in &self.producers {
             put_bytes(&mut out, id);
             out.extend_from_slice(&p.last_used.to_le_bytes());
+            out.extend_from_slice(&p.last_used_ms.to_le_bytes());
             out.extend_from_slice(&(p.answers.len() as u32).to_le_bytes());
             for (seq, answer) in &p.answers {
                 let (kind, sid) = match answer {
@@ -260,9 +304,12 @@ impl EngineState {
         for _ in 0..producers {
             let id = r.bytes()?;
             let last_used = r.u64()?;
+            // Before version 3: unknown, so the first expiry timer forgets it.
+            let last_used_ms = if version >= 3 { r.u64()? } else { 0 };
             let n = r.u32()?;
             let mut p = Producer {
                 last_used,
+                last_used_ms,
                 answers: BTreeMap::new(),
             };
             for _ in 0..n {
@@ -503,12 +550,14 @@ mod tests {
             4,
             Deduped::Added(StreamId::new(1, 2)),
             10,
+            1_000,
         );
         s.remember(
             Bytes::from_static(b"p1"),
             5,
             Deduped::Rejected(StreamId::new(3, 4)),
             11,
+            2_000,
         );
         let b = s.encode();
         assert_eq!(EngineState::decode(&b), Ok(s));

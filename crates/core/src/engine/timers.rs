@@ -1,0 +1,76 @@
+//! Timers: deadlines that live in the engine state, and the commands the leader proposes when
+//! one passes. The timer thread (leader only; a single node is always the leader) looks at the
+//! state every `timer_tick_ms`, and proposes a command for each due deadline; applying the
+//! command is what changes state, identically on every node. A new leader re-derives every
+//! deadline from the state it applied.
+//!
+//! Today: producer dedupe expiry (a producer unused for `producer_ttl_ms` is forgotten). This
+//! module decides *when*; it never changes state itself.
+
+/// A timer's command, carried in an entry with the Timer tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerCommand {
+    /// Forget the producers whose newest append was stamped before this time (ms).
+    ExpireProducers {
+        /// The cut-off.
+        before_ms: u64,
+    },
+}
+
+impl TimerCommand {
+    /// The command bytes after the version and tag: kind u8, then its fields.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            TimerCommand::ExpireProducers { before_ms } => {
+                out.push(1);
+                out.extend_from_slice(&before_ms.to_le_bytes());
+            }
+        }
+    }
+
+    /// Decodes what `encode` wrote; `None` for anything else (applied as nothing).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        match b {
+            [1, rest @ ..] if rest.len() == 8 => Some(TimerCommand::ExpireProducers {
+                before_ms: u64::from_le_bytes(rest.try_into().ok()?),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What is due at `now_ms`, given the oldest producer's last use and the TTL.
+pub fn due(
+    now_ms: u64,
+    oldest_producer_ms: Option<u64>,
+    producer_ttl_ms: u64,
+) -> Vec<TimerCommand> {
+    let mut out = Vec::new();
+    let before_ms = now_ms.saturating_sub(producer_ttl_ms);
+    // Strictly before, as the command forgets: an equal time is not due yet.
+    if oldest_producer_ms.is_some_and(|oldest| oldest < before_ms) {
+        out.push(TimerCommand::ExpireProducers { before_ms });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_and_deadlines_are_exact() {
+        let c = TimerCommand::ExpireProducers { before_ms: 77 };
+        let mut b = Vec::new();
+        c.encode(&mut b);
+        assert_eq!(TimerCommand::decode(&b), Some(c));
+        assert_eq!(TimerCommand::decode(&b[..5]), None);
+        assert_eq!(TimerCommand::decode(&[9, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert!(due(2_000, Some(1_000), 1_000).is_empty());
+        assert_eq!(
+            due(2_001, Some(1_000), 1_000),
+            [TimerCommand::ExpireProducers { before_ms: 1_001 }]
+        );
+        assert!(due(5_000, None, 1_000).is_empty());
+    }
+}
