@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use manifold_core::engine::{Engine, EngineConfig};
+use manifold_core::engine::{AccessConfig, Engine, EngineConfig, PrincipalConfig};
 use manifold_core::store::{FlushMode, RealFs};
 use serde::Deserialize;
 
@@ -62,6 +62,22 @@ struct FileConfig {
     peers: Option<String>,
     flush: Option<String>,
     flush_interval_ms: Option<u64>,
+    /// `[[principal]]` tables (file only: secrets stay off the command line).
+    principal: Option<Vec<PrincipalToml>>,
+}
+
+/// One `[[principal]]`: `name`, optional `secret`, and `publish` / `subscribe` glob patterns.
+/// A principal named `default` is what unauthenticated connections may do; without any
+/// `[[principal]]` everyone may do everything.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalToml {
+    name: String,
+    secret: Option<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
 }
 
 /// Settings after merging flags, file and defaults.
@@ -73,6 +89,7 @@ struct Settings {
     raft_addr: Option<String>,
     peers: Option<String>,
     flush: FlushMode,
+    access: AccessConfig,
 }
 
 fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
@@ -124,6 +141,20 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         raft_addr: args.raft_addr.clone().or(file.raft_addr),
         peers: args.peers.clone().or(file.peers),
         flush,
+        access: match file.principal {
+            None => AccessConfig::default(),
+            Some(list) => AccessConfig {
+                principals: list
+                    .into_iter()
+                    .map(|p| PrincipalConfig {
+                        name: p.name,
+                        secret: p.secret,
+                        publish: p.publish,
+                        subscribe: p.subscribe,
+                    })
+                    .collect(),
+            },
+        },
     })
 }
 
@@ -142,6 +173,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", s.data_dir.display()))?;
     let mut config = EngineConfig {
         node_id: s.node_id,
+        access: s.access.clone(),
         ..EngineConfig::default()
     };
     config.store.log.flush = s.flush;
@@ -214,8 +246,24 @@ mod tests {
         assert_eq!(s.listeners[2].1, "127.0.0.1:9999");
         assert_eq!(s.flush, FlushMode::Async { interval_ms: 100 });
         assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.access, AccessConfig::default());
         std::fs::write(&path, "no_such_setting = 1\n")?;
         assert!(settings(&args).is_err(), "unknown keys are refused");
+        std::fs::write(
+            &path,
+            "[[principal]]\nname = \"sensor\"\nsecret = \"pw\"\npublish = [\"sensors/*\"]\n\n\
+             [[principal]]\nname = \"default\"\nsubscribe = [\"public/*\"]\n",
+        )?;
+        let s = settings(&args)?;
+        assert_eq!(s.access.principals.len(), 2);
+        assert_eq!(s.access.principals[0].secret.as_deref(), Some("pw"));
+        assert_eq!(s.access.principals[0].publish, ["sensors/*"]);
+        assert!(s.access.principals[1].publish.is_empty());
+        std::fs::write(&path, "[[principal]]\nname = \"x\"\npasword = \"typo\"\n")?;
+        assert!(
+            settings(&args).is_err(),
+            "unknown principal keys are refused"
+        );
         Ok(())
     }
 }

@@ -45,6 +45,17 @@ pub enum EngineError {
     /// A consumer-group command failed and changed nothing.
     #[error("{0}")]
     Group(#[from] super::groups::GroupError),
+    /// The principal may not publish to (`publish`) or subscribe to this key.
+    #[error("no permission to {} {key:?}", if *publish { "publish to" } else { "subscribe to" })]
+    NoPermission {
+        /// The key.
+        key: bytes::Bytes,
+        /// Whether it was a publish (else a subscribe).
+        publish: bool,
+    },
+    /// Unknown principal or wrong secret (the same error for both).
+    #[error("invalid principal or secret")]
+    BadCredentials,
     /// The engine is shutting down; retry on another node or after restart.
     #[error("engine is shutting down")]
     ShuttingDown,

@@ -18,8 +18,11 @@
 //! Consumer groups, sessions, retention, access control and timers come in later slices.
 //! The engine never reads a clock or randomness while applying; only the proposer does.
 
+pub mod access;
+mod client;
 mod clock_bound;
 mod error;
+pub mod glob;
 mod group_api;
 pub mod group_command;
 pub mod groups;
@@ -43,6 +46,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+pub use access::{AccessConfig, Acl, DEFAULT_PRINCIPAL, Principal, PrincipalConfig};
+pub use client::Client;
 pub use clock_bound::CLOCK_BOUND_FILE;
 pub use error::{EngineError, Result};
 pub use group_api::{AutoClaimed, GroupEntry, PendingQuery};
@@ -316,6 +321,9 @@ pub struct EngineConfig {
     pub producer_ttl_ms: u64,
     /// How often the leader's timer thread looks for due deadlines (ms, default 1000).
     pub timer_tick_ms: u64,
+    /// Principals and what they may publish and subscribe to (default: `default`, without a
+    /// secret, allowed everything).
+    pub access: AccessConfig,
 }
 
 impl Default for EngineConfig {
@@ -330,6 +338,7 @@ impl Default for EngineConfig {
             max_pending_per_group: 1_000_000,
             producer_ttl_ms: 24 * 3600 * 1000,
             timer_tick_ms: 1000,
+            access: AccessConfig::default(),
         }
     }
 }
@@ -543,6 +552,8 @@ struct Inner {
     applied: AtomicU64,
     /// Engine state beyond streams (retained messages), as of `applied`.
     state: Mutex<EngineState>,
+    /// The principals.
+    acl: Acl,
 }
 
 /// The engine. All operations take `&self`: share it with an `Arc`.
@@ -645,6 +656,7 @@ impl Engine {
         }
         let ts_bound = matches!(config.store.log.flush, FlushMode::Async { .. }).then_some(bound);
         let (tx, rx) = mpsc::channel::<Proposal>();
+        let config_access = config.access.clone();
         let inner = Arc::new(Inner {
             store,
             storage,
@@ -663,6 +675,7 @@ impl Engine {
             waiters: Waiters::default(),
             applied: AtomicU64::new(last),
             state,
+            acl: Acl::new(&config_access),
         });
         let applier_inner = inner.clone();
         let applier = std::thread::Builder::new()
@@ -990,7 +1003,7 @@ impl Engine {
             .store
             .topics()
             .into_iter()
-            .filter(|t| t.db == db && glob_match(pattern, &t.key))
+            .filter(|t| t.db == db && glob::glob_match(pattern, &t.key))
             .map(|t| t.key)
             .collect()
     }
@@ -1281,52 +1294,6 @@ fn next_id(id: StreamId) -> Option<StreamId> {
         Some(StreamId::new(id.ms + 1, 0))
     } else {
         None
-    }
-}
-
-/// Redis's glob (KEYS, SCAN MATCH): `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`.
-fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob_match(rest, &s[1..]),
-        Some((b'[', rest)) => {
-            let Some((&c, tail)) = s.split_first() else {
-                return false;
-            };
-            let (negate, mut p) = match rest.split_first() {
-                Some((b'^', r)) => (true, r),
-                _ => (false, rest),
-            };
-            let mut matched = false;
-            loop {
-                match p {
-                    [] => return false, // unterminated class matches nothing
-                    [b']', after @ ..] => {
-                        p = after;
-                        break;
-                    }
-                    [b'\\', x, after @ ..] => {
-                        matched |= *x == c;
-                        p = after;
-                    }
-                    [a, b'-', z, after @ ..] if *z != b']' => {
-                        let (lo, hi) = if a <= z { (*a, *z) } else { (*z, *a) };
-                        matched |= lo <= c && c <= hi;
-                        p = after;
-                    }
-                    [x, after @ ..] => {
-                        matched |= *x == c;
-                        p = after;
-                    }
-                }
-            }
-            matched != negate && glob_match(p, tail)
-        }
-        Some((b'\\', rest)) if !rest.is_empty() => {
-            s.first() == Some(&rest[0]) && glob_match(&rest[1..], &s[1..])
-        }
-        Some((c, rest)) => s.first() == Some(c) && glob_match(rest, &s[1..]),
     }
 }
 
@@ -1650,23 +1617,5 @@ impl Inner {
         self.store.checkpoint()?;
         snapshot::prune(self.storage.as_ref(), &self.root, index)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn glob_follows_redis() {
-        assert!(glob_match(b"*", b"anything"));
-        assert!(glob_match(b"h?llo", b"hello"));
-        assert!(glob_match(b"h*llo", b"heeeello"));
-        assert!(glob_match(b"h[ae]llo", b"hallo"));
-        assert!(!glob_match(b"h[^e]llo", b"hello"));
-        assert!(glob_match(b"h[a-b]llo", b"hbllo"));
-        assert!(glob_match(b"h\\*llo", b"h*llo"));
-        assert!(!glob_match(b"h\\*llo", b"hello"));
-        assert!(!glob_match(b"a[bc", b"ab"));
     }
 }

@@ -1,0 +1,327 @@
+//! A client of the engine: one principal's view of it, the handle every front end uses for a
+//! connection or request. Each operation first asks the principal (`access.rs`) whether it may
+//! publish to or subscribe to each key it touches, then calls the engine; listings show only
+//! what the principal may subscribe to. A refused operation changes nothing.
+//!
+//! This module only checks and forwards; it holds no state of its own beyond the principal.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::access::Principal;
+use super::group_api::{AutoClaimed, GroupEntry, PendingQuery};
+use super::group_command::{Claim, GroupStart, ReadFrom};
+use super::groups::{ConsumerInfo, GroupInfo, PendingEntry, PendingSummary};
+use super::state::Retained;
+use super::{AppendRequest, Engine, Message, Result, StreamInfo, TopicKey, Trim, Wake};
+use crate::store::{LogIndex, StreamId};
+
+/// The engine as one principal may use it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    engine: Arc<Engine>,
+    principal: Arc<Principal>,
+}
+
+impl Engine {
+    /// The principal `name` with secret `secret` (`BadCredentials` otherwise).
+    pub fn authenticate(&self, name: &[u8], secret: &[u8]) -> Result<Arc<Principal>> {
+        self.inner.acl.authenticate(name, secret)
+    }
+
+    /// What an unauthenticated connection is (`BadCredentials` when the `default` principal
+    /// needs a secret or does not exist).
+    pub fn anonymous(&self) -> Result<Arc<Principal>> {
+        self.inner.acl.anonymous()
+    }
+}
+
+impl Client {
+    /// `principal`'s view of `engine`.
+    pub fn new(engine: Arc<Engine>, principal: Arc<Principal>) -> Self {
+        Client { engine, principal }
+    }
+
+    /// The principal.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The engine (for what needs no permission: applied index, metrics).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// [`Engine::append`], if it may publish to the key.
+    pub async fn append(&self, req: AppendRequest) -> Result<Option<StreamId>> {
+        self.principal.check_publish(&req.key)?;
+        self.engine.append(req).await
+    }
+
+    /// [`Engine::delete`], if it may publish to the key.
+    pub async fn delete(&self, db: u8, key: Bytes, ids: Vec<StreamId>) -> Result<u64> {
+        self.principal.check_publish(&key)?;
+        self.engine.delete(db, key, ids).await
+    }
+
+    /// [`Engine::trim`], if it may publish to the key.
+    pub async fn trim(&self, db: u8, key: Bytes, trim: Trim) -> Result<u64> {
+        self.principal.check_publish(&key)?;
+        self.engine.trim(db, key, trim).await
+    }
+
+    /// [`Engine::drop_topic`], if it may publish to the key.
+    pub async fn drop_topic(&self, db: u8, key: Bytes) -> Result<bool> {
+        self.principal.check_publish(&key)?;
+        self.engine.drop_topic(db, key).await
+    }
+
+    /// [`Engine::read_range`], if it may subscribe to the key.
+    pub fn read_range(
+        &self,
+        db: u8,
+        key: &[u8],
+        start: Bound<StreamId>,
+        end: Bound<StreamId>,
+        count: Option<usize>,
+        reverse: bool,
+    ) -> Result<Vec<Message>> {
+        self.principal.check_subscribe(key)?;
+        self.engine.read_range(db, key, start, end, count, reverse)
+    }
+
+    /// [`Engine::len`], if it may subscribe to the key.
+    pub fn len(&self, db: u8, key: &[u8]) -> Result<u64> {
+        self.principal.check_subscribe(key)?;
+        Ok(self.engine.len(db, key))
+    }
+
+    /// [`Engine::stream_info`], if it may subscribe to the key.
+    pub fn stream_info(&self, db: u8, key: &[u8]) -> Result<Option<StreamInfo>> {
+        self.principal.check_subscribe(key)?;
+        self.engine.stream_info(db, key)
+    }
+
+    /// [`Engine::topics`], only those it may subscribe to.
+    pub fn topics(&self, db: u8, pattern: &[u8]) -> Vec<Bytes> {
+        let mut t = self.engine.topics(db, pattern);
+        t.retain(|k| self.principal.may_subscribe(k));
+        t
+    }
+
+    /// [`Engine::topics_matching`], only those it may subscribe to.
+    pub fn topics_matching(&self, filter: &[u8]) -> Result<Vec<Bytes>> {
+        let mut t = self.engine.topics_matching(filter)?;
+        t.retain(|k| self.principal.may_subscribe(k));
+        Ok(t)
+    }
+
+    /// [`Engine::retained`], only of topics it may subscribe to.
+    pub fn retained(&self, filter: &[u8]) -> Result<Vec<(Bytes, Arc<Retained>)>> {
+        let mut r = self.engine.retained(filter)?;
+        r.retain(|(k, _)| self.principal.may_subscribe(k));
+        Ok(r)
+    }
+
+    /// [`Engine::retained_of`], if it may subscribe to the key.
+    pub fn retained_of(&self, db: u8, key: &[u8]) -> Result<Option<Arc<Retained>>> {
+        self.principal.check_subscribe(key)?;
+        Ok(self.engine.retained_of(db, key))
+    }
+
+    /// [`Engine::find_by_key`], if it may subscribe to the topic.
+    pub fn find_by_key(
+        &self,
+        db: u8,
+        topic: &[u8],
+        key: &[u8],
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Message>> {
+        self.principal.check_subscribe(topic)?;
+        self.engine.find_by_key(db, topic, key, from_ms, to_ms, max)
+    }
+
+    /// [`Engine::wait`], if it may subscribe to every topic.
+    pub async fn wait(
+        &self,
+        topics: &[TopicKey],
+        after: LogIndex,
+        timeout: Duration,
+    ) -> Result<Wake> {
+        for (_, key) in topics {
+            self.principal.check_subscribe(key)?;
+        }
+        Ok(self.engine.wait(topics, after, timeout).await)
+    }
+
+    /// [`Engine::wait_filter`]: a wake says only that something matching arrived; reading it
+    /// is checked per topic.
+    pub async fn wait_filter(
+        &self,
+        filter: &[u8],
+        after: LogIndex,
+        timeout: Duration,
+    ) -> Result<Wake> {
+        self.engine.wait_filter(filter, after, timeout).await
+    }
+
+    /// [`Engine::group_create`], if it may subscribe to the key (and publish to it with
+    /// MKSTREAM, which creates the stream).
+    pub async fn group_create(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        start: GroupStart,
+        mkstream: bool,
+        entries_read: Option<u64>,
+    ) -> Result<()> {
+        self.principal.check_subscribe(&key)?;
+        if mkstream {
+            self.principal.check_publish(&key)?;
+        }
+        self.engine
+            .group_create(db, key, group, start, mkstream, entries_read)
+            .await
+    }
+
+    /// [`Engine::group_destroy`], if it may subscribe to the key.
+    pub async fn group_destroy(&self, db: u8, key: Bytes, group: Bytes) -> Result<bool> {
+        self.principal.check_subscribe(&key)?;
+        self.engine.group_destroy(db, key, group).await
+    }
+
+    /// [`Engine::group_set_id`], if it may subscribe to the key.
+    pub async fn group_set_id(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        start: GroupStart,
+        entries_read: Option<u64>,
+    ) -> Result<()> {
+        self.principal.check_subscribe(&key)?;
+        self.engine
+            .group_set_id(db, key, group, start, entries_read)
+            .await
+    }
+
+    /// [`Engine::consumer_create`], if it may subscribe to the key.
+    pub async fn consumer_create(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+    ) -> Result<bool> {
+        self.principal.check_subscribe(&key)?;
+        self.engine.consumer_create(db, key, group, consumer).await
+    }
+
+    /// [`Engine::consumer_delete`], if it may subscribe to the key.
+    pub async fn consumer_delete(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+    ) -> Result<u64> {
+        self.principal.check_subscribe(&key)?;
+        self.engine.consumer_delete(db, key, group, consumer).await
+    }
+
+    /// [`Engine::read_group`], if it may subscribe to every key.
+    pub async fn read_group(
+        &self,
+        db: u8,
+        group: Bytes,
+        consumer: Bytes,
+        streams: Vec<(Bytes, ReadFrom)>,
+        count: u64,
+        noack: bool,
+    ) -> Result<Vec<(Bytes, Vec<GroupEntry>)>> {
+        for (key, _) in &streams {
+            self.principal.check_subscribe(key)?;
+        }
+        self.engine
+            .read_group(db, group, consumer, streams, count, noack)
+            .await
+    }
+
+    /// [`Engine::ack`], if it may subscribe to the key.
+    pub async fn ack(&self, db: u8, key: Bytes, group: Bytes, ids: Vec<StreamId>) -> Result<u64> {
+        self.principal.check_subscribe(&key)?;
+        self.engine.ack(db, key, group, ids).await
+    }
+
+    /// [`Engine::claim`], if it may subscribe to the key.
+    pub async fn claim(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        claim: Claim,
+    ) -> Result<Vec<GroupEntry>> {
+        self.principal.check_subscribe(&key)?;
+        self.engine.claim(db, key, group, claim).await
+    }
+
+    /// [`Engine::autoclaim`], if it may subscribe to the key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn autoclaim(
+        &self,
+        db: u8,
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+        min_idle_ms: u64,
+        start: StreamId,
+        count: u64,
+        justid: bool,
+    ) -> Result<AutoClaimed> {
+        self.principal.check_subscribe(&key)?;
+        self.engine
+            .autoclaim(db, key, group, consumer, min_idle_ms, start, count, justid)
+            .await
+    }
+
+    /// [`Engine::pending_summary`], if it may subscribe to the key.
+    pub fn pending_summary(&self, db: u8, key: &[u8], group: &[u8]) -> Result<PendingSummary> {
+        self.principal.check_subscribe(key)?;
+        self.engine.pending_summary(db, key, group)
+    }
+
+    /// [`Engine::pending`], if it may subscribe to the key.
+    pub fn pending(
+        &self,
+        db: u8,
+        key: &[u8],
+        group: &[u8],
+        query: &PendingQuery,
+    ) -> Result<Vec<PendingEntry>> {
+        self.principal.check_subscribe(key)?;
+        self.engine.pending(db, key, group, query)
+    }
+
+    /// [`Engine::groups_info`], if it may subscribe to the key.
+    pub fn groups_info(&self, db: u8, key: &[u8]) -> Result<Option<Vec<GroupInfo>>> {
+        self.principal.check_subscribe(key)?;
+        self.engine.groups_info(db, key)
+    }
+
+    /// [`Engine::consumers_info`], if it may subscribe to the key.
+    pub fn consumers_info(
+        &self,
+        db: u8,
+        key: &[u8],
+        group: &[u8],
+    ) -> Result<Option<Vec<ConsumerInfo>>> {
+        self.principal.check_subscribe(key)?;
+        self.engine.consumers_info(db, key, group)
+    }
+}
