@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+use super::codec::{Reader, put_bytes, put_id};
 use crate::store::StreamId;
 
 /// Where a group starts reading (XGROUP CREATE / SETID).
@@ -236,62 +237,62 @@ pub fn encode(commands: &[GroupCommand], out: &mut Vec<u8>) {
 
 /// Decodes what `encode` wrote; `None` for anything else (the entry then does nothing).
 pub fn decode(b: &[u8]) -> Option<Vec<GroupCommand>> {
-    let mut r = Reader { b, at: 0 };
-    let n = r.u32()? as usize;
+    let mut r = Reader::new(b);
+    let n = r.u32().ok()? as usize;
     // Each command holds at least 10 bytes.
     if n > b.len() / 10 {
         return None;
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let db = r.u8()?;
-        let key = r.bytes()?;
-        let group = r.bytes()?;
-        let op = match r.u8()? {
+        let db = r.u8().ok()?;
+        let key = r.bytes().ok()?;
+        let group = r.bytes().ok()?;
+        let op = match r.u8().ok()? {
             1 => GroupOp::Create {
-                start: r.start()?,
-                entries_read: r.opt()?,
+                start: start(&mut r)?,
+                entries_read: opt(&mut r)?,
             },
             2 => GroupOp::Destroy,
             3 => GroupOp::SetId {
-                start: r.start()?,
-                entries_read: r.opt()?,
+                start: start(&mut r)?,
+                entries_read: opt(&mut r)?,
             },
             4 => GroupOp::CreateConsumer {
-                consumer: r.bytes()?,
+                consumer: r.bytes().ok()?,
             },
             5 => GroupOp::DeleteConsumer {
-                consumer: r.bytes()?,
+                consumer: r.bytes().ok()?,
             },
             6 => GroupOp::Deliver {
-                consumer: r.bytes()?,
-                from: match r.u8()? {
+                consumer: r.bytes().ok()?,
+                from: match r.u8().ok()? {
                     0 => ReadFrom::New,
-                    1 => ReadFrom::Pending(r.id()?),
+                    1 => ReadFrom::Pending(r.id().ok()?),
                     _ => return None,
                 },
-                count: r.u64()?,
-                noack: r.flag()?,
+                count: r.u64().ok()?,
+                noack: r.flag().ok()?,
             },
-            7 => GroupOp::Ack { ids: r.ids()? },
+            7 => GroupOp::Ack { ids: ids(&mut r)? },
             8 => {
-                let consumer = r.bytes()?;
-                let min_idle_ms = r.u64()?;
-                let ids = r.ids()?;
-                let delivered = match r.u8()? {
+                let consumer = r.bytes().ok()?;
+                let min_idle_ms = r.u64().ok()?;
+                let ids = ids(&mut r)?;
+                let delivered = match r.u8().ok()? {
                     0 => None,
-                    1 => Some(ClaimTime::Idle(r.u64()?)),
-                    2 => Some(ClaimTime::At(r.u64()?)),
+                    1 => Some(ClaimTime::Idle(r.u64().ok()?)),
+                    2 => Some(ClaimTime::At(r.u64().ok()?)),
                     _ => return None,
                 };
-                let retry_count = r.opt()?;
-                let flags = r.u8()?;
+                let retry_count = opt(&mut r)?;
+                let flags = r.u8().ok()?;
                 if flags > 3 {
                     return None;
                 }
-                let last_id = match r.u8()? {
+                let last_id = match r.u8().ok()? {
                     0 => None,
-                    1 => Some(r.id()?),
+                    1 => Some(r.id().ok()?),
                     _ => return None,
                 };
                 GroupOp::Claim(Claim {
@@ -306,27 +307,17 @@ pub fn decode(b: &[u8]) -> Option<Vec<GroupCommand>> {
                 })
             }
             9 => GroupOp::AutoClaim {
-                consumer: r.bytes()?,
-                min_idle_ms: r.u64()?,
-                start: r.id()?,
-                count: r.u64()?,
-                justid: r.flag()?,
+                consumer: r.bytes().ok()?,
+                min_idle_ms: r.u64().ok()?,
+                start: r.id().ok()?,
+                count: r.u64().ok()?,
+                justid: r.flag().ok()?,
             },
             _ => return None,
         };
         out.push(GroupCommand { db, key, group, op });
     }
-    (r.at == b.len()).then_some(out)
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-fn put_id(out: &mut Vec<u8>, id: StreamId) {
-    out.extend_from_slice(&id.ms.to_le_bytes());
-    out.extend_from_slice(&id.seq.to_le_bytes());
+    r.finished().then_some(out)
 }
 
 fn put_ids(out: &mut Vec<u8>, ids: &[StreamId]) {
@@ -356,70 +347,24 @@ fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
     }
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
+fn ids(r: &mut Reader<'_>) -> Option<Vec<StreamId>> {
+    let n = r.count(16).ok()?;
+    (0..n).map(|_| r.id().ok()).collect()
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len())?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Some(s)
+fn start(r: &mut Reader<'_>) -> Option<GroupStart> {
+    match r.u8().ok()? {
+        0 => Some(GroupStart::Id(r.id().ok()?)),
+        1 => Some(GroupStart::Last),
+        _ => None,
     }
+}
 
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn flag(&mut self) -> Option<bool> {
-        match self.u8()? {
-            0 => Some(false),
-            1 => Some(true),
-            _ => None,
-        }
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn id(&mut self) -> Option<StreamId> {
-        Some(StreamId::new(self.u64()?, self.u64()?))
-    }
-
-    fn ids(&mut self) -> Option<Vec<StreamId>> {
-        let n = self.u32()? as usize;
-        if n > (self.b.len() - self.at) / 16 {
-            return None;
-        }
-        (0..n).map(|_| self.id()).collect()
-    }
-
-    fn bytes(&mut self) -> Option<Bytes> {
-        let n = self.u32()? as usize;
-        Some(Bytes::copy_from_slice(self.take(n)?))
-    }
-
-    fn start(&mut self) -> Option<GroupStart> {
-        match self.u8()? {
-            0 => Some(GroupStart::Id(self.id()?)),
-            1 => Some(GroupStart::Last),
-            _ => None,
-        }
-    }
-
-    fn opt(&mut self) -> Option<Option<u64>> {
-        match self.u8()? {
-            0 => Some(None),
-            1 => Some(Some(self.u64()?)),
-            _ => None,
-        }
+fn opt(r: &mut Reader<'_>) -> Option<Option<u64>> {
+    match r.u8().ok()? {
+        0 => Some(None),
+        1 => Some(Some(r.u64().ok()?)),
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
+use super::codec::{Reader, put_id};
 use super::groups::{EntryRef, StreamFacts, Streams};
 use crate::store::{LogIndex, Outcome, StoreError, StreamId};
 
@@ -200,7 +201,7 @@ pub fn encode(entries: &[JournalEntry]) -> Vec<u8> {
 
 /// Decodes what `encode` wrote; every count is checked against the bytes that hold it.
 pub fn decode(b: &[u8]) -> Result<Vec<JournalEntry>, String> {
-    let mut r = Reader { b, at: 0 };
+    let mut r = Reader::new(b);
     let n = r.u64()?;
     if n > (b.len() / 16) as u64 {
         return Err(format!("journal entry count {n} exceeds its bytes"));
@@ -237,12 +238,12 @@ pub fn decode(b: &[u8]) -> Result<Vec<JournalEntry>, String> {
                     let k = r.count(26)?;
                     let mut refs = Vec::with_capacity(k);
                     for _ in 0..k {
-                        refs.push(r.entry_ref()?);
+                        refs.push(entry_ref(&mut r)?);
                     }
                     Read::After(refs)
                 }
                 3 => Read::Live(None),
-                4 => Read::Live(Some(r.entry_ref()?)),
+                4 => Read::Live(Some(entry_ref(&mut r)?)),
                 t => return Err(format!("read tag {t}")),
             });
         }
@@ -252,15 +253,10 @@ pub fn decode(b: &[u8]) -> Result<Vec<JournalEntry>, String> {
             reads,
         });
     }
-    if r.at != b.len() {
-        return Err(format!("{} bytes after the journal", b.len() - r.at));
+    if !r.finished() {
+        return Err(format!("{} bytes after the journal", r.remaining()));
     }
     Ok(out)
-}
-
-fn put_id(out: &mut Vec<u8>, id: StreamId) {
-    out.extend_from_slice(&id.ms.to_le_bytes());
-    out.extend_from_slice(&id.seq.to_le_bytes());
 }
 
 fn put_ref(out: &mut Vec<u8>, r: &EntryRef) {
@@ -269,73 +265,12 @@ fn put_ref(out: &mut Vec<u8>, r: &EntryRef) {
     out.extend_from_slice(&r.sub.to_le_bytes());
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|e| *e <= self.b.len())
-            .ok_or_else(|| format!("journal ends inside a field at byte {}", self.at))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn flag(&mut self) -> Result<bool, String> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            f => Err(format!("flag {f}")),
-        }
-    }
-
-    fn u16(&mut self) -> Result<u16, String> {
-        let mut a = [0u8; 2];
-        a.copy_from_slice(self.take(2)?);
-        Ok(u16::from_le_bytes(a))
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(a))
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
-    }
-
-    /// A u32 count of items of at least `min` bytes each, checked against what remains.
-    fn count(&mut self, min: usize) -> Result<usize, String> {
-        let n = self.u32()? as usize;
-        if n > (self.b.len() - self.at) / min {
-            return Err(format!("count {n} exceeds the journal's bytes"));
-        }
-        Ok(n)
-    }
-
-    fn id(&mut self) -> Result<StreamId, String> {
-        Ok(StreamId::new(self.u64()?, self.u64()?))
-    }
-
-    fn entry_ref(&mut self) -> Result<EntryRef, String> {
-        Ok(EntryRef {
-            id: self.id()?,
-            log_index: self.u64()?,
-            sub: self.u16()?,
-        })
-    }
+fn entry_ref(r: &mut Reader<'_>) -> Result<EntryRef, String> {
+    Ok(EntryRef {
+        id: r.id()?,
+        log_index: r.u64()?,
+        sub: r.u16()?,
+    })
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 pub mod access;
 mod client;
 mod clock_bound;
+mod codec;
 mod error;
 pub mod glob;
 mod group_api;

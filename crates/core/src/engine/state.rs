@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::codec::{Reader, put_bytes, put_id, put_pairs};
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
 use super::timers::TimerCommand;
@@ -275,7 +276,7 @@ impl EngineState {
 
     /// Decodes what `encode` wrote; every length is checked against the bytes that hold it.
     pub fn decode(b: &[u8]) -> Result<Self, String> {
-        let mut r = Reader { b, at: 0 };
+        let mut r = Reader::new(b);
         let version = r.u32()?;
         if version != 1 && version != STATE_VERSION {
             return Err(format!("state version {version} is not {STATE_VERSION}"));
@@ -328,16 +329,11 @@ impl EngineState {
         if version >= 2 {
             state.groups = decode_groups(&mut r)?;
         }
-        if r.at != b.len() {
-            return Err(format!("{} bytes after the state", b.len() - r.at));
+        if !r.finished() {
+            return Err(format!("{} bytes after the state", r.remaining()));
         }
         Ok(state)
     }
-}
-
-fn put_id(out: &mut Vec<u8>, id: StreamId) {
-    out.extend_from_slice(&id.ms.to_le_bytes());
-    out.extend_from_slice(&id.seq.to_le_bytes());
 }
 
 /// Groups: stream count u64; per stream db, key, group count u32; per group name, last ID,
@@ -452,76 +448,6 @@ fn decode_groups(r: &mut Reader<'_>) -> Result<Groups, String> {
         groups.streams.insert((db, key), gs);
     }
     Ok(groups)
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-fn put_pairs(out: &mut Vec<u8>, pairs: &[(Bytes, Bytes)]) {
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        put_bytes(out, k);
-        put_bytes(out, v);
-    }
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|end| *end <= self.b.len())
-            .ok_or_else(|| format!("state ends inside a field at byte {}", self.at))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(a))
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
-    }
-
-    fn id(&mut self) -> Result<StreamId, String> {
-        Ok(StreamId::new(self.u64()?, self.u64()?))
-    }
-
-    fn bytes(&mut self) -> Result<Bytes, String> {
-        let n = self.u32()? as usize;
-        Ok(Bytes::copy_from_slice(self.take(n)?))
-    }
-
-    fn pairs(&mut self) -> Result<Vec<(Bytes, Bytes)>, String> {
-        let n = self.u32()? as usize;
-        // Each pair holds at least 8 bytes: a count beyond what remains is damage, not a
-        // reason to allocate.
-        if n > (self.b.len() - self.at) / 8 {
-            return Err(format!("pair count {n} exceeds the state's bytes"));
-        }
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push((self.bytes()?, self.bytes()?));
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
