@@ -261,6 +261,10 @@ enum Op {
     Create {
         topic: u8,
     },
+    /// Retention: every topic loses the entries of log entries below `last index + 1 - back`.
+    RetainFrom {
+        back: u8,
+    },
     Dispatch,
     Checkpoint,
     Crash(u64),
@@ -280,6 +284,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, 0u8..12).prop_map(|(topic, keep)| Op::TrimToLen { topic, keep }),
         1 => (0u8..4).prop_map(|topic| Op::Drop { topic }),
         1 => (0u8..4).prop_map(|topic| Op::Create { topic }),
+        1 => (0u8..12).prop_map(|back| Op::RetainFrom { back }),
         2 => Just(Op::Dispatch),
         1 => Just(Op::Checkpoint),
         2 => any::<u64>().prop_map(Op::Crash),
@@ -291,16 +296,26 @@ fn op() -> impl Strategy<Value = Op> {
 /// Expected live IDs per topic, derived from the log alone.
 fn derive(store: &MessageStore, upto: u64) -> Result<BTreeMap<String, Vec<StreamId>>, StoreError> {
     let mut topics: BTreeMap<String, Vec<(StreamId, bool)>> = BTreeMap::new();
+    let mut born: BTreeMap<(String, StreamId), u64> = BTreeMap::new();
     for i in store.log().first_index()..=upto {
         for r in store.log().entry(i)?.records {
             let name = String::from_utf8_lossy(&r.topic).into_owned();
             match r.op {
                 RecordOp::Message => {
                     // Stream IDs only grow: a message at or below the last ID is not added.
-                    let q = topics.entry(name).or_default();
+                    let q = topics.entry(name.clone()).or_default();
                     let last = q.last().map_or(StreamId::default(), |(id, _)| *id);
                     if r.id > last {
                         q.push((r.id, false));
+                        born.insert((name, r.id), i);
+                    }
+                }
+                RecordOp::RetainFrom => {
+                    for (name, q) in topics.iter_mut() {
+                        q.retain(|(id, _)| {
+                            born.get(&(name.clone(), *id))
+                                .is_some_and(|b| *b >= r.id.ms)
+                        });
                     }
                 }
                 RecordOp::Delete => {
@@ -352,14 +367,25 @@ fn derive_max_deleted(
     // Per topic: every entry added (in order, with its deleted flag) and the max deleted ID,
     // for the current incarnation.
     let mut topics: BTreeMap<String, (Vec<(StreamId, bool)>, StreamId)> = BTreeMap::new();
+    let mut born: BTreeMap<(String, StreamId), u64> = BTreeMap::new();
     for i in store.log().first_index()..=upto {
         for r in store.log().entry(i)?.records {
             let name = String::from_utf8_lossy(&r.topic).into_owned();
             match r.op {
                 RecordOp::Message => {
-                    let (q, _) = topics.entry(name).or_default();
+                    let (q, _) = topics.entry(name.clone()).or_default();
                     if q.last().is_none_or(|(last, _)| r.id > *last) {
                         q.push((r.id, false));
+                        born.insert((name, r.id), i);
+                    }
+                }
+                // Retention leaves the max deleted ID alone, as trims do.
+                RecordOp::RetainFrom => {
+                    for (name, (q, _)) in topics.iter_mut() {
+                        q.retain(|(id, _)| {
+                            born.get(&(name.clone(), *id))
+                                .is_some_and(|b| *b >= r.id.ms)
+                        });
                     }
                 }
                 RecordOp::Delete => {
@@ -512,6 +538,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         RecordOp::Create,
                         &format!("topic/{topic}"),
                         StreamId::default(),
+                        "",
+                    )],
+                )
+                .map_err(fail)?;
+            }
+            Op::RetainFrom { back } => {
+                let index = (store.log().last_index() + 1).saturating_sub(u64::from(back));
+                append(
+                    &store,
+                    next_id,
+                    vec![record(
+                        RecordOp::RetainFrom,
+                        "",
+                        StreamId::new(index, 0),
                         "",
                     )],
                 )

@@ -87,6 +87,9 @@ pub enum RecordOp {
     TrimToLen = 4,
     /// The topic is created empty if it does not exist (XGROUP CREATE MKSTREAM).
     Create = 5,
+    /// Retention: in **every** topic, the entries of log entries below `id.ms` are gone (the
+    /// topic key is not used).
+    RetainFrom = 6,
 }
 
 impl RecordOp {
@@ -98,6 +101,7 @@ impl RecordOp {
             3 => Some(RecordOp::Drop),
             4 => Some(RecordOp::TrimToLen),
             5 => Some(RecordOp::Create),
+            6 => Some(RecordOp::RetainFrom),
             _ => None,
         }
     }
@@ -477,7 +481,8 @@ mod tests {
             Just(RecordOp::Trim),
             Just(RecordOp::Drop),
             Just(RecordOp::TrimToLen),
-            Just(RecordOp::Create)
+            Just(RecordOp::Create),
+            Just(RecordOp::RetainFrom)
         ];
         (
             op,

@@ -290,7 +290,11 @@ fn collect_messages(record: &[u8], db: u8, key: &[u8], out: &mut TopicLog) {
             match r.op {
                 RecordOp::Message => out.push((entry.index, j as u16, Some(r.id))),
                 RecordOp::Drop => out.push((entry.index, j as u16, None)),
-                RecordOp::Delete | RecordOp::Trim | RecordOp::TrimToLen | RecordOp::Create => {}
+                RecordOp::Delete
+                | RecordOp::Trim
+                | RecordOp::TrimToLen
+                | RecordOp::Create
+                | RecordOp::RetainFrom => {}
             }
         }
     }

@@ -535,6 +535,7 @@ impl MessageStore {
                 RecordOp::Trim | RecordOp::TrimToLen => Outcome::Trimmed(0),
                 RecordOp::Drop => Outcome::Dropped(false),
                 RecordOp::Create => Outcome::Created(false),
+                RecordOp::RetainFrom => Outcome::Trimmed(0),
             })
             .collect();
         let keys = entry
@@ -545,6 +546,11 @@ impl MessageStore {
         d.index.reserve(i, u32::try_from(keys).unwrap_or(u32::MAX));
         for (j, r) in entry.records.iter().enumerate() {
             let j = j as u16;
+            if r.op == RecordOp::RetainFrom {
+                self.flush_run(run)?; // reads queues
+                outcomes[j as usize] = Outcome::Trimmed(self.retain_from(d, r.id.ms, (i, j))?);
+                continue;
+            }
             let existing = d.topics.find(r.db, &r.topic).cloned();
             // Rows are written only by checkpoints, so a row never runs ahead of the dispatch
             // point it was checkpointed with; this guard keeps re-dispatch idempotent even so.
@@ -611,7 +617,7 @@ impl MessageStore {
                     d.topics.update(t.id, |t| t.last_applied = (i, j));
                     outcomes[j as usize] = Outcome::Created(true);
                 }
-                (RecordOp::Create, Some(_)) => {}
+                (RecordOp::Create, Some(_)) | (RecordOp::RetainFrom, _) => {}
                 (_, None) => {} // an operation on a topic that does not exist changes nothing
                 (RecordOp::Delete, Some(t)) => {
                     self.flush_run(run)?; // reads the queue
@@ -650,23 +656,7 @@ impl MessageStore {
                         let excess = t.live_len().saturating_sub(r.id.ms);
                         self.position_removing(&t, excess.min(limit.unwrap_or(u64::MAX)), t.len)?
                     };
-                    // Walk the cut range in bounded chunks: a trim may cut millions.
-                    let (mut were_deleted, mut cut_len) = (0u64, 0u64);
-                    let mut at = t.first_live;
-                    while at < n {
-                        let chunk = self.queues.read(&t, at, (n - at).min(TRIM_CHUNK))?;
-                        were_deleted += chunk.iter().filter(|e| e.is_deleted()).count() as u64;
-                        cut_len += chunk.len() as u64;
-                        at += chunk.len().max(1) as u64;
-                    }
-                    // Redis 7.0: a trim does not move `max_deleted_entry_id` (only XDEL does).
-                    d.topics.update(t.id, |t| {
-                        t.first_live = n;
-                        t.deleted -= were_deleted.min(t.deleted);
-                        t.last_applied = (i, j);
-                    });
-                    d.removals.push(t.id);
-                    outcomes[j as usize] = Outcome::Trimmed(cut_len - were_deleted);
+                    outcomes[j as usize] = Outcome::Trimmed(self.cut(d, &t, n, (i, j))?);
                 }
                 (RecordOp::Drop, Some(t)) => {
                     self.flush_run(run)?;
@@ -680,6 +670,61 @@ impl MessageStore {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Removes the entries `[first_live, n)` of `t` (a trim or retention at `at`); returns how
+    /// many of them were live. Walks the range in bounded chunks: a cut may be millions.
+    fn cut(&self, d: &mut Dispatcher, t: &Topic, n: u64, at: (LogIndex, u16)) -> Result<u64> {
+        let (mut were_deleted, mut cut_len) = (0u64, 0u64);
+        let mut pos = t.first_live;
+        while pos < n {
+            let chunk = self.queues.read(t, pos, (n - pos).min(TRIM_CHUNK))?;
+            were_deleted += chunk.iter().filter(|e| e.is_deleted()).count() as u64;
+            cut_len += chunk.len() as u64;
+            pos += chunk.len().max(1) as u64;
+        }
+        // Redis 7.0: a trim does not move `max_deleted_entry_id` (only XDEL does).
+        d.topics.update(t.id, |t| {
+            t.first_live = n;
+            t.deleted -= were_deleted.min(t.deleted);
+            t.last_applied = at;
+        });
+        d.removals.push(t.id);
+        Ok(cut_len - were_deleted)
+    }
+
+    /// Retention at `at`: in every topic, the entries of log entries below `index` go. Only
+    /// topics with entries both sides of `index` are searched (by position: queue entries are in
+    /// log order). Returns the live entries removed.
+    fn retain_from(&self, d: &mut Dispatcher, index: LogIndex, at: (LogIndex, u16)) -> Result<u64> {
+        let candidates: Vec<Topic> = d
+            .topics
+            .live()
+            .filter(|t| t.incarnation < index && t.first_live < t.len && at > t.last_applied)
+            .cloned()
+            .collect();
+        let mut removed = 0;
+        for t in candidates {
+            // The first position whose entry is at or above `index`.
+            let (mut lo, mut hi) = (t.first_live, t.len);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                let below = self
+                    .queues
+                    .read(&t, mid, 1)?
+                    .first()
+                    .is_some_and(|e| e.log_index < index);
+                if below {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo > t.first_live {
+                removed += self.cut(d, &t, lo, at)?;
+            }
+        }
+        Ok(removed)
     }
 
     /// A new, empty topic for `r`'s key, created by the entry at `index`.
