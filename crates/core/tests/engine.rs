@@ -717,6 +717,108 @@ fn the_expiry_timer_forgets_idle_producers_through_the_log() -> Result<(), Engin
     Ok(())
 }
 
+static RETENTION_CLOCK: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(1_700_000_000_000);
+
+fn retention_clock() -> u64 {
+    RETENTION_CLOCK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn retention_removes_old_entries_pending_and_segments_but_keeps_retained() -> Result<(), EngineError>
+{
+    use manifold_core::engine::{GroupStart, ReadFrom};
+    let disk = SimDisk::new();
+    let root = PathBuf::from("/data");
+    let mut config = config();
+    config.clock = retention_clock;
+    config.retention_ms = 3_600_000;
+    config.retention_check_ms = 5;
+    config.timer_tick_ms = 5;
+    config.store.dispatch_checkpoint_interval_ms = 0;
+    let engine = Engine::open(Arc::new(disk.clone()), &root, config.clone())?;
+    let rt = runtime();
+    let big = "x".repeat(200);
+    rt.block_on(async {
+        for n in 0..600u64 {
+            let mut r = req(&format!("old/{}", n % 3), IdSpec::Auto, &big);
+            if n == 599 {
+                r.retain = RetainEffect::Set;
+            }
+            engine.append(r).await?;
+        }
+        engine
+            .group_create(
+                0,
+                Bytes::from_static(b"old/0"),
+                Bytes::from_static(b"g"),
+                GroupStart::Id(StreamId::default()),
+                false,
+                None,
+            )
+            .await?;
+        engine
+            .read_group(
+                0,
+                Bytes::from_static(b"g"),
+                Bytes::from_static(b"c"),
+                vec![(Bytes::from_static(b"old/0"), ReadFrom::New)],
+                10,
+                false,
+            )
+            .await?;
+        Ok::<_, EngineError>(())
+    })?;
+    assert_eq!(engine.pending_summary(0, b"old/0", b"g")?.count, 10);
+    let first_before = engine.store().log().first_index();
+    // Two hours later the old entries are past the one-hour retention.
+    RETENTION_CLOCK.fetch_add(7_200_000, std::sync::atomic::Ordering::SeqCst);
+    rt.block_on(async {
+        for _ in 0..50 {
+            engine.append(req("new/1", IdSpec::Auto, "fresh")).await?;
+        }
+        Ok::<_, EngineError>(())
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.len(0, b"old/0") > 0 || engine.store().log().first_index() == first_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in ["old/0", "old/1", "old/2"] {
+        assert_eq!(engine.len(0, t.as_bytes()), 0, "{t} emptied");
+        assert!(
+            engine.stream_info(0, t.as_bytes())?.is_some(),
+            "streams stay, empty"
+        );
+    }
+    assert_eq!(engine.len(0, b"new/1"), 50);
+    assert_eq!(
+        engine.pending_summary(0, b"old/0", b"g")?.count,
+        0,
+        "pending entries went with their messages"
+    );
+    assert!(
+        engine.retained_of(0, b"old/2").is_some(),
+        "retained copies are kept"
+    );
+    assert!(
+        engine.store().log().first_index() > first_before,
+        "old segments were removed"
+    );
+    // The same after a power cut (snapshot + journal + log after the checkpoint).
+    let digest = engine.state_digest();
+    let after = disk.crash(CrashMode::DropUnsynced);
+    drop(engine);
+    let engine = Engine::open(Arc::new(after), &root, config)?;
+    assert_eq!(engine.state_digest(), digest);
+    assert_eq!(engine.len(0, b"old/1"), 0);
+    assert_eq!(engine.len(0, b"new/1"), 50);
+    Ok(())
+}
+
 #[test]
 fn nomkstream_delete_and_drop_answer_as_redis() -> Result<(), EngineError> {
     let disk = SimDisk::new();

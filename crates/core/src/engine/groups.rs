@@ -162,6 +162,34 @@ impl Groups {
         self.streams.get(key)?.get(name)
     }
 
+    /// After retention: in every stream with groups, pending entries below the first live
+    /// entry (all of them, when the stream is empty) are gone with their messages.
+    pub fn forget_gone(&mut self, streams: &dyn Streams) -> Result<(), StoreError> {
+        let keys: Vec<TopicKey> = self.streams.keys().cloned().collect();
+        for key in keys {
+            let facts = streams.facts(key.0, &key.1)?.unwrap_or_default();
+            let Some(groups) = self.streams.get_mut(&key) else {
+                continue;
+            };
+            let names: Vec<Bytes> = groups.keys().cloned().collect();
+            for name in names {
+                let Some(g) = groups.get_mut(&name) else {
+                    continue;
+                };
+                let gone: Vec<StreamId> = g
+                    .pel
+                    .keys()
+                    .take_while(|id| facts.length == 0 || **id < facts.first_id)
+                    .copied()
+                    .collect();
+                for id in gone {
+                    forget_pending(g, id);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The groups of a dropped stream go with it.
     pub fn drop_stream(&mut self, key: &TopicKey) {
         self.streams.remove(key);

@@ -179,7 +179,10 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
     let mut out = Vec::with_capacity(entries.len());
     let mut start = 0;
     for (k, e) in entries.iter().enumerate() {
-        let reads_streams = e.borrow().command.get(1) == Some(&(CommandTag::Group as u8));
+        // Group commands and retention read the streams.
+        let tag = e.borrow().command.get(1).copied();
+        let reads_streams =
+            tag == Some(CommandTag::Group as u8) || tag == Some(CommandTag::Timer as u8);
         if !reads_streams && k + 1 < entries.len() {
             continue;
         }
@@ -322,6 +325,11 @@ pub struct EngineConfig {
     pub producer_ttl_ms: u64,
     /// How often the leader's timer thread looks for due deadlines (ms, default 1000).
     pub timer_tick_ms: u64,
+    /// Log entries older than this (ms, default 72 h) are removed by retention: from every
+    /// topic, then, once a snapshot covers it, their segments from disk.
+    pub retention_ms: u64,
+    /// How often the leader checks for entries past `retention_ms` (ms, default 60 s).
+    pub retention_check_ms: u64,
     /// Principals and what they may publish and subscribe to (default: `default`, without a
     /// secret, allowed everything).
     pub access: AccessConfig,
@@ -339,6 +347,8 @@ impl Default for EngineConfig {
             max_pending_per_group: 1_000_000,
             producer_ttl_ms: 24 * 3600 * 1000,
             timer_tick_ms: 1000,
+            retention_ms: 72 * 3600 * 1000,
+            retention_check_ms: 60_000,
             access: AccessConfig::default(),
         }
     }
@@ -1540,8 +1550,9 @@ impl Inner {
                 })
                 .and_then(|()| Ok(self.store.checkpoint()?))
                 .and_then(|()| Ok(snapshot::prune(storage, &self.root, upto)?));
-            if let Err(e) = checkpoint {
-                tracing::error!(error = %e, "snapshot or checkpoint failed");
+            match checkpoint {
+                Ok(()) => self.delete_retained(if upto > f.base { f.base } else { upto }),
+                Err(e) => tracing::error!(error = %e, "snapshot or checkpoint failed"),
             }
             if let Some(f) = in_flight.take() {
                 let _ = f.writer.join();
@@ -1586,14 +1597,34 @@ impl Inner {
     /// engine shuts down.
     fn timer_loop(&self, stop: mpsc::Receiver<()>) {
         let tick = Duration::from_millis(self.config.timer_tick_ms.max(1));
+        let mut retention_checked = Instant::now();
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
             let now = self.lock_proposer().last_ts.max((self.config.clock)());
             let oldest = self.lock_state().oldest_producer_ms();
-            for due in timers::due(now, oldest, self.config.producer_ttl_ms) {
+            let mut due = timers::due(now, oldest, self.config.producer_ttl_ms);
+            let check_every = Duration::from_millis(self.config.retention_check_ms);
+            if retention_checked.elapsed() >= check_every {
+                retention_checked = Instant::now();
+                match self.retention_point(now.saturating_sub(self.config.retention_ms)) {
+                    Ok(Some(index)) => due.push(TimerCommand::RetainFrom { index }),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention check failed"),
+                }
+            }
+            for due in due {
                 let mut bytes = vec![COMMAND_VERSION, CommandTag::Timer as u8];
                 due.encode(&mut bytes);
                 let bytes = Bytes::from(bytes);
-                match self.propose(|p| Ok(Some((EntryKind::Command, bytes, Vec::new(), p.term)))) {
+                let records = match due {
+                    // The store's half: every topic cut below the index.
+                    TimerCommand::RetainFrom { index } => vec![SubRecord {
+                        op: RecordOp::RetainFrom,
+                        id: StreamId::new(index, 0),
+                        ..SubRecord::default()
+                    }],
+                    TimerCommand::ExpireProducers { .. } => Vec::new(),
+                };
+                match self.propose(|p| Ok(Some((EntryKind::Command, bytes, records, p.term)))) {
                     Ok(Some(reply)) => {
                         let _ = reply.blocking_recv();
                     }
@@ -1601,6 +1632,39 @@ impl Inner {
                     Err(_) => return, // shutting down, or the log failed
                 }
             }
+        }
+    }
+
+    /// The first applied log index stamped at or after `cutoff_ms`, if retention would move
+    /// past what it already removed (leader timestamps never go back, so a binary search).
+    fn retention_point(&self, cutoff_ms: u64) -> Result<Option<LogIndex>> {
+        let log = self.store.log();
+        let applied = self.applied.load(Ordering::Acquire);
+        let done = self.lock_state().retained_from.max(log.first_index());
+        let (mut lo, mut hi) = (done, applied + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if log.entry(mid)?.timestamp_ms < cutoff_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        // Never the whole log: the newest entry (at least the term's no-op) stays.
+        let index = lo.min(applied);
+        Ok((index > done).then_some(index))
+    }
+
+    /// Removes the log segments retention no longer needs: below what it applied, and below
+    /// the entries after `base`, the snapshot the store's checkpoint needs (its journal replays
+    /// them). The store never deletes past its own checkpoint either.
+    fn delete_retained(&self, base: LogIndex) {
+        let retained_from = self.lock_state().retained_from;
+        let upto = retained_from.min(base + 1);
+        if upto > self.store.log().first_index()
+            && let Err(e) = self.store.delete_before(upto)
+        {
+            tracing::error!(error = %e, "removing retained segments failed");
         }
     }
 
@@ -1617,6 +1681,7 @@ impl Inner {
         snapshot::write(self.storage.as_ref(), &self.root, index, &bytes)?;
         self.store.checkpoint()?;
         snapshot::prune(self.storage.as_ref(), &self.root, index)?;
+        self.delete_retained(index);
         Ok(())
     }
 }

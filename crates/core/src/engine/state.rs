@@ -98,6 +98,8 @@ pub struct EngineState {
     pub producers: OrdMap<Bytes, Producer>,
     /// Consumer groups.
     pub groups: Groups,
+    /// The first log index retention keeps (0: none applied yet).
+    pub retained_from: LogIndex,
     /// Sum of `Retained::size` over `retained` (derived: not encoded, recomputed by `decode`).
     pub retained_bytes: u64,
 }
@@ -116,9 +118,9 @@ impl Retained {
     }
 }
 
-/// Version of the encoding below (1: without groups, 2: without producers' `last_used_ms`;
-/// both still read).
-const STATE_VERSION: u32 = 3;
+/// Version of the encoding below (1: without groups, 2: without producers' `last_used_ms`,
+/// 3: without `retained_from`; all still read).
+const STATE_VERSION: u32 = 4;
 
 impl EngineState {
     /// The answer remembered for `(producer, seq)`.
@@ -139,8 +141,16 @@ impl EngineState {
         limits: GroupLimits,
     ) -> Result<Vec<GroupOutcome>, StoreError> {
         let effect = command.retain;
-        if let Some(TimerCommand::ExpireProducers { before_ms }) = command.timer {
-            self.expire_producers(before_ms);
+        match command.timer {
+            Some(TimerCommand::ExpireProducers { before_ms }) => {
+                self.expire_producers(before_ms);
+            }
+            Some(TimerCommand::RetainFrom { index }) => {
+                // The store has cut every topic (the entry's RetainFrom sub-record).
+                self.retained_from = self.retained_from.max(index);
+                self.groups.forget_gone(streams)?;
+            }
+            None => {}
         }
         if let Some((id, seq)) = command.producer.clone() {
             let answer = match (entry.records.first(), outcomes.first()) {
@@ -271,6 +281,7 @@ impl EngineState {
             }
         }
         encode_groups(&self.groups, &mut out);
+        out.extend_from_slice(&self.retained_from.to_le_bytes());
         out
     }
 
@@ -328,6 +339,9 @@ impl EngineState {
         }
         if version >= 2 {
             state.groups = decode_groups(&mut r)?;
+        }
+        if version >= 4 {
+            state.retained_from = r.u64()?;
         }
         if !r.finished() {
             return Err(format!("{} bytes after the state", r.remaining()));

@@ -4,8 +4,9 @@
 //! command is what changes state, identically on every node. A new leader re-derives every
 //! deadline from the state it applied.
 //!
-//! Today: producer dedupe expiry (a producer unused for `producer_ttl_ms` is forgotten). This
-//! module decides *when*; it never changes state itself.
+//! Today: producer dedupe expiry (a producer unused for `producer_ttl_ms` is forgotten) and
+//! retention (log entries older than `retention_ms` go, checked every `retention_check_ms`).
+//! This module decides *when*; it never changes state itself.
 
 /// A timer's command, carried in an entry with the Timer tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +15,13 @@ pub enum TimerCommand {
     ExpireProducers {
         /// The cut-off.
         before_ms: u64,
+    },
+    /// Retention: every topic loses the entries of log entries below `index` (the entry also
+    /// carries a RetainFrom sub-record for the store), and pending entries whose message is
+    /// gone leave their groups.
+    RetainFrom {
+        /// The first log index kept.
+        index: u64,
     },
 }
 
@@ -25,6 +33,10 @@ impl TimerCommand {
                 out.push(1);
                 out.extend_from_slice(&before_ms.to_le_bytes());
             }
+            TimerCommand::RetainFrom { index } => {
+                out.push(2);
+                out.extend_from_slice(&index.to_le_bytes());
+            }
         }
     }
 
@@ -33,6 +45,9 @@ impl TimerCommand {
         match b {
             [1, rest @ ..] if rest.len() == 8 => Some(TimerCommand::ExpireProducers {
                 before_ms: u64::from_le_bytes(rest.try_into().ok()?),
+            }),
+            [2, rest @ ..] if rest.len() == 8 => Some(TimerCommand::RetainFrom {
+                index: u64::from_le_bytes(rest.try_into().ok()?),
             }),
             _ => None,
         }
@@ -72,5 +87,9 @@ mod tests {
             [TimerCommand::ExpireProducers { before_ms: 1_001 }]
         );
         assert!(due(5_000, None, 1_000).is_empty());
+        let r = TimerCommand::RetainFrom { index: 9 };
+        let mut b = Vec::new();
+        r.encode(&mut b);
+        assert_eq!(TimerCommand::decode(&b), Some(r));
     }
 }
