@@ -820,6 +820,96 @@ fn retention_removes_old_entries_pending_and_segments_but_keeps_retained() -> Re
 }
 
 #[test]
+fn reading_by_filter_from_a_log_index_gives_each_message_once_in_log_order()
+-> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = open(&disk)?;
+    let rt = runtime();
+    let mut ids = Vec::new();
+    rt.block_on(async {
+        for (n, key) in ["a/1", "b/1", "a/2", "a/1", "$SYS/x", "a/2", "a/1"]
+            .iter()
+            .enumerate()
+        {
+            let id = engine
+                .append(req(key, IdSpec::Auto, &n.to_string()))
+                .await?
+                .expect("id");
+            ids.push((key.to_string(), id));
+        }
+        Ok::<_, EngineError>(())
+    })?;
+    let read = |filters: &[&[u8]],
+                after: u64,
+                count: usize|
+     -> Result<Vec<(String, String, u64)>, EngineError> {
+        Ok(engine
+            .read_filters(filters, after, count)?
+            .into_iter()
+            .map(|m| {
+                (
+                    String::from_utf8_lossy(&m.topic).into_owned(),
+                    String::from_utf8_lossy(&m.message.fields[0].1).into_owned(),
+                    m.message.log_index,
+                )
+            })
+            .collect())
+    };
+    // Overlapping filters: each message once, in log order; `#` skips `$` topics.
+    let all = read(&[b"a/+", b"a/1", b"#"], 0, 100)?;
+    let got: Vec<(&str, &str)> = all
+        .iter()
+        .map(|(t, v, _)| (t.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a/1", "0"),
+            ("b/1", "1"),
+            ("a/2", "2"),
+            ("a/1", "3"),
+            ("a/2", "5"),
+            ("a/1", "6")
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].2 < w[1].2), "log order");
+    // From a position: only later entries; COUNT pages through with the last log index.
+    let first_two = read(&[b"a/#"], 0, 2)?;
+    assert_eq!(first_two.len(), 2);
+    let rest = read(&[b"a/#"], first_two[1].2, 100)?;
+    let values: Vec<&str> = rest.iter().map(|(_, v, _)| v.as_str()).collect();
+    assert_eq!(values, ["3", "5", "6"]);
+    // Topics created after the position are included; XDEL'd and trimmed messages are not.
+    let cursor = all.last().map(|m| m.2).unwrap_or_default();
+    rt.block_on(async {
+        engine.append(req("a/new", IdSpec::Auto, "7")).await?;
+        engine
+            .delete(0, Bytes::from_static(b"a/1"), vec![ids[6].1])
+            .await?;
+        engine
+            .trim(0, Bytes::from_static(b"a/2"), Trim::max_len(0))
+            .await?;
+        Ok::<_, EngineError>(())
+    })?;
+    let later = read(&[b"a/+"], cursor, 100)?;
+    assert_eq!(
+        later
+            .iter()
+            .map(|(t, v, _)| (t.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        [("a/new", "7")]
+    );
+    let from_start = read(&[b"a/+"], 0, 100)?;
+    let values: Vec<&str> = from_start.iter().map(|(_, v, _)| v.as_str()).collect();
+    assert_eq!(values, ["0", "3", "7"]);
+    assert!(matches!(
+        engine.read_filters(&[b"a/#/b"], 0, 1),
+        Err(EngineError::BadTopic(_))
+    ));
+    Ok(())
+}
+
+#[test]
 fn nomkstream_delete_and_drop_answer_as_redis() -> Result<(), EngineError> {
     let disk = SimDisk::new();
     let engine = open(&disk)?;

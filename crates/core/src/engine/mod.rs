@@ -23,6 +23,7 @@ mod client;
 mod clock_bound;
 mod codec;
 mod error;
+mod filter_read;
 pub mod glob;
 mod group_api;
 pub mod group_command;
@@ -51,6 +52,7 @@ pub use access::{AccessConfig, Acl, DEFAULT_PRINCIPAL, Principal, PrincipalConfi
 pub use client::Client;
 pub use clock_bound::CLOCK_BOUND_FILE;
 pub use error::{EngineError, Result};
+pub use filter_read::TopicMessage;
 pub use group_api::{AutoClaimed, GroupEntry, PendingQuery};
 pub use group_command::{Claim, ClaimTime, GroupCommand, GroupOp, GroupStart, ReadFrom};
 pub use groups::{
@@ -952,7 +954,7 @@ impl Engine {
                     if out.len() == limit {
                         break;
                     }
-                    out.push(self.message(&topic, e)?);
+                    out.push(self.message_of(&topic, e)?);
                 }
                 top = from;
             }
@@ -964,7 +966,7 @@ impl Engine {
                     if out.len() == limit {
                         break;
                     }
-                    out.push(self.message(&topic, e)?);
+                    out.push(self.message_of(&topic, e)?);
                 }
                 at += (hi - at).min(CHUNK);
             }
@@ -972,7 +974,7 @@ impl Engine {
         Ok(out)
     }
 
-    fn message(&self, topic: &Topic, e: &crate::store::CqEntry) -> Result<Message> {
+    fn message_of(&self, topic: &Topic, e: &crate::store::CqEntry) -> Result<Message> {
         let m = self.inner.store.message(topic, e)?;
         Ok(Message {
             id: m.record.id,

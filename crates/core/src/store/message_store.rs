@@ -705,26 +705,32 @@ impl MessageStore {
             .collect();
         let mut removed = 0;
         for t in candidates {
-            // The first position whose entry is at or above `index`.
-            let (mut lo, mut hi) = (t.first_live, t.len);
-            while lo < hi {
-                let mid = lo + (hi - lo) / 2;
-                let below = self
-                    .queues
-                    .read(&t, mid, 1)?
-                    .first()
-                    .is_some_and(|e| e.log_index < index);
-                if below {
-                    lo = mid + 1;
-                } else {
-                    hi = mid;
-                }
-            }
-            if lo > t.first_live {
-                removed += self.cut(d, &t, lo, at)?;
+            let n = self.seek_log_index(&t, index)?;
+            if n > t.first_live {
+                removed += self.cut(d, &t, n, at)?;
             }
         }
         Ok(removed)
+    }
+
+    /// Queue position of `t`'s first entry at or above `first_live` that came from log index
+    /// `index` or later (`len` when none): a binary search, queue entries being in log order.
+    pub fn seek_log_index(&self, t: &Topic, index: LogIndex) -> Result<u64> {
+        let (mut lo, mut hi) = (t.first_live, t.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let below = self
+                .queues
+                .read(t, mid, 1)?
+                .first()
+                .is_some_and(|e| e.log_index < index);
+            if below {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 
     /// A new, empty topic for `r`'s key, created by the entry at `index`.
