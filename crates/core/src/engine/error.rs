@@ -45,6 +45,12 @@ pub enum EngineError {
     /// A consumer-group command failed and changed nothing.
     #[error("{0}")]
     Group(#[from] super::groups::GroupError),
+    /// An argument out of its range (a QoS above 2, a retain handling above 2).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// An MQTT session command failed and changed nothing.
+    #[error("{0}")]
+    Session(#[from] super::sessions::SessionError),
     /// The principal may not publish to (`publish`) or subscribe to this key.
     #[error("no permission to {} {key:?}", if *publish { "publish to" } else { "subscribe to" })]
     NoPermission {

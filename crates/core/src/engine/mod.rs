@@ -31,6 +31,9 @@ pub mod groups;
 mod hard_state;
 mod ids;
 pub mod journal;
+mod session_api;
+pub mod session_command;
+pub mod sessions;
 mod snapshot;
 mod state;
 mod timers;
@@ -61,9 +64,12 @@ pub use groups::{
 };
 pub use hard_state::HardState;
 pub use ids::{IdSpec, resolve};
+pub use session_api::{SessionMessage, SessionRead};
+pub use session_command::{InFlightNew, SubscribeOptions};
+pub use sessions::{Session, SessionError};
 pub use snapshot::SNAPSHOT_DIR;
-use state::EntryCommand;
 pub use state::{Deduped, EngineState, MAX_PRODUCERS, PRODUCER_WINDOW, RetainEffect, Retained};
+use state::{EntryCommand, Limits};
 use timers::TimerCommand;
 pub use waiters::TopicKey;
 
@@ -94,6 +100,8 @@ enum CommandTag {
     Group = 7,
     /// A timer's command (`timers`), proposed by the leader when a deadline passes.
     Timer = 8,
+    /// An MQTT session command (`session_command`).
+    Session = 9,
 }
 
 /// What an entry's command does to retained messages.
@@ -145,6 +153,16 @@ fn timer_command(entry: &LogEntry) -> Option<TimerCommand> {
     }
 }
 
+/// A session command an entry carries.
+fn session_command(entry: &LogEntry) -> Option<session_command::SessionCommand> {
+    match entry.command.as_ref() {
+        [COMMAND_VERSION, t, rest @ ..] if *t == CommandTag::Session as u8 => {
+            session_command::decode(rest)
+        }
+        _ => None,
+    }
+}
+
 /// Everything an entry's command asks of the engine state.
 fn entry_command(entry: &LogEntry) -> EntryCommand {
     EntryCommand {
@@ -152,6 +170,7 @@ fn entry_command(entry: &LogEntry) -> EntryCommand {
         producer: command_producer(&entry.command),
         groups: group_commands(entry),
         timer: timer_command(entry),
+        session: session_command(entry),
     }
 }
 
@@ -161,6 +180,7 @@ fn entry_command(entry: &LogEntry) -> EntryCommand {
 struct Applied {
     outcomes: Vec<Outcome>,
     groups: Vec<GroupOutcome>,
+    session: Option<sessions::SessionOutcome>,
 }
 
 /// Applies committed entries: dispatches them into the store and applies them to the engine
@@ -175,7 +195,7 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
     store: &MessageStore,
     state: &Mutex<EngineState>,
     entries: &[E],
-    limits: GroupLimits,
+    limits: Limits,
     mut journal: Option<&mut Vec<journal::JournalEntry>>,
 ) -> Result<Vec<Applied>> {
     let mut out = Vec::with_capacity(entries.len());
@@ -195,7 +215,7 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
             let entry = entry.borrow();
             let streams = StoreStreams(store);
             let recorder = journal::Recorder::new(&streams);
-            let groups = state.apply(entry, &entry_command(entry), &outcomes, &recorder, limits)?;
+            let reply = state.apply(entry, &entry_command(entry), &outcomes, &recorder, limits)?;
             if let Some(j) = journal.as_deref_mut() {
                 j.push(journal::JournalEntry {
                     index: entry.index,
@@ -203,7 +223,11 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
                     reads: recorder.take(),
                 });
             }
-            out.push(Applied { outcomes, groups });
+            out.push(Applied {
+                outcomes,
+                groups: reply.groups,
+                session: reply.session,
+            });
         }
         start = k + 1;
     }
@@ -332,6 +356,9 @@ pub struct EngineConfig {
     pub retention_ms: u64,
     /// How often the leader checks for entries past `retention_ms` (ms, default 60 s).
     pub retention_check_ms: u64,
+    /// MQTT persistent sessions at most (default 100,000): opening one more is refused
+    /// (`TooManySessions`; MQTT CONNACK "quota exceeded").
+    pub max_sessions: usize,
     /// Principals and what they may publish and subscribe to (default: `default`, without a
     /// secret, allowed everything).
     pub access: AccessConfig,
@@ -351,15 +378,19 @@ impl Default for EngineConfig {
             timer_tick_ms: 1000,
             retention_ms: 72 * 3600 * 1000,
             retention_check_ms: 60_000,
+            max_sessions: 100_000,
             access: AccessConfig::default(),
         }
     }
 }
 
 impl EngineConfig {
-    fn group_limits(&self) -> GroupLimits {
-        GroupLimits {
-            max_pending: self.max_pending_per_group,
+    fn limits(&self) -> Limits {
+        Limits {
+            groups: GroupLimits {
+                max_pending: self.max_pending_per_group,
+            },
+            max_sessions: self.max_sessions,
         }
     }
 }
@@ -620,7 +651,7 @@ impl Engine {
                         &entry_command(&entry),
                         &je.outcomes,
                         &replay,
-                        config.group_limits(),
+                        config.limits(),
                     )?;
                     if !replay.finished() {
                         return Err(StoreError::Corruption {
@@ -646,7 +677,7 @@ impl Engine {
             let entries = (next..=upto)
                 .map(|i| store.log().entry(i))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            apply_entries(&store, &state, &entries, config.group_limits(), None)?;
+            apply_entries(&store, &state, &entries, config.limits(), None)?;
             next = upto + 1;
         }
         let hard = HardState::load(storage.as_ref(), root)?;
@@ -1476,7 +1507,7 @@ impl Inner {
                 &self.store,
                 &self.state,
                 &entries,
-                self.config.group_limits(),
+                self.config.limits(),
                 journal,
             ),
         };
@@ -1602,8 +1633,14 @@ impl Inner {
         let mut retention_checked = Instant::now();
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
             let now = self.lock_proposer().last_ts.max((self.config.clock)());
-            let oldest = self.lock_state().oldest_producer_ms();
-            let mut due = timers::due(now, oldest, self.config.producer_ttl_ms);
+            let (oldest, session_deadline) = {
+                let state = self.lock_state();
+                (
+                    state.oldest_producer_ms(),
+                    state.sessions.next_deadline_ms(),
+                )
+            };
+            let mut due = timers::due(now, oldest, self.config.producer_ttl_ms, session_deadline);
             let check_every = Duration::from_millis(self.config.retention_check_ms);
             if retention_checked.elapsed() >= check_every {
                 retention_checked = Instant::now();
@@ -1624,7 +1661,9 @@ impl Inner {
                         id: StreamId::new(index, 0),
                         ..SubRecord::default()
                     }],
-                    TimerCommand::ExpireProducers { .. } => Vec::new(),
+                    TimerCommand::ExpireProducers { .. } | TimerCommand::ExpireSessions { .. } => {
+                        Vec::new()
+                    }
                 };
                 match self.propose(|p| Ok(Some((EntryKind::Command, bytes, records, p.term)))) {
                     Ok(Some(reply)) => {

@@ -17,6 +17,8 @@ use bytes::Bytes;
 use super::codec::{Reader, put_bytes, put_id, put_pairs};
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
+use super::session_command::SessionCommand;
+use super::sessions::{Session, SessionOutcome, Sessions, Subscription};
 use super::timers::TimerCommand;
 use super::waiters::TopicKey;
 use crate::store::{LogEntry, LogIndex, Outcome, RecordOp, StoreError, StreamId};
@@ -33,6 +35,26 @@ pub struct EntryCommand {
     pub groups: Vec<GroupCommand>,
     /// A timer's command.
     pub timer: Option<TimerCommand>,
+    /// A session command.
+    pub session: Option<SessionCommand>,
+}
+
+/// What applying an entry answers beyond the store's outcomes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateReply {
+    /// Per group command.
+    pub groups: Vec<GroupOutcome>,
+    /// The session command's.
+    pub session: Option<SessionOutcome>,
+}
+
+/// The limits apply enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Consumer groups.
+    pub groups: GroupLimits,
+    /// Sessions at most.
+    pub max_sessions: usize,
 }
 
 /// What an entry's command says about retained messages (the command tag, decoded by the
@@ -100,6 +122,8 @@ pub struct EngineState {
     pub groups: Groups,
     /// The first log index retention keeps (0: none applied yet).
     pub retained_from: LogIndex,
+    /// MQTT persistent sessions.
+    pub sessions: Sessions,
     /// Sum of `Retained::size` over `retained` (derived: not encoded, recomputed by `decode`).
     pub retained_bytes: u64,
 }
@@ -119,8 +143,8 @@ impl Retained {
 }
 
 /// Version of the encoding below (1: without groups, 2: without producers' `last_used_ms`,
-/// 3: without `retained_from`; all still read).
-const STATE_VERSION: u32 = 4;
+/// 3: without `retained_from`, 4: without sessions; all still read).
+const STATE_VERSION: u32 = 5;
 
 impl EngineState {
     /// The answer remembered for `(producer, seq)`.
@@ -128,20 +152,30 @@ impl EngineState {
         self.producers.get(producer)?.answers.get(&seq).copied()
     }
 
-    /// Applies one committed entry, given what dispatch made of each of its sub-records, the
-    /// producer sequence and group commands its command carries, and the streams as of this
-    /// entry (group commands read them). Returns what each group command did.
-    #[allow(clippy::too_many_arguments)]
+    /// Applies one committed entry, given what dispatch made of each of its sub-records, what
+    /// its command asks (decoded), and the streams as of this entry (group commands and
+    /// retention read them). Returns what its group and session commands did.
     pub fn apply(
         &mut self,
         entry: &LogEntry,
         command: &EntryCommand,
         outcomes: &[Outcome],
         streams: &dyn Streams,
-        limits: GroupLimits,
-    ) -> Result<Vec<GroupOutcome>, StoreError> {
+        limits: Limits,
+    ) -> Result<StateReply, StoreError> {
         let effect = command.retain;
+        let mut reply = StateReply::default();
+        if let Some(c) = &command.session {
+            reply.session =
+                Some(
+                    self.sessions
+                        .apply(c, entry.index, entry.timestamp_ms, limits.max_sessions),
+                );
+        }
         match command.timer {
+            Some(TimerCommand::ExpireSessions { now_ms }) => {
+                self.sessions.expire(now_ms);
+            }
             Some(TimerCommand::ExpireProducers { before_ms }) => {
                 self.expire_producers(before_ms);
             }
@@ -193,11 +227,12 @@ impl EngineState {
                 _ => {}
             }
         }
-        if command.groups.is_empty() {
-            return Ok(Vec::new());
+        if !command.groups.is_empty() {
+            reply.groups =
+                self.groups
+                    .apply(&command.groups, entry.timestamp_ms, streams, limits.groups)?;
         }
-        self.groups
-            .apply(&command.groups, entry.timestamp_ms, streams, limits)
+        Ok(reply)
     }
 
     /// A timer command: forgets the producers whose newest append was stamped before
@@ -282,6 +317,7 @@ impl EngineState {
         }
         encode_groups(&self.groups, &mut out);
         out.extend_from_slice(&self.retained_from.to_le_bytes());
+        encode_sessions(&self.sessions, &mut out);
         out
     }
 
@@ -343,6 +379,9 @@ impl EngineState {
         if version >= 4 {
             state.retained_from = r.u64()?;
         }
+        if version >= 5 {
+            state.sessions = decode_sessions(&mut r)?;
+        }
         if !r.finished() {
             return Err(format!("{} bytes after the state", r.remaining()));
         }
@@ -393,6 +432,98 @@ fn encode_groups(groups: &Groups, out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// Sessions: count u64; per session by client id: client, `cursor` u64, `expiry_s` u32,
+/// disconnected (flag + u64 ms), subscriptions (count u32; filter, qos u8, no-local u8,
+/// retain-as-published u8, retain-handling u8, subscription id u32, since u64), in flight
+/// (count u32; packet id u16, log index u64, sub u16, qos u8, received u8).
+fn encode_sessions(sessions: &Sessions, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(sessions.by_client.len() as u64).to_le_bytes());
+    for (client, s) in &sessions.by_client {
+        put_bytes(out, client);
+        out.extend_from_slice(&s.cursor.to_le_bytes());
+        out.extend_from_slice(&s.expiry_s.to_le_bytes());
+        match s.disconnected_ms {
+            None => out.extend_from_slice(&[0; 9]),
+            Some(ms) => {
+                out.push(1);
+                out.extend_from_slice(&ms.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&(s.subscriptions.len() as u32).to_le_bytes());
+        for (filter, sub) in &s.subscriptions {
+            put_bytes(out, filter);
+            let o = &sub.options;
+            out.extend_from_slice(&[
+                o.qos,
+                u8::from(o.no_local),
+                u8::from(o.retain_as_published),
+                o.retain_handling,
+            ]);
+            out.extend_from_slice(&o.subscription_id.to_le_bytes());
+            out.extend_from_slice(&sub.since.to_le_bytes());
+        }
+        out.extend_from_slice(&(s.inflight.len() as u32).to_le_bytes());
+        for (id, f) in &s.inflight {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&f.log_index.to_le_bytes());
+            out.extend_from_slice(&f.sub.to_le_bytes());
+            out.extend_from_slice(&[f.qos, u8::from(f.received)]);
+        }
+    }
+}
+
+fn decode_sessions(r: &mut Reader<'_>) -> Result<Sessions, String> {
+    let mut sessions = Sessions::default();
+    let n = r.u64()?;
+    for _ in 0..n {
+        let client = r.bytes()?;
+        let cursor = r.u64()?;
+        let expiry_s = r.u32()?;
+        let disconnected_ms = match r.u8()? {
+            0 => {
+                r.u64()?;
+                None
+            }
+            1 => Some(r.u64()?),
+            f => return Err(format!("disconnected flag {f}")),
+        };
+        let mut s = Session {
+            subscriptions: OrdMap::new(),
+            cursor,
+            inflight: OrdMap::new(),
+            expiry_s,
+            disconnected_ms,
+        };
+        let subs = r.count(24)?;
+        for _ in 0..subs {
+            let filter = r.bytes()?;
+            let options = super::session_command::SubscribeOptions {
+                qos: r.u8()?,
+                no_local: r.flag()?,
+                retain_as_published: r.flag()?,
+                retain_handling: r.u8()?,
+                subscription_id: r.u32()?,
+            };
+            let since = r.u64()?;
+            s.subscriptions
+                .insert(filter, Subscription { options, since });
+        }
+        let inflight = r.count(14)?;
+        for _ in 0..inflight {
+            let id = r.u16()?;
+            let f = super::sessions::InFlight {
+                log_index: r.u64()?,
+                sub: r.u16()?,
+                qos: r.u8()?,
+                received: r.flag()?,
+            };
+            s.inflight.insert(id, f);
+        }
+        sessions.by_client.insert(client, s);
+    }
+    Ok(sessions)
 }
 
 fn decode_groups(r: &mut Reader<'_>) -> Result<Groups, String> {

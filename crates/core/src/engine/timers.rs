@@ -4,7 +4,8 @@
 //! command is what changes state, identically on every node. A new leader re-derives every
 //! deadline from the state it applied.
 //!
-//! Today: producer dedupe expiry (a producer unused for `producer_ttl_ms` is forgotten) and
+//! Today: producer dedupe expiry (a producer unused for `producer_ttl_ms` is forgotten),
+//! MQTT session expiry (a disconnected session past its expiry interval ends) and
 //! retention (log entries older than `retention_ms` go, checked every `retention_check_ms`).
 //! This module decides *when*; it never changes state itself.
 
@@ -23,6 +24,11 @@ pub enum TimerCommand {
         /// The first log index kept.
         index: u64,
     },
+    /// End every disconnected session whose expiry passed by this time (ms).
+    ExpireSessions {
+        /// Now, as the leader saw it.
+        now_ms: u64,
+    },
 }
 
 impl TimerCommand {
@@ -37,6 +43,10 @@ impl TimerCommand {
                 out.push(2);
                 out.extend_from_slice(&index.to_le_bytes());
             }
+            TimerCommand::ExpireSessions { now_ms } => {
+                out.push(3);
+                out.extend_from_slice(&now_ms.to_le_bytes());
+            }
         }
     }
 
@@ -49,18 +59,26 @@ impl TimerCommand {
             [2, rest @ ..] if rest.len() == 8 => Some(TimerCommand::RetainFrom {
                 index: u64::from_le_bytes(rest.try_into().ok()?),
             }),
+            [3, rest @ ..] if rest.len() == 8 => Some(TimerCommand::ExpireSessions {
+                now_ms: u64::from_le_bytes(rest.try_into().ok()?),
+            }),
             _ => None,
         }
     }
 }
 
-/// What is due at `now_ms`, given the oldest producer's last use and the TTL.
+/// What is due at `now_ms`, given the oldest producer's last use and the TTL, and the
+/// earliest session expiry deadline.
 pub fn due(
     now_ms: u64,
     oldest_producer_ms: Option<u64>,
     producer_ttl_ms: u64,
+    session_deadline_ms: Option<u64>,
 ) -> Vec<TimerCommand> {
     let mut out = Vec::new();
+    if session_deadline_ms.is_some_and(|d| d <= now_ms) {
+        out.push(TimerCommand::ExpireSessions { now_ms });
+    }
     let before_ms = now_ms.saturating_sub(producer_ttl_ms);
     // Strictly before, as the command forgets: an equal time is not due yet.
     if oldest_producer_ms.is_some_and(|oldest| oldest < before_ms) {
@@ -81,12 +99,16 @@ mod tests {
         assert_eq!(TimerCommand::decode(&b), Some(c));
         assert_eq!(TimerCommand::decode(&b[..5]), None);
         assert_eq!(TimerCommand::decode(&[9, 0, 0, 0, 0, 0, 0, 0, 0]), None);
-        assert!(due(2_000, Some(1_000), 1_000).is_empty());
+        assert!(due(2_000, Some(1_000), 1_000, None).is_empty());
         assert_eq!(
-            due(2_001, Some(1_000), 1_000),
+            due(2_001, Some(1_000), 1_000, None),
             [TimerCommand::ExpireProducers { before_ms: 1_001 }]
         );
-        assert!(due(5_000, None, 1_000).is_empty());
+        assert!(due(5_000, None, 1_000, Some(5_001)).is_empty());
+        assert_eq!(
+            due(5_000, None, 1_000, Some(5_000)),
+            [TimerCommand::ExpireSessions { now_ms: 5_000 }]
+        );
         let r = TimerCommand::RetainFrom { index: 9 };
         let mut b = Vec::new();
         r.encode(&mut b);

@@ -1,0 +1,228 @@
+//! The engine's MQTT persistent-session operations: every change (CONNECT, SUBSCRIBE,
+//! UNSUBSCRIBE, delivery, PUBACK/PUBREC/PUBCOMP, DISCONNECT) is a Session command through the
+//! log; what a session still has to receive is read from its cursor (`read_filters`), each
+//! message once however many of its subscriptions match, with the QoS and subscription ids of
+//! those that do. This module builds commands and shapes replies; `sessions.rs` decides.
+
+use bytes::Bytes;
+
+use super::filter_read::TopicMessage;
+use super::session_command::{self, InFlightNew, SessionCommand, SessionOp, SubscribeOptions};
+use super::sessions::{Session, SessionError, SessionOutcome};
+use super::{COMMAND_VERSION, CommandTag, Engine, EngineError, Message, Result, topic_filter};
+use crate::store::{EntryKind, LogIndex, StoreError};
+
+/// A message a session has to receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionMessage {
+    /// The topic it was published to.
+    pub topic: Bytes,
+    /// The message.
+    pub message: Message,
+    /// The highest QoS among the subscriptions that match it (the front end delivers
+    /// `min(this, the publish QoS)`).
+    pub qos: u8,
+    /// The subscription identifiers of those subscriptions (v5), without 0s.
+    pub subscription_ids: Vec<u32>,
+}
+
+/// What a session read from its cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionRead {
+    /// Messages to deliver, in log order.
+    pub messages: Vec<SessionMessage>,
+    /// How far the read went: the log index to give `session_deliver` once these are out.
+    pub upto: LogIndex,
+}
+
+impl Engine {
+    async fn session_command(&self, client: Bytes, op: SessionOp) -> Result<SessionOutcome> {
+        let mut bytes = vec![COMMAND_VERSION, CommandTag::Session as u8];
+        session_command::encode(&SessionCommand { client, op }, &mut bytes);
+        let bytes = Bytes::from(bytes);
+        let reply = self
+            .inner
+            .propose(|p| Ok(Some((EntryKind::Command, bytes, Vec::new(), p.term))))?;
+        let applied = match reply {
+            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)??,
+            None => return Err(EngineError::ShuttingDown),
+        };
+        match applied.session {
+            Some(SessionOutcome::Error(e)) => Err(e.into()),
+            Some(o) => Ok(o),
+            None => Err(EngineError::Store(StoreError::Failed(
+                "a session command was applied without an answer".into(),
+            ))),
+        }
+    }
+
+    /// CONNECT: opens the client's session (a new one with `clean_start`, dropping what was
+    /// there); answers MQTT's Session Present. `expiry_s`: how long it outlives a disconnect
+    /// (0: not at all; `u32::MAX`: for ever). `TooManySessions` past `max_sessions`.
+    pub async fn session_open(
+        &self,
+        client: Bytes,
+        clean_start: bool,
+        expiry_s: u32,
+    ) -> Result<bool> {
+        match self
+            .session_command(
+                client,
+                SessionOp::Open {
+                    clean_start,
+                    expiry_s,
+                },
+            )
+            .await?
+        {
+            SessionOutcome::Opened(present) => Ok(present),
+            _ => Ok(false),
+        }
+    }
+
+    /// SUBSCRIBE: adds or replaces subscriptions; each matches messages published after it.
+    /// Filters are checked first (`BadTopic`), QoS must be 0..=2.
+    pub async fn session_subscribe(
+        &self,
+        client: Bytes,
+        subs: Vec<(Bytes, SubscribeOptions)>,
+    ) -> Result<()> {
+        for (f, o) in &subs {
+            topic_filter::check_filter(f).map_err(EngineError::BadTopic)?;
+            if o.qos > 2 {
+                return Err(EngineError::InvalidArgument("QoS above 2"));
+            }
+            if o.retain_handling > 2 {
+                return Err(EngineError::InvalidArgument("retain handling above 2"));
+            }
+        }
+        self.session_command(client, SessionOp::Subscribe(subs))
+            .await
+            .map(|_| ())
+    }
+
+    /// UNSUBSCRIBE: per filter, whether it was subscribed.
+    pub async fn session_unsubscribe(
+        &self,
+        client: Bytes,
+        filters: Vec<Bytes>,
+    ) -> Result<Vec<bool>> {
+        match self
+            .session_command(client, SessionOp::Unsubscribe(filters))
+            .await?
+        {
+            SessionOutcome::Unsubscribed(v) => Ok(v),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The messages of a read up to `upto` went out; those with a packet id are in flight.
+    pub async fn session_deliver(
+        &self,
+        client: Bytes,
+        upto: LogIndex,
+        inflight: Vec<InFlightNew>,
+    ) -> Result<()> {
+        self.session_command(client, SessionOp::Deliver { upto, inflight })
+            .await
+            .map(|_| ())
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`.
+    pub async fn session_complete(&self, client: Bytes, packet_id: u16) -> Result<()> {
+        self.session_command(client, SessionOp::Complete(packet_id))
+            .await
+            .map(|_| ())
+    }
+
+    /// PUBREC (QoS 2) for `packet_id`.
+    pub async fn session_received(&self, client: Bytes, packet_id: u16) -> Result<()> {
+        self.session_command(client, SessionOp::Received(packet_id))
+            .await
+            .map(|_| ())
+    }
+
+    /// The connection ended (with a new expiry interval from a v5 DISCONNECT, if any); an
+    /// expiry of 0 ends the session now.
+    pub async fn session_close(&self, client: Bytes, expiry_s: Option<u32>) -> Result<()> {
+        self.session_command(client, SessionOp::Close { expiry_s })
+            .await
+            .map(|_| ())
+    }
+
+    /// The client's session as applied.
+    pub fn session(&self, client: &[u8]) -> Option<Session> {
+        self.inner
+            .lock_state()
+            .sessions
+            .by_client
+            .get(client)
+            .cloned()
+    }
+
+    /// What the session still has to receive after its cursor, at most about `count`
+    /// messages (a read never ends inside a log entry): each message once, with the QoS and
+    /// subscription ids of the subscriptions that match it and were made before it.
+    pub fn session_pending(&self, client: &[u8], count: usize) -> Result<SessionRead> {
+        let session = self.session(client).ok_or(SessionError::NoSession)?;
+        let filters: Vec<&[u8]> = session.subscriptions.keys().map(|f| f.as_ref()).collect();
+        if filters.is_empty() {
+            return Ok(SessionRead {
+                messages: Vec::new(),
+                upto: session.cursor,
+            });
+        }
+        let read = self.read_filters(&filters, session.cursor, count)?;
+        let upto = read.last().map_or(session.cursor, |m| m.message.log_index);
+        let mut messages = Vec::with_capacity(read.len());
+        for TopicMessage { topic, message } in read {
+            let matching: Vec<_> = session
+                .subscriptions
+                .iter()
+                .filter(|(f, s)| {
+                    s.since < message.log_index && topic_filter::filter_matches(f, &topic)
+                })
+                .map(|(_, s)| s.options)
+                .collect();
+            let Some(qos) = matching.iter().map(|o| o.qos).max() else {
+                continue;
+            };
+            messages.push(SessionMessage {
+                topic,
+                message,
+                qos,
+                subscription_ids: matching
+                    .iter()
+                    .map(|o| o.subscription_id)
+                    .filter(|id| *id != 0)
+                    .collect(),
+            });
+        }
+        Ok(SessionRead { messages, upto })
+    }
+
+    /// The message at a log position, with its topic (an in-flight packet to resend); `None`
+    /// when retention removed it.
+    pub fn message_at_position(
+        &self,
+        log_index: LogIndex,
+        sub: u16,
+    ) -> Result<Option<TopicMessage>> {
+        let log = self.inner.store.log();
+        if log_index < log.first_index() || log_index > log.last_index() {
+            return Ok(None);
+        }
+        let entry = log.entry(log_index)?;
+        Ok(entry.records.get(usize::from(sub)).map(|r| TopicMessage {
+            topic: r.topic.clone(),
+            message: Message {
+                id: r.id,
+                fields: r.fields.clone(),
+                properties: r.properties.clone(),
+                message_key: r.message_key.clone(),
+                timestamp_ms: entry.timestamp_ms,
+                log_index,
+            },
+        }))
+    }
+}

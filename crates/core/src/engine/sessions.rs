@@ -1,0 +1,232 @@
+//! MQTT persistent sessions as engine state: per client id, the subscriptions (filter,
+//! options, and the log index after which each matches), **one cursor that is a log index**
+//! (everything up to it was handed to the client), the packets in flight with the place of
+//! their message in the log, the expiry interval and when the client disconnected.
+//!
+//! Applied from session commands with the entry's index and timestamp; never reads a clock,
+//! the disk or the streams. Which messages a session still has to receive is read by
+//! `session_api.rs` (`read_filters` from the cursor), not decided here.
+
+use bytes::Bytes;
+use imbl::OrdMap;
+
+use super::session_command::{InFlightNew, SessionCommand, SessionOp, SubscribeOptions};
+use crate::store::LogIndex;
+
+/// A subscription of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// As asked for.
+    pub options: SubscribeOptions,
+    /// It matches messages of log entries after this index (the SUBSCRIBE's own).
+    pub since: LogIndex,
+}
+
+/// A packet in flight to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    /// Log index of the message's entry.
+    pub log_index: LogIndex,
+    /// Its sub-record.
+    pub sub: u16,
+    /// QoS it went out with.
+    pub qos: u8,
+    /// QoS 2: PUBREC came (PUBREL is what is resent).
+    pub received: bool,
+}
+
+/// A persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Subscriptions by filter.
+    pub subscriptions: OrdMap<Bytes, Subscription>,
+    /// Messages of entries up to this index were handed to the client.
+    pub cursor: LogIndex,
+    /// Packets in flight by packet id.
+    pub inflight: OrdMap<u16, InFlight>,
+    /// Session Expiry Interval (s) after the disconnect; `u32::MAX`: never.
+    pub expiry_s: u32,
+    /// When the client disconnected (ms, command time); `None` while connected.
+    pub disconnected_ms: Option<u64>,
+}
+
+impl Session {
+    /// When it expires (ms), if disconnected and not kept for ever.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        let at = self.disconnected_ms?;
+        (self.expiry_s != u32::MAX).then(|| at.saturating_add(u64::from(self.expiry_s) * 1000))
+    }
+}
+
+/// Why a session command did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// No session for the client (open one first).
+    #[error("no session for this client")]
+    NoSession,
+    /// `max_sessions` sessions exist.
+    #[error("sessions are at max_sessions")]
+    TooManySessions,
+    /// A packet id given is already in flight.
+    #[error("packet id already in flight")]
+    PacketIdInUse,
+}
+
+/// What a session command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// It failed and changed nothing.
+    Error(SessionError),
+    /// Open: whether a session was present (MQTT Session Present).
+    Opened(bool),
+    /// Unsubscribe: per filter, whether it was subscribed.
+    Unsubscribed(Vec<bool>),
+    /// Anything else: done.
+    Done,
+}
+
+/// Every session, by client id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sessions {
+    /// Sessions.
+    pub by_client: OrdMap<Bytes, Session>,
+}
+
+impl Sessions {
+    /// Applies one command at log index `index`, time `now_ms`, keeping at most
+    /// `max_sessions`.
+    pub fn apply(
+        &mut self,
+        c: &SessionCommand,
+        index: LogIndex,
+        now_ms: u64,
+        max_sessions: usize,
+    ) -> SessionOutcome {
+        if let SessionOp::Open {
+            clean_start,
+            expiry_s,
+        } = &c.op
+        {
+            if *clean_start {
+                self.by_client.remove(&c.client);
+            }
+            if let Some(s) = self.by_client.get_mut(&c.client) {
+                s.expiry_s = *expiry_s;
+                s.disconnected_ms = None;
+                return SessionOutcome::Opened(true);
+            }
+            if self.by_client.len() >= max_sessions {
+                return SessionOutcome::Error(SessionError::TooManySessions);
+            }
+            self.by_client.insert(
+                c.client.clone(),
+                Session {
+                    subscriptions: OrdMap::new(),
+                    cursor: index,
+                    inflight: OrdMap::new(),
+                    expiry_s: *expiry_s,
+                    disconnected_ms: None,
+                },
+            );
+            return SessionOutcome::Opened(false);
+        }
+        let Some(s) = self.by_client.get_mut(&c.client) else {
+            return SessionOutcome::Error(SessionError::NoSession);
+        };
+        match &c.op {
+            SessionOp::Open { .. } => SessionOutcome::Done, // handled above
+            SessionOp::Subscribe(subs) => {
+                for (filter, options) in subs {
+                    s.subscriptions.insert(
+                        filter.clone(),
+                        Subscription {
+                            options: *options,
+                            since: index,
+                        },
+                    );
+                }
+                SessionOutcome::Done
+            }
+            SessionOp::Unsubscribe(filters) => SessionOutcome::Unsubscribed(
+                filters
+                    .iter()
+                    .map(|f| s.subscriptions.remove(f).is_some())
+                    .collect(),
+            ),
+            SessionOp::Deliver { upto, inflight } => {
+                let ids_in_use = inflight
+                    .iter()
+                    .any(|f| s.inflight.contains_key(&f.packet_id));
+                let repeated = (1..inflight.len()).any(|k| {
+                    inflight[..k]
+                        .iter()
+                        .any(|f| f.packet_id == inflight[k].packet_id)
+                });
+                if ids_in_use || repeated {
+                    return SessionOutcome::Error(SessionError::PacketIdInUse);
+                }
+                s.cursor = s.cursor.max(*upto);
+                for InFlightNew {
+                    packet_id,
+                    log_index,
+                    sub,
+                    qos,
+                } in inflight
+                {
+                    s.inflight.insert(
+                        *packet_id,
+                        InFlight {
+                            log_index: *log_index,
+                            sub: *sub,
+                            qos: *qos,
+                            received: false,
+                        },
+                    );
+                }
+                SessionOutcome::Done
+            }
+            SessionOp::Complete(id) => {
+                s.inflight.remove(id);
+                SessionOutcome::Done
+            }
+            SessionOp::Received(id) => {
+                if let Some(f) = s.inflight.get_mut(id) {
+                    f.received = true;
+                }
+                SessionOutcome::Done
+            }
+            SessionOp::Close { expiry_s } => {
+                if let Some(e) = expiry_s {
+                    s.expiry_s = *e;
+                }
+                s.disconnected_ms = Some(now_ms);
+                if s.expiry_s == 0 {
+                    self.by_client.remove(&c.client);
+                }
+                SessionOutcome::Done
+            }
+        }
+    }
+
+    /// A timer command: ends every disconnected session whose expiry passed by `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let gone: Vec<Bytes> = self
+            .by_client
+            .iter()
+            .filter(|(_, s)| s.deadline_ms().is_some_and(|d| d <= now_ms))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            self.by_client.remove(k);
+        }
+        gone.len()
+    }
+
+    /// The earliest expiry deadline (ms) of any session.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.by_client
+            .values()
+            .filter_map(Session::deadline_ms)
+            .min()
+    }
+}

@@ -1,0 +1,269 @@
+//! MQTT persistent sessions through the engine's public API: open/resume/clean start,
+//! overlapping subscriptions delivering each message once with the highest QoS, one log-index
+//! cursor, replay including topics created while offline, in-flight packets surviving restarts
+//! and power cuts, expiry by the leader's timer, and the session limit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use manifold_core::engine::{
+    AppendRequest, Engine, EngineConfig, EngineError, IdSpec, InFlightNew, RetainEffect,
+    SessionError, SubscribeOptions,
+};
+use manifold_core::store::{CrashMode, SimDisk};
+
+fn config() -> EngineConfig {
+    let mut c = EngineConfig::default();
+    c.store.log.segment_size = 64 * 1024;
+    c.store.log.index_records_per_file = 256;
+    c.store.queues.arena_file_slots = 64;
+    c.store.index.slots = 64;
+    c.store.index.entries = 256;
+    c.store.dispatch_checkpoint_interval_ms = 0;
+    c
+}
+
+fn open(disk: &SimDisk, config: EngineConfig) -> Result<Engine, EngineError> {
+    Engine::open(Arc::new(disk.clone()), &PathBuf::from("/data"), config)
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn publish(key: &str, value: &str) -> AppendRequest {
+    AppendRequest {
+        db: 0,
+        key: b(key),
+        id: IdSpec::Auto,
+        fields: vec![(b("payload"), b(value))],
+        properties: Vec::new(),
+        message_key: Bytes::new(),
+        nomkstream: false,
+        trim: None,
+        retain: RetainEffect::None,
+        producer: None,
+    }
+}
+
+fn sub(qos: u8, id: u32) -> SubscribeOptions {
+    SubscribeOptions {
+        qos,
+        subscription_id: id,
+        ..SubscribeOptions::default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+/// `(topic, payload, qos, subscription ids)` of a message the session has to receive.
+type Pending = (String, String, u8, Vec<u32>);
+
+/// What the session has to receive, and how far the read went.
+fn pending(engine: &Engine, client: &str) -> Result<(Vec<Pending>, u64), EngineError> {
+    let read = engine.session_pending(client.as_bytes(), 100)?;
+    let got = read
+        .messages
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(&m.topic).into_owned(),
+                String::from_utf8_lossy(&m.message.fields[0].1).into_owned(),
+                m.qos,
+                m.subscription_ids.clone(),
+            )
+        })
+        .collect();
+    Ok((got, read.upto))
+}
+
+#[test]
+fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_crashes()
+-> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = open(&disk, config())?;
+    let rt = runtime();
+    let upto = rt.block_on(async {
+        assert!(
+            !engine.session_open(b("dev"), false, 3600).await?,
+            "new: no session present"
+        );
+        assert!(engine.session_open(b("dev"), false, 3600).await?, "resumed");
+        // Overlapping filters: each message once, with the highest QoS and both ids.
+        engine
+            .session_subscribe(b("dev"), vec![(b("a/+"), sub(1, 7)), (b("a/1"), sub(2, 9))])
+            .await?;
+        engine.append(publish("a/1", "one")).await?;
+        engine.append(publish("b/1", "other")).await?;
+        engine.append(publish("a/2", "two")).await?;
+        let (got, upto) = pending(&engine, "dev")?;
+        assert_eq!(
+            got,
+            [
+                ("a/1".to_string(), "one".to_string(), 2, vec![7, 9]),
+                ("a/2".to_string(), "two".to_string(), 1, vec![7]),
+            ]
+        );
+        let first = engine.session_pending(b"dev", 100)?.messages[0]
+            .message
+            .log_index;
+        // Delivered: QoS 1/2 go in flight with their packet ids; the cursor moves.
+        engine
+            .session_deliver(
+                b("dev"),
+                upto,
+                vec![InFlightNew {
+                    packet_id: 1,
+                    log_index: first,
+                    sub: 0,
+                    qos: 2,
+                }],
+            )
+            .await?;
+        assert!(pending(&engine, "dev")?.0.is_empty());
+        assert!(matches!(
+            engine
+                .session_deliver(
+                    b("dev"),
+                    upto,
+                    vec![InFlightNew {
+                        packet_id: 1,
+                        log_index: first,
+                        sub: 0,
+                        qos: 1
+                    }]
+                )
+                .await,
+            Err(EngineError::Session(SessionError::PacketIdInUse))
+        ));
+        engine.session_received(b("dev"), 1).await?;
+        // Offline: messages to a topic created meanwhile are replayed at reconnect.
+        engine.session_close(b("dev"), None).await?;
+        engine.append(publish("a/3", "while away")).await?;
+        Ok::<_, EngineError>(upto)
+    })?;
+    let session = engine.session(b"dev").expect("kept after the disconnect");
+    assert_eq!(session.cursor, upto);
+    assert!(session.disconnected_ms.is_some());
+    assert!(
+        session
+            .inflight
+            .get(&1)
+            .is_some_and(|f| f.received && f.qos == 2)
+    );
+    // A power cut: the session is state, replayed from snapshot, journal and log.
+    let digest = engine.state_digest();
+    let after = disk.crash(CrashMode::DropUnsynced);
+    drop(engine);
+    let engine = open(&after, config())?;
+    assert_eq!(engine.state_digest(), digest);
+    let session = engine.session(b"dev").expect("session");
+    let inflight = session.inflight.get(&1).copied().expect("in flight");
+    let resent = engine
+        .message_at_position(inflight.log_index, inflight.sub)?
+        .expect("message");
+    assert_eq!(resent.topic, b("a/1"));
+    rt.block_on(async {
+        assert!(engine.session_open(b("dev"), false, 3600).await?);
+        assert_eq!(
+            pending(&engine, "dev")?.0,
+            [("a/3".to_string(), "while away".to_string(), 1, vec![7])]
+        );
+        engine.session_complete(b("dev"), 1).await?;
+        assert!(engine.session(b"dev").expect("session").inflight.is_empty());
+        assert_eq!(
+            engine
+                .session_unsubscribe(b("dev"), vec![b("a/1"), b("x")])
+                .await?,
+            [true, false]
+        );
+        // A subscription matches only what is published after it, even past the cursor.
+        engine.append(publish("b/2", "before")).await?;
+        engine
+            .session_subscribe(b("dev"), vec![(b("b/#"), sub(0, 0))])
+            .await?;
+        engine.append(publish("b/3", "after")).await?;
+        let (got, _) = pending(&engine, "dev")?;
+        let topics: Vec<&str> = got.iter().map(|(t, ..)| t.as_str()).collect();
+        assert_eq!(topics, ["a/3", "b/3"]);
+        // Clean start drops everything.
+        assert!(!engine.session_open(b("dev"), true, 3600).await?);
+        assert!(
+            engine
+                .session(b"dev")
+                .expect("new")
+                .subscriptions
+                .is_empty()
+        );
+        // Expiry 0 at disconnect ends the session.
+        engine.session_close(b("dev"), Some(0)).await?;
+        assert!(engine.session(b"dev").is_none());
+        assert!(matches!(
+            engine
+                .session_subscribe(b("dev"), vec![(b("a"), sub(0, 0))])
+                .await,
+            Err(EngineError::Session(SessionError::NoSession))
+        ));
+        assert!(matches!(
+            engine
+                .session_subscribe(b("dev"), vec![(b("a/#/b"), sub(0, 0))])
+                .await,
+            Err(EngineError::BadTopic(_))
+        ));
+        Ok::<_, EngineError>(())
+    })
+}
+
+static CLOCK: AtomicU64 = AtomicU64::new(1_700_000_000_000);
+
+fn clock() -> u64 {
+    CLOCK.load(Ordering::SeqCst)
+}
+
+#[test]
+fn disconnected_sessions_expire_by_the_leaders_timer_and_are_limited() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let mut config = config();
+    config.clock = clock;
+    config.timer_tick_ms = 5;
+    config.max_sessions = 2;
+    let engine = open(&disk, config)?;
+    let rt = runtime();
+    rt.block_on(async {
+        engine.session_open(b("short"), false, 10).await?;
+        engine.session_open(b("forever"), false, u32::MAX).await?;
+        assert!(matches!(
+            engine.session_open(b("third"), false, 10).await,
+            Err(EngineError::Session(SessionError::TooManySessions))
+        ));
+        engine.session_close(b("short"), None).await?;
+        engine.session_close(b("forever"), None).await?;
+        Ok::<_, EngineError>(())
+    })?;
+    CLOCK.fetch_add(9_000, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        engine.session(b"short").is_some(),
+        "not expired before its interval"
+    );
+    CLOCK.fetch_add(2_000, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.session(b"short").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timer did not expire it"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(engine.session(b"forever").is_some());
+    rt.block_on(engine.session_open(b("third"), false, 10))?;
+    Ok(())
+}
