@@ -229,6 +229,22 @@ fn principals_may_do_what_their_patterns_allow_and_nothing_else() -> Result<(), 
             false,
         );
         assert_eq!(dashboard.pending_summary(0, b"alerts", b"g")?.count, 1);
+        // A session subscribed to everything receives only what its principal may read.
+        let client = Bytes::from_static(b"anon-device");
+        anonymous.session_open(client.clone(), false, 60).await?;
+        anonymous
+            .session_subscribe(
+                client.clone(),
+                vec![(Bytes::from_static(b"#"), Default::default())],
+            )
+            .await?;
+        engine.append(req("public/later")).await?;
+        engine.append(req("alerts")).await?;
+        let read = anonymous.session_pending(&client, 100)?;
+        let topics: Vec<&[u8]> = read.messages.iter().map(|m| m.topic.as_ref()).collect();
+        assert_eq!(topics, [b"public/later".as_slice()]);
+        let by_filter = anonymous.read_filters(&[b"#"], 0, 100)?;
+        assert!(by_filter.iter().all(|m| m.topic.starts_with(b"public/")));
         Ok::<_, EngineError>(())
     })?;
     // Without a `default` principal, unauthenticated connections may do nothing.

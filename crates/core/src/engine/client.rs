@@ -12,9 +12,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::access::Principal;
+use super::filter_read::TopicMessage;
 use super::group_api::{AutoClaimed, GroupEntry, PendingQuery};
 use super::group_command::{Claim, GroupStart, ReadFrom};
 use super::groups::{ConsumerInfo, GroupInfo, PendingEntry, PendingSummary};
+use super::session_api::SessionRead;
+use super::session_command::{InFlightNew, SubscribeOptions};
+use super::sessions::Session;
 use super::state::Retained;
 use super::{AppendRequest, Engine, Message, Result, StreamInfo, TopicKey, Trim, Wake};
 use crate::store::{LogIndex, StreamId};
@@ -323,5 +327,87 @@ impl Client {
     ) -> Result<Option<Vec<ConsumerInfo>>> {
         self.principal.check_subscribe(key)?;
         self.engine.consumers_info(db, key, group)
+    }
+
+    /// [`Engine::read_filters`], only messages of topics it may subscribe to.
+    pub fn read_filters(
+        &self,
+        filters: &[&[u8]],
+        after: LogIndex,
+        count: usize,
+    ) -> Result<Vec<TopicMessage>> {
+        let mut m = self.engine.read_filters(filters, after, count)?;
+        m.retain(|m| self.principal.may_subscribe(&m.topic));
+        Ok(m)
+    }
+
+    /// [`Engine::session_open`].
+    pub async fn session_open(
+        &self,
+        client: Bytes,
+        clean_start: bool,
+        expiry_s: u32,
+    ) -> Result<bool> {
+        self.engine
+            .session_open(client, clean_start, expiry_s)
+            .await
+    }
+
+    /// [`Engine::session_subscribe`]: a filter may be subscribed to; what it delivers is
+    /// checked topic by topic ([`Client::session_pending`]).
+    pub async fn session_subscribe(
+        &self,
+        client: Bytes,
+        subs: Vec<(Bytes, SubscribeOptions)>,
+    ) -> Result<()> {
+        self.engine.session_subscribe(client, subs).await
+    }
+
+    /// [`Engine::session_unsubscribe`].
+    pub async fn session_unsubscribe(
+        &self,
+        client: Bytes,
+        filters: Vec<Bytes>,
+    ) -> Result<Vec<bool>> {
+        self.engine.session_unsubscribe(client, filters).await
+    }
+
+    /// [`Engine::session_deliver`].
+    pub async fn session_deliver(
+        &self,
+        client: Bytes,
+        upto: LogIndex,
+        inflight: Vec<InFlightNew>,
+    ) -> Result<()> {
+        self.engine.session_deliver(client, upto, inflight).await
+    }
+
+    /// [`Engine::session_complete`].
+    pub async fn session_complete(&self, client: Bytes, packet_id: u16) -> Result<()> {
+        self.engine.session_complete(client, packet_id).await
+    }
+
+    /// [`Engine::session_received`].
+    pub async fn session_received(&self, client: Bytes, packet_id: u16) -> Result<()> {
+        self.engine.session_received(client, packet_id).await
+    }
+
+    /// [`Engine::session_close`].
+    pub async fn session_close(&self, client: Bytes, expiry_s: Option<u32>) -> Result<()> {
+        self.engine.session_close(client, expiry_s).await
+    }
+
+    /// [`Engine::session`].
+    pub fn session(&self, client: &[u8]) -> Option<Session> {
+        self.engine.session(client)
+    }
+
+    /// [`Engine::session_pending`], only messages of topics it may subscribe to (the cursor
+    /// still moves past the others).
+    pub fn session_pending(&self, client: &[u8], count: usize) -> Result<SessionRead> {
+        let mut read = self.engine.session_pending(client, count)?;
+        read.messages
+            .retain(|m| self.principal.may_subscribe(&m.topic));
+        Ok(read)
     }
 }
