@@ -315,19 +315,9 @@ impl Engine {
     /// since it was delivered is still returned, as Redis returned it when it was delivered);
     /// `None` when retention removed its entry.
     fn message_at(&self, at: &EntryRef) -> Result<Option<Message>> {
-        let log = self.inner.store.log();
-        if at.log_index < log.first_index() {
-            return Ok(None);
-        }
-        let entry = log.entry(at.log_index)?;
-        Ok(entry.records.get(usize::from(at.sub)).map(|r| Message {
-            id: r.id,
-            fields: r.fields.clone(),
-            properties: r.properties.clone(),
-            message_key: r.message_key.clone(),
-            timestamp_ms: entry.timestamp_ms,
-            log_index: at.log_index,
-        }))
+        Ok(self
+            .message_at_position(at.log_index, at.sub)?
+            .map(|m| m.message))
     }
 
     /// XPENDING key group: the summary. `NoGroup` when the key or group does not exist.

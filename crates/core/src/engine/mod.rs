@@ -23,6 +23,8 @@ mod client;
 mod clock_bound;
 mod codec;
 mod error;
+mod filter_group_api;
+pub mod filter_groups;
 mod filter_read;
 pub mod glob;
 mod group_api;
@@ -55,6 +57,7 @@ pub use access::{AccessConfig, Acl, DEFAULT_PRINCIPAL, Principal, PrincipalConfi
 pub use client::Client;
 pub use clock_bound::CLOCK_BOUND_FILE;
 pub use error::{EngineError, Result};
+pub use filter_group_api::FilterDelivery;
 pub use filter_read::TopicMessage;
 pub use group_api::{AutoClaimed, GroupEntry, PendingQuery};
 pub use group_command::{Claim, ClaimTime, GroupCommand, GroupOp, GroupStart, ReadFrom};
@@ -102,6 +105,8 @@ enum CommandTag {
     Timer = 8,
     /// An MQTT session command (`session_command`).
     Session = 9,
+    /// A filter-group command (`filter_groups`).
+    FilterGroup = 10,
 }
 
 /// What an entry's command does to retained messages.
@@ -163,6 +168,16 @@ fn session_command(entry: &LogEntry) -> Option<session_command::SessionCommand> 
     }
 }
 
+/// A filter-group command an entry carries.
+fn filter_group_command(entry: &LogEntry) -> Option<filter_groups::FilterGroupCommand> {
+    match entry.command.as_ref() {
+        [COMMAND_VERSION, t, rest @ ..] if *t == CommandTag::FilterGroup as u8 => {
+            filter_groups::decode_command(rest)
+        }
+        _ => None,
+    }
+}
+
 /// Everything an entry's command asks of the engine state.
 fn entry_command(entry: &LogEntry) -> EntryCommand {
     EntryCommand {
@@ -171,6 +186,7 @@ fn entry_command(entry: &LogEntry) -> EntryCommand {
         groups: group_commands(entry),
         timer: timer_command(entry),
         session: session_command(entry),
+        filter_group: filter_group_command(entry),
     }
 }
 
@@ -181,6 +197,7 @@ struct Applied {
     outcomes: Vec<Outcome>,
     groups: Vec<GroupOutcome>,
     session: Option<sessions::SessionOutcome>,
+    filter_group: Option<filter_groups::FilterGroupOutcome>,
 }
 
 /// Applies committed entries: dispatches them into the store and applies them to the engine
@@ -227,6 +244,7 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
                 outcomes,
                 groups: reply.groups,
                 session: reply.session,
+                filter_group: reply.filter_group,
             });
         }
         start = k + 1;
@@ -511,6 +529,8 @@ pub struct Message {
     pub timestamp_ms: u64,
     /// Log index of the entry holding it.
     pub log_index: LogIndex,
+    /// Its sub-record within that entry: `(log_index, sub)` is its position in the log.
+    pub sub: u16,
 }
 
 /// What XINFO STREAM shows of a stream, as far as this slice holds it.
@@ -1014,6 +1034,7 @@ impl Engine {
             message_key: m.record.message_key,
             timestamp_ms: m.timestamp_ms,
             log_index: e.log_index,
+            sub: e.sub,
         })
     }
 

@@ -222,6 +222,7 @@ impl Engine {
                 message_key: r.message_key.clone(),
                 timestamp_ms: entry.timestamp_ms,
                 log_index,
+                sub,
             },
         }))
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::codec::{Reader, put_bytes, put_id, put_pairs};
+use super::filter_groups::{FilterGroupCommand, FilterGroupOutcome, FilterGroups};
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
 use super::session_command::SessionCommand;
@@ -37,6 +38,8 @@ pub struct EntryCommand {
     pub timer: Option<TimerCommand>,
     /// A session command.
     pub session: Option<SessionCommand>,
+    /// A filter-group command.
+    pub filter_group: Option<FilterGroupCommand>,
 }
 
 /// What applying an entry answers beyond the store's outcomes.
@@ -46,6 +49,8 @@ pub struct StateReply {
     pub groups: Vec<GroupOutcome>,
     /// The session command's.
     pub session: Option<SessionOutcome>,
+    /// The filter-group command's.
+    pub filter_group: Option<FilterGroupOutcome>,
 }
 
 /// The limits apply enforces.
@@ -124,6 +129,8 @@ pub struct EngineState {
     pub retained_from: LogIndex,
     /// MQTT persistent sessions.
     pub sessions: Sessions,
+    /// Filter groups (MQTT shared subscriptions with wildcards).
+    pub filter_groups: FilterGroups,
     /// Sum of `Retained::size` over `retained` (derived: not encoded, recomputed by `decode`).
     pub retained_bytes: u64,
 }
@@ -143,8 +150,9 @@ impl Retained {
 }
 
 /// Version of the encoding below (1: without groups, 2: without producers' `last_used_ms`,
-/// 3: without `retained_from`, 4: without sessions; all still read).
-const STATE_VERSION: u32 = 5;
+/// 3: without `retained_from`, 4: without sessions, 5: without filter groups; all still
+/// read).
+const STATE_VERSION: u32 = 6;
 
 impl EngineState {
     /// The answer remembered for `(producer, seq)`.
@@ -165,6 +173,14 @@ impl EngineState {
     ) -> Result<StateReply, StoreError> {
         let effect = command.retain;
         let mut reply = StateReply::default();
+        if let Some(c) = &command.filter_group {
+            reply.filter_group = Some(self.filter_groups.apply(
+                c,
+                entry.index,
+                entry.timestamp_ms,
+                limits.groups.max_pending,
+            ));
+        }
         if let Some(c) = &command.session {
             reply.session =
                 Some(
@@ -183,6 +199,7 @@ impl EngineState {
                 // The store has cut every topic (the entry's RetainFrom sub-record).
                 self.retained_from = self.retained_from.max(index);
                 self.groups.forget_gone(streams)?;
+                self.filter_groups.forget_before(index);
             }
             None => {}
         }
@@ -318,6 +335,7 @@ impl EngineState {
         encode_groups(&self.groups, &mut out);
         out.extend_from_slice(&self.retained_from.to_le_bytes());
         encode_sessions(&self.sessions, &mut out);
+        self.filter_groups.encode(&mut out);
         out
     }
 
@@ -381,6 +399,9 @@ impl EngineState {
         }
         if version >= 5 {
             state.sessions = decode_sessions(&mut r)?;
+        }
+        if version >= 6 {
+            state.filter_groups = FilterGroups::decode(&mut r)?;
         }
         if !r.finished() {
             return Err(format!("{} bytes after the state", r.remaining()));
