@@ -231,7 +231,9 @@ fn principals_may_do_what_their_patterns_allow_and_nothing_else() -> Result<(), 
         assert_eq!(dashboard.pending_summary(0, b"alerts", b"g")?.count, 1);
         // A session subscribed to everything receives only what its principal may read.
         let client = Bytes::from_static(b"anon-device");
-        anonymous.session_open(client.clone(), false, 60).await?;
+        anonymous
+            .session_open(client.clone(), false, 60, None)
+            .await?;
         anonymous
             .session_subscribe(
                 client.clone(),

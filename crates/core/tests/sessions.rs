@@ -93,10 +93,13 @@ fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_
     let rt = runtime();
     let upto = rt.block_on(async {
         assert!(
-            !engine.session_open(b("dev"), false, 3600).await?,
+            !engine.session_open(b("dev"), false, 3600, None).await?,
             "new: no session present"
         );
-        assert!(engine.session_open(b("dev"), false, 3600).await?, "resumed");
+        assert!(
+            engine.session_open(b("dev"), false, 3600, None).await?,
+            "resumed"
+        );
         // Overlapping filters: each message once, with the highest QoS and both ids.
         engine
             .session_subscribe(b("dev"), vec![(b("a/+"), sub(1, 7)), (b("a/1"), sub(2, 9))])
@@ -146,7 +149,7 @@ fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_
         ));
         engine.session_received(b("dev"), 1).await?;
         // Offline: messages to a topic created meanwhile are replayed at reconnect.
-        engine.session_close(b("dev"), None).await?;
+        engine.session_close(b("dev"), None, false).await?;
         engine.append(publish("a/3", "while away")).await?;
         Ok::<_, EngineError>(upto)
     })?;
@@ -172,7 +175,7 @@ fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_
         .expect("message");
     assert_eq!(resent.topic, b("a/1"));
     rt.block_on(async {
-        assert!(engine.session_open(b("dev"), false, 3600).await?);
+        assert!(engine.session_open(b("dev"), false, 3600, None).await?);
         assert_eq!(
             pending(&engine, "dev")?.0,
             [("a/3".to_string(), "while away".to_string(), 1, vec![7])]
@@ -195,7 +198,7 @@ fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_
         let topics: Vec<&str> = got.iter().map(|(t, ..)| t.as_str()).collect();
         assert_eq!(topics, ["a/3", "b/3"]);
         // Clean start drops everything.
-        assert!(!engine.session_open(b("dev"), true, 3600).await?);
+        assert!(!engine.session_open(b("dev"), true, 3600, None).await?);
         assert!(
             engine
                 .session(b"dev")
@@ -204,7 +207,7 @@ fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_
                 .is_empty()
         );
         // Expiry 0 at disconnect ends the session.
-        engine.session_close(b("dev"), Some(0)).await?;
+        engine.session_close(b("dev"), Some(0), false).await?;
         assert!(engine.session(b"dev").is_none());
         assert!(matches!(
             engine
@@ -238,14 +241,16 @@ fn disconnected_sessions_expire_by_the_leaders_timer_and_are_limited() -> Result
     let engine = open(&disk, config)?;
     let rt = runtime();
     rt.block_on(async {
-        engine.session_open(b("short"), false, 10).await?;
-        engine.session_open(b("forever"), false, u32::MAX).await?;
+        engine.session_open(b("short"), false, 10, None).await?;
+        engine
+            .session_open(b("forever"), false, u32::MAX, None)
+            .await?;
         assert!(matches!(
-            engine.session_open(b("third"), false, 10).await,
+            engine.session_open(b("third"), false, 10, None).await,
             Err(EngineError::Session(SessionError::TooManySessions))
         ));
-        engine.session_close(b("short"), None).await?;
-        engine.session_close(b("forever"), None).await?;
+        engine.session_close(b("short"), None, false).await?;
+        engine.session_close(b("forever"), None, false).await?;
         Ok::<_, EngineError>(())
     })?;
     CLOCK.fetch_add(9_000, Ordering::SeqCst);
@@ -264,6 +269,91 @@ fn disconnected_sessions_expire_by_the_leaders_timer_and_are_limited() -> Result
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(engine.session(b"forever").is_some());
-    rt.block_on(engine.session_open(b("third"), false, 10))?;
+    rt.block_on(engine.session_open(b("third"), false, 10, None))?;
+    Ok(())
+}
+
+static WILL_CLOCK: AtomicU64 = AtomicU64::new(1_700_000_000_000);
+
+fn will_clock() -> u64 {
+    WILL_CLOCK.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_will_goes_out_after_its_delay_unless_the_client_returns_or_says_goodbye()
+-> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let mut config = config();
+    config.clock = will_clock;
+    config.timer_tick_ms = 5;
+    let engine = open(&disk, config.clone())?;
+    let rt = runtime();
+    let will = |delay_s: u32, retain: bool| manifold_core::engine::Will {
+        topic: b("status/dev"),
+        payload: b("offline"),
+        properties: vec![(b("reason"), b("lost"))],
+        qos: 1,
+        retain,
+        delay_s,
+    };
+    let wait_for = |what: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !what() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the timer did not act"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    rt.block_on(async {
+        // A normal DISCONNECT discards the Will.
+        engine
+            .session_open(b("dev"), false, 3600, Some(will(0, false)))
+            .await?;
+        engine.session_close(b("dev"), None, false).await?;
+        // Reconnecting within the delay cancels it.
+        engine
+            .session_open(b("dev"), false, 3600, Some(will(30, false)))
+            .await?;
+        engine.session_close(b("dev"), None, true).await?;
+        WILL_CLOCK.fetch_add(10_000, Ordering::SeqCst);
+        engine
+            .session_open(b("dev"), false, 3600, Some(will(30, true)))
+            .await?;
+        Ok::<_, EngineError>(())
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(engine.len(0, b"status/dev"), 0, "no Will went out");
+    // Connection lost: after the 30 s delay the Will is published, retained.
+    rt.block_on(engine.session_close(b("dev"), None, true))?;
+    WILL_CLOCK.fetch_add(29_000, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(engine.len(0, b"status/dev"), 0, "not before its delay");
+    WILL_CLOCK.fetch_add(2_000, Ordering::SeqCst);
+    wait_for(&|| engine.len(0, b"status/dev") == 1);
+    let retained = engine.retained_of(0, b"status/dev").expect("retained Will");
+    assert_eq!(retained.fields, [(b("payload"), b("offline"))]);
+    assert_eq!(retained.properties, [(b("reason"), b("lost"))]);
+    let session = engine
+        .session(b"dev")
+        .expect("the session outlives its Will");
+    assert!(session.will.is_none() && session.will_at_ms.is_none());
+    // Once only: a restart (replaying snapshot, journal and log) does not publish it again.
+    let digest = engine.state_digest();
+    let after = disk.crash(CrashMode::DropUnsynced);
+    drop(engine);
+    let engine = open(&after, config)?;
+    assert_eq!(engine.state_digest(), digest);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(engine.len(0, b"status/dev"), 1);
+    // A session ending at disconnect (expiry 0) still sends its Will, then ends.
+    rt.block_on(async {
+        engine
+            .session_open(b("brief"), false, 0, Some(will(60, false)))
+            .await?;
+        engine.session_close(b("brief"), None, true).await
+    })?;
+    wait_for(&|| engine.len(0, b"status/dev") == 2 && engine.session(b"brief").is_none());
     Ok(())
 }

@@ -17,7 +17,7 @@ use super::group_api::{AutoClaimed, GroupEntry, PendingQuery};
 use super::group_command::{Claim, GroupStart, ReadFrom};
 use super::groups::{ConsumerInfo, GroupInfo, PendingEntry, PendingSummary};
 use super::session_api::SessionRead;
-use super::session_command::{InFlightNew, SubscribeOptions};
+use super::session_command::{InFlightNew, SubscribeOptions, Will};
 use super::sessions::Session;
 use super::state::Retained;
 use super::{AppendRequest, Engine, Message, Result, StreamInfo, TopicKey, Trim, Wake};
@@ -347,9 +347,14 @@ impl Client {
         client: Bytes,
         clean_start: bool,
         expiry_s: u32,
+        will: Option<Will>,
     ) -> Result<bool> {
+        // A Will is a publish made later on the client's behalf.
+        if let Some(w) = &will {
+            self.principal.check_publish(&w.topic)?;
+        }
         self.engine
-            .session_open(client, clean_start, expiry_s)
+            .session_open(client, clean_start, expiry_s, will)
             .await
     }
 
@@ -393,8 +398,15 @@ impl Client {
     }
 
     /// [`Engine::session_close`].
-    pub async fn session_close(&self, client: Bytes, expiry_s: Option<u32>) -> Result<()> {
-        self.engine.session_close(client, expiry_s).await
+    pub async fn session_close(
+        &self,
+        client: Bytes,
+        expiry_s: Option<u32>,
+        publish_will: bool,
+    ) -> Result<()> {
+        self.engine
+            .session_close(client, expiry_s, publish_will)
+            .await
     }
 
     /// [`Engine::session`].

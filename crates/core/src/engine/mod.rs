@@ -68,7 +68,7 @@ pub use groups::{
 pub use hard_state::HardState;
 pub use ids::{IdSpec, resolve};
 pub use session_api::{SessionMessage, SessionRead};
-pub use session_command::{InFlightNew, SubscribeOptions};
+pub use session_command::{InFlightNew, SubscribeOptions, Will};
 pub use sessions::{Session, SessionError};
 pub use snapshot::SNAPSHOT_DIR;
 pub use state::{Deduped, EngineState, MAX_PRODUCERS, PRODUCER_WINDOW, RetainEffect, Retained};
@@ -1671,6 +1671,16 @@ impl Inner {
                     Err(e) => tracing::warn!(error = %e, "retention check failed"),
                 }
             }
+            // Wills first: a session whose Will is due waits for it before it may expire.
+            let wills = self.lock_state().sessions.wills_due(now);
+            for (client, will) in wills {
+                if let Err(e) = self.propose_will(client, &will) {
+                    tracing::warn!(error = %e, "publishing a will failed");
+                    if matches!(e, EngineError::ShuttingDown) {
+                        return;
+                    }
+                }
+            }
             for due in due {
                 let mut bytes = vec![COMMAND_VERSION, CommandTag::Timer as u8];
                 due.encode(&mut bytes);
@@ -1682,9 +1692,9 @@ impl Inner {
                         id: StreamId::new(index, 0),
                         ..SubRecord::default()
                     }],
-                    TimerCommand::ExpireProducers { .. } | TimerCommand::ExpireSessions { .. } => {
-                        Vec::new()
-                    }
+                    TimerCommand::ExpireProducers { .. }
+                    | TimerCommand::ExpireSessions { .. }
+                    | TimerCommand::PublishWill { .. } => Vec::new(),
                 };
                 match self.propose(|p| Ok(Some((EntryKind::Command, bytes, records, p.term)))) {
                     Ok(Some(reply)) => {
@@ -1695,6 +1705,35 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Proposes the publication of `client`'s Will: one entry with the Timer command and the
+    /// Will's message (an auto ID on its topic, field `payload`, its properties), so the
+    /// message and the clearing of the Will apply together.
+    fn propose_will(&self, client: Bytes, will: &session_command::Will) -> Result<()> {
+        let mut bytes = vec![COMMAND_VERSION, CommandTag::Timer as u8];
+        TimerCommand::PublishWill { client }.encode(&mut bytes);
+        let bytes = Bytes::from(bytes);
+        let reply = self.propose(|p| {
+            let key: TopicKey = (0, will.topic.clone());
+            let (last, _) = p.view_of(&self.store, &key);
+            let record = SubRecord {
+                op: RecordOp::Message,
+                db: 0,
+                topic: will.topic.clone(),
+                id: resolve(IdSpec::Auto, last, p.last_ts)?,
+                properties: will.properties.clone(),
+                fields: vec![(Bytes::from_static(b"payload"), will.payload.clone())],
+                ..SubRecord::default()
+            };
+            Ok(Some((EntryKind::Command, bytes, vec![record], p.term)))
+        })?;
+        if let Some(reply) = reply {
+            reply
+                .blocking_recv()
+                .map_err(|_| EngineError::ShuttingDown)??;
+        }
+        Ok(())
     }
 
     /// The first applied log index stamped at or after `cutoff_ms`, if retention would move

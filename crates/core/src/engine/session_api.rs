@@ -7,7 +7,9 @@
 use bytes::Bytes;
 
 use super::filter_read::TopicMessage;
-use super::session_command::{self, InFlightNew, SessionCommand, SessionOp, SubscribeOptions};
+use super::session_command::{
+    self, InFlightNew, SessionCommand, SessionOp, SubscribeOptions, Will,
+};
 use super::sessions::{Session, SessionError, SessionOutcome};
 use super::{COMMAND_VERSION, CommandTag, Engine, EngineError, Message, Result, topic_filter};
 use crate::store::{EntryKind, LogIndex, StoreError};
@@ -58,19 +60,28 @@ impl Engine {
 
     /// CONNECT: opens the client's session (a new one with `clean_start`, dropping what was
     /// there); answers MQTT's Session Present. `expiry_s`: how long it outlives a disconnect
-    /// (0: not at all; `u32::MAX`: for ever). `TooManySessions` past `max_sessions`.
+    /// (0: not at all; `u32::MAX`: for ever). `will`: the CONNECT's Will (it replaces, and
+    /// cancels, an earlier one not yet published). `TooManySessions` past `max_sessions`.
     pub async fn session_open(
         &self,
         client: Bytes,
         clean_start: bool,
         expiry_s: u32,
+        will: Option<Will>,
     ) -> Result<bool> {
+        if let Some(w) = &will {
+            topic_filter::check_topic_name(&w.topic).map_err(EngineError::BadTopic)?;
+            if w.qos > 2 {
+                return Err(EngineError::InvalidArgument("QoS above 2"));
+            }
+        }
         match self
             .session_command(
                 client,
                 SessionOp::Open {
                     clean_start,
                     expiry_s,
+                    will,
                 },
             )
             .await?
@@ -143,11 +154,24 @@ impl Engine {
     }
 
     /// The connection ended (with a new expiry interval from a v5 DISCONNECT, if any); an
-    /// expiry of 0 ends the session now.
-    pub async fn session_close(&self, client: Bytes, expiry_s: Option<u32>) -> Result<()> {
-        self.session_command(client, SessionOp::Close { expiry_s })
-            .await
-            .map(|_| ())
+    /// expiry of 0 ends the session now (after its Will, if that goes out). `publish_will`:
+    /// the connection ended without a normal DISCONNECT (or with v5 reason 0x04), so the
+    /// Will is published after its delay; otherwise it is discarded.
+    pub async fn session_close(
+        &self,
+        client: Bytes,
+        expiry_s: Option<u32>,
+        publish_will: bool,
+    ) -> Result<()> {
+        self.session_command(
+            client,
+            SessionOp::Close {
+                expiry_s,
+                publish_will,
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The client's session as applied.

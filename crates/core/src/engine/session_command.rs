@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::codec::{Reader, put_bytes};
+use super::codec::{Reader, put_bytes, put_pairs};
 use crate::store::LogIndex;
 
 /// How a subscription was asked for (MQTT SUBSCRIBE options).
@@ -20,6 +20,24 @@ pub struct SubscribeOptions {
     pub retain_handling: u8,
     /// v5 Subscription Identifier (0: none).
     pub subscription_id: u32,
+}
+
+/// An MQTT Will: published on the client's behalf when its connection ends without a normal
+/// DISCONNECT, after `delay_s` (v5 Will Delay Interval) or when the session ends if sooner.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Will {
+    /// Topic (a db-0 key, a valid topic name).
+    pub topic: Bytes,
+    /// Payload (the message's `payload` field).
+    pub payload: Bytes,
+    /// v5 properties kept with the message.
+    pub properties: Vec<(Bytes, Bytes)>,
+    /// QoS (kept for the front end's delivery).
+    pub qos: u8,
+    /// Retain flag: the will also becomes the topic's retained message.
+    pub retain: bool,
+    /// Will Delay Interval (s).
+    pub delay_s: u32,
 }
 
 /// A message put in flight to the client (QoS 1 or 2), by its place in the log.
@@ -45,6 +63,8 @@ pub enum SessionOp {
         /// Session Expiry Interval in seconds after the disconnect (0: the session ends with
         /// the connection; `u32::MAX`: never).
         expiry_s: u32,
+        /// The Will, if the CONNECT has one (it replaces, and cancels, any earlier one).
+        will: Option<Will>,
     },
     /// SUBSCRIBE: adds or replaces subscriptions; they match messages after this entry.
     Subscribe(Vec<(Bytes, SubscribeOptions)>),
@@ -65,6 +85,9 @@ pub enum SessionOp {
     Close {
         /// A new Session Expiry Interval given at DISCONNECT (v5), if any.
         expiry_s: Option<u32>,
+        /// Whether the Will is published (the connection ended without a normal DISCONNECT,
+        /// or with v5 reason 0x04); otherwise it is discarded.
+        publish_will: bool,
     },
 }
 
@@ -85,10 +108,12 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
         SessionOp::Open {
             clean_start,
             expiry_s,
+            will,
         } => {
             out.push(1);
             out.push(u8::from(*clean_start));
             out.extend_from_slice(&expiry_s.to_le_bytes());
+            put_will(out, will.as_ref());
         }
         SessionOp::Subscribe(subs) => {
             out.push(2);
@@ -130,7 +155,10 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
             out.push(6);
             out.extend_from_slice(&id.to_le_bytes());
         }
-        SessionOp::Close { expiry_s } => {
+        SessionOp::Close {
+            expiry_s,
+            publish_will,
+        } => {
             out.push(7);
             match expiry_s {
                 None => out.push(0),
@@ -139,6 +167,7 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
                     out.extend_from_slice(&e.to_le_bytes());
                 }
             }
+            out.push(u8::from(*publish_will));
         }
     }
 }
@@ -151,6 +180,7 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
         1 => SessionOp::Open {
             clean_start: r.flag().ok()?,
             expiry_s: r.u32().ok()?,
+            will: read_will(&mut r).ok()?,
         },
         2 => {
             let n = r.count(12).ok()?;
@@ -198,10 +228,43 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
                 1 => Some(r.u32().ok()?),
                 _ => return None,
             },
+            publish_will: r.flag().ok()?,
         },
         _ => return None,
     };
     r.finished().then_some(SessionCommand { client, op })
+}
+
+/// A Will: `0`, or `1`, topic, payload, properties (count u32 + pairs), `qos` u8, `retain` u8,
+/// `delay_s` u32.
+pub fn put_will(out: &mut Vec<u8>, will: Option<&Will>) {
+    match will {
+        None => out.push(0),
+        Some(w) => {
+            out.push(1);
+            put_bytes(out, &w.topic);
+            put_bytes(out, &w.payload);
+            put_pairs(out, &w.properties);
+            out.push(w.qos);
+            out.push(u8::from(w.retain));
+            out.extend_from_slice(&w.delay_s.to_le_bytes());
+        }
+    }
+}
+
+/// Reads what `put_will` wrote.
+pub fn read_will(r: &mut Reader<'_>) -> Result<Option<Will>, String> {
+    if !r.flag()? {
+        return Ok(None);
+    }
+    Ok(Some(Will {
+        topic: r.bytes()?,
+        payload: r.bytes()?,
+        properties: r.pairs()?,
+        qos: r.u8()?,
+        retain: r.flag()?,
+        delay_s: r.u32()?,
+    }))
 }
 
 #[cfg(test)]
@@ -221,6 +284,19 @@ mod tests {
             SessionOp::Open {
                 clean_start: false,
                 expiry_s: 3600,
+                will: None,
+            },
+            SessionOp::Open {
+                clean_start: true,
+                expiry_s: 0,
+                will: Some(Will {
+                    topic: Bytes::from_static(b"status/dev-1"),
+                    payload: Bytes::from_static(b"offline"),
+                    properties: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))],
+                    qos: 1,
+                    retain: true,
+                    delay_s: 5,
+                }),
             },
             SessionOp::Subscribe(vec![(Bytes::from_static(b"a/#"), o)]),
             SessionOp::Unsubscribe(vec![Bytes::from_static(b"a/#")]),
@@ -235,8 +311,14 @@ mod tests {
             },
             SessionOp::Complete(4),
             SessionOp::Received(5),
-            SessionOp::Close { expiry_s: Some(0) },
-            SessionOp::Close { expiry_s: None },
+            SessionOp::Close {
+                expiry_s: Some(0),
+                publish_will: true,
+            },
+            SessionOp::Close {
+                expiry_s: None,
+                publish_will: false,
+            },
         ];
         for op in ops {
             let c = SessionCommand {

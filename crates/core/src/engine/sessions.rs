@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use imbl::OrdMap;
 
-use super::session_command::{InFlightNew, SessionCommand, SessionOp, SubscribeOptions};
+use super::session_command::{InFlightNew, SessionCommand, SessionOp, SubscribeOptions, Will};
 use crate::store::LogIndex;
 
 /// A subscription of a session.
@@ -48,6 +48,11 @@ pub struct Session {
     pub expiry_s: u32,
     /// When the client disconnected (ms, command time); `None` while connected.
     pub disconnected_ms: Option<u64>,
+    /// The Will of the current (or last) connection.
+    pub will: Option<Will>,
+    /// When the Will is to be published (ms): set when the connection ended without a normal
+    /// DISCONNECT, cleared when it is published or the client reconnects.
+    pub will_at_ms: Option<u64>,
 }
 
 impl Session {
@@ -105,6 +110,7 @@ impl Sessions {
         if let SessionOp::Open {
             clean_start,
             expiry_s,
+            will,
         } = &c.op
         {
             if *clean_start {
@@ -113,6 +119,9 @@ impl Sessions {
             if let Some(s) = self.by_client.get_mut(&c.client) {
                 s.expiry_s = *expiry_s;
                 s.disconnected_ms = None;
+                // Reconnecting before the Will went out cancels it (MQTT v5 3.1.3.2.2).
+                s.will = will.clone();
+                s.will_at_ms = None;
                 return SessionOutcome::Opened(true);
             }
             if self.by_client.len() >= max_sessions {
@@ -126,6 +135,8 @@ impl Sessions {
                     inflight: OrdMap::new(),
                     expiry_s: *expiry_s,
                     disconnected_ms: None,
+                    will: will.clone(),
+                    will_at_ms: None,
                 },
             );
             return SessionOutcome::Opened(false);
@@ -195,12 +206,25 @@ impl Sessions {
                 }
                 SessionOutcome::Done
             }
-            SessionOp::Close { expiry_s } => {
+            SessionOp::Close {
+                expiry_s,
+                publish_will,
+            } => {
                 if let Some(e) = expiry_s {
                     s.expiry_s = *e;
                 }
                 s.disconnected_ms = Some(now_ms);
-                if s.expiry_s == 0 {
+                match (&s.will, publish_will) {
+                    // Out after its delay, or when the session ends if that is sooner.
+                    (Some(w), true) => {
+                        let delay = w.delay_s.min(s.expiry_s);
+                        s.will_at_ms = Some(now_ms.saturating_add(u64::from(delay) * 1000));
+                    }
+                    _ => s.will = None,
+                }
+                // A session without expiry ends now, unless its Will has yet to go out (the
+                // expiry timer ends it after the Will).
+                if s.expiry_s == 0 && s.will_at_ms.is_none() {
                     self.by_client.remove(&c.client);
                 }
                 SessionOutcome::Done
@@ -213,7 +237,7 @@ impl Sessions {
         let gone: Vec<Bytes> = self
             .by_client
             .iter()
-            .filter(|(_, s)| s.deadline_ms().is_some_and(|d| d <= now_ms))
+            .filter(|(_, s)| s.will_at_ms.is_none() && s.deadline_ms().is_some_and(|d| d <= now_ms))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &gone {
@@ -226,7 +250,33 @@ impl Sessions {
     pub fn next_deadline_ms(&self) -> Option<u64> {
         self.by_client
             .values()
+            .filter(|s| s.will_at_ms.is_none())
             .filter_map(Session::deadline_ms)
             .min()
+    }
+
+    /// The earliest time (ms) a Will is due.
+    pub fn next_will_ms(&self) -> Option<u64> {
+        self.by_client.values().filter_map(|s| s.will_at_ms).min()
+    }
+
+    /// The sessions whose Will is due by `now_ms`, with it.
+    pub fn wills_due(&self, now_ms: u64) -> Vec<(Bytes, Will)> {
+        self.by_client
+            .iter()
+            .filter(|(_, s)| s.will_at_ms.is_some_and(|at| at <= now_ms))
+            .filter_map(|(c, s)| s.will.clone().map(|w| (c.clone(), w)))
+            .collect()
+    }
+
+    /// A timer command: `client`'s Will went out (the entry carries its message); it is
+    /// cleared. Whether it was still due: if the client reconnected meanwhile, it was not.
+    pub fn will_published(&mut self, client: &Bytes, now_ms: u64) -> Option<Will> {
+        let s = self.by_client.get_mut(client)?;
+        if s.will_at_ms.is_none_or(|at| at > now_ms) {
+            return None;
+        }
+        s.will_at_ms = None;
+        s.will.take()
     }
 }

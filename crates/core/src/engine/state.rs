@@ -18,7 +18,7 @@ use super::codec::{Reader, put_bytes, put_id, put_pairs};
 use super::filter_groups::{FilterGroupCommand, FilterGroupOutcome, FilterGroups};
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
-use super::session_command::SessionCommand;
+use super::session_command::{SessionCommand, put_will, read_will};
 use super::sessions::{Session, SessionOutcome, Sessions, Subscription};
 use super::timers::TimerCommand;
 use super::waiters::TopicKey;
@@ -150,9 +150,9 @@ impl Retained {
 }
 
 /// Version of the encoding below (1: without groups, 2: without producers' `last_used_ms`,
-/// 3: without `retained_from`, 4: without sessions, 5: without filter groups; all still
-/// read).
-const STATE_VERSION: u32 = 6;
+/// 3: without `retained_from`, 4: without sessions, 5: without filter groups, 6: without
+/// sessions' Wills; all still read).
+const STATE_VERSION: u32 = 7;
 
 impl EngineState {
     /// The answer remembered for `(producer, seq)`.
@@ -171,7 +171,7 @@ impl EngineState {
         streams: &dyn Streams,
         limits: Limits,
     ) -> Result<StateReply, StoreError> {
-        let effect = command.retain;
+        let mut effect = command.retain;
         let mut reply = StateReply::default();
         if let Some(c) = &command.filter_group {
             reply.filter_group = Some(self.filter_groups.apply(
@@ -188,18 +188,25 @@ impl EngineState {
                         .apply(c, entry.index, entry.timestamp_ms, limits.max_sessions),
                 );
         }
-        match command.timer {
+        match &command.timer {
             Some(TimerCommand::ExpireSessions { now_ms }) => {
-                self.sessions.expire(now_ms);
+                self.sessions.expire(*now_ms);
+            }
+            Some(TimerCommand::PublishWill { client }) => {
+                // The entry's message went into the stream; a retained Will is retained.
+                let will = self.sessions.will_published(client, entry.timestamp_ms);
+                if will.is_some_and(|w| w.retain) {
+                    effect = RetainEffect::Set;
+                }
             }
             Some(TimerCommand::ExpireProducers { before_ms }) => {
-                self.expire_producers(before_ms);
+                self.expire_producers(*before_ms);
             }
             Some(TimerCommand::RetainFrom { index }) => {
                 // The store has cut every topic (the entry's RetainFrom sub-record).
-                self.retained_from = self.retained_from.max(index);
+                self.retained_from = self.retained_from.max(*index);
                 self.groups.forget_gone(streams)?;
-                self.filter_groups.forget_before(index);
+                self.filter_groups.forget_before(*index);
             }
             None => {}
         }
@@ -336,6 +343,7 @@ impl EngineState {
         out.extend_from_slice(&self.retained_from.to_le_bytes());
         encode_sessions(&self.sessions, &mut out);
         self.filter_groups.encode(&mut out);
+        encode_wills(&self.sessions, &mut out);
         out
     }
 
@@ -402,6 +410,9 @@ impl EngineState {
         }
         if version >= 6 {
             state.filter_groups = FilterGroups::decode(&mut r)?;
+        }
+        if version >= 7 {
+            decode_wills(&mut r, &mut state.sessions)?;
         }
         if !r.finished() {
             return Err(format!("{} bytes after the state", r.remaining()));
@@ -495,6 +506,51 @@ fn encode_sessions(sessions: &Sessions, out: &mut Vec<u8>) {
     }
 }
 
+/// Wills (after the filter groups, so older versions read unchanged): count u64, then per
+/// session that has one, by client id: client, the Will (`put_will`), due time (flag + u64).
+fn encode_wills(sessions: &Sessions, out: &mut Vec<u8>) {
+    let with: Vec<_> = sessions
+        .by_client
+        .iter()
+        .filter(|(_, s)| s.will.is_some() || s.will_at_ms.is_some())
+        .collect();
+    out.extend_from_slice(&(with.len() as u64).to_le_bytes());
+    for (client, s) in with {
+        put_bytes(out, client);
+        put_will(out, s.will.as_ref());
+        match s.will_at_ms {
+            None => out.extend_from_slice(&[0; 9]),
+            Some(ms) => {
+                out.push(1);
+                out.extend_from_slice(&ms.to_le_bytes());
+            }
+        }
+    }
+}
+
+fn decode_wills(r: &mut Reader<'_>, sessions: &mut Sessions) -> Result<(), String> {
+    let n = r.u64()?;
+    for _ in 0..n {
+        let client = r.bytes()?;
+        let will = read_will(r)?;
+        let at = match r.u8()? {
+            0 => {
+                r.u64()?;
+                None
+            }
+            1 => Some(r.u64()?),
+            f => return Err(format!("will time flag {f}")),
+        };
+        let s = sessions
+            .by_client
+            .get_mut(&client)
+            .ok_or_else(|| "a will for a session that does not exist".to_string())?;
+        s.will = will;
+        s.will_at_ms = at;
+    }
+    Ok(())
+}
+
 fn decode_sessions(r: &mut Reader<'_>) -> Result<Sessions, String> {
     let mut sessions = Sessions::default();
     let n = r.u64()?;
@@ -516,6 +572,8 @@ fn decode_sessions(r: &mut Reader<'_>) -> Result<Sessions, String> {
             inflight: OrdMap::new(),
             expiry_s,
             disconnected_ms,
+            will: None,
+            will_at_ms: None,
         };
         let subs = r.count(24)?;
         for _ in 0..subs {

@@ -5,12 +5,13 @@
 //! deadline from the state it applied.
 //!
 //! Today: producer dedupe expiry (a producer unused for `producer_ttl_ms` is forgotten),
-//! MQTT session expiry (a disconnected session past its expiry interval ends) and
+//! MQTT session expiry (a disconnected session past its expiry interval ends), MQTT Wills
+//! (published after their delay when a connection ended without a normal DISCONNECT) and
 //! retention (log entries older than `retention_ms` go, checked every `retention_check_ms`).
 //! This module decides *when*; it never changes state itself.
 
 /// A timer's command, carried in an entry with the Timer tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimerCommand {
     /// Forget the producers whose newest append was stamped before this time (ms).
     ExpireProducers {
@@ -28,6 +29,13 @@ pub enum TimerCommand {
     ExpireSessions {
         /// Now, as the leader saw it.
         now_ms: u64,
+    },
+    /// Publish this client's Will: the entry carries the Will's message (a Message
+    /// sub-record); applied, the session's Will is cleared (and, with its retain flag, the
+    /// message becomes the topic's retained message).
+    PublishWill {
+        /// MQTT client id.
+        client: bytes::Bytes,
     },
 }
 
@@ -47,6 +55,10 @@ impl TimerCommand {
                 out.push(3);
                 out.extend_from_slice(&now_ms.to_le_bytes());
             }
+            TimerCommand::PublishWill { client } => {
+                out.push(4);
+                out.extend_from_slice(client);
+            }
         }
     }
 
@@ -61,6 +73,9 @@ impl TimerCommand {
             }),
             [3, rest @ ..] if rest.len() == 8 => Some(TimerCommand::ExpireSessions {
                 now_ms: u64::from_le_bytes(rest.try_into().ok()?),
+            }),
+            [4, client @ ..] => Some(TimerCommand::PublishWill {
+                client: bytes::Bytes::copy_from_slice(client),
             }),
             _ => None,
         }
@@ -109,9 +124,15 @@ mod tests {
             due(5_000, None, 1_000, Some(5_000)),
             [TimerCommand::ExpireSessions { now_ms: 5_000 }]
         );
-        let r = TimerCommand::RetainFrom { index: 9 };
-        let mut b = Vec::new();
-        r.encode(&mut b);
-        assert_eq!(TimerCommand::decode(&b), Some(r));
+        for r in [
+            TimerCommand::RetainFrom { index: 9 },
+            TimerCommand::PublishWill {
+                client: bytes::Bytes::from_static(b"dev-1"),
+            },
+        ] {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            assert_eq!(TimerCommand::decode(&b), Some(r));
+        }
     }
 }
