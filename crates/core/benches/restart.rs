@@ -131,6 +131,21 @@ fn main() {
         child(Path::new(&dir), messages);
         return;
     }
+    // Profiling the open alone: `MANIFOLD_RESTART_OPEN=DIR` opens a directory a killed run
+    // left (`MANIFOLD_RESTART_KEEP=1` keeps it) and stops there.
+    if let Some(dir) = std::env::var_os("MANIFOLD_RESTART_OPEN") {
+        let start = Instant::now();
+        let engine =
+            Engine::open(Arc::new(RealFs), Path::new(&dir), EngineConfig::default()).expect("open");
+        println!(
+            "restart/open: {:?} (applied {}) {:?}",
+            start.elapsed(),
+            engine.applied_index(),
+            engine.open_stats()
+        );
+        std::mem::forget(engine); // leave the directory as it was: no checkpoint, no close
+        return;
+    }
     let dir = tempfile::tempdir_in(common::bench_dir()).expect("tempdir");
     let exe = std::env::current_exe().expect("exe");
     let mut child = Command::new(exe)
@@ -153,6 +168,11 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     child.kill().expect("SIGKILL");
     let _ = child.wait();
+    if std::env::var_os("MANIFOLD_RESTART_KEEP").is_some() {
+        let kept = dir.keep();
+        println!("restart: kept {}", kept.display());
+        return;
+    }
     let start = Instant::now();
     let engine = Engine::open(Arc::new(RealFs), dir.path(), EngineConfig::default()).expect("open");
     let after_kill = start.elapsed();
@@ -172,8 +192,9 @@ fn main() {
         .map(|s| engine.len(0, format!("stream-{s}").as_bytes()))
         .sum();
     println!(
-        "restart/after-sigkill: open {after_kill:?} ({messages_now} messages, {pending} pending, applied {})",
-        engine.applied_index()
+        "restart/after-sigkill: open {after_kill:?} ({messages_now} messages, {pending} pending, applied {}) {:?}",
+        engine.applied_index(),
+        engine.open_stats()
     );
     let start = Instant::now();
     engine.close().expect("close");
@@ -181,8 +202,9 @@ fn main() {
     let start = Instant::now();
     let engine = Engine::open(Arc::new(RealFs), dir.path(), EngineConfig::default()).expect("open");
     println!(
-        "restart/after-close: close {close:?}, open {:?}",
-        start.elapsed()
+        "restart/after-close: close {close:?}, open {:?} {:?}",
+        start.elapsed(),
+        engine.open_stats()
     );
     drop(engine);
 }

@@ -618,6 +618,24 @@ struct Inner {
     state: Mutex<EngineState>,
     /// The principals.
     acl: Acl,
+    /// What the last open cost.
+    recovered: OpenStats,
+}
+
+/// What opening the engine cost: store recovery, loading the engine state (snapshot and
+/// journal), and re-applying the log after the checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenStats {
+    /// Store open and recovery (ms).
+    pub store_ms: u64,
+    /// Snapshot loaded and journal replayed (ms).
+    pub state_ms: u64,
+    /// Journal entries replayed.
+    pub journaled: u64,
+    /// Log entries re-applied after the store's checkpoint.
+    pub replayed: u64,
+    /// Their re-apply (ms).
+    pub replay_ms: u64,
 }
 
 /// The engine. All operations take `&self`: share it with an `Arc`.
@@ -652,17 +670,21 @@ impl Engine {
     ) -> Result<Self> {
         // The engine decides when derived state is checkpointed: a snapshot of its own state
         // at the same index goes first (see `snapshot`).
+        let opening = Instant::now();
         let mut store_config = config.store.clone();
         store_config.dispatch_checkpoint_interval_ms = u64::MAX;
         let store = MessageStore::open(storage.clone(), root, store_config)?;
+        let store_ms = opening.elapsed().as_millis();
         let last = store.log().last_index();
         let checkpointed = store.dispatched_index();
+        let mut journaled = 0;
         let state = match snapshot::load(storage.as_ref(), root, checkpointed)? {
             None => EngineState::default(),
             Some(loaded) => {
                 // A snapshot carried forward by its journal: the log entries after it, applied
                 // with what they read from the store back then.
                 let mut state = loaded.state;
+                journaled = loaded.journal.len();
                 for je in loaded.journal {
                     let entry = store.log().entry(je.index)?;
                     let replay = journal::Replayer::new(je.index, je.reads);
@@ -689,6 +711,7 @@ impl Engine {
             }
         };
         let state = Mutex::new(state);
+        let state_ms = opening.elapsed().as_millis() - store_ms;
         snapshot::prune(storage.as_ref(), root, checkpointed)?;
         // Re-apply the log after the checkpoint, with the outcomes the state depends on.
         let mut next = checkpointed + 1;
@@ -700,6 +723,14 @@ impl Engine {
             apply_entries(&store, &state, &entries, config.limits(), None)?;
             next = upto + 1;
         }
+        let recovered = OpenStats {
+            store_ms: store_ms as u64,
+            state_ms: state_ms as u64,
+            journaled: journaled as u64,
+            replayed: last.saturating_sub(checkpointed),
+            replay_ms: (opening.elapsed().as_millis() - store_ms - state_ms) as u64,
+        };
+        tracing::info!(?recovered, "engine state recovered");
         let hard = HardState::load(storage.as_ref(), root)?;
         let term = hard.term.max(store.log().last_term()) + 1;
         HardState {
@@ -740,6 +771,7 @@ impl Engine {
             applied: AtomicU64::new(last),
             state,
             acl: Acl::new(&config_access),
+            recovered,
         });
         let applier_inner = inner.clone();
         let applier = std::thread::Builder::new()
@@ -778,6 +810,11 @@ impl Engine {
     /// Current term.
     pub fn term(&self) -> Term {
         self.inner.lock_proposer().term
+    }
+
+    /// What the open that made this engine cost.
+    pub fn open_stats(&self) -> OpenStats {
+        self.inner.recovered
     }
 
     /// Producers the dedupe table remembers (metrics, tests).

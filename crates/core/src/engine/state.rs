@@ -605,14 +605,27 @@ fn decode_sessions(r: &mut Reader<'_>) -> Result<Sessions, String> {
     Ok(sessions)
 }
 
+/// Bytes of one encoded pending entry: ID 16, owner 4, delivery ms 8, count 8.
+const PENDING_BYTES: usize = 36;
+
+/// A group read up to its pending list, which is decoded afterwards (in parallel).
+struct GroupParts<'a> {
+    key: TopicKey,
+    name: Bytes,
+    group: Group,
+    owners: Vec<Bytes>,
+    pending: &'a [u8],
+}
+
 fn decode_groups(r: &mut Reader<'_>) -> Result<Groups, String> {
-    let mut groups = Groups::default();
+    // First pass: everything but the pending lists, whose bytes are set aside (their entries
+    // have a fixed size, so they are skipped without being read).
+    let mut parts = Vec::new();
     let streams = r.u64()?;
     for _ in 0..streams {
         let db = r.u8()?;
         let key = r.bytes()?;
         let n = r.u32()?;
-        let mut gs = OrdMap::new();
         for _ in 0..n {
             let name = r.bytes()?;
             let last_id = r.id()?;
@@ -625,53 +638,120 @@ fn decode_groups(r: &mut Reader<'_>) -> Result<Groups, String> {
                 f => return Err(format!("entries-read flag {f}")),
             };
             let consumers = r.u32()?;
-            let mut g = Group {
+            let mut group = Group {
                 last_id,
                 entries_read,
                 ..Group::default()
             };
-            let mut names = Vec::new();
+            let mut owners = Vec::new();
             for _ in 0..consumers {
                 let cname = r.bytes()?;
                 let seen_ms = r.u64()?;
-                g.consumers.insert(
+                group.consumers.insert(
                     cname.clone(),
                     Consumer {
                         seen_ms,
                         pending: Default::default(),
                     },
                 );
-                names.push(cname);
+                owners.push(cname);
             }
-            let pending = r.u64()?;
-            for _ in 0..pending {
-                let id = r.id()?;
-                let owner = r.u32()? as usize;
-                let delivered_ms = r.u64()?;
-                let count = r.u64()?;
-                let consumer = names.get(owner).cloned().ok_or_else(|| {
-                    format!(
-                        "pending entry {id} owned by consumer {owner} of {}",
-                        names.len()
-                    )
-                })?;
-                if let Some(c) = g.consumers.get_mut(&consumer) {
-                    c.pending.insert(id);
-                }
-                g.pel.insert(
-                    id,
-                    Pending {
-                        consumer,
-                        delivered_ms,
-                        count,
-                    },
-                );
-            }
-            gs.insert(name, g);
+            let count = usize::try_from(r.u64()?).map_err(|e| e.to_string())?;
+            let len = count
+                .checked_mul(PENDING_BYTES)
+                .ok_or_else(|| format!("pending count {count} overflows"))?;
+            let pending = r.take(len)?;
+            parts.push(GroupParts {
+                key: (db, key.clone()),
+                name,
+                group,
+                owners,
+                pending,
+            });
         }
-        groups.streams.insert((db, key), gs);
+    }
+    // Second pass: the pending lists, most of a large state, decoded on every core.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(parts.len().max(1));
+    let mut slots: Vec<Vec<&mut GroupParts<'_>>> = (0..threads).map(|_| Vec::new()).collect();
+    // Spread by size: each part to the least loaded thread.
+    let mut load = vec![0usize; threads];
+    let mut order: Vec<&mut GroupParts<'_>> = parts.iter_mut().collect();
+    order.sort_by_key(|p| std::cmp::Reverse(p.pending.len()));
+    for p in order {
+        let k = (0..threads).min_by_key(|k| load[*k]).unwrap_or(0);
+        load[k] += p.pending.len();
+        slots[k].push(p);
+    }
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = slots
+            .into_iter()
+            .map(|mine| {
+                scope.spawn(move || {
+                    for p in mine {
+                        decode_pending(p)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a decoding thread panicked".into()))
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    let mut groups = Groups::default();
+    for p in parts {
+        groups
+            .streams
+            .entry(p.key)
+            .or_default()
+            .insert(p.name, p.group);
     }
     Ok(groups)
+}
+
+/// Decodes one group's pending list into its PEL and its consumers' sets.
+fn decode_pending(p: &mut GroupParts<'_>) -> Result<(), String> {
+    let mut r = Reader::new(p.pending);
+    let mut by_owner: Vec<Vec<StreamId>> = vec![Vec::new(); p.owners.len()];
+    let mut pel = OrdMap::new();
+    while !r.finished() {
+        let id = r.id()?;
+        let owner = r.u32()? as usize;
+        let delivered_ms = r.u64()?;
+        let count = r.u64()?;
+        let consumer = p.owners.get(owner).cloned().ok_or_else(|| {
+            format!(
+                "pending entry {id} owned by consumer {owner} of {}",
+                p.owners.len()
+            )
+        })?;
+        by_owner[owner].push(id);
+        pel.insert(
+            id,
+            Pending {
+                consumer,
+                delivered_ms,
+                count,
+            },
+        );
+    }
+    p.group.pel = pel;
+    for (owner, ids) in p.owners.iter().zip(by_owner) {
+        if let Some(c) = p.group.consumers.get_mut(owner) {
+            c.pending = ids.into_iter().collect();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
