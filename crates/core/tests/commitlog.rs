@@ -344,3 +344,22 @@ fn delete_before_drops_map_records_still_in_memory() -> Result<(), StoreError> {
     assert_entries(&log, first, 260, 1)?;
     Ok(())
 }
+
+#[test]
+fn entries_read_in_runs_equal_entries_read_one_by_one() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let log = open(&disk)?;
+    // 4 KiB segments: the range spans many of them, and records of old and recent map files.
+    append_all(&log, 1, 120, 1)?;
+    let one_by_one = (1..=120)
+        .map(|i| log.entry(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(log.entries(1, 120)?, one_by_one);
+    assert_eq!(log.entries(37, 38)?, one_by_one[36..38].to_vec());
+    assert!(log.entries(5, 4)?.is_empty());
+    assert!(matches!(
+        log.entries(100, 121),
+        Err(StoreError::IndexOutOfRange { .. })
+    ));
+    Ok(())
+}

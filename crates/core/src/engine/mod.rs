@@ -685,8 +685,35 @@ impl Engine {
                 // with what they read from the store back then.
                 let mut state = loaded.state;
                 journaled = loaded.journal.len();
+                // The journal covers base+1 ..= the dispatch point, entry by entry; the log
+                // entries are read in runs alongside it.
+                let mut entries = Vec::new().into_iter();
+                let mut next = loaded.base + 1;
                 for je in loaded.journal {
-                    let entry = store.log().entry(je.index)?;
+                    let entry = match entries.next() {
+                        Some(e) => e,
+                        None => {
+                            let upto = checkpointed.min(next + APPLY_BATCH as u64 - 1);
+                            entries = store.log().entries(next, upto)?.into_iter();
+                            next = upto + 1;
+                            entries.next().ok_or_else(|| StoreError::Corruption {
+                                file: root.join(SNAPSHOT_DIR),
+                                offset: je.index,
+                                reason: "the journal runs past the dispatch point".into(),
+                            })?
+                        }
+                    };
+                    if entry.index != je.index {
+                        return Err(StoreError::Corruption {
+                            file: root.join(SNAPSHOT_DIR),
+                            offset: je.index,
+                            reason: format!(
+                                "journal entry {} read as log entry {}",
+                                je.index, entry.index
+                            ),
+                        }
+                        .into());
+                    }
                     let replay = journal::Replayer::new(je.index, je.reads);
                     state.apply(
                         &entry,
@@ -717,9 +744,7 @@ impl Engine {
         let mut next = checkpointed + 1;
         while next <= last {
             let upto = last.min(next + APPLY_BATCH as u64 - 1);
-            let entries = (next..=upto)
-                .map(|i| store.log().entry(i))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let entries = store.log().entries(next, upto)?;
             apply_entries(&store, &state, &entries, config.limits(), None)?;
             next = upto + 1;
         }

@@ -228,12 +228,22 @@ impl EngineState {
                     match effect {
                         RetainEffect::None => continue,
                         RetainEffect::Set => {
+                            // Copies: slices would keep the whole entry (or a replay's
+                            // read buffer) alive as long as the message stays retained.
+                            let own = |pairs: &[(Bytes, Bytes)]| {
+                                pairs
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v))
+                                    })
+                                    .collect()
+                            };
                             let new = Arc::new(Retained {
                                 id: r.id,
                                 timestamp_ms: entry.timestamp_ms,
                                 log_index: entry.index,
-                                properties: r.properties.clone(),
-                                fields: r.fields.clone(),
+                                properties: own(&r.properties),
+                                fields: own(&r.fields),
                             });
                             self.retained_bytes += new.size(&key.1);
                             self.clear_retained(&key);
