@@ -245,33 +245,44 @@ fn snapshot_stall(c: &mut Criterion) {
     // rows and the dispatch file made durable).
     let engine = open_engine(&dir.path().join("store"));
     let rt = runtime();
-    g.bench_function("snapshot/applier/store_checkpoint_after_10k", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                rt.block_on(async {
-                    let mut handles = Vec::new();
-                    for t in 0..100u32 {
-                        let engine = engine.clone();
-                        let mut r = request("x");
-                        r.key = Bytes::from(format!("s{t}"));
-                        handles.push(tokio::spawn(async move {
-                            for _ in 0..100 {
-                                engine.append(r.clone()).await.expect("append");
-                            }
-                        }));
+    for presync in [false, true] {
+        let name = if presync {
+            "snapshot/applier/store_checkpoint_after_10k_presynced"
+        } else {
+            "snapshot/applier/store_checkpoint_after_10k"
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    rt.block_on(async {
+                        let mut handles = Vec::new();
+                        for t in 0..100u32 {
+                            let engine = engine.clone();
+                            let mut r = request("x");
+                            r.key = Bytes::from(format!("s{t}"));
+                            handles.push(tokio::spawn(async move {
+                                for _ in 0..100 {
+                                    engine.append(r.clone()).await.expect("append");
+                                }
+                            }));
+                        }
+                        for h in handles {
+                            h.await.expect("task");
+                        }
+                    });
+                    if presync {
+                        // What the snapshot thread does before the applier checkpoints.
+                        engine.store().presync().expect("presync");
                     }
-                    for h in handles {
-                        h.await.expect("task");
-                    }
-                });
-                let start = Instant::now();
-                engine.store().checkpoint().expect("checkpoint");
-                total += start.elapsed();
-            }
-            total
-        })
-    });
+                    let start = Instant::now();
+                    engine.store().checkpoint().expect("checkpoint");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
     g.bench_function("snapshot/thread/encode", |b| b.iter(|| state.encode()));
     g.bench_function("snapshot/thread/encode+write", |b| {
         b.iter(|| write_atomic(&RealFs, &path, &state.encode()).expect("write"))

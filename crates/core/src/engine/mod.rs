@@ -605,7 +605,7 @@ struct Proposal {
 
 #[derive(Debug)]
 struct Inner {
-    store: MessageStore,
+    store: Arc<MessageStore>,
     /// Where the hard state and clock bound live.
     storage: Arc<dyn crate::store::Storage>,
     root: PathBuf,
@@ -778,7 +778,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<Proposal>();
         let config_access = config.access.clone();
         let inner = Arc::new(Inner {
-            store,
+            store: Arc::new(store),
             storage,
             root: root.to_path_buf(),
             config,
@@ -1683,14 +1683,17 @@ impl Inner {
         let base = self.store.dispatched_index();
         let state = self.lock_state().clone();
         let (tx, done) = mpsc::channel();
-        let (storage, root) = (self.storage.clone(), self.root.clone());
+        let (storage, root, store) = (self.storage.clone(), self.root.clone(), self.store.clone());
         let writer = std::thread::Builder::new()
             .name("engine-snapshot".into())
             .spawn(move || {
                 let bytes = state.encode();
-                let _ = tx.send(
-                    snapshot::write(storage.as_ref(), &root, base, &bytes).map_err(Into::into),
-                );
+                // The snapshot, then the queue files written so far: the store's checkpoint
+                // that follows (on the applier) has only the rest to sync.
+                let written = snapshot::write(storage.as_ref(), &root, base, &bytes)
+                    .and_then(|()| store.presync())
+                    .map_err(Into::into);
+                let _ = tx.send(written);
             });
         match writer {
             Ok(writer) => {

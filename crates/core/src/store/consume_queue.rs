@@ -466,6 +466,12 @@ impl ConsumeQueues {
         self.files.sync_dirty()
     }
 
+    /// Syncs the files written so far, leaving them for the next `sync` (see
+    /// `FileCache::presync_dirty`); safe while dispatch writes.
+    pub fn presync(&self) -> Result<usize> {
+        self.files.presync_dirty()
+    }
+
     /// Removes a migrated topic's files whose entries all lie below `below` (all of them for a
     /// dropped topic: `u64::MAX`). Called only after a checkpoint recorded the trim or drop.
     pub fn remove_files(&self, storage: &dyn Storage, topic: &Topic, below: u64) -> Result<()> {
