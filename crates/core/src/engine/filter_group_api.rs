@@ -10,8 +10,8 @@ use super::filter_groups::{
     self, FilterGroup, FilterGroupCommand, FilterGroupOp, FilterGroupOutcome, Position,
 };
 use super::groups::GroupError;
-use super::{COMMAND_VERSION, CommandTag, Engine, EngineError, Message, Result, topic_filter};
-use crate::store::{EntryKind, StoreError};
+use super::{CommandTag, Engine, EngineError, Message, Result, topic_filter};
+use crate::store::StoreError;
 
 /// A message a filter group handed to a consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,16 +31,14 @@ impl Engine {
         filter: Bytes,
         op: FilterGroupOp,
     ) -> Result<FilterGroupOutcome> {
-        let mut bytes = vec![COMMAND_VERSION, CommandTag::FilterGroup as u8];
-        filter_groups::encode_command(&FilterGroupCommand { group, filter, op }, &mut bytes);
-        let bytes = Bytes::from(bytes);
-        let reply = self
-            .inner
-            .propose(|p| Ok(Some((EntryKind::Command, bytes, Vec::new(), p.term))))?;
-        let applied = match reply {
-            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)??,
-            None => return Err(EngineError::ShuttingDown),
-        };
+        let command = FilterGroupCommand { group, filter, op };
+        let applied = self
+            .propose_and_apply(
+                CommandTag::FilterGroup,
+                |out| filter_groups::encode_command(&command, out),
+                Vec::new(),
+            )
+            .await?;
         match applied.filter_group {
             Some(FilterGroupOutcome::NoGroup) => Err(GroupError::NoGroup.into()),
             Some(FilterGroupOutcome::PendingLimit) => Err(GroupError::PendingLimit.into()),

@@ -12,10 +12,8 @@ use super::groups::{
     Claimed, ConsumerInfo, EntryRef, GroupError, GroupInfo, GroupOutcome, PendingEntry,
     PendingSummary, Streams,
 };
-use super::{
-    COMMAND_VERSION, CommandTag, Engine, EngineError, Message, Result, StoreStreams, check_db,
-};
-use crate::store::{EntryKind, RecordOp, StreamId, SubRecord};
+use super::{CommandTag, Engine, EngineError, Message, Result, StoreStreams, check_db};
+use crate::store::{RecordOp, StreamId, SubRecord};
 
 /// An entry a group read or claim delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,16 +62,14 @@ impl Engine {
         for c in &commands {
             check_db(c.db)?;
         }
-        let mut bytes = vec![COMMAND_VERSION, CommandTag::Group as u8];
-        group_command::encode(&commands, &mut bytes);
-        let bytes = Bytes::from(bytes);
-        let reply = self
-            .inner
-            .propose(|p| Ok(Some((EntryKind::Command, bytes, records, p.term))))?;
-        match reply {
-            Some(reply) => Ok(reply.await.map_err(|_| EngineError::ShuttingDown)??.groups),
-            None => Ok(Vec::new()),
-        }
+        let applied = self
+            .propose_and_apply(
+                CommandTag::Group,
+                |out| group_command::encode(&commands, out),
+                records,
+            )
+            .await?;
+        Ok(applied.groups)
     }
 
     /// One group command's outcome.

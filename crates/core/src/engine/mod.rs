@@ -1009,19 +1009,31 @@ impl Engine {
         Ok(outcomes.first() == Some(&Outcome::Dropped(true)))
     }
 
+    /// Proposes an entry with command `tag` and `payload` (the bytes after the tag) and
+    /// `records`, and waits for what applying it produced. The path every group, session and
+    /// filter-group command takes.
+    async fn propose_and_apply(
+        &self,
+        tag: CommandTag,
+        payload: impl FnOnce(&mut Vec<u8>),
+        records: Vec<SubRecord>,
+    ) -> Result<Applied> {
+        let mut bytes = vec![COMMAND_VERSION, tag as u8];
+        payload(&mut bytes);
+        let bytes = Bytes::from(bytes);
+        let reply = self
+            .inner
+            .propose(|p| Ok(Some((EntryKind::Command, bytes, records, p.term))))?;
+        match reply {
+            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)?,
+            None => Err(EngineError::ShuttingDown),
+        }
+    }
+
     /// Proposes a command whose sub-records need no validation, and waits for what apply made
     /// of each.
     async fn command(&self, tag: CommandTag, records: Vec<SubRecord>) -> Result<Vec<Outcome>> {
-        let reply = self
-            .inner
-            .propose(|p| Ok(Some((EntryKind::Command, command(tag), records, p.term))))?;
-        match reply {
-            Some(reply) => Ok(reply
-                .await
-                .map_err(|_| EngineError::ShuttingDown)??
-                .outcomes),
-            None => Ok(Vec::new()),
-        }
+        Ok(self.propose_and_apply(tag, |_| {}, records).await?.outcomes)
     }
 
     /// Entries (neither deleted nor trimmed) with IDs in `[start, end]` (bounds may be
@@ -1407,10 +1419,6 @@ fn answer_of(answer: state::Deduped) -> Result<Option<StreamId>> {
         state::Deduped::Added(id) => Ok(Some(id)),
         state::Deduped::Rejected(last) => Err(EngineError::IdTooSmall { last }),
     }
-}
-
-fn command(tag: CommandTag) -> Bytes {
-    Bytes::from(vec![COMMAND_VERSION, tag as u8])
 }
 
 /// The smallest ID above `id`, if any.

@@ -11,8 +11,8 @@ use super::session_command::{
     self, InFlightNew, SessionCommand, SessionOp, SubscribeOptions, Will,
 };
 use super::sessions::{Session, SessionError, SessionOutcome};
-use super::{COMMAND_VERSION, CommandTag, Engine, EngineError, Message, Result, topic_filter};
-use crate::store::{EntryKind, LogIndex, StoreError};
+use super::{CommandTag, Engine, EngineError, Message, Result, topic_filter};
+use crate::store::{LogIndex, StoreError};
 
 /// A message a session has to receive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,16 +39,14 @@ pub struct SessionRead {
 
 impl Engine {
     async fn session_command(&self, client: Bytes, op: SessionOp) -> Result<SessionOutcome> {
-        let mut bytes = vec![COMMAND_VERSION, CommandTag::Session as u8];
-        session_command::encode(&SessionCommand { client, op }, &mut bytes);
-        let bytes = Bytes::from(bytes);
-        let reply = self
-            .inner
-            .propose(|p| Ok(Some((EntryKind::Command, bytes, Vec::new(), p.term))))?;
-        let applied = match reply {
-            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)??,
-            None => return Err(EngineError::ShuttingDown),
-        };
+        let command = SessionCommand { client, op };
+        let applied = self
+            .propose_and_apply(
+                CommandTag::Session,
+                |out| session_command::encode(&command, out),
+                Vec::new(),
+            )
+            .await?;
         match applied.session {
             Some(SessionOutcome::Error(e)) => Err(e.into()),
             Some(o) => Ok(o),
