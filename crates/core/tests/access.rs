@@ -2,6 +2,8 @@
 //! subscribe patterns decide every read and write, listings show only what may be read, and a
 //! refused operation changes nothing.
 
+mod support;
+
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,12 +32,11 @@ fn principal(
 
 /// Small files: the simulated disk holds every byte in memory.
 fn small() -> EngineConfig {
-    let mut c = EngineConfig::default();
-    c.store.log.segment_size = 64 * 1024;
-    c.store.log.index_records_per_file = 256;
-    c.store.queues.arena_file_slots = 64;
-    c.store.index.slots = 64;
-    c.store.index.entries = 256;
+    // No checkpoint after every batch here: nothing restarts.
+    let mut c = support::small_config();
+    c.store.dispatch_checkpoint_interval_ms = EngineConfig::default()
+        .store
+        .dispatch_checkpoint_interval_ms;
     c
 }
 

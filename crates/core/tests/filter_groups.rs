@@ -3,6 +3,8 @@
 //! filter are handed out, acknowledgements, a leaving consumer's messages claimed by another,
 //! and the group across a power cut.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,14 +17,7 @@ use manifold_core::engine::{
 use manifold_core::store::{CrashMode, SimDisk};
 
 fn config() -> EngineConfig {
-    let mut c = EngineConfig::default();
-    c.store.log.segment_size = 64 * 1024;
-    c.store.log.index_records_per_file = 256;
-    c.store.queues.arena_file_slots = 64;
-    c.store.index.slots = 64;
-    c.store.index.entries = 256;
-    c.store.dispatch_checkpoint_interval_ms = 0;
-    c
+    support::small_config()
 }
 
 fn b(s: &str) -> Bytes {

@@ -3,6 +3,8 @@
 //! cursor, replay including topics created while offline, in-flight packets surviving restarts
 //! and power cuts, expiry by the leader's timer, and the session limit.
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +18,7 @@ use manifold_core::engine::{
 use manifold_core::store::{CrashMode, SimDisk};
 
 fn config() -> EngineConfig {
-    let mut c = EngineConfig::default();
-    c.store.log.segment_size = 64 * 1024;
-    c.store.log.index_records_per_file = 256;
-    c.store.queues.arena_file_slots = 64;
-    c.store.index.slots = 64;
-    c.store.index.entries = 256;
-    c.store.dispatch_checkpoint_interval_ms = 0;
-    c
+    support::small_config()
 }
 
 fn open(disk: &SimDisk, config: EngineConfig) -> Result<Engine, EngineError> {

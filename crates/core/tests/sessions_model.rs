@@ -4,6 +4,8 @@
 //! model counting publishes. After every step the session (existence, subscriptions, cursor,
 //! packets in flight) and what it still has to receive (topics, payloads, QoS) are compared.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -90,14 +92,7 @@ impl Model {
 }
 
 fn config() -> EngineConfig {
-    let mut c = EngineConfig::default();
-    c.store.log.segment_size = 64 * 1024;
-    c.store.log.index_records_per_file = 256;
-    c.store.queues.arena_file_slots = 64;
-    c.store.index.slots = 64;
-    c.store.index.entries = 256;
-    c.store.dispatch_checkpoint_interval_ms = 0;
-    c
+    support::small_config()
 }
 
 fn open(disk: &SimDisk) -> Result<Engine, EngineError> {
