@@ -248,6 +248,23 @@ fn principals_may_do_what_their_patterns_allow_and_nothing_else() -> Result<(), 
         assert_eq!(topics, [b"public/later".as_slice()]);
         let by_filter = anonymous.read_filters(&[b"#"], 0, 100)?;
         assert!(by_filter.iter().all(|m| m.topic.starts_with(b"public/")));
+        // A shared group over `#`: this member gets only what it may read; the rest is
+        // acknowledged for it, never left pending.
+        let (g, f) = (Bytes::from_static(b"g"), Bytes::from_static(b"#"));
+        anonymous.filter_group_join(g.clone(), f.clone()).await?;
+        engine.append(req("public/shared")).await?;
+        engine.append(req("alerts")).await?;
+        let got = anonymous
+            .filter_group_read(g.clone(), f.clone(), Bytes::from_static(b"m"), 10, false)
+            .await?;
+        let topics: Vec<&[u8]> = got.iter().map(|d| d.topic.as_ref()).collect();
+        assert_eq!(topics, [b"public/shared".as_slice()]);
+        let group = engine.filter_group(&g, &f).expect("group");
+        assert_eq!(
+            group.pel.len(),
+            1,
+            "the unreadable message was acknowledged"
+        );
         Ok::<_, EngineError>(())
     })?;
     // Without a `default` principal, unauthenticated connections may do nothing.

@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::access::Principal;
+use super::filter_group_api::FilterDelivery;
+use super::filter_groups::Position;
 use super::filter_read::TopicMessage;
 use super::group_api::{AutoClaimed, GroupEntry, PendingQuery};
 use super::group_command::{Claim, GroupStart, ReadFrom};
@@ -421,5 +423,85 @@ impl Client {
         read.messages
             .retain(|m| self.principal.may_subscribe(&m.topic));
         Ok(read)
+    }
+
+    /// [`Engine::filter_group_join`].
+    pub async fn filter_group_join(&self, group: Bytes, filter: Bytes) -> Result<bool> {
+        self.engine.filter_group_join(group, filter).await
+    }
+
+    /// [`Engine::filter_group_read`], only messages of topics it may subscribe to: the others
+    /// the group hands it are acknowledged at once, as a broker skips a subscriber that may
+    /// not read them (a shared group's members are expected to share permissions).
+    pub async fn filter_group_read(
+        &self,
+        group: Bytes,
+        filter: Bytes,
+        consumer: Bytes,
+        count: usize,
+        noack: bool,
+    ) -> Result<Vec<FilterDelivery>> {
+        let got = self
+            .engine
+            .filter_group_read(group.clone(), filter.clone(), consumer, count, noack)
+            .await?;
+        let (allowed, denied): (Vec<_>, Vec<_>) = got
+            .into_iter()
+            .partition(|d| self.principal.may_subscribe(&d.topic));
+        if !denied.is_empty() && !noack {
+            let positions = denied.iter().map(|d| d.position).collect();
+            self.engine
+                .filter_group_ack(group, filter, positions)
+                .await?;
+        }
+        Ok(allowed)
+    }
+
+    /// [`Engine::filter_group_ack`].
+    pub async fn filter_group_ack(
+        &self,
+        group: Bytes,
+        filter: Bytes,
+        positions: Vec<Position>,
+    ) -> Result<u64> {
+        self.engine.filter_group_ack(group, filter, positions).await
+    }
+
+    /// [`Engine::filter_group_claim`], with the same rule as `filter_group_read` for topics it
+    /// may not read.
+    pub async fn filter_group_claim(
+        &self,
+        group: Bytes,
+        filter: Bytes,
+        consumer: Bytes,
+        min_idle_ms: u64,
+        count: u64,
+    ) -> Result<Vec<FilterDelivery>> {
+        let got = self
+            .engine
+            .filter_group_claim(group.clone(), filter.clone(), consumer, min_idle_ms, count)
+            .await?;
+        let (allowed, denied): (Vec<_>, Vec<_>) = got
+            .into_iter()
+            .partition(|d| self.principal.may_subscribe(&d.topic));
+        if !denied.is_empty() {
+            let positions = denied.iter().map(|d| d.position).collect();
+            self.engine
+                .filter_group_ack(group, filter, positions)
+                .await?;
+        }
+        Ok(allowed)
+    }
+
+    /// [`Engine::filter_group_leave`].
+    pub async fn filter_group_leave(
+        &self,
+        group: Bytes,
+        filter: Bytes,
+        consumer: Bytes,
+    ) -> Result<u64> {
+        self.engine
+            .filter_group_leave(group, filter, consumer)
+            .await
     }
 }
