@@ -3,10 +3,10 @@
 //! match it, in log order. The position is a log index, so one cursor covers any number of
 //! topics (MQTT persistent sessions, HTTP filter long-polls).
 //!
-//! The cost is the matching topics' queue reads from the position (a binary search each, then
-//! a merge of their queues) plus one CommitLog read per message returned, never a scan of the
-//! log. Listing the matching topics is a pass over the topic table. Reads only applied state;
-//! changes nothing.
+//! The cost is finding the matching topics in the topic index (the matching branches only),
+//! their queue reads from the position (a binary search each, then a merge of their queues)
+//! and one CommitLog read per message returned — never a scan of the log or of every topic.
+//! Reads only applied state; changes nothing.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -52,14 +52,16 @@ impl Engine {
             topic_filter::check_filter(f).map_err(EngineError::BadTopic)?;
         }
         let store = self.store();
+        // The matching topics, each once however many filters match it.
+        let index = self.inner.topic_index();
+        let keys: std::collections::BTreeSet<Bytes> =
+            filters.iter().flat_map(|f| index.matching(f)).collect();
         let mut cursors = Vec::new();
-        for t in store.topics() {
-            let matches = t.db == 0
-                && topic_filter::check_topic_name(&t.key).is_ok()
-                && filters
-                    .iter()
-                    .any(|f| topic_filter::filter_matches(f, &t.key));
-            if !matches || t.first_live >= t.len {
+        for key in keys {
+            let Some(t) = store.topic(0, &key) else {
+                continue; // dropped since the index was built
+            };
+            if t.first_live >= t.len {
                 continue;
             }
             let next = store.seek_log_index(&t, after.saturating_add(1))?;

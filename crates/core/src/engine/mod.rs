@@ -40,6 +40,7 @@ mod snapshot;
 mod state;
 mod timers;
 pub mod topic_filter;
+mod topic_index;
 mod waiters;
 
 use std::collections::{HashMap, VecDeque};
@@ -620,6 +621,8 @@ struct Inner {
     acl: Acl,
     /// What the last open cost.
     recovered: OpenStats,
+    /// The topic index and the store's topic version it was built at.
+    topic_index: Mutex<Option<(u64, Arc<topic_index::TopicIndex>)>>,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -797,6 +800,7 @@ impl Engine {
             state,
             acl: Acl::new(&config_access),
             recovered,
+            topic_index: Mutex::new(None),
         });
         let applier_inner = inner.clone();
         let applier = std::thread::Builder::new()
@@ -1183,18 +1187,7 @@ impl Engine {
     /// particular order.
     pub fn topics_matching(&self, filter: &[u8]) -> Result<Vec<Bytes>> {
         topic_filter::check_filter(filter).map_err(EngineError::BadTopic)?;
-        Ok(self
-            .inner
-            .store
-            .topics()
-            .into_iter()
-            .filter(|t| {
-                t.db == 0
-                    && topic_filter::check_topic_name(&t.key).is_ok()
-                    && topic_filter::filter_matches(filter, &t.key)
-            })
-            .map(|t| t.key)
-            .collect())
+        Ok(self.inner.topic_index().matching(filter))
     }
 
     /// Live messages (neither deleted nor trimmed, of the stream's current incarnation) of
@@ -1840,6 +1833,26 @@ impl Inner {
         {
             tracing::error!(error = %e, "removing retained segments failed");
         }
+    }
+
+    /// The index of db-0 topic names, rebuilt when a topic was created or dropped since.
+    fn topic_index(&self) -> Arc<topic_index::TopicIndex> {
+        let version = self.store.topic_version();
+        let mut cached = self.topic_index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, index)) = cached.as_ref()
+            && *v == version
+        {
+            return index.clone();
+        }
+        let index = Arc::new(topic_index::TopicIndex::build(
+            self.store
+                .topics()
+                .into_iter()
+                .filter(|t| t.db == 0)
+                .map(|t| t.key),
+        ));
+        *cached = Some((version, index.clone()));
+        index
     }
 
     fn lock_state(&self) -> MutexGuard<'_, EngineState> {

@@ -265,6 +265,8 @@ struct Dispatcher {
     /// Set by any dispatch or checkpoint error: derived state in memory may be ahead of or
     /// apart from the disk, so nothing more is dispatched until the store is reopened.
     failed: Option<Arc<str>>,
+    /// Topics created or dropped since open (readers cache what depends on the topic set).
+    topic_changes: u64,
 }
 
 /// The store. Thread-safe: appends and reads go straight to the CommitLog and the queues;
@@ -375,6 +377,7 @@ impl MessageStore {
             last_checkpoint: Instant::now(),
             removals: Vec::new(),
             failed: None,
+            topic_changes: 0,
         };
         let store = MessageStore {
             storage,
@@ -662,6 +665,7 @@ impl MessageStore {
                     self.flush_run(run)?;
                     d.topics.update(t.id, |t| {
                         t.dropped = true;
+                        d.topic_changes += 1;
                         t.last_applied = (i, j);
                     });
                     d.removals.push(t.id);
@@ -756,6 +760,7 @@ impl MessageStore {
         d.next_topic = d.next_topic.checked_add(1).ok_or_else(exhausted)?;
         d.next_slot = d.next_slot.checked_add(1).ok_or_else(exhausted)?;
         d.topics.create(t.clone());
+        d.topic_changes += 1;
         Ok(t)
     }
 
@@ -955,6 +960,12 @@ impl MessageStore {
     /// Number of live topics.
     pub fn topic_count(&self) -> usize {
         self.lock().topics.live_count()
+    }
+
+    /// Changes whenever a topic is created or dropped (since open): a cache of the topic set
+    /// is current while this stays the same.
+    pub fn topic_version(&self) -> u64 {
+        self.lock().topic_changes
     }
 
     /// Live topics, for listing (`KEYS`, `SCAN`, MQTT wildcard matching).
