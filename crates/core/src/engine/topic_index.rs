@@ -34,10 +34,7 @@ impl TopicIndex {
             }
             let mut node = &mut index.root;
             for level in key.split(|b| *b == b'/') {
-                node = node
-                    .children
-                    .entry(key.slice_ref(level))
-                    .or_default();
+                node = node.children.entry(key.slice_ref(level)).or_default();
             }
             node.topic = Some(key);
         }
@@ -115,14 +112,16 @@ mod tests {
     }
 
     fn filter() -> impl Strategy<Value = String> {
-        proptest::collection::vec(
-            prop_oneof![level(), Just("+".to_string())],
-            1..4,
+        proptest::collection::vec(prop_oneof![level(), Just("+".to_string())], 1..4).prop_flat_map(
+            |l| {
+                let base = l.join("/");
+                prop_oneof![
+                    Just(base.clone()),
+                    Just(format!("{base}/#")),
+                    Just("#".to_string())
+                ]
+            },
         )
-        .prop_flat_map(|l| {
-            let base = l.join("/");
-            prop_oneof![Just(base.clone()), Just(format!("{base}/#")), Just("#".to_string())]
-        })
     }
 
     proptest! {
