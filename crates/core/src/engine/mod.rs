@@ -8,15 +8,19 @@
 //!   durable clock bound in `async` mode), and appends.
 //! - The **applier** (one thread) takes entries in log order once durable (committed: a group of
 //!   one commits what it has made durable), dispatches them into the store in lockstep, in
-//!   batches (`dispatch_batch`: apply at index k sees the store as of k-1), applies them to the
-//!   engine state with the dispatch outcomes, answers each proposer from those outcomes, wakes
-//!   the waiters of the topics touched, and, every checkpoint interval, writes a snapshot of the
-//!   engine state and then the store's dispatch checkpoint at the same index.
+//!   batches that stop after any entry that reads the streams (group commands, retention), so
+//!   each sees the store exactly as of itself; applies them to the engine state with the
+//!   dispatch outcomes, answers each proposer, wakes the waiters of the topics touched, and
+//!   drives checkpoints: a snapshot written off the applier (`snapshot.rs`, `journal.rs`), then
+//!   the store's dispatch checkpoint.
+//! - The **timer thread** (the leader's) proposes a command when a deadline in the state passes
+//!   (`timers.rs`).
 //!
 //! Stream state (IDs, lengths, deletions, trims) lives in the store's derived state; the rest
-//! (retained messages, the producer dedupe table) in `state::EngineState`, saved in snapshots.
-//! Consumer groups, sessions, retention, access control and timers come in later slices.
-//! The engine never reads a clock or randomness while applying; only the proposer does.
+//! (retained messages, producer dedupe, consumer groups, filter groups, MQTT sessions) in
+//! `state::EngineState`, saved in snapshots. Front ends reach it through a per-principal
+//! `Client` (`client.rs`). The engine never reads a clock or randomness while applying; only
+//! the proposer and the timer thread do.
 
 pub mod access;
 mod client;
