@@ -52,6 +52,11 @@ impl Engine {
             topic_filter::check_filter(f).map_err(EngineError::BadTopic)?;
         }
         let store = self.store();
+        // One point in time for the topics and their queues: every topic created up to `bound`
+        // is in the index taken after it, and entries after `bound` (whose topics may not be)
+        // are left to the next read. Without it a topic created just now could be missed while
+        // a later message of another topic is returned, and a cursor would move past the first.
+        let bound = store.dispatched_index();
         // The matching topics, each once however many filters match it.
         let index = self.inner.topic_index();
         let keys: std::collections::BTreeSet<Bytes> =
@@ -82,7 +87,9 @@ impl Engine {
         }
         let mut out: Vec<TopicMessage> = Vec::new();
         while let Some(Reverse((index, _, k))) = heap.pop() {
-            if out.len() >= count && out.last().is_some_and(|m| m.message.log_index != index) {
+            if index > bound
+                || (out.len() >= count && out.last().is_some_and(|m| m.message.log_index != index))
+            {
                 break;
             }
             let c = &mut cursors[k];
