@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use manifold_core::engine::{
-    AppendRequest, Engine, EngineConfig, GroupStart, IdSpec, ReadFrom, RetainEffect,
-};
+use manifold_core::engine::{AppendRequest, Engine, EngineConfig, GroupStart, ReadFrom};
 use manifold_core::store::{RealFs, StreamId};
 
 const STREAMS: u64 = 100;
@@ -28,18 +26,11 @@ const GROUPS_PER_STREAM: u64 = 10;
 const PENDING_PER_GROUP: u64 = 1000;
 
 fn request(stream: u64) -> AppendRequest {
-    AppendRequest {
-        db: 0,
-        key: Bytes::from(format!("stream-{stream}")),
-        id: IdSpec::Auto,
-        fields: vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
-        properties: Vec::new(),
-        message_key: Bytes::new(),
-        nomkstream: false,
-        trim: None,
-        retain: RetainEffect::None,
-        producer: None,
-    }
+    AppendRequest::new(
+        0,
+        Bytes::from(format!("stream-{stream}")),
+        vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
+    )
 }
 
 async fn fill(engine: &Arc<Engine>, n: u64) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use manifold_core::engine::{AppendRequest, Engine, EngineConfig, IdSpec, RetainEffect, Wake};
+use manifold_core::engine::{AppendRequest, Engine, EngineConfig, Wake};
 use manifold_core::store::{FlushMode, LogConfig, RealFs, StoreConfig};
 
 fn main() {
@@ -43,18 +43,11 @@ fn main() {
         .enable_time()
         .build()
         .expect("runtime");
-    let request = AppendRequest {
-        db: 0,
-        key: Bytes::from_static(b"wake"),
-        id: IdSpec::Auto,
-        fields: vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
-        properties: Vec::new(),
-        message_key: Bytes::new(),
-        nomkstream: false,
-        trim: None,
-        retain: RetainEffect::None,
-        producer: None,
-    };
+    let request = AppendRequest::new(
+        0,
+        Bytes::from_static(b"wake"),
+        vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
+    );
     let mut lat = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
         let (go_tx, mut go_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();

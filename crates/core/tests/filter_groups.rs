@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use manifold_core::engine::{
-    AppendRequest, Engine, EngineConfig, EngineError, GroupError, IdSpec, RetainEffect,
-};
+use manifold_core::engine::{AppendRequest, Engine, EngineConfig, EngineError, GroupError};
 use manifold_core::store::{CrashMode, SimDisk};
 
 fn config() -> EngineConfig {
@@ -25,18 +23,7 @@ fn b(s: &str) -> Bytes {
 }
 
 fn publish(key: &str, value: u64) -> AppendRequest {
-    AppendRequest {
-        db: 0,
-        key: b(key),
-        id: IdSpec::Auto,
-        fields: vec![(b("payload"), b(&value.to_string()))],
-        properties: Vec::new(),
-        message_key: Bytes::new(),
-        nomkstream: false,
-        trim: None,
-        retain: RetainEffect::None,
-        producer: None,
-    }
+    AppendRequest::new(0, b(key), vec![(b("payload"), b(&value.to_string()))])
 }
 
 #[test]

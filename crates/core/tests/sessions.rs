@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use manifold_core::engine::{
-    AppendRequest, Engine, EngineConfig, EngineError, IdSpec, InFlightNew, RetainEffect,
-    SessionError, SubscribeOptions,
+    AppendRequest, Engine, EngineConfig, EngineError, InFlightNew, SessionError, SubscribeOptions,
 };
 use manifold_core::store::{CrashMode, SimDisk};
 
@@ -30,18 +29,7 @@ fn b(s: &str) -> Bytes {
 }
 
 fn publish(key: &str, value: &str) -> AppendRequest {
-    AppendRequest {
-        db: 0,
-        key: b(key),
-        id: IdSpec::Auto,
-        fields: vec![(b("payload"), b(value))],
-        properties: Vec::new(),
-        message_key: Bytes::new(),
-        nomkstream: false,
-        trim: None,
-        retain: RetainEffect::None,
-        producer: None,
-    }
+    AppendRequest::new(0, b(key), vec![(b("payload"), b(value))])
 }
 
 fn sub(qos: u8, id: u32) -> SubscribeOptions {

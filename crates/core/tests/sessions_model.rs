@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use manifold_core::engine::{
-    AppendRequest, Engine, EngineConfig, EngineError, IdSpec, InFlightNew, RetainEffect,
-    SubscribeOptions, topic_filter,
+    AppendRequest, Engine, EngineConfig, EngineError, InFlightNew, SubscribeOptions, topic_filter,
 };
 use manifold_core::store::{CrashMode, SimDisk};
 use proptest::prelude::*;
@@ -168,18 +167,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Publish { topic } => {
                 let t = TOPICS[usize::from(topic)];
                 let k = m.published.len() + 1;
-                let req = AppendRequest {
-                    db: 0,
-                    key: Bytes::from_static(t.as_bytes()),
-                    id: IdSpec::Auto,
-                    fields: vec![(Bytes::from_static(b"payload"), Bytes::from(k.to_string()))],
-                    properties: Vec::new(),
-                    message_key: Bytes::new(),
-                    nomkstream: false,
-                    trim: None,
-                    retain: RetainEffect::None,
-                    producer: None,
-                };
+                let req = AppendRequest::new(
+                    0,
+                    Bytes::from_static(t.as_bytes()),
+                    vec![(Bytes::from_static(b"payload"), Bytes::from(k.to_string()))],
+                );
                 let id = rt.block_on(engine.append(req)).map_err(fail)?.expect("id");
                 let msg = engine
                     .read_range(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use manifold_core::engine::{AppendRequest, Engine, EngineConfig, IdSpec};
+use manifold_core::engine::{AppendRequest, Engine, EngineConfig};
 use manifold_core::store::{LogConfig, RealFs, StoreConfig};
 
 pub fn open_engine(dir: &std::path::Path) -> Arc<Engine> {
@@ -35,18 +35,11 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub fn request(key: &'static str) -> AppendRequest {
-    AppendRequest {
-        db: 0,
-        key: Bytes::from_static(key.as_bytes()),
-        id: IdSpec::Auto,
-        fields: vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
-        properties: Vec::new(),
-        message_key: Bytes::new(),
-        nomkstream: false,
-        trim: None,
-        retain: manifold_core::engine::RetainEffect::None,
-        producer: None,
-    }
+    AppendRequest::new(
+        0,
+        Bytes::from_static(key.as_bytes()),
+        vec![(Bytes::from_static(b"payload"), Bytes::from(vec![b'x'; 100]))],
+    )
 }
 
 /// Appends `n` messages with 800 in flight.

@@ -446,6 +446,25 @@ pub struct AppendRequest {
     pub producer: Option<(Bytes, u64)>,
 }
 
+impl AppendRequest {
+    /// An append of `fields` to `(db, key)` with an auto ID (`*`) and nothing else: no
+    /// properties, message key, NOMKSTREAM, trim, retain or producer. Set the fields for more.
+    pub fn new(db: u8, key: Bytes, fields: Vec<(Bytes, Bytes)>) -> Self {
+        AppendRequest {
+            db,
+            key,
+            id: IdSpec::Auto,
+            fields,
+            properties: Vec::new(),
+            message_key: Bytes::new(),
+            nomkstream: false,
+            trim: None,
+            retain: RetainEffect::None,
+            producer: None,
+        }
+    }
+}
+
 /// A trim (XTRIM, XADD MAXLEN/MINID): what to cut, and at most how many live entries.
 ///
 /// The cut is exact up to the limit. Redis's `~` may keep more entries than asked, and removes
