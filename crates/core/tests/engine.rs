@@ -1614,7 +1614,49 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
         };
         group("d2").await?;
         group("d3").await?;
+        // An MQTT session and a shared filter group follow the same topics.
+        let client = Bytes::from_static(b"dev");
+        engine
+            .session_open(client.clone(), false, 3600, None)
+            .await?;
+        let everything = manifold_core::engine::SubscribeOptions {
+            qos: 1,
+            ..Default::default()
+        };
+        engine
+            .session_subscribe(client.clone(), vec![(Bytes::from_static(b"#"), everything)])
+            .await?;
+        engine
+            .filter_group_join(Bytes::from_static(b"fg"), Bytes::from_static(b"#"))
+            .await?;
         for n in 0..300u64 {
+            if n % 10 == 5 {
+                let read = engine.session_pending(b"dev", 7)?;
+                let inflight = read
+                    .messages
+                    .iter()
+                    .take(2)
+                    .enumerate()
+                    .map(|(k, m)| manifold_core::engine::InFlightNew {
+                        packet_id: (n * 2 + k as u64) as u16 + 1,
+                        log_index: m.message.log_index,
+                        sub: m.message.sub,
+                        qos: 1,
+                    })
+                    .collect();
+                engine
+                    .session_deliver(client.clone(), read.upto, inflight)
+                    .await?;
+                engine
+                    .filter_group_read(
+                        Bytes::from_static(b"fg"),
+                        Bytes::from_static(b"#"),
+                        Bytes::from(format!("m{}", n % 2)),
+                        3,
+                        false,
+                    )
+                    .await?;
+            }
             if n % 4 == 0 {
                 // Group reads interleaved with appends: what each delivers is decided at apply.
                 let consumer = Bytes::from(format!("c{}", n % 3));
@@ -1691,6 +1733,16 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
         engine
             .consumers_info(0, b"d3", b"g")?
             .is_some_and(|c| c.len() > 3)
+    );
+    assert!(
+        engine
+            .session(b"dev")
+            .is_some_and(|s| !s.inflight.is_empty())
+    );
+    assert!(
+        engine
+            .filter_group(b"fg", b"#")
+            .is_some_and(|g| !g.pel.is_empty())
     );
     engine.close()?;
     // The same log, every derived file removed: a fresh replay must derive the same state.
