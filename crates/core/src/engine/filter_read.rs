@@ -58,9 +58,7 @@ impl Engine {
         // a later message of another topic is returned, and a cursor would move past the first.
         let bound = store.dispatched_index();
         // The matching topics, each once however many filters match it.
-        let index = self.inner.topic_index();
-        let keys: std::collections::BTreeSet<Bytes> =
-            filters.iter().flat_map(|f| index.matching(f)).collect();
+        let keys = self.inner.matching_topics(filters);
         let mut cursors = Vec::new();
         for key in keys {
             let Some(t) = store.topic(0, &key) else {

@@ -644,8 +644,8 @@ struct Inner {
     acl: Acl,
     /// What the last open cost.
     recovered: OpenStats,
-    /// The topic index and the store's topic version it was built at.
-    topic_index: Mutex<Option<(u64, Arc<topic_index::TopicIndex>)>>,
+    /// The topic index and the store's topic version it is current at.
+    topic_index: Mutex<Option<(u64, topic_index::TopicIndex)>>,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -1210,7 +1210,7 @@ impl Engine {
     /// particular order.
     pub fn topics_matching(&self, filter: &[u8]) -> Result<Vec<Bytes>> {
         topic_filter::check_filter(filter).map_err(EngineError::BadTopic)?;
-        Ok(self.inner.topic_index().matching(filter))
+        Ok(self.inner.matching_topics(&[filter]).into_iter().collect())
     }
 
     /// Live messages (neither deleted nor trimmed, of the stream's current incarnation) of
@@ -1858,24 +1858,43 @@ impl Inner {
         }
     }
 
-    /// The index of db-0 topic names, rebuilt when a topic was created or dropped since.
-    fn topic_index(&self) -> Arc<topic_index::TopicIndex> {
-        let version = self.store.topic_version();
+    /// The db-0 topics any of `filters` matches, each once, from the topic index brought up to
+    /// date first: with the topics created and dropped since, or rebuilt when the store no
+    /// longer remembers them all.
+    fn matching_topics(&self, filters: &[&[u8]]) -> std::collections::BTreeSet<Bytes> {
         let mut cached = self.topic_index.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, index)) = cached.as_ref()
-            && *v == version
-        {
-            return index.clone();
+        let caught_up = match cached.as_mut() {
+            Some((version, index)) => match self.store.topic_changes_since(*version) {
+                Some((now, changes)) => {
+                    for (_, key, created) in changes.into_iter().filter(|c| c.0 == 0) {
+                        if created {
+                            index.insert(key);
+                        } else {
+                            index.remove(&key);
+                        }
+                    }
+                    *version = now;
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        if !caught_up {
+            let version = self.store.topic_version();
+            let index = topic_index::TopicIndex::build(
+                self.store
+                    .topics()
+                    .into_iter()
+                    .filter(|t| t.db == 0)
+                    .map(|t| t.key),
+            );
+            *cached = Some((version, index));
         }
-        let index = Arc::new(topic_index::TopicIndex::build(
-            self.store
-                .topics()
-                .into_iter()
-                .filter(|t| t.db == 0)
-                .map(|t| t.key),
-        ));
-        *cached = Some((version, index.clone()));
-        index
+        let Some((_, index)) = cached.as_ref() else {
+            return Default::default();
+        };
+        filters.iter().flat_map(|f| index.matching(f)).collect()
     }
 
     fn lock_state(&self) -> MutexGuard<'_, EngineState> {

@@ -1,7 +1,7 @@
 //! An index of the db-0 topics that are valid MQTT topic names, by level, so that finding the
 //! topics a filter matches visits the matching branches instead of every topic. Built from the
-//! store's topic table and cached until the store's topic version changes (a topic created or
-//! dropped). Pure data: it never reads the store itself.
+//! store's topic table, then kept up to date with the topics created and dropped since (or
+//! rebuilt when the store no longer remembers them all). Pure data: it never reads the store.
 
 use std::collections::HashMap;
 
@@ -29,16 +29,27 @@ impl TopicIndex {
     pub fn build(keys: impl IntoIterator<Item = Bytes>) -> Self {
         let mut index = TopicIndex::default();
         for key in keys {
-            if topic_filter::check_topic_name(&key).is_err() {
-                continue;
-            }
-            let mut node = &mut index.root;
-            for level in key.split(|b| *b == b'/') {
-                node = node.children.entry(key.slice_ref(level)).or_default();
-            }
-            node.topic = Some(key);
+            index.insert(key);
         }
         index
+    }
+
+    /// Adds a topic (a key that is not a valid topic name is left out).
+    pub fn insert(&mut self, key: Bytes) {
+        if topic_filter::check_topic_name(&key).is_err() {
+            return;
+        }
+        let mut node = &mut self.root;
+        for level in key.split(|b| *b == b'/') {
+            node = node.children.entry(key.slice_ref(level)).or_default();
+        }
+        node.topic = Some(key);
+    }
+
+    /// Removes a topic, and the levels it leaves empty.
+    pub fn remove(&mut self, key: &[u8]) {
+        let levels: Vec<&[u8]> = key.split(|b| *b == b'/').collect();
+        remove_at(&mut self.root, &levels);
     }
 
     /// The topics `filter` (a valid MQTT filter) matches, with the `$` rule: a filter starting
@@ -49,6 +60,21 @@ impl TopicIndex {
         walk(&self.root, &levels, true, &mut out);
         out
     }
+}
+
+/// Removes the topic at `levels` below `node`; whether `node` is left empty.
+fn remove_at(node: &mut Node, levels: &[&[u8]]) -> bool {
+    match levels.split_first() {
+        None => node.topic = None,
+        Some((level, rest)) => {
+            if let Some(child) = node.children.get_mut(*level)
+                && remove_at(child, rest)
+            {
+                node.children.remove(*level);
+            }
+        }
+    }
+    node.topic.is_none() && node.children.is_empty()
 }
 
 fn walk(node: &Node, levels: &[&[u8]], first: bool, out: &mut Vec<Bytes>) {
@@ -141,7 +167,19 @@ mod tests {
                 .collect();
             want.sort();
             want.dedup();
-            prop_assert_eq!(got, want, "filter {}", filter);
+            prop_assert_eq!(got, want.clone(), "filter {}", filter);
+            // Built one change at a time, with removals, it answers the same.
+            let mut grown = TopicIndex::default();
+            for n in &names {
+                grown.insert(Bytes::from(n.clone()));
+                grown.insert(Bytes::from(format!("{n}/gone")));
+            }
+            for n in &names {
+                grown.remove(format!("{n}/gone").as_bytes());
+            }
+            let mut got = grown.matching(filter.as_bytes());
+            got.sort();
+            prop_assert_eq!(got, want, "grown, filter {}", filter);
         }
     }
 }

@@ -267,6 +267,23 @@ struct Dispatcher {
     failed: Option<Arc<str>>,
     /// Topics created or dropped since open (readers cache what depends on the topic set).
     topic_changes: u64,
+    /// The newest of those changes: `(version after it, db, key, created)`, at most
+    /// `RECENT_TOPIC_CHANGES`, so a cache can catch up without rebuilding.
+    recent_topic_changes: std::collections::VecDeque<(u64, u8, Bytes, bool)>,
+}
+
+/// Topic creations and drops remembered for caches catching up.
+const RECENT_TOPIC_CHANGES: usize = 4096;
+
+impl Dispatcher {
+    fn topic_changed(&mut self, db: u8, key: &Bytes, created: bool) {
+        self.topic_changes += 1;
+        if self.recent_topic_changes.len() == RECENT_TOPIC_CHANGES {
+            self.recent_topic_changes.pop_front();
+        }
+        self.recent_topic_changes
+            .push_back((self.topic_changes, db, key.clone(), created));
+    }
 }
 
 /// The store. Thread-safe: appends and reads go straight to the CommitLog and the queues;
@@ -378,6 +395,7 @@ impl MessageStore {
             removals: Vec::new(),
             failed: None,
             topic_changes: 0,
+            recent_topic_changes: Default::default(),
         };
         let store = MessageStore {
             storage,
@@ -665,9 +683,9 @@ impl MessageStore {
                     self.flush_run(run)?;
                     d.topics.update(t.id, |t| {
                         t.dropped = true;
-                        d.topic_changes += 1;
                         t.last_applied = (i, j);
                     });
+                    d.topic_changed(t.db, &t.key, false);
                     d.removals.push(t.id);
                     outcomes[j as usize] = Outcome::Dropped(true);
                 }
@@ -760,7 +778,7 @@ impl MessageStore {
         d.next_topic = d.next_topic.checked_add(1).ok_or_else(exhausted)?;
         d.next_slot = d.next_slot.checked_add(1).ok_or_else(exhausted)?;
         d.topics.create(t.clone());
-        d.topic_changes += 1;
+        d.topic_changed(t.db, &t.key, true);
         Ok(t)
     }
 
@@ -966,6 +984,33 @@ impl MessageStore {
     /// is current while this stays the same.
     pub fn topic_version(&self) -> u64 {
         self.lock().topic_changes
+    }
+
+    /// The topics created (`true`) or dropped since `version`, with the version they bring a
+    /// cache to; `None` when those changes are no longer all remembered (rebuild instead).
+    #[allow(clippy::type_complexity)]
+    pub fn topic_changes_since(&self, version: u64) -> Option<(u64, Vec<(u8, Bytes, bool)>)> {
+        let d = self.lock();
+        if version == d.topic_changes {
+            return Some((version, Vec::new()));
+        }
+        if version > d.topic_changes {
+            return None;
+        }
+        // The newest are at the back: walk back to the first one after `version`.
+        let after = d
+            .recent_topic_changes
+            .iter()
+            .rev()
+            .take_while(|(v, ..)| *v > version)
+            .count();
+        let changes: Vec<(u8, Bytes, bool)> = d
+            .recent_topic_changes
+            .iter()
+            .skip(d.recent_topic_changes.len() - after)
+            .map(|(_, db, key, created)| (*db, key.clone(), *created))
+            .collect();
+        (changes.len() as u64 == d.topic_changes - version).then_some((d.topic_changes, changes))
     }
 
     /// Live topics, for listing (`KEYS`, `SCAN`, MQTT wildcard matching).
