@@ -445,10 +445,22 @@ impl Client {
             .engine
             .filter_group_read(group.clone(), filter.clone(), consumer, count, noack)
             .await?;
+        self.readable(group, filter, got, !noack).await
+    }
+
+    /// The deliveries it may read; the others are acknowledged for it (when `pending`: they
+    /// were left pending), so they never stay with a member that cannot see them.
+    async fn readable(
+        &self,
+        group: Bytes,
+        filter: Bytes,
+        got: Vec<FilterDelivery>,
+        pending: bool,
+    ) -> Result<Vec<FilterDelivery>> {
         let (allowed, denied): (Vec<_>, Vec<_>) = got
             .into_iter()
             .partition(|d| self.principal.may_subscribe(&d.topic));
-        if !denied.is_empty() && !noack {
+        if pending && !denied.is_empty() {
             let positions = denied.iter().map(|d| d.position).collect();
             self.engine
                 .filter_group_ack(group, filter, positions)
@@ -481,16 +493,7 @@ impl Client {
             .engine
             .filter_group_claim(group.clone(), filter.clone(), consumer, min_idle_ms, count)
             .await?;
-        let (allowed, denied): (Vec<_>, Vec<_>) = got
-            .into_iter()
-            .partition(|d| self.principal.may_subscribe(&d.topic));
-        if !denied.is_empty() {
-            let positions = denied.iter().map(|d| d.position).collect();
-            self.engine
-                .filter_group_ack(group, filter, positions)
-                .await?;
-        }
-        Ok(allowed)
+        self.readable(group, filter, got, true).await
     }
 
     /// [`Engine::filter_group_leave`].

@@ -389,8 +389,7 @@ impl Engine {
 
     /// The proposer's clock now (never behind any command's timestamp).
     fn now_ms(&self) -> u64 {
-        let p = self.inner.lock_proposer();
-        p.last_ts.max((self.inner.config.clock)())
+        self.inner.now_ms()
     }
 }
 

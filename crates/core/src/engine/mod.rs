@@ -1742,7 +1742,7 @@ impl Inner {
         let tick = Duration::from_millis(self.config.timer_tick_ms.max(1));
         let mut retention_checked = Instant::now();
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
-            let now = self.lock_proposer().last_ts.max((self.config.clock)());
+            let now = self.now_ms();
             let (oldest, session_deadline) = {
                 let state = self.lock_state();
                 (
@@ -1895,6 +1895,11 @@ impl Inner {
             return Default::default();
         };
         filters.iter().flat_map(|f| index.matching(f)).collect()
+    }
+
+    /// The proposer's clock now: never behind any command's timestamp.
+    fn now_ms(&self) -> u64 {
+        self.lock_proposer().last_ts.max((self.config.clock)())
     }
 
     fn lock_state(&self) -> MutexGuard<'_, EngineState> {

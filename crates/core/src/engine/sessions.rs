@@ -255,11 +255,6 @@ impl Sessions {
             .min()
     }
 
-    /// The earliest time (ms) a Will is due.
-    pub fn next_will_ms(&self) -> Option<u64> {
-        self.by_client.values().filter_map(|s| s.will_at_ms).min()
-    }
-
     /// The sessions whose Will is due by `now_ms`, with it.
     pub fn wills_due(&self, now_ms: u64) -> Vec<(Bytes, Will)> {
         self.by_client
