@@ -22,9 +22,9 @@ use manifold_core::store::{Outcome, RealFs, StreamId};
 /// What a snapshot costs the applier. The state: 100k retained messages of 100-byte payloads
 /// and 1k consumer groups with 1k pending entries each (1M). The applier pays the clone (the
 /// state is on persistent maps) and, once the snapshot thread has written the snapshot, the
-/// journal of what it applied meanwhile (here 20k entries, ~65 ms at 300k entries/s) before
-/// the store's dispatch checkpoint, which is measured with the store. Encoding and writing the
-/// snapshot happen on another thread; they are measured here for scale.
+/// capture of the store's dispatch checkpoint. Encoding and writing the snapshot, the journal
+/// of what was applied meanwhile (here 20k entries, ~65 ms at 300k entries/s) and making the
+/// store's checkpoint durable happen on other threads; they are measured here for scale.
 fn snapshot_stall(c: &mut Criterion) {
     let dir = tempfile::tempdir_in(bench_dir()).expect("tempdir");
     let mut state = EngineState::default();
@@ -79,50 +79,66 @@ fn snapshot_stall(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     g.sample_size(10);
     g.bench_function("snapshot/applier/clone_state", |b| b.iter(|| state.clone()));
-    g.bench_function("snapshot/applier/journal_20k_entries", |b| {
+    g.bench_function("snapshot/thread/journal_20k_entries", |b| {
         b.iter(|| write_atomic(&RealFs, &journal_path, &journal::encode(&journal)).expect("write"))
     });
     // The store's dispatch checkpoint after 10k appends to 100 streams (queue files, index,
-    // rows and the dispatch file made durable).
+    // rows and the dispatch file made durable): what the applier pays (the capture under the
+    // dispatch lock) and what the checkpoint thread does after it, with and without the
+    // snapshot thread's presync before.
     let engine = open_engine(&dir.path().join("store"));
     let rt = runtime();
-    for presync in [false, true] {
-        let name = if presync {
-            "snapshot/applier/store_checkpoint_after_10k_presynced"
-        } else {
-            "snapshot/applier/store_checkpoint_after_10k"
-        };
+    let fill = || {
+        rt.block_on(async {
+            let mut handles = Vec::new();
+            for t in 0..100u32 {
+                let engine = engine.clone();
+                let mut r = request("x");
+                r.key = Bytes::from(format!("s{t}"));
+                handles.push(tokio::spawn(async move {
+                    for _ in 0..100 {
+                        engine.append(r.clone()).await.expect("append");
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.expect("task");
+            }
+        })
+    };
+    for (presync, name) in [
+        (false, "snapshot/applier/store_checkpoint_capture_after_10k"),
+        (
+            true,
+            "snapshot/applier/store_checkpoint_capture_after_10k_presynced",
+        ),
+    ] {
+        let mut finish = Duration::ZERO;
+        let mut finishes = 0u32;
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    rt.block_on(async {
-                        let mut handles = Vec::new();
-                        for t in 0..100u32 {
-                            let engine = engine.clone();
-                            let mut r = request("x");
-                            r.key = Bytes::from(format!("s{t}"));
-                            handles.push(tokio::spawn(async move {
-                                for _ in 0..100 {
-                                    engine.append(r.clone()).await.expect("append");
-                                }
-                            }));
-                        }
-                        for h in handles {
-                            h.await.expect("task");
-                        }
-                    });
+                    fill();
                     if presync {
                         // What the snapshot thread does before the applier checkpoints.
                         engine.store().presync().expect("presync");
                     }
                     let start = Instant::now();
-                    engine.store().checkpoint().expect("checkpoint");
+                    let pending = engine.store().begin_checkpoint().expect("capture");
                     total += start.elapsed();
+                    let start = Instant::now();
+                    engine.store().finish_checkpoint(pending).expect("finish");
+                    finish += start.elapsed();
+                    finishes += 1;
                 }
                 total
             })
         });
+        eprintln!(
+            "{name}: the checkpoint thread's part (sync, dispatch file) took {:.2} ms on average",
+            finish.as_secs_f64() * 1e3 / f64::from(finishes.max(1))
+        );
     }
     g.bench_function("snapshot/thread/encode", |b| b.iter(|| state.encode()));
     g.bench_function("snapshot/thread/encode+write", |b| {

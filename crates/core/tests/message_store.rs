@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use manifold_core::store::{
-    CqConfig, CrashMode, EntryKind, IndexConfig, LogConfig, MessageStore, NewEntry, RecordOp,
-    SimDisk, Storage, StoreConfig, StoreError, StreamId, SubRecord,
+    CqConfig, CrashMode, EntryKind, IndexConfig, LogConfig, MessageStore, NewEntry,
+    PendingCheckpoint, RecordOp, SimDisk, Storage, StoreConfig, StoreError, StreamId, SubRecord,
 };
 use proptest::prelude::*;
 
@@ -267,9 +267,15 @@ enum Op {
     },
     Dispatch,
     Checkpoint,
+    /// The first half of a checkpoint (captured at the dispatch point); the ops that follow
+    /// go on (publishing, dispatching) until `FinishCheckpoint` or a crash abandons it.
+    BeginCheckpoint,
+    FinishCheckpoint,
+    /// A power cut while a begun checkpoint is being made durable: the `n`-th sync fails.
+    CrashDuringFinish(u8, u64),
     Crash(u64),
-    /// A power cut in the middle of a checkpoint: queue and index files synced (slots
-    /// included), the topic rows and the dispatch file not written.
+    /// A power cut in the middle of a checkpoint: the disk full when the topic rows are
+    /// written, so nothing after them (the syncs, the dispatch file) happens.
     CrashMidCheckpoint,
     /// A power cut after a checkpoint wrote its XDEL flags (and the intent naming them) but
     /// before the dispatch file: the `n`-th sync after the intent fails, then the power goes.
@@ -287,6 +293,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..12).prop_map(|back| Op::RetainFrom { back }),
         2 => Just(Op::Dispatch),
         1 => Just(Op::Checkpoint),
+        2 => Just(Op::BeginCheckpoint),
+        1 => Just(Op::FinishCheckpoint),
+        1 => (1u8..6, any::<u64>()).prop_map(|(n, seed)| Op::CrashDuringFinish(n, seed)),
         2 => any::<u64>().prop_map(Op::Crash),
         1 => Just(Op::CrashMidCheckpoint),
         2 => (1u8..4, any::<u64>()).prop_map(|(n, seed)| Op::CrashAfterDeleteFlags(n, seed)),
@@ -467,7 +476,24 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut store = open_manual(&disk).map_err(fail)?;
     let mut next_id = 1u64;
     let mut published: BTreeMap<u8, Vec<StreamId>> = BTreeMap::new();
+    // A checkpoint begun and not yet finished.
+    let mut pending: Option<PendingCheckpoint> = None;
     for op in ops {
+        // One checkpoint at a time: any other that starts finishes the begun one first; a
+        // crash abandons it.
+        match &op {
+            Op::Checkpoint
+            | Op::BeginCheckpoint
+            | Op::FinishCheckpoint
+            | Op::CrashAfterDeleteFlags(..)
+            | Op::CrashMidCheckpoint => {
+                if let Some(p) = pending.take() {
+                    store.finish_checkpoint(p).map_err(fail)?;
+                }
+            }
+            Op::Crash(_) => pending = None,
+            _ => {}
+        }
         match op.clone() {
             Op::Publish {
                 topic,
@@ -561,6 +587,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 store.dispatch_to(store.log().last_index()).map_err(fail)?;
             }
             Op::Checkpoint => store.checkpoint().map_err(fail)?,
+            Op::BeginCheckpoint => pending = Some(store.begin_checkpoint().map_err(fail)?),
+            Op::FinishCheckpoint => {}
+            Op::CrashDuringFinish(n, seed) => {
+                if let Some(p) = pending.take() {
+                    disk.fail_sync_after(u32::from(n));
+                    let _ = store.finish_checkpoint(p);
+                }
+                let after = disk.crash(CrashMode::Random(seed));
+                drop(store);
+                disk = after;
+                store = open_manual(&disk).map_err(fail)?;
+            }
             Op::CrashAfterDeleteFlags(n, seed) => {
                 disk.fail_sync_after(u32::from(n));
                 let _ = store.checkpoint();
@@ -570,7 +608,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 store = open_manual(&disk).map_err(fail)?;
             }
             Op::CrashMidCheckpoint => {
-                // No room for the topic rows: the checkpoint stops after syncing the index.
+                // No room for the topic rows: the checkpoint stops there.
                 disk.set_capacity(Some(disk.used_bytes()));
                 let _ = store.checkpoint();
                 let after = disk.crash(CrashMode::DropUnsynced);
@@ -593,7 +631,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         if matches!(
             op,
-            Op::Dispatch | Op::Crash(_) | Op::CrashMidCheckpoint | Op::CrashAfterDeleteFlags(..)
+            Op::Dispatch
+                | Op::Crash(_)
+                | Op::CrashMidCheckpoint
+                | Op::CrashAfterDeleteFlags(..)
+                | Op::CrashDuringFinish(..)
         ) {
             // Whatever happened, once dispatched to the log's end the queues equal the log.
             let last = store.dispatch_to(store.log().last_index()).map_err(fail)?;
@@ -630,7 +672,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
     fn derived_state_after_any_crash_equals_the_log(ops in proptest::collection::vec(op(), 1..30)) {
         run(ops)?;

@@ -11,8 +11,9 @@
 //!   batches that stop after any entry that reads the streams (group commands, retention), so
 //!   each sees the store exactly as of itself; applies them to the engine state with the
 //!   dispatch outcomes, answers each proposer, wakes the waiters of the topics touched, and
-//!   drives checkpoints: a snapshot written off the applier (`snapshot.rs`, `journal.rs`), then
-//!   the store's dispatch checkpoint.
+//!   drives checkpoints (`checkpointer.rs`): a snapshot written off the applier (`snapshot.rs`,
+//!   `journal.rs`), then the store's dispatch checkpoint, captured on the applier and made
+//!   durable off it.
 //! - The **timer thread** (the leader's) proposes a command when a deadline in the state passes
 //!   (`timers.rs`).
 //!
@@ -23,6 +24,7 @@
 //! the proposer and the timer thread do.
 
 pub mod access;
+mod checkpointer;
 mod client;
 mod clock_bound;
 mod codec;
@@ -59,6 +61,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 pub use access::{AccessConfig, Acl, DEFAULT_PRINCIPAL, Principal, PrincipalConfig};
+use checkpointer::Checkpointing;
 pub use client::Client;
 pub use clock_bound::CLOCK_BOUND_FILE;
 pub use error::{EngineError, Result};
@@ -609,15 +612,6 @@ struct Proposer {
     shut: bool,
     /// Producer sequences proposed and not yet applied, with their log index.
     producers_in_flight: HashMap<(Bytes, u64), LogIndex>,
-}
-
-/// A snapshot being written off the applier thread (at `base`), and the journal that will
-/// carry it forward to the dispatch point of the checkpoint that follows it.
-struct InFlight {
-    base: LogIndex,
-    journal: Vec<journal::JournalEntry>,
-    done: mpsc::Receiver<Result<()>>,
-    writer: JoinHandle<()>,
 }
 
 /// A proposal on its way to the applier.
@@ -1545,31 +1539,28 @@ impl Inner {
     /// arrived, up to `APPLY_BATCH`), then each proposer gets its reply and the waiters of the
     /// touched topics are woken. Between batches it drives checkpoints (`advance_checkpoint`).
     fn apply_loop(&self, rx: mpsc::Receiver<Proposal>) {
-        let mut last_checkpoint = Instant::now();
-        let mut in_flight: Option<InFlight> = None;
+        let mut checkpointing = Checkpointing::new();
         loop {
-            // While a snapshot is being written, wake up now and then to finish its checkpoint
-            // even if nothing arrives.
-            let next = match &in_flight {
-                Some(_) => rx.recv_timeout(Duration::from_millis(20)),
-                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            // While a checkpoint stage is in flight, wake up now and then to advance it even
+            // if nothing arrives.
+            let next = if checkpointing.busy() {
+                rx.recv_timeout(Duration::from_millis(20))
+            } else {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
             };
             match next {
                 Ok(first) => {
-                    let journal = in_flight.as_mut().map(|f| &mut f.journal);
-                    if !self.apply_batch(first, &rx, journal) {
+                    if !self.apply_batch(first, &rx, checkpointing.journal()) {
                         break;
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            self.advance_checkpoint(&mut in_flight, &mut last_checkpoint);
+            self.advance_checkpoint(&mut checkpointing);
         }
-        // Stopping: a snapshot still being written is waited for (close writes its own).
-        if let Some(f) = in_flight {
-            let _ = f.writer.join();
-        }
+        // Stopping: a stage still in flight is waited for (close writes its own checkpoint).
+        checkpointing.join();
     }
 
     /// Applies one batch starting with `first`; false when apply failed and the engine stops.
@@ -1664,75 +1655,6 @@ impl Inner {
             let _ = reply.send(Ok(applied));
         }
         true
-    }
-
-    /// Drives checkpoints without making apply wait for the snapshot: every
-    /// `dispatch_checkpoint_interval_ms` the state is cloned (O(1): persistent maps) at the
-    /// dispatch point `base` and written by another thread while apply goes on, recording
-    /// what it reads from the store; once the snapshot is durable, the journal from `base` to
-    /// the dispatch point now is written, then the store's dispatch checkpoint, then whatever
-    /// that checkpoint no longer needs is removed.
-    fn advance_checkpoint(&self, in_flight: &mut Option<InFlight>, last: &mut Instant) {
-        if let Some(f) = in_flight {
-            let written = match f.done.try_recv() {
-                Err(mpsc::TryRecvError::Empty) => return,
-                Ok(r) => r,
-                Err(mpsc::TryRecvError::Disconnected) => Err(EngineError::ShuttingDown),
-            };
-            let upto = self.store.dispatched_index();
-            let storage = self.storage.as_ref();
-            let checkpoint = written
-                .and_then(|()| {
-                    if upto > f.base {
-                        snapshot::write_journal(storage, &self.root, f.base, upto, &f.journal)?;
-                    }
-                    Ok(())
-                })
-                .and_then(|()| Ok(self.store.checkpoint()?))
-                .and_then(|()| Ok(snapshot::prune(storage, &self.root, upto)?));
-            match checkpoint {
-                Ok(()) => self.delete_retained(if upto > f.base { f.base } else { upto }),
-                Err(e) => tracing::error!(error = %e, "snapshot or checkpoint failed"),
-            }
-            if let Some(f) = in_flight.take() {
-                let _ = f.writer.join();
-            }
-            *last = Instant::now();
-            return;
-        }
-        let interval = Duration::from_millis(self.config.store.dispatch_checkpoint_interval_ms);
-        if last.elapsed() < interval {
-            return;
-        }
-        let base = self.store.dispatched_index();
-        let state = self.lock_state().clone();
-        let (tx, done) = mpsc::channel();
-        let (storage, root, store) = (self.storage.clone(), self.root.clone(), self.store.clone());
-        let writer = std::thread::Builder::new()
-            .name("engine-snapshot".into())
-            .spawn(move || {
-                let bytes = state.encode();
-                // The snapshot, then the queue files written so far: the store's checkpoint
-                // that follows (on the applier) has only the rest to sync.
-                let written = snapshot::write(storage.as_ref(), &root, base, &bytes)
-                    .and_then(|()| store.presync())
-                    .map_err(Into::into);
-                let _ = tx.send(written);
-            });
-        match writer {
-            Ok(writer) => {
-                *in_flight = Some(InFlight {
-                    base,
-                    journal: Vec::new(),
-                    done,
-                    writer,
-                })
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the snapshot thread");
-                *last = Instant::now();
-            }
-        }
     }
 
     /// The timer thread: every `timer_tick_ms`, proposes the command of each deadline that

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use super::entry::{LogIndex, StreamId};
 use super::error::{IoContext, Result, StoreError};
-use super::file_cache::{FileCache, FileKey};
+use super::file_cache::{FileCache, FileKey, Unsynced};
 use super::le;
 use super::segment::file_name;
 use super::storage::Storage;
@@ -332,6 +332,35 @@ impl ConsumeQueues {
         };
         file.write_at(place.offset + 30, &[flags]).at(path())?;
         self.files.sync_if_crowded()
+    }
+
+    /// Sets the deleted flag of each `(topic, n)` and syncs the files written, without
+    /// touching the dirty set's syncing: safe beside dispatch, which never writes an existing
+    /// entry's flags. For a checkpoint being made durable off the dispatch path.
+    pub fn write_deleted_flags(&self, deletes: &[(Topic, u64)]) -> Result<()> {
+        let mut written: Vec<(QueueFile, Arc<dyn super::storage::StorageFile>)> = Vec::new();
+        for (topic, n) in deletes {
+            let place = self.place(topic, *n);
+            let file = self.files.get_for_write(&place.file, place.file_len)?;
+            let path = || place.file.path();
+            let mut b = [0u8; 1];
+            file.read_exact_at(place.offset + 30, &mut b).at(path())?;
+            file.write_at(place.offset + 30, &[b[0] | CQ_DELETED])
+                .at(path())?;
+            if !written.iter().any(|(k, _)| *k == place.file) {
+                written.push((place.file, file));
+            }
+        }
+        for (key, file) in &written {
+            file.sync_data().at(key.path())?;
+        }
+        Ok(())
+    }
+
+    /// Takes the files written so far off the dirty set, to be synced by the caller (see
+    /// `FileCache::take_dirty`: only while no dispatch is writing).
+    pub fn take_unsynced(&self) -> Unsynced<QueueFile> {
+        self.files.take_dirty()
     }
 
     /// Forgets pending deletions once their flags are in the files and a checkpoint names them.

@@ -166,21 +166,19 @@ impl<K: FileKey> FileCache<K> {
     /// fdatasyncs every file written since the last call, then fsyncs the directories of
     /// files created or first opened for writing since. Returns the number of files synced.
     pub fn sync_dirty(&self) -> Result<usize> {
-        let (dirty, names) = {
-            let mut inner = self.lock();
-            (
-                std::mem::take(&mut inner.dirty),
-                std::mem::take(&mut inner.new_names),
-            )
-        };
-        for (key, handle) in &dirty {
-            handle.sync_data().at(key.path())?;
+        self.take_dirty().sync(self.storage.as_ref())
+    }
+
+    /// Takes the files written since the last `sync_dirty`/`take_dirty` off the dirty set, to
+    /// be synced later by [`Unsynced::sync`], possibly on another thread. Only correct when no
+    /// write is between marking and writing a file (the caller holds what serialises writers):
+    /// a file marked and not yet written would be synced too early and forgotten.
+    pub fn take_dirty(&self) -> Unsynced<K> {
+        let mut inner = self.lock();
+        Unsynced {
+            files: std::mem::take(&mut inner.dirty).into_iter().collect(),
+            new_names: std::mem::take(&mut inner.new_names),
         }
-        let dirs: BTreeSet<&Path> = names.iter().filter_map(|p| p.parent()).collect();
-        for dir in dirs {
-            self.storage.sync_dir(dir).at(dir)?;
-        }
-        Ok(dirty.len())
     }
 
     /// Drops the handle of a file about to be removed.
@@ -201,5 +199,28 @@ impl<K: FileKey> FileCache<K> {
                 .keys()
                 .filter(|k| !inner.open.contains_key(*k))
                 .count()
+    }
+}
+
+/// Files written and not yet synced, taken off a cache's dirty set (`FileCache::take_dirty`).
+/// Holding the handles keeps evicted files syncable.
+#[derive(Debug)]
+pub struct Unsynced<K> {
+    files: Vec<(K, Arc<dyn StorageFile>)>,
+    new_names: BTreeSet<PathBuf>,
+}
+
+impl<K: FileKey> Unsynced<K> {
+    /// fdatasyncs the files, then fsyncs the directories of the newly created ones. Returns
+    /// the number of files synced.
+    pub fn sync(&self, storage: &dyn Storage) -> Result<usize> {
+        for (key, handle) in &self.files {
+            handle.sync_data().at(key.path())?;
+        }
+        let dirs: BTreeSet<&Path> = self.new_names.iter().filter_map(|p| p.parent()).collect();
+        for dir in dirs {
+            storage.sync_dir(dir).at(dir)?;
+        }
+        Ok(self.files.len())
     }
 }

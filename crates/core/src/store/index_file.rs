@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::entry::LogIndex;
 use super::error::{IoContext, Result, StoreError};
-use super::file_cache::{FileCache, FileKey};
+use super::file_cache::{FileCache, FileKey, Unsynced};
 use super::le;
 use super::segment::{file_name, parse_file_name};
 use super::storage::Storage;
@@ -363,21 +363,53 @@ impl IndexFiles {
     /// Makes everything added so far durable: entries first, then the slots pointing at them
     /// and the headers of sealed files.
     pub fn sync(&mut self) -> Result<()> {
-        self.files.sync_dirty()?;
-        for ((first, slot), n) in std::mem::take(&mut self.dirty_slots) {
-            let (path, file) = self.existing(first)?;
-            file.write_at(INDEX_HEADER_LEN + u64::from(slot) * 4, &n.to_le_bytes())
-                .at(&path)?;
-            self.files.mark_dirty(&self.key(first), &file)?;
-        }
-        for fill in std::mem::take(&mut self.to_seal) {
-            let (path, file) = self.existing(fill.first_index)?;
-            file.write_at(0, &encode_header(&self.config, &fill, fill.first_index))
-                .at(&path)?;
-            self.files.mark_dirty(&self.key(fill.first_index), &file)?;
-        }
-        self.files.sync_dirty()?;
+        let capture = self.capture()?;
+        capture.make_durable(self.storage.as_ref())?;
+        self.captured(&capture);
         Ok(())
+    }
+
+    /// What a dispatch checkpoint needs of the index, taken under the dispatcher lock: the
+    /// files written so far (taken off the dirty set), the slot values and seal headers to
+    /// write, and the handles to write them to. Nothing is written; in-memory slots stay as
+    /// they are (reads keep using them) until `captured`.
+    pub fn capture(&mut self) -> Result<IndexCapture> {
+        let mut files: Vec<(LogIndex, PathBuf, Arc<dyn super::storage::StorageFile>)> = Vec::new();
+        let mut handle = |this: &Self, first: LogIndex| -> Result<usize> {
+            if let Some(at) = files.iter().position(|f| f.0 == first) {
+                return Ok(at);
+            }
+            let (path, file) = this.existing(first)?;
+            files.push((first, path, file));
+            Ok(files.len() - 1)
+        };
+        let mut slots = Vec::with_capacity(self.dirty_slots.len());
+        for (&(first, slot), &n) in &self.dirty_slots {
+            slots.push((handle(self, first)?, first, slot, n));
+        }
+        let mut seals = Vec::with_capacity(self.to_seal.len());
+        for fill in &self.to_seal {
+            let header = encode_header(&self.config, fill, fill.first_index);
+            seals.push((handle(self, fill.first_index)?, fill.first_index, header));
+        }
+        Ok(IndexCapture {
+            entries: self.files.take_dirty(),
+            files,
+            slots,
+            seals,
+        })
+    }
+
+    /// After the checkpoint holding `c` is durable: the slots written by it that dispatch has
+    /// not changed since, and the files it sealed, are no longer pending.
+    pub fn captured(&mut self, c: &IndexCapture) {
+        for (_, first, slot, n) in &c.slots {
+            if self.dirty_slots.get(&(*first, *slot)) == Some(n) {
+                self.dirty_slots.remove(&(*first, *slot));
+            }
+        }
+        self.to_seal
+            .retain(|f| !c.seals.iter().any(|(_, first, _)| *first == f.first_index));
     }
 
     /// Removes sealed files whose entries all lie below `first_index` (log retention).
@@ -475,4 +507,39 @@ fn decode_header(h: &[u8], path: &Path, first: LogIndex) -> Result<(IndexConfig,
             end_index: long(48),
         },
     ))
+}
+
+/// The index part of a dispatch checkpoint, captured by `IndexFiles::capture` and made durable
+/// by `make_durable` on any thread: entries first, then the slots pointing at them and the
+/// headers of sealed files, so a slot on disk never points at an entry that is not durable.
+#[derive(Debug)]
+pub struct IndexCapture {
+    entries: Unsynced<IndexFileKey>,
+    files: Vec<(LogIndex, PathBuf, Arc<dyn super::storage::StorageFile>)>,
+    /// `(file, file first index, slot, entry number)`.
+    slots: Vec<(usize, LogIndex, u32, u32)>,
+    /// `(file, file first index, header)`.
+    seals: Vec<(usize, LogIndex, [u8; INDEX_HEADER_LEN as usize])>,
+}
+
+impl IndexCapture {
+    /// `fdatasync` the entries written, write the slots and headers, `fdatasync` those files.
+    /// Writes only slot words and headers, which dispatch never writes (it keeps newer slot
+    /// values in memory until a later checkpoint), so it is safe beside dispatch.
+    pub fn make_durable(&self, storage: &dyn Storage) -> Result<()> {
+        self.entries.sync(storage)?;
+        for (f, _, slot, n) in &self.slots {
+            let (_, path, file) = &self.files[*f];
+            file.write_at(INDEX_HEADER_LEN + u64::from(*slot) * 4, &n.to_le_bytes())
+                .at(path)?;
+        }
+        for (f, _, header) in &self.seals {
+            let (_, path, file) = &self.files[*f];
+            file.write_at(0, header).at(path)?;
+        }
+        for (_, path, file) in &self.files {
+            file.sync_data().at(path)?;
+        }
+        Ok(())
+    }
 }

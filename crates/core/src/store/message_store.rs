@@ -12,18 +12,19 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::commitlog::{CommitLog, LogConfig};
-use super::consume_queue::{ConsumeQueues, CqConfig, CqEntry};
+use super::consume_queue::{ConsumeQueues, CqConfig, CqEntry, QueueFile};
 use super::entry::{LogEntry, LogIndex, RecordOp, StreamId, SubRecord};
 use super::error::{IoContext, Result, StoreError};
-use super::index_file::{IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
+use super::file_cache::Unsynced;
+use super::index_file::{IndexCapture, IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
 use super::le;
 use super::recovery::RecoveryReport;
 use super::storage::{Storage, read_all, write_atomic};
-use super::topics::{TableMark, Topic, TopicId, TopicTable};
+use super::topics::{TableMark, TableWrite, Topic, TopicId, TopicTable};
 
 /// Settings of the whole store.
 #[derive(Debug, Clone)]
@@ -286,6 +287,104 @@ impl Dispatcher {
     }
 }
 
+/// A dispatch checkpoint captured by [`MessageStore::begin_checkpoint`] and not yet durable;
+/// [`MessageStore::finish_checkpoint`] makes it so. Dropping one unfinished (or a failed
+/// finish) leaves the previous checkpoint the durable one and the store refusing further
+/// checkpoints until it is reopened: the capture took files off the dirty sets.
+#[derive(Debug)]
+#[must_use]
+pub struct PendingCheckpoint {
+    turn: CheckpointTurn,
+    record: DispatchCheckpoint,
+    queues: Unsynced<QueueFile>,
+    index: IndexCapture,
+    table: TableWrite,
+    /// Pending XDELs whose flags this checkpoint writes, and where they are.
+    deletes: Vec<(TopicId, u64)>,
+    delete_places: Vec<(Topic, u64)>,
+    /// Topics trimmed or dropped before it, with the point their files can go below.
+    removals: Vec<(TopicId, u64)>,
+}
+
+impl PendingCheckpoint {
+    /// The dispatch point it names.
+    pub fn dispatched(&self) -> LogIndex {
+        self.record.dispatched
+    }
+}
+
+/// One checkpoint at a time between `begin_checkpoint` and `finish_checkpoint`: busy while a
+/// [`CheckpointTurn`] lives; abandoned for good once one is dropped unfinished (its capture took
+/// files off the dirty sets, so no later checkpoint may claim to have synced them).
+#[derive(Debug, Default)]
+struct CheckpointGate {
+    state: Mutex<GateState>,
+    free: Condvar,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum GateState {
+    #[default]
+    Free,
+    Busy,
+    Abandoned,
+}
+
+/// The right to the one checkpoint in flight; given back when dropped.
+#[derive(Debug)]
+struct CheckpointTurn {
+    gate: Arc<CheckpointGate>,
+    completed: bool,
+}
+
+impl CheckpointGate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl CheckpointTurn {
+    /// Waits for the checkpoint in flight, if any, to finish.
+    fn wait(gate: &Arc<CheckpointGate>) -> Result<Self> {
+        let mut state = gate.lock();
+        while *state == GateState::Busy {
+            state = gate.free.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        Self::take(gate, &mut state).ok_or_else(|| {
+            StoreError::Failed(Arc::from(
+                "a dispatch checkpoint was abandoned unfinished; reopen the store",
+            ))
+        })
+    }
+
+    /// The turn if no checkpoint is in flight.
+    fn try_take(gate: &Arc<CheckpointGate>) -> Option<Self> {
+        Self::take(gate, &mut gate.lock())
+    }
+
+    fn take(gate: &Arc<CheckpointGate>, state: &mut GateState) -> Option<Self> {
+        if *state != GateState::Free {
+            return None;
+        }
+        *state = GateState::Busy;
+        Some(CheckpointTurn {
+            gate: gate.clone(),
+            completed: false,
+        })
+    }
+}
+
+impl Drop for CheckpointTurn {
+    fn drop(&mut self) {
+        *self.gate.lock() = if self.completed {
+            GateState::Free
+        } else {
+            GateState::Abandoned
+        };
+        self.gate.free.notify_all();
+    }
+}
+
 /// The store. Thread-safe: appends and reads go straight to the CommitLog and the queues;
 /// dispatch and topic metadata take one lock.
 #[derive(Debug)]
@@ -296,6 +395,8 @@ pub struct MessageStore {
     log: CommitLog,
     queues: ConsumeQueues,
     dispatch: Mutex<Dispatcher>,
+    /// Serialises checkpoints begun and not yet finished.
+    checkpoint_gate: Arc<CheckpointGate>,
 }
 
 /// Consecutive messages of one topic, buffered during a dispatch call so they reach the queue
@@ -404,13 +505,19 @@ impl MessageStore {
             log,
             queues,
             dispatch: Mutex::new(dispatch),
+            checkpoint_gate: Arc::default(),
         };
         // Trims and drops recorded by the checkpoint whose file removal a crash interrupted.
         {
             let mut d = store.lock();
             store.undo_incomplete_deletes(&d, cp.dispatched)?;
-            d.removals = d.topics.with_pending_removals();
-            store.finish_removals(&mut d)?;
+            let removals: Vec<(TopicId, u64)> = d
+                .topics
+                .with_pending_removals()
+                .into_iter()
+                .filter_map(|id| d.topics.get(id).map(|t| (id, t.removable_below())))
+                .collect();
+            store.finish_removals(&mut d, &removals)?;
         }
         Ok(store)
     }
@@ -796,59 +903,121 @@ impl MessageStore {
 
     /// Makes the derived state durable up to the dispatch point now.
     pub fn checkpoint(&self) -> Result<()> {
+        let pending = self.begin_checkpoint()?;
+        self.finish_checkpoint(pending)
+    }
+
+    /// The first half of a checkpoint, cheap enough for the dispatch path: under the dispatch
+    /// lock, notes the dispatch point, writes the changed topic rows and index slots to the
+    /// page cache and takes the files written so far off the dirty sets. Nothing is synced;
+    /// `finish_checkpoint` does that, on any thread, while dispatch goes on. One checkpoint
+    /// at a time: a second `begin` waits until the first is finished.
+    pub fn begin_checkpoint(&self) -> Result<PendingCheckpoint> {
+        let turn = CheckpointTurn::wait(&self.checkpoint_gate)?;
         let mut d = self.lock();
         Self::usable(&d)?;
-        let result = self.checkpoint_locked(&mut d);
+        let result = self.capture(&mut d, turn);
         Self::note_failure(&mut d, result)
     }
 
+    /// The second half: makes what `begin_checkpoint` captured durable, writes the dispatch
+    /// file naming it, then removes what that checkpoint no longer needs. Entries dispatched
+    /// since are the next checkpoint's (their bytes may be synced now too: harmless, open
+    /// re-dispatches past the checkpoint over them).
+    pub fn finish_checkpoint(&self, pending: PendingCheckpoint) -> Result<()> {
+        if let Err(e) = self.make_durable(&pending) {
+            return Self::note_failure(&mut self.lock(), Err(e));
+        }
+        let mut d = self.lock();
+        let result = self.complete(&mut d, pending);
+        Self::note_failure(&mut d, result)
+    }
+
+    /// A whole checkpoint under the dispatch lock (the store's own timer); skipped while one
+    /// begun elsewhere is being finished (waiting here could deadlock: it needs this lock).
     fn checkpoint_locked(&self, d: &mut Dispatcher) -> Result<()> {
-        // The checkpoint may only name entries the log has made durable (in `async` mode the
-        // dispatch point can run ahead of the last fdatasync).
-        if self.log.flushed_index() < d.dispatched && self.log.sync()? < d.dispatched {
-            return Err(StoreError::Failed(Arc::from(format!(
-                "dispatched to {} but the log holds less",
-                d.dispatched
-            ))));
-        }
-        // XDEL flags reach the files now, under an intent record naming them: if this
-        // checkpoint does not complete, open clears them again (the deletions are re-dispatched).
+        let Some(turn) = CheckpointTurn::try_take(&self.checkpoint_gate) else {
+            return Ok(());
+        };
+        let pending = self.capture(d, turn)?;
+        self.make_durable(&pending)?;
+        self.complete(d, pending)
+    }
+
+    fn capture(&self, d: &mut Dispatcher, turn: CheckpointTurn) -> Result<PendingCheckpoint> {
+        // XDEL flags, index slots and seal headers reach the files in `make_durable` (flags
+        // after an intent naming them, slots after the entries they point at): what they are
+        // and where is noted now, while the table and the index are ours.
         let deletes = self.queues.pending_deletes();
-        if !deletes.is_empty() {
-            let intent = DeleteIntent {
-                dispatched: d.dispatched,
-                deletes: deletes.clone(),
-            };
-            let path = self.root.join(DELETE_INTENT_FILE);
-            write_atomic(self.storage.as_ref(), &path, &intent.encode()).at(&path)?;
-            for (id, n) in &deletes {
-                if let Some(t) = d.topics.get(*id).cloned() {
-                    self.queues.write_deleted_flag(&t, *n, true)?;
-                }
-            }
-        }
-        self.queues.sync()?;
-        d.index.sync()?;
-        let table = d.topics.persist()?;
-        let cp = DispatchCheckpoint {
+        let delete_places = deletes
+            .iter()
+            .filter_map(|(id, n)| d.topics.get(*id).map(|t| (t.clone(), *n)))
+            .collect();
+        let index = d.index.capture()?;
+        let (table_mark, table) = d.topics.write_rows()?;
+        let removals = std::mem::take(&mut d.removals)
+            .into_iter()
+            .filter_map(|id| d.topics.get(id).map(|t| (id, t.removable_below())))
+            .collect();
+        let record = DispatchCheckpoint {
             dispatched: d.dispatched,
-            table,
+            table: table_mark,
             next_slot: d.next_slot,
             next_topic: d.next_topic,
             index: d.index.active(),
             layout: Layout::of(&self.config),
         };
-        write_atomic(
-            self.storage.as_ref(),
-            &self.root.join(DISPATCH_FILE),
-            &cp.encode(),
-        )
-        .at(self.root.join(DISPATCH_FILE))?;
-        d.checkpointed = d.dispatched;
+        Ok(PendingCheckpoint {
+            turn,
+            record,
+            queues: self.queues.take_unsynced(),
+            index,
+            table,
+            deletes,
+            delete_places,
+            removals,
+        })
+    }
+
+    /// Syncs what `capture` took, then writes the dispatch file. Takes no dispatch lock.
+    fn make_durable(&self, p: &PendingCheckpoint) -> Result<()> {
+        let dispatched = p.record.dispatched;
+        // The checkpoint may only name entries the log has made durable (in `async` mode the
+        // dispatch point can run ahead of the last fdatasync).
+        if self.log.flushed_index() < dispatched && self.log.sync()? < dispatched {
+            return Err(StoreError::Failed(Arc::from(format!(
+                "dispatched to {dispatched} but the log holds less"
+            ))));
+        }
+        // XDEL flags reach the files now, under an intent record naming them: if this
+        // checkpoint does not complete, open clears them again (the deletions are re-dispatched).
+        if !p.deletes.is_empty() {
+            let intent = DeleteIntent {
+                dispatched,
+                deletes: p.deletes.clone(),
+            };
+            let path = self.root.join(DELETE_INTENT_FILE);
+            write_atomic(self.storage.as_ref(), &path, &intent.encode()).at(&path)?;
+            self.queues.write_deleted_flags(&p.delete_places)?;
+        }
+        let storage = self.storage.as_ref();
+        p.queues.sync(storage)?;
+        p.index.make_durable(storage)?;
+        p.table.sync(storage)?;
+        write_atomic(storage, &self.root.join(DISPATCH_FILE), &p.record.encode())
+            .at(self.root.join(DISPATCH_FILE))
+    }
+
+    /// After the dispatch file is durable: the checkpoint counts, pending deletions it wrote
+    /// are forgotten, and files it no longer needs are removed.
+    fn complete(&self, d: &mut Dispatcher, mut p: PendingCheckpoint) -> Result<()> {
+        p.turn.completed = true;
+        d.checkpointed = p.record.dispatched;
         d.last_checkpoint = Instant::now();
-        self.queues.forget_deletes(&deletes);
+        d.index.captured(&p.index);
+        self.queues.forget_deletes(&p.deletes);
         d.topics.remove_stale_generation()?;
-        self.finish_removals(d)
+        self.finish_removals(d, &p.removals)
     }
 
     /// Where the live part of `t` starts once its oldest `live` live entries are removed, never
@@ -907,19 +1076,20 @@ impl MessageStore {
         self.storage.sync_dir(&self.root).at(&self.root)
     }
 
-    /// Removes the queue files of trims and drops that a durable checkpoint records, and notes
-    /// how far that went in the topic rows (persisted by the next checkpoint).
-    fn finish_removals(&self, d: &mut Dispatcher) -> Result<()> {
-        for id in std::mem::take(&mut d.removals) {
-            let Some(t) = d.topics.get(id).cloned() else {
+    /// Removes the queue files of trims and drops that a durable checkpoint records — each
+    /// topic's files below the point it recorded (`(topic, below)`), never a trim made since —
+    /// and notes how far that went in the topic rows (persisted by the next checkpoint).
+    fn finish_removals(&self, d: &mut Dispatcher, removals: &[(TopicId, u64)]) -> Result<()> {
+        for (id, below) in removals {
+            let Some(t) = d.topics.get(*id).cloned() else {
                 continue;
             };
-            let below = t.removable_below();
-            if t.removed_below >= below {
+            if t.removed_below >= *below {
                 continue;
             }
-            self.queues.remove_files(self.storage.as_ref(), &t, below)?;
-            d.topics.update(id, |t| t.removed_below = below);
+            self.queues
+                .remove_files(self.storage.as_ref(), &t, *below)?;
+            d.topics.update(*id, |t| t.removed_below = *below);
         }
         Ok(())
     }

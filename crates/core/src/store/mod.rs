@@ -28,7 +28,9 @@ pub use entry::{EntryKind, LogEntry, LogIndex, NewEntry, RecordOp, StreamId, Sub
 pub use error::{Result, StoreError};
 pub use index_file::{IndexConfig, IndexHit};
 pub use inspect::{InspectOptions, InspectReport, inspect};
-pub use message_store::{MessageStore, Outcome, StoreConfig, StoredMessage, TRIM_LIMIT_PROPERTY};
+pub use message_store::{
+    MessageStore, Outcome, PendingCheckpoint, StoreConfig, StoredMessage, TRIM_LIMIT_PROPERTY,
+};
 pub use recovery::RecoveryReport;
 pub use simdisk::{CrashMode, SimDisk};
 pub use storage::{RealFs, Storage, StorageFile};

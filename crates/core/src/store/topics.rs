@@ -255,6 +255,12 @@ impl TopicTable {
         for topic in rows {
             table.put(topic);
         }
+        if file.is_some() {
+            // The file may come from a process killed before its name was synced (a first
+            // compaction begun and never finished): rows appended to it later must not
+            // vanish with its name in a power cut.
+            table.storage.sync_dir(dir).at(dir)?;
+        }
         table.file = file;
         table.dirty.clear();
         table.is_dirty.iter_mut().for_each(|d| *d = false);
@@ -367,8 +373,18 @@ impl TopicTable {
     /// Writes the changed rows (or a compacted generation) and syncs; returns the new mark.
     /// The caller records the mark in the dispatch checkpoint, which is what makes the rows count.
     pub fn persist(&mut self) -> Result<TableMark> {
+        let (mark, write) = self.write_rows()?;
+        write.sync(self.storage.as_ref())?;
+        Ok(mark)
+    }
+
+    /// Writes the changed rows (or a compacted generation) to the page cache and returns the
+    /// new mark with what [`TableWrite::sync`] must make durable before a checkpoint names
+    /// that mark. Rows changed afterwards are the next call's.
+    pub fn write_rows(&mut self) -> Result<(TableMark, TableWrite)> {
+        let mut write = TableWrite::default();
         if self.dirty.is_empty() && self.file.is_some() {
-            return Ok(self.mark);
+            return Ok((self.mark, write));
         }
         let mut buf = Vec::new();
         // A dropped topic's row stays until its files are gone: open finishes removals from it.
@@ -394,16 +410,16 @@ impl TopicTable {
             let file = self.storage.open(&path, true).at(&path)?;
             file.set_len(0).at(&path)?;
             file.write_at(0, &buf).at(&path)?;
-            file.sync_data().at(&path)?;
-            self.storage.sync_dir(&self.dir).at(&self.dir)?;
             if self.file.is_some() {
                 self.stale_generation = Some(self.mark.generation);
             }
-            self.file = Some(file);
+            self.file = Some(file.clone());
             self.mark = TableMark {
                 generation,
                 len: buf.len() as u64,
             };
+            write.file = Some((path, file));
+            write.dir = Some(self.dir.clone());
         } else {
             for id in &self.dirty {
                 self.topics[*id as usize].encode(&mut buf);
@@ -411,13 +427,13 @@ impl TopicTable {
             let path = table_path(&self.dir, self.mark.generation);
             let file = self.file.clone().ok_or(StoreError::Closed)?;
             file.write_at(self.mark.len, &buf).at(&path)?;
-            file.sync_data().at(&path)?;
             self.mark.len += buf.len() as u64;
+            write.file = Some((path, file));
         }
         for id in self.dirty.drain(..) {
             self.is_dirty[id as usize] = false;
         }
-        Ok(self.mark)
+        Ok((self.mark, write))
     }
 
     /// Removes the generation a compaction replaced, once the checkpoint naming the new one
@@ -445,5 +461,26 @@ impl TopicTable {
     /// Bytes of live rows on disk.
     pub fn live_row_bytes(&self) -> u64 {
         self.live_row_bytes
+    }
+}
+
+/// Rows written by `TopicTable::write_rows` and not yet durable.
+#[derive(Debug, Default)]
+pub struct TableWrite {
+    file: Option<(PathBuf, Arc<dyn StorageFile>)>,
+    /// Set when a new generation's file was created: its directory entry is synced too.
+    dir: Option<PathBuf>,
+}
+
+impl TableWrite {
+    /// fdatasyncs the rows written (and the directory of a new generation).
+    pub fn sync(&self, storage: &dyn Storage) -> Result<()> {
+        if let Some((path, file)) = &self.file {
+            file.sync_data().at(path)?;
+        }
+        if let Some(dir) = &self.dir {
+            storage.sync_dir(dir).at(dir)?;
+        }
+        Ok(())
     }
 }
