@@ -2,8 +2,9 @@
 //! same name; flags win over the file), a single node on the engine, and a graceful shutdown on
 //! SIGINT/SIGTERM (stop intake, apply what was proposed, checkpoint, close the log cleanly).
 //!
-//! Listeners whose front end is not built yet are logged as unavailable and skipped; cluster
-//! flags are refused until replication exists rather than silently running alone.
+//! The RESP front end listens on `--resp-addr`; listeners whose front end is not built yet
+//! (MQTT, HTTP) are logged as unavailable and skipped; cluster flags are refused until
+//! replication exists rather than silently running alone.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -177,18 +178,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ..EngineConfig::default()
     };
     config.store.log.flush = s.flush;
-    let engine = open(&s.data_dir, config)?;
-    for (name, addr) in &s.listeners {
-        tracing::warn!(listener = name, %addr, "front end not available yet; not listening");
-    }
+    let max_message_bytes = config.max_message_bytes;
+    let engine = Arc::new(open(&s.data_dir, config)?);
     if let Some(addr) = &s.raft_addr {
         tracing::warn!(%addr, "raft listener not available yet (single node); not listening");
     }
-    // Signal handlers first, then the ready line: a signal sent on seeing it is never missed.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_name("manifold-io")
         .build()
         .context("runtime")?;
+    // Signal handlers first, then the listeners, then the ready line: a client or a signal
+    // acting on seeing it is never missed.
     let (mut term, mut int) = runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         Ok::<_, std::io::Error>((
@@ -196,6 +197,26 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             signal(SignalKind::interrupt())?,
         ))
     })?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut front_ends = Vec::new();
+    for (name, addr) in &s.listeners {
+        if *name != "RESP" {
+            tracing::warn!(listener = name, %addr, "front end not available yet; not listening");
+            continue;
+        }
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr.as_str()))
+            .with_context(|| format!("binding the RESP listener to {addr}"))?;
+        let local = listener.local_addr().context("RESP listener address")?;
+        tracing::info!(listener = name, addr = %local, "listening");
+        let config = manifold_resp::RespConfig::for_engine(max_message_bytes);
+        front_ends.push(runtime.spawn(manifold_resp::serve(
+            listener,
+            engine.clone(),
+            config,
+            stopped.clone(),
+        )));
+    }
     tracing::info!(
         data_dir = %s.data_dir.display(),
         node = s.node_id,
@@ -211,8 +232,21 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     });
     tracing::info!(
         signal,
-        "shutting down: applying what was proposed, checkpointing"
+        "shutting down: closing connections, applying what was proposed, checkpointing"
     );
+    let _ = stop.send(true);
+    runtime.block_on(async {
+        for f in front_ends {
+            match f.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "front end failed"),
+                Err(e) => tracing::error!(error = %e, "front end task failed"),
+            }
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    let engine = Arc::try_unwrap(engine)
+        .map_err(|_| anyhow::anyhow!("the engine is still in use after the front ends stopped"))?;
     engine.close().context("closing the engine")?;
     tracing::info!("manifold stopped cleanly");
     Ok(ExitCode::SUCCESS)

@@ -85,6 +85,20 @@ impl Client {
         self.engine.drop_topic(db, key).await
     }
 
+    /// [`Engine::drop_topics`], if it may publish to every key.
+    pub async fn drop_topics(&self, db: u8, keys: Vec<Bytes>) -> Result<u64> {
+        for key in &keys {
+            self.principal.check_publish(key)?;
+        }
+        self.engine.drop_topics(db, keys).await
+    }
+
+    /// [`Engine::exists`], if it may subscribe to the key.
+    pub fn exists(&self, db: u8, key: &[u8]) -> Result<bool> {
+        self.principal.check_subscribe(key)?;
+        Ok(self.engine.exists(db, key))
+    }
+
     /// [`Engine::read_range`], if it may subscribe to the key.
     pub fn read_range(
         &self,
@@ -116,6 +130,13 @@ impl Client {
         let mut t = self.engine.topics(db, pattern);
         t.retain(|k| self.principal.may_subscribe(k));
         t
+    }
+
+    /// [`Engine::scan`], only keys it may subscribe to.
+    pub fn scan(&self, db: u8, cursor: u64, count: usize, pattern: &[u8]) -> (u64, Vec<Bytes>) {
+        let (next, mut keys) = self.engine.scan(db, cursor, count, pattern);
+        keys.retain(|k| self.principal.may_subscribe(k));
+        (next, keys)
     }
 
     /// [`Engine::topics_matching`], only those it may subscribe to.

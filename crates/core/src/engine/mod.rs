@@ -1019,15 +1019,32 @@ impl Engine {
 
     /// DEL: drops the stream; a later append creates a new incarnation. Replies whether it existed.
     pub async fn drop_topic(&self, db: u8, key: Bytes) -> Result<bool> {
+        Ok(self.drop_topics(db, vec![key]).await? == 1)
+    }
+
+    /// DEL of several keys in one entry (all at one point in the log): replies how many of
+    /// them existed. A key named twice counts once.
+    pub async fn drop_topics(&self, db: u8, keys: Vec<Bytes>) -> Result<u64> {
         check_db(db)?;
-        let record = SubRecord {
-            op: RecordOp::Drop,
-            db,
-            topic: key,
-            ..SubRecord::default()
-        };
-        let outcomes = self.command(CommandTag::Drop, vec![record]).await?;
-        Ok(outcomes.first() == Some(&Outcome::Dropped(true)))
+        let records = keys
+            .into_iter()
+            .map(|key| SubRecord {
+                op: RecordOp::Drop,
+                db,
+                topic: key,
+                ..SubRecord::default()
+            })
+            .collect();
+        let outcomes = self.command(CommandTag::Drop, records).await?;
+        Ok(outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Dropped(true))
+            .count() as u64)
+    }
+
+    /// Whether the stream `(db, key)` exists (EXISTS, TYPE).
+    pub fn exists(&self, db: u8, key: &[u8]) -> bool {
+        self.inner.store.topic(db, key).is_some()
     }
 
     /// Proposes an entry with command `tag` and `payload` (the bytes after the tag) and
@@ -1166,6 +1183,34 @@ impl Engine {
             .filter(|t| t.db == db && glob::glob_match(pattern, &t.key))
             .map(|t| t.key)
             .collect()
+    }
+
+    /// SCAN: streams of `db` by topic id from `cursor` (0 to start): at most `count`
+    /// examined, those whose key matches `pattern` returned, and the cursor to go on with (0
+    /// when the scan is done). Ids are never reused, so a stream that exists for a whole scan
+    /// is returned exactly once; one created meanwhile may or may not be (as Redis promises).
+    pub fn scan(&self, db: u8, cursor: u64, count: usize, pattern: &[u8]) -> (u64, Vec<Bytes>) {
+        let from = cursor.saturating_sub(1);
+        let mut topics: Vec<_> = self
+            .inner
+            .store
+            .topics()
+            .into_iter()
+            .filter(|t| t.db == db && u64::from(t.id) >= from)
+            .collect();
+        topics.sort_unstable_by_key(|t| t.id);
+        let examined = topics.len().min(count.max(1));
+        let next = match topics.get(examined) {
+            Some(t) => u64::from(t.id) + 1,
+            None => 0,
+        };
+        let keys = topics
+            .into_iter()
+            .take(examined)
+            .filter(|t| glob::glob_match(pattern, &t.key))
+            .map(|t| t.key)
+            .collect();
+        (next, keys)
     }
 
     /// The retained message of `(db, key)`, if any.

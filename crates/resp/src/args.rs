@@ -1,0 +1,244 @@
+//! Reading command arguments the way Redis 7.0 reads them: integers (`string2ll`), stream IDs
+//! (`streamGenericParseIDOrReply`), keywords (case-insensitive), with Redis's error replies.
+//!
+//! Owns argument syntax only; it must never look at the engine or decide what a command does.
+
+use bytes::Bytes;
+use manifold_core::store::StreamId;
+
+use crate::reply::Reply;
+
+/// `-ERR value is not an integer or out of range`.
+pub fn not_an_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
+/// `-ERR syntax error`.
+pub fn syntax_error() -> Reply {
+    Reply::err("syntax error")
+}
+
+/// `-ERR Invalid stream ID specified as stream command argument`.
+pub fn invalid_stream_id() -> Reply {
+    Reply::err("Invalid stream ID specified as stream command argument")
+}
+
+/// Whether `arg` is `keyword`, ignoring ASCII case.
+pub fn is(arg: &[u8], keyword: &str) -> bool {
+    arg.eq_ignore_ascii_case(keyword.as_bytes())
+}
+
+/// A signed 64-bit integer exactly as Redis's `string2ll` takes it: optional `-`, digits, no
+/// leading zeros (but `0`), no `+`, no spaces, no `-0`, at most 20 characters.
+pub fn parse_i64(arg: &[u8]) -> Option<i64> {
+    if arg.is_empty() || arg.len() > 20 {
+        return None;
+    }
+    if arg == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match arg.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, arg),
+    };
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
+    }
+    let mut v: u64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    if negative {
+        if v > i64::MAX as u64 + 1 {
+            return None;
+        }
+        Some((v as i64).wrapping_neg())
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
+/// [`parse_i64`] or the Redis error reply.
+pub fn int(arg: &[u8]) -> Result<i64, Reply> {
+    parse_i64(arg).ok_or_else(not_an_integer)
+}
+
+/// An unsigned 64-bit integer as Redis's `string2ull` takes it: `string2ll` when that works
+/// (negative refused), else `strtoull` over the whole string (leading spaces and a `+` taken,
+/// values up to 2^64 - 1).
+pub fn parse_u64(arg: &[u8]) -> Option<u64> {
+    if let Some(v) = parse_i64(arg) {
+        return u64::try_from(v).ok();
+    }
+    let s = arg.iter().position(|c| !c.is_ascii_whitespace())?;
+    let rest = &arg[s..];
+    let (negative, digits) = match rest.split_first() {
+        Some((b'+', d)) => (false, d),
+        Some((b'-', d)) => (true, d),
+        _ => (false, rest),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in digits {
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    // strtoull negates a `-`: only `-0` (any number of zeros) stays in range here.
+    if negative && v != 0 {
+        return None;
+    }
+    Some(v)
+}
+
+/// How a stream ID argument may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdForm {
+    /// `ms-seq` or `ms` (the sequence given as `missing_seq`); `-` and `+` refused.
+    Strict,
+    /// Also `-` (0-0) and `+` (the largest ID): range bounds.
+    Interval,
+}
+
+/// A stream ID as `streamGenericParseIDOrReply` reads it; `ms` alone takes `missing_seq`.
+pub fn stream_id(arg: &[u8], form: IdForm, missing_seq: u64) -> Result<StreamId, Reply> {
+    parse_stream_id(arg, form, missing_seq).ok_or_else(invalid_stream_id)
+}
+
+fn parse_stream_id(arg: &[u8], form: IdForm, missing_seq: u64) -> Option<StreamId> {
+    if arg.len() > 127 {
+        return None;
+    }
+    match (arg, form) {
+        (b"-", IdForm::Interval) => return Some(StreamId::new(0, 0)),
+        (b"+", IdForm::Interval) => return Some(StreamId::new(u64::MAX, u64::MAX)),
+        (b"-" | b"+", IdForm::Strict) => return None,
+        _ => {}
+    }
+    match arg.iter().position(|&c| c == b'-') {
+        Some(dash) => Some(StreamId::new(
+            parse_u64(&arg[..dash])?,
+            parse_u64(&arg[dash + 1..])?,
+        )),
+        None => Some(StreamId::new(parse_u64(arg)?, missing_seq)),
+    }
+}
+
+/// The ID argument of XADD: `*`, `ms-*`, `ms-seq` or `ms` (seq 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddId {
+    /// `*`.
+    Auto,
+    /// `ms-*`.
+    AutoSeq(u64),
+    /// An explicit ID.
+    Explicit(StreamId),
+}
+
+/// Reads XADD's ID argument.
+pub fn add_id(arg: &[u8]) -> Result<AddId, Reply> {
+    if arg == b"*" {
+        return Ok(AddId::Auto);
+    }
+    if let Some(ms) = arg.strip_suffix(b"-*") {
+        if arg.len() > 127 {
+            return Err(invalid_stream_id());
+        }
+        return parse_u64(ms)
+            .map(AddId::AutoSeq)
+            .ok_or_else(invalid_stream_id);
+    }
+    stream_id(arg, IdForm::Strict, 0).map(AddId::Explicit)
+}
+
+/// A range bound of XRANGE/XREVRANGE: an ID (`-`, `+`, `ms`, `ms-seq`), exclusive if it
+/// starts with `(`. `missing_seq` is 0 for a start, `u64::MAX` for an end.
+pub fn range_bound(arg: &[u8], missing_seq: u64) -> Result<(StreamId, bool), Reply> {
+    match arg.strip_prefix(b"(") {
+        Some(rest) => Ok((stream_id(rest, IdForm::Interval, missing_seq)?, true)),
+        None => Ok((stream_id(arg, IdForm::Interval, missing_seq)?, false)),
+    }
+}
+
+/// The ID right after `id`, if any (`streamIncrID`).
+pub fn next_id(id: StreamId) -> Option<StreamId> {
+    if id.seq < u64::MAX {
+        Some(StreamId::new(id.ms, id.seq + 1))
+    } else if id.ms < u64::MAX {
+        Some(StreamId::new(id.ms + 1, 0))
+    } else {
+        None
+    }
+}
+
+/// The ID right before `id`, if any (`streamDecrID`).
+pub fn prev_id(id: StreamId) -> Option<StreamId> {
+    if id.seq > 0 {
+        Some(StreamId::new(id.ms, id.seq - 1))
+    } else if id.ms > 0 {
+        Some(StreamId::new(id.ms - 1, u64::MAX))
+    } else {
+        None
+    }
+}
+
+/// A stream ID as Redis prints it.
+pub fn id_bulk(id: StreamId) -> Reply {
+    Reply::Bulk(Bytes::from(format!("{}-{}", id.ms, id.seq)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_follow_string2ll() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-5"), Some(-5));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"01",
+            b"-0",
+            b" 1",
+            b"1 ",
+            b"9223372036854775808",
+            b"1.5",
+        ] {
+            assert_eq!(parse_i64(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64(b"+7"), Some(7));
+        assert_eq!(parse_u64(b"-1"), None);
+        assert_eq!(parse_u64(b"18446744073709551616"), None);
+    }
+
+    #[test]
+    fn stream_ids_as_redis_reads_them() {
+        let id = |a: &[u8]| stream_id(a, IdForm::Interval, 0).ok();
+        assert_eq!(id(b"5"), Some(StreamId::new(5, 0)));
+        assert_eq!(id(b"5-3"), Some(StreamId::new(5, 3)));
+        assert_eq!(id(b"-"), Some(StreamId::new(0, 0)));
+        assert_eq!(id(b"+"), Some(StreamId::new(u64::MAX, u64::MAX)));
+        assert_eq!(id(b"5-"), None);
+        assert_eq!(id(b"-5"), None);
+        assert_eq!(id(b"a-1"), None);
+        assert_eq!(stream_id(b"+", IdForm::Strict, 0).ok(), None);
+        assert_eq!(add_id(b"*").ok(), Some(AddId::Auto));
+        assert_eq!(add_id(b"7-*").ok(), Some(AddId::AutoSeq(7)));
+        assert_eq!(
+            add_id(b"7").ok(),
+            Some(AddId::Explicit(StreamId::new(7, 0)))
+        );
+        assert_eq!(
+            range_bound(b"(5", u64::MAX).ok(),
+            Some((StreamId::new(5, u64::MAX), true))
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! XREAD: reading several streams after given IDs, waiting for new entries with BLOCK, as
+//! Redis 7.0's `xreadCommand` parses and answers it. The wait is the engine's: a commit wakes
+//! exactly the readers of the streams it touched.
+
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use manifold_core::engine::TopicKey;
+use manifold_core::engine::Wake;
+use manifold_core::store::StreamId;
+
+use super::Ctx;
+use super::streams::entry_reply;
+use crate::args::{self, IdForm, is};
+use crate::reply::{Protocol, Reply};
+
+type Result<T> = std::result::Result<T, Reply>;
+
+/// What a blocked XREAD without COUNT returns at most per stream once woken
+/// (`XREAD_BLOCKED_DEFAULT_COUNT`).
+const BLOCKED_DEFAULT_COUNT: usize = 1000;
+
+/// The options of XREAD (and, later, XREADGROUP).
+struct ReadArgs {
+    /// COUNT: at most this many entries per stream (0: no limit).
+    count: usize,
+    /// BLOCK in milliseconds (0: forever); `None`: do not block.
+    block: Option<u64>,
+    /// The stream keys.
+    keys: Vec<Bytes>,
+    /// The ID argument of each key.
+    ids: Vec<Bytes>,
+}
+
+fn parse(ctx: &Ctx<'_>) -> Result<ReadArgs> {
+    let a = &ctx.args;
+    let mut count = 0usize;
+    let mut block = None;
+    let mut streams = None;
+    let mut i = 1;
+    while i < a.len() {
+        let more = a.len() - i - 1;
+        let opt = &a[i];
+        if is(opt, "block") && more > 0 {
+            let t = args::parse_i64(&a[i + 1])
+                .ok_or_else(|| Reply::err("timeout is not an integer or out of range"))?;
+            if t < 0 {
+                return Err(Reply::err("timeout is negative"));
+            }
+            block = Some(t as u64);
+            i += 2;
+        } else if is(opt, "count") && more > 0 {
+            count = usize::try_from(args::int(&a[i + 1])?.max(0)).unwrap_or(usize::MAX);
+            i += 2;
+        } else if is(opt, "streams") && more > 0 {
+            let n = a.len() - (i + 1);
+            if !n.is_multiple_of(2) {
+                return Err(Reply::err(
+                    "Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.",
+                ));
+            }
+            streams = Some(i + 1);
+            break;
+        } else if is(opt, "group") && more >= 2 {
+            return Err(Reply::err(
+                "The GROUP option is only supported by XREADGROUP. You called XREAD instead.",
+            ));
+        } else if is(opt, "noack") {
+            return Err(Reply::err(
+                "The NOACK option is only supported by XREADGROUP. You called XREAD instead.",
+            ));
+        } else {
+            return Err(args::syntax_error());
+        }
+    }
+    let Some(at) = streams else {
+        return Err(args::syntax_error());
+    };
+    let n = (a.len() - at) / 2;
+    Ok(ReadArgs {
+        count,
+        block,
+        keys: a[at..at + n].to_vec(),
+        ids: a[at + n..].to_vec(),
+    })
+}
+
+pub async fn xread(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let parsed = parse(ctx)?;
+    let db = ctx.conn.db;
+    let client = ctx.client()?.clone();
+    // The ID each read starts after: `$` is the stream's last ID now (0-0 if it is missing).
+    let mut after = Vec::with_capacity(parsed.keys.len());
+    for (key, id) in parsed.keys.iter().zip(&parsed.ids) {
+        if id.as_ref() == b"$" {
+            let last = client
+                .stream_info(db, key)
+                .map_err(|e| ctx.engine_error(&e, key, b""))?
+                .map_or(StreamId::new(0, 0), |i| i.last_generated_id);
+            after.push(last);
+        } else if id.as_ref() == b">" {
+            return Err(Reply::err(
+                "The > ID can be specified only when calling XREADGROUP using the GROUP <group> <consumer> option.",
+            ));
+        } else {
+            after.push(args::stream_id(id, IdForm::Strict, 0)?);
+        }
+    }
+    let deadline = parsed
+        .block
+        .filter(|ms| *ms > 0)
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let topics: Vec<TopicKey> = parsed.keys.iter().map(|k| (db, k.clone())).collect();
+    let mut count = parsed.count;
+    loop {
+        let position = ctx.shared.engine.applied_index();
+        let mut found = Vec::new();
+        for (key, gt) in parsed.keys.iter().zip(&after) {
+            let Some(start) = args::next_id(*gt) else {
+                continue;
+            };
+            let messages = client
+                .read_range(
+                    db,
+                    key,
+                    Bound::Included(start),
+                    Bound::Unbounded,
+                    (count > 0).then_some(count),
+                    false,
+                )
+                .map_err(|e| ctx.engine_error(&e, key, b""))?;
+            if !messages.is_empty() {
+                found.push((key.clone(), messages));
+            }
+        }
+        if !found.is_empty() {
+            return Ok(streams_reply(ctx.conn.protocol, found));
+        }
+        if parsed.block.is_none() {
+            return Ok(Reply::NilArray);
+        }
+        let remaining = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(r) if !r.is_zero() => r,
+                _ => return Ok(Reply::NilArray),
+            },
+            None => Duration::from_secs(24 * 3600),
+        };
+        // Served after a wait without COUNT: at most 1000 entries per stream, as Redis.
+        if count == 0 {
+            count = BLOCKED_DEFAULT_COUNT;
+        }
+        let woke = {
+            let _blocked = Blocked::new(ctx);
+            client.wait(&topics, position, remaining).await
+        };
+        match woke {
+            Ok(Wake::Timeout) if deadline.is_some() => return Ok(Reply::NilArray),
+            Ok(_) => {}
+            Err(e) => return Err(ctx.engine_error(&e, b"", b"")),
+        }
+    }
+}
+
+/// Streams with their entries: RESP2 an array of `[key, entries]`, RESP3 a map.
+pub fn streams_reply(
+    protocol: Protocol,
+    found: Vec<(Bytes, Vec<manifold_core::engine::Message>)>,
+) -> Reply {
+    let entries =
+        |m: &[manifold_core::engine::Message]| Reply::Array(m.iter().map(entry_reply).collect());
+    match protocol {
+        Protocol::Resp3 => Reply::Map(
+            found
+                .iter()
+                .map(|(k, m)| (Reply::Bulk(k.clone()), entries(m)))
+                .collect(),
+        ),
+        Protocol::Resp2 => Reply::Array(
+            found
+                .iter()
+                .map(|(k, m)| Reply::Array(vec![Reply::Bulk(k.clone()), entries(m)]))
+                .collect(),
+        ),
+    }
+}
+
+/// A client counted as blocked (INFO `blocked_clients`, CLIENT LIST flag `b`) while this
+/// lives, even if the wait is cut short by the client leaving.
+struct Blocked<'a> {
+    entry: std::sync::Arc<crate::server::ClientEntry>,
+    shared: &'a crate::server::Shared,
+}
+
+impl<'a> Blocked<'a> {
+    fn new(ctx: &Ctx<'a>) -> Self {
+        ctx.conn.entry.blocked.store(true, Ordering::Relaxed);
+        ctx.shared
+            .stats
+            .blocked_clients
+            .fetch_add(1, Ordering::Relaxed);
+        Blocked {
+            entry: ctx.conn.entry.clone(),
+            shared: ctx.shared,
+        }
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.entry.blocked.store(false, Ordering::Relaxed);
+        self.shared
+            .stats
+            .blocked_clients
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}

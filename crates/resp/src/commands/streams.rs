@@ -1,0 +1,342 @@
+//! Stream commands that write or read one stream: XADD, XRANGE/XREVRANGE, XLEN, XDEL, XTRIM
+//! and XINFO STREAM, with Redis 7.0's argument rules (`streamParseAddOrTrimArgsOrReply`),
+//! reply shapes and error texts.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use manifold_core::engine::{APPROX_TRIM_LIMIT, AppendRequest, IdSpec, Message, Trim, TrimTo};
+use manifold_core::store::StreamId;
+
+use super::Ctx;
+use super::connection::help;
+use crate::args::{self, AddId, IdForm, id_bulk, is};
+use crate::command;
+use crate::reply::Reply;
+
+type Result<T> = std::result::Result<T, Reply>;
+
+/// One entry as Redis replies it: `[id, [field, value, ...]]`.
+pub fn entry_reply(m: &Message) -> Reply {
+    Reply::Array(vec![
+        id_bulk(m.id),
+        Reply::Array(
+            m.fields
+                .iter()
+                .flat_map(|(f, v)| [Reply::Bulk(f.clone()), Reply::Bulk(v.clone())])
+                .collect(),
+        ),
+    ])
+}
+
+/// What XADD and XTRIM share: the trim options, NOMKSTREAM (XADD) and, for XADD, where its ID
+/// argument is.
+struct AddOrTrim {
+    trim: Option<Trim>,
+    nomkstream: bool,
+    /// XADD: the ID and the index of its argument.
+    id: Option<(AddId, usize)>,
+}
+
+/// `streamParseAddOrTrimArgsOrReply`: options from argument 2 on; for XADD the first
+/// argument that is no option is the ID.
+fn parse_add_or_trim(a: &[Bytes], xadd: bool) -> Result<AddOrTrim> {
+    let mut max_len: Option<u64> = None;
+    let mut min_id: Option<StreamId> = None;
+    let mut approx = false;
+    let mut limit: Option<u64> = None;
+    let mut nomkstream = false;
+    let mut id = None;
+    let mut i = 2;
+    while i < a.len() {
+        let more = a.len() - 1 - i;
+        let opt = &a[i];
+        if xadd && opt.as_ref() == b"*" {
+            id = Some((AddId::Auto, i));
+            break;
+        } else if (is(opt, "maxlen") || is(opt, "minid")) && more > 0 {
+            if max_len.is_some() || min_id.is_some() {
+                return Err(Reply::err(
+                    "syntax error, MAXLEN and MINID options at the same time are not compatible",
+                ));
+            }
+            approx = false;
+            let next = &a[i + 1];
+            if more >= 2 && next.as_ref() == b"~" {
+                approx = true;
+                i += 1;
+            } else if more >= 2 && next.as_ref() == b"=" {
+                i += 1;
+            }
+            if is(opt, "maxlen") {
+                let n = args::int(&a[i + 1])?;
+                if n < 0 {
+                    return Err(Reply::err("The MAXLEN argument must be >= 0."));
+                }
+                max_len = Some(n as u64);
+            } else {
+                min_id = Some(args::stream_id(&a[i + 1], IdForm::Strict, 0)?);
+            }
+            i += 1;
+        } else if is(opt, "limit") && more > 0 {
+            let n = args::int(&a[i + 1])?;
+            if n < 0 {
+                return Err(Reply::err("The LIMIT argument must be >= 0."));
+            }
+            limit = Some(n as u64);
+            i += 1;
+        } else if xadd && is(opt, "nomkstream") {
+            nomkstream = true;
+        } else if xadd {
+            id = Some((args::add_id(opt)?, i));
+            break;
+        } else {
+            return Err(args::syntax_error());
+        }
+        i += 1;
+    }
+    let strategy = match (max_len, min_id) {
+        (Some(n), _) => Some(TrimTo::MaxLen(n)),
+        (_, Some(id)) => Some(TrimTo::MinId(id)),
+        _ => None,
+    };
+    if limit.is_some_and(|l| l > 0) && strategy.is_none() {
+        return Err(Reply::err(
+            "syntax error, LIMIT cannot be used without specifying a trimming strategy",
+        ));
+    }
+    if !xadd && strategy.is_none() {
+        return Err(Reply::err(
+            "syntax error, XTRIM must be called with a trimming strategy",
+        ));
+    }
+    if limit.is_some() && !approx {
+        return Err(Reply::err(
+            "syntax error, LIMIT cannot be used without the special ~ option",
+        ));
+    }
+    // `~` without LIMIT: at most 100 × stream-node-max-entries per call; `=`: no limit.
+    let limit = match (approx, limit) {
+        (true, Some(l)) => l,
+        (true, None) => APPROX_TRIM_LIMIT,
+        (false, _) => 0,
+    };
+    Ok(AddOrTrim {
+        trim: strategy.map(|to| Trim { to, limit }),
+        nomkstream,
+        id,
+    })
+}
+
+pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let parsed = parse_add_or_trim(&ctx.args, true)?;
+    // Ran out of arguments before the ID: no fields either.
+    let Some((id, at)) = parsed.id else {
+        return Err(command::wrong_arity("xadd"));
+    };
+    let fields = &ctx.args[at + 1..];
+    if fields.len() < 2 || fields.len() % 2 == 1 {
+        return Err(command::wrong_arity("xadd"));
+    }
+    if id == AddId::Explicit(StreamId::new(0, 0)) {
+        return Err(Reply::err(
+            "The ID specified in XADD must be greater than 0-0",
+        ));
+    }
+    let key = ctx.args[1].clone();
+    let mut req = AppendRequest::new(
+        ctx.conn.db,
+        key.clone(),
+        fields
+            .chunks_exact(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect(),
+    );
+    req.id = match id {
+        AddId::Auto => IdSpec::Auto,
+        AddId::AutoSeq(ms) => IdSpec::AutoSeq(ms),
+        AddId::Explicit(id) => IdSpec::Explicit(id),
+    };
+    req.nomkstream = parsed.nomkstream;
+    req.trim = parsed.trim;
+    match ctx.client()?.append(req).await {
+        Ok(Some(id)) => Ok(id_bulk(id)),
+        Ok(None) => Ok(Reply::Nil),
+        Err(e) => Err(ctx.engine_error(&e, &key, b"")),
+    }
+}
+
+/// XRANGE key start end [COUNT n] / XREVRANGE key end start [COUNT n].
+pub fn xrange(ctx: &mut Ctx<'_>, reverse: bool) -> Result<Reply> {
+    let (start_arg, end_arg) = if reverse {
+        (&ctx.args[3], &ctx.args[2])
+    } else {
+        (&ctx.args[2], &ctx.args[3])
+    };
+    let (start, start_ex) = args::range_bound(start_arg, 0)?;
+    let start = if start_ex {
+        args::next_id(start).ok_or_else(|| Reply::err("invalid start ID for the interval"))?
+    } else {
+        start
+    };
+    let (end, end_ex) = args::range_bound(end_arg, u64::MAX)?;
+    let end = if end_ex {
+        args::prev_id(end).ok_or_else(|| Reply::err("invalid end ID for the interval"))?
+    } else {
+        end
+    };
+    let mut count: i64 = -1;
+    let mut j = 4;
+    while j < ctx.args.len() {
+        if is(&ctx.args[j], "count") && j + 1 < ctx.args.len() {
+            count = args::int(&ctx.args[j + 1])?.max(0);
+            j += 2;
+        } else {
+            return Err(args::syntax_error());
+        }
+    }
+    let key = &ctx.args[1];
+    let client = ctx.client()?;
+    if !client
+        .exists(ctx.conn.db, key)
+        .map_err(|e| ctx.engine_error(&e, key, b""))?
+    {
+        return Ok(Reply::Array(Vec::new()));
+    }
+    if count == 0 {
+        return Ok(Reply::NilArray);
+    }
+    if start > end {
+        return Ok(Reply::Array(Vec::new()));
+    }
+    let count = usize::try_from(count).ok().filter(|_| count > 0);
+    let messages = client
+        .read_range(
+            ctx.conn.db,
+            key,
+            Bound::Included(start),
+            Bound::Included(end),
+            count,
+            reverse,
+        )
+        .map_err(|e| ctx.engine_error(&e, key, b""))?;
+    Ok(Reply::Array(messages.iter().map(entry_reply).collect()))
+}
+
+pub fn xlen(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let key = &ctx.args[1];
+    ctx.client()?
+        .len(ctx.conn.db, key)
+        .map(|n| Reply::Int(n as i64))
+        .map_err(|e| ctx.engine_error(&e, key, b""))
+}
+
+/// XDEL key id [id ...]: the key first (a missing one answers 0 whatever the IDs), then
+/// every ID, all or nothing.
+pub async fn xdel(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let key = ctx.args[1].clone();
+    let client = ctx.client()?;
+    if !client
+        .exists(ctx.conn.db, &key)
+        .map_err(|e| ctx.engine_error(&e, &key, b""))?
+    {
+        return Ok(Reply::Int(0));
+    }
+    let ids = ctx.args[2..]
+        .iter()
+        .map(|a| args::stream_id(a, IdForm::Strict, 0))
+        .collect::<Result<Vec<_>>>()?;
+    client
+        .delete(ctx.conn.db, key.clone(), ids)
+        .await
+        .map(|n| Reply::Int(n as i64))
+        .map_err(|e| ctx.engine_error(&e, &key, b""))
+}
+
+pub async fn xtrim(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let parsed = parse_add_or_trim(&ctx.args, false)?;
+    let Some(trim) = parsed.trim else {
+        return Err(args::syntax_error());
+    };
+    let key = ctx.args[1].clone();
+    let client = ctx.client()?;
+    if !client
+        .exists(ctx.conn.db, &key)
+        .map_err(|e| ctx.engine_error(&e, &key, b""))?
+    {
+        return Ok(Reply::Int(0));
+    }
+    client
+        .trim(ctx.conn.db, key.clone(), trim)
+        .await
+        .map(|n| Reply::Int(n as i64))
+        .map_err(|e| ctx.engine_error(&e, &key, b""))
+}
+
+/// Redis packs a stream into radix-tree nodes of up to `stream-node-max-entries` (100)
+/// entries; this server does not, so XINFO's `radix-tree-keys` / `radix-tree-nodes` are what
+/// that packing would give for the entries added (an estimate: Redis's own depends on the
+/// node byte limit and on deletions).
+fn radix_estimate(entries_added: u64, length: u64) -> (i64, i64) {
+    if length == 0 {
+        return (0, 1);
+    }
+    let keys = entries_added.div_ceil(100).max(1) as i64;
+    (keys, keys + 1)
+}
+
+pub fn xinfo_stream(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    if ctx.args.len() > 3 {
+        // FULL [COUNT n] comes with the consumer-group commands; anything else is Redis's
+        // syntax error.
+        if !is(&ctx.args[3], "full") {
+            return Err(args::syntax_error());
+        }
+        return Err(Reply::err(
+            "XINFO STREAM FULL is not supported by this server yet",
+        ));
+    }
+    let key = &ctx.args[2];
+    let client = ctx.client()?;
+    let info = client
+        .stream_info(ctx.conn.db, key)
+        .map_err(|e| ctx.engine_error(&e, key, b""))?
+        .ok_or_else(|| Reply::err("no such key"))?;
+    let groups = client
+        .groups_info(ctx.conn.db, key)
+        .map_err(|e| ctx.engine_error(&e, key, b""))?
+        .map_or(0, |g| g.len());
+    let (radix_keys, radix_nodes) = radix_estimate(info.entries_added, info.length);
+    let entry = |m: &Option<Message>| m.as_ref().map_or(Reply::Nil, entry_reply);
+    let first_id = info
+        .first_entry
+        .as_ref()
+        .map_or(StreamId::new(0, 0), |m| m.id);
+    let pair = |k: &'static str, v: Reply| (Reply::bulk(k), v);
+    Ok(Reply::Map(vec![
+        pair("length", Reply::Int(info.length as i64)),
+        pair("radix-tree-keys", Reply::Int(radix_keys)),
+        pair("radix-tree-nodes", Reply::Int(radix_nodes)),
+        pair("last-generated-id", id_bulk(info.last_generated_id)),
+        pair("max-deleted-entry-id", id_bulk(info.max_deleted_entry_id)),
+        pair("entries-added", Reply::Int(info.entries_added as i64)),
+        pair("recorded-first-entry-id", id_bulk(first_id)),
+        pair("groups", Reply::Int(groups as i64)),
+        pair("first-entry", entry(&info.first_entry)),
+        pair("last-entry", entry(&info.last_entry)),
+    ]))
+}
+
+pub fn xinfo_help() -> Reply {
+    help(&[
+        "XINFO <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "CONSUMERS <key> <groupname>",
+        "    Show consumers of <groupname>.",
+        "GROUPS <key>",
+        "    Show the stream consumer groups.",
+        "STREAM <key> [FULL [COUNT <count>]",
+        "    Show information about the stream.",
+        "HELP",
+        "    Print this help.",
+    ])
+}

@@ -1,0 +1,182 @@
+//! One client connection: read bytes, decode requests, run each command in order, write the
+//! replies — every complete request in a read is run before one write of all their replies
+//! (pipelining: one flush per batch).
+//!
+//! Owns the connection's state (database, protocol, principal, transaction) and its loop.
+//! It must never reorder replies, run a command before the one sent ahead of it has answered,
+//! or act on a request that did not arrive whole.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use manifold_core::engine::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::commands;
+use crate::reply::{Protocol, Reply};
+use crate::request::Decoder;
+use crate::server::{ClientEntry, Shared, now_ms};
+
+/// A transaction being queued (between MULTI and EXEC).
+#[derive(Debug, Default)]
+pub struct Multi {
+    /// The queued commands.
+    pub queued: Vec<Vec<Bytes>>,
+    /// A command was refused while queuing: EXEC answers `EXECABORT`.
+    pub aborted: bool,
+}
+
+/// What a connection holds between commands.
+pub struct Conn {
+    /// Its entry in the client table.
+    pub entry: Arc<ClientEntry>,
+    /// SELECTed database.
+    pub db: u8,
+    /// Protocol version.
+    pub protocol: Protocol,
+    /// The engine as its principal sees it; `None` until it authenticates (only AUTH, HELLO,
+    /// QUIT and RESET run then).
+    pub client: Option<Client>,
+    /// MULTI in progress.
+    pub multi: Option<Multi>,
+    /// WATCHed keys, with the log index each was last changed at when watched.
+    pub watched: Vec<(u8, Bytes, Option<u64>)>,
+    /// QUIT: close after this reply.
+    pub closing: bool,
+}
+
+impl Conn {
+    /// The connection as it starts (and as RESET leaves it): RESP2, database 0, the anonymous
+    /// principal if the server has one that needs no secret.
+    pub fn new(shared: &Shared, entry: Arc<ClientEntry>) -> Self {
+        let client = shared
+            .engine
+            .anonymous()
+            .ok()
+            .map(|p| Client::new(shared.engine.clone(), p));
+        Conn {
+            entry,
+            db: 0,
+            protocol: Protocol::Resp2,
+            client,
+            multi: None,
+            watched: Vec::new(),
+            closing: false,
+        }
+    }
+}
+
+/// Tells a client over `max_clients` so and closes.
+pub async fn refuse(mut socket: TcpStream) {
+    let _ = socket
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+}
+
+/// Serves one client until it quits, disconnects, sends a request that cannot be read, is
+/// killed, or the server shuts down.
+pub async fn run(
+    mut socket: TcpStream,
+    shared: Arc<Shared>,
+    entry: Arc<ClientEntry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let mut conn = Conn::new(&shared, entry.clone());
+    let mut decoder = Decoder::new(shared.config.limits);
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    // The client closed its side while a command ran: finish the batch, reply, close.
+    let mut eof = false;
+    loop {
+        // Every complete request already read, in order; their replies go out together.
+        loop {
+            let args = match decoder.decode(&mut input) {
+                Ok(Some(args)) => args,
+                Ok(None) => break,
+                Err(e) => {
+                    let reply = Reply::err(&e);
+                    shared.count_error(&format!("ERR {e}"));
+                    reply.encode(conn.protocol, &mut output);
+                    let _ = socket.write_all(&output).await;
+                    return;
+                }
+            };
+            entry.last_interaction_ms.store(now_ms(), Ordering::Relaxed);
+            // A command may wait (BLOCK); a kill, a shutdown or the client leaving ends it.
+            // What the client sends meanwhile is kept for after it, up to the buffer limit.
+            // A client that half-closes after its requests still gets the replies of those
+            // that do not block (as Redis, which runs them before reading the end).
+            let reply = {
+                let run = commands::execute(&shared, &mut conn, args);
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        biased;
+                        reply = &mut run => break reply,
+                        _ = entry.kill.notified() => return,
+                        _ = shutdown.changed() => return,
+                        gone = client_gone(&mut socket, &mut input, &shared),
+                            if !eof && input.len() < shared.config.limits.max_query_buffer => {
+                            eof = gone;
+                            if eof && entry.blocked.load(Ordering::Relaxed) {
+                                return;
+                            }
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(100)), if eof => {
+                            if entry.blocked.load(Ordering::Relaxed) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            reply.encode(conn.protocol, &mut output);
+            if conn.closing {
+                break;
+            }
+        }
+        if !output.is_empty() {
+            shared
+                .stats
+                .net_output_bytes
+                .fetch_add(output.len() as u64, Ordering::Relaxed);
+            if socket.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        if eof || conn.closing || entry.killed.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::select! {
+            read = socket.read_buf(&mut input) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    shared.stats.net_input_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            },
+            _ = entry.kill.notified() => return,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// While a command runs: reads what the client sends meanwhile (kept for after it), and
+/// answers `true` when the client has gone.
+async fn client_gone(socket: &mut TcpStream, input: &mut BytesMut, shared: &Shared) -> bool {
+    match socket.read_buf(input).await {
+        Ok(0) | Err(_) => true,
+        Ok(n) => {
+            shared
+                .stats
+                .net_input_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
+            false
+        }
+    }
+}
