@@ -29,6 +29,8 @@ fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, String)> {
         .arg("serve")
         .arg("--data-dir")
         .arg(dir)
+        // Any free port: tests run in parallel, and a Redis may hold 6379.
+        .args(["--resp-addr", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -137,6 +139,7 @@ fn a_closed_stderr_does_not_kill_the_node() -> anyhow::Result<()> {
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.path())
+        .args(["--resp-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
