@@ -280,7 +280,7 @@ pub fn client(ctx: &mut Ctx<'_>) -> Result<Reply> {
             "SETNAME <name>",
             "    Assign the name <name> to the current connection.",
             "HELP",
-            "    Print this help.",
+            "    Prints this help.",
         ])),
     }
 }

@@ -6,6 +6,7 @@
 //! command skip the checks.
 
 mod connection;
+mod groups;
 mod keyspace;
 mod read;
 mod server;
@@ -148,12 +149,23 @@ async fn run(ctx: &mut Ctx<'_>) -> Reply {
         "xdel" => streams::xdel(ctx).await,
         "xtrim" => streams::xtrim(ctx).await,
         "xinfo|stream" => streams::xinfo_stream(ctx),
+        "xinfo|groups" => groups::xinfo_groups(ctx),
+        "xinfo|consumers" => groups::xinfo_consumers(ctx),
         "xinfo|help" => Ok(streams::xinfo_help()),
         "xread" => read::xread(ctx).await,
-        // In the table (COMMAND lists them) and not built yet: refused plainly.
+        "xreadgroup" => groups::xreadgroup(ctx).await,
+        "xgroup|create"
+        | "xgroup|setid"
+        | "xgroup|destroy"
+        | "xgroup|createconsumer"
+        | "xgroup|delconsumer"
+        | "xgroup|help" => groups::xgroup(ctx).await,
+        "xack" => groups::xack(ctx).await,
+        "xpending" => groups::xpending(ctx),
+        "xclaim" => groups::xclaim(ctx).await,
+        "xautoclaim" => groups::xautoclaim(ctx).await,
         other => Err(Reply::err(format!(
-            "'{}' is not supported by this server yet",
-            other.replace('|', " ")
+            "unknown command '{other}' in the command table"
         ))),
     };
     result.unwrap_or_else(|e| e)

@@ -1,4 +1,4 @@
-//! XREAD: reading several streams after given IDs, waiting for new entries with BLOCK, as
+//! XREAD (and the option parsing XREADGROUP shares): reading several streams after given IDs, waiting for new entries with BLOCK, as
 //! Redis 7.0's `xreadCommand` parses and answers it. The wait is the engine's: a commit wakes
 //! exactly the readers of the streams it touched.
 
@@ -20,25 +20,32 @@ type Result<T> = std::result::Result<T, Reply>;
 
 /// What a blocked XREAD without COUNT returns at most per stream once woken
 /// (`XREAD_BLOCKED_DEFAULT_COUNT`).
-const BLOCKED_DEFAULT_COUNT: usize = 1000;
+pub(super) const BLOCKED_DEFAULT_COUNT: usize = 1000;
 
-/// The options of XREAD (and, later, XREADGROUP).
-struct ReadArgs {
+/// The options of XREAD and XREADGROUP.
+pub(super) struct ReadArgs {
     /// COUNT: at most this many entries per stream (0: no limit).
-    count: usize,
+    pub count: usize,
     /// BLOCK in milliseconds (0: forever); `None`: do not block.
-    block: Option<u64>,
+    pub block: Option<u64>,
     /// The stream keys.
-    keys: Vec<Bytes>,
+    pub keys: Vec<Bytes>,
     /// The ID argument of each key.
-    ids: Vec<Bytes>,
+    pub ids: Vec<Bytes>,
+    /// XREADGROUP: GROUP group consumer.
+    pub group: Option<(Bytes, Bytes)>,
+    /// XREADGROUP: NOACK.
+    pub noack: bool,
 }
 
-fn parse(ctx: &Ctx<'_>) -> Result<ReadArgs> {
+/// `xreadCommand`'s option loop, for XREAD or (`group_read`) XREADGROUP.
+pub(super) fn parse_read(ctx: &Ctx<'_>, group_read: bool) -> Result<ReadArgs> {
     let a = &ctx.args;
     let mut count = 0usize;
     let mut block = None;
     let mut streams = None;
+    let mut group = None;
+    let mut noack = false;
     let mut i = 1;
     while i < a.len() {
         let more = a.len() - i - 1;
@@ -64,13 +71,21 @@ fn parse(ctx: &Ctx<'_>) -> Result<ReadArgs> {
             streams = Some(i + 1);
             break;
         } else if is(opt, "group") && more >= 2 {
-            return Err(Reply::err(
-                "The GROUP option is only supported by XREADGROUP. You called XREAD instead.",
-            ));
+            if !group_read {
+                return Err(Reply::err(
+                    "The GROUP option is only supported by XREADGROUP. You called XREAD instead.",
+                ));
+            }
+            group = Some((a[i + 1].clone(), a[i + 2].clone()));
+            i += 3;
         } else if is(opt, "noack") {
-            return Err(Reply::err(
-                "The NOACK option is only supported by XREADGROUP. You called XREAD instead.",
-            ));
+            if !group_read {
+                return Err(Reply::err(
+                    "The NOACK option is only supported by XREADGROUP. You called XREAD instead.",
+                ));
+            }
+            noack = true;
+            i += 1;
         } else {
             return Err(args::syntax_error());
         }
@@ -78,17 +93,22 @@ fn parse(ctx: &Ctx<'_>) -> Result<ReadArgs> {
     let Some(at) = streams else {
         return Err(args::syntax_error());
     };
+    if group_read && group.is_none() {
+        return Err(Reply::err("Missing GROUP option for XREADGROUP"));
+    }
     let n = (a.len() - at) / 2;
     Ok(ReadArgs {
         count,
         block,
         keys: a[at..at + n].to_vec(),
         ids: a[at + n..].to_vec(),
+        group,
+        noack,
     })
 }
 
 pub async fn xread(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    let parsed = parse(ctx)?;
+    let parsed = parse_read(ctx, false)?;
     let db = ctx.conn.db;
     let client = ctx.client()?.clone();
     // The ID each read starts after: `$` is the stream's last ID now (0-0 if it is missing).
@@ -189,13 +209,13 @@ pub fn streams_reply(
 
 /// A client counted as blocked (INFO `blocked_clients`, CLIENT LIST flag `b`) while this
 /// lives, even if the wait is cut short by the client leaving.
-struct Blocked<'a> {
+pub(super) struct Blocked<'a> {
     entry: std::sync::Arc<crate::server::ClientEntry>,
     shared: &'a crate::server::Shared,
 }
 
 impl<'a> Blocked<'a> {
-    fn new(ctx: &Ctx<'a>) -> Self {
+    pub(super) fn new(ctx: &Ctx<'a>) -> Self {
         ctx.conn.entry.blocked.store(true, Ordering::Relaxed);
         ctx.shared
             .stats

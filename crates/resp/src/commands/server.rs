@@ -85,7 +85,7 @@ pub fn command(ctx: &mut Ctx<'_>) -> Result<Reply> {
             "    If no command names are given, documentation details for all",
             "    commands are returned.",
             "HELP",
-            "    Print this help.",
+            "    Prints this help.",
         ])),
     }
 }
@@ -230,7 +230,7 @@ pub fn config(ctx: &mut Ctx<'_>) -> Result<Reply> {
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
             "HELP",
-            "    Print this help.",
+            "    Prints this help.",
         ])),
     }
 }

@@ -285,35 +285,37 @@ fn radix_estimate(entries_added: u64, length: u64) -> (i64, i64) {
     (keys, keys + 1)
 }
 
+/// XINFO STREAM key [FULL [COUNT n]].
 pub fn xinfo_stream(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    if ctx.args.len() > 3 {
-        // FULL [COUNT n] comes with the consumer-group commands; anything else is Redis's
-        // syntax error.
-        if !is(&ctx.args[3], "full") {
-            return Err(args::syntax_error());
+    let a = &ctx.args;
+    // FULL, or FULL COUNT n; COUNT: negative is the default 10, 0 is everything.
+    let full = match a.len() {
+        3 => None,
+        4 if is(&a[3], "full") => Some(10),
+        6 if is(&a[3], "full") && is(&a[4], "count") => {
+            let n = args::int(&a[5])?;
+            Some(if n < 0 { 10 } else { n as u64 })
         }
-        return Err(Reply::err(
-            "XINFO STREAM FULL is not supported by this server yet",
-        ));
-    }
+        _ => {
+            return Err(Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for '{}'. Try XINFO HELP.",
+                command::shown(&a[1])
+            )));
+        }
+    };
     let key = &ctx.args[2];
     let client = ctx.client()?;
     let info = client
         .stream_info(ctx.conn.db, key)
         .map_err(|e| ctx.engine_error(&e, key, b""))?
         .ok_or_else(|| Reply::err("no such key"))?;
-    let groups = client
-        .groups_info(ctx.conn.db, key)
-        .map_err(|e| ctx.engine_error(&e, key, b""))?
-        .map_or(0, |g| g.len());
     let (radix_keys, radix_nodes) = radix_estimate(info.entries_added, info.length);
-    let entry = |m: &Option<Message>| m.as_ref().map_or(Reply::Nil, entry_reply);
     let first_id = info
         .first_entry
         .as_ref()
         .map_or(StreamId::new(0, 0), |m| m.id);
     let pair = |k: &'static str, v: Reply| (Reply::bulk(k), v);
-    Ok(Reply::Map(vec![
+    let mut fields = vec![
         pair("length", Reply::Int(info.length as i64)),
         pair("radix-tree-keys", Reply::Int(radix_keys)),
         pair("radix-tree-nodes", Reply::Int(radix_nodes)),
@@ -321,10 +323,38 @@ pub fn xinfo_stream(ctx: &mut Ctx<'_>) -> Result<Reply> {
         pair("max-deleted-entry-id", id_bulk(info.max_deleted_entry_id)),
         pair("entries-added", Reply::Int(info.entries_added as i64)),
         pair("recorded-first-entry-id", id_bulk(first_id)),
-        pair("groups", Reply::Int(groups as i64)),
-        pair("first-entry", entry(&info.first_entry)),
-        pair("last-entry", entry(&info.last_entry)),
-    ]))
+    ];
+    match full {
+        None => {
+            let groups = client
+                .groups_info(ctx.conn.db, key)
+                .map_err(|e| ctx.engine_error(&e, key, b""))?
+                .map_or(0, |g| g.len());
+            let entry = |m: &Option<Message>| m.as_ref().map_or(Reply::Nil, entry_reply);
+            fields.push(pair("groups", Reply::Int(groups as i64)));
+            fields.push(pair("first-entry", entry(&info.first_entry)));
+            fields.push(pair("last-entry", entry(&info.last_entry)));
+        }
+        Some(count) => {
+            let limit = usize::try_from(count).ok().filter(|c| *c > 0);
+            let entries = client
+                .read_range(
+                    ctx.conn.db,
+                    key,
+                    Bound::Unbounded,
+                    Bound::Unbounded,
+                    limit,
+                    false,
+                )
+                .map_err(|e| ctx.engine_error(&e, key, b""))?;
+            fields.push(pair(
+                "entries",
+                Reply::Array(entries.iter().map(entry_reply).collect()),
+            ));
+            fields.push(pair("groups", super::groups::full_groups(ctx, key, count)?));
+        }
+    }
+    Ok(Reply::Map(fields))
 }
 
 pub fn xinfo_help() -> Reply {
@@ -337,6 +367,6 @@ pub fn xinfo_help() -> Reply {
         "STREAM <key> [FULL [COUNT <count>]",
         "    Show information about the stream.",
         "HELP",
-        "    Print this help.",
+        "    Prints this help.",
     ])
 }
