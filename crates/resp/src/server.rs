@@ -147,9 +147,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// The connected clients, oldest first.
+    /// The connected clients, oldest first (those killed and still closing left out).
     pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
-        let mut v: Vec<_> = lock(&self.clients).values().cloned().collect();
+        let mut v: Vec<_> = lock(&self.clients)
+            .values()
+            .filter(|c| !c.killed.load(Ordering::SeqCst))
+            .cloned()
+            .collect();
         v.sort_by_key(|c| c.id);
         v
     }
@@ -316,7 +320,7 @@ pub async fn serve(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    for c in shared.clients() {
+    for c in lock(&shared.clients).values() {
         c.kill();
     }
     while tasks.join_next().await.is_some() {}

@@ -1,0 +1,347 @@
+//! Manifold's RESP front end through a real client (the `redis` crate) and raw sockets: what
+//! the differential test cannot compare with redis-server byte for byte — blocking reads woken
+//! by another client, competing group consumers, principals, CLIENT KILL, limits, pipelines,
+//! and replies that depend on the clock.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use manifold_core::engine::{AccessConfig, PrincipalConfig};
+use redis::{Connection, RedisResult, Value};
+use support::{Manifold, Raw, eventually, show};
+
+fn connect(m: &Manifold) -> Connection {
+    let client = redis::Client::open(format!("redis://{}/", m.addr)).expect("client");
+    client.get_connection().expect("connect")
+}
+
+fn info(con: &mut Connection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query::<String>(con)
+        .expect("INFO")
+}
+
+fn blocked_clients(con: &mut Connection) -> u64 {
+    info(con, "clients")
+        .lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("blocked_clients field")
+}
+
+#[test]
+fn a_blocked_xread_is_woken_by_another_clients_xadd() {
+    let m = Manifold::start();
+    let mut writer = connect(&m);
+    let mut reader = connect(&m);
+    let started = Instant::now();
+    let waiting = std::thread::spawn(move || {
+        redis::cmd("XREAD")
+            .arg(&["BLOCK", "10000", "STREAMS", "s", "$"])
+            .query::<Value>(&mut reader)
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || blocked_clients(&mut writer) == 1),
+        "the reader never blocked"
+    );
+    let id: String = redis::cmd("XADD")
+        .arg(&["s", "*", "f", "v"])
+        .query(&mut writer)
+        .expect("XADD");
+    let got = waiting.join().expect("reader").expect("XREAD");
+    assert!(started.elapsed() < Duration::from_secs(5), "woken late");
+    let text = format!("{got:?}");
+    assert!(text.contains(&id), "XREAD returned {text}, not {id}");
+    assert_eq!(blocked_clients(&mut writer), 0);
+    // A BLOCK that times out answers nil.
+    let nil: Value = redis::cmd("XREAD")
+        .arg(&["BLOCK", "50", "STREAMS", "s", "$"])
+        .query(&mut writer)
+        .expect("XREAD timeout");
+    assert_eq!(nil, Value::Nil);
+}
+
+#[test]
+fn competing_group_consumers_get_every_entry_exactly_once() {
+    let m = Manifold::start();
+    let mut admin = connect(&m);
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "jobs", "workers", "$", "MKSTREAM"])
+        .query(&mut admin)
+        .expect("XGROUP CREATE");
+    const JOBS: usize = 300;
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let mut con = connect(&m);
+        let seen = seen.clone();
+        workers.push(std::thread::spawn(move || {
+            let name = format!("w{w}");
+            loop {
+                let reply: Value = redis::cmd("XREADGROUP")
+                    .arg(&["GROUP", "workers", &name, "COUNT", "7", "BLOCK", "1000"])
+                    .arg(&["STREAMS", "jobs", ">"])
+                    .query(&mut con)
+                    .expect("XREADGROUP");
+                let ids = ids_in(&reply);
+                if ids.is_empty() {
+                    if seen.lock().expect("seen").len() >= JOBS {
+                        return;
+                    }
+                    continue;
+                }
+                for id in &ids {
+                    let acked: i64 = redis::cmd("XACK")
+                        .arg(&["jobs", "workers", id])
+                        .query(&mut con)
+                        .expect("XACK");
+                    assert_eq!(acked, 1, "{name} acked {id}");
+                }
+                seen.lock().expect("seen").extend(ids);
+            }
+        }));
+    }
+    for n in 0..JOBS {
+        let _: String = redis::cmd("XADD")
+            .arg(&["jobs", "*", "n", &n.to_string()])
+            .query(&mut admin)
+            .expect("XADD");
+    }
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let seen = seen.lock().expect("seen");
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(seen.len(), JOBS, "deliveries");
+    assert_eq!(unique.len(), JOBS, "an entry was delivered twice");
+    let pending: Value = redis::cmd("XPENDING")
+        .arg(&["jobs", "workers"])
+        .query(&mut admin)
+        .expect("XPENDING");
+    assert_eq!(
+        format!("{pending:?}"),
+        format!(
+            "{:?}",
+            Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil])
+        )
+    );
+}
+
+/// The stream IDs in an XREAD/XREADGROUP reply (RESP2 shape).
+fn ids_in(reply: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Value::Array(streams) = reply {
+        for s in streams {
+            if let Value::Array(pair) = s
+                && let Some(Value::Array(entries)) = pair.get(1)
+            {
+                for e in entries {
+                    if let Value::Array(e) = e
+                        && let Some(Value::BulkString(id)) = e.first()
+                    {
+                        out.push(String::from_utf8_lossy(id).into_owned());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn principals_decide_what_a_connection_may_do() {
+    let m = Manifold::start_with(AccessConfig {
+        principals: vec![PrincipalConfig {
+            name: "alice".into(),
+            secret: Some("pw".into()),
+            publish: vec!["a*".into()],
+            subscribe: vec!["a*".into()],
+        }],
+    });
+    let mut raw = Raw::connect(m.addr);
+    assert_eq!(
+        show(&raw.cmd(&["XADD", "a1", "*", "f", "v"])),
+        "-NOAUTH Authentication required.\\r\\n"
+    );
+    assert_eq!(
+        show(&raw.cmd(&["PING"])),
+        "-NOAUTH Authentication required.\\r\\n"
+    );
+    assert_eq!(
+        show(&raw.cmd(&["AUTH", "alice", "wrong"])),
+        "-WRONGPASS invalid username-password pair or user is disabled.\\r\\n"
+    );
+    assert!(show(&raw.cmd(&["HELLO", "3"])).starts_with("-NOAUTH HELLO must be called"));
+    assert_eq!(show(&raw.cmd(&["AUTH", "alice", "pw"])), "+OK\\r\\n");
+    assert!(show(&raw.cmd(&["XADD", "a1", "1-1", "f", "v"])).contains("1-1"));
+    assert_eq!(
+        show(&raw.cmd(&["XADD", "b1", "1-1", "f", "v"])),
+        "-NOPERM this user has no permissions to access one of the keys used as arguments\\r\\n"
+    );
+    assert_eq!(
+        show(&raw.cmd(&["XRANGE", "b1", "-", "+"])),
+        "-NOPERM this user has no permissions to access one of the keys used as arguments\\r\\n"
+    );
+    // HELLO with AUTH on a fresh connection, then RESET back to unauthenticated.
+    let mut other = Raw::connect(m.addr);
+    let hello = show(&other.cmd(&["HELLO", "3", "AUTH", "alice", "pw", "SETNAME", "x"]));
+    assert!(hello.starts_with("%7\\r\\n"), "{hello}");
+    assert_eq!(show(&other.cmd(&["CLIENT", "GETNAME"])), "$1\\r\\nx\\r\\n");
+    assert_eq!(show(&other.cmd(&["RESET"])), "+RESET\\r\\n");
+    assert_eq!(
+        show(&other.cmd(&["XLEN", "a1"])),
+        "-NOAUTH Authentication required.\\r\\n"
+    );
+}
+
+#[test]
+fn client_kill_closes_the_other_connection_and_quit_closes_ones_own() {
+    let m = Manifold::start();
+    let mut victim = Raw::connect(m.addr);
+    let id = show(&victim.cmd(&["CLIENT", "ID"]));
+    let id = id
+        .trim_start_matches(':')
+        .trim_end_matches("\\r\\n")
+        .to_string();
+    let mut killer = Raw::connect(m.addr);
+    let list = show(&killer.cmd(&["CLIENT", "LIST"]));
+    assert!(list.contains(&format!("id={id} ")), "{list}");
+    assert_eq!(
+        show(&killer.cmd(&["CLIENT", "KILL", "ID", &id])),
+        ":1\\r\\n"
+    );
+    assert!(victim.closed(), "the killed connection stays open");
+    assert_eq!(
+        show(&killer.cmd(&["CLIENT", "KILL", "ID", &id])),
+        ":0\\r\\n"
+    );
+    assert_eq!(show(&killer.cmd(&["QUIT"])), "+OK\\r\\n");
+    assert!(killer.closed());
+}
+
+#[test]
+fn limits_close_the_connection_with_redis_errors() {
+    let m = Manifold::start();
+    // A bulk longer than the engine's max_message_bytes (16 MiB here).
+    let mut raw = Raw::connect(m.addr);
+    raw.send_raw(b"*3\r\n$4\r\nECHO\r\n$99999999\r\n");
+    assert_eq!(
+        show(&raw.reply()),
+        "-ERR Protocol error: invalid bulk length\\r\\n"
+    );
+    assert!(raw.closed());
+    // A half-written request changes nothing: the key never appears.
+    let mut raw = Raw::connect(m.addr);
+    raw.send_raw(b"*5\r\n$4\r\nXADD\r\n$4\r\nhalf\r\n$1\r\n*\r\n$1\r\nf\r\n$1\r\n");
+    drop(raw);
+    let mut check = Raw::connect(m.addr);
+    assert_eq!(show(&check.cmd(&["EXISTS", "half"])), ":0\\r\\n");
+}
+
+#[test]
+fn a_pipeline_of_writes_is_answered_in_order() -> RedisResult<()> {
+    let m = Manifold::start();
+    let mut con = connect(&m);
+    let mut pipe = redis::pipe();
+    for n in 1..=500u64 {
+        pipe.cmd("XADD")
+            .arg("p")
+            .arg(format!("{n}-1"))
+            .arg("n")
+            .arg(n);
+    }
+    pipe.cmd("XADD").arg("p").arg("1-1").arg("n").arg(0);
+    pipe.cmd("XLEN").arg("p");
+    // The duplicate XADD's error comes back in its slot.
+    let replies: Vec<Value> = pipe.ignore_errors().query(&mut con)?;
+    assert_eq!(replies.len(), 502);
+    for (n, r) in replies.iter().take(500).enumerate() {
+        assert_eq!(
+            r,
+            &Value::BulkString(format!("{}-1", n + 1).into_bytes()),
+            "reply {n}"
+        );
+    }
+    assert!(
+        matches!(&replies[500], Value::ServerError(_)),
+        "{:?}",
+        replies[500]
+    );
+    assert_eq!(replies[501], Value::Int(500));
+    Ok(())
+}
+
+#[test]
+fn group_replies_that_depend_on_the_clock() {
+    let m = Manifold::start();
+    let mut raw = Raw::connect(m.addr);
+    raw.cmd(&["XADD", "s", "1-1", "f", "v"]);
+    raw.cmd(&["XGROUP", "CREATE", "s", "g", "0"]);
+    raw.cmd(&["XREADGROUP", "GROUP", "g", "alice", "STREAMS", "s", ">"]);
+    let pending = show(&raw.cmd(&["XPENDING", "s", "g", "-", "+", "10"]));
+    assert!(
+        pending.starts_with("*1\\r\\n*4\\r\\n$3\\r\\n1-1\\r\\n$5\\r\\nalice\\r\\n:"),
+        "{pending}"
+    );
+    assert!(pending.ends_with(":1\\r\\n"), "delivered once: {pending}");
+    // Not idle long enough: nothing moves.
+    assert_eq!(
+        show(&raw.cmd(&["XCLAIM", "s", "g", "bob", "3600000", "1-1"])),
+        "*0\\r\\n"
+    );
+    // IDLE sets the delivery time back: a claim with a smaller min-idle then takes it.
+    raw.cmd(&[
+        "XCLAIM", "s", "g", "alice", "0", "1-1", "IDLE", "5000000", "JUSTID",
+    ]);
+    assert_eq!(
+        show(&raw.cmd(&["XCLAIM", "s", "g", "bob", "3600000", "1-1", "JUSTID"])),
+        "*1\\r\\n$3\\r\\n1-1\\r\\n"
+    );
+    let consumers = show(&raw.cmd(&["XINFO", "CONSUMERS", "s", "g"]));
+    assert!(
+        consumers.contains("$5\\r\\nalice\\r\\n$7\\r\\npending\\r\\n:0"),
+        "{consumers}"
+    );
+    assert!(
+        consumers.contains("$3\\r\\nbob\\r\\n$7\\r\\npending\\r\\n:1"),
+        "{consumers}"
+    );
+    let full = show(&raw.cmd(&["XINFO", "STREAM", "s", "FULL"]));
+    for field in ["entries", "groups", "pel-count", "seen-time", "consumers"] {
+        assert!(full.contains(field), "{field} missing from {full}");
+    }
+}
+
+#[test]
+fn info_reports_redis_fields_and_counts_commands() {
+    let m = Manifold::start();
+    let mut con = connect(&m);
+    let _: String = redis::cmd("XADD")
+        .arg(&["s", "*", "f", "v"])
+        .query(&mut con)
+        .expect("XADD");
+    let _ = redis::cmd("NOPE").query::<Value>(&mut con);
+    let all = info(&mut con, "all");
+    for field in [
+        "redis_version:7.0.15",
+        "role:master",
+        "manifold_raft_role:leader",
+        "connected_clients:1",
+        "blocked_clients:0",
+        "db0:keys=1,expires=0,avg_ttl=0",
+        "errorstat_ERR:count=1",
+    ] {
+        assert!(all.contains(field), "{field} missing from INFO all");
+    }
+    assert!(all.contains("cmdstat_xadd:calls=1,"), "{all}");
+    let ok: String = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut con)
+        .expect("RESETSTAT");
+    assert_eq!(ok, "OK");
+    assert!(!info(&mut con, "commandstats").contains("cmdstat_xadd"));
+}
