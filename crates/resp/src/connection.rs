@@ -6,8 +6,10 @@
 //! It must never reorder replies, run a command before the one sent ahead of it has answered,
 //! or act on a request that did not arrive whole.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::commands;
+use crate::commands::{self, Deferred};
 use crate::reply::{Protocol, Reply};
 use crate::request::Decoder;
 use crate::server::{ClientEntry, Shared, now_ms};
@@ -92,6 +94,8 @@ pub async fn run(
     let mut output = BytesMut::with_capacity(16 * 1024);
     // The client closed its side while a command ran: finish the batch, reply, close.
     let mut eof = false;
+    // Appends started and not yet answered, in request order.
+    let mut started: VecDeque<Slot> = VecDeque::new();
     loop {
         // Every complete request already read, in order; their replies go out together.
         loop {
@@ -99,6 +103,7 @@ pub async fn run(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
+                    finish(&mut started, conn.protocol, &mut output).await;
                     let reply = Reply::err(&e);
                     shared.count_error(&format!("ERR {e}"));
                     reply.encode(conn.protocol, &mut output);
@@ -107,6 +112,20 @@ pub async fn run(
                 }
             };
             entry.last_interaction_ms.store(now_ms(), Ordering::Relaxed);
+            // Consecutive XADDs are proposed at once, in order, and answered in order as the
+            // log commits them: a pipeline of appends shares fsyncs instead of waiting for one
+            // each. Any other command waits until they are answered.
+            if started.len() < MAX_STARTED
+                && let Some(mut run) = commands::start_deferred(&shared, &mut conn, &args)
+            {
+                let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
+                started.push_back(match first {
+                    Poll::Ready(reply) => Slot::Done(reply),
+                    Poll::Pending => Slot::Waiting(run),
+                });
+                continue;
+            }
+            finish(&mut started, conn.protocol, &mut output).await;
             // A command may wait (BLOCK); a kill, a shutdown or the client leaving ends it.
             // What the client sends meanwhile is kept for after it, up to the buffer limit.
             // A client that half-closes after its requests still gets the replies of those
@@ -140,6 +159,7 @@ pub async fn run(
                 break;
             }
         }
+        finish(&mut started, conn.protocol, &mut output).await;
         if !output.is_empty() {
             shared
                 .stats
@@ -163,6 +183,26 @@ pub async fn run(
             _ = entry.kill.notified() => return,
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Appends in flight per connection at most; the next request waits for them.
+const MAX_STARTED: usize = 1024;
+
+/// A started command: answered already, or its reply still to come.
+enum Slot {
+    Done(Reply),
+    Waiting(Deferred),
+}
+
+/// Answers every started command, in order.
+async fn finish(started: &mut VecDeque<Slot>, protocol: Protocol, output: &mut BytesMut) {
+    while let Some(slot) = started.pop_front() {
+        let reply = match slot {
+            Slot::Done(reply) => reply,
+            Slot::Waiting(run) => run.await,
+        };
+        reply.encode(protocol, output);
     }
 }
 

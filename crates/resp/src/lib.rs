@@ -9,7 +9,7 @@
 
 pub mod args;
 pub mod command;
-mod commands;
+pub mod commands;
 pub mod connection;
 pub mod errors;
 pub mod reply;

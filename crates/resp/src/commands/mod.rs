@@ -12,6 +12,9 @@ mod read;
 mod server;
 mod streams;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -98,6 +101,44 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Bytes>) -> Repl
     let usec = started.elapsed().as_micros() as u64;
     shared.count_command(spec.name, usec, false, error_of(&reply));
     reply
+}
+
+/// A command whose reply is still to come: started (its proposal is in the log, in order),
+/// answered once the engine has applied it.
+pub type Deferred = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// Starts `args` without waiting for it, when that cannot change what any command sent after
+/// it sees: XADD, whose effect the engine decides in log order when it is proposed (against
+/// every entry before it, applied or not). `None` for any other command, or an XADD that
+/// would be refused (the ordinary path then answers it). The caller polls the future once at
+/// once, so proposals keep the order of the requests.
+pub fn start_deferred(shared: &Arc<Shared>, conn: &mut Conn, args: &[Bytes]) -> Option<Deferred> {
+    let is_xadd = args
+        .first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"xadd"));
+    if !is_xadd || conn.multi.is_some() {
+        return None;
+    }
+    let spec = command::lookup(b"xadd")?;
+    if !command::arity_ok(spec.arity, args.len()) {
+        return None;
+    }
+    let client = conn.client.clone()?;
+    let req = streams::xadd_request(args, conn.db).ok()?;
+    *conn
+        .entry
+        .last_cmd
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = spec.name;
+    let shared = shared.clone();
+    Some(Box::pin(async move {
+        let started = Instant::now();
+        let key = req.key.clone();
+        let reply = streams::xadd_reply(client.append(req).await, &key);
+        let usec = started.elapsed().as_micros() as u64;
+        shared.count_command(spec.name, usec, false, error_of(&reply));
+        reply
+    }))
 }
 
 /// A command refused before running: counted as rejected.

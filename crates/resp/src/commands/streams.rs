@@ -128,13 +128,14 @@ fn parse_add_or_trim(a: &[Bytes], xadd: bool) -> Result<AddOrTrim> {
     })
 }
 
-pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    let parsed = parse_add_or_trim(&ctx.args, true)?;
+/// XADD's arguments as an append to database `db`.
+pub fn xadd_request(a: &[Bytes], db: u8) -> Result<AppendRequest> {
+    let parsed = parse_add_or_trim(a, true)?;
     // Ran out of arguments before the ID: no fields either.
     let Some((id, at)) = parsed.id else {
         return Err(command::wrong_arity("xadd"));
     };
-    let fields = &ctx.args[at + 1..];
+    let fields = &a[at + 1..];
     if fields.len() < 2 || fields.len() % 2 == 1 {
         return Err(command::wrong_arity("xadd"));
     }
@@ -143,10 +144,9 @@ pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
             "The ID specified in XADD must be greater than 0-0",
         ));
     }
-    let key = ctx.args[1].clone();
     let mut req = AppendRequest::new(
-        ctx.conn.db,
-        key.clone(),
+        db,
+        a[1].clone(),
         fields
             .chunks_exact(2)
             .map(|p| (p[0].clone(), p[1].clone()))
@@ -159,11 +159,22 @@ pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
     };
     req.nomkstream = parsed.nomkstream;
     req.trim = parsed.trim;
-    match ctx.client()?.append(req).await {
-        Ok(Some(id)) => Ok(id_bulk(id)),
-        Ok(None) => Ok(Reply::Nil),
-        Err(e) => Err(ctx.engine_error(&e, &key, b"")),
+    Ok(req)
+}
+
+/// The reply to an append: the new ID, nil for NOMKSTREAM on a missing stream, or the error.
+pub fn xadd_reply(result: manifold_core::engine::Result<Option<StreamId>>, key: &[u8]) -> Reply {
+    match result {
+        Ok(Some(id)) => id_bulk(id),
+        Ok(None) => Reply::Nil,
+        Err(e) => crate::errors::engine_error(&e, "xadd", key, b""),
     }
+}
+
+pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let req = xadd_request(&ctx.args, ctx.conn.db)?;
+    let key = req.key.clone();
+    Ok(xadd_reply(ctx.client()?.append(req).await, &key))
 }
 
 /// XRANGE key start end [COUNT n] / XREVRANGE key end start [COUNT n].
