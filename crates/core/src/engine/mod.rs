@@ -560,6 +560,19 @@ pub struct Message {
     pub sub: u16,
 }
 
+/// A stored message as the engine hands it out.
+fn message_from(m: crate::store::StoredMessage) -> Message {
+    Message {
+        id: m.record.id,
+        fields: m.record.fields,
+        properties: m.record.properties,
+        message_key: m.record.message_key,
+        timestamp_ms: m.timestamp_ms,
+        log_index: m.entry.log_index,
+        sub: m.entry.sub,
+    }
+}
+
 /// What XINFO STREAM shows of a stream, as far as this slice holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
@@ -1107,47 +1120,50 @@ impl Engine {
         };
         let limit = count.unwrap_or(usize::MAX);
         let mut out = Vec::new();
+        // Queue entries read at a time: what is still wanted (deleted entries are skipped,
+        // so a chunk may yield fewer), at most 1024.
         const CHUNK: u64 = 1024;
+        let chunk = |got: usize| CHUNK.min((limit - got) as u64).max(1);
         if reverse {
             let mut top = hi;
             while top > lo && out.len() < limit {
-                let from = top.saturating_sub(CHUNK).max(lo);
-                let chunk = store.read_queue(&topic, from, top - from)?;
-                for (_, e) in chunk.iter().rev() {
-                    if out.len() == limit {
-                        break;
-                    }
-                    out.push(self.message_of(&topic, e)?);
-                }
+                let from = top.saturating_sub(chunk(out.len())).max(lo);
+                let queued = store.read_queue(&topic, from, top - from)?;
+                let wanted: Vec<_> = queued
+                    .iter()
+                    .rev()
+                    .take(limit - out.len())
+                    .map(|(_, e)| *e)
+                    .rev()
+                    .collect();
+                let messages = store.messages(&topic, &wanted)?;
+                out.extend(messages.into_iter().rev().map(message_from));
                 top = from;
             }
         } else {
             let mut at = lo;
             while at < hi && out.len() < limit {
-                let chunk = store.read_queue(&topic, at, (hi - at).min(CHUNK))?;
-                for (_, e) in &chunk {
-                    if out.len() == limit {
-                        break;
-                    }
-                    out.push(self.message_of(&topic, e)?);
-                }
-                at += (hi - at).min(CHUNK);
+                let n = (hi - at).min(chunk(out.len()));
+                let wanted: Vec<_> = store
+                    .read_queue(&topic, at, n)?
+                    .into_iter()
+                    .take(limit - out.len())
+                    .map(|(_, e)| e)
+                    .collect();
+                out.extend(
+                    store
+                        .messages(&topic, &wanted)?
+                        .into_iter()
+                        .map(message_from),
+                );
+                at += n;
             }
         }
         Ok(out)
     }
 
     fn message_of(&self, topic: &Topic, e: &crate::store::CqEntry) -> Result<Message> {
-        let m = self.inner.store.message(topic, e)?;
-        Ok(Message {
-            id: m.record.id,
-            fields: m.record.fields,
-            properties: m.record.properties,
-            message_key: m.record.message_key,
-            timestamp_ms: m.timestamp_ms,
-            log_index: e.log_index,
-            sub: e.sub,
-        })
+        Ok(message_from(self.inner.store.message(topic, e)?))
     }
 
     /// XLEN: entries in the stream (0 when it does not exist).
