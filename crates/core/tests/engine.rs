@@ -35,9 +35,14 @@ fn config() -> EngineConfig {
             },
             ..StoreConfig::default()
         },
+        // Small stream nodes, so approximate trims cut by whole nodes within a short test.
+        stream_node_max_entries: NODE,
         ..EngineConfig::default()
     }
 }
+
+/// Entries per stream node in these tests (`EngineConfig::stream_node_max_entries`).
+const NODE: u64 = 4;
 
 fn open(disk: &SimDisk) -> Result<Engine, EngineError> {
     let storage: Arc<dyn Storage> = Arc::new(disk.clone());
@@ -1283,6 +1288,8 @@ mod model {
             maxlen: Option<u8>,
             nth: u8,
             limit: u8,
+            /// `~`: whole nodes only.
+            approx: bool,
         },
         AppendCapped {
             topic: u8,
@@ -1300,7 +1307,7 @@ mod model {
             8 => (0u8..3, 0u8..3, 0u64..40, 0u8..3).prop_map(|(topic, spec, ms, retain)| Op::Append { topic, spec, ms, retain }),
             2 => (0u8..3, any::<u8>()).prop_map(|(topic, nth)| Op::Delete { topic, nth }),
             1 => (0u8..3).prop_map(|topic| Op::Drop { topic }),
-            1 => (0u8..3, proptest::option::of(0u8..6), any::<u8>(), 0u8..4).prop_map(|(topic, maxlen, nth, limit)| Op::Trim { topic, maxlen, nth, limit }),
+            1 => (0u8..3, proptest::option::of(0u8..6), any::<u8>(), 0u8..4, any::<bool>()).prop_map(|(topic, maxlen, nth, limit, approx)| Op::Trim { topic, maxlen, nth, limit, approx }),
             1 => (0u8..3, 0u8..6, 0u8..4).prop_map(|(topic, maxlen, limit)| Op::AppendCapped { topic, maxlen, limit }),
             1 => Just(Op::Repeat),
             1 => Just(Op::Restart),
@@ -1344,6 +1351,13 @@ mod model {
                     excess -= 1;
                 }
                 cut += 1;
+            }
+            // `~`: whole nodes of NODE entries only — entry k of the stream ever added is in
+            // node k / NODE; the last, partial node goes whole when the cut reaches the end.
+            if trim.approx && cut < self.entries.len() {
+                let first = self.added as usize - self.entries.len();
+                let at = first + cut;
+                cut = (at - at % NODE as usize).max(first) - first;
             }
             // Redis 7.0: a trim leaves max-deleted-entry-id alone (only XDEL moves it).
             self.entries.drain(..cut).filter(|(_, d)| !d).count() as u64
@@ -1501,6 +1515,7 @@ mod model {
                     maxlen,
                     nth,
                     limit,
+                    approx,
                 } => {
                     let s = model.entry(topic).or_default().clone();
                     let trim = match maxlen {
@@ -1512,6 +1527,7 @@ mod model {
                         ),
                     }
                     .with_limit(u64::from(limit));
+                    let trim = if approx { trim.approximate() } else { trim };
                     let removed = rt
                         .block_on(engine.trim(0, Bytes::from(name(topic)), trim))
                         .map_err(fail)?;

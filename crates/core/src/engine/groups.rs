@@ -428,16 +428,19 @@ fn has_tombstones_from(s: &StreamFacts, start: StreamId) -> bool {
 }
 
 /// XINFO GROUPS `lag`: entries added and not yet read by the group, when it can be known.
-pub fn lag(g: &Group, s: &StreamFacts) -> Option<u64> {
+/// Negative when ENTRIESREAD set the counter past the entries added (Redis 7.0 reports that
+/// difference as it is).
+pub fn lag(g: &Group, s: &StreamFacts) -> Option<i64> {
+    let signed = |read: u64| (s.entries_added as i64).wrapping_sub(read as i64);
     if s.entries_added == 0 {
         return Some(0);
     }
     if let Some(read) = g.entries_read
         && !has_tombstones_from(s, g.last_id)
     {
-        return Some(s.entries_added.saturating_sub(read));
+        return Some(signed(read));
     }
-    estimate_entries_read(s, g.last_id).map(|read| s.entries_added.saturating_sub(read))
+    estimate_entries_read(s, g.last_id).map(signed)
 }
 
 /// The consumer, created (seen now) if needed.
@@ -708,7 +711,7 @@ pub struct GroupInfo {
     /// Entries read (`None`: unknown, Redis's nil).
     pub entries_read: Option<u64>,
     /// Entries not yet delivered to the group (`None`: unknown).
-    pub lag: Option<u64>,
+    pub lag: Option<i64>,
 }
 
 /// What XINFO CONSUMERS shows of a consumer.

@@ -372,6 +372,9 @@ pub struct EngineConfig {
     /// Pending entries per consumer group at most (default 1,000,000): a group read delivers
     /// no more new entries than fit, and fails (`PendingLimit`) when none fits.
     pub max_pending_per_group: u64,
+    /// Entries per stream node, as Redis's `stream-node-max-entries` (default 100): an
+    /// approximate trim (`~`) removes whole nodes of this many entries only.
+    pub stream_node_max_entries: u64,
     /// A producer whose newest append is older than this (ms, default 24 h) is forgotten by
     /// the expiry timer: a repeat after that appends again.
     pub producer_ttl_ms: u64,
@@ -400,6 +403,7 @@ impl Default for EngineConfig {
             clock_lease_ms: 2000,
             max_retained_bytes: 256 << 20,
             max_pending_per_group: 1_000_000,
+            stream_node_max_entries: STREAM_NODE_MAX_ENTRIES,
             producer_ttl_ms: 24 * 3600 * 1000,
             timer_tick_ms: 1000,
             retention_ms: 72 * 3600 * 1000,
@@ -468,19 +472,28 @@ impl AppendRequest {
     }
 }
 
-/// A trim (XTRIM, XADD MAXLEN/MINID): what to cut, and at most how many live entries.
+/// A trim (XTRIM, XADD MAXLEN/MINID): what to cut, at most how many live entries, and whether
+/// it may cut only whole nodes.
 ///
-/// The cut is exact up to the limit. Redis's `~` may keep more entries than asked, and removes
-/// at most LIMIT (default [`APPROX_TRIM_LIMIT`]) per call; an exact cut within the limit is one
-/// of the results it allows. The RESP front end maps `=` to `limit: 0` (Redis refuses LIMIT
-/// without `~`) and `~ [LIMIT n]` to `n` (default [`APPROX_TRIM_LIMIT`]; `LIMIT 0`: none).
+/// Exact (`=`): the cut is exact up to the limit. Approximate (`~`, `approx`): as Redis, only
+/// whole nodes of `stream_node_max_entries` (default [`STREAM_NODE_MAX_ENTRIES`]) entries go — the entries added `0..100`,
+/// `100..200`, ... of the stream, and its last, partial node — so a `~` trim keeps what
+/// Redis keeps (as long as Redis's 4 KiB node byte limit is not what closed its nodes). The
+/// RESP front end maps `=` to `limit: 0` (Redis refuses LIMIT without `~`) and `~ [LIMIT n]`
+/// to `n` (default [`APPROX_TRIM_LIMIT`]; `LIMIT 0`: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trim {
     /// What to cut.
     pub to: TrimTo,
     /// At most this many live entries removed; 0 = no limit (Redis's `LIMIT 0`).
     pub limit: u64,
+    /// `~`: whole nodes only.
+    pub approx: bool,
 }
+
+/// Redis's `stream-node-max-entries` default: the node size approximate trims cut by
+/// (`EngineConfig::stream_node_max_entries`).
+pub const STREAM_NODE_MAX_ENTRIES: u64 = 100;
 
 /// What a trim cuts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,6 +514,7 @@ impl Trim {
         Trim {
             to: TrimTo::MaxLen(n),
             limit: 0,
+            approx: false,
         }
     }
 
@@ -509,6 +523,7 @@ impl Trim {
         Trim {
             to: TrimTo::MinId(id),
             limit: 0,
+            approx: false,
         }
     }
 
@@ -517,19 +532,33 @@ impl Trim {
         Trim { limit, ..self }
     }
 
-    fn record(self, db: u8, key: &Bytes) -> SubRecord {
+    /// The same cut by whole nodes only (Redis's `~`).
+    pub fn approximate(self) -> Trim {
+        Trim {
+            approx: true,
+            ..self
+        }
+    }
+
+    /// The trim as a sub-record; `node`: the node size an approximate trim cuts by.
+    fn record(self, db: u8, key: &Bytes, node: u64) -> SubRecord {
         let (op, id) = match self.to {
             TrimTo::MaxLen(n) => (RecordOp::TrimToLen, StreamId::new(n, 0)),
             TrimTo::MinId(id) => (RecordOp::Trim, id),
         };
-        let properties = if self.limit == 0 {
-            Vec::new()
-        } else {
-            vec![(
+        let mut properties = Vec::new();
+        if self.limit != 0 {
+            properties.push((
                 Bytes::from_static(crate::store::TRIM_LIMIT_PROPERTY),
                 Bytes::copy_from_slice(&self.limit.to_le_bytes()),
-            )]
-        };
+            ));
+        }
+        if self.approx && node > 0 {
+            properties.push((
+                Bytes::from_static(crate::store::TRIM_NODE_PROPERTY),
+                Bytes::copy_from_slice(&node.to_le_bytes()),
+            ));
+        }
         SubRecord {
             op,
             db,
@@ -945,7 +974,8 @@ impl Engine {
                 }
             }
             let mut records = vec![record];
-            records.extend(req.trim.map(|t| t.record(req.db, &req.key)));
+            let node = self.inner.config.stream_node_max_entries;
+            records.extend(req.trim.map(|t| t.record(req.db, &req.key, node)));
             let tag = match req.retain {
                 RetainEffect::None => CommandTag::Append,
                 RetainEffect::Set => CommandTag::AppendRetain,
@@ -1022,7 +1052,10 @@ impl Engine {
     pub async fn trim(&self, db: u8, key: Bytes, trim: Trim) -> Result<u64> {
         check_db(db)?;
         let outcomes = self
-            .command(CommandTag::Trim, vec![trim.record(db, &key)])
+            .command(
+                CommandTag::Trim,
+                vec![trim.record(db, &key, self.inner.config.stream_node_max_entries)],
+            )
             .await?;
         Ok(outcomes
             .iter()

@@ -173,14 +173,30 @@ const TRIM_CHUNK: u64 = 65_536;
 /// removed (8 bytes, little-endian). Absent, or any other length: no limit.
 pub const TRIM_LIMIT_PROPERTY: &[u8] = b"limit";
 
-/// The LIMIT a trim sub-record carries, if any.
-fn trim_limit(r: &SubRecord) -> Option<u64> {
-    let (_, value) = r
-        .properties
-        .iter()
-        .find(|(name, _)| name.as_ref() == TRIM_LIMIT_PROPERTY)?;
+/// Property of a Trim / TrimToLen sub-record that makes it approximate (Redis's `~`): only whole
+/// nodes of this many entries (8 bytes, little-endian; nodes are the queue positions `0..k`,
+/// `k..2k`, ... and the last, partial one) are removed. Absent, 0, or any other length: exact.
+pub const TRIM_NODE_PROPERTY: &[u8] = b"node";
+
+/// The 8-byte little-endian value of property `name` of `r`, if any.
+fn u64_property(r: &SubRecord, name: &[u8]) -> Option<u64> {
+    let (_, value) = r.properties.iter().find(|(n, _)| n.as_ref() == name)?;
     let bytes: [u8; 8] = value.as_ref().try_into().ok()?;
     Some(u64::from_le_bytes(bytes))
+}
+
+/// The LIMIT a trim sub-record carries, if any.
+fn trim_limit(r: &SubRecord) -> Option<u64> {
+    u64_property(r, TRIM_LIMIT_PROPERTY)
+}
+
+/// An exact cut `n` of `t` (entries `[first_live, n)` go) narrowed to whole nodes of `node`
+/// entries: down to a node boundary, unless it reaches the end (the last node goes whole).
+fn whole_nodes(t: &Topic, n: u64, node: u64) -> u64 {
+    if node == 0 || n >= t.len {
+        return n;
+    }
+    (n - n % node).max(t.first_live)
 }
 const INTENT_MAGIC: u32 = u32::from_le_bytes(*b"MFDI");
 
@@ -783,6 +799,10 @@ impl MessageStore {
                     } else {
                         let excess = t.live_len().saturating_sub(r.id.ms);
                         self.position_removing(&t, excess.min(limit.unwrap_or(u64::MAX)), t.len)?
+                    };
+                    let n = match u64_property(r, TRIM_NODE_PROPERTY) {
+                        Some(node) => whole_nodes(&t, n, node),
+                        None => n,
                     };
                     outcomes[j as usize] = Outcome::Trimmed(self.cut(d, &t, n, (i, j))?);
                 }

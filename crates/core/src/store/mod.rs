@@ -30,6 +30,7 @@ pub use index_file::{IndexConfig, IndexHit};
 pub use inspect::{InspectOptions, InspectReport, inspect};
 pub use message_store::{
     MessageStore, Outcome, PendingCheckpoint, StoreConfig, StoredMessage, TRIM_LIMIT_PROPERTY,
+    TRIM_NODE_PROPERTY,
 };
 pub use recovery::RecoveryReport;
 pub use simdisk::{CrashMode, SimDisk};

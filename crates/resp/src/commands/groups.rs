@@ -595,7 +595,7 @@ pub fn xinfo_groups(ctx: &mut Ctx<'_>) -> Result<Reply> {
                     pair("pending", Reply::Int(g.pending as i64)),
                     pair("last-delivered-id", id_bulk(g.last_delivered_id)),
                     pair("entries-read", nil_or_int(g.entries_read)),
-                    pair("lag", nil_or_int(g.lag)),
+                    pair("lag", g.lag.map_or(Reply::Nil, Reply::Int)),
                 ])
             })
             .collect(),
@@ -691,7 +691,7 @@ pub fn full_groups(ctx: &Ctx<'_>, key: &[u8], count: u64) -> Result<Reply> {
             pair("name", Reply::Bulk(g.name)),
             pair("last-delivered-id", id_bulk(g.last_delivered_id)),
             pair("entries-read", nil_or_int(g.entries_read)),
-            pair("lag", nil_or_int(g.lag)),
+            pair("lag", g.lag.map_or(Reply::Nil, Reply::Int)),
             pair("pel-count", Reply::Int(g.pending as i64)),
             pair(
                 "pending",

@@ -122,7 +122,7 @@ fn parse_add_or_trim(a: &[Bytes], xadd: bool) -> Result<AddOrTrim> {
         (false, _) => 0,
     };
     Ok(AddOrTrim {
-        trim: strategy.map(|to| Trim { to, limit }),
+        trim: strategy.map(|to| Trim { to, limit, approx }),
         nomkstream,
         id,
     })
