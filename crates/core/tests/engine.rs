@@ -1354,10 +1354,19 @@ mod model {
             }
             // `~`: whole nodes of NODE entries only — entry k of the stream ever added is in
             // node k / NODE; the last, partial node goes whole when the cut reaches the end.
+            // MAXLEN goes by live entries: a node whose live entries all go goes whole, the
+            // deleted entries after them included; MINID by the node's last ID.
+            let node = NODE as usize;
+            let first = self.added as usize - self.entries.len();
+            if trim.approx && matches!(trim.to, TrimTo::MaxLen(_)) && cut < self.entries.len() {
+                let end = ((first + cut) / node * node + node - first).min(self.entries.len());
+                if self.entries[cut..end].iter().all(|(_, deleted)| *deleted) {
+                    cut = end;
+                }
+            }
             if trim.approx && cut < self.entries.len() {
-                let first = self.added as usize - self.entries.len();
                 let at = first + cut;
-                cut = (at - at % NODE as usize).max(first) - first;
+                cut = (at - at % node).max(first) - first;
             }
             // Redis 7.0: a trim leaves max-deleted-entry-id alone (only XDEL moves it).
             self.entries.drain(..cut).filter(|(_, d)| !d).count() as u64

@@ -416,3 +416,469 @@ fn approximate_trims_match_redis_server() {
     both(s(&["XTRIM", "d", "MAXLEN", "~", "10", "LIMIT", "99"]));
     both(s(&["XLEN", "d"]));
 }
+
+mod random {
+    //! Random sequences of stream and group commands, sent to both servers: every reply the
+    //! same once the IDs `*` generated are mapped (each server's own IDs are sent to it).
+
+    use super::support::{Manifold, Raw, Redis, Resp};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    #[derive(Debug, Clone)]
+    pub enum Op {
+        Add {
+            key: u8,
+            id: u8,
+            auto: bool,
+        },
+        AddCapped {
+            key: u8,
+            maxlen: u8,
+            approx: bool,
+        },
+        Range {
+            key: u8,
+            rev: bool,
+            count: Option<u8>,
+        },
+        Len {
+            key: u8,
+        },
+        Del {
+            key: u8,
+            nth: u8,
+        },
+        Trim {
+            key: u8,
+            maxlen: Option<u8>,
+            nth: u8,
+            approx: bool,
+            limit: Option<u8>,
+        },
+        Read {
+            key: u8,
+            nth: Option<u8>,
+            count: Option<u8>,
+        },
+        Create {
+            key: u8,
+            group: u8,
+            last: bool,
+            mkstream: bool,
+        },
+        Destroy {
+            key: u8,
+            group: u8,
+        },
+        SetId {
+            key: u8,
+            group: u8,
+            nth: u8,
+        },
+        CreateConsumer {
+            key: u8,
+            group: u8,
+            consumer: u8,
+        },
+        DelConsumer {
+            key: u8,
+            group: u8,
+            consumer: u8,
+        },
+        ReadGroup {
+            key: u8,
+            group: u8,
+            consumer: u8,
+            new: bool,
+            count: Option<u8>,
+            noack: bool,
+        },
+        Ack {
+            key: u8,
+            group: u8,
+            nth: u8,
+        },
+        Pending {
+            key: u8,
+            group: u8,
+        },
+        Claim {
+            key: u8,
+            group: u8,
+            consumer: u8,
+            nth: u8,
+        },
+        AutoClaim {
+            key: u8,
+            group: u8,
+            consumer: u8,
+            count: u8,
+        },
+        Groups {
+            key: u8,
+        },
+        DelKey {
+            key: u8,
+        },
+        Exists {
+            key: u8,
+        },
+    }
+
+    pub fn op() -> impl Strategy<Value = Op> {
+        let key = 0u8..2;
+        let group = 0u8..2;
+        let consumer = 0u8..3;
+        prop_oneof![
+            10 => (key.clone(), 1u8..60, any::<bool>()).prop_map(|(key, id, auto)| Op::Add { key, id, auto }),
+            2 => (key.clone(), 0u8..6, any::<bool>()).prop_map(|(key, maxlen, approx)| Op::AddCapped { key, maxlen, approx }),
+            2 => (key.clone(), any::<bool>(), proptest::option::of(0u8..4)).prop_map(|(key, rev, count)| Op::Range { key, rev, count }),
+            1 => key.clone().prop_map(|key| Op::Len { key }),
+            2 => (key.clone(), any::<u8>()).prop_map(|(key, nth)| Op::Del { key, nth }),
+            2 => (key.clone(), proptest::option::of(0u8..8), any::<u8>(), any::<bool>(), proptest::option::of(0u8..4))
+                .prop_map(|(key, maxlen, nth, approx, limit)| Op::Trim { key, maxlen, nth, approx, limit }),
+            2 => (key.clone(), proptest::option::of(any::<u8>()), proptest::option::of(0u8..4)).prop_map(|(key, nth, count)| Op::Read { key, nth, count }),
+            2 => (key.clone(), group.clone(), any::<bool>(), any::<bool>()).prop_map(|(key, group, last, mkstream)| Op::Create { key, group, last, mkstream }),
+            1 => (key.clone(), group.clone()).prop_map(|(key, group)| Op::Destroy { key, group }),
+            1 => (key.clone(), group.clone(), any::<u8>()).prop_map(|(key, group, nth)| Op::SetId { key, group, nth }),
+            1 => (key.clone(), group.clone(), consumer.clone()).prop_map(|(key, group, consumer)| Op::CreateConsumer { key, group, consumer }),
+            1 => (key.clone(), group.clone(), consumer.clone()).prop_map(|(key, group, consumer)| Op::DelConsumer { key, group, consumer }),
+            5 => (key.clone(), group.clone(), consumer.clone(), any::<bool>(), proptest::option::of(0u8..4), any::<bool>())
+                .prop_map(|(key, group, consumer, new, count, noack)| Op::ReadGroup { key, group, consumer, new, count, noack }),
+            3 => (key.clone(), group.clone(), any::<u8>()).prop_map(|(key, group, nth)| Op::Ack { key, group, nth }),
+            2 => (key.clone(), group.clone()).prop_map(|(key, group)| Op::Pending { key, group }),
+            2 => (key.clone(), group.clone(), consumer.clone(), any::<u8>()).prop_map(|(key, group, consumer, nth)| Op::Claim { key, group, consumer, nth }),
+            1 => (key.clone(), group.clone(), consumer.clone(), 1u8..4).prop_map(|(key, group, consumer, count)| Op::AutoClaim { key, group, consumer, count }),
+            1 => key.clone().prop_map(|key| Op::Groups { key }),
+            1 => key.clone().prop_map(|key| Op::DelKey { key }),
+            1 => key.prop_map(|key| Op::Exists { key }),
+        ]
+    }
+
+    fn servers() -> &'static Mutex<(Manifold, Redis)> {
+        static BOTH: OnceLock<Mutex<(Manifold, Redis)>> = OnceLock::new();
+        BOTH.get_or_init(|| Mutex::new((Manifold::start(), Redis::start())))
+    }
+
+    /// The IDs each server generated for the same XADDs: (Manifold's, redis-server's).
+    #[derive(Default)]
+    struct Ids {
+        pairs: Vec<(String, String)>,
+        to_theirs: HashMap<Vec<u8>, Vec<u8>>,
+    }
+
+    impl Ids {
+        fn pick(&self, nth: u8) -> (String, String) {
+            if self.pairs.is_empty() {
+                return ("1-1".into(), "1-1".into());
+            }
+            self.pairs[nth as usize % self.pairs.len()].clone()
+        }
+    }
+
+    pub fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let guard = servers().lock().unwrap_or_else(|p| p.into_inner());
+        let (manifold, redis) = &*guard;
+        let mut ours = Raw::connect(manifold.addr);
+        let mut theirs = Raw::connect(redis.addr);
+        ours.cmd(&["FLUSHALL"]);
+        theirs.cmd(&["FLUSHALL"]);
+        // Per stream: auto IDs of two streams may meet on one server and not on the other.
+        let mut all_ids: HashMap<u8, Ids> = HashMap::new();
+        for op in ops {
+            let key_of = match &op {
+                Op::Add { key, .. }
+                | Op::AddCapped { key, .. }
+                | Op::Range { key, .. }
+                | Op::Len { key }
+                | Op::Del { key, .. }
+                | Op::Trim { key, .. }
+                | Op::Read { key, .. }
+                | Op::Create { key, .. }
+                | Op::Destroy { key, .. }
+                | Op::SetId { key, .. }
+                | Op::CreateConsumer { key, .. }
+                | Op::DelConsumer { key, .. }
+                | Op::ReadGroup { key, .. }
+                | Op::Ack { key, .. }
+                | Op::Pending { key, .. }
+                | Op::Claim { key, .. }
+                | Op::AutoClaim { key, .. }
+                | Op::Groups { key }
+                | Op::DelKey { key }
+                | Op::Exists { key } => *key,
+            };
+            let ids = all_ids.entry(key_of).or_default();
+            let k = |key: u8| format!("k{key}");
+            let g = |group: u8| format!("g{group}");
+            let c = |consumer: u8| format!("c{consumer}");
+            // The command for each server: (ours, theirs).
+            let (a, b): (Vec<String>, Vec<String>) = match &op {
+                Op::Add { key, id, auto } => {
+                    let id = if *auto {
+                        "*".to_string()
+                    } else {
+                        format!("{id}-1")
+                    };
+                    let v = vec!["XADD".into(), k(*key), id, "f".into(), "v".into()];
+                    (v.clone(), v)
+                }
+                Op::AddCapped {
+                    key,
+                    maxlen,
+                    approx,
+                } => {
+                    let v = vec![
+                        "XADD".into(),
+                        k(*key),
+                        "MAXLEN".into(),
+                        if *approx { "~" } else { "=" }.into(),
+                        maxlen.to_string(),
+                        "*".into(),
+                        "f".into(),
+                        "v".into(),
+                    ];
+                    (v.clone(), v)
+                }
+                Op::Range { key, rev, count } => {
+                    let mut v: Vec<String> = if *rev {
+                        vec!["XREVRANGE".into(), k(*key), "+".into(), "-".into()]
+                    } else {
+                        vec!["XRANGE".into(), k(*key), "-".into(), "+".into()]
+                    };
+                    if let Some(n) = count {
+                        v.extend(["COUNT".into(), n.to_string()]);
+                    }
+                    (v.clone(), v)
+                }
+                Op::Len { key } => {
+                    let v = vec!["XLEN".into(), k(*key)];
+                    (v.clone(), v)
+                }
+                Op::Del { key, nth } => {
+                    let (x, y) = ids.pick(*nth);
+                    (
+                        vec!["XDEL".into(), k(*key), x],
+                        vec!["XDEL".into(), k(*key), y],
+                    )
+                }
+                Op::Trim {
+                    key,
+                    maxlen,
+                    nth,
+                    approx,
+                    limit,
+                } => {
+                    let (x, y) = ids.pick(*nth);
+                    let how = if *approx { "~" } else { "=" };
+                    let mut a = vec!["XTRIM".into(), k(*key)];
+                    let mut b = a.clone();
+                    match maxlen {
+                        Some(n) => {
+                            a.extend(["MAXLEN".into(), how.into(), n.to_string()]);
+                            b.extend(["MAXLEN".into(), how.into(), n.to_string()]);
+                        }
+                        None => {
+                            a.extend(["MINID".into(), how.into(), x]);
+                            b.extend(["MINID".into(), how.into(), y]);
+                        }
+                    }
+                    if let (Some(l), true) = (limit, *approx) {
+                        a.extend(["LIMIT".into(), l.to_string()]);
+                        b.extend(["LIMIT".into(), l.to_string()]);
+                    }
+                    (a, b)
+                }
+                Op::Read { key, nth, count } => {
+                    let (x, y) = match nth {
+                        Some(n) => ids.pick(*n),
+                        None => ("0".into(), "0".into()),
+                    };
+                    let mut a = vec!["XREAD".into()];
+                    if let Some(n) = count {
+                        a.extend(["COUNT".into(), n.to_string()]);
+                    }
+                    let mut b = a.clone();
+                    a.extend(["STREAMS".into(), k(*key), x]);
+                    b.extend(["STREAMS".into(), k(*key), y]);
+                    (a, b)
+                }
+                Op::Create {
+                    key,
+                    group,
+                    last,
+                    mkstream,
+                } => {
+                    let mut v = vec![
+                        "XGROUP".into(),
+                        "CREATE".into(),
+                        k(*key),
+                        g(*group),
+                        if *last { "$" } else { "0" }.into(),
+                    ];
+                    if *mkstream {
+                        v.push("MKSTREAM".into());
+                    }
+                    (v.clone(), v)
+                }
+                Op::Destroy { key, group } => {
+                    let v = vec!["XGROUP".into(), "DESTROY".into(), k(*key), g(*group)];
+                    (v.clone(), v)
+                }
+                Op::SetId { key, group, nth } => {
+                    let (x, y) = ids.pick(*nth);
+                    let v = vec!["XGROUP".into(), "SETID".into(), k(*key), g(*group)];
+                    let (mut a, mut b) = (v.clone(), v);
+                    a.push(x);
+                    b.push(y);
+                    (a, b)
+                }
+                Op::CreateConsumer {
+                    key,
+                    group,
+                    consumer,
+                } => {
+                    let v = vec![
+                        "XGROUP".into(),
+                        "CREATECONSUMER".into(),
+                        k(*key),
+                        g(*group),
+                        c(*consumer),
+                    ];
+                    (v.clone(), v)
+                }
+                Op::DelConsumer {
+                    key,
+                    group,
+                    consumer,
+                } => {
+                    let v = vec![
+                        "XGROUP".into(),
+                        "DELCONSUMER".into(),
+                        k(*key),
+                        g(*group),
+                        c(*consumer),
+                    ];
+                    (v.clone(), v)
+                }
+                Op::ReadGroup {
+                    key,
+                    group,
+                    consumer,
+                    new,
+                    count,
+                    noack,
+                } => {
+                    let mut v = vec!["XREADGROUP".into(), "GROUP".into(), g(*group), c(*consumer)];
+                    if let Some(n) = count {
+                        v.extend(["COUNT".into(), n.to_string()]);
+                    }
+                    if *noack {
+                        v.push("NOACK".into());
+                    }
+                    v.extend([
+                        "STREAMS".into(),
+                        k(*key),
+                        if *new { ">" } else { "0" }.into(),
+                    ]);
+                    (v.clone(), v)
+                }
+                Op::Ack { key, group, nth } => {
+                    let (x, y) = ids.pick(*nth);
+                    (
+                        vec!["XACK".into(), k(*key), g(*group), x],
+                        vec!["XACK".into(), k(*key), g(*group), y],
+                    )
+                }
+                Op::Pending { key, group } => {
+                    let v = vec!["XPENDING".into(), k(*key), g(*group)];
+                    (v.clone(), v)
+                }
+                Op::Claim {
+                    key,
+                    group,
+                    consumer,
+                    nth,
+                } => {
+                    let (x, y) = ids.pick(*nth);
+                    let v = vec![
+                        "XCLAIM".into(),
+                        k(*key),
+                        g(*group),
+                        c(*consumer),
+                        "0".into(),
+                    ];
+                    let (mut a, mut b) = (v.clone(), v);
+                    a.extend([x, "JUSTID".into()]);
+                    b.extend([y, "JUSTID".into()]);
+                    (a, b)
+                }
+                Op::AutoClaim {
+                    key,
+                    group,
+                    consumer,
+                    count,
+                } => {
+                    let v = vec![
+                        "XAUTOCLAIM".into(),
+                        k(*key),
+                        g(*group),
+                        c(*consumer),
+                        "0".into(),
+                        "0".into(),
+                        "COUNT".into(),
+                        count.to_string(),
+                        "JUSTID".into(),
+                    ];
+                    (v.clone(), v)
+                }
+                Op::Groups { key } => {
+                    let v = vec!["XINFO".into(), "GROUPS".into(), k(*key)];
+                    (v.clone(), v)
+                }
+                Op::DelKey { key } => {
+                    *ids = Ids::default();
+                    let v = vec!["DEL".into(), k(*key)];
+                    (v.clone(), v)
+                }
+                Op::Exists { key } => {
+                    let v = vec!["EXISTS".into(), k(*key)];
+                    (v.clone(), v)
+                }
+            };
+            let a_args: Vec<&str> = a.iter().map(String::as_str).collect();
+            let b_args: Vec<&str> = b.iter().map(String::as_str).collect();
+            let want = theirs.cmd(&b_args);
+            let got = ours.cmd(&a_args);
+            let (want, _) = Resp::parse(&want);
+            let (got, _) = Resp::parse(&got);
+            // A new ID from each: remember the pair.
+            if let (
+                Op::Add { .. } | Op::AddCapped { .. },
+                Resp::Bulk(_, Some(x)),
+                Resp::Bulk(_, Some(y)),
+            ) = (&op, &got, &want)
+            {
+                ids.to_theirs.insert(x.clone(), y.clone());
+                ids.pairs.push((
+                    String::from_utf8_lossy(x).into_owned(),
+                    String::from_utf8_lossy(y).into_owned(),
+                ));
+            }
+            let map = &ids.to_theirs;
+            let got = got.map_bulks(&|b| map.get(b).cloned());
+            prop_assert_eq!(got, want, "{:?}: {:?} / {:?}", op, a, b);
+        }
+        Ok(())
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 96, ..proptest::prelude::ProptestConfig::default() })]
+    #[test]
+    fn random_command_sequences_match_redis_server(ops in proptest::collection::vec(random::op(), 1..60)) {
+        random::run(ops)?;
+    }
+}

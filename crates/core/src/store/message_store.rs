@@ -800,7 +800,13 @@ impl MessageStore {
                         let excess = t.live_len().saturating_sub(r.id.ms);
                         self.position_removing(&t, excess.min(limit.unwrap_or(u64::MAX)), t.len)?
                     };
-                    let n = match u64_property(r, TRIM_NODE_PROPERTY) {
+                    let n = match u64_property(r, TRIM_NODE_PROPERTY).filter(|k| *k > 0) {
+                        // MAXLEN counts live entries: a node whose live entries all go, goes
+                        // whole, the deleted ones after them included. MINID goes by the node's
+                        // last ID, deleted entries included.
+                        Some(node) if op == RecordOp::TrimToLen => {
+                            whole_nodes(&t, self.past_deleted(&t, n, node)?, node)
+                        }
                         Some(node) => whole_nodes(&t, n, node),
                         None => n,
                     };
@@ -1038,6 +1044,21 @@ impl MessageStore {
         self.queues.forget_deletes(&p.deletes);
         d.topics.remove_stale_generation()?;
         self.finish_removals(d, &p.removals)
+    }
+
+    /// `n` moved past deleted entries up to the end of its node of `node` entries, when
+    /// nothing but deleted entries lie between: the node's live entries then all go.
+    fn past_deleted(&self, t: &Topic, n: u64, node: u64) -> Result<u64> {
+        if n >= t.len {
+            return Ok(n);
+        }
+        let end = (n - n % node + node).min(t.len);
+        let rest = self.queues.read(t, n, end - n)?;
+        Ok(if rest.iter().all(|e| e.is_deleted()) {
+            end
+        } else {
+            n
+        })
     }
 
     /// Where the live part of `t` starts once its oldest `live` live entries are removed, never

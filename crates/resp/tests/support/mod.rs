@@ -253,3 +253,67 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A reply parsed, for comparisons that map values (auto-generated IDs) first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    /// `+`, `-`, `:` and the other one-line types: the type byte and the line.
+    Line(u8, Vec<u8>),
+    /// `$` and the other length-prefixed strings (`None`: null).
+    Bulk(u8, Option<Vec<u8>>),
+    /// `*`, `~`, `>`, `%`, `|` aggregates (`None`: null); a map's items are key, value, ...
+    Many(u8, Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// Parses one reply from the start of `b`; returns it and the bytes it took.
+    pub fn parse(b: &[u8]) -> (Resp, usize) {
+        let end = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("complete line");
+        let kind = b[0];
+        let line = &b[1..end];
+        let mut at = end + 2;
+        match kind {
+            b'$' | b'=' | b'!' => {
+                let n = number(line);
+                if n < 0 {
+                    return (Resp::Bulk(kind, None), at);
+                }
+                let data = b[at..at + n as usize].to_vec();
+                (Resp::Bulk(kind, Some(data)), at + n as usize + 2)
+            }
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let n = number(line);
+                if n < 0 {
+                    return (Resp::Many(kind, None), at);
+                }
+                let items = if matches!(kind, b'%' | b'|') {
+                    n * 2
+                } else {
+                    n
+                };
+                let mut out = Vec::new();
+                for _ in 0..items {
+                    let (v, used) = Resp::parse(&b[at..]);
+                    out.push(v);
+                    at += used;
+                }
+                (Resp::Many(kind, Some(out)), at)
+            }
+            _ => (Resp::Line(kind, line.to_vec()), at),
+        }
+    }
+
+    /// Every bulk string `f` maps, replaced.
+    pub fn map_bulks(self, f: &dyn Fn(&[u8]) -> Option<Vec<u8>>) -> Resp {
+        match self {
+            Resp::Bulk(k, Some(d)) => Resp::Bulk(k, Some(f(&d).unwrap_or(d))),
+            Resp::Many(k, Some(items)) => {
+                Resp::Many(k, Some(items.into_iter().map(|i| i.map_bulks(f)).collect()))
+            }
+            other => other,
+        }
+    }
+}
