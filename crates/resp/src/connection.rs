@@ -90,8 +90,10 @@ pub async fn run(
     let _ = socket.set_nodelay(true);
     let mut conn = Conn::new(&shared, entry.clone());
     let mut decoder = Decoder::new(shared.config.limits);
-    let mut input = BytesMut::with_capacity(16 * 1024);
-    let mut output = BytesMut::with_capacity(16 * 1024);
+    // Buffers grow with what a client sends and is sent, and are given back when a burst is
+    // over: an idle connection holds a few KiB (docs/benchmarks.md).
+    let mut input = BytesMut::new();
+    let mut output = BytesMut::new();
     // The client closed its side while a command ran: finish the batch, reply, close.
     let mut eof = false;
     // Appends started and not yet answered, in request order.
@@ -169,9 +171,18 @@ pub async fn run(
                 return;
             }
             output.clear();
+            if output.capacity() > KEEP_BUFFER {
+                output = BytesMut::new();
+            }
         }
         if eof || conn.closing || entry.killed.load(Ordering::SeqCst) {
             return;
+        }
+        if input.is_empty() && input.capacity() > KEEP_BUFFER {
+            input = BytesMut::new();
+        }
+        if input.capacity() - input.len() < READ_SIZE / 4 {
+            input.reserve(READ_SIZE);
         }
         tokio::select! {
             read = socket.read_buf(&mut input) => match read {
@@ -185,6 +196,11 @@ pub async fn run(
         }
     }
 }
+
+/// Bytes a read asks for at least.
+const READ_SIZE: usize = 4096;
+/// A buffer larger than this is dropped once empty rather than kept for the next burst.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 /// Appends in flight per connection at most; the next request waits for them.
 const MAX_STARTED: usize = 1024;
@@ -209,6 +225,9 @@ async fn finish(started: &mut VecDeque<Slot>, protocol: Protocol, output: &mut B
 /// While a command runs: reads what the client sends meanwhile (kept for after it), and
 /// answers `true` when the client has gone.
 async fn client_gone(socket: &mut TcpStream, input: &mut BytesMut, shared: &Shared) -> bool {
+    if input.capacity() - input.len() < READ_SIZE / 4 {
+        input.reserve(READ_SIZE);
+    }
     match socket.read_buf(input).await {
         Ok(0) | Err(_) => true,
         Ok(n) => {
