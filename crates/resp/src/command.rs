@@ -234,6 +234,16 @@ pub static COMMANDS: &[Spec] = &[
     keyed("xclaim", -6, &["write", "fast"], 1, 1, STREAM_W),
     keyed("xautoclaim", -6, &["write", "fast"], 1, 1, STREAM_W),
     parent("xinfo", -2, XINFO_SUBS),
+    // Manifold's own: XADD with a message key, and the messages of a stream by that key.
+    keyed(
+        "manifold.xadd",
+        -6,
+        &["write", "denyoom", "fast"],
+        1,
+        1,
+        STREAM_W,
+    ),
+    keyed("manifold.find", -3, &["readonly"], 1, 1, STREAM_R),
 ];
 
 /// The command `name` (any case).

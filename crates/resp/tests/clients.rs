@@ -345,3 +345,131 @@ fn info_reports_redis_fields_and_counts_commands() {
     assert_eq!(ok, "OK");
     assert!(!info(&mut con, "commandstats").contains("cmdstat_xadd"));
 }
+
+/// In db 0 a key is also an MQTT topic: DEL drops the stream with its groups and retained
+/// message, a re-created stream is a new incarnation, and MQTT sessions keep subscriptions.
+#[test]
+fn del_of_an_mqtt_topic_drops_groups_and_retained_and_keeps_sessions() {
+    use bytes::Bytes;
+    use manifold_core::engine::{AppendRequest, RetainEffect, SubscribeOptions};
+    let m = Manifold::start();
+    let engine = m.engine.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut publish = AppendRequest::new(
+            0,
+            Bytes::from_static(b"sensors/a"),
+            vec![(Bytes::from_static(b"payload"), Bytes::from_static(b"21"))],
+        );
+        publish.retain = RetainEffect::Set;
+        engine.append(publish).await.expect("retained publish");
+        engine
+            .session_open(Bytes::from_static(b"dev1"), false, u32::MAX, None)
+            .await
+            .expect("session");
+        let options = SubscribeOptions {
+            qos: 1,
+            ..SubscribeOptions::default()
+        };
+        engine
+            .session_subscribe(
+                Bytes::from_static(b"dev1"),
+                vec![(Bytes::from_static(b"sensors/#"), options)],
+            )
+            .await
+            .expect("subscribe");
+    });
+    let before = engine
+        .stream_info(0, b"sensors/a")
+        .expect("info")
+        .expect("stream")
+        .incarnation;
+    let mut raw = Raw::connect(m.addr);
+    assert_eq!(
+        show(&raw.cmd(&["XGROUP", "CREATE", "sensors/a", "g", "0"])),
+        "+OK\\r\\n"
+    );
+    assert!(engine.retained_of(0, b"sensors/a").is_some());
+    assert_eq!(show(&raw.cmd(&["DEL", "sensors/a"])), ":1\\r\\n");
+    assert!(
+        engine.retained_of(0, b"sensors/a").is_none(),
+        "retained kept"
+    );
+    assert_eq!(show(&raw.cmd(&["EXISTS", "sensors/a"])), ":0\\r\\n");
+    assert!(show(&raw.cmd(&["XADD", "sensors/a", "*", "payload", "22"])).starts_with("$"));
+    assert_eq!(
+        show(&raw.cmd(&["XINFO", "GROUPS", "sensors/a"])),
+        "*0\\r\\n",
+        "the group went with the old incarnation"
+    );
+    let after = engine
+        .stream_info(0, b"sensors/a")
+        .expect("info")
+        .expect("stream")
+        .incarnation;
+    assert!(after > before, "a new incarnation: {before} then {after}");
+    let session = engine.session(b"dev1").expect("session kept");
+    assert!(
+        session
+            .subscriptions
+            .contains_key(&Bytes::from_static(b"sensors/#"))
+    );
+    // FLUSHALL: the same for every stream; the session still stands.
+    assert_eq!(show(&raw.cmd(&["FLUSHALL"])), "+OK\\r\\n");
+    assert_eq!(show(&raw.cmd(&["DBSIZE"])), ":0\\r\\n");
+    assert!(engine.session(b"dev1").is_some());
+}
+
+/// Manifold's extension: XADD with a message key, and the messages with that key found
+/// through the IndexFile, newest first, within a time range.
+#[test]
+fn messages_are_found_by_their_message_key() {
+    let m = Manifold::start();
+    let mut raw = Raw::connect(m.addr);
+    assert_eq!(
+        show(&raw.cmd(&["MANIFOLD.XADD", "orders", "cust-1", "1-1", "item", "a"])),
+        "$3\\r\\n1-1\\r\\n"
+    );
+    raw.cmd(&["MANIFOLD.XADD", "orders", "cust-2", "2-1", "item", "b"]);
+    raw.cmd(&[
+        "MANIFOLD.XADD",
+        "orders",
+        "cust-1",
+        "MAXLEN",
+        "=",
+        "10",
+        "3-1",
+        "item",
+        "c",
+    ]);
+    raw.cmd(&["XADD", "orders", "4-1", "item", "d"]);
+    assert_eq!(
+        show(&raw.cmd(&["MANIFOLD.FIND", "orders", "cust-1"])),
+        "*2\\r\\n*2\\r\\n$3\\r\\n3-1\\r\\n*2\\r\\n$4\\r\\nitem\\r\\n$1\\r\\nc\\r\\n\
+         *2\\r\\n$3\\r\\n1-1\\r\\n*2\\r\\n$4\\r\\nitem\\r\\n$1\\r\\na\\r\\n"
+    );
+    assert_eq!(
+        show(&raw.cmd(&["MANIFOLD.FIND", "orders", "cust-1", "COUNT", "1"])),
+        "*1\\r\\n*2\\r\\n$3\\r\\n3-1\\r\\n*2\\r\\n$4\\r\\nitem\\r\\n$1\\r\\nc\\r\\n"
+    );
+    assert_eq!(
+        show(&raw.cmd(&["MANIFOLD.FIND", "orders", "nobody"])),
+        "*0\\r\\n"
+    );
+    assert_eq!(
+        show(&raw.cmd(&["MANIFOLD.FIND", "orders", "cust-1", "TO", "1"])),
+        "*0\\r\\n",
+        "stored long after 1 ms past the epoch"
+    );
+    assert_eq!(
+        show(&raw.cmd(&["MANIFOLD.FIND", "orders", "cust-1", "BOGUS", "1"])),
+        "-ERR syntax error\\r\\n"
+    );
+    assert_eq!(
+        show(&raw.cmd(&["MANIFOLD.XADD", "orders", "k", "1-1", "f"])),
+        "-ERR wrong number of arguments for 'manifold.xadd' command\\r\\n"
+    );
+}

@@ -201,6 +201,8 @@ async fn run(ctx: &mut Ctx<'_>) -> Reply {
         | "xgroup|createconsumer"
         | "xgroup|delconsumer"
         | "xgroup|help" => groups::xgroup(ctx).await,
+        "manifold.xadd" => streams::manifold_xadd(ctx).await,
+        "manifold.find" => streams::manifold_find(ctx),
         "xack" => groups::xack(ctx).await,
         "xpending" => groups::xpending(ctx),
         "xclaim" => groups::xclaim(ctx).await,

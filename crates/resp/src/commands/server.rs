@@ -118,7 +118,7 @@ fn command_list_filtered(ctx: &Ctx<'_>) -> Result<Reply> {
 
 fn group(name: &str) -> &'static str {
     match name {
-        n if n.starts_with('x') => "stream",
+        n if n.starts_with('x') || n.starts_with("manifold.") => "stream",
         "del" | "unlink" | "exists" | "type" | "keys" | "scan" => "generic",
         "ping" | "echo" | "hello" | "auth" | "select" | "quit" | "reset" | "client" => "connection",
         "multi" | "exec" | "discard" | "watch" | "unwatch" => "transactions",
@@ -138,6 +138,8 @@ fn summary(name: &str) -> &'static str {
             "Returns messages from multiple streams with IDs greater than the ones requested. Blocks until a message is available otherwise."
         }
         "xinfo" => "A container for stream introspection commands.",
+        "manifold.xadd" => "Appends a message with a message key (indexed for MANIFOLD.FIND).",
+        "manifold.find" => "Returns a stream's messages with a message key, newest first.",
         "del" => "Deletes one or more keys.",
         "unlink" => "Asynchronously deletes one or more keys.",
         "exists" => "Determines whether one or more keys exist.",

@@ -177,6 +177,55 @@ pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
     Ok(xadd_reply(ctx.client()?.append(req).await, &key))
 }
 
+/// MANIFOLD.XADD key message-key [XADD options] id field value ...: XADD that also gives the
+/// message a key, which the IndexFile indexes (MANIFOLD.FIND; MQTT v5 user property `key` and
+/// HTTP `X-Message-Key` set the same thing). Replies as XADD.
+pub async fn manifold_xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let message_key = ctx.args[2].clone();
+    let mut xadd: Vec<Bytes> = Vec::with_capacity(ctx.args.len() - 1);
+    xadd.push(Bytes::from_static(b"XADD"));
+    xadd.push(ctx.args[1].clone());
+    xadd.extend(ctx.args[3..].iter().cloned());
+    let mut req = xadd_request(&xadd, ctx.conn.db)?;
+    req.message_key = message_key;
+    let key = req.key.clone();
+    Ok(xadd_reply(ctx.client()?.append(req).await, &key))
+}
+
+/// MANIFOLD.FIND key message-key [FROM ms] [TO ms] [COUNT n]: the stream's messages with that
+/// message key and a store time in `[FROM, TO]` (ms since the Unix epoch; default: all),
+/// newest first, at most COUNT (default 100), as XRANGE entries. Found through the IndexFile,
+/// never by scanning the stream.
+pub fn manifold_find(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let (mut from, mut to, mut count) = (0u64, u64::MAX, 100usize);
+    let mut i = 3;
+    while i < ctx.args.len() {
+        let Some(value) = ctx.args.get(i + 1) else {
+            return Err(args::syntax_error());
+        };
+        let n = args::int(value)?;
+        if n < 0 {
+            return Err(args::not_an_integer());
+        }
+        if is(&ctx.args[i], "from") {
+            from = n as u64;
+        } else if is(&ctx.args[i], "to") {
+            to = n as u64;
+        } else if is(&ctx.args[i], "count") {
+            count = usize::try_from(n).unwrap_or(usize::MAX);
+        } else {
+            return Err(args::syntax_error());
+        }
+        i += 2;
+    }
+    let (key, message_key) = (&ctx.args[1], &ctx.args[2]);
+    let found = ctx
+        .client()?
+        .find_by_key(ctx.conn.db, key, message_key, from, to, count)
+        .map_err(|e| ctx.engine_error(&e, key, b""))?;
+    Ok(Reply::Array(found.iter().map(entry_reply).collect()))
+}
+
 /// XRANGE key start end [COUNT n] / XREVRANGE key end start [COUNT n].
 pub fn xrange(ctx: &mut Ctx<'_>, reverse: bool) -> Result<Reply> {
     let (start_arg, end_arg) = if reverse {

@@ -15,6 +15,8 @@ use manifold_core::store::RealFs;
 /// A Manifold RESP server running in this process until dropped.
 pub struct Manifold {
     pub addr: SocketAddr,
+    /// The engine behind it, for what no Redis command reaches (MQTT sessions, retained).
+    pub engine: Arc<Engine>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -34,6 +36,7 @@ impl Manifold {
             ..EngineConfig::default()
         };
         let engine = Arc::new(Engine::open(Arc::new(RealFs), dir.path(), config).expect("open"));
+        let served = engine.clone();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -48,7 +51,7 @@ impl Manifold {
                     .expect("bind");
                 tx.send(listener.local_addr().expect("addr")).expect("send");
                 let config = manifold_resp::RespConfig::for_engine(16 << 20);
-                manifold_resp::serve(listener, engine, config, stopped)
+                manifold_resp::serve(listener, served, config, stopped)
                     .await
                     .expect("serve");
             });
@@ -56,6 +59,7 @@ impl Manifold {
         let addr = rx.recv().expect("server address");
         Manifold {
             addr,
+            engine,
             stop: Some(stop),
             thread: Some(thread),
             _dir: dir,
