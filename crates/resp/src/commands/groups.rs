@@ -15,10 +15,10 @@ use manifold_core::store::StreamId;
 
 use super::Ctx;
 use super::connection::help;
-use super::read::{Blocked, ReadArgs, parse_read};
+use super::read::{Blocked, ReadArgs, parse_read, per_stream};
 use super::streams::entry_reply;
 use crate::args::{self, IdForm, id_bulk, is};
-use crate::reply::{Protocol, Reply};
+use crate::reply::Reply;
 
 type Result<T> = std::result::Result<T, Reply>;
 
@@ -57,6 +57,23 @@ fn stream_and_group(ctx: &Ctx<'_>, key: &[u8], group: &[u8]) -> Result<(bool, bo
         None => (false, false),
         Some(g) => (true, g.iter().any(|g| g.name.as_ref() == group)),
     })
+}
+
+/// Entries a group read or claim handed out: IDs only with JUSTID, else each as
+/// [`group_entry`].
+fn claimed_reply(entries: &[GroupEntry], justid: bool) -> Reply {
+    Reply::Array(
+        entries
+            .iter()
+            .map(|e| {
+                if justid {
+                    id_bulk(e.id)
+                } else {
+                    group_entry(e)
+                }
+            })
+            .collect(),
+    )
 }
 
 /// A group read's or claim's entry: `[id, fields]`, `[id, nil]` for a message gone.
@@ -230,7 +247,12 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
                     ctx.engine_error(&e, &key, &group)
                 })?;
             if !served.is_empty() {
-                return Ok(group_streams_reply(ctx.conn.protocol, served));
+                // As XREAD's, with `[id, nil]` for pending entries whose message is gone.
+                let served = served
+                    .into_iter()
+                    .map(|(k, e)| (k, claimed_reply(&e, false)))
+                    .collect();
+                return Ok(per_stream(ctx.conn.protocol, served));
             }
         }
         if parsed.block.is_none() || history {
@@ -285,25 +307,6 @@ fn has_new(client: &Client, db: u8, streams: &[(Bytes, ReadFrom)], group: &[u8])
             _ => false,
         }
     })
-}
-
-/// XREADGROUP's reply: like XREAD's, with `[id, nil]` for pending entries whose message is gone.
-fn group_streams_reply(protocol: Protocol, served: Vec<(Bytes, Vec<GroupEntry>)>) -> Reply {
-    let entries = |e: &[GroupEntry]| Reply::Array(e.iter().map(group_entry).collect());
-    match protocol {
-        Protocol::Resp3 => Reply::Map(
-            served
-                .iter()
-                .map(|(k, e)| (Reply::Bulk(k.clone()), entries(e)))
-                .collect(),
-        ),
-        Protocol::Resp2 => Reply::Array(
-            served
-                .iter()
-                .map(|(k, e)| Reply::Array(vec![Reply::Bulk(k.clone()), entries(e)]))
-                .collect(),
-        ),
-    }
 }
 
 /// XACK key group id [id ...]: a missing key or group answers 0 before the IDs are read.
@@ -495,18 +498,7 @@ pub async fn xclaim(ctx: &mut Ctx<'_>) -> Result<Reply> {
         .claim(ctx.conn.db, key.clone(), group.clone(), claim)
         .await
         .map_err(|e| ctx.engine_error(&e, &key, &group))?;
-    Ok(Reply::Array(
-        claimed
-            .iter()
-            .map(|e| {
-                if justid {
-                    id_bulk(e.id)
-                } else {
-                    group_entry(e)
-                }
-            })
-            .collect(),
-    ))
+    Ok(claimed_reply(&claimed, justid))
 }
 
 /// XAUTOCLAIM key group consumer min-idle-time start [COUNT n] [JUSTID].
@@ -557,18 +549,7 @@ pub async fn xautoclaim(ctx: &mut Ctx<'_>) -> Result<Reply> {
         .map_err(|e| ctx.engine_error(&e, &key, &group))?;
     Ok(Reply::Array(vec![
         id_bulk(got.next),
-        Reply::Array(
-            got.entries
-                .iter()
-                .map(|e| {
-                    if justid {
-                        id_bulk(e.id)
-                    } else {
-                        group_entry(e)
-                    }
-                })
-                .collect(),
-        ),
+        claimed_reply(&got.entries, justid),
         Reply::Array(got.deleted.into_iter().map(id_bulk).collect()),
     ]))
 }

@@ -156,7 +156,11 @@ pub async fn xread(ctx: &mut Ctx<'_>) -> Result<Reply> {
             }
         }
         if !found.is_empty() {
-            return Ok(streams_reply(ctx.conn.protocol, found));
+            let found = found
+                .into_iter()
+                .map(|(k, m)| (k, Reply::Array(m.iter().map(entry_reply).collect())))
+                .collect();
+            return Ok(per_stream(ctx.conn.protocol, found));
         }
         if parsed.block.is_none() {
             return Ok(Reply::NilArray);
@@ -184,24 +188,20 @@ pub async fn xread(ctx: &mut Ctx<'_>) -> Result<Reply> {
     }
 }
 
-/// Streams with their entries: RESP2 an array of `[key, entries]`, RESP3 a map.
-pub fn streams_reply(
-    protocol: Protocol,
-    found: Vec<(Bytes, Vec<manifold_core::engine::Message>)>,
-) -> Reply {
-    let entries =
-        |m: &[manifold_core::engine::Message]| Reply::Array(m.iter().map(entry_reply).collect());
+/// Streams with their entries (each already a reply): RESP2 an array of `[key, entries]`,
+/// RESP3 a map — XREAD's and XREADGROUP's shape.
+pub fn per_stream(protocol: Protocol, streams: Vec<(Bytes, Reply)>) -> Reply {
     match protocol {
         Protocol::Resp3 => Reply::Map(
-            found
-                .iter()
-                .map(|(k, m)| (Reply::Bulk(k.clone()), entries(m)))
+            streams
+                .into_iter()
+                .map(|(k, e)| (Reply::Bulk(k), e))
                 .collect(),
         ),
         Protocol::Resp2 => Reply::Array(
-            found
-                .iter()
-                .map(|(k, m)| Reply::Array(vec![Reply::Bulk(k.clone()), entries(m)]))
+            streams
+                .into_iter()
+                .map(|(k, e)| Reply::Array(vec![Reply::Bulk(k), e]))
                 .collect(),
         ),
     }

@@ -256,13 +256,10 @@ pub fn xrange(ctx: &mut Ctx<'_>, reverse: bool) -> Result<Reply> {
         }
     }
     let key = &ctx.args[1];
-    let client = ctx.client()?;
-    if !client
-        .exists(ctx.conn.db, key)
-        .map_err(|e| ctx.engine_error(&e, key, b""))?
-    {
+    if !exists(ctx, key)? {
         return Ok(Reply::Array(Vec::new()));
     }
+    let client = ctx.client()?;
     if count == 0 {
         return Ok(Reply::NilArray);
     }
@@ -291,17 +288,21 @@ pub fn xlen(ctx: &mut Ctx<'_>) -> Result<Reply> {
         .map_err(|e| ctx.engine_error(&e, key, b""))
 }
 
+/// Whether the stream `key` of the connection's database exists (and may be read).
+fn exists(ctx: &Ctx<'_>, key: &[u8]) -> Result<bool> {
+    ctx.client()?
+        .exists(ctx.conn.db, key)
+        .map_err(|e| ctx.engine_error(&e, key, b""))
+}
+
 /// XDEL key id [id ...]: the key first (a missing one answers 0 whatever the IDs), then
 /// every ID, all or nothing.
 pub async fn xdel(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let key = ctx.args[1].clone();
-    let client = ctx.client()?;
-    if !client
-        .exists(ctx.conn.db, &key)
-        .map_err(|e| ctx.engine_error(&e, &key, b""))?
-    {
+    if !exists(ctx, &key)? {
         return Ok(Reply::Int(0));
     }
+    let client = ctx.client()?;
     let ids = ctx.args[2..]
         .iter()
         .map(|a| args::stream_id(a, IdForm::Strict, 0))
@@ -319,13 +320,10 @@ pub async fn xtrim(ctx: &mut Ctx<'_>) -> Result<Reply> {
         return Err(args::syntax_error());
     };
     let key = ctx.args[1].clone();
-    let client = ctx.client()?;
-    if !client
-        .exists(ctx.conn.db, &key)
-        .map_err(|e| ctx.engine_error(&e, &key, b""))?
-    {
+    if !exists(ctx, &key)? {
         return Ok(Reply::Int(0));
     }
+    let client = ctx.client()?;
     client
         .trim(ctx.conn.db, key.clone(), trim)
         .await
