@@ -258,12 +258,8 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
         if parsed.block.is_none() || history {
             return Ok(Reply::NilArray);
         }
-        let remaining = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(r) if !r.is_zero() => r,
-                _ => return Ok(Reply::NilArray),
-            },
-            None => Duration::from_secs(24 * 3600),
+        let Some(remaining) = super::read::remaining(deadline) else {
+            return Ok(Reply::NilArray);
         };
         if count == 0 {
             count = super::read::BLOCKED_DEFAULT_COUNT as u64;

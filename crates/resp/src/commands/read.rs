@@ -165,12 +165,8 @@ pub async fn xread(ctx: &mut Ctx<'_>) -> Result<Reply> {
         if parsed.block.is_none() {
             return Ok(Reply::NilArray);
         }
-        let remaining = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(r) if !r.is_zero() => r,
-                _ => return Ok(Reply::NilArray),
-            },
-            None => Duration::from_secs(24 * 3600),
+        let Some(remaining) = remaining(deadline) else {
+            return Ok(Reply::NilArray);
         };
         // Served after a wait without COUNT: at most 1000 entries per stream, as Redis.
         if count == 0 {
@@ -185,6 +181,17 @@ pub async fn xread(ctx: &mut Ctx<'_>) -> Result<Reply> {
             Ok(_) => {}
             Err(e) => return Err(ctx.engine_error(&e, b"", b"")),
         }
+    }
+}
+
+/// How long a blocked read may still wait: until `deadline` (`None`: BLOCK 0, for ever, in
+/// waits of a day), `None` once it has passed.
+pub(super) fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        Some(d) => d
+            .checked_duration_since(Instant::now())
+            .filter(|r| !r.is_zero()),
+        None => Some(Duration::from_secs(24 * 3600)),
     }
 }
 
