@@ -1135,11 +1135,18 @@ impl Engine {
         let Some(topic) = store.topic(db, key) else {
             return Ok(Vec::new());
         };
+        // A start at or below the first live entry (`-`, XREAD from 0) needs no search.
+        let seek_from = |id: StreamId| -> Result<u64> {
+            match store.read_queue(&topic, topic.first_live, 1)?.first() {
+                Some((_, first)) if id <= first.id => Ok(topic.first_live),
+                _ => Ok(store.seek(&topic, id)?),
+            }
+        };
         let lo = match start {
             Bound::Unbounded => topic.first_live,
-            Bound::Included(id) => store.seek(&topic, id)?,
+            Bound::Included(id) => seek_from(id)?,
             Bound::Excluded(id) => match next_id(id) {
-                Some(next) => store.seek(&topic, next)?,
+                Some(next) => seek_from(next)?,
                 None => topic.len,
             },
         };
