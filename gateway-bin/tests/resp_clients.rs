@@ -738,6 +738,107 @@ fn sigterm_with_a_blocked_reader_exits_cleanly_and_keeps_the_data() -> anyhow::R
     Ok(())
 }
 
+/// Consumer groups across a SIGKILL: the group, its last delivered ID, every pending entry
+/// (owner and delivery count) and what is acknowledged are as they were acknowledged.
+#[test]
+fn groups_and_pending_entries_survive_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut server, _) = start(dir.path())?;
+    let mut c = Resp::connect(server.port)?;
+    for i in 1..=6 {
+        let id = format!("{i}-1");
+        ensure!(c.cmd(&["XADD", "jobs", &id, "f", &i.to_string()])? == Value::bulk(&id));
+    }
+    ensure!(c.cmd(&["XGROUP", "CREATE", "jobs", "workers", "0"])? == Value::Simple("OK".into()));
+    let first = entry_ids(&stream_entries(c.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "alice",
+        "COUNT",
+        "2",
+        "STREAMS",
+        "jobs",
+        ">",
+    ])?)?)?;
+    ensure!(first == ["1-1", "2-1"], "{first:?}");
+    let second = entry_ids(&stream_entries(c.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "bob",
+        "COUNT",
+        "3",
+        "STREAMS",
+        "jobs",
+        ">",
+    ])?)?)?;
+    ensure!(second == ["3-1", "4-1", "5-1"], "{second:?}");
+    ensure!(c.cmd(&["XACK", "jobs", "workers", "1-1", "4-1"])? == Value::Int(2));
+    // alice reads her history again: 2-1 is delivered a second time.
+    c.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "alice",
+        "STREAMS",
+        "jobs",
+        "0",
+    ])?;
+    let pending_before = c.cmd(&["XPENDING", "jobs", "workers"])?;
+    let groups_before = c.cmd(&["XINFO", "GROUPS", "jobs"])?;
+    server.signal("KILL")?;
+    server.wait_exit(Duration::from_secs(5))?;
+    let (mut server, _) = start(dir.path())?;
+    let mut c = Resp::connect(server.port)?;
+    ensure!(c.cmd(&["XPENDING", "jobs", "workers"])? == pending_before);
+    ensure!(c.cmd(&["XINFO", "GROUPS", "jobs"])? == groups_before);
+    let Value::Array(lines) = c.cmd(&["XPENDING", "jobs", "workers", "-", "+", "10"])? else {
+        bail!("XPENDING extended");
+    };
+    let owners: Vec<(Value, Value, Value)> = lines
+        .into_iter()
+        .filter_map(|l| match l {
+            Value::Array(f) if f.len() == 4 => Some((f[0].clone(), f[1].clone(), f[3].clone())),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        owners
+            == [
+                (Value::bulk("2-1"), Value::bulk("alice"), Value::Int(2)),
+                (Value::bulk("3-1"), Value::bulk("bob"), Value::Int(1)),
+                (Value::bulk("5-1"), Value::bulk("bob"), Value::Int(1)),
+            ],
+        "{owners:?}"
+    );
+    // The group goes on where it was: 6-1 is the next new entry.
+    let next = entry_ids(&stream_entries(c.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "carol",
+        "STREAMS",
+        "jobs",
+        ">",
+    ])?)?)?;
+    ensure!(next == ["6-1"], "{next:?}");
+    server.signal("TERM")?;
+    ensure!(server.wait_exit(Duration::from_secs(5))?.success());
+    Ok(())
+}
+
+/// The entries of the only stream of an XREAD/XREADGROUP reply (RESP2 shape).
+fn stream_entries(reply: Value) -> anyhow::Result<Value> {
+    match reply {
+        Value::Array(mut streams) if streams.len() == 1 => match streams.remove(0) {
+            Value::Array(mut pair) if pair.len() == 2 => Ok(pair.remove(1)),
+            other => bail!("not a [key, entries] pair: {other:?}"),
+        },
+        other => bail!("not one stream: {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Raw TCP: protocol errors, inline commands, pipelining
 

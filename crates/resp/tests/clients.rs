@@ -473,3 +473,47 @@ fn messages_are_found_by_their_message_key() {
         "-ERR wrong number of arguments for 'manifold.xadd' command\\r\\n"
     );
 }
+
+/// Keys, field names and values are bytes: NUL, CR LF, invalid UTF-8 and an empty value come
+/// back exactly, in XRANGE, XREAD, KEYS and SCAN, in RESP2 and RESP3.
+#[test]
+fn binary_keys_and_values_round_trip() {
+    let m = Manifold::start();
+    let key: &[u8] = b"bin\x00\xff\r\nkey";
+    let field: &[u8] = b"f\x00\r\n";
+    let value: &[u8] = b"\xc3\x28\x00\r\n\xff";
+    for protocol in ["2", "3"] {
+        let mut raw = Raw::connect(m.addr);
+        raw.cmd(&["HELLO", protocol]);
+        raw.call(&[b"DEL", key]);
+        assert_eq!(
+            show(&raw.call(&[b"XADD", key, b"1-1", field, value, b"empty", b""])),
+            "$3\\r\\n1-1\\r\\n"
+        );
+        let mut want = b"*1\r\n*2\r\n$3\r\n1-1\r\n*4\r\n".to_vec();
+        for part in [field, value, b"empty".as_slice(), b"".as_slice()] {
+            want.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+            want.extend_from_slice(part);
+            want.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(
+            raw.call(&[b"XRANGE", key, b"-", b"+"]),
+            want,
+            "RESP{protocol}"
+        );
+        let read = raw.call(&[b"XREAD", b"STREAMS", key, b"0"]);
+        assert!(
+            read.windows(value.len()).any(|w| w == value),
+            "XREAD lost the value: {}",
+            show(&read)
+        );
+        let mut bulk_key = format!("${}\r\n", key.len()).into_bytes();
+        bulk_key.extend_from_slice(key);
+        bulk_key.extend_from_slice(b"\r\n");
+        let keys = raw.call(&[b"KEYS", b"bin*"]);
+        assert!(keys.ends_with(&bulk_key), "KEYS: {}", show(&keys));
+        let scan = raw.call(&[b"SCAN", b"0", b"MATCH", b"bin*", b"COUNT", b"100"]);
+        assert!(scan.ends_with(&bulk_key), "SCAN: {}", show(&scan));
+        assert_eq!(show(&raw.call(&[b"TYPE", key])), "+stream\\r\\n");
+    }
+}
