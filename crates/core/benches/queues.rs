@@ -43,6 +43,7 @@ fn queues(c: &mut Criterion) {
         removed_below: 0,
         deleted: 0,
         max_deleted_id: StreamId::default(),
+        entries_added: 0,
     };
     let batch = 65_536u64;
     let mut n = 0;

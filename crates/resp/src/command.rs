@@ -212,6 +212,7 @@ pub static COMMANDS: &[Spec] = &[
     keyed("xlen", 2, &["readonly", "fast"], 1, 1, STREAM_R),
     keyed("xdel", -3, &["write", "fast"], 1, 1, STREAM_W),
     keyed("xtrim", -4, &["write"], 1, 1, STREAM_W),
+    keyed("xsetid", -3, &["write", "denyoom", "fast"], 1, 1, STREAM_W),
     keyed(
         "xread",
         -4,

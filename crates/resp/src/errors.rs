@@ -4,6 +4,7 @@
 //! Owns the wording only; it must never decide whether something is an error.
 
 use manifold_core::engine::{EngineError, GroupError};
+use manifold_core::store::SetIdRefused;
 
 use crate::reply::Reply;
 
@@ -47,6 +48,13 @@ pub fn engine_error(e: &EngineError, cmd: &str, key: &[u8], group: &[u8]) -> Rep
         }
         EngineError::Group(GroupError::NoStream) => Reply::err(
             "The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.",
+        ),
+        EngineError::SetId(SetIdRefused::NoKey) => Reply::err("no such key"),
+        EngineError::SetId(SetIdRefused::IdTooSmall) => {
+            Reply::err("The ID specified in XSETID is smaller than the target stream top item")
+        }
+        EngineError::SetId(SetIdRefused::AddedTooSmall) => Reply::err(
+            "The entries_added specified in XSETID is smaller than the target stream length",
         ),
         // Manifold's own limits and failures: `-ERR` with the engine's text.
         other => Reply::err(other),

@@ -310,6 +310,39 @@ fn replies_match_redis_server() {
             &["XGROUP", "HELP"],
             &["XINFO", "HELP"],
         ],
+        // XSETID: argument errors first, then the key, then the stream's bounds.
+        &[
+            &["XSETID", "nokey", "1-1"],
+            &["XSETID", "nokey", "bad"],
+            &["XSETID", "nokey", "1-1", "ENTRIESADDED", "-1"],
+            &["XSETID", "nokey", "1-1", "ENTRIESADDED", "x"],
+            &["XSETID", "nokey", "1-1", "MAXDELETEDID", "2-0"],
+            &["XSETID", "nokey", "1-1", "BOGUS", "1"],
+            &["XSETID", "nokey", "1-1", "ENTRIESADDED"],
+            &["XADD", "x", "5-1", "f", "v"],
+            &["XADD", "x", "6-1", "f", "v"],
+            &["XSETID", "x", "5-9"],
+            &["XSETID", "x", "6-1", "ENTRIESADDED", "1"],
+            &[
+                "XSETID",
+                "x",
+                "9-9",
+                "ENTRIESADDED",
+                "10",
+                "MAXDELETEDID",
+                "3-3",
+            ],
+            &["XADD", "x", "9-9", "f", "v"],
+            &["XADD", "x", "9-*", "f", "v"],
+            &["XINFO", "STREAM", "x", "FULL"],
+            &["XDEL", "x", "5-1", "6-1", "10-0"],
+            &["XDEL", "x", "9-10"],
+            &["XSETID", "x", "1-1"],
+            &["XINFO", "STREAM", "x", "FULL"],
+            &["XADD", "x", "1-2", "f", "v"],
+            &["XGROUP", "CREATE", "x", "g", "0"],
+            &["XINFO", "GROUPS", "x"],
+        ],
         // RESP3 after HELLO 3 (its own reply differs in id and version: checked apart).
         &[
             &["XADD", "t", "1-1", "f", "v"],
@@ -525,6 +558,13 @@ mod random {
         Exists {
             key: u8,
         },
+        XSetId {
+            key: u8,
+            nth: u8,
+            bump: bool,
+            added: Option<u8>,
+            maxdel: Option<u8>,
+        },
     }
 
     pub fn op() -> impl Strategy<Value = Op> {
@@ -553,7 +593,9 @@ mod random {
             1 => (key.clone(), group.clone(), consumer.clone(), 1u8..4).prop_map(|(key, group, consumer, count)| Op::AutoClaim { key, group, consumer, count }),
             1 => key.clone().prop_map(|key| Op::Groups { key }),
             1 => key.clone().prop_map(|key| Op::DelKey { key }),
-            1 => key.prop_map(|key| Op::Exists { key }),
+            1 => key.clone().prop_map(|key| Op::Exists { key }),
+            1 => (key, any::<u8>(), any::<bool>(), proptest::option::of(0u8..8), proptest::option::of(any::<u8>()))
+                .prop_map(|(key, nth, bump, added, maxdel)| Op::XSetId { key, nth, bump, added, maxdel }),
         ]
     }
 
@@ -608,7 +650,8 @@ mod random {
                 | Op::AutoClaim { key, .. }
                 | Op::Groups { key }
                 | Op::DelKey { key }
-                | Op::Exists { key } => *key,
+                | Op::Exists { key }
+                | Op::XSetId { key, .. } => *key,
             };
             let ids = all_ids.entry(key_of).or_default();
             let k = |key: u8| format!("k{key}");
@@ -846,6 +889,36 @@ mod random {
                 Op::Exists { key } => {
                     let v = vec!["EXISTS".into(), k(*key)];
                     (v.clone(), v)
+                }
+                Op::XSetId {
+                    key,
+                    nth,
+                    bump,
+                    added,
+                    maxdel,
+                } => {
+                    // An ID of the stream, each server its own, or one above every ID both
+                    // servers generate.
+                    let (x, y) = if *bump {
+                        (
+                            "99999999999999-5".to_string(),
+                            "99999999999999-5".to_string(),
+                        )
+                    } else {
+                        ids.pick(*nth)
+                    };
+                    let mut a = vec!["XSETID".into(), k(*key), x];
+                    let mut b = vec!["XSETID".into(), k(*key), y];
+                    if let Some(n) = added {
+                        a.extend(["ENTRIESADDED".into(), n.to_string()]);
+                        b.extend(["ENTRIESADDED".into(), n.to_string()]);
+                    }
+                    if let Some(m) = maxdel {
+                        let (mx, my) = ids.pick(*m);
+                        a.extend(["MAXDELETEDID".into(), mx]);
+                        b.extend(["MAXDELETEDID".into(), my]);
+                    }
+                    (a, b)
                 }
             };
             let a_args: Vec<&str> = a.iter().map(String::as_str).collect();

@@ -93,6 +93,21 @@ impl Client {
         self.engine.drop_topics(db, keys).await
     }
 
+    /// [`Engine::set_id`], if it may publish to the key.
+    pub async fn set_id(
+        &self,
+        db: u8,
+        key: Bytes,
+        id: StreamId,
+        entries_added: Option<u64>,
+        max_deleted: Option<StreamId>,
+    ) -> Result<()> {
+        self.principal.check_publish(&key)?;
+        self.engine
+            .set_id(db, key, id, entries_added, max_deleted)
+            .await
+    }
+
     /// [`Engine::exists`], if it may subscribe to the key.
     pub fn exists(&self, db: u8, key: &[u8]) -> Result<bool> {
         self.principal.check_subscribe(key)?;

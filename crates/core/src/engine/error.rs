@@ -62,6 +62,9 @@ pub enum EngineError {
     /// Unknown principal or wrong secret (the same error for both).
     #[error("invalid principal or secret")]
     BadCredentials,
+    /// XSETID changed nothing (the stream is missing, or the ID or counter is too small).
+    #[error("XSETID refused: {0:?}")]
+    SetId(crate::store::SetIdRefused),
     /// The engine is shutting down; retry on another node or after restart.
     #[error("engine is shutting down")]
     ShuttingDown,

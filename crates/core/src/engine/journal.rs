@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use super::codec::{Reader, put_id};
 use super::groups::{EntryRef, StreamFacts, Streams};
-use crate::store::{LogIndex, Outcome, StoreError, StreamId};
+use crate::store::{LogIndex, Outcome, SetIdRefused, StoreError, StreamId};
 
 /// One answer a group command got from the streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +167,9 @@ pub fn encode(entries: &[JournalEntry]) -> Vec<u8> {
                 }
                 Outcome::Dropped(b) => out.extend_from_slice(&[4, u8::from(*b)]),
                 Outcome::Created(b) => out.extend_from_slice(&[5, u8::from(*b)]),
+                Outcome::IdSet(refused) => {
+                    out.extend_from_slice(&[6, refused.map_or(0, |r| r as u8)]);
+                }
             }
         }
         out.extend_from_slice(&(e.reads.len() as u32).to_le_bytes());
@@ -219,6 +222,13 @@ pub fn decode(b: &[u8]) -> Result<Vec<JournalEntry>, String> {
                 3 => Outcome::Trimmed(r.u64()?),
                 4 => Outcome::Dropped(r.flag()?),
                 5 => Outcome::Created(r.flag()?),
+                6 => Outcome::IdSet(match r.u8()? {
+                    0 => None,
+                    1 => Some(SetIdRefused::NoKey),
+                    2 => Some(SetIdRefused::IdTooSmall),
+                    3 => Some(SetIdRefused::AddedTooSmall),
+                    c => return Err(format!("XSETID outcome {c}")),
+                }),
                 t => return Err(format!("outcome tag {t}")),
             });
         }
@@ -296,6 +306,8 @@ mod tests {
                     Outcome::Trimmed(4),
                     Outcome::Dropped(false),
                     Outcome::Created(true),
+                    Outcome::IdSet(None),
+                    Outcome::IdSet(Some(SetIdRefused::AddedTooSmall)),
                 ],
                 reads: Vec::new(),
             },

@@ -115,6 +115,8 @@ enum CommandTag {
     Session = 9,
     /// A filter-group command (`filter_groups`).
     FilterGroup = 10,
+    /// XSETID (a `SetId` sub-record).
+    SetId = 11,
 }
 
 /// What an entry's command does to retained messages.
@@ -302,7 +304,7 @@ impl Streams for StoreStreams<'_> {
             last_id: t.last_id,
             first_id,
             max_deleted_id: t.max_deleted_id,
-            entries_added: t.len,
+            entries_added: t.entries_added,
         }))
     }
 
@@ -1088,6 +1090,51 @@ impl Engine {
             .count() as u64)
     }
 
+    /// XSETID: the stream's last ID becomes `id`, and its entries-added counter and max
+    /// deleted ID (a zero one is left alone) when given. Checked when applied, as Redis checks
+    /// them: `SetId(NoKey)` for a missing stream; for one with entries, `SetId(IdTooSmall)`
+    /// below its last entry and `SetId(AddedTooSmall)` for a counter below its length.
+    pub async fn set_id(
+        &self,
+        db: u8,
+        key: Bytes,
+        id: StreamId,
+        entries_added: Option<u64>,
+        max_deleted: Option<StreamId>,
+    ) -> Result<()> {
+        check_db(db)?;
+        let mut properties = Vec::new();
+        if let Some(n) = entries_added {
+            properties.push((
+                Bytes::from_static(crate::store::SETID_ADDED_PROPERTY),
+                Bytes::copy_from_slice(&n.to_le_bytes()),
+            ));
+        }
+        if let Some(m) = max_deleted {
+            let mut v = m.ms.to_le_bytes().to_vec();
+            v.extend_from_slice(&m.seq.to_le_bytes());
+            properties.push((
+                Bytes::from_static(crate::store::SETID_MAXDEL_PROPERTY),
+                Bytes::from(v),
+            ));
+        }
+        let record = SubRecord {
+            op: RecordOp::SetId,
+            db,
+            topic: key,
+            id,
+            properties,
+            ..SubRecord::default()
+        };
+        match self.command(CommandTag::SetId, vec![record]).await?.first() {
+            Some(Outcome::IdSet(None)) => Ok(()),
+            Some(Outcome::IdSet(Some(refused))) => Err(EngineError::SetId(*refused)),
+            other => Err(EngineError::Store(crate::store::StoreError::Failed(
+                std::sync::Arc::from(format!("XSETID applied as {other:?}")),
+            ))),
+        }
+    }
+
     /// Whether the stream `(db, key)` exists (EXISTS, TYPE).
     pub fn exists(&self, db: u8, key: &[u8]) -> bool {
         self.inner.store.topic(db, key).is_some()
@@ -1222,7 +1269,7 @@ impl Engine {
             length: t.live_len(),
             last_generated_id: t.last_id,
             max_deleted_entry_id: t.max_deleted_id,
-            entries_added: t.len,
+            entries_added: t.entries_added,
             first_entry: first.into_iter().next(),
             last_entry: last.into_iter().next(),
             incarnation: t.incarnation,
@@ -1615,6 +1662,9 @@ impl Inner {
                     v.exists = false;
                 }
                 RecordOp::Create => v.exists = true,
+                // Taken as done: appends proposed after it resolve IDs above it (a refused
+                // XSETID leaves the view high until it is applied; apply re-checks appends).
+                RecordOp::SetId if v.exists => v.last_id = r.id,
                 _ => {}
             }
             v.at = index;

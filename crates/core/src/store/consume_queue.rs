@@ -334,10 +334,15 @@ impl ConsumeQueues {
         self.files.sync_if_crowded()
     }
 
-    /// Sets the deleted flag of each `(topic, n)` and syncs the files written, without
-    /// touching the dirty set's syncing: safe beside dispatch, which never writes an existing
-    /// entry's flags. For a checkpoint being made durable off the dispatch path.
-    pub fn write_deleted_flags(&self, deletes: &[(Topic, u64)]) -> Result<()> {
+    /// Sets the deleted flag of each `(topic, n)` (each topic as its current row places it:
+    /// the caller holds the dispatcher lock, so no migration moves an entry meanwhile) and
+    /// returns the files written, for the caller to sync after letting go of the lock. Touches
+    /// only existing entries' flags, which dispatch never writes, and leaves the dirty set's
+    /// syncing alone.
+    pub fn write_deleted_flags(
+        &self,
+        deletes: &[(Topic, u64)],
+    ) -> Result<Vec<(QueueFile, Arc<dyn super::storage::StorageFile>)>> {
         let mut written: Vec<(QueueFile, Arc<dyn super::storage::StorageFile>)> = Vec::new();
         for (topic, n) in deletes {
             let place = self.place(topic, *n);
@@ -351,10 +356,7 @@ impl ConsumeQueues {
                 written.push((place.file, file));
             }
         }
-        for (key, file) in &written {
-            file.sync_data().at(key.path())?;
-        }
-        Ok(())
+        Ok(written)
     }
 
     /// Takes the files written so far off the dirty set, to be synced by the caller (see

@@ -90,6 +90,9 @@ pub enum RecordOp {
     /// Retention: in **every** topic, the entries of log entries below `id.ms` are gone (the
     /// topic key is not used).
     RetainFrom = 6,
+    /// XSETID: the stream's last ID becomes `id`; with the property `added` (8 bytes) its
+    /// entries-added counter, with `maxdel` (16 bytes: ms, seq) its max deleted ID.
+    SetId = 7,
 }
 
 impl RecordOp {
@@ -102,6 +105,7 @@ impl RecordOp {
             4 => Some(RecordOp::TrimToLen),
             5 => Some(RecordOp::Create),
             6 => Some(RecordOp::RetainFrom),
+            7 => Some(RecordOp::SetId),
             _ => None,
         }
     }
@@ -482,7 +486,8 @@ mod tests {
             Just(RecordOp::Drop),
             Just(RecordOp::TrimToLen),
             Just(RecordOp::Create),
-            Just(RecordOp::RetainFrom)
+            Just(RecordOp::RetainFrom),
+            Just(RecordOp::SetId)
         ];
         (
             op,

@@ -294,7 +294,8 @@ fn collect_messages(record: &[u8], db: u8, key: &[u8], out: &mut TopicLog) {
                 | RecordOp::Trim
                 | RecordOp::TrimToLen
                 | RecordOp::Create
-                | RecordOp::RetainFrom => {}
+                | RecordOp::RetainFrom
+                | RecordOp::SetId => {}
             }
         }
     }

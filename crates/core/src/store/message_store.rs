@@ -19,7 +19,7 @@ use super::commitlog::{CommitLog, LogConfig};
 use super::consume_queue::{ConsumeQueues, CqConfig, CqEntry, QueueFile};
 use super::entry::{LogEntry, LogIndex, RecordOp, StreamId, SubRecord};
 use super::error::{IoContext, Result, StoreError};
-use super::file_cache::Unsynced;
+use super::file_cache::{FileKey, Unsynced};
 use super::index_file::{IndexCapture, IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
 use super::le;
 use super::recovery::RecoveryReport;
@@ -315,9 +315,8 @@ pub struct PendingCheckpoint {
     queues: Unsynced<QueueFile>,
     index: IndexCapture,
     table: TableWrite,
-    /// Pending XDELs whose flags this checkpoint writes, and where they are.
+    /// Pending XDELs whose flags this checkpoint writes.
     deletes: Vec<(TopicId, u64)>,
-    delete_places: Vec<(Topic, u64)>,
     /// Topics trimmed or dropped before it, with the point their files can go below.
     removals: Vec<(TopicId, u64)>,
 }
@@ -442,7 +441,25 @@ pub enum Outcome {
     Dropped(bool),
     /// Create: whether the topic was created (it did not exist).
     Created(bool),
+    /// SetId: done (`None`), or why it changed nothing.
+    IdSet(Option<SetIdRefused>),
 }
+
+/// Why an XSETID (`RecordOp::SetId`) changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetIdRefused {
+    /// The stream does not exist.
+    NoKey = 1,
+    /// The stream has entries and the ID is below its last one.
+    IdTooSmall = 2,
+    /// The entries-added counter given is below the stream's length.
+    AddedTooSmall = 3,
+}
+
+/// Property of a SetId sub-record: the stream's entries-added counter (8 bytes LE).
+pub const SETID_ADDED_PROPERTY: &[u8] = b"added";
+/// Property of a SetId sub-record: the stream's max deleted ID (16 bytes LE: ms, seq).
+pub const SETID_MAXDEL_PROPERTY: &[u8] = b"maxdel";
 
 /// A message read back through its queue entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -680,6 +697,7 @@ impl MessageStore {
                 RecordOp::Drop => Outcome::Dropped(false),
                 RecordOp::Create => Outcome::Created(false),
                 RecordOp::RetainFrom => Outcome::Trimmed(0),
+                RecordOp::SetId => Outcome::IdSet(Some(SetIdRefused::NoKey)),
             })
             .collect();
         let keys = entry
@@ -748,6 +766,7 @@ impl MessageStore {
                     d.topics.update(t.id, |t| {
                         t.migrated |= n >= self.config.queues.slot_entries;
                         t.len = n + 1;
+                        t.entries_added += 1;
                         t.last_id = r.id;
                         t.last_applied = (i, j);
                     });
@@ -762,6 +781,41 @@ impl MessageStore {
                     outcomes[j as usize] = Outcome::Created(true);
                 }
                 (RecordOp::Create, Some(_)) | (RecordOp::RetainFrom, _) => {}
+                (RecordOp::SetId, Some(t)) => {
+                    self.flush_run(run)?; // reads the queue
+                    let added = u64_property(r, SETID_ADDED_PROPERTY);
+                    let max_deleted = r
+                        .properties
+                        .iter()
+                        .find(|(n, _)| n.as_ref() == SETID_MAXDEL_PROPERTY)
+                        .and_then(|(_, v)| {
+                            let v: &[u8; 16] = v.as_ref().try_into().ok()?;
+                            Some(StreamId::new(le::u64_at(v, 0), le::u64_at(v, 8)))
+                        });
+                    // As Redis: only a stream with entries bounds the ID (by its last live
+                    // entry) and the counter (by its length).
+                    let live = t.live_len();
+                    let refused = if live > 0 && self.last_live_id(&t)?.is_some_and(|l| r.id < l) {
+                        Some(SetIdRefused::IdTooSmall)
+                    } else if live > 0 && added.is_some_and(|a| a < live) {
+                        Some(SetIdRefused::AddedTooSmall)
+                    } else {
+                        None
+                    };
+                    if refused.is_none() {
+                        d.topics.update(t.id, |t| {
+                            t.last_id = r.id;
+                            if let Some(a) = added {
+                                t.entries_added = a;
+                            }
+                            if let Some(m) = max_deleted.filter(|m| *m != StreamId::default()) {
+                                t.max_deleted_id = m;
+                            }
+                            t.last_applied = (i, j);
+                        });
+                    }
+                    outcomes[j as usize] = Outcome::IdSet(refused);
+                }
                 (_, None) => {} // an operation on a topic that does not exist changes nothing
                 (RecordOp::Delete, Some(t)) => {
                     self.flush_run(run)?; // reads the queue
@@ -906,6 +960,7 @@ impl MessageStore {
             removed_below: 0,
             deleted: 0,
             max_deleted_id: StreamId::default(),
+            entries_added: 0,
         };
         let exhausted = || StoreError::Config("topic ids or arena slots exhausted".into());
         d.next_topic = d.next_topic.checked_add(1).ok_or_else(exhausted)?;
@@ -951,7 +1006,7 @@ impl MessageStore {
     /// since are the next checkpoint's (their bytes may be synced now too: harmless, open
     /// re-dispatches past the checkpoint over them).
     pub fn finish_checkpoint(&self, pending: PendingCheckpoint) -> Result<()> {
-        if let Err(e) = self.make_durable(&pending) {
+        if let Err(e) = self.make_durable(&pending, None) {
             return Self::note_failure(&mut self.lock(), Err(e));
         }
         let mut d = self.lock();
@@ -966,19 +1021,16 @@ impl MessageStore {
             return Ok(());
         };
         let pending = self.capture(d, turn)?;
-        self.make_durable(&pending)?;
+        self.make_durable(&pending, Some(d))?;
         self.complete(d, pending)
     }
 
     fn capture(&self, d: &mut Dispatcher, turn: CheckpointTurn) -> Result<PendingCheckpoint> {
         // XDEL flags, index slots and seal headers reach the files in `make_durable` (flags
         // after an intent naming them, slots after the entries they point at): what they are
-        // and where is noted now, while the table and the index are ours.
+        // is noted now. Where a flag goes is looked up only when it is written (a migration
+        // in between moves the entry to the topic's own file).
         let deletes = self.queues.pending_deletes();
-        let delete_places = deletes
-            .iter()
-            .filter_map(|(id, n)| d.topics.get(*id).map(|t| (t.clone(), *n)))
-            .collect();
         let index = d.index.capture()?;
         let (table_mark, table) = d.topics.write_rows()?;
         let removals = std::mem::take(&mut d.removals)
@@ -1000,13 +1052,13 @@ impl MessageStore {
             index,
             table,
             deletes,
-            delete_places,
             removals,
         })
     }
 
-    /// Syncs what `capture` took, then writes the dispatch file. Takes no dispatch lock.
-    fn make_durable(&self, p: &PendingCheckpoint) -> Result<()> {
+    /// Syncs what `capture` took, then writes the dispatch file. Takes the dispatcher lock
+    /// only to write XDEL flags (`locked`: the caller holds it already).
+    fn make_durable(&self, p: &PendingCheckpoint, locked: Option<&Dispatcher>) -> Result<()> {
         let dispatched = p.record.dispatched;
         // The checkpoint may only name entries the log has made durable (in `async` mode the
         // dispatch point can run ahead of the last fdatasync).
@@ -1024,7 +1076,21 @@ impl MessageStore {
             };
             let path = self.root.join(DELETE_INTENT_FILE);
             write_atomic(self.storage.as_ref(), &path, &intent.encode()).at(&path)?;
-            self.queues.write_deleted_flags(&p.delete_places)?;
+            let write = |d: &Dispatcher| {
+                let places: Vec<(Topic, u64)> = p
+                    .deletes
+                    .iter()
+                    .filter_map(|(id, n)| d.topics.get(*id).map(|t| (t.clone(), *n)))
+                    .collect();
+                self.queues.write_deleted_flags(&places)
+            };
+            let written = match locked {
+                Some(d) => write(d)?,
+                None => write(&self.lock())?,
+            };
+            for (key, file) in &written {
+                file.sync_data().at(key.path())?;
+            }
         }
         let storage = self.storage.as_ref();
         p.queues.sync(storage)?;
@@ -1044,6 +1110,20 @@ impl MessageStore {
         self.queues.forget_deletes(&p.deletes);
         d.topics.remove_stale_generation()?;
         self.finish_removals(d, &p.removals)
+    }
+
+    /// The ID of `t`'s last live entry (Redis's `streamLastValidID`), if any.
+    fn last_live_id(&self, t: &Topic) -> Result<Option<StreamId>> {
+        let mut top = t.len;
+        while top > t.first_live {
+            let from = top.saturating_sub(TRIM_CHUNK).max(t.first_live);
+            let chunk = self.queues.read(t, from, top - from)?;
+            if let Some(e) = chunk.iter().rev().find(|e| !e.is_deleted()) {
+                return Ok(Some(e.id));
+            }
+            top = from;
+        }
+        Ok(None)
     }
 
     /// `n` moved past deleted entries up to the end of its node of `node` entries, when
@@ -1170,6 +1250,7 @@ impl MessageStore {
             }
             feed(&t.max_deleted_id.ms.to_le_bytes());
             feed(&t.max_deleted_id.seq.to_le_bytes());
+            feed(&t.entries_added.to_le_bytes());
             let mut at = t.first_live;
             while at < t.len {
                 let chunk = self.queues.read(t, at, (t.len - at).min(TRIM_CHUNK))?;

@@ -29,8 +29,8 @@ pub use error::{Result, StoreError};
 pub use index_file::{IndexConfig, IndexHit};
 pub use inspect::{InspectOptions, InspectReport, inspect};
 pub use message_store::{
-    MessageStore, Outcome, PendingCheckpoint, StoreConfig, StoredMessage, TRIM_LIMIT_PROPERTY,
-    TRIM_NODE_PROPERTY,
+    MessageStore, Outcome, PendingCheckpoint, SETID_ADDED_PROPERTY, SETID_MAXDEL_PROPERTY,
+    SetIdRefused, StoreConfig, StoredMessage, TRIM_LIMIT_PROPERTY, TRIM_NODE_PROPERTY,
 };
 pub use recovery::RecoveryReport;
 pub use simdisk::{CrashMode, SimDisk};

@@ -58,6 +58,9 @@ pub struct Topic {
     pub deleted: u64,
     /// Largest ID removed by XDEL or a trim (XINFO's max-deleted-entry-id).
     pub max_deleted_id: StreamId,
+    /// Entries ever added to this incarnation (XINFO's entries-added): `len` plus what XSETID
+    /// ENTRIESADDED set beyond it (rows written before XSETID existed hold `len`).
+    pub entries_added: u64,
 }
 
 impl Topic {
@@ -80,7 +83,9 @@ impl Topic {
     }
 }
 
-const ROW_FIXED: usize = 104;
+/// A row's fixed part: 112 bytes (`entries_added` at 104); rows written before it had 104.
+const ROW_FIXED: usize = 112;
+const ROW_FIXED_V1: usize = 104;
 const FLAG_MIGRATED: u8 = 1;
 const FLAG_DROPPED: u8 = 2;
 
@@ -109,6 +114,7 @@ impl Topic {
         out.extend_from_slice(&self.deleted.to_le_bytes());
         out.extend_from_slice(&self.max_deleted_id.ms.to_le_bytes());
         out.extend_from_slice(&self.max_deleted_id.seq.to_le_bytes());
+        out.extend_from_slice(&self.entries_added.to_le_bytes());
         out.extend_from_slice(&self.key);
         debug_assert_eq!(out.len() - start, size as usize);
         let crc = crc32c::crc32c(&out[start + 8..]);
@@ -119,23 +125,29 @@ impl Topic {
     fn decode(b: &[u8]) -> Option<(Topic, usize)> {
         let word = |at: usize| le::u32_at(b, at);
         let long = |at: usize| le::u64_at(b, at);
-        if b.len() < ROW_FIXED {
+        if b.len() < ROW_FIXED_V1 {
             return None;
         }
         let size = word(0) as usize;
-        if size < ROW_FIXED || size > b.len() || crc32c::crc32c(&b[8..size]) != word(4) {
+        if size < ROW_FIXED_V1 || size > b.len() || crc32c::crc32c(&b[8..size]) != word(4) {
             return None;
         }
         let key_len = word(52) as usize;
-        if ROW_FIXED + key_len != size {
+        let fixed = size.checked_sub(key_len)?;
+        if fixed != ROW_FIXED && fixed != ROW_FIXED_V1 {
             return None;
         }
+        let entries_added = if fixed == ROW_FIXED {
+            long(104)
+        } else {
+            long(24)
+        };
         let flags = b[13];
         Some((
             Topic {
                 id: word(8),
                 db: b[12],
-                key: Bytes::copy_from_slice(&b[ROW_FIXED..size]),
+                key: Bytes::copy_from_slice(&b[fixed..size]),
                 incarnation: long(16),
                 len: long(24),
                 first_live: long(32),
@@ -147,6 +159,7 @@ impl Topic {
                 removed_below: long(72),
                 deleted: long(80),
                 max_deleted_id: StreamId::new(long(88), long(96)),
+                entries_added,
             },
             size,
         ))
@@ -286,6 +299,7 @@ impl TopicTable {
                 removed_below: u64::MAX,
                 deleted: 0,
                 max_deleted_id: StreamId::default(),
+                entries_added: 0,
             });
             self.is_dirty.resize(id + 1, false);
         }

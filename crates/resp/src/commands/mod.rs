@@ -189,6 +189,7 @@ async fn run(ctx: &mut Ctx<'_>) -> Reply {
         "xlen" => streams::xlen(ctx),
         "xdel" => streams::xdel(ctx).await,
         "xtrim" => streams::xtrim(ctx).await,
+        "xsetid" => streams::xsetid(ctx).await,
         "xinfo|stream" => streams::xinfo_stream(ctx),
         "xinfo|groups" => groups::xinfo_groups(ctx),
         "xinfo|consumers" => groups::xinfo_consumers(ctx),

@@ -134,6 +134,7 @@ fn summary(name: &str) -> &'static str {
         "xlen" => "Return the number of messages in a stream.",
         "xdel" => "Returns the number of messages after removing them from a stream.",
         "xtrim" => "Deletes messages from the beginning of a stream.",
+        "xsetid" => "An internal command for replicating stream values.",
         "xread" => {
             "Returns messages from multiple streams with IDs greater than the ones requested. Blocks until a message is available otherwise."
         }

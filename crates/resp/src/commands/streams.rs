@@ -331,6 +331,46 @@ pub async fn xtrim(ctx: &mut Ctx<'_>) -> Result<Reply> {
         .map_err(|e| ctx.engine_error(&e, &key, b""))
 }
 
+/// XSETID key last-id [ENTRIESADDED n] [MAXDELETEDID id]: arguments first (as Redis), then the
+/// key; the engine checks the ID and counter against the stream when it applies.
+pub async fn xsetid(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let id = args::stream_id(&ctx.args[2], IdForm::Strict, 0)?;
+    let (mut added, mut max_deleted) = (None, None);
+    let mut i = 3;
+    while i < ctx.args.len() {
+        let Some(value) = ctx.args.get(i + 1) else {
+            return Err(args::syntax_error());
+        };
+        if is(&ctx.args[i], "entriesadded") {
+            let n = args::int(value)?;
+            if n < 0 {
+                return Err(Reply::err("entries_added must be positive"));
+            }
+            added = Some(n as u64);
+        } else if is(&ctx.args[i], "maxdeletedid") {
+            let m = args::stream_id(value, IdForm::Strict, 0)?;
+            if id < m {
+                return Err(Reply::err(
+                    "The ID specified in XSETID is smaller than the provided max_deleted_entry_id",
+                ));
+            }
+            max_deleted = Some(m);
+        } else {
+            return Err(args::syntax_error());
+        }
+        i += 2;
+    }
+    let key = ctx.args[1].clone();
+    if !exists(ctx, &key)? {
+        return Err(Reply::err("no such key"));
+    }
+    ctx.client()?
+        .set_id(ctx.conn.db, key.clone(), id, added, max_deleted)
+        .await
+        .map(|()| Reply::Ok)
+        .map_err(|e| ctx.engine_error(&e, &key, b""))
+}
+
 /// Redis packs a stream into radix-tree nodes of up to `stream-node-max-entries` (100)
 /// entries; this server does not, so XINFO's `radix-tree-keys` / `radix-tree-nodes` are what
 /// that packing would give for the entries added (an estimate: Redis's own depends on the
