@@ -105,11 +105,24 @@ pub async fn run(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
-                    finish(&mut started, conn.protocol, &mut output).await;
+                    if !stoppable(
+                        finish(&mut started, conn.protocol, &mut output),
+                        &entry,
+                        &mut shutdown,
+                    )
+                    .await
+                    {
+                        return;
+                    }
                     let reply = Reply::err(&e);
                     shared.count_error(&format!("ERR {e}"));
                     reply.encode(conn.protocol, &mut output);
-                    let _ = socket.write_all(&output).await;
+                    let _ = stoppable(
+                        flush(&mut socket, &mut output, &shared),
+                        &entry,
+                        &mut shutdown,
+                    )
+                    .await;
                     return;
                 }
             };
@@ -127,7 +140,28 @@ pub async fn run(
                 });
                 continue;
             }
-            finish(&mut started, conn.protocol, &mut output).await;
+            if !stoppable(
+                finish(&mut started, conn.protocol, &mut output),
+                &entry,
+                &mut shutdown,
+            )
+            .await
+            {
+                return;
+            }
+            // Before a command that may block, the replies before it go out (as Redis writes
+            // a client's pending replies when it blocks).
+            if !output.is_empty()
+                && commands::may_block(&args)
+                && !stoppable(
+                    flush(&mut socket, &mut output, &shared),
+                    &entry,
+                    &mut shutdown,
+                )
+                .await
+            {
+                return;
+            }
             // A command may wait (BLOCK); a kill, a shutdown or the client leaving ends it.
             // What the client sends meanwhile is kept for after it, up to the buffer limit.
             // A client that half-closes after its requests still gets the replies of those
@@ -161,19 +195,23 @@ pub async fn run(
                 break;
             }
         }
-        finish(&mut started, conn.protocol, &mut output).await;
-        if !output.is_empty() {
-            shared
-                .stats
-                .net_output_bytes
-                .fetch_add(output.len() as u64, Ordering::Relaxed);
-            if socket.write_all(&output).await.is_err() {
-                return;
-            }
-            output.clear();
-            if output.capacity() > KEEP_BUFFER {
-                output = BytesMut::new();
-            }
+        if !stoppable(
+            finish(&mut started, conn.protocol, &mut output),
+            &entry,
+            &mut shutdown,
+        )
+        .await
+        {
+            return;
+        }
+        if !stoppable(
+            flush(&mut socket, &mut output, &shared),
+            &entry,
+            &mut shutdown,
+        )
+        .await
+        {
+            return;
         }
         if eof || conn.closing || entry.killed.load(Ordering::SeqCst) {
             return;
@@ -211,14 +249,49 @@ enum Slot {
     Waiting(Deferred),
 }
 
-/// Answers every started command, in order.
-async fn finish(started: &mut VecDeque<Slot>, protocol: Protocol, output: &mut BytesMut) {
+/// Answers every started command, in order. Always `true` (see `stoppable`).
+async fn finish(started: &mut VecDeque<Slot>, protocol: Protocol, output: &mut BytesMut) -> bool {
     while let Some(slot) = started.pop_front() {
         let reply = match slot {
             Slot::Done(reply) => reply,
             Slot::Waiting(run) => run.await,
         };
         reply.encode(protocol, output);
+    }
+    true
+}
+
+/// Writes the replies gathered so far; `false` when the client is gone.
+async fn flush(socket: &mut TcpStream, output: &mut BytesMut, shared: &Shared) -> bool {
+    if output.is_empty() {
+        return true;
+    }
+    shared
+        .stats
+        .net_output_bytes
+        .fetch_add(output.len() as u64, Ordering::Relaxed);
+    if socket.write_all(output).await.is_err() {
+        return false;
+    }
+    output.clear();
+    if output.capacity() > KEEP_BUFFER {
+        *output = BytesMut::new();
+    }
+    true
+}
+
+/// Runs `work` unless a CLIENT KILL or the server's shutdown comes first (a client that stops
+/// reading, or a commit that stalls, must not make the connection unkillable); `false` when
+/// the connection must end.
+async fn stoppable(
+    work: impl std::future::Future<Output = bool>,
+    entry: &ClientEntry,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        ok = work => ok,
+        _ = entry.kill.notified() => false,
+        _ = shutdown.changed() => false,
     }
 }
 

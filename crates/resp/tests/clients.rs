@@ -517,3 +517,26 @@ fn binary_keys_and_values_round_trip() {
         assert_eq!(show(&raw.call(&[b"TYPE", key])), "+stream\\r\\n");
     }
 }
+
+/// Replies ahead of a blocking command in a pipeline go out when it blocks (as Redis writes
+/// a blocked client's pending replies); CLIENT KILL of a client type nobody has kills no one;
+/// a killed client that never reads is dropped all the same.
+#[test]
+fn replies_before_a_block_are_sent_and_kill_filters_by_type() {
+    let m = Manifold::start();
+    let mut raw = Raw::connect(m.addr);
+    let mut pipeline = support::encode(&[b"XADD", b"s", b"1-1", b"f", b"v"]);
+    pipeline.extend(support::encode(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"t", b"$"]));
+    raw.send_raw(&pipeline);
+    assert_eq!(show(&raw.reply()), "$3\\r\\n1-1\\r\\n", "the XADD reply came first");
+    let mut other = Raw::connect(m.addr);
+    assert_eq!(
+        show(&other.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])),
+        ":0\\r\\n"
+    );
+    assert_eq!(
+        show(&other.cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])),
+        ":1\\r\\n"
+    );
+    assert!(raw.closed(), "the blocked client was killed");
+}

@@ -348,6 +348,8 @@ fn client_kill(ctx: &mut Ctx<'_>) -> Result<Reply> {
         return Ok(Reply::Ok);
     }
     let (mut id, mut addr, mut laddr, mut user, mut skipme) = (None, None, None, None, true);
+    // TYPE: every client here is a normal one; another type matches none.
+    let mut normal = true;
     let mut i = 2;
     while i < ctx.args.len() {
         let Some(value) = ctx.args.get(i + 1) else {
@@ -374,7 +376,8 @@ fn client_kill(ctx: &mut Ctx<'_>) -> Result<Reply> {
                 return Err(args::syntax_error());
             };
         } else if is(opt, "type") {
-            if !(is(value, "normal")
+            normal = is(value, "normal");
+            if !(normal
                 || is(value, "master")
                 || is(value, "replica")
                 || is(value, "slave")
@@ -392,7 +395,8 @@ fn client_kill(ctx: &mut Ctx<'_>) -> Result<Reply> {
     }
     let mut killed = 0;
     for c in ctx.shared.clients() {
-        let matches = id.is_none_or(|v| c.id == v)
+        let matches = normal
+            && id.is_none_or(|v| c.id == v)
             && addr.as_ref().is_none_or(|a| c.addr.to_string() == *a)
             && laddr.as_ref().is_none_or(|a| c.laddr.to_string() == *a)
             && user.as_ref().is_none_or(|u| *lock(&c.user) == *u)

@@ -141,6 +141,14 @@ pub fn start_deferred(shared: &Arc<Shared>, conn: &mut Conn, args: &[Bytes]) -> 
     }))
 }
 
+/// Whether `args` is a command that may wait (XREAD or XREADGROUP with BLOCK): the replies
+/// before it are written first.
+pub fn may_block(args: &[Bytes]) -> bool {
+    let name = args.first().map(|n| n.to_ascii_lowercase());
+    matches!(name.as_deref(), Some(b"xread") | Some(b"xreadgroup"))
+        && args.iter().any(|a| a.eq_ignore_ascii_case(b"block"))
+}
+
 /// A command refused before running: counted as rejected.
 fn refuse(shared: &Shared, spec: &'static Spec, reply: Reply) -> Reply {
     shared.count_command(spec.name, 0, true, error_of(&reply));
