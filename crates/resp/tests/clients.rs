@@ -526,9 +526,15 @@ fn replies_before_a_block_are_sent_and_kill_filters_by_type() {
     let m = Manifold::start();
     let mut raw = Raw::connect(m.addr);
     let mut pipeline = support::encode(&[b"XADD", b"s", b"1-1", b"f", b"v"]);
-    pipeline.extend(support::encode(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"t", b"$"]));
+    pipeline.extend(support::encode(&[
+        b"XREAD", b"BLOCK", b"0", b"STREAMS", b"t", b"$",
+    ]));
     raw.send_raw(&pipeline);
-    assert_eq!(show(&raw.reply()), "$3\\r\\n1-1\\r\\n", "the XADD reply came first");
+    assert_eq!(
+        show(&raw.reply()),
+        "$3\\r\\n1-1\\r\\n",
+        "the XADD reply came first"
+    );
     let mut other = Raw::connect(m.addr);
     assert_eq!(
         show(&other.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])),
@@ -539,4 +545,54 @@ fn replies_before_a_block_are_sent_and_kill_filters_by_type() {
         ":1\\r\\n"
     );
     assert!(raw.closed(), "the blocked client was killed");
+}
+
+/// A blocked XREADGROUP is woken when its group is destroyed or its stream deleted, and
+/// answers as Redis 7.0 does; a blocked plain XREAD stays blocked through a DEL.
+#[test]
+fn a_blocked_group_reader_learns_its_group_or_stream_went() {
+    let m = Manifold::start();
+    let mut admin = Raw::connect(m.addr);
+    for key in ["a", "b"] {
+        admin.cmd(&["XGROUP", "CREATE", key, "g", "$", "MKSTREAM"]);
+    }
+    let mut readers = Vec::new();
+    for key in ["a", "b"] {
+        let mut r = Raw::connect(m.addr);
+        r.send(&[
+            b"XREADGROUP",
+            b"GROUP",
+            b"g",
+            b"c",
+            b"BLOCK",
+            b"0",
+            b"STREAMS",
+            key.as_bytes(),
+            b">",
+        ]);
+        readers.push(r);
+    }
+    let mut plain = Raw::connect(m.addr);
+    plain.send(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"b", b"$"]);
+    let blocked = |admin: &mut Raw| {
+        let info = show(&admin.cmd(&["INFO", "clients"]));
+        info.contains("blocked_clients:3")
+    };
+    assert!(eventually(Duration::from_secs(5), || blocked(&mut admin)));
+    assert_eq!(
+        show(&admin.cmd(&["XGROUP", "DESTROY", "a", "g"])),
+        ":1\\r\\n"
+    );
+    assert_eq!(
+        show(&readers[0].reply()),
+        "-NOGROUP the consumer group this client was blocked on no longer exists\\r\\n"
+    );
+    assert_eq!(show(&admin.cmd(&["DEL", "b"])), ":1\\r\\n");
+    assert_eq!(
+        show(&readers[1].reply()),
+        "-UNBLOCKED the stream key no longer exists\\r\\n"
+    );
+    // The plain reader is still waiting: an entry added now reaches it.
+    admin.cmd(&["XADD", "b", "5-1", "f", "v"]);
+    assert!(show(&plain.reply()).contains("5-1"));
 }

@@ -1796,12 +1796,23 @@ impl Inner {
             }
         }
         for ((entry, applied), reply) in entries.iter().zip(applied).zip(replies) {
+            // Readers wake for what was added, and for a stream or group that went (a blocked
+            // group reader then answers that its group or stream is gone, as Redis does).
+            let destroyed: Vec<(u8, Bytes)> = group_commands(entry)
+                .into_iter()
+                .zip(&applied.groups)
+                .filter(|(c, o)| {
+                    matches!(c.op, GroupOp::Destroy) && **o == GroupOutcome::Bool(true)
+                })
+                .map(|(c, _)| (c.db, c.key))
+                .collect();
             let touched = entry
                 .records
                 .iter()
                 .zip(&applied.outcomes)
-                .filter(|(_, o)| **o == Outcome::Added)
-                .map(|(r, _)| (r.db, &r.topic));
+                .filter(|(_, o)| matches!(o, Outcome::Added | Outcome::Dropped(true)))
+                .map(|(r, _)| (r.db, &r.topic))
+                .chain(destroyed.iter().map(|(db, key)| (*db, key)));
             self.waiters.wake(entry, touched);
             let _ = reply.send(Ok(applied));
         }

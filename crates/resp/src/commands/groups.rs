@@ -273,12 +273,22 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
             Ok(_) => {}
             Err(e) => return Err(ctx.engine_error(&e, b"", &group)),
         }
-        // The group may have gone while this client waited.
+        // The stream or the group may have gone while this client waited (Redis 7.0 answers
+        // these when it unblocks the client).
         for (key, _) in &streams {
-            if !stream_and_group(ctx, key, &group)?.1 {
-                return Err(Reply::Error(
-                    "NOGROUP the consumer group this client was blocked on no longer exists".into(),
-                ));
+            match stream_and_group(ctx, key, &group)? {
+                (false, _) => {
+                    return Err(Reply::Error(
+                        "UNBLOCKED the stream key no longer exists".into(),
+                    ));
+                }
+                (true, false) => {
+                    return Err(Reply::Error(
+                        "NOGROUP the consumer group this client was blocked on no longer exists"
+                            .into(),
+                    ));
+                }
+                (true, true) => {}
             }
         }
     }
