@@ -101,6 +101,7 @@ pub async fn run(
     loop {
         // Every complete request already read, in order; their replies go out together.
         loop {
+            decoder.set_unauthenticated(conn.client.is_none());
             let args = match decoder.decode(&mut input) {
                 Ok(Some(args)) => args,
                 Ok(None) => break,

@@ -27,9 +27,9 @@
 //!   the client without a reply, logging "Closing client that reached max query buffer
 //!   length"; here it is [`ProtocolError::QueryBufferLimit`], which the connection may reply
 //!   before closing like any other protocol error.
-//! - No `unauthenticated multibulk length` / `unauthenticated bulk length` checks: the decoder
-//!   knows nothing of AUTH. A connection that wants them decodes with tighter [`Limits`] until
-//!   the client authenticates.
+//! - The `unauthenticated multibulk length` / `unauthenticated bulk length` checks apply when
+//!   the connection says the client has not authenticated yet
+//!   ([`Decoder::set_unauthenticated`]).
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -92,7 +92,18 @@ pub enum ProtocolError {
     /// An incomplete command holding more than `max_query_buffer` bytes.
     #[error("Protocol error: client reached max query buffer length")]
     QueryBufferLimit,
+    /// Before authentication: more than 10 arguments.
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    /// Before authentication: a bulk longer than 16 KiB.
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
 }
+
+/// Arguments an unauthenticated client may send at most (Redis 7.0).
+const UNAUTHENTICATED_ARGS: usize = 10;
+/// Longest bulk an unauthenticated client may send (Redis 7.0).
+const UNAUTHENTICATED_BULK: usize = 16_384;
 
 /// A byte as `%c` would print it in a one-line error reply.
 fn shown(byte: u8) -> String {
@@ -134,6 +145,8 @@ enum Step {
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
+    /// The client has not authenticated: Redis's much smaller limits apply.
+    unauthenticated: bool,
     state: State,
     /// Bytes at the front of the buffer already searched for the current line's terminator.
     scanned: usize,
@@ -144,9 +157,16 @@ impl Decoder {
     pub fn new(limits: Limits) -> Self {
         Decoder {
             limits,
+            unauthenticated: false,
             state: State::Idle,
             scanned: 0,
         }
+    }
+
+    /// Whether the client is still to authenticate: then, as Redis 7.0, a request may hold at
+    /// most 10 arguments and bulks of at most 16 KiB (`Protocol error: unauthenticated ...`).
+    pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
+        self.unauthenticated = unauthenticated;
     }
 
     /// Takes the next complete command from `buf` (a bytes::BytesMut the connection reads
@@ -212,6 +232,9 @@ impl Decoder {
         if count > self.limits.max_multibulk_len {
             return Err(ProtocolError::InvalidMultibulkLength);
         }
+        if self.unauthenticated && count > UNAUTHENTICATED_ARGS {
+            return Err(ProtocolError::UnauthenticatedMultibulkLength);
+        }
         self.consume(buf, cr + 2);
         if count == 0 {
             return Ok(Step::Continue);
@@ -245,6 +268,9 @@ impl Decoder {
             .and_then(|len| usize::try_from(len).ok())
             .filter(|&len| len <= self.limits.max_bulk_len)
             .ok_or(ProtocolError::InvalidBulkLength)?;
+        if self.unauthenticated && len > UNAUTHENTICATED_BULK {
+            return Err(ProtocolError::UnauthenticatedBulkLength);
+        }
         self.consume(buf, cr + 2);
         partial.held = partial.held.saturating_add(cr + 2);
         self.state = State::Bulk { partial, len };

@@ -596,3 +596,41 @@ fn a_blocked_group_reader_learns_its_group_or_stream_went() {
     admin.cmd(&["XADD", "b", "5-1", "f", "v"]);
     assert!(show(&plain.reply()).contains("5-1"));
 }
+
+/// Before authenticating, a client may send what Redis 7.0 allows it: at most 10 arguments
+/// and bulks of at most 16 KiB; afterwards the normal limits apply.
+#[test]
+fn unauthenticated_clients_get_redis_small_limits() {
+    let m = Manifold::start_with(AccessConfig {
+        principals: vec![PrincipalConfig {
+            name: "alice".into(),
+            secret: Some("pw".into()),
+            publish: vec!["*".into()],
+            subscribe: vec!["*".into()],
+        }],
+    });
+    let mut raw = Raw::connect(m.addr);
+    raw.send_raw(b"*11\r\n");
+    assert_eq!(
+        show(&raw.reply()),
+        "-ERR Protocol error: unauthenticated multibulk length\\r\\n"
+    );
+    assert!(raw.closed());
+    let mut raw = Raw::connect(m.addr);
+    raw.send_raw(b"*2\r\n$4\r\nECHO\r\n$16385\r\n");
+    assert_eq!(
+        show(&raw.reply()),
+        "-ERR Protocol error: unauthenticated bulk length\\r\\n"
+    );
+    assert!(raw.closed());
+    let mut raw = Raw::connect(m.addr);
+    assert_eq!(show(&raw.cmd(&["AUTH", "alice", "pw"])), "+OK\\r\\n");
+    let big = vec![b'x'; 20_000];
+    let reply = raw.call(&[b"ECHO", &big]);
+    assert_eq!(reply.len(), 20_000 + "$20000\r\n\r\n".len());
+    let many: Vec<&[u8]> = std::iter::once(&b"XADD"[..])
+        .chain([&b"s"[..], b"*"])
+        .chain(std::iter::repeat_n(&b"f"[..], 12))
+        .collect();
+    assert!(show(&raw.call(&many)).starts_with("$"));
+}
