@@ -156,10 +156,11 @@ pub fn add_id(arg: &[u8]) -> Result<AddId, Reply> {
 }
 
 /// A range bound of XRANGE/XREVRANGE: an ID (`-`, `+`, `ms`, `ms-seq`), exclusive if it
-/// starts with `(`. `missing_seq` is 0 for a start, `u64::MAX` for an end.
+/// starts with `(` — then strictly an ID, as Redis parses it (`(-` and `(+` are invalid).
+/// `missing_seq` is 0 for a start, `u64::MAX` for an end.
 pub fn range_bound(arg: &[u8], missing_seq: u64) -> Result<(StreamId, bool), Reply> {
-    match arg.strip_prefix(b"(") {
-        Some(rest) => Ok((stream_id(rest, IdForm::Interval, missing_seq)?, true)),
+    match arg.strip_prefix(b"(").filter(|rest| !rest.is_empty()) {
+        Some(rest) => Ok((stream_id(rest, IdForm::Strict, missing_seq)?, true)),
         None => Ok((stream_id(arg, IdForm::Interval, missing_seq)?, false)),
     }
 }

@@ -263,6 +263,18 @@ impl Shared {
     }
 }
 
+/// A connection's place in the client table, given back when dropped.
+struct Registered {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -312,9 +324,9 @@ pub async fn serve(
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {
-                    let id = entry.id;
-                    crate::connection::run(socket, shared.clone(), entry, shutdown).await;
-                    shared.unregister(id);
+                    // Out of the client table however the connection ends (a panic included).
+                    let _registered = Registered { shared: shared.clone(), id: entry.id };
+                    crate::connection::run(socket, shared, entry, shutdown).await;
                 });
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}

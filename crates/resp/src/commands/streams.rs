@@ -386,6 +386,10 @@ fn radix_estimate(entries_added: u64, length: u64) -> (i64, i64) {
 /// XINFO STREAM key [FULL [COUNT n]].
 pub fn xinfo_stream(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let a = &ctx.args;
+    // The key first, as Redis looks it up before reading the options.
+    if !exists(ctx, &a[2])? {
+        return Err(Reply::err("no such key"));
+    }
     // FULL, or FULL COUNT n; COUNT: negative is the default 10, 0 is everything.
     let full = match a.len() {
         3 => None,
