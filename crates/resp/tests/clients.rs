@@ -211,6 +211,14 @@ fn client_kill_closes_the_other_connection_and_quit_closes_ones_own() {
     let list = show(&killer.cmd(&["CLIENT", "LIST"]));
     assert!(list.contains(&format!("id={id} ")), "{list}");
     assert_eq!(
+        show(&killer.cmd(&["CLIENT", "LIST", "ID", "0"])),
+        "$0\\r\\n\\r\\n"
+    );
+    assert_eq!(
+        show(&killer.cmd(&["CLIENT", "LIST", "ID", "x"])),
+        "-ERR Invalid client ID\\r\\n"
+    );
+    assert_eq!(
         show(&killer.cmd(&["CLIENT", "KILL", "ID", &id])),
         ":1\\r\\n"
     );

@@ -310,10 +310,11 @@ fn client_list(ctx: &mut Ctx<'_>) -> Result<Reply> {
             i += 2;
         } else if is(&ctx.args[i], "id") && i + 1 < ctx.args.len() {
             let mut list = Vec::new();
+            // Any integer; one that names no client (0, negative) lists nothing.
             for a in &ctx.args[i + 1..] {
                 match args::parse_i64(a) {
-                    Some(id) if id > 0 => list.push(id as u64),
-                    _ => return Err(Reply::err("Invalid client ID")),
+                    Some(id) => list.extend(u64::try_from(id).ok()),
+                    None => return Err(Reply::err("Invalid client ID")),
                 }
             }
             ids = Some(list);
