@@ -197,6 +197,10 @@ fn replies_match_redis_server() {
             &["SCAN", "x"],
             &["SCAN", "0", "COUNT", "0"],
             &["SCAN", "0", "MATCH"],
+            &["CLIENT", "KILL", "USER", "nosuch"],
+            &[
+                "CLIENT", "KILL", "USER", "default", "SKIPME", "yes", "ID", "999999",
+            ],
             &["CLIENT", "SETNAME", "has space"],
             &["CLIENT", "SETNAME", "ok-name"],
             &["CLIENT", "GETNAME"],

@@ -137,6 +137,13 @@ impl Acl {
         }
     }
 
+    /// Whether a principal `name` exists (the `default` one always does when none is
+    /// configured: everyone is it).
+    pub fn has(&self, name: &[u8]) -> bool {
+        self.principals.contains_key(name)
+            || (self.principals.is_empty() && name == DEFAULT_PRINCIPAL.as_bytes())
+    }
+
     /// What an unauthenticated connection is: the `default` principal, if it needs no secret.
     pub fn anonymous(&self) -> Result<Arc<Principal>, EngineError> {
         match self.principals.get(DEFAULT_PRINCIPAL.as_bytes()) {

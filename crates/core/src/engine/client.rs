@@ -38,6 +38,11 @@ impl Engine {
         self.inner.acl.authenticate(name, secret)
     }
 
+    /// Whether a principal `name` exists (CLIENT KILL USER).
+    pub fn has_principal(&self, name: &[u8]) -> bool {
+        self.inner.acl.has(name)
+    }
+
     /// What an unauthenticated connection is (`BadCredentials` when the `default` principal
     /// needs a secret or does not exist).
     pub fn anonymous(&self) -> Result<Arc<Principal>> {

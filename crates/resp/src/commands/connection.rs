@@ -367,6 +367,12 @@ fn client_kill(ctx: &mut Ctx<'_>) -> Result<Reply> {
         } else if is(opt, "laddr") {
             laddr = Some(String::from_utf8_lossy(value).into_owned());
         } else if is(opt, "user") {
+            if !ctx.shared.engine.has_principal(value) {
+                return Err(Reply::err(format!(
+                    "No such user '{}'",
+                    command::shown(value)
+                )));
+            }
             user = Some(value.clone());
         } else if is(opt, "skipme") {
             skipme = if is(value, "yes") {
