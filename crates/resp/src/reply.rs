@@ -56,6 +56,11 @@ impl Reply {
         Reply::Bulk(s.into())
     }
 
+    /// A map entry named by a constant (XINFO's and HELLO's fields).
+    pub fn field(name: &'static str, value: Reply) -> (Reply, Reply) {
+        (Reply::bulk(name), value)
+    }
+
     /// A simple string of a constant.
     pub fn simple(s: &'static str) -> Reply {
         Reply::Simple(Bytes::from_static(s.as_bytes()))

@@ -107,13 +107,13 @@ pub fn hello(ctx: &mut Ctx<'_>) -> Result<Reply> {
         2
     };
     Ok(Reply::Map(vec![
-        (Reply::bulk("server"), Reply::bulk("redis")),
-        (Reply::bulk("version"), Reply::bulk(REDIS_VERSION)),
-        (Reply::bulk("proto"), Reply::Int(proto)),
-        (Reply::bulk("id"), Reply::Int(ctx.conn.entry.id as i64)),
-        (Reply::bulk("mode"), Reply::bulk("standalone")),
-        (Reply::bulk("role"), Reply::bulk("master")),
-        (Reply::bulk("modules"), Reply::Array(Vec::new())),
+        Reply::field("server", Reply::bulk("redis")),
+        Reply::field("version", Reply::bulk(REDIS_VERSION)),
+        Reply::field("proto", Reply::Int(proto)),
+        Reply::field("id", Reply::Int(ctx.conn.entry.id as i64)),
+        Reply::field("mode", Reply::bulk("standalone")),
+        Reply::field("role", Reply::bulk("master")),
+        Reply::field("modules", Reply::Array(Vec::new())),
     ]))
 }
 

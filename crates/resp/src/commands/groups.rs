@@ -571,18 +571,17 @@ pub fn xinfo_groups(ctx: &mut Ctx<'_>) -> Result<Reply> {
         .groups_info(ctx.conn.db, key)
         .map_err(|e| ctx.engine_error(&e, key, b""))?
         .ok_or_else(|| Reply::err("no such key"))?;
-    let pair = |k: &'static str, v: Reply| (Reply::bulk(k), v);
     Ok(Reply::Array(
         groups
             .into_iter()
             .map(|g| {
                 Reply::Map(vec![
-                    pair("name", Reply::Bulk(g.name)),
-                    pair("consumers", Reply::Int(g.consumers as i64)),
-                    pair("pending", Reply::Int(g.pending as i64)),
-                    pair("last-delivered-id", id_bulk(g.last_delivered_id)),
-                    pair("entries-read", nil_or_int(g.entries_read)),
-                    pair("lag", g.lag.map_or(Reply::Nil, Reply::Int)),
+                    Reply::field("name", Reply::Bulk(g.name)),
+                    Reply::field("consumers", Reply::Int(g.consumers as i64)),
+                    Reply::field("pending", Reply::Int(g.pending as i64)),
+                    Reply::field("last-delivered-id", id_bulk(g.last_delivered_id)),
+                    Reply::field("entries-read", nil_or_int(g.entries_read)),
+                    Reply::field("lag", g.lag.map_or(Reply::Nil, Reply::Int)),
                 ])
             })
             .collect(),
@@ -603,15 +602,14 @@ pub fn xinfo_consumers(ctx: &mut Ctx<'_>) -> Result<Reply> {
             Reply::err("no such key")
         });
     };
-    let pair = |k: &'static str, v: Reply| (Reply::bulk(k), v);
     Ok(Reply::Array(
         consumers
             .into_iter()
             .map(|c| {
                 Reply::Map(vec![
-                    pair("name", Reply::Bulk(c.name)),
-                    pair("pending", Reply::Int(c.pending as i64)),
-                    pair("idle", Reply::Int(c.idle_ms as i64)),
+                    Reply::field("name", Reply::Bulk(c.name)),
+                    Reply::field("pending", Reply::Int(c.pending as i64)),
+                    Reply::field("idle", Reply::Int(c.idle_ms as i64)),
                 ])
             })
             .collect(),
@@ -629,7 +627,6 @@ pub fn full_groups(ctx: &Ctx<'_>, key: &[u8], count: u64) -> Result<Reply> {
         .map_err(|e| ctx.engine_error(&e, key, b""))?
         .unwrap_or_default();
     let limit = if count == 0 { u64::MAX } else { count };
-    let pair = |k: &'static str, v: Reply| (Reply::bulk(k), v);
     let mut out = Vec::new();
     for g in groups {
         let all = |consumer: Option<Bytes>| PendingQuery {
@@ -652,13 +649,13 @@ pub fn full_groups(ctx: &Ctx<'_>, key: &[u8], count: u64) -> Result<Reply> {
                 .pending(db, key, &g.name, &all(Some(c.name.clone())))
                 .map_err(|e| ctx.engine_error(&e, key, &g.name))?;
             consumer_replies.push(Reply::Map(vec![
-                pair("name", Reply::Bulk(c.name)),
-                pair(
+                Reply::field("name", Reply::Bulk(c.name)),
+                Reply::field(
                     "seen-time",
                     Reply::Int(now.saturating_sub(c.idle_ms) as i64),
                 ),
-                pair("pel-count", Reply::Int(c.pending as i64)),
-                pair(
+                Reply::field("pel-count", Reply::Int(c.pending as i64)),
+                Reply::field(
                     "pending",
                     Reply::Array(
                         own.into_iter()
@@ -675,12 +672,12 @@ pub fn full_groups(ctx: &Ctx<'_>, key: &[u8], count: u64) -> Result<Reply> {
             ]));
         }
         out.push(Reply::Map(vec![
-            pair("name", Reply::Bulk(g.name)),
-            pair("last-delivered-id", id_bulk(g.last_delivered_id)),
-            pair("entries-read", nil_or_int(g.entries_read)),
-            pair("lag", g.lag.map_or(Reply::Nil, Reply::Int)),
-            pair("pel-count", Reply::Int(g.pending as i64)),
-            pair(
+            Reply::field("name", Reply::Bulk(g.name)),
+            Reply::field("last-delivered-id", id_bulk(g.last_delivered_id)),
+            Reply::field("entries-read", nil_or_int(g.entries_read)),
+            Reply::field("lag", g.lag.map_or(Reply::Nil, Reply::Int)),
+            Reply::field("pel-count", Reply::Int(g.pending as i64)),
+            Reply::field(
                 "pending",
                 Reply::Array(
                     pending
@@ -696,7 +693,7 @@ pub fn full_groups(ctx: &Ctx<'_>, key: &[u8], count: u64) -> Result<Reply> {
                         .collect(),
                 ),
             ),
-            pair("consumers", Reply::Array(consumer_replies)),
+            Reply::field("consumers", Reply::Array(consumer_replies)),
         ]));
     }
     Ok(Reply::Array(out))

@@ -144,8 +144,8 @@ pub fn start_deferred(shared: &Arc<Shared>, conn: &mut Conn, args: &[Bytes]) -> 
 /// Whether `args` is a command that may wait (XREAD or XREADGROUP with BLOCK): the replies
 /// before it are written first.
 pub fn may_block(args: &[Bytes]) -> bool {
-    let name = args.first().map(|n| n.to_ascii_lowercase());
-    matches!(name.as_deref(), Some(b"xread") | Some(b"xreadgroup"))
+    args.first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"xread") || n.eq_ignore_ascii_case(b"xreadgroup"))
         && args.iter().any(|a| a.eq_ignore_ascii_case(b"block"))
 }
 

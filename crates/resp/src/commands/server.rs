@@ -59,9 +59,9 @@ pub fn command(ctx: &mut Ctx<'_>) -> Result<Reply> {
                         (
                             Reply::bulk(s.name),
                             Reply::Map(vec![
-                                (Reply::bulk("summary"), Reply::bulk(summary(s.name))),
-                                (Reply::bulk("since"), Reply::bulk("1.0.0")),
-                                (Reply::bulk("group"), Reply::bulk(group(s.name))),
+                                Reply::field("summary", Reply::bulk(summary(s.name))),
+                                Reply::field("since", Reply::bulk("1.0.0")),
+                                Reply::field("group", Reply::bulk(group(s.name))),
                             ]),
                         )
                     })

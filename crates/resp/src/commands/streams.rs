@@ -416,15 +416,14 @@ pub fn xinfo_stream(ctx: &mut Ctx<'_>) -> Result<Reply> {
         .first_entry
         .as_ref()
         .map_or(StreamId::new(0, 0), |m| m.id);
-    let pair = |k: &'static str, v: Reply| (Reply::bulk(k), v);
     let mut fields = vec![
-        pair("length", Reply::Int(info.length as i64)),
-        pair("radix-tree-keys", Reply::Int(radix_keys)),
-        pair("radix-tree-nodes", Reply::Int(radix_nodes)),
-        pair("last-generated-id", id_bulk(info.last_generated_id)),
-        pair("max-deleted-entry-id", id_bulk(info.max_deleted_entry_id)),
-        pair("entries-added", Reply::Int(info.entries_added as i64)),
-        pair("recorded-first-entry-id", id_bulk(first_id)),
+        Reply::field("length", Reply::Int(info.length as i64)),
+        Reply::field("radix-tree-keys", Reply::Int(radix_keys)),
+        Reply::field("radix-tree-nodes", Reply::Int(radix_nodes)),
+        Reply::field("last-generated-id", id_bulk(info.last_generated_id)),
+        Reply::field("max-deleted-entry-id", id_bulk(info.max_deleted_entry_id)),
+        Reply::field("entries-added", Reply::Int(info.entries_added as i64)),
+        Reply::field("recorded-first-entry-id", id_bulk(first_id)),
     ];
     match full {
         None => {
@@ -433,9 +432,9 @@ pub fn xinfo_stream(ctx: &mut Ctx<'_>) -> Result<Reply> {
                 .map_err(|e| ctx.engine_error(&e, key, b""))?
                 .map_or(0, |g| g.len());
             let entry = |m: &Option<Message>| m.as_ref().map_or(Reply::Nil, entry_reply);
-            fields.push(pair("groups", Reply::Int(groups as i64)));
-            fields.push(pair("first-entry", entry(&info.first_entry)));
-            fields.push(pair("last-entry", entry(&info.last_entry)));
+            fields.push(Reply::field("groups", Reply::Int(groups as i64)));
+            fields.push(Reply::field("first-entry", entry(&info.first_entry)));
+            fields.push(Reply::field("last-entry", entry(&info.last_entry)));
         }
         Some(count) => {
             let limit = usize::try_from(count).ok().filter(|c| *c > 0);
@@ -449,11 +448,14 @@ pub fn xinfo_stream(ctx: &mut Ctx<'_>) -> Result<Reply> {
                     false,
                 )
                 .map_err(|e| ctx.engine_error(&e, key, b""))?;
-            fields.push(pair(
+            fields.push(Reply::field(
                 "entries",
                 Reply::Array(entries.iter().map(entry_reply).collect()),
             ));
-            fields.push(pair("groups", super::groups::full_groups(ctx, key, count)?));
+            fields.push(Reply::field(
+                "groups",
+                super::groups::full_groups(ctx, key, count)?,
+            ));
         }
     }
     Ok(Reply::Map(fields))
