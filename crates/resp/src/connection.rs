@@ -2,7 +2,7 @@
 //! replies — every complete request in a read is run before one write of all their replies
 //! (pipelining: one flush per batch).
 //!
-//! Owns the connection's state (database, protocol, principal, transaction) and its loop.
+//! Owns the connection's state (database, protocol, principal) and its loop.
 //! It must never reorder replies, run a command before the one sent ahead of it has answered,
 //! or act on a request that did not arrive whole.
 
@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use manifold_core::engine::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,15 +22,6 @@ use crate::commands::{self, Deferred};
 use crate::reply::{Protocol, Reply};
 use crate::request::Decoder;
 use crate::server::{ClientEntry, Shared, now_ms};
-
-/// A transaction being queued (between MULTI and EXEC).
-#[derive(Debug, Default)]
-pub struct Multi {
-    /// The queued commands.
-    pub queued: Vec<Vec<Bytes>>,
-    /// A command was refused while queuing: EXEC answers `EXECABORT`.
-    pub aborted: bool,
-}
 
 /// What a connection holds between commands.
 pub struct Conn {
@@ -43,10 +34,6 @@ pub struct Conn {
     /// The engine as its principal sees it; `None` until it authenticates (only AUTH, HELLO,
     /// QUIT and RESET run then).
     pub client: Option<Client>,
-    /// MULTI in progress.
-    pub multi: Option<Multi>,
-    /// WATCHed keys, with the log index each was last changed at when watched.
-    pub watched: Vec<(u8, Bytes, Option<u64>)>,
     /// QUIT: close after this reply.
     pub closing: bool,
 }
@@ -65,8 +52,6 @@ impl Conn {
             db: 0,
             protocol: Protocol::Resp2,
             client,
-            multi: None,
-            watched: Vec::new(),
             closing: false,
         }
     }

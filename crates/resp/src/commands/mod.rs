@@ -116,7 +116,7 @@ pub fn start_deferred(shared: &Arc<Shared>, conn: &mut Conn, args: &[Bytes]) -> 
     let is_xadd = args
         .first()
         .is_some_and(|n| n.eq_ignore_ascii_case(b"xadd"));
-    if !is_xadd || conn.multi.is_some() {
+    if !is_xadd {
         return None;
     }
     let spec = command::lookup(b"xadd")?;
