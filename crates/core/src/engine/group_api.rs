@@ -7,13 +7,14 @@
 
 use bytes::Bytes;
 
-use super::group_command::{self, Claim, GroupCommand, GroupOp, GroupStart, ReadFrom};
+use super::group_command::{Claim, GroupStart, ReadFrom};
 use super::groups::{
-    Claimed, ConsumerInfo, EntryRef, GroupError, GroupInfo, GroupOutcome, PendingEntry,
-    PendingSummary, Streams,
+    ConsumerInfo, EntryRef, GroupError, GroupInfo, GroupOutcome, PendingEntry, PendingSummary,
+    Streams,
 };
-use super::{CommandTag, Engine, EngineError, Message, Result, StoreStreams, check_db};
-use crate::store::{RecordOp, StreamId, SubRecord};
+use super::transaction::{GroupTx, TxAnswer, TxOp};
+use super::{Engine, EngineError, Message, Result, StoreStreams};
+use crate::store::StreamId;
 
 /// An entry a group read or claim delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,38 +53,9 @@ pub struct PendingQuery {
 }
 
 impl Engine {
-    /// Proposes group commands (with `records`: a Create for MKSTREAM) and returns what apply
-    /// made of each.
-    async fn group_commands(
-        &self,
-        commands: Vec<GroupCommand>,
-        records: Vec<SubRecord>,
-    ) -> Result<Vec<GroupOutcome>> {
-        for c in &commands {
-            check_db(c.db)?;
-        }
-        let applied = self
-            .propose_and_apply(
-                CommandTag::Group,
-                |out| group_command::encode(&commands, out),
-                records,
-            )
-            .await?;
-        Ok(applied.groups)
-    }
-
-    /// One group command's outcome.
-    async fn group_command(
-        &self,
-        db: u8,
-        key: Bytes,
-        group: Bytes,
-        op: GroupOp,
-    ) -> Result<GroupOutcome> {
-        let outcomes = self
-            .group_commands(vec![GroupCommand { db, key, group, op }], Vec::new())
-            .await?;
-        one(outcomes)
+    /// A group operation in its own entry.
+    async fn group_op(&self, op: GroupTx) -> Result<TxAnswer> {
+        self.run_op(TxOp::Group(op)).await
     }
 
     /// XGROUP CREATE key group (ID | `$`) [MKSTREAM] [ENTRIESREAD n]: `$` is the stream's last
@@ -97,35 +69,24 @@ impl Engine {
         mkstream: bool,
         entries_read: Option<u64>,
     ) -> Result<()> {
-        let records = if mkstream {
-            vec![SubRecord {
-                op: RecordOp::Create,
-                db,
-                topic: key.clone(),
-                ..SubRecord::default()
-            }]
-        } else {
-            Vec::new()
-        };
-        let command = GroupCommand {
+        let op = GroupTx::Create {
             db,
             key,
             group,
-            op: GroupOp::Create {
-                start,
-                entries_read,
-            },
+            start,
+            mkstream,
+            entries_read,
         };
-        match one(self.group_commands(vec![command], records).await?)? {
-            GroupOutcome::Done => Ok(()),
+        match self.group_op(op).await? {
+            TxAnswer::Done => Ok(()),
             other => Err(unexpected(other)),
         }
     }
 
     /// XGROUP DESTROY: whether the group existed.
     pub async fn group_destroy(&self, db: u8, key: Bytes, group: Bytes) -> Result<bool> {
-        match self.group_command(db, key, group, GroupOp::Destroy).await? {
-            GroupOutcome::Bool(b) => Ok(b),
+        match self.group_op(GroupTx::Destroy { db, key, group }).await? {
+            TxAnswer::Bool(b) => Ok(b),
             other => Err(unexpected(other)),
         }
     }
@@ -139,12 +100,15 @@ impl Engine {
         start: GroupStart,
         entries_read: Option<u64>,
     ) -> Result<()> {
-        let op = GroupOp::SetId {
+        let op = GroupTx::SetId {
+            db,
+            key,
+            group,
             start,
             entries_read,
         };
-        match self.group_command(db, key, group, op).await? {
-            GroupOutcome::Done => Ok(()),
+        match self.group_op(op).await? {
+            TxAnswer::Done => Ok(()),
             other => Err(unexpected(other)),
         }
     }
@@ -157,9 +121,14 @@ impl Engine {
         group: Bytes,
         consumer: Bytes,
     ) -> Result<bool> {
-        let op = GroupOp::CreateConsumer { consumer };
-        match self.group_command(db, key, group, op).await? {
-            GroupOutcome::Bool(b) => Ok(b),
+        let op = GroupTx::CreateConsumer {
+            db,
+            key,
+            group,
+            consumer,
+        };
+        match self.group_op(op).await? {
+            TxAnswer::Bool(b) => Ok(b),
             other => Err(unexpected(other)),
         }
     }
@@ -172,9 +141,14 @@ impl Engine {
         group: Bytes,
         consumer: Bytes,
     ) -> Result<u64> {
-        let op = GroupOp::DeleteConsumer { consumer };
-        match self.group_command(db, key, group, op).await? {
-            GroupOutcome::Count(n) => Ok(n),
+        let op = GroupTx::DeleteConsumer {
+            db,
+            key,
+            group,
+            consumer,
+        };
+        match self.group_op(op).await? {
+            TxAnswer::Count(n) => Ok(n),
             other => Err(unexpected(other)),
         }
     }
@@ -192,29 +166,34 @@ impl Engine {
         count: u64,
         noack: bool,
     ) -> Result<Vec<(Bytes, Vec<GroupEntry>)>> {
-        let commands = streams
-            .iter()
-            .map(|(key, from)| GroupCommand {
-                db,
-                key: key.clone(),
-                group: group.clone(),
-                op: GroupOp::Deliver {
-                    consumer: consumer.clone(),
-                    from: *from,
-                    count,
-                    noack,
-                },
-            })
-            .collect();
-        let outcomes = self.group_commands(commands, Vec::new()).await?;
+        let op = GroupTx::Read {
+            db,
+            group,
+            consumer,
+            streams,
+            count,
+            noack,
+        };
+        match self.group_op(op).await? {
+            TxAnswer::Streams(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What a group read delivered, stream by stream, with the messages read from the log.
+    pub(super) fn delivered(
+        &self,
+        streams: &[(Bytes, ReadFrom)],
+        outcomes: Vec<GroupOutcome>,
+    ) -> Result<Vec<(Bytes, Vec<GroupEntry>)>> {
         let mut out = Vec::new();
-        for ((key, from), outcome) in streams.into_iter().zip(outcomes) {
+        for ((key, from), outcome) in streams.iter().zip(outcomes) {
             let delivered = match outcome {
                 GroupOutcome::Delivered(d) => d,
                 GroupOutcome::Error(e) => return Err(e.into()),
-                other => return Err(unexpected(other)),
+                other => return Err(unexpected_outcome(other)),
             };
-            if from == ReadFrom::New && delivered.is_empty() {
+            if *from == ReadFrom::New && delivered.is_empty() {
                 continue;
             }
             let mut entries = Vec::with_capacity(delivered.len());
@@ -225,7 +204,7 @@ impl Engine {
                 };
                 entries.push(GroupEntry { id, message });
             }
-            out.push((key, entries));
+            out.push((key.clone(), entries));
         }
         Ok(out)
     }
@@ -233,10 +212,15 @@ impl Engine {
     /// XACK: how many of `ids` were pending (0 when the key or group does not exist).
     pub async fn ack(&self, db: u8, key: Bytes, group: Bytes, ids: Vec<StreamId>) -> Result<u64> {
         match self
-            .group_command(db, key, group, GroupOp::Ack { ids })
+            .group_op(GroupTx::Ack {
+                db,
+                key,
+                group,
+                ids,
+            })
             .await?
         {
-            GroupOutcome::Count(n) => Ok(n),
+            TxAnswer::Count(n) => Ok(n),
             other => Err(unexpected(other)),
         }
     }
@@ -250,12 +234,14 @@ impl Engine {
         group: Bytes,
         claim: Claim,
     ) -> Result<Vec<GroupEntry>> {
-        let justid = claim.justid;
-        match self
-            .group_command(db, key, group, GroupOp::Claim(claim))
-            .await?
-        {
-            GroupOutcome::Claimed(c) => self.claimed_entries(&c.entries, justid),
+        let op = GroupTx::Claim {
+            db,
+            key,
+            group,
+            claim,
+        };
+        match self.group_op(op).await? {
+            TxAnswer::Entries(e) => Ok(e),
             other => Err(unexpected(other)),
         }
     }
@@ -274,28 +260,27 @@ impl Engine {
         count: u64,
         justid: bool,
     ) -> Result<AutoClaimed> {
-        let op = GroupOp::AutoClaim {
+        let op = GroupTx::AutoClaim {
+            db,
+            key,
+            group,
             consumer,
             min_idle_ms,
             start,
-            count: count.clamp(1, super::MAX_AUTOCLAIM_COUNT),
+            count,
             justid,
         };
-        match self.group_command(db, key, group, op).await? {
-            GroupOutcome::Claimed(Claimed {
-                next,
-                entries,
-                deleted,
-            }) => Ok(AutoClaimed {
-                next,
-                entries: self.claimed_entries(&entries, justid)?,
-                deleted,
-            }),
+        match self.group_op(op).await? {
+            TxAnswer::AutoClaimed(a) => Ok(a),
             other => Err(unexpected(other)),
         }
     }
 
-    fn claimed_entries(&self, entries: &[EntryRef], justid: bool) -> Result<Vec<GroupEntry>> {
+    pub(super) fn claimed_entries(
+        &self,
+        entries: &[EntryRef],
+        justid: bool,
+    ) -> Result<Vec<GroupEntry>> {
         entries
             .iter()
             .map(|e| {
@@ -393,19 +378,16 @@ impl Engine {
     }
 }
 
-fn one(outcomes: Vec<GroupOutcome>) -> Result<GroupOutcome> {
-    match outcomes.into_iter().next() {
-        Some(GroupOutcome::Error(e)) => Err(e.into()),
-        Some(o) => Ok(o),
-        None => Err(EngineError::ShuttingDown),
-    }
+/// An answer of the wrong shape: a bug, reported as a failed store rather than a panic.
+fn unexpected(a: TxAnswer) -> EngineError {
+    EngineError::Store(crate::store::StoreError::Failed(std::sync::Arc::from(
+        format!("group operation answered {a:?}"),
+    )))
 }
 
-fn unexpected(o: GroupOutcome) -> EngineError {
+fn unexpected_outcome(o: GroupOutcome) -> EngineError {
     match o {
         GroupOutcome::Error(e) => e.into(),
-        // Apply answers each op with its own shape; anything else is a bug, reported as a
-        // failed store rather than a panic.
         other => EngineError::Store(crate::store::StoreError::Failed(std::sync::Arc::from(
             format!("group command answered {other:?}"),
         ))),

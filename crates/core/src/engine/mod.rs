@@ -24,6 +24,7 @@
 //! the proposer and the timer thread do.
 
 pub mod access;
+mod batch;
 mod checkpointer;
 mod client;
 mod clock_bound;
@@ -47,6 +48,7 @@ mod state;
 mod timers;
 pub mod topic_filter;
 mod topic_index;
+mod transaction;
 mod waiters;
 
 use std::collections::{HashMap, VecDeque};
@@ -82,6 +84,7 @@ pub use snapshot::SNAPSHOT_DIR;
 pub use state::{Deduped, EngineState, MAX_PRODUCERS, PRODUCER_WINDOW, RetainEffect, Retained};
 use state::{EntryCommand, Limits};
 use timers::TimerCommand;
+pub use transaction::{Exec, GroupTx, Resume, Step, TxAnswer, TxOp, Watch};
 pub use waiters::TopicKey;
 
 use crate::store::{
@@ -117,6 +120,9 @@ enum CommandTag {
     FilterGroup = 10,
     /// XSETID (a `SetId` sub-record).
     SetId = 11,
+    /// A transaction (MULTI/EXEC): parts, each an operation's command and sub-records
+    /// (`batch.rs`).
+    Batch = 12,
 }
 
 /// What an entry's command does to retained messages.
@@ -134,8 +140,13 @@ fn retain_effect(entry: &LogEntry) -> RetainEffect {
 /// u64. Anything else (no trailer, or one that does not fit exactly): none.
 fn command_producer(command: &Bytes) -> Option<(Bytes, u64)> {
     let c = command.as_ref();
+    let appends = [
+        CommandTag::Append as u8,
+        CommandTag::AppendRetain as u8,
+        CommandTag::AppendClearRetain as u8,
+    ];
     let rest = match c {
-        [COMMAND_VERSION, _, rest @ ..] if rest.len() >= 12 => rest,
+        [COMMAND_VERSION, t, rest @ ..] if rest.len() >= 12 && appends.contains(t) => rest,
         _ => return None,
     };
     let (len, rest) = rest.split_at(4);
@@ -208,6 +219,8 @@ struct Applied {
     groups: Vec<GroupOutcome>,
     session: Option<sessions::SessionOutcome>,
     filter_group: Option<filter_groups::FilterGroupOutcome>,
+    /// A batch: what each part did (`outcomes` holds all of them in order).
+    parts: Vec<Applied>,
 }
 
 /// Applies committed entries: dispatches them into the store and applies them to the engine
@@ -224,25 +237,32 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
     entries: &[E],
     limits: Limits,
     mut journal: Option<&mut Vec<journal::JournalEntry>>,
+    pauses: &[Option<transaction::Pauses>],
 ) -> Result<Vec<Applied>> {
     let mut out = Vec::with_capacity(entries.len());
     let mut start = 0;
     for (k, e) in entries.iter().enumerate() {
-        // Group commands and retention read the streams.
+        // Group commands, retention and transactions read the streams.
         let tag = e.borrow().command.get(1).copied();
-        let reads_streams =
-            tag == Some(CommandTag::Group as u8) || tag == Some(CommandTag::Timer as u8);
+        let reads_streams = tag == Some(CommandTag::Group as u8)
+            || tag == Some(CommandTag::Timer as u8)
+            || tag == Some(CommandTag::Batch as u8);
         if !reads_streams && k + 1 < entries.len() {
             continue;
         }
-        let run = &entries[start..=k];
+        // A transaction is applied on its own, part by part, after the entries before it.
+        let batch = batch::parts(e.borrow());
+        let run = match batch {
+            Some(_) => &entries[start..k],
+            None => &entries[start..=k],
+        };
         let outcomes = store.dispatch_batch(run)?;
-        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locked = state.lock().unwrap_or_else(|p| p.into_inner());
         for (entry, outcomes) in run.iter().zip(outcomes) {
             let entry = entry.borrow();
             let streams = StoreStreams(store);
             let recorder = journal::Recorder::new(&streams);
-            let reply = state.apply(entry, &entry_command(entry), &outcomes, &recorder, limits)?;
+            let reply = locked.apply(entry, &entry_command(entry), &outcomes, &recorder, limits)?;
             if let Some(j) = journal.as_deref_mut() {
                 j.push(journal::JournalEntry {
                     index: entry.index,
@@ -255,11 +275,73 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
                 groups: reply.groups,
                 session: reply.session,
                 filter_group: reply.filter_group,
+                parts: Vec::new(),
+            });
+        }
+        drop(locked);
+        if let Some(parts) = batch {
+            let entry = e.borrow();
+            let streams = StoreStreams(store);
+            let recorder = journal::Recorder::new(&streams);
+            let pause = pauses.get(k).and_then(Option::as_ref);
+            let (outcomes, applied) = batch::apply(
+                entry,
+                &parts,
+                &mut |range, last| store.dispatch_part(entry, range, last),
+                &mut |sub, command, outcomes| {
+                    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                    state.apply(sub, command, outcomes, &recorder, limits)
+                },
+                &mut |part| {
+                    if let Some(p) = pause {
+                        p.at(part);
+                    }
+                },
+            )?;
+            if let Some(j) = journal.as_deref_mut() {
+                j.push(journal::JournalEntry {
+                    index: entry.index,
+                    outcomes: outcomes.clone(),
+                    reads: recorder.take(),
+                });
+            }
+            out.push(Applied {
+                outcomes,
+                parts: applied,
+                ..Applied::default()
             });
         }
         start = k + 1;
     }
     Ok(out)
+}
+
+/// The streams whose group an entry destroyed (their blocked group readers wake).
+fn destroyed_groups(entry: &LogEntry, applied: &Applied) -> Vec<(u8, Bytes)> {
+    let destroyed = |commands: Vec<GroupCommand>, outcomes: &[GroupOutcome]| {
+        commands
+            .into_iter()
+            .zip(outcomes)
+            .filter(|(c, o)| matches!(c.op, GroupOp::Destroy) && **o == GroupOutcome::Bool(true))
+            .map(|(c, _)| (c.db, c.key))
+            .collect::<Vec<_>>()
+    };
+    match batch::parts(entry) {
+        None => destroyed(group_commands(entry), &applied.groups),
+        Some(parts) => parts
+            .iter()
+            .zip(&applied.parts)
+            .flat_map(|(part, applied)| {
+                let commands = match part.command.as_ref() {
+                    [COMMAND_VERSION, t, rest @ ..] if *t == CommandTag::Group as u8 => {
+                        group_command::decode(rest).unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
+                destroyed(commands, &applied.groups)
+            })
+            .collect(),
+    }
 }
 
 /// The store as group commands read it.
@@ -340,6 +422,49 @@ impl Streams for StoreStreams<'_> {
                 sub: e.sub,
             })
             .find(|e| e.id == id))
+    }
+}
+
+/// An XSETID's sub-record: ENTRIESADDED and MAXDELETEDID ride as properties.
+fn set_id_record(
+    db: u8,
+    key: Bytes,
+    id: StreamId,
+    entries_added: Option<u64>,
+    max_deleted: Option<StreamId>,
+) -> SubRecord {
+    let mut properties = Vec::new();
+    if let Some(n) = entries_added {
+        properties.push((
+            Bytes::from_static(crate::store::SETID_ADDED_PROPERTY),
+            Bytes::copy_from_slice(&n.to_le_bytes()),
+        ));
+    }
+    if let Some(m) = max_deleted {
+        let mut v = m.ms.to_le_bytes().to_vec();
+        v.extend_from_slice(&m.seq.to_le_bytes());
+        properties.push((
+            Bytes::from_static(crate::store::SETID_MAXDEL_PROPERTY),
+            Bytes::from(v),
+        ));
+    }
+    SubRecord {
+        op: RecordOp::SetId,
+        db,
+        topic: key,
+        id,
+        properties,
+        ..SubRecord::default()
+    }
+}
+
+/// A count answer (XDEL, XTRIM, DEL).
+fn count_of(answer: TxAnswer) -> Result<u64> {
+    match answer {
+        TxAnswer::Count(n) => Ok(n),
+        other => Err(EngineError::Store(StoreError::Failed(Arc::from(format!(
+            "a count answered {other:?}"
+        ))))),
     }
 }
 
@@ -663,6 +788,8 @@ struct Proposal {
     ticket: AppendTicket,
     entry: NewEntry,
     reply: oneshot::Sender<Result<Applied>>,
+    /// A transaction's reads: where apply stops for them.
+    pauses: Option<transaction::Pauses>,
 }
 
 #[derive(Debug)]
@@ -779,13 +906,39 @@ impl Engine {
                         .into());
                     }
                     let replay = journal::Replayer::new(je.index, je.reads);
-                    state.apply(
-                        &entry,
-                        &entry_command(&entry),
-                        &je.outcomes,
-                        &replay,
-                        config.limits(),
-                    )?;
+                    let limits = config.limits();
+                    match batch::parts(&entry) {
+                        None => {
+                            state.apply(
+                                &entry,
+                                &entry_command(&entry),
+                                &je.outcomes,
+                                &replay,
+                                limits,
+                            )?;
+                        }
+                        Some(parts) => {
+                            let outcomes = &je.outcomes;
+                            batch::apply(
+                                &entry,
+                                &parts,
+                                &mut |range, _| {
+                                    outcomes.get(range).map(<[Outcome]>::to_vec).ok_or_else(|| {
+                                        StoreError::Corruption {
+                                            file: root.join(SNAPSHOT_DIR),
+                                            offset: je.index,
+                                            reason: "journal outcomes do not cover the entry"
+                                                .into(),
+                                        }
+                                    })
+                                },
+                                &mut |sub, command, outcomes| {
+                                    state.apply(sub, command, outcomes, &replay, limits)
+                                },
+                                &mut |_| {},
+                            )?;
+                        }
+                    }
                     if !replay.finished() {
                         return Err(StoreError::Corruption {
                             file: root.join(SNAPSHOT_DIR),
@@ -809,7 +962,7 @@ impl Engine {
         while next <= last {
             let upto = last.min(next + APPLY_BATCH as u64 - 1);
             let entries = store.log().entries(next, upto)?;
-            apply_entries(&store, &state, &entries, config.limits(), None)?;
+            apply_entries(&store, &state, &entries, config.limits(), None, &[])?;
             next = upto + 1;
         }
         let recovered = OpenStats {
@@ -928,7 +1081,6 @@ impl Engine {
         if req.fields.is_empty() {
             return Err(EngineError::NoFields);
         }
-        let limit = self.inner.config.max_message_bytes;
         let mut resolved = None;
         let mut repeat = None;
         let reply = self.inner.propose(|p| {
@@ -945,48 +1097,14 @@ impl Engine {
                     return Ok(None);
                 }
             }
-            let key: TopicKey = (req.db, req.key.clone());
-            let (last, exists) = p.view_of(&self.inner.store, &key);
-            if req.nomkstream && !exists {
-                return Ok(None); // nothing to log: the reply is nil
-            }
-            let id = resolve(req.id, last, p.last_ts)?;
-            resolved = Some(id);
-            let record = SubRecord {
-                op: RecordOp::Message,
-                db: req.db,
-                topic: req.key.clone(),
-                id,
-                message_key: req.message_key.clone(),
-                properties: req.properties.clone(),
-                fields: req.fields.clone(),
+            let Some(built) = self.build_append(p, &req)? else {
+                return Ok(None); // NOMKSTREAM without a stream: nothing to log, the reply is nil
             };
-            let size = record.encoded_len();
-            if size > limit {
-                return Err(EngineError::TooLarge { size, limit });
-            }
-            if req.retain == RetainEffect::Set {
-                // Checked against applied state: appends in flight may pass it by their own size.
-                let limit = self.inner.config.max_retained_bytes;
-                let state = self.inner.lock_state();
-                let old = state.retained.get(&key).map_or(0, |r| r.size(&req.key));
-                let new = state::retained_size(&req.key, &req.properties, &req.fields);
-                if state.retained_bytes - old.min(state.retained_bytes) + new > limit {
-                    return Err(EngineError::RetainedLimit { limit });
-                }
-            }
-            let mut records = vec![record];
-            let node = self.inner.config.stream_node_max_entries;
-            records.extend(req.trim.map(|t| t.record(req.db, &req.key, node)));
-            let tag = match req.retain {
-                RetainEffect::None => CommandTag::Append,
-                RetainEffect::Set => CommandTag::AppendRetain,
-                RetainEffect::Clear => CommandTag::AppendClearRetain,
-            };
+            resolved = built.resolved;
             Ok(Some((
                 EntryKind::Command,
-                command_with_producer(tag, req.producer.as_ref()),
-                records,
+                built.command,
+                built.records,
                 p.term,
             )))
         })?;
@@ -1032,37 +1150,12 @@ impl Engine {
 
     /// XDEL: marks the entries with these IDs deleted; the reply counts those that existed.
     pub async fn delete(&self, db: u8, key: Bytes, ids: Vec<StreamId>) -> Result<u64> {
-        check_db(db)?;
-        let records = ids
-            .iter()
-            .map(|id| SubRecord {
-                op: RecordOp::Delete,
-                db,
-                topic: key.clone(),
-                id: *id,
-                ..SubRecord::default()
-            })
-            .collect();
-        let outcomes = self.command(CommandTag::Delete, records).await?;
-        Ok(outcomes
-            .iter()
-            .filter(|o| **o == Outcome::Deleted(true))
-            .count() as u64)
+        count_of(self.run_op(TxOp::Delete { db, key, ids }).await?)
     }
 
     /// XTRIM: trims the stream; the reply counts the entries removed.
     pub async fn trim(&self, db: u8, key: Bytes, trim: Trim) -> Result<u64> {
-        check_db(db)?;
-        let outcomes = self
-            .command(
-                CommandTag::Trim,
-                vec![trim.record(db, &key, self.inner.config.stream_node_max_entries)],
-            )
-            .await?;
-        Ok(outcomes
-            .iter()
-            .map(|o| if let Outcome::Trimmed(n) = o { *n } else { 0 })
-            .sum())
+        count_of(self.run_op(TxOp::Trim { db, key, trim }).await?)
     }
 
     /// DEL: drops the stream; a later append creates a new incarnation. Replies whether it existed.
@@ -1073,21 +1166,7 @@ impl Engine {
     /// DEL of several keys in one entry (all at one point in the log): replies how many of
     /// them existed. A key named twice counts once.
     pub async fn drop_topics(&self, db: u8, keys: Vec<Bytes>) -> Result<u64> {
-        check_db(db)?;
-        let records = keys
-            .into_iter()
-            .map(|key| SubRecord {
-                op: RecordOp::Drop,
-                db,
-                topic: key,
-                ..SubRecord::default()
-            })
-            .collect();
-        let outcomes = self.command(CommandTag::Drop, records).await?;
-        Ok(outcomes
-            .iter()
-            .filter(|o| **o == Outcome::Dropped(true))
-            .count() as u64)
+        count_of(self.run_op(TxOp::Drop { db, keys }).await?)
     }
 
     /// XSETID: the stream's last ID becomes `id`, and its entries-added counter and max
@@ -1102,36 +1181,18 @@ impl Engine {
         entries_added: Option<u64>,
         max_deleted: Option<StreamId>,
     ) -> Result<()> {
-        check_db(db)?;
-        let mut properties = Vec::new();
-        if let Some(n) = entries_added {
-            properties.push((
-                Bytes::from_static(crate::store::SETID_ADDED_PROPERTY),
-                Bytes::copy_from_slice(&n.to_le_bytes()),
-            ));
-        }
-        if let Some(m) = max_deleted {
-            let mut v = m.ms.to_le_bytes().to_vec();
-            v.extend_from_slice(&m.seq.to_le_bytes());
-            properties.push((
-                Bytes::from_static(crate::store::SETID_MAXDEL_PROPERTY),
-                Bytes::from(v),
-            ));
-        }
-        let record = SubRecord {
-            op: RecordOp::SetId,
+        let op = TxOp::SetId {
             db,
-            topic: key,
+            key,
             id,
-            properties,
-            ..SubRecord::default()
+            entries_added,
+            max_deleted,
         };
-        match self.command(CommandTag::SetId, vec![record]).await?.first() {
-            Some(Outcome::IdSet(None)) => Ok(()),
-            Some(Outcome::IdSet(Some(refused))) => Err(EngineError::SetId(*refused)),
-            other => Err(EngineError::Store(crate::store::StoreError::Failed(
-                std::sync::Arc::from(format!("XSETID applied as {other:?}")),
-            ))),
+        match self.run_op(op).await? {
+            TxAnswer::Done => Ok(()),
+            other => Err(EngineError::Store(StoreError::Failed(Arc::from(format!(
+                "XSETID answered {other:?}"
+            ))))),
         }
     }
 
@@ -1159,12 +1220,6 @@ impl Engine {
             Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)?,
             None => Err(EngineError::ShuttingDown),
         }
-    }
-
-    /// Proposes a command whose sub-records need no validation, and waits for what apply made
-    /// of each.
-    async fn command(&self, tag: CommandTag, records: Vec<SubRecord>) -> Result<Vec<Outcome>> {
-        Ok(self.propose_and_apply(tag, |_| {}, records).await?.outcomes)
     }
 
     /// Entries (neither deleted nor trimmed) with IDs in `[start, end]` (bounds may be
@@ -1591,6 +1646,55 @@ fn next_id(id: StreamId) -> Option<StreamId> {
 }
 
 impl Proposer {
+    /// Notes the sub-records of the entry at `index` in the leader view. A topic enters the
+    /// view as applied state has it, whatever the entry does to it.
+    fn note(&mut self, store: &MessageStore, records: &[SubRecord], index: LogIndex) {
+        for r in records {
+            let key: TopicKey = (r.db, r.topic.clone());
+            let (last_id, exists) = self.view_of(store, &key);
+            let v = self.view.entry(key.clone()).or_insert(ViewTopic {
+                last_id,
+                exists,
+                at: 0,
+            });
+            match r.op {
+                RecordOp::Message if r.id > v.last_id || !v.exists => {
+                    v.last_id = r.id;
+                    v.exists = true;
+                }
+                RecordOp::Drop => {
+                    v.last_id = StreamId::default();
+                    v.exists = false;
+                }
+                RecordOp::Create => v.exists = true,
+                // Taken as done: appends proposed after it resolve IDs above it (a refused
+                // XSETID leaves the view high until it is applied; apply re-checks appends).
+                RecordOp::SetId if v.exists => v.last_id = v.last_id.max(r.id),
+                _ => {}
+            }
+            v.at = index;
+            self.order.push_back((index, key));
+        }
+    }
+
+    /// The streams of `db` as the leader view has them: applied ones, less those dropped by
+    /// entries in flight, plus those they create.
+    fn keys(&self, store: &MessageStore, db: u8) -> Vec<Bytes> {
+        let mut keys: Vec<Bytes> = store
+            .topics()
+            .into_iter()
+            .filter(|t| t.db == db && self.view.get(&(db, t.key.clone())).is_none_or(|v| v.exists))
+            .map(|t| t.key)
+            .collect();
+        keys.extend(
+            self.view
+                .iter()
+                .filter(|((d, k), v)| *d == db && v.exists && store.topic(db, k).is_none())
+                .map(|((_, k), _)| k.clone()),
+        );
+        keys
+    }
+
     /// The leader view of a topic: last ID and existence, including unapplied entries.
     fn view_of(&self, store: &MessageStore, key: &TopicKey) -> (StreamId, bool) {
         match self.view.get(key) {
@@ -1608,18 +1712,13 @@ impl Inner {
         self.proposer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Builds an entry under the proposer lock, appends it and hands it to the applier;
-    /// returns where the reply (the dispatch outcomes) will arrive.
-    #[allow(clippy::type_complexity)]
-    fn propose(
-        &self,
-        build: impl FnOnce(&mut Proposer) -> Result<Option<(EntryKind, Bytes, Vec<SubRecord>, Term)>>,
-    ) -> Result<Option<oneshot::Receiver<Result<Applied>>>> {
+    /// Locks the proposer for a new entry: refused once shut down; the leader timestamp moves
+    /// on (time never runs backwards across terms or restarts), within the clock bound.
+    fn proposer_for_entry(&self) -> Result<MutexGuard<'_, Proposer>> {
         let mut p = self.lock_proposer();
         if p.shut {
             return Err(EngineError::ShuttingDown);
         }
-        // Time never runs backwards across terms or restarts.
         p.last_ts = p.last_ts.max((self.config.clock)());
         if let Some(bound) = p.ts_bound
             && p.last_ts > bound
@@ -1628,6 +1727,17 @@ impl Inner {
             clock_bound::store(self.storage.as_ref(), &self.root, next)?;
             p.ts_bound = Some(next);
         }
+        Ok(p)
+    }
+
+    /// Builds an entry under the proposer lock, appends it and hands it to the applier;
+    /// returns where the reply (the dispatch outcomes) will arrive.
+    #[allow(clippy::type_complexity)]
+    fn propose(
+        &self,
+        build: impl FnOnce(&mut Proposer) -> Result<Option<(EntryKind, Bytes, Vec<SubRecord>, Term)>>,
+    ) -> Result<Option<oneshot::Receiver<Result<Applied>>>> {
+        let mut p = self.proposer_for_entry()?;
         let Some((kind, command, records, term)) = build(&mut p)? else {
             return Ok(None);
         };
@@ -1643,43 +1753,83 @@ impl Inner {
         if let Some(pair) = command_producer(&entry.command) {
             p.producers_in_flight.insert(pair, index);
         }
-        for r in &entry.records {
-            let key: TopicKey = (r.db, r.topic.clone());
-            // A topic enters the view as applied state has it, whatever the entry does to it.
-            let (last_id, exists) = p.view_of(&self.store, &key);
-            let v = p.view.entry(key.clone()).or_insert(ViewTopic {
-                last_id,
-                exists,
-                at: 0,
-            });
-            match r.op {
-                RecordOp::Message if r.id > v.last_id || !v.exists => {
-                    v.last_id = r.id;
-                    v.exists = true;
-                }
-                RecordOp::Drop => {
-                    v.last_id = StreamId::default();
-                    v.exists = false;
-                }
-                RecordOp::Create => v.exists = true,
-                // Taken as done: appends proposed after it resolve IDs above it (a refused
-                // XSETID leaves the view high until it is applied; apply re-checks appends).
-                RecordOp::SetId if v.exists => v.last_id = r.id,
-                _ => {}
+        p.note(&self.store, &entry.records, index);
+        self.hand_off(Proposal {
+            ticket,
+            entry,
+            reply: oneshot::channel().0,
+            pauses: None,
+        })
+    }
+
+    /// A transaction's entry: `build` gets the proposer and the index the entry will have,
+    /// builds its operations in order — noting each in the leader view, so the next sees it —
+    /// and returns the command, the sub-records and where apply stops for reads. The view is
+    /// put back as it was if nothing is appended.
+    #[allow(clippy::type_complexity)]
+    fn propose_batch(
+        &self,
+        build: impl FnOnce(
+            &mut Proposer,
+            LogIndex,
+        ) -> Result<Option<(Bytes, Vec<SubRecord>, transaction::Pauses)>>,
+    ) -> Result<Option<oneshot::Receiver<Result<Applied>>>> {
+        let mut p = self.proposer_for_entry()?;
+        let next = self.store.log().last_index() + 1;
+        let (view, order) = (p.view.clone(), p.order.len());
+        let restore = |p: &mut Proposer| {
+            p.view = view;
+            p.order.truncate(order);
+        };
+        let built = match build(&mut p, next) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                restore(&mut p);
+                return Ok(None);
             }
-            v.at = index;
-            p.order.push_back((index, key));
+            Err(e) => {
+                restore(&mut p);
+                return Err(e);
+            }
+        };
+        let (command, records, pauses) = built;
+        let entry = NewEntry {
+            term: p.term,
+            kind: EntryKind::Command,
+            timestamp_ms: p.last_ts,
+            command,
+            records,
+        };
+        let ticket = match self.store.log().append(&entry) {
+            Ok(t) => t,
+            Err(e) => {
+                restore(&mut p);
+                return Err(e.into());
+            }
+        };
+        if ticket.index != next {
+            // Every append goes through the proposer lock; a different index is a bug. The
+            // view is noted again at the real index so it is still pruned.
+            tracing::error!(want = next, got = ticket.index, "transaction entry index");
+            p.note(&self.store, &entry.records, ticket.index);
         }
+        self.hand_off(Proposal {
+            ticket,
+            entry,
+            reply: oneshot::channel().0,
+            pauses: Some(pauses),
+        })
+    }
+
+    /// Sends a proposal to the applier (with a fresh reply channel); where its reply arrives.
+    fn hand_off(
+        &self,
+        mut proposal: Proposal,
+    ) -> Result<Option<oneshot::Receiver<Result<Applied>>>> {
         let (reply, rx) = oneshot::channel();
+        proposal.reply = reply;
         let tx = self.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
-        let sent = tx.as_ref().map(|tx| {
-            tx.send(Proposal {
-                ticket,
-                entry,
-                reply,
-            })
-            .is_ok()
-        });
+        let sent = tx.as_ref().map(|tx| tx.send(proposal).is_ok());
         if sent != Some(true) {
             return Err(EngineError::ShuttingDown);
         }
@@ -1730,12 +1880,14 @@ impl Inner {
         }
         let mut entries = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
+        let mut pauses = Vec::with_capacity(batch.len());
         let mut failed = None;
         for p in batch {
             if failed.is_some() {
                 replies.push(p.reply);
                 continue;
             }
+            pauses.push(p.pauses);
             // Tickets resolve in index order: each wait here is the commit of its entry.
             match p.ticket.wait() {
                 Ok(index) => entries.push(Arc::new(LogEntry {
@@ -1758,8 +1910,11 @@ impl Inner {
                 &entries,
                 self.config.limits(),
                 journal,
+                &pauses,
             ),
         };
+        // A transaction's reader still waiting hears that apply is over.
+        drop(pauses);
         let applied = match applied {
             Ok(o) => o,
             Err(e) => {
@@ -1798,14 +1953,7 @@ impl Inner {
         for ((entry, applied), reply) in entries.iter().zip(applied).zip(replies) {
             // Readers wake for what was added, and for a stream or group that went (a blocked
             // group reader then answers that its group or stream is gone, as Redis does).
-            let destroyed: Vec<(u8, Bytes)> = group_commands(entry)
-                .into_iter()
-                .zip(&applied.groups)
-                .filter(|(c, o)| {
-                    matches!(c.op, GroupOp::Destroy) && **o == GroupOutcome::Bool(true)
-                })
-                .map(|(c, _)| (c.db, c.key))
-                .collect();
+            let destroyed = destroyed_groups(entry, &applied);
             let touched = entry
                 .records
                 .iter()

@@ -9,6 +9,7 @@
 //! point nor let the log lose (truncate or delete) an entry it has dispatched but not
 //! checkpointed.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -287,6 +288,8 @@ struct Dispatcher {
     /// The newest of those changes: `(version after it, db, key, created)`, at most
     /// `RECENT_TOPIC_CHANGES`, so a cache can catch up without rebuilding.
     recent_topic_changes: std::collections::VecDeque<(u64, u8, Bytes, bool)>,
+    /// The entry being dispatched in parts (`dispatch_part`), after its first part.
+    partial: Option<LogIndex>,
 }
 
 /// Topic creations and drops remembered for caches catching up.
@@ -530,6 +533,7 @@ impl MessageStore {
             failed: None,
             topic_changes: 0,
             recent_topic_changes: Default::default(),
+            partial: None,
         };
         let store = MessageStore {
             storage,
@@ -586,8 +590,10 @@ impl MessageStore {
             while d.dispatched < target {
                 let i = d.dispatched + 1;
                 let entry = self.log.entry(i)?;
-                self.dispatch_entry(&mut d, &entry, &mut run)?;
+                let first = d.partial != Some(i);
+                self.dispatch_records(&mut d, &entry, 0..entry.records.len(), first, &mut run)?;
                 d.dispatched = i;
+                d.partial = None;
             }
             self.flush_run(&mut run)?;
             self.checkpoint_if_due(&mut d)?;
@@ -614,38 +620,83 @@ impl MessageStore {
         Self::usable(&d)?;
         // A caller's mistake changes nothing and fails nothing: the entries must be the log's
         // next ones, as the log holds them.
-        let next = d.dispatched + 1;
         for (k, e) in entries.iter().enumerate() {
-            let e = e.borrow();
-            let want = next + k as u64;
-            if e.index != want || e.index > self.log.last_index() {
-                return Err(StoreError::IndexOutOfRange {
-                    index: e.index,
-                    first: want,
-                    last: want,
-                });
-            }
-            if self.log.term_at(e.index)? != e.term {
-                return Err(StoreError::Corruption {
-                    file: self.root.join("commitlog"),
-                    offset: e.index,
-                    reason: format!("entry {} handed to dispatch is not the log's", e.index),
-                });
-            }
+            self.check_next(&d, e.borrow(), k as u64)?;
         }
         let result = (|| {
             let mut run = None;
             let mut all = Vec::with_capacity(entries.len());
             for e in entries {
                 let e = e.borrow();
-                all.push(self.dispatch_entry(&mut d, e, &mut run)?);
+                let first = d.partial != Some(e.index);
+                all.push(self.dispatch_records(&mut d, e, 0..e.records.len(), first, &mut run)?);
                 d.dispatched = e.index;
+                d.partial = None;
             }
             self.flush_run(&mut run)?;
             self.checkpoint_if_due(&mut d)?;
             Ok(all)
         })();
         Self::note_failure(&mut d, result)
+    }
+
+    /// Dispatches the sub-records `range` of the log's next entry and says what each did: a
+    /// transaction (MULTI/EXEC) is one entry applied command by command, with reads between
+    /// its parts. The entry counts as dispatched once its `last` part (ending at its last
+    /// sub-record) is;
+    /// until then the dispatch point stays before it, so a checkpoint never records half an
+    /// entry, and a re-dispatch after a crash skips what a topic already applied.
+    pub fn dispatch_part(
+        &self,
+        entry: &LogEntry,
+        range: Range<usize>,
+        last: bool,
+    ) -> Result<Vec<Outcome>> {
+        let mut d = self.lock();
+        Self::usable(&d)?;
+        self.check_next(&d, entry, 0)?;
+        let n = entry.records.len();
+        if range.start > range.end || range.end > n || (last && range.end != n) {
+            return Err(StoreError::IndexOutOfRange {
+                index: range.end as u64,
+                first: range.start as u64,
+                last: entry.records.len() as u64,
+            });
+        }
+        let result = (|| {
+            let mut run = None;
+            let first = d.partial != Some(entry.index);
+            let outcomes = self.dispatch_records(&mut d, entry, range.clone(), first, &mut run)?;
+            self.flush_run(&mut run)?;
+            if last {
+                d.dispatched = entry.index;
+                d.partial = None;
+            } else {
+                d.partial = Some(entry.index);
+            }
+            Ok(outcomes)
+        })();
+        Self::note_failure(&mut d, result)
+    }
+
+    /// Whether `e` is the log's entry `k` places after the dispatch point, as the log holds it.
+    fn check_next(&self, d: &Dispatcher, e: &LogEntry, k: u64) -> Result<()> {
+        let want = d.dispatched + 1 + k;
+        if e.index != want || e.index > self.log.last_index() {
+            return Err(StoreError::IndexOutOfRange {
+                index: e.index,
+                first: want,
+                last: want,
+            });
+        }
+        if self.log.term_at(e.index)? != e.term {
+            return Err(StoreError::Corruption {
+                file: self.root.join("commitlog"),
+                offset: e.index,
+                reason: format!("entry {} handed to dispatch is not the log's", e.index),
+            });
+        }
+        Ok(())
     }
 
     fn checkpoint_if_due(&self, d: &mut Dispatcher) -> Result<()> {
@@ -679,16 +730,20 @@ impl MessageStore {
         }
     }
 
-    fn dispatch_entry(
+    /// Dispatches the sub-records `range` of `entry` (`first`: no part of it was before).
+    fn dispatch_records(
         &self,
         d: &mut Dispatcher,
         entry: &LogEntry,
+        range: Range<usize>,
+        first: bool,
         run: &mut Option<Run>,
     ) -> Result<Vec<Outcome>> {
         let i = entry.index;
+        let start = range.start;
+        let records = &entry.records[range];
         // What each sub-record did; ops on a missing topic change nothing.
-        let mut outcomes: Vec<Outcome> = entry
-            .records
+        let mut outcomes: Vec<Outcome> = records
             .iter()
             .map(|r| match r.op {
                 RecordOp::Message => Outcome::Added,
@@ -700,17 +755,20 @@ impl MessageStore {
                 RecordOp::SetId => Outcome::IdSet(Some(SetIdRefused::NoKey)),
             })
             .collect();
-        let keys = entry
-            .records
-            .iter()
-            .filter(|r| r.op == RecordOp::Message && !r.message_key.is_empty())
-            .count();
-        d.index.reserve(i, u32::try_from(keys).unwrap_or(u32::MAX));
-        for (j, r) in entry.records.iter().enumerate() {
-            let j = j as u16;
+        if first {
+            let keys = entry
+                .records
+                .iter()
+                .filter(|r| r.op == RecordOp::Message && !r.message_key.is_empty())
+                .count();
+            d.index.reserve(i, u32::try_from(keys).unwrap_or(u32::MAX));
+        }
+        for (k, r) in records.iter().enumerate() {
+            let j = (start + k) as u16;
             if r.op == RecordOp::RetainFrom {
                 self.flush_run(run)?; // reads queues
-                outcomes[j as usize] = Outcome::Trimmed(self.retain_from(d, r.id.ms, (i, j))?);
+                outcomes[usize::from(j) - start] =
+                    Outcome::Trimmed(self.retain_from(d, r.id.ms, (i, j))?);
                 continue;
             }
             let existing = d.topics.find(r.db, &r.topic).cloned();
@@ -725,7 +783,7 @@ impl MessageStore {
                     // a message that breaks it is not in the stream.
                     let last = existing.as_ref().map_or(StreamId::default(), |t| t.last_id);
                     if r.id <= last {
-                        outcomes[j as usize] = Outcome::Rejected { last };
+                        outcomes[usize::from(j) - start] = Outcome::Rejected { last };
                         continue;
                     }
                     let mut t = match existing {
@@ -778,7 +836,7 @@ impl MessageStore {
                 (RecordOp::Create, None) => {
                     let t = Self::create_topic(d, r, i)?;
                     d.topics.update(t.id, |t| t.last_applied = (i, j));
-                    outcomes[j as usize] = Outcome::Created(true);
+                    outcomes[usize::from(j) - start] = Outcome::Created(true);
                 }
                 (RecordOp::Create, Some(_)) | (RecordOp::RetainFrom, _) => {}
                 (RecordOp::SetId, Some(t)) => {
@@ -814,7 +872,7 @@ impl MessageStore {
                             t.last_applied = (i, j);
                         });
                     }
-                    outcomes[j as usize] = Outcome::IdSet(refused);
+                    outcomes[usize::from(j) - start] = Outcome::IdSet(refused);
                 }
                 (_, None) => {} // an operation on a topic that does not exist changes nothing
                 (RecordOp::Delete, Some(t)) => {
@@ -839,7 +897,7 @@ impl MessageStore {
                         }
                         t.last_applied = (i, j);
                     });
-                    outcomes[j as usize] = Outcome::Deleted(live.is_some());
+                    outcomes[usize::from(j) - start] = Outcome::Deleted(live.is_some());
                 }
                 (op @ (RecordOp::Trim | RecordOp::TrimToLen), Some(t)) => {
                     self.flush_run(run)?; // reads the queue
@@ -864,7 +922,8 @@ impl MessageStore {
                         Some(node) => whole_nodes(&t, n, node),
                         None => n,
                     };
-                    outcomes[j as usize] = Outcome::Trimmed(self.cut(d, &t, n, (i, j))?);
+                    outcomes[usize::from(j) - start] =
+                        Outcome::Trimmed(self.cut(d, &t, n, (i, j))?);
                 }
                 (RecordOp::Drop, Some(t)) => {
                     self.flush_run(run)?;
@@ -874,7 +933,7 @@ impl MessageStore {
                     });
                     d.topic_changed(t.db, &t.key, false);
                     d.removals.push(t.id);
-                    outcomes[j as usize] = Outcome::Dropped(true);
+                    outcomes[usize::from(j) - start] = Outcome::Dropped(true);
                 }
             }
         }

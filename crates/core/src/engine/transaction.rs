@@ -1,0 +1,864 @@
+//! Transactions (MULTI/EXEC) and the single-operation path every write of the engine's API
+//! takes: an operation is plain data ([`TxOp`]), built into sub-records and a command under
+//! the proposer lock, and its answer ([`TxAnswer`]) made from what apply did.
+//!
+//! A transaction is **one log entry** (command tag `Batch`, see `batch.rs`): its operations
+//! are built in order against the leader view, each seeing the ones before it (a second XADD
+//! resolves its ID above the first), and applied in order, part by part, each command's
+//! error in its own slot and nothing rolled back. A [`TxOp::Read`] marks where the caller
+//! reads: the applier stops there, before the next part, until the caller has read
+//! ([`Step::Read`]), so a read in a transaction sees the writes before it and none after.
+//! WATCH is checked when the transaction is proposed ([`Watch`]).
+//!
+//! This module builds and answers; it never applies (that is `batch.rs` and `state.rs`).
+
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::access::Principal;
+use super::group_api::{AutoClaimed, GroupEntry};
+use super::group_command::{self, Claim, GroupCommand, GroupOp, GroupStart, ReadFrom};
+use super::groups::{Claimed, GroupOutcome};
+use super::{
+    AppendRequest, Applied, COMMAND_VERSION, CommandTag, Engine, EngineError, Proposer, Result,
+    RetainEffect, TopicKey, Trim, check_db, command_with_producer, resolve,
+};
+use crate::store::{EntryKind, MessageStore, Outcome, RecordOp, StreamId, SubRecord};
+
+/// One operation of a transaction (or of a single engine call).
+#[derive(Debug, Clone)]
+pub enum TxOp {
+    /// XADD ([`Engine::append`]). A producer sequence is refused inside a transaction.
+    Append(AppendRequest),
+    /// XDEL.
+    Delete {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// IDs.
+        ids: Vec<StreamId>,
+    },
+    /// XTRIM.
+    Trim {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// How.
+        trim: Trim,
+    },
+    /// DEL / UNLINK.
+    Drop {
+        /// Database.
+        db: u8,
+        /// Streams.
+        keys: Vec<Bytes>,
+    },
+    /// FLUSHDB (`Some(db)`) / FLUSHALL (`None`): every stream there at this point of the log.
+    Flush {
+        /// The database, or all.
+        db: Option<u8>,
+    },
+    /// XSETID.
+    SetId {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// New last ID.
+        id: StreamId,
+        /// ENTRIESADDED.
+        entries_added: Option<u64>,
+        /// MAXDELETEDID.
+        max_deleted: Option<StreamId>,
+    },
+    /// A consumer-group command.
+    Group(GroupTx),
+    /// The caller reads here (transactions only): apply stops before the next part until it
+    /// has.
+    Read,
+}
+
+/// The consumer-group operations (XGROUP, XREADGROUP, XACK, XCLAIM, XAUTOCLAIM).
+#[derive(Debug, Clone)]
+pub enum GroupTx {
+    /// XGROUP CREATE.
+    Create {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// Group.
+        group: Bytes,
+        /// Where it starts.
+        start: GroupStart,
+        /// MKSTREAM.
+        mkstream: bool,
+        /// ENTRIESREAD (`None`: unknown).
+        entries_read: Option<u64>,
+    },
+    /// XGROUP DESTROY.
+    Destroy {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// Group.
+        group: Bytes,
+    },
+    /// XGROUP SETID.
+    SetId {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// Group.
+        group: Bytes,
+        /// Where it goes on.
+        start: GroupStart,
+        /// ENTRIESREAD.
+        entries_read: Option<u64>,
+    },
+    /// XGROUP CREATECONSUMER.
+    CreateConsumer {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// Group.
+        group: Bytes,
+        /// Consumer.
+        consumer: Bytes,
+    },
+    /// XGROUP DELCONSUMER.
+    DeleteConsumer {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// Group.
+        group: Bytes,
+        /// Consumer.
+        consumer: Bytes,
+    },
+    /// XREADGROUP (never blocks here).
+    Read {
+        /// Database.
+        db: u8,
+        /// Group.
+        group: Bytes,
+        /// Consumer.
+        consumer: Bytes,
+        /// Streams and where each reads from.
+        streams: Vec<(Bytes, ReadFrom)>,
+        /// COUNT (0: no limit).
+        count: u64,
+        /// NOACK.
+        noack: bool,
+    },
+    /// XACK.
+    Ack {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// Group.
+        group: Bytes,
+        /// IDs.
+        ids: Vec<StreamId>,
+    },
+    /// XCLAIM.
+    Claim {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// Group.
+        group: Bytes,
+        /// What and how.
+        claim: Claim,
+    },
+    /// XAUTOCLAIM.
+    AutoClaim {
+        /// Database.
+        db: u8,
+        /// Stream.
+        key: Bytes,
+        /// Group.
+        group: Bytes,
+        /// Consumer.
+        consumer: Bytes,
+        /// Minimum idle time (ms).
+        min_idle_ms: u64,
+        /// Where the scan starts.
+        start: StreamId,
+        /// COUNT.
+        count: u64,
+        /// JUSTID.
+        justid: bool,
+    },
+}
+
+/// What an operation answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxAnswer {
+    /// XADD: the ID (`None`: NOMKSTREAM and no stream).
+    Id(Option<StreamId>),
+    /// XDEL, XTRIM, DEL, XACK, XGROUP DELCONSUMER: how many.
+    Count(u64),
+    /// XSETID, XGROUP CREATE / SETID, FLUSHDB.
+    Done,
+    /// XGROUP DESTROY / CREATECONSUMER.
+    Bool(bool),
+    /// XREADGROUP: the streams served, in order (none: Redis's nil).
+    Streams(Vec<(Bytes, Vec<GroupEntry>)>),
+    /// XCLAIM.
+    Entries(Vec<GroupEntry>),
+    /// XAUTOCLAIM.
+    AutoClaimed(AutoClaimed),
+    /// A read slot: the caller read there.
+    Read,
+}
+
+/// A key as WATCH saw it: EXEC proceeds only if it is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    db: u8,
+    key: Bytes,
+    version: Option<[u64; 4]>,
+}
+
+impl Watch {
+    /// The database.
+    pub fn db(&self) -> u8 {
+        self.db
+    }
+
+    /// The key.
+    pub fn key(&self) -> &Bytes {
+        &self.key
+    }
+}
+
+/// A step of a transaction being applied.
+#[derive(Debug)]
+pub enum Step {
+    /// Apply has reached the next [`TxOp::Read`]: read now, then drop the [`Resume`].
+    Read(Resume),
+    /// Applied: one answer per operation, in order.
+    Done(Vec<Result<TxAnswer>>),
+}
+
+/// Holds the applier at a read of a transaction; dropping it lets apply go on.
+#[derive(Debug)]
+pub struct Resume(#[allow(dead_code)] std_mpsc::SyncSender<()>);
+
+/// How long the applier waits at a read at most (a caller that never resumes must not stop
+/// the node; its later reads then see later state).
+const READ_PAUSE: Duration = Duration::from_secs(10);
+
+/// Where the applier stops for a transaction's reads: before part `k`, for each `k` listed
+/// (`parts`: after the last part).
+#[derive(Debug)]
+pub(super) struct Pauses {
+    pub(super) before: Vec<usize>,
+    pub(super) tx: mpsc::UnboundedSender<Resume>,
+}
+
+impl Pauses {
+    /// Stops the applier for each read before part `k`, until its reader has read.
+    pub(super) fn at(&self, k: usize) {
+        for _ in self.before.iter().filter(|b| **b == k) {
+            let (resume, wait) = std_mpsc::sync_channel(1);
+            if self.tx.send(Resume(resume)).is_err() {
+                return; // the reader is gone
+            }
+            if let Err(std_mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(READ_PAUSE) {
+                tracing::warn!("a transaction's read did not finish in time; apply goes on");
+            }
+        }
+    }
+}
+
+/// How an operation's answer is made, decided when it was built.
+#[derive(Debug)]
+enum Slot {
+    /// Answered when built (refused, or nothing to log).
+    Early(Result<TxAnswer>),
+    /// Part `part` of the entry: answered from what applying it did.
+    Part {
+        part: usize,
+        op: TxOp,
+        resolved: Option<StreamId>,
+    },
+    /// A read slot.
+    Read,
+}
+
+/// A transaction proposed and being applied: [`Exec::next`] until [`Step::Done`].
+#[derive(Debug)]
+pub struct Exec<'a> {
+    engine: &'a Engine,
+    slots: Vec<Slot>,
+    reads: Option<mpsc::UnboundedReceiver<Resume>>,
+    reply: Option<oneshot::Receiver<Result<Applied>>>,
+}
+
+impl Exec<'_> {
+    /// The next step: a read to do now, or the answers.
+    pub async fn next(&mut self) -> Result<Step> {
+        if let Some(reads) = &mut self.reads {
+            match reads.recv().await {
+                Some(resume) => return Ok(Step::Read(resume)),
+                None => self.reads = None,
+            }
+        }
+        let applied = match self.reply.take() {
+            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)??,
+            None => return Err(EngineError::ShuttingDown),
+        };
+        let mut parts = applied.parts.into_iter().map(Some).collect::<Vec<_>>();
+        let slots = std::mem::take(&mut self.slots);
+        let answers = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Early(answer) => answer,
+                Slot::Read => Ok(TxAnswer::Read),
+                Slot::Part { part, op, resolved } => {
+                    match parts.get_mut(part).and_then(Option::take) {
+                        Some(applied) => self.engine.answer(&op, resolved, applied),
+                        None => Err(EngineError::ShuttingDown),
+                    }
+                }
+            })
+            .collect();
+        Ok(Step::Done(answers))
+    }
+}
+
+/// An operation built: its command bytes and sub-records.
+pub(super) struct Built {
+    pub(super) command: Bytes,
+    pub(super) records: Vec<SubRecord>,
+    pub(super) resolved: Option<StreamId>,
+}
+
+impl Engine {
+    /// WATCH: the key as applied now. Writes proposed before and applied after count as
+    /// changes (they were not seen).
+    pub fn watch(&self, db: u8, key: Bytes) -> Watch {
+        let version = self.inner.store.topic(db, &key).map(|t| version_of(&t));
+        Watch { db, key, version }
+    }
+
+    /// EXEC: proposes `ops` as one log entry and returns the handle that walks it through
+    /// apply; `None` (nothing logged) when a watched key changed since WATCH, or has writes
+    /// still in flight. With `principal`, each operation is checked first: a refused one is
+    /// that slot's `NoPermission` and changes nothing.
+    pub fn exec(
+        &self,
+        ops: Vec<TxOp>,
+        watches: &[Watch],
+        principal: Option<&Principal>,
+    ) -> Result<Option<Exec<'_>>> {
+        let reads = ops.iter().any(|op| matches!(op, TxOp::Read));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut slots = Vec::with_capacity(ops.len());
+        let mut watch_failed = false;
+        let reply = self.inner.propose_batch(|p, next| {
+            if watches.iter().any(|w| changed(p, &self.inner.store, w)) {
+                watch_failed = true;
+                return Ok(None);
+            }
+            let mut before = Vec::new();
+            let mut parts: Vec<(Bytes, Vec<SubRecord>)> = Vec::new();
+            for op in ops {
+                if matches!(op, TxOp::Read) {
+                    before.push(parts.len());
+                    slots.push(Slot::Read);
+                    continue;
+                }
+                let built = permitted(principal, &op, p, &self.inner.store)
+                    .and_then(|()| self.build(p, &op, true));
+                match built {
+                    Ok(Some(b)) => {
+                        p.note(&self.inner.store, &b.records, next);
+                        slots.push(Slot::Part {
+                            part: parts.len(),
+                            op,
+                            resolved: b.resolved,
+                        });
+                        parts.push((b.command, b.records));
+                    }
+                    Ok(None) => slots.push(Slot::Early(Ok(nothing_logged(&op)))),
+                    Err(e) => slots.push(Slot::Early(Err(e))),
+                }
+            }
+            let (command, records) = super::batch::encode(parts);
+            Ok(Some((command, records, Pauses { before, tx })))
+        })?;
+        if watch_failed {
+            return Ok(None);
+        }
+        let Some(reply) = reply else {
+            return Err(EngineError::ShuttingDown);
+        };
+        Ok(Some(Exec {
+            engine: self,
+            slots,
+            reads: reads.then_some(rx),
+            reply: Some(reply),
+        }))
+    }
+
+    /// One operation on its own, in its own entry: the path of every write but XADD's.
+    pub(super) async fn run_op(&self, op: TxOp) -> Result<TxAnswer> {
+        let mut resolved = None;
+        let reply = self.inner.propose(|p| {
+            let Some(b) = self.build(p, &op, false)? else {
+                return Ok(None);
+            };
+            resolved = b.resolved;
+            Ok(Some((EntryKind::Command, b.command, b.records, p.term)))
+        })?;
+        let Some(reply) = reply else {
+            return Ok(nothing_logged(&op));
+        };
+        let applied = reply.await.map_err(|_| EngineError::ShuttingDown)??;
+        self.answer(&op, resolved, applied)
+    }
+
+    /// Builds `op` under the proposer lock: its command and sub-records, `None` when there
+    /// is nothing to log (NOMKSTREAM without a stream). `in_tx`: a part of a transaction.
+    fn build(&self, p: &mut Proposer, op: &TxOp, in_tx: bool) -> Result<Option<Built>> {
+        let plain = |tag: CommandTag, records: Vec<SubRecord>| {
+            Ok(Some(Built {
+                command: Bytes::from(vec![COMMAND_VERSION, tag as u8]),
+                records,
+                resolved: None,
+            }))
+        };
+        match op {
+            TxOp::Append(req) => {
+                if in_tx && req.producer.is_some() {
+                    return Err(EngineError::InvalidArgument(
+                        "producer sequences are not available inside a transaction",
+                    ));
+                }
+                self.build_append(p, req)
+            }
+            TxOp::Delete { db, key, ids } => {
+                check_db(*db)?;
+                let records = ids
+                    .iter()
+                    .map(|id| SubRecord {
+                        op: RecordOp::Delete,
+                        db: *db,
+                        topic: key.clone(),
+                        id: *id,
+                        ..SubRecord::default()
+                    })
+                    .collect();
+                plain(CommandTag::Delete, records)
+            }
+            TxOp::Trim { db, key, trim } => {
+                check_db(*db)?;
+                let node = self.inner.config.stream_node_max_entries;
+                plain(CommandTag::Trim, vec![trim.record(*db, key, node)])
+            }
+            TxOp::Drop { db, keys } => {
+                check_db(*db)?;
+                plain(CommandTag::Drop, drops(*db, keys.iter().cloned()))
+            }
+            TxOp::Flush { db } => {
+                let dbs = match db {
+                    Some(db) => {
+                        check_db(*db)?;
+                        *db..*db + 1
+                    }
+                    None => 0..16,
+                };
+                let mut records = Vec::new();
+                for db in dbs {
+                    records.extend(drops(db, p.keys(&self.inner.store, db).into_iter()));
+                }
+                plain(CommandTag::Drop, records)
+            }
+            TxOp::SetId {
+                db,
+                key,
+                id,
+                entries_added,
+                max_deleted,
+            } => {
+                check_db(*db)?;
+                plain(
+                    CommandTag::SetId,
+                    vec![super::set_id_record(
+                        *db,
+                        key.clone(),
+                        *id,
+                        *entries_added,
+                        *max_deleted,
+                    )],
+                )
+            }
+            TxOp::Group(g) => {
+                let (commands, records) = g.commands();
+                for c in &commands {
+                    check_db(c.db)?;
+                }
+                let mut bytes = vec![COMMAND_VERSION, CommandTag::Group as u8];
+                group_command::encode(&commands, &mut bytes);
+                Ok(Some(Built {
+                    command: Bytes::from(bytes),
+                    records,
+                    resolved: None,
+                }))
+            }
+            TxOp::Read => Ok(None),
+        }
+    }
+
+    /// XADD's entry: the ID resolved against the leader view, the size and retained limits.
+    pub(super) fn build_append(
+        &self,
+        p: &mut Proposer,
+        req: &AppendRequest,
+    ) -> Result<Option<Built>> {
+        check_db(req.db)?;
+        if req.fields.is_empty() {
+            return Err(EngineError::NoFields);
+        }
+        let key: TopicKey = (req.db, req.key.clone());
+        let (last, exists) = p.view_of(&self.inner.store, &key);
+        if req.nomkstream && !exists {
+            return Ok(None); // nothing to log: the reply is nil
+        }
+        let id = resolve(req.id, last, p.last_ts)?;
+        let record = SubRecord {
+            op: RecordOp::Message,
+            db: req.db,
+            topic: req.key.clone(),
+            id,
+            message_key: req.message_key.clone(),
+            properties: req.properties.clone(),
+            fields: req.fields.clone(),
+        };
+        let size = record.encoded_len();
+        let limit = self.inner.config.max_message_bytes;
+        if size > limit {
+            return Err(EngineError::TooLarge { size, limit });
+        }
+        if req.retain == RetainEffect::Set {
+            // Checked against applied state: appends in flight may pass it by their own size.
+            let limit = self.inner.config.max_retained_bytes;
+            let state = self.inner.lock_state();
+            let old = state.retained.get(&key).map_or(0, |r| r.size(&req.key));
+            let new = super::state::retained_size(&req.key, &req.properties, &req.fields);
+            if state.retained_bytes - old.min(state.retained_bytes) + new > limit {
+                return Err(EngineError::RetainedLimit { limit });
+            }
+        }
+        let mut records = vec![record];
+        let node = self.inner.config.stream_node_max_entries;
+        records.extend(req.trim.map(|t| t.record(req.db, &req.key, node)));
+        let tag = match req.retain {
+            RetainEffect::None => CommandTag::Append,
+            RetainEffect::Set => CommandTag::AppendRetain,
+            RetainEffect::Clear => CommandTag::AppendClearRetain,
+        };
+        Ok(Some(Built {
+            command: command_with_producer(tag, req.producer.as_ref()),
+            records,
+            resolved: Some(id),
+        }))
+    }
+
+    /// `op`'s answer from what applying its entry (or part) did.
+    fn answer(&self, op: &TxOp, resolved: Option<StreamId>, applied: Applied) -> Result<TxAnswer> {
+        let outcomes = &applied.outcomes;
+        let count = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+        Ok(match op {
+            TxOp::Append(_) => match outcomes.first() {
+                Some(Outcome::Added) => TxAnswer::Id(resolved),
+                // Apply re-checks what the proposer checked; a failed check is a no-op.
+                Some(Outcome::Rejected { last }) => {
+                    return Err(EngineError::IdTooSmall { last: *last });
+                }
+                _ => TxAnswer::Id(None),
+            },
+            TxOp::Delete { .. } => {
+                TxAnswer::Count(count(|o| u64::from(*o == Outcome::Deleted(true))))
+            }
+            TxOp::Trim { .. } => TxAnswer::Count(count(|o| match o {
+                Outcome::Trimmed(n) => *n,
+                _ => 0,
+            })),
+            TxOp::Drop { .. } => {
+                TxAnswer::Count(count(|o| u64::from(*o == Outcome::Dropped(true))))
+            }
+            TxOp::Flush { .. } => TxAnswer::Done,
+            TxOp::SetId { .. } => match outcomes.first() {
+                Some(Outcome::IdSet(None)) => TxAnswer::Done,
+                Some(Outcome::IdSet(Some(refused))) => return Err(EngineError::SetId(*refused)),
+                other => return Err(failed(format!("XSETID applied as {other:?}"))),
+            },
+            TxOp::Group(g) => self.group_answer(g, applied.groups)?,
+            TxOp::Read => TxAnswer::Read,
+        })
+    }
+
+    fn group_answer(&self, g: &GroupTx, outcomes: Vec<GroupOutcome>) -> Result<TxAnswer> {
+        if let GroupTx::Read { streams, .. } = g {
+            return Ok(TxAnswer::Streams(self.delivered(streams, outcomes)?));
+        }
+        let outcome = match outcomes.into_iter().next() {
+            Some(GroupOutcome::Error(e)) => return Err(e.into()),
+            Some(o) => o,
+            None => return Err(EngineError::ShuttingDown),
+        };
+        Ok(match (g, outcome) {
+            (GroupTx::Create { .. } | GroupTx::SetId { .. }, GroupOutcome::Done) => TxAnswer::Done,
+            (GroupTx::Destroy { .. } | GroupTx::CreateConsumer { .. }, GroupOutcome::Bool(b)) => {
+                TxAnswer::Bool(b)
+            }
+            (GroupTx::DeleteConsumer { .. } | GroupTx::Ack { .. }, GroupOutcome::Count(n)) => {
+                TxAnswer::Count(n)
+            }
+            (GroupTx::Claim { claim, .. }, GroupOutcome::Claimed(c)) => {
+                TxAnswer::Entries(self.claimed_entries(&c.entries, claim.justid)?)
+            }
+            (
+                GroupTx::AutoClaim { justid, .. },
+                GroupOutcome::Claimed(Claimed {
+                    next,
+                    entries,
+                    deleted,
+                }),
+            ) => TxAnswer::AutoClaimed(AutoClaimed {
+                next,
+                entries: self.claimed_entries(&entries, *justid)?,
+                deleted,
+            }),
+            (_, other) => return Err(failed(format!("group command answered {other:?}"))),
+        })
+    }
+}
+
+impl GroupTx {
+    /// The group commands it logs, and its sub-records (a Create for MKSTREAM).
+    fn commands(&self) -> (Vec<GroupCommand>, Vec<SubRecord>) {
+        let one = |db: u8, key: &Bytes, group: &Bytes, op: GroupOp| {
+            vec![GroupCommand {
+                db,
+                key: key.clone(),
+                group: group.clone(),
+                op,
+            }]
+        };
+        let commands = match self.clone() {
+            GroupTx::Create {
+                db,
+                key,
+                group,
+                start,
+                mkstream,
+                entries_read,
+            } => {
+                let records = if mkstream {
+                    vec![SubRecord {
+                        op: RecordOp::Create,
+                        db,
+                        topic: key.clone(),
+                        ..SubRecord::default()
+                    }]
+                } else {
+                    Vec::new()
+                };
+                let op = GroupOp::Create {
+                    start,
+                    entries_read,
+                };
+                return (one(db, &key, &group, op), records);
+            }
+            GroupTx::Destroy { db, key, group } => one(db, &key, &group, GroupOp::Destroy),
+            GroupTx::SetId {
+                db,
+                key,
+                group,
+                start,
+                entries_read,
+            } => one(
+                db,
+                &key,
+                &group,
+                GroupOp::SetId {
+                    start,
+                    entries_read,
+                },
+            ),
+            GroupTx::CreateConsumer {
+                db,
+                key,
+                group,
+                consumer,
+            } => one(db, &key, &group, GroupOp::CreateConsumer { consumer }),
+            GroupTx::DeleteConsumer {
+                db,
+                key,
+                group,
+                consumer,
+            } => one(db, &key, &group, GroupOp::DeleteConsumer { consumer }),
+            GroupTx::Read {
+                db,
+                group,
+                consumer,
+                streams,
+                count,
+                noack,
+            } => streams
+                .into_iter()
+                .map(|(key, from)| GroupCommand {
+                    db,
+                    key,
+                    group: group.clone(),
+                    op: GroupOp::Deliver {
+                        consumer: consumer.clone(),
+                        from,
+                        count,
+                        noack,
+                    },
+                })
+                .collect(),
+            GroupTx::Ack {
+                db,
+                key,
+                group,
+                ids,
+            } => one(db, &key, &group, GroupOp::Ack { ids }),
+            GroupTx::Claim {
+                db,
+                key,
+                group,
+                claim,
+            } => one(db, &key, &group, GroupOp::Claim(claim)),
+            GroupTx::AutoClaim {
+                db,
+                key,
+                group,
+                consumer,
+                min_idle_ms,
+                start,
+                count,
+                justid,
+            } => one(
+                db,
+                &key,
+                &group,
+                GroupOp::AutoClaim {
+                    consumer,
+                    min_idle_ms,
+                    start,
+                    count: count.clamp(1, super::MAX_AUTOCLAIM_COUNT),
+                    justid,
+                },
+            ),
+        };
+        (commands, Vec::new())
+    }
+
+    /// The keys it touches.
+    fn keys(&self) -> Vec<&Bytes> {
+        match self {
+            GroupTx::Read { streams, .. } => streams.iter().map(|(k, _)| k).collect(),
+            GroupTx::Create { key, .. }
+            | GroupTx::Destroy { key, .. }
+            | GroupTx::SetId { key, .. }
+            | GroupTx::CreateConsumer { key, .. }
+            | GroupTx::DeleteConsumer { key, .. }
+            | GroupTx::Ack { key, .. }
+            | GroupTx::Claim { key, .. }
+            | GroupTx::AutoClaim { key, .. } => vec![key],
+        }
+    }
+}
+
+/// What may `principal` do: publish for writes, subscribe for group commands (and publish
+/// for MKSTREAM); FLUSHDB/FLUSHALL needs publish on every stream it drops.
+fn permitted(
+    principal: Option<&Principal>,
+    op: &TxOp,
+    p: &Proposer,
+    store: &MessageStore,
+) -> Result<()> {
+    let Some(principal) = principal else {
+        return Ok(());
+    };
+    match op {
+        TxOp::Append(req) => principal.check_publish(&req.key),
+        TxOp::Delete { key, .. } | TxOp::Trim { key, .. } | TxOp::SetId { key, .. } => {
+            principal.check_publish(key)
+        }
+        TxOp::Drop { keys, .. } => keys.iter().try_for_each(|k| principal.check_publish(k)),
+        TxOp::Flush { db } => {
+            let dbs = db.map_or(0..16, |d| d..d.saturating_add(1));
+            dbs.flat_map(|db| p.keys(store, db))
+                .try_for_each(|k| principal.check_publish(&k))
+        }
+        TxOp::Group(g) => {
+            for key in g.keys() {
+                principal.check_subscribe(key)?;
+            }
+            match g {
+                GroupTx::Create {
+                    key,
+                    mkstream: true,
+                    ..
+                } => principal.check_publish(key),
+                _ => Ok(()),
+            }
+        }
+        TxOp::Read => Ok(()),
+    }
+}
+
+/// The answer of an operation that logged nothing.
+fn nothing_logged(op: &TxOp) -> TxAnswer {
+    match op {
+        TxOp::Read => TxAnswer::Read,
+        _ => TxAnswer::Id(None),
+    }
+}
+
+fn drops(db: u8, keys: impl Iterator<Item = Bytes>) -> Vec<SubRecord> {
+    keys.map(|key| SubRecord {
+        op: RecordOp::Drop,
+        db,
+        topic: key,
+        ..SubRecord::default()
+    })
+    .collect()
+}
+
+/// What WATCH compares: the incarnation and how far the stream was appended, trimmed and
+/// deleted — each only grows, so a change never looks like no change. Group commands and
+/// XSETID leave it alone, as they leave Redis's watched keys alone.
+fn version_of(t: &crate::store::Topic) -> [u64; 4] {
+    [t.incarnation, t.len, t.first_live, t.deleted]
+}
+
+/// Whether `w`'s key changed since WATCH: applied state differs, or writes to it are still
+/// in flight (they were proposed before EXEC and will apply before it).
+fn changed(p: &Proposer, store: &MessageStore, w: &Watch) -> bool {
+    p.view.contains_key(&(w.db, w.key.clone()))
+        || store.topic(w.db, &w.key).map(|t| version_of(&t)) != w.version
+}
+
+fn failed(why: String) -> EngineError {
+    EngineError::Store(crate::store::StoreError::Failed(std::sync::Arc::from(why)))
+}
