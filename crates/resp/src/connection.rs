@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use manifold_core::engine::Client;
+use bytes::{Bytes, BytesMut};
+use manifold_core::engine::{Client, Watch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -36,6 +36,21 @@ pub struct Conn {
     pub client: Option<Client>,
     /// QUIT: close after this reply.
     pub closing: bool,
+    /// MULTI: the commands queued for EXEC.
+    pub multi: Option<Multi>,
+    /// WATCHed keys, as they were when watched.
+    pub watches: Vec<Watch>,
+    /// EXEC is running the queued commands (nothing blocks).
+    pub in_exec: bool,
+}
+
+/// A transaction being queued (between MULTI and EXEC / DISCARD).
+#[derive(Debug, Default)]
+pub struct Multi {
+    /// The queued commands, checked (known, arity, authenticated), with their table entries.
+    pub queued: Vec<(&'static crate::command::Spec, Vec<Bytes>)>,
+    /// A command was refused while queuing: EXEC answers EXECABORT.
+    pub dirty: bool,
 }
 
 impl Conn {
@@ -53,6 +68,9 @@ impl Conn {
             protocol: Protocol::Resp2,
             client,
             closing: false,
+            multi: None,
+            watches: Vec::new(),
+            in_exec: false,
         }
     }
 }

@@ -642,3 +642,105 @@ fn unauthenticated_clients_get_redis_small_limits() {
         .collect();
     assert!(show(&raw.call(&many)).starts_with("$"));
 }
+
+#[test]
+fn transactions_through_the_redis_crate_are_atomic_and_watch_retries() -> RedisResult<()> {
+    let m = Manifold::start();
+    let mut con = connect(&m);
+    // An atomic pipeline is MULTI ... EXEC: one reply per command, IDs resolved in order.
+    let (a, b, len): (String, String, u64) = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("f")
+        .arg("1")
+        .cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("f")
+        .arg("2")
+        .cmd("XLEN")
+        .arg("s")
+        .query(&mut con)?;
+    assert!(a < b || a.len() < b.len(), "{a} then {b}");
+    assert_eq!(len, 2);
+    // Optimistic locking: four clients append the stream's length as they saw it; WATCH makes
+    // a client whose view went stale retry, so every length is appended exactly once.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = m.addr;
+            std::thread::spawn(move || -> RedisResult<u32> {
+                let client = redis::Client::open(format!("redis://{addr}/"))?;
+                let mut con = client.get_connection()?;
+                let mut retries = 0;
+                for _ in 0..25 {
+                    redis::transaction(&mut con, &["counter"], |con, pipe| {
+                        let n: u64 = redis::cmd("XLEN").arg("counter").query(con)?;
+                        let done: Option<Vec<String>> = pipe
+                            .cmd("XADD")
+                            .arg("counter")
+                            .arg("*")
+                            .arg("n")
+                            .arg(n)
+                            .query(con)?;
+                        if done.is_none() {
+                            retries += 1;
+                        }
+                        Ok(done)
+                    })?;
+                }
+                Ok(retries)
+            })
+        })
+        .collect();
+    let mut retries = 0;
+    for t in threads {
+        retries += t.join().expect("thread")?;
+    }
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("counter")
+        .arg("-")
+        .arg("+")
+        .query(&mut con)?;
+    let seen: Vec<String> = entries.into_iter().map(|(_, f)| f[0].1.clone()).collect();
+    let want: Vec<String> = (0..100).map(|n| n.to_string()).collect();
+    assert_eq!(seen, want, "each length once, in order ({retries} retries)");
+    Ok(())
+}
+
+#[test]
+fn a_blocked_reader_wakes_on_a_transaction_and_sees_all_of_it() {
+    let m = Manifold::start();
+    let mut reader = connect(&m);
+    let mut writer = connect(&m);
+    let waiting = std::thread::spawn(move || {
+        redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(0)
+            .arg("STREAMS")
+            .arg("s")
+            .arg("$")
+            .query::<Value>(&mut reader)
+            .expect("XREAD")
+    });
+    assert!(eventually(Duration::from_secs(10), || blocked_clients(
+        &mut writer
+    ) == 1));
+    let _: Value = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg("s")
+        .arg("1-1")
+        .arg("f")
+        .arg("a")
+        .cmd("XADD")
+        .arg("s")
+        .arg("1-2")
+        .arg("f")
+        .arg("b")
+        .query(&mut writer)
+        .expect("EXEC");
+    let got = waiting.join().expect("reader");
+    assert_eq!(ids_in(&got), vec!["1-1", "1-2"]);
+}

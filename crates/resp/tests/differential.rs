@@ -353,6 +353,93 @@ fn replies_match_redis_server() {
             &["XGROUP", "CREATE", "x", "g", "0"],
             &["XINFO", "GROUPS", "x"],
         ],
+        // MULTI/EXEC: queue-time refusals (EXECABORT), errors in their slots, reads that see
+        // the writes before them, SELECT inside, BLOCK that does not block, WATCH.
+        &[
+            &["MULTI"],
+            &["MULTI"],
+            &["WATCH", "a"],
+            &["XADD", "s", "1-1", "f", "v"],
+            &["EXEC"],
+            &["MULTI"],
+            &["XADD", "s"],
+            &["EXEC"],
+            &["EXEC"],
+            &["DISCARD"],
+            &["MULTI"],
+            &["FOO"],
+            &["XGROUP", "NOPE", "s"],
+            &["XADD", "s", "2-1", "a", "b"],
+            &["EXEC"],
+            &["MULTI"],
+            &["XADD", "s", "bad", "f", "v"],
+            &["XLEN", "s"],
+            &["XREAD", "BLOCK", "1000", "STREAMS", "s", "$"],
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "0",
+                "STREAMS",
+                "s",
+                ">",
+            ],
+            &["SELECT", "3"],
+            &["XADD", "s", "5-5", "f", "v"],
+            &["EXEC"],
+            &["XLEN", "s"],
+            &["SELECT", "0"],
+            &["MULTI"],
+            &["XADD", "s", "3-1", "a", "b"],
+            &["XRANGE", "s", "-", "+"],
+            &["XDEL", "s", "1-1"],
+            &["XLEN", "s"],
+            &["XGROUP", "CREATE", "s", "g", "0"],
+            &["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"],
+            &["XACK", "s", "g", "3-1"],
+            &["XPENDING", "s", "g"],
+            &["XINFO", "GROUPS", "s"],
+            &["DEL", "s"],
+            &["EXISTS", "s"],
+            &["XADD", "s", "1-1", "x", "y"],
+            &["XINFO", "STREAM", "s"],
+            &["XGROUP", "CREATE", "s", "g", "$"],
+            &["XSETID", "s", "0-1"],
+            &["XTRIM", "s", "MAXLEN", "0"],
+            &["EXEC"],
+            &["MULTI"],
+            &["XADD", "t", "1-1", "f", "v"],
+            &["FLUSHDB"],
+            &["XLEN", "t"],
+            &["DBSIZE"],
+            &["XADD", "t", "1-1", "f", "v"],
+            &["EXEC"],
+            &["WATCH", "w"],
+            &["XADD", "w", "1-1", "f", "v"],
+            &["MULTI"],
+            &["XLEN", "w"],
+            &["EXEC"],
+            &["WATCH", "w"],
+            &["XGROUP", "CREATE", "w", "g", "0"],
+            &["MULTI"],
+            &["XLEN", "w"],
+            &["EXEC"],
+            &["WATCH", "w", "v"],
+            &["UNWATCH"],
+            &["XADD", "w", "2-1", "f", "v"],
+            &["MULTI"],
+            &["XLEN", "w"],
+            &["EXEC"],
+            &["WATCH", "w"],
+            &["MULTI"],
+            &["PING"],
+            &["DISCARD"],
+            &["XADD", "w", "3-1", "f", "v"],
+            &["MULTI"],
+            &["EXEC"],
+        ],
         // RESP3 after HELLO 3 (its own reply differs in id and version: checked apart).
         &[
             &["XADD", "t", "1-1", "f", "v"],
@@ -370,7 +457,15 @@ fn replies_match_redis_server() {
     assert!(show(&hello_ours).starts_with("%7\\r\\n$6\\r\\nserver\\r\\n$5\\r\\nredis\\r\\n"));
     assert!(show(&hello_theirs).starts_with("%7\\r\\n$6\\r\\nserver\\r\\n$5\\r\\nredis\\r\\n"));
     for cmd in [
-        &["XREAD", "STREAMS", "t", "0"][..],
+        &["MULTI"][..],
+        &["XREAD", "STREAMS", "t", "0"],
+        &["XADD", "t", "1-1", "f", "v"],
+        &["EXEC"],
+        &["WATCH", "t"],
+        &["XADD", "t", "3-1", "f", "v"],
+        &["MULTI"],
+        &["EXEC"],
+        &["XREAD", "STREAMS", "t", "0"],
         &["XREAD", "STREAMS", "t", "9"],
         &["XRANGE", "t", "-", "+", "COUNT", "0"],
         &["XRANGE", "t", "-", "+"],
@@ -575,6 +670,13 @@ mod random {
             added: Option<u8>,
             maxdel: Option<u8>,
         },
+        Multi,
+        Exec,
+        Discard,
+        Watch {
+            key: u8,
+        },
+        Unwatch,
     }
 
     pub fn op() -> impl Strategy<Value = Op> {
@@ -604,9 +706,44 @@ mod random {
             1 => key.clone().prop_map(|key| Op::Groups { key }),
             1 => key.clone().prop_map(|key| Op::DelKey { key }),
             1 => key.clone().prop_map(|key| Op::Exists { key }),
-            1 => (key, any::<u8>(), any::<bool>(), proptest::option::of(0u8..8), proptest::option::of(any::<u8>()))
+            1 => (key.clone(), any::<u8>(), any::<bool>(), proptest::option::of(0u8..8), proptest::option::of(any::<u8>()))
                 .prop_map(|(key, nth, bump, added, maxdel)| Op::XSetId { key, nth, bump, added, maxdel }),
+            // Transactions: queued commands, EXEC's per-command replies, WATCH.
+            3 => Just(Op::Multi),
+            3 => Just(Op::Exec),
+            1 => Just(Op::Discard),
+            1 => key.prop_map(|key| Op::Watch { key }),
+            1 => Just(Op::Unwatch),
         ]
+    }
+
+    /// The stream an operation names (0 for those that name none).
+    fn op_key(op: &Op) -> u8 {
+        match op {
+            Op::Add { key, .. }
+            | Op::AddCapped { key, .. }
+            | Op::Range { key, .. }
+            | Op::Len { key }
+            | Op::Del { key, .. }
+            | Op::Trim { key, .. }
+            | Op::Read { key, .. }
+            | Op::Create { key, .. }
+            | Op::Destroy { key, .. }
+            | Op::SetId { key, .. }
+            | Op::CreateConsumer { key, .. }
+            | Op::DelConsumer { key, .. }
+            | Op::ReadGroup { key, .. }
+            | Op::Ack { key, .. }
+            | Op::Pending { key, .. }
+            | Op::Claim { key, .. }
+            | Op::AutoClaim { key, .. }
+            | Op::Groups { key }
+            | Op::DelKey { key }
+            | Op::Exists { key }
+            | Op::XSetId { key, .. }
+            | Op::Watch { key } => *key,
+            Op::Multi | Op::Exec | Op::Discard | Op::Unwatch => 0,
+        }
     }
 
     fn servers() -> &'static Mutex<(Manifold, Redis)> {
@@ -639,30 +776,80 @@ mod random {
         theirs.cmd(&["FLUSHALL"]);
         // Per stream: auto IDs of two streams may meet on one server and not on the other.
         let mut all_ids: HashMap<u8, Ids> = HashMap::new();
+        // Inside MULTI: the commands queued, whose replies EXEC brings.
+        let mut queued: Option<Vec<Op>> = None;
         for op in ops {
-            let key_of = match &op {
-                Op::Add { key, .. }
-                | Op::AddCapped { key, .. }
-                | Op::Range { key, .. }
-                | Op::Len { key }
-                | Op::Del { key, .. }
-                | Op::Trim { key, .. }
-                | Op::Read { key, .. }
-                | Op::Create { key, .. }
-                | Op::Destroy { key, .. }
-                | Op::SetId { key, .. }
-                | Op::CreateConsumer { key, .. }
-                | Op::DelConsumer { key, .. }
-                | Op::ReadGroup { key, .. }
-                | Op::Ack { key, .. }
-                | Op::Pending { key, .. }
-                | Op::Claim { key, .. }
-                | Op::AutoClaim { key, .. }
-                | Op::Groups { key }
-                | Op::DelKey { key }
-                | Op::Exists { key }
-                | Op::XSetId { key, .. } => *key,
+            let tx_cmd: Option<Vec<String>> = match &op {
+                Op::Multi => Some(vec!["MULTI".into()]),
+                Op::Exec => Some(vec!["EXEC".into()]),
+                Op::Discard => Some(vec!["DISCARD".into()]),
+                Op::Watch { key } => Some(vec!["WATCH".into(), format!("k{key}")]),
+                Op::Unwatch => Some(vec!["UNWATCH".into()]),
+                _ => None,
             };
+            if let Some(cmd) = tx_cmd {
+                let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+                let (want, _) = Resp::parse(&theirs.cmd(&args));
+                let (got, _) = Resp::parse(&ours.cmd(&args));
+                match &op {
+                    Op::Multi => {
+                        queued.get_or_insert_with(Vec::new);
+                    }
+                    Op::Discard => queued = None,
+                    // Queued like any command (WATCH and MULTI inside MULTI are refused).
+                    Op::Unwatch => {
+                        if let Some(q) = &mut queued {
+                            q.push(op.clone());
+                        }
+                    }
+                    Op::Exec => {
+                        // Slot by slot: new IDs of queued XADDs are remembered first, and each
+                        // reply is mapped with its own stream's IDs.
+                        if let (Some(q), Resp::Many(_, Some(g)), Resp::Many(_, Some(w))) =
+                            (queued.take(), &got, &want)
+                            && q.len() == g.len()
+                            && g.len() == w.len()
+                        {
+                            for (op, (x, y)) in q.iter().zip(g.iter().zip(w)) {
+                                let key = op_key(op);
+                                let ids = all_ids.entry(key).or_default();
+                                if matches!(op, Op::DelKey { .. }) {
+                                    *ids = Ids::default();
+                                }
+                                if let (
+                                    Op::Add { .. } | Op::AddCapped { .. },
+                                    Resp::Bulk(_, Some(x)),
+                                    Resp::Bulk(_, Some(y)),
+                                ) = (op, x, y)
+                                {
+                                    ids.to_theirs.insert(x.clone(), y.clone());
+                                    ids.pairs.push((
+                                        String::from_utf8_lossy(x).into_owned(),
+                                        String::from_utf8_lossy(y).into_owned(),
+                                    ));
+                                }
+                                let map = &ids.to_theirs;
+                                let x = x.clone().map_bulks(&|b| map.get(b).cloned());
+                                prop_assert_eq!(&x, y, "{:?} in EXEC", op);
+                            }
+                            continue;
+                        }
+                        queued = None;
+                    }
+                    _ => {}
+                }
+                let map: HashMap<Vec<u8>, Vec<u8>> = all_ids
+                    .values()
+                    .flat_map(|i| i.to_theirs.iter().map(|(a, b)| (a.clone(), b.clone())))
+                    .collect();
+                let got = got.map_bulks(&|b| map.get(b).cloned());
+                prop_assert_eq!(got, want, "{:?}", op);
+                continue;
+            }
+            if let Some(q) = &mut queued {
+                q.push(op.clone());
+            }
+            let key_of = op_key(&op);
             let ids = all_ids.entry(key_of).or_default();
             let k = |key: u8| format!("k{key}");
             let g = |group: u8| format!("g{group}");
@@ -892,7 +1079,10 @@ mod random {
                     (v.clone(), v)
                 }
                 Op::DelKey { key } => {
-                    *ids = Ids::default();
+                    // Inside MULTI the key goes at EXEC (or never, after DISCARD).
+                    if queued.is_none() {
+                        *ids = Ids::default();
+                    }
                     let v = vec!["DEL".into(), k(*key)];
                     (v.clone(), v)
                 }
@@ -929,6 +1119,9 @@ mod random {
                         b.extend(["MAXDELETEDID".into(), my]);
                     }
                     (a, b)
+                }
+                Op::Multi | Op::Exec | Op::Discard | Op::Watch { .. } | Op::Unwatch => {
+                    continue;
                 }
             };
             let a_args: Vec<&str> = a.iter().map(String::as_str).collect();

@@ -22,6 +22,7 @@ use super::session_api::SessionRead;
 use super::session_command::{InFlightNew, SubscribeOptions, Will};
 use super::sessions::Session;
 use super::state::Retained;
+use super::transaction::{Exec, TxAnswer, TxOp, Watch};
 use super::{AppendRequest, Engine, Message, Result, StreamInfo, TopicKey, Trim, Wake};
 use crate::store::{LogIndex, StreamId};
 
@@ -111,6 +112,25 @@ impl Client {
         self.engine
             .set_id(db, key, id, entries_added, max_deleted)
             .await
+    }
+
+    /// [`Engine::run`], if it may: publish to what it writes, subscribe to what its group
+    /// command reads.
+    pub async fn run(&self, op: TxOp) -> Result<TxAnswer> {
+        let engine = &self.engine;
+        super::transaction::check(&self.principal, &op, &|db| engine.topics(db, b"*"))?;
+        self.engine.run(op).await
+    }
+
+    /// [`Engine::exec`], each operation checked as [`Client::run`] checks it (a refused one
+    /// is its slot's `NoPermission`).
+    pub fn exec(&self, ops: Vec<TxOp>, watches: &[Watch]) -> Result<Option<Exec<'_>>> {
+        self.engine.exec(ops, watches, Some(&self.principal))
+    }
+
+    /// [`Engine::watch`].
+    pub fn watch(&self, db: u8, key: Bytes) -> Watch {
+        self.engine.watch(db, key)
     }
 
     /// [`Engine::exists`], if it may subscribe to the key.

@@ -230,6 +230,9 @@ pub struct Watch {
     db: u8,
     key: Bytes,
     version: Option<[u64; 4]>,
+    /// The store's topic-set version then: a key missing then and now may have been created
+    /// and dropped between.
+    topics_at: u64,
 }
 
 impl Watch {
@@ -351,8 +354,14 @@ impl Engine {
     /// WATCH: the key as applied now. Writes proposed before and applied after count as
     /// changes (they were not seen).
     pub fn watch(&self, db: u8, key: Bytes) -> Watch {
+        let topics_at = self.inner.store.topic_version();
         let version = self.inner.store.topic(db, &key).map(|t| version_of(&t));
-        Watch { db, key, version }
+        Watch {
+            db,
+            key,
+            version,
+            topics_at,
+        }
     }
 
     /// EXEC: proposes `ops` as one log entry and returns the handle that walks it through
@@ -415,7 +424,12 @@ impl Engine {
         }))
     }
 
-    /// One operation on its own, in its own entry: the path of every write but XADD's.
+    /// One operation on its own, in its own entry (a [`TxOp::Read`] answers at once).
+    pub async fn run(&self, op: TxOp) -> Result<TxAnswer> {
+        self.run_op(op).await
+    }
+
+    /// One operation in its own entry: the path of every write but XADD's.
     pub(super) async fn run_op(&self, op: TxOp) -> Result<TxAnswer> {
         let mut resolved = None;
         let reply = self.inner.propose(|p| {
@@ -796,9 +810,18 @@ fn permitted(
     p: &Proposer,
     store: &MessageStore,
 ) -> Result<()> {
-    let Some(principal) = principal else {
-        return Ok(());
-    };
+    match principal {
+        Some(principal) => check(principal, op, &|db| p.keys(store, db)),
+        None => Ok(()),
+    }
+}
+
+/// Whether `principal` may run `op`; `keys(db)` lists a database's streams (FLUSHDB).
+pub(super) fn check(
+    principal: &Principal,
+    op: &TxOp,
+    keys: &dyn Fn(u8) -> Vec<Bytes>,
+) -> Result<()> {
     match op {
         TxOp::Append(req) => principal.check_publish(&req.key),
         TxOp::Delete { key, .. } | TxOp::Trim { key, .. } | TxOp::SetId { key, .. } => {
@@ -807,7 +830,7 @@ fn permitted(
         TxOp::Drop { keys, .. } => keys.iter().try_for_each(|k| principal.check_publish(k)),
         TxOp::Flush { db } => {
             let dbs = db.map_or(0..16, |d| d..d.saturating_add(1));
-            dbs.flat_map(|db| p.keys(store, db))
+            dbs.flat_map(keys)
                 .try_for_each(|k| principal.check_publish(&k))
         }
         TxOp::Group(g) => {
@@ -855,8 +878,22 @@ fn version_of(t: &crate::store::Topic) -> [u64; 4] {
 /// Whether `w`'s key changed since WATCH: applied state differs, or writes to it are still
 /// in flight (they were proposed before EXEC and will apply before it).
 fn changed(p: &Proposer, store: &MessageStore, w: &Watch) -> bool {
-    p.view.contains_key(&(w.db, w.key.clone()))
-        || store.topic(w.db, &w.key).map(|t| version_of(&t)) != w.version
+    if p.view.contains_key(&(w.db, w.key.clone())) {
+        return true;
+    }
+    let now = store.topic(w.db, &w.key).map(|t| version_of(&t));
+    if now != w.version {
+        return true;
+    }
+    // Missing then and now: created and dropped between? (Not remembered: assume so.)
+    now.is_none()
+        && store
+            .topic_changes_since(w.topics_at)
+            .is_none_or(|(_, changes)| {
+                changes
+                    .iter()
+                    .any(|(db, key, _)| *db == w.db && *key == w.key)
+            })
 }
 
 fn failed(why: String) -> EngineError {

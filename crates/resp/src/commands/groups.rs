@@ -8,17 +8,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use manifold_core::engine::{
-    Claim, ClaimTime, Client, GroupEntry, GroupStart, MAX_AUTOCLAIM_COUNT, PendingQuery, ReadFrom,
-    TopicKey, Wake,
+    Claim, ClaimTime, Client, GroupEntry, GroupStart, GroupTx, MAX_AUTOCLAIM_COUNT, PendingQuery,
+    ReadFrom, TopicKey, TxAnswer, TxOp, Wake,
 };
 use manifold_core::store::StreamId;
 
-use super::Ctx;
 use super::connection::help;
 use super::read::{Blocked, ReadArgs, parse_read, per_stream};
 use super::streams::entry_reply;
+use super::{Ctx, Plan};
 use crate::args::{self, IdForm, id_bulk, is};
-use crate::reply::Reply;
+use crate::errors::engine_error;
+use crate::reply::{Protocol, Reply};
 
 type Result<T> = std::result::Result<T, Reply>;
 
@@ -84,29 +85,31 @@ fn group_entry(e: &GroupEntry) -> Reply {
     }
 }
 
-pub async fn xgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
+pub fn xgroup_help() -> Reply {
+    help(&[
+        "XGROUP <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "CREATE <key> <groupname> <id|$> [option]",
+        "    Create a new consumer group. Options are:",
+        "    * MKSTREAM",
+        "      Create the empty stream if it does not exist.",
+        "    * ENTRIESREAD entries_read",
+        "      Set the group's entries_read counter (internal use).",
+        "CREATECONSUMER <key> <groupname> <consumer>",
+        "    Create a new consumer in the specified group.",
+        "DELCONSUMER <key> <groupname> <consumer>",
+        "    Remove the specified consumer.",
+        "DESTROY <key> <groupname>",
+        "    Remove the specified group.",
+        "SETID <key> <groupname> <id|$> [ENTRIESREAD entries_read]",
+        "    Set the current group ID and entries_read counter.",
+        "HELP",
+        "    Prints this help.",
+    ])
+}
+
+/// XGROUP CREATE / SETID / DESTROY / CREATECONSUMER / DELCONSUMER.
+pub fn plan_xgroup(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
     let sub = ctx.spec.name;
-    if sub == "xgroup|help" {
-        return Ok(help(&[
-            "XGROUP <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "CREATE <key> <groupname> <id|$> [option]",
-            "    Create a new consumer group. Options are:",
-            "    * MKSTREAM",
-            "      Create the empty stream if it does not exist.",
-            "    * ENTRIESREAD entries_read",
-            "      Set the group's entries_read counter (internal use).",
-            "CREATECONSUMER <key> <groupname> <consumer>",
-            "    Create a new consumer in the specified group.",
-            "DELCONSUMER <key> <groupname> <consumer>",
-            "    Remove the specified consumer.",
-            "DESTROY <key> <groupname>",
-            "    Remove the specified group.",
-            "SETID <key> <groupname> <id|$> [ENTRIESREAD entries_read]",
-            "    Set the current group ID and entries_read counter.",
-            "HELP",
-            "    Prints this help.",
-        ]));
-    }
     let a = ctx.args.clone();
     let create = sub == "xgroup|create";
     let setid = sub == "xgroup|setid";
@@ -139,20 +142,22 @@ pub async fn xgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
         return Err(wrong());
     }
     let (key, group) = (a[2].clone(), a[3].clone());
-    let (exists, has_group) = stream_and_group(ctx, &key, &group)?;
-    if !(exists || create && mkstream) {
-        return Err(no_stream());
-    }
-    let needs_group = matches!(
-        sub,
-        "xgroup|setid" | "xgroup|createconsumer" | "xgroup|delconsumer"
-    );
-    if needs_group && !has_group {
-        return Err(no_group_for_key(&key, &group));
+    if !in_tx {
+        // Redis checks the key and the group before the ID (the engine would after).
+        let (exists, has_group) = stream_and_group(ctx, &key, &group)?;
+        if !(exists || create && mkstream) {
+            return Err(no_stream());
+        }
+        let needs_group = matches!(
+            sub,
+            "xgroup|setid" | "xgroup|createconsumer" | "xgroup|delconsumer"
+        );
+        if needs_group && !has_group {
+            return Err(no_group_for_key(&key, &group));
+        }
     }
     let db = ctx.conn.db;
-    let client = ctx.client()?;
-    let result = match sub {
+    let op = match sub {
         "xgroup|create" | "xgroup|setid" => {
             let start = if a[4].as_ref() == b"$" {
                 GroupStart::Last
@@ -161,49 +166,73 @@ pub async fn xgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
             } else {
                 GroupStart::Id(args::stream_id(&a[4], IdForm::Interval, 0)?)
             };
-            let er = entries_read.flatten();
+            let entries_read = entries_read.flatten();
+            let (key, group) = (key.clone(), group.clone());
             if create {
-                client
-                    .group_create(db, key.clone(), group.clone(), start, mkstream, er)
-                    .await
+                GroupTx::Create {
+                    db,
+                    key,
+                    group,
+                    start,
+                    mkstream,
+                    entries_read,
+                }
             } else {
-                client
-                    .group_set_id(db, key.clone(), group.clone(), start, er)
-                    .await
+                GroupTx::SetId {
+                    db,
+                    key,
+                    group,
+                    start,
+                    entries_read,
+                }
             }
-            .map(|()| Reply::Ok)
         }
-        "xgroup|destroy" => client
-            .group_destroy(db, key.clone(), group.clone())
-            .await
-            .map(|b| Reply::Int(i64::from(b))),
-        "xgroup|createconsumer" => client
-            .consumer_create(db, key.clone(), group.clone(), a[4].clone())
-            .await
-            .map(|b| Reply::Int(i64::from(b))),
-        _ => client
-            .consumer_delete(db, key.clone(), group.clone(), a[4].clone())
-            .await
-            .map(|n| Reply::Int(n as i64)),
+        "xgroup|destroy" => GroupTx::Destroy {
+            db,
+            key: key.clone(),
+            group: group.clone(),
+        },
+        "xgroup|createconsumer" => GroupTx::CreateConsumer {
+            db,
+            key: key.clone(),
+            group: group.clone(),
+            consumer: a[4].clone(),
+        },
+        _ => GroupTx::DeleteConsumer {
+            db,
+            key: key.clone(),
+            group: group.clone(),
+            consumer: a[4].clone(),
+        },
     };
-    result.map_err(|e| ctx.engine_error(&e, &key, &group))
+    Ok(Plan::op(
+        ctx,
+        TxOp::Group(op),
+        move |answer, _| match answer {
+            Ok(TxAnswer::Done) => Reply::Ok,
+            Ok(TxAnswer::Bool(b)) => Reply::Int(i64::from(b)),
+            Ok(TxAnswer::Count(n)) => Reply::Int(n as i64),
+            Ok(other) => super::unexpected(other),
+            Err(e) => engine_error(&e, "xgroup", &key, &group),
+        },
+    ))
 }
 
-pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    let parsed: ReadArgs = parse_read(ctx, true)?;
-    let Some((group, consumer)) = parsed.group.clone() else {
-        return Err(Reply::err("Missing GROUP option for XREADGROUP"));
-    };
-    let db = ctx.conn.db;
-    // Per stream, in order: the key and the group must exist, then the ID is read.
+/// XREADGROUP's streams and where each reads from; with `check`, per stream in order the key
+/// and the group must exist before its ID is read (as Redis checks them).
+fn read_group_streams(
+    ctx: &Ctx<'_>,
+    parsed: &ReadArgs,
+    group: &Bytes,
+    check: bool,
+) -> Result<Vec<(Bytes, ReadFrom)>> {
     let mut streams = Vec::with_capacity(parsed.keys.len());
     for (key, id) in parsed.keys.iter().zip(&parsed.ids) {
-        let (_, has_group) = stream_and_group(ctx, key, &group)?;
-        if !has_group {
+        if check && !stream_and_group(ctx, key, group)?.1 {
             return Err(Reply::Error(format!(
                 "NOGROUP No such key '{}' or consumer group '{}' in XREADGROUP with GROUP option",
                 String::from_utf8_lossy(key),
-                String::from_utf8_lossy(&group)
+                String::from_utf8_lossy(group)
             )));
         }
         let from = match id.as_ref() {
@@ -217,6 +246,56 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
         };
         streams.push((key.clone(), from));
     }
+    Ok(streams)
+}
+
+/// A group read's reply: per stream as XREAD's, `[id, nil]` for pending entries whose message
+/// is gone; none served is nil.
+fn served_reply(protocol: Protocol, served: Vec<(Bytes, Vec<GroupEntry>)>) -> Reply {
+    if served.is_empty() {
+        return Reply::NilArray;
+    }
+    let served = served
+        .into_iter()
+        .map(|(k, e)| (k, claimed_reply(&e, false)))
+        .collect();
+    per_stream(protocol, served)
+}
+
+/// XREADGROUP inside a transaction: one read, never blocking.
+pub fn plan_xreadgroup(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
+    let parsed: ReadArgs = parse_read(ctx, true)?;
+    let Some((group, consumer)) = parsed.group.clone() else {
+        return Err(Reply::err("Missing GROUP option for XREADGROUP"));
+    };
+    let streams = read_group_streams(ctx, &parsed, &group, !in_tx)?;
+    let key = streams.first().map(|s| s.0.clone()).unwrap_or_default();
+    let op = GroupTx::Read {
+        db: ctx.conn.db,
+        group: group.clone(),
+        consumer,
+        streams,
+        count: parsed.count as u64,
+        noack: parsed.noack,
+    };
+    Ok(Plan::op(
+        ctx,
+        TxOp::Group(op),
+        move |answer, protocol| match answer {
+            Ok(TxAnswer::Streams(served)) => served_reply(protocol, served),
+            Ok(other) => super::unexpected(other),
+            Err(e) => engine_error(&e, "xreadgroup", &key, &group),
+        },
+    ))
+}
+
+pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let parsed: ReadArgs = parse_read(ctx, true)?;
+    let Some((group, consumer)) = parsed.group.clone() else {
+        return Err(Reply::err("Missing GROUP option for XREADGROUP"));
+    };
+    let db = ctx.conn.db;
+    let streams = read_group_streams(ctx, &parsed, &group, true)?;
     let history = streams.iter().any(|(_, f)| *f != ReadFrom::New);
     let deadline = parsed
         .block
@@ -247,12 +326,7 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
                     ctx.engine_error(&e, &key, &group)
                 })?;
             if !served.is_empty() {
-                // As XREAD's, with `[id, nil]` for pending entries whose message is gone.
-                let served = served
-                    .into_iter()
-                    .map(|(k, e)| (k, claimed_reply(&e, false)))
-                    .collect();
-                return Ok(per_stream(ctx.conn.protocol, served));
+                return Ok(served_reply(ctx.conn.protocol, served));
             }
         }
         if parsed.block.is_none() || history {
@@ -316,20 +390,30 @@ fn has_new(client: &Client, db: u8, streams: &[(Bytes, ReadFrom)], group: &[u8])
 }
 
 /// XACK key group id [id ...]: a missing key or group answers 0 before the IDs are read.
-pub async fn xack(ctx: &mut Ctx<'_>) -> Result<Reply> {
+pub fn plan_xack(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
     let (key, group) = (ctx.args[1].clone(), ctx.args[2].clone());
-    if !stream_and_group(ctx, &key, &group)?.1 {
-        return Ok(Reply::Int(0));
+    if !in_tx && !stream_and_group(ctx, &key, &group)?.1 {
+        return Ok(Plan::Answered(Reply::Int(0)));
     }
     let ids = ctx.args[3..]
         .iter()
         .map(|a| args::stream_id(a, IdForm::Strict, 0))
         .collect::<Result<Vec<_>>>()?;
-    ctx.client()?
-        .ack(ctx.conn.db, key.clone(), group.clone(), ids)
-        .await
-        .map(|n| Reply::Int(n as i64))
-        .map_err(|e| ctx.engine_error(&e, &key, &group))
+    let op = GroupTx::Ack {
+        db: ctx.conn.db,
+        key: key.clone(),
+        group: group.clone(),
+        ids,
+    };
+    Ok(Plan::op(
+        ctx,
+        TxOp::Group(op),
+        move |answer, _| match answer {
+            Ok(TxAnswer::Count(n)) => Reply::Int(n as i64),
+            Ok(other) => super::unexpected(other),
+            Err(e) => engine_error(&e, "xack", &key, &group),
+        },
+    ))
 }
 
 /// XPENDING key group [[IDLE min-idle] start end count [consumer]].
@@ -430,10 +514,10 @@ pub fn xpending(ctx: &mut Ctx<'_>) -> Result<Reply> {
 
 /// XCLAIM key group consumer min-idle-time id [id ...] [IDLE ms] [TIME ms] [RETRYCOUNT n]
 /// [FORCE] [JUSTID] [LASTID id].
-pub async fn xclaim(ctx: &mut Ctx<'_>) -> Result<Reply> {
+pub fn plan_xclaim(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
     let a = ctx.args.clone();
     let (key, group) = (a[1].clone(), a[2].clone());
-    if !stream_and_group(ctx, &key, &group)?.1 {
+    if !in_tx && !stream_and_group(ctx, &key, &group)?.1 {
         return Err(no_key_or_group(&key, &group));
     }
     let min_idle = args::parse_i64(&a[4])
@@ -499,16 +583,25 @@ pub async fn xclaim(ctx: &mut Ctx<'_>) -> Result<Reply> {
         i += 1;
     }
     let justid = claim.justid;
-    let claimed = ctx
-        .client()?
-        .claim(ctx.conn.db, key.clone(), group.clone(), claim)
-        .await
-        .map_err(|e| ctx.engine_error(&e, &key, &group))?;
-    Ok(claimed_reply(&claimed, justid))
+    let op = GroupTx::Claim {
+        db: ctx.conn.db,
+        key: key.clone(),
+        group: group.clone(),
+        claim,
+    };
+    Ok(Plan::op(
+        ctx,
+        TxOp::Group(op),
+        move |answer, _| match answer {
+            Ok(TxAnswer::Entries(claimed)) => claimed_reply(&claimed, justid),
+            Ok(other) => super::unexpected(other),
+            Err(e) => engine_error(&e, "xclaim", &key, &group),
+        },
+    ))
 }
 
 /// XAUTOCLAIM key group consumer min-idle-time start [COUNT n] [JUSTID].
-pub async fn xautoclaim(ctx: &mut Ctx<'_>) -> Result<Reply> {
+pub fn plan_xautoclaim(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
     let a = ctx.args.clone();
     let (key, group) = (a[1].clone(), a[2].clone());
     let min_idle = args::parse_i64(&a[4])
@@ -536,28 +629,32 @@ pub async fn xautoclaim(ctx: &mut Ctx<'_>) -> Result<Reply> {
             return Err(args::syntax_error());
         }
     }
-    if !stream_and_group(ctx, &key, &group)?.1 {
+    if !in_tx && !stream_and_group(ctx, &key, &group)?.1 {
         return Err(no_key_or_group(&key, &group));
     }
-    let got = ctx
-        .client()?
-        .autoclaim(
-            ctx.conn.db,
-            key.clone(),
-            group.clone(),
-            a[3].clone(),
-            min_idle,
-            start,
-            count,
-            justid,
-        )
-        .await
-        .map_err(|e| ctx.engine_error(&e, &key, &group))?;
-    Ok(Reply::Array(vec![
-        id_bulk(got.next),
-        claimed_reply(&got.entries, justid),
-        Reply::Array(got.deleted.into_iter().map(id_bulk).collect()),
-    ]))
+    let op = GroupTx::AutoClaim {
+        db: ctx.conn.db,
+        key: key.clone(),
+        group: group.clone(),
+        consumer: a[3].clone(),
+        min_idle_ms: min_idle,
+        start,
+        count,
+        justid,
+    };
+    Ok(Plan::op(
+        ctx,
+        TxOp::Group(op),
+        move |answer, _| match answer {
+            Ok(TxAnswer::AutoClaimed(got)) => Reply::Array(vec![
+                id_bulk(got.next),
+                claimed_reply(&got.entries, justid),
+                Reply::Array(got.deleted.into_iter().map(id_bulk).collect()),
+            ]),
+            Ok(other) => super::unexpected(other),
+            Err(e) => engine_error(&e, "xautoclaim", &key, &group),
+        },
+    ))
 }
 
 fn nil_or_int(v: Option<u64>) -> Reply {

@@ -1,7 +1,9 @@
 //! Keyspace commands over streams (the only type this server stores): DBSIZE, DEL/UNLINK,
 //! EXISTS, TYPE, KEYS, SCAN, FLUSHDB/FLUSHALL. A key is a stream of the SELECTed database.
 
-use super::Ctx;
+use manifold_core::engine::{TxAnswer, TxOp};
+
+use super::{Ctx, Plan};
 use crate::args::{self, is};
 use crate::reply::Reply;
 
@@ -13,14 +15,16 @@ pub fn dbsize(ctx: &mut Ctx<'_>) -> Result<Reply> {
     ))
 }
 
-pub async fn del(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    let keys = ctx.args[1..].to_vec();
-    let db = ctx.conn.db;
-    ctx.client()?
-        .drop_topics(db, keys)
-        .await
-        .map(|n| Reply::Int(n as i64))
-        .map_err(|e| ctx.engine_error(&e, b"", b""))
+pub fn plan_del(ctx: &Ctx<'_>) -> Result<Plan> {
+    let op = TxOp::Drop {
+        db: ctx.conn.db,
+        keys: ctx.args[1..].to_vec(),
+    };
+    Ok(Plan::op(ctx, op, |a, _| match a {
+        Ok(TxAnswer::Count(n)) => Reply::Int(n as i64),
+        Ok(other) => super::unexpected(other),
+        Err(e) => crate::errors::engine_error(&e, "del", b"", b""),
+    }))
 }
 
 pub fn exists(ctx: &mut Ctx<'_>) -> Result<Reply> {
@@ -86,14 +90,29 @@ pub fn scan(ctx: &mut Ctx<'_>) -> Result<Reply> {
     ]))
 }
 
+/// FLUSHDB / FLUSHALL [ASYNC|SYNC]'s one option.
+fn flush_args(ctx: &Ctx<'_>) -> Result<()> {
+    match ctx.args.len() {
+        1 => Ok(()),
+        2 if is(&ctx.args[1], "async") || is(&ctx.args[1], "sync") => Ok(()),
+        _ => Err(args::syntax_error()),
+    }
+}
+
+/// FLUSHDB / FLUSHALL inside a transaction: every stream there at that point.
+pub fn plan_flush(ctx: &Ctx<'_>) -> Result<Plan> {
+    flush_args(ctx)?;
+    let db = (ctx.spec.name == "flushdb").then_some(ctx.conn.db);
+    Ok(Plan::op(ctx, TxOp::Flush { db }, |a, _| match a {
+        Ok(_) => Reply::Ok,
+        Err(e) => crate::errors::engine_error(&e, "flushdb", b"", b""),
+    }))
+}
+
 /// FLUSHDB / FLUSHALL [ASYNC|SYNC]: every stream of the database (of all of them) dropped, one
 /// log entry per database.
 pub async fn flush(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    match ctx.args.len() {
-        1 => {}
-        2 if is(&ctx.args[1], "async") || is(&ctx.args[1], "sync") => {}
-        _ => return Err(args::syntax_error()),
-    }
+    flush_args(ctx)?;
     let dbs = if ctx.spec.name == "flushall" {
         0..16
     } else {

@@ -11,6 +11,7 @@ mod keyspace;
 mod read;
 mod server;
 mod streams;
+mod transaction;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,12 +19,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use manifold_core::engine::{Client, EngineError};
+use manifold_core::engine::{Client, EngineError, Result as EngineResult, TxAnswer, TxOp};
 
 use crate::command::{self, Spec};
 use crate::connection::Conn;
 use crate::errors::engine_error;
-use crate::reply::Reply;
+use crate::reply::{Protocol, Reply};
 use crate::server::Shared;
 
 /// What a command module gets: the shared server, the connection and the arguments (the
@@ -60,32 +61,63 @@ pub fn noauth() -> Reply {
 /// Runs `args` on the connection and returns its reply.
 pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Bytes>) -> Reply {
     let started = Instant::now();
-    let Some(name) = args.first() else {
-        return Reply::err("empty command");
+    let spec = match checked(shared, conn, &args) {
+        Ok(spec) => spec,
+        Err(reply) => {
+            // A command refused while queuing fails the whole transaction (EXECABORT).
+            if let Some(multi) = &mut conn.multi {
+                multi.dirty = true;
+            }
+            return reply;
+        }
     };
+    if let Some(multi) = &mut conn.multi
+        && !transaction::runs_now(spec.name)
+    {
+        multi.queued.push((spec, args));
+        return Reply::simple("QUEUED");
+    }
+    run_checked(shared, conn, spec, args, started).await
+}
+
+/// The checks Redis makes before any command: known, known subcommand, number of arguments,
+/// authenticated. The command's table entry, or the refusal (counted).
+fn checked(shared: &Shared, conn: &Conn, args: &[Bytes]) -> Result<&'static Spec, Reply> {
+    let name = args.first().ok_or_else(|| Reply::err("empty command"))?;
     let Some(mut spec) = command::lookup(name) else {
-        let reply = command::unknown_command(&args);
+        let reply = command::unknown_command(args);
         shared.count_error(error_text(&reply));
-        return reply;
+        return Err(reply);
     };
     if !spec.subcommands.is_empty() && args.len() >= 2 {
         match command::lookup_sub(spec, &args[1]) {
             Some(sub) => spec = sub,
             None => {
-                return refuse(
+                return Err(refuse(
                     shared,
                     spec,
                     command::unknown_subcommand(spec.name, &args[1]),
-                );
+                ));
             }
         }
     }
     if !command::arity_ok(spec.arity, args.len()) {
-        return refuse(shared, spec, command::wrong_arity(spec.name));
+        return Err(refuse(shared, spec, command::wrong_arity(spec.name)));
     }
     if conn.client.is_none() && !spec.flags.contains(&"no_auth") {
-        return refuse(shared, spec, noauth());
+        return Err(refuse(shared, spec, noauth()));
     }
+    Ok(spec)
+}
+
+/// Runs a command that passed the checks, and counts it.
+async fn run_checked(
+    shared: &Shared,
+    conn: &mut Conn,
+    spec: &'static Spec,
+    args: Vec<Bytes>,
+    started: Instant,
+) -> Reply {
     *conn
         .entry
         .last_cmd
@@ -103,6 +135,84 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Bytes>) -> Repl
     reply
 }
 
+/// A write command as one engine operation, and how the operation's answer becomes the
+/// command's reply: how a write runs on its own and inside EXEC alike.
+pub struct Planned {
+    /// The command (for the statistics).
+    pub name: &'static str,
+    /// The operation.
+    pub op: TxOp,
+    /// The reply, from the operation's answer.
+    pub render: Render,
+}
+
+/// Makes a write command's reply from its operation's answer.
+pub type Render = Box<dyn FnOnce(EngineResult<TxAnswer>, Protocol) -> Reply + Send>;
+
+/// A write command, parsed.
+pub enum Plan {
+    /// An operation to run.
+    Op(Planned),
+    /// Answered without the engine (as Redis answers some commands on a missing key).
+    Answered(Reply),
+}
+
+impl Plan {
+    /// An operation of command `ctx.spec`.
+    fn op(
+        ctx: &Ctx<'_>,
+        op: TxOp,
+        render: impl FnOnce(EngineResult<TxAnswer>, Protocol) -> Reply + Send + 'static,
+    ) -> Plan {
+        Plan::Op(Planned {
+            name: ctx.spec.name,
+            op,
+            render: Box::new(render),
+        })
+    }
+}
+
+/// A render for an answer of unexpected shape (a bug, answered as an error, never a panic).
+fn unexpected(answer: TxAnswer) -> Reply {
+    Reply::err(format!("unexpected engine answer {answer:?}"))
+}
+
+/// The write commands as engine operations (`None`: not a write command; it runs as it is).
+/// `in_tx`: inside EXEC, where the state a check would read is not yet what the command will
+/// see, so checks Redis makes on the key before the arguments are left to the engine.
+pub fn plan(ctx: &Ctx<'_>, in_tx: bool) -> Option<Result<Plan, Reply>> {
+    Some(match ctx.spec.name {
+        "xadd" => streams::plan_xadd(ctx),
+        "manifold.xadd" => streams::plan_manifold_xadd(ctx),
+        "xdel" => streams::plan_xdel(ctx, in_tx),
+        "xtrim" => streams::plan_xtrim(ctx, in_tx),
+        "xsetid" => streams::plan_xsetid(ctx, in_tx),
+        "del" | "unlink" => keyspace::plan_del(ctx),
+        "flushdb" | "flushall" => keyspace::plan_flush(ctx),
+        "xgroup|create"
+        | "xgroup|setid"
+        | "xgroup|destroy"
+        | "xgroup|createconsumer"
+        | "xgroup|delconsumer" => groups::plan_xgroup(ctx, in_tx),
+        "xack" => groups::plan_xack(ctx, in_tx),
+        "xclaim" => groups::plan_xclaim(ctx, in_tx),
+        "xautoclaim" => groups::plan_xautoclaim(ctx, in_tx),
+        "xreadgroup" => groups::plan_xreadgroup(ctx, in_tx),
+        _ => return None,
+    })
+}
+
+/// Runs a write command's plan on its own.
+async fn run_plan(ctx: &Ctx<'_>, plan: Result<Plan, Reply>) -> Result<Reply, Reply> {
+    match plan? {
+        Plan::Answered(reply) => Ok(reply),
+        Plan::Op(p) => {
+            let answer = ctx.client()?.run(p.op).await;
+            Ok((p.render)(answer, ctx.conn.protocol))
+        }
+    }
+}
+
 /// A command whose reply is still to come: started (its proposal is in the log, in order),
 /// answered once the engine has applied it.
 pub type Deferred = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -116,7 +226,7 @@ pub fn start_deferred(shared: &Arc<Shared>, conn: &mut Conn, args: &[Bytes]) -> 
     let is_xadd = args
         .first()
         .is_some_and(|n| n.eq_ignore_ascii_case(b"xadd"));
-    if !is_xadd {
+    if !is_xadd || conn.multi.is_some() {
         return None;
     }
     let spec = command::lookup(b"xadd")?;
@@ -155,7 +265,7 @@ fn refuse(shared: &Shared, spec: &'static Spec, reply: Reply) -> Reply {
     reply
 }
 
-fn error_of(reply: &Reply) -> Option<&str> {
+pub(super) fn error_of(reply: &Reply) -> Option<&str> {
     match reply {
         Reply::Error(e) => Some(e),
         _ => None,
@@ -185,7 +295,7 @@ async fn run(ctx: &mut Ctx<'_>) -> Reply {
         "config|get" | "config|set" | "config|resetstat" | "config|help" => server::config(ctx),
         "info" => server::info(ctx),
         "dbsize" => keyspace::dbsize(ctx),
-        "del" | "unlink" => keyspace::del(ctx).await,
+        "del" | "unlink" => run_plan(ctx, keyspace::plan_del(ctx)).await,
         "exists" => keyspace::exists(ctx),
         "type" => keyspace::key_type(ctx),
         "keys" => keyspace::keys(ctx),
@@ -195,27 +305,32 @@ async fn run(ctx: &mut Ctx<'_>) -> Reply {
         "xrange" => streams::xrange(ctx, false),
         "xrevrange" => streams::xrange(ctx, true),
         "xlen" => streams::xlen(ctx),
-        "xdel" => streams::xdel(ctx).await,
-        "xtrim" => streams::xtrim(ctx).await,
-        "xsetid" => streams::xsetid(ctx).await,
+        "xdel" => run_plan(ctx, streams::plan_xdel(ctx, false)).await,
+        "xtrim" => run_plan(ctx, streams::plan_xtrim(ctx, false)).await,
+        "xsetid" => run_plan(ctx, streams::plan_xsetid(ctx, false)).await,
         "xinfo|stream" => streams::xinfo_stream(ctx),
         "xinfo|groups" => groups::xinfo_groups(ctx),
         "xinfo|consumers" => groups::xinfo_consumers(ctx),
         "xinfo|help" => Ok(streams::xinfo_help()),
         "xread" => read::xread(ctx).await,
         "xreadgroup" => groups::xreadgroup(ctx).await,
+        "xgroup|help" => Ok(groups::xgroup_help()),
         "xgroup|create"
         | "xgroup|setid"
         | "xgroup|destroy"
         | "xgroup|createconsumer"
-        | "xgroup|delconsumer"
-        | "xgroup|help" => groups::xgroup(ctx).await,
+        | "xgroup|delconsumer" => run_plan(ctx, groups::plan_xgroup(ctx, false)).await,
         "manifold.xadd" => streams::manifold_xadd(ctx).await,
         "manifold.find" => streams::manifold_find(ctx),
-        "xack" => groups::xack(ctx).await,
+        "multi" => transaction::multi(ctx),
+        "exec" => transaction::exec(ctx).await,
+        "discard" => transaction::discard(ctx),
+        "watch" => transaction::watch(ctx),
+        "unwatch" => transaction::unwatch(ctx),
+        "xack" => run_plan(ctx, groups::plan_xack(ctx, false)).await,
         "xpending" => groups::xpending(ctx),
-        "xclaim" => groups::xclaim(ctx).await,
-        "xautoclaim" => groups::xautoclaim(ctx).await,
+        "xclaim" => run_plan(ctx, groups::plan_xclaim(ctx, false)).await,
+        "xautoclaim" => run_plan(ctx, groups::plan_xautoclaim(ctx, false)).await,
         other => Err(Reply::err(format!(
             "unknown command '{other}' in the command table"
         ))),

@@ -99,7 +99,8 @@ pub(super) fn parse_read(ctx: &Ctx<'_>, group_read: bool) -> Result<ReadArgs> {
     let n = (a.len() - at) / 2;
     Ok(ReadArgs {
         count,
-        block,
+        // Inside MULTI/EXEC nothing blocks (Redis answers as if no BLOCK was given).
+        block: block.filter(|_| !ctx.conn.in_exec),
         keys: a[at..at + n].to_vec(),
         ids: a[at + n..].to_vec(),
         group,

@@ -5,11 +5,14 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
-use manifold_core::engine::{APPROX_TRIM_LIMIT, AppendRequest, IdSpec, Message, Trim, TrimTo};
+use manifold_core::engine::{
+    APPROX_TRIM_LIMIT, AppendRequest, IdSpec, Message, Result as EngineResult, Trim, TrimTo,
+    TxAnswer, TxOp,
+};
 use manifold_core::store::StreamId;
 
-use super::Ctx;
 use super::connection::help;
+use super::{Ctx, Plan};
 use crate::args::{self, AddId, IdForm, id_bulk, is};
 use crate::command;
 use crate::reply::Reply;
@@ -171,6 +174,25 @@ pub fn xadd_reply(result: manifold_core::engine::Result<Option<StreamId>>, key: 
     }
 }
 
+/// XADD inside a transaction.
+pub fn plan_xadd(ctx: &Ctx<'_>) -> Result<Plan> {
+    let req = xadd_request(&ctx.args, ctx.conn.db)?;
+    Ok(append_plan(ctx, req))
+}
+
+fn append_plan(ctx: &Ctx<'_>, req: AppendRequest) -> Plan {
+    let key = req.key.clone();
+    Plan::op(ctx, TxOp::Append(req), move |answer, _| {
+        xadd_reply(
+            answer.map(|a| match a {
+                TxAnswer::Id(id) => id,
+                _ => None,
+            }),
+            &key,
+        )
+    })
+}
+
 pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let req = xadd_request(&ctx.args, ctx.conn.db)?;
     let key = req.key.clone();
@@ -181,6 +203,17 @@ pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
 /// message a key, which the IndexFile indexes (MANIFOLD.FIND; MQTT v5 user property `key` and
 /// HTTP `X-Message-Key` set the same thing). Replies as XADD.
 pub async fn manifold_xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let req = manifold_xadd_request(ctx)?;
+    let key = req.key.clone();
+    Ok(xadd_reply(ctx.client()?.append(req).await, &key))
+}
+
+/// MANIFOLD.XADD inside a transaction.
+pub fn plan_manifold_xadd(ctx: &Ctx<'_>) -> Result<Plan> {
+    Ok(append_plan(ctx, manifold_xadd_request(ctx)?))
+}
+
+fn manifold_xadd_request(ctx: &Ctx<'_>) -> Result<AppendRequest> {
     let message_key = ctx.args[2].clone();
     let mut xadd: Vec<Bytes> = Vec::with_capacity(ctx.args.len() - 1);
     xadd.push(Bytes::from_static(b"XADD"));
@@ -188,8 +221,7 @@ pub async fn manifold_xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
     xadd.extend(ctx.args[3..].iter().cloned());
     let mut req = xadd_request(&xadd, ctx.conn.db)?;
     req.message_key = message_key;
-    let key = req.key.clone();
-    Ok(xadd_reply(ctx.client()?.append(req).await, &key))
+    Ok(req)
 }
 
 /// MANIFOLD.FIND key message-key [FROM ms] [TO ms] [COUNT n]: the stream's messages with that
@@ -297,43 +329,52 @@ fn exists(ctx: &Ctx<'_>, key: &[u8]) -> Result<bool> {
 
 /// XDEL key id [id ...]: the key first (a missing one answers 0 whatever the IDs), then
 /// every ID, all or nothing.
-pub async fn xdel(ctx: &mut Ctx<'_>) -> Result<Reply> {
+pub fn plan_xdel(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
     let key = ctx.args[1].clone();
-    if !exists(ctx, &key)? {
-        return Ok(Reply::Int(0));
+    if !in_tx && !exists(ctx, &key)? {
+        return Ok(Plan::Answered(Reply::Int(0)));
     }
-    let client = ctx.client()?;
     let ids = ctx.args[2..]
         .iter()
         .map(|a| args::stream_id(a, IdForm::Strict, 0))
         .collect::<Result<Vec<_>>>()?;
-    client
-        .delete(ctx.conn.db, key.clone(), ids)
-        .await
-        .map(|n| Reply::Int(n as i64))
-        .map_err(|e| ctx.engine_error(&e, &key, b""))
+    let op = TxOp::Delete {
+        db: ctx.conn.db,
+        key: key.clone(),
+        ids,
+    };
+    Ok(Plan::op(ctx, op, move |a, _| count_reply(a, "xdel", &key)))
 }
 
-pub async fn xtrim(ctx: &mut Ctx<'_>) -> Result<Reply> {
+/// An operation's count as an integer reply.
+fn count_reply(answer: EngineResult<TxAnswer>, cmd: &str, key: &[u8]) -> Reply {
+    match answer {
+        Ok(TxAnswer::Count(n)) => Reply::Int(n as i64),
+        Ok(other) => super::unexpected(other),
+        Err(e) => crate::errors::engine_error(&e, cmd, key, b""),
+    }
+}
+
+pub fn plan_xtrim(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
     let parsed = parse_add_or_trim(&ctx.args, false)?;
     let Some(trim) = parsed.trim else {
         return Err(args::syntax_error());
     };
     let key = ctx.args[1].clone();
-    if !exists(ctx, &key)? {
-        return Ok(Reply::Int(0));
+    if !in_tx && !exists(ctx, &key)? {
+        return Ok(Plan::Answered(Reply::Int(0)));
     }
-    let client = ctx.client()?;
-    client
-        .trim(ctx.conn.db, key.clone(), trim)
-        .await
-        .map(|n| Reply::Int(n as i64))
-        .map_err(|e| ctx.engine_error(&e, &key, b""))
+    let op = TxOp::Trim {
+        db: ctx.conn.db,
+        key: key.clone(),
+        trim,
+    };
+    Ok(Plan::op(ctx, op, move |a, _| count_reply(a, "xtrim", &key)))
 }
 
 /// XSETID key last-id [ENTRIESADDED n] [MAXDELETEDID id]: arguments first (as Redis), then the
 /// key; the engine checks the ID and counter against the stream when it applies.
-pub async fn xsetid(ctx: &mut Ctx<'_>) -> Result<Reply> {
+pub fn plan_xsetid(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
     let id = args::stream_id(&ctx.args[2], IdForm::Strict, 0)?;
     let (mut added, mut max_deleted) = (None, None);
     let mut i = 3;
@@ -361,14 +402,21 @@ pub async fn xsetid(ctx: &mut Ctx<'_>) -> Result<Reply> {
         i += 2;
     }
     let key = ctx.args[1].clone();
-    if !exists(ctx, &key)? {
+    if !in_tx && !exists(ctx, &key)? {
         return Err(Reply::err("no such key"));
     }
-    ctx.client()?
-        .set_id(ctx.conn.db, key.clone(), id, added, max_deleted)
-        .await
-        .map(|()| Reply::Ok)
-        .map_err(|e| ctx.engine_error(&e, &key, b""))
+    let op = TxOp::SetId {
+        db: ctx.conn.db,
+        key: key.clone(),
+        id,
+        entries_added: added,
+        max_deleted,
+    };
+    Ok(Plan::op(ctx, op, move |a, _| match a {
+        Ok(TxAnswer::Done) => Reply::Ok,
+        Ok(other) => super::unexpected(other),
+        Err(e) => crate::errors::engine_error(&e, "xsetid", &key, b""),
+    }))
 }
 
 /// Redis packs a stream into radix-tree nodes of up to `stream-node-max-entries` (100)
