@@ -498,6 +498,44 @@ assert r.xadd(p, {"i": "last"}) not in ids
 assert r.xlen(p) == 101
 assert [e[1]["i"] for e in r.xrange(p, count=3)] == ["0", "1", "2"]
 
+# pipeline() is MULTI/EXEC by default: one transaction, one reply per command.
+tx = r.pipeline()
+tx.xadd("py:tx", {"n": "1"}, id="1-1")
+tx.xadd("py:tx", {"n": "2"})
+tx.xlen("py:tx")
+tx.xrange("py:tx", count=1)
+got = tx.execute()
+assert got[0] == "1-1" and got[2] == 2 and got[3] == [("1-1", {"n": "1"})], got
+# An error in one slot fails that command only (redis-py raises after the whole EXEC).
+tx = r.pipeline()
+tx.xadd("py:tx", {"n": "x"}, id="1-1")
+tx.xadd("py:tx", {"n": "3"})
+try:
+    tx.execute()
+    raise AssertionError("no error")
+except redis.ResponseError as e:
+    assert "equal or smaller" in str(e), e
+assert r.xlen("py:tx") == 3
+# WATCH: a change by another client makes EXEC answer nil (WatchError); a retry succeeds.
+other = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+with r.pipeline() as w:
+    w.watch("py:tx")
+    n = w.xlen("py:tx")
+    other.xadd("py:tx", {"n": "other"})
+    w.multi()
+    w.xadd("py:tx", {"seen": str(n)})
+    try:
+        w.execute()
+        raise AssertionError("EXEC ran after a watched key changed")
+    except redis.WatchError:
+        pass
+def append_len(pipe):
+    n = pipe.xlen("py:tx")
+    pipe.multi()
+    pipe.xadd("py:tx", {"seen": str(n)})
+r.transaction(append_len, "py:tx")
+assert r.xrevrange("py:tx", count=1)[0][1] == {"seen": "4"}, r.xrevrange("py:tx", count=1)
+
 # RESP2 XREAD: a list of [key, entries].
 assert r.xread({t: "5-9"}) == [[t, [("5-10", {"i": "10"})]]], r.xread({t: "5-9"})
 assert r.xread({t: "5-10"}) == []
@@ -692,6 +730,76 @@ fn acknowledged_xadds_survive_sigkill_and_restart() -> anyhow::Result<()> {
     ensure!(server.wait_exit(Duration::from_secs(10))?.success());
     let (code, out) = inspect(dir.path())?;
     ensure!(code == 0 && out.contains("shutdown: clean"), "{out}");
+    Ok(())
+}
+
+/// A transaction is one log entry: after a SIGKILL at any moment, each EXEC is in the streams
+/// whole or not at all, and every acknowledged one is there.
+#[test]
+fn transactions_survive_sigkill_whole_or_not_at_all() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut server, _) = start(dir.path())?;
+    let port = server.port;
+    let writer = thread::spawn(move || -> anyhow::Result<u64> {
+        let mut c = Resp::connect(port)?;
+        let mut acked = 0;
+        for n in 1u64.. {
+            let (id, val) = (format!("{n}-1"), n.to_string());
+            let mut out = Vec::new();
+            encode(&[b"MULTI"], &mut out);
+            for key in ["tx:a", "tx:b", "tx:c"] {
+                let fields: [&[u8]; 5] =
+                    [b"XADD", key.as_bytes(), id.as_bytes(), b"f", val.as_bytes()];
+                encode(&fields, &mut out);
+            }
+            encode(&[b"EXEC"], &mut out);
+            if c.writer.write_all(&out).is_err() {
+                return Ok(acked);
+            }
+            for _ in 0..5 {
+                match c.read() {
+                    Ok(_) => {}
+                    Err(e) if is_disconnect(&e) => return Ok(acked),
+                    Err(e) => return Err(e),
+                }
+            }
+            acked = n;
+        }
+        Ok(acked)
+    });
+    let mut probe = Resp::connect(port)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.cmd(&["XLEN", "tx:c"])? == Value::Int(0) {
+        ensure!(Instant::now() < deadline, "no transaction went through");
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(150));
+    server.child.kill()?; // SIGKILL
+    server.child.wait()?;
+    let acked = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let (restarted, _) = start(dir.path())?;
+    server = restarted;
+    let mut c = Resp::connect(server.port)?;
+    let mut lengths = Vec::new();
+    for key in ["tx:a", "tx:b", "tx:c"] {
+        let ids = entry_ids(&c.cmd(&["XRANGE", key, "-", "+"])?)?;
+        for (i, id) in ids.iter().enumerate() {
+            ensure!(*id == format!("{}-1", i + 1), "{key}: entry {i} is {id}");
+        }
+        lengths.push(ids.len() as u64);
+    }
+    ensure!(
+        lengths.iter().all(|l| *l == lengths[0]),
+        "a transaction was cut in half by the kill: lengths {lengths:?}"
+    );
+    ensure!(
+        lengths[0] >= acked && acked > 0,
+        "LOST ACKNOWLEDGED TRANSACTIONS: {acked} acknowledged, {} kept",
+        lengths[0]
+    );
+    eprintln!("acknowledged {acked} transactions, kept {}", lengths[0]);
     Ok(())
 }
 

@@ -1804,7 +1804,16 @@ impl Inner {
             Ok(t) => t,
             Err(e) => {
                 restore(&mut p);
-                return Err(e.into());
+                // A transaction too big for one entry is refused; nothing was written.
+                return Err(match e {
+                    StoreError::EntryTooLarge { .. } => EngineError::InvalidArgument(
+                        "the transaction is larger than one log entry may be (16 MiB)",
+                    ),
+                    StoreError::TooManySubRecords { .. } => {
+                        EngineError::InvalidArgument("a transaction writes at most 65,536 records")
+                    }
+                    e => e.into(),
+                });
             }
         };
         if ticket.index != next {
