@@ -7,6 +7,8 @@ library in the way. Workloads:
   blocked PORT PID N SECS    N clients in XREAD BLOCK 0: server CPU seconds over SECS idle
   latency PORT RATE SECS     XADD at RATE/s, one XREAD BLOCK reader: delivery latency p50/p99 (µs)
   group PORT N CONSUMERS     N entries, CONSUMERS XREADGROUP COUNT 100 + XACK loops: entries/s
+  tx PORT N CLIENTS          N transactions (MULTI, XADD a, XADD b, XLEN a, EXEC) from CLIENTS
+                             connections, one write per transaction: transactions/s
 """
 import asyncio
 import os
@@ -181,6 +183,31 @@ async def group(port, n, consumers):
     print(f"group read+ack: {got} entries, {consumers} consumers, {got / secs:.0f} entries/s")
 
 
+async def tx(port, n, clients):
+    key = f"tx-{os.getpid()}-{time.time_ns()}"
+    one = b"".join([enc("MULTI"), enc("XADD", key + "a", "*", "f", "v"),
+                    enc("XADD", key + "b", "*", "f", "v"), enc("XLEN", key + "a"), enc("EXEC")])
+    done = 0
+
+    async def client():
+        nonlocal done
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        while done < n:
+            done += 1
+            w.write(one)
+            await w.drain()
+            replies = [await read_reply(r) for _ in range(5)]
+            exec_reply = replies[-1]
+            if not isinstance(exec_reply, list) or len(exec_reply) != 3:
+                raise SystemExit(f"EXEC answered {exec_reply!r}")
+        w.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    secs = time.perf_counter() - start
+    print(f"tx: {done} transactions, {clients} clients, {done / secs:.0f} transactions/s")
+
+
 def main():
     what, port = sys.argv[1], int(sys.argv[2])
     if what == "idle":
@@ -191,6 +218,8 @@ def main():
         asyncio.run(latency(port, int(sys.argv[3]), float(sys.argv[4])))
     elif what == "group":
         asyncio.run(group(port, int(sys.argv[3]), int(sys.argv[4])))
+    elif what == "tx":
+        asyncio.run(tx(port, int(sys.argv[3]), int(sys.argv[4])))
     else:
         sys.exit(__doc__)
 
