@@ -835,6 +835,79 @@ fn dispatch_next_says_what_each_sub_record_did() -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A transaction's entry dispatched in parts ends as the whole entry dispatched at once, and a
+/// process killed between parts (the entry in the log, half dispatched, no checkpoint of it)
+/// re-dispatches to the same state: each topic skips what it already applied.
+#[test]
+fn an_entry_dispatched_in_parts_is_the_entry_dispatched_whole() -> Result<(), StoreError> {
+    let records = whole_records();
+    let whole = {
+        let disk = SimDisk::new();
+        let store = open_manual(&disk)?;
+        let index = append(&store, 1, records.clone())?;
+        let outcomes = store.dispatch_next(&store.log().entry(index)?)?;
+        (
+            outcomes,
+            ids(&store, "a")?,
+            ids(&store, "b")?,
+            store.state_digest()?,
+        )
+    };
+    let disk = SimDisk::new();
+    let store = open_manual(&disk)?;
+    let index = append(&store, 1, records)?;
+    let entry = store.log().entry(index)?;
+    let mut outcomes = store.dispatch_part(&entry, 0..2, false)?;
+    assert_eq!(
+        store.dispatched_index(),
+        index - 1,
+        "half an entry is not dispatched"
+    );
+    // A part must be the log's next entry's, and the last part must end at its last record.
+    assert!(store.dispatch_part(&entry, 2..4, true).is_err());
+    outcomes.extend(store.dispatch_part(&entry, 2..4, false)?);
+    outcomes.extend(store.dispatch_part(&entry, 4..4, false)?);
+    outcomes.extend(store.dispatch_part(&entry, 4..6, true)?);
+    assert_eq!(store.dispatched_index(), index);
+    assert_eq!(
+        (
+            outcomes,
+            ids(&store, "a")?,
+            ids(&store, "b")?,
+            store.state_digest()?
+        ),
+        whole
+    );
+    // Killed between parts: the reopened store dispatches the entry again, whole.
+    let disk = SimDisk::new();
+    let store = open_manual(&disk)?;
+    let index = append(&store, 1, whole_records())?;
+    store.dispatch_part(&store.log().entry(index)?, 0..3, false)?;
+    let after = disk.crash(CrashMode::KeepUnsynced);
+    drop(store);
+    let store = open_manual(&after)?;
+    assert_eq!(store.dispatched_index(), index - 1);
+    store.dispatch_to(index)?;
+    assert_eq!(
+        (ids(&store, "a")?, ids(&store, "b")?, store.state_digest()?),
+        (whole.1, whole.2, whole.3)
+    );
+    Ok(())
+}
+
+/// Messages to two topics, an XDEL, a DEL and new messages after it: one transaction.
+fn whole_records() -> Vec<SubRecord> {
+    let msg = |t: &str, ms| record(RecordOp::Message, t, StreamId::new(ms, 0), "k");
+    vec![
+        msg("a", 1),
+        msg("b", 1),
+        record(RecordOp::Delete, "a", StreamId::new(1, 0), ""),
+        record(RecordOp::Drop, "b", StreamId::default(), ""),
+        msg("b", 2),
+        msg("a", 2),
+    ]
+}
+
 #[test]
 fn a_message_at_or_below_the_last_id_is_not_added() -> Result<(), StoreError> {
     let disk = SimDisk::new();

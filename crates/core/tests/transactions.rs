@@ -2,6 +2,8 @@
 //! order each seeing the ones before it, per-operation errors without rollback, reads that
 //! stop apply between parts, WATCH, and the state after restarts and power cuts.
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,26 +12,8 @@ use manifold_core::engine::{
     AppendRequest, Engine, EngineConfig, EngineError, GroupTx, IdSpec, ReadFrom, Step, TxAnswer,
     TxOp,
 };
-use manifold_core::store::{CqConfig, CrashMode, LogConfig, SimDisk, StoreConfig, StreamId};
-
-/// Small files: the simulated disk holds every byte in memory.
-fn config() -> EngineConfig {
-    EngineConfig {
-        store: StoreConfig {
-            log: LogConfig {
-                segment_size: 64 * 1024,
-                index_records_per_file: 256,
-                ..LogConfig::default()
-            },
-            queues: CqConfig {
-                arena_file_slots: 64,
-                ..CqConfig::default()
-            },
-            ..StoreConfig::default()
-        },
-        ..EngineConfig::default()
-    }
-}
+use manifold_core::store::{CrashMode, SimDisk, StreamId};
+use support::small_config as config;
 
 fn open(disk: &SimDisk, config: EngineConfig) -> Result<Engine, EngineError> {
     Engine::open(Arc::new(disk.clone()), &PathBuf::from("/data"), config)
@@ -250,9 +234,8 @@ fn watch_refuses_exec_after_a_change_and_logs_nothing() -> Result<(), EngineErro
 #[test]
 fn transactions_survive_restarts_and_power_cuts() -> Result<(), EngineError> {
     let disk = SimDisk::new();
-    let mut config = config();
     // Checkpoints all the time: transactions are journaled while snapshots are written.
-    config.store.dispatch_checkpoint_interval_ms = 0;
+    let config = config();
     let engine = open(&disk, config.clone())?;
     let rt = runtime();
     rt.block_on(async {
