@@ -196,14 +196,13 @@ impl Engine {
             if *from == ReadFrom::New && delivered.is_empty() {
                 continue;
             }
-            let mut entries = Vec::with_capacity(delivered.len());
-            for (id, at) in delivered {
-                let message = match at {
-                    Some(at) => self.message_at(&at)?,
-                    None => None,
-                };
-                entries.push(GroupEntry { id, message });
-            }
+            let at: Vec<Option<EntryRef>> = delivered.iter().map(|(_, at)| *at).collect();
+            let messages = self.messages_at(&at)?;
+            let entries = delivered
+                .into_iter()
+                .zip(messages)
+                .map(|((id, _), message)| GroupEntry { id, message })
+                .collect();
             out.push((key.clone(), entries));
         }
         Ok(out)
@@ -281,24 +280,69 @@ impl Engine {
         entries: &[EntryRef],
         justid: bool,
     ) -> Result<Vec<GroupEntry>> {
-        entries
+        let messages = if justid {
+            vec![None; entries.len()]
+        } else {
+            self.messages_at(&entries.iter().copied().map(Some).collect::<Vec<_>>())?
+        };
+        Ok(entries
             .iter()
-            .map(|e| {
-                Ok(GroupEntry {
-                    id: e.id,
-                    message: if justid { None } else { self.message_at(e)? },
-                })
-            })
-            .collect()
+            .zip(messages)
+            .map(|(e, message)| GroupEntry { id: e.id, message })
+            .collect())
     }
 
-    /// The message at a log position (read from the CommitLog, so an entry deleted or trimmed
-    /// since it was delivered is still returned, as Redis returned it when it was delivered);
-    /// `None` when retention removed its entry.
-    fn message_at(&self, at: &EntryRef) -> Result<Option<Message>> {
-        Ok(self
-            .message_at_position(at.log_index, at.sub)?
-            .map(|m| m.message))
+    /// The messages at these log positions, in order, read from the CommitLog — so an entry
+    /// deleted or trimmed since it was delivered is still returned, as Redis returned it when
+    /// it was delivered (`None` in, or retention removed it: `None` out). Positions in consecutive log entries (a group read of a stream written on
+    /// its own) are read from the CommitLog in one read per run, not one each.
+    fn messages_at(&self, at: &[Option<EntryRef>]) -> Result<Vec<Option<Message>>> {
+        let log = self.inner.store.log();
+        let (first, last) = (log.first_index(), log.last_index());
+        let readable = |r: &Option<EntryRef>| {
+            r.filter(|r| r.log_index >= first && r.log_index <= last)
+                .map(|r| r.log_index)
+        };
+        let mut out = Vec::with_capacity(at.len());
+        let mut i = 0;
+        while i < at.len() {
+            let Some(from) = readable(&at[i]) else {
+                out.push(None);
+                i += 1;
+                continue;
+            };
+            // A run: each position in the same log entry as the one before or the next.
+            let mut j = i + 1;
+            let mut to = from;
+            while let Some(next) = at.get(j).and_then(readable) {
+                if next != to && next != to + 1 {
+                    break;
+                }
+                to = next;
+                j += 1;
+            }
+            let entries = if from == to {
+                vec![log.entry(from)?]
+            } else {
+                log.entries(from, to)?
+            };
+            for r in at[i..j].iter().flatten() {
+                let message = entries.get((r.log_index - from) as usize).and_then(|e| {
+                    e.records.get(usize::from(r.sub)).map(|rec| Message {
+                        id: rec.id,
+                        fields: rec.fields.clone(),
+                        properties: rec.properties.clone(),
+                        message_key: rec.message_key.clone(),
+                        timestamp_ms: e.timestamp_ms,
+                        log_index: e.index,
+                        sub: r.sub,
+                    })
+                });
+                out.push(message);
+            }
+            i = j;
+        }
+        Ok(out)
     }
 
     /// XPENDING key group: the summary. `NoGroup` when the key or group does not exist.
