@@ -1158,3 +1158,100 @@ proptest::proptest! {
         random::run(ops)?;
     }
 }
+
+/// Blocked XREADGROUP readers are served in the order they blocked (FIFO per stream), by one
+/// entry at a time and by a transaction that adds two: the same consumers get the same entries
+/// from Manifold as from redis-server.
+#[test]
+fn blocked_group_readers_are_served_in_the_order_they_blocked() {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    const READERS: usize = 16;
+
+    fn scenario(addr: std::net::SocketAddr) -> Vec<(String, Vec<u8>)> {
+        let mut admin = Raw::connect(addr);
+        admin.cmd(&["FLUSHALL"]);
+        admin.cmd(&["XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"]);
+        let (tx, rx) = mpsc::channel();
+        let blocked = |admin: &mut Raw| {
+            let info = admin.cmd(&["INFO", "clients"]);
+            String::from_utf8_lossy(&info)
+                .lines()
+                .find_map(|l| l.strip_prefix("blocked_clients:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let mut readers = Vec::new();
+        let names: Vec<String> = (1..=READERS).map(|n| format!("c{n:02}")).collect();
+        for (n, c) in names.into_iter().enumerate() {
+            let tx = tx.clone();
+            let mut conn = Raw::connect(addr);
+            conn.send(&[
+                b"XREADGROUP",
+                b"GROUP",
+                b"g",
+                c.as_bytes(),
+                b"COUNT",
+                b"1",
+                b"BLOCK",
+                b"0",
+                b"STREAMS",
+                b"s",
+                b">",
+            ]);
+            readers.push(std::thread::spawn(move || {
+                let reply = conn.reply();
+                let _ = tx.send((c, reply));
+            }));
+            // Each blocks before the next: the order is known.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while blocked(&mut admin) < n + 1 {
+                assert!(Instant::now() < deadline, "reader {n} never blocked");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let mut got = Vec::new();
+        // One entry at a time: the longest waiting reader gets it.
+        for ms in 1..=READERS / 2 {
+            admin.cmd(&["XADD", "s", &format!("{ms}-1"), "f", "a"]);
+            got.push(
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("a reader served"),
+            );
+        }
+        // Entries in one commit: the next in line get one each.
+        admin.cmd(&["MULTI"]);
+        for ms in READERS / 2 + 1..=READERS {
+            admin.cmd(&["XADD", "s", &format!("{ms}-1"), "f", "b"]);
+        }
+        admin.cmd(&["EXEC"]);
+        let mut rest: Vec<_> = (READERS / 2 + 1..=READERS)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("a reader served")
+            })
+            .collect();
+        rest.sort();
+        got.extend(rest);
+        for r in readers {
+            r.join().expect("reader");
+        }
+        got
+    }
+
+    let manifold = Manifold::start();
+    let redis = Redis::start();
+    let want = scenario(redis.addr);
+    let names: Vec<String> = want.iter().map(|(c, _)| c.clone()).collect();
+    let fifo: Vec<String> = (1..=READERS).map(|n| format!("c{n:02}")).collect();
+    assert_eq!(names, fifo, "redis-server serves FIFO");
+    let got = scenario(manifold.addr);
+    assert_eq!(
+        got.iter()
+            .map(|(c, r)| (c.clone(), show(r)))
+            .collect::<Vec<_>>(),
+        want.iter()
+            .map(|(c, r)| (c.clone(), show(r)))
+            .collect::<Vec<_>>()
+    );
+}

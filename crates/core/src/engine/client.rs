@@ -23,7 +23,7 @@ use super::session_command::{InFlightNew, SubscribeOptions, Will};
 use super::sessions::Session;
 use super::state::Retained;
 use super::transaction::{Exec, TxAnswer, TxOp, Watch};
-use super::{AppendRequest, Engine, Message, Result, StreamInfo, TopicKey, Trim, Wake};
+use super::{AppendRequest, Engine, Message, Result, StreamInfo, TopicKey, Trim, Turn, Wake};
 use crate::store::{LogIndex, StreamId};
 
 /// The engine as one principal may use it.
@@ -224,6 +224,24 @@ impl Client {
             self.principal.check_subscribe(key)?;
         }
         Ok(self.engine.wait(topics, after, timeout).await)
+    }
+
+    /// [`Engine::wait_in_turn`], if it may subscribe to every topic.
+    pub async fn wait_in_turn(
+        &self,
+        topics: &[TopicKey],
+        after: LogIndex,
+        timeout: Duration,
+        order: u64,
+        previous: Option<Turn>,
+    ) -> Result<(Wake, Option<Turn>)> {
+        for (_, key) in topics {
+            self.principal.check_subscribe(key)?;
+        }
+        Ok(self
+            .engine
+            .wait_in_turn(topics, after, timeout, Some(order), previous)
+            .await)
     }
 
     /// [`Engine::wait_filter`]: a wake says only that something matching arrived; reading it

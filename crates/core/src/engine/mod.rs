@@ -85,7 +85,7 @@ pub use state::{Deduped, EngineState, MAX_PRODUCERS, PRODUCER_WINDOW, RetainEffe
 use state::{EntryCommand, Limits};
 use timers::TimerCommand;
 pub use transaction::{Exec, GroupTx, Resume, Step, TxAnswer, TxOp, Watch};
-pub use waiters::TopicKey;
+pub use waiters::{TopicKey, Turn};
 
 use crate::store::{
     AppendTicket, EntryKind, FlushMode, LogEntry, LogIndex, MessageStore, NewEntry, Outcome,
@@ -811,6 +811,8 @@ struct Inner {
     recovered: OpenStats,
     /// The topic index and the store's topic version it is current at.
     topic_index: Mutex<Option<(u64, topic_index::TopicIndex)>>,
+    /// The next place in line for readers waiting in turn.
+    wait_order: AtomicU64,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -1015,6 +1017,7 @@ impl Engine {
             acl: Acl::new(&config_access),
             recovered,
             topic_index: Mutex::new(None),
+            wait_order: AtomicU64::new(0),
         });
         let applier_inner = inner.clone();
         let applier = std::thread::Builder::new()
@@ -1489,7 +1492,7 @@ impl Engine {
             Wake::Changed
         } else {
             match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(entry)) => Wake::Entry(entry),
+                Ok(Ok((entry, _))) => Wake::Entry(entry),
                 Ok(Err(_)) => Wake::Changed,
                 Err(_) => Wake::Timeout,
             }
@@ -1501,7 +1504,51 @@ impl Engine {
     /// `timeout` passes. Idle waiters cost nothing; a commit wakes exactly the waiters of the
     /// topics it touched.
     pub async fn wait(&self, topics: &[TopicKey], after: LogIndex, timeout: Duration) -> Wake {
-        let (id, rx) = self.inner.waiters.register(topics);
+        self.wait_in_turn(topics, after, timeout, None, None)
+            .await
+            .0
+    }
+
+    /// Whether a reader ahead of `turn` is still waiting for a wake on its topic (an entry
+    /// applied and not yet woken for): the holder of `turn` should wait again instead of
+    /// reading, and will find itself behind that reader in the line.
+    pub fn earlier_waiting(&self, turn: &Turn) -> bool {
+        let (db, key) = Waiters::topic_of(turn);
+        // The entry of the topic's newest message: what wakes its waiters (a deletion or a
+        // trim after it wakes no one, so a reader waiting after it is not about to come).
+        let newest = self.inner.store.topic(*db, key).and_then(|t| {
+            let last = t.len.checked_sub(1)?;
+            let e = self.inner.store.read_queue_raw(&t, last, 1).ok()?;
+            e.first().map(|e| e.log_index)
+        });
+        self.inner
+            .waiters
+            .earlier_waiting(turn, newest.unwrap_or(0))
+    }
+
+    /// A place in line for [`Engine::wait_in_turn`]: taken when a reader first blocks and kept
+    /// across its waits, so it keeps its place after a wake that gave it nothing.
+    pub fn wait_order(&self) -> u64 {
+        self.inner.wait_order.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// [`Engine::wait`] in line (`order` from [`Engine::wait_order`]): a woken reader (or one
+    /// that missed an entry) gets a [`Turn`], its place in the topic's line by order; it waits
+    /// for its turn, reads, then drops the turn or hands it back here (`previous`, given up once
+    /// registered) — so the longest waiting reads first (blocked XREADGROUP is served FIFO per
+    /// stream, as Redis serves it).
+    pub async fn wait_in_turn(
+        &self,
+        topics: &[TopicKey],
+        after: LogIndex,
+        timeout: Duration,
+        order: Option<u64>,
+        previous: Option<Turn>,
+    ) -> (Wake, Option<Turn>) {
+        let (id, rx) = self.inner.waiters.register(topics, order, after);
+        // The reader's previous place in line is given up only now that it waits: it is never
+        // out of both, so no reader behind it can pass it.
+        drop(previous);
         let _registered = WaitGuard {
             waiters: &self.inner.waiters,
             id,
@@ -1515,12 +1562,15 @@ impl Engine {
                 .is_some_and(|t| t.last_applied.0 > after)
         });
         if changed {
-            return Wake::Changed;
+            let turn = order
+                .zip(topics.first())
+                .map(|(order, topic)| self.inner.waiters.join(topic, order, id));
+            return (Wake::Changed, turn);
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(entry)) => Wake::Entry(entry),
-            Ok(Err(_)) => Wake::Changed, // shutting down: let the caller read again
-            Err(_) => Wake::Timeout,
+            Ok(Ok((entry, turn))) => (Wake::Entry(entry), turn),
+            Ok(Err(_)) => (Wake::Changed, None), // shutting down: let the caller read again
+            Err(_) => (Wake::Timeout, None),
         }
     }
 

@@ -3,13 +3,18 @@
 //! (`Arc`): a thousand waiters at the head cost one decode and no reads. Idle waiters cost no CPU.
 //! MQTT filter waiters are checked against each touched db-0 topic (a list, not a trie: cost
 //! per commit is filters × topics touched).
+//! Waiters registered with an order (blocked group readers) also get a [`Turn`]: a place in
+//! their topic's line, which lasts across wakes, so the reader that has waited longest reads
+//! first and gets the new entries first (Redis serves blocked clients FIFO per stream). A
+//! reader joins the line when it is woken, or when it finds on registering that it missed an
+//! entry, and leaves it when it drops its turn.
 //! This module never decides what a waiter reads; it only says that something arrived.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::topic_filter;
 use crate::store::LogEntry;
@@ -17,13 +22,94 @@ use crate::store::LogEntry;
 /// A topic: `(db, key)`.
 pub type TopicKey = (u8, Bytes);
 
+/// What a woken waiter gets: the entry, and its turn if it waits in order.
+pub type Woken = (Arc<LogEntry>, Option<Turn>);
+
+#[derive(Debug)]
+struct Waiting {
+    tx: oneshot::Sender<Woken>,
+    /// Ordered waiters: their place (smaller first).
+    order: Option<u64>,
+    /// The log index it waits after.
+    after: u64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     by_topic: HashMap<TopicKey, Vec<u64>>,
     /// `(waiter, filter)` of filter waiters (db 0).
     by_filter: Vec<(u64, Bytes)>,
-    waiting: HashMap<u64, oneshot::Sender<Arc<LogEntry>>>,
+    waiting: HashMap<u64, Waiting>,
     next_id: u64,
+    /// The lines of ordered readers, per topic (gone once no turn holds them).
+    lines: HashMap<TopicKey, Weak<Line>>,
+}
+
+impl Inner {
+    /// A place in `topic`'s line for waiter `id` of `order`.
+    fn join(&mut self, topic: &TopicKey, order: u64, id: u64) -> Turn {
+        let line = match self.lines.get(topic).and_then(Weak::upgrade) {
+            Some(line) => line,
+            None => {
+                let line = Arc::new(Line::default());
+                self.lines.retain(|_, l| l.strong_count() > 0);
+                self.lines.insert(topic.clone(), Arc::downgrade(&line));
+                line
+            }
+        };
+        let place = (order, id);
+        line.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(place);
+        line.changed.notify_waiters();
+        Turn {
+            line,
+            place,
+            topic: topic.clone(),
+        }
+    }
+}
+
+/// A topic's line of ordered readers wanting to read: `(order, waiter id)`, first first.
+#[derive(Debug, Default)]
+struct Line {
+    pending: Mutex<BTreeSet<(u64, u64)>>,
+    changed: Notify,
+}
+
+/// An ordered reader's place in its topic's line: it reads when [`Turn::is_first`] (awaiting
+/// [`Turn::changed`] otherwise); dropping it (once its read is done, or when it gives up) lets
+/// the next one go.
+#[derive(Debug)]
+pub struct Turn {
+    line: Arc<Line>,
+    place: (u64, u64),
+    topic: TopicKey,
+}
+
+impl Turn {
+    /// Whether no reader is ahead of this one in the line.
+    pub fn is_first(&self) -> bool {
+        self.lock().first() == Some(&self.place)
+    }
+
+    /// Completes when the line changes (a reader joins or leaves it) after this call: create
+    /// it before checking, await it after.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.line.changed.notified()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<(u64, u64)>> {
+        self.line.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.lock().remove(&self.place);
+        self.line.changed.notify_waiters();
+    }
 }
 
 /// The registry.
@@ -39,12 +125,18 @@ impl Waiters {
 
     /// Registers a waiter on `topics`; the receiver gets the first applied entry that adds a
     /// message to any of them.
-    pub fn register(&self, topics: &[TopicKey]) -> (u64, oneshot::Receiver<Arc<LogEntry>>) {
+    /// With `order`, it takes its turn among the ordered waiters the same commit wakes.
+    pub fn register(
+        &self,
+        topics: &[TopicKey],
+        order: Option<u64>,
+        after: u64,
+    ) -> (u64, oneshot::Receiver<Woken>) {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.waiting.insert(id, tx);
+        inner.waiting.insert(id, Waiting { tx, order, after });
         for t in topics {
             inner.by_topic.entry(t.clone()).or_default().push(id);
         }
@@ -52,12 +144,19 @@ impl Waiters {
     }
 
     /// Registers a waiter on the db-0 topics matched by the valid MQTT `filter`.
-    pub fn register_filter(&self, filter: Bytes) -> (u64, oneshot::Receiver<Arc<LogEntry>>) {
+    pub fn register_filter(&self, filter: Bytes) -> (u64, oneshot::Receiver<Woken>) {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.waiting.insert(id, tx);
+        inner.waiting.insert(
+            id,
+            Waiting {
+                tx,
+                order: None,
+                after: 0,
+            },
+        );
         inner.by_filter.push((id, filter));
         (id, rx)
     }
@@ -77,9 +176,10 @@ impl Waiters {
         }
     }
 
-    /// Wakes the waiters of `topics` with `entry`.
+    /// Wakes the waiters of `topics` with `entry`; an ordered one joins the line of the topic
+    /// that woke it.
     pub fn wake<'a>(&self, entry: &Arc<LogEntry>, topics: impl Iterator<Item = (u8, &'a Bytes)>) {
-        let mut senders = Vec::new();
+        let mut woken = Vec::new();
         {
             let mut inner = self.lock();
             let inner = &mut *inner;
@@ -93,23 +193,52 @@ impl Waiters {
                         if !topic_filter::filter_matches(filter, key) {
                             return true;
                         }
-                        senders.extend(waiting.remove(id));
+                        woken.extend(waiting.remove(id).map(|w| (w.tx, None)));
                         false
                     });
                 }
-                let Some(ids) = inner.by_topic.remove(&(db, key.clone())) else {
+                let topic = (db, key.clone());
+                let Some(ids) = inner.by_topic.remove(&topic) else {
                     continue;
                 };
                 for id in ids {
-                    if let Some(tx) = inner.waiting.remove(&id) {
-                        senders.push(tx);
+                    if let Some(w) = inner.waiting.remove(&id) {
+                        let turn = w.order.map(|order| inner.join(&topic, order, id));
+                        woken.push((w.tx, turn));
                     }
                 }
             }
         }
-        for tx in senders {
-            let _ = tx.send(entry.clone());
+        for (tx, turn) in woken {
+            // A waiter gone meanwhile drops its turn with the value: the next one goes on.
+            let _ = tx.send((entry.clone(), turn));
         }
+    }
+
+    /// A place in `topic`'s line for an ordered waiter that found, on registering, that it had
+    /// missed an entry (it reads at once, but in its turn).
+    pub fn join(&self, topic: &TopicKey, order: u64, id: u64) -> Turn {
+        self.lock().join(topic, order, id)
+    }
+
+    /// Whether a reader ahead of `turn` (smaller order) waits on its topic after a log index
+    /// below `newest` (the entry of the topic's newest message): that entry is about to wake
+    /// it, and it must read first.
+    pub fn earlier_waiting(&self, turn: &Turn, newest: u64) -> bool {
+        let inner = self.lock();
+        inner.by_topic.get(&turn.topic).is_some_and(|ids| {
+            ids.iter().any(|id| {
+                inner
+                    .waiting
+                    .get(id)
+                    .is_some_and(|w| w.order.is_some_and(|o| o < turn.place.0) && w.after < newest)
+            })
+        })
+    }
+
+    /// The topic of a turn.
+    pub fn topic_of(turn: &Turn) -> &TopicKey {
+        &turn.topic
     }
 
     /// Waiters registered (for tests and metrics).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use manifold_core::engine::{
     Claim, ClaimTime, Client, GroupEntry, GroupStart, GroupTx, MAX_AUTOCLAIM_COUNT, PendingQuery,
-    ReadFrom, TopicKey, TxAnswer, TxOp, Wake,
+    ReadFrom, TopicKey, Turn, TxAnswer, TxOp, Wake,
 };
 use manifold_core::store::StreamId;
 
@@ -304,27 +304,51 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let topics: Vec<TopicKey> = parsed.keys.iter().map(|k| (db, k.clone())).collect();
     let client = ctx.client()?.clone();
     let mut count = parsed.count as u64;
+    // Blocked readers read in the order they blocked (Redis serves them FIFO per stream): each
+    // waits for its turn, reads, and passes the turn on as it returns or waits again.
+    let mut order: Option<u64> = None;
+    let mut turn: Option<Turn> = None;
+    let mut position;
     loop {
-        let position = ctx.shared.engine.applied_index();
-        // Blocking for new entries: only propose a read when one of the streams has entries
-        // the group has not been given (a read that finds none would still be logged).
-        let worth_reading =
-            history || parsed.block.is_none() || has_new(&client, db, &streams, &group);
+        let worth_reading = match &turn {
+            None => {
+                position = ctx.shared.engine.applied_index();
+                history || parsed.block.is_none() || has_new(&client, db, &streams, &group)
+            }
+            // Woken in line: read only as the first in line, and not before a reader ahead
+            // that an entry just applied is about to wake (it joins the line ahead of this
+            // one). Checked in this order, the line's change awaited from before the checks,
+            // so neither an entry nor a reader slips between them.
+            Some(t) => loop {
+                let changed = t.changed();
+                let applied = ctx.shared.engine.applied_index();
+                if !has_new(&client, db, &streams, &group) {
+                    position = applied;
+                    break false;
+                }
+                if ctx.shared.engine.earlier_waiting(t) || !t.is_first() {
+                    changed.await;
+                    continue;
+                }
+                position = applied;
+                break true;
+            },
+        };
         if worth_reading {
-            let served = client
-                .read_group(
-                    db,
-                    group.clone(),
-                    consumer.clone(),
-                    streams.clone(),
-                    count,
-                    parsed.noack,
-                )
-                .await
-                .map_err(|e| {
-                    let key = streams.first().map(|s| s.0.clone()).unwrap_or_default();
-                    ctx.engine_error(&e, &key, &group)
-                })?;
+            let read = client.read_group(
+                db,
+                group.clone(),
+                consumer.clone(),
+                streams.clone(),
+                count,
+                parsed.noack,
+            );
+            // The next reader's turn comes once this read is applied: it then sees what this
+            // one took, and does not log a read that would find nothing.
+            let served = read.await.map_err(|e| {
+                let key = streams.first().map(|s| s.0.clone()).unwrap_or_default();
+                ctx.engine_error(&e, &key, &group)
+            })?;
             if !served.is_empty() {
                 return Ok(served_reply(ctx.conn.protocol, served));
             }
@@ -338,13 +362,16 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
         if count == 0 {
             count = super::read::BLOCKED_DEFAULT_COUNT as u64;
         }
+        let order = *order.get_or_insert_with(|| ctx.shared.engine.wait_order());
         let woke = {
             let _blocked = Blocked::new(ctx);
-            client.wait(&topics, position, remaining).await
+            client
+                .wait_in_turn(&topics, position, remaining, order, turn.take())
+                .await
         };
         match woke {
-            Ok(Wake::Timeout) if deadline.is_some() => return Ok(Reply::NilArray),
-            Ok(_) => {}
+            Ok((Wake::Timeout, _)) if deadline.is_some() => return Ok(Reply::NilArray),
+            Ok((_, t)) => turn = t,
             Err(e) => return Err(ctx.engine_error(&e, b"", &group)),
         }
         // The stream or the group may have gone while this client waited (Redis 7.0 answers
