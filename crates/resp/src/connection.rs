@@ -99,8 +99,10 @@ pub async fn run(
     let mut output = BytesMut::new();
     // The client closed its side while a command ran: finish the batch, reply, close.
     let mut eof = false;
-    // Appends started and not yet answered, in request order.
+    // Appends started and not yet answered, in request order; appends read but not proposed.
     let mut started: VecDeque<Slot> = VecDeque::new();
+    let mut appends = Vec::new();
+    let mut in_flight = 0;
     loop {
         // Every complete request already read, in order; their replies go out together.
         loop {
@@ -109,6 +111,7 @@ pub async fn run(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
+                    propose(&shared, &conn, &mut appends, &mut started).await;
                     if !stoppable(
                         finish(&mut started, conn.protocol, &mut output),
                         &entry,
@@ -131,19 +134,18 @@ pub async fn run(
                 }
             };
             entry.last_interaction_ms.store(now_ms(), Ordering::Relaxed);
-            // Consecutive XADDs are proposed at once, in order, and answered in order as the
-            // log commits them: a pipeline of appends shares fsyncs instead of waiting for one
-            // each. Any other command waits until they are answered.
-            if started.len() < MAX_STARTED
-                && let Some(mut run) = commands::start_deferred(&shared, &mut conn, &args)
+            // Consecutive XADDs are proposed together, in order, and answered in order as the
+            // log commits them: a pipeline of appends shares the proposer, the hand-off and the
+            // fsyncs instead of one each. Any other command waits until they are answered.
+            if in_flight < MAX_STARTED
+                && let Some(req) = commands::deferrable(&mut conn, &args)
             {
-                let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
-                started.push_back(match first {
-                    Poll::Ready(reply) => Slot::Done(reply),
-                    Poll::Pending => Slot::Waiting(run),
-                });
+                appends.push(req);
+                in_flight += 1;
                 continue;
             }
+            propose(&shared, &conn, &mut appends, &mut started).await;
+            in_flight = 0;
             if !stoppable(
                 finish(&mut started, conn.protocol, &mut output),
                 &entry,
@@ -199,6 +201,8 @@ pub async fn run(
                 break;
             }
         }
+        propose(&shared, &conn, &mut appends, &mut started).await;
+        in_flight = 0;
         if !stoppable(
             finish(&mut started, conn.protocol, &mut output),
             &entry,
@@ -247,20 +251,41 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// Appends in flight per connection at most; the next request waits for them.
 const MAX_STARTED: usize = 1024;
 
-/// A started command: answered already, or its reply still to come.
+/// Started appends: answered already, or their replies still to come.
 enum Slot {
-    Done(Reply),
+    Done(Vec<Reply>),
     Waiting(Deferred),
+}
+
+/// Proposes the appends read so far, together (polled once: they are in the log before any
+/// later request runs).
+async fn propose(
+    shared: &Arc<Shared>,
+    conn: &Conn,
+    appends: &mut Vec<manifold_core::engine::AppendRequest>,
+    started: &mut VecDeque<Slot>,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let mut run = commands::start_appends(shared, conn, std::mem::take(appends));
+    let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
+    started.push_back(match first {
+        Poll::Ready(replies) => Slot::Done(replies),
+        Poll::Pending => Slot::Waiting(run),
+    });
 }
 
 /// Answers every started command, in order. Always `true` (see `stoppable`).
 async fn finish(started: &mut VecDeque<Slot>, protocol: Protocol, output: &mut BytesMut) -> bool {
     while let Some(slot) = started.pop_front() {
-        let reply = match slot {
-            Slot::Done(reply) => reply,
+        let replies = match slot {
+            Slot::Done(replies) => replies,
             Slot::Waiting(run) => run.await,
         };
-        reply.encode(protocol, output);
+        for reply in replies {
+            reply.encode(protocol, output);
+        }
     }
     true
 }

@@ -73,6 +73,30 @@ impl Client {
         self.engine.append(req).await
     }
 
+    /// [`Engine::append_many`]; a request to a key it may not publish to is that request's
+    /// `NoPermission` (the others go on).
+    pub async fn append_many(&self, reqs: Vec<AppendRequest>) -> Vec<Result<Option<StreamId>>> {
+        let mut refused = Vec::with_capacity(reqs.len());
+        let mut allowed = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            match self.principal.check_publish(&r.key) {
+                Ok(()) => {
+                    refused.push(None);
+                    allowed.push(r);
+                }
+                Err(e) => refused.push(Some(e)),
+            }
+        }
+        let mut answers = self.engine.append_many(allowed).await.into_iter();
+        refused
+            .into_iter()
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => answers.next().unwrap_or(Err(super::EngineError::ShuttingDown)),
+            })
+            .collect()
+    }
+
     /// [`Engine::delete`], if it may publish to the key.
     pub async fn delete(&self, db: u8, key: Bytes, ids: Vec<StreamId>) -> Result<u64> {
         self.principal.check_publish(&key)?;

@@ -785,11 +785,32 @@ struct Proposer {
 
 /// A proposal on its way to the applier.
 struct Proposal {
-    ticket: AppendTicket,
-    entry: NewEntry,
-    reply: oneshot::Sender<Result<Applied>>,
+    /// Its entries, in log order: one, or a connection's pipeline of appends.
+    entries: Vec<(AppendTicket, NewEntry)>,
+    reply: ReplyTo,
     /// A transaction's reads: where apply stops for them.
     pauses: Option<transaction::Pauses>,
+}
+
+/// Where what applying a proposal's entries did goes.
+enum ReplyTo {
+    /// The one entry's.
+    One(oneshot::Sender<Result<Applied>>),
+    /// Each entry's, in order.
+    Many(oneshot::Sender<Result<Vec<Applied>>>),
+}
+
+impl ReplyTo {
+    fn fail(self, e: EngineError) {
+        match self {
+            ReplyTo::One(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            ReplyTo::Many(tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -848,7 +869,8 @@ fn wall_clock_ms() -> u64 {
 
 impl std::fmt::Debug for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Proposal({})", self.ticket.index)
+        let first = self.entries.first().map(|(t, _)| t.index);
+        write!(f, "Proposal({first:?}, {} entries)", self.entries.len())
     }
 }
 
@@ -1127,6 +1149,100 @@ impl Engine {
             Some(Outcome::Rejected { last }) => Err(EngineError::IdTooSmall { last: *last }),
             _ => Ok(None),
         }
+    }
+
+    /// Appends a connection's pipeline of messages: each its own log entry, in order, as many
+    /// [`Engine::append`]s would make them, but proposed under one lock and answered with one
+    /// reply — the path of pipelined XADDs. Requests with a producer sequence take
+    /// [`Engine::append`] one by one.
+    pub async fn append_many(&self, reqs: Vec<AppendRequest>) -> Vec<Result<Option<StreamId>>> {
+        if reqs.iter().any(|r| r.producer.is_some()) {
+            let mut out = Vec::with_capacity(reqs.len());
+            for r in reqs {
+                out.push(self.append(r).await);
+            }
+            return out;
+        }
+        // Per request: answered at once, or the position of its entry and the ID it got.
+        let mut slots: Vec<Result<Option<(usize, StreamId)>>> = Vec::with_capacity(reqs.len());
+        let rx = (|| {
+            let mut p = self.inner.proposer_for_entry()?;
+            let mut entries = Vec::with_capacity(reqs.len());
+            for req in &reqs {
+                let built = match self.build_append(&mut p, req) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => {
+                        slots.push(Ok(None));
+                        continue;
+                    }
+                    Err(e) => {
+                        slots.push(Err(e));
+                        continue;
+                    }
+                };
+                let entry = NewEntry {
+                    term: p.term,
+                    kind: EntryKind::Command,
+                    timestamp_ms: p.last_ts,
+                    command: built.command,
+                    records: built.records,
+                };
+                let ticket = match self.inner.store.log().append(&entry) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        slots.push(Err(e.into()));
+                        continue;
+                    }
+                };
+                p.note(&self.inner.store, &entry.records, ticket.index);
+                let id = built.resolved.unwrap_or_default();
+                slots.push(Ok(Some((entries.len(), id))));
+                entries.push((ticket, entry));
+            }
+            drop(p);
+            if entries.is_empty() {
+                return Ok(None);
+            }
+            let (reply, rx) = oneshot::channel();
+            self.inner.send(Proposal {
+                entries,
+                reply: ReplyTo::Many(reply),
+                pauses: None,
+            })?;
+            Ok(Some(rx))
+        })();
+        let applied = match rx {
+            Ok(Some(rx)) => match rx.await {
+                Ok(Ok(applied)) => Ok(applied),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(EngineError::ShuttingDown),
+            },
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        };
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            out.push(match (slot, &applied) {
+                (Ok(Some((k, id))), Ok(applied)) => {
+                    match applied.get(k).and_then(|a| a.outcomes.first()) {
+                        Some(Outcome::Added) => Ok(Some(id)),
+                        // Apply re-checks what the proposer checked; a failed check is a no-op.
+                        Some(Outcome::Rejected { last }) => {
+                            Err(EngineError::IdTooSmall { last: *last })
+                        }
+                        _ => Ok(None),
+                    }
+                }
+                (Ok(Some(_)), Err(e)) => Err(e.clone()),
+                (other, _) => other.map(|_| None),
+            });
+        }
+        if out.len() < reqs.len() {
+            // The proposer refused before building (shutting down): every request says so.
+            let e = applied.err().unwrap_or(EngineError::ShuttingDown);
+            out.resize_with(reqs.len(), || Err(e.clone()));
+        }
+        out
     }
 
     /// The answer to a repeat whose original (at `index`) was not applied yet: waits for it.
@@ -1804,12 +1920,7 @@ impl Inner {
             p.producers_in_flight.insert(pair, index);
         }
         p.note(&self.store, &entry.records, index);
-        self.hand_off(Proposal {
-            ticket,
-            entry,
-            reply: oneshot::channel().0,
-            pauses: None,
-        })
+        self.hand_off(vec![(ticket, entry)], None)
     }
 
     /// A transaction's entry: `build` gets the proposer and the index the entry will have,
@@ -1872,27 +1983,31 @@ impl Inner {
             tracing::error!(want = next, got = ticket.index, "transaction entry index");
             p.note(&self.store, &entry.records, ticket.index);
         }
-        self.hand_off(Proposal {
-            ticket,
-            entry,
-            reply: oneshot::channel().0,
-            pauses: Some(pauses),
-        })
+        self.hand_off(vec![(ticket, entry)], Some(pauses))
     }
 
-    /// Sends a proposal to the applier (with a fresh reply channel); where its reply arrives.
+    /// Sends one entry's proposal to the applier; where its reply arrives.
     fn hand_off(
         &self,
-        mut proposal: Proposal,
+        entries: Vec<(AppendTicket, NewEntry)>,
+        pauses: Option<transaction::Pauses>,
     ) -> Result<Option<oneshot::Receiver<Result<Applied>>>> {
         let (reply, rx) = oneshot::channel();
-        proposal.reply = reply;
+        self.send(Proposal {
+            entries,
+            reply: ReplyTo::One(reply),
+            pauses,
+        })?;
+        Ok(Some(rx))
+    }
+
+    fn send(&self, proposal: Proposal) -> Result<()> {
         let tx = self.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
         let sent = tx.as_ref().map(|tx| tx.send(proposal).is_ok());
         if sent != Some(true) {
             return Err(EngineError::ShuttingDown);
         }
-        Ok(Some(rx))
+        Ok(())
     }
 
     /// The applier: entries in log order, once durable; dispatched in batches (whatever has
@@ -1938,28 +2053,30 @@ impl Inner {
             }
         }
         let mut entries = Vec::with_capacity(batch.len());
+        // Each proposal's reply and how many entries it had.
         let mut replies = Vec::with_capacity(batch.len());
         let mut pauses = Vec::with_capacity(batch.len());
         let mut failed = None;
-        for p in batch {
-            if failed.is_some() {
-                replies.push(p.reply);
-                continue;
+        for mut p in batch {
+            replies.push((p.reply, p.entries.len()));
+            for (ticket, entry) in p.entries {
+                if failed.is_some() {
+                    break;
+                }
+                pauses.push(p.pauses.take());
+                // Tickets resolve in index order: each wait here is the commit of its entry.
+                match ticket.wait() {
+                    Ok(index) => entries.push(Arc::new(LogEntry {
+                        index,
+                        term: entry.term,
+                        kind: entry.kind,
+                        timestamp_ms: entry.timestamp_ms,
+                        command: entry.command,
+                        records: entry.records,
+                    })),
+                    Err(e) => failed = Some(EngineError::from(e)),
+                }
             }
-            pauses.push(p.pauses);
-            // Tickets resolve in index order: each wait here is the commit of its entry.
-            match p.ticket.wait() {
-                Ok(index) => entries.push(Arc::new(LogEntry {
-                    index,
-                    term: p.entry.term,
-                    kind: p.entry.kind,
-                    timestamp_ms: p.entry.timestamp_ms,
-                    command: p.entry.command,
-                    records: p.entry.records,
-                })),
-                Err(e) => failed = Some(EngineError::from(e)),
-            }
-            replies.push(p.reply);
         }
         let applied = match failed {
             Some(e) => Err(e),
@@ -1979,11 +2096,11 @@ impl Inner {
             Err(e) => {
                 // The log or the store failed: nothing later can apply either.
                 tracing::error!(error = %e, "apply failed; the engine stops applying");
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                for (reply, _) in replies {
+                    reply.fail(e.clone());
                 }
                 for rest in rx.try_iter() {
-                    let _ = rest.reply.send(Err(e.clone()));
+                    rest.reply.fail(e.clone());
                 }
                 self.lock_proposer().shut = true;
                 return false;
@@ -2009,19 +2126,34 @@ impl Inner {
                 }
             }
         }
-        for ((entry, applied), reply) in entries.iter().zip(applied).zip(replies) {
-            // Readers wake for what was added, and for a stream or group that went (a blocked
-            // group reader then answers that its group or stream is gone, as Redis does).
-            let destroyed = destroyed_groups(entry, &applied);
-            let touched = entry
-                .records
-                .iter()
-                .zip(&applied.outcomes)
-                .filter(|(_, o)| matches!(o, Outcome::Added | Outcome::Dropped(true)))
-                .map(|(r, _)| (r.db, &r.topic))
-                .chain(destroyed.iter().map(|(db, key)| (*db, key)));
-            self.waiters.wake(entry, touched);
-            let _ = reply.send(Ok(applied));
+        let mut applied = entries.iter().zip(applied);
+        for (reply, n) in replies {
+            let mut mine = Vec::with_capacity(n);
+            for (entry, applied) in applied.by_ref().take(n) {
+                // Readers wake for what was added, and for a stream or group that went (a
+                // blocked group reader then answers that its group or stream is gone, as Redis
+                // does).
+                let destroyed = destroyed_groups(entry, &applied);
+                let touched = entry
+                    .records
+                    .iter()
+                    .zip(&applied.outcomes)
+                    .filter(|(_, o)| matches!(o, Outcome::Added | Outcome::Dropped(true)))
+                    .map(|(r, _)| (r.db, &r.topic))
+                    .chain(destroyed.iter().map(|(db, key)| (*db, key)));
+                self.waiters.wake(entry, touched);
+                mine.push(applied);
+            }
+            match reply {
+                ReplyTo::One(tx) => {
+                    if let Some(applied) = mine.pop() {
+                        let _ = tx.send(Ok(applied));
+                    }
+                }
+                ReplyTo::Many(tx) => {
+                    let _ = tx.send(Ok(mine));
+                }
+            }
         }
         true
     }

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use manifold_core::engine::{Client, EngineError, Result as EngineResult, TxAnswer, TxOp};
+use manifold_core::engine::{
+    AppendRequest, Client, EngineError, Result as EngineResult, TxAnswer, TxOp,
+};
 
 use crate::command::{self, Spec};
 use crate::connection::Conn;
@@ -213,42 +215,61 @@ async fn run_plan(ctx: &Ctx<'_>, plan: Result<Plan, Reply>) -> Result<Reply, Rep
     }
 }
 
-/// A command whose reply is still to come: started (its proposal is in the log, in order),
-/// answered once the engine has applied it.
-pub type Deferred = Pin<Box<dyn Future<Output = Reply> + Send>>;
+/// Replies still to come for appends already proposed (in the log, in order), answered once
+/// the engine has applied them.
+pub type Deferred = Pin<Box<dyn Future<Output = Vec<Reply>> + Send>>;
 
-/// Starts `args` without waiting for it, when that cannot change what any command sent after
-/// it sees: XADD, whose effect the engine decides in log order when it is proposed (against
-/// every entry before it, applied or not). `None` for any other command, or an XADD that
-/// would be refused (the ordinary path then answers it). The caller polls the future once at
-/// once, so proposals keep the order of the requests.
-pub fn start_deferred(shared: &Arc<Shared>, conn: &mut Conn, args: &[Bytes]) -> Option<Deferred> {
+/// `args` as an append that can be proposed at once, with the XADDs next to it, when that
+/// cannot change what any command sent after it sees: an XADD (outside MULTI) that passes the
+/// checks and parses, whose effect the engine decides in log order when it is proposed
+/// (against every entry before it, applied or not). `None` for any other command or an XADD
+/// that would be refused: the ordinary path answers it.
+pub fn deferrable(conn: &mut Conn, args: &[Bytes]) -> Option<AppendRequest> {
     let is_xadd = args
         .first()
         .is_some_and(|n| n.eq_ignore_ascii_case(b"xadd"));
-    if !is_xadd || conn.multi.is_some() {
+    if !is_xadd || conn.multi.is_some() || conn.client.is_none() {
         return None;
     }
-    let spec = command::lookup(b"xadd")?;
+    static XADD: std::sync::OnceLock<Option<&'static Spec>> = std::sync::OnceLock::new();
+    let spec = (*XADD.get_or_init(|| command::lookup(b"xadd")))?;
     if !command::arity_ok(spec.arity, args.len()) {
         return None;
     }
-    let client = conn.client.clone()?;
     let req = streams::xadd_request(args, conn.db).ok()?;
     *conn
         .entry
         .last_cmd
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = spec.name;
+    Some(req)
+}
+
+/// Proposes consecutive appends together (one engine call, one reply for all: a pipeline of
+/// XADDs shares the proposer's lock, the applier's hand-off and the wake-up, and its fsyncs);
+/// the future answers each in order. The caller polls it once at once, so the proposals keep
+/// the order of the requests.
+pub fn start_appends(shared: &Arc<Shared>, conn: &Conn, reqs: Vec<AppendRequest>) -> Deferred {
+    let client = conn.client.clone();
     let shared = shared.clone();
-    Some(Box::pin(async move {
+    Box::pin(async move {
         let started = Instant::now();
-        let key = req.key.clone();
-        let reply = streams::xadd_reply(client.append(req).await, &key);
-        let usec = started.elapsed().as_micros() as u64;
-        shared.count_command(spec.name, usec, false, error_of(&reply));
-        reply
-    }))
+        let keys: Vec<Bytes> = reqs.iter().map(|r| r.key.clone()).collect();
+        let answers = match client {
+            Some(client) => client.append_many(reqs).await,
+            None => keys.iter().map(|_| Err(EngineError::ShuttingDown)).collect(),
+        };
+        let n = keys.len().max(1) as u64;
+        let usec = started.elapsed().as_micros() as u64 / n;
+        keys.iter()
+            .zip(answers)
+            .map(|(key, answer)| {
+                let reply = streams::xadd_reply(answer, key);
+                shared.count_command("xadd", usec, false, error_of(&reply));
+                reply
+            })
+            .collect()
+    })
 }
 
 /// Whether `args` is a command that may wait (XREAD or XREADGROUP with BLOCK): the replies
