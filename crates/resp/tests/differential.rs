@@ -562,7 +562,6 @@ mod random {
     use super::support::{Manifold, Raw, Redis, Resp};
     use proptest::prelude::*;
     use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
 
     #[derive(Debug, Clone)]
     pub enum Op {
@@ -746,11 +745,6 @@ mod random {
         }
     }
 
-    fn servers() -> &'static Mutex<(Manifold, Redis)> {
-        static BOTH: OnceLock<Mutex<(Manifold, Redis)>> = OnceLock::new();
-        BOTH.get_or_init(|| Mutex::new((Manifold::start(), Redis::start())))
-    }
-
     /// The IDs each server generated for the same XADDs: (Manifold's, redis-server's).
     #[derive(Default)]
     struct Ids {
@@ -767,9 +761,7 @@ mod random {
         }
     }
 
-    pub fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-        let guard = servers().lock().unwrap_or_else(|p| p.into_inner());
-        let (manifold, redis) = &*guard;
+    pub fn run(manifold: &Manifold, redis: &Redis, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let mut ours = Raw::connect(manifold.addr);
         let mut theirs = Raw::connect(redis.addr);
         ours.cmd(&["FLUSHALL"]);
@@ -1151,11 +1143,28 @@ mod random {
     }
 }
 
-proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 96, ..proptest::prelude::ProptestConfig::default() })]
-    #[test]
-    fn random_command_sequences_match_redis_server(ops in proptest::collection::vec(random::op(), 1..60)) {
-        random::run(ops)?;
+/// The servers live as long as this test (not in a static, which is never dropped: its data
+/// directory would stay behind after every run).
+#[test]
+fn random_command_sequences_match_redis_server() {
+    use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+    let manifold = Manifold::start();
+    let redis = Redis::start();
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
+        source_file: Some(file!()),
+        ..Config::default()
+    });
+    let strategy = proptest::collection::vec(random::op(), 1..60);
+    if let Err(e) = runner.run(&strategy, |ops| random::run(&manifold, &redis, ops)) {
+        panic!("{e}");
     }
 }
 

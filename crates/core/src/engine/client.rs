@@ -92,7 +92,9 @@ impl Client {
             .into_iter()
             .map(|r| match r {
                 Some(e) => Err(e),
-                None => answers.next().unwrap_or(Err(super::EngineError::ShuttingDown)),
+                None => answers
+                    .next()
+                    .unwrap_or(Err(super::EngineError::ShuttingDown)),
             })
             .collect()
     }

@@ -257,7 +257,10 @@ pub fn start_appends(shared: &Arc<Shared>, conn: &Conn, reqs: Vec<AppendRequest>
         let keys: Vec<Bytes> = reqs.iter().map(|r| r.key.clone()).collect();
         let answers = match client {
             Some(client) => client.append_many(reqs).await,
-            None => keys.iter().map(|_| Err(EngineError::ShuttingDown)).collect(),
+            None => keys
+                .iter()
+                .map(|_| Err(EngineError::ShuttingDown))
+                .collect(),
         };
         let n = keys.len().max(1) as u64;
         let usec = started.elapsed().as_micros() as u64 / n;
