@@ -51,6 +51,8 @@ pub struct Multi {
     pub queued: Vec<(&'static crate::command::Spec, Vec<Bytes>)>,
     /// A command was refused while queuing: EXEC answers EXECABORT.
     pub dirty: bool,
+    /// Bytes of the queued arguments (bounded by the query-buffer limit).
+    pub bytes: usize,
 }
 
 impl Conn {

@@ -744,3 +744,22 @@ fn a_blocked_reader_wakes_on_a_transaction_and_sees_all_of_it() {
     let got = waiting.join().expect("reader");
     assert_eq!(ids_in(&got), vec!["1-1", "1-2"]);
 }
+
+#[test]
+fn a_transaction_larger_than_one_log_entry_is_refused_whole() {
+    let m = Manifold::start();
+    let mut raw = Raw::connect(m.addr);
+    let big = vec![b'x'; 9 << 20];
+    assert_eq!(show(&raw.cmd(&["MULTI"])), "+OK\\r\\n");
+    for id in ["1-1", "2-1"] {
+        let reply = raw.call(&[b"XADD", b"big", id.as_bytes(), b"f", &big]);
+        assert_eq!(show(&reply), "+QUEUED\\r\\n");
+    }
+    assert_eq!(
+        show(&raw.cmd(&["EXEC"])),
+        "-ERR invalid argument: the transaction is larger than one log entry may be (16 MiB)\\r\\n"
+    );
+    assert_eq!(show(&raw.cmd(&["EXISTS", "big"])), ":0\\r\\n");
+    // The connection goes on, outside any transaction.
+    assert_eq!(show(&raw.cmd(&["EXEC"])), "-ERR EXEC without MULTI\\r\\n");
+}

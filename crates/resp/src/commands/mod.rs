@@ -76,6 +76,16 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Bytes>) -> Repl
     if let Some(multi) = &mut conn.multi
         && !transaction::runs_now(spec.name)
     {
+        // The queue holds what the client sent: bounded as its query buffer is.
+        let size: usize = args.iter().map(|a| a.len() + 16).sum();
+        let limit = shared.config.limits.max_query_buffer;
+        if multi.bytes.saturating_add(size) > limit {
+            multi.dirty = true;
+            return Reply::err(format!(
+                "transaction queue exceeds the query buffer limit ({limit} bytes)"
+            ));
+        }
+        multi.bytes += size;
         multi.queued.push((spec, args));
         return Reply::simple("QUEUED");
     }
