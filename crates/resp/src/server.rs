@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,6 +72,8 @@ pub struct ClientEntry {
     pub last_interaction_ms: AtomicU64,
     /// In a blocking command.
     pub blocked: AtomicBool,
+    /// Commands queued since MULTI; -1 outside a transaction (CLIENT LIST `multi`).
+    pub multi: AtomicI64,
     /// CLIENT KILL: set, then the connection is woken and closes.
     pub killed: AtomicBool,
     /// Wakes the connection for a kill.
@@ -181,6 +183,7 @@ impl Shared {
             last_cmd: Mutex::new("NULL"),
             last_interaction_ms: AtomicU64::new(now_ms()),
             blocked: AtomicBool::new(false),
+            multi: AtomicI64::new(-1),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
             user: Mutex::new(Bytes::from_static(b"default")),

@@ -763,3 +763,37 @@ fn a_transaction_larger_than_one_log_entry_is_refused_whole() {
     // The connection goes on, outside any transaction.
     assert_eq!(show(&raw.cmd(&["EXEC"])), "-ERR EXEC without MULTI\\r\\n");
 }
+
+#[test]
+fn client_list_shows_a_client_in_a_transaction() {
+    let m = Manifold::start();
+    let mut a = Raw::connect(m.addr);
+    let mut b = Raw::connect(m.addr);
+    let line_of = |b: &mut Raw| {
+        let list = String::from_utf8_lossy(&b.cmd(&["CLIENT", "LIST"])).into_owned();
+        let line = list
+            .lines()
+            .find(|l| l.contains("name=txa"))
+            .expect("the client's line")
+            .to_string();
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .expect("field")
+                .to_string()
+        };
+        (field("flags="), field("multi="))
+    };
+    a.cmd(&["CLIENT", "SETNAME", "txa"]);
+    assert_eq!(line_of(&mut b), ("N".into(), "-1".into()));
+    a.cmd(&["MULTI"]);
+    a.cmd(&["XLEN", "s"]);
+    a.cmd(&["XLEN", "t"]);
+    assert_eq!(
+        line_of(&mut b),
+        ("x".into(), "2".into()),
+        "as redis-server shows it"
+    );
+    a.cmd(&["EXEC"]);
+    assert_eq!(line_of(&mut b), ("N".into(), "-1".into()));
+}

@@ -138,6 +138,7 @@ pub fn reset(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let entry = ctx.conn.entry.clone();
     *ctx.conn = Conn::new(ctx.shared, entry.clone());
     entry.db.store(0, Ordering::Relaxed);
+    entry.multi.store(-1, Ordering::Relaxed);
     entry.resp.store(2, Ordering::Relaxed);
     *lock(&entry.name) = Bytes::new();
     *lock(&entry.user) = Bytes::from_static(b"default");
@@ -172,13 +173,16 @@ fn client_line(c: &ClientEntry) -> String {
     let name = lock(&c.name).clone();
     let (lib_name, lib_ver) = lock(&c.lib).clone();
     let user = lock(&c.user).clone();
-    let flags = if c.blocked.load(Ordering::Relaxed) {
+    let multi = c.multi.load(Ordering::Relaxed);
+    let flags = if multi >= 0 {
+        "x"
+    } else if c.blocked.load(Ordering::Relaxed) {
         "b"
     } else {
         "N"
     };
     format!(
-        "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
+        "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
         c.id,
         c.addr,
         c.laddr,
@@ -187,6 +191,7 @@ fn client_line(c: &ClientEntry) -> String {
         idle,
         flags,
         c.db.load(Ordering::Relaxed),
+        multi,
         *lock(&c.last_cmd),
         String::from_utf8_lossy(&user),
         c.resp.load(Ordering::Relaxed),

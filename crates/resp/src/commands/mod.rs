@@ -16,6 +16,7 @@ mod transaction;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -87,6 +88,9 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Bytes>) -> Repl
         }
         multi.bytes += size;
         multi.queued.push((spec, args));
+        conn.entry
+            .multi
+            .store(multi.queued.len() as i64, Ordering::Relaxed);
         return Reply::simple("QUEUED");
     }
     run_checked(shared, conn, spec, args, started).await

@@ -9,6 +9,8 @@
 //! Owns the connection's transaction state and the EXEC loop; what each command does stays in
 //! its own module (`plan` there), and nothing here touches the engine's state directly.
 
+use std::sync::atomic::Ordering;
+
 use manifold_core::engine::{Step, TxOp};
 
 use super::{Ctx, Plan, Planned, run_checked};
@@ -30,6 +32,7 @@ pub fn multi(ctx: &mut Ctx<'_>) -> Result<Reply> {
         return Err(Reply::err("MULTI calls can not be nested"));
     }
     ctx.conn.multi = Some(Multi::default());
+    ctx.conn.entry.multi.store(0, Ordering::Relaxed);
     Ok(Reply::Ok)
 }
 
@@ -37,6 +40,7 @@ pub fn discard(ctx: &mut Ctx<'_>) -> Result<Reply> {
     if ctx.conn.multi.take().is_none() {
         return Err(Reply::err("DISCARD without MULTI"));
     }
+    ctx.conn.entry.multi.store(-1, Ordering::Relaxed);
     ctx.conn.watches.clear();
     Ok(Reply::Ok)
 }
@@ -80,6 +84,7 @@ pub async fn exec(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let Some(multi) = ctx.conn.multi.take() else {
         return Err(Reply::err("EXEC without MULTI"));
     };
+    ctx.conn.entry.multi.store(-1, Ordering::Relaxed);
     let watches = std::mem::take(&mut ctx.conn.watches);
     if multi.dirty {
         return Err(Reply::Error(
