@@ -1199,16 +1199,17 @@ impl Engine {
                 slots.push(Ok(Some((entries.len(), id))));
                 entries.push((ticket, entry));
             }
-            drop(p);
             if entries.is_empty() {
                 return Ok(None);
             }
+            // Handed to the applier under the proposer lock: proposals reach it in log order.
             let (reply, rx) = oneshot::channel();
             self.inner.send(Proposal {
                 entries,
                 reply: ReplyTo::Many(reply),
                 pauses: None,
             })?;
+            drop(p);
             Ok(Some(rx))
         })();
         let applied = match rx {
@@ -2001,6 +2002,8 @@ impl Inner {
         Ok(Some(rx))
     }
 
+    /// Hands a proposal to the applier. Called with the proposer lock held (the lock its
+    /// entries were appended under): proposals must reach the applier in log order.
     fn send(&self, proposal: Proposal) -> Result<()> {
         let tx = self.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
         let sent = tx.as_ref().map(|tx| tx.send(proposal).is_ok());
