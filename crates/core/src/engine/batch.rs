@@ -119,13 +119,7 @@ pub fn apply(
         let sub = part_entry(entry, part);
         let reply = apply_part(&sub, &entry_command(&sub), &outcomes)?;
         all.extend(outcomes.iter().cloned());
-        applied.push(Applied {
-            outcomes,
-            groups: reply.groups,
-            session: reply.session,
-            filter_group: reply.filter_group,
-            parts: Vec::new(),
-        });
+        applied.push(Applied::new(outcomes, reply));
     }
     if parts.is_empty() {
         // Nothing to dispatch: the entry is dispatched all the same.

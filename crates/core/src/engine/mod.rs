@@ -223,6 +223,35 @@ struct Applied {
     parts: Vec<Applied>,
 }
 
+impl Applied {
+    /// An entry's (or a part's) store outcomes and what the state made of it.
+    fn new(outcomes: Vec<Outcome>, reply: state::StateReply) -> Applied {
+        Applied {
+            outcomes,
+            groups: reply.groups,
+            session: reply.session,
+            filter_group: reply.filter_group,
+            parts: Vec::new(),
+        }
+    }
+}
+
+/// Notes what applying the entry at `index` read, when a journal is being kept.
+fn journal_entry(
+    journal: &mut Option<&mut Vec<journal::JournalEntry>>,
+    index: LogIndex,
+    outcomes: &[Outcome],
+    recorder: &journal::Recorder<'_>,
+) {
+    if let Some(j) = journal.as_deref_mut() {
+        j.push(journal::JournalEntry {
+            index,
+            outcomes: outcomes.to_vec(),
+            reads: recorder.take(),
+        });
+    }
+}
+
 /// Applies committed entries: dispatches them into the store and applies them to the engine
 /// state. An entry with group commands reads the streams, so it must see the store exactly as
 /// of itself: dispatch stops after it, the state catches up, and the rest follows. The result
@@ -263,20 +292,8 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
             let streams = StoreStreams(store);
             let recorder = journal::Recorder::new(&streams);
             let reply = locked.apply(entry, &entry_command(entry), &outcomes, &recorder, limits)?;
-            if let Some(j) = journal.as_deref_mut() {
-                j.push(journal::JournalEntry {
-                    index: entry.index,
-                    outcomes: outcomes.clone(),
-                    reads: recorder.take(),
-                });
-            }
-            out.push(Applied {
-                outcomes,
-                groups: reply.groups,
-                session: reply.session,
-                filter_group: reply.filter_group,
-                parts: Vec::new(),
-            });
+            journal_entry(&mut journal, entry.index, &outcomes, &recorder);
+            out.push(Applied::new(outcomes, reply));
         }
         drop(locked);
         if let Some(parts) = batch {
@@ -298,13 +315,7 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
                     }
                 },
             )?;
-            if let Some(j) = journal.as_deref_mut() {
-                j.push(journal::JournalEntry {
-                    index: entry.index,
-                    outcomes: outcomes.clone(),
-                    reads: recorder.take(),
-                });
-            }
+            journal_entry(&mut journal, entry.index, &outcomes, &recorder);
             out.push(Applied {
                 outcomes,
                 parts: applied,
