@@ -106,6 +106,8 @@ pub async fn run(
     let mut appends = Vec::new();
     let mut in_flight = 0;
     loop {
+        // As Redis, the client's last interaction is when its requests were read.
+        entry.last_interaction_ms.store(now_ms(), Ordering::Relaxed);
         // Every complete request already read, in order; their replies go out together.
         loop {
             decoder.set_unauthenticated(conn.client.is_none());
@@ -135,7 +137,6 @@ pub async fn run(
                     return;
                 }
             };
-            entry.last_interaction_ms.store(now_ms(), Ordering::Relaxed);
             // Consecutive XADDs are proposed together, in order, and answered in order as the
             // log commits them: a pipeline of appends shares the proposer, the hand-off and the
             // fsyncs instead of one each. Any other command waits until they are answered.

@@ -11,6 +11,7 @@
 //! This module never decides what a waiter reads; it only says that something arrived.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
@@ -116,11 +117,18 @@ impl Drop for Turn {
 #[derive(Debug, Default)]
 pub struct Waiters {
     inner: Mutex<Inner>,
+    /// Waiters registered: a commit with none to wake takes no lock.
+    count: AtomicUsize,
 }
 
 impl Waiters {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `count` in step with the registry (called with it locked, after a change).
+    fn counted(&self, inner: &Inner) {
+        self.count.store(inner.waiting.len(), Ordering::SeqCst);
     }
 
     /// Registers a waiter on `topics`; the receiver gets the first applied entry that adds a
@@ -137,6 +145,7 @@ impl Waiters {
         inner.next_id += 1;
         let id = inner.next_id;
         inner.waiting.insert(id, Waiting { tx, order, after });
+        self.counted(&inner);
         for t in topics {
             inner.by_topic.entry(t.clone()).or_default().push(id);
         }
@@ -157,6 +166,7 @@ impl Waiters {
                 after: 0,
             },
         );
+        self.counted(&inner);
         inner.by_filter.push((id, filter));
         (id, rx)
     }
@@ -165,6 +175,7 @@ impl Waiters {
     pub fn cancel(&self, id: u64, topics: &[TopicKey]) {
         let mut inner = self.lock();
         inner.waiting.remove(&id);
+        self.counted(&inner);
         inner.by_filter.retain(|(w, _)| *w != id);
         for t in topics {
             if let Some(ids) = inner.by_topic.get_mut(t) {
@@ -179,10 +190,13 @@ impl Waiters {
     /// Wakes the waiters of `topics` with `entry`; an ordered one joins the line of the topic
     /// that woke it.
     pub fn wake<'a>(&self, entry: &Arc<LogEntry>, topics: impl Iterator<Item = (u8, &'a Bytes)>) {
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return; // nobody waits: no lock
+        }
         let mut woken = Vec::new();
         {
-            let mut inner = self.lock();
-            let inner = &mut *inner;
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             for (db, key) in topics {
                 if db == 0
                     && !inner.by_filter.is_empty()
@@ -208,6 +222,7 @@ impl Waiters {
                     }
                 }
             }
+            self.counted(inner);
         }
         for (tx, turn) in woken {
             // A waiter gone meanwhile drops its turn with the value: the next one goes on.
