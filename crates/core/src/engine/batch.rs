@@ -101,25 +101,52 @@ pub type ApplyPart<'a> =
     dyn FnMut(&LogEntry, &EntryCommand, &[Outcome]) -> Result<StateReply, StoreError> + 'a;
 
 /// Applies a batch entry part by part: `dispatch` gives a part's store outcomes (dispatching
-/// it, or from a journal; `true` for the last part), `apply_part` applies the part (as an entry of its own) to the
-/// engine state, and `pause(k)` runs before part `k` (and `pause(parts)` after the last).
-/// Returns every sub-record's outcome in order, and what each part did.
+/// it, or from a journal; `true` for the last part), `apply_part` applies the part (as an
+/// entry of its own) to the engine state, and `pause(k)` runs before part `k` (and
+/// `pause(parts)` after the last); `stops` lists the `k` where it may hold apply. Consecutive
+/// plain appends (nothing for the engine state to do) with no stop between them are
+/// dispatched together. Returns every sub-record's outcome in order, and what each part did.
 pub fn apply(
     entry: &LogEntry,
     parts: &[Part],
+    stops: &[usize],
     dispatch: &mut dyn FnMut(Range<usize>, bool) -> Result<Vec<Outcome>, StoreError>,
     apply_part: &mut ApplyPart<'_>,
     pause: &mut dyn FnMut(usize),
 ) -> Result<(Vec<Outcome>, Vec<Applied>), StoreError> {
     let mut all = Vec::with_capacity(entry.records.len());
     let mut applied = Vec::with_capacity(parts.len());
-    for (k, part) in parts.iter().enumerate() {
+    let mut k = 0;
+    while k < parts.len() {
         pause(k);
-        let outcomes = dispatch(part.records.clone(), k + 1 == parts.len())?;
-        let sub = part_entry(entry, part);
-        let reply = apply_part(&sub, &entry_command(&sub), &outcomes)?;
-        all.extend(outcomes.iter().cloned());
-        applied.push(Applied::new(outcomes, reply));
+        let mut end = k + 1;
+        if plain_append(&parts[k]) {
+            while end < parts.len() && plain_append(&parts[end]) && !stops.contains(&end) {
+                end += 1;
+            }
+        }
+        let last = end == parts.len();
+        if end > k + 1 {
+            // A run of plain appends: one dispatch, each part's outcomes its own.
+            let range = parts[k].records.start..parts[end - 1].records.end;
+            let mut outcomes = dispatch(range, last)?.into_iter();
+            for part in &parts[k..end] {
+                let mine: Vec<Outcome> = outcomes.by_ref().take(part.records.len()).collect();
+                all.extend(mine.iter().cloned());
+                applied.push(Applied::new(mine, StateReply::default()));
+            }
+        } else {
+            let part = &parts[k];
+            let outcomes = dispatch(part.records.clone(), last)?;
+            let sub = part_entry(entry, part);
+            let reply = apply_part(&sub, &entry_command(&sub), &outcomes)?;
+            all.extend(outcomes.iter().cloned());
+            applied.push(Applied::new(outcomes, reply));
+        }
+        for j in k + 1..end {
+            pause(j); // no stop inside a run: nothing to hold
+        }
+        k = end;
     }
     if parts.is_empty() {
         // Nothing to dispatch: the entry is dispatched all the same.
@@ -128,6 +155,12 @@ pub fn apply(
     }
     pause(parts.len());
     Ok((all, applied))
+}
+
+/// An XADD with nothing for the engine state (no producer sequence, no retained message):
+/// applying it is the store's dispatch alone.
+fn plain_append(part: &Part) -> bool {
+    part.command.as_ref() == [COMMAND_VERSION, CommandTag::Append as u8]
 }
 
 #[cfg(test)]

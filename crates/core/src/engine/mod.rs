@@ -301,9 +301,11 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
             let streams = StoreStreams(store);
             let recorder = journal::Recorder::new(&streams);
             let pause = pauses.get(k).and_then(Option::as_ref);
+            let stops = pause.map_or(&[][..], |p| &p.before[..]);
             let (outcomes, applied) = batch::apply(
                 entry,
                 &parts,
+                stops,
                 &mut |range, last| store.dispatch_part(entry, range, last),
                 &mut |sub, command, outcomes| {
                     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -792,6 +794,9 @@ struct Proposer {
     shut: bool,
     /// Producer sequences proposed and not yet applied, with their log index.
     producers_in_flight: HashMap<(Bytes, u64), LogIndex>,
+    /// While a transaction is built: each view entry as it was before the transaction first
+    /// touched it, to put back if it is not appended.
+    undo: Option<HashMap<TopicKey, Option<ViewTopic>>>,
 }
 
 /// A proposal on its way to the applier.
@@ -957,6 +962,7 @@ impl Engine {
                             batch::apply(
                                 &entry,
                                 &parts,
+                                &[],
                                 &mut |range, _| {
                                     outcomes.get(range).map(<[Outcome]>::to_vec).ok_or_else(|| {
                                         StoreError::Corruption {
@@ -1041,6 +1047,7 @@ impl Engine {
                 view: HashMap::new(),
                 order: VecDeque::new(),
                 producers_in_flight: HashMap::new(),
+                undo: None,
                 shut: false,
             }),
             apply_tx: Mutex::new(Some(tx)),
@@ -1829,6 +1836,11 @@ impl Proposer {
     fn note(&mut self, store: &MessageStore, records: &[SubRecord], index: LogIndex) {
         for r in records {
             let key: TopicKey = (r.db, r.topic.clone());
+            if let Some(undo) = &mut self.undo
+                && !undo.contains_key(&key)
+            {
+                undo.insert(key.clone(), self.view.get(&key).copied());
+            }
             let (last_id, exists) = self.view_of(store, &key);
             let v = self.view.entry(key.clone()).or_insert(ViewTopic {
                 last_id,
@@ -1949,9 +1961,15 @@ impl Inner {
     ) -> Result<Option<oneshot::Receiver<Result<Applied>>>> {
         let mut p = self.proposer_for_entry()?;
         let next = self.store.log().last_index() + 1;
-        let (view, order) = (p.view.clone(), p.order.len());
+        let order = p.order.len();
+        p.undo = Some(HashMap::new());
         let restore = |p: &mut Proposer| {
-            p.view = view;
+            for (key, was) in p.undo.take().unwrap_or_default() {
+                match was {
+                    Some(v) => p.view.insert(key, v),
+                    None => p.view.remove(&key),
+                };
+            }
             p.order.truncate(order);
         };
         let built = match build(&mut p, next) {
@@ -1989,6 +2007,7 @@ impl Inner {
                 });
             }
         };
+        p.undo = None;
         if ticket.index != next {
             // Every append goes through the proposer lock; a different index is a bug. The
             // view is noted again at the real index so it is still pruned.
