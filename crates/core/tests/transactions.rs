@@ -4,28 +4,14 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use manifold_core::engine::{
-    AppendRequest, Engine, EngineConfig, EngineError, GroupTx, IdSpec, ReadFrom, Step, TxAnswer,
-    TxOp,
+    AppendRequest, Engine, EngineError, GroupTx, IdSpec, ReadFrom, Step, TxAnswer, TxOp,
 };
 use manifold_core::store::{CrashMode, SimDisk, StreamId};
-use support::small_config as config;
-
-fn open(disk: &SimDisk, config: EngineConfig) -> Result<Engine, EngineError> {
-    Engine::open(Arc::new(disk.clone()), &PathBuf::from("/data"), config)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .expect("runtime")
-}
+use support::{open, runtime, small_config as config};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
