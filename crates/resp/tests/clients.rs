@@ -186,6 +186,15 @@ fn principals_decide_what_a_connection_may_do() {
         show(&raw.cmd(&["XRANGE", "b1", "-", "+"])),
         "-NOPERM this user has no permissions to access one of the keys used as arguments\\r\\n"
     );
+    // Inside EXEC, a refused command is NOPERM in its slot and changes nothing; the rest run.
+    assert_eq!(show(&raw.cmd(&["MULTI"])), "+OK\\r\\n");
+    raw.cmd(&["XADD", "b1", "2-1", "f", "v"]);
+    raw.cmd(&["XADD", "a1", "2-1", "f", "v"]);
+    raw.cmd(&["XLEN", "b1"]);
+    assert_eq!(
+        show(&raw.cmd(&["EXEC"])),
+        "*3\\r\\n-NOPERM this user has no permissions to access one of the keys used as arguments\\r\\n$3\\r\\n2-1\\r\\n-NOPERM this user has no permissions to access one of the keys used as arguments\\r\\n"
+    );
     // HELLO with AUTH on a fresh connection, then RESET back to unauthenticated.
     let mut other = Raw::connect(m.addr);
     let hello = show(&other.cmd(&["HELLO", "3", "AUTH", "alice", "pw", "SETNAME", "x"]));
