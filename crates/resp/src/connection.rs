@@ -6,10 +6,8 @@
 //! It must never reorder replies, run a command before the one sent ahead of it has answered,
 //! or act on a request that did not arrive whole.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -18,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::commands::{self, Deferred};
+use crate::commands;
 use crate::reply::{Protocol, Reply};
 use crate::request::Decoder;
 use crate::server::{ClientEntry, Shared, now_ms};
@@ -101,10 +99,8 @@ pub async fn run(
     let mut output = BytesMut::new();
     // The client closed its side while a command ran: finish the batch, reply, close.
     let mut eof = false;
-    // Appends started and not yet answered, in request order; appends read but not proposed.
-    let mut started: VecDeque<Slot> = VecDeque::new();
+    // XADDs read and not yet proposed (consecutive ones go together).
     let mut appends = Vec::new();
-    let mut in_flight = 0;
     loop {
         // As Redis, the client's last interaction is when its requests were read.
         entry.last_interaction_ms.store(now_ms(), Ordering::Relaxed);
@@ -115,9 +111,8 @@ pub async fn run(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
-                    propose(&shared, &conn, &mut appends, &mut started).await;
                     if !stoppable(
-                        finish(&mut started, conn.protocol, &mut output),
+                        answer_appends(&shared, &conn, &mut appends, &mut output),
                         &entry,
                         &mut shutdown,
                     )
@@ -140,17 +135,14 @@ pub async fn run(
             // Consecutive XADDs are proposed together, in order, and answered in order as the
             // log commits them: a pipeline of appends shares the proposer, the hand-off and the
             // fsyncs instead of one each. Any other command waits until they are answered.
-            if in_flight < MAX_STARTED
+            if appends.len() < MAX_STARTED
                 && let Some(req) = commands::deferrable(&mut conn, &args)
             {
                 appends.push(req);
-                in_flight += 1;
                 continue;
             }
-            propose(&shared, &conn, &mut appends, &mut started).await;
-            in_flight = 0;
             if !stoppable(
-                finish(&mut started, conn.protocol, &mut output),
+                answer_appends(&shared, &conn, &mut appends, &mut output),
                 &entry,
                 &mut shutdown,
             )
@@ -204,10 +196,8 @@ pub async fn run(
                 break;
             }
         }
-        propose(&shared, &conn, &mut appends, &mut started).await;
-        in_flight = 0;
         if !stoppable(
-            finish(&mut started, conn.protocol, &mut output),
+            answer_appends(&shared, &conn, &mut appends, &mut output),
             &entry,
             &mut shutdown,
         )
@@ -251,43 +241,20 @@ const READ_SIZE: usize = 4096;
 /// A buffer larger than this is dropped once empty rather than kept for the next burst.
 const KEEP_BUFFER: usize = 64 * 1024;
 
-/// Appends in flight per connection at most; the next request waits for them.
+/// XADDs proposed together at most; the next request waits for them.
 const MAX_STARTED: usize = 1024;
 
-/// Started appends: answered already, or their replies still to come.
-enum Slot {
-    Done(Vec<Reply>),
-    Waiting(Deferred),
-}
-
-/// Proposes the appends read so far, together (polled once: they are in the log before any
-/// later request runs).
-async fn propose(
-    shared: &Arc<Shared>,
+/// Proposes the XADDs read so far, together, and writes their replies, in order. Always
+/// `true` (see `stoppable`).
+async fn answer_appends(
+    shared: &Shared,
     conn: &Conn,
     appends: &mut Vec<manifold_core::engine::AppendRequest>,
-    started: &mut VecDeque<Slot>,
-) {
-    if appends.is_empty() {
-        return;
-    }
-    let mut run = commands::start_appends(shared, conn, std::mem::take(appends));
-    let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
-    started.push_back(match first {
-        Poll::Ready(replies) => Slot::Done(replies),
-        Poll::Pending => Slot::Waiting(run),
-    });
-}
-
-/// Answers every started command, in order. Always `true` (see `stoppable`).
-async fn finish(started: &mut VecDeque<Slot>, protocol: Protocol, output: &mut BytesMut) -> bool {
-    while let Some(slot) = started.pop_front() {
-        let replies = match slot {
-            Slot::Done(replies) => replies,
-            Slot::Waiting(run) => run.await,
-        };
-        for reply in replies {
-            reply.encode(protocol, output);
+    output: &mut BytesMut,
+) -> bool {
+    if !appends.is_empty() {
+        for reply in commands::append_all(shared, conn, std::mem::take(appends)).await {
+            reply.encode(conn.protocol, output);
         }
     }
     true

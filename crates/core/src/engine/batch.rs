@@ -174,6 +174,17 @@ mod tests {
         }
     }
 
+    fn entry_of(command: Bytes, records: Vec<SubRecord>) -> LogEntry {
+        LogEntry {
+            index: 5,
+            term: 1,
+            kind: crate::store::EntryKind::Command,
+            timestamp_ms: 0,
+            command,
+            records,
+        }
+    }
+
     #[test]
     fn parts_round_trip_and_cover_the_records() {
         let (command, records) = encode(vec![
@@ -181,14 +192,7 @@ mod tests {
             (Bytes::from_static(&[1, 7, 9, 9]), vec![]),
             (Bytes::from_static(&[1, 3]), vec![record("c")]),
         ]);
-        let entry = LogEntry {
-            index: 5,
-            term: 1,
-            kind: crate::store::EntryKind::Command,
-            timestamp_ms: 0,
-            command,
-            records,
-        };
+        let entry = entry_of(command, records);
         let parts = parts(&entry).expect("a batch");
         assert_eq!(
             parts.iter().map(|p| p.records.clone()).collect::<Vec<_>>(),
@@ -201,14 +205,7 @@ mod tests {
     fn a_batch_that_does_not_decode_is_one_part_of_everything() {
         let (command, mut records) = encode(vec![(Bytes::from_static(&[1, 1]), vec![record("a")])]);
         records.push(record("b")); // the parts no longer cover the records
-        let entry = LogEntry {
-            index: 5,
-            term: 1,
-            kind: crate::store::EntryKind::Command,
-            timestamp_ms: 0,
-            command,
-            records,
-        };
+        let entry = entry_of(command, records);
         let parts = parts(&entry).expect("a batch");
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].records, 0..2);

@@ -1648,7 +1648,7 @@ impl Engine {
     /// applied and not yet woken for): the holder of `turn` should wait again instead of
     /// reading, and will find itself behind that reader in the line.
     pub fn earlier_waiting(&self, turn: &Turn) -> bool {
-        let (db, key) = Waiters::topic_of(turn);
+        let (db, key) = turn.topic();
         // The entry of the topic's newest message: what wakes its waiters (a deletion or a
         // trim after it wakes no one, so a reader waiting after it is not about to come).
         let newest = self.inner.store.topic(*db, key).and_then(|t| {
@@ -1944,7 +1944,7 @@ impl Inner {
             p.producers_in_flight.insert(pair, index);
         }
         p.note(&self.store, &entry.records, index);
-        self.hand_off(vec![(ticket, entry)], None)
+        self.hand_off(ticket, entry, None)
     }
 
     /// A transaction's entry: `build` gets the proposer and the index the entry will have,
@@ -2014,18 +2014,19 @@ impl Inner {
             tracing::error!(want = next, got = ticket.index, "transaction entry index");
             p.note(&self.store, &entry.records, ticket.index);
         }
-        self.hand_off(vec![(ticket, entry)], Some(pauses))
+        self.hand_off(ticket, entry, Some(pauses))
     }
 
     /// Sends one entry's proposal to the applier; where its reply arrives.
     fn hand_off(
         &self,
-        entries: Vec<(AppendTicket, NewEntry)>,
+        ticket: AppendTicket,
+        entry: NewEntry,
         pauses: Option<transaction::Pauses>,
     ) -> Result<Option<oneshot::Receiver<Result<Applied>>>> {
         let (reply, rx) = oneshot::channel();
         self.send(Proposal {
-            entries,
+            entries: vec![(ticket, entry)],
             reply: ReplyTo::One(reply),
             pauses,
         })?;

@@ -90,6 +90,11 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// The topic whose line this is.
+    pub fn topic(&self) -> &TopicKey {
+        &self.topic
+    }
+
     /// Whether no reader is ahead of this one in the line.
     pub fn is_first(&self) -> bool {
         self.lock().first() == Some(&self.place)
@@ -249,11 +254,6 @@ impl Waiters {
                     .is_some_and(|w| w.order.is_some_and(|o| o < turn.place.0) && w.after < newest)
             })
         })
-    }
-
-    /// The topic of a turn.
-    pub fn topic_of(turn: &Turn) -> &TopicKey {
-        &turn.topic
     }
 
     /// Waiters registered (for tests and metrics).

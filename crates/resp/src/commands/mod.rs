@@ -13,9 +13,6 @@ mod server;
 mod streams;
 mod transaction;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -229,10 +226,6 @@ async fn run_plan(ctx: &Ctx<'_>, plan: Result<Plan, Reply>) -> Result<Reply, Rep
     }
 }
 
-/// Replies still to come for appends already proposed (in the log, in order), answered once
-/// the engine has applied them.
-pub type Deferred = Pin<Box<dyn Future<Output = Vec<Reply>> + Send>>;
-
 /// `args` as an append that can be proposed at once, with the XADDs next to it, when that
 /// cannot change what any command sent after it sees: an XADD (outside MULTI) that passes the
 /// checks and parses, whose effect the engine decides in log order when it is proposed
@@ -260,33 +253,27 @@ pub fn deferrable(conn: &mut Conn, args: &[Bytes]) -> Option<AppendRequest> {
 }
 
 /// Proposes consecutive appends together (one engine call, one reply for all: a pipeline of
-/// XADDs shares the proposer's lock, the applier's hand-off and the wake-up, and its fsyncs);
-/// the future answers each in order. The caller polls it once at once, so the proposals keep
-/// the order of the requests.
-pub fn start_appends(shared: &Arc<Shared>, conn: &Conn, reqs: Vec<AppendRequest>) -> Deferred {
-    let client = conn.client.clone();
-    let shared = shared.clone();
-    Box::pin(async move {
-        let started = Instant::now();
-        let keys: Vec<Bytes> = reqs.iter().map(|r| r.key.clone()).collect();
-        let answers = match client {
-            Some(client) => client.append_many(reqs).await,
-            None => keys
-                .iter()
-                .map(|_| Err(EngineError::ShuttingDown))
-                .collect(),
-        };
-        let n = keys.len().max(1) as u64;
-        let usec = started.elapsed().as_micros() as u64 / n;
-        keys.iter()
-            .zip(answers)
-            .map(|(key, answer)| {
-                let reply = streams::xadd_reply(answer, key);
-                shared.count_command("xadd", usec, false, error_of(&reply));
-                reply
-            })
-            .collect()
-    })
+/// XADDs shares the proposer's lock, the applier's hand-off and the wake-up, and its fsyncs)
+/// and answers each, in order.
+pub async fn append_all(shared: &Shared, conn: &Conn, reqs: Vec<AppendRequest>) -> Vec<Reply> {
+    let started = Instant::now();
+    let keys: Vec<Bytes> = reqs.iter().map(|r| r.key.clone()).collect();
+    let answers = match &conn.client {
+        Some(client) => client.append_many(reqs).await,
+        None => keys
+            .iter()
+            .map(|_| Err(EngineError::ShuttingDown))
+            .collect(),
+    };
+    let usec = started.elapsed().as_micros() as u64 / keys.len().max(1) as u64;
+    keys.iter()
+        .zip(answers)
+        .map(|(key, answer)| {
+            let reply = streams::xadd_reply(answer, key);
+            shared.count_command("xadd", usec, false, error_of(&reply));
+            reply
+        })
+        .collect()
 }
 
 /// Whether `args` is a command that may wait (XREAD or XREADGROUP with BLOCK): the replies
