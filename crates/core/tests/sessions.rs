@@ -314,7 +314,13 @@ fn a_will_goes_out_after_its_delay_unless_the_client_returns_or_says_goodbye()
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(engine.len(0, b"status/dev"), 0, "not before its delay");
     WILL_CLOCK.fetch_add(2_000, Ordering::SeqCst);
-    wait_for(&|| engine.len(0, b"status/dev") == 1);
+    // The stream gets the message when the entry is dispatched; the retained copy and the
+    // session's cleared Will come with its apply, a moment later: wait for all of it.
+    wait_for(&|| {
+        engine.len(0, b"status/dev") == 1
+            && engine.retained_of(0, b"status/dev").is_some()
+            && engine.session(b"dev").is_some_and(|s| s.will.is_none())
+    });
     let retained = engine.retained_of(0, b"status/dev").expect("retained Will");
     assert_eq!(retained.fields, [(b("payload"), b("offline"))]);
     assert_eq!(retained.properties, [(b("reason"), b("lost"))]);
