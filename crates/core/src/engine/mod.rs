@@ -808,6 +808,13 @@ struct Proposal {
     pauses: Option<transaction::Pauses>,
 }
 
+impl Proposal {
+    /// Whether all its entries are durable now (never blocks).
+    fn is_durable(&self) -> bool {
+        self.entries.last().is_none_or(|(t, _)| t.is_durable())
+    }
+}
+
 /// Where what applying a proposal's entries did goes.
 enum ReplyTo {
     /// The one entry's.
@@ -2049,17 +2056,21 @@ impl Inner {
     /// touched topics are woken. Between batches it drives checkpoints (`advance_checkpoint`).
     fn apply_loop(&self, rx: mpsc::Receiver<Proposal>) {
         let mut checkpointing = Checkpointing::new();
+        // A proposal received but not durable yet: the next batch starts with it.
+        let mut carry = None;
         loop {
             // While a checkpoint stage is in flight, wake up now and then to advance it even
             // if nothing arrives.
-            let next = if checkpointing.busy() {
+            let next = if let Some(p) = carry.take() {
+                Ok(p)
+            } else if checkpointing.busy() {
                 rx.recv_timeout(Duration::from_millis(20))
             } else {
                 rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
             };
             match next {
                 Ok(first) => {
-                    if !self.apply_batch(first, &rx, checkpointing.journal()) {
+                    if !self.apply_batch(first, &rx, &mut carry, checkpointing.journal()) {
                         break;
                     }
                 }
@@ -2077,12 +2088,27 @@ impl Inner {
         &self,
         first: Proposal,
         rx: &mpsc::Receiver<Proposal>,
+        carry: &mut Option<Proposal>,
         journal: Option<&mut Vec<journal::JournalEntry>>,
     ) -> bool {
+        // The first proposal is waited for; those behind it join the batch only if they are
+        // durable already, so entries committed by one fdatasync are applied and answered
+        // while the writer syncs the next ones, not held back until those are durable too.
+        if let Some((ticket, _)) = first.entries.last() {
+            let _ = ticket.wait_ref(); // an error is met again below
+        }
+        let mut n = first.entries.len();
         let mut batch = vec![first];
-        while batch.len() < APPLY_BATCH {
+        while n < APPLY_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if p.is_durable() => {
+                    n += p.entries.len();
+                    batch.push(p);
+                }
+                Ok(p) => {
+                    *carry = Some(p);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -2133,7 +2159,7 @@ impl Inner {
                 for (reply, _) in replies {
                     reply.fail(e.clone());
                 }
-                for rest in rx.try_iter() {
+                for rest in carry.take().into_iter().chain(rx.try_iter()) {
                     rest.reply.fail(e.clone());
                 }
                 self.lock_proposer().shut = true;

@@ -126,6 +126,12 @@ impl AppendTicket {
             && self.inner.truncations.load(Ordering::Acquire) == self.generation
     }
 
+    /// Whether the append is durable now (never blocks; `false` also while a failure or a
+    /// truncation that decides it otherwise is pending: [`AppendTicket::wait`] tells).
+    pub fn is_durable(&self) -> bool {
+        self.acked()
+    }
+
     /// `Some` once decided, checked against state the caller has locked.
     fn decided(&self, st: &State) -> Option<Result<LogIndex>> {
         // A truncation at or below the entry removed it, whatever is at its index now.
@@ -144,6 +150,11 @@ impl AppendTicket {
 
     /// Blocks the thread until durable.
     pub fn wait(self) -> Result<LogIndex> {
+        self.wait_ref()
+    }
+
+    /// Blocks the thread until durable, keeping the ticket.
+    pub fn wait_ref(&self) -> Result<LogIndex> {
         // A batch is usually acknowledged within microseconds: look a few times before paying
         // for a sleep and a wake-up.
         for _ in 0..SPIN_CHECKS {
