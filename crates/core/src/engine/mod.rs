@@ -95,6 +95,9 @@ use waiters::Waiters;
 
 /// Entries the applier dispatches together at most.
 const APPLY_BATCH: usize = 1024;
+/// Entries re-applied at a time when the engine opens: a batch is read from the log in runs
+/// and dispatched with one consume-queue write per stream it touches.
+const REPLAY_BATCH: u64 = 16_384;
 /// Command bytes: format version, then what the entry does (the sub-records carry the data).
 const COMMAND_VERSION: u8 = 1;
 
@@ -1008,7 +1011,7 @@ impl Engine {
         // Re-apply the log after the checkpoint, with the outcomes the state depends on.
         let mut next = checkpointed + 1;
         while next <= last {
-            let upto = last.min(next + APPLY_BATCH as u64 - 1);
+            let upto = last.min(next + REPLAY_BATCH - 1);
             let entries = store.log().entries(next, upto)?;
             apply_entries(&store, &state, &entries, config.limits(), None, &[])?;
             next = upto + 1;

@@ -710,9 +710,14 @@ impl CommitLog {
     pub fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<LogEntry>> {
         const RUN_BYTES: u64 = 1 << 20;
         let mut out = Vec::with_capacity(to.saturating_sub(from).saturating_add(1) as usize);
+        if from > to {
+            return Ok(out);
+        }
+        let records = self.inner.records(from, to)?;
+        let record = |i: LogIndex| records[(i - from) as usize];
         let mut i = from;
         while i <= to {
-            let first = self.inner.record(i, true)?;
+            let first = record(i);
             let seg = segment_at(&self.inner.segments_read(), first.pos).ok_or_else(|| {
                 StoreError::Corruption {
                     file: self.inner.log_dir.clone(),
@@ -725,7 +730,7 @@ impl CommitLog {
             let mut end = first.pos + u64::from(first.size);
             let mut j = i + 1;
             while j <= to && end - first.pos < RUN_BYTES {
-                let r = self.inner.record(j, true)?;
+                let r = record(j);
                 if r.pos != end || r.pos + u64::from(r.size) > seg.end() {
                     break;
                 }
@@ -918,6 +923,52 @@ impl Inner {
     }
 
     /// The map record of `index`; with `written`, waits until its bytes reached the file.
+    /// The records `from..=to`, once all are written: those memory holds (a suffix of the
+    /// log) copied under the lock, the older ones from the map file in one read per file.
+    fn records(&self, from: LogIndex, to: LogIndex) -> Result<Vec<IndexRecord>> {
+        let mut st = self.lock();
+        if from < st.first_index || to > st.last_index() || from > to {
+            return Err(StoreError::IndexOutOfRange {
+                index: if from < st.first_index { from } else { to },
+                first: st.first_index,
+                last: st.last_index(),
+            });
+        }
+        while st.written_index < to {
+            if let Some(why) = &st.failed {
+                return Err(StoreError::Failed(why.clone()));
+            }
+            st = self.wait_progress(st);
+        }
+        let mut in_memory = Vec::new();
+        let mut first_in_memory = to + 1;
+        while first_in_memory > from {
+            match st.memory_record(first_in_memory - 1) {
+                Some(r) => in_memory.push(r),
+                None => break,
+            }
+            first_in_memory -= 1;
+        }
+        drop(st);
+        in_memory.reverse();
+        if first_in_memory == from {
+            return Ok(in_memory);
+        }
+        // Every record is in memory or in the map file (the writer drops one from memory only
+        // after writing it there), so the file holds the rest.
+        let count = (first_in_memory - from) as usize;
+        let mut out = self.map.read_range(from, count)?;
+        if out.len() != count {
+            return Err(StoreError::Corruption {
+                file: self.root.join(MAP_DIR),
+                offset: (from + out.len() as u64) * super::log_index::INDEX_RECORD_LEN,
+                reason: format!("no log-index record for {}", from + out.len() as u64),
+            });
+        }
+        out.extend(in_memory);
+        Ok(out)
+    }
+
     fn record(&self, index: LogIndex, written: bool) -> Result<IndexRecord> {
         let mut st = self.lock();
         if index < st.first_index || index > st.last_index() {

@@ -418,12 +418,52 @@ pub struct MessageStore {
 }
 
 /// Consecutive messages of one topic, buffered during a dispatch call so they reach the queue
-/// in one write. Flushed before anything that reads the queue and before the lock is released.
+/// in one write.
 #[derive(Debug)]
 struct Run {
     topic: Topic,
     start: u64,
     entries: Vec<CqEntry>,
+}
+
+/// The runs of a dispatch call, one per topic it added to: messages interleaved across
+/// topics still reach each queue in one write per call, not one per message. Flushed
+/// before anything that reads a queue and before the dispatcher lock is released.
+#[derive(Debug, Default)]
+struct Runs(Vec<Run>);
+
+impl Runs {
+    /// The run `entry` (the topic's entry number `n`) joins, or `None` with the run of that
+    /// topic that cannot take it (not contiguous, or the queue's layout changed) taken out
+    /// to be written first.
+    fn add(&mut self, topic: &Topic, n: u64, entry: CqEntry) -> Option<Run> {
+        match self.0.iter().position(|r| r.topic.id == topic.id) {
+            Some(k) => {
+                let r = &mut self.0[k];
+                if r.topic.migrated == topic.migrated && r.start + r.entries.len() as u64 == n {
+                    r.entries.push(entry);
+                    return None;
+                }
+                let stale = std::mem::replace(
+                    r,
+                    Run {
+                        topic: topic.clone(),
+                        start: n,
+                        entries: vec![entry],
+                    },
+                );
+                Some(stale)
+            }
+            None => {
+                self.0.push(Run {
+                    topic: topic.clone(),
+                    start: n,
+                    entries: vec![entry],
+                });
+                None
+            }
+        }
+    }
 }
 
 /// What dispatching one sub-record did: the facts the engine's replies are made of.
@@ -586,7 +626,7 @@ impl MessageStore {
         let mut d = self.lock();
         Self::usable(&d)?;
         let result = (|| {
-            let mut run = None;
+            let mut run = Runs::default();
             while d.dispatched < target {
                 let i = d.dispatched + 1;
                 let entry = self.log.entry(i)?;
@@ -624,7 +664,7 @@ impl MessageStore {
             self.check_next(&d, e.borrow(), k as u64)?;
         }
         let result = (|| {
-            let mut run = None;
+            let mut run = Runs::default();
             let mut all = Vec::with_capacity(entries.len());
             for e in entries {
                 let e = e.borrow();
@@ -664,7 +704,7 @@ impl MessageStore {
             });
         }
         let result = (|| {
-            let mut run = None;
+            let mut run = Runs::default();
             let first = d.partial != Some(entry.index);
             let outcomes = self.dispatch_records(&mut d, entry, range.clone(), first, &mut run)?;
             self.flush_run(&mut run)?;
@@ -722,12 +762,12 @@ impl MessageStore {
         result
     }
 
-    /// Writes the buffered queue entries of a run (see [`Run`]).
-    fn flush_run(&self, run: &mut Option<Run>) -> Result<()> {
-        match run.take() {
-            Some(r) => self.queues.write_many(&r.topic, r.start, &r.entries),
-            None => Ok(()),
+    /// Writes the buffered queue entries of every run (see [`Runs`]).
+    fn flush_run(&self, runs: &mut Runs) -> Result<()> {
+        for r in runs.0.drain(..) {
+            self.queues.write_many(&r.topic, r.start, &r.entries)?;
         }
+        Ok(())
     }
 
     /// Dispatches the sub-records `range` of `entry` (`first`: no part of it was before).
@@ -737,7 +777,7 @@ impl MessageStore {
         entry: &LogEntry,
         range: Range<usize>,
         first: bool,
-        run: &mut Option<Run>,
+        run: &mut Runs,
     ) -> Result<Vec<Outcome>> {
         let i = entry.index;
         let start = range.start;
@@ -803,23 +843,10 @@ impl MessageStore {
                         size: r.encoded_len() as u32,
                         flags: 0,
                     };
-                    // Consecutive messages of one topic go out as one write.
-                    match run {
-                        Some(r)
-                            if r.topic.id == t.id
-                                && r.topic.migrated == t.migrated
-                                && r.start + r.entries.len() as u64 == n =>
-                        {
-                            r.entries.push(e);
-                        }
-                        _ => {
-                            self.flush_run(run)?;
-                            *run = Some(Run {
-                                topic: t.clone(),
-                                start: n,
-                                entries: vec![e],
-                            });
-                        }
+                    // A topic's consecutive messages go out as one write.
+                    if let Some(stale) = run.add(&t, n, e) {
+                        self.queues
+                            .write_many(&stale.topic, stale.start, &stale.entries)?;
                     }
                     d.topics.update(t.id, |t| {
                         t.migrated |= n >= self.config.queues.slot_entries;
