@@ -283,6 +283,8 @@ struct State {
     map_alloc_tx: Option<mpsc::Sender<Alloc>>,
     recent: VecDeque<IndexRecord>,
     recent_first: LogIndex,
+    /// The last acknowledgement and when it happened.
+    acked_at: Option<(LogIndex, Instant)>,
 }
 
 impl State {
@@ -480,6 +482,7 @@ impl CommitLog {
             map_alloc_tx: Some(map_alloc_tx),
             recent,
             recent_first,
+            acked_at: None,
         };
         let inner = Arc::new(Inner {
             storage,
@@ -632,6 +635,13 @@ impl CommitLog {
     /// Last index known durable (fdatasynced).
     pub fn flushed_index(&self) -> LogIndex {
         self.inner.lock().flushed_index
+    }
+
+    /// The last acknowledgement: the index it reached and when (the instant an `async`
+    /// write or a `sync` fdatasync completed). What latency is measured from: a reader woken
+    /// for an entry is woken this long after its commit.
+    pub fn acknowledged(&self) -> Option<(LogIndex, Instant)> {
+        self.inner.lock().acked_at
     }
 
     /// Whether the next segment is preallocated and ready (appends will not wait for it).
@@ -1054,6 +1064,7 @@ impl Inner {
         let woken: Vec<Waker> = {
             let mut st = self.lock();
             self.acked.fetch_max(index, Ordering::AcqRel);
+            st.acked_at = Some((index, Instant::now()));
             if st.wakers.is_empty() {
                 Vec::new()
             } else {
