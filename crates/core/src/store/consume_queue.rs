@@ -272,7 +272,8 @@ impl ConsumeQueues {
                 buf.extend_from_slice(&e.encode());
             }
             let file = self.files.get_for_write(&place.file, place.file_len)?;
-            file.write_at(place.offset, &buf).at(place.file.path())?;
+            file.write_at(place.offset, &buf)
+                .at_with(|| place.file.path())?;
             if topic.migrated {
                 self.note_block_starts(topic.id, at, &entries[done..done + take]);
             }
@@ -324,13 +325,14 @@ impl ConsumeQueues {
         let file = self.files.get_for_write(&place.file, place.file_len)?;
         let path = || place.file.path();
         let mut b = [0u8; 1];
-        file.read_exact_at(place.offset + 30, &mut b).at(path())?;
+        file.read_exact_at(place.offset + 30, &mut b)
+            .at_with(path)?;
         let flags = if deleted {
             b[0] | CQ_DELETED
         } else {
             b[0] & !CQ_DELETED
         };
-        file.write_at(place.offset + 30, &[flags]).at(path())?;
+        file.write_at(place.offset + 30, &[flags]).at_with(path)?;
         self.files.sync_if_crowded()
     }
 
@@ -349,9 +351,10 @@ impl ConsumeQueues {
             let file = self.files.get_for_write(&place.file, place.file_len)?;
             let path = || place.file.path();
             let mut b = [0u8; 1];
-            file.read_exact_at(place.offset + 30, &mut b).at(path())?;
+            file.read_exact_at(place.offset + 30, &mut b)
+                .at_with(path)?;
             file.write_at(place.offset + 30, &[b[0] | CQ_DELETED])
-                .at(path())?;
+                .at_with(path)?;
             if !written.iter().any(|(k, _)| *k == place.file) {
                 written.push((place.file, file));
             }
@@ -412,7 +415,7 @@ impl ConsumeQueues {
                     })?;
             buf.resize((take * CQ_ENTRY_LEN) as usize, 0);
             file.read_exact_at(place.offset, &mut buf)
-                .at(place.file.path())?;
+                .at_with(|| place.file.path())?;
             for chunk in buf.chunks_exact(CQ_ENTRY_LEN as usize) {
                 let e = CqEntry::decode(chunk);
                 if e.log_index == 0 {

@@ -104,10 +104,15 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Adds a path to an `io::Result`.
 pub(crate) trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+    /// As [`IoContext::at`], with the path made only on error (for paths that are built).
+    fn at_with<P: Into<PathBuf>>(self, path: impl FnOnce() -> P) -> Result<T>;
 }
 
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|e| StoreError::io(path, e))
+    }
+    fn at_with<P: Into<PathBuf>>(self, path: impl FnOnce() -> P) -> Result<T> {
+        self.map_err(|e| StoreError::io(path(), e))
     }
 }

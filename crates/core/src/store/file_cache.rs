@@ -158,7 +158,7 @@ impl<K: FileKey> FileCache<K> {
             .map(|(k, h)| (k.clone(), h.clone()))
             .collect();
         for (key, handle) in &dirty {
-            handle.sync_data().at(key.path())?;
+            handle.sync_data().at_with(|| key.path())?;
         }
         Ok(dirty.len())
     }
@@ -215,7 +215,7 @@ impl<K: FileKey> Unsynced<K> {
     /// the number of files synced.
     pub fn sync(&self, storage: &dyn Storage) -> Result<usize> {
         for (key, handle) in &self.files {
-            handle.sync_data().at(key.path())?;
+            handle.sync_data().at_with(|| key.path())?;
         }
         let dirs: BTreeSet<&Path> = self.new_names.iter().filter_map(|p| p.parent()).collect();
         for dir in dirs {

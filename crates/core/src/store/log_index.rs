@@ -201,7 +201,7 @@ impl LogIndexMap {
                     reason: format!("log-index file for {index} was never allocated"),
                 })?;
             f.write_at((index - start) * INDEX_RECORD_LEN, &buf)
-                .at(self.path_of(start))?;
+                .at_with(|| self.path_of(start))?;
             files.dirty.insert(start, f);
             i += n;
         }
@@ -225,7 +225,7 @@ impl LogIndexMap {
             let n = ((start + self.per_file - index) as usize).min(count - out.len());
             let mut buf = vec![0u8; n * INDEX_RECORD_LEN as usize];
             f.read_exact_at((index - start) * INDEX_RECORD_LEN, &mut buf)
-                .at(self.path_of(start))?;
+                .at_with(|| self.path_of(start))?;
             for chunk in buf.chunks_exact(INDEX_RECORD_LEN as usize) {
                 match IndexRecord::decode(chunk) {
                     Some(r) => out.push(r),
@@ -241,7 +241,7 @@ impl LogIndexMap {
     pub fn sync(&self) -> Result<()> {
         let dirty = std::mem::take(&mut self.lock().dirty);
         for (start, f) in dirty {
-            f.sync_data().at(self.path_of(start))?;
+            f.sync_data().at_with(|| self.path_of(start))?;
         }
         Ok(())
     }

@@ -1175,7 +1175,7 @@ impl MessageStore {
                 None => write(&self.lock())?,
             };
             for (key, file) in &written {
-                file.sync_data().at(key.path())?;
+                file.sync_data().at_with(|| key.path())?;
             }
         }
         let storage = self.storage.as_ref();
