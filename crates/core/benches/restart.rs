@@ -155,8 +155,33 @@ fn main() {
         }
     };
     println!("restart: {filled} in {:?}", started.elapsed());
-    // Let it run past a few checkpoints, then kill it mid-write.
+    // Let it run past a few checkpoints, then kill it mid-write: anywhere in the checkpoint
+    // cycle, or with `MANIFOLD_RESTART_KILL=worst` at the worst moment: as a new snapshot
+    // appears, before the checkpoint that follows it, so the open re-applies everything since
+    // the previous checkpoint (an interval plus the snapshot's write time of traffic).
     std::thread::sleep(Duration::from_secs(3));
+    if std::env::var("MANIFOLD_RESTART_KILL").as_deref() == Ok("worst") {
+        let snapshots = dir.path().join(manifold_core::engine::SNAPSHOT_DIR);
+        let names = || -> Vec<std::ffi::OsString> {
+            std::fs::read_dir(&snapshots)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+                .unwrap_or_default()
+        };
+        let before = names();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let now = names();
+            let new_snapshot = now.iter().any(|n| {
+                !before.contains(n)
+                    && n.to_str()
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if new_snapshot {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     if std::env::var_os("MANIFOLD_RESTART_KEEP").is_some() {
