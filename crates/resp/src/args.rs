@@ -187,14 +187,47 @@ pub fn prev_id(id: StreamId) -> Option<StreamId> {
     }
 }
 
-/// A stream ID as Redis prints it.
+/// A stream ID as Redis prints it (`<ms>-<seq>`), made in one allocation of its exact size:
+/// every XADD answers with one.
 pub fn id_bulk(id: StreamId) -> Reply {
-    Reply::Bulk(Bytes::from(format!("{}-{}", id.ms, id.seq)))
+    let mut buf = [0u8; 41]; // two u64s of up to 20 digits and the dash
+    let mut at = buf.len();
+    for (k, mut n) in [id.seq, id.ms].into_iter().enumerate() {
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if k == 0 {
+            at -= 1;
+            buf[at] = b'-';
+        }
+    }
+    Reply::Bulk(Bytes::copy_from_slice(&buf[at..]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_print_as_redis_prints_them() {
+        for (ms, seq) in [
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (1_700_000_000_000, 42),
+            (u64::MAX, u64::MAX),
+        ] {
+            assert_eq!(
+                id_bulk(StreamId::new(ms, seq)),
+                Reply::Bulk(Bytes::from(format!("{ms}-{seq}")))
+            );
+        }
+    }
 
     #[test]
     fn integers_follow_string2ll() {

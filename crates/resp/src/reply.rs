@@ -76,8 +76,9 @@ impl Reply {
         matches!(self, Reply::Error(_))
     }
 
-    /// Appends the encoding of this reply in `protocol` to `out`.
-    pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
+    /// Appends the encoding of this reply in `protocol` to `out`. Consumes the reply: its
+    /// strings move into the frames instead of being shared with them.
+    pub fn encode(self, protocol: Protocol, out: &mut BytesMut) {
         // Encoding only fails for frames these conversions never build (streamed or
         // attribute-bearing ones), so a failure is a bug here: reported, never sent half-way.
         let result = match protocol {
@@ -87,12 +88,14 @@ impl Reply {
                     self.encode_resp2_by_hand(out);
                     Ok(0)
                 } else {
-                    redis_protocol::resp2::encode::extend_encode(out, &self.to_resp2(), false)
+                    redis_protocol::resp2::encode::extend_encode(out, &self.into_resp2(), false)
                 }
             }
-            Protocol::Resp3 => {
-                redis_protocol::resp3::encode::complete::extend_encode(out, &self.to_resp3(), false)
-            }
+            Protocol::Resp3 => redis_protocol::resp3::encode::complete::extend_encode(
+                out,
+                &self.into_resp3(),
+                false,
+            ),
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "reply encoding failed");
@@ -111,30 +114,30 @@ impl Reply {
         }
     }
 
-    fn to_resp2(&self) -> Frame2 {
+    fn into_resp2(self) -> Frame2 {
         match self {
             Reply::Ok => Frame2::SimpleString(Bytes::from_static(b"OK")),
-            Reply::Simple(s) => Frame2::SimpleString(s.clone()),
-            Reply::Error(e) => Frame2::Error(sanitize(e).into()),
-            Reply::Int(n) => Frame2::Integer(*n),
-            Reply::Bulk(b) | Reply::Verbatim(_, b) => Frame2::BulkString(b.clone()),
+            Reply::Simple(s) => Frame2::SimpleString(s),
+            Reply::Error(e) => Frame2::Error(sanitize(&e).into()),
+            Reply::Int(n) => Frame2::Integer(n),
+            Reply::Bulk(b) | Reply::Verbatim(_, b) => Frame2::BulkString(b),
             Reply::Nil | Reply::NilArray => Frame2::Null,
             Reply::Array(items) | Reply::Set(items) => {
-                Frame2::Array(items.iter().map(Reply::to_resp2).collect())
+                Frame2::Array(items.into_iter().map(Reply::into_resp2).collect())
             }
             Reply::Map(pairs) => Frame2::Array(
                 pairs
-                    .iter()
-                    .flat_map(|(k, v)| [k.to_resp2(), v.to_resp2()])
+                    .into_iter()
+                    .flat_map(|(k, v)| [k.into_resp2(), v.into_resp2()])
                     .collect(),
             ),
-            Reply::Double(d) => Frame2::BulkString(Bytes::from(format_double(*d))),
-            Reply::Bool(b) => Frame2::Integer(i64::from(*b)),
+            Reply::Double(d) => Frame2::BulkString(Bytes::from(format_double(d))),
+            Reply::Bool(b) => Frame2::Integer(i64::from(b)),
         }
     }
 
     /// RESP2 written directly, for a reply holding a null array somewhere.
-    fn encode_resp2_by_hand(&self, out: &mut BytesMut) {
+    fn encode_resp2_by_hand(self, out: &mut BytesMut) {
         match self {
             Reply::NilArray => out.put_slice(b"*-1\r\n"),
             Reply::Array(items) | Reply::Set(items) => {
@@ -152,7 +155,7 @@ impl Reply {
             }
             other => {
                 if let Err(e) =
-                    redis_protocol::resp2::encode::extend_encode(out, &other.to_resp2(), false)
+                    redis_protocol::resp2::encode::extend_encode(out, &other.into_resp2(), false)
                 {
                     tracing::error!(error = %e, "reply encoding failed");
                 }
@@ -160,31 +163,31 @@ impl Reply {
         }
     }
 
-    fn to_resp3(&self) -> Frame3 {
+    fn into_resp3(self) -> Frame3 {
         match self {
             Reply::Ok => Frame3::SimpleString {
                 data: Bytes::from_static(b"OK"),
                 attributes: None,
             },
             Reply::Simple(s) => Frame3::SimpleString {
-                data: s.clone(),
+                data: s,
                 attributes: None,
             },
             Reply::Error(e) => Frame3::SimpleError {
-                data: sanitize(e).into(),
+                data: sanitize(&e).into(),
                 attributes: None,
             },
             Reply::Int(n) => Frame3::Number {
-                data: *n,
+                data: n,
                 attributes: None,
             },
             Reply::Bulk(b) => Frame3::BlobString {
-                data: b.clone(),
+                data: b,
                 attributes: None,
             },
             Reply::Verbatim(format, b) => Frame3::VerbatimString {
-                data: b.clone(),
-                format: match *format {
+                data: b,
+                format: match format {
                     "mkd" => redis_protocol::resp3::types::VerbatimStringFormat::Markdown,
                     _ => redis_protocol::resp3::types::VerbatimStringFormat::Text,
                 },
@@ -192,26 +195,26 @@ impl Reply {
             },
             Reply::Nil | Reply::NilArray => Frame3::Null,
             Reply::Array(items) => Frame3::Array {
-                data: items.iter().map(Reply::to_resp3).collect(),
+                data: items.into_iter().map(Reply::into_resp3).collect(),
                 attributes: None,
             },
             Reply::Set(items) => Frame3::Set {
-                data: items.iter().map(Reply::to_resp3).collect(),
+                data: items.into_iter().map(Reply::into_resp3).collect(),
                 attributes: None,
             },
             Reply::Map(pairs) => Frame3::Map {
                 data: pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_resp3(), v.to_resp3()))
+                    .into_iter()
+                    .map(|(k, v)| (k.into_resp3(), v.into_resp3()))
                     .collect(),
                 attributes: None,
             },
             Reply::Double(d) => Frame3::Double {
-                data: *d,
+                data: d,
                 attributes: None,
             },
             Reply::Bool(b) => Frame3::Boolean {
-                data: *b,
+                data: b,
                 attributes: None,
             },
         }
@@ -240,7 +243,7 @@ mod tests {
 
     fn enc(r: &Reply, p: Protocol) -> Vec<u8> {
         let mut b = BytesMut::new();
-        r.encode(p, &mut b);
+        r.clone().encode(p, &mut b);
         b.to_vec()
     }
 

@@ -485,6 +485,13 @@ fn count_of(answer: TxAnswer) -> Result<u64> {
 }
 
 fn command_with_producer(tag: CommandTag, producer: Option<&(Bytes, u64)>) -> Bytes {
+    if producer.is_none() {
+        // The common case allocates nothing.
+        return match tag {
+            CommandTag::Append => Bytes::from_static(&[COMMAND_VERSION, CommandTag::Append as u8]),
+            _ => Bytes::from(vec![COMMAND_VERSION, tag as u8]),
+        };
+    }
     let mut c = vec![COMMAND_VERSION, tag as u8];
     if let Some((id, seq)) = producer {
         c.extend_from_slice(&(id.len() as u32).to_le_bytes());

@@ -578,7 +578,8 @@ impl Engine {
                 return Err(EngineError::RetainedLimit { limit });
             }
         }
-        let mut records = vec![record];
+        let mut records = Vec::with_capacity(1 + usize::from(req.trim.is_some()));
+        records.push(record);
         let node = self.inner.config.stream_node_max_entries;
         records.extend(req.trim.map(|t| t.record(req.db, &req.key, node)));
         let tag = match req.retain {
