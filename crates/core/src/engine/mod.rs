@@ -1198,13 +1198,15 @@ impl Engine {
             }
             return out;
         }
+        let asked = reqs.len();
         // Per request: answered at once, or the position of its entry and the ID it got.
         let mut slots: Vec<Result<Option<(usize, StreamId)>>> = Vec::with_capacity(reqs.len());
         let rx = (|| {
             let mut p = self.inner.proposer_for_entry()?;
             let mut entries = Vec::with_capacity(reqs.len());
-            for req in &reqs {
-                let built = match self.build_append(&mut p, req) {
+            for mut req in reqs {
+                let fields = std::mem::take(&mut req.fields);
+                let built = match self.build_append_with(&mut p, &req, fields) {
                     Ok(Some(b)) => b,
                     Ok(None) => {
                         slots.push(Ok(None));
@@ -1273,10 +1275,10 @@ impl Engine {
                 (other, _) => other.map(|_| None),
             });
         }
-        if out.len() < reqs.len() {
+        if out.len() < asked {
             // The proposer refused before building (shutting down): every request says so.
             let e = applied.err().unwrap_or(EngineError::ShuttingDown);
-            out.resize_with(reqs.len(), || Err(e.clone()));
+            out.resize_with(asked, || Err(e.clone()));
         }
         out
     }

@@ -544,8 +544,19 @@ impl Engine {
         p: &mut Proposer,
         req: &AppendRequest,
     ) -> Result<Option<Built>> {
+        self.build_append_with(p, req, req.fields.clone())
+    }
+
+    /// [`Engine::build_append`] with the request's `fields` given apart (`req.fields` is not
+    /// read): a caller that owns the request moves them in instead of copying them.
+    pub(super) fn build_append_with(
+        &self,
+        p: &mut Proposer,
+        req: &AppendRequest,
+        fields: Vec<(Bytes, Bytes)>,
+    ) -> Result<Option<Built>> {
         check_db(req.db)?;
-        if req.fields.is_empty() {
+        if fields.is_empty() {
             return Err(EngineError::NoFields);
         }
         let key: TopicKey = (req.db, req.key.clone());
@@ -561,7 +572,7 @@ impl Engine {
             id,
             message_key: req.message_key.clone(),
             properties: req.properties.clone(),
-            fields: req.fields.clone(),
+            fields,
         };
         let size = record.encoded_len();
         let limit = self.inner.config.max_message_bytes;
@@ -573,7 +584,7 @@ impl Engine {
             let limit = self.inner.config.max_retained_bytes;
             let state = self.inner.lock_state();
             let old = state.retained.get(&key).map_or(0, |r| r.size(&req.key));
-            let new = super::state::retained_size(&req.key, &req.properties, &req.fields);
+            let new = super::state::retained_size(&req.key, &req.properties, &record.fields);
             if state.retained_bytes - old.min(state.retained_bytes) + new > limit {
                 return Err(EngineError::RetainedLimit { limit });
             }
