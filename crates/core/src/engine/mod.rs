@@ -2124,10 +2124,11 @@ impl Inner {
                 Err(_) => break,
             }
         }
-        let mut entries = Vec::with_capacity(batch.len());
+        // `n` entries in all (a connection's pipeline is one proposal of many).
+        let mut entries = Vec::with_capacity(n);
         // Each proposal's reply and how many entries it had.
         let mut replies = Vec::with_capacity(batch.len());
-        let mut pauses = Vec::with_capacity(batch.len());
+        let mut pauses = Vec::with_capacity(n);
         let mut failed = None;
         for mut p in batch {
             replies.push((p.reply, p.entries.len()));
