@@ -1,6 +1,7 @@
 //! End-to-end appends through the engine's pipeline (propose → append → fdatasync → apply →
 //! reply) with `sync` flushing and 800 appends in flight (800 tasks, one append each at a
-//! time), 100-byte values, one stream; and the consumer-group read + ack cycle (XREADGROUP
+//! time; and 50 tasks each proposing runs of 16, as the RESP front end proposes a connection's
+//! pipeline), 100-byte values, one stream; and the consumer-group read + ack cycle (XREADGROUP
 //! COUNT 100, then XACK of what it got, 16 consumers). `MANIFOLD_BENCH_DIR` as the other
 //! benchmarks.
 
@@ -34,7 +35,45 @@ fn engine_appends(c: &mut Criterion) {
             start.elapsed()
         })
     });
+    // The same 800 in flight as the RESP front end proposes a pipeline: 50 producers, each
+    // with a run of 16 appends in one `append_many` (each still its own log entry).
+    g.bench_function("append_many/sync/50x16_in_flight", |b| {
+        b.iter_custom(|n| {
+            let start = Instant::now();
+            rt.block_on(fill_pipelined(&engine, &request, n, 50, 16));
+            start.elapsed()
+        })
+    });
     g.finish();
+}
+
+/// Appends `n` messages from `producers` tasks, each proposing runs of `run` at a time.
+async fn fill_pipelined(
+    engine: &Arc<manifold_core::engine::Engine>,
+    request: &manifold_core::engine::AppendRequest,
+    n: u64,
+    producers: u64,
+    run: u64,
+) {
+    let mut handles = Vec::new();
+    for t in 0..producers {
+        let engine = engine.clone();
+        let request = request.clone();
+        let mut mine = n / producers + u64::from(t < n % producers);
+        handles.push(tokio::spawn(async move {
+            while mine > 0 {
+                let k = mine.min(run);
+                let reqs = (0..k).map(|_| request.clone()).collect();
+                for answer in engine.append_many(reqs).await {
+                    answer.expect("append");
+                }
+                mine -= k;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
 }
 
 /// The group cycle: each of 16 consumers reads `>` with COUNT 100 and acknowledges what it got,
