@@ -2063,9 +2063,9 @@ impl Inner {
         Ok(())
     }
 
-    /// The applier: entries in log order, once durable; dispatched in batches (whatever has
-    /// arrived, up to `APPLY_BATCH`), then each proposer gets its reply and the waiters of the
-    /// touched topics are woken. Between batches it drives checkpoints (`advance_checkpoint`).
+    /// The applier: entries in log order, once durable; dispatched in batches (the first
+    /// proposal waiting, then those behind it already durable, up to `APPLY_BATCH` entries),
+    /// then each proposer gets its reply and the waiters of the touched topics are woken. Between batches it drives checkpoints (`advance_checkpoint`).
     fn apply_loop(&self, rx: mpsc::Receiver<Proposal>) {
         let mut checkpointing = Checkpointing::new();
         // A proposal received but not durable yet: the next batch starts with it.
