@@ -932,10 +932,14 @@ impl Inner {
         }
     }
 
-    /// The map record of `index`; with `written`, waits until its bytes reached the file.
-    /// The records `from..=to`, once all are written: those memory holds (a suffix of the
-    /// log) copied under the lock, the older ones from the map file in one read per file.
-    fn records(&self, from: LogIndex, to: LogIndex) -> Result<Vec<IndexRecord>> {
+    /// The state, locked, once `from..=to` is a range of the log and, with `written`, its
+    /// bytes reached the file up to `to`.
+    fn locked_range(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+        written: bool,
+    ) -> Result<MutexGuard<'_, State>> {
         let mut st = self.lock();
         if from < st.first_index || to > st.last_index() || from > to {
             return Err(StoreError::IndexOutOfRange {
@@ -944,12 +948,19 @@ impl Inner {
                 last: st.last_index(),
             });
         }
-        while st.written_index < to {
+        while written && st.written_index < to {
             if let Some(why) = &st.failed {
                 return Err(StoreError::Failed(why.clone()));
             }
             st = self.wait_progress(st);
         }
+        Ok(st)
+    }
+
+    /// The records `from..=to`, once all are written: those memory holds (a suffix of the
+    /// log) copied under the lock, the older ones from the map file in one read per file.
+    fn records(&self, from: LogIndex, to: LogIndex) -> Result<Vec<IndexRecord>> {
+        let st = self.locked_range(from, to, true)?;
         let mut in_memory = Vec::new();
         let mut first_in_memory = to + 1;
         while first_in_memory > from {
@@ -969,42 +980,33 @@ impl Inner {
         let count = (first_in_memory - from) as usize;
         let mut out = self.map.read_range(from, count)?;
         if out.len() != count {
-            return Err(StoreError::Corruption {
-                file: self.root.join(MAP_DIR),
-                offset: (from + out.len() as u64) * super::log_index::INDEX_RECORD_LEN,
-                reason: format!("no log-index record for {}", from + out.len() as u64),
-            });
+            return Err(self.missing_record(from + out.len() as u64));
         }
         out.extend(in_memory);
         Ok(out)
     }
 
+    /// The map record of `index`; with `written`, waits until its bytes reached the file.
     fn record(&self, index: LogIndex, written: bool) -> Result<IndexRecord> {
-        let mut st = self.lock();
-        if index < st.first_index || index > st.last_index() {
-            return Err(StoreError::IndexOutOfRange {
-                index,
-                first: st.first_index,
-                last: st.last_index(),
-            });
-        }
-        while written && st.written_index < index {
-            if let Some(why) = &st.failed {
-                return Err(StoreError::Failed(why.clone()));
-            }
-            st = self.wait_progress(st);
-        }
+        let st = self.locked_range(index, index, written)?;
         // Every record is in memory or in the map file: the writer drops a record from memory
         // only after writing it there.
         if let Some(r) = st.memory_record(index) {
             return Ok(r);
         }
         drop(st);
-        self.map.read(index)?.ok_or_else(|| StoreError::Corruption {
+        self.map
+            .read(index)?
+            .ok_or_else(|| self.missing_record(index))
+    }
+
+    /// The corruption of a log index the map should hold and does not.
+    fn missing_record(&self, index: LogIndex) -> StoreError {
+        StoreError::Corruption {
             file: self.root.join(MAP_DIR),
             offset: index * super::log_index::INDEX_RECORD_LEN,
             reason: format!("no log-index record for {index}"),
-        })
+        }
     }
 
     /// Marks the log failed: every waiting ticket gets the error, appends are refused until
@@ -1376,11 +1378,9 @@ impl Inner {
         if let Some(r) = st.memory_record(index) {
             return Ok(r);
         }
-        self.map.read(index)?.ok_or_else(|| StoreError::Corruption {
-            file: self.root.join(MAP_DIR),
-            offset: index * super::log_index::INDEX_RECORD_LEN,
-            reason: format!("no log-index record for {index}"),
-        })
+        self.map
+            .read(index)?
+            .ok_or_else(|| self.missing_record(index))
     }
 
     fn delete_before(&self, index: LogIndex) -> Result<LogIndex> {

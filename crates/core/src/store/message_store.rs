@@ -9,6 +9,7 @@
 //! point nor let the log lose (truncate or delete) an entry it has dispatched but not
 //! checkpointed.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -430,39 +431,47 @@ struct Run {
 /// topics still reach each queue in one write per call, not one per message. Flushed
 /// before anything that reads a queue and before the dispatcher lock is released.
 #[derive(Debug, Default)]
-struct Runs(Vec<Run>);
+struct Runs {
+    runs: Vec<Run>,
+    /// Where each topic's run is in `runs` (a batch may touch thousands of topics).
+    at: HashMap<TopicId, usize>,
+}
+
+impl Run {
+    fn new(topic: &Topic, start: u64, entry: CqEntry) -> Run {
+        Run {
+            topic: topic.clone(),
+            start,
+            entries: vec![entry],
+        }
+    }
+}
 
 impl Runs {
-    /// The run `entry` (the topic's entry number `n`) joins, or `None` with the run of that
-    /// topic that cannot take it (not contiguous, or the queue's layout changed) taken out
-    /// to be written first.
+    /// Adds `entry` (the topic's entry number `n`) to its topic's run. A run of that topic
+    /// that cannot take it (not contiguous, or the queue's layout changed) is handed back, to
+    /// be written first.
     fn add(&mut self, topic: &Topic, n: u64, entry: CqEntry) -> Option<Run> {
-        match self.0.iter().position(|r| r.topic.id == topic.id) {
-            Some(k) => {
-                let r = &mut self.0[k];
-                if r.topic.migrated == topic.migrated && r.start + r.entries.len() as u64 == n {
-                    r.entries.push(entry);
-                    return None;
-                }
-                let stale = std::mem::replace(
-                    r,
-                    Run {
-                        topic: topic.clone(),
-                        start: n,
-                        entries: vec![entry],
-                    },
-                );
-                Some(stale)
+        match self.at.get(&topic.id).and_then(|&k| self.runs.get_mut(k)) {
+            Some(r)
+                if r.topic.migrated == topic.migrated && r.start + r.entries.len() as u64 == n =>
+            {
+                r.entries.push(entry);
+                None
             }
+            Some(r) => Some(std::mem::replace(r, Run::new(topic, n, entry))),
             None => {
-                self.0.push(Run {
-                    topic: topic.clone(),
-                    start: n,
-                    entries: vec![entry],
-                });
+                self.at.insert(topic.id, self.runs.len());
+                self.runs.push(Run::new(topic, n, entry));
                 None
             }
         }
+    }
+
+    /// Takes every run out, in the order the topics were first added.
+    fn take(&mut self) -> Vec<Run> {
+        self.at.clear();
+        std::mem::take(&mut self.runs)
     }
 }
 
@@ -626,16 +635,16 @@ impl MessageStore {
         let mut d = self.lock();
         Self::usable(&d)?;
         let result = (|| {
-            let mut run = Runs::default();
+            let mut runs = Runs::default();
             while d.dispatched < target {
                 let i = d.dispatched + 1;
                 let entry = self.log.entry(i)?;
                 let first = d.partial != Some(i);
-                self.dispatch_records(&mut d, &entry, 0..entry.records.len(), first, &mut run)?;
+                self.dispatch_records(&mut d, &entry, 0..entry.records.len(), first, &mut runs)?;
                 d.dispatched = i;
                 d.partial = None;
             }
-            self.flush_run(&mut run)?;
+            self.flush_runs(&mut runs)?;
             self.checkpoint_if_due(&mut d)?;
             Ok(d.dispatched)
         })();
@@ -664,16 +673,16 @@ impl MessageStore {
             self.check_next(&d, e.borrow(), k as u64)?;
         }
         let result = (|| {
-            let mut run = Runs::default();
+            let mut runs = Runs::default();
             let mut all = Vec::with_capacity(entries.len());
             for e in entries {
                 let e = e.borrow();
                 let first = d.partial != Some(e.index);
-                all.push(self.dispatch_records(&mut d, e, 0..e.records.len(), first, &mut run)?);
+                all.push(self.dispatch_records(&mut d, e, 0..e.records.len(), first, &mut runs)?);
                 d.dispatched = e.index;
                 d.partial = None;
             }
-            self.flush_run(&mut run)?;
+            self.flush_runs(&mut runs)?;
             self.checkpoint_if_due(&mut d)?;
             Ok(all)
         })();
@@ -704,10 +713,10 @@ impl MessageStore {
             });
         }
         let result = (|| {
-            let mut run = Runs::default();
+            let mut runs = Runs::default();
             let first = d.partial != Some(entry.index);
-            let outcomes = self.dispatch_records(&mut d, entry, range.clone(), first, &mut run)?;
-            self.flush_run(&mut run)?;
+            let outcomes = self.dispatch_records(&mut d, entry, range.clone(), first, &mut runs)?;
+            self.flush_runs(&mut runs)?;
             if last {
                 d.dispatched = entry.index;
                 d.partial = None;
@@ -763,8 +772,8 @@ impl MessageStore {
     }
 
     /// Writes the buffered queue entries of every run (see [`Runs`]).
-    fn flush_run(&self, runs: &mut Runs) -> Result<()> {
-        for r in runs.0.drain(..) {
+    fn flush_runs(&self, runs: &mut Runs) -> Result<()> {
+        for r in runs.take() {
             self.queues.write_many(&r.topic, r.start, &r.entries)?;
         }
         Ok(())
@@ -777,7 +786,7 @@ impl MessageStore {
         entry: &LogEntry,
         range: Range<usize>,
         first: bool,
-        run: &mut Runs,
+        runs: &mut Runs,
     ) -> Result<Vec<Outcome>> {
         let i = entry.index;
         let start = range.start;
@@ -806,7 +815,7 @@ impl MessageStore {
         for (k, r) in records.iter().enumerate() {
             let j = (start + k) as u16;
             if r.op == RecordOp::RetainFrom {
-                self.flush_run(run)?; // reads queues
+                self.flush_runs(runs)?; // reads queues
                 outcomes[usize::from(j) - start] =
                     Outcome::Trimmed(self.retain_from(d, r.id.ms, (i, j))?);
                 continue;
@@ -832,7 +841,7 @@ impl MessageStore {
                     };
                     let n = t.len;
                     if self.queues.needs_migration(&t, n) {
-                        self.flush_run(run)?; // migration reads the slot from disk
+                        self.flush_runs(runs)?; // migration reads the slot from disk
                         self.queues.migrate(&t)?;
                         t.migrated = true;
                     }
@@ -844,7 +853,7 @@ impl MessageStore {
                         flags: 0,
                     };
                     // A topic's consecutive messages go out as one write.
-                    if let Some(stale) = run.add(&t, n, e) {
+                    if let Some(stale) = runs.add(&t, n, e) {
                         self.queues
                             .write_many(&stale.topic, stale.start, &stale.entries)?;
                     }
@@ -867,7 +876,7 @@ impl MessageStore {
                 }
                 (RecordOp::Create, Some(_)) | (RecordOp::RetainFrom, _) => {}
                 (RecordOp::SetId, Some(t)) => {
-                    self.flush_run(run)?; // reads the queue
+                    self.flush_runs(runs)?; // reads the queue
                     let added = u64_property(r, SETID_ADDED_PROPERTY);
                     let max_deleted = r
                         .properties
@@ -903,7 +912,7 @@ impl MessageStore {
                 }
                 (_, None) => {} // an operation on a topic that does not exist changes nothing
                 (RecordOp::Delete, Some(t)) => {
-                    self.flush_run(run)?; // reads the queue
+                    self.flush_runs(runs)?; // reads the queue
                     let found = self.queues.find(&t, r.id)?;
                     let live = match found {
                         Some(n) if n >= t.first_live => {
@@ -927,7 +936,7 @@ impl MessageStore {
                     outcomes[usize::from(j) - start] = Outcome::Deleted(live.is_some());
                 }
                 (op @ (RecordOp::Trim | RecordOp::TrimToLen), Some(t)) => {
-                    self.flush_run(run)?; // reads the queue
+                    self.flush_runs(runs)?; // reads the queue
                     let limit = trim_limit(r);
                     let n = if op == RecordOp::Trim {
                         let below = self.queues.seek(&t, r.id)?.max(t.first_live);
@@ -953,7 +962,7 @@ impl MessageStore {
                         Outcome::Trimmed(self.cut(d, &t, n, (i, j))?);
                 }
                 (RecordOp::Drop, Some(t)) => {
-                    self.flush_run(run)?;
+                    self.flush_runs(runs)?;
                     d.topics.update(t.id, |t| {
                         t.dropped = true;
                         t.last_applied = (i, j);
