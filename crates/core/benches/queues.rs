@@ -44,6 +44,10 @@ fn queues(c: &mut Criterion) {
         deleted: 0,
         max_deleted_id: StreamId::default(),
         entries_added: 0,
+        tail: None,
+        nodes: 0,
+        head_kept: false,
+        head_cut: None,
     };
     let batch = 65_536u64;
     let mut n = 0;
@@ -56,6 +60,7 @@ fn queues(c: &mut Criterion) {
                 id: id_of(i),
                 size: 120,
                 flags: 0,
+                skip: 0,
             })
             .collect();
         cqs.write_many(&topic, n, &entries).expect("write");

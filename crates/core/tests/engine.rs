@@ -12,8 +12,8 @@ use manifold_core::engine::{
     AppendRequest, Engine, EngineConfig, EngineError, IdSpec, RetainEffect, Trim, TrimTo, Wake,
 };
 use manifold_core::store::{
-    CqConfig, CrashMode, EntryKind, FlushMode, IndexConfig, LogConfig, SimDisk, Storage,
-    StoreConfig, StreamId,
+    CqConfig, CrashMode, EntryKind, FlushMode, IndexConfig, LogConfig, NodeLimits, SimDisk,
+    Storage, StoreConfig, StreamId,
 };
 
 fn config() -> EngineConfig {
@@ -33,15 +33,19 @@ fn config() -> EngineConfig {
                 slots: 64,
                 entries: 256,
             },
+            // Small stream nodes, so approximate trims cut by whole nodes within a short
+            // test; no byte limit (the RESP differential test covers it against Redis).
+            stream_nodes: NodeLimits {
+                max_entries: NODE as u32,
+                max_bytes: 0,
+            },
             ..StoreConfig::default()
         },
-        // Small stream nodes, so approximate trims cut by whole nodes within a short test.
-        stream_node_max_entries: NODE,
         ..EngineConfig::default()
     }
 }
 
-/// Entries per stream node in these tests (`EngineConfig::stream_node_max_entries`).
+/// Entries per stream node in these tests (`StoreConfig::stream_nodes`).
 const NODE: u64 = 4;
 
 fn open(disk: &SimDisk) -> Result<Engine, EngineError> {
@@ -1315,61 +1319,123 @@ mod model {
         ]
     }
 
+    /// A stream as Redis 7.0 holds it: entries (ID, deleted, node) in nodes of at most NODE
+    /// entries (live and deleted; these tests never reach the node byte limit). An XDEL that
+    /// takes a node's last live entry removes the node; a trim emptying one keeps it.
     #[derive(Debug, Default, Clone)]
     struct Stream {
-        entries: Vec<(StreamId, bool)>,
+        entries: Vec<(StreamId, bool, u64)>,
         last: StreamId,
         max_deleted: StreamId,
         added: u64,
+        /// The tail node and its entries, if it has room (`None`: the next opens one).
+        tail: Option<(u64, u64)>,
+        next_node: u64,
+        /// Nodes an XDEL removed.
+        removed: std::collections::BTreeSet<u64>,
     }
 
     impl Stream {
-        /// Redis's exact trim, removing at most `limit` live entries (0: no limit); returns
-        /// the live entries removed.
+        fn push(&mut self, id: StreamId) {
+            let node = match self.tail {
+                Some((node, n)) if n < NODE => {
+                    self.tail = Some((node, n + 1));
+                    node
+                }
+                _ => {
+                    self.next_node += 1;
+                    self.tail = Some((self.next_node, 1));
+                    self.next_node
+                }
+            };
+            self.entries.push((id, false, node));
+            self.last = id;
+            self.added += 1;
+        }
+
+        /// XDEL of entry `k`: whether it was live.
+        fn delete(&mut self, k: usize) -> bool {
+            let (id, was_deleted, node) = self.entries[k];
+            self.entries[k].1 = true;
+            self.max_deleted = self.max_deleted.max(id);
+            if !was_deleted && !self.entries.iter().any(|e| e.2 == node && !e.1) {
+                self.removed.insert(node);
+                if self.tail.is_some_and(|(t, _)| t == node) {
+                    self.tail = None;
+                }
+            }
+            !was_deleted
+        }
+
+        fn live_len(&self) -> u64 {
+            self.entries.iter().filter(|e| !e.1).count() as u64
+        }
+
+        /// XINFO's radix-tree-keys: the nodes left that no XDEL removed.
+        fn nodes(&self) -> u64 {
+            let mut nodes: Vec<u64> = self.entries.iter().map(|e| e.2).collect();
+            nodes.dedup();
+            nodes.retain(|n| !self.removed.contains(n));
+            nodes.len() as u64
+        }
+
+        /// Redis's trim, removing at most `limit` live entries (0: no limit); returns the live
+        /// entries removed. `~`: whole nodes, oldest first, until one must stay (Redis's
+        /// `streamTrim`).
         fn trim(&mut self, trim: Trim) -> u64 {
             let limit = if trim.limit == 0 {
                 u64::MAX
             } else {
                 trim.limit
             };
-            let (below, mut excess) = match trim.to {
-                TrimTo::MinId(min) => (
-                    self.entries.iter().take_while(|(id, _)| *id < min).count(),
-                    limit,
-                ),
-                TrimTo::MaxLen(keep) => (
-                    self.entries.len(),
-                    (self.entries.iter().filter(|(_, d)| !d).count() as u64)
-                        .saturating_sub(keep)
-                        .min(limit),
-                ),
+            let removed = if trim.approx {
+                let mut removed = 0;
+                while let Some(&(_, _, node)) = self.entries.first() {
+                    let length = self.live_len();
+                    if matches!(trim.to, TrimTo::MaxLen(keep) if length <= keep) {
+                        break;
+                    }
+                    let members = self.entries.iter().take_while(|e| e.2 == node).count();
+                    let live = self.entries[..members].iter().filter(|e| !e.1).count() as u64;
+                    if removed + live > limit {
+                        break;
+                    }
+                    let whole = match trim.to {
+                        TrimTo::MaxLen(keep) => length - live >= keep,
+                        TrimTo::MinId(min) => self.entries[members - 1].0 < min,
+                    };
+                    if !whole {
+                        break;
+                    }
+                    self.entries.drain(..members);
+                    removed += live;
+                }
+                removed
+            } else {
+                let (below, mut excess) = match trim.to {
+                    TrimTo::MinId(min) => {
+                        (self.entries.iter().take_while(|e| e.0 < min).count(), limit)
+                    }
+                    TrimTo::MaxLen(keep) => (
+                        self.entries.len(),
+                        self.live_len().saturating_sub(keep).min(limit),
+                    ),
+                };
+                // Walk the oldest entries up to `below` until `excess` live ones are gone.
+                let mut cut = 0;
+                while excess > 0 && cut < below {
+                    if !self.entries[cut].1 {
+                        excess -= 1;
+                    }
+                    cut += 1;
+                }
+                // Redis 7.0: a trim leaves max-deleted-entry-id alone (only XDEL moves it).
+                self.entries.drain(..cut).filter(|e| !e.1).count() as u64
             };
-            // Walk the oldest entries up to `below` until `excess` live ones are gone.
-            let mut cut = 0;
-            while excess > 0 && cut < below {
-                if !self.entries[cut].1 {
-                    excess -= 1;
-                }
-                cut += 1;
+            if self.entries.is_empty() {
+                self.tail = None;
             }
-            // `~`: whole nodes of NODE entries only — entry k of the stream ever added is in
-            // node k / NODE; the last, partial node goes whole when the cut reaches the end.
-            // MAXLEN goes by live entries: a node whose live entries all go goes whole, the
-            // deleted entries after them included; MINID by the node's last ID.
-            let node = NODE as usize;
-            let first = self.added as usize - self.entries.len();
-            if trim.approx && matches!(trim.to, TrimTo::MaxLen(_)) && cut < self.entries.len() {
-                let end = ((first + cut) / node * node + node - first).min(self.entries.len());
-                if self.entries[cut..end].iter().all(|(_, deleted)| *deleted) {
-                    cut = end;
-                }
-            }
-            if trim.approx && cut < self.entries.len() {
-                let at = first + cut;
-                cut = (at - at % node).max(first) - first;
-            }
-            // Redis 7.0: a trim leaves max-deleted-entry-id alone (only XDEL moves it).
-            self.entries.drain(..cut).filter(|(_, d)| !d).count() as u64
+            removed
         }
     }
 
@@ -1398,8 +1464,8 @@ mod model {
                 .map(|s| {
                     s.entries
                         .iter()
-                        .filter(|(_, d)| !d)
-                        .map(|(id, _)| *id)
+                        .filter(|(_, d, _)| !d)
+                        .map(|(id, _, _)| *id)
                         .collect()
                 })
                 .unwrap_or_default();
@@ -1413,6 +1479,7 @@ mod model {
                     prop_assert_eq!(i.last_generated_id, s.last);
                     prop_assert_eq!(i.max_deleted_entry_id, s.max_deleted);
                     prop_assert_eq!(i.entries_added, s.added);
+                    prop_assert_eq!(i.nodes, s.nodes(), "nodes of {}", key);
                 }
                 (None, None) => {}
                 (i, s) => prop_assert!(
@@ -1490,9 +1557,7 @@ mod model {
                         .unwrap_or_default();
                     last_added = Some((sent, new));
                     let s = model.entry(topic).or_default();
-                    s.entries.push((new, false));
-                    s.last = new;
-                    s.added += 1;
+                    s.push(new);
                     match retain {
                         1 => {
                             retained.insert(topic, payload);
@@ -1514,9 +1579,7 @@ mod model {
                     let new = rt.block_on(engine.append(r)).map_err(fail)?.expect("id");
                     let s = model.entry(topic).or_default();
                     prop_assert!(new > s.last);
-                    s.entries.push((new, false));
-                    s.last = new;
-                    s.added += 1;
+                    s.push(new);
                     s.trim(trim);
                 }
                 Op::Trim {
@@ -1562,9 +1625,7 @@ mod model {
                     let count = rt
                         .block_on(engine.delete(0, Bytes::from(name(topic)), vec![target]))
                         .map_err(fail)?;
-                    prop_assert_eq!(count, u64::from(!s.entries[k].1));
-                    s.entries[k].1 = true;
-                    s.max_deleted = s.max_deleted.max(target);
+                    prop_assert_eq!(count, u64::from(s.delete(k)));
                 }
                 Op::Drop { topic } => {
                     let existed = rt
@@ -1771,6 +1832,15 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
     );
     engine.close()?;
     // The same log, every derived file removed: a fresh replay must derive the same state.
+    let engine = open(&without_derived_state(&disk))?;
+    assert_eq!(engine.store().state_digest()?, digest);
+    assert_eq!(engine.state_digest(), state);
+    Ok(())
+}
+
+/// The disk as a process crash leaves it, with every file derived from the log removed (queues,
+/// topic table, IndexFiles, the dispatch checkpoint, snapshots): opening it replays the whole log.
+fn without_derived_state(disk: &SimDisk) -> SimDisk {
     let replay = disk.crash(CrashMode::KeepUnsynced);
     let root = PathBuf::from("/data");
     let topic_dirs = (0..64u32).map(|id| format!("consumequeue/{id:08x}"));
@@ -1789,8 +1859,80 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
     for name in replay.list(&snapshots).unwrap_or_default() {
         let _ = replay.remove(&snapshots.join(name));
     }
-    let engine = open(&replay)?;
-    assert_eq!(engine.store().state_digest()?, digest);
-    assert_eq!(engine.state_digest(), state);
+    replay
+}
+
+/// Stream nodes closed by their byte limit, the newest one removed by XDEL (so the next message
+/// joins an older node), trims cutting into a node, `~` trims: where the next message goes and
+/// what XINFO counts come out the same after a power cut (re-dispatch from the last checkpoint)
+/// and after replaying the whole log from scratch.
+#[test]
+fn stream_nodes_are_the_same_after_a_power_cut_and_a_replay() -> Result<(), EngineError> {
+    let small_nodes = || EngineConfig {
+        store: StoreConfig {
+            stream_nodes: NodeLimits {
+                max_entries: 8,
+                max_bytes: 256,
+            },
+            ..config().store
+        },
+        ..config()
+    };
+    let open_small = |disk: &SimDisk| {
+        let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+        Engine::open(storage, &PathBuf::from("/data"), small_nodes())
+    };
+    let disk = SimDisk::new();
+    let engine = open_small(&disk)?;
+    let keys = [Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+    runtime().block_on(async {
+        let mut added: Vec<StreamId> = Vec::new();
+        for n in 0..600usize {
+            let key = keys[n % 3 / 2].clone();
+            let size = [0, 1, 20, 70, 130, 240][n * 7 % 6];
+            let r = AppendRequest::new(
+                0,
+                key.clone(),
+                vec![(Bytes::from_static(b"v"), Bytes::from("x".repeat(size)))],
+            );
+            let id = engine.append(r).await?.expect("id");
+            added.push(id);
+            if n % 5 == 4 {
+                // The newest: a whole node when it was a large one.
+                engine.delete(0, key.clone(), vec![id]).await?;
+            }
+            let trim = match n % 41 {
+                7 => Some(Trim::min_id(added[n * 3 / 4])),
+                19 => Some(Trim::max_len(25).approximate()),
+                29 => Some(Trim::max_len(30)),
+                37 => Some(Trim::min_id(added[n / 2]).approximate()),
+                _ => None,
+            };
+            if let Some(trim) = trim {
+                engine.trim(0, key.clone(), trim).await?;
+            }
+        }
+        Ok::<_, EngineError>(())
+    })?;
+    let nodes = |engine: &Engine| -> Result<Vec<u64>, EngineError> {
+        keys.iter()
+            .map(|k| Ok(engine.stream_info(0, k)?.map_or(0, |i| i.nodes)))
+            .collect()
+    };
+    let digest = engine.store().state_digest()?;
+    let counted = nodes(&engine)?;
+    assert!(counted.iter().all(|n| *n > 1), "nodes {counted:?}");
+    drop(engine);
+    let engine = open_small(&disk.crash(CrashMode::DropUnsynced))?;
+    assert_eq!(engine.store().state_digest()?, digest, "after a power cut");
+    assert_eq!(nodes(&engine)?, counted);
+    engine.close()?;
+    let engine = open_small(&without_derived_state(&disk))?;
+    assert_eq!(
+        engine.store().state_digest()?,
+        digest,
+        "replayed from scratch"
+    );
+    assert_eq!(nodes(&engine)?, counted);
     Ok(())
 }

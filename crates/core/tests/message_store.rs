@@ -36,6 +36,7 @@ fn config() -> StoreConfig {
             entries: 40,
         },
         dispatch_checkpoint_interval_ms: 0,
+        ..StoreConfig::default()
     }
 }
 

@@ -544,8 +544,8 @@ fn inline_commands_and_protocol_errors_match_redis_server() {
     }
 }
 
-/// `~` trims cut whole nodes of 100 entries, as Redis's radix tree holds them: the same
-/// entries go on both servers (small entries: Redis's 4 KiB node byte limit is not reached).
+/// `~` trims cut the whole nodes Redis's radix tree holds, with Redis's default node settings
+/// (small entries: 100 a node); `stream_nodes.rs` goes through sizes, XDEL and small nodes.
 #[test]
 fn approximate_trims_match_redis_server() {
     let manifold = Manifold::start();

@@ -185,6 +185,11 @@ impl Client {
         self.engine.read_range(db, key, start, end, count, reverse)
     }
 
+    /// [`Engine::approx_trim_limit`].
+    pub fn approx_trim_limit(&self) -> u64 {
+        self.engine.approx_trim_limit()
+    }
+
     /// [`Engine::len`], if it may subscribe to the key.
     pub fn len(&self, db: u8, key: &[u8]) -> Result<u64> {
         self.principal.check_subscribe(key)?;

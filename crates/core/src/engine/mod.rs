@@ -522,9 +522,6 @@ pub struct EngineConfig {
     /// Pending entries per consumer group at most (default 1,000,000): a group read delivers
     /// no more new entries than fit, and fails (`PendingLimit`) when none fits.
     pub max_pending_per_group: u64,
-    /// Entries per stream node, as Redis's `stream-node-max-entries` (default 100): an
-    /// approximate trim (`~`) removes whole nodes of this many entries only.
-    pub stream_node_max_entries: u64,
     /// A producer whose newest append is older than this (ms, default 24 h) is forgotten by
     /// the expiry timer: a repeat after that appends again.
     pub producer_ttl_ms: u64,
@@ -553,7 +550,6 @@ impl Default for EngineConfig {
             clock_lease_ms: 2000,
             max_retained_bytes: 256 << 20,
             max_pending_per_group: 1_000_000,
-            stream_node_max_entries: STREAM_NODE_MAX_ENTRIES,
             producer_ttl_ms: 24 * 3600 * 1000,
             timer_tick_ms: 1000,
             retention_ms: 72 * 3600 * 1000,
@@ -626,11 +622,11 @@ impl AppendRequest {
 /// it may cut only whole nodes.
 ///
 /// Exact (`=`): the cut is exact up to the limit. Approximate (`~`, `approx`): as Redis, only
-/// whole nodes of `stream_node_max_entries` (default [`STREAM_NODE_MAX_ENTRIES`]) entries go — the entries added `0..100`,
-/// `100..200`, ... of the stream, and its last, partial node — so a `~` trim keeps what
-/// Redis keeps (as long as Redis's 4 KiB node byte limit is not what closed its nodes). The
-/// RESP front end maps `=` to `limit: 0` (Redis refuses LIMIT without `~`) and `~ [LIMIT n]`
-/// to `n` (default [`APPROX_TRIM_LIMIT`]; `LIMIT 0`: none).
+/// whole stream nodes go, the nodes Redis would have packed the stream into
+/// (`StoreConfig::stream_nodes`: 100 entries or 4 KiB of listpack; `crate::store::stream_node`),
+/// so a `~` trim keeps what Redis keeps. The RESP front end maps `=` to `limit: 0` (Redis
+/// refuses LIMIT without `~`) and `~ [LIMIT n]` to `n` (default
+/// [`Engine::approx_trim_limit`]; `LIMIT 0`: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trim {
     /// What to cut.
@@ -641,10 +637,6 @@ pub struct Trim {
     pub approx: bool,
 }
 
-/// Redis's `stream-node-max-entries` default: the node size approximate trims cut by
-/// (`EngineConfig::stream_node_max_entries`).
-pub const STREAM_NODE_MAX_ENTRIES: u64 = 100;
-
 /// What a trim cuts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrimTo {
@@ -654,8 +646,8 @@ pub enum TrimTo {
     MinId(StreamId),
 }
 
-/// What Redis's `~` removes at most per call without LIMIT: 100 × `stream-node-max-entries`
-/// (default 100).
+/// What Redis's `~` removes at most per call without LIMIT with the default nodes: 100 ×
+/// `stream-node-max-entries` ([`Engine::approx_trim_limit`] for the engine's own).
 pub const APPROX_TRIM_LIMIT: u64 = 10_000;
 
 impl Trim {
@@ -690,8 +682,8 @@ impl Trim {
         }
     }
 
-    /// The trim as a sub-record; `node`: the node size an approximate trim cuts by.
-    fn record(self, db: u8, key: &Bytes, node: u64) -> SubRecord {
+    /// The trim as a sub-record.
+    fn record(self, db: u8, key: &Bytes) -> SubRecord {
         let (op, id) = match self.to {
             TrimTo::MaxLen(n) => (RecordOp::TrimToLen, StreamId::new(n, 0)),
             TrimTo::MinId(id) => (RecordOp::Trim, id),
@@ -703,10 +695,10 @@ impl Trim {
                 Bytes::copy_from_slice(&self.limit.to_le_bytes()),
             ));
         }
-        if self.approx && node > 0 {
+        if self.approx {
             properties.push((
                 Bytes::from_static(crate::store::TRIM_NODE_PROPERTY),
-                Bytes::copy_from_slice(&node.to_le_bytes()),
+                Bytes::copy_from_slice(&1u64.to_le_bytes()),
             ));
         }
         SubRecord {
@@ -763,6 +755,8 @@ pub struct StreamInfo {
     pub max_deleted_entry_id: StreamId,
     /// Entries ever added.
     pub entries_added: u64,
+    /// Redis nodes holding it (`radix-tree-keys`).
+    pub nodes: u64,
     /// First and last entry.
     pub first_entry: Option<Message>,
     /// See `first_entry`.
@@ -1465,6 +1459,17 @@ impl Engine {
         Ok(message_from(self.inner.store.message(topic, e)?))
     }
 
+    /// When a stream node is full (Redis's `stream-node-max-entries` and `-bytes`).
+    pub fn stream_nodes(&self) -> crate::store::NodeLimits {
+        self.inner.config.store.stream_nodes
+    }
+
+    /// What Redis's `~` removes at most per call without LIMIT: 100 × the stream node's entry
+    /// limit (0, no limit, when nodes have none), as Redis.
+    pub fn approx_trim_limit(&self) -> u64 {
+        100 * u64::from(self.inner.config.store.stream_nodes.max_entries)
+    }
+
     /// XLEN: entries in the stream (0 when it does not exist).
     pub fn len(&self, db: u8, key: &[u8]) -> u64 {
         self.inner.store.topic(db, key).map_or(0, |t| t.live_len())
@@ -1482,6 +1487,7 @@ impl Engine {
             last_generated_id: t.last_id,
             max_deleted_entry_id: t.max_deleted_id,
             entries_added: t.entries_added,
+            nodes: t.nodes,
             first_entry: first.into_iter().next(),
             last_entry: last.into_iter().next(),
             incarnation: t.incarnation,

@@ -481,8 +481,7 @@ impl Engine {
             }
             TxOp::Trim { db, key, trim } => {
                 check_db(*db)?;
-                let node = self.inner.config.stream_node_max_entries;
-                plain(CommandTag::Trim, vec![trim.record(*db, key, node)])
+                plain(CommandTag::Trim, vec![trim.record(*db, key)])
             }
             TxOp::Drop { db, keys } => {
                 check_db(*db)?;
@@ -591,8 +590,7 @@ impl Engine {
         }
         let mut records = Vec::with_capacity(1 + usize::from(req.trim.is_some()));
         records.push(record);
-        let node = self.inner.config.stream_node_max_entries;
-        records.extend(req.trim.map(|t| t.record(req.db, &req.key, node)));
+        records.extend(req.trim.map(|t| t.record(req.db, &req.key)));
         let tag = match req.retain {
             RetainEffect::None => CommandTag::Append,
             RetainEffect::Set => CommandTag::AppendRetain,

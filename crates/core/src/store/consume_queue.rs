@@ -29,6 +29,13 @@ use super::topics::{Topic, TopicId};
 pub const CQ_ENTRY_LEN: u64 = 32;
 /// Flag bit: the entry was deleted (XDEL).
 pub const CQ_DELETED: u8 = 1;
+/// Flag bit: the entry opened a stream node, as Redis would have packed the stream
+/// ([`super::stream_node`]); written with the entry, never changed.
+pub const CQ_NODE_START: u8 = 2;
+/// Flag bit: the entry went into an older node than the entry before it did (XDEL had removed
+/// the newest node, and Redis appends to the one before if it has room); that node is opened by
+/// the `skip`-th entry with `CQ_NODE_START` before it. Written with the entry, never changed.
+pub const CQ_NODE_JOIN: u8 = 4;
 /// Sparse seek index: one remembered stream ID every this many entries.
 const SPARSE_EVERY: u64 = 128;
 
@@ -43,14 +50,26 @@ pub struct CqEntry {
     pub id: StreamId,
     /// Size of the sub-record in bytes.
     pub size: u32,
-    /// Flags (`CQ_DELETED`).
+    /// Flags (`CQ_DELETED`, `CQ_NODE_START`, `CQ_NODE_JOIN`).
     pub flags: u8,
+    /// With `CQ_NODE_JOIN`: how many node-opening entries back its node was opened; else 0.
+    pub skip: u8,
 }
 
 impl CqEntry {
     /// Whether XDEL removed it.
     pub fn is_deleted(&self) -> bool {
         self.flags & CQ_DELETED != 0
+    }
+
+    /// Whether it opened a stream node.
+    pub fn opens_node(&self) -> bool {
+        self.flags & CQ_NODE_START != 0
+    }
+
+    /// With how many node-opening entries back it joined an older node, if it did.
+    pub fn joins_node(&self) -> Option<u8> {
+        (self.flags & CQ_NODE_JOIN != 0).then_some(self.skip)
     }
 
     fn encode(&self) -> [u8; CQ_ENTRY_LEN as usize] {
@@ -61,6 +80,7 @@ impl CqEntry {
         b[24..28].copy_from_slice(&self.size.to_le_bytes());
         b[28..30].copy_from_slice(&self.sub.to_le_bytes());
         b[30] = self.flags;
+        b[31] = self.skip;
         b
     }
 
@@ -72,6 +92,7 @@ impl CqEntry {
             size: u32::from_le_bytes([b[24], b[25], b[26], b[27]]),
             sub: u16::from_le_bytes([b[28], b[29]]),
             flags: b[30],
+            skip: b[31],
         }
     }
 }

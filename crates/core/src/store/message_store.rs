@@ -18,14 +18,18 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::commitlog::{CommitLog, LogConfig};
-use super::consume_queue::{ConsumeQueues, CqConfig, CqEntry, QueueFile};
+use super::consume_queue::{
+    CQ_NODE_JOIN, CQ_NODE_START, ConsumeQueues, CqConfig, CqEntry, QueueFile,
+};
 use super::entry::{LogEntry, LogIndex, RecordOp, StreamId, SubRecord};
 use super::error::{IoContext, Result, StoreError};
 use super::file_cache::{FileKey, Unsynced};
 use super::index_file::{IndexCapture, IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
 use super::le;
+use super::node_walk::{NodeWalk, WalkNode};
 use super::recovery::RecoveryReport;
 use super::storage::{Storage, read_all, write_atomic};
+use super::stream_node::{NodeLimits, TailNode};
 use super::topics::{TableMark, TableWrite, Topic, TopicId, TopicTable};
 
 /// Settings of the whole store.
@@ -40,6 +44,9 @@ pub struct StoreConfig {
     /// How often derived state is checkpointed (default 1000 ms); recovery re-dispatches at
     /// most this much of the log.
     pub dispatch_checkpoint_interval_ms: u64,
+    /// When a Redis stream node is full (default: Redis's, 100 entries and 4096 bytes): where
+    /// approximate trims may cut. Every node of a cluster must use the same.
+    pub stream_nodes: NodeLimits,
 }
 
 impl Default for StoreConfig {
@@ -49,6 +56,7 @@ impl Default for StoreConfig {
             queues: CqConfig::default(),
             index: IndexConfig::default(),
             dispatch_checkpoint_interval_ms: 1000,
+            stream_nodes: NodeLimits::default(),
         }
     }
 }
@@ -176,9 +184,12 @@ const TRIM_CHUNK: u64 = 65_536;
 pub const TRIM_LIMIT_PROPERTY: &[u8] = b"limit";
 
 /// Property of a Trim / TrimToLen sub-record that makes it approximate (Redis's `~`): only whole
-/// nodes of this many entries (8 bytes, little-endian; nodes are the queue positions `0..k`,
-/// `k..2k`, ... and the last, partial one) are removed. Absent, 0, or any other length: exact.
+/// stream nodes ([`super::stream_node`]) are removed. Its value is 8 bytes, little-endian, not 0;
+/// absent, 0, or any other length: exact.
 pub const TRIM_NODE_PROPERTY: &[u8] = b"node";
+
+/// Queue entries read at a time while looking back for where a stream node begins.
+const NODE_SCAN: u64 = 128;
 
 /// The 8-byte little-endian value of property `name` of `r`, if any.
 fn u64_property(r: &SubRecord, name: &[u8]) -> Option<u64> {
@@ -192,14 +203,15 @@ fn trim_limit(r: &SubRecord) -> Option<u64> {
     u64_property(r, TRIM_LIMIT_PROPERTY)
 }
 
-/// An exact cut `n` of `t` (entries `[first_live, n)` go) narrowed to whole nodes of `node`
-/// entries: down to a node boundary, unless it reaches the end (the last node goes whole).
-fn whole_nodes(t: &Topic, n: u64, node: u64) -> u64 {
-    if node == 0 || n >= t.len {
-        return n;
-    }
-    (n - n % node).max(t.first_live)
+/// What a trim keeps, as a Trim (MINID) or TrimToLen (MAXLEN) sub-record says it.
+#[derive(Debug, Clone, Copy)]
+enum Keep {
+    /// The newest this many live entries.
+    MaxLen(u64),
+    /// Entries from this ID on.
+    MinId(StreamId),
 }
+
 const INTENT_MAGIC: u32 = u32::from_le_bytes(*b"MFDI");
 
 /// The XDEL flags a checkpoint is about to write, recorded first so that a crash before the
@@ -845,12 +857,26 @@ impl MessageStore {
                         self.queues.migrate(&t)?;
                         t.migrated = true;
                     }
+                    // The Redis node it goes into: the tail node if that has room.
+                    let (tail, opens, skip) = match t.tail {
+                        Some(mut tail) if tail.has_room(&r.fields, self.config.stream_nodes) => {
+                            let skip = tail.add(r.id, &r.fields);
+                            (tail, false, skip)
+                        }
+                        _ => (TailNode::open(n, r.id, &r.fields), true, 0),
+                    };
+                    let flags = match (opens, skip) {
+                        (true, _) => CQ_NODE_START,
+                        (false, 0) => 0,
+                        (false, _) => CQ_NODE_JOIN,
+                    };
                     let e = CqEntry {
                         log_index: i,
                         sub: j,
                         id: r.id,
                         size: r.encoded_len() as u32,
-                        flags: 0,
+                        flags,
+                        skip,
                     };
                     // A topic's consecutive messages go out as one write.
                     if let Some(stale) = runs.add(&t, n, e) {
@@ -863,6 +889,8 @@ impl MessageStore {
                         t.entries_added += 1;
                         t.last_id = r.id;
                         t.last_applied = (i, j);
+                        t.tail = Some(tail);
+                        t.nodes += u64::from(opens);
                     });
                     if !r.message_key.is_empty() {
                         let hash = key_hash(r.db, &r.topic, &r.message_key);
@@ -921,12 +949,41 @@ impl MessageStore {
                         }
                         _ => None,
                     };
+                    // Redis removes a node whose last live entry goes; if that was the newest,
+                    // the next entry goes into the newest left, if it has room.
+                    let (emptied, head) = match live {
+                        Some(n) => {
+                            let (node_live, start) = self.node_live_at(&t, n)?;
+                            (node_live == 1, start.is_none_or(|s| s <= t.first_live))
+                        }
+                        None => (false, false),
+                    };
                     if let Some(n) = live {
                         self.queues.mark_deleted(&t, n);
                     }
+                    // Found with the entry deleted (pending), so the removed node has no live
+                    // entry left to be found by.
+                    let in_tail = |n: u64| t.tail.is_some_and(|tail| n >= tail.start);
+                    let new_tail = match (live, t.tail) {
+                        (Some(n), Some(tail)) if emptied && in_tail(n) => {
+                            self.tail_before(&t, tail.start)?
+                        }
+                        _ => t.tail,
+                    };
                     d.topics.update(t.id, |t| {
-                        if live.is_some() {
+                        if let Some(n) = live {
                             t.deleted += 1;
+                            let in_tail = t.tail.is_some_and(|tail| n >= tail.start);
+                            if emptied {
+                                t.nodes = t.nodes.saturating_sub(1);
+                                t.head_kept &= !head;
+                                if head {
+                                    t.head_cut = None;
+                                }
+                                t.tail = new_tail;
+                            } else if let Some(tail) = t.tail.as_mut().filter(|_| in_tail) {
+                                tail.live = tail.live.saturating_sub(1);
+                            }
                         }
                         if found.is_some() {
                             t.max_deleted_id = t.max_deleted_id.max(r.id);
@@ -938,7 +995,15 @@ impl MessageStore {
                 (op @ (RecordOp::Trim | RecordOp::TrimToLen), Some(t)) => {
                     self.flush_runs(runs)?; // reads the queue
                     let limit = trim_limit(r);
-                    let n = if op == RecordOp::Trim {
+                    let approx = u64_property(r, TRIM_NODE_PROPERTY).is_some_and(|k| k > 0);
+                    let keep = if op == RecordOp::Trim {
+                        Keep::MinId(r.id)
+                    } else {
+                        Keep::MaxLen(r.id.ms)
+                    };
+                    let n = if approx {
+                        self.whole_nodes_end(&t, keep, limit)?
+                    } else if op == RecordOp::Trim {
                         let below = self.queues.seek(&t, r.id)?.max(t.first_live);
                         match limit {
                             Some(limit) => self.position_removing(&t, limit, below)?,
@@ -948,18 +1013,8 @@ impl MessageStore {
                         let excess = t.live_len().saturating_sub(r.id.ms);
                         self.position_removing(&t, excess.min(limit.unwrap_or(u64::MAX)), t.len)?
                     };
-                    let n = match u64_property(r, TRIM_NODE_PROPERTY).filter(|k| *k > 0) {
-                        // MAXLEN counts live entries: a node whose live entries all go, goes
-                        // whole, the deleted ones after them included. MINID goes by the node's
-                        // last ID, deleted entries included.
-                        Some(node) if op == RecordOp::TrimToLen => {
-                            whole_nodes(&t, self.past_deleted(&t, n, node)?, node)
-                        }
-                        Some(node) => whole_nodes(&t, n, node),
-                        None => n,
-                    };
                     outcomes[usize::from(j) - start] =
-                        Outcome::Trimmed(self.cut(d, &t, n, (i, j))?);
+                        Outcome::Trimmed(self.cut(d, &t, n, op == RecordOp::TrimToLen, (i, j))?);
                 }
                 (RecordOp::Drop, Some(t)) => {
                     self.flush_runs(runs)?;
@@ -978,23 +1033,303 @@ impl MessageStore {
 
     /// Removes the entries `[first_live, n)` of `t` (a trim or retention at `at`); returns how
     /// many of them were live. Walks the range in bounded chunks: a cut may be millions.
-    fn cut(&self, d: &mut Dispatcher, t: &Topic, n: u64, at: (LogIndex, u16)) -> Result<u64> {
-        let (mut were_deleted, mut cut_len) = (0u64, 0u64);
-        let mut pos = t.first_live;
-        while pos < n {
-            let chunk = self.queues.read(t, pos, (n - pos).min(TRIM_CHUNK))?;
-            were_deleted += chunk.iter().filter(|e| e.is_deleted()).count() as u64;
-            cut_len += chunk.len() as u64;
-            pos += chunk.len().max(1) as u64;
+    ///
+    /// Also keeps the stream's Redis nodes counted: a node cut whole no longer counts (unless
+    /// XDEL had emptied, so removed, it already), the tail node loses the live entries cut, and
+    /// a node cut into that keeps no live entry is one Redis keeps (`head_kept`) — unless
+    /// `emptied_go` (an exact MAXLEN: Redis removes a node whose live entries all go, its
+    /// deleted ones after them with it), when the cut goes on to that node's end.
+    fn cut(
+        &self,
+        d: &mut Dispatcher,
+        t: &Topic,
+        mut n: u64,
+        emptied_go: bool,
+        at: (LogIndex, u16),
+    ) -> Result<u64> {
+        // The nodes first: each one all of whose entries go no longer counts (unless it had no
+        // live entry, XDEL having removed it, or was the kept head); the one cut into stays.
+        let split = n;
+        let mut nodes_cut = 0u64;
+        let mut head_kept = t.head_kept;
+        let mut tail_live_cut = 0u64;
+        let mut tail_gone = false;
+        let mut head_cut = t.head_cut;
+        // Entries cut, and of those deleted, as the walk counted them.
+        let mut counted_cut = None;
+        if n > t.first_live {
+            head_kept = false;
+            head_cut = None;
+            let tail_start = t.tail.map(|tail| tail.start);
+            let mut walk = NodeWalk::new(&self.queues, t, t.first_live)
+                .with_split(n)
+                .keeping_members();
+            let mut first = true;
+            while let Some(node) = walk.next_final()? {
+                if node.start.is_some_and(|s| s >= n) {
+                    break;
+                }
+                let counted = node.live > 0 || (first && t.head_kept);
+                first = false;
+                let whole = node.end <= n || (emptied_go && node.live_from_split == 0);
+                // The tail node: opened where the row says, or below `first_live` (then it is
+                // the walk's node opened before it).
+                let is_tail = match (node.start, tail_start) {
+                    (Some(s), Some(ts)) => s == ts,
+                    (None, Some(ts)) => ts < t.first_live,
+                    (_, None) => false,
+                };
+                if is_tail {
+                    tail_gone = whole;
+                    tail_live_cut = node.live - node.live_from_split;
+                }
+                if whole {
+                    nodes_cut += u64::from(counted);
+                    n = n.max(node.end);
+                } else {
+                    head_kept = counted && node.live_from_split == 0;
+                    head_cut = self.head_cut_after(t, node.start, walk.members_of_last())?;
+                    break;
+                }
+            }
+            if n == split {
+                counted_cut = Some(walk.below_split());
+            }
         }
+        let (cut_len, were_deleted) = match counted_cut {
+            Some(counts) => counts,
+            None => {
+                let (mut cut_len, mut were_deleted) = (0u64, 0u64);
+                let mut pos = t.first_live;
+                while pos < n {
+                    let chunk = self.queues.read(t, pos, (n - pos).min(TRIM_CHUNK))?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    were_deleted += chunk.iter().filter(|e| e.is_deleted()).count() as u64;
+                    cut_len += chunk.len() as u64;
+                    pos += chunk.len() as u64;
+                }
+                (cut_len, were_deleted)
+            }
+        };
         // Redis 7.0: a trim does not move `max_deleted_entry_id` (only XDEL does).
         d.topics.update(t.id, |t| {
             t.first_live = n;
             t.deleted -= were_deleted.min(t.deleted);
             t.last_applied = at;
+            t.nodes = t.nodes.saturating_sub(nodes_cut);
+            t.head_kept = head_kept;
+            t.head_cut = head_cut;
+            if n >= t.len || tail_gone {
+                t.tail = None;
+            } else if let Some(tail) = &mut t.tail {
+                tail.live = tail.live.saturating_sub(tail_live_cut as u32);
+            }
         });
         d.removals.push(t.id);
         Ok(cut_len - were_deleted)
+    }
+
+    /// Where an approximate trim (Redis's `~`) cuts `t`: whole nodes only, from the oldest, as
+    /// Redis's `streamTrim` walks them — stopping at the first node that must stay, or whose
+    /// live entries would take the removed past `limit`.
+    fn whole_nodes_end(&self, t: &Topic, keep: Keep, limit: Option<u64>) -> Result<u64> {
+        let (mut pos, mut length, mut removed) = (t.first_live, t.live_len(), 0u64);
+        let mut walk = NodeWalk::new(&self.queues, t, t.first_live);
+        loop {
+            if matches!(keep, Keep::MaxLen(max) if length <= max) {
+                break;
+            }
+            let Some(node) = walk.next_final()? else {
+                break;
+            };
+            if limit.is_some_and(|l| removed + node.live > l) {
+                break;
+            }
+            let whole = match keep {
+                Keep::MaxLen(max) => length - node.live.min(length) >= max,
+                Keep::MinId(min) => node.last_id < min,
+            };
+            if !whole {
+                break;
+            }
+            pos = pos.max(node.end);
+            length -= node.live.min(length);
+            removed += node.live;
+        }
+        Ok(pos)
+    }
+
+    /// Live entries of the node holding position `n` of `t` (at or above `first_live`), and
+    /// where that node begins (`None`: before `first_live`).
+    fn node_live_at(&self, t: &Topic, n: u64) -> Result<(u64, Option<u64>)> {
+        // The entry that placed `n`'s node: `n` or the nearest before it opening or joining one.
+        let mut start = None;
+        let mut top = n + 1;
+        'back: while top > t.first_live {
+            let from = top.saturating_sub(NODE_SCAN).max(t.first_live);
+            let chunk = self.queues.read(t, from, top - from)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (k, e) in chunk.iter().enumerate().rev() {
+                let p = from + k as u64;
+                if e.opens_node() {
+                    start = Some(p);
+                    break 'back;
+                }
+                if let Some(skip) = e.joins_node() {
+                    // Fewer node openings above `first_live`: it opened below it.
+                    let starts = self.node_starts_before(t, p, usize::from(skip))?;
+                    start = starts.get(usize::from(skip).wrapping_sub(1)).copied();
+                    break 'back;
+                }
+            }
+            top = from;
+        }
+        let mut walk = NodeWalk::new(&self.queues, t, start.unwrap_or(t.first_live));
+        while let Some(node) = walk.next_final()? {
+            if node.start == start {
+                return Ok((node.live, start));
+            }
+        }
+        Ok((0, start))
+    }
+
+    /// The positions of the last `count` node-opening entries of `t` before position `before`
+    /// (not below `first_live`), newest first: fewer when `first_live` comes first.
+    fn node_starts_before(&self, t: &Topic, before: u64, count: usize) -> Result<Vec<u64>> {
+        let mut starts = Vec::new();
+        let mut top = before;
+        while top > t.first_live && starts.len() < count {
+            let from = top.saturating_sub(NODE_SCAN).max(t.first_live);
+            let chunk = self.queues.read(t, from, top - from)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (k, e) in chunk.iter().enumerate().rev() {
+                if e.opens_node() && starts.len() < count {
+                    starts.push(from + k as u64);
+                }
+            }
+            top = from;
+        }
+        Ok(starts)
+    }
+
+    /// The tail node once XDEL removed the one opened at `removed`: the newest node before it
+    /// that still has a live entry, as Redis's next XADD finds it, with the `skip` the entry
+    /// joining it will carry. `None` (the next entry opens a node) when there is none, when it
+    /// began below `first_live` (part of it may be gone), or when more than 254 removed nodes
+    /// lie between (the skip would not fit its byte).
+    fn tail_before(&self, t: &Topic, removed: u64) -> Result<Option<TailNode>> {
+        // Every node-opening entry from the end down to `first_live`, up to 255 of them.
+        let starts = self.node_starts_before(t, t.len, 256)?;
+        if starts.len() > 255 {
+            return Ok(None);
+        }
+        let candidates = starts.iter().enumerate().filter(|(_, c)| **c < removed);
+        for (k, &c) in candidates {
+            if let Some(tail) = self.alive_node(t, Some(c), None, false)? {
+                return Ok(Some(TailNode {
+                    skip: (k + 1) as u8,
+                    ..tail
+                }));
+            }
+        }
+        // The oldest node, opened below `first_live`: known only if a trim recorded its part;
+        // kept by Redis even with no live entry if a trim emptied it (`head_kept`).
+        let (Some(head), Ok(skip)) = (t.head_cut, u8::try_from(starts.len() + 1)) else {
+            return Ok(None);
+        };
+        if removed <= t.first_live {
+            return Ok(None); // the oldest node is the one removed
+        }
+        Ok(self
+            .alive_node(t, None, Some(head), t.head_kept)?
+            .map(|tail| TailNode { skip, ..tail }))
+    }
+
+    /// The node opened at `start` (`None`: the oldest, opened below `first_live`, whose part
+    /// there is `cut`) as a tail node, if it has a live entry or is `kept`: its size recomputed
+    /// from its messages in the CommitLog.
+    fn alive_node(
+        &self,
+        t: &Topic,
+        start: Option<u64>,
+        cut: Option<TailNode>,
+        kept: bool,
+    ) -> Result<Option<TailNode>> {
+        let mut walk =
+            NodeWalk::new(&self.queues, t, start.unwrap_or(t.first_live)).keeping_members();
+        let mut found = None;
+        while let Some(node) = walk.next_final()? {
+            if node.start == start {
+                found = Some(node);
+                break;
+            }
+        }
+        let node = match found {
+            Some(node) if node.live > 0 || kept => node,
+            // Kept but with no entry at or above `first_live`: all of it is in `cut`.
+            None if kept => WalkNode::default(),
+            _ => return Ok(None),
+        };
+        let entries: Vec<CqEntry> = match found {
+            Some(_) => walk.members_of_last().iter().map(|(_, e)| *e).collect(),
+            None => Vec::new(),
+        };
+        let Some(mut tail) = self.grow_node(t, start, cut, &entries)? else {
+            return Ok(None);
+        };
+        tail.live = u32::try_from(node.live).unwrap_or(u32::MAX);
+        Ok(Some(tail))
+    }
+
+    /// A node state grown by the messages of `entries`: from `cut` if given, else opened by
+    /// the first of them (at `start`).
+    fn grow_node(
+        &self,
+        t: &Topic,
+        start: Option<u64>,
+        cut: Option<TailNode>,
+        entries: &[CqEntry],
+    ) -> Result<Option<TailNode>> {
+        let messages = self.messages(t, entries)?;
+        let mut members = messages.iter();
+        let mut node = match (cut, start) {
+            (Some(cut), _) => cut,
+            (None, Some(start)) => match members.next() {
+                Some(m) => TailNode::open(start, m.record.id, &m.record.fields),
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        for m in members {
+            node.add(m.record.id, &m.record.fields);
+        }
+        node.skip = 0;
+        Ok(Some(node))
+    }
+
+    /// The oldest node after a cut went into it (`start`: where it opened, `None`: below
+    /// `first_live`): grown by its `members` the cut removes, which later reads may no longer
+    /// find.
+    fn head_cut_after(
+        &self,
+        t: &Topic,
+        start: Option<u64>,
+        members: &[(u64, CqEntry)],
+    ) -> Result<Option<TailNode>> {
+        let cut = match start {
+            Some(_) => None,
+            None if t.head_cut.is_some() => t.head_cut,
+            None => return Ok(None),
+        };
+        let entries: Vec<CqEntry> = members.iter().map(|(_, e)| *e).collect();
+        let node = self.grow_node(t, start, cut, &entries)?;
+        Ok(node.map(|node| TailNode { live: 0, ..node }))
     }
 
     /// Retention at `at`: in every topic, the entries of log entries below `index` go. Only
@@ -1011,7 +1346,7 @@ impl MessageStore {
         for t in candidates {
             let n = self.seek_log_index(&t, index)?;
             if n > t.first_live {
-                removed += self.cut(d, &t, n, at)?;
+                removed += self.cut(d, &t, n, false, at)?;
             }
         }
         Ok(removed)
@@ -1056,6 +1391,10 @@ impl MessageStore {
             deleted: 0,
             max_deleted_id: StreamId::default(),
             entries_added: 0,
+            tail: None,
+            nodes: 0,
+            head_kept: false,
+            head_cut: None,
         };
         let exhausted = || StoreError::Config("topic ids or arena slots exhausted".into());
         d.next_topic = d.next_topic.checked_add(1).ok_or_else(exhausted)?;
@@ -1221,21 +1560,6 @@ impl MessageStore {
         Ok(None)
     }
 
-    /// `n` moved past deleted entries up to the end of its node of `node` entries, when
-    /// nothing but deleted entries lie between: the node's live entries then all go.
-    fn past_deleted(&self, t: &Topic, n: u64, node: u64) -> Result<u64> {
-        if n >= t.len {
-            return Ok(n);
-        }
-        let end = (n - n % node + node).min(t.len);
-        let rest = self.queues.read(t, n, end - n)?;
-        Ok(if rest.iter().all(|e| e.is_deleted()) {
-            end
-        } else {
-            n
-        })
-    }
-
     /// Where the live part of `t` starts once its oldest `live` live entries are removed, never
     /// past position `end`: just past the last of them (deleted entries before it go too).
     /// Reads only the entries it removes.
@@ -1346,6 +1670,23 @@ impl MessageStore {
             feed(&t.max_deleted_id.ms.to_le_bytes());
             feed(&t.max_deleted_id.seq.to_le_bytes());
             feed(&t.entries_added.to_le_bytes());
+            // The Redis nodes: where the next message goes and what XINFO counts.
+            feed(&t.nodes.to_le_bytes());
+            feed(&[u8::from(t.head_kept)]);
+            for tail in [&t.tail, &t.head_cut].into_iter().flatten() {
+                for v in [
+                    tail.start,
+                    u64::from(tail.entries),
+                    u64::from(tail.live),
+                    tail.bytes,
+                    tail.master.ms,
+                    tail.master.seq,
+                    tail.fields,
+                    u64::from(tail.skip),
+                ] {
+                    feed(&v.to_le_bytes());
+                }
+            }
             let mut at = t.first_live;
             while at < t.len {
                 let chunk = self.queues.read(t, at, (t.len - at).min(TRIM_CHUNK))?;
@@ -1354,7 +1695,7 @@ impl MessageStore {
                     feed(&e.sub.to_le_bytes());
                     feed(&e.id.ms.to_le_bytes());
                     feed(&e.id.seq.to_le_bytes());
-                    feed(&[e.flags]);
+                    feed(&[e.flags, e.skip]);
                 }
                 at += chunk.len().max(1) as u64;
             }

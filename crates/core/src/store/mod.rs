@@ -16,10 +16,12 @@ pub mod inspect;
 mod le;
 pub mod log_index;
 pub mod message_store;
+mod node_walk;
 pub mod recovery;
 pub mod segment;
 pub mod simdisk;
 pub mod storage;
+pub mod stream_node;
 pub mod topics;
 
 pub use commitlog::{AppendTicket, CommitLog, FlushMode, LogConfig};
@@ -35,4 +37,5 @@ pub use message_store::{
 pub use recovery::RecoveryReport;
 pub use simdisk::{CrashMode, SimDisk};
 pub use storage::{RealFs, Storage, StorageFile};
+pub use stream_node::{NodeLimits, TailNode};
 pub use topics::{Topic, TopicId};

@@ -20,6 +20,7 @@ use super::entry::{LogIndex, StreamId};
 use super::error::{IoContext, Result, StoreError};
 use super::le;
 use super::storage::{Storage, StorageFile};
+use super::stream_node::TailNode;
 
 /// Dense id of a topic incarnation, assigned in dispatch order.
 pub type TopicId = u32;
@@ -61,6 +62,17 @@ pub struct Topic {
     /// Entries ever added to this incarnation (XINFO's entries-added): `len` plus what XSETID
     /// ENTRIESADDED set beyond it (rows written before XSETID existed hold `len`).
     pub entries_added: u64,
+    /// The stream's newest Redis node, which the next message joins if it has room (`None`:
+    /// the next message opens one). See [`super::stream_node`].
+    pub tail: Option<TailNode>,
+    /// Redis nodes the stream has (XINFO's `radix-tree-keys`).
+    pub nodes: u64,
+    /// The node holding `first_live` has no live entry but Redis keeps it: an exact MINID trim
+    /// emptied it (an XDEL that empties a node removes it). It still counts in `nodes`.
+    pub head_kept: bool,
+    /// When a trim cut into the oldest node: that node as far as it was cut (its entries below
+    /// `first_live`, whose messages may be gone), so it can become the tail node again.
+    pub head_cut: Option<TailNode>,
 }
 
 impl Topic {
@@ -83,11 +95,16 @@ impl Topic {
     }
 }
 
-/// A row's fixed part: 112 bytes (`entries_added` at 104); rows written before it had 104.
-const ROW_FIXED: usize = 112;
+/// A row's fixed part: 208 bytes (the stream nodes at 112); rows written before them had 112
+/// (`entries_added` at 104), and before that 104.
+const ROW_FIXED: usize = 208;
+const ROW_FIXED_V2: usize = 112;
 const ROW_FIXED_V1: usize = 104;
 const FLAG_MIGRATED: u8 = 1;
 const FLAG_DROPPED: u8 = 2;
+const FLAG_HEAD_KEPT: u8 = 4;
+/// `tail_start` of a row without a tail node.
+const NO_TAIL: u64 = u64::MAX;
 
 impl Topic {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -99,7 +116,8 @@ impl Topic {
         out.push(self.db);
         out.push(
             if self.migrated { FLAG_MIGRATED } else { 0 }
-                | if self.dropped { FLAG_DROPPED } else { 0 },
+                | if self.dropped { FLAG_DROPPED } else { 0 }
+                | if self.head_kept { FLAG_HEAD_KEPT } else { 0 },
         );
         out.extend_from_slice(&self.last_applied.1.to_le_bytes());
         out.extend_from_slice(&self.incarnation.to_le_bytes());
@@ -115,6 +133,35 @@ impl Topic {
         out.extend_from_slice(&self.max_deleted_id.ms.to_le_bytes());
         out.extend_from_slice(&self.max_deleted_id.seq.to_le_bytes());
         out.extend_from_slice(&self.entries_added.to_le_bytes());
+        let tail = self.tail.unwrap_or(TailNode {
+            start: NO_TAIL,
+            entries: 0,
+            live: 0,
+            bytes: 0,
+            master: StreamId::default(),
+            fields: 0,
+            skip: 0,
+        });
+        out.extend_from_slice(&tail.start.to_le_bytes());
+        out.extend_from_slice(&tail.entries.to_le_bytes());
+        out.extend_from_slice(&tail.live.to_le_bytes());
+        // A node closes at 1 GiB plus one message: its size fits 32 bits.
+        out.extend_from_slice(&(tail.bytes.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+        out.extend_from_slice(&u32::from(tail.skip).to_le_bytes());
+        out.extend_from_slice(&tail.master.ms.to_le_bytes());
+        out.extend_from_slice(&tail.master.seq.to_le_bytes());
+        out.extend_from_slice(&tail.fields.to_le_bytes());
+        out.extend_from_slice(&self.nodes.to_le_bytes());
+        let head = self.head_cut.unwrap_or(TailNode {
+            start: NO_TAIL,
+            ..tail
+        });
+        out.extend_from_slice(&head.start.to_le_bytes());
+        out.extend_from_slice(&head.entries.to_le_bytes());
+        out.extend_from_slice(&(head.bytes.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+        out.extend_from_slice(&head.master.ms.to_le_bytes());
+        out.extend_from_slice(&head.master.seq.to_le_bytes());
+        out.extend_from_slice(&head.fields.to_le_bytes());
         out.extend_from_slice(&self.key);
         debug_assert_eq!(out.len() - start, size as usize);
         let crc = crc32c::crc32c(&out[start + 8..]);
@@ -134,13 +181,40 @@ impl Topic {
         }
         let key_len = word(52) as usize;
         let fixed = size.checked_sub(key_len)?;
-        if fixed != ROW_FIXED && fixed != ROW_FIXED_V1 {
+        if fixed != ROW_FIXED && fixed != ROW_FIXED_V2 && fixed != ROW_FIXED_V1 {
             return None;
         }
-        let entries_added = if fixed == ROW_FIXED {
+        let entries_added = if fixed >= ROW_FIXED_V2 {
             long(104)
         } else {
             long(24)
+        };
+        // Rows from before the node model: no tail node (the next message opens one) and a
+        // node count as if every node were full.
+        let (tail, nodes, head_cut) = if fixed == ROW_FIXED {
+            let tail = (long(112) != NO_TAIL).then(|| TailNode {
+                start: long(112),
+                entries: word(120),
+                live: word(124),
+                bytes: u64::from(word(128)),
+                master: StreamId::new(long(136), long(144)),
+                fields: long(152),
+                skip: u8::try_from(word(132)).unwrap_or(0),
+            });
+            let head_cut = (long(168) != NO_TAIL).then(|| TailNode {
+                start: long(168),
+                entries: word(176),
+                live: 0,
+                bytes: u64::from(word(180)),
+                master: StreamId::new(long(184), long(192)),
+                fields: long(200),
+                skip: 0,
+            });
+            (tail, long(160), head_cut)
+        } else {
+            let live = long(24).saturating_sub(long(32)).saturating_sub(long(80));
+            let nodes = live.div_ceil(u64::from(super::stream_node::NODE_MAX_ENTRIES));
+            (None, nodes, None)
         };
         let flags = b[13];
         Some((
@@ -160,6 +234,10 @@ impl Topic {
                 deleted: long(80),
                 max_deleted_id: StreamId::new(long(88), long(96)),
                 entries_added,
+                tail,
+                nodes,
+                head_kept: flags & FLAG_HEAD_KEPT != 0,
+                head_cut,
             },
             size,
         ))
@@ -300,6 +378,10 @@ impl TopicTable {
                 deleted: 0,
                 max_deleted_id: StreamId::default(),
                 entries_added: 0,
+                tail: None,
+                nodes: 0,
+                head_kept: false,
+                head_cut: None,
             });
             self.is_dirty.resize(id + 1, false);
         }

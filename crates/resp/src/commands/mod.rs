@@ -243,7 +243,7 @@ pub fn deferrable(conn: &mut Conn, args: &[Bytes]) -> Option<AppendRequest> {
     if !command::arity_ok(spec.arity, args.len()) {
         return None;
     }
-    let req = streams::xadd_request(args, conn.db).ok()?;
+    let req = streams::xadd_request(args, conn.db, streams::approx_limit(conn)).ok()?;
     *conn
         .entry
         .last_cmd

@@ -168,6 +168,7 @@ fn summary(name: &str) -> &'static str {
 /// Settings CONFIG GET shows. None can be changed at run time here.
 fn settings(shared: &Shared) -> Vec<(&'static str, String)> {
     let c = &shared.config;
+    let nodes = shared.engine.stream_nodes();
     vec![
         ("bind", shared.addr.ip().to_string()),
         ("port", shared.addr.port().to_string()),
@@ -178,8 +179,8 @@ fn settings(shared: &Shared) -> Vec<(&'static str, String)> {
             "client-query-buffer-limit",
             c.limits.max_query_buffer.to_string(),
         ),
-        ("stream-node-max-entries", "100".into()),
-        ("stream-node-max-bytes", "4096".into()),
+        ("stream-node-max-entries", nodes.max_entries.to_string()),
+        ("stream-node-max-bytes", nodes.max_bytes.to_string()),
         ("appendonly", "no".into()),
         ("save", String::new()),
         ("maxmemory", "0".into()),

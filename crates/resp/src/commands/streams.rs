@@ -15,6 +15,7 @@ use super::connection::help;
 use super::{Ctx, Plan};
 use crate::args::{self, AddId, IdForm, id_bulk, is};
 use crate::command;
+use crate::connection::Conn;
 use crate::reply::Reply;
 
 type Result<T> = std::result::Result<T, Reply>;
@@ -42,8 +43,8 @@ struct AddOrTrim {
 }
 
 /// `streamParseAddOrTrimArgsOrReply`: options from argument 2 on; for XADD the first
-/// argument that is no option is the ID.
-fn parse_add_or_trim(a: &[Bytes], xadd: bool) -> Result<AddOrTrim> {
+/// argument that is no option is the ID. `default_limit`: the LIMIT of a `~` without one.
+fn parse_add_or_trim(a: &[Bytes], xadd: bool, default_limit: u64) -> Result<AddOrTrim> {
     let mut max_len: Option<u64> = None;
     let mut min_id: Option<StreamId> = None;
     let mut approx = false;
@@ -121,7 +122,7 @@ fn parse_add_or_trim(a: &[Bytes], xadd: bool) -> Result<AddOrTrim> {
     // `~` without LIMIT: at most 100 × stream-node-max-entries per call; `=`: no limit.
     let limit = match (approx, limit) {
         (true, Some(l)) => l,
-        (true, None) => APPROX_TRIM_LIMIT,
+        (true, None) => default_limit,
         (false, _) => 0,
     };
     Ok(AddOrTrim {
@@ -131,9 +132,10 @@ fn parse_add_or_trim(a: &[Bytes], xadd: bool) -> Result<AddOrTrim> {
     })
 }
 
-/// XADD's arguments as an append to database `db`.
-pub fn xadd_request(a: &[Bytes], db: u8) -> Result<AppendRequest> {
-    let parsed = parse_add_or_trim(a, true)?;
+/// XADD's arguments as an append to database `db`; `default_limit`: the LIMIT of a `~` trim
+/// without one ([`approx_limit`]).
+pub fn xadd_request(a: &[Bytes], db: u8, default_limit: u64) -> Result<AppendRequest> {
+    let parsed = parse_add_or_trim(a, true, default_limit)?;
     // Ran out of arguments before the ID: no fields either.
     let Some((id, at)) = parsed.id else {
         return Err(command::wrong_arity("xadd"));
@@ -174,9 +176,16 @@ pub fn xadd_reply(result: manifold_core::engine::Result<Option<StreamId>>, key: 
     }
 }
 
+/// The LIMIT of a `~` trim without one: 100 × the engine's `stream-node-max-entries`.
+pub fn approx_limit(conn: &Conn) -> u64 {
+    conn.client
+        .as_ref()
+        .map_or(APPROX_TRIM_LIMIT, |c| c.approx_trim_limit())
+}
+
 /// XADD inside a transaction.
 pub fn plan_xadd(ctx: &Ctx<'_>) -> Result<Plan> {
-    let req = xadd_request(&ctx.args, ctx.conn.db)?;
+    let req = xadd_request(&ctx.args, ctx.conn.db, approx_limit(ctx.conn))?;
     Ok(append_plan(ctx, req))
 }
 
@@ -194,7 +203,7 @@ fn append_plan(ctx: &Ctx<'_>, req: AppendRequest) -> Plan {
 }
 
 pub async fn xadd(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    let req = xadd_request(&ctx.args, ctx.conn.db)?;
+    let req = xadd_request(&ctx.args, ctx.conn.db, approx_limit(ctx.conn))?;
     let key = req.key.clone();
     Ok(xadd_reply(ctx.client()?.append(req).await, &key))
 }
@@ -219,7 +228,7 @@ fn manifold_xadd_request(ctx: &Ctx<'_>) -> Result<AppendRequest> {
     xadd.push(Bytes::from_static(b"XADD"));
     xadd.push(ctx.args[1].clone());
     xadd.extend(ctx.args[3..].iter().cloned());
-    let mut req = xadd_request(&xadd, ctx.conn.db)?;
+    let mut req = xadd_request(&xadd, ctx.conn.db, approx_limit(ctx.conn))?;
     req.message_key = message_key;
     Ok(req)
 }
@@ -356,7 +365,7 @@ fn count_reply(answer: EngineResult<TxAnswer>, cmd: &str, key: &[u8]) -> Reply {
 }
 
 pub fn plan_xtrim(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
-    let parsed = parse_add_or_trim(&ctx.args, false)?;
+    let parsed = parse_add_or_trim(&ctx.args, false, approx_limit(ctx.conn))?;
     let Some(trim) = parsed.trim else {
         return Err(args::syntax_error());
     };
@@ -419,15 +428,12 @@ pub fn plan_xsetid(ctx: &Ctx<'_>, in_tx: bool) -> Result<Plan> {
     }))
 }
 
-/// Redis packs a stream into radix-tree nodes of up to `stream-node-max-entries` (100)
-/// entries; this server does not, so XINFO's `radix-tree-keys` / `radix-tree-nodes` are what
-/// that packing would give for the entries added (an estimate: Redis's own depends on the
-/// node byte limit and on deletions).
-fn radix_estimate(entries_added: u64, length: u64) -> (i64, i64) {
-    if length == 0 {
-        return (0, 1);
-    }
-    let keys = entries_added.div_ceil(100).max(1) as i64;
+/// XINFO's `radix-tree-keys` and `radix-tree-nodes`: the keys are the stream's Redis nodes,
+/// which the store models exactly; the radix tree's inner nodes depend on how the node IDs'
+/// bytes share prefixes, which nothing here models: estimated as keys + 1 (what Redis shows
+/// for up to one key; more keys give it about twice as many).
+fn radix_tree(nodes: u64) -> (i64, i64) {
+    let keys = nodes as i64;
     (keys, keys + 1)
 }
 
@@ -459,7 +465,7 @@ pub fn xinfo_stream(ctx: &mut Ctx<'_>) -> Result<Reply> {
         .stream_info(ctx.conn.db, key)
         .map_err(|e| ctx.engine_error(&e, key, b""))?
         .ok_or_else(|| Reply::err("no such key"))?;
-    let (radix_keys, radix_nodes) = radix_estimate(info.entries_added, info.length);
+    let (radix_keys, radix_nodes) = radix_tree(info.nodes);
     let first_id = info
         .first_entry
         .as_ref()

@@ -30,11 +30,15 @@ impl Manifold {
 
     /// A server with these principals.
     pub fn start_with(access: AccessConfig) -> Manifold {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = EngineConfig {
+        Self::start_with_config(EngineConfig {
             access,
             ..EngineConfig::default()
-        };
+        })
+    }
+
+    /// A server on an engine with these settings.
+    pub fn start_with_config(config: EngineConfig) -> Manifold {
+        let dir = tempfile::tempdir().expect("tempdir");
         let engine = Arc::new(Engine::open(Arc::new(RealFs), dir.path(), config).expect("open"));
         let served = engine.clone();
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -88,6 +92,11 @@ impl Redis {
     /// Starts the reference server. It must be installed (`.ci/run` installs it): a missing
     /// reference fails the test rather than skipping it.
     pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    /// The reference server with these settings too (`--name value` pairs).
+    pub fn start_with(settings: &[&str]) -> Redis {
         let port = free_port();
         let child = Command::new("redis-server")
             .args([
@@ -102,6 +111,7 @@ impl Redis {
                 "--daemonize",
                 "no",
             ])
+            .args(settings)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
