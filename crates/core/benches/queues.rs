@@ -47,7 +47,8 @@ fn queues(c: &mut Criterion) {
         tail: None,
         nodes: 0,
         head_kept: false,
-        head_cut: None,
+        head_start: None,
+        head_gone: false,
     };
     let batch = 65_536u64;
     let mut n = 0;

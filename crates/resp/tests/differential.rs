@@ -1177,21 +1177,9 @@ mod random {
 /// directory would stay behind after every run).
 #[test]
 fn random_command_sequences_match_redis_server() {
-    use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
     let manifold = Manifold::start();
     let redis = Redis::start();
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(96);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        source_file: Some(file!()),
-        ..Config::default()
-    });
+    let mut runner = support::runner(96, file!());
     let strategy = proptest::collection::vec(random::op(), 1..60);
     if let Err(e) = runner.run(&strategy, |ops| random::run(&manifold, &redis, ops)) {
         panic!("{e}");

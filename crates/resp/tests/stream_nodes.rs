@@ -189,7 +189,6 @@ fn run(manifold: &Manifold, redis: &Redis, ops: Vec<Op>) -> Result<(), TestCaseE
 
 #[test]
 fn approximate_trims_cut_the_nodes_redis_cuts() {
-    use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
     let nodes = NodeLimits {
         max_entries: NODE_ENTRIES,
         max_bytes: NODE_BYTES,
@@ -214,18 +213,7 @@ fn approximate_trims_cut_the_nodes_redis_cuts() {
         let args = ["CONFIG", "GET", name];
         assert_eq!(show(&ours.cmd(&args)), show(&theirs.cmd(&args)));
     }
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        source_file: Some(file!()),
-        ..Config::default()
-    });
+    let mut runner = support::runner(64, file!());
     let strategy = proptest::collection::vec(op(), 1..300);
     if let Err(e) = runner.run(&strategy, |ops| run(&manifold, &redis, ops)) {
         panic!("{e}");

@@ -26,7 +26,7 @@ use super::error::{IoContext, Result, StoreError};
 use super::file_cache::{FileKey, Unsynced};
 use super::index_file::{IndexCapture, IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
 use super::le;
-use super::node_walk::{NodeWalk, WalkNode};
+use super::node_walk::NodeWalk;
 use super::recovery::RecoveryReport;
 use super::storage::{Storage, read_all, write_atomic};
 use super::stream_node::{NodeLimits, TailNode};
@@ -201,6 +201,27 @@ fn u64_property(r: &SubRecord, name: &[u8]) -> Option<u64> {
 /// The LIMIT a trim sub-record carries, if any.
 fn trim_limit(r: &SubRecord) -> Option<u64> {
     u64_property(r, TRIM_LIMIT_PROPERTY)
+}
+
+/// What a cut is for, as far as the stream nodes care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutBy {
+    /// A trim (MINID, or any `~`).
+    Trim,
+    /// An exact MAXLEN: a node whose live entries all go goes whole, as Redis removes it.
+    ExactMaxLen,
+    /// Retention: the CommitLog may later lose what it cuts.
+    Retention,
+}
+
+impl CutBy {
+    fn trim(op: RecordOp, approx: bool) -> CutBy {
+        if op == RecordOp::TrimToLen && !approx {
+            CutBy::ExactMaxLen
+        } else {
+            CutBy::Trim
+        }
+    }
 }
 
 /// What a trim keeps, as a Trim (MINID) or TrimToLen (MAXLEN) sub-record says it.
@@ -978,7 +999,8 @@ impl MessageStore {
                                 t.nodes = t.nodes.saturating_sub(1);
                                 t.head_kept &= !head;
                                 if head {
-                                    t.head_cut = None;
+                                    t.head_start = None;
+                                    t.head_gone = false;
                                 }
                                 t.tail = new_tail;
                             } else if let Some(tail) = t.tail.as_mut().filter(|_| in_tail) {
@@ -1014,7 +1036,7 @@ impl MessageStore {
                         self.position_removing(&t, excess.min(limit.unwrap_or(u64::MAX)), t.len)?
                     };
                     outcomes[usize::from(j) - start] =
-                        Outcome::Trimmed(self.cut(d, &t, n, op == RecordOp::TrimToLen, (i, j))?);
+                        Outcome::Trimmed(self.cut(d, &t, n, CutBy::trim(op, approx), (i, j))?);
                 }
                 (RecordOp::Drop, Some(t)) => {
                     self.flush_runs(runs)?;
@@ -1037,14 +1059,15 @@ impl MessageStore {
     /// Also keeps the stream's Redis nodes counted: a node cut whole no longer counts (unless
     /// XDEL had emptied, so removed, it already), the tail node loses the live entries cut, and
     /// a node cut into that keeps no live entry is one Redis keeps (`head_kept`) — unless
-    /// `emptied_go` (an exact MAXLEN: Redis removes a node whose live entries all go, its
-    /// deleted ones after them with it), when the cut goes on to that node's end.
+    /// `by` is an exact MAXLEN (Redis removes a node whose live entries all go, its deleted
+    /// ones after them with it), when the cut goes on to that node's end. A node cut into is
+    /// remembered (`head_start`: its queue entries stay), and whether retention cut it.
     fn cut(
         &self,
         d: &mut Dispatcher,
         t: &Topic,
         mut n: u64,
-        emptied_go: bool,
+        by: CutBy,
         at: (LogIndex, u16),
     ) -> Result<u64> {
         // The nodes first: each one all of whose entries go no longer counts (unless it had no
@@ -1054,16 +1077,40 @@ impl MessageStore {
         let mut head_kept = t.head_kept;
         let mut tail_live_cut = 0u64;
         let mut tail_gone = false;
-        let mut head_cut = t.head_cut;
+        let (mut head_start, mut head_gone) = (t.head_start, t.head_gone);
         // Entries cut, and of those deleted, as the walk counted them.
         let mut counted_cut = None;
-        if n > t.first_live {
+        // The common case, a cut within the oldest node's own run of entries (an exact MAXLEN
+        // or MINID on every XADD): no node opens or is joined in `(first_live, n]` and entry
+        // `n` is live, so that node stays with a live entry and no other is touched.
+        let within = if n > t.first_live && n < t.len && n - t.first_live < TRIM_CHUNK {
+            let run = self.queues.read(t, t.first_live, n + 1 - t.first_live)?;
+            let plain = |e: &CqEntry| !e.opens_node() && e.joins_node().is_none();
+            let inside = run.len() as u64 == n + 1 - t.first_live
+                && run[1..].iter().all(plain)
+                && run.last().is_some_and(|e| !e.is_deleted());
+            inside.then_some(run)
+        } else {
+            None
+        };
+        if let Some(run) = within {
+            let cut = &run[..run.len() - 1];
+            let deleted = cut.iter().filter(|e| e.is_deleted()).count() as u64;
+            counted_cut = Some((cut.len() as u64, deleted));
             head_kept = false;
-            head_cut = None;
+            if run[0].opens_node() {
+                (head_start, head_gone) = (Some(t.first_live), false);
+            }
+            head_gone |= by == CutBy::Retention;
+            // The node is the tail if the tail opened at or below `first_live`.
+            if t.tail.is_some_and(|tail| tail.start <= t.first_live) {
+                tail_live_cut = cut.len() as u64 - deleted;
+            }
+        } else if n > t.first_live {
+            head_kept = false;
+            (head_start, head_gone) = (None, false);
             let tail_start = t.tail.map(|tail| tail.start);
-            let mut walk = NodeWalk::new(&self.queues, t, t.first_live)
-                .with_split(n)
-                .keeping_members();
+            let mut walk = NodeWalk::new(&self.queues, t, t.first_live).with_split(n);
             let mut first = true;
             while let Some(node) = walk.next_final()? {
                 if node.start.is_some_and(|s| s >= n) {
@@ -1071,7 +1118,8 @@ impl MessageStore {
                 }
                 let counted = node.live > 0 || (first && t.head_kept);
                 first = false;
-                let whole = node.end <= n || (emptied_go && node.live_from_split == 0);
+                let whole =
+                    node.end <= n || (by == CutBy::ExactMaxLen && node.live_from_split == 0);
                 // The tail node: opened where the row says, or below `first_live` (then it is
                 // the walk's node opened before it).
                 let is_tail = match (node.start, tail_start) {
@@ -1088,7 +1136,12 @@ impl MessageStore {
                     n = n.max(node.end);
                 } else {
                     head_kept = counted && node.live_from_split == 0;
-                    head_cut = self.head_cut_after(t, node.start, walk.members_of_last())?;
+                    // Opened below `first_live`: the node the last cut went into.
+                    (head_start, head_gone) = match node.start {
+                        Some(s) => (Some(s), false),
+                        None => (t.head_start, t.head_gone),
+                    };
+                    head_gone |= by == CutBy::Retention;
                     break;
                 }
             }
@@ -1120,7 +1173,8 @@ impl MessageStore {
             t.last_applied = at;
             t.nodes = t.nodes.saturating_sub(nodes_cut);
             t.head_kept = head_kept;
-            t.head_cut = head_cut;
+            t.head_start = head_start;
+            t.head_gone = head_gone;
             if n >= t.len || tail_gone {
                 t.tail = None;
             } else if let Some(tail) = &mut t.tail {
@@ -1231,105 +1285,56 @@ impl MessageStore {
         }
         let candidates = starts.iter().enumerate().filter(|(_, c)| **c < removed);
         for (k, &c) in candidates {
-            if let Some(tail) = self.alive_node(t, Some(c), None, false)? {
+            if let Some(tail) = self.alive_node(t, c, false)? {
                 return Ok(Some(TailNode {
                     skip: (k + 1) as u8,
                     ..tail
                 }));
             }
         }
-        // The oldest node, opened below `first_live`: known only if a trim recorded its part;
-        // kept by Redis even with no live entry if a trim emptied it (`head_kept`).
-        let (Some(head), Ok(skip)) = (t.head_cut, u8::try_from(starts.len() + 1)) else {
+        // The oldest node, opened below `first_live`: readable whole if a trim (not retention)
+        // cut into it; kept by Redis even with no live entry if a trim emptied it (`head_kept`).
+        let (Some(head), false, Ok(skip)) =
+            (t.head_start, t.head_gone, u8::try_from(starts.len() + 1))
+        else {
             return Ok(None);
         };
         if removed <= t.first_live {
             return Ok(None); // the oldest node is the one removed
         }
         Ok(self
-            .alive_node(t, None, Some(head), t.head_kept)?
+            .alive_node(t, head, t.head_kept)?
             .map(|tail| TailNode { skip, ..tail }))
     }
 
-    /// The node opened at `start` (`None`: the oldest, opened below `first_live`, whose part
-    /// there is `cut`) as a tail node, if it has a live entry or is `kept`: its size recomputed
-    /// from its messages in the CommitLog.
-    fn alive_node(
-        &self,
-        t: &Topic,
-        start: Option<u64>,
-        cut: Option<TailNode>,
-        kept: bool,
-    ) -> Result<Option<TailNode>> {
-        let mut walk =
-            NodeWalk::new(&self.queues, t, start.unwrap_or(t.first_live)).keeping_members();
+    /// The node opened at `start` as a tail node, if it has a live entry or is `kept`: its size
+    /// recomputed from its messages in the CommitLog.
+    fn alive_node(&self, t: &Topic, start: u64, kept: bool) -> Result<Option<TailNode>> {
+        let mut walk = NodeWalk::new(&self.queues, t, start)
+            .live_from(t.first_live)
+            .keeping_members();
         let mut found = None;
         while let Some(node) = walk.next_final()? {
-            if node.start == start {
+            if node.start == Some(start) {
                 found = Some(node);
                 break;
             }
         }
-        let node = match found {
-            Some(node) if node.live > 0 || kept => node,
-            // Kept but with no entry at or above `first_live`: all of it is in `cut`.
-            None if kept => WalkNode::default(),
-            _ => return Ok(None),
-        };
-        let entries: Vec<CqEntry> = match found {
-            Some(_) => walk.members_of_last().iter().map(|(_, e)| *e).collect(),
-            None => Vec::new(),
-        };
-        let Some(mut tail) = self.grow_node(t, start, cut, &entries)? else {
+        let Some(node) = found.filter(|node| node.live > 0 || kept) else {
             return Ok(None);
         };
+        let entries: Vec<CqEntry> = walk.members_of_last().iter().map(|(_, e)| *e).collect();
+        let messages = self.messages(t, &entries)?;
+        let mut members = messages.iter();
+        let Some(first) = members.next() else {
+            return Ok(None);
+        };
+        let mut tail = TailNode::open(start, first.record.id, &first.record.fields);
+        for m in members {
+            tail.add(m.record.id, &m.record.fields);
+        }
         tail.live = u32::try_from(node.live).unwrap_or(u32::MAX);
         Ok(Some(tail))
-    }
-
-    /// A node state grown by the messages of `entries`: from `cut` if given, else opened by
-    /// the first of them (at `start`).
-    fn grow_node(
-        &self,
-        t: &Topic,
-        start: Option<u64>,
-        cut: Option<TailNode>,
-        entries: &[CqEntry],
-    ) -> Result<Option<TailNode>> {
-        let messages = self.messages(t, entries)?;
-        let mut members = messages.iter();
-        let mut node = match (cut, start) {
-            (Some(cut), _) => cut,
-            (None, Some(start)) => match members.next() {
-                Some(m) => TailNode::open(start, m.record.id, &m.record.fields),
-                None => return Ok(None),
-            },
-            (None, None) => return Ok(None),
-        };
-        for m in members {
-            node.add(m.record.id, &m.record.fields);
-        }
-        node.skip = 0;
-        Ok(Some(node))
-    }
-
-    /// The oldest node after a cut went into it (`start`: where it opened, `None`: below
-    /// `first_live`): grown by its `members` the cut removes, which later reads may no longer
-    /// find.
-    fn head_cut_after(
-        &self,
-        t: &Topic,
-        start: Option<u64>,
-        members: &[(u64, CqEntry)],
-    ) -> Result<Option<TailNode>> {
-        let cut = match start {
-            Some(_) => None,
-            None if t.head_cut.is_some() => t.head_cut,
-            None => return Ok(None),
-        };
-        let entries: Vec<CqEntry> = members.iter().map(|(_, e)| *e).collect();
-        let node = self.grow_node(t, start, cut, &entries)?;
-        Ok(node.map(|node| TailNode { live: 0, ..node }))
     }
 
     /// Retention at `at`: in every topic, the entries of log entries below `index` go. Only
@@ -1346,7 +1351,7 @@ impl MessageStore {
         for t in candidates {
             let n = self.seek_log_index(&t, index)?;
             if n > t.first_live {
-                removed += self.cut(d, &t, n, false, at)?;
+                removed += self.cut(d, &t, n, CutBy::Retention, at)?;
             }
         }
         Ok(removed)
@@ -1394,7 +1399,8 @@ impl MessageStore {
             tail: None,
             nodes: 0,
             head_kept: false,
-            head_cut: None,
+            head_start: None,
+            head_gone: false,
         };
         let exhausted = || StoreError::Config("topic ids or arena slots exhausted".into());
         d.next_topic = d.next_topic.checked_add(1).ok_or_else(exhausted)?;
@@ -1673,7 +1679,9 @@ impl MessageStore {
             // The Redis nodes: where the next message goes and what XINFO counts.
             feed(&t.nodes.to_le_bytes());
             feed(&[u8::from(t.head_kept)]);
-            for tail in [&t.tail, &t.head_cut].into_iter().flatten() {
+            feed(&t.head_start.unwrap_or(u64::MAX).to_le_bytes());
+            feed(&[u8::from(t.head_gone)]);
+            if let Some(tail) = &t.tail {
                 for v in [
                     tail.start,
                     u64::from(tail.entries),

@@ -59,6 +59,8 @@ pub struct NodeWalk<'a> {
     next: u64,
     /// Live entries at or after this position are counted apart (`live_from_split`).
     split: u64,
+    /// Entries below this position are trimmed: never live.
+    live_from: u64,
     /// Positions of the node-opening entries seen, in order; the `i`-th opened node `i + 1`.
     starts: Vec<u64>,
     /// Nodes not handed out yet, in order; `pending[k]` is node `handed + k` (node 0: the one
@@ -86,6 +88,7 @@ impl<'a> NodeWalk<'a> {
             topic,
             next: from,
             split: u64::MAX,
+            live_from: 0,
             starts: Vec::new(),
             pending: VecDeque::from([WalkNode::new(None)]),
             handed: 0,
@@ -101,6 +104,12 @@ impl<'a> NodeWalk<'a> {
     /// Counts live entries at or after `split` apart.
     pub fn with_split(mut self, split: u64) -> Self {
         self.split = split;
+        self
+    }
+
+    /// Counts entries below `first_live` as trimmed, never live (a walk begun below it).
+    pub fn live_from(mut self, first_live: u64) -> Self {
+        self.live_from = first_live;
         self
     }
 
@@ -185,7 +194,7 @@ impl<'a> NodeWalk<'a> {
         n.end = p + 1;
         n.members += 1;
         n.last_id = e.id;
-        if !e.is_deleted() {
+        if !e.is_deleted() && p >= self.live_from {
             n.live += 1;
             if p >= self.split {
                 n.live_from_split += 1;

@@ -70,9 +70,13 @@ pub struct Topic {
     /// The node holding `first_live` has no live entry but Redis keeps it: an exact MINID trim
     /// emptied it (an XDEL that empties a node removes it). It still counts in `nodes`.
     pub head_kept: bool,
-    /// When a trim cut into the oldest node: that node as far as it was cut (its entries below
-    /// `first_live`, whose messages may be gone), so it can become the tail node again.
-    pub head_cut: Option<TailNode>,
+    /// When a trim cut into the oldest node: the position of the entry that opened it (below
+    /// `first_live`). Its queue entries are kept (`removable_below`), so it can be read whole
+    /// when it becomes the tail node again.
+    pub head_start: Option<u64>,
+    /// Retention cut into that node: the CommitLog may lose its first messages, so it is never
+    /// read whole again.
+    pub head_gone: bool,
 }
 
 impl Topic {
@@ -90,19 +94,21 @@ impl Topic {
         if self.dropped {
             u64::MAX
         } else {
-            self.first_live
+            self.head_start
+                .map_or(self.first_live, |h| h.min(self.first_live))
         }
     }
 }
 
-/// A row's fixed part: 208 bytes (the stream nodes at 112); rows written before them had 112
+/// A row's fixed part: 176 bytes (the stream nodes at 112); rows written before them had 112
 /// (`entries_added` at 104), and before that 104.
-const ROW_FIXED: usize = 208;
+const ROW_FIXED: usize = 176;
 const ROW_FIXED_V2: usize = 112;
 const ROW_FIXED_V1: usize = 104;
 const FLAG_MIGRATED: u8 = 1;
 const FLAG_DROPPED: u8 = 2;
 const FLAG_HEAD_KEPT: u8 = 4;
+const FLAG_HEAD_GONE: u8 = 8;
 /// `tail_start` of a row without a tail node.
 const NO_TAIL: u64 = u64::MAX;
 
@@ -117,7 +123,8 @@ impl Topic {
         out.push(
             if self.migrated { FLAG_MIGRATED } else { 0 }
                 | if self.dropped { FLAG_DROPPED } else { 0 }
-                | if self.head_kept { FLAG_HEAD_KEPT } else { 0 },
+                | if self.head_kept { FLAG_HEAD_KEPT } else { 0 }
+                | if self.head_gone { FLAG_HEAD_GONE } else { 0 },
         );
         out.extend_from_slice(&self.last_applied.1.to_le_bytes());
         out.extend_from_slice(&self.incarnation.to_le_bytes());
@@ -152,16 +159,7 @@ impl Topic {
         out.extend_from_slice(&tail.master.seq.to_le_bytes());
         out.extend_from_slice(&tail.fields.to_le_bytes());
         out.extend_from_slice(&self.nodes.to_le_bytes());
-        let head = self.head_cut.unwrap_or(TailNode {
-            start: NO_TAIL,
-            ..tail
-        });
-        out.extend_from_slice(&head.start.to_le_bytes());
-        out.extend_from_slice(&head.entries.to_le_bytes());
-        out.extend_from_slice(&(head.bytes.min(u64::from(u32::MAX)) as u32).to_le_bytes());
-        out.extend_from_slice(&head.master.ms.to_le_bytes());
-        out.extend_from_slice(&head.master.seq.to_le_bytes());
-        out.extend_from_slice(&head.fields.to_le_bytes());
+        out.extend_from_slice(&self.head_start.unwrap_or(NO_TAIL).to_le_bytes());
         out.extend_from_slice(&self.key);
         debug_assert_eq!(out.len() - start, size as usize);
         let crc = crc32c::crc32c(&out[start + 8..]);
@@ -191,7 +189,7 @@ impl Topic {
         };
         // Rows from before the node model: no tail node (the next message opens one) and a
         // node count as if every node were full.
-        let (tail, nodes, head_cut) = if fixed == ROW_FIXED {
+        let (tail, nodes, head_start) = if fixed == ROW_FIXED {
             let tail = (long(112) != NO_TAIL).then(|| TailNode {
                 start: long(112),
                 entries: word(120),
@@ -201,16 +199,8 @@ impl Topic {
                 fields: long(152),
                 skip: u8::try_from(word(132)).unwrap_or(0),
             });
-            let head_cut = (long(168) != NO_TAIL).then(|| TailNode {
-                start: long(168),
-                entries: word(176),
-                live: 0,
-                bytes: u64::from(word(180)),
-                master: StreamId::new(long(184), long(192)),
-                fields: long(200),
-                skip: 0,
-            });
-            (tail, long(160), head_cut)
+            let head_start = (long(168) != NO_TAIL).then(|| long(168));
+            (tail, long(160), head_start)
         } else {
             let live = long(24).saturating_sub(long(32)).saturating_sub(long(80));
             let nodes = live.div_ceil(u64::from(super::stream_node::NODE_MAX_ENTRIES));
@@ -237,7 +227,8 @@ impl Topic {
                 tail,
                 nodes,
                 head_kept: flags & FLAG_HEAD_KEPT != 0,
-                head_cut,
+                head_start,
+                head_gone: flags & FLAG_HEAD_GONE != 0,
             },
             size,
         ))
@@ -381,7 +372,8 @@ impl TopicTable {
                 tail: None,
                 nodes: 0,
                 head_kept: false,
-                head_cut: None,
+                head_start: None,
+                head_gone: false,
             });
             self.is_dirty.resize(id + 1, false);
         }

@@ -133,6 +133,24 @@ impl Drop for Redis {
     }
 }
 
+/// A proptest runner for a test against both servers: `PROPTEST_CASES` cases (default
+/// `cases`), failures kept next to `source_file` (`file!()`) and replayed first.
+pub fn runner(cases: u32, source_file: &'static str) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
+        source_file: Some(source_file),
+        ..Config::default()
+    })
+}
+
 /// A loopback port free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
