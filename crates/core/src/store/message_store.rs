@@ -1278,19 +1278,42 @@ impl MessageStore {
     /// began below `first_live` (part of it may be gone), or when more than 254 removed nodes
     /// lie between (the skip would not fit its byte).
     fn tail_before(&self, t: &Topic, removed: u64) -> Result<Option<TailNode>> {
-        // Every node-opening entry from the end down to `first_live`, up to 255 of them.
+        // Node-opening entries from the end down to `first_live`, newest first; the `k`-th can
+        // be joined with skip `k + 1`, so the 255 newest are candidates.
         let starts = self.node_starts_before(t, t.len, 256)?;
-        if starts.len() > 255 {
-            return Ok(None);
-        }
-        let candidates = starts.iter().enumerate().filter(|(_, c)| **c < removed);
-        for (k, &c) in candidates {
-            if let Some(tail) = self.alive_node(t, c, false)? {
-                return Ok(Some(TailNode {
+        // Which candidates still have a live entry: one walk from the oldest of a window of
+        // them to the end (a node's entries all come after its opening), the window widened
+        // until one has or all were seen — the newest usually does.
+        let mut window = 4;
+        loop {
+            let w = window.min(starts.len()).min(255);
+            let Some(&from) = w.checked_sub(1).and_then(|last| starts.get(last)) else {
+                break;
+            };
+            let mut alive = Vec::new();
+            let mut walk = NodeWalk::new(&self.queues, t, from);
+            while let Some(node) = walk.next_final()? {
+                if let Some(s) = node.start.filter(|s| *s < removed && node.live > 0) {
+                    alive.push(s);
+                }
+            }
+            let newest = starts[..w]
+                .iter()
+                .enumerate()
+                .find(|(_, c)| alive.contains(c));
+            if let Some((k, &c)) = newest {
+                return Ok(self.alive_node(t, c, false)?.map(|tail| TailNode {
                     skip: (k + 1) as u8,
                     ..tail
                 }));
             }
+            if w == starts.len() || w == 255 {
+                break;
+            }
+            window *= 4;
+        }
+        if starts.len() > 254 {
+            return Ok(None); // the oldest node is too far back to be joined
         }
         // The oldest node, opened below `first_live`: readable whole if a trim (not retention)
         // cut into it; kept by Redis even with no live entry if a trim emptied it (`head_kept`).
