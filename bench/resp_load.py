@@ -9,6 +9,9 @@ library in the way. Workloads:
   group PORT N CONSUMERS     N entries, CONSUMERS XREADGROUP COUNT 100 + XACK loops: entries/s
   tx PORT N CLIENTS          N transactions (MULTI, XADD a, XADD b, XLEN a, EXEC) from CLIENTS
                              connections, one write per transaction: transactions/s
+  xdel-newest PORT N         after 2,000 entries of 100 bytes, N times XADD of 300 bytes then XDEL
+                             of it (the newest stream node removed, the next entry goes into the
+                             node before): pairs/s and XINFO's radix-tree-keys
 """
 import asyncio
 import os
@@ -208,6 +211,26 @@ async def tx(port, n, clients):
     print(f"tx: {done} transactions, {clients} clients, {done / secs:.0f} transactions/s")
 
 
+async def xdel_newest(port, n):
+    key = f"xdel-{os.getpid()}-{time.time_ns()}"
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"".join(enc("XADD", key, "*", "f", "v" * 100) for _ in range(2000)))
+    await w.drain()
+    for _ in range(2000):
+        await read_reply(r)
+    start = time.perf_counter()
+    for _ in range(n):
+        entry = await call(r, w, "XADD", key, "*", "f", "w" * 300)
+        if await call(r, w, "XDEL", key, entry) != b"1":
+            raise SystemExit("XDEL removed nothing")
+    secs = time.perf_counter() - start
+    info = await call(r, w, "XINFO", "STREAM", key)
+    keys = int(info[info.index(b"radix-tree-keys") + 1])
+    print(f"xdel-newest: {n / secs:.0f} XADD+XDEL pairs/s, radix-tree-keys {keys}")
+    await call(r, w, "DEL", key)
+    w.close()
+
+
 def main():
     what, port = sys.argv[1], int(sys.argv[2])
     if what == "idle":
@@ -220,6 +243,8 @@ def main():
         asyncio.run(group(port, int(sys.argv[3]), int(sys.argv[4])))
     elif what == "tx":
         asyncio.run(tx(port, int(sys.argv[3]), int(sys.argv[4])))
+    elif what == "xdel-newest":
+        asyncio.run(xdel_newest(port, int(sys.argv[3])))
     else:
         sys.exit(__doc__)
 
