@@ -805,6 +805,27 @@ impl MessageStore {
     }
 
     /// Writes the buffered queue entries of every run (see [`Runs`]).
+    /// Queue entries `[from, from + count)` of `t` during dispatch: the runs are written first
+    /// only if the range reaches into `t`'s (a trim reading the oldest entries of a long stream
+    /// leaves the batch's writes batched).
+    fn read_queue_in(
+        &self,
+        runs: &mut Runs,
+        t: &Topic,
+        from: u64,
+        count: u64,
+    ) -> Result<Vec<CqEntry>> {
+        let pending = runs
+            .at
+            .get(&t.id)
+            .and_then(|&k| runs.runs.get(k))
+            .is_some_and(|r| from.saturating_add(count) > r.start);
+        if pending {
+            self.flush_runs(runs)?;
+        }
+        self.queues.read(t, from, count)
+    }
+
     fn flush_runs(&self, runs: &mut Runs) -> Result<()> {
         for r in runs.take() {
             self.queues.write_many(&r.topic, r.start, &r.entries)?;
@@ -1015,7 +1036,9 @@ impl MessageStore {
                     outcomes[usize::from(j) - start] = Outcome::Deleted(live.is_some());
                 }
                 (op @ (RecordOp::Trim | RecordOp::TrimToLen), Some(t)) => {
-                    self.flush_runs(runs)?; // reads the queue
+                    if op == RecordOp::Trim {
+                        self.flush_runs(runs)?; // seeks the queue by ID
+                    }
                     let limit = trim_limit(r);
                     let approx = u64_property(r, TRIM_NODE_PROPERTY).is_some_and(|k| k > 0);
                     let keep = if op == RecordOp::Trim {
@@ -1024,19 +1047,26 @@ impl MessageStore {
                         Keep::MaxLen(r.id.ms)
                     };
                     let n = if approx {
-                        self.whole_nodes_end(&t, keep, limit)?
+                        self.whole_nodes_end(runs, &t, keep, limit)?
                     } else if op == RecordOp::Trim {
                         let below = self.queues.seek(&t, r.id)?.max(t.first_live);
                         match limit {
-                            Some(limit) => self.position_removing(&t, limit, below)?,
+                            Some(limit) => self.position_removing(runs, &t, limit, below)?,
                             None => below,
                         }
                     } else {
                         let excess = t.live_len().saturating_sub(r.id.ms);
-                        self.position_removing(&t, excess.min(limit.unwrap_or(u64::MAX)), t.len)?
+                        let excess = excess.min(limit.unwrap_or(u64::MAX));
+                        self.position_removing(runs, &t, excess, t.len)?
                     };
-                    outcomes[usize::from(j) - start] =
-                        Outcome::Trimmed(self.cut(d, &t, n, CutBy::trim(op, approx), (i, j))?);
+                    outcomes[usize::from(j) - start] = Outcome::Trimmed(self.cut(
+                        d,
+                        runs,
+                        &t,
+                        n,
+                        CutBy::trim(op, approx),
+                        (i, j),
+                    )?);
                 }
                 (RecordOp::Drop, Some(t)) => {
                     self.flush_runs(runs)?;
@@ -1065,6 +1095,7 @@ impl MessageStore {
     fn cut(
         &self,
         d: &mut Dispatcher,
+        runs: &mut Runs,
         t: &Topic,
         mut n: u64,
         by: CutBy,
@@ -1084,7 +1115,7 @@ impl MessageStore {
         // or MINID on every XADD): no node opens or is joined in `(first_live, n]` and entry
         // `n` is live, so that node stays with a live entry and no other is touched.
         let within = if n > t.first_live && n < t.len && n - t.first_live < TRIM_CHUNK {
-            let run = self.queues.read(t, t.first_live, n + 1 - t.first_live)?;
+            let run = self.read_queue_in(runs, t, t.first_live, n + 1 - t.first_live)?;
             let plain = |e: &CqEntry| !e.opens_node() && e.joins_node().is_none();
             let inside = run.len() as u64 == n + 1 - t.first_live
                 && run[1..].iter().all(plain)
@@ -1110,7 +1141,8 @@ impl MessageStore {
             head_kept = false;
             (head_start, head_gone) = (None, false);
             let tail_start = t.tail.map(|tail| tail.start);
-            let mut walk = NodeWalk::new(&self.queues, t, t.first_live).with_split(n);
+            let read = Box::new(|at, count| self.read_queue_in(runs, t, at, count));
+            let mut walk = NodeWalk::with_reader(t, t.first_live, read).with_split(n);
             let mut first = true;
             while let Some(node) = walk.next_final()? {
                 if node.start.is_some_and(|s| s >= n) {
@@ -1155,7 +1187,7 @@ impl MessageStore {
                 let (mut cut_len, mut were_deleted) = (0u64, 0u64);
                 let mut pos = t.first_live;
                 while pos < n {
-                    let chunk = self.queues.read(t, pos, (n - pos).min(TRIM_CHUNK))?;
+                    let chunk = self.read_queue_in(runs, t, pos, (n - pos).min(TRIM_CHUNK))?;
                     if chunk.is_empty() {
                         break;
                     }
@@ -1188,9 +1220,16 @@ impl MessageStore {
     /// Where an approximate trim (Redis's `~`) cuts `t`: whole nodes only, from the oldest, as
     /// Redis's `streamTrim` walks them — stopping at the first node that must stay, or whose
     /// live entries would take the removed past `limit`.
-    fn whole_nodes_end(&self, t: &Topic, keep: Keep, limit: Option<u64>) -> Result<u64> {
+    fn whole_nodes_end(
+        &self,
+        runs: &mut Runs,
+        t: &Topic,
+        keep: Keep,
+        limit: Option<u64>,
+    ) -> Result<u64> {
         let (mut pos, mut length, mut removed) = (t.first_live, t.live_len(), 0u64);
-        let mut walk = NodeWalk::new(&self.queues, t, t.first_live);
+        let read = Box::new(|at, count| self.read_queue_in(runs, t, at, count));
+        let mut walk = NodeWalk::with_reader(t, t.first_live, read);
         loop {
             if matches!(keep, Keep::MaxLen(max) if length <= max) {
                 break;
@@ -1374,7 +1413,7 @@ impl MessageStore {
         for t in candidates {
             let n = self.seek_log_index(&t, index)?;
             if n > t.first_live {
-                removed += self.cut(d, &t, n, CutBy::Retention, at)?;
+                removed += self.cut(d, &mut Runs::default(), &t, n, CutBy::Retention, at)?;
             }
         }
         Ok(removed)
@@ -1592,7 +1631,7 @@ impl MessageStore {
     /// Where the live part of `t` starts once its oldest `live` live entries are removed, never
     /// past position `end`: just past the last of them (deleted entries before it go too).
     /// Reads only the entries it removes.
-    fn position_removing(&self, t: &Topic, live: u64, end: u64) -> Result<u64> {
+    fn position_removing(&self, runs: &mut Runs, t: &Topic, live: u64, end: u64) -> Result<u64> {
         let mut excess = live;
         let mut at = t.first_live;
         if excess == 0 {
@@ -1600,9 +1639,8 @@ impl MessageStore {
         }
         while at < end {
             // Never more than the entries still to remove: the rest stays unread.
-            let chunk = self
-                .queues
-                .read(t, at, (end - at).min(TRIM_CHUNK).min(excess))?;
+            let count = (end - at).min(TRIM_CHUNK).min(excess);
+            let chunk = self.read_queue_in(runs, t, at, count)?;
             for e in &chunk {
                 at += 1;
                 if !e.is_deleted() {

@@ -51,9 +51,13 @@ impl WalkNode {
     }
 }
 
+/// How a walk reads the queue: `(from, count)` to the entries.
+pub type Reader<'a> = Box<dyn FnMut(u64, u64) -> Result<Vec<CqEntry>> + 'a>;
+
 /// A walk over `[from, len)` of one topic's queue.
 pub struct NodeWalk<'a> {
-    queues: &'a ConsumeQueues,
+    /// Reads `count` queue entries from a position.
+    read: Reader<'a>,
     topic: &'a Topic,
     /// Next position to read.
     next: u64,
@@ -83,8 +87,17 @@ pub struct NodeWalk<'a> {
 impl<'a> NodeWalk<'a> {
     /// A walk from position `from` (at or above the topic's `first_live`).
     pub fn new(queues: &'a ConsumeQueues, topic: &'a Topic, from: u64) -> NodeWalk<'a> {
+        Self::with_reader(
+            topic,
+            from,
+            Box::new(move |at, count| queues.read(topic, at, count)),
+        )
+    }
+
+    /// A walk reading through `read` (the dispatcher's, which sees entries not yet written).
+    pub fn with_reader(topic: &'a Topic, from: u64, read: Reader<'a>) -> NodeWalk<'a> {
         NodeWalk {
-            queues,
+            read,
             topic,
             next: from,
             split: u64::MAX,
@@ -148,7 +161,7 @@ impl<'a> NodeWalk<'a> {
                 return Ok(None);
             }
             let count = (self.topic.len - self.next).min(CHUNK);
-            let chunk = self.queues.read(self.topic, self.next, count)?;
+            let chunk = (self.read)(self.next, count)?;
             if chunk.is_empty() {
                 self.next = self.topic.len;
                 continue;
