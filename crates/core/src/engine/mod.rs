@@ -1464,10 +1464,13 @@ impl Engine {
         self.inner.config.store.stream_nodes
     }
 
-    /// What Redis's `~` removes at most per call without LIMIT: 100 × the stream node's entry
-    /// limit (0, no limit, when nodes have none), as Redis.
+    /// What Redis's `~` removes at most per call without LIMIT, as Redis: 100 × the stream
+    /// node's entry limit, 10,000 when nodes have none, at most 1,000,000.
     pub fn approx_trim_limit(&self) -> u64 {
-        100 * u64::from(self.inner.config.store.stream_nodes.max_entries)
+        match 100 * u64::from(self.inner.config.store.stream_nodes.max_entries) {
+            0 => APPROX_TRIM_LIMIT,
+            limit => limit.min(1_000_000),
+        }
     }
 
     /// XLEN: entries in the stream (0 when it does not exist).

@@ -804,7 +804,6 @@ impl MessageStore {
         result
     }
 
-    /// Writes the buffered queue entries of every run (see [`Runs`]).
     /// Queue entries `[from, from + count)` of `t` during dispatch: the runs are written first
     /// only if the range reaches into `t`'s (a trim reading the oldest entries of a long stream
     /// leaves the batch's writes batched).
@@ -826,6 +825,7 @@ impl MessageStore {
         self.queues.read(t, from, count)
     }
 
+    /// Writes the buffered queue entries of every run (see [`Runs`]).
     fn flush_runs(&self, runs: &mut Runs) -> Result<()> {
         for r in runs.take() {
             self.queues.write_many(&r.topic, r.start, &r.entries)?;
@@ -1354,11 +1354,17 @@ impl MessageStore {
         if starts.len() > 254 {
             return Ok(None); // the oldest node is too far back to be joined
         }
+        // Its opening and any others below `first_live` count in the skip too.
         // The oldest node, opened below `first_live`: readable whole if a trim (not retention)
         // cut into it; kept by Redis even with no live entry if a trim emptied it (`head_kept`).
-        let (Some(head), false, Ok(skip)) =
-            (t.head_start, t.head_gone, u8::try_from(starts.len() + 1))
-        else {
+        let (Some(head), false) = (t.head_start, t.head_gone) else {
+            return Ok(None);
+        };
+        let below = self
+            .queues
+            .read(t, head, t.first_live.saturating_sub(head))?;
+        let below = below.iter().filter(|e| e.opens_node()).count().max(1);
+        let Ok(skip) = u8::try_from(starts.len() + below) else {
             return Ok(None);
         };
         if removed <= t.first_live {
@@ -1414,6 +1420,21 @@ impl MessageStore {
             let n = self.seek_log_index(&t, index)?;
             if n > t.first_live {
                 removed += self.cut(d, &mut Runs::default(), &t, n, CutBy::Retention, at)?;
+            }
+        }
+        // An oldest node opened below `first_live` (kept readable for when it becomes the tail
+        // again) whose first message is below the index: the CommitLog may now lose it.
+        let heads: Vec<Topic> = d
+            .topics
+            .live()
+            .filter(|t| t.head_start.is_some() && !t.head_gone && t.incarnation < index)
+            .cloned()
+            .collect();
+        for t in heads {
+            let Some(head) = t.head_start else { continue };
+            let first = self.queues.read(&t, head, 1)?;
+            if first.first().is_some_and(|e| e.log_index < index) {
+                d.topics.update(t.id, |t| t.head_gone = true);
             }
         }
         Ok(removed)
