@@ -1005,17 +1005,14 @@ impl MessageStore {
                     }
                     // Found with the entry deleted (pending), so the removed node has no live
                     // entry left to be found by.
-                    let in_tail = |n: u64| t.tail.is_some_and(|tail| n >= tail.start);
-                    let new_tail = match (live, t.tail) {
-                        (Some(n), Some(tail)) if emptied && in_tail(n) => {
-                            self.tail_before(&t, tail.start)?
-                        }
+                    let in_tail = live.is_some_and(|n| t.tail.is_some_and(|tail| n >= tail.start));
+                    let new_tail = match t.tail {
+                        Some(tail) if emptied && in_tail => self.tail_before(&t, tail.start)?,
                         _ => t.tail,
                     };
                     d.topics.update(t.id, |t| {
-                        if let Some(n) = live {
+                        if live.is_some() {
                             t.deleted += 1;
-                            let in_tail = t.tail.is_some_and(|tail| n >= tail.start);
                             if emptied {
                                 t.nodes = t.nodes.saturating_sub(1);
                                 t.head_kept &= !head;

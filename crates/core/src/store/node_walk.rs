@@ -20,7 +20,7 @@ use super::topics::Topic;
 const CHUNK: u64 = 128;
 
 /// One node as the walk saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalkNode {
     /// Position of the entry that opened it; `None`: opened before the walk began (the node
     /// holding the first position walked, with any other that began earlier and has entries
