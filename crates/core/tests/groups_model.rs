@@ -7,6 +7,7 @@
 //! Claims use a min-idle of 0, so the model needs no clock.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -480,6 +481,26 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(engine.state_digest(), digest, "state after a power cut");
             }
         }
+        // The stream as the engine holds it, step by step.
+        let ids: Vec<StreamId> = engine
+            .read_range(0, b"s", Bound::Unbounded, Bound::Unbounded, None, false)
+            .map_err(fail)?
+            .iter()
+            .map(|msg| msg.id)
+            .collect();
+        let live: Vec<StreamId> = m
+            .added
+            .iter()
+            .filter(|(_, l)| *l)
+            .map(|(i, _)| *i)
+            .collect();
+        prop_assert_eq!(&ids, &live, "stream after {:?}", op);
+        prop_assert_eq!(
+            engine.len(0, b"s"),
+            live.len() as u64,
+            "XLEN after {:?}",
+            op
+        );
         // The group as the engine holds it, step by step.
         let all = PendingQuery {
             start: StreamId::default(),

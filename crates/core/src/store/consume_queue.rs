@@ -405,15 +405,23 @@ impl ConsumeQueues {
 
     /// Reads up to `count` entries from `from` (bounded by the topic's length), trimmed ones
     /// included; the caller filters by `first_live` and flags. Pending deletions count.
+    ///
+    /// The pending deletions are looked at before the files: a checkpoint writes a flag to its
+    /// file before it forgets the pending deletion, so a deletion forgotten meanwhile is in
+    /// what the files give (looked at after, it could be in neither).
     pub fn read(&self, topic: &Topic, from: u64, count: u64) -> Result<Vec<CqEntry>> {
-        let mut entries = self.read_disk(topic, from, count)?;
-        self.pending(|p| {
-            if let Some(ns) = p.get(&topic.id) {
-                for n in ns.range(from..from + entries.len() as u64) {
-                    entries[(n - from) as usize].flags |= CQ_DELETED;
-                }
-            }
+        let end = from.saturating_add(count);
+        let pending: Vec<u64> = self.pending(|p| {
+            p.get(&topic.id)
+                .map(|ns| ns.range(from..end).copied().collect())
+                .unwrap_or_default()
         });
+        let mut entries = self.read_disk(topic, from, count)?;
+        for n in pending {
+            if let Some(e) = entries.get_mut((n - from) as usize) {
+                e.flags |= CQ_DELETED;
+            }
+        }
         Ok(entries)
     }
 

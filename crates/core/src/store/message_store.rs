@@ -354,6 +354,9 @@ pub struct PendingCheckpoint {
     table: TableWrite,
     /// Pending XDELs whose flags this checkpoint writes.
     deletes: Vec<(TopicId, u64)>,
+    /// Each deleting topic's row as this checkpoint's table holds it: the place its flags must
+    /// reach even if the topic migrates before they are written.
+    delete_rows: Vec<Topic>,
     /// Topics trimmed or dropped before it, with the point their files can go below.
     removals: Vec<(TopicId, u64)>,
 }
@@ -1551,6 +1554,12 @@ impl MessageStore {
         // is noted now. Where a flag goes is looked up only when it is written (a migration
         // in between moves the entry to the topic's own file).
         let deletes = self.queues.pending_deletes();
+        let mut delete_rows: Vec<Topic> = Vec::new();
+        for (id, _) in &deletes {
+            if delete_rows.last().is_none_or(|t| t.id != *id) {
+                delete_rows.extend(d.topics.get(*id).cloned());
+            }
+        }
         let index = d.index.capture()?;
         let (table_mark, table) = d.topics.write_rows()?;
         let removals = std::mem::take(&mut d.removals)
@@ -1572,6 +1581,7 @@ impl MessageStore {
             index,
             table,
             deletes,
+            delete_rows,
             removals,
         })
     }
@@ -1596,12 +1606,21 @@ impl MessageStore {
             };
             let path = self.root.join(DELETE_INTENT_FILE);
             write_atomic(self.storage.as_ref(), &path, &intent.encode()).at(&path)?;
+            // Each flag goes where the topic's entry is now, and also where this checkpoint's
+            // table places it if the topic migrated since the capture: open goes by that table
+            // and migrates again from the arena slot (never reused), so the flag must be there.
             let write = |d: &Dispatcher| {
-                let places: Vec<(Topic, u64)> = p
-                    .deletes
-                    .iter()
-                    .filter_map(|(id, n)| d.topics.get(*id).map(|t| (t.clone(), *n)))
-                    .collect();
+                let mut places: Vec<(Topic, u64)> = Vec::new();
+                for (id, n) in &p.deletes {
+                    let Some(now) = d.topics.get(*id) else {
+                        continue;
+                    };
+                    places.push((now.clone(), *n));
+                    let captured = p.delete_rows.iter().find(|t| t.id == *id);
+                    if let Some(then) = captured.filter(|t| t.migrated != now.migrated) {
+                        places.push((then.clone(), *n));
+                    }
+                }
                 self.queues.write_deleted_flags(&places)
             };
             let written = match locked {
