@@ -1,0 +1,416 @@
+//! One node's Raft state machine: roles, terms, timers, and the dispatch of events to the
+//! election (`election.rs`), replication (`replication.rs`) and transfer (`transfer.rs`)
+//! rules. Sans-IO: events in (with the driver's clock), actions out; no socket, clock, disk
+//! or global randomness inside, so a seed and a sequence of events replay exactly.
+
+use std::collections::BTreeMap;
+
+use crate::store::{LogIndex, Term};
+
+use super::config::{RaftConfig, Rng};
+use super::log_terms::LogTerms;
+use super::message::{Action, Event, HardState, Message, NodeId, Role};
+use super::progress::Progress;
+
+/// A Raft node's volatile and persistent state (the persistent part is written by the driver
+/// on `SaveHardState`; the log by the store).
+#[derive(Debug)]
+pub struct Raft {
+    pub(super) cfg: RaftConfig,
+    pub(super) rng: Rng,
+    pub(super) hard: HardState,
+    pub(super) role: Role,
+    pub(super) leader: Option<NodeId>,
+    pub(super) log: LogTerms,
+    pub(super) commit: LogIndex,
+    /// The local log is durable through here.
+    pub(super) persisted: LogIndex,
+    /// Follower: the local log is known to match the current leader's through here.
+    pub(super) verified: LogIndex,
+    /// Follower: the index last acknowledged to the current leader.
+    pub(super) acked: LogIndex,
+    /// Votes received in the current (pre-)election.
+    pub(super) votes: BTreeMap<NodeId, bool>,
+    /// Leader: each follower's progress.
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+    pub(super) now: u64,
+    pub(super) election_deadline: u64,
+    pub(super) heartbeat_deadline: u64,
+    pub(super) quorum_deadline: u64,
+    /// When a leader was last heard from (followers) — the stickiness window starts there.
+    pub(super) leader_contact: Option<u64>,
+    /// Leader: a transfer under way to this voter, abandoned at the deadline.
+    pub(super) transfer: Option<(NodeId, u64)>,
+    /// Leader: when an advanced commit index must be pushed to followers that lack it.
+    pub(super) commit_push_at: Option<u64>,
+    pub(super) healthy: bool,
+    pub(super) actions: Vec<Action>,
+}
+
+impl Raft {
+    /// A node starting (or restarting) as a follower with its durable hard state and log
+    /// (all of it durable: what a restart recovered), knowing `commit` is committed (at
+    /// least what its engine applied). A group of one campaigns at the first tick.
+    pub fn new(
+        cfg: RaftConfig,
+        hard: HardState,
+        log: LogTerms,
+        commit: LogIndex,
+        now: u64,
+    ) -> Raft {
+        let rng = Rng::new(cfg.seed ^ cfg.id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let persisted = log.last_index();
+        let mut raft = Raft {
+            rng,
+            hard,
+            role: Role::Follower,
+            leader: None,
+            commit: commit.min(persisted),
+            persisted,
+            verified: 0,
+            acked: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            now,
+            election_deadline: now,
+            heartbeat_deadline: u64::MAX,
+            quorum_deadline: u64::MAX,
+            leader_contact: None,
+            transfer: None,
+            commit_push_at: None,
+            healthy: true,
+            actions: Vec::new(),
+            log,
+            cfg,
+        };
+        if raft.cfg.voters != [raft.cfg.id] {
+            raft.reset_election_timer();
+        }
+        raft
+    }
+
+    /// Feeds one event at time `now` (milliseconds on the driver's monotonic clock).
+    pub fn step(&mut self, now: u64, event: Event) {
+        self.now = self.now.max(now);
+        match event {
+            Event::Tick => self.tick(),
+            Event::Message { from, msg } => self.on_message(from, msg),
+            Event::Appended { last_index } => self.on_appended(last_index),
+            Event::Persisted { index, term } => self.on_persisted(index, term),
+            Event::TransferLeader { to } => self.start_transfer(to),
+            Event::StorageFailed => {
+                self.healthy = false;
+                if self.role != Role::Follower {
+                    self.become_follower(self.hard.term, None);
+                }
+            }
+            Event::StorageRecovered => self.healthy = true,
+        }
+    }
+
+    /// The actions produced so far, to carry out in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// When the next `Tick` is due.
+    pub fn next_deadline(&self) -> u64 {
+        match self.role {
+            Role::Leader => {
+                let mut at = self.heartbeat_deadline.min(self.quorum_deadline);
+                if let Some(t) = self.commit_push_at {
+                    at = at.min(t);
+                }
+                if let Some((_, t)) = self.transfer {
+                    at = at.min(t);
+                }
+                for p in self.progress.values() {
+                    if p.match_index < self.log.last_index() {
+                        at = at.min(p.last_progress_ms + self.cfg.resend_ms);
+                    }
+                }
+                at
+            }
+            _ => self.election_deadline,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> Term {
+        self.hard.term
+    }
+    pub fn hard_state(&self) -> HardState {
+        self.hard
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit
+    }
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+    pub fn last_term(&self) -> Term {
+        self.log.last_term()
+    }
+    pub fn persisted_index(&self) -> LogIndex {
+        self.persisted
+    }
+    pub fn log_terms(&self) -> &LogTerms {
+        &self.log
+    }
+    /// A follower's match index as the leader knows it.
+    pub fn match_index(&self, peer: NodeId) -> Option<LogIndex> {
+        self.progress.get(&peer).map(|p| p.match_index)
+    }
+
+    /// The term a proposal may be appended in now: leader, healthy, not handing over.
+    pub fn can_propose(&self) -> Option<Term> {
+        (self.role == Role::Leader && self.healthy && self.transfer.is_none())
+            .then_some(self.hard.term)
+    }
+
+    pub(super) fn majority(&self) -> usize {
+        self.cfg.voters.len() / 2 + 1
+    }
+
+    pub(super) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.cfg.id;
+        self.cfg.voters.iter().copied().filter(move |v| *v != me)
+    }
+
+    pub(super) fn is_voter(&self, id: NodeId) -> bool {
+        self.cfg.voters.contains(&id)
+    }
+
+    pub(super) fn send(&mut self, to: NodeId, msg: Message) {
+        self.actions.push(Action::Send { to, msg });
+    }
+
+    pub(super) fn save_hard_state(&mut self) {
+        self.actions.push(Action::SaveHardState(self.hard));
+    }
+
+    pub(super) fn reset_election_timer(&mut self) {
+        let wait = self
+            .rng
+            .between(self.cfg.election_min_ms, self.cfg.election_max_ms);
+        self.election_deadline = self.now + wait;
+    }
+
+    fn announce(&mut self) {
+        self.actions.push(Action::RoleChanged {
+            role: self.role,
+            term: self.hard.term,
+            leader: self.leader,
+        });
+    }
+
+    /// Follower of `term` (adopted, with no vote, if higher), under `leader` if known.
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        let before = (self.role, self.hard.term, self.leader);
+        if term > self.hard.term {
+            self.hard = HardState { term, voted_for: 0 };
+            self.save_hard_state();
+        }
+        if (self.hard.term, leader) != (before.1, before.2) {
+            self.verified = 0;
+            self.acked = 0;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        self.transfer = None;
+        self.commit_push_at = None;
+        if leader.is_some() {
+            self.leader_contact = Some(self.now);
+        }
+        self.reset_election_timer();
+        if (self.role, self.hard.term, self.leader) != before {
+            self.announce();
+        }
+    }
+
+    pub(super) fn become_pre_candidate(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.leader_contact = None;
+        self.votes.clear();
+        self.reset_election_timer();
+        self.announce();
+    }
+
+    pub(super) fn become_candidate(&mut self) {
+        self.hard = HardState {
+            term: self.hard.term + 1,
+            voted_for: self.cfg.id,
+        };
+        self.save_hard_state();
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.leader_contact = None;
+        self.votes.clear();
+        self.reset_election_timer();
+        self.announce();
+    }
+
+    pub(super) fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.votes.clear();
+        self.transfer = None;
+        let last = self.log.last_index();
+        let now = self.now;
+        self.progress = self
+            .peers()
+            .map(|p| (p, Progress::new(last, now)))
+            .collect();
+        self.heartbeat_deadline = now;
+        self.quorum_deadline = now + self.cfg.election_min_ms;
+        self.announce();
+        // Entries of earlier terms commit only under one of this term (Raft §5.4.2).
+        self.actions.push(Action::AppendNoop {
+            term: self.hard.term,
+        });
+        self.broadcast_heartbeat();
+    }
+
+    fn tick(&mut self) {
+        if self.role != Role::Leader {
+            if self.now >= self.election_deadline {
+                if self.healthy {
+                    self.start_pre_vote();
+                } else {
+                    self.reset_election_timer();
+                }
+            }
+            return;
+        }
+        if self.now >= self.heartbeat_deadline {
+            self.broadcast_heartbeat();
+        }
+        if self.now >= self.quorum_deadline {
+            self.check_quorum();
+            if self.role != Role::Leader {
+                return;
+            }
+        }
+        if self.transfer.is_some_and(|(_, at)| self.now >= at) {
+            self.transfer = None;
+        }
+        if self.commit_push_at.is_some_and(|at| self.now >= at) {
+            self.push_commit();
+        }
+        self.resend_stalled();
+    }
+
+    /// A leader that heard from no majority within an election timeout steps down (its
+    /// followers may have elected another: it must stop acknowledging).
+    fn check_quorum(&mut self) {
+        self.quorum_deadline = self.now + self.cfg.election_min_ms;
+        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+        if active < self.majority() {
+            self.become_follower(self.hard.term, None);
+        }
+    }
+
+    /// The stickiness window: a live leader is known, so (pre-)votes are refused.
+    pub(super) fn in_lease(&self) -> bool {
+        match self.role {
+            Role::Leader => true,
+            _ => {
+                self.leader.is_some()
+                    && self
+                        .leader_contact
+                        .is_some_and(|t| self.now < t + self.cfg.election_min_ms)
+            }
+        }
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: Message) {
+        if !self.is_voter(from) || from == self.cfg.id {
+            return;
+        }
+        let term = msg.term();
+        if term > self.hard.term {
+            match &msg {
+                Message::Vote(v) if v.pre => {}
+                Message::VoteReply(r) if r.pre && r.granted => {}
+                // A live leader is known: a disruptive candidate changes nobody's term.
+                Message::Vote(v) if !v.transfer && self.in_lease() => return,
+                Message::Append { .. } | Message::Heartbeat { .. } => {
+                    self.become_follower(term, Some(from));
+                }
+                _ => self.become_follower(term, None),
+            }
+        } else if term < self.hard.term {
+            // A stale leader learns the term and steps down; a stale pre-candidate too.
+            let reply = match msg {
+                Message::Append { header, .. } => {
+                    Some(Message::AppendReply(super::message::AppendReply {
+                        term: self.hard.term,
+                        success: false,
+                        index: header.prev_index,
+                        hint_index: 0,
+                        hint_term: 0,
+                    }))
+                }
+                Message::Heartbeat { .. } => Some(Message::HeartbeatReply {
+                    term: self.hard.term,
+                }),
+                Message::Vote(v) if v.pre => Some(Message::VoteReply(super::message::VoteReply {
+                    term: self.hard.term,
+                    pre: true,
+                    granted: false,
+                })),
+                _ => None,
+            };
+            if let Some(reply) = reply {
+                self.send(from, reply);
+            }
+            return;
+        }
+        match msg {
+            Message::Vote(v) => self.on_vote(from, v),
+            Message::VoteReply(r) => self.on_vote_reply(from, r),
+            Message::Append { header, entries } => {
+                self.heard_from_leader(from);
+                if self.role == Role::Follower {
+                    self.on_append(from, header, entries);
+                }
+            }
+            Message::AppendReply(r) => self.on_append_reply(from, r),
+            Message::Heartbeat { commit, .. } => {
+                self.heard_from_leader(from);
+                if self.role == Role::Follower {
+                    self.advance_follower_commit(commit);
+                    let term = self.hard.term;
+                    self.send(from, Message::HeartbeatReply { term });
+                }
+            }
+            Message::HeartbeatReply { .. } => self.on_heartbeat_reply(from),
+            Message::TimeoutNow { .. } => self.on_timeout_now(from),
+        }
+    }
+
+    /// An append or heartbeat of the current term: its sender leads this term.
+    fn heard_from_leader(&mut self, from: NodeId) {
+        match self.role {
+            Role::Leader => return, // two leaders in one term cannot happen: ignore
+            Role::Follower if self.leader == Some(from) => {}
+            _ => self.become_follower(self.hard.term, Some(from)),
+        }
+        self.leader_contact = Some(self.now);
+        self.reset_election_timer();
+    }
+}

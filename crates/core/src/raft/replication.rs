@@ -1,0 +1,320 @@
+//! Replication: the leader's appends (probe, then pipelined), the follower's consistency
+//! check and conflict truncation, acknowledgements after the follower's own fsync, and the
+//! commit rule — an index commits when a majority holds it durably **and** it is of the
+//! leader's current term (Raft §5.4.2; DLedger 0.3.1.2 counted older-term entries, the
+//! paper's Figure 8). It never truncates a committed entry.
+
+use crate::store::{LogIndex, Term};
+
+use super::message::{Action, AppendHeader, AppendReply, Entry, Message, NodeId, Role};
+use super::node::Raft;
+
+impl Raft {
+    /// Leader: its own entries were appended through `last_index` in its term.
+    pub(super) fn on_appended(&mut self, last_index: LogIndex) {
+        if self.role != Role::Leader || last_index <= self.log.last_index() {
+            return;
+        }
+        let count = last_index - self.log.last_index();
+        self.log.append(self.hard.term, count);
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for p in peers {
+            self.send_append(p);
+        }
+    }
+
+    /// The local log is durable through `index` (entry of `term`).
+    pub(super) fn on_persisted(&mut self, index: LogIndex, term: Term) {
+        if self.log.term_at(index) != Some(term) || index <= self.persisted {
+            return;
+        }
+        self.persisted = index;
+        match self.role {
+            Role::Leader => self.maybe_commit(),
+            Role::Follower => {
+                self.acknowledge();
+                self.advance_follower_commit(self.commit);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends the next append to `to` if its window allows.
+    pub(super) fn send_append(&mut self, to: NodeId) {
+        let last = self.log.last_index();
+        let commit = self.commit;
+        let term = self.hard.term;
+        let max = self.cfg.max_append_entries;
+        let max_inflight = self.cfg.max_inflight;
+        let Some(p) = self.progress.get_mut(&to) else {
+            return;
+        };
+        if !p.can_send(max_inflight) {
+            return;
+        }
+        let probing = matches!(p.state, super::progress::SendState::Probe { .. });
+        // Replicating and up to date: nothing to send (heartbeats carry liveness).
+        if !probing && p.next_index > last {
+            return;
+        }
+        let prev_index = p.next_index - 1;
+        let Some(prev_term) = self.log.term_at(prev_index) else {
+            // Below what the log holds: the follower needs a snapshot (a later slice);
+            // until then it is probed from the oldest entry held.
+            p.next_index = self.log.base_index() + 1;
+            return;
+        };
+        let upto = last.min(prev_index.saturating_add(max));
+        p.sent(upto);
+        p.sent_commit = p.sent_commit.max(commit);
+        self.actions.push(Action::SendEntries {
+            to,
+            header: AppendHeader {
+                term,
+                prev_index,
+                prev_term,
+                commit,
+            },
+            last: upto,
+        });
+    }
+
+    /// Follower: an append from the current leader.
+    pub(super) fn on_append(&mut self, from: NodeId, h: AppendHeader, mut entries: Vec<Entry>) {
+        let term = self.hard.term;
+        let reject = |hint_index, hint_term| {
+            Message::AppendReply(AppendReply {
+                term,
+                success: false,
+                index: h.prev_index,
+                hint_index,
+                hint_term,
+            })
+        };
+        if h.prev_index > self.log.last_index() {
+            let hint = self.log.last_index() + 1;
+            self.send(from, reject(hint, 0));
+            return;
+        }
+        // The last index this request covers: once accepted, the logs match through it.
+        let request_last = h.prev_index + entries.len() as u64;
+        let mut first = h.prev_index + 1;
+        if h.prev_index < self.commit {
+            // Committed entries are in every leader's log: skip them unchecked.
+            let skip = (self.commit - h.prev_index).min(entries.len() as u64);
+            entries.drain(..skip as usize);
+            first += skip;
+        } else if self.log.term_at(h.prev_index) != Some(h.prev_term) {
+            // We hold another term there (the index is above the commit, hence above the
+            // base, so its term is known): skip back over all of that term at once.
+            let held = self.log.term_at(h.prev_index).unwrap_or(0);
+            let hint = self
+                .log
+                .first_of_term(held)
+                .unwrap_or(h.prev_index)
+                .max(self.commit + 1);
+            self.send(from, reject(hint, held));
+            return;
+        }
+        // Entries already held with the same term stay; the first that differs (or is new)
+        // and everything after it are written.
+        let mut same = 0usize;
+        while same < entries.len()
+            && self.log.term_at(first + same as u64) == Some(entries[same].term)
+        {
+            same += 1;
+        }
+        if same < entries.len() {
+            let at = first + same as u64;
+            let truncate = (at <= self.log.last_index()).then_some(at - 1);
+            if truncate.is_some_and(|t| t < self.commit) {
+                // Cannot happen with a correct leader; refuse rather than lose a commit.
+                self.send(from, reject(self.commit + 1, 0));
+                return;
+            }
+            let new = entries.split_off(same);
+            if new.windows(2).any(|w| w[1].term < w[0].term)
+                || new[0].term < self.log.term_at(at - 1).unwrap_or(0)
+            {
+                // Terms fall along the entries: a malformed append. Nothing written.
+                self.send(from, reject(at, 0));
+                return;
+            }
+            if let Some(t) = truncate {
+                self.log.truncate_after(t);
+                self.persisted = self.persisted.min(t);
+                self.acked = self.acked.min(t);
+            }
+            for e in &new {
+                self.log.append(e.term, 1);
+            }
+            self.actions.push(Action::Persist {
+                truncate_after: truncate,
+                first_index: at,
+                entries: new,
+            });
+        }
+        self.verified = self.verified.max(request_last);
+        self.advance_follower_commit(h.commit);
+        if self.persisted >= request_last {
+            self.acknowledge_at(from, request_last);
+        }
+    }
+
+    /// Follower: tells the leader how far the log matches durably.
+    fn acknowledge(&mut self) {
+        let Some(leader) = self.leader else { return };
+        let upto = self.persisted.min(self.verified);
+        if upto > self.acked {
+            self.acknowledge_at(leader, upto);
+        }
+    }
+
+    fn acknowledge_at(&mut self, leader: NodeId, index: LogIndex) {
+        let index = index.min(self.persisted);
+        self.acked = self.acked.max(index);
+        let term = self.hard.term;
+        self.send(
+            leader,
+            Message::AppendReply(AppendReply {
+                term,
+                success: true,
+                index,
+                hint_index: 0,
+                hint_term: 0,
+            }),
+        );
+    }
+
+    /// Follower: commits what the leader committed, as far as the local log is known to
+    /// match it and is durable.
+    pub(super) fn advance_follower_commit(&mut self, leader_commit: LogIndex) {
+        let to = leader_commit.min(self.verified).min(self.persisted);
+        if to > self.commit {
+            self.commit = to;
+            self.actions.push(Action::Commit(to));
+        }
+    }
+
+    /// Leader: a follower's answer.
+    pub(super) fn on_append_reply(&mut self, from: NodeId, r: AppendReply) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let now = self.now;
+        let last = self.log.last_index();
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        if r.success {
+            if p.matched(r.index.min(last), now) {
+                self.maybe_commit();
+                self.maybe_finish_transfer(from);
+            }
+            self.send_append(from);
+            return;
+        }
+        // A rejection of an append below what already matched is stale.
+        if r.index < p.match_index {
+            return;
+        }
+        // Where to try next, never past the index just refused: the follower's end if it is
+        // shorter; else past our last entry of the term it holds there, or, if we hold none
+        // of that term, to its first entry of it.
+        let next = match (r.hint_term, self.log.last_of_term(r.hint_term)) {
+            (0, _) | (_, None) => r.hint_index,
+            (_, Some(end)) => end + 1,
+        };
+        let next = next.min(r.index).max(1);
+        p.probe_from(next, now);
+        self.send_append(from);
+    }
+
+    /// Leader: a heartbeat answer shows the follower is there: a waiting probe may go again.
+    pub(super) fn on_heartbeat_reply(&mut self, from: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        if p.match_index < last {
+            p.resume();
+            self.send_append(from);
+        }
+    }
+
+    /// Leader: a follower behind that acknowledged nothing for `resend_ms` lost an append:
+    /// probe it again from its match index.
+    pub(super) fn resend_stalled(&mut self) {
+        let last = self.log.last_index();
+        let now = self.now;
+        let due: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| p.match_index < last && now >= p.last_progress_ms + self.cfg.resend_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(p) = self.progress.get_mut(&id) {
+                let next = p.match_index + 1;
+                p.probe_from(next, now);
+            }
+            self.send_append(id);
+        }
+    }
+
+    /// Leader: heartbeats to every follower, with the commit index each may apply.
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        self.heartbeat_deadline = self.now + self.cfg.heartbeat_ms;
+        let term = self.hard.term;
+        let commit = self.commit;
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            if let Some(p) = self.progress.get_mut(&to) {
+                p.sent_commit = p.sent_commit.max(commit);
+            }
+            self.send(to, Message::Heartbeat { term, commit });
+        }
+        self.commit_push_at = None;
+    }
+
+    /// Leader: pushes an advanced commit index to followers that did not get it yet.
+    pub(super) fn push_commit(&mut self) {
+        self.commit_push_at = None;
+        let term = self.hard.term;
+        let commit = self.commit;
+        let behind: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| p.sent_commit < commit)
+            .map(|(id, _)| *id)
+            .collect();
+        for to in behind {
+            if let Some(p) = self.progress.get_mut(&to) {
+                p.sent_commit = commit;
+            }
+            self.send(to, Message::Heartbeat { term, commit });
+        }
+    }
+
+    /// Leader: the highest index a majority holds durably, if of the current term, commits.
+    pub(super) fn maybe_commit(&mut self) {
+        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        matched.push(self.persisted);
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&candidate) = matched.get(self.majority() - 1) else {
+            return;
+        };
+        if candidate > self.commit && self.log.term_at(candidate) == Some(self.hard.term) {
+            self.commit = candidate;
+            self.actions.push(Action::Commit(candidate));
+            if self.commit_push_at.is_none() && !self.progress.is_empty() {
+                self.commit_push_at = Some(self.now + self.cfg.commit_push_ms);
+            }
+        }
+    }
+}

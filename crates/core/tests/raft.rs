@@ -1,0 +1,665 @@
+//! The Raft core's rules, one at a time, by the actions it emits: elections with pre-vote,
+//! the vote rules (the last entry's own term decides, one vote per term, stickiness),
+//! check-quorum, conflict truncation and fast back-off, acknowledgement after fsync, the
+//! current-term commit rule (Figure 8), commit pushes, leadership transfer, storage failure.
+
+use bytes::Bytes;
+use manifold_core::raft::{
+    Action, AppendHeader, AppendReply, Entry, Event, HardState, LogTerms, Message, NodeId, Raft,
+    RaftConfig, Role, VoteReply, VoteRequest,
+};
+
+const VOTERS: [NodeId; 3] = [1, 2, 3];
+
+/// A log whose entries `1..` have these terms.
+fn log_of(terms: &[u64]) -> LogTerms {
+    let mut l = LogTerms::new(0, 0);
+    for t in terms {
+        assert!(l.append(*t, 1));
+    }
+    l
+}
+
+fn node(id: NodeId, term: u64, terms: &[u64]) -> Raft {
+    node_in(id, &VOTERS, term, terms)
+}
+
+fn node_in(id: NodeId, voters: &[NodeId], term: u64, terms: &[u64]) -> Raft {
+    let cfg = RaftConfig::new(id, voters.to_vec());
+    let hard = HardState { term, voted_for: 0 };
+    Raft::new(cfg, hard, log_of(terms), 0, 0)
+}
+
+fn entries(terms: &[u64]) -> Vec<Entry> {
+    terms
+        .iter()
+        .map(|t| Entry {
+            term: *t,
+            data: Bytes::from_static(b"x"),
+        })
+        .collect()
+}
+
+/// Steps `event` at `now` and returns the actions.
+fn step(r: &mut Raft, now: u64, event: Event) -> Vec<Action> {
+    r.step(now, event);
+    r.take_actions()
+}
+
+fn msg(r: &mut Raft, now: u64, from: NodeId, m: Message) -> Vec<Action> {
+    step(r, now, Event::Message { from, msg: m })
+}
+
+/// The messages among `actions`, with their destination.
+fn sends(actions: &[Action]) -> Vec<(NodeId, Message)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, msg } => Some((*to, msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn vote_replies(actions: &[Action]) -> Vec<(NodeId, VoteReply)> {
+    sends(actions)
+        .into_iter()
+        .filter_map(|(to, m)| match m {
+            Message::VoteReply(r) => Some((to, r)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn append_replies(actions: &[Action]) -> Vec<AppendReply> {
+    sends(actions)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::AppendReply(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn commits(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Commit(i) => Some(*i),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ticks `r` at its deadline until its role is `role` (bounded).
+fn tick_until(r: &mut Raft, role: Role) -> (u64, Vec<Action>) {
+    let mut all = Vec::new();
+    for _ in 0..10 {
+        let now = r.next_deadline();
+        all.extend(step(r, now, Event::Tick));
+        if r.role() == role {
+            return (now, all);
+        }
+    }
+    panic!("never became {role:?}: {all:?}");
+}
+
+fn pre_vote(term: u64, last_index: u64, last_term: u64) -> Message {
+    Message::Vote(VoteRequest {
+        term,
+        pre: true,
+        last_index,
+        last_term,
+        transfer: false,
+    })
+}
+
+fn vote(term: u64, last_index: u64, last_term: u64) -> Message {
+    Message::Vote(VoteRequest {
+        term,
+        pre: false,
+        last_index,
+        last_term,
+        transfer: false,
+    })
+}
+
+fn granted(term: u64, pre: bool) -> Message {
+    Message::VoteReply(VoteReply {
+        term,
+        pre,
+        granted: true,
+    })
+}
+
+/// Node 1 of three elected in `term + 1` with votes from 2; returns it and the time.
+fn leader(term: u64, terms: &[u64]) -> (Raft, u64) {
+    let mut r = node(1, term, terms);
+    let (now, _) = tick_until(&mut r, Role::PreCandidate);
+    msg(&mut r, now, 2, granted(term + 1, true));
+    msg(&mut r, now, 2, granted(term + 1, false));
+    assert_eq!(r.role(), Role::Leader);
+    (r, now)
+}
+
+#[test]
+fn a_group_of_one_elects_itself_at_once_and_commits_its_noop_after_fsync() {
+    let mut r = node_in(7, &[7], 3, &[1, 3]);
+    assert_eq!(r.next_deadline(), 0, "no election timeout to wait for");
+    let a = step(&mut r, 0, Event::Tick);
+    assert_eq!(r.role(), Role::Leader);
+    assert_eq!(r.term(), 4);
+    let save = a
+        .iter()
+        .position(|x| {
+            *x == Action::SaveHardState(HardState {
+                term: 4,
+                voted_for: 7,
+            })
+        })
+        .expect("the term and the vote are saved");
+    let noop = a
+        .iter()
+        .position(|x| *x == Action::AppendNoop { term: 4 })
+        .expect("a no-op in the new term");
+    assert!(save < noop);
+    assert_eq!(r.can_propose(), Some(4));
+    // Appended is not committed: only the leader's own fsync counts it.
+    assert!(commits(&step(&mut r, 1, Event::Appended { last_index: 3 })).is_empty());
+    let a = step(&mut r, 2, Event::Persisted { index: 3, term: 4 });
+    assert_eq!(commits(&a), vec![3]);
+}
+
+#[test]
+fn an_election_asks_pre_votes_without_a_new_term_then_saves_its_vote_before_asking() {
+    let mut r = node(1, 5, &[1, 5]);
+    let (now, a) = tick_until(&mut r, Role::PreCandidate);
+    assert!((300..600).contains(&now), "random timeout in 300..600: {now}");
+    assert_eq!(r.term(), 5, "a pre-vote changes no term");
+    assert!(!a.iter().any(|x| matches!(x, Action::SaveHardState(_))));
+    let asked = sends(&a);
+    assert_eq!(asked.len(), 2);
+    for (_, m) in &asked {
+        assert_eq!(*m, pre_vote(6, 2, 5));
+    }
+    // One pre-vote besides its own is a majority of three: a real election in term 6.
+    let a = msg(&mut r, now, 3, granted(6, true));
+    assert_eq!(r.role(), Role::Candidate);
+    assert_eq!(r.term(), 6);
+    let save = a
+        .iter()
+        .position(|x| {
+            *x == Action::SaveHardState(HardState {
+                term: 6,
+                voted_for: 1,
+            })
+        })
+        .expect("term and self-vote saved");
+    let first_vote = a
+        .iter()
+        .position(|x| {
+            matches!(
+                x,
+                Action::Send {
+                    msg: Message::Vote(_),
+                    ..
+                }
+            )
+        })
+        .expect("votes asked");
+    assert!(
+        save < first_vote,
+        "the vote is durable before anyone hears of it"
+    );
+    let a = msg(&mut r, now + 1, 2, granted(6, false));
+    assert_eq!(r.role(), Role::Leader);
+    assert_eq!(r.leader(), Some(1));
+    assert!(a.contains(&Action::AppendNoop { term: 6 }));
+    let beats = sends(&a)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Heartbeat { term: 6, .. }))
+        .count();
+    assert_eq!(beats, 2, "heartbeats at once");
+}
+
+#[test]
+fn a_vote_goes_to_the_log_with_the_newer_last_entry_term_not_the_higher_current_term() {
+    // rocketmq#2178: a lagging node with an inflated current term must not win.
+    let mut r = node(2, 3, &[1, 2, 3]);
+    let a = msg(&mut r, 0, 1, vote(9, 10, 2));
+    assert_eq!(r.term(), 9, "the higher term is adopted");
+    assert!(
+        !vote_replies(&a)[0].1.granted,
+        "older last entry term: refused"
+    );
+    assert_eq!(r.hard_state().voted_for, 0);
+    // Same last term, shorter log: refused. Same last term, as long: granted.
+    let mut r = node(2, 3, &[1, 2, 3]);
+    assert!(!vote_replies(&msg(&mut r, 0, 1, vote(4, 2, 3)))[0].1.granted);
+    let a = msg(&mut r, 0, 3, vote(4, 3, 3));
+    assert!(vote_replies(&a)[0].1.granted);
+    assert!(a.contains(&Action::SaveHardState(HardState {
+        term: 4,
+        voted_for: 3
+    })));
+    // One vote per term; asking again is answered the same.
+    assert!(!vote_replies(&msg(&mut r, 1, 1, vote(4, 9, 4)))[0].1.granted);
+    assert!(vote_replies(&msg(&mut r, 1, 3, vote(4, 3, 3)))[0].1.granted);
+}
+
+#[test]
+fn a_follower_hearing_its_leader_ignores_candidates_unless_the_leader_hands_over() {
+    let mut r = node(2, 4, &[4]);
+    msg(&mut r, 100, 1, Message::Heartbeat { term: 4, commit: 0 });
+    assert_eq!(r.leader(), Some(1));
+    // Pre-vote refused, real vote of a higher term ignored outright: no term change.
+    let a = msg(&mut r, 200, 3, pre_vote(5, 1, 4));
+    assert!(!vote_replies(&a)[0].1.granted);
+    let a = msg(&mut r, 200, 3, vote(5, 1, 4));
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(r.term(), 4);
+    // After the stickiness window, the same pre-vote is granted (in its term, 5).
+    let a = msg(&mut r, 401, 3, pre_vote(5, 1, 4));
+    assert_eq!(
+        vote_replies(&a)[0].1,
+        VoteReply {
+            term: 5,
+            pre: true,
+            granted: true
+        }
+    );
+    assert_eq!(r.term(), 4);
+    // A transfer's vote is granted inside the window.
+    let mut r = node(2, 4, &[4]);
+    msg(&mut r, 100, 1, Message::Heartbeat { term: 4, commit: 0 });
+    let a = msg(
+        &mut r,
+        150,
+        3,
+        Message::Vote(VoteRequest {
+            term: 5,
+            pre: false,
+            last_index: 1,
+            last_term: 4,
+            transfer: true,
+        }),
+    );
+    assert!(vote_replies(&a)[0].1.granted);
+}
+
+#[test]
+fn a_partitioned_node_keeps_its_term_however_often_it_times_out() {
+    let mut r = node(3, 2, &[2]);
+    for _ in 0..20 {
+        let now = r.next_deadline();
+        step(&mut r, now, Event::Tick);
+    }
+    assert_eq!(r.term(), 2, "pre-votes never answered: no term bumped");
+    assert_eq!(r.role(), Role::PreCandidate);
+    // Rejoining: its pre-vote is refused by nodes with a leader; the group is undisturbed.
+    let mut f = node(1, 2, &[2, 2]);
+    msg(&mut f, 1000, 2, Message::Heartbeat { term: 2, commit: 0 });
+    let a = msg(&mut f, 1001, 3, pre_vote(3, 1, 2));
+    assert!(!vote_replies(&a)[0].1.granted);
+    assert_eq!(f.term(), 2);
+}
+
+#[test]
+fn a_leader_that_hears_from_no_majority_steps_down_within_an_election_timeout() {
+    let (mut r, t0) = leader(1, &[1]);
+    step(&mut r, t0, Event::Appended { last_index: 2 });
+    // Node 2 answers heartbeats for a while, then everything goes quiet.
+    let mut now = t0;
+    while now < t0 + 600 {
+        now = r.next_deadline();
+        step(&mut r, now, Event::Tick);
+        msg(&mut r, now, 2, Message::HeartbeatReply { term: 2 });
+        assert_eq!(r.role(), Role::Leader);
+    }
+    let mut stepped_down_at = None;
+    for _ in 0..100 {
+        now = r.next_deadline();
+        let a = step(&mut r, now, Event::Tick);
+        if r.role() != Role::Leader {
+            assert!(a.contains(&Action::RoleChanged {
+                role: Role::Follower,
+                term: 2,
+                leader: None
+            }));
+            stepped_down_at = Some(now);
+            break;
+        }
+    }
+    let at = stepped_down_at.expect("the leader steps down");
+    assert!(at <= now && at - t0 <= 600 + 2 * 300, "{at}");
+    assert_eq!(r.can_propose(), None);
+}
+
+#[test]
+fn a_follower_truncates_a_conflicting_uncommitted_suffix_after_fast_back_off() {
+    // Follower: 1 1 2 2 2 (term 2 never committed). Leader of term 3: 1 1 3 3.
+    let mut f = node(2, 2, &[1, 1, 2, 2, 2]);
+    let h = |prev_index, prev_term| AppendHeader {
+        term: 3,
+        prev_index,
+        prev_term,
+        commit: 2,
+    };
+    // Probe at the leader's end (4, term 3): the follower holds term 2 there since index 3.
+    let a = msg(
+        &mut f,
+        0,
+        1,
+        Message::Append {
+            header: h(4, 3),
+            entries: vec![],
+        },
+    );
+    let r = append_replies(&a)[0];
+    assert!(!r.success);
+    assert_eq!((r.index, r.hint_index, r.hint_term), (4, 3, 2));
+    // The leader holds no term 2: it goes straight to index 3 (prev 2).
+    let a = msg(
+        &mut f,
+        1,
+        1,
+        Message::Append {
+            header: h(2, 1),
+            entries: entries(&[3, 3]),
+        },
+    );
+    let persist = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Persist {
+                truncate_after,
+                first_index,
+                entries,
+            } => Some((*truncate_after, *first_index, entries.len())),
+            _ => None,
+        })
+        .expect("written");
+    assert_eq!(persist, (Some(2), 3, 2));
+    assert_eq!(f.last_index(), 4);
+    assert_eq!(f.log_terms().term_at(3), Some(3));
+    // The leader's commit (2) is below the matched, durable prefix: applied at once. The new
+    // entries are not acknowledged before their fsync.
+    assert_eq!(commits(&a), vec![2]);
+    assert!(append_replies(&a).is_empty());
+    let a = step(&mut f, 2, Event::Persisted { index: 4, term: 3 });
+    let r = append_replies(&a)[0];
+    assert!(r.success);
+    assert_eq!(r.index, 4);
+}
+
+#[test]
+fn a_shorter_follower_points_the_leader_at_its_end() {
+    let mut f = node(2, 1, &[1]);
+    let a = msg(
+        &mut f,
+        0,
+        1,
+        Message::Append {
+            header: AppendHeader {
+                term: 1,
+                prev_index: 9,
+                prev_term: 1,
+                commit: 0,
+            },
+            entries: vec![],
+        },
+    );
+    let r = append_replies(&a)[0];
+    assert_eq!(
+        (r.success, r.index, r.hint_index, r.hint_term),
+        (false, 9, 2, 0)
+    );
+}
+
+#[test]
+fn the_leader_backs_off_by_term_and_never_past_what_was_refused() {
+    // Leader of term 5 with 1 1 3 3 5: follower reports term 3 from index 2 at index 4 ... the
+    // leader holds term 3 up to 4, so it tries 5 (prev 4) — no lower than needed.
+    let (mut r, now) = leader(4, &[1, 3, 3, 4]);
+    step(&mut r, now, Event::Appended { last_index: 5 });
+    let a = msg(
+        &mut r,
+        now,
+        2,
+        Message::AppendReply(AppendReply {
+            term: 5,
+            success: false,
+            index: 4,
+            hint_index: 2,
+            hint_term: 3,
+        }),
+    );
+    let next = a
+        .iter()
+        .find_map(|x| match x {
+            Action::SendEntries {
+                to: 2,
+                header,
+                last,
+            } => Some((header.prev_index, *last)),
+            _ => None,
+        })
+        .expect("a new probe");
+    assert_eq!(
+        next,
+        (3, 5),
+        "after our last term-3 entry is 4; never past prev 4"
+    );
+    // A follower that holds a term we don't: skip its whole run.
+    let a = msg(
+        &mut r,
+        now,
+        3,
+        Message::AppendReply(AppendReply {
+            term: 5,
+            success: false,
+            index: 4,
+            hint_index: 2,
+            hint_term: 2,
+        }),
+    );
+    let next = a
+        .iter()
+        .find_map(|x| match x {
+            Action::SendEntries { to: 3, header, .. } => Some(header.prev_index),
+            _ => None,
+        })
+        .expect("a new probe");
+    assert_eq!(next, 1);
+}
+
+#[test]
+fn an_old_term_entry_on_a_majority_commits_only_under_an_entry_of_the_current_term() {
+    // Figure 8: the leader of term 4 holds entry 2 of term 2, replicated to node 2 as well.
+    let (mut r, now) = leader(3, &[1, 2]);
+    assert_eq!(r.term(), 4);
+    step(&mut r, now, Event::Persisted { index: 2, term: 2 });
+    let ok = |index| {
+        Message::AppendReply(AppendReply {
+            term: 4,
+            success: true,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        })
+    };
+    let a = msg(&mut r, now, 2, ok(2));
+    assert!(commits(&a).is_empty(), "a majority holds 2, but of term 2");
+    assert_eq!(r.commit_index(), 0);
+    // The no-op of term 4 at 3, durable here and on node 2: 3 commits, and 2 with it.
+    step(&mut r, now, Event::Appended { last_index: 3 });
+    assert!(commits(&step(&mut r, now, Event::Persisted { index: 3, term: 4 })).is_empty());
+    let a = msg(&mut r, now + 1, 2, ok(3));
+    assert_eq!(commits(&a), vec![3]);
+}
+
+#[test]
+fn a_new_commit_index_reaches_followers_within_the_push_delay() {
+    let (mut r, now) = leader(0, &[]);
+    step(&mut r, now, Event::Appended { last_index: 1 });
+    step(&mut r, now, Event::Persisted { index: 1, term: 1 });
+    let a = msg(
+        &mut r,
+        now + 1,
+        2,
+        Message::AppendReply(AppendReply {
+            term: 1,
+            success: true,
+            index: 1,
+            hint_index: 0,
+            hint_term: 0,
+        }),
+    );
+    assert_eq!(commits(&a), vec![1]);
+    assert_eq!(r.next_deadline(), now + 2, "pushed 1 ms later");
+    let a = step(&mut r, now + 2, Event::Tick);
+    let pushed: Vec<NodeId> = sends(&a)
+        .into_iter()
+        .filter(|(_, m)| *m == Message::Heartbeat { term: 1, commit: 1 })
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(pushed, vec![2, 3]);
+    // Nothing new: no more pushes until the heartbeat.
+    assert!(r.next_deadline() >= now + 50);
+}
+
+#[test]
+fn a_stale_leader_learns_the_new_term_from_any_answer_and_steps_down() {
+    let (mut r, now) = leader(1, &[1]);
+    let a = msg(&mut r, now, 3, Message::HeartbeatReply { term: 7 });
+    assert_eq!(r.role(), Role::Follower);
+    assert_eq!(r.term(), 7);
+    assert!(a.contains(&Action::SaveHardState(HardState {
+        term: 7,
+        voted_for: 0
+    })));
+    // And a node of a newer term answers a stale leader's append with its term.
+    let mut f = node(2, 7, &[1]);
+    let a = msg(
+        &mut f,
+        0,
+        1,
+        Message::Append {
+            header: AppendHeader {
+                term: 2,
+                prev_index: 1,
+                prev_term: 1,
+                commit: 0,
+            },
+            entries: entries(&[2]),
+        },
+    );
+    assert_eq!(append_replies(&a)[0].term, 7);
+    assert_eq!(f.last_index(), 1, "nothing written");
+}
+
+#[test]
+fn a_transfer_stops_proposals_waits_for_catch_up_then_sends_timeout_now() {
+    let (mut r, now) = leader(1, &[1]);
+    step(&mut r, now, Event::Appended { last_index: 2 });
+    step(&mut r, now, Event::TransferLeader { to: 3 });
+    assert_eq!(r.can_propose(), None, "no proposals while handing over");
+    let ok = |index| {
+        Message::AppendReply(AppendReply {
+            term: 2,
+            success: true,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        })
+    };
+    let a = msg(&mut r, now + 1, 3, ok(1));
+    assert!(
+        !sends(&a)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::TimeoutNow { .. }))
+    );
+    let a = msg(&mut r, now + 2, 3, ok(2));
+    assert!(sends(&a).contains(&(3, Message::TimeoutNow { term: 2 })));
+    // The transferee campaigns at once, without pre-vote, marked as a transfer.
+    let mut t = node(3, 2, &[1, 2]);
+    msg(&mut t, now, 1, Message::Heartbeat { term: 2, commit: 0 });
+    let a = msg(&mut t, now + 3, 1, Message::TimeoutNow { term: 2 });
+    assert_eq!(t.role(), Role::Candidate);
+    assert_eq!(t.term(), 3);
+    assert!(sends(&a).iter().all(|(_, m)| matches!(
+        m,
+        Message::Vote(VoteRequest {
+            pre: false,
+            transfer: true,
+            term: 3,
+            ..
+        })
+    )));
+    // Not caught up within an election timeout: the transfer is abandoned.
+    let (mut r, now) = leader(1, &[1]);
+    step(&mut r, now, Event::TransferLeader { to: 2 });
+    let mut at = now;
+    while at < now + 400 {
+        at = r.next_deadline();
+        step(&mut r, at, Event::Tick);
+        msg(&mut r, at, 3, Message::HeartbeatReply { term: 2 });
+    }
+    assert_eq!(r.role(), Role::Leader);
+    assert_eq!(r.can_propose(), Some(2));
+}
+
+#[test]
+fn a_node_whose_disk_failed_steps_down_and_neither_campaigns_nor_votes() {
+    let (mut r, now) = leader(1, &[1]);
+    step(&mut r, now, Event::StorageFailed);
+    assert_eq!(r.role(), Role::Follower);
+    for _ in 0..5 {
+        let at = r.next_deadline();
+        step(&mut r, at, Event::Tick);
+    }
+    assert_eq!(r.role(), Role::Follower, "no campaign");
+    let a = msg(&mut r, 10_000, 2, vote(3, 9, 2));
+    assert!(!vote_replies(&a)[0].1.granted);
+    step(&mut r, 10_001, Event::StorageRecovered);
+    let (_, _) = tick_until(&mut r, Role::PreCandidate);
+}
+
+#[test]
+fn follower_acknowledgements_wait_for_fsync_and_stale_fsync_reports_are_ignored() {
+    let mut f = node(2, 1, &[]);
+    let h = AppendHeader {
+        term: 1,
+        prev_index: 0,
+        prev_term: 0,
+        commit: 0,
+    };
+    let a = msg(
+        &mut f,
+        0,
+        1,
+        Message::Append {
+            header: h,
+            entries: entries(&[1, 1, 1]),
+        },
+    );
+    assert!(append_replies(&a).is_empty());
+    // A report for an entry of another term at that index (since truncated) counts for nothing.
+    assert!(step(&mut f, 1, Event::Persisted { index: 3, term: 9 }).is_empty());
+    let a = step(&mut f, 1, Event::Persisted { index: 2, term: 1 });
+    assert_eq!(append_replies(&a)[0].index, 2);
+    let a = step(&mut f, 2, Event::Persisted { index: 3, term: 1 });
+    assert_eq!(append_replies(&a)[0].index, 3);
+    // A duplicate of the append (already durable) is answered at once.
+    let a = msg(
+        &mut f,
+        3,
+        1,
+        Message::Append {
+            header: h,
+            entries: entries(&[1, 1, 1]),
+        },
+    );
+    assert!(!a.iter().any(|x| matches!(x, Action::Persist { .. })));
+    assert_eq!(append_replies(&a)[0].index, 3);
+}
