@@ -165,7 +165,17 @@ fn a_group_of_one_elects_itself_at_once_and_commits_its_noop_after_fsync() {
     assert!(save < noop);
     assert_eq!(r.can_propose(), Some(4));
     // Appended is not committed: only the leader's own fsync counts it.
-    assert!(commits(&step(&mut r, 1, Event::Appended { last_index: 3 })).is_empty());
+    assert!(
+        commits(&step(
+            &mut r,
+            1,
+            Event::Appended {
+                last_index: 3,
+                term: 4
+            }
+        ))
+        .is_empty()
+    );
     let a = step(&mut r, 2, Event::Persisted { index: 3, term: 4 });
     assert_eq!(commits(&a), vec![3]);
 }
@@ -174,7 +184,10 @@ fn a_group_of_one_elects_itself_at_once_and_commits_its_noop_after_fsync() {
 fn an_election_asks_pre_votes_without_a_new_term_then_saves_its_vote_before_asking() {
     let mut r = node(1, 5, &[1, 5]);
     let (now, a) = tick_until(&mut r, Role::PreCandidate);
-    assert!((300..600).contains(&now), "random timeout in 300..600: {now}");
+    assert!(
+        (300..600).contains(&now),
+        "random timeout in 300..600: {now}"
+    );
     assert_eq!(r.term(), 5, "a pre-vote changes no term");
     assert!(!a.iter().any(|x| matches!(x, Action::SaveHardState(_))));
     let asked = sends(&a);
@@ -307,7 +320,14 @@ fn a_partitioned_node_keeps_its_term_however_often_it_times_out() {
 #[test]
 fn a_leader_that_hears_from_no_majority_steps_down_within_an_election_timeout() {
     let (mut r, t0) = leader(1, &[1]);
-    step(&mut r, t0, Event::Appended { last_index: 2 });
+    step(
+        &mut r,
+        t0,
+        Event::Appended {
+            last_index: 2,
+            term: 2,
+        },
+    );
     // Node 2 answers heartbeats for a while, then everything goes quiet.
     let mut now = t0;
     while now < t0 + 600 {
@@ -421,7 +441,14 @@ fn the_leader_backs_off_by_term_and_never_past_what_was_refused() {
     // Leader of term 5 with 1 1 3 3 5: follower reports term 3 from index 2 at index 4 ... the
     // leader holds term 3 up to 4, so it tries 5 (prev 4) — no lower than needed.
     let (mut r, now) = leader(4, &[1, 3, 3, 4]);
-    step(&mut r, now, Event::Appended { last_index: 5 });
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 5,
+            term: 5,
+        },
+    );
     let a = msg(
         &mut r,
         now,
@@ -492,7 +519,14 @@ fn an_old_term_entry_on_a_majority_commits_only_under_an_entry_of_the_current_te
     assert!(commits(&a).is_empty(), "a majority holds 2, but of term 2");
     assert_eq!(r.commit_index(), 0);
     // The no-op of term 4 at 3, durable here and on node 2: 3 commits, and 2 with it.
-    step(&mut r, now, Event::Appended { last_index: 3 });
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 3,
+            term: 4,
+        },
+    );
     assert!(commits(&step(&mut r, now, Event::Persisted { index: 3, term: 4 })).is_empty());
     let a = msg(&mut r, now + 1, 2, ok(3));
     assert_eq!(commits(&a), vec![3]);
@@ -501,7 +535,14 @@ fn an_old_term_entry_on_a_majority_commits_only_under_an_entry_of_the_current_te
 #[test]
 fn a_new_commit_index_reaches_followers_within_the_push_delay() {
     let (mut r, now) = leader(0, &[]);
-    step(&mut r, now, Event::Appended { last_index: 1 });
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 1,
+            term: 1,
+        },
+    );
     step(&mut r, now, Event::Persisted { index: 1, term: 1 });
     let a = msg(
         &mut r,
@@ -561,7 +602,14 @@ fn a_stale_leader_learns_the_new_term_from_any_answer_and_steps_down() {
 #[test]
 fn a_transfer_stops_proposals_waits_for_catch_up_then_sends_timeout_now() {
     let (mut r, now) = leader(1, &[1]);
-    step(&mut r, now, Event::Appended { last_index: 2 });
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 2,
+            term: 2,
+        },
+    );
     step(&mut r, now, Event::TransferLeader { to: 3 });
     assert_eq!(r.can_propose(), None, "no proposals while handing over");
     let ok = |index| {

@@ -37,7 +37,6 @@ pub mod glob;
 mod group_api;
 pub mod group_command;
 pub mod groups;
-mod hard_state;
 mod ids;
 pub mod journal;
 mod session_api;
@@ -62,6 +61,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+pub use crate::raft::HardState;
 pub use access::{AccessConfig, Acl, DEFAULT_PRINCIPAL, Principal, PrincipalConfig};
 use checkpointer::Checkpointing;
 pub use client::Client;
@@ -75,7 +75,6 @@ pub use groups::{
     Claimed, ConsumerInfo, EntryRef, GroupError, GroupInfo, GroupLimits, GroupOutcome,
     MAX_AUTOCLAIM_COUNT, PendingEntry, PendingSummary, StreamFacts, Streams,
 };
-pub use hard_state::HardState;
 pub use ids::{IdSpec, resolve};
 pub use session_api::{SessionMessage, SessionRead};
 pub use session_command::{InFlightNew, SubscribeOptions, Will};

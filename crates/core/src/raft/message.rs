@@ -136,9 +136,11 @@ pub enum Event {
         msg: Message,
     },
     /// The leader appended its own entries (proposals, or the no-op it was asked for) through
-    /// `last_index`, all in its current term.
+    /// `last_index`, all in `term`. Ignored unless the node still leads that term (entries
+    /// appended just before it stepped down are dropped by the next `Persist` or election).
     Appended {
         last_index: LogIndex,
+        term: Term,
     },
     /// The local log is durable through `index`, whose entry has `term` (a report about an
     /// entry since truncated does not match and is ignored).

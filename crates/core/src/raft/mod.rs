@@ -4,21 +4,30 @@
 //! the driver owns sockets, the store and time. Pre-vote, check-quorum, leader stickiness,
 //! the current-term commit rule, pipelined appends with fast back-off, leadership transfer.
 //!
-//! Never here: IO, wall-clock reads, global randomness, entry bytes beyond passing them on.
+//! The core (`node`, `election`, `replication`, `progress`, `transfer`, `log_terms`) never does
+//! IO, reads a clock, uses global randomness or looks into entry bytes. `replica_log` and
+//! `hard_state` are the driver's half: carrying actions out against the store and the disk.
 
 mod config;
+pub mod driver;
 mod election;
+mod hard_state;
 mod log_terms;
 mod message;
 mod node;
 mod progress;
+mod replica_log;
 mod replication;
 mod transfer;
+pub mod transport;
+pub mod wire;
 
 pub use config::RaftConfig;
+pub use hard_state::HARD_STATE_FILE;
 pub use log_terms::LogTerms;
 pub use message::{
     Action, AppendHeader, AppendReply, Entry, Event, HardState, Message, NodeId, Role, VoteReply,
     VoteRequest,
 };
 pub use node::Raft;
+pub use replica_log::{appends, log_terms, persist};

@@ -95,7 +95,7 @@ impl Raft {
         match event {
             Event::Tick => self.tick(),
             Event::Message { from, msg } => self.on_message(from, msg),
-            Event::Appended { last_index } => self.on_appended(last_index),
+            Event::Appended { last_index, term } => self.on_appended(last_index, term),
             Event::Persisted { index, term } => self.on_persisted(index, term),
             Event::TransferLeader { to } => self.start_transfer(to),
             Event::StorageFailed => {
@@ -164,6 +164,10 @@ impl Raft {
     }
     pub fn log_terms(&self) -> &LogTerms {
         &self.log
+    }
+    /// The other voters.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.peers().collect()
     }
     /// A follower's match index as the leader knows it.
     pub fn match_index(&self, peer: NodeId) -> Option<LogIndex> {

@@ -11,8 +11,11 @@ use super::node::Raft;
 
 impl Raft {
     /// Leader: its own entries were appended through `last_index` in its term.
-    pub(super) fn on_appended(&mut self, last_index: LogIndex) {
-        if self.role != Role::Leader || last_index <= self.log.last_index() {
+    pub(super) fn on_appended(&mut self, last_index: LogIndex, term: Term) {
+        if self.role != Role::Leader
+            || term != self.hard.term
+            || last_index <= self.log.last_index()
+        {
             return;
         }
         let count = last_index - self.log.last_index();

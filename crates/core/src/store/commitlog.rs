@@ -22,8 +22,8 @@ use bytes::Bytes;
 
 use super::checkpoint::Checkpoint;
 use super::entry::{
-    BLANK_LEN, LogEntry, LogIndex, NewEntry, Term, check_record, decode_entry, encode_blank,
-    encode_entry,
+    BLANK_LEN, EntryHeader, LogEntry, LogIndex, NewEntry, Term, check_record, decode_entry,
+    encode_blank, encode_entry,
 };
 use super::error::{IoContext, Result, StoreError};
 use super::log_index::{IndexRecord, LogIndexMap};
@@ -362,6 +362,21 @@ impl Signal {
         st
     }
 
+    /// As `wait`, at most for `timeout`.
+    fn wait_timeout<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let st = match self.cv.wait_timeout(st, timeout) {
+            Ok((st, _)) => st,
+            Err(p) => p.into_inner().0,
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        st
+    }
+
     /// Wakes every waiter, if there is any. Call after changing state under the lock.
     fn notify(&self) {
         if self.waiters.load(Ordering::SeqCst) > 0 {
@@ -544,7 +559,53 @@ impl CommitLog {
                 limit: MAX_SUB_RECORDS,
             });
         }
-        let size = entry.encoded_len();
+        self.append_with(entry.term, entry.encoded_len(), None, |buf, index| {
+            encode_entry(buf, entry, index)
+        })
+    }
+
+    /// Appends a record exactly as another node's log holds it (a follower writing what its
+    /// leader sent): it must verify (CRC, structure), carry the next index and be of `term`.
+    /// The bytes go to disk unchanged, so every replica's log is byte-identical.
+    pub fn append_raw(&self, raw: &[u8], term: Term) -> Result<AppendTicket> {
+        let bad = |why: String| StoreError::BadRecord(why);
+        let h = check_record(raw).map_err(|e| bad(e.to_string()))?;
+        if h.size as usize != raw.len() {
+            return Err(bad(format!(
+                "{} bytes for a record of {}",
+                raw.len(),
+                h.size
+            )));
+        }
+        if h.term != term {
+            return Err(bad(format!(
+                "a record of term {} sent as term {term}",
+                h.term
+            )));
+        }
+        let body = decode_entry(&Bytes::copy_from_slice(raw)).map_err(|e| bad(e.to_string()))?;
+        if body.records.len() > MAX_SUB_RECORDS {
+            return Err(StoreError::TooManySubRecords {
+                count: body.records.len(),
+                limit: MAX_SUB_RECORDS,
+            });
+        }
+        self.append_with(h.term, raw.len(), Some(h.index), |buf, _| {
+            buf.extend_from_slice(raw);
+            h.crc
+        })
+    }
+
+    /// The append path shared by `append` and `append_raw`: waits for room, then `write`
+    /// puts `size` bytes of the record for the next index into the pending buffer and
+    /// returns its CRC. `expect_index`: refuse unless the next index is this one.
+    fn append_with(
+        &self,
+        term: Term,
+        size: usize,
+        expect_index: Option<LogIndex>,
+        write: impl FnOnce(&mut Vec<u8>, LogIndex) -> u32,
+    ) -> Result<AppendTicket> {
         let limit = self.inner.config.entry_limit();
         if size > limit {
             return Err(StoreError::EntryTooLarge { size, limit });
@@ -583,19 +644,25 @@ impl CommitLog {
             break;
         }
         // The term is compared with the entry this one will directly follow.
-        if entry.term < st.last_term {
+        if term < st.last_term {
             return Err(StoreError::TermRegression {
-                term: entry.term,
+                term,
                 last_term: st.last_term,
             });
         }
         let index = st.next_index;
+        if expect_index.is_some_and(|want| want != index) {
+            return Err(StoreError::BadRecord(format!(
+                "record of index {} offered as index {index}",
+                expect_index.unwrap_or_default()
+            )));
+        }
         let pos = st.tail_seg.base + st.tail_off;
-        let crc = encode_entry(st.pending_buf(), entry, index);
+        let crc = write(st.pending_buf(), index);
         st.pending_bytes += size;
         let record = IndexRecord {
             pos,
-            term: entry.term,
+            term,
             size: size as u32,
             crc,
         };
@@ -606,7 +673,7 @@ impl CommitLog {
             st.recent_first += 1;
         }
         st.next_index += 1;
-        st.last_term = entry.term;
+        st.last_term = term;
         st.tail_off += size as u64;
 
         if st.writer_waiting {
@@ -635,6 +702,28 @@ impl CommitLog {
     /// Last index known durable (fdatasynced).
     pub fn flushed_index(&self) -> LogIndex {
         self.inner.lock().flushed_index
+    }
+
+    /// Blocks until the acknowledged watermark (fdatasynced in `sync` mode, written in `async`)
+    /// differs from `seen` — it moved, or a truncation happened since (`seen.1` counts them) —
+    /// or `timeout` passes, or the log fails or closes. Returns `(watermark, truncations)`, the
+    /// watermark never past the last index. What a Raft driver reports as persisted.
+    pub fn wait_acknowledged(&self, seen: (LogIndex, u64), timeout: Duration) -> (LogIndex, u64) {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.inner.lock();
+        loop {
+            let acked = self
+                .inner
+                .acked
+                .load(Ordering::Acquire)
+                .min(st.last_index());
+            let now_seen = (acked, self.inner.truncations.load(Ordering::Acquire));
+            let now = Instant::now();
+            if now_seen != seen || now >= deadline || st.failed.is_some() || st.writer_gone {
+                return now_seen;
+            }
+            st = self.inner.acks.wait_timeout(st, deadline - now);
+        }
     }
 
     /// The last acknowledgement: the index it reached and when (the instant an `async`
@@ -718,16 +807,55 @@ impl CommitLog {
     /// in one read of up to 1 MiB (a replay reads thousands of entries; one read each would
     /// cost a system call apiece). Each record is verified as `entry` verifies it.
     pub fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<LogEntry>> {
-        const RUN_BYTES: u64 = 1 << 20;
         let mut out = Vec::with_capacity(to.saturating_sub(from).saturating_add(1) as usize);
+        self.read_runs(from, to, u64::MAX, |h, raw, corrupt| {
+            let index = h.index;
+            out.push(decode_entry(raw).map_err(|e| corrupt(format!("entry {index}: {e}")))?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The verified records `from..=to` as stored, with their terms, stopping before the
+    /// bytes would pass `max_bytes` (the first record always comes): what a leader sends.
+    pub fn raw_entries(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<(Term, Bytes)>> {
+        let mut out = Vec::new();
+        self.read_runs(from, to, max_bytes, |h, raw, _| {
+            out.push((h.term, raw.clone()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Reads the records `from..=to` in runs (consecutive records of one segment in one read
+    /// of up to 1 MiB), verifies each (CRC, index, term) and hands it to `each` with its header
+    /// and a way to name a corruption at its place. Stops before `max_bytes` would be passed
+    /// (the first record always comes).
+    fn read_runs(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+        max_bytes: u64,
+        mut each: impl FnMut(&EntryHeader, &Bytes, &dyn Fn(String) -> StoreError) -> Result<()>,
+    ) -> Result<()> {
+        const RUN_BYTES: u64 = 1 << 20;
         if from > to {
-            return Ok(out);
+            return Ok(());
         }
+        let mut total = 0u64;
         let records = self.inner.records(from, to)?;
         let record = |i: LogIndex| records[(i - from) as usize];
         let mut i = from;
         while i <= to {
             let first = record(i);
+            if i > from && total + u64::from(first.size) > max_bytes {
+                break;
+            }
             let seg = segment_at(&self.inner.segments_read(), first.pos).ok_or_else(|| {
                 StoreError::Corruption {
                     file: self.inner.log_dir.clone(),
@@ -744,10 +872,14 @@ impl CommitLog {
                 if r.pos != end || r.pos + u64::from(r.size) > seg.end() {
                     break;
                 }
+                if total + (end - first.pos) + u64::from(r.size) > max_bytes {
+                    break;
+                }
                 end += u64::from(r.size);
                 run.push((j, r));
                 j += 1;
             }
+            total += end - first.pos;
             let off = first.pos - seg.base;
             let mut buf = vec![0u8; (end - first.pos) as usize];
             seg.file.read_exact_at(off, &mut buf).at(&seg.path)?;
@@ -767,11 +899,11 @@ impl CommitLog {
                         h.index, h.term
                     )));
                 }
-                out.push(decode_entry(&raw).map_err(|e| corrupt(format!("entry {index}: {e}")))?);
+                each(&h, &raw, &corrupt)?;
             }
             i = j;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The decoded entry at `index`.

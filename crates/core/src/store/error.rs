@@ -80,6 +80,9 @@ pub enum StoreError {
         /// Its index.
         index: LogIndex,
     },
+    /// A replicated record offered to `append_raw` is not the valid record of the next index.
+    #[error("replicated record refused: {0}")]
+    BadRecord(String),
     /// The configuration is unusable.
     #[error("invalid store config: {0}")]
     Config(String),

@@ -1,24 +1,17 @@
-//! Raft hard state: the current term and the vote cast in it, fsynced before anything that
-//! depends on them (a vote, an entry of the term). A single node is a group of one: it votes for
-//! itself in a new term at every start, exactly as a Raft election it wins alone.
+//! The hard state's file: the current term and the vote cast in it, written durably (temp
+//! file, fsync, rename, directory fsync) when the core asks (`Action::SaveHardState`), before
+//! anything that depends on them goes out. The driver's half: IO, no decisions.
 
 use std::path::Path;
 
+use crate::store::StoreError;
 use crate::store::storage::{Storage, read_all, write_atomic};
-use crate::store::{StoreError, Term};
+
+pub use super::message::HardState;
 
 /// File name under the data directory.
 pub const HARD_STATE_FILE: &str = "hardstate";
 const MAGIC: u32 = u32::from_le_bytes(*b"MFHS");
-
-/// Term and vote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HardState {
-    /// Current term.
-    pub term: Term,
-    /// Node voted for in `term` (0 = none).
-    pub voted_for: u64,
-}
 
 impl HardState {
     /// Loads the hard state, default (term 0, no vote) when there is none.

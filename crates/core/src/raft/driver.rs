@@ -1,0 +1,325 @@
+//! The Raft driver: one thread (`raft-driver`) that owns a node's core and carries its actions
+//! out — the hard state to disk before anything after it, messages to the transport, appends
+//! read from the store, a follower's entries into the store — and feeds it events: messages
+//! from the transport, the leader's own appends, the log's acknowledged watermark (a watcher
+//! thread, `raft-persisted`), ticks at the core's deadline. What the node above must do (append
+//! the no-op under its proposal lock, apply what commits, hear role changes) goes through
+//! `Hooks`. It never decides anything the core decides, and never applies an entry.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::store::{LogIndex, MessageStore, Storage, StoreError, Term};
+
+use super::message::{Action, Event, NodeId, Role};
+use super::node::Raft;
+use super::replica_log;
+use super::transport::Transport;
+
+/// What the node above the driver does for it.
+pub trait Hooks: Send + Sync + 'static {
+    /// Appends a no-op of `term` as the next entry (under the node's proposal lock, so it is
+    /// ordered with proposals); returns its index.
+    fn append_noop(&self, term: Term) -> Result<LogIndex, StoreError>;
+    /// Entries up to `index` are committed: apply them.
+    fn committed(&self, index: LogIndex);
+    /// The node's role, term or leader changed.
+    fn role_changed(&self, status: &Status);
+}
+
+/// A node's Raft status as the driver last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit: LogIndex,
+    pub last_index: LogIndex,
+    /// Leader: each follower's match index.
+    pub peers: Vec<(NodeId, LogIndex)>,
+    /// Leader: a transfer under way to this voter.
+    pub transferring: Option<NodeId>,
+}
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Bytes of records per append message (default 1 MiB; an entry larger goes alone).
+    pub append_bytes: u64,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            append_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A running driver.
+pub struct Driver {
+    tx: Sender<Option<Event>>,
+    status: Arc<Mutex<Status>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Sends events to a running driver (the transport's deliveries, the leader's appends).
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: Sender<Option<Event>>,
+    status: Arc<Mutex<Status>>,
+}
+
+impl DriverHandle {
+    pub fn event(&self, event: Event) {
+        let _ = self.tx.send(Some(event));
+    }
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// What the driver thread holds.
+struct Runner {
+    core: Raft,
+    store: Arc<MessageStore>,
+    storage: Arc<dyn Storage>,
+    root: PathBuf,
+    transport: Arc<Transport>,
+    hooks: Arc<dyn Hooks>,
+    status: Arc<Mutex<Status>>,
+    config: DriverConfig,
+    epoch: Instant,
+    tx: Sender<Option<Event>>,
+}
+
+impl Driver {
+    /// Starts the driver thread and the persisted-watermark watcher. The transport's
+    /// deliveries should go to `handle().event(..)`: build the transport with a `Deliver`
+    /// that sends to a channel, or start the driver first with `channel()`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        core: Raft,
+        store: Arc<MessageStore>,
+        storage: Arc<dyn Storage>,
+        root: PathBuf,
+        transport: Arc<Transport>,
+        hooks: Arc<dyn Hooks>,
+        config: DriverConfig,
+        channel: (Sender<Option<Event>>, mpsc::Receiver<Option<Event>>),
+    ) -> std::io::Result<Driver> {
+        let (tx, rx) = channel;
+        let status = Arc::new(Mutex::new(status_of(&core)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (store, tx, stop) = (store.clone(), tx.clone(), stop.clone());
+            let from = core.persisted_index();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("raft-persisted".into())
+                    .spawn(move || watch_persisted(&store, from, &tx, &stop))?,
+            );
+        }
+        let runner = Runner {
+            core,
+            store,
+            storage,
+            root,
+            transport,
+            hooks,
+            status: status.clone(),
+            config,
+            epoch: Instant::now(),
+            tx: tx.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("raft-driver".into())
+                .spawn(move || runner.run(rx))?,
+        );
+        Ok(Driver {
+            tx,
+            status,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn handle(&self) -> DriverHandle {
+        DriverHandle {
+            tx: self.tx.clone(),
+            status: self.status.clone(),
+        }
+    }
+
+    /// Stops both threads.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(None);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn status_of(core: &Raft) -> Status {
+    let peers = core
+        .peer_ids()
+        .into_iter()
+        .filter_map(|p| core.match_index(p).map(|m| (p, m)))
+        .collect();
+    Status {
+        id: core.id(),
+        role: core.role(),
+        term: core.term(),
+        leader: core.leader(),
+        commit: core.commit_index(),
+        last_index: core.last_index(),
+        peers,
+        transferring: core.transferring_to(),
+    }
+}
+
+/// Reports the log's acknowledged watermark to the driver whenever it moves or a truncation
+/// happened (the entries below it may then be new ones: reported again with their term).
+fn watch_persisted(
+    store: &MessageStore,
+    from: LogIndex,
+    tx: &Sender<Option<Event>>,
+    stop: &AtomicBool,
+) {
+    let mut seen = (from, 0);
+    let mut first = true;
+    while !stop.load(Ordering::SeqCst) {
+        let log = store.log();
+        let now = log.wait_acknowledged(seen, Duration::from_millis(50));
+        if now == seen && !first {
+            continue;
+        }
+        first = false;
+        seen = now;
+        let Ok(term) = log.term_at(now.0) else {
+            continue;
+        };
+        if tx
+            .send(Some(Event::Persisted { index: now.0, term }))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+impl Runner {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Option<Event>>) {
+        loop {
+            let now = self.now();
+            let wait = self.core.next_deadline().saturating_sub(now);
+            let event = match rx.recv_timeout(Duration::from_millis(wait.max(1))) {
+                Ok(Some(e)) => e,
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => Event::Tick,
+            };
+            self.step(event);
+            // Whatever else is waiting goes in before the actions are carried out, so
+            // replies and appends batch; then timers due by now.
+            let mut more = 0;
+            while more < 256 {
+                match rx.try_recv() {
+                    Ok(Some(e)) => self.step(e),
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+                more += 1;
+            }
+            if self.now() >= self.core.next_deadline() {
+                self.step(Event::Tick);
+            }
+        }
+    }
+
+    fn step(&mut self, event: Event) {
+        let now = self.now();
+        self.core.step(now, event);
+        let actions = self.core.take_actions();
+        for a in actions {
+            if let Err(e) = self.carry_out(a) {
+                tracing::error!(error = %e, "raft action failed; the node stops taking part");
+                self.core.step(now, Event::StorageFailed);
+                for a in self.core.take_actions() {
+                    if let Action::RoleChanged { role, term, leader } = a {
+                        let _ = self.announce(role, term, leader);
+                    }
+                }
+                break;
+            }
+        }
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status_of(&self.core);
+    }
+
+    /// Tells the node above of a role change at once: before any later action (a follower's
+    /// `Persist` must not meet a proposal still being appended).
+    fn announce(&self, role: Role, term: Term, leader: Option<NodeId>) -> Result<(), StoreError> {
+        tracing::info!(?role, term, ?leader, "raft role");
+        // A new leader's log is what its core knows: entries appended in an earlier
+        // leadership whose `Appended` never counted (never sent, never committed) go before
+        // the no-op follows.
+        if role == Role::Leader && self.store.log().last_index() > self.core.last_index() {
+            self.store.truncate_after(self.core.last_index())?;
+        }
+        let status = Status {
+            role,
+            term,
+            leader,
+            ..status_of(&self.core)
+        };
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status.clone();
+        self.hooks.role_changed(&status);
+        Ok(())
+    }
+
+    fn carry_out(&mut self, action: Action) -> Result<(), StoreError> {
+        match action {
+            Action::SaveHardState(h) => h.store(self.storage.as_ref(), &self.root)?,
+            Action::Send { to, msg } => self.transport.send(to, msg),
+            Action::SendEntries { to, header, last } => {
+                for m in replica_log::appends(&self.store, header, last, self.config.append_bytes)?
+                {
+                    self.transport.send(to, m);
+                }
+            }
+            Action::Persist {
+                truncate_after,
+                first_index,
+                entries,
+            } => {
+                replica_log::persist(&self.store, truncate_after, first_index, &entries)?;
+            }
+            Action::AppendNoop { term } => {
+                let index = self.hooks.append_noop(term)?;
+                // Handled on the next turn, after this batch of actions.
+                let _ = self.tx.send(Some(Event::Appended {
+                    last_index: index,
+                    term,
+                }));
+            }
+            Action::Commit(index) => self.hooks.committed(index),
+            Action::RoleChanged { role, term, leader } => self.announce(role, term, leader)?,
+        }
+        Ok(())
+    }
+}

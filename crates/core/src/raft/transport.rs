@@ -1,0 +1,282 @@
+//! Raft messages between nodes over TCP. Per peer, two outgoing lanes — **control** (votes,
+//! heartbeats, replies, probes) and **data** (appends that carry entries) — so a heartbeat
+//! never waits behind megabytes of entries; each lane is a thread with a bounded queue that
+//! connects and reconnects on its own. A listener gives every accepted connection a reader
+//! thread that decodes frames (`wire.rs`) and hands them to `deliver`.
+//!
+//! Never blocks the caller: a full queue or a peer that is down drops the message (Raft
+//! resends what matters). A bad frame ends its connection. Peers are not authenticated: the
+//! Raft address belongs on a private network.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::message::{Message, NodeId};
+use super::wire;
+
+/// Where decoded messages go: `(from, message)`.
+pub type Deliver = Arc<dyn Fn(NodeId, Message) + Send + Sync>;
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Largest frame accepted (default 64 MiB: an entry larger than an append's byte bound
+    /// travels alone, and entries are at most 16 MiB).
+    pub max_frame: usize,
+    /// Messages queued per control lane (default 4,096) and per data lane (default 256).
+    pub control_queue: usize,
+    pub data_queue: usize,
+    /// Wait between connection attempts to a peer that is down (default 100 ms).
+    pub reconnect_ms: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_frame: 64 << 20,
+            control_queue: 4096,
+            data_queue: 256,
+            reconnect_ms: 100,
+        }
+    }
+}
+
+/// Counters (for `/metrics` and tests).
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Messages dropped: a full queue or a peer that could not be reached.
+    pub dropped: AtomicU64,
+    /// Frames refused by the decoder (their connection was closed).
+    pub bad_frames: AtomicU64,
+}
+
+/// A node's Raft transport.
+pub struct Transport {
+    me: NodeId,
+    local_addr: SocketAddr,
+    lanes: BTreeMap<NodeId, [SyncSender<Message>; 2]>,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<TcpStream>>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Arc<TransportStats>,
+}
+
+impl Transport {
+    /// Starts listening on `listener` and sending to `peers` (this node excluded).
+    pub fn start(
+        me: NodeId,
+        listener: TcpListener,
+        peers: &[(NodeId, SocketAddr)],
+        deliver: Deliver,
+        config: TransportConfig,
+    ) -> io::Result<Transport> {
+        let local_addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(TransportStats::default());
+        let mut threads = Vec::new();
+        {
+            let (stop, accepted, stats, config) = (
+                stop.clone(),
+                accepted.clone(),
+                stats.clone(),
+                config.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("raft-accept".into())
+                    .spawn(move || accept_loop(listener, deliver, stop, accepted, stats, config))?,
+            );
+        }
+        let mut lanes = BTreeMap::new();
+        for &(id, addr) in peers.iter().filter(|(id, _)| *id != me) {
+            let mut senders = Vec::with_capacity(2);
+            for (lane, cap) in [("ctl", config.control_queue), ("data", config.data_queue)] {
+                let (tx, rx) = mpsc::sync_channel(cap);
+                let (stop, stats, config) = (stop.clone(), stats.clone(), config.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("raft-{lane}-{id}"))
+                        .spawn(move || send_loop(me, addr, rx, stop, stats, config))?,
+                );
+                senders.push(tx);
+            }
+            let data = senders.pop().expect("two lanes");
+            let control = senders.pop().expect("two lanes");
+            lanes.insert(id, [control, data]);
+        }
+        Ok(Transport {
+            me,
+            local_addr,
+            lanes,
+            stop,
+            accepted,
+            threads,
+            stats,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    /// Queues `msg` for `to`; dropped if its lane is full or `to` is unknown.
+    pub fn send(&self, to: NodeId, msg: Message) {
+        let Some(lanes) = self.lanes.get(&to) else {
+            return;
+        };
+        let lane = match &msg {
+            Message::Append { entries, .. } if !entries.is_empty() => 1,
+            _ => 0,
+        };
+        match lanes[lane].try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stops every thread and closes every connection.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.lanes.clear(); // senders gone: lane threads end
+        // Wake the accept loop, then close what it accepted (their readers end).
+        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(100));
+        for s in self
+            .accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        tracing::debug!(node = self.me, "raft transport stopped");
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    deliver: Deliver,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<TcpStream>>>,
+    stats: Arc<TransportStats>,
+    config: TransportConfig,
+) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(conn) = conn else { continue };
+        let _ = conn.set_nodelay(true);
+        if let Ok(clone) = conn.try_clone() {
+            let mut list = accepted.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget connections that ended (their clone fails to report a peer).
+            list.retain(|s| s.peer_addr().is_ok());
+            list.push(clone);
+        }
+        let (deliver, stats, max) = (deliver.clone(), stats.clone(), config.max_frame);
+        let spawned = std::thread::Builder::new()
+            .name("raft-read".into())
+            .spawn(move || {
+                if let Err(e) = read_loop(conn, &deliver, max)
+                    && e.kind() == io::ErrorKind::InvalidData
+                {
+                    stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "raft connection closed on a bad frame");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "raft reader thread not started");
+        }
+    }
+}
+
+/// Reads frames until the connection ends or a frame is bad.
+fn read_loop(conn: TcpStream, deliver: &Deliver, max_frame: usize) -> io::Result<()> {
+    let mut r = BufReader::with_capacity(256 * 1024, conn);
+    loop {
+        let mut header = [0u8; wire::FRAME_HEADER];
+        r.read_exact(&mut header)?;
+        let len = wire::body_len(&header, max_frame)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body)?;
+        let (from, msg) = wire::decode(&header, Bytes::from(body))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        deliver(from, msg);
+    }
+}
+
+/// One lane to one peer: connects when there is something to send, writes what is queued
+/// (as many frames as are waiting, in one write), reconnects after an error.
+fn send_loop(
+    me: NodeId,
+    addr: SocketAddr,
+    rx: Receiver<Message>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<TransportStats>,
+    config: TransportConfig,
+) {
+    let mut conn: Option<TcpStream> = None;
+    let mut retry_at = Instant::now();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        buf.clear();
+        wire::encode(&mut buf, me, &first);
+        let mut count = 1u64;
+        while buf.len() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(m) => {
+                    wire::encode(&mut buf, me, &m);
+                    count += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if conn.is_none() && Instant::now() >= retry_at {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    conn = Some(s);
+                }
+                Err(_) => retry_at = Instant::now() + Duration::from_millis(config.reconnect_ms),
+            }
+        }
+        let Some(s) = conn.as_mut() else {
+            stats.dropped.fetch_add(count, Ordering::Relaxed);
+            continue;
+        };
+        if s.write_all(&buf).is_err() {
+            stats.dropped.fetch_add(count, Ordering::Relaxed);
+            conn = None;
+            retry_at = Instant::now() + Duration::from_millis(config.reconnect_ms);
+        }
+    }
+}
