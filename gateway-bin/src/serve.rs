@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
+use manifold_core::engine::cluster::ClusterConfig;
 use manifold_core::engine::{AccessConfig, Engine, EngineConfig, PrincipalConfig};
 use manifold_core::store::{FlushMode, RealFs};
 use serde::Deserialize;
@@ -48,6 +49,10 @@ pub struct ServeArgs {
     /// Flush interval for `async`, milliseconds (default 100).
     #[arg(long)]
     flush_interval_ms: Option<u64>,
+    /// CommitLog segment size in bytes (default 1 GiB; at least 64 KiB). Segments are
+    /// preallocated: a small size suits tests and small disks.
+    #[arg(long)]
+    segment_size: Option<u64>,
 }
 
 /// The TOML file: the same settings, by the same names (with `_`).
@@ -63,6 +68,7 @@ struct FileConfig {
     peers: Option<String>,
     flush: Option<String>,
     flush_interval_ms: Option<u64>,
+    segment_size: Option<u64>,
     /// `[[principal]]` tables (file only: secrets stay off the command line).
     principal: Option<Vec<PrincipalToml>>,
 }
@@ -90,6 +96,7 @@ struct Settings {
     raft_addr: Option<String>,
     peers: Option<String>,
     flush: FlushMode,
+    segment_size: Option<u64>,
     access: AccessConfig,
 }
 
@@ -142,6 +149,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         raft_addr: args.raft_addr.clone().or(file.raft_addr),
         peers: args.peers.clone().or(file.peers),
         flush,
+        segment_size: args.segment_size.or(file.segment_size),
         access: match file.principal {
             None => AccessConfig::default(),
             Some(list) => AccessConfig {
@@ -159,29 +167,82 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     })
 }
 
+/// The Raft group from `--peers 1=H:P,2=H:P,...`: `None` for a group of one. This node's
+/// Raft listener binds `--raft-addr` if given, else its own entry in the list.
+fn cluster_config(
+    node_id: u64,
+    peers: &str,
+    raft_addr: Option<&str>,
+) -> anyhow::Result<Option<ClusterConfig>> {
+    use std::net::ToSocketAddrs;
+    let mut voters = Vec::new();
+    for member in peers.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let (id, addr) = member
+            .split_once('=')
+            .with_context(|| format!("--peers: {member:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("--peers: {id:?} is not a node id"))?;
+        let addr = addr
+            .trim()
+            .to_socket_addrs()
+            .with_context(|| format!("--peers: cannot resolve {addr:?}"))?
+            .next()
+            .with_context(|| format!("--peers: {addr:?} resolves to nothing"))?;
+        if voters.iter().any(|(v, _)| *v == id) {
+            bail!("--peers names node {id} twice");
+        }
+        voters.push((id, addr));
+    }
+    if !voters.iter().any(|(v, _)| *v == node_id) {
+        bail!("--peers does not name this node (--node-id {node_id})");
+    }
+    if voters.len() == 1 {
+        return Ok(None);
+    }
+    let listen = match raft_addr {
+        Some(a) => Some(
+            a.to_socket_addrs()
+                .with_context(|| format!("--raft-addr: cannot resolve {a:?}"))?
+                .next()
+                .with_context(|| format!("--raft-addr: {a:?} resolves to nothing"))?,
+        ),
+        None => None,
+    };
+    Ok(Some(ClusterConfig {
+        listen,
+        ..ClusterConfig::new(voters)
+    }))
+}
+
 /// Runs the subcommand until SIGINT or SIGTERM.
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
-    if s.peers
-        .as_deref()
-        .is_some_and(|p| p.split(',').filter(|m| !m.trim().is_empty()).count() > 1)
-    {
-        bail!(
-            "--peers names a cluster, but replication is not built yet: run a single node (no --peers)"
-        );
-    }
+    let cluster = match s.peers.as_deref() {
+        Some(peers) => cluster_config(s.node_id, peers, s.raft_addr.as_deref())?,
+        None => None,
+    };
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating {}", s.data_dir.display()))?;
     let mut config = EngineConfig {
         node_id: s.node_id,
         access: s.access.clone(),
+        cluster,
         ..EngineConfig::default()
     };
     config.store.log.flush = s.flush;
+    if let Some(size) = s.segment_size {
+        ensure!(
+            (64 * 1024..1 << 32).contains(&size),
+            "--segment-size must be at least 64 KiB and below 4 GiB"
+        );
+        config.store.log.segment_size = size;
+    }
     let max_message_bytes = config.max_message_bytes;
     let engine = Arc::new(open(&s.data_dir, config)?);
-    if let Some(addr) = &s.raft_addr {
-        tracing::warn!(%addr, "raft listener not available yet (single node); not listening");
+    if let (Some(addr), None) = (&s.raft_addr, &s.peers) {
+        tracing::warn!(%addr, "--raft-addr without --peers: a single node; not listening");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -116,19 +116,30 @@ fn after_sigkill_the_directory_verifies_and_a_restart_starts_a_new_term() -> any
 }
 
 #[test]
-fn cluster_flags_are_refused_until_replication_exists() -> anyhow::Result<()> {
+fn a_peers_list_that_does_not_make_a_group_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let out = Command::new(BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--peers",
-            "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
-        ])
-        .output()?;
-    ensure!(out.status.code() == Some(2), "{:?}", out.status);
-    ensure!(String::from_utf8_lossy(&out.stderr).contains("replication is not built yet"));
+    for (peers, why) in [
+        (
+            "2=127.0.0.1:7002,3=127.0.0.1:7003",
+            "--peers does not name this node",
+        ),
+        (
+            "1=127.0.0.1:7001,1=127.0.0.1:7002",
+            "--peers names node 1 twice",
+        ),
+        ("1=127.0.0.1:7001,2", "is not ID=HOST:PORT"),
+        ("1=127.0.0.1:7001,x=127.0.0.1:7002", "is not a node id"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--node-id", "1", "--peers", peers])
+            .output()?;
+        ensure!(out.status.code() == Some(2), "{peers}: {:?}", out.status);
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(err.contains(why), "{peers}: {err}");
+    }
     Ok(())
 }
 

@@ -56,6 +56,14 @@ pub fn engine_error(e: &EngineError, cmd: &str, key: &[u8], group: &[u8]) -> Rep
         EngineError::SetId(SetIdRefused::AddedTooSmall) => Reply::err(
             "The entries_added specified in XSETID is smaller than the target stream length",
         ),
+        // A follower (writes are not forwarded yet): what a Redis replica says, so clients
+        // raise their read-only error; no leader yet: Redis Cluster's retry error.
+        EngineError::NotLeader { leader: Some(n) } => Reply::Error(format!(
+            "READONLY You can't write against a read only replica. (node {n} leads)"
+        )),
+        EngineError::NotLeader { leader: None } => {
+            Reply::Error("TRYAGAIN no leader is elected yet; retry in a moment".into())
+        }
         // Manifold's own limits and failures: `-ERR` with the engine's text.
         other => Reply::err(other),
     }

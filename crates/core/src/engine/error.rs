@@ -65,6 +65,13 @@ pub enum EngineError {
     /// XSETID changed nothing (the stream is missing, or the ID or counter is too small).
     #[error("XSETID refused: {0:?}")]
     SetId(crate::store::SetIdRefused),
+    /// This node does not take writes now (not the leader, or a new leader whose no-op is
+    /// not applied yet): retry on the leader, or here after a moment.
+    #[error("not the leader{}", match leader { Some(n) => format!(": node {n} leads"), None => ": no leader elected yet".into() })]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<u64>,
+    },
     /// The engine is shutting down; retry on another node or after restart.
     #[error("engine is shutting down")]
     ShuttingDown,

@@ -28,6 +28,7 @@ mod batch;
 mod checkpointer;
 mod client;
 mod clock_bound;
+pub mod cluster;
 mod codec;
 mod error;
 mod filter_group_api;
@@ -537,6 +538,8 @@ pub struct EngineConfig {
     /// Principals and what they may publish and subscribe to (default: `default`, without a
     /// secret, allowed everything).
     pub access: AccessConfig,
+    /// The Raft group this node belongs to (default `None`: a group of one).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl Default for EngineConfig {
@@ -555,6 +558,7 @@ impl Default for EngineConfig {
             retention_check_ms: 60_000,
             max_sessions: 100_000,
             access: AccessConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -800,6 +804,8 @@ struct Proposer {
     /// While a transaction is built: each view entry as it was before the transaction first
     /// touched it, to put back if it is not appended.
     undo: Option<HashMap<TopicKey, Option<ViewTopic>>>,
+    /// In a Raft group of several: whether this node takes proposals now.
+    cluster: Option<cluster::LeaderGate>,
 }
 
 /// A proposal on its way to the applier.
@@ -816,6 +822,12 @@ impl Proposal {
     fn is_durable(&self) -> bool {
         self.entries.last().is_none_or(|(t, _)| t.is_durable())
     }
+}
+
+/// What reaches the applier: a proposal, or (in a cluster) word that the commit index moved.
+enum ApplyInput {
+    Proposal(Proposal),
+    Commit,
 }
 
 /// Where what applying a proposal's entries did goes.
@@ -847,7 +859,7 @@ struct Inner {
     root: PathBuf,
     config: EngineConfig,
     proposer: Mutex<Proposer>,
-    apply_tx: Mutex<Option<mpsc::Sender<Proposal>>>,
+    apply_tx: Mutex<Option<mpsc::Sender<ApplyInput>>>,
     waiters: Waiters,
     applied: AtomicU64,
     /// Engine state beyond streams (retained messages), as of `applied`.
@@ -860,6 +872,10 @@ struct Inner {
     topic_index: Mutex<Option<(u64, topic_index::TopicIndex)>>,
     /// The next place in line for readers waiting in turn.
     wait_order: AtomicU64,
+    /// In a Raft group of several: the commit index the driver reported.
+    commit: AtomicU64,
+    /// In a Raft group of several: the driver.
+    cluster: std::sync::OnceLock<cluster::ClusterLink>,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -885,6 +901,8 @@ pub struct Engine {
     applier: Option<JoinHandle<()>>,
     /// The timer thread, and the sender whose drop stops it.
     timers: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// In a Raft group of several: the driver and the transport.
+    cluster: Option<cluster::ClusterParts>,
 }
 
 fn wall_clock_ms() -> u64 {
@@ -1008,10 +1026,22 @@ impl Engine {
         let state = Mutex::new(state);
         let state_ms = opening.elapsed().as_millis() - store_ms;
         snapshot::prune(storage.as_ref(), root, checkpointed)?;
-        // Re-apply the log after the checkpoint, with the outcomes the state depends on.
+        // Re-apply the log after the checkpoint, with the outcomes the state depends on. A
+        // group of one has committed everything it made durable; in a group of several only
+        // the dispatch point is known committed: the rest waits for the leader's word.
+        let clustered = config
+            .cluster
+            .as_ref()
+            .filter(|c| c.voters.len() > 1)
+            .cloned();
+        let applied_at_open = if clustered.is_some() {
+            checkpointed
+        } else {
+            last
+        };
         let mut next = checkpointed + 1;
-        while next <= last {
-            let upto = last.min(next + REPLAY_BATCH - 1);
+        while next <= applied_at_open {
+            let upto = applied_at_open.min(next + REPLAY_BATCH - 1);
             let entries = store.log().entries(next, upto)?;
             apply_entries(&store, &state, &entries, config.limits(), None, &[])?;
             next = upto + 1;
@@ -1020,17 +1050,23 @@ impl Engine {
             store_ms: store_ms as u64,
             state_ms: state_ms as u64,
             journaled: journaled as u64,
-            replayed: last.saturating_sub(checkpointed),
+            replayed: applied_at_open.saturating_sub(checkpointed),
             replay_ms: (opening.elapsed().as_millis() - store_ms - state_ms) as u64,
         };
         tracing::info!(?recovered, "engine state recovered");
         let hard = HardState::load(storage.as_ref(), root)?;
-        let term = hard.term.max(store.log().last_term()) + 1;
-        HardState {
-            term,
-            voted_for: config.node_id,
-        }
-        .store(storage.as_ref(), root)?;
+        let term = if clustered.is_some() {
+            // Terms and votes are the Raft core's to change.
+            hard.term
+        } else {
+            let term = hard.term.max(store.log().last_term()) + 1;
+            HardState {
+                term,
+                voted_for: config.node_id,
+            }
+            .store(storage.as_ref(), root)?;
+            term
+        };
         let mut last_ts = if last >= store.log().first_index() && last > 0 {
             store.log().entry(last)?.timestamp_ms
         } else {
@@ -1043,7 +1079,7 @@ impl Engine {
             last_ts = last_ts.max(bound.saturating_add(1));
         }
         let ts_bound = matches!(config.store.log.flush, FlushMode::Async { .. }).then_some(bound);
-        let (tx, rx) = mpsc::channel::<Proposal>();
+        let (tx, rx) = mpsc::channel::<ApplyInput>();
         let config_access = config.access.clone();
         let inner = Arc::new(Inner {
             store: Arc::new(store),
@@ -1059,35 +1095,52 @@ impl Engine {
                 producers_in_flight: HashMap::new(),
                 undo: None,
                 shut: false,
+                cluster: clustered.as_ref().map(|_| cluster::LeaderGate::default()),
             }),
             apply_tx: Mutex::new(Some(tx)),
             waiters: Waiters::default(),
-            applied: AtomicU64::new(last),
+            applied: AtomicU64::new(applied_at_open),
             state,
             acl: Acl::new(&config_access),
             recovered,
             topic_index: Mutex::new(None),
             wait_order: AtomicU64::new(0),
+            commit: AtomicU64::new(applied_at_open),
+            cluster: std::sync::OnceLock::new(),
         });
         let applier_inner = inner.clone();
+        let in_group = clustered.is_some();
         let applier = std::thread::Builder::new()
             .name("engine-apply".into())
-            .spawn(move || applier_inner.apply_loop(rx))
+            .spawn(move || {
+                if in_group {
+                    applier_inner.apply_loop_cluster(rx)
+                } else {
+                    applier_inner.apply_loop(rx)
+                }
+            })
             .map_err(|e| StoreError::io("engine-apply thread", e))?;
         let mut engine = Engine {
             inner,
             applier: Some(applier),
             timers: None,
+            cluster: None,
         };
-        // The leader's no-op: commits everything before it in the new term.
-        let noop = engine
-            .inner
-            .propose(|p| Ok(Some((EntryKind::Noop, Bytes::new(), Vec::new(), p.term))))?;
-        if let Some(noop) = noop {
-            noop.blocking_recv()
-                .map_err(|_| EngineError::ShuttingDown)??;
+        if let Some(c) = &clustered {
+            // The Raft core elects a leader; its no-op opens proposals there.
+            let node = engine.inner.config.node_id;
+            engine.cluster = Some(cluster::start(&engine.inner, node, c, applied_at_open)?);
+        } else {
+            // The leader's no-op: commits everything before it in the new term.
+            let noop = engine
+                .inner
+                .propose(|p| Ok(Some((EntryKind::Noop, Bytes::new(), Vec::new(), p.term))))?;
+            if let Some(noop) = noop {
+                noop.blocking_recv()
+                    .map_err(|_| EngineError::ShuttingDown)??;
+            }
         }
-        // A group of one is the leader: its timers run.
+        // Timers run on every node; their proposals are refused except on the leader.
         let (stop, stopped) = mpsc::channel();
         let timer_inner = engine.inner.clone();
         let timers = std::thread::Builder::new()
@@ -1106,6 +1159,12 @@ impl Engine {
     /// Current term.
     pub fn term(&self) -> Term {
         self.inner.lock_proposer().term
+    }
+
+    /// This node's Raft status in a group of several (`None`: a group of one, always the
+    /// leader).
+    pub fn raft_status(&self) -> Option<crate::raft::driver::Status> {
+        self.inner.raft_status()
     }
 
     /// What the open that made this engine cost.
@@ -1749,6 +1808,9 @@ impl Engine {
             drop(stop);
             let _ = timers.join();
         }
+        if let Some(c) = self.cluster.take() {
+            c.stop();
+        }
         self.inner.lock_proposer().shut = true;
         drop(
             self.inner
@@ -1936,6 +1998,9 @@ impl Inner {
         if p.shut {
             return Err(EngineError::ShuttingDown);
         }
+        if let Some(g) = p.cluster.as_ref().filter(|g| !g.writable) {
+            return Err(EngineError::NotLeader { leader: g.leader });
+        }
         p.last_ts = p.last_ts.max((self.config.clock)());
         if let Some(bound) = p.ts_bound
             && p.last_ts > bound
@@ -2063,8 +2128,14 @@ impl Inner {
     /// Hands a proposal to the applier. Called with the proposer lock held (the lock its
     /// entries were appended under): proposals must reach the applier in log order.
     fn send(&self, proposal: Proposal) -> Result<()> {
+        // In a group, the Raft core replicates what the leader appended.
+        if let Some((ticket, entry)) = proposal.entries.last() {
+            self.appended(ticket.index, entry.term);
+        }
         let tx = self.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
-        let sent = tx.as_ref().map(|tx| tx.send(proposal).is_ok());
+        let sent = tx
+            .as_ref()
+            .map(|tx| tx.send(ApplyInput::Proposal(proposal)).is_ok());
         if sent != Some(true) {
             return Err(EngineError::ShuttingDown);
         }
@@ -2074,7 +2145,7 @@ impl Inner {
     /// The applier: entries in log order, once durable; dispatched in batches (the first
     /// proposal waiting, then those behind it already durable, up to `APPLY_BATCH` entries),
     /// then each proposer gets its reply and the waiters of the touched topics are woken. Between batches it drives checkpoints (`advance_checkpoint`).
-    fn apply_loop(&self, rx: mpsc::Receiver<Proposal>) {
+    fn apply_loop(&self, rx: mpsc::Receiver<ApplyInput>) {
         let mut checkpointing = Checkpointing::new();
         // A proposal received but not durable yet: the next batch starts with it.
         let mut carry = None;
@@ -2082,14 +2153,15 @@ impl Inner {
             // While a checkpoint stage is in flight, wake up now and then to advance it even
             // if nothing arrives.
             let next = if let Some(p) = carry.take() {
-                Ok(p)
+                Ok(ApplyInput::Proposal(p))
             } else if checkpointing.busy() {
                 rx.recv_timeout(Duration::from_millis(20))
             } else {
                 rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
             };
             match next {
-                Ok(first) => {
+                Ok(ApplyInput::Commit) => {}
+                Ok(ApplyInput::Proposal(first)) => {
                     if !self.apply_batch(first, &rx, &mut carry, checkpointing.journal()) {
                         break;
                     }
@@ -2107,7 +2179,7 @@ impl Inner {
     fn apply_batch(
         &self,
         first: Proposal,
-        rx: &mpsc::Receiver<Proposal>,
+        rx: &mpsc::Receiver<ApplyInput>,
         carry: &mut Option<Proposal>,
         journal: Option<&mut Vec<journal::JournalEntry>>,
     ) -> bool {
@@ -2121,14 +2193,15 @@ impl Inner {
         let mut batch = vec![first];
         while n < APPLY_BATCH {
             match rx.try_recv() {
-                Ok(p) if p.is_durable() => {
+                Ok(ApplyInput::Proposal(p)) if p.is_durable() => {
                     n += p.entries.len();
                     batch.push(p);
                 }
-                Ok(p) => {
+                Ok(ApplyInput::Proposal(p)) => {
                     *carry = Some(p);
                     break;
                 }
+                Ok(ApplyInput::Commit) => {}
                 Err(_) => break,
             }
         }
@@ -2159,36 +2232,72 @@ impl Inner {
                 }
             }
         }
-        let applied = match failed {
-            Some(e) => Err(e),
-            None => apply_entries(
-                &self.store,
-                &self.state,
-                &entries,
-                self.config.limits(),
-                journal,
-                &pauses,
-            ),
-        };
-        // A transaction's reader still waiting hears that apply is over.
-        drop(pauses);
+        if let Some(e) = failed {
+            return self.stop_applying(e, replies.into_iter().map(|(r, _)| r), carry, rx);
+        }
+        let replies = replies.into_iter().map(|(r, n)| (Some(r), n)).collect();
+        match self.finish_batch(&entries, replies, &pauses, journal) {
+            Ok(()) => true,
+            Err(e) => self.stop_applying(e, std::iter::empty(), carry, rx),
+        }
+    }
+
+    /// The log or the store failed: nothing later can apply either. Every reply still owed
+    /// fails, the proposer shuts; the applier stops (false).
+    fn stop_applying(
+        &self,
+        e: EngineError,
+        owed: impl Iterator<Item = ReplyTo>,
+        carry: &mut Option<Proposal>,
+        rx: &mpsc::Receiver<ApplyInput>,
+    ) -> bool {
+        tracing::error!(error = %e, "apply failed; the engine stops applying");
+        for reply in owed {
+            reply.fail(e.clone());
+        }
+        let queued = rx.try_iter().filter_map(|i| match i {
+            ApplyInput::Proposal(p) => Some(p),
+            ApplyInput::Commit => None,
+        });
+        for rest in carry.take().into_iter().chain(queued) {
+            rest.reply.fail(e.clone());
+        }
+        self.lock_proposer().shut = true;
+        false
+    }
+
+    /// Applies `entries` (committed, in log order) to the store and the engine state, moves
+    /// the applied index, prunes the leader view, answers each proposal (`replies`: the reply,
+    /// or none for entries another node proposed, and how many entries it covers) and wakes
+    /// the readers of touched topics. On failure every reply given fails too.
+    fn finish_batch(
+        &self,
+        entries: &[Arc<LogEntry>],
+        replies: Vec<(Option<ReplyTo>, usize)>,
+        pauses: &[Option<transaction::Pauses>],
+        journal: Option<&mut Vec<journal::JournalEntry>>,
+    ) -> Result<()> {
+        let applied = apply_entries(
+            &self.store,
+            &self.state,
+            entries,
+            self.config.limits(),
+            journal,
+            pauses,
+        );
         let applied = match applied {
             Ok(o) => o,
             Err(e) => {
-                // The log or the store failed: nothing later can apply either.
-                tracing::error!(error = %e, "apply failed; the engine stops applying");
                 for (reply, _) in replies {
-                    reply.fail(e.clone());
+                    if let Some(reply) = reply {
+                        reply.fail(e.clone());
+                    }
                 }
-                for rest in carry.take().into_iter().chain(rx.try_iter()) {
-                    rest.reply.fail(e.clone());
-                }
-                self.lock_proposer().shut = true;
-                return false;
+                return Err(e);
             }
         };
         let Some(last) = entries.last().map(|e| e.index) else {
-            return true;
+            return Ok(());
         };
         self.applied.store(last, Ordering::Release);
         // The leader view keeps only topics with entries not yet applied; pruned before any
@@ -2204,6 +2313,21 @@ impl Inner {
                 };
                 if prop.view.get(&key).is_some_and(|v| v.at <= last) {
                     prop.view.remove(&key);
+                }
+            }
+            if prop.cluster.is_some() {
+                // Time never runs backwards across leaders: the next leader stamps after
+                // every entry it applied.
+                if let Some(e) = entries.last() {
+                    prop.last_ts = prop.last_ts.max(e.timestamp_ms);
+                }
+            }
+            if let Some(c) = prop.cluster.as_mut() {
+                // A new leader takes proposals once its no-op (and so everything before it) is
+                // applied: its view of the log is then the applied state.
+                if c.noop_at.is_some_and(|i| i <= last) {
+                    c.noop_at = None;
+                    c.writable = true;
                 }
             }
         }
@@ -2226,17 +2350,18 @@ impl Inner {
                 mine.push(applied);
             }
             match reply {
-                ReplyTo::One(tx) => {
+                Some(ReplyTo::One(tx)) => {
                     if let Some(applied) = mine.pop() {
                         let _ = tx.send(Ok(applied));
                     }
                 }
-                ReplyTo::Many(tx) => {
+                Some(ReplyTo::Many(tx)) => {
                     let _ = tx.send(Ok(mine));
                 }
+                None => {}
             }
         }
-        true
+        Ok(())
     }
 
     /// The timer thread: every `timer_tick_ms`, proposes the command of each deadline that

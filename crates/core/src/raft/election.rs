@@ -57,6 +57,12 @@ impl Raft {
         };
         let sticky = !v.transfer && self.in_lease();
         let granted = up_to_date && free && !sticky && self.healthy;
+        if !up_to_date && !sticky && self.healthy && self.role == Role::Follower {
+            // A candidate behind us is looking for a leader and none is live: we would win
+            // where it cannot, so campaign soon rather than after a whole timeout of our own.
+            let soon = self.now + self.rng.between(0, self.cfg.heartbeat_ms.max(1));
+            self.election_deadline = self.election_deadline.min(soon);
+        }
         if granted && !v.pre {
             self.hard.voted_for = from;
             self.save_hard_state();

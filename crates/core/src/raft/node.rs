@@ -29,6 +29,16 @@ pub struct Raft {
     pub(super) verified: LogIndex,
     /// Follower: the index last acknowledged to the current leader.
     pub(super) acked: LogIndex,
+    /// Follower: the highest commit index an append of the current leader carried (it
+    /// applies as far as `verified` reaches).
+    pub(super) leader_commit: LogIndex,
+    /// Follower: the highest commit index a heartbeat of the current leader carried. The
+    /// leader caps it at this node's match index (entries it knows this node holds durably
+    /// in its term), so it applies as far as the local log is durable, `verified` or not.
+    pub(super) heartbeat_commit: LogIndex,
+    /// Leader: a `Persisted` report past the log's end (the driver's `Appended` for those
+    /// entries had not arrived yet), applied once they are known.
+    pub(super) early_persisted: Option<(LogIndex, Term)>,
     /// Votes received in the current (pre-)election.
     pub(super) votes: BTreeMap<NodeId, bool>,
     /// Leader: each follower's progress.
@@ -69,6 +79,9 @@ impl Raft {
             persisted,
             verified: 0,
             acked: 0,
+            leader_commit: 0,
+            heartbeat_commit: 0,
+            early_persisted: None,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             now,
@@ -226,6 +239,8 @@ impl Raft {
         if (self.hard.term, leader) != (before.1, before.2) {
             self.verified = 0;
             self.acked = 0;
+            self.leader_commit = 0;
+            self.heartbeat_commit = 0;
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -233,6 +248,7 @@ impl Raft {
         self.progress.clear();
         self.transfer = None;
         self.commit_push_at = None;
+        self.early_persisted = None;
         if leader.is_some() {
             self.leader_contact = Some(self.now);
         }
@@ -397,7 +413,8 @@ impl Raft {
             Message::Heartbeat { commit, .. } => {
                 self.heard_from_leader(from);
                 if self.role == Role::Follower {
-                    self.advance_follower_commit(commit);
+                    self.heartbeat_commit = self.heartbeat_commit.max(commit);
+                    self.advance_follower_commit();
                     let term = self.hard.term;
                     self.send(from, Message::HeartbeatReply { term });
                 }

@@ -20,6 +20,13 @@ impl Raft {
         }
         let count = last_index - self.log.last_index();
         self.log.append(self.hard.term, count);
+        // The driver may have reported these entries durable before it reported them appended.
+        if let Some((index, term)) = self.early_persisted
+            && index <= self.log.last_index()
+        {
+            self.early_persisted = None;
+            self.on_persisted(index, term);
+        }
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for p in peers {
             self.send_append(p);
@@ -28,6 +35,11 @@ impl Raft {
 
     /// The local log is durable through `index` (entry of `term`).
     pub(super) fn on_persisted(&mut self, index: LogIndex, term: Term) {
+        if index > self.log.last_index() && self.role == Role::Leader && term == self.hard.term {
+            // Ahead of the `Appended` that tells us of these entries: kept until it comes.
+            self.early_persisted = Some((index, term));
+            return;
+        }
         if self.log.term_at(index) != Some(term) || index <= self.persisted {
             return;
         }
@@ -36,7 +48,7 @@ impl Raft {
             Role::Leader => self.maybe_commit(),
             Role::Follower => {
                 self.acknowledge();
-                self.advance_follower_commit(self.commit);
+                self.advance_follower_commit();
             }
             _ => {}
         }
@@ -158,7 +170,8 @@ impl Raft {
             });
         }
         self.verified = self.verified.max(request_last);
-        self.advance_follower_commit(h.commit);
+        self.leader_commit = self.leader_commit.max(h.commit);
+        self.advance_follower_commit();
         if self.persisted >= request_last {
             self.acknowledge_at(from, request_last);
         }
@@ -190,9 +203,14 @@ impl Raft {
     }
 
     /// Follower: commits what the leader committed, as far as the local log is known to
-    /// match it and is durable.
-    pub(super) fn advance_follower_commit(&mut self, leader_commit: LogIndex) {
-        let to = leader_commit.min(self.verified).min(self.persisted);
+    /// match it (through an append: `verified`; through the leader's knowledge of this node's
+    /// match index: a heartbeat's commit) and is durable.
+    pub(super) fn advance_follower_commit(&mut self) {
+        let to = self
+            .leader_commit
+            .min(self.verified)
+            .max(self.heartbeat_commit)
+            .min(self.persisted);
         if to > self.commit {
             self.commit = to;
             self.actions.push(Action::Commit(to));
@@ -277,10 +295,18 @@ impl Raft {
         let commit = self.commit;
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for to in peers {
+            let mut theirs = 0;
             if let Some(p) = self.progress.get_mut(&to) {
                 p.sent_commit = p.sent_commit.max(commit);
+                theirs = commit.min(p.match_index);
             }
-            self.send(to, Message::Heartbeat { term, commit });
+            self.send(
+                to,
+                Message::Heartbeat {
+                    term,
+                    commit: theirs,
+                },
+            );
         }
         self.commit_push_at = None;
     }
@@ -297,10 +323,18 @@ impl Raft {
             .map(|(id, _)| *id)
             .collect();
         for to in behind {
+            let mut theirs = 0;
             if let Some(p) = self.progress.get_mut(&to) {
                 p.sent_commit = commit;
+                theirs = commit.min(p.match_index);
             }
-            self.send(to, Message::Heartbeat { term, commit });
+            self.send(
+                to,
+                Message::Heartbeat {
+                    term,
+                    commit: theirs,
+                },
+            );
         }
     }
 

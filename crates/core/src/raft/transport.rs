@@ -260,6 +260,12 @@ fn send_loop(
                 Err(_) => break,
             }
         }
+        // A peer that restarted left our old connection half-closed: a write into it would
+        // vanish without an error (the first message after a restart, often a vote). Nothing
+        // is ever read on this connection, so anything readable means it is gone.
+        if conn.as_ref().is_some_and(|s| !still_open(s)) {
+            conn = None;
+        }
         if conn.is_none() && Instant::now() >= retry_at {
             match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 Ok(s) => {
@@ -279,4 +285,18 @@ fn send_loop(
             retry_at = Instant::now() + Duration::from_millis(config.reconnect_ms);
         }
     }
+}
+
+/// Whether an outgoing connection is still open: the peer never sends on it, so a readable
+/// end-of-stream or an error means it closed.
+fn still_open(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let open = match s.peek(&mut [0u8; 1]) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    };
+    open && s.set_nonblocking(false).is_ok()
 }

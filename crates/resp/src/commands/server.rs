@@ -422,8 +422,28 @@ fn section(shared: &Shared, name: &str, text: &mut String) {
             w("connected_slaves", "0".into());
             w("master_failover_state", "no-failover".into());
             w("master_repl_offset", engine.applied_index().to_string());
-            w("manifold_raft_role", "leader".into());
-            w("manifold_raft_term", engine.term().to_string());
+            match engine.raft_status() {
+                None => {
+                    w("manifold_raft_role", "leader".into());
+                    w("manifold_raft_term", engine.term().to_string());
+                }
+                Some(st) => {
+                    let role = match st.role {
+                        manifold_core::raft::Role::Leader => "leader",
+                        manifold_core::raft::Role::Candidate => "candidate",
+                        manifold_core::raft::Role::PreCandidate => "pre-candidate",
+                        manifold_core::raft::Role::Follower => "follower",
+                    };
+                    w("manifold_raft_role", role.into());
+                    w("manifold_raft_term", st.term.to_string());
+                    w("manifold_raft_node_id", st.id.to_string());
+                    w(
+                        "manifold_raft_leader_id",
+                        st.leader.map_or_else(String::new, |l| l.to_string()),
+                    );
+                    w("manifold_raft_commit_index", st.commit.to_string());
+                }
+            }
         }
         "cpu" => {
             let (user, sys) = cpu_seconds();

@@ -1,0 +1,362 @@
+//! The engine as a member of a Raft group: what `Engine::open` starts when the group has more
+//! than one voter, and the applier that follows the commit index. The Raft driver tells the
+//! engine three things (`Hooks`): append the no-op of a new term (under the proposer lock, so
+//! it is ordered with proposals), the commit index moved (the applier applies the committed
+//! entries from the log, answering the proposals that are this node's), and the role changed
+//! (the proposer opens once the new leader's no-op is applied, and closes at once on stepping
+//! down, dropping its view of entries that may be truncated).
+//!
+//! Never here: deciding what commits (the Raft core), applying anything not committed.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use crate::raft::driver::{Driver, DriverConfig, DriverHandle, Hooks, Status};
+use crate::raft::transport::{Deliver, Transport, TransportConfig};
+use crate::raft::{self, Event, HardState, NodeId, Raft, RaftConfig, Role};
+use crate::store::{LogEntry, LogIndex, NewEntry, StoreError, Term};
+
+use super::checkpointer::Checkpointing;
+use super::{APPLY_BATCH, ApplyInput, EngineError, Inner, Proposal, ReplyTo, Result};
+
+/// This node's place in a Raft group.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Every voter and its Raft address, this node (`EngineConfig::node_id`) included.
+    pub voters: Vec<(NodeId, SocketAddr)>,
+    /// Where this node's Raft listener binds (default: its own entry in `voters`).
+    pub listen: Option<SocketAddr>,
+    /// Leader heartbeat interval (default 50 ms).
+    pub heartbeat_ms: u64,
+    /// Election timeout range (default 300..600 ms).
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl ClusterConfig {
+    pub fn new(voters: Vec<(NodeId, SocketAddr)>) -> ClusterConfig {
+        ClusterConfig {
+            voters,
+            listen: None,
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+        }
+    }
+}
+
+/// The proposer's side of leadership (cluster mode only).
+#[derive(Debug, Clone, Default)]
+pub(super) struct LeaderGate {
+    /// Proposals are taken (this node leads, its no-op is applied).
+    pub writable: bool,
+    /// Leading, the no-op of the term is at this index and not applied yet.
+    pub noop_at: Option<LogIndex>,
+    /// The leader, as far as this node knows.
+    pub leader: Option<NodeId>,
+}
+
+/// What the engine holds of its Raft membership.
+pub(super) struct ClusterLink {
+    pub handle: DriverHandle,
+}
+
+impl std::fmt::Debug for ClusterLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLink").finish_non_exhaustive()
+    }
+}
+
+/// The running Raft parts, stopped by `Engine::close`.
+pub(super) struct ClusterParts {
+    pub driver: Driver,
+    pub transport: Arc<Transport>,
+}
+
+impl std::fmt::Debug for ClusterParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterParts").finish_non_exhaustive()
+    }
+}
+
+impl ClusterParts {
+    pub fn stop(self) {
+        self.driver.stop();
+        if let Ok(t) = Arc::try_unwrap(self.transport) {
+            t.shutdown();
+        }
+    }
+}
+
+/// The engine's side of the driver.
+struct EngineHooks(Arc<Inner>);
+
+impl Hooks for EngineHooks {
+    fn append_noop(&self, term: Term) -> std::result::Result<LogIndex, StoreError> {
+        let mut p = self.0.lock_proposer();
+        let entry = NewEntry::noop(term, p.last_ts);
+        let index = self.0.store.log().append(&entry)?.index;
+        if let Some(g) = p.cluster.as_mut() {
+            g.noop_at = Some(index);
+        }
+        Ok(index)
+    }
+
+    fn committed(&self, index: LogIndex) {
+        self.0.commit.fetch_max(index, Ordering::AcqRel);
+        let tx = self.0.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = tx.as_ref() {
+            let _ = tx.send(ApplyInput::Commit);
+        }
+    }
+
+    fn role_changed(&self, status: &Status) {
+        let mut p = self.0.lock_proposer();
+        p.term = status.term;
+        let leading = status.role == Role::Leader;
+        if !leading {
+            // What the view noted may be truncated: the next leadership starts from applied
+            // state.
+            p.view.clear();
+            p.order.clear();
+            p.producers_in_flight.clear();
+        }
+        if let Some(g) = p.cluster.as_mut() {
+            g.writable = false;
+            g.leader = status.leader;
+            if !leading {
+                g.noop_at = None;
+            }
+        }
+    }
+}
+
+/// Binds the Raft address, starts the transport and the driver. `applied`: what the engine
+/// applied at open (all committed).
+pub(super) fn start(
+    inner: &Arc<Inner>,
+    id: NodeId,
+    cluster: &ClusterConfig,
+    applied: LogIndex,
+) -> Result<ClusterParts> {
+    let storage = inner.storage.clone();
+    let root = inner.root.clone();
+    let Some(&(_, addr)) = cluster.voters.iter().find(|(v, _)| *v == id) else {
+        return Err(EngineError::InvalidArgument(
+            "this node's id is not among the cluster's voters",
+        ));
+    };
+    let addr = cluster.listen.unwrap_or(addr);
+    let listener =
+        TcpListener::bind(addr).map_err(|e| StoreError::io(format!("raft address {addr}"), e))?;
+    let hard = HardState::load(storage.as_ref(), &root)?;
+    let terms = raft::log_terms(&inner.store)?;
+    let cfg = RaftConfig {
+        heartbeat_ms: cluster.heartbeat_ms,
+        election_min_ms: cluster.election_min_ms,
+        election_max_ms: cluster.election_max_ms,
+        seed: super::wall_clock_ms() ^ id,
+        ..RaftConfig::new(id, cluster.voters.iter().map(|(v, _)| *v).collect())
+    };
+    let core = Raft::new(cfg, hard, terms, applied, 0);
+    let (tx, rx) = mpsc::channel();
+    let deliver: Deliver = {
+        let tx = tx.clone();
+        Arc::new(move |from, msg| {
+            let _ = tx.send(Some(Event::Message { from, msg }));
+        })
+    };
+    let transport = Arc::new(
+        Transport::start(
+            id,
+            listener,
+            &cluster.voters,
+            deliver,
+            TransportConfig::default(),
+        )
+        .map_err(|e| StoreError::io("raft transport", e))?,
+    );
+    let driver = Driver::start(
+        core,
+        inner.store.clone(),
+        storage,
+        root,
+        transport.clone(),
+        Arc::new(EngineHooks(inner.clone())),
+        DriverConfig::default(),
+        (tx, rx),
+    )
+    .map_err(|e| StoreError::io("raft driver", e))?;
+    let _ = inner.cluster.set(ClusterLink {
+        handle: driver.handle(),
+    });
+    Ok(ClusterParts { driver, transport })
+}
+
+impl Inner {
+    /// Tells the driver the leader appended through `index` in `term`.
+    pub(super) fn appended(&self, index: LogIndex, term: Term) {
+        if let Some(c) = self.cluster.get() {
+            c.handle.event(Event::Appended {
+                last_index: index,
+                term,
+            });
+        }
+    }
+
+    /// This node's Raft status, if it is in a group.
+    pub(super) fn raft_status(&self) -> Option<Status> {
+        self.cluster.get().map(|c| c.handle.status())
+    }
+
+    /// The applier of a group member: waits for the commit index, applies the committed
+    /// entries from the log in batches, and answers the proposals among them that are this
+    /// node's (matched by index and term: a proposal whose entry was replaced by another
+    /// leader's fails with `NotLeader`).
+    pub(super) fn apply_loop_cluster(&self, rx: mpsc::Receiver<ApplyInput>) {
+        let mut checkpointing = Checkpointing::new();
+        let mut pending: VecDeque<Proposal> = VecDeque::new();
+        loop {
+            let next = if checkpointing.busy() {
+                rx.recv_timeout(Duration::from_millis(20))
+            } else {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            };
+            match next {
+                Ok(ApplyInput::Proposal(p)) => pending.push_back(p),
+                Ok(ApplyInput::Commit) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            for input in rx.try_iter() {
+                if let ApplyInput::Proposal(p) = input {
+                    pending.push_back(p);
+                }
+            }
+            loop {
+                let commit = self.commit.load(Ordering::Acquire);
+                let applied = self.applied.load(Ordering::Acquire);
+                if commit <= applied {
+                    break;
+                }
+                let mut upto = commit.min(applied + APPLY_BATCH as u64);
+                // A pipeline of ours that starts in this batch and is committed whole goes in
+                // whole (its reply covers all its entries).
+                if let Some(last) = pending
+                    .front()
+                    .and_then(|p| p.entries.last())
+                    .map(|(t, _)| t.index)
+                    .filter(|l| *l > upto && *l <= commit)
+                {
+                    upto = last;
+                }
+                match self.apply_committed(applied + 1, upto, &mut pending, checkpointing.journal())
+                {
+                    Ok(0) => break, // the rest of a pipeline of ours is not committed yet
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "apply failed; the engine stops applying");
+                        for p in pending.drain(..) {
+                            p.reply.fail(e.clone());
+                        }
+                        self.lock_proposer().shut = true;
+                        checkpointing.join();
+                        return;
+                    }
+                }
+            }
+            self.advance_checkpoint(&mut checkpointing);
+        }
+        for p in pending.drain(..) {
+            p.reply.fail(EngineError::ShuttingDown);
+        }
+        checkpointing.join();
+    }
+
+    /// Applies the committed entries `from..=to` (fewer if a pipeline of ours runs past
+    /// `to`); how many.
+    fn apply_committed(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+        pending: &mut VecDeque<Proposal>,
+        journal: Option<&mut Vec<super::journal::JournalEntry>>,
+    ) -> Result<usize> {
+        let entries: Vec<Arc<LogEntry>> = self
+            .store
+            .log()
+            .entries(from, to)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let mut replies: Vec<(Option<ReplyTo>, usize)> = Vec::new();
+        let mut pauses = Vec::with_capacity(entries.len());
+        let mut i = 0usize;
+        while i < entries.len() {
+            let index = entries[i].index;
+            // Proposals wholly before this entry were skipped over: their entries are gone.
+            while let Some(p) = pending.front() {
+                let last = p.entries.last().map_or(0, |(t, _)| t.index);
+                if last >= index {
+                    break;
+                }
+                if let Some(p) = pending.pop_front() {
+                    p.reply.fail(not_leader(self));
+                }
+            }
+            let ours = pending.front().is_some_and(|p| {
+                p.entries.first().is_some_and(|(t, _)| t.index == index)
+                    && p.entries.iter().enumerate().all(|(k, (t, e))| {
+                        entries
+                            .get(i + k)
+                            .is_some_and(|l| l.index == t.index && l.term == e.term)
+                    })
+            });
+            let starts_here = pending
+                .front()
+                .is_some_and(|p| p.entries.first().is_some_and(|(t, _)| t.index == index));
+            if ours {
+                if let Some(mut p) = pending.pop_front() {
+                    let n = p.entries.len();
+                    for _ in 0..n {
+                        pauses.push(p.pauses.take());
+                    }
+                    replies.push((Some(p.reply), n));
+                    i += n;
+                    continue;
+                }
+            } else if starts_here {
+                let straddles = pending.front().is_some_and(|p| {
+                    let last = p.entries.last().map_or(0, |(t, _)| t.index);
+                    last > to
+                        && entries.get(i).is_some_and(|l| {
+                            p.entries.first().is_some_and(|(_, e)| e.term == l.term)
+                        })
+                });
+                if straddles {
+                    // Ours, but its last entries are not in this batch: apply up to it now,
+                    // the rest with the next batch.
+                    break;
+                }
+                if let Some(p) = pending.pop_front() {
+                    p.reply.fail(not_leader(self));
+                }
+            }
+            pauses.push(None);
+            replies.push((None, 1));
+            i += 1;
+        }
+        let entries = &entries[..i];
+        self.finish_batch(entries, replies, &pauses, journal)?;
+        Ok(i)
+    }
+}
+
+/// The error a proposal whose entry did not survive gets.
+fn not_leader(inner: &Inner) -> EngineError {
+    EngineError::NotLeader {
+        leader: inner.raft_status().and_then(|s| s.leader),
+    }
+}

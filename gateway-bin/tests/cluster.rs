@@ -1,0 +1,303 @@
+//! Three `manifold serve` processes as one Raft group on loopback, with a real Redis client:
+//! a leader is elected; a writer keeps appending through whichever node leads while the test
+//! SIGKILLs the leader and restarts it, cycle after cycle; afterwards every node holds every
+//! acknowledged write exactly once, in the same order, and `manifold inspect` finds each data
+//! directory clean. Failover times (leader SIGKILL → first acknowledged write through a
+//! survivor) are printed.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+const BIN: &str = env!("CARGO_BIN_EXE_manifold");
+
+/// SIGKILL-and-restart cycles of the leader (`MANIFOLD_CLUSTER_CYCLES` to change).
+fn cycles() -> usize {
+    std::env::var("MANIFOLD_CLUSTER_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Node {
+    id: u64,
+    dir: PathBuf,
+    resp: u16,
+    child: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Node {
+    fn start(&mut self, peers: &str) -> anyhow::Result<()> {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--node-id", &self.id.to_string(), "--peers", peers])
+            .args(["--resp-addr", &format!("127.0.0.1:{}", self.resp)])
+            .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+            .args(["--segment-size", "1048576"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn manifold serve")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains("manifold ready") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("node {} did not become ready", self.id);
+                }
+            }
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self, signal: &str) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()?;
+        ensure!(status.success(), "kill -{signal} failed");
+        child.wait()?;
+        Ok(())
+    }
+
+    fn client(&self) -> anyhow::Result<redis::Connection> {
+        let c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.resp))?;
+        let con = c.get_connection_with_timeout(Duration::from_millis(500))?;
+        con.set_read_timeout(Some(Duration::from_secs(3)))?;
+        con.set_write_timeout(Some(Duration::from_secs(3)))?;
+        Ok(con)
+    }
+
+    /// `manifold_raft_role` from INFO, if the node answers.
+    fn role(&self) -> Option<String> {
+        let mut con = self.client().ok()?;
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut con).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("manifold_raft_role:"))
+            .map(|r| r.trim().to_string())
+    }
+}
+
+/// The node that says it leads (and takes writes), waiting up to `limit`.
+fn leader(nodes: &[Node], limit: Duration) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.child.is_some() && n.role().as_deref() == Some("leader") {
+                return Ok(i);
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    bail!("no leader within {limit:?}")
+}
+
+/// Appends `n` through whichever running node takes it; the ID if one did.
+fn write_once(nodes: &Mutex<Vec<(u16, bool)>>, n: u64) -> Option<String> {
+    let targets = nodes.lock().ok()?.clone();
+    for (port, up) in targets {
+        if !up {
+            continue;
+        }
+        let Ok(c) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+            continue;
+        };
+        let Ok(mut con) = c.get_connection_with_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let _ = con.set_read_timeout(Some(Duration::from_secs(3)));
+        let r: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg("s")
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .query(&mut con);
+        if let Ok(id) = r {
+            return Some(id);
+        }
+    }
+    None
+}
+
+fn values(node: &Node) -> anyhow::Result<Vec<u64>> {
+    let mut con = node.client()?;
+    let entries: Vec<(String, Vec<(String, u64)>)> = redis::cmd("XRANGE")
+        .arg("s")
+        .arg("-")
+        .arg("+")
+        .query(&mut con)?;
+    Ok(entries.into_iter().map(|(_, f)| f[0].1).collect())
+}
+
+fn inspect(dir: &Path) -> anyhow::Result<i32> {
+    let out = Command::new(BIN)
+        .arg("inspect")
+        .arg("--data-dir")
+        .arg(dir)
+        .output()?;
+    out.status.code().context("inspect killed")
+}
+
+#[test]
+fn a_three_node_group_keeps_every_acknowledged_write_through_leader_kills() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut nodes = Vec::new();
+    let mut peers = Vec::new();
+    for id in 1..=3u64 {
+        peers.push(format!("{id}=127.0.0.1:{}", free_port()?));
+        nodes.push(Node {
+            id,
+            dir: root.path().join(format!("n{id}")),
+            resp: free_port()?,
+            child: None,
+        });
+    }
+    let peers = peers.join(",");
+    for n in &mut nodes {
+        n.start(&peers)?;
+    }
+    leader(&nodes, Duration::from_secs(10))?;
+
+    // The writer: one append at a time, through any node that takes it.
+    let up = Arc::new(Mutex::new(
+        nodes.iter().map(|n| (n.resp, true)).collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    // The last write started: one started after a kill can only be acknowledged by a survivor.
+    let started = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (up, stop, acked, started) = (up.clone(), stop.clone(), acked.clone(), started.clone());
+        thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                started.store(n, Ordering::SeqCst);
+                if write_once(&up, n).is_some()
+                    && let Ok(mut a) = acked.lock()
+                {
+                    a.push(n);
+                }
+            }
+        })
+    };
+
+    let mut failovers = Vec::new();
+    for _ in 0..cycles() {
+        thread::sleep(Duration::from_millis(200));
+        let l = leader(&nodes, Duration::from_secs(10))?;
+        let killed = Instant::now();
+        nodes[l].kill("KILL")?;
+        let after = started.load(Ordering::SeqCst);
+        // Failover: until a write started after the kill is acknowledged (by a survivor).
+        loop {
+            ensure!(
+                killed.elapsed() < Duration::from_secs(10),
+                "no write acknowledged 10 s after the leader was killed"
+            );
+            if acked
+                .lock()
+                .map(|a| a.last().is_some_and(|v| *v > after))
+                .unwrap_or(false)
+            {
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        failovers.push(killed.elapsed());
+        nodes[l].start(&peers)?;
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))?;
+    failovers.sort();
+    if !failovers.is_empty() {
+        eprintln!(
+            "failover over {} leader kills: p50 {:?}, max {:?}",
+            failovers.len(),
+            failovers[failovers.len() / 2],
+            failovers[failovers.len() - 1]
+        );
+    }
+
+    // Every node ends with every acknowledged write, once, in the same order.
+    let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    ensure!(!acked.is_empty(), "nothing was acknowledged");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lists = Vec::new();
+    loop {
+        lists.clear();
+        for n in &nodes {
+            lists.push(values(n).unwrap_or_default());
+        }
+        if lists.windows(2).all(|w| w[0] == w[1]) || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    for (n, list) in nodes.iter().zip(&lists) {
+        let mut seen = std::collections::HashSet::new();
+        for v in list {
+            ensure!(seen.insert(*v), "node {}: write {v} twice", n.id);
+        }
+        for v in &acked {
+            ensure!(
+                seen.contains(v),
+                "node {}: acknowledged write {v} missing",
+                n.id
+            );
+        }
+        ensure!(
+            list.windows(2).all(|w| w[0] < w[1]),
+            "node {}: writes out of order",
+            n.id
+        );
+    }
+    ensure!(
+        lists.windows(2).all(|w| w[0] == w[1]),
+        "the nodes hold different streams"
+    );
+    for n in &mut nodes {
+        n.kill("TERM")?;
+        ensure!(inspect(&n.dir)? == 0, "inspect finds node {} unclean", n.id);
+    }
+    Ok(())
+}
