@@ -5,7 +5,9 @@ library in the way. Workloads:
 
   idle PORT PID N            N idle connections: server RSS per connection (KiB)
   blocked PORT PID N SECS    N clients in XREAD BLOCK 0: server CPU seconds over SECS idle
-  latency PORT RATE SECS     XADD at RATE/s, one XREAD BLOCK reader: delivery latency p50/p99 (µs)
+  latency PORT RATE SECS [READ_PORT]
+                             XADD at RATE/s, one XREAD BLOCK reader (on READ_PORT if given: a
+                             follower of the leader at PORT): delivery latency p50/p99 (µs)
   group PORT N CONSUMERS     N entries, CONSUMERS XREADGROUP COUNT 100 + XACK loops: entries/s
   tx PORT N CLIENTS          N transactions (MULTI, XADD a, XADD b, XLEN a, EXEC) from CLIENTS
                              connections, one write per transaction: transactions/s
@@ -99,8 +101,8 @@ async def blocked(port, pid, n, secs):
         w.close()
 
 
-async def latency(port, rate, secs):
-    rr, rw = await asyncio.open_connection("127.0.0.1", port)
+async def latency(port, rate, secs, read_port=None):
+    rr, rw = await asyncio.open_connection("127.0.0.1", read_port or port)
     wr, ww = await asyncio.open_connection("127.0.0.1", port)
     key = f"lat-{os.getpid()}-{time.time_ns()}"
     lat = []
@@ -238,7 +240,8 @@ def main():
     elif what == "blocked":
         asyncio.run(blocked(port, int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])))
     elif what == "latency":
-        asyncio.run(latency(port, int(sys.argv[3]), float(sys.argv[4])))
+        read_port = int(sys.argv[5]) if len(sys.argv) > 5 else None
+        asyncio.run(latency(port, int(sys.argv[3]), float(sys.argv[4]), read_port))
     elif what == "group":
         asyncio.run(group(port, int(sys.argv[3]), int(sys.argv[4])))
     elif what == "tx":

@@ -192,7 +192,23 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_leader_kills() -> a
     for n in &mut nodes {
         n.start(&peers)?;
     }
-    leader(&nodes, Duration::from_secs(10))?;
+    // A healthy leader answers every command of a pipeline (an entry committed before its
+    // proposal reached the applier was once answered READONLY).
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let mut con = nodes[l].client()?;
+    for _ in 0..20 {
+        let mut pipe = redis::pipe();
+        for i in 0..200 {
+            pipe.cmd("XADD").arg("p").arg("*").arg("i").arg(i);
+        }
+        let ids: Vec<String> = pipe.query(&mut con)?;
+        ensure!(
+            ids.len() == 200,
+            "a pipeline of 200 XADDs got {} replies",
+            ids.len()
+        );
+    }
+    drop(con);
 
     // The writer: one append at a time, through any node that takes it.
     let up = Arc::new(Mutex::new(

@@ -241,6 +241,15 @@ impl Inner {
                 if commit <= applied {
                     break;
                 }
+                // Every proposal with entries up to `commit` was queued before the driver heard
+                // of them (`Inner::send`), hence is in the channel now: take them before
+                // applying, or an entry of ours would be applied as another node's and its
+                // proposal left unanswered.
+                for input in rx.try_iter() {
+                    if let ApplyInput::Proposal(p) = input {
+                        pending.push_back(p);
+                    }
+                }
                 let mut upto = commit.min(applied + APPLY_BATCH as u64);
                 // A pipeline of ours that starts in this batch and is committed whole goes in
                 // whole (its reply covers all its entries).

@@ -2128,16 +2128,20 @@ impl Inner {
     /// Hands a proposal to the applier. Called with the proposer lock held (the lock its
     /// entries were appended under): proposals must reach the applier in log order.
     fn send(&self, proposal: Proposal) -> Result<()> {
-        // In a group, the Raft core replicates what the leader appended.
-        if let Some((ticket, entry)) = proposal.entries.last() {
-            self.appended(ticket.index, entry.term);
-        }
+        let last = proposal.entries.last().map(|(t, e)| (t.index, e.term));
         let tx = self.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
         let sent = tx
             .as_ref()
             .map(|tx| tx.send(ApplyInput::Proposal(proposal)).is_ok());
+        drop(tx);
         if sent != Some(true) {
             return Err(EngineError::ShuttingDown);
+        }
+        // In a group, the Raft core replicates what the leader appended — told only now: the
+        // proposal must reach the applier before the commit that covers it can (else its
+        // entries would be applied as another node's, and the proposal left unanswered).
+        if let Some((index, term)) = last {
+            self.appended(index, term);
         }
         Ok(())
     }
