@@ -6,6 +6,10 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+
+#[path = "crc.rs"]
+mod crc;
+use crc::crc32c;
 use manifold_core::raft::wire::{FRAME_HEADER, body_len, decode, encode};
 
 fuzz_target!(|data: &[u8]| {
@@ -27,19 +31,3 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&out[FRAME_HEADER..], body, "an accepted frame encodes differently");
     }
 });
-
-/// CRC32C (Castagnoli), bit by bit: the fuzz crate needs no dependency for it.
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}

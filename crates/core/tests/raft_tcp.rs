@@ -8,13 +8,12 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use manifold_core::raft::driver::{Driver, DriverConfig, DriverHandle, Hooks, Status};
-use manifold_core::raft::transport::{Deliver, Transport, TransportConfig};
+use manifold_core::raft::transport::{Transport, TransportConfig};
 use manifold_core::raft::{self, Event, HardState, NodeId, Raft, RaftConfig, Role};
 use manifold_core::store::{
     EntryKind, LogIndex, MessageStore, NewEntry, RealFs, RecordOp, Storage, StoreConfig,
@@ -74,13 +73,7 @@ fn start(id: NodeId, dir: &Path, listener: TcpListener, peers: &[(NodeId, Socket
         commit: Mutex::new(store.dispatched_index()),
         committed: Condvar::new(),
     });
-    let (tx, rx) = mpsc::channel();
-    let deliver: Deliver = {
-        let tx = tx.clone();
-        Arc::new(move |from, msg| {
-            let _ = tx.send(Some(Event::Message { from, msg }));
-        })
-    };
+    let (channel, deliver) = raft::driver::event_channel();
     let transport = Arc::new(
         Transport::start(id, listener, peers, deliver, TransportConfig::default())
             .expect("transport starts"),
@@ -93,7 +86,7 @@ fn start(id: NodeId, dir: &Path, listener: TcpListener, peers: &[(NodeId, Socket
         transport.clone(),
         node.clone(),
         DriverConfig::default(),
-        (tx, rx),
+        channel,
     )
     .expect("driver starts");
     let handle = driver.handle();

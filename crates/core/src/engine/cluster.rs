@@ -15,7 +15,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use crate::raft::driver::{Driver, DriverConfig, DriverHandle, Hooks, Status};
-use crate::raft::transport::{Deliver, Transport, TransportConfig};
+use crate::raft::transport::{Transport, TransportConfig};
 use crate::raft::{self, Event, HardState, NodeId, Raft, RaftConfig, Role};
 use crate::store::{LogEntry, LogIndex, NewEntry, StoreError, Term};
 
@@ -162,13 +162,7 @@ pub(super) fn start(
         ..RaftConfig::new(id, cluster.voters.iter().map(|(v, _)| *v).collect())
     };
     let core = Raft::new(cfg, hard, terms, applied, 0);
-    let (tx, rx) = mpsc::channel();
-    let deliver: Deliver = {
-        let tx = tx.clone();
-        Arc::new(move |from, msg| {
-            let _ = tx.send(Some(Event::Message { from, msg }));
-        })
-    };
+    let (channel, deliver) = crate::raft::driver::event_channel();
     let transport = Arc::new(
         Transport::start(
             id,
@@ -187,7 +181,7 @@ pub(super) fn start(
         transport.clone(),
         Arc::new(EngineHooks(inner.clone())),
         DriverConfig::default(),
-        (tx, rx),
+        channel,
     )
     .map_err(|e| StoreError::io("raft driver", e))?;
     let _ = inner.cluster.set(ClusterLink {

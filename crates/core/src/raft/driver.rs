@@ -61,6 +61,22 @@ impl Default for DriverConfig {
     }
 }
 
+/// The channel a driver takes its events from, with the transport's `Deliver` feeding the
+/// messages it receives into it: create both, start the transport with the `Deliver`, then
+/// the driver with the channel.
+#[allow(clippy::type_complexity)]
+pub fn event_channel() -> (
+    (Sender<Option<Event>>, mpsc::Receiver<Option<Event>>),
+    super::transport::Deliver,
+) {
+    let (tx, rx) = mpsc::channel();
+    let feed = tx.clone();
+    let deliver: super::transport::Deliver = Arc::new(move |from, msg| {
+        let _ = feed.send(Some(Event::Message { from, msg }));
+    });
+    ((tx, rx), deliver)
+}
+
 /// A running driver.
 pub struct Driver {
     tx: Sender<Option<Event>>,

@@ -291,30 +291,16 @@ impl Raft {
     /// Leader: heartbeats to every follower, with the commit index each may apply.
     pub(super) fn broadcast_heartbeat(&mut self) {
         self.heartbeat_deadline = self.now + self.cfg.heartbeat_ms;
-        let term = self.hard.term;
-        let commit = self.commit;
+        self.commit_push_at = None;
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for to in peers {
-            let mut theirs = 0;
-            if let Some(p) = self.progress.get_mut(&to) {
-                p.sent_commit = p.sent_commit.max(commit);
-                theirs = commit.min(p.match_index);
-            }
-            self.send(
-                to,
-                Message::Heartbeat {
-                    term,
-                    commit: theirs,
-                },
-            );
+            self.send_heartbeat(to);
         }
-        self.commit_push_at = None;
     }
 
     /// Leader: pushes an advanced commit index to followers that did not get it yet.
     pub(super) fn push_commit(&mut self) {
         self.commit_push_at = None;
-        let term = self.hard.term;
         let commit = self.commit;
         let behind: Vec<NodeId> = self
             .progress
@@ -323,19 +309,27 @@ impl Raft {
             .map(|(id, _)| *id)
             .collect();
         for to in behind {
-            let mut theirs = 0;
-            if let Some(p) = self.progress.get_mut(&to) {
-                p.sent_commit = commit;
-                theirs = commit.min(p.match_index);
-            }
-            self.send(
-                to,
-                Message::Heartbeat {
-                    term,
-                    commit: theirs,
-                },
-            );
+            self.send_heartbeat(to);
         }
+    }
+
+    /// Leader: a heartbeat to `to`, carrying the commit index as far as `to` is known to hold
+    /// the entries durably (its match index): it may apply that much without an append.
+    fn send_heartbeat(&mut self, to: NodeId) {
+        let commit = self.commit;
+        let Some(p) = self.progress.get_mut(&to) else {
+            return;
+        };
+        p.sent_commit = p.sent_commit.max(commit);
+        let theirs = commit.min(p.match_index);
+        let term = self.hard.term;
+        self.send(
+            to,
+            Message::Heartbeat {
+                term,
+                commit: theirs,
+            },
+        );
     }
 
     /// Leader: the highest index a majority holds durably, if of the current term, commits.
