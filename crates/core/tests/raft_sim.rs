@@ -54,24 +54,20 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use manifold_core::raft::{
-    Action, AppendHeader, Entry, Event, HardState, LogTerms, Message, NodeId, Raft, RaftConfig,
-    Role,
+    self, Action, AppendHeader, Entry, Event, HardState, LogTerms, Message, NodeId, Raft,
+    RaftConfig, Role,
 };
 
-/// SplitMix64: the simulation's only source of randomness.
-struct Rng(u64);
+/// The simulation's only source of randomness: the Raft core's own seeded generator.
+struct Rng(raft::Rng);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(raft::Rng::new(seed))
     }
 
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A value in `0..n` (0 when `n` is 0).

@@ -45,16 +45,12 @@ fn store_config() -> StoreConfig {
     }
 }
 
-/// SplitMix64: the simulation's only randomness.
-struct Rng(u64);
+/// The simulation's only randomness: the Raft core's own seeded generator (SplitMix64).
+struct Rng(raft::Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
@@ -139,7 +135,7 @@ impl Sim {
             })
             .collect();
         Sim {
-            rng: Rng(seed),
+            rng: Rng(raft::Rng::new(seed)),
             now: 0,
             nodes,
             net: Vec::new(),

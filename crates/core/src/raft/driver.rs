@@ -119,9 +119,8 @@ struct Runner {
 }
 
 impl Driver {
-    /// Starts the driver thread and the persisted-watermark watcher. The transport's
-    /// deliveries should go to `handle().event(..)`: build the transport with a `Deliver`
-    /// that sends to a channel, or start the driver first with `channel()`.
+    /// Starts the driver thread and the persisted-watermark watcher, reading events from
+    /// `channel` — made with `event_channel()`, whose `Deliver` the transport was started with.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         core: Raft,

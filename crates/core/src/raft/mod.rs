@@ -22,7 +22,7 @@ mod transfer;
 pub mod transport;
 pub mod wire;
 
-pub use config::RaftConfig;
+pub use config::{RaftConfig, Rng};
 pub use hard_state::HARD_STATE_FILE;
 pub use log_terms::LogTerms;
 pub use message::{

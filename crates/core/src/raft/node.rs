@@ -259,21 +259,22 @@ impl Raft {
     }
 
     pub(super) fn become_pre_candidate(&mut self) {
-        self.role = Role::PreCandidate;
-        self.leader = None;
-        self.leader_contact = None;
-        self.votes.clear();
-        self.reset_election_timer();
-        self.announce();
+        self.start_round(Role::PreCandidate);
     }
 
+    /// A real election: the next term and our own vote, durable before anyone hears of it.
     pub(super) fn become_candidate(&mut self) {
         self.hard = HardState {
             term: self.hard.term + 1,
             voted_for: self.cfg.id,
         };
         self.save_hard_state();
-        self.role = Role::Candidate;
+        self.start_round(Role::Candidate);
+    }
+
+    /// A new (pre-)election round in `role`: no leader, no votes yet, a fresh timeout.
+    fn start_round(&mut self, role: Role) {
+        self.role = role;
         self.leader = None;
         self.leader_contact = None;
         self.votes.clear();
