@@ -116,6 +116,8 @@ def failover(g, trials):
 
 
 def main():
+    # SIGTERM ends the run like Ctrl-C: the nodes are stopped and the directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     what, binary = sys.argv[1], sys.argv[2]
     root = tempfile.mkdtemp(prefix="manifold-cluster-", dir=os.environ.get("MANIFOLD_BENCH_DIR"))
     g = Group(binary, root)
