@@ -5,19 +5,31 @@
       starts 3 nodes of BIN in a temporary directory, then TRIALS times: SIGKILL the leader,
       time until a write *started after the kill* is acknowledged by a survivor (a client
       trying each node in turn), restart the killed node, let it catch up. Prints p50/p99/max.
+  cluster.py transfer BIN TRIALS
+      starts 3 nodes while a writer appends through whichever node leads, then TRIALS times:
+      asks the leader's HTTP listener to hand over to the next node, and times until a write
+      started after the request is acknowledged by the new leader. Prints p50/p99/max, then
+      checks that every node holds every acknowledged write exactly once.
+  cluster.py steady BIN SECS RATE
+      starts 3 nodes, runs `resp_load.py latency` (XADD at RATE/s on the leader, one XREAD
+      BLOCK reader on a follower) for SECS, and reports whether any node's term or leader
+      changed meanwhile.
   cluster.py serve BIN SECS
       starts 3 nodes and prints `leader=PORT followers=PORT,PORT`, then serves for SECS
       seconds (for redis-benchmark or resp_load.py against the leader and the followers).
 
-Each node: --segment-size 64 MiB, its own RESP port; stderr goes to DIR/logN.
+Each node: --segment-size 64 MiB, its own RESP and HTTP port; stderr goes to DIR/logN.
 """
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 import redis
 
@@ -35,6 +47,7 @@ class Group:
         self.binary, self.root = binary, root
         self.raft = [free_port() for _ in range(3)]
         self.resp = [free_port() for _ in range(3)]
+        self.http = [free_port() for _ in range(3)]
         self.peers = ",".join(f"{i + 1}=127.0.0.1:{p}" for i, p in enumerate(self.raft))
         self.procs = [None, None, None]
 
@@ -44,7 +57,7 @@ class Group:
             [self.binary, "serve", "--data-dir", os.path.join(self.root, f"n{i + 1}"),
              "--node-id", str(i + 1), "--peers", self.peers,
              "--resp-addr", f"127.0.0.1:{self.resp[i]}",
-             "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0",
+             "--http-addr", f"127.0.0.1:{self.http[i]}", "--mqtt-addr", "127.0.0.1:0",
              "--segment-size", str(64 << 20)],
             stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.time() + 30
@@ -75,6 +88,11 @@ class Group:
                         pass
             time.sleep(0.005)
         raise RuntimeError("no leader")
+
+    def admin(self, i, path, method="GET"):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http[i]}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)
 
     def stop(self):
         for p in self.procs:
@@ -110,9 +128,83 @@ def failover(g, trials):
         g.start(leader)
         print(f"trial {t}: {times[-1]:.0f} ms", file=sys.stderr)
     times.sort()
-    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
-    print(f"failover over {trials} leader SIGKILLs: p50 {pick(0.5):.0f} ms, "
-          f"p99 {pick(0.99):.0f} ms, max {times[-1]:.0f} ms")
+    print(f"failover over {trials} leader SIGKILLs: p50 {pick(times, 0.5):.0f} ms, "
+          f"p99 {pick(times, 0.99):.0f} ms, max {times[-1]:.0f} ms")
+
+
+def pick(times, q):
+    return times[min(len(times) - 1, int(q * len(times)))]
+
+
+def transfer(g, trials):
+    clients = [redis.Redis(port=p, socket_timeout=2, socket_connect_timeout=0.2) for p in g.resp]
+    acked, stop = [], threading.Event()
+
+    def writer():
+        own = [redis.Redis(port=p, socket_timeout=2, socket_connect_timeout=0.2) for p in g.resp]
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for c in own:
+                try:
+                    c.xadd("w", {"n": n})
+                    acked.append(n)
+                    break
+                except Exception:
+                    pass
+            else:
+                time.sleep(0.001)
+
+    w = threading.Thread(target=writer)
+    w.start()
+    times = []
+    try:
+        for t in range(trials):
+            leader = g.leader()
+            time.sleep(0.3)
+            target = (leader + 1) % 3
+            asked = time.perf_counter()
+            g.admin(leader, f"/cluster/transfer-leader?to={target + 1}", "POST")
+            while True:
+                try:
+                    clients[target].xadd("s", {"t": t})
+                    break
+                except Exception:
+                    time.sleep(0.0005)
+            times.append((time.perf_counter() - asked) * 1000)
+            print(f"trial {t}: {times[-1]:.1f} ms", file=sys.stderr)
+    finally:
+        stop.set()
+        w.join()
+    times.sort()
+    print(f"transfer over {trials} hand-overs (request -> first write acknowledged by the new "
+          f"leader): p50 {pick(times, 0.5):.1f} ms, p99 {pick(times, 0.99):.1f} ms, "
+          f"max {times[-1]:.1f} ms")
+    want = acked[:]
+    time.sleep(0.5)
+    for i in range(3):
+        got = [int(f[b"n"]) for _, f in redis.Redis(port=g.resp[i]).xrange("w")]
+        missing = set(want) - set(got)
+        if missing or len(got) != len(set(got)):
+            raise SystemExit(f"node {i + 1}: {len(missing)} acknowledged writes missing, "
+                             f"{len(got) - len(set(got))} duplicated")
+    print(f"{len(want)} writes acknowledged during the transfers: all present once on every node")
+
+
+def steady(g, secs, rate):
+    leader = g.leader()
+    follower = (leader + 1) % 3
+    before = [g.admin(i, "/cluster") for i in range(3)]
+    load = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resp_load.py")
+    subprocess.run([sys.executable, load, "latency", str(g.resp[leader]), str(rate), str(secs),
+                    str(g.resp[follower])], check=True)
+    after = [g.admin(i, "/cluster") for i in range(3)]
+    changed = [(b["node_id"], b["term"], b["leader_id"], a["term"], a["leader_id"])
+               for b, a in zip(before, after) if (b["term"], b["leader_id"]) != (a["term"], a["leader_id"])]
+    if changed:
+        raise SystemExit(f"leadership changed under load (node, term, leader before -> after): {changed}")
+    print(f"no leader change in {secs} s at {rate} XADD/s: every node still in term "
+          f"{after[0]['term']} under leader {after[0]['leader_id']}")
 
 
 def main():
@@ -126,6 +218,10 @@ def main():
             g.start(i)
         if what == "failover":
             failover(g, int(sys.argv[3]))
+        elif what == "transfer":
+            transfer(g, int(sys.argv[3]))
+        elif what == "steady":
+            steady(g, float(sys.argv[3]), int(sys.argv[4]))
         elif what == "serve":
             leader = g.leader()
             followers = [g.resp[i] for i in range(3) if i != leader]

@@ -1,8 +1,10 @@
 //! The `manifold` binary: parses the command line and runs a subcommand. It wires the crates
 //! together and holds no protocol or storage logic.
 //!
-//! `manifold serve` runs a node; `manifold inspect` verifies a data directory.
+//! `manifold serve` runs a node; `manifold inspect` verifies a data directory; `manifold
+//! cluster` asks a running node about its Raft group.
 
+mod cluster;
 mod inspect;
 mod serve;
 
@@ -25,6 +27,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Verify and summarise a data directory, read-only; exits 1 if anything does not verify.
     Inspect(inspect::InspectArgs),
+    /// Ask a running node (its HTTP listener) about its Raft group, or change who leads.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` sets the level (default `info`).
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
             serve::run(&args)
         }
         Command::Inspect(args) => inspect::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
     };
     match result {
         Ok(code) => code,

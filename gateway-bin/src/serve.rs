@@ -2,9 +2,9 @@
 //! same name; flags win over the file), a single node on the engine, and a graceful shutdown on
 //! SIGINT/SIGTERM (stop intake, apply what was proposed, checkpoint, close the log cleanly).
 //!
-//! The RESP front end listens on `--resp-addr`; listeners whose front end is not built yet
-//! (MQTT, HTTP) are logged as unavailable and skipped; cluster flags are refused until
-//! replication exists rather than silently running alone.
+//! The RESP front end listens on `--resp-addr`, the HTTP listener (admin routes) on
+//! `--http-addr`; the MQTT listener, whose front end is not built yet, is logged as
+//! unavailable and skipped. `--peers` makes the node a member of a Raft group.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Cluster members, `1=H:P,2=H:P,3=H:P`.
     #[arg(long)]
     peers: Option<String>,
+    /// A voter that should lead whenever it is up and caught up: the leader hands over to it.
+    #[arg(long)]
+    preferred_leader: Option<u64>,
     /// `sync` (default: acknowledged after fdatasync) or `async`.
     #[arg(long)]
     flush: Option<String>,
@@ -66,6 +69,7 @@ struct FileConfig {
     node_id: Option<u64>,
     raft_addr: Option<String>,
     peers: Option<String>,
+    preferred_leader: Option<u64>,
     flush: Option<String>,
     flush_interval_ms: Option<u64>,
     segment_size: Option<u64>,
@@ -95,6 +99,7 @@ struct Settings {
     node_id: u64,
     raft_addr: Option<String>,
     peers: Option<String>,
+    preferred_leader: Option<u64>,
     flush: FlushMode,
     segment_size: Option<u64>,
     access: AccessConfig,
@@ -148,6 +153,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         node_id: args.node_id.or(file.node_id).unwrap_or(1),
         raft_addr: args.raft_addr.clone().or(file.raft_addr),
         peers: args.peers.clone().or(file.peers),
+        preferred_leader: args.preferred_leader.or(file.preferred_leader),
         flush,
         segment_size: args.segment_size.or(file.segment_size),
         access: match file.principal {
@@ -173,6 +179,7 @@ fn cluster_config(
     node_id: u64,
     peers: &str,
     raft_addr: Option<&str>,
+    preferred_leader: Option<u64>,
 ) -> anyhow::Result<Option<ClusterConfig>> {
     use std::net::ToSocketAddrs;
     let mut voters = Vec::new();
@@ -198,6 +205,11 @@ fn cluster_config(
     if !voters.iter().any(|(v, _)| *v == node_id) {
         bail!("--peers does not name this node (--node-id {node_id})");
     }
+    if let Some(p) = preferred_leader
+        && !voters.iter().any(|(v, _)| *v == p)
+    {
+        bail!("--preferred-leader {p} is not named in --peers");
+    }
     if voters.len() == 1 {
         return Ok(None);
     }
@@ -212,6 +224,7 @@ fn cluster_config(
     };
     Ok(Some(ClusterConfig {
         listen,
+        preferred_leader,
         ..ClusterConfig::new(voters)
     }))
 }
@@ -220,8 +233,15 @@ fn cluster_config(
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
     let cluster = match s.peers.as_deref() {
-        Some(peers) => cluster_config(s.node_id, peers, s.raft_addr.as_deref())?,
-        None => None,
+        Some(peers) => {
+            cluster_config(s.node_id, peers, s.raft_addr.as_deref(), s.preferred_leader)?
+        }
+        None => {
+            if s.preferred_leader.is_some() {
+                bail!("--preferred-leader needs --peers");
+            }
+            None
+        }
     };
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating {}", s.data_dir.display()))?;
@@ -261,22 +281,32 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut front_ends = Vec::new();
     for (name, addr) in &s.listeners {
-        if *name != "RESP" {
+        if *name == "MQTT" {
             tracing::warn!(listener = name, %addr, "front end not available yet; not listening");
             continue;
         }
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr.as_str()))
-            .with_context(|| format!("binding the RESP listener to {addr}"))?;
-        let local = listener.local_addr().context("RESP listener address")?;
+            .with_context(|| format!("binding the {name} listener to {addr}"))?;
+        let local = listener
+            .local_addr()
+            .with_context(|| format!("{name} listener address"))?;
         tracing::info!(listener = name, addr = %local, "listening");
-        let config = manifold_resp::RespConfig::for_engine(max_message_bytes);
-        front_ends.push(runtime.spawn(manifold_resp::serve(
-            listener,
-            engine.clone(),
-            config,
-            stopped.clone(),
-        )));
+        front_ends.push(if *name == "RESP" {
+            let config = manifold_resp::RespConfig::for_engine(max_message_bytes);
+            runtime.spawn(manifold_resp::serve(
+                listener,
+                engine.clone(),
+                config,
+                stopped.clone(),
+            ))
+        } else {
+            runtime.spawn(manifold_push::serve(
+                listener,
+                engine.clone(),
+                stopped.clone(),
+            ))
+        });
     }
     tracing::info!(
         data_dir = %s.data_dir.display(),

@@ -34,6 +34,9 @@ struct Node {
     id: u64,
     dir: PathBuf,
     resp: u16,
+    http: u16,
+    /// More `serve` flags.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -54,8 +57,10 @@ impl Node {
             .arg(&self.dir)
             .args(["--node-id", &self.id.to_string(), "--peers", peers])
             .args(["--resp-addr", &format!("127.0.0.1:{}", self.resp)])
-            .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+            .args(["--http-addr", &format!("127.0.0.1:{}", self.http)])
+            .args(["--mqtt-addr", "127.0.0.1:0"])
             .args(["--segment-size", "1048576"])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -155,6 +160,28 @@ fn write_once(nodes: &Mutex<Vec<(u16, bool)>>, n: u64) -> Option<String> {
     None
 }
 
+/// Three nodes started as one group with `extra` flags each; the `--peers` value.
+fn group(root: &Path, extra: &[&str]) -> anyhow::Result<(Vec<Node>, String)> {
+    let mut nodes = Vec::new();
+    let mut peers = Vec::new();
+    for id in 1..=3u64 {
+        peers.push(format!("{id}=127.0.0.1:{}", free_port()?));
+        nodes.push(Node {
+            id,
+            dir: root.join(format!("n{id}")),
+            resp: free_port()?,
+            http: free_port()?,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        });
+    }
+    let peers = peers.join(",");
+    for n in &mut nodes {
+        n.start(&peers)?;
+    }
+    Ok((nodes, peers))
+}
+
 fn values(node: &Node) -> anyhow::Result<Vec<u64>> {
     let mut con = node.client()?;
     let entries: Vec<(String, Vec<(String, u64)>)> = redis::cmd("XRANGE")
@@ -177,21 +204,7 @@ fn inspect(dir: &Path) -> anyhow::Result<i32> {
 #[test]
 fn a_three_node_group_keeps_every_acknowledged_write_through_leader_kills() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
-    let mut nodes = Vec::new();
-    let mut peers = Vec::new();
-    for id in 1..=3u64 {
-        peers.push(format!("{id}=127.0.0.1:{}", free_port()?));
-        nodes.push(Node {
-            id,
-            dir: root.path().join(format!("n{id}")),
-            resp: free_port()?,
-            child: None,
-        });
-    }
-    let peers = peers.join(",");
-    for n in &mut nodes {
-        n.start(&peers)?;
-    }
+    let (mut nodes, peers) = group(root.path(), &[])?;
     // A healthy leader answers every command of a pipeline (an entry committed before its
     // proposal reached the applier was once answered READONLY).
     let l = leader(&nodes, Duration::from_secs(10))?;
@@ -315,5 +328,227 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_leader_kills() -> a
         n.kill("TERM")?;
         ensure!(inspect(&n.dir)? == 0, "inspect finds node {} unclean", n.id);
     }
+    Ok(())
+}
+
+/// XADD `key * n <n>` through whichever node leads, retried (up to 10 s) while leadership
+/// moves: a loaded machine may hold an election at any time.
+fn xadd_on_leader(nodes: &[Node], key: &str, n: u64) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = leader(nodes, Duration::from_secs(10))?;
+        let r: anyhow::Result<String> = nodes[l].client().and_then(|mut con| {
+            Ok(redis::cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("n")
+                .arg(n)
+                .query(&mut con)?)
+        });
+        match r {
+            Ok(id) => return Ok(id),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Waits up to 10 s for `check` to pass; its last error otherwise.
+fn eventually(mut check: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// One HTTP/1.1 request to a node's HTTP listener: status and body.
+fn http(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no response head")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status")?;
+    ensure!(
+        !head.to_ascii_lowercase().contains("chunked"),
+        "a chunked answer: {head}"
+    );
+    Ok((status, body.to_string()))
+}
+
+/// `manifold cluster ARGS --http-addr` the node's listener: exit code, stdout, stderr.
+fn cluster_cli(node: &Node, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(BIN)
+        .arg("cluster")
+        .args(args)
+        .args(["--http-addr", &format!("127.0.0.1:{}", node.http)])
+        .output()?;
+    Ok((
+        out.status.code().context("killed")?,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `GET /cluster` of a node, parsed.
+fn cluster_json(node: &Node) -> anyhow::Result<serde_json::Value> {
+    let (code, out, err) = cluster_cli(node, &["status", "--json"])?;
+    ensure!(code == 0, "cluster status failed ({code}): {err}");
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// The value of the metrics line starting with `prefix`.
+fn metric(page: &str, prefix: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn admin_routes_report_the_group_and_a_transfer_moves_its_leadership() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let (mut nodes, _) = group(root.path(), &[])?;
+    for i in 0..100 {
+        xadd_on_leader(&nodes, "s", i)?;
+    }
+    eventually(|| {
+        let l = leader(&nodes, Duration::from_secs(10))?;
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("s")
+            .arg("g")
+            .arg("0")
+            .query(&mut nodes[l].client()?)?;
+        Ok(())
+    })?;
+
+    // Every node names the same leader and serves (once no election is under way).
+    eventually(|| {
+        let l = leader(&nodes, Duration::from_secs(10))?;
+        for n in &nodes {
+            let v = cluster_json(n)?;
+            ensure!(v["node_id"] == n.id, "{v}");
+            ensure!(v["leader_id"] == nodes[l].id, "node {} names {v}", n.id);
+            ensure!(v["peers"].as_array().map(Vec::len) == Some(2), "{v}");
+            let (status, body) = http(n.http, "GET", "/health")?;
+            ensure!(status == 200, "node {} /health {status} {body}", n.id);
+        }
+        Ok(())
+    })?;
+    // The leader knows its followers' progress; the text form says the same; its metrics show
+    // the role, the fsyncs and the group's lag (100 entries, none delivered).
+    eventually(|| {
+        let l = leader(&nodes, Duration::from_secs(10))?;
+        let v = cluster_json(&nodes[l])?;
+        ensure!(v["role"] == "leader", "{v}");
+        for p in v["peers"].as_array().context("peers")? {
+            ensure!(p["match_index"].as_u64().is_some(), "{p}");
+        }
+        let (code, text, _) = cluster_cli(&nodes[l], &["status"])?;
+        ensure!(code == 0 && text.contains("role leader"), "{text}");
+        ensure!(
+            text.lines().filter(|l| l.starts_with("peer ")).count() == 2,
+            "{text}"
+        );
+        let (status, page) = http(nodes[l].http, "GET", "/metrics")?;
+        ensure!(status == 200, "/metrics {status}");
+        ensure!(
+            metric(&page, "manifold_raft_role{role=\"leader\"}") == Some(1.0),
+            "{page}"
+        );
+        ensure!(
+            metric(&page, "manifold_fsync_seconds_count").unwrap_or(0.0) >= 100.0,
+            "{page}"
+        );
+        ensure!(
+            metric(
+                &page,
+                "manifold_group_lag{db=\"0\",stream=\"s\",group=\"g\"}"
+            ) == Some(100.0),
+            "{page}"
+        );
+        ensure!(page.contains("manifold_raft_peer_lag{peer="), "{page}");
+        Ok(())
+    })?;
+
+    // A transfer asked of a follower moves leadership to the third node.
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let asked = (l + 1) % 3;
+    let target = (l + 2) % 3;
+    let to = nodes[target].id.to_string();
+    let (code, out, err) = cluster_cli(&nodes[asked], &["transfer-leader", "--to", &to])?;
+    ensure!(code == 0, "transfer failed ({code}): {out}{err}");
+    ensure!(out.contains(&format!("node {to} leads")), "{out}");
+    xadd_on_leader(&nodes, "s", 100)?;
+    eventually(|| {
+        let all = values(&nodes[target])?;
+        ensure!(all == (0..=100).collect::<Vec<_>>(), "{all:?}");
+        Ok(())
+    })?;
+    // A transfer to a node that is not a voter is refused with the reason.
+    let (code, _, err) = cluster_cli(&nodes[target], &["transfer-leader", "--to", "9"])?;
+    ensure!(code == 1 && err.contains("not a voter"), "{code} {err}");
+
+    // With two nodes gone, the last one knows no leader and says so.
+    let last = (target + 1) % 3;
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i != last {
+            n.kill("KILL")?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http(nodes[last].http, "GET", "/health")?;
+        if status == 503 {
+            ensure!(body.contains("no leader"), "{body}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "/health still {status} alone");
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_preferred_leader_takes_over_whenever_it_is_back() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let (mut nodes, peers) = group(root.path(), &["--preferred-leader", "2"])?;
+    let wait_for = |nodes: &[Node], want: usize| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leader(nodes, Duration::from_secs(10))? != want {
+            ensure!(
+                Instant::now() < deadline,
+                "node {} never led",
+                nodes[want].id
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    wait_for(&nodes, 1)?;
+    ensure!(cluster_json(&nodes[0])?["preferred_leader"] == 2);
+    nodes[1].kill("KILL")?;
+    ensure!(leader(&nodes, Duration::from_secs(10))? != 1);
+    xadd_on_leader(&nodes, "s", 0)?;
+    nodes[1].start(&peers)?;
+    wait_for(&nodes, 1)?;
+    eventually(|| {
+        let all = values(&nodes[1])?;
+        ensure!(all == [0], "{all:?}");
+        Ok(())
+    })?;
     Ok(())
 }

@@ -31,6 +31,11 @@ fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, String)> {
         .arg(dir)
         // Any free port: tests run in parallel, and a Redis may hold 6379.
         .args(["--resp-addr", "127.0.0.1:0"])
+        .args(if extra.contains(&"--http-addr") {
+            &[][..]
+        } else {
+            &["--http-addr", "127.0.0.1:0"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -150,7 +155,7 @@ fn a_closed_stderr_does_not_kill_the_node() -> anyhow::Result<()> {
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["--resp-addr", "127.0.0.1:0"])
+        .args(["--resp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -170,5 +175,65 @@ fn a_closed_stderr_does_not_kill_the_node() -> anyhow::Result<()> {
     ensure!(status.success(), "exit status {status}");
     let (code, out) = inspect(dir.path())?;
     ensure!(code == 0 && out.contains("shutdown: clean"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn a_single_node_answers_the_admin_routes_as_its_own_leader() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (server, _) = start(dir.path(), &["--http-addr", &addr])?;
+    let get = |path: &str| -> anyhow::Result<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        let (head, body) = raw.split_once("\r\n\r\n").context("no head")?;
+        let status = head.split(' ').nth(1).context("no status")?.parse()?;
+        Ok((status, body.to_string()))
+    };
+    let cli = |args: &[&str]| -> anyhow::Result<(i32, String, String)> {
+        let out = Command::new(BIN)
+            .arg("cluster")
+            .args(args)
+            .args(["--http-addr", &addr])
+            .output()?;
+        Ok((
+            out.status.code().context("killed")?,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, out, err) = cli(&["status", "--json"])?;
+    ensure!(code == 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(
+        v["role"] == "leader" && v["leader_id"] == 1 && v["node_id"] == 1,
+        "{v}"
+    );
+    ensure!(v["peers"].as_array().is_some_and(Vec::is_empty), "{v}");
+    ensure!(
+        v["applied_index"].as_u64() >= Some(1),
+        "the no-op is applied: {v}"
+    );
+    let (status, _) = get("/health")?;
+    ensure!(status == 200);
+    let (status, page) = get("/metrics")?;
+    ensure!(
+        status == 200 && page.contains("manifold_raft_role{role=\"leader\"} 1"),
+        "{page}"
+    );
+    let (status, _) = get("/no/such/route")?;
+    ensure!(status == 404);
+    let (code, _, err) = cli(&["transfer-leader", "--to", "2"])?;
+    ensure!(code == 1 && err.contains("group of one"), "{code} {err}");
+    signal(&server, "TERM")?;
     Ok(())
 }

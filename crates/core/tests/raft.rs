@@ -661,6 +661,94 @@ fn a_transfer_stops_proposals_waits_for_catch_up_then_sends_timeout_now() {
 }
 
 #[test]
+fn a_follower_passes_a_transfer_request_to_its_leader_which_starts_the_transfer() {
+    // A follower that knows its leader forwards the request; one that knows none drops it.
+    let mut f = node(2, 2, &[1, 2]);
+    msg(&mut f, 5, 1, Message::Heartbeat { term: 2, commit: 0 });
+    let a = step(&mut f, 6, Event::TransferLeader { to: 3 });
+    assert_eq!(
+        sends(&a),
+        vec![(1, Message::TransferRequest { term: 2, to: 3 })]
+    );
+    let mut lost = node(2, 2, &[1, 2]);
+    assert!(sends(&step(&mut lost, 6, Event::TransferLeader { to: 3 })).is_empty());
+    // The leader, on hearing it, hands over: proposals stop, the transferee is caught up.
+    let (mut r, now) = leader(1, &[1]);
+    assert_eq!(r.can_propose(), Some(2));
+    let a = msg(
+        &mut r,
+        now + 1,
+        2,
+        Message::TransferRequest { term: 2, to: 3 },
+    );
+    assert_eq!(r.can_propose(), None, "handing over");
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::SendEntries { to: 3, .. })),
+        "node 3 is brought up to date: {a:?}"
+    );
+    assert_eq!(r.transferring_to(), Some(3));
+}
+
+#[test]
+fn a_leader_hands_over_to_the_preferred_voter_once_it_is_live_and_caught_up() {
+    let mut cfg = RaftConfig::new(1, VOTERS.to_vec());
+    cfg.preferred_leader = Some(3);
+    let mut r = Raft::new(
+        cfg,
+        HardState {
+            term: 1,
+            voted_for: 0,
+        },
+        log_of(&[1]),
+        0,
+        0,
+    );
+    let (now, _) = tick_until(&mut r, Role::PreCandidate);
+    msg(&mut r, now, 2, granted(2, true));
+    msg(&mut r, now, 2, granted(2, false));
+    assert_eq!(r.role(), Role::Leader);
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 2,
+            term: 2,
+        },
+    );
+    step(&mut r, now, Event::Persisted { index: 2, term: 2 });
+    let ok = |index| {
+        Message::AppendReply(AppendReply {
+            term: 2,
+            success: true,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        })
+    };
+    // Node 2 acknowledges, node 3 is silent: the leader keeps leading past the settling time.
+    msg(&mut r, now + 1, 2, ok(2));
+    let mut at = now;
+    while at < now + 700 {
+        at = r.next_deadline();
+        step(&mut r, at, Event::Tick);
+        msg(&mut r, at, 2, Message::HeartbeatReply { term: 2 });
+        assert_eq!(r.transferring_to(), None, "node 3 is not live");
+    }
+    // Node 3 answers with everything committed: at the next heartbeat, it gets TimeoutNow.
+    msg(&mut r, at, 3, ok(2));
+    let mut timeout_now = false;
+    for _ in 0..3 {
+        at = r.next_deadline();
+        let a = step(&mut r, at, Event::Tick);
+        msg(&mut r, at, 3, Message::HeartbeatReply { term: 2 });
+        timeout_now |= sends(&a).contains(&(3, Message::TimeoutNow { term: 2 }));
+    }
+    assert!(timeout_now);
+    assert_eq!(r.transferring_to(), Some(3));
+}
+
+#[test]
 fn a_node_whose_disk_failed_steps_down_and_neither_campaigns_nor_votes() {
     let (mut r, now) = leader(1, &[1]);
     step(&mut r, now, Event::StorageFailed);

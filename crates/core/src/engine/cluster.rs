@@ -34,6 +34,8 @@ pub struct ClusterConfig {
     /// Election timeout range (default 300..600 ms).
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    /// A voter that should lead whenever it is up and caught up (default none).
+    pub preferred_leader: Option<NodeId>,
 }
 
 impl ClusterConfig {
@@ -44,6 +46,7 @@ impl ClusterConfig {
             heartbeat_ms: 50,
             election_min_ms: 300,
             election_max_ms: 600,
+            preferred_leader: None,
         }
     }
 }
@@ -158,6 +161,7 @@ pub(super) fn start(
         heartbeat_ms: cluster.heartbeat_ms,
         election_min_ms: cluster.election_min_ms,
         election_max_ms: cluster.election_max_ms,
+        preferred_leader: cluster.preferred_leader,
         seed: super::wall_clock_ms() ^ id,
         ..RaftConfig::new(id, cluster.voters.iter().map(|(v, _)| *v).collect())
     };
@@ -188,6 +192,49 @@ pub(super) fn start(
         handle: driver.handle(),
     });
     Ok(ClusterParts { driver, transport })
+}
+
+impl super::Engine {
+    /// This node's id (`--node-id`; 1 by default).
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    /// Every voter of the group with its Raft address (empty for a group of one).
+    pub fn cluster_voters(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.inner
+            .config
+            .cluster
+            .as_ref()
+            .map(|c| c.voters.clone())
+            .unwrap_or_default()
+    }
+
+    /// The preferred leader, if one is configured.
+    pub fn preferred_leader(&self) -> Option<NodeId> {
+        self.inner
+            .config
+            .cluster
+            .as_ref()
+            .and_then(|c| c.preferred_leader)
+    }
+
+    /// Asks for leadership to move to voter `to`: the leader starts a transfer, a follower
+    /// passes the request to the leader it knows. Returns at once; watch
+    /// [`Engine::raft_status`] for the outcome. `InvalidArgument` in a group of one or for a
+    /// node that is not a voter.
+    pub fn transfer_leader(&self, to: NodeId) -> Result<()> {
+        let Some(c) = self.inner.cluster.get() else {
+            return Err(EngineError::InvalidArgument(
+                "a group of one has no other voter to lead",
+            ));
+        };
+        if !self.cluster_voters().iter().any(|(v, _)| *v == to) {
+            return Err(EngineError::InvalidArgument("not a voter of this group"));
+        }
+        c.handle.event(Event::TransferLeader { to });
+        Ok(())
+    }
 }
 
 impl Inner {

@@ -13,7 +13,7 @@ use super::groups::{
     Streams,
 };
 use super::transaction::{GroupTx, TxAnswer, TxOp};
-use super::{Engine, EngineError, Message, Result, StoreStreams};
+use super::{Engine, EngineError, Message, Result, StoreStreams, TopicKey};
 use crate::store::StreamId;
 
 /// An entry a group read or claim delivered.
@@ -394,6 +394,26 @@ impl Engine {
                 .map(|(name, g)| g.info(name, &facts))
                 .collect(),
         ))
+    }
+
+    /// Every consumer group as `(db, stream, info)`, in stream order, at most `limit` of
+    /// them (metrics); streams whose facts cannot be read are left out.
+    pub fn all_groups_info(&self, limit: usize) -> Vec<(u8, Bytes, GroupInfo)> {
+        let streams: Vec<TopicKey> = {
+            let state = self.inner.lock_state();
+            state.groups.streams.keys().take(limit).cloned().collect()
+        };
+        let mut out = Vec::new();
+        for (db, key) in streams {
+            if out.len() >= limit {
+                break;
+            }
+            if let Ok(Some(groups)) = self.groups_info(db, &key) {
+                let room = limit - out.len();
+                out.extend(groups.into_iter().take(room).map(|g| (db, key.clone(), g)));
+            }
+        }
+        out
     }
 
     /// XINFO CONSUMERS: the group's consumers, by name, idle times as of now. `None` when the

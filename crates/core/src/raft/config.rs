@@ -30,6 +30,9 @@ pub struct RaftConfig {
     /// within this delay (default 1 ms): readers on followers wake promptly, and a burst of
     /// commits costs one heartbeat.
     pub commit_push_ms: u64,
+    /// A voter that should lead whenever it is up and caught up: another leader hands over
+    /// to it (default none).
+    pub preferred_leader: Option<NodeId>,
     /// Seed of the election-timeout randomness (mixed with `id`).
     pub seed: u64,
 }
@@ -47,6 +50,7 @@ impl RaftConfig {
             max_inflight: 64,
             resend_ms: 250,
             commit_push_ms: 1,
+            preferred_leader: None,
             seed: 0x6d61_6e69_666f_6c64,
         }
     }

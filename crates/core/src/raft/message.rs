@@ -91,6 +91,11 @@ pub enum Message {
     TimeoutNow {
         term: Term,
     },
+    /// A follower asked to hand leadership to `to` passes the request to the leader.
+    TransferRequest {
+        term: Term,
+        to: NodeId,
+    },
 }
 
 impl Message {
@@ -103,7 +108,8 @@ impl Message {
             Message::AppendReply(r) => r.term,
             Message::Heartbeat { term, .. }
             | Message::HeartbeatReply { term }
-            | Message::TimeoutNow { term } => *term,
+            | Message::TimeoutNow { term }
+            | Message::TransferRequest { term, .. } => *term,
         }
     }
 }
@@ -124,6 +130,19 @@ pub enum Role {
     PreCandidate,
     Candidate,
     Leader,
+}
+
+impl Role {
+    /// The role's name as status reports show it: `follower`, `pre-candidate`, `candidate`,
+    /// `leader`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
 }
 
 /// What happened, for the core to react to. Every event comes with the driver's clock.
@@ -148,7 +167,8 @@ pub enum Event {
         index: LogIndex,
         term: Term,
     },
-    /// Hand leadership to `to` (a voter).
+    /// Hand leadership to `to` (a voter). A follower passes the request to the leader it
+    /// knows.
     TransferLeader {
         to: NodeId,
     },

@@ -51,6 +51,8 @@ pub struct Raft {
     pub(super) leader_contact: Option<u64>,
     /// Leader: a transfer under way to this voter, abandoned at the deadline.
     pub(super) transfer: Option<(NodeId, u64)>,
+    /// Leader: no hand-over to the preferred leader before this time.
+    pub(super) prefer_not_before: u64,
     /// Leader: when an advanced commit index must be pushed to followers that lack it.
     pub(super) commit_push_at: Option<u64>,
     pub(super) healthy: bool,
@@ -90,6 +92,7 @@ impl Raft {
             quorum_deadline: u64::MAX,
             leader_contact: None,
             transfer: None,
+            prefer_not_before: 0,
             commit_push_at: None,
             healthy: true,
             actions: Vec::new(),
@@ -110,7 +113,7 @@ impl Raft {
             Event::Message { from, msg } => self.on_message(from, msg),
             Event::Appended { last_index, term } => self.on_appended(last_index, term),
             Event::Persisted { index, term } => self.on_persisted(index, term),
-            Event::TransferLeader { to } => self.start_transfer(to),
+            Event::TransferLeader { to } => self.request_transfer(to),
             Event::StorageFailed => {
                 self.healthy = false;
                 if self.role != Role::Follower {
@@ -287,6 +290,8 @@ impl Raft {
         self.leader = Some(self.cfg.id);
         self.votes.clear();
         self.transfer = None;
+        // A new leader settles before handing over to the preferred one.
+        self.prefer_not_before = self.now + self.cfg.election_max_ms;
         let last = self.log.last_index();
         let now = self.now;
         self.progress = self
@@ -316,6 +321,7 @@ impl Raft {
         }
         if self.now >= self.heartbeat_deadline {
             self.broadcast_heartbeat();
+            self.maybe_prefer();
         }
         if self.now >= self.quorum_deadline {
             self.check_quorum();
@@ -422,6 +428,7 @@ impl Raft {
             }
             Message::HeartbeatReply { .. } => self.on_heartbeat_reply(from),
             Message::TimeoutNow { .. } => self.on_timeout_now(from),
+            Message::TransferRequest { to, .. } => self.start_transfer(to),
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Progress {
     pub state: SendState,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// When it last answered anything.
+    pub last_heard_ms: u64,
     /// When an answer last moved `match_index` forward (or the state was reset).
     pub last_progress_ms: u64,
     /// Highest commit index sent to it (with an append or a heartbeat).
@@ -40,6 +42,7 @@ impl Progress {
             next_index: last + 1,
             state: SendState::Probe { waiting: false },
             recent_active: false,
+            last_heard_ms: 0,
             last_progress_ms: now,
             sent_commit: 0,
         }

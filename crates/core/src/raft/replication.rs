@@ -228,6 +228,7 @@ impl Raft {
             return;
         };
         p.recent_active = true;
+        p.last_heard_ms = now;
         if r.success {
             if p.matched(r.index.min(last), now) {
                 self.maybe_commit();
@@ -258,10 +259,12 @@ impl Raft {
             return;
         }
         let last = self.log.last_index();
+        let now = self.now;
         let Some(p) = self.progress.get_mut(&from) else {
             return;
         };
         p.recent_active = true;
+        p.last_heard_ms = now;
         if p.match_index < last {
             p.resume();
             self.send_append(from);

@@ -1,12 +1,51 @@
 //! Leadership transfer: the leader stops taking proposals, brings the chosen voter up to its
 //! last entry, then tells it to campaign at once (`TimeoutNow`); the voter's request carries
 //! `transfer`, so the others vote despite hearing from the old leader a moment ago. Abandoned
-//! after an election timeout if the voter never caught up or never won.
+//! after an election timeout if the voter never caught up or never won. A follower asked for
+//! a transfer passes the request to its leader. With a preferred leader configured, a leader
+//! that is not it hands over once the preferred voter answers and holds every committed entry
+//! (retried no sooner than ten election timeouts after an attempt, so a voter that cannot win
+//! does not keep the group without a leader).
 
 use super::message::{Message, NodeId, Role};
 use super::node::Raft;
 
 impl Raft {
+    /// A transfer asked of this node: started if it leads, else passed to the leader.
+    pub(super) fn request_transfer(&mut self, to: NodeId) {
+        match (self.role, self.leader) {
+            (Role::Leader, _) => self.start_transfer(to),
+            (_, Some(leader)) if leader != self.cfg.id => {
+                let term = self.hard.term;
+                self.send(leader, Message::TransferRequest { term, to });
+            }
+            _ => {}
+        }
+    }
+
+    /// Leader, at each heartbeat: hands over to the preferred leader when it is up (answered
+    /// within a heartbeat period or two) and holds everything committed.
+    pub(super) fn maybe_prefer(&mut self) {
+        let Some(to) = self.cfg.preferred_leader else {
+            return;
+        };
+        if self.role != Role::Leader
+            || to == self.cfg.id
+            || self.transfer.is_some()
+            || self.now < self.prefer_not_before
+        {
+            return;
+        }
+        let Some(p) = self.progress.get(&to) else {
+            return;
+        };
+        let live = p.last_heard_ms + 2 * self.cfg.heartbeat_ms.max(1) >= self.now;
+        if live && p.match_index >= self.commit {
+            self.prefer_not_before = self.now + 10 * self.cfg.election_max_ms;
+            self.start_transfer(to);
+        }
+    }
+
     pub(super) fn start_transfer(&mut self, to: NodeId) {
         if self.role != Role::Leader || to == self.cfg.id || !self.progress.contains_key(&to) {
             return;

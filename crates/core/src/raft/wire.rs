@@ -13,6 +13,7 @@
 //! kind 5  Heartbeat     commit:u64
 //! kind 6  HeartbeatReply
 //! kind 7  TimeoutNow
+//! kind 8  TransferRequest  to:u64
 //! ```
 //! All integers little-endian. Owns the encoding only; what a message means is the core's.
 
@@ -53,6 +54,7 @@ pub fn encode(out: &mut Vec<u8>, from: NodeId, msg: &Message) {
         Message::Heartbeat { .. } => 5,
         Message::HeartbeatReply { .. } => 6,
         Message::TimeoutNow { .. } => 7,
+        Message::TransferRequest { .. } => 8,
     };
     out.push(kind);
     out.extend_from_slice(&from.to_le_bytes());
@@ -87,6 +89,7 @@ pub fn encode(out: &mut Vec<u8>, from: NodeId, msg: &Message) {
             u64le(out, r.hint_term);
         }
         Message::Heartbeat { commit, .. } => u64le(out, *commit),
+        Message::TransferRequest { to, .. } => u64le(out, *to),
         Message::HeartbeatReply { .. } | Message::TimeoutNow { .. } => {}
     }
     let body_len = (out.len() - start - FRAME_HEADER) as u32;
@@ -169,6 +172,7 @@ pub fn decode(header: &[u8; FRAME_HEADER], body: Bytes) -> Result<(NodeId, Messa
         },
         6 => Message::HeartbeatReply { term },
         7 => Message::TimeoutNow { term },
+        8 => Message::TransferRequest { term, to: r.u64()? },
         k => return Err(WireError::Kind(k)),
     };
     if r.0.has_remaining() {
@@ -286,6 +290,7 @@ mod tests {
         );
         roundtrip(5, Message::HeartbeatReply { term: 1 });
         roundtrip(5, Message::TimeoutNow { term: 1 });
+        roundtrip(6, Message::TransferRequest { term: 2, to: 3 });
     }
 
     #[test]

@@ -405,6 +405,8 @@ struct Inner {
     acked: AtomicU64,
     /// Truncations so far (`State::cuts` holds where each cut).
     truncations: AtomicU64,
+    /// How long each flush's fdatasyncs took.
+    fsync_latency: super::latency::Histogram,
 }
 
 /// The CommitLog. See the module docs.
@@ -513,6 +515,7 @@ impl CommitLog {
             closing: AtomicBool::new(false),
             acked: AtomicU64::new(rec.last_index),
             truncations: AtomicU64::new(0),
+            fsync_latency: super::latency::Histogram::default(),
         });
         {
             let mut st = inner.lock();
@@ -724,6 +727,12 @@ impl CommitLog {
             }
             st = self.inner.acks.wait_timeout(st, deadline - now);
         }
+    }
+
+    /// How long flushes' fdatasyncs took so far (each flush of one or more segments counts
+    /// once).
+    pub fn fsync_latency(&self) -> super::latency::HistogramSnapshot {
+        self.inner.fsync_latency.snapshot()
     }
 
     /// The last acknowledgement: the index it reached and when (the instant an `async`
@@ -1294,9 +1303,11 @@ impl Inner {
                 }
                 // 2. fdatasync: every batch in sync mode, on the interval (or at close) in async.
                 if sync_mode || shutdown || forced || last_flush.elapsed() >= flush_every {
+                    let started = Instant::now();
                     for seg in dirty.drain(..) {
                         seg.file.sync_data().at(&seg.path)?;
                     }
+                    self.fsync_latency.record(started.elapsed());
                     last_flush = Instant::now();
                     {
                         let mut st = self.lock();

@@ -13,6 +13,7 @@ pub mod error;
 pub mod file_cache;
 pub mod index_file;
 pub mod inspect;
+pub mod latency;
 mod le;
 pub mod log_index;
 pub mod message_store;

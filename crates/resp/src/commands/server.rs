@@ -428,13 +428,7 @@ fn section(shared: &Shared, name: &str, text: &mut String) {
                     w("manifold_raft_term", engine.term().to_string());
                 }
                 Some(st) => {
-                    let role = match st.role {
-                        manifold_core::raft::Role::Leader => "leader",
-                        manifold_core::raft::Role::Candidate => "candidate",
-                        manifold_core::raft::Role::PreCandidate => "pre-candidate",
-                        manifold_core::raft::Role::Follower => "follower",
-                    };
-                    w("manifold_raft_role", role.into());
+                    w("manifold_raft_role", st.role.name().into());
                     w("manifold_raft_term", st.term.to_string());
                     w("manifold_raft_node_id", st.id.to_string());
                     w(

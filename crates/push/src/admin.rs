@@ -1,0 +1,350 @@
+//! The admin routes: `GET /health` (200 while this node serves, 503 while it knows no
+//! leader), `GET /cluster` (this node's view of its Raft group, as JSON), `GET /metrics`
+//! (Prometheus text) and `POST /cluster/transfer-leader?to=N[&timeout_ms=T]` (hand
+//! leadership to voter N and wait until it leads). `manifold cluster` reads the same JSON.
+//!
+//! Reads the engine's status only; the one thing it asks of the group is a transfer, which
+//! the Raft core carries out (or refuses) on its own terms.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use manifold_core::engine::Engine;
+use manifold_core::raft::Role;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::prometheus::Text;
+
+/// Most consumer groups `/metrics` reports a lag for.
+pub const MAX_GROUP_SERIES: usize = 1000;
+/// How long a transfer request waits for the new leader by default, and at most (ms).
+pub const TRANSFER_WAIT_MS: u64 = 3000;
+pub const TRANSFER_WAIT_MAX_MS: u64 = 60_000;
+
+/// The admin routes on `engine`.
+pub fn routes(engine: Arc<Engine>) -> axum::Router {
+    axum::Router::new()
+        .route("/health", get(health))
+        .route("/cluster", get(cluster))
+        .route("/cluster/transfer-leader", post(transfer_leader))
+        .route("/metrics", get(metrics))
+        .with_state(engine)
+}
+
+/// This node's view of its group: what `GET /cluster` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate` or `pre-candidate`.
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub preferred_leader: Option<u64>,
+    /// Leader: the voter a transfer under way goes to.
+    pub transferring_to: Option<u64>,
+    /// The other voters.
+    pub peers: Vec<PeerView>,
+}
+
+/// One other voter, as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub id: u64,
+    pub raft_addr: String,
+    /// Leader only: the highest index known to be durable on it.
+    pub match_index: Option<u64>,
+    /// Leader only: entries it lacks (this node's last index minus its match index).
+    pub lag: Option<u64>,
+}
+
+/// This node's view of its group now. A group of one is its own leader.
+pub fn cluster_view(engine: &Engine) -> ClusterView {
+    let applied = engine.applied_index();
+    let last = engine.store().log().last_index();
+    let voters = engine.cluster_voters();
+    let me = engine.node_id();
+    match engine.raft_status() {
+        None => ClusterView {
+            node_id: me,
+            role: Role::Leader.name().into(),
+            term: engine.term(),
+            leader_id: Some(me),
+            commit_index: applied,
+            applied_index: applied,
+            last_index: last,
+            preferred_leader: None,
+            transferring_to: None,
+            peers: Vec::new(),
+        },
+        Some(st) => {
+            let leading = st.role == Role::Leader;
+            let peers = voters
+                .iter()
+                .filter(|(id, _)| *id != st.id)
+                .map(|(id, addr)| {
+                    let matched = st.peers.iter().find(|(p, _)| p == id).map(|(_, m)| *m);
+                    let matched = matched.filter(|_| leading);
+                    PeerView {
+                        id: *id,
+                        raft_addr: addr.to_string(),
+                        match_index: matched,
+                        lag: matched.map(|m| st.last_index.saturating_sub(m)),
+                    }
+                })
+                .collect();
+            ClusterView {
+                node_id: st.id,
+                role: st.role.name().into(),
+                term: st.term,
+                leader_id: st.leader,
+                commit_index: st.commit,
+                applied_index: applied,
+                last_index: st.last_index,
+                preferred_leader: engine.preferred_leader(),
+                transferring_to: st.transferring,
+                peers,
+            }
+        }
+    }
+}
+
+async fn health(State(engine): State<Arc<Engine>>) -> Response {
+    let view = cluster_view(&engine);
+    let body = json!({
+        "node_id": view.node_id,
+        "role": view.role,
+        "leader_id": view.leader_id,
+        "applied_index": view.applied_index,
+    });
+    if view.leader_id.is_some() {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        let mut body = body;
+        body["error"] = "no leader known: writes are refused until one is elected".into();
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn cluster(State(engine): State<Arc<Engine>>) -> Json<ClusterView> {
+    Json(cluster_view(&engine))
+}
+
+#[derive(Debug, Deserialize)]
+struct TransferQuery {
+    to: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Asks for the transfer, then waits until this node sees `to` lead (or the wait ends).
+async fn transfer_leader(
+    State(engine): State<Arc<Engine>>,
+    query: Result<Query<TransferQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "query must be to=N[&timeout_ms=T]");
+    };
+    let Some(to) = q.to else {
+        return error(StatusCode::BAD_REQUEST, "to=N names the voter to lead");
+    };
+    let wait = Duration::from_millis(
+        q.timeout_ms
+            .unwrap_or(TRANSFER_WAIT_MS)
+            .min(TRANSFER_WAIT_MAX_MS),
+    );
+    let started = Instant::now();
+    let Some(before) = engine.raft_status() else {
+        return error(
+            StatusCode::CONFLICT,
+            "a group of one has no other voter to lead",
+        );
+    };
+    if before.leader == Some(to) {
+        return done(to, before.term, started);
+    }
+    if before.leader.is_none() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader known to hand over from; try again once one is elected",
+        );
+    }
+    if let Err(e) = engine.transfer_leader(to) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    loop {
+        if let Some(st) = engine.raft_status()
+            && st.leader == Some(to)
+            && st.term > before.term
+        {
+            return done(to, st.term, started);
+        }
+        if started.elapsed() >= wait {
+            let now = engine.raft_status();
+            let mut body = json!({
+                "error": format!("node {to} did not take over within {} ms", wait.as_millis()),
+            });
+            body["leader_id"] = now.and_then(|s| s.leader).into();
+            return (StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn done(to: u64, term: u64, started: Instant) -> Response {
+    let body = json!({
+        "leader_id": to,
+        "term": term,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let text = tokio::task::spawn_blocking(move || render_metrics(&engine)).await;
+    match text {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed"),
+    }
+}
+
+/// The `/metrics` page.
+pub fn render_metrics(engine: &Engine) -> String {
+    let view = cluster_view(engine);
+    let mut t = Text::default();
+    t.family(
+        "manifold_raft_role",
+        "gauge",
+        "1 for this node's Raft role, 0 for the others.",
+    );
+    for role in [
+        Role::Follower,
+        Role::PreCandidate,
+        Role::Candidate,
+        Role::Leader,
+    ] {
+        let on = u8::from(view.role == role.name());
+        t.sample("manifold_raft_role", &[("role", role.name())], on);
+    }
+    t.family("manifold_raft_term", "gauge", "Current Raft term.");
+    t.sample("manifold_raft_term", &[], view.term);
+    t.family(
+        "manifold_raft_leader_id",
+        "gauge",
+        "The leader this node knows (0: none).",
+    );
+    t.sample("manifold_raft_leader_id", &[], view.leader_id.unwrap_or(0));
+    t.family(
+        "manifold_raft_commit_index",
+        "gauge",
+        "Highest log index known committed.",
+    );
+    t.sample("manifold_raft_commit_index", &[], view.commit_index);
+    t.family(
+        "manifold_raft_last_index",
+        "gauge",
+        "Last index of the local log.",
+    );
+    t.sample("manifold_raft_last_index", &[], view.last_index);
+    t.family(
+        "manifold_applied_index",
+        "gauge",
+        "Highest log index applied to the engine state.",
+    );
+    t.sample("manifold_applied_index", &[], view.applied_index);
+    t.family(
+        "manifold_raft_peer_match_index",
+        "gauge",
+        "Leader only: highest index durable on each follower.",
+    );
+    for p in &view.peers {
+        if let Some(m) = p.match_index {
+            t.sample(
+                "manifold_raft_peer_match_index",
+                &[("peer", &p.id.to_string())],
+                m,
+            );
+        }
+    }
+    t.family(
+        "manifold_raft_peer_lag",
+        "gauge",
+        "Leader only: entries each follower lacks.",
+    );
+    for p in &view.peers {
+        if let Some(lag) = p.lag {
+            t.sample(
+                "manifold_raft_peer_lag",
+                &[("peer", &p.id.to_string())],
+                lag,
+            );
+        }
+    }
+    t.histogram_seconds(
+        "manifold_fsync_seconds",
+        "Time each CommitLog flush spent in fdatasync.",
+        &engine.store().log().fsync_latency(),
+    );
+    let groups = engine.all_groups_info(MAX_GROUP_SERIES);
+    t.family(
+        "manifold_group_lag",
+        "gauge",
+        "Entries not yet delivered to each consumer group (absent when unknown).",
+    );
+    for (db, key, g) in &groups {
+        if let Some(lag) = g.lag {
+            let (db, key, name) = labels_of(*db, key, &g.name);
+            t.sample(
+                "manifold_group_lag",
+                &[("db", &db), ("stream", &key), ("group", &name)],
+                lag,
+            );
+        }
+    }
+    t.family(
+        "manifold_group_pending",
+        "gauge",
+        "Entries delivered to each consumer group and not acknowledged.",
+    );
+    for (db, key, g) in &groups {
+        let (db, key, name) = labels_of(*db, key, &g.name);
+        t.sample(
+            "manifold_group_pending",
+            &[("db", &db), ("stream", &key), ("group", &name)],
+            g.pending,
+        );
+    }
+    t.family(
+        "manifold_producers",
+        "gauge",
+        "Producers the dedupe table remembers.",
+    );
+    t.sample("manifold_producers", &[], engine.producer_count());
+    t.family(
+        "manifold_waiting_readers",
+        "gauge",
+        "Readers blocked waiting for new entries.",
+    );
+    t.sample("manifold_waiting_readers", &[], engine.waiting());
+    t.finish()
+}
+
+fn labels_of(db: u8, key: &[u8], group: &[u8]) -> (String, String, String) {
+    (
+        db.to_string(),
+        String::from_utf8_lossy(key).into_owned(),
+        String::from_utf8_lossy(group).into_owned(),
+    )
+}

@@ -1,0 +1,33 @@
+//! Manifold's HTTP listener on `--http-addr`. Today it carries the admin routes
+//! (`admin.rs`: health, cluster status, metrics, leadership transfer); the push routes
+//! (WebSocket, Server-Sent Events, long-polling, REST) join the same router.
+//!
+//! Owns the HTTP surface only: every answer comes from the engine's public API; nothing here
+//! changes the log except through it.
+
+pub mod admin;
+mod prometheus;
+
+use std::sync::Arc;
+
+use manifold_core::engine::Engine;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Every route of the HTTP listener.
+pub fn router(engine: Arc<Engine>) -> axum::Router {
+    admin::routes(engine)
+}
+
+/// Serves the HTTP listener until `stopped` turns true; requests under way finish first.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+}
