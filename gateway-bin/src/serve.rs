@@ -269,6 +269,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("manifold-io")
         .build()
         .context("runtime")?;
+    // In a group: serve the writes followers forward here.
+    engine.serve_forwarded(runtime.handle().clone());
     // Signal handlers first, then the listeners, then the ready line: a client or a signal
     // acting on seeing it is never missed.
     let (mut term, mut int) = runtime.block_on(async {

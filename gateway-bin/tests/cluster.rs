@@ -133,7 +133,11 @@ fn leader(nodes: &[Node], limit: Duration) -> anyhow::Result<usize> {
     bail!("no leader within {limit:?}")
 }
 
-/// Appends `n` through whichever running node takes it; the ID if one did.
+/// Appends `n` through whichever running node takes it; the ID if one did. A node that
+/// refuses (an error reply) or cannot be reached is passed over; one that took the request and
+/// then went silent (a reset, a timeout) ends the attempt: the write may have been made, and
+/// sending it again elsewhere would make a second one — as a real client without an
+/// idempotency key would. (Followers forward writes to the leader, so any node takes them.)
 fn write_once(nodes: &Mutex<Vec<(u16, bool)>>, n: u64) -> Option<String> {
     let targets = nodes.lock().ok()?.clone();
     for (port, up) in targets {
@@ -153,8 +157,12 @@ fn write_once(nodes: &Mutex<Vec<(u16, bool)>>, n: u64) -> Option<String> {
             .arg("n")
             .arg(n)
             .query(&mut con);
-        if let Ok(id) = r {
-            return Some(id);
+        match r {
+            Ok(id) => return Some(id),
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    || e.code().is_some() => {}
+            Err(_) => return None,
         }
     }
     None
@@ -550,5 +558,87 @@ fn the_preferred_leader_takes_over_whenever_it_is_back() -> anyhow::Result<()> {
         ensure!(all == [0], "{all:?}");
         Ok(())
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_follower_takes_writes_and_group_reads_for_its_clients() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let (nodes, _) = group(root.path(), &[])?;
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let f = (l + 1) % 3;
+    let mut con = nodes[f].client()?;
+    // One XADD through the follower: the leader appends it; the follower shows it at once.
+    let first: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("n")
+        .arg(0)
+        .query(&mut con)?;
+    let len: u64 = redis::cmd("XLEN").arg("s").query(&mut con)?;
+    ensure!(len == 1, "XLEN {len} on the follower after its own XADD");
+    // A pipeline through the follower: every reply, in order.
+    let mut pipe = redis::pipe();
+    for i in 1..=100 {
+        pipe.cmd("XADD").arg("s").arg("*").arg("n").arg(i);
+    }
+    let ids: Vec<String> = pipe.query(&mut con)?;
+    ensure!(ids.len() == 100, "{} replies", ids.len());
+    // Errors are the leader's, spelled as Redis spells them.
+    let low: redis::RedisResult<String> = redis::cmd("XADD")
+        .arg("s")
+        .arg("1-1")
+        .arg("n")
+        .arg("x")
+        .query(&mut con);
+    let e = low.err().context("an ID below the top is refused")?;
+    ensure!(
+        e.to_string()
+            .contains("equal or smaller than the target stream top item"),
+        "{e}"
+    );
+    // A consumer group through the follower.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("s")
+        .arg("g")
+        .arg("0")
+        .query(&mut con)?;
+    let again: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("s")
+        .arg("g")
+        .arg("0")
+        .query(&mut con);
+    let e = again.err().context("a second XGROUP CREATE is refused")?;
+    ensure!(e.code() == Some("BUSYGROUP"), "{e}");
+    type Read = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
+    let read: Read = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c")
+        .arg("COUNT")
+        .arg(5)
+        .arg("STREAMS")
+        .arg("s")
+        .arg(">")
+        .query(&mut con)?;
+    let got: Vec<&String> = read[0].1.iter().map(|(id, _)| id).collect();
+    ensure!(got.len() == 5 && *got[0] == first, "{got:?}");
+    let acked: u64 = redis::cmd("XACK")
+        .arg("s")
+        .arg("g")
+        .arg(got.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+        .query(&mut con)?;
+    ensure!(acked == 5, "XACK {acked}");
+    // The leader holds all of it.
+    let all = values(&nodes[l])?;
+    ensure!(all == (0..=100).collect::<Vec<_>>(), "{all:?}");
+    let mut lead = nodes[l].client()?;
+    let pending: redis::Value = redis::cmd("XPENDING").arg("s").arg("g").query(&mut lead)?;
+    let redis::Value::Array(parts) = &pending else {
+        bail!("XPENDING answered {pending:?}");
+    };
+    ensure!(parts.first() == Some(&redis::Value::Int(0)), "{pending:?}");
     Ok(())
 }

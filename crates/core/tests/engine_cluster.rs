@@ -3,6 +3,8 @@
 //! all answered with the IDs they got, and every node applies the same entries. The applier
 //! of a group member matches its proposals to committed entries; a proposal that reached it
 //! after the commit covering it was once applied as another node's and never answered.
+//! Writes made on a follower are run by the leader (forwarded) and answered as the leader's
+//! engine answered them, once the follower applied them too.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -10,9 +12,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use manifold_core::engine::cluster::ClusterConfig;
-use manifold_core::engine::{AppendRequest, Engine, EngineConfig};
+use manifold_core::engine::groups::GroupError;
+use manifold_core::engine::{
+    AppendRequest, Engine, EngineConfig, EngineError, GroupStart, GroupTx, IdSpec, ReadFrom,
+    TxAnswer, TxOp,
+};
 use manifold_core::raft::Role;
-use manifold_core::store::RealFs;
+use manifold_core::store::{RealFs, StreamId};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -21,9 +27,12 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-#[test]
-fn pipelines_on_the_leader_are_all_answered_and_replicated() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+/// Three engines on loopback, each serving forwarded writes on `rt`, and the one that leads
+/// (once it takes a write).
+fn group(
+    dirs: &[tempfile::TempDir],
+    rt: &tokio::runtime::Runtime,
+) -> (Vec<Arc<Engine>>, Arc<Engine>) {
     let voters: Vec<(u64, std::net::SocketAddr)> = (1..=3u64)
         .map(|id| {
             let addr = format!("127.0.0.1:{}", free_port());
@@ -38,18 +47,14 @@ fn pipelines_on_the_leader_are_all_answered_and_replicated() {
                 ..EngineConfig::default()
             };
             config.store.log.segment_size = 1 << 20;
-            Arc::new(
+            let e = Arc::new(
                 Engine::open(Arc::new(RealFs), dirs[(id - 1) as usize].path(), config)
                     .expect("engine opens"),
-            )
+            );
+            e.serve_forwarded(rt.handle().clone());
+            e
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    // The leader, once it takes writes.
     let deadline = Instant::now() + Duration::from_secs(10);
     let leader = loop {
         let found = engines.iter().find(|e| {
@@ -68,6 +73,26 @@ fn pipelines_on_the_leader_are_all_answered_and_replicated() {
         assert!(Instant::now() < deadline, "no leader took a write");
         std::thread::sleep(Duration::from_millis(20));
     };
+    (engines, leader)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn pair(k: &str, v: &str) -> (Bytes, Bytes) {
+    (Bytes::from(k.to_string()), Bytes::from(v.to_string()))
+}
+
+#[test]
+fn pipelines_on_the_leader_are_all_answered_and_replicated() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let rt = runtime();
+    let (engines, leader) = group(&dirs, &rt);
     const WRITERS: usize = 4;
     const BATCHES: usize = 40;
     const PER: usize = 50;
@@ -121,4 +146,104 @@ fn pipelines_on_the_leader_are_all_answered_and_replicated() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+#[test]
+fn writes_on_a_follower_are_run_by_the_leader_and_read_back_on_the_follower() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let rt = runtime();
+    let (engines, leader) = group(&dirs, &rt);
+    let follower = engines
+        .iter()
+        .find(|e| !Arc::ptr_eq(e, &leader))
+        .expect("a follower")
+        .clone();
+    let key = Bytes::from_static(b"s");
+    rt.block_on(async {
+        // One append: the leader's ID, readable on the follower once the call returns.
+        let id = follower
+            .append(AppendRequest::new(0, key.clone(), vec![pair("n", "0")]))
+            .await
+            .expect("forwarded append")
+            .expect("an ID");
+        assert_eq!(follower.len(0, b"s"), 1, "read-your-write on the follower");
+        assert_eq!(leader.len(0, b"s"), 1);
+        // A pipeline: every answer in order, IDs rising.
+        let reqs = (1..=50)
+            .map(|i| AppendRequest::new(0, key.clone(), vec![pair("n", &i.to_string())]))
+            .collect();
+        let out = follower.append_many(reqs).await;
+        let ids: Vec<StreamId> = out
+            .into_iter()
+            .map(|r| r.expect("appended").expect("an ID"))
+            .collect();
+        assert_eq!(ids.len(), 50);
+        assert!(ids[0] > id && ids.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(follower.len(0, b"s"), 51);
+        // The leader's errors come back typed.
+        let mut low = AppendRequest::new(0, key.clone(), vec![pair("n", "x")]);
+        low.id = IdSpec::Explicit(StreamId::new(1, 1));
+        match follower.append(low).await {
+            Err(EngineError::IdTooSmall { last }) => assert_eq!(last, ids[49]),
+            other => panic!("an explicit ID below the top: {other:?}"),
+        }
+        // Consumer groups through the follower: create, read, ack; a second create is refused.
+        let create = || {
+            TxOp::Group(GroupTx::Create {
+                db: 0,
+                key: key.clone(),
+                group: Bytes::from_static(b"g"),
+                start: GroupStart::Id(StreamId::new(0, 0)),
+                mkstream: false,
+                entries_read: None,
+            })
+        };
+        assert_eq!(
+            follower.run(create()).await.expect("created"),
+            TxAnswer::Done
+        );
+        match follower.run(create()).await {
+            Err(EngineError::Group(GroupError::GroupExists)) => {}
+            other => panic!("a second XGROUP CREATE: {other:?}"),
+        }
+        let read = follower
+            .read_group(
+                0,
+                Bytes::from_static(b"g"),
+                Bytes::from_static(b"c"),
+                vec![(key.clone(), ReadFrom::New)],
+                10,
+                false,
+            )
+            .await
+            .expect("group read");
+        let entries = &read[0].1;
+        assert_eq!(entries.len(), 10);
+        assert_eq!(entries[0].id, id);
+        let acked = follower
+            .ack(
+                0,
+                key.clone(),
+                Bytes::from_static(b"g"),
+                entries.iter().map(|e| e.id).collect(),
+            )
+            .await
+            .expect("ack");
+        assert_eq!(acked, 10);
+        assert_eq!(
+            leader
+                .pending_summary(0, b"s", b"g")
+                .expect("summary")
+                .count,
+            0
+        );
+        // The same producer sequence twice: appended once, answered with the same ID.
+        let mut once = AppendRequest::new(0, key.clone(), vec![pair("n", "once")]);
+        once.producer = Some((Bytes::from_static(b"client-1"), 7));
+        let a = follower.append(once.clone()).await.expect("first");
+        let b = follower.append(once).await.expect("repeat");
+        assert_eq!(a, b);
+        assert_eq!(follower.len(0, b"s"), 52);
+    });
+    assert_eq!(follower.forward_apply_timeouts(), 0);
 }

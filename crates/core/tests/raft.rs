@@ -613,8 +613,22 @@ fn a_transfer_stops_proposals_waits_for_catch_up_then_sends_timeout_now() {
             term: 2,
         },
     );
-    step(&mut r, now, Event::TransferLeader { to: 3 });
+    let a = step(&mut r, now, Event::TransferLeader { to: 3 });
     assert_eq!(r.can_propose(), None, "no proposals while handing over");
+    assert!(a.contains(&Action::PauseProposals), "{a:?}");
+    assert!(
+        sends(&a).is_empty(),
+        "nothing sent before proposals stopped"
+    );
+    // An entry appended while the pause was on its way: the log's true end is 3.
+    step(
+        &mut r,
+        now,
+        Event::ProposalsPaused {
+            last_index: 3,
+            term: 2,
+        },
+    );
     let ok = |index| {
         Message::AppendReply(AppendReply {
             term: 2,
@@ -631,6 +645,13 @@ fn a_transfer_stops_proposals_waits_for_catch_up_then_sends_timeout_now() {
             .any(|(_, m)| matches!(m, Message::TimeoutNow { .. }))
     );
     let a = msg(&mut r, now + 2, 3, ok(2));
+    assert!(
+        !sends(&a)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::TimeoutNow { .. })),
+        "entry 3 is still missing on node 3"
+    );
+    let a = msg(&mut r, now + 2, 3, ok(3));
     assert!(sends(&a).contains(&(3, Message::TimeoutNow { term: 2 })));
     // The transferee campaigns at once, without pre-vote, marked as a transfer.
     let mut t = node(3, 2, &[1, 2]);
@@ -651,11 +672,13 @@ fn a_transfer_stops_proposals_waits_for_catch_up_then_sends_timeout_now() {
     let (mut r, now) = leader(1, &[1]);
     step(&mut r, now, Event::TransferLeader { to: 2 });
     let mut at = now;
+    let mut resumed = false;
     while at < now + 400 {
         at = r.next_deadline();
-        step(&mut r, at, Event::Tick);
+        resumed |= step(&mut r, at, Event::Tick).contains(&Action::ResumeProposals);
         msg(&mut r, at, 3, Message::HeartbeatReply { term: 2 });
     }
+    assert!(resumed, "proposals are taken again");
     assert_eq!(r.role(), Role::Leader);
     assert_eq!(r.can_propose(), Some(2));
 }
@@ -682,6 +705,15 @@ fn a_follower_passes_a_transfer_request_to_its_leader_which_starts_the_transfer(
         Message::TransferRequest { term: 2, to: 3 },
     );
     assert_eq!(r.can_propose(), None, "handing over");
+    assert!(a.contains(&Action::PauseProposals));
+    let a = step(
+        &mut r,
+        now + 1,
+        Event::ProposalsPaused {
+            last_index: 2,
+            term: 2,
+        },
+    );
     assert!(
         a.iter()
             .any(|x| matches!(x, Action::SendEntries { to: 3, .. })),
@@ -735,16 +767,25 @@ fn a_leader_hands_over_to_the_preferred_voter_once_it_is_live_and_caught_up() {
         msg(&mut r, at, 2, Message::HeartbeatReply { term: 2 });
         assert_eq!(r.transferring_to(), None, "node 3 is not live");
     }
-    // Node 3 answers with everything committed: at the next heartbeat, it gets TimeoutNow.
+    // Node 3 answers with everything committed: at the next heartbeat the transfer starts,
+    // and once proposals are paused it gets TimeoutNow.
     msg(&mut r, at, 3, ok(2));
-    let mut timeout_now = false;
+    let mut paused = false;
     for _ in 0..3 {
         at = r.next_deadline();
-        let a = step(&mut r, at, Event::Tick);
+        paused |= step(&mut r, at, Event::Tick).contains(&Action::PauseProposals);
         msg(&mut r, at, 3, Message::HeartbeatReply { term: 2 });
-        timeout_now |= sends(&a).contains(&(3, Message::TimeoutNow { term: 2 }));
     }
-    assert!(timeout_now);
+    assert!(paused);
+    let a = step(
+        &mut r,
+        at,
+        Event::ProposalsPaused {
+            last_index: 2,
+            term: 2,
+        },
+    );
+    assert!(sends(&a).contains(&(3, Message::TimeoutNow { term: 2 })));
     assert_eq!(r.transferring_to(), Some(3));
 }
 

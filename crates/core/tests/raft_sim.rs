@@ -850,6 +850,17 @@ impl Sim {
                 self.leader_appended(i, term, local);
             }
             Action::Commit(c) => self.commit(i, c)?,
+            // Proposals go only where `can_propose` says, which a transfer already stops: the
+            // log's end is what the node holds.
+            Action::PauseProposals => {
+                let n = &self.nodes[i];
+                let term = n.raft.as_ref().map_or(0, Raft::term);
+                local.push_back(Event::ProposalsPaused {
+                    last_index: n.log.len() as u64,
+                    term,
+                });
+            }
+            Action::ResumeProposals => {}
             Action::RoleChanged { role, term, leader } => {
                 self.fingerprint = mix(mix(self.fingerprint, id), term * 4 + role as u64);
                 self.role_changed(i, role, term, leader)?;

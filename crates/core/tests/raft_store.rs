@@ -230,6 +230,12 @@ impl Sim {
                 );
             }
             Action::Commit(index) => self.commit(n, index),
+            Action::PauseProposals => {
+                let last_index = self.nodes[n].store().log().last_index();
+                let term = self.nodes[n].raft.as_ref().map_or(0, |r| r.term());
+                self.step(n, Event::ProposalsPaused { last_index, term });
+            }
+            Action::ResumeProposals => {}
             Action::RoleChanged { role, term, leader } => {
                 if role == Role::Leader {
                     let before = self.leaders.insert(term, id);

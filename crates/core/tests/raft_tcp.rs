@@ -46,6 +46,12 @@ impl Hooks for Node {
         *self.gate.lock().unwrap_or_else(|p| p.into_inner()) =
             (status.role == Role::Leader).then_some(status.term);
     }
+    fn pause_proposals(&self) -> LogIndex {
+        let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        *gate = None;
+        self.store.log().last_index()
+    }
+    fn resume_proposals(&self) {}
 }
 
 struct Running {

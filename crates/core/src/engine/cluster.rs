@@ -36,6 +36,12 @@ pub struct ClusterConfig {
     pub election_max_ms: u64,
     /// A voter that should lead whenever it is up and caught up (default none).
     pub preferred_leader: Option<NodeId>,
+    /// How long a write waits for a leader (an election, a transfer) before `NotLeader`
+    /// (default 3,000 ms).
+    pub leader_wait_ms: u64,
+    /// How long a follower waits to apply a write the leader ran for it before answering
+    /// anyway (default 1,000 ms).
+    pub forward_apply_wait_ms: u64,
 }
 
 impl ClusterConfig {
@@ -47,6 +53,8 @@ impl ClusterConfig {
             election_min_ms: 300,
             election_max_ms: 600,
             preferred_leader: None,
+            leader_wait_ms: 3000,
+            forward_apply_wait_ms: 1000,
         }
     }
 }
@@ -60,6 +68,8 @@ pub(super) struct LeaderGate {
     pub noop_at: Option<LogIndex>,
     /// The leader, as far as this node knows.
     pub leader: Option<NodeId>,
+    /// Leading, with a leadership transfer under way: no proposals.
+    pub paused: bool,
 }
 
 /// What the engine holds of its Raft membership.
@@ -116,6 +126,21 @@ impl Hooks for EngineHooks {
         }
     }
 
+    fn pause_proposals(&self) -> LogIndex {
+        let mut p = self.0.lock_proposer();
+        if let Some(g) = p.cluster.as_mut() {
+            g.paused = true;
+        }
+        // Appends happen under the proposer lock: none is half done now.
+        self.0.store.log().last_index()
+    }
+
+    fn resume_proposals(&self) {
+        if let Some(g) = self.0.lock_proposer().cluster.as_mut() {
+            g.paused = false;
+        }
+    }
+
     fn role_changed(&self, status: &Status) {
         let mut p = self.0.lock_proposer();
         p.term = status.term;
@@ -129,6 +154,7 @@ impl Hooks for EngineHooks {
         }
         if let Some(g) = p.cluster.as_mut() {
             g.writable = false;
+            g.paused = false;
             g.leader = status.leader;
             if !leading {
                 g.noop_at = None;
@@ -148,9 +174,9 @@ pub(super) fn start(
     let storage = inner.storage.clone();
     let root = inner.root.clone();
     let Some(&(_, addr)) = cluster.voters.iter().find(|(v, _)| *v == id) else {
-        return Err(EngineError::InvalidArgument(
+        return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
             "this node's id is not among the cluster's voters",
-        ));
+        )));
     };
     let addr = cluster.listen.unwrap_or(addr);
     let listener =
@@ -225,12 +251,14 @@ impl super::Engine {
     /// node that is not a voter.
     pub fn transfer_leader(&self, to: NodeId) -> Result<()> {
         let Some(c) = self.inner.cluster.get() else {
-            return Err(EngineError::InvalidArgument(
+            return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
                 "a group of one has no other voter to lead",
-            ));
+            )));
         };
         if !self.cluster_voters().iter().any(|(v, _)| *v == to) {
-            return Err(EngineError::InvalidArgument("not a voter of this group"));
+            return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                "not a voter of this group",
+            )));
         }
         c.handle.event(Event::TransferLeader { to });
         Ok(())

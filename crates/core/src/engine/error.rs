@@ -47,7 +47,7 @@ pub enum EngineError {
     Group(#[from] super::groups::GroupError),
     /// An argument out of its range (a QoS above 2, a retain handling above 2).
     #[error("invalid argument: {0}")]
-    InvalidArgument(&'static str),
+    InvalidArgument(std::borrow::Cow<'static, str>),
     /// An MQTT session command failed and changed nothing.
     #[error("{0}")]
     Session(#[from] super::sessions::SessionError),

@@ -34,6 +34,8 @@ mod error;
 mod filter_group_api;
 pub mod filter_groups;
 mod filter_read;
+mod forward;
+pub mod forward_codec;
 pub mod glob;
 mod group_api;
 pub mod group_command;
@@ -876,6 +878,8 @@ struct Inner {
     commit: AtomicU64,
     /// In a Raft group of several: the driver.
     cluster: std::sync::OnceLock<cluster::ClusterLink>,
+    /// In a Raft group of several: where writes go when this node does not lead.
+    forwarder: Option<forward::Forwarder>,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -1081,6 +1085,7 @@ impl Engine {
         let ts_bound = matches!(config.store.log.flush, FlushMode::Async { .. }).then_some(bound);
         let (tx, rx) = mpsc::channel::<ApplyInput>();
         let config_access = config.access.clone();
+        let node_id = config.node_id;
         let inner = Arc::new(Inner {
             store: Arc::new(store),
             storage,
@@ -1107,6 +1112,14 @@ impl Engine {
             wait_order: AtomicU64::new(0),
             commit: AtomicU64::new(applied_at_open),
             cluster: std::sync::OnceLock::new(),
+            forwarder: clustered.as_ref().map(|c| {
+                forward::Forwarder::new(
+                    node_id,
+                    &c.voters,
+                    Duration::from_millis(c.leader_wait_ms),
+                    Duration::from_millis(c.forward_apply_wait_ms),
+                )
+            }),
         });
         let applier_inner = inner.clone();
         let in_group = clustered.is_some();
@@ -1187,8 +1200,20 @@ impl Engine {
         self.inner.applied.load(Ordering::Acquire)
     }
 
-    /// Appends a message; the reply is its stream ID (`None`: NOMKSTREAM and no stream).
+    /// Appends a message; the reply is its stream ID (`None`: NOMKSTREAM and no stream). On
+    /// a follower, the leader appends it ([`forward`]).
     pub async fn append(&self, req: AppendRequest) -> Result<Option<StreamId>> {
+        if self.inner.forwarding() {
+            return match self.forward(forward::ForwardOp::Append(req)).await? {
+                forward::ForwardAnswer::Append(answer) => answer,
+                _ => Err(forward::unexpected()),
+            };
+        }
+        self.append_here(req).await
+    }
+
+    /// [`Engine::append`] on this node.
+    async fn append_here(&self, req: AppendRequest) -> Result<Option<StreamId>> {
         check_db(req.db)?;
         if req.fields.is_empty() {
             return Err(EngineError::NoFields);
@@ -1240,32 +1265,56 @@ impl Engine {
 
     /// Appends a connection's pipeline of messages: each its own log entry, in order, as many
     /// [`Engine::append`]s would make them, but proposed under one lock and answered with one
-    /// reply — the path of pipelined XADDs. Requests with a producer sequence take
-    /// [`Engine::append`] one by one.
+    /// reply — the path of pipelined XADDs (and of a follower's forwarded pipelines). A
+    /// request whose producer sequence is remembered gets the original answer, one still in
+    /// flight waits for it; neither is appended again.
     pub async fn append_many(&self, reqs: Vec<AppendRequest>) -> Vec<Result<Option<StreamId>>> {
-        if reqs.iter().any(|r| r.producer.is_some()) {
-            let mut out = Vec::with_capacity(reqs.len());
-            for r in reqs {
-                out.push(self.append(r).await);
-            }
-            return out;
+        if self.inner.forwarding() {
+            return match self.forward(forward::ForwardOp::AppendMany(reqs)).await {
+                Ok(forward::ForwardAnswer::AppendMany(answers)) => answers,
+                Ok(_) => vec![Err(forward::unexpected())],
+                Err(e) => vec![Err(e)],
+            };
+        }
+        self.append_many_here(reqs).await
+    }
+
+    /// [`Engine::append_many`] on this node.
+    async fn append_many_here(&self, reqs: Vec<AppendRequest>) -> Vec<Result<Option<StreamId>>> {
+        /// What becomes of one request.
+        enum Slot {
+            /// Answered at once.
+            Now(Result<Option<StreamId>>),
+            /// Its entry: position among this batch's entries, and the ID it got.
+            Entry(usize, StreamId),
+            /// A repeat of a producer sequence whose original (at this index) is not applied.
+            Repeat(LogIndex, (Bytes, u64)),
         }
         let asked = reqs.len();
-        // Per request: answered at once, or the position of its entry and the ID it got.
-        let mut slots: Vec<Result<Option<(usize, StreamId)>>> = Vec::with_capacity(reqs.len());
+        let mut slots: Vec<Slot> = Vec::with_capacity(reqs.len());
         let rx = (|| {
             let mut p = self.inner.proposer_for_entry()?;
             let mut entries = Vec::with_capacity(reqs.len());
             for mut req in reqs {
+                if let Some(pair) = &req.producer {
+                    if let Some(index) = p.producers_in_flight.get(pair) {
+                        slots.push(Slot::Repeat(*index, pair.clone()));
+                        continue;
+                    }
+                    if let Some(answer) = self.inner.lock_state().deduped(&pair.0, pair.1) {
+                        slots.push(Slot::Now(answer_of(answer)));
+                        continue;
+                    }
+                }
                 let fields = std::mem::take(&mut req.fields);
                 let built = match self.build_append_with(&mut p, &req, fields) {
                     Ok(Some(b)) => b,
                     Ok(None) => {
-                        slots.push(Ok(None));
+                        slots.push(Slot::Now(Ok(None)));
                         continue;
                     }
                     Err(e) => {
-                        slots.push(Err(e));
+                        slots.push(Slot::Now(Err(e)));
                         continue;
                     }
                 };
@@ -1279,13 +1328,16 @@ impl Engine {
                 let ticket = match self.inner.store.log().append(&entry) {
                     Ok(t) => t,
                     Err(e) => {
-                        slots.push(Err(e.into()));
+                        slots.push(Slot::Now(Err(e.into())));
                         continue;
                     }
                 };
+                if let Some(pair) = req.producer.take() {
+                    p.producers_in_flight.insert(pair, ticket.index);
+                }
                 p.note(&self.inner.store, &entry.records, ticket.index);
                 let id = built.resolved.unwrap_or_default();
-                slots.push(Ok(Some((entries.len(), id))));
+                slots.push(Slot::Entry(entries.len(), id));
                 entries.push((ticket, entry));
             }
             if entries.is_empty() {
@@ -1313,7 +1365,7 @@ impl Engine {
         let mut out = Vec::with_capacity(slots.len());
         for slot in slots {
             out.push(match (slot, &applied) {
-                (Ok(Some((k, id))), Ok(applied)) => {
+                (Slot::Entry(k, id), Ok(applied)) => {
                     match applied.get(k).and_then(|a| a.outcomes.first()) {
                         Some(Outcome::Added) => Ok(Some(id)),
                         // Apply re-checks what the proposer checked; a failed check is a no-op.
@@ -1323,8 +1375,9 @@ impl Engine {
                         _ => Ok(None),
                     }
                 }
-                (Ok(Some(_)), Err(e)) => Err(e.clone()),
-                (other, _) => other.map(|_| None),
+                (Slot::Entry(..), Err(e)) => Err(e.clone()),
+                (Slot::Repeat(index, pair), _) => self.answer_after(index, Some(pair)).await,
+                (Slot::Now(answer), _) => answer,
             });
         }
         if out.len() < asked {
@@ -1998,8 +2051,15 @@ impl Inner {
         if p.shut {
             return Err(EngineError::ShuttingDown);
         }
-        if let Some(g) = p.cluster.as_ref().filter(|g| !g.writable) {
-            return Err(EngineError::NotLeader { leader: g.leader });
+        if let Some(g) = p.cluster.as_ref() {
+            if !g.writable {
+                return Err(EngineError::NotLeader { leader: g.leader });
+            }
+            // A leadership transfer under way: the transferee catches up with a log that
+            // stops growing; the proposal waits for (or goes to) the new leader.
+            if g.paused {
+                return Err(EngineError::NotLeader { leader: None });
+            }
         }
         p.last_ts = p.last_ts.max((self.config.clock)());
         if let Some(bound) = p.ts_bound
@@ -2089,12 +2149,14 @@ impl Inner {
                 restore(&mut p);
                 // A transaction too big for one entry is refused; nothing was written.
                 return Err(match e {
-                    StoreError::EntryTooLarge { .. } => EngineError::InvalidArgument(
-                        "the transaction is larger than one log entry may be (16 MiB)",
-                    ),
-                    StoreError::TooManySubRecords { .. } => {
-                        EngineError::InvalidArgument("a transaction writes at most 65,536 records")
+                    StoreError::EntryTooLarge { .. } => {
+                        EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                            "the transaction is larger than one log entry may be (16 MiB)",
+                        ))
                     }
+                    StoreError::TooManySubRecords { .. } => EngineError::InvalidArgument(
+                        std::borrow::Cow::Borrowed("a transaction writes at most 65,536 records"),
+                    ),
                     e => e.into(),
                 });
             }

@@ -70,7 +70,9 @@ impl Engine {
         if let Some(w) = &will {
             topic_filter::check_topic_name(&w.topic).map_err(EngineError::BadTopic)?;
             if w.qos > 2 {
-                return Err(EngineError::InvalidArgument("QoS above 2"));
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                    "QoS above 2",
+                )));
             }
         }
         match self
@@ -99,10 +101,14 @@ impl Engine {
         for (f, o) in &subs {
             topic_filter::check_filter(f).map_err(EngineError::BadTopic)?;
             if o.qos > 2 {
-                return Err(EngineError::InvalidArgument("QoS above 2"));
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                    "QoS above 2",
+                )));
             }
             if o.retain_handling > 2 {
-                return Err(EngineError::InvalidArgument("retain handling above 2"));
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                    "retain handling above 2",
+                )));
             }
         }
         self.session_command(client, SessionOp::Subscribe(subs))

@@ -429,8 +429,20 @@ impl Engine {
         self.run_op(op).await
     }
 
-    /// One operation in its own entry: the path of every write but XADD's.
+    /// One operation in its own entry: the path of every write but XADD's. On a follower,
+    /// the leader runs it ([`super::forward`]).
     pub(super) async fn run_op(&self, op: TxOp) -> Result<TxAnswer> {
+        if self.inner.forwarding() {
+            return match self.forward(super::forward::ForwardOp::Run(op)).await? {
+                super::forward::ForwardAnswer::Run(answer) => answer,
+                _ => Err(super::forward::unexpected()),
+            };
+        }
+        self.run_op_here(op).await
+    }
+
+    /// [`Engine::run_op`] on this node.
+    pub(super) async fn run_op_here(&self, op: TxOp) -> Result<TxAnswer> {
         let mut resolved = None;
         let reply = self.inner.propose(|p| {
             let Some(b) = self.build(p, &op, false)? else {
@@ -459,9 +471,9 @@ impl Engine {
         match op {
             TxOp::Append(req) => {
                 if in_tx && req.producer.is_some() {
-                    return Err(EngineError::InvalidArgument(
+                    return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
                         "producer sequences are not available inside a transaction",
-                    ));
+                    )));
                 }
                 self.build_append(p, req)
             }

@@ -29,6 +29,11 @@ pub trait Hooks: Send + Sync + 'static {
     fn committed(&self, index: LogIndex);
     /// The node's role, term or leader changed.
     fn role_changed(&self, status: &Status);
+    /// A transfer starts: append no more proposals (none may be half-appended when this
+    /// returns); returns the log's last index.
+    fn pause_proposals(&self) -> LogIndex;
+    /// The transfer was abandoned: take proposals again.
+    fn resume_proposals(&self);
 }
 
 /// A node's Raft status as the driver last saw it.
@@ -333,6 +338,15 @@ impl Runner {
                 }));
             }
             Action::Commit(index) => self.hooks.committed(index),
+            Action::PauseProposals => {
+                let last_index = self.hooks.pause_proposals();
+                let term = self.core.term();
+                // Handled on the next turn, like `Appended`.
+                let _ = self
+                    .tx
+                    .send(Some(Event::ProposalsPaused { last_index, term }));
+            }
+            Action::ResumeProposals => self.hooks.resume_proposals(),
             Action::RoleChanged { role, term, leader } => self.announce(role, term, leader)?,
         }
         Ok(())

@@ -172,6 +172,12 @@ pub enum Event {
     TransferLeader {
         to: NodeId,
     },
+    /// The driver's answer to `PauseProposals`: no proposal is appended from now on, and the
+    /// log ends at `last_index` (entries of `term`; ignored unless the node still leads it).
+    ProposalsPaused {
+        last_index: LogIndex,
+        term: Term,
+    },
     /// The disk failed or stalled: a leader steps down; the node neither campaigns nor votes
     /// until `StorageRecovered`.
     StorageFailed,
@@ -209,6 +215,11 @@ pub enum Action {
     },
     /// Entries up to here are committed: apply them.
     Commit(LogIndex),
+    /// A transfer starts: stop appending proposals, then answer `ProposalsPaused` with the
+    /// log's last index (the transferee must catch up with a log that no longer grows).
+    PauseProposals,
+    /// The transfer was abandoned while this node still leads: take proposals again.
+    ResumeProposals,
     RoleChanged {
         role: Role,
         term: Term,

@@ -51,6 +51,8 @@ pub struct Raft {
     pub(super) leader_contact: Option<u64>,
     /// Leader: a transfer under way to this voter, abandoned at the deadline.
     pub(super) transfer: Option<(NodeId, u64)>,
+    /// Leader: the driver confirmed proposals are paused for the transfer under way.
+    pub(super) transfer_ready: bool,
     /// Leader: no hand-over to the preferred leader before this time.
     pub(super) prefer_not_before: u64,
     /// Leader: when an advanced commit index must be pushed to followers that lack it.
@@ -92,6 +94,7 @@ impl Raft {
             quorum_deadline: u64::MAX,
             leader_contact: None,
             transfer: None,
+            transfer_ready: false,
             prefer_not_before: 0,
             commit_push_at: None,
             healthy: true,
@@ -114,6 +117,9 @@ impl Raft {
             Event::Appended { last_index, term } => self.on_appended(last_index, term),
             Event::Persisted { index, term } => self.on_persisted(index, term),
             Event::TransferLeader { to } => self.request_transfer(to),
+            Event::ProposalsPaused { last_index, term } => {
+                self.on_proposals_paused(last_index, term)
+            }
             Event::StorageFailed => {
                 self.healthy = false;
                 if self.role != Role::Follower {
@@ -330,7 +336,7 @@ impl Raft {
             }
         }
         if self.transfer.is_some_and(|(_, at)| self.now >= at) {
-            self.transfer = None;
+            self.abandon_transfer();
         }
         if self.commit_push_at.is_some_and(|at| self.now >= at) {
             self.push_commit();

@@ -1,5 +1,6 @@
-//! Leadership transfer: the leader stops taking proposals, brings the chosen voter up to its
-//! last entry, then tells it to campaign at once (`TimeoutNow`); the voter's request carries
+//! Leadership transfer: the leader stops taking proposals (`PauseProposals`, answered with
+//! `ProposalsPaused` and the log's true end, so no entry appended meanwhile is missed), brings
+//! the chosen voter up to its last entry, then tells it to campaign at once (`TimeoutNow`); the voter's request carries
 //! `transfer`, so the others vote despite hearing from the old leader a moment ago. Abandoned
 //! after an election timeout if the voter never caught up or never won. A follower asked for
 //! a transfer passes the request to its leader. With a preferred leader configured, a leader
@@ -7,8 +8,9 @@
 //! (retried no sooner than ten election timeouts after an attempt, so a voter that cannot win
 //! does not keep the group without a leader).
 
-use super::message::{Message, NodeId, Role};
+use super::message::{Action, Message, NodeId, Role};
 use super::node::Raft;
+use crate::store::{LogIndex, Term};
 
 impl Raft {
     /// A transfer asked of this node: started if it leads, else passed to the leader.
@@ -47,20 +49,46 @@ impl Raft {
     }
 
     pub(super) fn start_transfer(&mut self, to: NodeId) {
-        if self.role != Role::Leader || to == self.cfg.id || !self.progress.contains_key(&to) {
+        if self.role != Role::Leader
+            || to == self.cfg.id
+            || !self.progress.contains_key(&to)
+            || self.transfer.is_some()
+        {
             return;
         }
         self.transfer = Some((to, self.now + self.cfg.election_min_ms));
-        if self.match_index(to) == Some(self.log.last_index()) {
-            self.send_timeout_now(to);
-        } else {
-            self.send_append(to);
+        self.transfer_ready = false;
+        self.actions.push(Action::PauseProposals);
+    }
+
+    /// Proposals stopped with the log ending at `last_index`: the transferee is brought up to
+    /// there, then told to campaign.
+    pub(super) fn on_proposals_paused(&mut self, last_index: LogIndex, term: Term) {
+        if self.role != Role::Leader || term != self.hard.term || self.transfer.is_none() {
+            return;
+        }
+        self.on_appended(last_index, term);
+        self.transfer_ready = true;
+        if let Some((to, _)) = self.transfer {
+            if self.match_index(to) == Some(self.log.last_index()) {
+                self.send_timeout_now(to);
+            } else {
+                self.send_append(to);
+            }
+        }
+    }
+
+    /// A transfer that did not finish in time: the leader takes proposals again.
+    pub(super) fn abandon_transfer(&mut self) {
+        if self.transfer.take().is_some() && self.role == Role::Leader {
+            self.actions.push(Action::ResumeProposals);
         }
     }
 
     /// `to` acknowledged more: if it is the transferee and has everything, it may campaign.
     pub(super) fn maybe_finish_transfer(&mut self, to: NodeId) {
-        if self.transfer.is_some_and(|(t, _)| t == to)
+        if self.transfer_ready
+            && self.transfer.is_some_and(|(t, _)| t == to)
             && self.match_index(to) == Some(self.log.last_index())
         {
             self.send_timeout_now(to);

@@ -7,6 +7,10 @@
 //! Never blocks the caller: a full queue or a peer that is down drops the message (Raft
 //! resends what matters). A bad frame ends its connection. Peers are not authenticated: the
 //! Raft address belongs on a private network.
+//!
+//! The same listener takes the connections followers forward writes on: one that opens with
+//! [`SIDE_PREAMBLE`] is handed whole to the side-channel handler set with
+//! [`Transport::on_side_channel`] (the engine's forwarding server), or closed if none is set.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
@@ -24,6 +28,15 @@ use super::wire;
 
 /// Where decoded messages go: `(from, message)`.
 pub type Deliver = Arc<dyn Fn(NodeId, Message) + Send + Sync>;
+
+/// What a connection that is not Raft traffic opens with (as a frame header it would announce
+/// a body far over any limit, so it can never be mistaken for one).
+pub const SIDE_PREAMBLE: [u8; 8] = *b"MNFD\xff\xff\xff\x01";
+
+/// Takes a side-channel connection (its preamble already read).
+pub type SideChannel = Arc<dyn Fn(TcpStream) + Send + Sync>;
+
+type SideSlot = Arc<std::sync::OnceLock<SideChannel>>;
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -67,6 +80,7 @@ pub struct Transport {
     accepted: Arc<Mutex<Vec<TcpStream>>>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<TransportStats>,
+    side: SideSlot,
 }
 
 impl Transport {
@@ -82,6 +96,7 @@ impl Transport {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(TransportStats::default());
+        let side: SideSlot = Arc::default();
         let mut threads = Vec::new();
         {
             let (stop, accepted, stats, config) = (
@@ -90,10 +105,13 @@ impl Transport {
                 stats.clone(),
                 config.clone(),
             );
+            let side = side.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("raft-accept".into())
-                    .spawn(move || accept_loop(listener, deliver, stop, accepted, stats, config))?,
+                    .spawn(move || {
+                        accept_loop(listener, deliver, side, stop, accepted, stats, config)
+                    })?,
             );
         }
         let mut lanes = BTreeMap::new();
@@ -121,7 +139,13 @@ impl Transport {
             accepted,
             threads,
             stats,
+            side,
         })
+    }
+
+    /// Sets the handler of side-channel connections (once; later calls are ignored).
+    pub fn on_side_channel(&self, handler: SideChannel) {
+        let _ = self.side.set(handler);
     }
 
     /// The address it listens on.
@@ -174,6 +198,7 @@ impl Transport {
 fn accept_loop(
     listener: TcpListener,
     deliver: Deliver,
+    side: SideSlot,
     stop: Arc<AtomicBool>,
     accepted: Arc<Mutex<Vec<TcpStream>>>,
     stats: Arc<TransportStats>,
@@ -192,10 +217,11 @@ fn accept_loop(
             list.push(clone);
         }
         let (deliver, stats, max) = (deliver.clone(), stats.clone(), config.max_frame);
+        let side = side.clone();
         let spawned = std::thread::Builder::new()
             .name("raft-read".into())
             .spawn(move || {
-                if let Err(e) = read_loop(conn, &deliver, max)
+                if let Err(e) = read_loop(conn, &deliver, &side, max)
                     && e.kind() == io::ErrorKind::InvalidData
                 {
                     stats.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -208,12 +234,33 @@ fn accept_loop(
     }
 }
 
-/// Reads frames until the connection ends or a frame is bad.
-fn read_loop(conn: TcpStream, deliver: &Deliver, max_frame: usize) -> io::Result<()> {
+/// Reads frames until the connection ends or a frame is bad; a side-channel connection goes
+/// to its handler instead.
+fn read_loop(
+    mut conn: TcpStream,
+    deliver: &Deliver,
+    side: &SideSlot,
+    max_frame: usize,
+) -> io::Result<()> {
+    // The first header is read unbuffered: a side channel's bytes after its preamble stay in
+    // the socket for its handler.
+    let mut first = [0u8; wire::FRAME_HEADER];
+    conn.read_exact(&mut first)?;
+    if first == SIDE_PREAMBLE {
+        match side.get() {
+            Some(handler) => handler(conn),
+            None => tracing::debug!("side-channel connection closed: no handler"),
+        }
+        return Ok(());
+    }
     let mut r = BufReader::with_capacity(256 * 1024, conn);
+    let mut pending = Some(first);
     loop {
         let mut header = [0u8; wire::FRAME_HEADER];
-        r.read_exact(&mut header)?;
+        match pending.take() {
+            Some(h) => header = h,
+            None => r.read_exact(&mut header)?,
+        }
         let len = wire::body_len(&header, max_frame)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut body = vec![0u8; len];
