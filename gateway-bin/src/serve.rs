@@ -73,6 +73,8 @@ struct FileConfig {
     flush: Option<String>,
     flush_interval_ms: Option<u64>,
     segment_size: Option<u64>,
+    /// The cluster's shared secret (file or `MANIFOLD_CLUSTER_SECRET`, never a flag).
+    cluster_secret: Option<String>,
     /// `[[principal]]` tables (file only: secrets stay off the command line).
     principal: Option<Vec<PrincipalToml>>,
 }
@@ -102,6 +104,7 @@ struct Settings {
     preferred_leader: Option<u64>,
     flush: FlushMode,
     segment_size: Option<u64>,
+    cluster_secret: Option<String>,
     access: AccessConfig,
 }
 
@@ -156,6 +159,9 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         preferred_leader: args.preferred_leader.or(file.preferred_leader),
         flush,
         segment_size: args.segment_size.or(file.segment_size),
+        cluster_secret: std::env::var("MANIFOLD_CLUSTER_SECRET")
+            .ok()
+            .or(file.cluster_secret),
         access: match file.principal {
             None => AccessConfig::default(),
             Some(list) => AccessConfig {
@@ -180,6 +186,7 @@ fn cluster_config(
     peers: &str,
     raft_addr: Option<&str>,
     preferred_leader: Option<u64>,
+    secret: Option<&str>,
 ) -> anyhow::Result<Option<ClusterConfig>> {
     use std::net::ToSocketAddrs;
     let mut voters = Vec::new();
@@ -225,6 +232,7 @@ fn cluster_config(
     Ok(Some(ClusterConfig {
         listen,
         preferred_leader,
+        secret: secret.map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
         ..ClusterConfig::new(voters)
     }))
 }
@@ -233,9 +241,13 @@ fn cluster_config(
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let s = settings(args)?;
     let cluster = match s.peers.as_deref() {
-        Some(peers) => {
-            cluster_config(s.node_id, peers, s.raft_addr.as_deref(), s.preferred_leader)?
-        }
+        Some(peers) => cluster_config(
+            s.node_id,
+            peers,
+            s.raft_addr.as_deref(),
+            s.preferred_leader,
+            s.cluster_secret.as_deref(),
+        )?,
         None => {
             if s.preferred_leader.is_some() {
                 bail!("--preferred-leader needs --peers");

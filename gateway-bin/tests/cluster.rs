@@ -170,6 +170,14 @@ fn write_once(nodes: &Mutex<Vec<(u16, bool)>>, n: u64) -> Option<String> {
 
 /// Three nodes started as one group with `extra` flags each; the `--peers` value.
 fn group(root: &Path, extra: &[&str]) -> anyhow::Result<(Vec<Node>, String)> {
+    group_each(root, |_| extra.iter().map(|s| s.to_string()).collect())
+}
+
+/// Three nodes started as one group, node `id` with the flags `extra(id)`.
+fn group_each(
+    root: &Path,
+    extra: impl Fn(u64) -> Vec<String>,
+) -> anyhow::Result<(Vec<Node>, String)> {
     let mut nodes = Vec::new();
     let mut peers = Vec::new();
     for id in 1..=3u64 {
@@ -179,7 +187,7 @@ fn group(root: &Path, extra: &[&str]) -> anyhow::Result<(Vec<Node>, String)> {
             dir: root.join(format!("n{id}")),
             resp: free_port()?,
             http: free_port()?,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: extra(id),
             child: None,
         });
     }
@@ -640,5 +648,40 @@ fn a_follower_takes_writes_and_group_reads_for_its_clients() -> anyhow::Result<(
         bail!("XPENDING answered {pending:?}");
     };
     ensure!(parts.first() == Some(&redis::Value::Int(0)), "{pending:?}");
+    Ok(())
+}
+
+#[test]
+fn a_node_without_the_cluster_secret_is_kept_out() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut configs = Vec::new();
+    for id in 1..=3u64 {
+        let path = root.path().join(format!("n{id}.toml"));
+        let secret = if id == 3 { "wrong" } else { "s3cret" };
+        std::fs::write(&path, format!("cluster_secret = \"{secret}\"\n"))?;
+        configs.push(path);
+    }
+    let (nodes, _) = group_each(root.path(), |id| {
+        vec![
+            "--config".to_string(),
+            configs[(id - 1) as usize].display().to_string(),
+        ]
+    })?;
+    // Nodes 1 and 2 form the group and take writes; node 3 never hears of a leader.
+    let l = leader(&nodes[..2], Duration::from_secs(10))?;
+    xadd_on_leader(&nodes[..2], "s", 1)?;
+    thread::sleep(Duration::from_millis(1500));
+    let v = cluster_json(&nodes[2])?;
+    ensure!(v["leader_id"].is_null(), "node 3 joined: {v}");
+    ensure!(v["last_index"] == 0, "node 3 got entries: {v}");
+    let lead = cluster_json(&nodes[l])?;
+    let third = lead["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["id"] == 3))
+        .context("node 3 among the peers")?;
+    ensure!(
+        third["match_index"] == 0,
+        "the leader reached node 3: {lead}"
+    );
     Ok(())
 }

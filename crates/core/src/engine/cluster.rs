@@ -42,6 +42,9 @@ pub struct ClusterConfig {
     /// How long a follower waits to apply a write the leader ran for it before answering
     /// anyway (default 1,000 ms).
     pub forward_apply_wait_ms: u64,
+    /// The cluster's shared secret, proven in every node-to-node handshake (default empty:
+    /// none). Every member must be given the same.
+    pub secret: Vec<u8>,
 }
 
 impl ClusterConfig {
@@ -55,6 +58,7 @@ impl ClusterConfig {
             preferred_leader: None,
             leader_wait_ms: 3000,
             forward_apply_wait_ms: 1000,
+            secret: Vec::new(),
         }
     }
 }
@@ -199,7 +203,10 @@ pub(super) fn start(
             listener,
             &cluster.voters,
             deliver,
-            TransportConfig::default(),
+            TransportConfig {
+                secret: std::sync::Arc::from(cluster.secret.as_slice()),
+                ..TransportConfig::default()
+            },
         )
         .map_err(|e| StoreError::io("raft transport", e))?,
     );

@@ -1,7 +1,7 @@
 //! Writes that reach a follower go to the leader. The operation (an append, a pipeline of
 //! appends, any other write as a [`TxOp`]) is encoded (`forward_codec.rs`) and sent over one
-//! TCP connection to the leader's Raft address, opened with the transport's side-channel
-//! preamble; the leader's engine runs it as if a local client had sent it and answers with
+//! TCP connection to the leader's Raft address (after the node-to-node handshake, as a
+//! forwarding connection); the leader's engine runs it as if a local client had sent it and answers with
 //! the result and its applied index. The follower replies once it has applied that far
 //! itself (bounded by `forward_apply_wait_ms`), so the client that wrote through it reads
 //! its write there.
@@ -30,7 +30,7 @@ pub use super::forward_codec::{ForwardAnswer, ForwardOp};
 use super::forward_codec::{decode_answer, decode_op, encode_answer, encode_op};
 use super::{Engine, EngineError, Inner, Result};
 use crate::raft::NodeId;
-use crate::raft::transport::SIDE_PREAMBLE;
+use crate::raft::handshake::{self, Kind};
 use crate::store::{LogIndex, StoreError};
 
 /// Largest forwarded frame (an append pipeline of up to 16 MiB messages fits).
@@ -66,6 +66,8 @@ enum Lost {
 /// A follower's side: the connection to the leader and the producer its appends carry.
 #[derive(Debug)]
 pub(super) struct Forwarder {
+    me: NodeId,
+    secret: Arc<[u8]>,
     addrs: HashMap<NodeId, SocketAddr>,
     /// `fwd:<node id>:<nonce>`: unique to this node's run.
     producer: Bytes,
@@ -126,6 +128,7 @@ fn bad(why: &'static str) -> std::io::Error {
 impl Forwarder {
     pub(super) fn new(
         node: NodeId,
+        secret: Arc<[u8]>,
         voters: &[(NodeId, SocketAddr)],
         leader_wait: Duration,
         apply_wait: Duration,
@@ -135,6 +138,8 @@ impl Forwarder {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32);
         Forwarder {
+            me: node,
+            secret,
             addrs: voters.iter().copied().collect(),
             producer: Bytes::from(format!("fwd:{node}:{nonce:016x}")),
             seq: AtomicU64::new(1),
@@ -181,11 +186,22 @@ impl Forwarder {
         .await
         .map_err(|_| Lost::NotSent)?
         .map_err(|_| Lost::NotSent)?;
+        let mut stream = stream;
         let _ = stream.set_nodelay(true);
+        let shaken = tokio::time::timeout(
+            Duration::from_secs(2),
+            shake_hands(&mut stream, self.me, &self.secret),
+        )
+        .await;
+        match shaken {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(leader, error = %e, "the leader refused the forwarding handshake");
+                return Err(Lost::NotSent);
+            }
+            Err(_) => return Err(Lost::NotSent),
+        }
         let (mut rd, mut wr) = stream.into_split();
-        wr.write_all(&SIDE_PREAMBLE)
-            .await
-            .map_err(|_| Lost::NotSent)?;
         let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
@@ -256,6 +272,26 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// The caller's side of the node-to-node handshake, for a forwarding connection.
+async fn shake_hands(
+    stream: &mut tokio::net::TcpStream,
+    me: NodeId,
+    secret: &[u8],
+) -> std::result::Result<(), handshake::HandshakeError> {
+    let io = |_| handshake::HandshakeError::Malformed;
+    stream
+        .write_all(&handshake::hello(me, Kind::Forward))
+        .await
+        .map_err(io)?;
+    let mut challenge = [0u8; handshake::CHALLENGE_LEN];
+    stream.read_exact(&mut challenge).await.map_err(io)?;
+    let proof = handshake::proof(secret, &challenge, me, Kind::Forward)?;
+    stream.write_all(&proof).await.map_err(io)?;
+    let mut verdict = [0u8; 1];
+    stream.read_exact(&mut verdict).await.map_err(io)?;
+    handshake::read_verdict(verdict[0])
 }
 
 /// Whether an answer is the leader's refusal at its gate (nothing was logged: ask again).
@@ -368,7 +404,7 @@ impl Engine {
         let engine: Weak<Engine> = Arc::downgrade(self);
         parts
             .transport
-            .on_side_channel(Arc::new(move |stream: std::net::TcpStream| {
+            .on_side_channel(Arc::new(move |_from, stream: std::net::TcpStream| {
                 let engine = engine.clone();
                 runtime.spawn(async move {
                     if let Err(e) = serve_connection(engine, stream).await

@@ -1115,6 +1115,7 @@ impl Engine {
             forwarder: clustered.as_ref().map(|c| {
                 forward::Forwarder::new(
                     node_id,
+                    Arc::from(c.secret.as_slice()),
                     &c.voters,
                     Duration::from_millis(c.leader_wait_ms),
                     Duration::from_millis(c.forward_apply_wait_ms),

@@ -11,6 +11,7 @@
 mod config;
 pub mod driver;
 mod election;
+pub mod handshake;
 mod hard_state;
 mod log_terms;
 mod message;

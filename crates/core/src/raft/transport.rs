@@ -5,12 +5,16 @@
 //! thread that decodes frames (`wire.rs`) and hands them to `deliver`.
 //!
 //! Never blocks the caller: a full queue or a peer that is down drops the message (Raft
-//! resends what matters). A bad frame ends its connection. Peers are not authenticated: the
-//! Raft address belongs on a private network.
+//! resends what matters); a peer that stays down is retried with a back-off doubling from
+//! `reconnect_ms` to 1 s. A bad frame ends its connection.
 //!
-//! The same listener takes the connections followers forward writes on: one that opens with
-//! [`SIDE_PREAMBLE`] is handed whole to the side-channel handler set with
-//! [`Transport::on_side_channel`] (the engine's forwarding server), or closed if none is set.
+//! Every connection starts with the handshake of `handshake.rs` (protocol version, what it
+//! carries, the caller's id, proof of the cluster secret); one that fails it is closed before
+//! a frame is read, and a frame that names another sender than the handshake did ends its
+//! connection. Traffic is not encrypted: the Raft address belongs on a private network. The
+//! same listener takes the connections followers forward writes on: those are handed whole
+//! to the handler set with [`Transport::on_side_channel`] (the engine's forwarding server),
+//! or closed if none is set.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
@@ -23,18 +27,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::handshake;
 use super::message::{Message, NodeId};
 use super::wire;
 
 /// Where decoded messages go: `(from, message)`.
 pub type Deliver = Arc<dyn Fn(NodeId, Message) + Send + Sync>;
 
-/// What a connection that is not Raft traffic opens with (as a frame header it would announce
-/// a body far over any limit, so it can never be mistaken for one).
-pub const SIDE_PREAMBLE: [u8; 8] = *b"MNFD\xff\xff\xff\x01";
-
-/// Takes a side-channel connection (its preamble already read).
-pub type SideChannel = Arc<dyn Fn(TcpStream) + Send + Sync>;
+/// Takes a forwarding connection (its handshake done): the caller's id and the stream.
+pub type SideChannel = Arc<dyn Fn(NodeId, TcpStream) + Send + Sync>;
 
 type SideSlot = Arc<std::sync::OnceLock<SideChannel>>;
 
@@ -47,8 +48,11 @@ pub struct TransportConfig {
     /// Messages queued per control lane (default 4,096) and per data lane (default 256).
     pub control_queue: usize,
     pub data_queue: usize,
-    /// Wait between connection attempts to a peer that is down (default 100 ms).
+    /// First wait between connection attempts to a peer that is down (default 100 ms),
+    /// doubled after each failure up to 1 s.
     pub reconnect_ms: u64,
+    /// The cluster's shared secret (empty: none); every member must have the same.
+    pub secret: Arc<[u8]>,
 }
 
 impl Default for TransportConfig {
@@ -58,6 +62,7 @@ impl Default for TransportConfig {
             control_queue: 4096,
             data_queue: 256,
             reconnect_ms: 100,
+            secret: Arc::from(&b""[..]),
         }
     }
 }
@@ -69,6 +74,8 @@ pub struct TransportStats {
     pub dropped: AtomicU64,
     /// Frames refused by the decoder (their connection was closed).
     pub bad_frames: AtomicU64,
+    /// Connections refused in the handshake (version, secret, not a node).
+    pub refused: AtomicU64,
 }
 
 /// A node's Raft transport.
@@ -216,11 +223,21 @@ fn accept_loop(
             list.retain(|s| s.peer_addr().is_ok());
             list.push(clone);
         }
-        let (deliver, stats, max) = (deliver.clone(), stats.clone(), config.max_frame);
+        let (deliver, stats2, max) = (deliver.clone(), stats.clone(), config.max_frame);
         let side = side.clone();
+        let secret = config.secret.clone();
         let spawned = std::thread::Builder::new()
             .name("raft-read".into())
             .spawn(move || {
+                let stats = stats2;
+                let conn = match accept_handshake(conn, &secret) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "node-to-node connection refused");
+                        return;
+                    }
+                };
                 if let Err(e) = read_loop(conn, &deliver, &side, max)
                     && e.kind() == io::ErrorKind::InvalidData
                 {
@@ -234,39 +251,90 @@ fn accept_loop(
     }
 }
 
-/// Reads frames until the connection ends or a frame is bad; a side-channel connection goes
-/// to its handler instead.
-fn read_loop(
+/// The listener's side of the handshake (bounded in time): the caller's kind and id.
+fn accept_handshake(
     mut conn: TcpStream,
+    secret: &[u8],
+) -> Result<(handshake::Kind, NodeId, TcpStream), handshake::HandshakeError> {
+    use handshake::HandshakeError;
+    let io = |_| HandshakeError::Malformed;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(io)?;
+    let mut hello = [0u8; handshake::HELLO_LEN];
+    conn.read_exact(&mut hello).map_err(io)?;
+    let (kind, from) = match handshake::read_hello(&hello) {
+        Ok(k) => k,
+        Err(e) => {
+            if matches!(e, HandshakeError::Version(_)) {
+                let _ = conn.write_all(&handshake::challenge(false));
+            }
+            return Err(e);
+        }
+    };
+    let challenge = handshake::challenge(true);
+    conn.write_all(&challenge).map_err(io)?;
+    let mut proof = [0u8; handshake::PROOF_LEN];
+    conn.read_exact(&mut proof).map_err(io)?;
+    let verdict = handshake::verify(secret, &challenge, from, kind, &proof);
+    let _ = conn.write_all(&[handshake::verdict(verdict.is_ok())]);
+    verdict?;
+    conn.set_read_timeout(None).map_err(io)?;
+    Ok((kind, from, conn))
+}
+
+/// The caller's side of the handshake (bounded in time).
+pub fn connect_handshake(
+    conn: &mut TcpStream,
+    me: NodeId,
+    kind: handshake::Kind,
+    secret: &[u8],
+) -> Result<(), handshake::HandshakeError> {
+    let io = |_| handshake::HandshakeError::Malformed;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(io)?;
+    conn.write_all(&handshake::hello(me, kind)).map_err(io)?;
+    let mut challenge = [0u8; handshake::CHALLENGE_LEN];
+    conn.read_exact(&mut challenge).map_err(io)?;
+    let proof = handshake::proof(secret, &challenge, me, kind)?;
+    conn.write_all(&proof).map_err(io)?;
+    let mut verdict = [0u8; 1];
+    conn.read_exact(&mut verdict).map_err(io)?;
+    handshake::read_verdict(verdict[0])?;
+    conn.set_read_timeout(None).map_err(io)?;
+    Ok(())
+}
+
+/// Reads frames until the connection ends or a frame is bad; a forwarding connection goes to
+/// its handler instead.
+fn read_loop(
+    (kind, caller, conn): (handshake::Kind, NodeId, TcpStream),
     deliver: &Deliver,
     side: &SideSlot,
     max_frame: usize,
 ) -> io::Result<()> {
-    // The first header is read unbuffered: a side channel's bytes after its preamble stay in
-    // the socket for its handler.
-    let mut first = [0u8; wire::FRAME_HEADER];
-    conn.read_exact(&mut first)?;
-    if first == SIDE_PREAMBLE {
+    if kind == handshake::Kind::Forward {
         match side.get() {
-            Some(handler) => handler(conn),
-            None => tracing::debug!("side-channel connection closed: no handler"),
+            Some(handler) => handler(caller, conn),
+            None => tracing::debug!("forwarding connection closed: no handler"),
         }
         return Ok(());
     }
     let mut r = BufReader::with_capacity(256 * 1024, conn);
-    let mut pending = Some(first);
     loop {
         let mut header = [0u8; wire::FRAME_HEADER];
-        match pending.take() {
-            Some(h) => header = h,
-            None => r.read_exact(&mut header)?,
-        }
+        r.read_exact(&mut header)?;
         let len = wire::body_len(&header, max_frame)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut body = vec![0u8; len];
         r.read_exact(&mut body)?;
         let (from, msg) = wire::decode(&header, Bytes::from(body))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if from != caller {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a frame from node {from} on node {caller}'s connection"),
+            ));
+        }
         deliver(from, msg);
     }
 }
@@ -283,6 +351,9 @@ fn send_loop(
 ) {
     let mut conn: Option<TcpStream> = None;
     let mut retry_at = Instant::now();
+    let mut backoff = config.reconnect_ms.max(1);
+    // The last handshake refusal logged, so a peer that keeps refusing is reported once.
+    let mut refused: Option<handshake::HandshakeError> = None;
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -314,12 +385,31 @@ fn send_loop(
             conn = None;
         }
         if conn.is_none() && Instant::now() >= retry_at {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(s) => {
+            let connected = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .map_err(|_| None)
+                .and_then(|mut s| {
                     let _ = s.set_nodelay(true);
+                    match connect_handshake(&mut s, me, handshake::Kind::Raft, &config.secret) {
+                        Ok(()) => Ok(s),
+                        Err(e) => Err(Some(e)),
+                    }
+                });
+            match connected {
+                Ok(s) => {
                     conn = Some(s);
+                    backoff = config.reconnect_ms.max(1);
+                    refused = None;
                 }
-                Err(_) => retry_at = Instant::now() + Duration::from_millis(config.reconnect_ms),
+                Err(why) => {
+                    if let Some(e) = why
+                        && refused.as_ref() != Some(&e)
+                    {
+                        tracing::warn!(%addr, error = %e, "peer refused the handshake");
+                        refused = Some(e);
+                    }
+                    retry_at = Instant::now() + Duration::from_millis(backoff);
+                    backoff = (backoff * 2).min(1000);
+                }
             }
         }
         let Some(s) = conn.as_mut() else {
