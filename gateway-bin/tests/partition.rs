@@ -6,7 +6,9 @@
 //!   losing or duplicating anything;
 //! - a follower that cannot hear the leader (one-way) does not depose it: pre-vote and
 //!   stickiness keep the leader, writes go on, and the follower catches up after the heal;
-//! - a SIGSTOPped leader is replaced, and after SIGCONT it steps down and follows.
+//! - a SIGSTOPped leader is replaced, and after SIGCONT it steps down and follows;
+//! - a node whose disk was wiped never helps a stale node win: with the leader down, the
+//!   stale node and the wiped one elect nobody, and nothing committed is lost.
 //!
 //! Forwarded writes use the same links, so they are partitioned too.
 
@@ -230,6 +232,13 @@ impl Group {
         Ok(())
     }
 
+    fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut child = self.nodes[i].child.take().context("not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     fn client(&self, i: usize) -> anyhow::Result<redis::Connection> {
         let c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.nodes[i].resp))?;
         let con = c.get_connection_with_timeout(Duration::from_millis(500))?;
@@ -410,6 +419,54 @@ fn a_stopped_leader_is_replaced_and_follows_after_it_resumes() -> anyhow::Result
         thread::sleep(Duration::from_millis(20));
     }
     g.write(l, 10)?;
+    acked.push(10);
+    g.converge(&acked)
+}
+
+#[test]
+fn a_wiped_node_never_helps_a_stale_node_win() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut g = Group::start(root.path())?;
+    let l = g.leader(&[0, 1, 2])?;
+    let (stale, wiped) = ((l + 1) % 3, (l + 2) % 3);
+    // The stale node misses everything written from now on.
+    for j in (0..3).filter(|&j| j != stale) {
+        g.link(stale, j)?.cut();
+        g.link(j, stale)?.cut();
+    }
+    let mut acked = Vec::new();
+    for n in 0..10 {
+        g.write(l, n)?;
+        acked.push(n);
+    }
+    // The leader goes down; the other holder of those writes loses its disk and comes back
+    // empty; the stale node is reachable again.
+    g.kill(l)?;
+    g.kill(wiped)?;
+    std::fs::remove_dir_all(&g.nodes[wiped].dir)?;
+    for j in (0..3).filter(|&j| j != stale) {
+        g.link(stale, j)?.heal();
+        g.link(j, stale)?.heal();
+    }
+    g.spawn(wiped)?;
+    // Several election timeouts: the wiped node refuses the stale candidate, so no leader.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for i in [stale, wiped] {
+            let role = g.role(i).map(|(r, _)| r);
+            ensure!(
+                role.as_deref() != Some("leader"),
+                "node {} leads without the writes it never had",
+                i + 1
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The old leader returns: it leads (or the stale node, once it has caught up), and every
+    // node ends with every write.
+    g.spawn(l)?;
+    g.leader(&[0, 1, 2])?;
+    g.write(wiped, 10)?;
     acked.push(10);
     g.converge(&acked)
 }

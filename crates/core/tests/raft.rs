@@ -843,3 +843,81 @@ fn follower_acknowledgements_wait_for_fsync_and_stale_fsync_reports_are_ignored(
     assert!(!a.iter().any(|x| matches!(x, Action::Persist { .. })));
     assert_eq!(append_replies(&a)[0].index, 3);
 }
+
+fn new_directory(id: NodeId) -> Raft {
+    let mut cfg = RaftConfig::new(id, VOTERS.to_vec());
+    cfg.member = false;
+    Raft::new(cfg, HardState::default(), log_of(&[]), 0, 0)
+}
+
+#[test]
+fn a_new_directory_votes_only_for_an_empty_log_until_it_holds_what_its_leader_committed() {
+    // A wiped node asked by a stale candidate (its log has entries, maybe not all committed
+    // ones): refused, pre-vote and vote alike; a candidate of a group starting from nothing:
+    // granted.
+    let mut w = new_directory(2);
+    assert!(!w.is_member());
+    let a = msg(&mut w, 1000, 3, pre_vote(5, 7, 4));
+    assert!(
+        !vote_replies(&a)[0].1.granted,
+        "a stale candidate is refused"
+    );
+    let a = msg(&mut w, 1000, 3, vote(5, 7, 4));
+    assert!(!vote_replies(&a)[0].1.granted);
+    let mut fresh = new_directory(2);
+    let a = msg(&mut fresh, 1000, 3, vote(1, 0, 0));
+    assert!(
+        vote_replies(&a)[0].1.granted,
+        "bootstrap: an empty candidate"
+    );
+
+    // It hears the leader: the first append's commit (2) is what it must hold.
+    let h = AppendHeader {
+        term: 6,
+        prev_index: 0,
+        prev_term: 0,
+        commit: 2,
+    };
+    msg(
+        &mut w,
+        1001,
+        1,
+        Message::Append {
+            header: h,
+            entries: entries(&[1]),
+        },
+    );
+    let a = step(&mut w, 1002, Event::Persisted { index: 1, term: 1 });
+    assert!(!a.contains(&Action::Joined), "one of two committed entries");
+    assert!(!w.is_member());
+    msg(
+        &mut w,
+        1003,
+        1,
+        Message::Append {
+            header: AppendHeader {
+                prev_index: 1,
+                prev_term: 1,
+                ..h
+            },
+            entries: entries(&[6]),
+        },
+    );
+    let a = step(&mut w, 1004, Event::Persisted { index: 2, term: 6 });
+    assert!(a.contains(&Action::Joined), "{a:?}");
+    assert!(w.is_member());
+    // A member votes by the usual rule (once no leader is live).
+    let a = msg(&mut w, 5000, 3, vote(7, 2, 6));
+    assert!(vote_replies(&a)[0].1.granted);
+}
+
+#[test]
+fn a_new_directory_that_wins_the_first_election_is_a_member() {
+    let mut r = new_directory(1);
+    let (now, _) = tick_until(&mut r, Role::PreCandidate);
+    msg(&mut r, now, 2, granted(1, true));
+    let a = msg(&mut r, now, 2, granted(1, false));
+    assert_eq!(r.role(), Role::Leader);
+    assert!(a.contains(&Action::Joined));
+    assert!(r.is_member());
+}

@@ -860,7 +860,7 @@ impl Sim {
                     term,
                 });
             }
-            Action::ResumeProposals => {}
+            Action::ResumeProposals | Action::Joined => {}
             Action::RoleChanged { role, term, leader } => {
                 self.fingerprint = mix(mix(self.fingerprint, id), term * 4 + role as u64);
                 self.role_changed(i, role, term, leader)?;

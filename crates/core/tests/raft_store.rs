@@ -235,7 +235,7 @@ impl Sim {
                 let term = self.nodes[n].raft.as_ref().map_or(0, |r| r.term());
                 self.step(n, Event::ProposalsPaused { last_index, term });
             }
-            Action::ResumeProposals => {}
+            Action::ResumeProposals | Action::Joined => {}
             Action::RoleChanged { role, term, leader } => {
                 if role == Role::Leader {
                     let before = self.leaders.insert(term, id);

@@ -186,12 +186,21 @@ pub(super) fn start(
     let listener =
         TcpListener::bind(addr).map_err(|e| StoreError::io(format!("raft address {addr}"), e))?;
     let hard = HardState::load(storage.as_ref(), &root)?;
+    let member = crate::raft::hard_state::load_membership(
+        storage.as_ref(),
+        &root,
+        inner.store.log().last_index() == 0,
+    )?;
+    if !member {
+        tracing::info!("a new data directory: votes once it caught up with the group");
+    }
     let terms = raft::log_terms(&inner.store)?;
     let cfg = RaftConfig {
         heartbeat_ms: cluster.heartbeat_ms,
         election_min_ms: cluster.election_min_ms,
         election_max_ms: cluster.election_max_ms,
         preferred_leader: cluster.preferred_leader,
+        member,
         seed: super::wall_clock_ms() ^ id,
         ..RaftConfig::new(id, cluster.voters.iter().map(|(v, _)| *v).collect())
     };

@@ -33,6 +33,12 @@ pub struct RaftConfig {
     /// A voter that should lead whenever it is up and caught up: another leader hands over
     /// to it (default none).
     pub preferred_leader: Option<NodeId>,
+    /// Whether this node's data directory has caught up with the group since it was created
+    /// (default true). A new directory — a first start, or a wiped disk — is not: it votes
+    /// only for candidates whose log is empty (a group starting from nothing) until it holds
+    /// every entry its first leader had committed, so a wiped node never helps elect a
+    /// candidate that lacks entries the node's lost copy helped commit.
+    pub member: bool,
     /// Seed of the election-timeout randomness (mixed with `id`).
     pub seed: u64,
 }
@@ -51,6 +57,7 @@ impl RaftConfig {
             resend_ms: 250,
             commit_push_ms: 1,
             preferred_leader: None,
+            member: true,
             seed: 0x6d61_6e69_666f_6c64,
         }
     }

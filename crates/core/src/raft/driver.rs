@@ -347,6 +347,10 @@ impl Runner {
                     .send(Some(Event::ProposalsPaused { last_index, term }));
             }
             Action::ResumeProposals => self.hooks.resume_proposals(),
+            Action::Joined => {
+                super::hard_state::save_joined(self.storage.as_ref(), &self.root)?;
+                tracing::info!("caught up with the group: this node votes from now on");
+            }
             Action::RoleChanged { role, term, leader } => self.announce(role, term, leader)?,
         }
         Ok(())

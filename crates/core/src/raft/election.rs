@@ -56,7 +56,11 @@ impl Raft {
             self.hard.voted_for == from || (self.hard.voted_for == 0 && self.leader.is_none())
         };
         let sticky = !v.transfer && self.in_lease();
-        let granted = up_to_date && free && !sticky && self.healthy;
+        // A new directory does not know what it may have helped commit before it was wiped:
+        // only a candidate with nothing in its log (a group starting from nothing) gets its
+        // vote until it caught up.
+        let eligible = self.member || v.last_index == 0;
+        let granted = up_to_date && free && !sticky && self.healthy && eligible;
         if !up_to_date && !sticky && self.healthy && self.role == Role::Follower {
             // A candidate behind us is looking for a leader and none is live: we would win
             // where it cannot, so campaign soon rather than after a whole timeout of our own.

@@ -1,6 +1,8 @@
 //! The hard state's file: the current term and the vote cast in it, written durably (temp
 //! file, fsync, rename, directory fsync) when the core asks (`Action::SaveHardState`), before
-//! anything that depends on them goes out. The driver's half: IO, no decisions.
+//! anything that depends on them goes out; and the `joining` marker of a data directory that
+//! has not yet caught up with the group (created with a new directory, removed when the core
+//! reports `Joined`). The driver's half: IO, no decisions.
 
 use std::path::Path;
 
@@ -11,6 +13,42 @@ pub use super::message::HardState;
 
 /// File name under the data directory.
 pub const HARD_STATE_FILE: &str = "hardstate";
+/// Present while this data directory has not caught up with its group since it was created.
+pub const JOINING_FILE: &str = "joining";
+
+/// Whether the data directory at `root` is a member (it has caught up with its group once):
+/// `false` while the `joining` marker is there; a directory with an empty log and no hard
+/// state is new (a first start, or a wiped disk) — the marker is written durably and it is
+/// not a member yet. A directory from before the marker existed, with a log or a hard state,
+/// is a member.
+pub fn load_membership(
+    storage: &dyn Storage,
+    root: &Path,
+    log_empty: bool,
+) -> Result<bool, StoreError> {
+    let joining = root.join(JOINING_FILE);
+    if storage.exists(&joining) {
+        return Ok(false);
+    }
+    if log_empty && !storage.exists(&root.join(HARD_STATE_FILE)) {
+        write_atomic(storage, &joining, b"caught up with the group: not yet\n")
+            .map_err(|e| StoreError::io(&joining, e))?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The directory caught up: the marker goes, durably.
+pub fn save_joined(storage: &dyn Storage, root: &Path) -> Result<(), StoreError> {
+    let joining = root.join(JOINING_FILE);
+    if !storage.exists(&joining) {
+        return Ok(());
+    }
+    storage
+        .remove(&joining)
+        .and_then(|()| storage.sync_dir(root))
+        .map_err(|e| StoreError::io(&joining, e))
+}
 const MAGIC: u32 = u32::from_le_bytes(*b"MFHS");
 
 impl HardState {

@@ -215,6 +215,9 @@ pub enum Action {
     },
     /// Entries up to here are committed: apply them.
     Commit(LogIndex),
+    /// A new data directory caught up with the group: it votes from now on (remove the
+    /// `joining` marker durably).
+    Joined,
     /// A transfer starts: stop appending proposals, then answer `ProposalsPaused` with the
     /// log's last index (the transferee must catch up with a log that no longer grows).
     PauseProposals,

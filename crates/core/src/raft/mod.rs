@@ -12,7 +12,7 @@ mod config;
 pub mod driver;
 mod election;
 pub mod handshake;
-mod hard_state;
+pub mod hard_state;
 mod log_terms;
 mod message;
 mod node;

@@ -53,6 +53,11 @@ pub struct Raft {
     pub(super) transfer: Option<(NodeId, u64)>,
     /// Leader: the driver confirmed proposals are paused for the transfer under way.
     pub(super) transfer_ready: bool,
+    /// See `RaftConfig::member`.
+    pub(super) member: bool,
+    /// Not a member yet: the commit index of the first append heard from a leader, to hold
+    /// before voting.
+    pub(super) join_target: Option<LogIndex>,
     /// Leader: no hand-over to the preferred leader before this time.
     pub(super) prefer_not_before: u64,
     /// Leader: when an advanced commit index must be pushed to followers that lack it.
@@ -95,6 +100,8 @@ impl Raft {
             leader_contact: None,
             transfer: None,
             transfer_ready: false,
+            member: cfg.member,
+            join_target: None,
             prefer_not_before: 0,
             commit_push_at: None,
             healthy: true,
@@ -291,7 +298,33 @@ impl Raft {
         self.announce();
     }
 
+    /// This node holds everything its group had committed when it first heard of it: it
+    /// votes from now on.
+    pub(super) fn become_member(&mut self) {
+        if !self.member {
+            self.member = true;
+            self.join_target = None;
+            self.actions.push(Action::Joined);
+        }
+    }
+
+    /// Not a member yet: whether it now holds through its join target.
+    pub(super) fn maybe_join(&mut self) {
+        if let Some(target) = self.join_target
+            && !self.member
+            && self.commit >= target
+        {
+            self.become_member();
+        }
+    }
+
+    /// Whether this node is a member (votes for any up-to-date candidate).
+    pub fn is_member(&self) -> bool {
+        self.member
+    }
+
     pub(super) fn become_leader(&mut self) {
+        self.become_member();
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.votes.clear();

@@ -97,6 +97,11 @@ impl Raft {
     /// Follower: an append from the current leader.
     pub(super) fn on_append(&mut self, from: NodeId, h: AppendHeader, mut entries: Vec<Entry>) {
         let term = self.hard.term;
+        // A new directory votes once it holds what its first leader had committed (an
+        // append's header carries the leader's whole commit index; a heartbeat's is capped).
+        if !self.member && self.join_target.is_none() {
+            self.join_target = Some(h.commit);
+        }
         let reject = |hint_index, hint_term| {
             Message::AppendReply(AppendReply {
                 term,
@@ -215,6 +220,7 @@ impl Raft {
             self.commit = to;
             self.actions.push(Action::Commit(to));
         }
+        self.maybe_join();
     }
 
     /// Leader: a follower's answer.
