@@ -18,7 +18,7 @@ use manifold_core::engine::{
     TxAnswer, TxOp,
 };
 use manifold_core::raft::Role;
-use manifold_core::store::{RealFs, StreamId};
+use manifold_core::store::{RealFs, SimDisk, StreamId};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -246,4 +246,104 @@ fn writes_on_a_follower_are_run_by_the_leader_and_read_back_on_the_follower() {
         assert_eq!(follower.len(0, b"s"), 52);
     });
     assert_eq!(follower.forward_apply_timeouts(), 0);
+}
+
+#[test]
+fn a_leader_whose_disk_stalls_steps_down_and_the_group_goes_on() {
+    let voters: Vec<(u64, std::net::SocketAddr)> = (1..=3u64)
+        .map(|id| {
+            let addr = format!("127.0.0.1:{}", free_port());
+            (id, addr.parse().expect("address"))
+        })
+        .collect();
+    let rt = runtime();
+    let disks: Vec<SimDisk> = (0..3).map(|_| SimDisk::new()).collect();
+    let engines: Vec<Arc<Engine>> = (1..=3u64)
+        .map(|id| {
+            let mut cluster = ClusterConfig::new(voters.clone());
+            cluster.stall_ms = 500;
+            let mut config = EngineConfig {
+                node_id: id,
+                cluster: Some(cluster),
+                ..EngineConfig::default()
+            };
+            config.store.log.segment_size = 1 << 20;
+            let disk = disks[(id - 1) as usize].clone();
+            let e = Arc::new(
+                Engine::open(Arc::new(disk), std::path::Path::new("/data"), config)
+                    .expect("engine opens"),
+            );
+            e.serve_forwarded(rt.handle().clone());
+            e
+        })
+        .collect();
+    let write = |e: &Engine, n: u64| {
+        rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(15),
+                e.append(AppendRequest::new(
+                    0,
+                    Bytes::from_static(b"s"),
+                    vec![pair("n", &n.to_string())],
+                )),
+            )
+            .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let l = loop {
+        if let Some(i) = engines.iter().position(|e| {
+            e.raft_status().is_some_and(|s| s.role == Role::Leader)
+                && matches!(write(e, 0), Ok(Ok(Some(_))))
+        }) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no leader took a write");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The leader's fsyncs now take 3 s each: it acknowledges nothing. (Its followers' acks
+    // alone still make a majority, so writes may even commit meanwhile.)
+    disks[l].set_sync_latency(Duration::from_secs(3));
+    let stalled_at = Instant::now();
+    let other = (l + 1) % 3;
+    let _ = write(&engines[l], 1);
+    // It steps down once nothing was acknowledged for the bound (500 ms here).
+    while engines[l]
+        .raft_status()
+        .is_some_and(|s| s.role == Role::Leader)
+    {
+        assert!(
+            stalled_at.elapsed() < Duration::from_secs(5),
+            "the stalled node still leads"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Another node leads and takes writes (forwarded if `other` follows).
+    match write(&engines[other], 2) {
+        Ok(Ok(Some(_))) => {}
+        other => panic!("a write with the old leader's disk stalled: {other:?}"),
+    }
+    let leads: Vec<usize> = (0..3)
+        .filter(|&i| {
+            engines[i]
+                .raft_status()
+                .is_some_and(|s| s.role == Role::Leader)
+        })
+        .collect();
+    assert!(
+        !leads.contains(&l),
+        "the stalled node leads again: {leads:?}"
+    );
+    // The disk recovers: the node follows and applies everything.
+    disks[l].set_sync_latency(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // (Write 1 may or may not have survived the step-down; writes 0 and 2 did.)
+    while engines[l].len(0, b"s") < 2 || engines[l].len(0, b"s") != engines[other].len(0, b"s") {
+        assert!(
+            Instant::now() < deadline,
+            "the recovered node never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(engines[l].raft_status().map(|s| s.role), Some(Role::Leader));
 }

@@ -45,6 +45,9 @@ pub struct ClusterConfig {
     /// The cluster's shared secret, proven in every node-to-node handshake (default empty:
     /// none). Every member must be given the same.
     pub secret: Vec<u8>,
+    /// A disk that acknowledges nothing for this long while entries wait is stalled: a leader
+    /// steps down (default 3,000 ms).
+    pub stall_ms: u64,
 }
 
 impl ClusterConfig {
@@ -59,6 +62,7 @@ impl ClusterConfig {
             leader_wait_ms: 3000,
             forward_apply_wait_ms: 1000,
             secret: Vec::new(),
+            stall_ms: 3000,
         }
     }
 }
@@ -226,7 +230,10 @@ pub(super) fn start(
         root,
         transport.clone(),
         Arc::new(EngineHooks(inner.clone())),
-        DriverConfig::default(),
+        DriverConfig {
+            stall_ms: cluster.stall_ms,
+            ..DriverConfig::default()
+        },
         channel,
     )
     .map_err(|e| StoreError::io("raft driver", e))?;

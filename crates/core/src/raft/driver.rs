@@ -56,12 +56,17 @@ pub struct Status {
 pub struct DriverConfig {
     /// Bytes of records per append message (default 1 MiB; an entry larger goes alone).
     pub append_bytes: u64,
+    /// A disk that acknowledges nothing for this long while entries wait for it is stalled
+    /// (default 3,000 ms): the node steps down if it leads and neither campaigns nor votes
+    /// until the disk catches up again.
+    pub stall_ms: u64,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
             append_bytes: 1 << 20,
+            stall_ms: 3000,
         }
     }
 }
@@ -144,10 +149,11 @@ impl Driver {
         {
             let (store, tx, stop) = (store.clone(), tx.clone(), stop.clone());
             let from = core.persisted_index();
+            let stall = Duration::from_millis(config.stall_ms.max(1));
             threads.push(
                 std::thread::Builder::new()
                     .name("raft-persisted".into())
-                    .spawn(move || watch_persisted(&store, from, &tx, &stop))?,
+                    .spawn(move || watch_persisted(&store, from, stall, &tx, &stop))?,
             );
         }
         let runner = Runner {
@@ -211,18 +217,44 @@ fn status_of(core: &Raft) -> Status {
 }
 
 /// Reports the log's acknowledged watermark to the driver whenever it moves or a truncation
-/// happened (the entries below it may then be new ones: reported again with their term).
+/// happened (the entries below it may then be new ones: reported again with their term); and
+/// a stalled disk — entries waiting while nothing was acknowledged for `stall` — as
+/// `StorageFailed`, then `StorageRecovered` once it acknowledges again.
 fn watch_persisted(
     store: &MessageStore,
     from: LogIndex,
+    stall: Duration,
     tx: &Sender<Option<Event>>,
     stop: &AtomicBool,
 ) {
     let mut seen = (from, 0);
     let mut first = true;
+    // Since when entries have waited with no acknowledgement; whether reported stalled.
+    let mut waiting_since: Option<Instant> = None;
+    let mut stalled = false;
     while !stop.load(Ordering::SeqCst) {
         let log = store.log();
         let now = log.wait_acknowledged(seen, Duration::from_millis(50));
+        let behind = log.last_index() > now.0;
+        if now != seen || !behind {
+            waiting_since = behind.then(Instant::now);
+            if stalled {
+                stalled = false;
+                tracing::info!("the disk acknowledges again");
+                if tx.send(Some(Event::StorageRecovered)).is_err() {
+                    return;
+                }
+            }
+        } else if waiting_since.get_or_insert_with(Instant::now).elapsed() >= stall && !stalled {
+            stalled = true;
+            tracing::error!(
+                waited_ms = stall.as_millis() as u64,
+                "the disk acknowledged nothing while entries waited: stepping down"
+            );
+            if tx.send(Some(Event::StorageFailed)).is_err() {
+                return;
+            }
+        }
         if now == seen && !first {
             continue;
         }
