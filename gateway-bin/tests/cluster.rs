@@ -639,9 +639,24 @@ fn a_follower_takes_writes_and_group_reads_for_its_clients() -> anyhow::Result<(
         .arg(got.iter().map(|s| s.as_str()).collect::<Vec<_>>())
         .query(&mut con)?;
     ensure!(acked == 5, "XACK {acked}");
+    // MULTI … EXEC through the follower: the leader runs it, all of it at one point.
+    let (a, b): (String, String) = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("n")
+        .arg(101)
+        .cmd("XADD")
+        .arg("t")
+        .arg("*")
+        .arg("n")
+        .arg(0)
+        .query(&mut con)?;
+    ensure!(a.contains('-') && b.contains('-'), "{a} {b}");
     // The leader holds all of it.
     let all = values(&nodes[l])?;
-    ensure!(all == (0..=100).collect::<Vec<_>>(), "{all:?}");
+    ensure!(all == (0..=101).collect::<Vec<_>>(), "{all:?}");
     let mut lead = nodes[l].client()?;
     let pending: redis::Value = redis::cmd("XPENDING").arg("s").arg("g").query(&mut lead)?;
     let redis::Value::Array(parts) = &pending else {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use manifold_core::engine::cluster::ClusterConfig;
 use manifold_core::engine::groups::GroupError;
 use manifold_core::engine::{
-    AppendRequest, Engine, EngineConfig, EngineError, GroupStart, GroupTx, IdSpec, ReadFrom,
+    AppendRequest, Engine, EngineConfig, EngineError, GroupStart, GroupTx, IdSpec, ReadFrom, Step,
     TxAnswer, TxOp,
 };
 use manifold_core::raft::Role;
@@ -244,6 +244,32 @@ fn writes_on_a_follower_are_run_by_the_leader_and_read_back_on_the_follower() {
         let b = follower.append(once).await.expect("repeat");
         assert_eq!(a, b);
         assert_eq!(follower.len(0, b"s"), 52);
+        // A transaction without reads: the leader runs it as one entry.
+        let ops = vec![
+            TxOp::Append(AppendRequest::new(0, key.clone(), vec![pair("n", "tx1")])),
+            TxOp::Append(AppendRequest::new(
+                0,
+                Bytes::from_static(b"other"),
+                vec![pair("n", "tx2")],
+            )),
+        ];
+        let mut exec = follower
+            .exec(ops, &[], None)
+            .expect("exec")
+            .expect("no watch");
+        match exec.next().await.expect("answers") {
+            Step::Done(answers) => {
+                assert_eq!(answers.len(), 2);
+                assert!(
+                    answers
+                        .iter()
+                        .all(|a| matches!(a, Ok(TxAnswer::Id(Some(_)))))
+                );
+            }
+            Step::Read(_) => panic!("no read was asked for"),
+        }
+        assert_eq!(follower.len(0, b"s"), 53);
+        assert_eq!(follower.len(0, b"other"), 1);
     });
     assert_eq!(follower.forward_apply_timeouts(), 0);
 }

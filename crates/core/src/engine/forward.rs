@@ -162,7 +162,7 @@ impl Forwarder {
         match op {
             ForwardOp::Append(req) => stamp(req),
             ForwardOp::AppendMany(reqs) => reqs.iter_mut().for_each(stamp),
-            ForwardOp::Run(_) => {}
+            ForwardOp::Run(_) | ForwardOp::Exec(_) => {}
         }
     }
 
@@ -303,6 +303,7 @@ fn refused(answer: &ForwardAnswer) -> bool {
         ForwardAnswer::Append(r) => not_leader(r),
         ForwardAnswer::AppendMany(rs) => !rs.is_empty() && rs.iter().all(not_leader),
         ForwardAnswer::Run(r) => not_leader(r),
+        ForwardAnswer::Exec(r) => not_leader(r),
     }
 }
 
@@ -333,7 +334,7 @@ impl Engine {
             return Ok(self.run_here(op).await);
         };
         fwd.stamp(&mut op);
-        let resendable = !matches!(op, ForwardOp::Run(_));
+        let resendable = matches!(op, ForwardOp::Append(_) | ForwardOp::AppendMany(_));
         let payload = encode_op(&op);
         let deadline = Instant::now() + fwd.leader_wait;
         loop {
@@ -379,6 +380,21 @@ impl Engine {
                 ForwardAnswer::AppendMany(self.append_many_here(reqs).await)
             }
             ForwardOp::Run(op) => ForwardAnswer::Run(self.run_op_here(op).await),
+            ForwardOp::Exec(ops) => ForwardAnswer::Exec(self.exec_all_here(ops).await),
+        }
+    }
+
+    /// A read-free, watch-free transaction on this node, to its answers.
+    async fn exec_all_here(&self, ops: Vec<super::TxOp>) -> Result<Vec<Result<super::TxAnswer>>> {
+        let Some(mut exec) = self.exec_here(ops, &[], None)? else {
+            return Err(EngineError::ShuttingDown); // only a WATCH refuses, and there is none
+        };
+        loop {
+            match exec.next().await? {
+                super::Step::Done(answers) => return Ok(answers),
+                // No read was asked for; let apply go on if one ever is.
+                super::Step::Read(resume) => drop(resume),
+            }
         }
     }
 

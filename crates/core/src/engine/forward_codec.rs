@@ -25,6 +25,8 @@ pub enum ForwardOp {
     Append(AppendRequest),
     AppendMany(Vec<AppendRequest>),
     Run(TxOp),
+    /// A transaction without reads or WATCH (MULTI … EXEC), as one log entry.
+    Exec(Vec<TxOp>),
 }
 
 /// The leader's answer.
@@ -33,6 +35,7 @@ pub enum ForwardAnswer {
     Append(Result<Option<StreamId>>),
     AppendMany(Vec<Result<Option<StreamId>>>),
     Run(Result<TxAnswer>),
+    Exec(Result<Vec<Result<TxAnswer>>>),
 }
 
 type Decoded<T> = std::result::Result<T, String>;
@@ -104,6 +107,13 @@ pub fn encode_op(op: &ForwardOp) -> Vec<u8> {
             out.push(3);
             put_tx_op(&mut out, op);
         }
+        ForwardOp::Exec(ops) => {
+            out.push(4);
+            out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+            for op in ops {
+                put_tx_op(&mut out, op);
+            }
+        }
     }
     out
 }
@@ -118,6 +128,10 @@ pub fn decode_op(b: &[u8]) -> Decoded<ForwardOp> {
             ForwardOp::AppendMany((0..n).map(|_| append(&mut r)).collect::<Decoded<_>>()?)
         }
         3 => ForwardOp::Run(tx_op(&mut r)?),
+        4 => {
+            let n = r.count(1)?;
+            ForwardOp::Exec((0..n).map(|_| tx_op(&mut r)).collect::<Decoded<_>>()?)
+        }
         k => return Err(format!("forwarded operation kind {k}")),
     };
     finish(&r)?;
@@ -628,6 +642,15 @@ pub fn encode_answer(applied: LogIndex, answer: &ForwardAnswer) -> Vec<u8> {
             out.push(3);
             put_result(&mut out, r, put_tx_answer);
         }
+        ForwardAnswer::Exec(r) => {
+            out.push(4);
+            put_result(&mut out, r, |out, answers| {
+                out.extend_from_slice(&(answers.len() as u32).to_le_bytes());
+                for a in answers {
+                    put_result(out, a, put_tx_answer);
+                }
+            });
+        }
     }
     out
 }
@@ -647,6 +670,12 @@ pub fn decode_answer(b: &[u8]) -> Decoded<(LogIndex, ForwardAnswer)> {
             )
         }
         3 => ForwardAnswer::Run(result(&mut r, tx_answer)?),
+        4 => ForwardAnswer::Exec(result(&mut r, |r| {
+            let n = r.count(2)?;
+            (0..n)
+                .map(|_| result(r, tx_answer))
+                .collect::<Decoded<Vec<_>>>()
+        })?),
         k => return Err(format!("forwarded answer kind {k}")),
     };
     finish(&r)?;
@@ -951,6 +980,14 @@ mod tests {
     fn ops() -> Vec<ForwardOp> {
         let g = |op| ForwardOp::Run(TxOp::Group(op));
         vec![
+            ForwardOp::Exec(vec![
+                TxOp::Append(rich_append()),
+                TxOp::Drop {
+                    db: 0,
+                    keys: vec![b("z")],
+                },
+            ]),
+            ForwardOp::Exec(vec![]),
             ForwardOp::Append(rich_append()),
             ForwardOp::AppendMany(vec![rich_append(), AppendRequest::new(0, b("x"), vec![])]),
             ForwardOp::Run(TxOp::Delete {
@@ -1115,6 +1152,11 @@ mod tests {
                 deleted: vec![StreamId::new(1, 1)],
             }))),
             ForwardAnswer::Run(Ok(TxAnswer::Read)),
+            ForwardAnswer::Exec(Ok(vec![
+                Ok(TxAnswer::Id(Some(StreamId::new(1, 1)))),
+                Err(EngineError::NoFields),
+            ])),
+            ForwardAnswer::Exec(Err(EngineError::NotLeader { leader: Some(2) })),
         ];
         out.extend(errors.into_iter().map(|e| ForwardAnswer::Run(Err(e))));
         out

@@ -309,11 +309,31 @@ pub struct Exec<'a> {
     slots: Vec<Slot>,
     reads: Option<mpsc::UnboundedReceiver<Resume>>,
     reply: Option<oneshot::Receiver<Result<Applied>>>,
+    /// On a follower: the operations the leader runs (those the principal may), and per
+    /// slot whether it was refused here.
+    forwarded: Option<(Vec<TxOp>, Vec<Option<EngineError>>)>,
 }
 
 impl Exec<'_> {
     /// The next step: a read to do now, or the answers.
     pub async fn next(&mut self) -> Result<Step> {
+        if let Some((ops, refused)) = self.forwarded.take() {
+            // Boxed: the leader's side of a forwarded transaction walks an `Exec` too.
+            let answer =
+                Box::pin(self.engine.forward(super::forward::ForwardOp::Exec(ops))).await?;
+            let super::forward::ForwardAnswer::Exec(answers) = answer else {
+                return Err(super::forward::unexpected());
+            };
+            let mut answers = answers?.into_iter();
+            let merged = refused
+                .into_iter()
+                .map(|r| match r {
+                    Some(e) => Err(e),
+                    None => answers.next().unwrap_or(Err(EngineError::ShuttingDown)),
+                })
+                .collect();
+            return Ok(Step::Done(merged));
+        }
         if let Some(reads) = &mut self.reads {
             match reads.recv().await {
                 Some(resume) => return Ok(Step::Read(resume)),
@@ -368,7 +388,45 @@ impl Engine {
     /// apply; `None` (nothing logged) when a watched key changed since WATCH, or has writes
     /// still in flight. With `principal`, each operation is checked first: a refused one is
     /// that slot's `NoPermission` and changes nothing.
+    ///
+    /// On a follower, a transaction without reads or WATCH is run by the leader (refused
+    /// operations stay refused here); one with them answers `NotLeader`.
     pub fn exec(
+        &self,
+        ops: Vec<TxOp>,
+        watches: &[Watch],
+        principal: Option<&Principal>,
+    ) -> Result<Option<Exec<'_>>> {
+        let reads = ops.iter().any(|op| matches!(op, TxOp::Read));
+        if !reads && watches.is_empty() && self.inner.forwarding() {
+            let mut refused = Vec::with_capacity(ops.len());
+            let mut sent = Vec::with_capacity(ops.len());
+            for op in ops {
+                let ok = match principal {
+                    Some(principal) => check(principal, &op, &|db| self.topics(db, b"*")),
+                    None => Ok(()),
+                };
+                match ok {
+                    Ok(()) => {
+                        refused.push(None);
+                        sent.push(op);
+                    }
+                    Err(e) => refused.push(Some(e)),
+                }
+            }
+            return Ok(Some(Exec {
+                engine: self,
+                slots: Vec::new(),
+                reads: None,
+                reply: None,
+                forwarded: Some((sent, refused)),
+            }));
+        }
+        self.exec_here(ops, watches, principal)
+    }
+
+    /// [`Engine::exec`] on this node.
+    pub(super) fn exec_here(
         &self,
         ops: Vec<TxOp>,
         watches: &[Watch],
@@ -421,6 +479,7 @@ impl Engine {
             slots,
             reads: reads.then_some(rx),
             reply: Some(reply),
+            forwarded: None,
         }))
     }
 
