@@ -333,7 +333,15 @@ fn a_leader_that_hears_from_no_majority_steps_down_within_an_election_timeout() 
     while now < t0 + 600 {
         now = r.next_deadline();
         step(&mut r, now, Event::Tick);
-        msg(&mut r, now, 2, Message::HeartbeatReply { term: 2 });
+        msg(
+            &mut r,
+            now,
+            2,
+            Message::HeartbeatReply {
+                term: 2,
+                healthy: true,
+            },
+        );
         assert_eq!(r.role(), Role::Leader);
     }
     let mut stepped_down_at = None;
@@ -575,7 +583,15 @@ fn a_new_commit_index_reaches_followers_within_the_push_delay() {
 #[test]
 fn a_stale_leader_learns_the_new_term_from_any_answer_and_steps_down() {
     let (mut r, now) = leader(1, &[1]);
-    let a = msg(&mut r, now, 3, Message::HeartbeatReply { term: 7 });
+    let a = msg(
+        &mut r,
+        now,
+        3,
+        Message::HeartbeatReply {
+            term: 7,
+            healthy: true,
+        },
+    );
     assert_eq!(r.role(), Role::Follower);
     assert_eq!(r.term(), 7);
     assert!(a.contains(&Action::SaveHardState(HardState {
@@ -676,7 +692,15 @@ fn a_transfer_stops_proposals_waits_for_catch_up_then_sends_timeout_now() {
     while at < now + 400 {
         at = r.next_deadline();
         resumed |= step(&mut r, at, Event::Tick).contains(&Action::ResumeProposals);
-        msg(&mut r, at, 3, Message::HeartbeatReply { term: 2 });
+        msg(
+            &mut r,
+            at,
+            3,
+            Message::HeartbeatReply {
+                term: 2,
+                healthy: true,
+            },
+        );
     }
     assert!(resumed, "proposals are taken again");
     assert_eq!(r.role(), Role::Leader);
@@ -764,7 +788,15 @@ fn a_leader_hands_over_to_the_preferred_voter_once_it_is_live_and_caught_up() {
     while at < now + 700 {
         at = r.next_deadline();
         step(&mut r, at, Event::Tick);
-        msg(&mut r, at, 2, Message::HeartbeatReply { term: 2 });
+        msg(
+            &mut r,
+            at,
+            2,
+            Message::HeartbeatReply {
+                term: 2,
+                healthy: true,
+            },
+        );
         assert_eq!(r.transferring_to(), None, "node 3 is not live");
     }
     // Node 3 answers with everything committed: at the next heartbeat the transfer starts,
@@ -774,7 +806,15 @@ fn a_leader_hands_over_to_the_preferred_voter_once_it_is_live_and_caught_up() {
     for _ in 0..3 {
         at = r.next_deadline();
         paused |= step(&mut r, at, Event::Tick).contains(&Action::PauseProposals);
-        msg(&mut r, at, 3, Message::HeartbeatReply { term: 2 });
+        msg(
+            &mut r,
+            at,
+            3,
+            Message::HeartbeatReply {
+                term: 2,
+                healthy: true,
+            },
+        );
     }
     assert!(paused);
     let a = step(
@@ -920,4 +960,45 @@ fn a_new_directory_that_wins_the_first_election_is_a_member() {
     assert_eq!(r.role(), Role::Leader);
     assert!(a.contains(&Action::Joined));
     assert!(r.is_member());
+}
+
+#[test]
+fn leadership_is_not_handed_to_a_voter_whose_disk_is_unhealthy() {
+    let (mut r, now) = leader(1, &[1]);
+    msg(
+        &mut r,
+        now + 1,
+        3,
+        Message::HeartbeatReply {
+            term: 2,
+            healthy: false,
+        },
+    );
+    let a = step(&mut r, now + 2, Event::TransferLeader { to: 3 });
+    assert!(!a.contains(&Action::PauseProposals), "{a:?}");
+    assert_eq!(r.transferring_to(), None);
+    assert_eq!(r.can_propose(), Some(2));
+    // Healthy again: the transfer goes ahead.
+    msg(
+        &mut r,
+        now + 3,
+        3,
+        Message::HeartbeatReply {
+            term: 2,
+            healthy: true,
+        },
+    );
+    let a = step(&mut r, now + 4, Event::TransferLeader { to: 3 });
+    assert!(a.contains(&Action::PauseProposals));
+    // A follower whose disk failed says so in its heartbeat answers.
+    let mut f = node(2, 2, &[1, 2]);
+    step(&mut f, 5, Event::StorageFailed);
+    let a = msg(&mut f, 6, 1, Message::Heartbeat { term: 2, commit: 0 });
+    assert!(sends(&a).contains(&(
+        1,
+        Message::HeartbeatReply {
+            term: 2,
+            healthy: false
+        }
+    )));
 }

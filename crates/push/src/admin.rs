@@ -1,5 +1,5 @@
 //! The admin routes: `GET /health` (200 while this node serves, 503 while it knows no
-//! leader), `GET /cluster` (this node's view of its Raft group, as JSON), `GET /metrics`
+//! leader or its disk failed or stalled), `GET /cluster` (this node's view of its Raft group, as JSON), `GET /metrics`
 //! (Prometheus text) and `POST /cluster/transfer-leader?to=N[&timeout_ms=T]` (hand
 //! leadership to voter N and wait until it leads). `manifold cluster` reads the same JSON.
 //!
@@ -52,6 +52,8 @@ pub struct ClusterView {
     pub preferred_leader: Option<u64>,
     /// Leader: the voter a transfer under way goes to.
     pub transferring_to: Option<u64>,
+    /// Whether this node's disk is healthy (no failed or stalled fsync).
+    pub healthy: bool,
     /// The other voters.
     pub peers: Vec<PeerView>,
 }
@@ -65,6 +67,8 @@ pub struct PeerView {
     pub match_index: Option<u64>,
     /// Leader only: entries it lacks (this node's last index minus its match index).
     pub lag: Option<u64>,
+    /// Leader only: whether its last heartbeat answer said its disk is healthy.
+    pub healthy: Option<bool>,
 }
 
 /// This node's view of its group now. A group of one is its own leader.
@@ -84,6 +88,7 @@ pub fn cluster_view(engine: &Engine) -> ClusterView {
             last_index: last,
             preferred_leader: None,
             transferring_to: None,
+            healthy: true,
             peers: Vec::new(),
         },
         Some(st) => {
@@ -99,6 +104,7 @@ pub fn cluster_view(engine: &Engine) -> ClusterView {
                         raft_addr: addr.to_string(),
                         match_index: matched,
                         lag: matched.map(|m| st.last_index.saturating_sub(m)),
+                        healthy: leading.then(|| !st.unhealthy_peers.contains(id)),
                     }
                 })
                 .collect();
@@ -112,6 +118,7 @@ pub fn cluster_view(engine: &Engine) -> ClusterView {
                 last_index: st.last_index,
                 preferred_leader: engine.preferred_leader(),
                 transferring_to: st.transferring,
+                healthy: st.healthy,
                 peers,
             }
         }
@@ -126,11 +133,17 @@ async fn health(State(engine): State<Arc<Engine>>) -> Response {
         "leader_id": view.leader_id,
         "applied_index": view.applied_index,
     });
-    if view.leader_id.is_some() {
+    let mut body = body;
+    if !view.healthy {
+        body["error"] =
+            "the disk failed or stalled: this node neither leads nor votes until it recovers"
+                .into();
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else if view.leader_id.is_some() {
         (StatusCode::OK, Json(body)).into_response()
     } else {
-        let mut body = body;
-        body["error"] = "no leader known: writes are refused until one is elected".into();
+        body["error"] =
+            "no leader known: writes wait, then are refused, until one is elected".into();
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
@@ -238,6 +251,12 @@ pub fn render_metrics(engine: &Engine) -> String {
         let on = u8::from(view.role == role.name());
         t.sample("manifold_raft_role", &[("role", role.name())], on);
     }
+    t.family(
+        "manifold_storage_healthy",
+        "gauge",
+        "1 while this node's disk has neither failed nor stalled.",
+    );
+    t.sample("manifold_storage_healthy", &[], u8::from(view.healthy));
     t.family("manifold_raft_term", "gauge", "Current Raft term.");
     t.sample("manifold_raft_term", &[], view.term);
     t.family(

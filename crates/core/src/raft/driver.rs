@@ -49,6 +49,10 @@ pub struct Status {
     pub peers: Vec<(NodeId, LogIndex)>,
     /// Leader: a transfer under way to this voter.
     pub transferring: Option<NodeId>,
+    /// Whether this node's disk is healthy (no failed or stalled fsync).
+    pub healthy: bool,
+    /// Leader: followers whose last heartbeat answer said their disk is not.
+    pub unhealthy_peers: Vec<NodeId>,
 }
 
 /// Driver settings.
@@ -213,6 +217,12 @@ fn status_of(core: &Raft) -> Status {
         last_index: core.last_index(),
         peers,
         transferring: core.transferring_to(),
+        healthy: core.healthy(),
+        unhealthy_peers: core
+            .peer_ids()
+            .into_iter()
+            .filter(|p| core.peer_healthy(*p) == Some(false))
+            .collect(),
     }
 }
 

@@ -84,8 +84,11 @@ pub enum Message {
         term: Term,
         commit: LogIndex,
     },
+    /// Carries the follower's storage health: a leader hands leadership only to a voter
+    /// whose disk is healthy.
     HeartbeatReply {
         term: Term,
+        healthy: bool,
     },
     /// Campaign now, without pre-vote (leadership transfer).
     TimeoutNow {
@@ -107,7 +110,7 @@ impl Message {
             Message::Append { header, .. } => header.term,
             Message::AppendReply(r) => r.term,
             Message::Heartbeat { term, .. }
-            | Message::HeartbeatReply { term }
+            | Message::HeartbeatReply { term, .. }
             | Message::TimeoutNow { term }
             | Message::TransferRequest { term, .. } => *term,
         }

@@ -202,6 +202,14 @@ impl Raft {
     pub fn match_index(&self, peer: NodeId) -> Option<LogIndex> {
         self.progress.get(&peer).map(|p| p.match_index)
     }
+    /// Leader: whether a follower's last heartbeat answer said its disk is healthy.
+    pub fn peer_healthy(&self, peer: NodeId) -> Option<bool> {
+        self.progress.get(&peer).map(|p| p.healthy)
+    }
+    /// Whether this node's own storage is healthy.
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
 
     /// The term a proposal may be appended in now: leader, healthy, not handing over.
     pub fn can_propose(&self) -> Option<Term> {
@@ -433,6 +441,7 @@ impl Raft {
                 }
                 Message::Heartbeat { .. } => Some(Message::HeartbeatReply {
                     term: self.hard.term,
+                    healthy: self.healthy,
                 }),
                 Message::Vote(v) if v.pre => Some(Message::VoteReply(super::message::VoteReply {
                     term: self.hard.term,
@@ -462,10 +471,11 @@ impl Raft {
                     self.heartbeat_commit = self.heartbeat_commit.max(commit);
                     self.advance_follower_commit();
                     let term = self.hard.term;
-                    self.send(from, Message::HeartbeatReply { term });
+                    let healthy = self.healthy;
+                    self.send(from, Message::HeartbeatReply { term, healthy });
                 }
             }
-            Message::HeartbeatReply { .. } => self.on_heartbeat_reply(from),
+            Message::HeartbeatReply { healthy, .. } => self.on_heartbeat_reply(from, healthy),
             Message::TimeoutNow { .. } => self.on_timeout_now(from),
             Message::TransferRequest { to, .. } => self.start_transfer(to),
         }

@@ -28,6 +28,8 @@ pub struct Progress {
     pub recent_active: bool,
     /// When it last answered anything.
     pub last_heard_ms: u64,
+    /// Its disk was healthy at its last heartbeat answer.
+    pub healthy: bool,
     /// When an answer last moved `match_index` forward (or the state was reset).
     pub last_progress_ms: u64,
     /// Highest commit index sent to it (with an append or a heartbeat).
@@ -43,6 +45,7 @@ impl Progress {
             state: SendState::Probe { waiting: false },
             recent_active: false,
             last_heard_ms: 0,
+            healthy: true,
             last_progress_ms: now,
             sent_commit: 0,
         }

@@ -260,7 +260,7 @@ impl Raft {
     }
 
     /// Leader: a heartbeat answer shows the follower is there: a waiting probe may go again.
-    pub(super) fn on_heartbeat_reply(&mut self, from: NodeId) {
+    pub(super) fn on_heartbeat_reply(&mut self, from: NodeId, healthy: bool) {
         if self.role != Role::Leader {
             return;
         }
@@ -271,6 +271,7 @@ impl Raft {
         };
         p.recent_active = true;
         p.last_heard_ms = now;
+        p.healthy = healthy;
         if p.match_index < last {
             p.resume();
             self.send_append(from);

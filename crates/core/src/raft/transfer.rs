@@ -1,4 +1,5 @@
-//! Leadership transfer: the leader stops taking proposals (`PauseProposals`, answered with
+//! Leadership transfer (only to a voter whose disk its last heartbeat answer said is healthy):
+//! the leader stops taking proposals (`PauseProposals`, answered with
 //! `ProposalsPaused` and the log's true end, so no entry appended meanwhile is missed), brings
 //! the chosen voter up to its last entry, then tells it to campaign at once (`TimeoutNow`); the voter's request carries
 //! `transfer`, so the others vote despite hearing from the old leader a moment ago. Abandoned
@@ -42,7 +43,7 @@ impl Raft {
             return;
         };
         let live = p.last_heard_ms + 2 * self.cfg.heartbeat_ms.max(1) >= self.now;
-        if live && p.match_index >= self.commit {
+        if live && p.healthy && p.match_index >= self.commit {
             self.prefer_not_before = self.now + 10 * self.cfg.election_max_ms;
             self.start_transfer(to);
         }
@@ -51,7 +52,7 @@ impl Raft {
     pub(super) fn start_transfer(&mut self, to: NodeId) {
         if self.role != Role::Leader
             || to == self.cfg.id
-            || !self.progress.contains_key(&to)
+            || !self.progress.get(&to).is_some_and(|p| p.healthy)
             || self.transfer.is_some()
         {
             return;

@@ -11,7 +11,7 @@
 //!                       count × (term:u64 len:u32 record:len bytes)
 //! kind 4  AppendReply   success:u8 index:u64 hint_index:u64 hint_term:u64
 //! kind 5  Heartbeat     commit:u64
-//! kind 6  HeartbeatReply
+//! kind 6  HeartbeatReply healthy:u8
 //! kind 7  TimeoutNow
 //! kind 8  TransferRequest  to:u64
 //! ```
@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes};
 use super::message::{AppendHeader, AppendReply, Entry, Message, NodeId, VoteReply, VoteRequest};
 
 /// Format version carried in every frame.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Bytes before the body: length and CRC.
 pub const FRAME_HEADER: usize = 8;
 
@@ -90,7 +90,8 @@ pub fn encode(out: &mut Vec<u8>, from: NodeId, msg: &Message) {
         }
         Message::Heartbeat { commit, .. } => u64le(out, *commit),
         Message::TransferRequest { to, .. } => u64le(out, *to),
-        Message::HeartbeatReply { .. } | Message::TimeoutNow { .. } => {}
+        Message::HeartbeatReply { healthy, .. } => out.push(u8::from(*healthy)),
+        Message::TimeoutNow { .. } => {}
     }
     let body_len = (out.len() - start - FRAME_HEADER) as u32;
     let crc = crc32c::crc32c(&out[start + FRAME_HEADER..]);
@@ -170,7 +171,10 @@ pub fn decode(header: &[u8; FRAME_HEADER], body: Bytes) -> Result<(NodeId, Messa
             term,
             commit: r.u64()?,
         },
-        6 => Message::HeartbeatReply { term },
+        6 => Message::HeartbeatReply {
+            term,
+            healthy: r.flag()?,
+        },
         7 => Message::TimeoutNow { term },
         8 => Message::TransferRequest { term, to: r.u64()? },
         k => return Err(WireError::Kind(k)),
@@ -288,7 +292,13 @@ mod tests {
                 commit: u64::MAX,
             },
         );
-        roundtrip(5, Message::HeartbeatReply { term: 1 });
+        roundtrip(
+            5,
+            Message::HeartbeatReply {
+                term: 1,
+                healthy: false,
+            },
+        );
         roundtrip(5, Message::TimeoutNow { term: 1 });
         roundtrip(6, Message::TransferRequest { term: 2, to: 3 });
     }
