@@ -5,10 +5,9 @@
 //! directory clean. Failover times (leader SIGKILL → first acknowledged write through a
 //! survivor) are printed.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -16,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-const BIN: &str = env!("CARGO_BIN_EXE_manifold");
+mod common;
+use common::BIN;
 
 /// SIGKILL-and-restart cycles of the leader (`MANIFOLD_CLUSTER_CYCLES` to change).
 fn cycles() -> usize {
@@ -51,40 +51,25 @@ impl Drop for Node {
 
 impl Node {
     fn start(&mut self, peers: &str) -> anyhow::Result<()> {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--node-id", &self.id.to_string(), "--peers", peers])
-            .args(["--resp-addr", &format!("127.0.0.1:{}", self.resp)])
-            .args(["--http-addr", &format!("127.0.0.1:{}", self.http)])
-            .args(["--mqtt-addr", "127.0.0.1:0"])
-            .args(["--segment-size", "1048576"])
-            .args(&self.extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn manifold serve")?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains("manifold ready") => break,
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = child.kill();
-                    bail!("node {} did not become ready", self.id);
-                }
-            }
+        let mut args: Vec<String> = vec!["--data-dir".into(), self.dir.display().to_string()];
+        for a in [
+            "--node-id",
+            &self.id.to_string(),
+            "--peers",
+            peers,
+            "--resp-addr",
+            &format!("127.0.0.1:{}", self.resp),
+            "--http-addr",
+            &format!("127.0.0.1:{}", self.http),
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--segment-size",
+            "1048576",
+        ] {
+            args.push(a.to_string());
         }
-        self.child = Some(child);
+        args.extend(self.extra.iter().cloned());
+        self.child = Some(common::serve(&args).with_context(|| format!("node {}", self.id))?);
         Ok(())
     }
 

@@ -12,18 +12,18 @@
 //!
 //! Forwarded writes use the same links, so they are partitioned too.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
-const BIN: &str = env!("CARGO_BIN_EXE_manifold");
+mod common;
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -184,40 +184,26 @@ impl Group {
             })
             .collect();
         let n = &mut self.nodes[i];
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&n.dir)
-            .args(["--node-id", &n.id.to_string(), "--peers", &peers.join(",")])
-            .args(["--raft-addr", &format!("127.0.0.1:{}", n.raft)])
-            .args(["--resp-addr", &format!("127.0.0.1:{}", n.resp)])
-            .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
-            .args(["--segment-size", "1048576"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn manifold serve")?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut said = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains("manifold ready") => break,
-                Ok(line) => said.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    bail!("node {} did not become ready: {said:?}", n.id);
-                }
-            }
+        let mut args: Vec<String> = vec!["--data-dir".into(), n.dir.display().to_string()];
+        for a in [
+            "--node-id",
+            &n.id.to_string(),
+            "--peers",
+            &peers.join(","),
+            "--raft-addr",
+            &format!("127.0.0.1:{}", n.raft),
+            "--resp-addr",
+            &format!("127.0.0.1:{}", n.resp),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--segment-size",
+            "1048576",
+        ] {
+            args.push(a.to_string());
         }
-        n.child = Some(child);
+        n.child = Some(common::serve(&args).with_context(|| format!("node {}", n.id))?);
         Ok(())
     }
 
