@@ -325,6 +325,21 @@ fn a_three_node_group_keeps_every_acknowledged_write_through_leader_kills() -> a
         lists.windows(2).all(|w| w[0] == w[1]),
         "the nodes hold different streams"
     );
+    // State-machine safety: at the same applied index, the same engine state everywhere.
+    eventually(|| {
+        let mut seen = Vec::new();
+        for n in &nodes {
+            let (status, body) = http(n.http, "GET", "/cluster/digest")?;
+            ensure!(status == 200, "/cluster/digest {status}");
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            seen.push((v["applied_index"].clone(), v["state_digest"].clone()));
+        }
+        ensure!(
+            seen.windows(2).all(|w| w[0] == w[1]),
+            "applied index and digest per node: {seen:?}"
+        );
+        Ok(())
+    })?;
     let mut logs = Vec::new();
     for n in &mut nodes {
         n.kill("TERM")?;

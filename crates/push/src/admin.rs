@@ -1,6 +1,7 @@
 //! The admin routes: `GET /health` (200 while this node serves, 503 while it knows no
 //! leader or its disk failed or stalled), `GET /cluster` (this node's view of its Raft group, as JSON), `GET /metrics`
-//! (Prometheus text) and `POST /cluster/transfer-leader?to=N[&timeout_ms=T]` (hand
+//! (Prometheus text), `GET /cluster/digest` (applied index and engine-state digest, to compare
+//! members) and `POST /cluster/transfer-leader?to=N[&timeout_ms=T]` (hand
 //! leadership to voter N and wait until it leads). `manifold cluster` reads the same JSON.
 //!
 //! Reads the engine's status only; the one thing it asks of the group is a transfer, which
@@ -34,6 +35,7 @@ pub fn routes(engine: Arc<Engine>) -> axum::Router {
         .route("/health", get(health))
         .route("/cluster", get(cluster))
         .route("/cluster/transfer-leader", post(transfer_leader))
+        .route("/cluster/digest", get(digest))
         .route("/metrics", get(metrics))
         .with_state(engine)
 }
@@ -150,6 +152,19 @@ async fn health(State(engine): State<Arc<Engine>>) -> Response {
 
 async fn cluster(State(engine): State<Arc<Engine>>) -> Json<ClusterView> {
     Json(cluster_view(&engine))
+}
+
+/// The applied index and a CRC32C of the engine state at it: members that applied the same
+/// index must show the same digest (a check for divergence; it encodes the whole state).
+async fn digest(State(engine): State<Arc<Engine>>) -> Response {
+    match tokio::task::spawn_blocking(move || engine.state_digest_at()).await {
+        Ok((applied, digest)) => Json(json!({
+            "applied_index": applied,
+            "state_digest": format!("{digest:08x}"),
+        }))
+        .into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "digest failed"),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1680,6 +1680,15 @@ impl Engine {
         crc32c::crc32c(&self.inner.lock_state().encode())
     }
 
+    /// The applied index and the digest of the engine state at it, read together (the state
+    /// is locked while both are taken): members that applied the same index must agree.
+    /// Encodes the whole engine state: not for a hot path.
+    pub fn state_digest_at(&self) -> (LogIndex, u32) {
+        let state = self.inner.lock_state();
+        let applied = self.applied_index();
+        (applied, crc32c::crc32c(&state.encode()))
+    }
+
     /// MQTT: the topics of db 0 whose key is a valid topic name matched by `filter` (`+`, `#`,
     /// and the `$` rule: a filter starting with a wildcard skips `$...` topics), in no
     /// particular order.
