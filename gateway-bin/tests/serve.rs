@@ -237,3 +237,29 @@ fn a_single_node_answers_the_admin_routes_as_its_own_leader() -> anyhow::Result<
     signal(&server, "TERM")?;
     Ok(())
 }
+
+#[test]
+fn a_data_directory_of_another_node_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, _) = start(dir.path(), &[])?;
+    signal(&server, "TERM")?;
+    let mut server = server;
+    server.0.wait()?;
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--node-id", "2", "--resp-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+        .output()?;
+    ensure!(out.status.code() == Some(2), "{:?}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains("belongs to node 1, not node 2"),
+        "stderr: {err}"
+    );
+    // Its own node still opens it.
+    let (server, _) = start(dir.path(), &[])?;
+    signal(&server, "TERM")?;
+    Ok(())
+}

@@ -936,6 +936,23 @@ impl Engine {
         let opening = Instant::now();
         let mut store_config = config.store.clone();
         store_config.dispatch_checkpoint_interval_ms = u64::MAX;
+        // A directory belongs to one node: another node's log and votes are not this one's.
+        // Checked before anything in it is touched.
+        storage
+            .create_dir_all(root)
+            .map_err(|e| StoreError::io(root, e))?;
+        match crate::raft::hard_state::load_identity(storage.as_ref(), root)? {
+            Some(owner) if owner != config.node_id => {
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Owned(
+                    format!(
+                        "the data directory belongs to node {owner}, not node {}",
+                        config.node_id
+                    ),
+                )));
+            }
+            Some(_) => {}
+            None => crate::raft::hard_state::save_identity(storage.as_ref(), root, config.node_id)?,
+        }
         let store = MessageStore::open(storage.clone(), root, store_config)?;
         let store_ms = opening.elapsed().as_millis();
         let last = store.log().last_index();

@@ -2,7 +2,8 @@
 //! file, fsync, rename, directory fsync) when the core asks (`Action::SaveHardState`), before
 //! anything that depends on them goes out; and the `joining` marker of a data directory that
 //! has not yet caught up with the group (created with a new directory, removed when the core
-//! reports `Joined`). The driver's half: IO, no decisions.
+//! reports `Joined`); and the `identity` file naming the node a directory belongs to. The
+//! driver's and the engine's half: IO, no decisions.
 
 use std::path::Path;
 
@@ -15,6 +16,43 @@ pub use super::message::HardState;
 pub const HARD_STATE_FILE: &str = "hardstate";
 /// Present while this data directory has not caught up with its group since it was created.
 pub const JOINING_FILE: &str = "joining";
+/// Which node this data directory belongs to.
+pub const IDENTITY_FILE: &str = "identity";
+const IDENTITY_MAGIC: u32 = u32::from_le_bytes(*b"MFID");
+
+/// The node a data directory belongs to: `Ok(None)` when it has no identity yet (a directory
+/// from before identities, or a new one), `Err` when the file does not verify.
+pub fn load_identity(storage: &dyn Storage, root: &Path) -> Result<Option<u64>, StoreError> {
+    let path = root.join(IDENTITY_FILE);
+    if !storage.exists(&path) {
+        return Ok(None);
+    }
+    let b = read_all(storage, &path).map_err(|e| StoreError::io(&path, e))?;
+    if b.len() != 16
+        || b[..4] != IDENTITY_MAGIC.to_le_bytes()
+        || crc32c::crc32c(&b[..12]).to_le_bytes() != b[12..16]
+    {
+        return Err(StoreError::Corruption {
+            file: path,
+            offset: 0,
+            reason: "identity does not verify".into(),
+        });
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&b[4..12]);
+    Ok(Some(u64::from_le_bytes(id)))
+}
+
+/// Gives the data directory its node's identity, durably (`magic, node id, crc`).
+pub fn save_identity(storage: &dyn Storage, root: &Path, node: u64) -> Result<(), StoreError> {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&IDENTITY_MAGIC.to_le_bytes());
+    b.extend_from_slice(&node.to_le_bytes());
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let path = root.join(IDENTITY_FILE);
+    write_atomic(storage, &path, &b).map_err(|e| StoreError::io(&path, e))
+}
 
 /// Whether the data directory at `root` is a member (it has caught up with its group once):
 /// `false` while the `joining` marker is there; a directory with an empty log and no hard
