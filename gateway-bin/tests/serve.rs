@@ -258,6 +258,11 @@ fn a_data_directory_of_another_node_is_refused() -> anyhow::Result<()> {
         err.contains("belongs to node 1, not node 2"),
         "stderr: {err}"
     );
+    let (code, summary) = inspect(dir.path())?;
+    ensure!(
+        code == 0 && summary.contains("directory: node 1\n"),
+        "{summary}"
+    );
     // Its own node still opens it.
     let (server, _) = start(dir.path(), &[])?;
     signal(&server, "TERM")?;

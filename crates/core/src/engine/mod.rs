@@ -1924,6 +1924,10 @@ pub struct EngineFiles {
     pub snapshot: Option<(LogIndex, usize, usize, usize)>,
     /// The journal carrying that snapshot to the dispatch point: `(dispatch point, entries)`.
     pub journal: Option<(LogIndex, usize)>,
+    /// The node the directory belongs to (`None`: no `identity` file).
+    pub identity: Option<u64>,
+    /// A group member's directory that has not caught up with its group yet (`joining`).
+    pub joining: bool,
     /// What does not verify, one line each (file and reason).
     pub problems: Vec<String>,
 }
@@ -1944,6 +1948,11 @@ pub fn inspect_files(
         Ok(b) => files.clock_bound = b,
         Err(e) => files.problems.push(e.to_string()),
     }
+    match crate::raft::hard_state::load_identity(storage, root) {
+        Ok(id) => files.identity = id,
+        Err(e) => files.problems.push(e.to_string()),
+    }
+    files.joining = storage.exists(&root.join(crate::raft::hard_state::JOINING_FILE));
     match snapshot::load(storage, root, dispatched) {
         Ok(Some(loaded)) => {
             let s = &loaded.state;
