@@ -737,5 +737,11 @@ fn a_node_without_the_cluster_secret_is_kept_out() -> anyhow::Result<()> {
         third["match_index"] == 0,
         "the leader reached node 3: {lead}"
     );
+    // Both sides count the refusals.
+    for n in [&nodes[l], &nodes[2]] {
+        let (_, page) = http(n.http, "GET", "/metrics")?;
+        let refused = metric(&page, "manifold_raft_handshakes_refused_total").unwrap_or(0.0);
+        ensure!(refused > 0.0, "node {} counted no refusal", n.id);
+    }
     Ok(())
 }

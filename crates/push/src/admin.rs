@@ -360,6 +360,35 @@ pub fn render_metrics(engine: &Engine) -> String {
             g.pending,
         );
     }
+    let (dropped, bad_frames, refused) = engine.transport_counts();
+    t.family(
+        "manifold_raft_messages_dropped_total",
+        "counter",
+        "Raft messages dropped: a full queue or a peer that could not be reached.",
+    );
+    t.sample("manifold_raft_messages_dropped_total", &[], dropped);
+    t.family(
+        "manifold_raft_bad_frames_total",
+        "counter",
+        "Raft frames refused by the decoder (their connection was closed).",
+    );
+    t.sample("manifold_raft_bad_frames_total", &[], bad_frames);
+    t.family(
+        "manifold_raft_handshakes_refused_total",
+        "counter",
+        "Node-to-node connections refused in the handshake (version, secret).",
+    );
+    t.sample("manifold_raft_handshakes_refused_total", &[], refused);
+    t.family(
+        "manifold_forward_apply_timeouts_total",
+        "counter",
+        "Forwarded writes answered before this node applied them (the wait ran out).",
+    );
+    t.sample(
+        "manifold_forward_apply_timeouts_total",
+        &[],
+        engine.forward_apply_timeouts(),
+    );
     t.family(
         "manifold_producers",
         "gauge",

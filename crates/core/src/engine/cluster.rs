@@ -259,6 +259,19 @@ impl super::Engine {
             .unwrap_or_default()
     }
 
+    /// Node-to-node traffic so far: messages dropped (a full queue, a peer down), frames
+    /// refused by the decoder, connections refused in the handshake. Zeros in a group of one.
+    pub fn transport_counts(&self) -> (u64, u64, u64) {
+        self.cluster.as_ref().map_or((0, 0, 0), |c| {
+            let s = c.transport.stats();
+            (
+                s.dropped.load(Ordering::Relaxed),
+                s.bad_frames.load(Ordering::Relaxed),
+                s.refused.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// The preferred leader, if one is configured.
     pub fn preferred_leader(&self) -> Option<NodeId> {
         self.inner
