@@ -1002,3 +1002,48 @@ fn leadership_is_not_handed_to_a_voter_whose_disk_is_unhealthy() {
         }
     )));
 }
+
+#[test]
+fn a_follower_whose_log_is_gone_is_caught_up_from_its_empty_log() {
+    // Node 3 acknowledged everything, then lost its disk: its rejection says its log is
+    // empty. The leader must send from the first entry, not from what it once matched (it
+    // used to keep probing there forever: found by the simulation with lost disks).
+    let (mut r, now) = leader(1, &[1]);
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 3,
+            term: 2,
+        },
+    );
+    let ok = Message::AppendReply(AppendReply {
+        term: 2,
+        success: true,
+        index: 3,
+        hint_index: 0,
+        hint_term: 0,
+    });
+    msg(&mut r, now + 1, 3, ok);
+    assert_eq!(r.match_index(3), Some(3));
+    let lost = Message::AppendReply(AppendReply {
+        term: 2,
+        success: false,
+        index: 3,
+        hint_index: 1,
+        hint_term: 0,
+    });
+    let a = msg(&mut r, now + 2, 3, lost);
+    assert_eq!(r.match_index(3), Some(0));
+    assert!(
+        a.iter().any(|x| matches!(
+            x,
+            Action::SendEntries {
+                to: 3,
+                header: AppendHeader { prev_index: 0, .. },
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+}

@@ -98,6 +98,13 @@ impl Progress {
         self.last_progress_ms = now;
     }
 
+    /// The follower's log ends below what it once acknowledged: its disk was lost (it came
+    /// back as a new directory). What it holds now is all that matches; probe from its end.
+    pub fn lost_log(&mut self, end: LogIndex, now: u64) {
+        self.match_index = end.min(self.match_index);
+        self.probe_from(end + 1, now);
+    }
+
     /// Lets a probe go out again (a heartbeat answer shows the follower is there).
     pub fn resume(&mut self) {
         if let SendState::Probe { waiting } = &mut self.state {

@@ -243,7 +243,14 @@ impl Raft {
             self.send_append(from);
             return;
         }
-        // A rejection of an append below what already matched is stale.
+        // A rejection of an append below what already matched is stale — unless the follower
+        // says its log now ends below that match: it lost its disk and came back empty (a new
+        // directory), so it is caught up again from what it holds.
+        if r.hint_term == 0 && r.hint_index <= p.match_index {
+            p.lost_log(r.hint_index.saturating_sub(1), now);
+            self.send_append(from);
+            return;
+        }
         if r.index < p.match_index {
             return;
         }
