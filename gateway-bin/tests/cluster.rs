@@ -5,7 +5,6 @@
 //! directory clean. Failover times (leader SIGKILL → first acknowledged write through a
 //! survivor) are printed.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +16,7 @@ use anyhow::{Context, bail, ensure};
 
 mod common;
 use common::BIN;
+use common::free_port;
 
 /// SIGKILL-and-restart cycles of the leader (`MANIFOLD_CLUSTER_CYCLES` to change).
 fn cycles() -> usize {
@@ -24,10 +24,6 @@ fn cycles() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 struct Node {

@@ -24,10 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 
 mod common;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use common::free_port;
 
 /// A one-direction TCP proxy: accepts on its own port, connects to `to`, copies both ways
 /// while the link is up; cutting it closes every connection it carries and refuses new ones.

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 
-const BIN: &str = env!("CARGO_BIN_EXE_manifold");
+mod common;
+use common::BIN;
 
 /// The server process, killed if a test fails before stopping it.
 struct Server(Child);
@@ -182,9 +183,7 @@ fn a_closed_stderr_does_not_kill_the_node() -> anyhow::Result<()> {
 fn a_single_node_answers_the_admin_routes_as_its_own_leader() -> anyhow::Result<()> {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = common::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let (server, _) = start(dir.path(), &["--http-addr", &addr])?;
     let get = |path: &str| -> anyhow::Result<(u16, String)> {

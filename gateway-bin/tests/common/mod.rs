@@ -1,4 +1,6 @@
-//! What the multi-process tests share: starting `manifold serve` and waiting for its ready line.
+//! What the multi-process tests share: starting `manifold serve` and waiting for its ready line,
+//! and picking ports. Each test binary uses part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -39,4 +41,20 @@ pub fn serve(args: &[String]) -> anyhow::Result<Child> {
             }
         }
     }
+}
+
+/// A port for a test listener: random, below Linux's ephemeral range (32768–60999 by default)
+/// so no outgoing connection's source port takes it between this check and the node's bind,
+/// and free now.
+pub fn free_port() -> anyhow::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0..1000u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port below the ephemeral range")
 }
