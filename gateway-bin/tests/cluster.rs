@@ -47,25 +47,14 @@ impl Drop for Node {
 
 impl Node {
     fn start(&mut self, peers: &str) -> anyhow::Result<()> {
-        let mut args: Vec<String> = vec!["--data-dir".into(), self.dir.display().to_string()];
-        for a in [
-            "--node-id",
-            &self.id.to_string(),
-            "--peers",
+        self.child = Some(common::member(
+            &self.dir,
+            self.id,
             peers,
-            "--resp-addr",
-            &format!("127.0.0.1:{}", self.resp),
-            "--http-addr",
-            &format!("127.0.0.1:{}", self.http),
-            "--mqtt-addr",
-            "127.0.0.1:0",
-            "--segment-size",
-            "1048576",
-        ] {
-            args.push(a.to_string());
-        }
-        args.extend(self.extra.iter().cloned());
-        self.child = Some(common::serve(&args).with_context(|| format!("node {}", self.id))?);
+            self.resp,
+            self.http,
+            &self.extra,
+        )?);
         Ok(())
     }
 
@@ -416,29 +405,7 @@ fn eventually(mut check: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(
     }
 }
 
-/// One HTTP/1.1 request to a node's HTTP listener: status and body.
-fn http(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no response head")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status")?;
-    ensure!(
-        !head.to_ascii_lowercase().contains("chunked"),
-        "a chunked answer: {head}"
-    );
-    Ok((status, body.to_string()))
-}
+use common::http;
 
 /// `manifold cluster ARGS --http-addr` the node's listener: exit code, stdout, stderr.
 fn cluster_cli(node: &Node, args: &[&str]) -> anyhow::Result<(i32, String, String)> {

@@ -181,26 +181,15 @@ impl Group {
             })
             .collect();
         let n = &mut self.nodes[i];
-        let mut args: Vec<String> = vec!["--data-dir".into(), n.dir.display().to_string()];
-        for a in [
-            "--node-id",
-            &n.id.to_string(),
-            "--peers",
+        let raft = vec!["--raft-addr".to_string(), format!("127.0.0.1:{}", n.raft)];
+        n.child = Some(common::member(
+            &n.dir,
+            n.id,
             &peers.join(","),
-            "--raft-addr",
-            &format!("127.0.0.1:{}", n.raft),
-            "--resp-addr",
-            &format!("127.0.0.1:{}", n.resp),
-            "--http-addr",
-            "127.0.0.1:0",
-            "--mqtt-addr",
-            "127.0.0.1:0",
-            "--segment-size",
-            "1048576",
-        ] {
-            args.push(a.to_string());
-        }
-        n.child = Some(common::serve(&args).with_context(|| format!("node {}", n.id))?);
+            n.resp,
+            0,
+            &raft,
+        )?);
         Ok(())
     }
 

@@ -181,23 +181,11 @@ fn a_closed_stderr_does_not_kill_the_node() -> anyhow::Result<()> {
 
 #[test]
 fn a_single_node_answers_the_admin_routes_as_its_own_leader() -> anyhow::Result<()> {
-    use std::io::{Read, Write};
     let dir = tempfile::tempdir()?;
     let port = common::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let (server, _) = start(dir.path(), &["--http-addr", &addr])?;
-    let get = |path: &str| -> anyhow::Result<(u16, String)> {
-        let mut s = std::net::TcpStream::connect(&addr)?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        let (head, body) = raw.split_once("\r\n\r\n").context("no head")?;
-        let status = head.split(' ').nth(1).context("no status")?.parse()?;
-        Ok((status, body.to_string()))
-    };
+    let get = |path: &str| common::http(port, "GET", path);
     let cli = |args: &[&str]| -> anyhow::Result<(i32, String, String)> {
         let out = Command::new(BIN)
             .arg("cluster")

@@ -58,3 +58,59 @@ pub fn free_port() -> anyhow::Result<u16> {
     }
     bail!("no free port below the ephemeral range")
 }
+
+/// Starts group member `id` on `dir` with `--peers PEERS`, its RESP and HTTP listeners on
+/// these ports (0: any), small segments, and `extra` flags.
+pub fn member(
+    dir: &std::path::Path,
+    id: u64,
+    peers: &str,
+    resp: u16,
+    http: u16,
+    extra: &[String],
+) -> anyhow::Result<Child> {
+    let mut args: Vec<String> = vec!["--data-dir".into(), dir.display().to_string()];
+    for a in [
+        "--node-id",
+        &id.to_string(),
+        "--peers",
+        peers,
+        "--resp-addr",
+        &format!("127.0.0.1:{resp}"),
+        "--http-addr",
+        &format!("127.0.0.1:{http}"),
+        "--mqtt-addr",
+        "127.0.0.1:0",
+        "--segment-size",
+        "1048576",
+    ] {
+        args.push(a.to_string());
+    }
+    args.extend(extra.iter().cloned());
+    serve(&args).with_context(|| format!("node {id}"))
+}
+
+/// One HTTP/1.1 request to a local listener (the answer read to its end; a chunked one is
+/// refused): status and body.
+pub fn http(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no response head")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status")?;
+    anyhow::ensure!(
+        !head.to_ascii_lowercase().contains("chunked"),
+        "a chunked answer: {head}"
+    );
+    Ok((status, body.to_string()))
+}
