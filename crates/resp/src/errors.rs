@@ -56,8 +56,9 @@ pub fn engine_error(e: &EngineError, cmd: &str, key: &[u8], group: &[u8]) -> Rep
         EngineError::SetId(SetIdRefused::AddedTooSmall) => Reply::err(
             "The entries_added specified in XSETID is smaller than the target stream length",
         ),
-        // A follower (writes are not forwarded yet): what a Redis replica says, so clients
-        // raise their read-only error; no leader yet: Redis Cluster's retry error.
+        // A write no leader took within the wait, or a MULTI/EXEC with reads or WATCH on a
+        // follower (not forwarded): what a Redis replica says, so clients raise their
+        // read-only error; no leader known: Redis Cluster's retry error.
         EngineError::NotLeader { leader: Some(n) } => Reply::Error(format!(
             "READONLY You can't write against a read only replica. (node {n} leads)"
         )),
