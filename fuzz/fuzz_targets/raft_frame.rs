@@ -24,9 +24,9 @@ fuzz_target!(|data: &[u8]| {
     }
     header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
     header[4..].copy_from_slice(&crc32c(body).to_le_bytes());
-    if let Ok((from, msg)) = decode(&header, Bytes::copy_from_slice(body)) {
+    if let Ok((from, incarnation, msg)) = decode(&header, Bytes::copy_from_slice(body)) {
         let mut out = Vec::new();
-        encode(&mut out, from, &msg);
+        encode(&mut out, from, incarnation, &msg);
         assert_eq!(&out[..FRAME_HEADER], &header[..], "header differs");
         assert_eq!(&out[FRAME_HEADER..], body, "an accepted frame encodes differently");
     }

@@ -153,15 +153,18 @@ fn print(
         "engine: term {}, voted for {}, clock bound {}, {snapshot}",
         engine.hard_state.term, engine.hard_state.voted_for, engine.clock_bound
     )?;
-    let node = engine
-        .identity
-        .map_or_else(|| "no identity".to_string(), |n| format!("node {n}"));
-    let joining = if engine.joining {
-        ", joining: not caught up with its group yet (votes only for an empty log)"
-    } else {
-        ""
-    };
-    writeln!(out, "directory: {node}{joining}")?;
+    let node = engine.identity.map_or_else(
+        || "no identity".to_string(),
+        |id| format!("node {}, incarnation {:016x}", id.node, id.incarnation),
+    );
+    writeln!(out, "directory: {node}")?;
+    for c in &engine.members {
+        writeln!(
+            out,
+            "members at index {} (term {}): {}",
+            c.index, c.term, c.members
+        )?;
+    }
     if args.digest {
         for d in &r.digests {
             writeln!(out, "{} {} {:08x}", d.index, d.term, d.crc)?;

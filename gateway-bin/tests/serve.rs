@@ -247,7 +247,7 @@ fn a_data_directory_of_another_node_is_refused() -> anyhow::Result<()> {
     );
     let (code, summary) = inspect(dir.path())?;
     ensure!(
-        code == 0 && summary.contains("directory: node 1\n"),
+        code == 0 && summary.contains("directory: node 1, incarnation "),
         "{summary}"
     );
     // Its own node still opens it.

@@ -347,7 +347,10 @@ fn a_leader_whose_disk_stalls_steps_down_and_the_group_goes_on() {
     // Another node leads and takes writes (forwarded if `other` follows).
     match write(&engines[other], 2) {
         Ok(Ok(Some(_))) => {}
-        other => panic!("a write with the old leader's disk stalled: {other:?}"),
+        other => panic!(
+            "a write with the old leader's disk stalled: {other:?}; {:?}",
+            engines.iter().map(|e| e.raft_status()).collect::<Vec<_>>()
+        ),
     }
     let leads: Vec<usize> = (0..3)
         .filter(|&i| {

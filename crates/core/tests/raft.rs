@@ -5,8 +5,9 @@
 
 use bytes::Bytes;
 use manifold_core::raft::{
-    Action, AppendHeader, AppendReply, Entry, Event, HardState, LogTerms, Message, NodeId, Raft,
-    RaftConfig, Role, VoteReply, VoteRequest,
+    Action, AppendHeader, AppendReply, ConfigAt, Entry, Event, HardState, LogTerms, Member,
+    MemberRole, Membership, MembershipChange, Message, NodeId, Raft, RaftConfig, Role, VoteReply,
+    VoteRequest,
 };
 
 const VOTERS: [NodeId; 3] = [1, 2, 3];
@@ -24,10 +25,20 @@ fn node(id: NodeId, term: u64, terms: &[u64]) -> Raft {
     node_in(id, &VOTERS, term, terms)
 }
 
+/// Node `id` of `voters`; a non-empty log's first entry is the founding configuration that
+/// pinned every voter to incarnation 1 (an empty log is a group not founded yet).
 fn node_in(id: NodeId, voters: &[NodeId], term: u64, terms: &[u64]) -> Raft {
     let cfg = RaftConfig::new(id, voters.to_vec());
     let hard = HardState { term, voted_for: 0 };
-    Raft::new(cfg, hard, log_of(terms), 0, 0)
+    let mut r = Raft::new(cfg, hard, log_of(terms), 0, 0);
+    if let Some(first) = terms.first() {
+        r.restore_configs(vec![ConfigAt {
+            index: 1,
+            term: *first,
+            members: pinned(voters),
+        }]);
+    }
+    r
 }
 
 fn entries(terms: &[u64]) -> Vec<Entry> {
@@ -47,7 +58,15 @@ fn step(r: &mut Raft, now: u64, event: Event) -> Vec<Action> {
 }
 
 fn msg(r: &mut Raft, now: u64, from: NodeId, m: Message) -> Vec<Action> {
-    step(r, now, Event::Message { from, msg: m })
+    step(
+        r,
+        now,
+        Event::Message {
+            from,
+            incarnation: 1,
+            msg: m,
+        },
+    )
 }
 
 /// The messages among `actions`, with their destination.
@@ -89,6 +108,16 @@ fn commits(actions: &[Action]) -> Vec<u64> {
             _ => None,
         })
         .collect()
+}
+
+/// Where a new leader asks for the first entry of `term`: a no-op, or — a group still on its
+/// bootstrap configuration — the founding configuration that pins its voters.
+fn first_entry(actions: &[Action], term: u64) -> Option<usize> {
+    actions.iter().position(|x| match x {
+        Action::AppendNoop { term: t } => *t == term,
+        Action::AppendConfig { term: t, .. } => *t == term,
+        _ => false,
+    })
 }
 
 /// Ticks `r` at its deadline until its role is `role` (bounded).
@@ -158,10 +187,7 @@ fn a_group_of_one_elects_itself_at_once_and_commits_its_noop_after_fsync() {
             })
         })
         .expect("the term and the vote are saved");
-    let noop = a
-        .iter()
-        .position(|x| *x == Action::AppendNoop { term: 4 })
-        .expect("a no-op in the new term");
+    let noop = first_entry(&a, 4).expect("a first entry in the new term");
     assert!(save < noop);
     assert_eq!(r.can_propose(), Some(4));
     // Appended is not committed: only the leader's own fsync counts it.
@@ -227,7 +253,7 @@ fn an_election_asks_pre_votes_without_a_new_term_then_saves_its_vote_before_aski
     let a = msg(&mut r, now + 1, 2, granted(6, false));
     assert_eq!(r.role(), Role::Leader);
     assert_eq!(r.leader(), Some(1));
-    assert!(a.contains(&Action::AppendNoop { term: 6 }));
+    assert!(first_entry(&a, 6).is_some());
     let beats = sends(&a)
         .into_iter()
         .filter(|(_, m)| matches!(m, Message::Heartbeat { term: 6, .. }))
@@ -884,82 +910,386 @@ fn follower_acknowledgements_wait_for_fsync_and_stale_fsync_reports_are_ignored(
     assert_eq!(append_replies(&a)[0].index, 3);
 }
 
-fn new_directory(id: NodeId) -> Raft {
-    let mut cfg = RaftConfig::new(id, VOTERS.to_vec());
-    cfg.member = false;
-    Raft::new(cfg, HardState::default(), log_of(&[]), 0, 0)
+fn msg_as(r: &mut Raft, now: u64, from: NodeId, incarnation: u64, m: Message) -> Vec<Action> {
+    step(
+        r,
+        now,
+        Event::Message {
+            from,
+            incarnation,
+            msg: m,
+        },
+    )
+}
+
+/// Voters 1, 2, 3 pinned to incarnation 1 (what a leader of the bootstrap group wrote).
+fn pinned(ids: &[NodeId]) -> Membership {
+    Membership::new(
+        ids.iter()
+            .map(|id| Member {
+                id: *id,
+                incarnation: 1,
+                role: MemberRole::Voter,
+                addr: format!("127.0.0.1:{}", 7000 + id),
+            })
+            .collect(),
+    )
+}
+
+/// Node `id` whose log's first entry (of `terms[0]`) is the Config entry of `members`.
+fn node_with(id: NodeId, members: Membership, term: u64, terms: &[u64]) -> Raft {
+    node_as(id, 1, members, term, terms)
+}
+
+fn node_as(id: NodeId, incarnation: u64, members: Membership, term: u64, terms: &[u64]) -> Raft {
+    let cfg = RaftConfig {
+        members: members.clone(),
+        incarnation,
+        ..RaftConfig::new(id, Vec::new())
+    };
+    let mut r = Raft::new(cfg, HardState { term, voted_for: 0 }, log_of(terms), 0, 0);
+    r.restore_configs(vec![ConfigAt {
+        index: 1,
+        term: terms[0],
+        members,
+    }]);
+    r
+}
+
+fn ack(term: u64, index: u64) -> Message {
+    Message::AppendReply(AppendReply {
+        term,
+        success: true,
+        index,
+        hint_index: 0,
+        hint_term: 0,
+    })
+}
+
+fn config_asked(actions: &[Action]) -> Option<Membership> {
+    actions.iter().find_map(|a| match a {
+        Action::AppendConfig { members, .. } => Some(members.clone()),
+        _ => None,
+    })
+}
+
+/// Node 1 leading `pinned(VOTERS)` in term 2 with its no-op (index `last`) committed by
+/// node 2's acknowledgement.
+fn pinned_leader(terms: &[u64]) -> (Raft, u64) {
+    let mut r = node_with(1, pinned(&VOTERS), 1, terms);
+    let (now, _) = tick_until(&mut r, Role::PreCandidate);
+    msg(&mut r, now, 2, granted(2, true));
+    msg(&mut r, now, 2, granted(2, false));
+    assert_eq!(r.role(), Role::Leader);
+    let last = terms.len() as u64 + 1;
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: last,
+            term: 2,
+        },
+    );
+    step(
+        &mut r,
+        now,
+        Event::Persisted {
+            index: last,
+            term: 2,
+        },
+    );
+    let a = msg(&mut r, now + 1, 2, ack(2, last));
+    assert_eq!(commits(&a), vec![last]);
+    assert_eq!(config_asked(&a), None, "nothing to change: {a:?}");
+    (r, now + 1)
 }
 
 #[test]
-fn a_new_directory_votes_only_for_an_empty_log_until_it_holds_what_its_leader_committed() {
-    // A wiped node asked by a stale candidate (its log has entries, maybe not all committed
-    // ones): refused, pre-vote and vote alike; a candidate of a group starting from nothing:
-    // granted.
-    let mut w = new_directory(2);
-    assert!(!w.is_member());
-    let a = msg(&mut w, 1000, 3, pre_vote(5, 7, 4));
-    assert!(
-        !vote_replies(&a)[0].1.granted,
-        "a stale candidate is refused"
+fn a_wiped_voter_counts_for_nothing_until_a_committed_change_names_its_new_directory() {
+    let (mut r, now) = pinned_leader(&[1, 1]);
+    // Node 3 came back from a lost disk (incarnation 9): its acknowledgement of the next
+    // entry does not commit it; node 2's does.
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 4,
+            term: 2,
+        },
     );
-    let a = msg(&mut w, 1000, 3, vote(5, 7, 4));
-    assert!(!vote_replies(&a)[0].1.granted);
-    let mut fresh = new_directory(2);
-    let a = msg(&mut fresh, 1000, 3, vote(1, 0, 0));
-    assert!(
-        vote_replies(&a)[0].1.granted,
-        "bootstrap: an empty candidate"
+    step(&mut r, now, Event::Persisted { index: 4, term: 2 });
+    let a = msg_as(&mut r, now + 1, 3, 9, ack(2, 4));
+    assert!(commits(&a).is_empty(), "a wiped directory counted: {a:?}");
+    // It holds every committed entry (3): the leader gives it its place back.
+    let asked = config_asked(&a).expect("a change naming the new directory");
+    assert_eq!(asked.get(3).map(|m| m.incarnation), Some(9));
+    assert!(asked.is_voter(3));
+    let a = msg(&mut r, now + 2, 2, ack(2, 4));
+    assert_eq!(commits(&a), vec![4]);
+    // In force once appended (index 5): now node 3's answers count, node 2's alone do not.
+    step(
+        &mut r,
+        now + 3,
+        Event::ConfigAppended {
+            index: 5,
+            term: 2,
+            members: asked,
+        },
     );
+    step(&mut r, now + 3, Event::Persisted { index: 5, term: 2 });
+    let a = msg_as(&mut r, now + 4, 3, 9, ack(2, 5));
+    assert_eq!(commits(&a), vec![5]);
 
-    // It hears the leader: the first append's commit (2) is what it must hold.
-    let h = AppendHeader {
-        term: 6,
-        prev_index: 0,
-        prev_term: 0,
-        commit: 2,
-    };
-    msg(
-        &mut w,
-        1001,
-        1,
-        Message::Append {
-            header: h,
-            entries: entries(&[1]),
-        },
+    // A candidate with the old configuration does not count the wiped directory's vote.
+    let mut c = node_with(1, pinned(&VOTERS), 3, &[1, 1]);
+    let (at, _) = tick_until(&mut c, Role::PreCandidate);
+    msg_as(&mut c, at, 3, 9, granted(4, true));
+    assert_eq!(
+        c.role(),
+        Role::PreCandidate,
+        "a wiped directory's pre-vote counted"
     );
-    let a = step(&mut w, 1002, Event::Persisted { index: 1, term: 1 });
-    assert!(!a.contains(&Action::Joined), "one of two committed entries");
-    assert!(!w.is_member());
-    msg(
-        &mut w,
-        1003,
-        1,
-        Message::Append {
-            header: AppendHeader {
-                prev_index: 1,
-                prev_term: 1,
-                ..h
-            },
-            entries: entries(&[6]),
-        },
-    );
-    let a = step(&mut w, 1004, Event::Persisted { index: 2, term: 6 });
-    assert!(a.contains(&Action::Joined), "{a:?}");
-    assert!(w.is_member());
-    // A member votes by the usual rule (once no leader is live).
-    let a = msg(&mut w, 5000, 3, vote(7, 2, 6));
+    msg_as(&mut c, at, 3, 1, granted(4, true));
+    assert_eq!(c.role(), Role::Candidate);
+}
+
+#[test]
+fn a_wiped_directory_does_not_campaign_once_its_log_names_another_incarnation() {
+    // Node 3's directory is incarnation 9; the configuration it caught up to holds its place
+    // for incarnation 1.
+    let mut w = node_as(3, 9, pinned(&VOTERS), 2, &[1, 2]);
+    assert!(!w.is_voter());
+    for t in [1000, 2000, 3000] {
+        step(&mut w, t, Event::Tick);
+        assert_eq!(w.role(), Role::Follower, "it campaigned");
+    }
+    // It still answers votes (a candidate may already hold the change that names it); the
+    // candidate's configuration decides whether the answer counts.
+    let a = msg(&mut w, 4000, 1, vote(3, 2, 2));
     assert!(vote_replies(&a)[0].1.granted);
 }
 
 #[test]
-fn a_new_directory_that_wins_the_first_election_is_a_member() {
-    let mut r = new_directory(1);
+fn a_founding_leader_pins_every_voter_that_answers_its_first_heartbeats() {
+    // A group from nothing: node 1 elected by node 2 (its directory 5). It founds the group
+    // once node 3 answers too: the first entry pins all three.
+    let mut r = node(1, 0, &[]);
     let (now, _) = tick_until(&mut r, Role::PreCandidate);
-    msg(&mut r, now, 2, granted(1, true));
-    let a = msg(&mut r, now, 2, granted(1, false));
+    msg_as(&mut r, now, 2, 5, granted(1, true));
+    let a = msg_as(&mut r, now, 2, 5, granted(1, false));
     assert_eq!(r.role(), Role::Leader);
-    assert!(a.contains(&Action::Joined));
-    assert!(r.is_member());
+    assert_eq!(first_entry(&a, 1), None, "founding waits for node 3");
+    assert_eq!(r.can_propose(), None);
+    let beat = Message::HeartbeatReply {
+        term: 1,
+        healthy: true,
+    };
+    let a = msg_as(&mut r, now + 1, 3, 7, beat);
+    let founding = config_asked(&a).expect("the first entry founds the group");
+    assert!(!a.iter().any(|x| matches!(x, Action::AppendNoop { .. })));
+    for (id, inc) in [(1, 1), (2, 5), (3, 7)] {
+        assert_eq!(founding.get(id).map(|m| m.incarnation), Some(inc));
+    }
+    assert_eq!(r.can_propose(), Some(1));
+}
+
+#[test]
+fn a_voter_not_heard_at_founding_counts_once_a_later_change_pins_it() {
+    let mut r = node(1, 0, &[]);
+    let (now, _) = tick_until(&mut r, Role::PreCandidate);
+    msg_as(&mut r, now, 2, 5, granted(1, true));
+    msg_as(&mut r, now, 2, 5, granted(1, false));
+    // Node 3 is silent for a heartbeat period: the group is founded without it.
+    let a = step(&mut r, now + 50, Event::Tick);
+    let founding = config_asked(&a).expect("founded at the deadline");
+    assert_eq!(founding.get(3).map(|m| m.incarnation), Some(0));
+    step(
+        &mut r,
+        now + 50,
+        Event::ConfigAppended {
+            index: 1,
+            term: 1,
+            members: founding,
+        },
+    );
+    step(&mut r, now + 50, Event::Persisted { index: 1, term: 1 });
+    // Node 3 answers first: a place not pinned counts for nothing once the group is founded.
+    let a = msg_as(&mut r, now + 51, 3, 7, ack(1, 1));
+    assert!(commits(&a).is_empty(), "{a:?}");
+    let a = msg_as(&mut r, now + 52, 2, 5, ack(1, 1));
+    assert_eq!(commits(&a), vec![1]);
+    // Committed: node 3 is pinned to the directory it answered from.
+    let asked = config_asked(&a).expect("node 3 pinned next");
+    assert_eq!(asked.get(3).map(|m| m.incarnation), Some(7));
+    // One change at a time: nothing more until this one is in the log and committed.
+    let a = msg_as(&mut r, now + 53, 3, 7, ack(1, 1));
+    assert_eq!(config_asked(&a), None);
+    step(
+        &mut r,
+        now + 53,
+        Event::ConfigAppended {
+            index: 2,
+            term: 1,
+            members: asked,
+        },
+    );
+    step(&mut r, now + 53, Event::Persisted { index: 2, term: 1 });
+    let a = msg_as(&mut r, now + 54, 3, 7, ack(1, 2));
+    assert_eq!(commits(&a), vec![2], "node 3 counts once pinned");
+}
+
+#[test]
+fn an_added_node_learns_then_is_promoted_once_caught_up_and_a_removed_leader_hands_over() {
+    let (mut r, now) = pinned_leader(&[1]);
+    let a = step(
+        &mut r,
+        now,
+        Event::ChangeMembership(MembershipChange::Add {
+            id: 4,
+            addr: "127.0.0.1:7004".into(),
+            learner: false,
+        }),
+    );
+    let asked = config_asked(&a).expect("the learner is added");
+    assert_eq!(
+        asked.get(4).map(|m| m.role),
+        Some(MemberRole::Learner { promote: true })
+    );
+    assert_eq!(asked.voters().count(), 3);
+    step(
+        &mut r,
+        now + 1,
+        Event::ConfigAppended {
+            index: 3,
+            term: 2,
+            members: asked,
+        },
+    );
+    assert!(r.peer_ids().contains(&4), "the learner is replicated to");
+    step(&mut r, now + 1, Event::Persisted { index: 3, term: 2 });
+    // The learner's acknowledgement does not commit anything; node 2's does.
+    let a = msg_as(&mut r, now + 2, 4, 44, ack(2, 3));
+    assert!(commits(&a).is_empty());
+    let a = msg(&mut r, now + 3, 2, ack(2, 3));
+    assert_eq!(commits(&a), vec![3]);
+    let asked = config_asked(&a).expect("caught up: promoted");
+    assert!(asked.is_voter(4) && asked.get(4).is_some_and(|m| m.incarnation == 44));
+    step(
+        &mut r,
+        now + 4,
+        Event::ConfigAppended {
+            index: 4,
+            term: 2,
+            members: asked,
+        },
+    );
+    step(&mut r, now + 4, Event::Persisted { index: 4, term: 2 });
+    // Four voters: a majority is three.
+    let a = msg(&mut r, now + 5, 2, ack(2, 4));
+    assert!(commits(&a).is_empty());
+    let a = msg_as(&mut r, now + 6, 4, 44, ack(2, 4));
+    assert_eq!(commits(&a), vec![4]);
+
+    // The leader removes itself: it keeps leading (without counting itself) until the change
+    // commits, then tells a caught-up voter to campaign and steps down.
+    let a = step(
+        &mut r,
+        now + 7,
+        Event::ChangeMembership(MembershipChange::Remove { id: 1 }),
+    );
+    let asked = config_asked(&a).expect("the leader's removal");
+    step(
+        &mut r,
+        now + 8,
+        Event::ConfigAppended {
+            index: 5,
+            term: 2,
+            members: asked,
+        },
+    );
+    step(&mut r, now + 8, Event::Persisted { index: 5, term: 2 });
+    let a = msg(&mut r, now + 9, 2, ack(2, 5));
+    assert!(commits(&a).is_empty(), "the leader counted itself");
+    assert_eq!(r.role(), Role::Leader);
+    let a = msg_as(&mut r, now + 10, 4, 44, ack(2, 5));
+    assert_eq!(commits(&a), vec![5]);
+    assert_eq!(r.role(), Role::Follower);
+    assert!(
+        sends(&a)
+            .iter()
+            .any(|(to, m)| matches!(m, Message::TimeoutNow { .. }) && [2, 4].contains(to)),
+        "{a:?}"
+    );
+    assert!(!r.is_voter());
+    let t = r.next_deadline();
+    step(&mut r, t, Event::Tick);
+    assert_eq!(r.role(), Role::Follower, "a removed node campaigned");
+}
+
+#[test]
+fn a_follower_saves_the_configurations_it_receives_or_loses_before_the_entries() {
+    let mut f = node_with(2, pinned(&VOTERS), 2, &[1]);
+    let mut more = pinned(&VOTERS);
+    more.put(Member {
+        id: 4,
+        incarnation: 0,
+        role: MemberRole::Learner { promote: true },
+        addr: "127.0.0.1:7004".into(),
+    });
+    let mut record = Vec::new();
+    manifold_core::store::entry::encode_entry(
+        &mut record,
+        &manifold_core::raft::membership::config_entry(2, 0, &more),
+        2,
+    );
+    let a = msg(
+        &mut f,
+        1,
+        1,
+        Message::Append {
+            header: AppendHeader {
+                term: 2,
+                prev_index: 1,
+                prev_term: 1,
+                commit: 1,
+            },
+            entries: vec![Entry {
+                term: 2,
+                data: Bytes::from(record),
+            }],
+        },
+    );
+    let save = a
+        .iter()
+        .position(|x| matches!(x, Action::SaveMembers(c) if c.last().is_some_and(|c| c.index == 2 && c.members == more)))
+        .expect("saved");
+    let persist = a
+        .iter()
+        .position(|x| matches!(x, Action::Persist { .. }))
+        .expect("persisted");
+    assert!(save < persist);
+    assert_eq!(f.membership(), &more, "in force once appended");
+    // A new leader replaces the uncommitted entry: the configuration goes with it.
+    let a = msg(
+        &mut f,
+        2,
+        3,
+        Message::Append {
+            header: AppendHeader {
+                term: 3,
+                prev_index: 1,
+                prev_term: 1,
+                commit: 1,
+            },
+            entries: entries(&[3]),
+        },
+    );
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::SaveMembers(c) if c.len() == 1)),
+        "{a:?}"
+    );
+    assert_eq!(f.membership(), &pinned(&VOTERS));
 }
 
 #[test]

@@ -11,6 +11,10 @@
 //! - the nodes: crashes (the unsynced log suffix and all volatile state lost) and restarts
 //!   from the durable hard state and log, knowing as committed what the state machine applied,
 //!   or nothing, or with the state machine rebuilt; storage failures; leadership transfers;
+//!   lost disks (in one seed in three: a node back with nothing — log, vote, members, state
+//!   machine — as a new incarnation, one at a time, once the group pinned every directory it
+//!   has); the leader's own Config entries (the founding one, pins, a lost disk's place
+//!   handed to its new directory), reported at once or on a later turn like its appends;
 //! - the driver: appends split into several requests, fsyncs that complete in order after a
 //!   random delay (or at once), reported once, twice, in two steps or not at all when a later
 //!   one covers them; the leader's `Appended` stepped at once or on a later turn (as
@@ -54,8 +58,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use manifold_core::raft::{
-    self, Action, AppendHeader, Entry, Event, HardState, LogTerms, Message, NodeId, Raft,
-    RaftConfig, Role,
+    self, Action, AppendHeader, ConfigAt, Entry, Event, HardState, LogTerms, Membership, Message,
+    NodeId, Raft, RaftConfig, Role, membership,
 };
 
 /// The simulation's only source of randomness: the Raft core's own seeded generator.
@@ -186,11 +190,9 @@ impl Params {
             propose_gap: r.pick(&[5, 20, 60]),
             fault_gap: r.pick(&[30, 80, 250, 700]),
             chaos_ms: r.pick(&[2000, 3000, 8000]),
-            // Lost disks only on request (`RAFT_SIM_WIPES=1`): the interim `joining` rule
-            // still loses committed entries in about 1 seed in 2,000 (a wiped node that joins
-            // on a stale leader's or a delayed append's commit index, then votes for a stale
-            // candidate). Learners promoted by a committed membership change close it.
-            wipes: seed.is_multiple_of(3) && std::env::var_os("RAFT_SIM_WIPES").is_some(),
+            // A lost disk comes back as a new incarnation, which counts for nothing until a
+            // committed change names it.
+            wipes: seed.is_multiple_of(3),
         }
     }
 }
@@ -206,8 +208,18 @@ const CONVERGE_MS: u64 = 20_000;
 enum What {
     Deliver {
         from: usize,
+        /// The sender's directory when it sent.
+        incarnation: u64,
         to: usize,
         msg: Message,
+    },
+    /// The leader's driver reports the Config entry it appended (`Appended::Later`).
+    ConfigAppended {
+        node: usize,
+        inc: u32,
+        index: u64,
+        term: u64,
+        members: Membership,
     },
     /// The store's fsync of the log through `index` (entry of `term`) completes.
     Fsync {
@@ -308,8 +320,10 @@ struct Node {
     /// Fsyncs issued and not yet completed.
     fsyncs: u32,
     storage_failed: bool,
-    /// Its disk was wiped and it has not caught up since (durable: the `joining` marker).
-    joining: bool,
+    /// Its data directory: 1 at first, a new number after each lost disk.
+    dir: u64,
+    /// The `members` file (durable).
+    configs: Vec<ConfigAt>,
     /// The log changed since log matching was last checked against the others.
     dirty: bool,
     pending: Vec<Proposal>,
@@ -425,7 +439,8 @@ impl Sim {
                 appended_at: 0,
                 fsyncs: 0,
                 storage_failed: false,
-                joining: false,
+                dir: 1,
+                configs: Vec::new(),
                 dirty: false,
                 pending: Vec::new(),
             })
@@ -538,11 +553,41 @@ impl Sim {
 
     fn handle(&mut self, s: Scheduled) -> Result<Option<Outcome>, String> {
         match s.what {
-            What::Deliver { from, to, msg } => {
+            What::Deliver {
+                from,
+                incarnation,
+                to,
+                msg,
+            } => {
                 if self.nodes[to].raft.is_some() {
                     let from = self.nodes[from].id;
                     self.trace(|| format!("{from}->{}: {msg:?}", to + 1));
-                    self.step(to, Event::Message { from, msg })?;
+                    self.step(
+                        to,
+                        Event::Message {
+                            from,
+                            incarnation,
+                            msg,
+                        },
+                    )?;
+                }
+            }
+            What::ConfigAppended {
+                node,
+                inc,
+                index,
+                term,
+                members,
+            } => {
+                if self.nodes[node].inc == inc && self.nodes[node].raft.is_some() {
+                    self.step(
+                        node,
+                        Event::ConfigAppended {
+                            index,
+                            term,
+                            members,
+                        },
+                    )?;
                 }
             }
             What::Fsync {
@@ -683,10 +728,11 @@ impl Sim {
             max_append_entries: self.p.max_append_entries,
             max_inflight: self.p.max_inflight,
             seed: self.seed ^ (u64::from(n.inc) << 32),
-            member: !n.joining,
+            incarnation: n.dir,
             ..RaftConfig::new(n.id, voters)
         };
-        let raft = Raft::new(cfg, n.hard, terms, commit, self.now);
+        let mut raft = Raft::new(cfg, n.hard, terms, commit, self.now);
+        raft.restore_configs(n.configs.clone());
         n.commit = raft.commit_index();
         n.raft = Some(raft);
         n.durable = n.log.len();
@@ -877,9 +923,60 @@ impl Sim {
                 });
             }
             Action::ResumeProposals => {}
-            Action::Joined => {
-                self.nodes[i].joining = false;
-                self.trace(|| format!("node {id} caught up: a member again"));
+            Action::SaveMembers(configs) => self.nodes[i].configs = configs,
+            Action::AppendConfig {
+                term,
+                mut configs,
+                members,
+            } => {
+                let n = &mut self.nodes[i];
+                let leading = n
+                    .raft
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader && r.term() == term);
+                if !leading {
+                    return self.fail(format!("node {id}: AppendConfig({term}) while not leading"));
+                }
+                let index = n.log.len() as u64 + 1;
+                configs.push(ConfigAt {
+                    index,
+                    term,
+                    members: members.clone(),
+                });
+                n.configs = configs;
+                let mut record = Vec::new();
+                manifold_core::store::entry::encode_entry(
+                    &mut record,
+                    &membership::config_entry(term, 0, &members),
+                    index,
+                );
+                n.push(Entry {
+                    term,
+                    data: Bytes::from(record),
+                });
+                match self.p.appended {
+                    Appended::AtOnce => local.push_back(Event::ConfigAppended {
+                        index,
+                        term,
+                        members,
+                    }),
+                    Appended::Later => {
+                        let at = n.appended_at.max(self.now + self.rng.range(0, 10));
+                        n.appended_at = at;
+                        let (node, inc) = (i, n.inc);
+                        self.at(
+                            at,
+                            What::ConfigAppended {
+                                node,
+                                inc,
+                                index,
+                                term,
+                                members,
+                            },
+                        );
+                    }
+                }
+                self.written(i, local);
             }
             Action::RoleChanged { role, term, leader } => {
                 self.fingerprint = mix(mix(self.fingerprint, id), term * 4 + role as u64);
@@ -1013,7 +1110,16 @@ impl Sim {
                 self.link_at[from][to] = at;
             }
             let msg = msg.clone();
-            self.at(at, What::Deliver { from, to, msg });
+            let incarnation = self.nodes[from].dir;
+            self.at(
+                at,
+                What::Deliver {
+                    from,
+                    incarnation,
+                    to,
+                    msg,
+                },
+            );
         }
     }
 
@@ -1321,6 +1427,22 @@ impl Sim {
         self.step_all(i, local)
     }
 
+    /// Whether the last configuration committed (on the longest committed prefix) pins every
+    /// voter to the directory it has now.
+    fn all_reinstated(&self) -> bool {
+        let Some(config) = self
+            .committed
+            .iter()
+            .rev()
+            .find_map(|e| membership::config_of(&e.data))
+        else {
+            return false;
+        };
+        self.nodes
+            .iter()
+            .all(|n| config.get(n.id).is_some_and(|m| m.incarnation == n.dir))
+    }
+
     fn role_of(&self, i: usize) -> Option<Role> {
         self.nodes[i].raft.as_ref().map(Raft::role)
     }
@@ -1402,15 +1524,17 @@ impl Sim {
                     self.step(l, Event::TransferLeader { to })?;
                 }
             }
-            90..=91 if self.p.wipes && !self.nodes.iter().any(|n| n.joining) => {
-                // A disk lost: the node comes back empty (log, vote, state machine), as a
-                // new directory that votes only for an empty log until it caught up. One at a
-                // time: a majority of lost disks loses data whatever the protocol does. And
-                // only once every other node durably holds an entry: the `joining` rule cannot
-                // tell an empty candidate of an established group from one of a new group, so
-                // a wiped voter and a node that never received anything could still elect the
-                // latter (found by this simulation; closing it takes learners promoted by a
-                // membership change, or an explicit bootstrap).
+            90..=91 if self.p.wipes && self.all_reinstated() => {
+                // A disk lost: the node comes back empty (log, vote, members, state machine)
+                // as a new incarnation, which counts for nothing until a committed change names
+                // it. One at a time: only once the committed configuration names every voter's
+                // directory as it is now (a majority of lost disks loses data whatever the
+                // protocol does; so does a disk lost before the group pinned its bootstrap
+                // voters, when the lost copy's acknowledgements may have counted). And only
+                // once every other node durably holds an entry: two empty logs — a lost disk
+                // and a node that never received anything — cannot tell themselves from a
+                // group being founded (the node that never received anything was as good as
+                // down: the lost disk is a second fault).
                 let up: Vec<usize> = self
                     .up()
                     .into_iter()
@@ -1429,8 +1553,9 @@ impl Sim {
                     n.durable = 0;
                     n.hard = HardState::default();
                     n.applied.clear();
-                    n.joining = true;
+                    n.configs.clear();
                     self.wipes += 1;
+                    n.dir = 100 + self.wipes as u64;
                     self.trace(|| format!("node {} loses its disk", i + 1));
                     let back = self.now + self.rng.range(20, 1500);
                     self.at(back, What::Restart { node: i });

@@ -114,7 +114,9 @@ fn open_node(disk: &SimDisk, id: NodeId, seed: u64, now: u64) -> (MessageStore, 
         seed,
         ..RaftConfig::new(id, IDS.to_vec())
     };
-    (store, Raft::new(cfg, hard, terms, commit, now))
+    let mut raft = Raft::new(cfg, hard, terms, commit, now);
+    raft.restore_configs(raft::members_file::load(storage.as_ref(), &root()).expect("members"));
+    (store, raft)
 }
 
 impl Sim {
@@ -235,7 +237,40 @@ impl Sim {
                 let term = self.nodes[n].raft.as_ref().map_or(0, |r| r.term());
                 self.step(n, Event::ProposalsPaused { last_index, term });
             }
-            Action::ResumeProposals | Action::Joined => {}
+            Action::ResumeProposals => {}
+            Action::SaveMembers(configs) => {
+                raft::members_file::save(&self.nodes[n].disk, &root(), &configs)
+                    .expect("members written");
+            }
+            Action::AppendConfig {
+                term,
+                mut configs,
+                members,
+            } => {
+                let index = self.nodes[n].store().log().last_index() + 1;
+                configs.push(raft::ConfigAt {
+                    index,
+                    term,
+                    members: members.clone(),
+                });
+                raft::members_file::save(&self.nodes[n].disk, &root(), &configs)
+                    .expect("members written");
+                let entry = raft::membership::config_entry(term, self.now, &members);
+                let ticket = self.nodes[n]
+                    .store()
+                    .log()
+                    .append(&entry)
+                    .expect("config appended");
+                self.nodes[n].dirty = true;
+                self.step(
+                    n,
+                    Event::ConfigAppended {
+                        index: ticket.index,
+                        term,
+                        members,
+                    },
+                );
+            }
             Action::RoleChanged { role, term, leader } => {
                 if role == Role::Leader {
                     let before = self.leaders.insert(term, id);
@@ -365,7 +400,14 @@ impl Sim {
             let n = (to - 1) as usize;
             if self.nodes[n].raft.is_some() {
                 self.note(from * 7 + to);
-                self.step(n, Event::Message { from, msg });
+                self.step(
+                    n,
+                    Event::Message {
+                        from,
+                        incarnation: 1,
+                        msg,
+                    },
+                );
             }
         }
         for n in 0..self.nodes.len() {

@@ -35,6 +35,19 @@ impl Hooks for Node {
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         Ok(self.store.log().append(&NewEntry::noop(term, 0))?.index)
     }
+    fn append_config(
+        &self,
+        term: Term,
+        members: &raft::Membership,
+        before: &mut dyn FnMut(LogIndex) -> Result<(), StoreError>,
+    ) -> Result<LogIndex, StoreError> {
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let log = self.store.log();
+        before(log.last_index() + 1)?;
+        Ok(log
+            .append(&raft::membership::config_entry(term, 0, members))?
+            .index)
+    }
     fn committed(&self, index: LogIndex) {
         if let Err(e) = self.store.dispatch_to(index) {
             panic!("dispatch to {index}: {e}");
@@ -61,8 +74,16 @@ struct Running {
     transport: Arc<Transport>,
 }
 
-fn config(id: NodeId) -> RaftConfig {
-    RaftConfig::new(id, vec![1, 2, 3])
+fn config(id: NodeId, peers: &[(NodeId, SocketAddr)]) -> RaftConfig {
+    RaftConfig {
+        members: raft::Membership::bootstrap(
+            &peers
+                .iter()
+                .map(|(p, a)| (*p, a.to_string()))
+                .collect::<Vec<_>>(),
+        ),
+        ..RaftConfig::new(id, vec![1, 2, 3])
+    }
 }
 
 fn start(id: NodeId, dir: &Path, listener: TcpListener, peers: &[(NodeId, SocketAddr)]) -> Running {
@@ -72,7 +93,8 @@ fn start(id: NodeId, dir: &Path, listener: TcpListener, peers: &[(NodeId, Socket
     );
     let hard = HardState::load(storage.as_ref(), dir).expect("hard state");
     let terms = raft::log_terms(&store).expect("terms");
-    let core = Raft::new(config(id), hard, terms, store.dispatched_index(), 0);
+    let mut core = Raft::new(config(id, peers), hard, terms, store.dispatched_index(), 0);
+    core.restore_configs(raft::members_file::load(storage.as_ref(), dir).expect("members"));
     let node = Arc::new(Node {
         store: store.clone(),
         gate: Mutex::new(None),

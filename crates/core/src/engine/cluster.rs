@@ -126,6 +126,28 @@ impl Hooks for EngineHooks {
         Ok(index)
     }
 
+    fn append_config(
+        &self,
+        term: Term,
+        members: &raft::Membership,
+        before: &mut dyn FnMut(LogIndex) -> std::result::Result<(), StoreError>,
+    ) -> std::result::Result<LogIndex, StoreError> {
+        let mut p = self.0.lock_proposer();
+        let entry = raft::membership::config_entry(term, p.last_ts, members);
+        let log = self.0.store.log();
+        before(log.last_index() + 1)?;
+        let index = log.append(&entry)?.index;
+        // The founding configuration is a new leader's first entry, in place of the no-op:
+        // proposals open once it is applied.
+        if let Some(g) = p.cluster.as_mut()
+            && !g.writable
+            && g.noop_at.is_none()
+        {
+            g.noop_at = Some(index);
+        }
+        Ok(index)
+    }
+
     fn committed(&self, index: LogIndex) {
         self.0.commit.fetch_max(index, Ordering::AcqRel);
         let tx = self.0.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
@@ -176,6 +198,7 @@ impl Hooks for EngineHooks {
 pub(super) fn start(
     inner: &Arc<Inner>,
     id: NodeId,
+    incarnation: u64,
     cluster: &ClusterConfig,
     applied: LogIndex,
 ) -> Result<ClusterParts> {
@@ -190,34 +213,37 @@ pub(super) fn start(
     let listener =
         TcpListener::bind(addr).map_err(|e| StoreError::io(format!("raft address {addr}"), e))?;
     let hard = HardState::load(storage.as_ref(), &root)?;
-    let member = crate::raft::hard_state::load_membership(
-        storage.as_ref(),
-        &root,
-        inner.store.log().last_index() == 0,
-    )?;
-    if !member {
-        tracing::info!("a new data directory: votes once it caught up with the group");
-    }
     let terms = raft::log_terms(&inner.store)?;
+    let bootstrap = raft::Membership::bootstrap(
+        &cluster
+            .voters
+            .iter()
+            .map(|(v, a)| (*v, a.to_string()))
+            .collect::<Vec<_>>(),
+    );
     let cfg = RaftConfig {
         heartbeat_ms: cluster.heartbeat_ms,
         election_min_ms: cluster.election_min_ms,
         election_max_ms: cluster.election_max_ms,
         preferred_leader: cluster.preferred_leader,
-        member,
+        members: bootstrap,
+        incarnation,
         seed: super::wall_clock_ms() ^ id,
-        ..RaftConfig::new(id, cluster.voters.iter().map(|(v, _)| *v).collect())
+        ..RaftConfig::new(id, Vec::new())
     };
-    let core = Raft::new(cfg, hard, terms, applied, 0);
+    let mut core = Raft::new(cfg, hard, terms, applied, 0);
+    core.restore_configs(crate::raft::members_file::load(storage.as_ref(), &root)?);
+    let peers = crate::raft::driver::peer_addrs(core.membership(), id, &cluster.voters);
     let (channel, deliver) = crate::raft::driver::event_channel();
     let transport = Arc::new(
         Transport::start(
             id,
             listener,
-            &cluster.voters,
+            &peers,
             deliver,
             TransportConfig {
                 secret: std::sync::Arc::from(cluster.secret.as_slice()),
+                incarnation,
                 ..TransportConfig::default()
             },
         )
@@ -232,6 +258,7 @@ pub(super) fn start(
         Arc::new(EngineHooks(inner.clone())),
         DriverConfig {
             stall_ms: cluster.stall_ms,
+            addresses: cluster.voters.clone(),
             ..DriverConfig::default()
         },
         channel,

@@ -941,18 +941,29 @@ impl Engine {
         storage
             .create_dir_all(root)
             .map_err(|e| StoreError::io(root, e))?;
-        match crate::raft::hard_state::load_identity(storage.as_ref(), root)? {
-            Some(owner) if owner != config.node_id => {
+        // A new directory (or one from before incarnations) gets a random incarnation: in a
+        // group, a wiped disk's votes and acknowledgements do not count for the place its
+        // lost copy held until a committed change names the new one.
+        use crate::raft::hard_state::{Identity, load_identity, new_incarnation, save_identity};
+        let incarnation = match load_identity(storage.as_ref(), root)? {
+            Some(id) if id.node != config.node_id => {
                 return Err(EngineError::InvalidArgument(std::borrow::Cow::Owned(
                     format!(
-                        "the data directory belongs to node {owner}, not node {}",
-                        config.node_id
+                        "the data directory belongs to node {}, not node {}",
+                        id.node, config.node_id
                     ),
                 )));
             }
-            Some(_) => {}
-            None => crate::raft::hard_state::save_identity(storage.as_ref(), root, config.node_id)?,
-        }
+            Some(id) if id.incarnation != 0 => id.incarnation,
+            _ => {
+                let id = Identity {
+                    node: config.node_id,
+                    incarnation: new_incarnation(),
+                };
+                save_identity(storage.as_ref(), root, id)?;
+                id.incarnation
+            }
+        };
         let store = MessageStore::open(storage.clone(), root, store_config)?;
         let store_ms = opening.elapsed().as_millis();
         let last = store.log().last_index();
@@ -1160,7 +1171,13 @@ impl Engine {
         if let Some(c) = &clustered {
             // The Raft core elects a leader; its no-op opens proposals there.
             let node = engine.inner.config.node_id;
-            engine.cluster = Some(cluster::start(&engine.inner, node, c, applied_at_open)?);
+            engine.cluster = Some(cluster::start(
+                &engine.inner,
+                node,
+                incarnation,
+                c,
+                applied_at_open,
+            )?);
         } else {
             // The leader's no-op: commits everything before it in the new term.
             let noop = engine
@@ -1924,10 +1941,10 @@ pub struct EngineFiles {
     pub snapshot: Option<(LogIndex, usize, usize, usize)>,
     /// The journal carrying that snapshot to the dispatch point: `(dispatch point, entries)`.
     pub journal: Option<(LogIndex, usize)>,
-    /// The node the directory belongs to (`None`: no `identity` file).
-    pub identity: Option<u64>,
-    /// A group member's directory that has not caught up with its group yet (`joining`).
-    pub joining: bool,
+    /// The node the directory belongs to and its incarnation (`None`: no `identity` file).
+    pub identity: Option<crate::raft::hard_state::Identity>,
+    /// The configurations of the `members` file (a group member's), as saved.
+    pub members: Vec<crate::raft::ConfigAt>,
     /// What does not verify, one line each (file and reason).
     pub problems: Vec<String>,
 }
@@ -1952,7 +1969,10 @@ pub fn inspect_files(
         Ok(id) => files.identity = id,
         Err(e) => files.problems.push(e.to_string()),
     }
-    files.joining = storage.exists(&root.join(crate::raft::hard_state::JOINING_FILE));
+    match crate::raft::members_file::load(storage, root) {
+        Ok(m) => files.members = m,
+        Err(e) => files.problems.push(e.to_string()),
+    }
     match snapshot::load(storage, root, dispatched) {
         Ok(Some(loaded)) => {
             let s = &loaded.state;

@@ -1,6 +1,7 @@
 //! Raft timing and batching settings, with the defaults that give sub-second failover on a
 //! LAN: heartbeats every 50 ms, an election after 300–600 ms without a leader.
 
+use super::membership::Membership;
 use super::message::NodeId;
 
 /// Settings of one node's Raft core.
@@ -8,8 +9,12 @@ use super::message::NodeId;
 pub struct RaftConfig {
     /// This node.
     pub id: NodeId,
-    /// Every voter of the group, this node included (1, 3 or 5 nodes).
-    pub voters: Vec<NodeId>,
+    /// The bootstrap configuration (`--peers`): what is in force until the log holds a Config
+    /// entry.
+    pub members: Membership,
+    /// This node's data directory (its `identity`): what its votes and acknowledgements
+    /// count for (see `membership.rs`).
+    pub incarnation: u64,
     /// Leader heartbeat interval (default 50 ms).
     pub heartbeat_ms: u64,
     /// A follower campaigns after a random time in `election_min_ms..election_max_ms` without
@@ -33,22 +38,24 @@ pub struct RaftConfig {
     /// A voter that should lead whenever it is up and caught up: another leader hands over
     /// to it (default none).
     pub preferred_leader: Option<NodeId>,
-    /// Whether this node's data directory has caught up with the group since it was created
-    /// (default true). A new directory — a first start, or a wiped disk — is not: it votes
-    /// only for candidates whose log is empty (a group starting from nothing) until it holds
-    /// every entry its first leader had committed, so a wiped node never helps elect a
-    /// candidate that lacks entries the node's lost copy helped commit.
-    pub member: bool,
     /// Seed of the election-timeout randomness (mixed with `id`).
     pub seed: u64,
 }
 
 impl RaftConfig {
-    /// Defaults for node `id` in a group of `voters`.
+    /// Defaults for node `id` in a group bootstrapped with `voters` (no addresses: the
+    /// driver's transport knows them), its directory's incarnation 1.
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> RaftConfig {
+        let members = Membership::bootstrap(
+            &voters
+                .iter()
+                .map(|v| (*v, String::new()))
+                .collect::<Vec<_>>(),
+        );
         RaftConfig {
             id,
-            voters,
+            members,
+            incarnation: 1,
             heartbeat_ms: 50,
             election_min_ms: 300,
             election_max_ms: 600,
@@ -57,7 +64,6 @@ impl RaftConfig {
             resend_ms: 250,
             commit_push_ms: 1,
             preferred_leader: None,
-            member: true,
             seed: 0x6d61_6e69_666f_6c64,
         }
     }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::store::{LogIndex, MessageStore, Storage, StoreError, Term};
 
+use super::members_file;
+use super::membership::{ConfigAt, Membership};
 use super::message::{Action, Event, NodeId, Role};
 use super::node::Raft;
 use super::replica_log;
@@ -25,6 +27,15 @@ pub trait Hooks: Send + Sync + 'static {
     /// Appends a no-op of `term` as the next entry (under the node's proposal lock, so it is
     /// ordered with proposals); returns its index.
     fn append_noop(&self, term: Term) -> Result<LogIndex, StoreError>;
+    /// Appends the Config entry of `members` in `term` as the next entry (under the proposal
+    /// lock), calling `before` with its index first (the driver writes the `members` file
+    /// there: it must be durable before the entry is); returns its index.
+    fn append_config(
+        &self,
+        term: Term,
+        members: &Membership,
+        before: &mut dyn FnMut(LogIndex) -> Result<(), StoreError>,
+    ) -> Result<LogIndex, StoreError>;
     /// Entries up to `index` are committed: apply them.
     fn committed(&self, index: LogIndex);
     /// The node's role, term or leader changed.
@@ -53,6 +64,10 @@ pub struct Status {
     pub healthy: bool,
     /// Leader: followers whose last heartbeat answer said their disk is not.
     pub unhealthy_peers: Vec<NodeId>,
+    /// The configuration in force (voters and learners, their addresses and incarnations).
+    pub members: Membership,
+    /// Whether this node's directory holds a voter's place in it.
+    pub voter: bool,
 }
 
 /// Driver settings.
@@ -64,6 +79,10 @@ pub struct DriverConfig {
     /// (default 3,000 ms): the node steps down if it leads and neither campaigns nor votes
     /// until the disk catches up again.
     pub stall_ms: u64,
+    /// This node's own view of its peers' Raft addresses (`--peers`): used for those nodes
+    /// instead of the addresses the configuration carries (a proxy, a NAT, another network
+    /// between these two nodes). Members not listed are reached at the configuration's.
+    pub addresses: Vec<(NodeId, std::net::SocketAddr)>,
 }
 
 impl Default for DriverConfig {
@@ -71,6 +90,7 @@ impl Default for DriverConfig {
         DriverConfig {
             append_bytes: 1 << 20,
             stall_ms: 3000,
+            addresses: Vec::new(),
         }
     }
 }
@@ -85,8 +105,12 @@ pub fn event_channel() -> (
 ) {
     let (tx, rx) = mpsc::channel();
     let feed = tx.clone();
-    let deliver: super::transport::Deliver = Arc::new(move |from, msg| {
-        let _ = feed.send(Some(Event::Message { from, msg }));
+    let deliver: super::transport::Deliver = Arc::new(move |from, incarnation, msg| {
+        let _ = feed.send(Some(Event::Message {
+            from,
+            incarnation,
+            msg,
+        }));
     });
     ((tx, rx), deliver)
 }
@@ -223,7 +247,37 @@ fn status_of(core: &Raft) -> Status {
             .into_iter()
             .filter(|p| core.peer_healthy(*p) == Some(false))
             .collect(),
+        members: core.membership().clone(),
+        voter: core.is_voter(),
     }
+}
+
+/// The Raft addresses of `members` other than `me`: this node's own view (`local`) where it
+/// has one, else the configuration's, where it parses or resolves.
+pub fn peer_addrs(
+    members: &Membership,
+    me: NodeId,
+    local: &[(NodeId, std::net::SocketAddr)],
+) -> Vec<(NodeId, std::net::SocketAddr)> {
+    use std::net::ToSocketAddrs;
+    members
+        .members()
+        .iter()
+        .filter(|m| m.id != me)
+        .filter_map(|m| {
+            let mine = local.iter().find(|(id, _)| *id == m.id).map(|(_, a)| *a);
+            let addr = mine.or_else(|| {
+                m.addr
+                    .parse()
+                    .ok()
+                    .or_else(|| m.addr.to_socket_addrs().ok().and_then(|mut a| a.next()))
+            });
+            if addr.is_none() {
+                tracing::warn!(node = m.id, addr = %m.addr, "a member's address does not resolve");
+            }
+            addr.map(|a| (m.id, a))
+        })
+        .collect()
 }
 
 /// Reports the log's acknowledged watermark to the driver whenever it moves or a truncation
@@ -354,6 +408,16 @@ impl Runner {
         Ok(())
     }
 
+    /// The configuration in force changed: the transport sends to its members.
+    fn members_changed(&self, configs: &[ConfigAt]) {
+        let Some(last) = configs.last() else { return };
+        tracing::info!(members = %last.members, index = last.index, "raft membership");
+        let peers = peer_addrs(&last.members, self.core.id(), &self.config.addresses);
+        if let Err(e) = self.transport.set_peers(&peers) {
+            tracing::error!(error = %e, "could not start lanes to new members");
+        }
+    }
+
     fn carry_out(&mut self, action: Action) -> Result<(), StoreError> {
         match action {
             Action::SaveHardState(h) => h.store(self.storage.as_ref(), &self.root)?,
@@ -389,9 +453,32 @@ impl Runner {
                     .send(Some(Event::ProposalsPaused { last_index, term }));
             }
             Action::ResumeProposals => self.hooks.resume_proposals(),
-            Action::Joined => {
-                super::hard_state::save_joined(self.storage.as_ref(), &self.root)?;
-                tracing::info!("caught up with the group: this node votes from now on");
+            Action::SaveMembers(configs) => {
+                members_file::save(self.storage.as_ref(), &self.root, &configs)?;
+                self.members_changed(&configs);
+            }
+            Action::AppendConfig {
+                term,
+                mut configs,
+                members,
+            } => {
+                let (storage, root) = (self.storage.clone(), self.root.clone());
+                let mut before = |index: LogIndex| {
+                    configs.push(ConfigAt {
+                        index,
+                        term,
+                        members: members.clone(),
+                    });
+                    members_file::save(storage.as_ref(), &root, &configs)
+                };
+                let index = self.hooks.append_config(term, &members, &mut before)?;
+                self.members_changed(&configs);
+                // Handled on the next turn, like `Appended`.
+                let _ = self.tx.send(Some(Event::ConfigAppended {
+                    index,
+                    term,
+                    members,
+                }));
             }
             Action::RoleChanged { role, term, leader } => self.announce(role, term, leader)?,
         }

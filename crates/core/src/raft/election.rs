@@ -11,7 +11,8 @@ impl Raft {
     /// Election timeout: ask for pre-votes for the next term.
     pub(super) fn start_pre_vote(&mut self) {
         self.become_pre_candidate();
-        self.votes.insert(self.cfg.id, true);
+        let me = self.counts(self.cfg.id, self.cfg.incarnation);
+        self.votes.insert(self.cfg.id, (me, self.cfg.incarnation));
         let req = VoteRequest {
             term: self.hard.term + 1,
             pre: true,
@@ -19,8 +20,7 @@ impl Raft {
             last_term: self.log.last_term(),
             transfer: false,
         };
-        let peers: Vec<NodeId> = self.peers().collect();
-        for p in peers {
+        for p in self.voter_peers() {
             self.send(p, Message::Vote(req));
         }
         self.count_votes();
@@ -29,7 +29,8 @@ impl Raft {
     /// A majority would vote for us: a real election in the next term.
     pub(super) fn campaign(&mut self, transfer: bool) {
         self.become_candidate();
-        self.votes.insert(self.cfg.id, true);
+        let me = self.counts(self.cfg.id, self.cfg.incarnation);
+        self.votes.insert(self.cfg.id, (me, self.cfg.incarnation));
         let req = VoteRequest {
             term: self.hard.term,
             pre: false,
@@ -37,8 +38,7 @@ impl Raft {
             last_term: self.log.last_term(),
             transfer,
         };
-        let peers: Vec<NodeId> = self.peers().collect();
-        for p in peers {
+        for p in self.voter_peers() {
             self.send(p, Message::Vote(req));
         }
         self.count_votes();
@@ -56,12 +56,15 @@ impl Raft {
             self.hard.voted_for == from || (self.hard.voted_for == 0 && self.leader.is_none())
         };
         let sticky = !v.transfer && self.in_lease();
-        // A new directory does not know what it may have helped commit before it was wiped:
-        // only a candidate with nothing in its log (a group starting from nothing) gets its
-        // vote until it caught up.
-        let eligible = self.member || v.last_index == 0;
+        // Votes go between voters. Which directory holds a place is not checked here: this
+        // node's configuration may be older than the candidate's (a place handed to a new
+        // incarnation it has not heard of yet), and refusing would only cost liveness. Safety
+        // is the candidate's count: by its own configuration, a vote from a directory that
+        // does not hold a pinned place counts for nothing.
+        let me = self.cfg.id;
+        let eligible = self.membership().is_voter(me) && self.membership().is_voter(from);
         let granted = up_to_date && free && !sticky && self.healthy && eligible;
-        if !up_to_date && !sticky && self.healthy && self.role == Role::Follower {
+        if !up_to_date && !sticky && self.healthy && eligible && self.role == Role::Follower {
             // A candidate behind us is looking for a leader and none is live: we would win
             // where it cannot, so campaign soon rather than after a whole timeout of our own.
             let soon = self.now + self.rng.between(0, self.cfg.heartbeat_ms.max(1));
@@ -89,7 +92,10 @@ impl Raft {
     }
 
     /// An answer to our (pre-)vote request (its term is not below ours).
-    pub(super) fn on_vote_reply(&mut self, from: NodeId, r: VoteReply) {
+    pub(super) fn on_vote_reply(&mut self, from: NodeId, incarnation: u64, r: VoteReply) {
+        if !self.counts(from, incarnation) {
+            return;
+        }
         let counts = match self.role {
             Role::PreCandidate => {
                 r.pre
@@ -100,14 +106,14 @@ impl Raft {
             _ => false,
         };
         if counts {
-            self.votes.insert(from, r.granted);
+            self.votes.insert(from, (r.granted, incarnation));
             self.count_votes();
         }
     }
 
     /// Wins or loses the (pre-)election once a majority has answered either way.
     fn count_votes(&mut self) {
-        let granted = self.votes.values().filter(|g| **g).count();
+        let granted = self.votes.values().filter(|(g, _)| *g).count();
         let refused = self.votes.len() - granted;
         if granted >= self.majority() {
             match self.role {
@@ -122,7 +128,11 @@ impl Raft {
 
     /// The leader hands over: campaign at once, without pre-vote and past stickiness.
     pub(super) fn on_timeout_now(&mut self, from: NodeId) {
-        if self.role == Role::Follower && self.leader == Some(from) && self.healthy {
+        if self.role == Role::Follower
+            && self.leader == Some(from)
+            && self.healthy
+            && self.is_voter()
+        {
             self.campaign(true);
         }
     }

@@ -154,7 +154,7 @@ fn mac(secret: &[u8], nonce: &[u8; 16], kind: Kind, from: NodeId) -> [u8; PROOF_
 }
 
 /// 16 bytes from the OS's random source (a clock-and-address mix if it cannot be read).
-fn nonce() -> [u8; 16] {
+pub(crate) fn nonce() -> [u8; 16] {
     use std::io::Read;
     let mut b = [0u8; 16];
     if std::fs::File::open("/dev/urandom")

@@ -1,9 +1,8 @@
 //! The hard state's file: the current term and the vote cast in it, written durably (temp
 //! file, fsync, rename, directory fsync) when the core asks (`Action::SaveHardState`), before
-//! anything that depends on them goes out; and the `joining` marker of a data directory that
-//! has not yet caught up with the group (created with a new directory, removed when the core
-//! reports `Joined`); and the `identity` file naming the node a directory belongs to. The
-//! driver's and the engine's half: IO, no decisions.
+//! anything that depends on them goes out; and the `identity` file naming the node a
+//! directory belongs to and the incarnation it was created as. The driver's and the engine's
+//! half: IO, no decisions.
 
 use std::path::Path;
 
@@ -14,79 +13,68 @@ pub use super::message::HardState;
 
 /// File name under the data directory.
 pub const HARD_STATE_FILE: &str = "hardstate";
-/// Present while this data directory has not caught up with its group since it was created.
-pub const JOINING_FILE: &str = "joining";
-/// Which node this data directory belongs to.
+/// Which node this data directory belongs to, and which incarnation of it the directory is.
 pub const IDENTITY_FILE: &str = "identity";
 const IDENTITY_MAGIC: u32 = u32::from_le_bytes(*b"MFID");
 
-/// The node a data directory belongs to: `Ok(None)` when it has no identity yet (a directory
-/// from before identities, or a new one), `Err` when the file does not verify.
-pub fn load_identity(storage: &dyn Storage, root: &Path) -> Result<Option<u64>, StoreError> {
+/// A data directory's identity: the node it belongs to and the random number it was created
+/// with (a wiped disk comes back as another incarnation of the same node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub node: u64,
+    /// Never 0 in a file this version writes; 0 read from a 16-byte file of an earlier one.
+    pub incarnation: u64,
+}
+
+/// The data directory's identity: `Ok(None)` when it has none yet (a new directory), `Err`
+/// when the file does not verify. A 16-byte file (before incarnations) has incarnation 0.
+pub fn load_identity(storage: &dyn Storage, root: &Path) -> Result<Option<Identity>, StoreError> {
     let path = root.join(IDENTITY_FILE);
     if !storage.exists(&path) {
         return Ok(None);
     }
     let b = read_all(storage, &path).map_err(|e| StoreError::io(&path, e))?;
-    if b.len() != 16
-        || b[..4] != IDENTITY_MAGIC.to_le_bytes()
-        || crc32c::crc32c(&b[..12]).to_le_bytes() != b[12..16]
-    {
+    let body = b.len().checked_sub(4).filter(|n| *n == 12 || *n == 20);
+    let Some(n) = body.filter(|n| {
+        b[..4] == IDENTITY_MAGIC.to_le_bytes() && crc32c::crc32c(&b[..*n]).to_le_bytes() == b[*n..]
+    }) else {
         return Err(StoreError::Corruption {
             file: path,
             offset: 0,
             reason: "identity does not verify".into(),
         });
-    }
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&b[4..12]);
-    Ok(Some(u64::from_le_bytes(id)))
+    };
+    let long = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    Ok(Some(Identity {
+        node: long(4),
+        incarnation: if n == 20 { long(12) } else { 0 },
+    }))
 }
 
-/// Gives the data directory its node's identity, durably (`magic, node id, crc`).
-pub fn save_identity(storage: &dyn Storage, root: &Path, node: u64) -> Result<(), StoreError> {
-    let mut b = Vec::with_capacity(16);
+/// A new incarnation: random, never 0.
+pub fn new_incarnation() -> u64 {
+    let b = super::handshake::nonce();
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a).max(1)
+}
+
+/// Gives the data directory its identity, durably (`magic, node id, incarnation, crc`).
+pub fn save_identity(storage: &dyn Storage, root: &Path, id: Identity) -> Result<(), StoreError> {
+    let mut b = Vec::with_capacity(24);
     b.extend_from_slice(&IDENTITY_MAGIC.to_le_bytes());
-    b.extend_from_slice(&node.to_le_bytes());
+    b.extend_from_slice(&id.node.to_le_bytes());
+    b.extend_from_slice(&id.incarnation.to_le_bytes());
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     let path = root.join(IDENTITY_FILE);
     write_atomic(storage, &path, &b).map_err(|e| StoreError::io(&path, e))
 }
 
-/// Whether the data directory at `root` is a member (it has caught up with its group once):
-/// `false` while the `joining` marker is there; a directory with an empty log and no hard
-/// state is new (a first start, or a wiped disk) — the marker is written durably and it is
-/// not a member yet. A directory from before the marker existed, with a log or a hard state,
-/// is a member.
-pub fn load_membership(
-    storage: &dyn Storage,
-    root: &Path,
-    log_empty: bool,
-) -> Result<bool, StoreError> {
-    let joining = root.join(JOINING_FILE);
-    if storage.exists(&joining) {
-        return Ok(false);
-    }
-    if log_empty && !storage.exists(&root.join(HARD_STATE_FILE)) {
-        write_atomic(storage, &joining, b"caught up with the group: not yet\n")
-            .map_err(|e| StoreError::io(&joining, e))?;
-        return Ok(false);
-    }
-    Ok(true)
-}
-
-/// The directory caught up: the marker goes, durably.
-pub fn save_joined(storage: &dyn Storage, root: &Path) -> Result<(), StoreError> {
-    let joining = root.join(JOINING_FILE);
-    if !storage.exists(&joining) {
-        return Ok(());
-    }
-    storage
-        .remove(&joining)
-        .and_then(|()| storage.sync_dir(root))
-        .map_err(|e| StoreError::io(&joining, e))
-}
 const MAGIC: u32 = u32::from_le_bytes(*b"MFHS");
 
 impl HardState {

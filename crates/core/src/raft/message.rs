@@ -6,6 +6,8 @@ use bytes::Bytes;
 
 use crate::store::{LogIndex, Term};
 
+use super::membership::{ConfigAt, Membership, MembershipChange};
+
 /// A node's identity in the group (its `--node-id`).
 pub type NodeId = u64;
 
@@ -99,6 +101,11 @@ pub enum Message {
         term: Term,
         to: NodeId,
     },
+    /// A follower asked for a membership change passes the request to the leader.
+    MembershipRequest {
+        term: Term,
+        change: MembershipChange,
+    },
 }
 
 impl Message {
@@ -112,7 +119,8 @@ impl Message {
             Message::Heartbeat { term, .. }
             | Message::HeartbeatReply { term, .. }
             | Message::TimeoutNow { term }
-            | Message::TransferRequest { term, .. } => *term,
+            | Message::TransferRequest { term, .. }
+            | Message::MembershipRequest { term, .. } => *term,
         }
     }
 }
@@ -153,8 +161,11 @@ impl Role {
 pub enum Event {
     /// Time passed; timers due by now fire.
     Tick,
+    /// A message from node `from`, whose data directory is `incarnation` (its votes and
+    /// acknowledgements count only for the place that incarnation holds).
     Message {
         from: NodeId,
+        incarnation: u64,
         msg: Message,
     },
     /// The leader appended its own entries (proposals, or the no-op it was asked for) through
@@ -175,6 +186,15 @@ pub enum Event {
     TransferLeader {
         to: NodeId,
     },
+    /// The leader appended the Config entry it asked for (`AppendConfig`) at `index`, in
+    /// `term` (ignored unless the node still leads that term).
+    ConfigAppended {
+        index: LogIndex,
+        term: Term,
+        members: Membership,
+    },
+    /// An operator asks for a membership change; a follower passes it to the leader.
+    ChangeMembership(MembershipChange),
     /// The driver's answer to `PauseProposals`: no proposal is appended from now on, and the
     /// log ends at `last_index` (entries of `term`; ignored unless the node still leads it).
     ProposalsPaused {
@@ -218,9 +238,17 @@ pub enum Action {
     },
     /// Entries up to here are committed: apply them.
     Commit(LogIndex),
-    /// A new data directory caught up with the group: it votes from now on (remove the
-    /// `joining` marker durably).
-    Joined,
+    /// Leader: write `configs` (what is in force now and since the last committed one) with
+    /// `members` added at the index the new Config entry gets, durably, then append that
+    /// entry in `term` and report `ConfigAppended`.
+    AppendConfig {
+        term: Term,
+        configs: Vec<ConfigAt>,
+        members: Membership,
+    },
+    /// The configurations in the log changed (a follower received or lost Config entries):
+    /// write them durably before any later action (the `Persist` that carries them).
+    SaveMembers(Vec<ConfigAt>),
     /// A transfer starts: stop appending proposals, then answer `ProposalsPaused` with the
     /// log's last index (the transferee must catch up with a log that no longer grows).
     PauseProposals,

@@ -14,9 +14,12 @@ mod election;
 pub mod handshake;
 pub mod hard_state;
 mod log_terms;
+pub mod members_file;
+pub mod membership;
 mod message;
 mod node;
 mod progress;
+mod reconfig;
 mod replica_log;
 mod replication;
 mod transfer;
@@ -26,6 +29,7 @@ pub mod wire;
 pub use config::{RaftConfig, Rng};
 pub use hard_state::HARD_STATE_FILE;
 pub use log_terms::LogTerms;
+pub use membership::{ConfigAt, Member, MemberRole, Membership, MembershipChange};
 pub use message::{
     Action, AppendHeader, AppendReply, Entry, Event, HardState, Message, NodeId, Role, VoteReply,
     VoteRequest,

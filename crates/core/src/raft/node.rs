@@ -3,12 +3,13 @@
 //! rules. Sans-IO: events in (with the driver's clock), actions out; no socket, clock, disk
 //! or global randomness inside, so a seed and a sequence of events replay exactly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::store::{LogIndex, Term};
 
 use super::config::{RaftConfig, Rng};
 use super::log_terms::LogTerms;
+use super::membership::{ConfigAt, MemberRole, Membership, MembershipChange};
 use super::message::{Action, Event, HardState, Message, NodeId, Role};
 use super::progress::Progress;
 
@@ -39,8 +40,18 @@ pub struct Raft {
     /// Leader: a `Persisted` report past the log's end (the driver's `Appended` for those
     /// entries had not arrived yet), applied once they are known.
     pub(super) early_persisted: Option<(LogIndex, Term)>,
-    /// Votes received in the current (pre-)election.
-    pub(super) votes: BTreeMap<NodeId, bool>,
+    /// Votes received in the current (pre-)election, with the voter's incarnation.
+    pub(super) votes: BTreeMap<NodeId, (bool, u64)>,
+    /// The configurations in the log: the last committed one (index 0: the bootstrap one)
+    /// and every later one; the last is in force (a Config entry counts once appended).
+    pub(super) configs: Vec<ConfigAt>,
+    /// Leader: a Config entry asked for and not reported appended yet.
+    pub(super) config_pending: bool,
+    /// Leader of a group still on its bootstrap configuration: when it founds the group at
+    /// the latest (its first entry, pinning the voters it heard from).
+    pub(super) founding_due: Option<u64>,
+    /// Leader: operator changes waiting for the one under way to commit.
+    pub(super) changes: VecDeque<MembershipChange>,
     /// Leader: each follower's progress.
     pub(super) progress: BTreeMap<NodeId, Progress>,
     pub(super) now: u64,
@@ -53,11 +64,6 @@ pub struct Raft {
     pub(super) transfer: Option<(NodeId, u64)>,
     /// Leader: the driver confirmed proposals are paused for the transfer under way.
     pub(super) transfer_ready: bool,
-    /// See `RaftConfig::member`.
-    pub(super) member: bool,
-    /// Not a member yet: the commit index of the first append heard from a leader, to hold
-    /// before voting.
-    pub(super) join_target: Option<LogIndex>,
     /// Leader: no hand-over to the preferred leader before this time.
     pub(super) prefer_not_before: u64,
     /// Leader: when an advanced commit index must be pushed to followers that lack it.
@@ -92,6 +98,14 @@ impl Raft {
             heartbeat_commit: 0,
             early_persisted: None,
             votes: BTreeMap::new(),
+            configs: vec![ConfigAt {
+                index: 0,
+                term: 0,
+                members: cfg.members.clone(),
+            }],
+            config_pending: false,
+            founding_due: None,
+            changes: VecDeque::new(),
             progress: BTreeMap::new(),
             now,
             election_deadline: now,
@@ -100,8 +114,6 @@ impl Raft {
             leader_contact: None,
             transfer: None,
             transfer_ready: false,
-            member: cfg.member,
-            join_target: None,
             prefer_not_before: 0,
             commit_push_at: None,
             healthy: true,
@@ -109,10 +121,38 @@ impl Raft {
             log,
             cfg,
         };
-        if raft.cfg.voters != [raft.cfg.id] {
+        if !raft.alone() {
             raft.reset_election_timer();
         }
         raft
+    }
+
+    /// The configurations a restart found on disk (the `members` file), kept where the log
+    /// still holds their entries (the file is written before an entry is: one whose append
+    /// never became durable is dropped). Call before the first `step`.
+    pub fn restore_configs(&mut self, saved: Vec<ConfigAt>) {
+        let base = self.log.base_index();
+        let mut kept: Vec<ConfigAt> = saved
+            .into_iter()
+            .filter(|c| {
+                c.index > 0
+                    && c.index <= self.log.last_index()
+                    && (c.index <= base || self.log.term_at(c.index) == Some(c.term))
+            })
+            .collect();
+        kept.sort_by_key(|c| c.index);
+        kept.dedup_by_key(|c| c.index);
+        self.configs.truncate(1);
+        self.configs.extend(kept);
+        self.compact_configs();
+        if !self.alone() {
+            self.reset_election_timer();
+        }
+    }
+
+    /// A group of one, this node its only voter: it campaigns at once.
+    fn alone(&self) -> bool {
+        self.counts(self.cfg.id, self.cfg.incarnation) && self.membership().voters().count() == 1
     }
 
     /// Feeds one event at time `now` (milliseconds on the driver's monotonic clock).
@@ -120,7 +160,17 @@ impl Raft {
         self.now = self.now.max(now);
         match event {
             Event::Tick => self.tick(),
-            Event::Message { from, msg } => self.on_message(from, msg),
+            Event::Message {
+                from,
+                incarnation,
+                msg,
+            } => self.on_message(from, incarnation, msg),
+            Event::ConfigAppended {
+                index,
+                term,
+                members,
+            } => self.on_config_appended(index, term, members),
+            Event::ChangeMembership(change) => self.request_change(change),
             Event::Appended { last_index, term } => self.on_appended(last_index, term),
             Event::Persisted { index, term } => self.on_persisted(index, term),
             Event::TransferLeader { to } => self.request_transfer(to),
@@ -151,6 +201,9 @@ impl Raft {
                     at = at.min(t);
                 }
                 if let Some((_, t)) = self.transfer {
+                    at = at.min(t);
+                }
+                if let Some(t) = self.founding_due {
                     at = at.min(t);
                 }
                 for p in self.progress.values() {
@@ -194,9 +247,21 @@ impl Raft {
     pub fn log_terms(&self) -> &LogTerms {
         &self.log
     }
-    /// The other voters.
+    /// The other members, voters and learners.
     pub fn peer_ids(&self) -> Vec<NodeId> {
         self.peers().collect()
+    }
+    /// The configuration in force.
+    pub fn membership(&self) -> &Membership {
+        &self.configs[self.configs.len() - 1].members
+    }
+    /// Every configuration still in the log (the last committed one first).
+    pub fn configs(&self) -> &[ConfigAt] {
+        &self.configs
+    }
+    /// Leader: the incarnation a follower last answered with (0: not heard yet).
+    pub fn peer_incarnation(&self, peer: NodeId) -> Option<u64> {
+        self.progress.get(&peer).map(|p| p.incarnation)
     }
     /// A follower's match index as the leader knows it.
     pub fn match_index(&self, peer: NodeId) -> Option<LogIndex> {
@@ -213,21 +278,56 @@ impl Raft {
 
     /// The term a proposal may be appended in now: leader, healthy, not handing over.
     pub fn can_propose(&self) -> Option<Term> {
-        (self.role == Role::Leader && self.healthy && self.transfer.is_none())
-            .then_some(self.hard.term)
+        (self.role == Role::Leader
+            && self.healthy
+            && self.transfer.is_none()
+            && self.founding_due.is_none())
+        .then_some(self.hard.term)
     }
 
     pub(super) fn majority(&self) -> usize {
-        self.cfg.voters.len() / 2 + 1
+        self.membership().voters().count() / 2 + 1
     }
 
+    /// The other members (voters and learners): who the leader replicates to.
     pub(super) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.cfg.id;
-        self.cfg.voters.iter().copied().filter(move |v| *v != me)
+        self.membership()
+            .members()
+            .iter()
+            .map(|m| m.id)
+            .filter(move |v| *v != me)
     }
 
-    pub(super) fn is_voter(&self, id: NodeId) -> bool {
-        self.cfg.voters.contains(&id)
+    /// The other voters: who a candidate asks.
+    pub(super) fn voter_peers(&self) -> Vec<NodeId> {
+        let me = self.cfg.id;
+        self.membership().voters().filter(|v| *v != me).collect()
+    }
+
+    /// Whether this node takes part in elections (campaigns, grants votes): it is a voter
+    /// of the configuration in force and its place is not held by another incarnation (a
+    /// place not pinned yet may be its own; whether its vote counts is the candidate's call).
+    pub fn is_voter(&self) -> bool {
+        self.may_hold(self.cfg.id, self.cfg.incarnation)
+    }
+
+    /// Whether node `id`'s directory `incarnation` may hold a voter's place: a voter whose
+    /// place is pinned to it or not pinned yet.
+    pub(super) fn may_hold(&self, id: NodeId, incarnation: u64) -> bool {
+        self.membership().may_hold(id, incarnation)
+    }
+
+    /// Whether node `id` answering as `incarnation` holds a voter's place: what its votes and
+    /// acknowledgements count for. Only a pinned place counts — or any directory while the
+    /// configuration in force is the bootstrap one (no Config entry in the log yet: a group
+    /// founded from nothing, whose first leader pins its voters in its first entry).
+    pub(super) fn counts(&self, id: NodeId, incarnation: u64) -> bool {
+        let bootstrap = self.configs[self.configs.len() - 1].index == 0;
+        self.membership().get(id).is_some_and(|m| {
+            m.role == MemberRole::Voter
+                && (m.incarnation == incarnation || (m.incarnation == 0 && bootstrap))
+        })
     }
 
     pub(super) fn send(&mut self, to: NodeId, msg: Message) {
@@ -273,6 +373,7 @@ impl Raft {
         self.transfer = None;
         self.commit_push_at = None;
         self.early_persisted = None;
+        self.founding_due = None;
         if leader.is_some() {
             self.leader_contact = Some(self.now);
         }
@@ -306,59 +407,51 @@ impl Raft {
         self.announce();
     }
 
-    /// This node holds everything its group had committed when it first heard of it: it
-    /// votes from now on.
-    pub(super) fn become_member(&mut self) {
-        if !self.member {
-            self.member = true;
-            self.join_target = None;
-            self.actions.push(Action::Joined);
-        }
-    }
-
-    /// Not a member yet: whether it now holds through its join target.
-    pub(super) fn maybe_join(&mut self) {
-        if let Some(target) = self.join_target
-            && !self.member
-            && self.commit >= target
-        {
-            self.become_member();
-        }
-    }
-
-    /// Whether this node is a member (votes for any up-to-date candidate).
-    pub fn is_member(&self) -> bool {
-        self.member
-    }
-
     pub(super) fn become_leader(&mut self) {
-        self.become_member();
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
-        self.votes.clear();
         self.transfer = None;
         // A new leader settles before handing over to the preferred one.
         self.prefer_not_before = self.now + self.cfg.election_max_ms;
         let last = self.log.last_index();
         let now = self.now;
+        let heard: BTreeMap<NodeId, u64> = self.votes.iter().map(|(v, (_, i))| (*v, *i)).collect();
+        self.votes.clear();
+        self.config_pending = false;
         self.progress = self
             .peers()
-            .map(|p| (p, Progress::new(last, now)))
+            .map(|p| {
+                let mut progress = Progress::new(last, now);
+                progress.incarnation = heard.get(&p).copied().unwrap_or(0);
+                (p, progress)
+            })
             .collect();
         self.heartbeat_deadline = now;
         self.quorum_deadline = now + self.cfg.election_min_ms;
         self.announce();
-        // Entries of earlier terms commit only under one of this term (Raft §5.4.2).
-        self.actions.push(Action::AppendNoop {
-            term: self.hard.term,
-        });
+        // Entries of earlier terms commit only under one of this term (Raft §5.4.2). A group
+        // still on its bootstrap configuration is founded here: the first entry pins the
+        // voters to the directories that elected it (its own and those whose votes counted),
+        // so from then on a lost disk's new directory counts for nothing.
         self.broadcast_heartbeat();
+        if self.configs[self.configs.len() - 1].index == 0 {
+            // Founding waits a heartbeat round for every voter's answer (an unpinned place
+            // counts for nothing afterwards), then goes with what it heard.
+            self.founding_due = Some(self.now + self.cfg.heartbeat_ms);
+            self.maybe_found();
+        } else {
+            self.actions.push(Action::AppendNoop {
+                term: self.hard.term,
+            });
+        }
     }
 
     fn tick(&mut self) {
         if self.role != Role::Leader {
             if self.now >= self.election_deadline {
-                if self.healthy {
+                // Only a voter campaigns: a learner, a removed node, or a directory whose
+                // place another incarnation holds waits for the leader.
+                if self.healthy && self.is_voter() {
                     self.start_pre_vote();
                 } else {
                     self.reset_election_timer();
@@ -366,19 +459,21 @@ impl Raft {
             }
             return;
         }
-        if self.now >= self.heartbeat_deadline {
-            self.broadcast_heartbeat();
-            self.maybe_prefer();
-        }
         if self.now >= self.quorum_deadline {
             self.check_quorum();
             if self.role != Role::Leader {
                 return;
             }
         }
+        if self.now >= self.heartbeat_deadline {
+            self.broadcast_heartbeat();
+            self.maybe_prefer();
+            self.maybe_reconfigure();
+        }
         if self.transfer.is_some_and(|(_, at)| self.now >= at) {
             self.abandon_transfer();
         }
+        self.maybe_found();
         if self.commit_push_at.is_some_and(|at| self.now >= at) {
             self.push_commit();
         }
@@ -389,7 +484,13 @@ impl Raft {
     /// followers may have elected another: it must stop acknowledging).
     fn check_quorum(&mut self) {
         self.quorum_deadline = self.now + self.cfg.election_min_ms;
-        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        let me = usize::from(self.is_voter());
+        let active = me
+            + self
+                .progress
+                .iter()
+                .filter(|(id, p)| p.recent_active && self.counts(**id, p.incarnation))
+                .count();
         for p in self.progress.values_mut() {
             p.recent_active = false;
         }
@@ -411,13 +512,15 @@ impl Raft {
         }
     }
 
-    fn on_message(&mut self, from: NodeId, msg: Message) {
-        if !self.is_voter(from) || from == self.cfg.id {
+    fn on_message(&mut self, from: NodeId, incarnation: u64, msg: Message) {
+        if from == self.cfg.id {
             return;
         }
         let term = msg.term();
         if term > self.hard.term {
             match &msg {
+                // A candidate that is not a voter here changes nobody's term.
+                Message::Vote(v) if !v.pre && !self.membership().is_voter(from) => return,
                 Message::Vote(v) if v.pre => {}
                 Message::VoteReply(r) if r.pre && r.granted => {}
                 // A live leader is known: a disruptive candidate changes nobody's term.
@@ -457,14 +560,14 @@ impl Raft {
         }
         match msg {
             Message::Vote(v) => self.on_vote(from, v),
-            Message::VoteReply(r) => self.on_vote_reply(from, r),
+            Message::VoteReply(r) => self.on_vote_reply(from, incarnation, r),
             Message::Append { header, entries } => {
                 self.heard_from_leader(from);
                 if self.role == Role::Follower {
                     self.on_append(from, header, entries);
                 }
             }
-            Message::AppendReply(r) => self.on_append_reply(from, r),
+            Message::AppendReply(r) => self.on_append_reply(from, incarnation, r),
             Message::Heartbeat { commit, .. } => {
                 self.heard_from_leader(from);
                 if self.role == Role::Follower {
@@ -475,9 +578,12 @@ impl Raft {
                     self.send(from, Message::HeartbeatReply { term, healthy });
                 }
             }
-            Message::HeartbeatReply { healthy, .. } => self.on_heartbeat_reply(from, healthy),
+            Message::HeartbeatReply { healthy, .. } => {
+                self.on_heartbeat_reply(from, incarnation, healthy)
+            }
             Message::TimeoutNow { .. } => self.on_timeout_now(from),
             Message::TransferRequest { to, .. } => self.start_transfer(to),
+            Message::MembershipRequest { change, .. } => self.request_change(change),
         }
     }
 

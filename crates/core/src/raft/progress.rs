@@ -34,6 +34,8 @@ pub struct Progress {
     pub last_progress_ms: u64,
     /// Highest commit index sent to it (with an append or a heartbeat).
     pub sent_commit: LogIndex,
+    /// The directory that last answered for it (0: none yet).
+    pub incarnation: u64,
 }
 
 impl Progress {
@@ -48,6 +50,7 @@ impl Progress {
             healthy: true,
             last_progress_ms: now,
             sent_commit: 0,
+            incarnation: 0,
         }
     }
 

@@ -19,6 +19,13 @@ impl Raft {
             return;
         }
         let count = last_index - self.log.last_index();
+        // A follower that held everything is behind from now on: its resend clock starts.
+        let (was, now) = (self.log.last_index(), self.now);
+        for p in self.progress.values_mut() {
+            if p.match_index >= was {
+                p.last_progress_ms = now;
+            }
+        }
         self.log.append(self.hard.term, count);
         // The driver may have reported these entries durable before it reported them appended.
         if let Some((index, term)) = self.early_persisted
@@ -97,11 +104,6 @@ impl Raft {
     /// Follower: an append from the current leader.
     pub(super) fn on_append(&mut self, from: NodeId, h: AppendHeader, mut entries: Vec<Entry>) {
         let term = self.hard.term;
-        // A new directory votes once it holds what its first leader had committed (an
-        // append's header carries the leader's whole commit index; a heartbeat's is capped).
-        if !self.member && self.join_target.is_none() {
-            self.join_target = Some(h.commit);
-        }
         let reject = |hint_index, hint_term| {
             Message::AppendReply(AppendReply {
                 term,
@@ -160,6 +162,7 @@ impl Raft {
                 self.send(from, reject(at, 0));
                 return;
             }
+            self.note_configs(truncate, at, &new);
             if let Some(t) = truncate {
                 self.log.truncate_after(t);
                 self.persisted = self.persisted.min(t);
@@ -219,12 +222,12 @@ impl Raft {
         if to > self.commit {
             self.commit = to;
             self.actions.push(Action::Commit(to));
+            self.compact_configs();
         }
-        self.maybe_join();
     }
 
-    /// Leader: a follower's answer.
-    pub(super) fn on_append_reply(&mut self, from: NodeId, r: AppendReply) {
+    /// Leader: a follower's answer, from its directory `incarnation`.
+    pub(super) fn on_append_reply(&mut self, from: NodeId, incarnation: u64, r: AppendReply) {
         if self.role != Role::Leader {
             return;
         }
@@ -235,10 +238,19 @@ impl Raft {
         };
         p.recent_active = true;
         p.last_heard_ms = now;
+        if p.incarnation != incarnation {
+            // Another directory answers for this node (a wiped disk came back): it holds
+            // only what it acknowledges from now on.
+            if p.incarnation != 0 {
+                p.lost_log(0, now);
+            }
+            p.incarnation = incarnation;
+        }
         if r.success {
             if p.matched(r.index.min(last), now) {
                 self.maybe_commit();
                 self.maybe_finish_transfer(from);
+                self.maybe_reconfigure();
             }
             self.send_append(from);
             return;
@@ -267,7 +279,7 @@ impl Raft {
     }
 
     /// Leader: a heartbeat answer shows the follower is there: a waiting probe may go again.
-    pub(super) fn on_heartbeat_reply(&mut self, from: NodeId, healthy: bool) {
+    pub(super) fn on_heartbeat_reply(&mut self, from: NodeId, incarnation: u64, healthy: bool) {
         if self.role != Role::Leader {
             return;
         }
@@ -279,10 +291,17 @@ impl Raft {
         p.recent_active = true;
         p.last_heard_ms = now;
         p.healthy = healthy;
+        if p.incarnation != incarnation {
+            if p.incarnation != 0 {
+                p.lost_log(0, now);
+            }
+            p.incarnation = incarnation;
+        }
         if p.match_index < last {
             p.resume();
             self.send_append(from);
         }
+        self.maybe_found();
     }
 
     /// Leader: a follower behind that acknowledged nothing for `resend_ms` lost an append:
@@ -351,8 +370,16 @@ impl Raft {
 
     /// Leader: the highest index a majority holds durably, if of the current term, commits.
     pub(super) fn maybe_commit(&mut self) {
-        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
-        matched.push(self.persisted);
+        // Only the directories that hold a voter's place count, this node's own included.
+        let mut matched: Vec<LogIndex> = self
+            .progress
+            .iter()
+            .filter(|(id, p)| self.counts(**id, p.incarnation))
+            .map(|(_, p)| p.match_index)
+            .collect();
+        if self.is_voter() {
+            matched.push(self.persisted);
+        }
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let Some(&candidate) = matched.get(self.majority() - 1) else {
             return;
@@ -363,6 +390,8 @@ impl Raft {
             if self.commit_push_at.is_none() && !self.progress.is_empty() {
                 self.commit_push_at = Some(self.now + self.cfg.commit_push_ms);
             }
+            self.compact_configs();
+            self.maybe_reconfigure();
         }
     }
 }

@@ -43,7 +43,7 @@ impl Raft {
             return;
         };
         let live = p.last_heard_ms + 2 * self.cfg.heartbeat_ms.max(1) >= self.now;
-        if live && p.healthy && p.match_index >= self.commit {
+        if live && p.healthy && p.match_index >= self.commit && self.counts(to, p.incarnation) {
             self.prefer_not_before = self.now + 10 * self.cfg.election_max_ms;
             self.start_transfer(to);
         }
@@ -52,7 +52,11 @@ impl Raft {
     pub(super) fn start_transfer(&mut self, to: NodeId) {
         if self.role != Role::Leader
             || to == self.cfg.id
-            || !self.progress.get(&to).is_some_and(|p| p.healthy)
+            || !self.progress.get(&to).is_some_and(|p| {
+                // Not heard from yet is no reason to refuse: it campaigns only once caught up
+                // (its answers then say which directory it is).
+                p.healthy && (p.incarnation == 0 || self.counts(to, p.incarnation))
+            })
             || self.transfer.is_some()
         {
             return;

@@ -31,8 +31,8 @@ use super::handshake;
 use super::message::{Message, NodeId};
 use super::wire;
 
-/// Where decoded messages go: `(from, message)`.
-pub type Deliver = Arc<dyn Fn(NodeId, Message) + Send + Sync>;
+/// Where decoded messages go: `(from, its incarnation, message)`.
+pub type Deliver = Arc<dyn Fn(NodeId, u64, Message) + Send + Sync>;
 
 /// Takes a forwarding connection (its handshake done): the caller's id and the stream.
 pub type SideChannel = Arc<dyn Fn(NodeId, TcpStream) + Send + Sync>;
@@ -53,6 +53,8 @@ pub struct TransportConfig {
     pub reconnect_ms: u64,
     /// The cluster's shared secret (empty: none); every member must have the same.
     pub secret: Arc<[u8]>,
+    /// This node's data directory (its `identity`), sent with every message.
+    pub incarnation: u64,
 }
 
 impl Default for TransportConfig {
@@ -63,6 +65,7 @@ impl Default for TransportConfig {
             data_queue: 256,
             reconnect_ms: 100,
             secret: Arc::from(&b""[..]),
+            incarnation: 1,
         }
     }
 }
@@ -82,12 +85,19 @@ pub struct TransportStats {
 pub struct Transport {
     me: NodeId,
     local_addr: SocketAddr,
-    lanes: BTreeMap<NodeId, [SyncSender<Message>; 2]>,
+    lanes: Mutex<BTreeMap<NodeId, Lanes>>,
     stop: Arc<AtomicBool>,
     accepted: Arc<Mutex<Vec<TcpStream>>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<TransportStats>,
     side: SideSlot,
+    config: TransportConfig,
+}
+
+/// The two outgoing lanes to one peer, and the address they connect to.
+struct Lanes {
+    addr: SocketAddr,
+    senders: [SyncSender<Message>; 2],
 }
 
 impl Transport {
@@ -121,33 +131,63 @@ impl Transport {
                     })?,
             );
         }
-        let mut lanes = BTreeMap::new();
-        for &(id, addr) in peers.iter().filter(|(id, _)| *id != me) {
-            let mut senders = Vec::with_capacity(2);
-            for (lane, cap) in [("ctl", config.control_queue), ("data", config.data_queue)] {
-                let (tx, rx) = mpsc::sync_channel(cap);
-                let (stop, stats, config) = (stop.clone(), stats.clone(), config.clone());
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("raft-{lane}-{id}"))
-                        .spawn(move || send_loop(me, addr, rx, stop, stats, config))?,
-                );
-                senders.push(tx);
-            }
-            let data = senders.pop().expect("two lanes");
-            let control = senders.pop().expect("two lanes");
-            lanes.insert(id, [control, data]);
-        }
-        Ok(Transport {
+        let transport = Transport {
             me,
             local_addr,
-            lanes,
+            lanes: Mutex::new(BTreeMap::new()),
             stop,
             accepted,
-            threads,
+            threads: Mutex::new(threads),
             stats,
             side,
-        })
+            config,
+        };
+        transport.set_peers(peers)?;
+        Ok(transport)
+    }
+
+    /// Sends to exactly these peers (this node excluded) from now on: lanes to a new peer, or
+    /// to one whose address changed, are started; lanes to a peer no longer listed end.
+    pub fn set_peers(&self, peers: &[(NodeId, SocketAddr)]) -> io::Result<()> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.retain(|id, l| peers.iter().any(|(p, a)| p == id && *a == l.addr));
+        for &(id, addr) in peers.iter().filter(|(id, _)| *id != self.me) {
+            if lanes.contains_key(&id) {
+                continue;
+            }
+            let mut senders = Vec::with_capacity(2);
+            for (lane, cap) in [
+                ("ctl", self.config.control_queue),
+                ("data", self.config.data_queue),
+            ] {
+                let (tx, rx) = mpsc::sync_channel(cap);
+                let (me, stop, stats, config) = (
+                    self.me,
+                    self.stop.clone(),
+                    self.stats.clone(),
+                    self.config.clone(),
+                );
+                let t = std::thread::Builder::new()
+                    .name(format!("raft-{lane}-{id}"))
+                    .spawn(move || send_loop(me, addr, rx, stop, stats, config))?;
+                self.threads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(t);
+                senders.push(tx);
+            }
+            let (Some(data), Some(control)) = (senders.pop(), senders.pop()) else {
+                continue;
+            };
+            lanes.insert(
+                id,
+                Lanes {
+                    addr,
+                    senders: [control, data],
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Sets the handler of side-channel connections (once; later calls are ignored).
@@ -166,14 +206,15 @@ impl Transport {
 
     /// Queues `msg` for `to`; dropped if its lane is full or `to` is unknown.
     pub fn send(&self, to: NodeId, msg: Message) {
-        let Some(lanes) = self.lanes.get(&to) else {
+        let all = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(lanes) = all.get(&to) else {
             return;
         };
         let lane = match &msg {
             Message::Append { entries, .. } if !entries.is_empty() => 1,
             _ => 0,
         };
-        match lanes[lane].try_send(msg) {
+        match lanes.senders[lane].try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -182,9 +223,10 @@ impl Transport {
     }
 
     /// Stops every thread and closes every connection.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.lanes.clear(); // senders gone: lane threads end
+        // Senders gone: lane threads end.
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // Wake the accept loop, then close what it accepted (their readers end).
         let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(100));
         for s in self
@@ -195,7 +237,8 @@ impl Transport {
         {
             let _ = s.shutdown(Shutdown::Both);
         }
-        for t in self.threads.drain(..) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
         tracing::debug!(node = self.me, "raft transport stopped");
@@ -327,7 +370,7 @@ fn read_loop(
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut body = vec![0u8; len];
         r.read_exact(&mut body)?;
-        let (from, msg) = wire::decode(&header, Bytes::from(body))
+        let (from, incarnation, msg) = wire::decode(&header, Bytes::from(body))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if from != caller {
             return Err(io::Error::new(
@@ -335,7 +378,7 @@ fn read_loop(
                 format!("a frame from node {from} on node {caller}'s connection"),
             ));
         }
-        deliver(from, msg);
+        deliver(from, incarnation, msg);
     }
 }
 
@@ -367,12 +410,12 @@ fn send_loop(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         buf.clear();
-        wire::encode(&mut buf, me, &first);
+        wire::encode(&mut buf, me, config.incarnation, &first);
         let mut count = 1u64;
         while buf.len() < (1 << 20) {
             match rx.try_recv() {
                 Ok(m) => {
-                    wire::encode(&mut buf, me, &m);
+                    wire::encode(&mut buf, me, config.incarnation, &m);
                     count += 1;
                 }
                 Err(_) => break,

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! frame   = len:u32 crc:u32 body            len = body length; crc = CRC32C(body)
-//! body    = version:u8 kind:u8 from:u64 term:u64 fields
+//! body    = version:u8 kind:u8 from:u64 incarnation:u64 term:u64 fields
 //! kind 1  Vote          pre:u8 transfer:u8 last_index:u64 last_term:u64
 //! kind 2  VoteReply     pre:u8 granted:u8
 //! kind 3  Append        prev_index:u64 prev_term:u64 commit:u64 count:u32
@@ -14,15 +14,19 @@
 //! kind 6  HeartbeatReply healthy:u8
 //! kind 7  TimeoutNow
 //! kind 8  TransferRequest  to:u64
+//! kind 9  MembershipRequest op:u8 id:u64, then for op 1 (add): learner:u8 addr_len:u16 addr
+//!                       (op 2: remove)
 //! ```
+//! `incarnation` is the sender's data directory (its `identity`).
 //! All integers little-endian. Owns the encoding only; what a message means is the core's.
 
 use bytes::{Buf, Bytes};
 
+use super::membership::{MAX_ADDR, MembershipChange};
 use super::message::{AppendHeader, AppendReply, Entry, Message, NodeId, VoteReply, VoteRequest};
 
 /// Format version carried in every frame.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// Bytes before the body: length and CRC.
 pub const FRAME_HEADER: usize = 8;
 
@@ -41,8 +45,8 @@ pub enum WireError {
     Malformed(&'static str),
 }
 
-/// Appends the frame of `msg` from node `from` to `out`.
-pub fn encode(out: &mut Vec<u8>, from: NodeId, msg: &Message) {
+/// Appends the frame of `msg` from node `from` (its directory `incarnation`) to `out`.
+pub fn encode(out: &mut Vec<u8>, from: NodeId, incarnation: u64, msg: &Message) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER]);
     out.push(WIRE_VERSION);
@@ -55,9 +59,11 @@ pub fn encode(out: &mut Vec<u8>, from: NodeId, msg: &Message) {
         Message::HeartbeatReply { .. } => 6,
         Message::TimeoutNow { .. } => 7,
         Message::TransferRequest { .. } => 8,
+        Message::MembershipRequest { .. } => 9,
     };
     out.push(kind);
     out.extend_from_slice(&from.to_le_bytes());
+    out.extend_from_slice(&incarnation.to_le_bytes());
     out.extend_from_slice(&msg.term().to_le_bytes());
     let u64le = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
     match msg {
@@ -92,6 +98,20 @@ pub fn encode(out: &mut Vec<u8>, from: NodeId, msg: &Message) {
         Message::TransferRequest { to, .. } => u64le(out, *to),
         Message::HeartbeatReply { healthy, .. } => out.push(u8::from(*healthy)),
         Message::TimeoutNow { .. } => {}
+        Message::MembershipRequest { change, .. } => match change {
+            MembershipChange::Add { id, addr, learner } => {
+                out.push(1);
+                u64le(out, *id);
+                out.push(u8::from(*learner));
+                let addr = &addr.as_bytes()[..addr.len().min(MAX_ADDR)];
+                out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+                out.extend_from_slice(addr);
+            }
+            MembershipChange::Remove { id } => {
+                out.push(2);
+                u64le(out, *id);
+            }
+        },
     }
     let body_len = (out.len() - start - FRAME_HEADER) as u32;
     let crc = crc32c::crc32c(&out[start + FRAME_HEADER..]);
@@ -109,8 +129,12 @@ pub fn body_len(header: &[u8; FRAME_HEADER], limit: usize) -> Result<usize, Wire
     Ok(len)
 }
 
-/// Decodes one frame's body (after the header). Entry records share `body`'s memory.
-pub fn decode(header: &[u8; FRAME_HEADER], body: Bytes) -> Result<(NodeId, Message), WireError> {
+/// Decodes one frame's body (after the header): the sender, its incarnation, the message.
+/// Entry records share `body`'s memory.
+pub fn decode(
+    header: &[u8; FRAME_HEADER],
+    body: Bytes,
+) -> Result<(NodeId, u64, Message), WireError> {
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if crc32c::crc32c(&body) != crc {
         return Err(WireError::BadCrc);
@@ -122,6 +146,7 @@ pub fn decode(header: &[u8; FRAME_HEADER], body: Bytes) -> Result<(NodeId, Messa
     }
     let kind = r.u8()?;
     let from = r.u64()?;
+    let incarnation = r.u64()?;
     let term = r.u64()?;
     let msg = match kind {
         1 => Message::Vote(VoteRequest {
@@ -177,12 +202,30 @@ pub fn decode(header: &[u8; FRAME_HEADER], body: Bytes) -> Result<(NodeId, Messa
         },
         7 => Message::TimeoutNow { term },
         8 => Message::TransferRequest { term, to: r.u64()? },
+        9 => {
+            let change = match r.u8()? {
+                1 => {
+                    let id = r.u64()?;
+                    let learner = r.flag()?;
+                    let len = r.u16()? as usize;
+                    if len > MAX_ADDR {
+                        return Err(WireError::Malformed("an address longer than 255 bytes"));
+                    }
+                    let addr = String::from_utf8(r.bytes(len)?.to_vec())
+                        .map_err(|_| WireError::Malformed("an address is not UTF-8"))?;
+                    MembershipChange::Add { id, addr, learner }
+                }
+                2 => MembershipChange::Remove { id: r.u64()? },
+                _ => return Err(WireError::Malformed("unknown membership change")),
+            };
+            Message::MembershipRequest { term, change }
+        }
         k => return Err(WireError::Kind(k)),
     };
     if r.0.has_remaining() {
         return Err(WireError::Malformed("bytes after the message"));
     }
-    Ok((from, msg))
+    Ok((from, incarnation, msg))
 }
 
 /// Checked reads from a frame body.
@@ -206,6 +249,10 @@ impl Reader {
             _ => Err(WireError::Malformed("a flag is neither 0 nor 1")),
         }
     }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        self.need(2)?;
+        Ok(self.0.get_u16_le())
+    }
     fn u32(&mut self) -> Result<u32, WireError> {
         self.need(4)?;
         Ok(self.0.get_u32_le())
@@ -227,11 +274,11 @@ mod tests {
 
     fn roundtrip(from: NodeId, msg: Message) {
         let mut buf = Vec::new();
-        encode(&mut buf, from, &msg);
+        encode(&mut buf, from, from * 1000 + 7, &msg);
         let header: [u8; FRAME_HEADER] = buf[..FRAME_HEADER].try_into().expect("header");
         assert_eq!(body_len(&header, 1 << 20), Ok(buf.len() - FRAME_HEADER));
         let body = Bytes::copy_from_slice(&buf[FRAME_HEADER..]);
-        assert_eq!(decode(&header, body), Ok((from, msg)));
+        assert_eq!(decode(&header, body), Ok((from, from * 1000 + 7, msg)));
     }
 
     #[test]
@@ -301,12 +348,30 @@ mod tests {
         );
         roundtrip(5, Message::TimeoutNow { term: 1 });
         roundtrip(6, Message::TransferRequest { term: 2, to: 3 });
+        roundtrip(
+            6,
+            Message::MembershipRequest {
+                term: 2,
+                change: MembershipChange::Add {
+                    id: 4,
+                    addr: "127.0.0.1:7004".into(),
+                    learner: true,
+                },
+            },
+        );
+        roundtrip(
+            6,
+            Message::MembershipRequest {
+                term: 2,
+                change: MembershipChange::Remove { id: 4 },
+            },
+        );
     }
 
     #[test]
     fn a_corrupt_or_oversized_frame_is_refused() {
         let mut buf = Vec::new();
-        encode(&mut buf, 1, &Message::Heartbeat { term: 1, commit: 2 });
+        encode(&mut buf, 1, 1, &Message::Heartbeat { term: 1, commit: 2 });
         let header: [u8; FRAME_HEADER] = buf[..FRAME_HEADER].try_into().expect("header");
         assert!(matches!(
             body_len(&header, 4),
@@ -321,7 +386,7 @@ mod tests {
         /// Any body with a matching CRC decodes or is refused: never a panic, never an
         /// allocation bigger than the frame.
         #[test]
-        fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..9) {
+        fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200), kind in 0u8..11) {
             let mut b = body;
             if b.len() >= 2 {
                 b[0] = WIRE_VERSION;
