@@ -1,7 +1,7 @@
-//! `manifold cluster status` and `manifold cluster transfer-leader --to N`: one HTTP request to
-//! a node's listener (`--http-addr`), its answer printed (`--json` for the raw JSON). Exit 0
-//! on success, 1 when the node refused or the transfer did not finish, 2 when the node could
-//! not be asked.
+//! `manifold cluster status`, `transfer-leader --to N`, `add --id N --addr H:P [--learner]`
+//! and `remove --id N`: one HTTP request to a node's listener (`--http-addr`), its answer
+//! printed (`--json` for the raw JSON). Exit 0 on success, 1 when the node refused or the
+//! change did not finish in time, 2 when the node could not be asked.
 //!
 //! A plain HTTP/1.1 request over a std TCP stream: the answer is ours, small and closed after
 //! one response, so no HTTP client library is pulled in for it.
@@ -41,6 +41,55 @@ enum ClusterCommand {
         #[arg(long)]
         to: u64,
         /// How long to wait for N to take over (ms; default 3000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Add node N (started with `manifold serve --join`): it receives the log as a learner,
+    /// then becomes a voter once it holds every committed entry (unless `--learner`). Waits
+    /// until the change is in force and committed.
+    Add {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: String,
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// Its Raft address, as the others reach it.
+        #[arg(long)]
+        addr: String,
+        /// Keep it a learner: it receives the log, never votes.
+        #[arg(long)]
+        learner: bool,
+        /// How long to wait (ms; default 30000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Replace member N by a new node M (started with `manifold serve --join`): M is added
+    /// and caught up until it votes, then N is removed — one voter at a time, so the group
+    /// keeps its majority throughout. (A node that lost its disk and came back with the same
+    /// id needs none of this: the leader hands it its place back once it caught up.)
+    Replace {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: String,
+        /// The member that leaves.
+        #[arg(long)]
+        id: u64,
+        /// The node that takes its place.
+        #[arg(long)]
+        with: u64,
+        /// The new node's Raft address.
+        #[arg(long)]
+        addr: String,
+        /// How long to wait for each of the two changes (ms; default 30000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Remove member N (the leader itself hands over first). Waits until the change is in
+    /// force and committed.
+    Remove {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: String,
+        #[arg(long)]
+        id: u64,
         #[arg(long)]
         timeout_ms: Option<u64>,
     },
@@ -84,7 +133,89 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        ClusterCommand::Add {
+            http_addr,
+            id,
+            addr,
+            learner,
+            timeout_ms,
+        } => {
+            let mut path = format!("/cluster/members?id={id}&addr={}", query_value(addr));
+            if *learner {
+                path.push_str("&learner=true");
+            }
+            if let Some(t) = timeout_ms {
+                path.push_str(&format!("&timeout_ms={t}"));
+            }
+            members_changed(http_addr, "POST", &path)
+        }
+        ClusterCommand::Replace {
+            http_addr,
+            id,
+            with,
+            addr,
+            timeout_ms,
+        } => {
+            let wait = timeout_ms.map_or_else(String::new, |t| format!("&timeout_ms={t}"));
+            let add = format!(
+                "/cluster/members?id={with}&addr={}{wait}",
+                query_value(addr)
+            );
+            let code = members_changed(http_addr, "POST", &add)?;
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            let wait = timeout_ms.map_or_else(String::new, |t| format!("?timeout_ms={t}"));
+            members_changed(http_addr, "DELETE", &format!("/cluster/members/{id}{wait}"))
+        }
+        ClusterCommand::Remove {
+            http_addr,
+            id,
+            timeout_ms,
+        } => {
+            let mut path = format!("/cluster/members/{id}");
+            if let Some(t) = timeout_ms {
+                path.push_str(&format!("?timeout_ms={t}"));
+            }
+            members_changed(http_addr, "DELETE", &path)
+        }
     }
+}
+
+/// Sends a membership change; prints the members in force once it is.
+fn members_changed(http_addr: &str, method: &str, path: &str) -> anyhow::Result<ExitCode> {
+    let (status, body) = request(http_addr, method, path)?;
+    if status != 200 {
+        return refused(status, &body);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("membership answer")?;
+    for m in v["members"].as_array().into_iter().flatten() {
+        println!(
+            "member {}  {}  {}  {}",
+            m["id"],
+            m["member"].as_str().unwrap_or("?"),
+            m["raft_addr"].as_str().unwrap_or("?"),
+            m["incarnation"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "in force after {:.1} ms",
+        v["elapsed_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `s` percent-encoded for a query string (an address has `:`, maybe `[`/`]`).
+fn query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The node said no: its error message on stderr, exit 1.
@@ -116,10 +247,14 @@ fn describe(v: &ClusterView) -> String {
     if let Some(t) = v.transferring_to {
         out.push_str(&format!("handing over to {t}\n"));
     }
+    if v.membership != "voter" {
+        out.push_str(&format!("this node: {}\n", v.membership));
+    }
     for p in &v.peers {
         out.push_str(&format!(
-            "peer {}  {}  match {}  lag {}\n",
+            "peer {}  {}  {}  match {}  lag {}\n",
             p.id,
+            p.member,
             p.raft_addr,
             opt(p.match_index),
             opt(p.lag)

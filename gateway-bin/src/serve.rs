@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// A voter that should lead whenever it is up and caught up: the leader hands over to it.
     #[arg(long)]
     preferred_leader: Option<u64>,
+    /// Join a running group: start as a learner that never campaigns and wait for the
+    /// leader, after `manifold cluster add --id N --addr RAFT_ADDR` (`--peers` then names
+    /// this node and where the members are).
+    #[arg(long)]
+    join: bool,
     /// `sync` (default: acknowledged after fdatasync) or `async`.
     #[arg(long)]
     flush: Option<String>,
@@ -70,6 +75,7 @@ struct FileConfig {
     raft_addr: Option<String>,
     peers: Option<String>,
     preferred_leader: Option<u64>,
+    join: Option<bool>,
     flush: Option<String>,
     flush_interval_ms: Option<u64>,
     segment_size: Option<u64>,
@@ -102,6 +108,7 @@ struct Settings {
     raft_addr: Option<String>,
     peers: Option<String>,
     preferred_leader: Option<u64>,
+    join: bool,
     flush: FlushMode,
     segment_size: Option<u64>,
     cluster_secret: Option<String>,
@@ -157,6 +164,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         raft_addr: args.raft_addr.clone().or(file.raft_addr),
         peers: args.peers.clone().or(file.peers),
         preferred_leader: args.preferred_leader.or(file.preferred_leader),
+        join: args.join || file.join.unwrap_or(false),
         flush,
         segment_size: args.segment_size.or(file.segment_size),
         cluster_secret: std::env::var("MANIFOLD_CLUSTER_SECRET")
@@ -187,6 +195,7 @@ fn cluster_config(
     raft_addr: Option<&str>,
     preferred_leader: Option<u64>,
     secret: Option<&str>,
+    join: bool,
 ) -> anyhow::Result<Option<ClusterConfig>> {
     use std::net::ToSocketAddrs;
     let mut voters = Vec::new();
@@ -218,6 +227,9 @@ fn cluster_config(
         bail!("--preferred-leader {p} is not named in --peers");
     }
     if voters.len() == 1 {
+        if join {
+            bail!("--join needs the group's members in --peers");
+        }
         return Ok(None);
     }
     let listen = match raft_addr {
@@ -233,6 +245,7 @@ fn cluster_config(
         listen,
         preferred_leader,
         secret: secret.map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
+        join,
         ..ClusterConfig::new(voters)
     }))
 }
@@ -247,10 +260,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             s.raft_addr.as_deref(),
             s.preferred_leader,
             s.cluster_secret.as_deref(),
+            s.join,
         )?,
         None => {
             if s.preferred_leader.is_some() {
                 bail!("--preferred-leader needs --peers");
+            }
+            if s.join {
+                bail!("--join needs --peers");
             }
             None
         }

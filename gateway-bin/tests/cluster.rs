@@ -708,3 +708,171 @@ fn a_node_without_the_cluster_secret_is_kept_out() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The members a node's `/cluster` lists: `(id, member)` for itself and each peer.
+fn members_of(node: &Node) -> anyhow::Result<Vec<(u64, String)>> {
+    let v = cluster_json(node)?;
+    let mut out = vec![(
+        v["node_id"].as_u64().context("node_id")?,
+        v["membership"].as_str().unwrap_or("").to_string(),
+    )];
+    for p in v["peers"].as_array().into_iter().flatten() {
+        out.push((
+            p["id"].as_u64().context("peer id")?,
+            p["member"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_hands_over()
+-> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let (mut nodes, peers) = group(root.path(), &[])?;
+    let mut written = Vec::new();
+    for n in 0..20 {
+        xadd_on_leader(&nodes, "s", n)?;
+        written.push(n);
+    }
+    // Node 4 starts with `--join` (a learner that never campaigns) and is added through a
+    // node that may be a follower: it learns the whole log, then becomes a voter.
+    let raft4 = free_port()?;
+    let peers4 = format!("{peers},4=127.0.0.1:{raft4}");
+    nodes.push(Node {
+        id: 4,
+        dir: root.path().join("n4"),
+        resp: free_port()?,
+        http: free_port()?,
+        extra: vec!["--join".into()],
+        child: None,
+    });
+    nodes[3].start(&peers4)?;
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let asked = (l + 1) % 3;
+    let (code, out, err) = cluster_cli(
+        &nodes[asked],
+        &["add", "--id", "4", "--addr", &format!("127.0.0.1:{raft4}")],
+    )?;
+    ensure!(code == 0, "cluster add failed ({code}): {out} {err}");
+    ensure!(out.contains("member 4  voter"), "{out}");
+    eventually(|| {
+        ensure!(
+            values(&nodes[3])? == written,
+            "node 4 holds {:?}",
+            values(&nodes[3])
+        );
+        let members = members_of(&nodes[3])?;
+        ensure!(
+            members.iter().all(|(_, m)| m == "voter") && members.len() == 4,
+            "node 4 sees {members:?}"
+        );
+        Ok(())
+    })?;
+    // Node 3 leaves; then a majority of {1, 2, 4} needs node 4's vote once one of 1, 2 is
+    // down: it is a real voter.
+    let (code, out, err) = cluster_cli(&nodes[0], &["remove", "--id", "3"])?;
+    ensure!(code == 0, "cluster remove failed ({code}): {out} {err}");
+    ensure!(!out.contains("member 3 "), "{out}");
+    nodes[2].kill("KILL")?;
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let down = if l == 0 { 1 } else { 0 };
+    nodes[down].kill("KILL")?;
+    for n in 20..25 {
+        xadd_on_leader(&nodes, "s", n)?;
+        written.push(n);
+    }
+    nodes[down].start(&peers4)?;
+    // The leader removes itself: it hands over to a caught-up voter and steps down; the
+    // group goes on with the other two.
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let (code, out, err) = cluster_cli(&nodes[l], &["remove", "--id", &nodes[l].id.to_string()])?;
+    ensure!(
+        code == 0,
+        "removing the leader failed ({code}): {out} {err}; {:?}",
+        nodes
+            .iter()
+            .map(|n| cluster_json(n).map(|v| v.to_string()).unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
+    let rest: Vec<usize> = [0, 1, 3].into_iter().filter(|&i| i != l).collect();
+    eventually(|| {
+        let nl = leader(&nodes, Duration::from_secs(1))?;
+        ensure!(rest.contains(&nl), "node {} leads", nodes[nl].id);
+        Ok(())
+    })?;
+    for n in 25..30 {
+        xadd_on_leader(&nodes, "s", n)?;
+        written.push(n);
+    }
+    eventually(|| {
+        for &i in &rest {
+            ensure!(
+                values(&nodes[i])? == written,
+                "node {} differs",
+                nodes[i].id
+            );
+            let ids: Vec<u64> = members_of(&nodes[i])?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            ensure!(
+                !ids.contains(&nodes[l].id) && !ids.contains(&3),
+                "node {} still lists {ids:?}",
+                nodes[i].id
+            );
+        }
+        Ok(())
+    })?;
+    // `replace`: node 5 takes the place of one of the two (added, caught up, then the other
+    // removed), asked through the one that stays.
+    let (stays, leaves) = (rest[0], rest[1]);
+    let raft5 = free_port()?;
+    nodes.push(Node {
+        id: 5,
+        dir: root.path().join("n5"),
+        resp: free_port()?,
+        http: free_port()?,
+        extra: vec!["--join".into()],
+        child: None,
+    });
+    nodes[4].start(&format!("{peers4},5=127.0.0.1:{raft5}"))?;
+    let (code, out, err) = cluster_cli(
+        &nodes[stays],
+        &[
+            "replace",
+            "--id",
+            &nodes[leaves].id.to_string(),
+            "--with",
+            "5",
+            "--addr",
+            &format!("127.0.0.1:{raft5}"),
+        ],
+    )?;
+    ensure!(code == 0, "cluster replace failed ({code}): {out} {err}");
+    nodes[leaves].kill("KILL")?;
+    for n in 30..35 {
+        xadd_on_leader(&nodes, "s", n)?;
+        written.push(n);
+    }
+    eventually(|| {
+        for i in [stays, 4] {
+            ensure!(
+                values(&nodes[i])? == written,
+                "node {} differs",
+                nodes[i].id
+            );
+            let ids: Vec<u64> = members_of(&nodes[i])?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            ensure!(
+                ids == [nodes[stays].id.min(5), nodes[stays].id.max(5)],
+                "node {} lists {ids:?}",
+                nodes[i].id
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,11 +1,14 @@
 //! The admin routes: `GET /health` (200 while this node serves, 503 while it knows no
 //! leader or its disk failed or stalled), `GET /cluster` (this node's view of its Raft group, as JSON), `GET /metrics`
 //! (Prometheus text), `GET /cluster/digest` (applied index and engine-state digest, to compare
-//! members) and `POST /cluster/transfer-leader?to=N[&timeout_ms=T]` (hand
-//! leadership to voter N and wait until it leads). `manifold cluster` reads the same JSON.
+//! members), `POST /cluster/transfer-leader?to=N[&timeout_ms=T]` (hand
+//! leadership to voter N and wait until it leads), `POST /cluster/members?id=N&addr=H:P
+//! [&learner=true][&timeout_ms=T]` (add a node; it learns the log, then becomes a voter
+//! unless `learner`) and `DELETE /cluster/members/{id}[?timeout_ms=T]` (remove a member;
+//! the leader itself hands over first). `manifold cluster` reads the same JSON.
 //!
-//! Reads the engine's status only; the one thing it asks of the group is a transfer, which
-//! the Raft core carries out (or refuses) on its own terms.
+//! Reads the engine's status only; what it asks of the group (a transfer, a membership
+//! change) the Raft core carries out (or refuses) on its own terms.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use manifold_core::engine::Engine;
-use manifold_core::raft::Role;
+use manifold_core::raft::{MemberRole, MembershipChange, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -28,6 +31,9 @@ pub const MAX_GROUP_SERIES: usize = 1000;
 /// How long a transfer request waits for the new leader by default, and at most (ms).
 pub const TRANSFER_WAIT_MS: u64 = 3000;
 pub const TRANSFER_WAIT_MAX_MS: u64 = 60_000;
+/// How long a membership change waits to be in force by default (ms): an added node must
+/// catch up with the whole log first.
+pub const MEMBERSHIP_WAIT_MS: u64 = 30_000;
 
 /// The admin routes on `engine`.
 pub fn routes(engine: Arc<Engine>) -> axum::Router {
@@ -35,6 +41,11 @@ pub fn routes(engine: Arc<Engine>) -> axum::Router {
         .route("/health", get(health))
         .route("/cluster", get(cluster))
         .route("/cluster/transfer-leader", post(transfer_leader))
+        .route("/cluster/members", post(add_member))
+        .route(
+            "/cluster/members/{id}",
+            axum::routing::delete(remove_member),
+        )
         .route("/cluster/digest", get(digest))
         .route("/metrics", get(metrics))
         .with_state(engine)
@@ -56,14 +67,25 @@ pub struct ClusterView {
     pub transferring_to: Option<u64>,
     /// Whether this node's disk is healthy (no failed or stalled fsync).
     pub healthy: bool,
-    /// The other voters.
+    /// This node's part: `voter`, `learner`, or `none` (not a member, or its place belongs
+    /// to another incarnation of its id: a directory that replaced a lost one, not handed the
+    /// place yet).
+    #[serde(default)]
+    pub membership: String,
+    /// The other members, voters and learners.
     pub peers: Vec<PeerView>,
 }
 
-/// One other voter, as this node knows it.
+/// One other member, as this node knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
     pub id: u64,
+    /// `voter`, `learner` (`learner-to-promote` while it catches up to become a voter).
+    #[serde(default)]
+    pub member: String,
+    /// The data directory its place is pinned to (hex; empty: not pinned yet).
+    #[serde(default)]
+    pub incarnation: String,
     pub raft_addr: String,
     /// Leader only: the highest index known to be durable on it.
     pub match_index: Option<u64>,
@@ -77,7 +99,6 @@ pub struct PeerView {
 pub fn cluster_view(engine: &Engine) -> ClusterView {
     let applied = engine.applied_index();
     let last = engine.store().log().last_index();
-    let voters = engine.cluster_voters();
     let me = engine.node_id();
     match engine.raft_status() {
         None => ClusterView {
@@ -91,19 +112,25 @@ pub fn cluster_view(engine: &Engine) -> ClusterView {
             preferred_leader: None,
             transferring_to: None,
             healthy: true,
+            membership: "voter".into(),
             peers: Vec::new(),
         },
         Some(st) => {
             let leading = st.role == Role::Leader;
-            let peers = voters
+            let peers = st
+                .members
+                .members()
                 .iter()
-                .filter(|(id, _)| *id != st.id)
-                .map(|(id, addr)| {
+                .filter(|m| m.id != st.id)
+                .map(|m| {
+                    let id = &m.id;
                     let matched = st.peers.iter().find(|(p, _)| p == id).map(|(_, m)| *m);
                     let matched = matched.filter(|_| leading);
                     PeerView {
                         id: *id,
-                        raft_addr: addr.to_string(),
+                        member: member_name(m.role).into(),
+                        incarnation: incarnation_text(m.incarnation),
+                        raft_addr: m.addr.clone(),
                         match_index: matched,
                         lag: matched.map(|m| st.last_index.saturating_sub(m)),
                         healthy: leading.then(|| !st.unhealthy_peers.contains(id)),
@@ -121,9 +148,31 @@ pub fn cluster_view(engine: &Engine) -> ClusterView {
                 preferred_leader: engine.preferred_leader(),
                 transferring_to: st.transferring,
                 healthy: st.healthy,
+                membership: match st.members.get(st.id) {
+                    Some(m) if st.voter || m.role != MemberRole::Voter => {
+                        member_name(m.role).into()
+                    }
+                    _ => "none".into(),
+                },
                 peers,
             }
         }
+    }
+}
+
+fn member_name(role: MemberRole) -> &'static str {
+    match role {
+        MemberRole::Voter => "voter",
+        MemberRole::Learner { promote: true } => "learner-to-promote",
+        MemberRole::Learner { promote: false } => "learner",
+    }
+}
+
+fn incarnation_text(incarnation: u64) -> String {
+    if incarnation == 0 {
+        String::new()
+    } else {
+        format!("{incarnation:016x}")
     }
 }
 
@@ -228,6 +277,130 @@ async fn transfer_leader(
             return (StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response();
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AddQuery {
+    id: Option<u64>,
+    addr: Option<String>,
+    learner: Option<bool>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// Adds a node and waits until the configuration in force has it — as a voter unless it is
+/// added as a learner (it becomes one once it holds every committed entry).
+async fn add_member(
+    State(engine): State<Arc<Engine>>,
+    query: Result<Query<AddQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query must be id=N&addr=HOST:PORT[&learner=true][&timeout_ms=T]",
+        );
+    };
+    let (Some(id), Some(addr)) = (q.id, q.addr) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "id=N and addr=HOST:PORT (its Raft address) name the new member",
+        );
+    };
+    let learner = q.learner.unwrap_or(false);
+    let change = MembershipChange::Add { id, addr, learner };
+    change_and_wait(&engine, change, q.timeout_ms, move |members| {
+        members.get(id).is_some_and(|m| {
+            if learner {
+                true
+            } else {
+                m.role == MemberRole::Voter && m.incarnation != 0
+            }
+        })
+    })
+    .await
+}
+
+/// Removes a member and waits until the configuration in force no longer has it.
+async fn remove_member(
+    State(engine): State<Arc<Engine>>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "query must be [timeout_ms=T]");
+    };
+    change_and_wait(
+        &engine,
+        MembershipChange::Remove { id },
+        q.timeout_ms,
+        move |members| members.get(id).is_none(),
+    )
+    .await
+}
+
+/// Asks for `change` (again every 500 ms while it is not in force: a leader change may have
+/// lost the request) until this node's configuration in force satisfies `done` and its entry
+/// has committed here, or the wait ends (504).
+async fn change_and_wait(
+    engine: &Engine,
+    change: MembershipChange,
+    timeout_ms: Option<u64>,
+    done: impl Fn(&manifold_core::raft::Membership) -> bool,
+) -> Response {
+    let wait = Duration::from_millis(
+        timeout_ms
+            .unwrap_or(MEMBERSHIP_WAIT_MS)
+            .min(TRANSFER_WAIT_MAX_MS),
+    );
+    let started = Instant::now();
+    let mut asked = None::<Instant>;
+    loop {
+        let Some(st) = engine.raft_status() else {
+            return error(
+                StatusCode::CONFLICT,
+                "a group of one has no membership to change (start it with --peers)",
+            );
+        };
+        // A node removed from the group stops hearing from it: its own removal is done here
+        // once in force (a leader hands over and steps down; `committed` says whether it saw
+        // the commit before).
+        let committed = st.commit >= st.members_index;
+        let gone = st.members.get(st.id).is_none() && st.role != Role::Leader;
+        if done(&st.members) && (committed || gone) {
+            return (
+                StatusCode::OK,
+                Json(json!({
+                    "committed": committed,
+                    "members": st.members.members().iter().map(|m| json!({
+                        "id": m.id,
+                        "member": member_name(m.role),
+                        "incarnation": incarnation_text(m.incarnation),
+                        "raft_addr": m.addr,
+                    })).collect::<Vec<_>>(),
+                    "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
+                })),
+            )
+                .into_response();
+        }
+        if started.elapsed() >= wait {
+            let mut body = json!({
+                "error": format!("the change was not in force within {} ms", wait.as_millis()),
+            });
+            body["leader_id"] = st.leader.into();
+            return (StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response();
+        }
+        if !done(&st.members) && asked.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            if let Err(e) = engine.change_membership(change.clone()) {
+                return error(StatusCode::BAD_REQUEST, e.to_string());
+            }
+            asked = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

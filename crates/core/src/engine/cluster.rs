@@ -48,6 +48,10 @@ pub struct ClusterConfig {
     /// A disk that acknowledges nothing for this long while entries wait is stalled: a leader
     /// steps down (default 3,000 ms).
     pub stall_ms: u64,
+    /// Joining a running group (`--join`): this node starts as a learner that never
+    /// campaigns, and waits for the group's leader to send it the log (after `manifold
+    /// cluster add`); `voters` then only says where the others are.
+    pub join: bool,
 }
 
 impl ClusterConfig {
@@ -63,6 +67,7 @@ impl ClusterConfig {
             forward_apply_wait_ms: 1000,
             secret: Vec::new(),
             stall_ms: 3000,
+            join: false,
         }
     }
 }
@@ -214,13 +219,18 @@ pub(super) fn start(
         TcpListener::bind(addr).map_err(|e| StoreError::io(format!("raft address {addr}"), e))?;
     let hard = HardState::load(storage.as_ref(), &root)?;
     let terms = raft::log_terms(&inner.store)?;
-    let bootstrap = raft::Membership::bootstrap(
+    let mut bootstrap = raft::Membership::bootstrap(
         &cluster
             .voters
             .iter()
             .map(|(v, a)| (*v, a.to_string()))
             .collect::<Vec<_>>(),
     );
+    if cluster.join
+        && let Some(me) = bootstrap.get_mut(id)
+    {
+        me.role = raft::MemberRole::Learner { promote: false };
+    }
     let cfg = RaftConfig {
         heartbeat_ms: cluster.heartbeat_ms,
         election_min_ms: cluster.election_min_ms,
@@ -276,14 +286,39 @@ impl super::Engine {
         self.inner.config.node_id
     }
 
-    /// Every voter of the group with its Raft address (empty for a group of one).
-    pub fn cluster_voters(&self) -> Vec<(NodeId, SocketAddr)> {
+    /// Every member of the group in force (voters and learners, with their Raft addresses
+    /// and incarnations); empty for a group of one.
+    pub fn cluster_members(&self) -> Vec<raft::Member> {
         self.inner
-            .config
-            .cluster
-            .as_ref()
-            .map(|c| c.voters.clone())
+            .raft_status()
+            .map(|s| s.members.members().to_vec())
             .unwrap_or_default()
+    }
+
+    /// Asks the group for a membership change: the leader appends it (one voter at a time;
+    /// an add of a node already there or a remove of one that is not does nothing), a
+    /// follower passes it to the leader. Returns at once; watch [`Engine::raft_status`].
+    /// `InvalidArgument` in a group of one.
+    pub fn change_membership(&self, change: raft::MembershipChange) -> Result<()> {
+        let Some(c) = self.inner.cluster.get() else {
+            return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                "a group of one has no membership to change (start it with --peers)",
+            )));
+        };
+        if let raft::MembershipChange::Add { id, addr, .. } = &change {
+            if *id == 0 {
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                    "node ids start at 1",
+                )));
+            }
+            if addr.is_empty() || addr.len() > raft::membership::MAX_ADDR {
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                    "a new member needs its Raft address (host:port, at most 255 bytes)",
+                )));
+            }
+        }
+        c.handle.event(Event::ChangeMembership(change));
+        Ok(())
     }
 
     /// Node-to-node traffic so far: messages dropped (a full queue, a peer down), frames
@@ -318,7 +353,7 @@ impl super::Engine {
                 "a group of one has no other voter to lead",
             )));
         };
-        if !self.cluster_voters().iter().any(|(v, _)| *v == to) {
+        if !c.handle.status().members.is_voter(to) {
             return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
                 "not a voter of this group",
             )));

@@ -166,8 +166,13 @@ impl Forwarder {
         }
     }
 
-    /// The open connection to `leader`, or a new one.
-    async fn connection(&self, leader: NodeId) -> std::result::Result<Conn, Lost> {
+    /// The open connection to `leader`, or a new one: at the address `--peers` gave, else at
+    /// `elsewhere` (the configuration's: a member added since).
+    async fn connection(
+        &self,
+        leader: NodeId,
+        elsewhere: Option<SocketAddr>,
+    ) -> std::result::Result<Conn, Lost> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref()
             && c.leader == leader
@@ -178,7 +183,12 @@ impl Forwarder {
         if let Some(old) = slot.take() {
             old.closed.store(true, Ordering::Release);
         }
-        let addr = *self.addrs.get(&leader).ok_or(Lost::NotSent)?;
+        let addr = self
+            .addrs
+            .get(&leader)
+            .copied()
+            .or(elsewhere)
+            .ok_or(Lost::NotSent)?;
         let stream = tokio::time::timeout(
             Duration::from_millis(500),
             tokio::net::TcpStream::connect(addr),
@@ -245,8 +255,13 @@ impl Forwarder {
     }
 
     /// Sends `payload` to `leader` and waits for its answer.
-    async fn call(&self, leader: NodeId, payload: &[u8]) -> std::result::Result<Bytes, Lost> {
-        let conn = self.connection(leader).await?;
+    async fn call(
+        &self,
+        leader: NodeId,
+        elsewhere: Option<SocketAddr>,
+        payload: &[u8],
+    ) -> std::result::Result<Bytes, Lost> {
+        let conn = self.connection(leader, elsewhere).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending
@@ -340,22 +355,24 @@ impl Engine {
         loop {
             match self.inner.route() {
                 Route::Here => return Ok(self.run_here(op).await),
-                Route::To(leader) => match fwd.call(leader, &payload).await {
-                    Ok(bytes) => {
-                        let (applied, answer) = decode_answer(&bytes).map_err(|e| {
-                            EngineError::Store(StoreError::Failed(Arc::from(format!(
-                                "the leader's answer to a forwarded write: {e}"
-                            ))))
-                        })?;
-                        if !(refused(&answer) && Instant::now() < deadline) {
-                            self.wait_applied(applied, fwd).await;
-                            return Ok(answer);
+                Route::To(leader) => {
+                    match fwd.call(leader, self.member_addr(leader), &payload).await {
+                        Ok(bytes) => {
+                            let (applied, answer) = decode_answer(&bytes).map_err(|e| {
+                                EngineError::Store(StoreError::Failed(Arc::from(format!(
+                                    "the leader's answer to a forwarded write: {e}"
+                                ))))
+                            })?;
+                            if !(refused(&answer) && Instant::now() < deadline) {
+                                self.wait_applied(applied, fwd).await;
+                                return Ok(answer);
+                            }
                         }
+                        Err(Lost::NotSent) => {}
+                        Err(Lost::Unknown) if resendable => {}
+                        Err(Lost::Unknown) => return Err(EngineError::NotLeader { leader: None }),
                     }
-                    Err(Lost::NotSent) => {}
-                    Err(Lost::Unknown) if resendable => {}
-                    Err(Lost::Unknown) => return Err(EngineError::NotLeader { leader: None }),
-                },
+                }
                 Route::Wait => {}
             }
             if Instant::now() >= deadline {
@@ -369,6 +386,15 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// A member's Raft address as the configuration in force gives it.
+    fn member_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        let status = self.inner.raft_status()?;
+        let member = status.members.get(id)?;
+        crate::raft::driver::peer_addrs(&crate::raft::Membership::new(vec![member.clone()]), 0, &[])
+            .first()
+            .map(|(_, a)| *a)
     }
 
     /// Runs a write on this node, never forwarding it: what a leader does with a forwarded one

@@ -66,7 +66,9 @@ pub struct Status {
     pub unhealthy_peers: Vec<NodeId>,
     /// The configuration in force (voters and learners, their addresses and incarnations).
     pub members: Membership,
-    /// Whether this node's directory holds a voter's place in it.
+    /// The index of the Config entry that carries it (0: the bootstrap configuration).
+    pub members_index: LogIndex,
+    /// Whether this node's directory may hold a voter's place in it.
     pub voter: bool,
 }
 
@@ -248,6 +250,7 @@ fn status_of(core: &Raft) -> Status {
             .filter(|p| core.peer_healthy(*p) == Some(false))
             .collect(),
         members: core.membership().clone(),
+        members_index: core.configs().last().map_or(0, |c| c.index),
         voter: core.is_voter(),
     }
 }
