@@ -1412,25 +1412,49 @@ mod model {
                 }
                 removed
             } else {
-                let (below, mut excess) = match trim.to {
-                    TrimTo::MinId(min) => {
-                        (self.entries.iter().take_while(|e| e.0 < min).count(), limit)
+                // `=`: Redis's `streamTrim` too removes whole nodes, oldest first, while every
+                // live entry of one must go (its deleted entries go with it); in the first node
+                // where only some must go, it removes them one by one, and stops there.
+                let mut removed = 0;
+                while let Some(&(_, _, node)) = self.entries.first() {
+                    let members = self.entries.iter().take_while(|e| e.2 == node).count();
+                    let live = self.entries[..members].iter().filter(|e| !e.1).count() as u64;
+                    let whole = match trim.to {
+                        TrimTo::MaxLen(keep) => self.live_len() - live >= keep,
+                        TrimTo::MinId(min) => self.entries[members - 1].0 < min,
+                    };
+                    if whole && removed + live <= limit {
+                        self.entries.drain(..members);
+                        removed += live;
+                        continue;
                     }
-                    TrimTo::MaxLen(keep) => (
-                        self.entries.len(),
-                        self.live_len().saturating_sub(keep).min(limit),
-                    ),
-                };
-                // Walk the oldest entries up to `below` until `excess` live ones are gone.
-                let mut cut = 0;
-                while excess > 0 && cut < below {
-                    if !self.entries[cut].1 {
-                        excess -= 1;
+                    let (below, mut excess) = match trim.to {
+                        TrimTo::MinId(min) => (
+                            self.entries[..members]
+                                .iter()
+                                .take_while(|e| e.0 < min)
+                                .count(),
+                            limit - removed,
+                        ),
+                        TrimTo::MaxLen(keep) => (
+                            members,
+                            self.live_len().saturating_sub(keep).min(limit - removed),
+                        ),
+                    };
+                    // Walk the node's oldest entries up to `below` until `excess` live ones
+                    // are gone.
+                    let mut cut = 0;
+                    while excess > 0 && cut < below {
+                        if !self.entries[cut].1 {
+                            excess -= 1;
+                        }
+                        cut += 1;
                     }
-                    cut += 1;
+                    // Redis 7.0: a trim leaves max-deleted-entry-id alone (only XDEL moves it).
+                    removed += self.entries.drain(..cut).filter(|e| !e.1).count() as u64;
+                    break;
                 }
-                // Redis 7.0: a trim leaves max-deleted-entry-id alone (only XDEL moves it).
-                self.entries.drain(..cut).filter(|e| !e.1).count() as u64
+                removed
             };
             if self.entries.is_empty() {
                 self.tail = None;
