@@ -1377,3 +1377,79 @@ fn a_follower_whose_log_is_gone_is_caught_up_from_its_empty_log() {
         "{a:?}"
     );
 }
+
+#[test]
+fn a_node_removed_by_a_change_not_known_committed_still_campaigns_and_votes_go_by_the_candidate() {
+    // Node 3's log ends with the change that removed it (index 2), not known committed: it
+    // may hold the newest log the others need, so it campaigns, counting by that change.
+    let mut r = node_with(3, pinned(&VOTERS), 1, &[1, 1]);
+    r.restore_configs(vec![
+        ConfigAt {
+            index: 1,
+            term: 1,
+            members: pinned(&VOTERS),
+        },
+        ConfigAt {
+            index: 2,
+            term: 1,
+            members: pinned(&[1, 2]),
+        },
+    ]);
+    let (now, _) = tick_until(&mut r, Role::PreCandidate);
+    msg(&mut r, now, 1, granted(2, true));
+    assert_eq!(r.role(), Role::PreCandidate, "its own vote does not count");
+    msg(&mut r, now, 2, granted(2, true));
+    assert_eq!(r.role(), Role::Candidate);
+    // A learner still grants votes: a candidate may hold the change that promotes it.
+    let mut learner = node_with(3, pinned(&[1, 2]), 1, &[1]);
+    assert!(!learner.is_voter());
+    let a = msg(&mut learner, 5000, 1, vote(2, 1, 1));
+    assert!(vote_replies(&a)[0].1.granted);
+}
+
+#[test]
+fn a_removal_that_would_leave_too_few_pinned_voters_is_not_made() {
+    // Five voters, two never heard (not pinned): removing a pinned one would leave two of
+    // four that count — no majority ever again.
+    let mut members = pinned(&[1, 2, 3, 4, 5]);
+    for id in [4, 5] {
+        if let Some(m) = members.get_mut(id) {
+            m.incarnation = 0;
+        }
+    }
+    let mut r = node_with(1, members, 1, &[1]);
+    let (now, _) = tick_until(&mut r, Role::PreCandidate);
+    for v in [2, 3] {
+        msg(&mut r, now, v, granted(2, true));
+    }
+    for v in [2, 3] {
+        msg(&mut r, now, v, granted(2, false));
+    }
+    assert_eq!(r.role(), Role::Leader);
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 2,
+            term: 2,
+        },
+    );
+    step(&mut r, now, Event::Persisted { index: 2, term: 2 });
+    msg(&mut r, now + 1, 2, ack(2, 2));
+    let a = msg(&mut r, now + 1, 3, ack(2, 2));
+    assert_eq!(r.commit_index(), 2, "{a:?}");
+    let a = step(
+        &mut r,
+        now + 2,
+        Event::ChangeMembership(MembershipChange::Remove { id: 3 }),
+    );
+    assert_eq!(config_asked(&a), None, "{a:?}");
+    // Removing a voter never heard from is fine: three of the four left are pinned.
+    let a = step(
+        &mut r,
+        now + 3,
+        Event::ChangeMembership(MembershipChange::Remove { id: 5 }),
+    );
+    let asked = config_asked(&a).expect("the silent voter goes");
+    assert_eq!(asked.voters().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+}

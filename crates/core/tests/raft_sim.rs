@@ -161,9 +161,13 @@ struct Params {
     fault_gap: u64,
     /// How long the faults go on before everything heals (ms).
     chaos_ms: u64,
-    /// Whether a node may lose its disk (one at a time, until it caught up again;
-    /// `RAFT_SIM_WIPES=1`).
+    /// Whether a node may lose its disk (one at a time, once the group pinned every
+    /// directory it has).
     wipes: bool,
+    /// Whether the leader is asked for membership changes: one spare node (id `nodes + 1`,
+    /// started with `--join`) is added, members removed (the leader too), removed ones added
+    /// back, never below three voters.
+    changes: bool,
 }
 
 impl Params {
@@ -193,6 +197,7 @@ impl Params {
             // A lost disk comes back as a new incarnation, which counts for nothing until a
             // committed change names it.
             wipes: seed.is_multiple_of(3),
+            changes: seed % 5 == 1,
         }
     }
 }
@@ -360,6 +365,8 @@ struct Outcome {
     acknowledged: usize,
     crashes: usize,
     wipes: usize,
+    /// Config entries the leaders appended (founding, pins, promotions, adds, removes).
+    configs: usize,
 }
 
 struct Sim {
@@ -385,6 +392,7 @@ struct Sim {
     next_payload: u64,
     crashes: usize,
     wipes: usize,
+    configs: usize,
     fingerprint: u64,
     /// The events of the run, when tracing.
     trace: Option<Vec<String>>,
@@ -416,6 +424,7 @@ impl Sim {
             fault_gap: 0,
             chaos_ms: 0,
             wipes: false,
+            changes: false,
         };
         let mut sim = Sim::with(1, p, false);
         sim.reliable = true;
@@ -423,7 +432,8 @@ impl Sim {
     }
 
     fn with(seed: u64, p: Params, tracing: bool) -> Sim {
-        let nodes = (0..p.nodes)
+        let total = p.nodes + usize::from(p.changes);
+        let nodes = (0..total)
             .map(|i| Node {
                 id: i as NodeId + 1,
                 raft: None,
@@ -453,9 +463,9 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             nodes,
-            blocked: vec![vec![false; p.nodes]; p.nodes],
+            blocked: vec![vec![false; total]; total],
             reliable: false,
-            link_at: vec![vec![0; p.nodes]; p.nodes],
+            link_at: vec![vec![0; total]; total],
             leaders: BTreeMap::new(),
             committed: Vec::new(),
             committed_hashes: vec![0],
@@ -463,6 +473,7 @@ impl Sim {
             next_payload: 0,
             crashes: 0,
             wipes: 0,
+            configs: 0,
             fingerprint: seed,
             trace: tracing.then(Vec::new),
             chaos_end: u64::MAX,
@@ -497,8 +508,9 @@ impl Sim {
         }
     }
 
+    /// The bootstrap voters (the spare, if any, is not one).
     fn voters(&self) -> Vec<NodeId> {
-        self.nodes.iter().map(|n| n.id).collect()
+        (1..=self.p.nodes as NodeId).collect()
     }
 
     /// Starts every node from an empty log.
@@ -729,8 +741,18 @@ impl Sim {
             max_inflight: self.p.max_inflight,
             seed: self.seed ^ (u64::from(n.inc) << 32),
             incarnation: n.dir,
-            ..RaftConfig::new(n.id, voters)
+            ..RaftConfig::new(n.id, voters.clone())
         };
+        // The spare starts as `--join` does: a learner in its own bootstrap view.
+        let mut cfg = cfg;
+        if !voters.contains(&n.id) {
+            cfg.members.put(raft::Member {
+                id: n.id,
+                incarnation: 0,
+                role: raft::MemberRole::Learner { promote: false },
+                addr: String::new(),
+            });
+        }
         let mut raft = Raft::new(cfg, n.hard, terms, commit, self.now);
         raft.restore_configs(n.configs.clone());
         n.commit = raft.commit_index();
@@ -938,6 +960,7 @@ impl Sim {
                     return self.fail(format!("node {id}: AppendConfig({term}) while not leading"));
                 }
                 let index = n.log.len() as u64 + 1;
+                self.configs += 1;
                 configs.push(ConfigAt {
                     index,
                     term,
@@ -1438,9 +1461,11 @@ impl Sim {
         else {
             return false;
         };
-        self.nodes
-            .iter()
-            .all(|n| config.get(n.id).is_some_and(|m| m.incarnation == n.dir))
+        config.members().iter().all(|m| {
+            self.nodes
+                .iter()
+                .any(|n| n.id == m.id && m.incarnation == n.dir)
+        })
     }
 
     fn role_of(&self, i: usize) -> Option<Role> {
@@ -1522,6 +1547,36 @@ impl Sim {
                     let to = self.rng.range(1, n as u64);
                     self.trace(|| format!("transfer from {} to {to}", l + 1));
                     self.step(l, Event::TransferLeader { to })?;
+                }
+            }
+            92..=94 if self.p.changes => {
+                if let Some(l) = self.leader()
+                    && let Some(config) =
+                        self.nodes[l].raft.as_ref().map(|r| r.membership().clone())
+                {
+                    let outside: Vec<NodeId> = self
+                        .nodes
+                        .iter()
+                        .map(|n| n.id)
+                        .filter(|id| config.get(*id).is_none())
+                        .collect();
+                    let voters = config.voters().count();
+                    let change = if !outside.is_empty() && (voters <= 3 || self.rng.chance(500)) {
+                        raft::MembershipChange::Add {
+                            id: self.rng.pick(&outside),
+                            addr: String::new(),
+                            learner: false,
+                        }
+                    } else if voters > 3 {
+                        let ids: Vec<NodeId> = config.voters().collect();
+                        raft::MembershipChange::Remove {
+                            id: self.rng.pick(&ids),
+                        }
+                    } else {
+                        return Ok(());
+                    };
+                    self.trace(|| format!("node {} asked: {change:?}", l + 1));
+                    self.step(l, Event::ChangeMembership(change))?;
                 }
             }
             90..=91 if self.p.wipes && self.all_reinstated() => {
@@ -1617,7 +1672,7 @@ impl Sim {
                 Some(r) => {
                     let _ = write!(
                         s,
-                        "[node {}: {:?} term {} leader {:?} log {} (term {}) persisted {} commit {}] ",
+                        "[node {}: {:?} term {} leader {:?} log {} (term {}) persisted {} commit {}{}] ",
                         n.id,
                         r.role(),
                         r.term(),
@@ -1625,7 +1680,16 @@ impl Sim {
                         r.last_index(),
                         r.last_term(),
                         r.persisted_index(),
-                        r.commit_index()
+                        r.commit_index(),
+                        if self.p.changes || self.p.wipes {
+                            format!(
+                                ", members {} at {}",
+                                r.membership(),
+                                r.configs().last().map_or(0, |c| c.index)
+                            )
+                        } else {
+                            String::new()
+                        }
                     );
                 }
                 None => {
@@ -1646,7 +1710,13 @@ impl Sim {
             return Ok(None);
         };
         let ln = &self.nodes[l];
-        for n in &self.nodes {
+        // The members of the leader's configuration (a removed node hears from no one).
+        let members: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| lr.membership().get(n.id).is_some())
+            .collect();
+        for n in members.iter().copied() {
             let Some(r) = &n.raft else { return Ok(None) };
             if r.term() != lr.term()
                 || r.leader() != Some(ln.id)
@@ -1660,7 +1730,7 @@ impl Sim {
                 return Ok(None);
             }
         }
-        for n in &self.nodes {
+        for n in members.iter().copied() {
             let mut counts: HashMap<&Bytes, usize> = HashMap::new();
             for p in &n.applied {
                 *counts.entry(p).or_default() += 1;
@@ -1682,6 +1752,7 @@ impl Sim {
             acknowledged: self.acknowledged.len(),
             crashes: self.crashes,
             wipes: self.wipes,
+            configs: self.configs,
         }))
     }
 }
@@ -1715,7 +1786,7 @@ fn run_seeds(fsync: Fsync) {
     }
     let seeds = env_u64("RAFT_SIM_SEEDS").unwrap_or(100);
     let mut failures = Vec::new();
-    let (mut committed, mut acknowledged, mut crashes, mut wipes) = (0, 0, 0, 0);
+    let (mut committed, mut acknowledged, mut crashes, mut wipes, mut configs) = (0, 0, 0, 0, 0);
     for seed in 0..seeds {
         match run_seed(seed, fsync, false) {
             Ok(o) => {
@@ -1723,13 +1794,15 @@ fn run_seeds(fsync: Fsync) {
                 acknowledged += o.acknowledged;
                 crashes += o.crashes;
                 wipes += o.wipes;
+                configs += o.configs;
             }
             Err(e) => failures.push((seed, e)),
         }
     }
     println!(
         "{fsync:?} fsync: {} of {seeds} seeds pass ({committed} entries committed, \
-         {acknowledged} proposals acknowledged, {crashes} crashes, {wipes} lost disks)",
+         {acknowledged} proposals acknowledged, {crashes} crashes, {wipes} lost disks, \
+         {configs} configurations appended)",
         seeds as usize - failures.len()
     );
     if failures.is_empty() {

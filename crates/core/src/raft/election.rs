@@ -56,13 +56,13 @@ impl Raft {
             self.hard.voted_for == from || (self.hard.voted_for == 0 && self.leader.is_none())
         };
         let sticky = !v.transfer && self.in_lease();
-        // Votes go between voters. Which directory holds a place is not checked here: this
-        // node's configuration may be older than the candidate's (a place handed to a new
-        // incarnation it has not heard of yet), and refusing would only cost liveness. Safety
-        // is the candidate's count: by its own configuration, a vote from a directory that
-        // does not hold a pinned place counts for nothing.
-        let me = self.cfg.id;
-        let eligible = self.membership().is_voter(me) && self.membership().is_voter(from);
+        // Membership is not checked here (Raft dissertation §4.1): this node's configuration
+        // may be older than the candidate's — a learner promoted by an entry it has not
+        // received yet must still vote, or that entry can never commit. Safety is the
+        // candidate's count: by its own configuration, a vote from a node or a directory that
+        // holds no pinned voter's place counts for nothing; a removed node's candidacy lacks
+        // the entry that removed it, which a majority holds.
+        let eligible = true;
         let granted = up_to_date && free && !sticky && self.healthy && eligible;
         if !up_to_date && !sticky && self.healthy && eligible && self.role == Role::Follower {
             // A candidate behind us is looking for a leader and none is live: we would win

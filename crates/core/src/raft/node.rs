@@ -312,6 +312,15 @@ impl Raft {
         self.may_hold(self.cfg.id, self.cfg.incarnation)
     }
 
+    /// Whether this node starts elections: a voter; or a node the last configuration in its
+    /// log removed while that change is not known committed — it may hold the newest log the
+    /// others need, and leads (without counting itself) until the change commits, as a leader
+    /// that removed itself does (Raft dissertation §4.2.2).
+    fn may_campaign(&self) -> bool {
+        let last = &self.configs[self.configs.len() - 1];
+        self.is_voter() || (last.members.get(self.cfg.id).is_none() && last.index > self.commit)
+    }
+
     /// Whether node `id`'s directory `incarnation` may hold a voter's place: a voter whose
     /// place is pinned to it or not pinned yet.
     pub(super) fn may_hold(&self, id: NodeId, incarnation: u64) -> bool {
@@ -451,7 +460,7 @@ impl Raft {
             if self.now >= self.election_deadline {
                 // Only a voter campaigns: a learner, a removed node, or a directory whose
                 // place another incarnation holds waits for the leader.
-                if self.healthy && self.is_voter() {
+                if self.healthy && self.may_campaign() {
                     self.start_pre_vote();
                 } else {
                     self.reset_election_timer();
@@ -519,8 +528,6 @@ impl Raft {
         let term = msg.term();
         if term > self.hard.term {
             match &msg {
-                // A candidate that is not a voter here changes nobody's term.
-                Message::Vote(v) if !v.pre && !self.membership().is_voter(from) => return,
                 Message::Vote(v) if v.pre => {}
                 Message::VoteReply(r) if r.pre && r.granted => {}
                 // A live leader is known: a disruptive candidate changes nobody's term.

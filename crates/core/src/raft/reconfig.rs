@@ -164,8 +164,17 @@ impl Raft {
             }
             MembershipChange::Remove { id } => {
                 next.remove(*id)?;
-                // The last voter stays.
-                next.voters().next()?;
+                // The voters whose place is pinned must still make a majority (a place not
+                // pinned counts for nothing until its node answers), and the last voter stays.
+                let voters = next.voters().count();
+                let pinned = next
+                    .members()
+                    .iter()
+                    .filter(|m| m.role == MemberRole::Voter && m.incarnation != 0)
+                    .count();
+                if voters == 0 || pinned < voters / 2 + 1 {
+                    return None;
+                }
             }
         }
         Some(next)
