@@ -876,3 +876,64 @@ fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_ha
         Ok(())
     })
 }
+
+/// The incarnation a node's `/cluster` shows for member `id` (empty: not pinned).
+fn incarnation_of(node: &Node, id: u64) -> anyhow::Result<String> {
+    let v = cluster_json(node)?;
+    let peer = v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["id"].as_u64() == Some(id))
+        .with_context(|| format!("node {id} not listed: {v}"))?;
+    Ok(peer["incarnation"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn a_wiped_node_gets_its_place_back_once_caught_up_and_counts_again() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let (mut nodes, peers) = group(root.path(), &[])?;
+    let mut written = Vec::new();
+    for n in 0..10 {
+        xadd_on_leader(&nodes, "s", n)?;
+        written.push(n);
+    }
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let (w, other) = ((l + 1) % 3, (l + 2) % 3);
+    let before = incarnation_of(&nodes[l], nodes[w].id)?;
+    ensure!(!before.is_empty(), "node {} not pinned", nodes[w].id);
+    // Its disk is lost: it comes back as a new directory, is caught up, and the leader hands
+    // it its place (pinned to the new incarnation).
+    nodes[w].kill("KILL")?;
+    std::fs::remove_dir_all(&nodes[w].dir)?;
+    nodes[w].start(&peers)?;
+    eventually(|| {
+        ensure!(
+            values(&nodes[w])? == written,
+            "node {} not caught up",
+            nodes[w].id
+        );
+        let now = incarnation_of(&nodes[l], nodes[w].id)?;
+        ensure!(!now.is_empty() && now != before, "still pinned to {now:?}");
+        ensure!(
+            cluster_json(&nodes[w])?["membership"] == "voter",
+            "node {} is not a voter",
+            nodes[w].id
+        );
+        Ok(())
+    })?;
+    // It counts again: with the third node down, the leader and it are the majority.
+    nodes[other].kill("KILL")?;
+    for n in 10..15 {
+        xadd_on_leader(&nodes, "s", n)?;
+        written.push(n);
+    }
+    eventually(|| {
+        ensure!(
+            values(&nodes[w])? == written,
+            "node {} differs",
+            nodes[w].id
+        );
+        Ok(())
+    })
+}
