@@ -768,8 +768,24 @@ fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_ha
             members.iter().all(|(_, m)| m == "voter") && members.len() == 4,
             "node 4 sees {members:?}"
         );
+        let (_, page) = http(nodes[3].http, "GET", "/metrics")?;
+        ensure!(
+            metric(&page, "manifold_raft_members{member=\"voter\"}") == Some(4.0)
+                && metric(&page, "manifold_raft_voter") == Some(1.0),
+            "{page}"
+        );
         Ok(())
     })?;
+    // Requests that name no new member are refused before anything is asked of the group.
+    for bad in [
+        "/cluster/members?id=5",
+        "/cluster/members?addr=127.0.0.1:1",
+        "/cluster/members?id=0&addr=127.0.0.1:1",
+        "/cluster/members?id=x&addr=127.0.0.1:1",
+    ] {
+        let (status, body) = http(nodes[0].http, "POST", bad)?;
+        ensure!(status == 400, "{bad}: {status} {body}");
+    }
     // Node 3 leaves; then a majority of {1, 2, 4} needs node 4's vote once one of 1, 2 is
     // down: it is a real voter.
     let (code, out, err) = cluster_cli(&nodes[0], &["remove", "--id", "3"])?;

@@ -472,6 +472,26 @@ pub fn render_metrics(engine: &Engine) -> String {
     );
     t.sample("manifold_applied_index", &[], view.applied_index);
     t.family(
+        "manifold_raft_members",
+        "gauge",
+        "Members of the configuration in force, by part (voter, learner, learner-to-promote).",
+    );
+    for part in ["voter", "learner", "learner-to-promote"] {
+        let mine = u64::from(view.membership == part);
+        let n = view.peers.iter().filter(|p| p.member == part).count() as u64 + mine;
+        t.sample("manifold_raft_members", &[("member", part)], n);
+    }
+    t.family(
+        "manifold_raft_voter",
+        "gauge",
+        "1 while this node's directory holds a voter's place in the configuration in force.",
+    );
+    t.sample(
+        "manifold_raft_voter",
+        &[],
+        u8::from(view.membership == "voter"),
+    );
+    t.family(
         "manifold_raft_peer_match_index",
         "gauge",
         "Leader only: highest index durable on each follower.",

@@ -88,3 +88,55 @@ pub fn load(storage: &dyn Storage, root: &Path) -> Result<Vec<ConfigAt>, StoreEr
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::membership::{Member, MemberRole};
+    use crate::store::simdisk::SimDisk;
+
+    #[test]
+    fn configurations_round_trip_and_a_damaged_file_is_refused() {
+        let disk = SimDisk::new();
+        let root = Path::new("/d");
+        disk.create_dir_all(root).expect("dir");
+        assert_eq!(load(&disk, root).expect("no file"), Vec::new());
+        let members = Membership::new(vec![Member {
+            id: 2,
+            incarnation: 9,
+            role: MemberRole::Learner { promote: true },
+            addr: "127.0.0.1:7002".into(),
+        }]);
+        let configs = vec![
+            ConfigAt {
+                index: 1,
+                term: 1,
+                members: members.clone(),
+            },
+            ConfigAt {
+                index: 7,
+                term: 3,
+                members,
+            },
+        ];
+        save(&disk, root, &configs).expect("saved");
+        assert_eq!(load(&disk, root).expect("loads"), configs);
+        let path = root.join(MEMBERS_FILE);
+        let good = read_all(&disk, &path).expect("read");
+        for damaged in [
+            good[..good.len() - 1].to_vec(),
+            {
+                let mut b = good.clone();
+                b[10] ^= 1;
+                b
+            },
+            b"MFMB".to_vec(),
+        ] {
+            write_atomic(&disk, &path, &damaged).expect("written");
+            assert!(matches!(
+                load(&disk, root),
+                Err(StoreError::Corruption { .. })
+            ));
+        }
+    }
+}
