@@ -187,8 +187,8 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     })
 }
 
-/// The Raft group from `--peers 1=H:P,2=H:P,...`: `None` for a group of one. This node's
-/// Raft listener binds `--raft-addr` if given, else its own entry in the list.
+/// The Raft group from `--peers 1=H:P,2=H:P,...` (one member, this node: a group of one that
+/// can grow). This node's Raft listener binds `--raft-addr` if given, else its own entry.
 fn cluster_config(
     node_id: u64,
     peers: &str,
@@ -226,11 +226,10 @@ fn cluster_config(
     {
         bail!("--preferred-leader {p} is not named in --peers");
     }
-    if voters.len() == 1 {
-        if join {
-            bail!("--join needs the group's members in --peers");
-        }
-        return Ok(None);
+    // `--peers` naming only this node: a group of one on the Raft path, which `manifold
+    // cluster add` grows (without `--peers`, a single node that never joins a group).
+    if voters.len() == 1 && join {
+        bail!("--join needs the group's members in --peers");
     }
     let listen = match raft_addr {
         Some(a) => Some(

@@ -953,3 +953,76 @@ fn a_wiped_node_gets_its_place_back_once_caught_up_and_counts_again() -> anyhow:
         Ok(())
     })
 }
+
+#[test]
+fn a_group_of_one_grows_into_three_that_survive_the_first_nodes_loss() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let rafts: Vec<u16> = (0..3).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let mut nodes: Vec<Node> = (1..=3u64)
+        .map(|id| {
+            Ok(Node {
+                id,
+                dir: root.path().join(format!("n{id}")),
+                resp: free_port()?,
+                http: free_port()?,
+                extra: if id == 1 {
+                    Vec::new()
+                } else {
+                    vec!["--join".into()]
+                },
+                child: None,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let peer = |i: usize| format!("{}=127.0.0.1:{}", i + 1, rafts[i]);
+    // `--peers` naming only itself: a group of one, on the Raft path.
+    nodes[0].start(&peer(0))?;
+    let mut written = Vec::new();
+    for n in 0..10 {
+        xadd_on_leader(&nodes[..1], "s", n)?;
+        written.push(n);
+    }
+    for i in 1..3 {
+        let peers = (0..=i).map(peer).collect::<Vec<_>>().join(",");
+        nodes[i].start(&peers)?;
+        let (code, out, err) = cluster_cli(
+            &nodes[0],
+            &[
+                "add",
+                "--id",
+                &(i + 1).to_string(),
+                "--addr",
+                &format!("127.0.0.1:{}", rafts[i]),
+            ],
+        )?;
+        ensure!(
+            code == 0,
+            "adding node {} failed ({code}): {out} {err}",
+            i + 1
+        );
+    }
+    eventually(|| {
+        for n in &nodes {
+            ensure!(values(n)? == written, "node {} differs", n.id);
+            ensure!(
+                members_of(n)?.len() == 3,
+                "node {} sees {:?}",
+                n.id,
+                members_of(n)
+            );
+        }
+        Ok(())
+    })?;
+    // The first node goes for good: the two it brought in go on.
+    nodes[0].kill("KILL")?;
+    for n in 10..15 {
+        xadd_on_leader(&nodes, "s", n)?;
+        written.push(n);
+    }
+    eventually(|| {
+        for n in &nodes[1..] {
+            ensure!(values(n)? == written, "node {} differs", n.id);
+        }
+        Ok(())
+    })
+}

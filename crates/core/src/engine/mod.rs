@@ -1059,13 +1059,10 @@ impl Engine {
         let state_ms = opening.elapsed().as_millis() - store_ms;
         snapshot::prune(storage.as_ref(), root, checkpointed)?;
         // Re-apply the log after the checkpoint, with the outcomes the state depends on. A
-        // group of one has committed everything it made durable; in a group of several only
-        // the dispatch point is known committed: the rest waits for the leader's word.
-        let clustered = config
-            .cluster
-            .as_ref()
-            .filter(|c| c.voters.len() > 1)
-            .cloned();
+        // single node (no cluster configuration) has committed everything it made durable; a
+        // group member — even of a group of one, which may grow — knows only the dispatch
+        // point committed: the rest waits for the leader's word.
+        let clustered = config.cluster.clone();
         let applied_at_open = if clustered.is_some() {
             checkpointed
         } else {
