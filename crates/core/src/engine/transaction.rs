@@ -449,6 +449,13 @@ impl Engine {
                     slots.push(Slot::Read);
                     continue;
                 }
+                // An XSETID that apply would refuse is refused here, where that can be told:
+                // noted as done, it would lift the view, and a later `*` in the transaction
+                // would resolve above an ID the stream never takes.
+                if let Some(refused) = set_id_refusal(p, &self.inner.store, &op, &parts) {
+                    slots.push(Slot::Early(Err(EngineError::SetId(refused))));
+                    continue;
+                }
                 let built = permitted(principal, &op, p, &self.inner.store)
                     .and_then(|()| self.build(p, &op, true));
                 match built {
@@ -979,4 +986,87 @@ fn changed(p: &Proposer, store: &MessageStore, w: &Watch) -> bool {
 
 fn failed(why: String) -> EngineError {
     EngineError::Store(crate::store::StoreError::Failed(std::sync::Arc::from(why)))
+}
+
+/// What applying XSETID `op` would refuse, when the stream's state as of it can be told
+/// exactly: the applied stream plus the transaction's parts built so far (`parts`), with no
+/// other entry in flight on the key and no deletion or trim among those parts. `None`: it
+/// would be accepted, or that cannot be told here (apply decides, as for a lone XSETID).
+fn set_id_refusal(
+    p: &super::Proposer,
+    store: &MessageStore,
+    op: &TxOp,
+    parts: &[(Bytes, Vec<SubRecord>)],
+) -> Option<crate::store::SetIdRefused> {
+    use crate::store::SetIdRefused;
+    let TxOp::SetId {
+        db,
+        key,
+        id,
+        entries_added,
+        ..
+    } = op
+    else {
+        return None;
+    };
+    let topic_key = (*db, key.clone());
+    // Another entry in flight on the key (the view had it before this transaction).
+    let before = match p.undo.as_ref().and_then(|u| u.get(&topic_key)) {
+        Some(was) => was.is_some(),
+        None => p.view.contains_key(&topic_key),
+    };
+    if before {
+        return None;
+    }
+    let (mut exists, mut len, mut top, mut last) = match store.topic(*db, key) {
+        Some(t) if !t.dropped => {
+            let len = t.live_len();
+            let top = if len == 0 {
+                None
+            } else {
+                let newest = store.read_queue_raw(&t, t.len.saturating_sub(1), 1).ok()?;
+                match newest.first() {
+                    // The newest queue entry may be deleted: then the top is not known here.
+                    Some(e) if !e.is_deleted() => Some(e.id),
+                    _ => return None,
+                }
+            };
+            (true, len, top, t.last_id)
+        }
+        _ => (false, 0, None, StreamId::default()),
+    };
+    for r in parts
+        .iter()
+        .flat_map(|(_, records)| records)
+        .filter(|r| r.db == *db && r.topic == *key)
+    {
+        match r.op {
+            RecordOp::Message if !exists || r.id > last => {
+                exists = true;
+                len += 1;
+                top = Some(r.id);
+                last = r.id;
+            }
+            RecordOp::Message => {}
+            RecordOp::Drop => (exists, len, top, last) = (false, 0, None, StreamId::default()),
+            RecordOp::Create if !exists => {
+                (exists, len, top, last) = (true, 0, None, StreamId::default())
+            }
+            RecordOp::Create => {}
+            // Accepted (or not told) earlier: the length and the top item stay.
+            RecordOp::SetId if exists => last = r.id,
+            RecordOp::SetId => {}
+            _ => return None,
+        }
+    }
+    if !exists || len == 0 {
+        return None;
+    }
+    if top.is_some_and(|t| *id < t) {
+        return Some(SetIdRefused::IdTooSmall);
+    }
+    if entries_added.is_some_and(|a| a < len) {
+        return Some(SetIdRefused::AddedTooSmall);
+    }
+    None
 }
