@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node (single node: data in ./data unless --data-dir or the config file says).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Verify and summarise a data directory, read-only; exits 1 if anything does not verify.
     Inspect(inspect::InspectArgs),
     /// Ask a running node (its HTTP listener) about its Raft group, or change who leads.

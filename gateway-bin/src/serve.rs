@@ -61,6 +61,12 @@ pub struct ServeArgs {
     /// preallocated: a small size suits tests and small disks.
     #[arg(long)]
     segment_size: Option<u64>,
+    /// Log entries older than this are removed (ms; default 259200000, 72 h).
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// How often the leader looks for entries past the retention (ms; default 60000).
+    #[arg(long)]
+    retention_check_ms: Option<u64>,
 }
 
 /// The TOML file: the same settings, by the same names (with `_`).
@@ -79,6 +85,8 @@ struct FileConfig {
     flush: Option<String>,
     flush_interval_ms: Option<u64>,
     segment_size: Option<u64>,
+    retention_ms: Option<u64>,
+    retention_check_ms: Option<u64>,
     /// The cluster's shared secret (file or `MANIFOLD_CLUSTER_SECRET`, never a flag).
     cluster_secret: Option<String>,
     /// `[[principal]]` tables (file only: secrets stay off the command line).
@@ -111,6 +119,8 @@ struct Settings {
     join: bool,
     flush: FlushMode,
     segment_size: Option<u64>,
+    retention_ms: Option<u64>,
+    retention_check_ms: Option<u64>,
     cluster_secret: Option<String>,
     access: AccessConfig,
 }
@@ -167,6 +177,8 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         join: args.join || file.join.unwrap_or(false),
         flush,
         segment_size: args.segment_size.or(file.segment_size),
+        retention_ms: args.retention_ms.or(file.retention_ms),
+        retention_check_ms: args.retention_check_ms.or(file.retention_check_ms),
         cluster_secret: std::env::var("MANIFOLD_CLUSTER_SECRET")
             .ok()
             .or(file.cluster_secret),
@@ -286,6 +298,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             "--segment-size must be at least 64 KiB and below 4 GiB"
         );
         config.store.log.segment_size = size;
+    }
+    if let Some(ms) = s.retention_ms {
+        ensure!(ms > 0, "--retention-ms must be above 0");
+        config.retention_ms = ms;
+    }
+    if let Some(ms) = s.retention_check_ms {
+        ensure!(ms > 0, "--retention-check-ms must be above 0");
+        config.retention_check_ms = ms;
     }
     let max_message_bytes = config.max_message_bytes;
     let engine = Arc::new(open(&s.data_dir, config)?);

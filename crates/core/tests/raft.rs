@@ -1453,3 +1453,57 @@ fn a_removal_that_would_leave_too_few_pinned_voters_is_not_made() {
     let asked = config_asked(&a).expect("the silent voter goes");
     assert_eq!(asked.voters().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
 }
+
+#[test]
+fn a_follower_behind_the_retained_log_is_reported_as_needing_a_snapshot() {
+    // The leader's log starts after index 10 (retention cut the rest).
+    let mut log = LogTerms::new(10, 1);
+    assert!(log.append(1, 2));
+    let cfg = RaftConfig {
+        members: pinned(&VOTERS),
+        ..RaftConfig::new(1, Vec::new())
+    };
+    let mut r = Raft::new(
+        cfg,
+        HardState {
+            term: 1,
+            voted_for: 0,
+        },
+        log,
+        10,
+        0,
+    );
+    r.restore_configs(vec![ConfigAt {
+        index: 5,
+        term: 1,
+        members: pinned(&VOTERS),
+    }]);
+    let (now, _) = tick_until(&mut r, Role::PreCandidate);
+    msg(&mut r, now, 2, granted(2, true));
+    msg(&mut r, now, 2, granted(2, false));
+    assert_eq!(r.role(), Role::Leader);
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 13,
+            term: 2,
+        },
+    );
+    assert_eq!(r.peer_needs_snapshot(3), Some(false));
+    // Node 3's log ends at 3: what it needs next is gone from the leader's log.
+    let a = msg(
+        &mut r,
+        now + 1,
+        3,
+        Message::AppendReply(AppendReply {
+            term: 2,
+            success: false,
+            index: 12,
+            hint_index: 4,
+            hint_term: 0,
+        }),
+    );
+    assert_eq!(r.peer_needs_snapshot(3), Some(true), "{a:?}");
+    assert_eq!(r.peer_needs_snapshot(2), Some(false));
+}

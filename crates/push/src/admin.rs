@@ -93,6 +93,10 @@ pub struct PeerView {
     pub lag: Option<u64>,
     /// Leader only: whether its last heartbeat answer said its disk is healthy.
     pub healthy: Option<bool>,
+    /// Leader only: it needs entries retention removed (only a snapshot install could catch
+    /// it up).
+    #[serde(default)]
+    pub needs_snapshot: Option<bool>,
 }
 
 /// This node's view of its group now. A group of one is its own leader.
@@ -134,6 +138,7 @@ pub fn cluster_view(engine: &Engine) -> ClusterView {
                         match_index: matched,
                         lag: matched.map(|m| st.last_index.saturating_sub(m)),
                         healthy: leading.then(|| !st.unhealthy_peers.contains(id)),
+                        needs_snapshot: leading.then(|| st.behind_log.contains(id)),
                     }
                 })
                 .collect();
@@ -502,6 +507,20 @@ pub fn render_metrics(engine: &Engine) -> String {
                 "manifold_raft_peer_match_index",
                 &[("peer", &p.id.to_string())],
                 m,
+            );
+        }
+    }
+    t.family(
+        "manifold_raft_peer_needs_snapshot",
+        "gauge",
+        "Leader only: 1 for a follower that needs entries retention removed.",
+    );
+    for p in &view.peers {
+        if let Some(n) = p.needs_snapshot {
+            t.sample(
+                "manifold_raft_peer_needs_snapshot",
+                &[("peer", &p.id.to_string())],
+                u8::from(n),
             );
         }
     }

@@ -64,6 +64,9 @@ pub struct Status {
     pub healthy: bool,
     /// Leader: followers whose last heartbeat answer said their disk is not.
     pub unhealthy_peers: Vec<NodeId>,
+    /// Leader: followers that need entries the log no longer holds (retention cut them);
+    /// only a snapshot install (not built yet) can catch them up.
+    pub behind_log: Vec<NodeId>,
     /// The configuration in force (voters and learners, their addresses and incarnations).
     pub members: Membership,
     /// The index of the Config entry that carries it (0: the bootstrap configuration).
@@ -249,6 +252,11 @@ fn status_of(core: &Raft) -> Status {
             .into_iter()
             .filter(|p| core.peer_healthy(*p) == Some(false))
             .collect(),
+        behind_log: core
+            .peer_ids()
+            .into_iter()
+            .filter(|p| core.peer_needs_snapshot(*p) == Some(true))
+            .collect(),
         members: core.membership().clone(),
         members_index: core.configs().last().map_or(0, |c| c.index),
         voter: core.is_voter(),
@@ -387,7 +395,21 @@ impl Runner {
                 break;
             }
         }
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status_of(&self.core);
+        let status = status_of(&self.core);
+        let mut slot = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        for p in status
+            .behind_log
+            .iter()
+            .filter(|p| !slot.behind_log.contains(p))
+        {
+            tracing::warn!(
+                peer = p,
+                first_index = self.core.log_terms().base_index() + 1,
+                "a follower needs entries retention removed: it cannot catch up until snapshot \
+                 install exists (wipe its directory and re-add it, or raise --retention-ms)"
+            );
+        }
+        *slot = status;
     }
 
     /// Tells the node above of a role change at once: before any later action (a follower's

@@ -259,6 +259,11 @@ impl Raft {
     pub fn configs(&self) -> &[ConfigAt] {
         &self.configs
     }
+    /// Leader: whether a follower needs entries the log no longer holds (retention cut
+    /// them): only a snapshot install could catch it up.
+    pub fn peer_needs_snapshot(&self, peer: NodeId) -> Option<bool> {
+        self.progress.get(&peer).map(|p| p.needs_snapshot)
+    }
     /// Leader: the incarnation a follower last answered with (0: not heard yet).
     pub fn peer_incarnation(&self, peer: NodeId) -> Option<u64> {
         self.progress.get(&peer).map(|p| p.incarnation)

@@ -36,6 +36,9 @@ pub struct Progress {
     pub sent_commit: LogIndex,
     /// The directory that last answered for it (0: none yet).
     pub incarnation: u64,
+    /// It needs entries the leader's log no longer holds (retention cut them): only a
+    /// snapshot install can catch it up.
+    pub needs_snapshot: bool,
 }
 
 impl Progress {
@@ -51,6 +54,7 @@ impl Progress {
             last_progress_ms: now,
             sent_commit: 0,
             incarnation: 0,
+            needs_snapshot: false,
         }
     }
 
@@ -84,6 +88,7 @@ impl Progress {
             return false;
         }
         self.match_index = index;
+        self.needs_snapshot = false;
         self.next_index = self.next_index.max(index + 1);
         self.last_progress_ms = now;
         if matches!(self.state, SendState::Probe { .. }) {

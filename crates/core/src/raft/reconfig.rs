@@ -42,28 +42,11 @@ impl Raft {
         let Some(due) = self.founding_due else {
             return;
         };
-        let heard = |id: NodeId| -> u64 {
-            if id == self.cfg.id {
-                self.cfg.incarnation
-            } else {
-                self.progress.get(&id).map_or(0, |p| p.incarnation)
-            }
-        };
-        let all = self.membership().voters().all(|v| heard(v) != 0);
+        let all = self.membership().voters().all(|v| self.heard(v) != 0);
         if self.role != Role::Leader || !(all || self.now >= due) {
             return;
         }
-        let mut founding = self.membership().clone();
-        let ids: Vec<NodeId> = founding.members().iter().map(|m| m.id).collect();
-        for id in ids {
-            let incarnation = heard(id);
-            if let Some(m) = founding.get_mut(id)
-                && incarnation != 0
-                && m.incarnation == 0
-            {
-                m.incarnation = incarnation;
-            }
-        }
+        let founding = self.pinned(self.membership());
         self.founding_due = None;
         self.config_pending = true;
         self.actions.push(Action::AppendConfig {
@@ -86,25 +69,10 @@ impl Raft {
             return;
         }
         let current = self.membership().clone();
-        let mut next = current.clone();
         let me = self.cfg.id;
         // Incarnations not pinned yet take the directory that answers (no place changes
         // hands: nothing else counted for it).
-        let heard = |id: NodeId| -> u64 {
-            if id == me {
-                self.cfg.incarnation
-            } else {
-                self.progress.get(&id).map_or(0, |p| p.incarnation)
-            }
-        };
-        for m in current.members() {
-            if m.incarnation == 0 && heard(m.id) != 0 {
-                next.put(Member {
-                    incarnation: heard(m.id),
-                    ..m.clone()
-                });
-            }
-        }
+        let mut next = self.pinned(&current);
         // One change of who votes: an operator's first, else a returned directory or a
         // learner to promote, once it holds every committed entry.
         while let Some(change) = self.changes.pop_front() {
@@ -123,13 +91,15 @@ impl Raft {
                 m.id != me
                     && caught_up(m.id)
                     && match m.role {
-                        MemberRole::Voter => m.incarnation != 0 && m.incarnation != heard(m.id),
+                        MemberRole::Voter => {
+                            m.incarnation != 0 && m.incarnation != self.heard(m.id)
+                        }
                         MemberRole::Learner { promote } => promote,
                     }
             });
             if let Some(m) = due {
                 next.put(Member {
-                    incarnation: heard(m.id),
+                    incarnation: self.heard(m.id),
                     role: MemberRole::Voter,
                     ..m.clone()
                 });
@@ -144,6 +114,30 @@ impl Raft {
                 members: next,
             });
         }
+    }
+
+    /// The incarnation node `id` answers from, as far as the leader heard (0: not yet).
+    fn heard(&self, id: NodeId) -> u64 {
+        if id == self.cfg.id {
+            self.cfg.incarnation
+        } else {
+            self.progress.get(&id).map_or(0, |p| p.incarnation)
+        }
+    }
+
+    /// `config` with every place not pinned yet pinned to the directory heard from, if any.
+    fn pinned(&self, config: &Membership) -> Membership {
+        let mut next = config.clone();
+        for m in config.members() {
+            let incarnation = self.heard(m.id);
+            if m.incarnation == 0 && incarnation != 0 {
+                next.put(Member {
+                    incarnation,
+                    ..m.clone()
+                });
+            }
+        }
+        next
     }
 
     /// `config` with an operator's change made, if it is one to make (an add of a node

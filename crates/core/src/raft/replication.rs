@@ -81,9 +81,10 @@ impl Raft {
         }
         let prev_index = p.next_index - 1;
         let Some(prev_term) = self.log.term_at(prev_index) else {
-            // Below what the log holds: the follower needs a snapshot (a later slice);
-            // until then it is probed from the oldest entry held.
+            // Below what the log holds: the follower needs a snapshot (not built yet; the
+            // driver reports it); until then it is probed from the oldest entry held.
             p.next_index = self.log.base_index() + 1;
+            p.needs_snapshot = true;
             return;
         };
         let upto = last.min(prev_index.saturating_add(max));
