@@ -1026,3 +1026,62 @@ fn a_group_of_one_grows_into_three_that_survive_the_first_nodes_loss() -> anyhow
         Ok(())
     })
 }
+
+#[test]
+fn a_follower_behind_the_retained_log_is_reported_as_needing_a_snapshot() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let (mut nodes, peers) = group(
+        root.path(),
+        &["--retention-ms", "1500", "--retention-check-ms", "200"],
+    )?;
+    xadd_on_leader(&nodes, "s", 0)?;
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let away = (l + 1) % 3;
+    nodes[away].kill("KILL")?;
+    // Several 1 MiB segments of entries, then past the retention: the leader's log no longer
+    // starts where the node that is away stopped.
+    let l = leader(&nodes, Duration::from_secs(10))?;
+    let mut con = nodes[l].client()?;
+    con.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let value = "v".repeat(1500);
+    let started = Instant::now();
+    for _ in 0..20 {
+        let mut pipe = redis::pipe();
+        for _ in 0..200 {
+            pipe.cmd("XADD")
+                .arg("s")
+                .arg("*")
+                .arg("f")
+                .arg(&value)
+                .ignore();
+        }
+        pipe.query::<()>(&mut con)
+            .with_context(|| format!("after {:?}", started.elapsed()))?;
+    }
+    eprintln!("4,000 XADDs in {:?}", started.elapsed());
+    thread::sleep(Duration::from_millis(2500));
+    xadd_on_leader(&nodes, "s", 1).context("the write after the retention")?;
+    nodes[away].start(&peers)?;
+    let id = nodes[away].id;
+    eventually(|| {
+        let l = leader(&nodes, Duration::from_secs(1))?;
+        let v = cluster_json(&nodes[l])?;
+        let peer = v["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"].as_u64() == Some(id))
+            .cloned()
+            .context("peer listed")?;
+        ensure!(peer["needs_snapshot"] == true, "{peer}");
+        let (_, page) = http(nodes[l].http, "GET", "/metrics")?;
+        ensure!(
+            metric(
+                &page,
+                &format!("manifold_raft_peer_needs_snapshot{{peer=\"{id}\"}}")
+            ) == Some(1.0),
+            "{page}"
+        );
+        Ok(())
+    })
+}

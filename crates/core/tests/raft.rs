@@ -1507,3 +1507,30 @@ fn a_follower_behind_the_retained_log_is_reported_as_needing_a_snapshot() {
     assert_eq!(r.peer_needs_snapshot(3), Some(true), "{a:?}");
     assert_eq!(r.peer_needs_snapshot(2), Some(false));
 }
+
+#[test]
+fn retention_on_the_leader_is_learned_and_a_follower_that_needs_what_it_removed_gets_no_appends() {
+    let (mut r, now) = pinned_leader(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+    // Entries 1..=11 committed (the no-op at 11); retention removes 1..=10 on the leader.
+    step(&mut r, now, Event::LogCompacted { first_index: 11 });
+    assert_eq!(r.log_terms().base_index(), 10);
+    // Node 3 comes back with a log ending at 3.
+    let reply = Message::AppendReply(AppendReply {
+        term: 2,
+        success: false,
+        index: 11,
+        hint_index: 4,
+        hint_term: 0,
+    });
+    msg(&mut r, now + 1, 3, reply);
+    assert_eq!(r.peer_needs_snapshot(3), Some(true));
+    // Nothing is sent to it from the log (it would be refused again and again).
+    for t in [now + 300, now + 600, now + 900] {
+        let a = step(&mut r, t, Event::Tick);
+        assert!(
+            !a.iter()
+                .any(|x| matches!(x, Action::SendEntries { to: 3, .. })),
+            "{a:?}"
+        );
+    }
+}

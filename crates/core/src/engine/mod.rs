@@ -2599,10 +2599,19 @@ impl Inner {
     fn delete_retained(&self, base: LogIndex) {
         let retained_from = self.lock_state().retained_from;
         let upto = retained_from.min(base + 1);
-        if upto > self.store.log().first_index()
-            && let Err(e) = self.store.delete_before(upto)
-        {
-            tracing::error!(error = %e, "removing retained segments failed");
+        if upto > self.store.log().first_index() {
+            match self.store.delete_before(upto) {
+                // In a group the Raft core forgets those entries too: a follower that still
+                // needs them can no longer be sent them.
+                Ok(_) => {
+                    if let Some(c) = self.cluster.get() {
+                        c.handle.event(crate::raft::Event::LogCompacted {
+                            first_index: self.store.log().first_index(),
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "removing retained segments failed"),
+            }
         }
     }
 

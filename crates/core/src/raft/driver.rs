@@ -448,9 +448,22 @@ impl Runner {
             Action::SaveHardState(h) => h.store(self.storage.as_ref(), &self.root)?,
             Action::Send { to, msg } => self.transport.send(to, msg),
             Action::SendEntries { to, header, last } => {
-                for m in replica_log::appends(&self.store, header, last, self.config.append_bytes)?
-                {
-                    self.transport.send(to, m);
+                match replica_log::appends(&self.store, header, last, self.config.append_bytes) {
+                    Ok(messages) => {
+                        for m in messages {
+                            self.transport.send(to, m);
+                        }
+                    }
+                    // Retention removed them since the core decided (it hears of it with
+                    // `LogCompacted`): nothing to send, and no reason to stop taking part.
+                    Err(StoreError::IndexOutOfRange { .. }) => {
+                        tracing::debug!(
+                            peer = to,
+                            from = header.prev_index + 1,
+                            "entries gone to retention"
+                        );
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             Action::Persist {

@@ -195,6 +195,12 @@ pub enum Event {
     },
     /// An operator asks for a membership change; a follower passes it to the leader.
     ChangeMembership(MembershipChange),
+    /// Retention removed the log's entries below `first_index` (all committed and applied):
+    /// their terms are forgotten, and a follower that needs them is reported as needing a
+    /// snapshot instead of being sent entries the log no longer holds.
+    LogCompacted {
+        first_index: LogIndex,
+    },
     /// The driver's answer to `PauseProposals`: no proposal is appended from now on, and the
     /// log ends at `last_index` (entries of `term`; ignored unless the node still leads it).
     ProposalsPaused {

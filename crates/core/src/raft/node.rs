@@ -171,6 +171,10 @@ impl Raft {
                 members,
             } => self.on_config_appended(index, term, members),
             Event::ChangeMembership(change) => self.request_change(change),
+            Event::LogCompacted { first_index } => {
+                let base = first_index.saturating_sub(1).min(self.commit);
+                self.log.compact_to(base);
+            }
             Event::Appended { last_index, term } => self.on_appended(last_index, term),
             Event::Persisted { index, term } => self.on_persisted(index, term),
             Event::TransferLeader { to } => self.request_transfer(to),

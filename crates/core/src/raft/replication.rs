@@ -74,6 +74,11 @@ impl Raft {
         if !p.can_send(max_inflight) {
             return;
         }
+        if p.needs_snapshot && p.next_index <= self.log.base_index() + 1 {
+            // What it needs next is gone: sending from the log's start would only be refused
+            // again. (It acknowledges its way out of this only after a snapshot install.)
+            return;
+        }
         let probing = matches!(p.state, super::progress::SendState::Probe { .. });
         // Replicating and up to date: nothing to send (heartbeats carry liveness).
         if !probing && p.next_index > last {
