@@ -740,14 +740,7 @@ fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_ha
     // node that may be a follower: it learns the whole log, then becomes a voter.
     let raft4 = free_port()?;
     let peers4 = format!("{peers},4=127.0.0.1:{raft4}");
-    nodes.push(Node {
-        id: 4,
-        dir: root.path().join("n4"),
-        resp: free_port()?,
-        http: free_port()?,
-        extra: vec!["--join".into()],
-        child: None,
-    });
+    nodes.push(joining_node(root.path(), 4)?);
     nodes[3].start(&peers4)?;
     let l = leader(&nodes, Duration::from_secs(10))?;
     let asked = (l + 1) % 3;
@@ -829,10 +822,7 @@ fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_ha
                 "node {} differs",
                 nodes[i].id
             );
-            let ids: Vec<u64> = members_of(&nodes[i])?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
+            let ids = member_ids(&nodes[i])?;
             ensure!(
                 !ids.contains(&nodes[l].id) && !ids.contains(&3),
                 "node {} still lists {ids:?}",
@@ -845,14 +835,7 @@ fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_ha
     // removed), asked through the one that stays.
     let (stays, leaves) = (rest[0], rest[1]);
     let raft5 = free_port()?;
-    nodes.push(Node {
-        id: 5,
-        dir: root.path().join("n5"),
-        resp: free_port()?,
-        http: free_port()?,
-        extra: vec!["--join".into()],
-        child: None,
-    });
+    nodes.push(joining_node(root.path(), 5)?);
     nodes[4].start(&format!("{peers4},5=127.0.0.1:{raft5}"))?;
     let (code, out, err) = cluster_cli(
         &nodes[stays],
@@ -879,10 +862,7 @@ fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_ha
                 "node {} differs",
                 nodes[i].id
             );
-            let ids: Vec<u64> = members_of(&nodes[i])?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
+            let ids = member_ids(&nodes[i])?;
             ensure!(
                 ids == [nodes[stays].id.min(5), nodes[stays].id.max(5)],
                 "node {} lists {ids:?}",
@@ -891,6 +871,23 @@ fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_ha
         }
         Ok(())
     })
+}
+
+/// Node `id` to be started with `--join` (a learner until the group adds it).
+fn joining_node(root: &Path, id: u64) -> anyhow::Result<Node> {
+    Ok(Node {
+        id,
+        dir: root.join(format!("n{id}")),
+        resp: free_port()?,
+        http: free_port()?,
+        extra: vec!["--join".into()],
+        child: None,
+    })
+}
+
+/// The ids of the members a node's `/cluster` lists, itself included, sorted.
+fn member_ids(node: &Node) -> anyhow::Result<Vec<u64>> {
+    Ok(members_of(node)?.into_iter().map(|(id, _)| id).collect())
 }
 
 /// The incarnation a node's `/cluster` shows for member `id` (empty: not pinned).

@@ -569,15 +569,7 @@ fn an_old_term_entry_on_a_majority_commits_only_under_an_entry_of_the_current_te
 #[test]
 fn a_new_commit_index_reaches_followers_within_the_push_delay() {
     let (mut r, now) = leader(0, &[]);
-    step(
-        &mut r,
-        now,
-        Event::Appended {
-            last_index: 1,
-            term: 1,
-        },
-    );
-    step(&mut r, now, Event::Persisted { index: 1, term: 1 });
+    appended_durably(&mut r, now, 1, 1);
     let a = msg(
         &mut r,
         now + 1,
@@ -790,15 +782,7 @@ fn a_leader_hands_over_to_the_preferred_voter_once_it_is_live_and_caught_up() {
     msg(&mut r, now, 2, granted(2, true));
     msg(&mut r, now, 2, granted(2, false));
     assert_eq!(r.role(), Role::Leader);
-    step(
-        &mut r,
-        now,
-        Event::Appended {
-            last_index: 2,
-            term: 2,
-        },
-    );
-    step(&mut r, now, Event::Persisted { index: 2, term: 2 });
+    appended_durably(&mut r, now, 2, 2);
     let ok = |index| {
         Message::AppendReply(AppendReply {
             term: 2,
@@ -922,6 +906,33 @@ fn msg_as(r: &mut Raft, now: u64, from: NodeId, incarnation: u64, m: Message) ->
     )
 }
 
+/// The leader's own entries through `index` (of `term`) appended and durable.
+fn appended_durably(r: &mut Raft, now: u64, index: u64, term: u64) {
+    step(
+        r,
+        now,
+        Event::Appended {
+            last_index: index,
+            term,
+        },
+    );
+    step(r, now, Event::Persisted { index, term });
+}
+
+/// The leader's Config entry of `members` appended at `index` (of `term`) and durable.
+fn config_appended_durably(r: &mut Raft, now: u64, index: u64, term: u64, members: Membership) {
+    step(
+        r,
+        now,
+        Event::ConfigAppended {
+            index,
+            term,
+            members,
+        },
+    );
+    step(r, now, Event::Persisted { index, term });
+}
+
 /// Voters 1, 2, 3 pinned to incarnation 1 (what a leader of the bootstrap group wrote).
 fn pinned(ids: &[NodeId]) -> Membership {
     Membership::new(
@@ -1009,15 +1020,7 @@ fn a_wiped_voter_counts_for_nothing_until_a_committed_change_names_its_new_direc
     let (mut r, now) = pinned_leader(&[1, 1]);
     // Node 3 came back from a lost disk (incarnation 9): its acknowledgement of the next
     // entry does not commit it; node 2's does.
-    step(
-        &mut r,
-        now,
-        Event::Appended {
-            last_index: 4,
-            term: 2,
-        },
-    );
-    step(&mut r, now, Event::Persisted { index: 4, term: 2 });
+    appended_durably(&mut r, now, 4, 2);
     let a = msg_as(&mut r, now + 1, 3, 9, ack(2, 4));
     assert!(commits(&a).is_empty(), "a wiped directory counted: {a:?}");
     // It holds every committed entry (3): the leader gives it its place back.
@@ -1027,16 +1030,7 @@ fn a_wiped_voter_counts_for_nothing_until_a_committed_change_names_its_new_direc
     let a = msg(&mut r, now + 2, 2, ack(2, 4));
     assert_eq!(commits(&a), vec![4]);
     // In force once appended (index 5): now node 3's answers count, node 2's alone do not.
-    step(
-        &mut r,
-        now + 3,
-        Event::ConfigAppended {
-            index: 5,
-            term: 2,
-            members: asked,
-        },
-    );
-    step(&mut r, now + 3, Event::Persisted { index: 5, term: 2 });
+    config_appended_durably(&mut r, now + 3, 5, 2, asked);
     let a = msg_as(&mut r, now + 4, 3, 9, ack(2, 5));
     assert_eq!(commits(&a), vec![5]);
 
@@ -1103,16 +1097,7 @@ fn a_voter_not_heard_at_founding_counts_once_a_later_change_pins_it() {
     let a = step(&mut r, now + 50, Event::Tick);
     let founding = config_asked(&a).expect("founded at the deadline");
     assert_eq!(founding.get(3).map(|m| m.incarnation), Some(0));
-    step(
-        &mut r,
-        now + 50,
-        Event::ConfigAppended {
-            index: 1,
-            term: 1,
-            members: founding,
-        },
-    );
-    step(&mut r, now + 50, Event::Persisted { index: 1, term: 1 });
+    config_appended_durably(&mut r, now + 50, 1, 1, founding);
     // Node 3 answers first: a place not pinned counts for nothing once the group is founded.
     let a = msg_as(&mut r, now + 51, 3, 7, ack(1, 1));
     assert!(commits(&a).is_empty(), "{a:?}");
@@ -1124,16 +1109,7 @@ fn a_voter_not_heard_at_founding_counts_once_a_later_change_pins_it() {
     // One change at a time: nothing more until this one is in the log and committed.
     let a = msg_as(&mut r, now + 53, 3, 7, ack(1, 1));
     assert_eq!(config_asked(&a), None);
-    step(
-        &mut r,
-        now + 53,
-        Event::ConfigAppended {
-            index: 2,
-            term: 1,
-            members: asked,
-        },
-    );
-    step(&mut r, now + 53, Event::Persisted { index: 2, term: 1 });
+    config_appended_durably(&mut r, now + 53, 2, 1, asked);
     let a = msg_as(&mut r, now + 54, 3, 7, ack(1, 2));
     assert_eq!(commits(&a), vec![2], "node 3 counts once pinned");
 }
@@ -1174,16 +1150,7 @@ fn an_added_node_learns_then_is_promoted_once_caught_up_and_a_removed_leader_han
     assert_eq!(commits(&a), vec![3]);
     let asked = config_asked(&a).expect("caught up: promoted");
     assert!(asked.is_voter(4) && asked.get(4).is_some_and(|m| m.incarnation == 44));
-    step(
-        &mut r,
-        now + 4,
-        Event::ConfigAppended {
-            index: 4,
-            term: 2,
-            members: asked,
-        },
-    );
-    step(&mut r, now + 4, Event::Persisted { index: 4, term: 2 });
+    config_appended_durably(&mut r, now + 4, 4, 2, asked);
     // Four voters: a majority is three.
     let a = msg(&mut r, now + 5, 2, ack(2, 4));
     assert!(commits(&a).is_empty());
@@ -1198,16 +1165,7 @@ fn an_added_node_learns_then_is_promoted_once_caught_up_and_a_removed_leader_han
         Event::ChangeMembership(MembershipChange::Remove { id: 1 }),
     );
     let asked = config_asked(&a).expect("the leader's removal");
-    step(
-        &mut r,
-        now + 8,
-        Event::ConfigAppended {
-            index: 5,
-            term: 2,
-            members: asked,
-        },
-    );
-    step(&mut r, now + 8, Event::Persisted { index: 5, term: 2 });
+    config_appended_durably(&mut r, now + 8, 5, 2, asked);
     let a = msg(&mut r, now + 9, 2, ack(2, 5));
     assert!(commits(&a).is_empty(), "the leader counted itself");
     assert_eq!(r.role(), Role::Leader);
@@ -1426,15 +1384,7 @@ fn a_removal_that_would_leave_too_few_pinned_voters_is_not_made() {
         msg(&mut r, now, v, granted(2, false));
     }
     assert_eq!(r.role(), Role::Leader);
-    step(
-        &mut r,
-        now,
-        Event::Appended {
-            last_index: 2,
-            term: 2,
-        },
-    );
-    step(&mut r, now, Event::Persisted { index: 2, term: 2 });
+    appended_durably(&mut r, now, 2, 2);
     msg(&mut r, now + 1, 2, ack(2, 2));
     let a = msg(&mut r, now + 1, 3, ack(2, 2));
     assert_eq!(r.commit_index(), 2, "{a:?}");
