@@ -189,6 +189,7 @@ fn inspect(dir: &Path) -> anyhow::Result<i32> {
 
 #[test]
 fn a_three_node_group_keeps_every_acknowledged_write_through_leader_kills() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let (mut nodes, peers) = group(root.path(), &[])?;
     // A healthy leader answers every command of a pipeline (an entry committed before its
@@ -437,6 +438,7 @@ fn metric(page: &str, prefix: &str) -> Option<f64> {
 
 #[test]
 fn admin_routes_report_the_group_and_a_transfer_moves_its_leadership() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let (mut nodes, _) = group(root.path(), &[])?;
     for i in 0..100 {
@@ -542,6 +544,7 @@ fn admin_routes_report_the_group_and_a_transfer_moves_its_leadership() -> anyhow
 
 #[test]
 fn the_preferred_leader_takes_over_whenever_it_is_back() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let (mut nodes, peers) = group(root.path(), &["--preferred-leader", "2"])?;
     let wait_for = |nodes: &[Node], want: usize| -> anyhow::Result<()> {
@@ -573,6 +576,7 @@ fn the_preferred_leader_takes_over_whenever_it_is_back() -> anyhow::Result<()> {
 
 #[test]
 fn a_follower_takes_writes_and_group_reads_for_its_clients() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let (nodes, _) = group(root.path(), &[])?;
     let l = leader(&nodes, Duration::from_secs(10))?;
@@ -670,6 +674,7 @@ fn a_follower_takes_writes_and_group_reads_for_its_clients() -> anyhow::Result<(
 
 #[test]
 fn a_node_without_the_cluster_secret_is_kept_out() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let mut configs = Vec::new();
     for id in 1..=3u64 {
@@ -729,6 +734,7 @@ fn members_of(node: &Node) -> anyhow::Result<Vec<(u64, String)>> {
 #[test]
 fn a_node_added_to_a_running_group_catches_up_then_votes_and_a_removed_leader_hands_over()
 -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let (mut nodes, peers) = group(root.path(), &[])?;
     let mut written = Vec::new();
@@ -904,6 +910,7 @@ fn incarnation_of(node: &Node, id: u64) -> anyhow::Result<String> {
 
 #[test]
 fn a_wiped_node_gets_its_place_back_once_caught_up_and_counts_again() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let (mut nodes, peers) = group(root.path(), &[])?;
     let mut written = Vec::new();
@@ -953,6 +960,7 @@ fn a_wiped_node_gets_its_place_back_once_caught_up_and_counts_again() -> anyhow:
 
 #[test]
 fn a_group_of_one_grows_into_three_that_survive_the_first_nodes_loss() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let rafts: Vec<u16> = (0..3).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
     let mut nodes: Vec<Node> = (1..=3u64)
@@ -1026,6 +1034,7 @@ fn a_group_of_one_grows_into_three_that_survive_the_first_nodes_loss() -> anyhow
 
 #[test]
 fn a_follower_behind_the_retained_log_is_reported_as_needing_a_snapshot() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let (mut nodes, peers) = group(
         root.path(),

@@ -290,6 +290,7 @@ impl Group {
 
 #[test]
 fn a_leader_cut_off_stops_acknowledging_and_the_majority_goes_on() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let g = Group::start(root.path())?;
     let l = g.leader(&[0, 1, 2])?;
@@ -333,6 +334,7 @@ fn a_leader_cut_off_stops_acknowledging_and_the_majority_goes_on() -> anyhow::Re
 
 #[test]
 fn a_follower_that_cannot_hear_the_leader_does_not_depose_it() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let g = Group::start(root.path())?;
     let l = g.leader(&[0, 1, 2])?;
@@ -365,6 +367,7 @@ fn a_follower_that_cannot_hear_the_leader_does_not_depose_it() -> anyhow::Result
 
 #[test]
 fn a_stopped_leader_is_replaced_and_follows_after_it_resumes() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let g = Group::start(root.path())?;
     let l = g.leader(&[0, 1, 2])?;
@@ -397,6 +400,7 @@ fn a_stopped_leader_is_replaced_and_follows_after_it_resumes() -> anyhow::Result
 
 #[test]
 fn a_wiped_node_never_helps_a_stale_node_win() -> anyhow::Result<()> {
+    let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let mut g = Group::start(root.path())?;
     let l = g.leader(&[0, 1, 2])?;

@@ -114,3 +114,12 @@ pub fn http(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)
     );
     Ok((status, body.to_string()))
 }
+
+/// Held by each multi-process test for its whole run: one group of nodes at a time per test
+/// binary. Several groups at once on a two-core machine starve heartbeats past the 300 ms a
+/// follower keeps faith in its leader, and the tests' timing claims (who may depose whom)
+/// would depend on the load instead of the protocol.
+pub fn one_group_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
