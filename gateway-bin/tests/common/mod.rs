@@ -48,11 +48,16 @@ pub fn serve(args: &[String]) -> anyhow::Result<Child> {
 /// and free now.
 pub fn free_port() -> anyhow::Result<u16> {
     use std::hash::{BuildHasher, Hasher};
+    // Never the same port twice in one test binary: a group picks a dozen before any node
+    // binds, and a repeat would make one node fail to start.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for attempt in 0..1000u64 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(attempt);
         let port = 20_000 + (h.finish() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }
