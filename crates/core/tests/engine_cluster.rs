@@ -327,6 +327,15 @@ fn a_leader_whose_disk_stalls_steps_down_and_the_group_goes_on() {
         assert!(Instant::now() < deadline, "no leader took a write");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Every voter pinned (a place not pinned counts for nothing, and a group that loses a
+    // pinned voter before pinning the last one cannot elect): the group is fully formed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !engines[l].raft_status().is_some_and(|s| {
+        s.members.members().iter().all(|m| m.incarnation != 0) && s.commit >= s.members_index
+    }) {
+        assert!(Instant::now() < deadline, "not every voter was pinned");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // The leader's fsyncs now take 3 s each: it acknowledges nothing. (Its followers' acks
     // alone still make a majority, so writes may even commit meanwhile.)
     disks[l].set_sync_latency(Duration::from_secs(3));

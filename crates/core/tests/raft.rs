@@ -1093,24 +1093,31 @@ fn a_voter_not_heard_at_founding_counts_once_a_later_change_pins_it() {
     let (now, _) = tick_until(&mut r, Role::PreCandidate);
     msg_as(&mut r, now, 2, 5, granted(1, true));
     msg_as(&mut r, now, 2, 5, granted(1, false));
-    // Node 3 is silent for a heartbeat period: the group is founded without it.
-    let a = step(&mut r, now + 50, Event::Tick);
+    // Node 3 is silent for an election timeout (node 2 answers, so the leader keeps its
+    // quorum): the group is founded without it.
+    let beat = Message::HeartbeatReply {
+        term: 1,
+        healthy: true,
+    };
+    let a = msg_as(&mut r, now + 100, 2, 5, beat);
+    assert_eq!(config_asked(&a), None, "still waiting for node 3");
+    let a = step(&mut r, now + 300, Event::Tick);
     let founding = config_asked(&a).expect("founded at the deadline");
     assert_eq!(founding.get(3).map(|m| m.incarnation), Some(0));
-    config_appended_durably(&mut r, now + 50, 1, 1, founding);
+    config_appended_durably(&mut r, now + 300, 1, 1, founding);
     // Node 3 answers first: a place not pinned counts for nothing once the group is founded.
-    let a = msg_as(&mut r, now + 51, 3, 7, ack(1, 1));
+    let a = msg_as(&mut r, now + 301, 3, 7, ack(1, 1));
     assert!(commits(&a).is_empty(), "{a:?}");
-    let a = msg_as(&mut r, now + 52, 2, 5, ack(1, 1));
+    let a = msg_as(&mut r, now + 302, 2, 5, ack(1, 1));
     assert_eq!(commits(&a), vec![1]);
     // Committed: node 3 is pinned to the directory it answered from.
     let asked = config_asked(&a).expect("node 3 pinned next");
     assert_eq!(asked.get(3).map(|m| m.incarnation), Some(7));
     // One change at a time: nothing more until this one is in the log and committed.
-    let a = msg_as(&mut r, now + 53, 3, 7, ack(1, 1));
+    let a = msg_as(&mut r, now + 303, 3, 7, ack(1, 1));
     assert_eq!(config_asked(&a), None);
-    config_appended_durably(&mut r, now + 53, 2, 1, asked);
-    let a = msg_as(&mut r, now + 54, 3, 7, ack(1, 2));
+    config_appended_durably(&mut r, now + 303, 2, 1, asked);
+    let a = msg_as(&mut r, now + 304, 3, 7, ack(1, 2));
     assert_eq!(commits(&a), vec![2], "node 3 counts once pinned");
 }
 

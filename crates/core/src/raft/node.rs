@@ -453,9 +453,10 @@ impl Raft {
         // so from then on a lost disk's new directory counts for nothing.
         self.broadcast_heartbeat();
         if self.configs[self.configs.len() - 1].index == 0 {
-            // Founding waits a heartbeat round for every voter's answer (an unpinned place
-            // counts for nothing afterwards), then goes with what it heard.
-            self.founding_due = Some(self.now + self.cfg.heartbeat_ms);
+            // Founding waits for every voter's answer (an unpinned place counts for nothing
+            // until a later change pins it) up to an election timeout, then goes with what it
+            // heard.
+            self.founding_due = Some(self.now + self.cfg.election_min_ms);
             self.maybe_found();
         } else {
             self.actions.push(Action::AppendNoop {
