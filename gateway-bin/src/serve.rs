@@ -208,7 +208,7 @@ fn cluster_config(
     preferred_leader: Option<u64>,
     secret: Option<&str>,
     join: bool,
-) -> anyhow::Result<Option<ClusterConfig>> {
+) -> anyhow::Result<ClusterConfig> {
     use std::net::ToSocketAddrs;
     let mut voters = Vec::new();
     for member in peers.split(',').map(str::trim).filter(|m| !m.is_empty()) {
@@ -252,13 +252,13 @@ fn cluster_config(
         ),
         None => None,
     };
-    Ok(Some(ClusterConfig {
+    Ok(ClusterConfig {
         listen,
         preferred_leader,
         secret: secret.map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
         join,
         ..ClusterConfig::new(voters)
-    }))
+    })
 }
 
 /// Runs the subcommand until SIGINT or SIGTERM.
@@ -272,7 +272,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             s.preferred_leader,
             s.cluster_secret.as_deref(),
             s.join,
-        )?,
+        )
+        .map(Some)?,
         None => {
             if s.preferred_leader.is_some() {
                 bail!("--preferred-leader needs --peers");

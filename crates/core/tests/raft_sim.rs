@@ -58,8 +58,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use manifold_core::raft::{
-    self, Action, AppendHeader, ConfigAt, Entry, Event, HardState, LogTerms, Membership, Message,
-    NodeId, Raft, RaftConfig, Role, membership,
+    self, Action, AppendHeader, ConfigAt, Entry, Event, HardState, LogTerms, Message, NodeId, Raft,
+    RaftConfig, Role, membership,
 };
 
 /// The simulation's only source of randomness: the Raft core's own seeded generator.
@@ -218,14 +218,6 @@ enum What {
         to: usize,
         msg: Message,
     },
-    /// The leader's driver reports the Config entry it appended (`Appended::Later`).
-    ConfigAppended {
-        node: usize,
-        inc: u32,
-        index: u64,
-        term: u64,
-        members: Membership,
-    },
     /// The store's fsync of the log through `index` (entry of `term`) completes.
     Fsync {
         node: usize,
@@ -237,12 +229,12 @@ enum What {
         node: usize,
         inc: u32,
     },
-    /// The leader's driver reports its own append (`Appended::Later`).
-    Appended {
+    /// The leader's driver reports its own append (`Appended` or `ConfigAppended`) on a
+    /// later turn (`Appended::Later`).
+    Reported {
         node: usize,
         inc: u32,
-        last_index: u64,
-        term: u64,
+        event: Event,
     },
     RandomTick,
     Propose,
@@ -584,24 +576,6 @@ impl Sim {
                     )?;
                 }
             }
-            What::ConfigAppended {
-                node,
-                inc,
-                index,
-                term,
-                members,
-            } => {
-                if self.nodes[node].inc == inc && self.nodes[node].raft.is_some() {
-                    self.step(
-                        node,
-                        Event::ConfigAppended {
-                            index,
-                            term,
-                            members,
-                        },
-                    )?;
-                }
-            }
             What::Fsync {
                 node,
                 inc,
@@ -623,14 +597,9 @@ impl Sim {
                     }
                 }
             }
-            What::Appended {
-                node,
-                inc,
-                last_index,
-                term,
-            } => {
+            What::Reported { node, inc, event } => {
                 if self.nodes[node].inc == inc && self.nodes[node].raft.is_some() {
-                    self.step(node, Event::Appended { last_index, term })?;
+                    self.step(node, event)?;
                 }
             }
             What::RandomTick => {
@@ -977,28 +946,12 @@ impl Sim {
                     term,
                     data: Bytes::from(record),
                 });
-                match self.p.appended {
-                    Appended::AtOnce => local.push_back(Event::ConfigAppended {
-                        index,
-                        term,
-                        members,
-                    }),
-                    Appended::Later => {
-                        let at = n.appended_at.max(self.now + self.rng.range(0, 10));
-                        n.appended_at = at;
-                        let (node, inc) = (i, n.inc);
-                        self.at(
-                            at,
-                            What::ConfigAppended {
-                                node,
-                                inc,
-                                index,
-                                term,
-                                members,
-                            },
-                        );
-                    }
-                }
+                let event = Event::ConfigAppended {
+                    index,
+                    term,
+                    members,
+                };
+                self.report_own(i, event, local);
                 self.written(i, local);
             }
             Action::RoleChanged { role, term, leader } => {
@@ -1012,26 +965,24 @@ impl Sim {
     /// The leader appended its own entries: report `Appended` (at once or on a later turn),
     /// and make them durable.
     fn leader_appended(&mut self, i: usize, term: u64, local: &mut VecDeque<Event>) {
-        let n = &mut self.nodes[i];
-        let last_index = n.log.len() as u64;
+        let last_index = self.nodes[i].log.len() as u64;
+        self.report_own(i, Event::Appended { last_index, term }, local);
+        self.written(i, local);
+    }
+
+    /// The driver reports the leader's own append to its core: at once, or on a later turn
+    /// (in order with its other reports), as `Params::appended` says.
+    fn report_own(&mut self, i: usize, event: Event, local: &mut VecDeque<Event>) {
         match self.p.appended {
-            Appended::AtOnce => local.push_back(Event::Appended { last_index, term }),
+            Appended::AtOnce => local.push_back(event),
             Appended::Later => {
+                let n = &mut self.nodes[i];
                 let at = n.appended_at.max(self.now + self.rng.range(0, 10));
                 n.appended_at = at;
                 let (node, inc) = (i, n.inc);
-                self.at(
-                    at,
-                    What::Appended {
-                        node,
-                        inc,
-                        last_index,
-                        term,
-                    },
-                );
+                self.at(at, What::Reported { node, inc, event });
             }
         }
-        self.written(i, local);
     }
 
     /// The log's tail was just written: make it durable now or after a simulated fsync.
