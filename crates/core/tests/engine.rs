@@ -1960,3 +1960,246 @@ fn stream_nodes_are_the_same_after_a_power_cut_and_a_replay() -> Result<(), Engi
     assert_eq!(nodes(&engine)?, counted);
     Ok(())
 }
+
+static IMAGE_CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000);
+
+fn image_clock() -> u64 {
+    IMAGE_CLOCK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Every message of `keys`, as `(key, id, value)`.
+fn contents(engine: &Engine, keys: &[&str]) -> Vec<(String, StreamId, Vec<u8>)> {
+    let mut out = Vec::new();
+    for key in keys {
+        for m in engine
+            .read_range(
+                0,
+                key.as_bytes(),
+                Bound::Unbounded,
+                Bound::Unbounded,
+                None,
+                false,
+            )
+            .expect("read")
+        {
+            let value = m.fields.first().map(|f| f.1.to_vec()).unwrap_or_default();
+            out.push((key.to_string(), m.id, value));
+        }
+    }
+    out
+}
+
+/// A node behind retention gets an image of another: its log from the first retained entry,
+/// the queues, topic rows and index files of the dispatch checkpoint (topic rows of streams
+/// whose entries retention removed included) and the engine snapshot. Installed in a directory
+/// that held another life of the node, it opens with the source's state at the image's index,
+/// its log byte for byte, and goes on appending. Writes to the source while the image is out
+/// change nothing of it.
+#[test]
+fn an_image_installed_in_another_directory_opens_with_the_source_state() -> Result<(), EngineError>
+{
+    use manifold_core::engine::{GroupStart, ReadFrom};
+    let disk = SimDisk::new();
+    let root = PathBuf::from("/data");
+    let mut config = config();
+    config.clock = image_clock;
+    config.retention_ms = 3_600_000;
+    config.retention_check_ms = 5;
+    config.timer_tick_ms = 5;
+    config.store.dispatch_checkpoint_interval_ms = 0;
+    let engine = Engine::open(Arc::new(disk.clone()), &root, config.clone())?;
+    let rt = runtime();
+    let big = "x".repeat(200);
+    let keys = ["old/0", "old/1", "new/0", "new/1", "new/2", "gone"];
+    rt.block_on(async {
+        for n in 0..600u64 {
+            engine
+                .append(req(&format!("old/{}", n % 2), IdSpec::Auto, &big))
+                .await?;
+        }
+        Ok::<_, EngineError>(())
+    })?;
+    let first_before = engine.store().log().first_index();
+    IMAGE_CLOCK.fetch_add(7_200_000, std::sync::atomic::Ordering::SeqCst);
+    rt.block_on(async {
+        engine
+            .group_create(
+                0,
+                Bytes::from_static(b"new/1"),
+                Bytes::from_static(b"g"),
+                GroupStart::Id(StreamId::default()),
+                true,
+                None,
+            )
+            .await?;
+        for n in 0..300u64 {
+            let key = if n % 50 == 49 {
+                "gone".to_string()
+            } else {
+                format!("new/{}", n % 3)
+            };
+            let mut r = req(&key, IdSpec::Auto, &n.to_string());
+            r.message_key = Bytes::from(format!("k{}", n % 10));
+            if n % 7 == 0 {
+                r.trim = Some(Trim::max_len(40));
+            }
+            if n % 13 == 0 {
+                r.retain = RetainEffect::Set;
+            }
+            let id = engine.append(r).await?.expect("id");
+            if n % 11 == 0 {
+                engine.delete(0, Bytes::from(key.clone()), vec![id]).await?;
+            }
+            if n % 5 == 0 {
+                engine
+                    .read_group(
+                        0,
+                        Bytes::from_static(b"g"),
+                        Bytes::from(format!("c{}", n % 2)),
+                        vec![(Bytes::from_static(b"new/1"), ReadFrom::New)],
+                        2,
+                        false,
+                    )
+                    .await?;
+            }
+        }
+        engine.drop_topic(0, Bytes::from_static(b"gone")).await?;
+        Ok::<_, EngineError>(())
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.store().log().first_index() == first_before || engine.len(0, b"old/0") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Quiet: what the image must reproduce.
+    let state = engine.state_digest();
+    let store = engine.store().state_digest()?;
+    let before = contents(&engine, &keys);
+    let pending = engine.pending_summary(0, b"new/1", b"g")?;
+    assert!(pending.count > 0);
+    let by_key = |e: &Engine| -> Vec<StreamId> {
+        e.find_by_key(0, b"new/2", b"k5", 0, u64::MAX, 100)
+            .expect("find")
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    };
+    let found = by_key(&engine);
+    assert!(!found.is_empty());
+
+    let image = engine.export_image()?;
+    let m = image.manifest().clone();
+    assert!(m.first_index > 1, "retention removed the first segments");
+    assert!(m.dispatched >= m.first_index.saturating_sub(1));
+    assert_eq!(m.last_index, engine.store().log().last_index());
+    for dir in ["commitlog/", "consumequeue/", "index/", "snapshots/"] {
+        assert!(
+            m.files.iter().any(|f| f.path.starts_with(dir)),
+            "the image carries {dir}"
+        );
+    }
+    // The source goes on while the image is out.
+    rt.block_on(async {
+        for n in 0..200u64 {
+            engine
+                .append(req("new/1", IdSpec::Auto, &format!("later {n}")))
+                .await?;
+        }
+        Ok::<_, EngineError>(())
+    })?;
+
+    // The target held another life of node 2: a stream the image does not have.
+    let target = SimDisk::new();
+    let mut other = config.clone();
+    other.node_id = 2;
+    {
+        let e = Engine::open(Arc::new(target.clone()), &root, other.clone())?;
+        rt.block_on(e.append(req("stale", IdSpec::Auto, "mine")))?;
+        e.close()?;
+    }
+    image.install_into(Arc::new(target.clone()), &root)?;
+    drop(image);
+    // Staged durably: a power cut before the next open loses none of it.
+    let target = target.crash(CrashMode::DropUnsynced);
+    let installed = Engine::open(Arc::new(target.clone()), &root, other.clone())?;
+    assert_eq!(installed.state_digest(), state, "engine state");
+    assert_eq!(installed.store().state_digest()?, store, "topic rows");
+    assert_eq!(contents(&installed, &keys), before, "stream contents");
+    assert_eq!(installed.len(0, b"stale"), 0, "the old life is gone");
+    assert_eq!(by_key(&installed), found, "index files");
+    assert!(
+        installed.stream_info(0, b"old/0")?.is_some(),
+        "empty streams stay"
+    );
+    assert!(installed.stream_info(0, b"gone")?.is_none());
+    assert_eq!(
+        installed.pending_summary(0, b"new/1", b"g")?.count,
+        pending.count
+    );
+    let log = installed.store().log();
+    assert_eq!(log.first_index(), m.first_index);
+    for index in m.first_index..=m.last_index {
+        assert_eq!(
+            log.read_raw(index)?,
+            engine.store().log().read_raw(index)?,
+            "entry {index}"
+        );
+    }
+    // It goes on as the node it is.
+    let id = rt.block_on(installed.append(req("new/1", IdSpec::Auto, "after")))?;
+    assert!(id.is_some());
+    assert!(
+        !installed
+            .store()
+            .log()
+            .read_raw(m.last_index + 1)?
+            .is_empty()
+    );
+    installed.close()?;
+    let reopened = Engine::open(Arc::new(target), &root, other)?;
+    assert_eq!(
+        reopened.len(0, b"new/1"),
+        engine_len_at(&before, "new/1") + 1
+    );
+    Ok(())
+}
+
+fn engine_len_at(contents: &[(String, StreamId, Vec<u8>)], key: &str) -> u64 {
+    contents.iter().filter(|c| c.0 == key).count() as u64
+}
+
+/// A transfer that never finished (no manifest) leaves the directory as it was and its staged
+/// files are removed at the next open.
+#[test]
+fn an_unfinished_install_changes_nothing() -> Result<(), EngineError> {
+    use manifold_core::store::image::{ImageFile, Installer, Manifest};
+    let disk = SimDisk::new();
+    let root = PathBuf::from("/data");
+    let engine = open(&disk)?;
+    runtime().block_on(engine.append(req("s", IdSpec::Auto, "kept")))?;
+    engine.close()?;
+    let manifest = Manifest {
+        first_index: 1,
+        last_index: 1,
+        last_term: 1,
+        dispatched: 1,
+        files: vec![ImageFile {
+            path: "checkpoint".into(),
+            len: 64,
+            data_len: 64,
+        }],
+    };
+    let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+    let mut installer = Installer::begin(storage.clone(), &root, manifest)?;
+    installer.write(0, 0, &[7u8; 64])?;
+    assert!(installer.write(0, 60, &[7u8; 8]).is_err(), "past the file");
+    drop(installer);
+    assert!(storage.exists(&root.join("install/checkpoint")));
+    let engine = open(&disk.crash(CrashMode::KeepUnsynced))?;
+    assert_eq!(engine.len(0, b"s"), 1);
+    assert!(!storage.exists(&root.join("install/checkpoint")));
+    Ok(())
+}

@@ -10,18 +10,108 @@
 //!    journal, makes the store's checkpoint durable and prunes what it no longer needs.
 //! 3. **Idle**, once that is done (log segments retention released are removed first).
 //!
-//! It owns that stage machine. It must never let the store's checkpoint name a dispatch point
-//! beyond what the snapshot and journal on disk reach: the checkpoint is captured by the
-//! applier at the point its journal stops, and its dispatch file is written only after the
-//! journal is durable.
+//! It owns that stage machine and the [`ExportGate`] that pauses it while an image of the
+//! directory is read. It must never let the store's checkpoint name a dispatch point beyond
+//! what the snapshot and journal on disk reach: the checkpoint is captured by the applier at
+//! the point its journal stops, and its dispatch file is written only after the journal is
+//! durable.
 
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::journal::JournalEntry;
 use super::{Inner, Result, snapshot};
 use crate::store::LogIndex;
+
+/// Image exports against checkpoint cycles: an export waits for the cycle in flight to end,
+/// and no cycle starts (so no checkpoint is written and no segment removed) while one is out.
+#[derive(Debug, Default)]
+pub(super) struct ExportGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Exports out.
+    exports: usize,
+    /// A checkpoint cycle is in flight.
+    cycle: bool,
+    /// The engine is closing: no export starts, those out stop at their next read.
+    closing: bool,
+}
+
+impl ExportGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A cycle may start unless an export is out.
+    fn begin_cycle(&self) -> bool {
+        let mut g = self.lock();
+        g.cycle = g.exports == 0;
+        g.cycle
+    }
+
+    fn end_cycle(&self) {
+        self.lock().cycle = false;
+        self.changed.notify_all();
+    }
+
+    /// Takes an export out once no cycle is in flight; false if the engine is closing or a
+    /// cycle did not end within `wait`.
+    pub(super) fn begin_export(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut g = self.lock();
+        while g.cycle && !g.closing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if g.closing {
+            return false;
+        }
+        g.exports += 1;
+        true
+    }
+
+    pub(super) fn end_export(&self) {
+        let mut g = self.lock();
+        g.exports = g.exports.saturating_sub(1);
+        drop(g);
+        self.changed.notify_all();
+    }
+
+    pub(super) fn closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// At close: no export starts any more; waits up to `wait` for those out to stop.
+    pub(super) fn close(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        let mut g = self.lock();
+        g.closing = true;
+        while g.exports > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(exports = g.exports, "closing with image exports still out");
+                return;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
 
 /// Where the checkpoint cycle is.
 pub(super) enum Checkpointing {
@@ -117,14 +207,18 @@ impl Inner {
             since: Instant::now(),
         };
         let current = std::mem::replace(cp, idle());
+        let was_busy = current.busy();
         *cp = match current {
             Checkpointing::Idle { since } => {
                 let interval =
                     Duration::from_millis(self.config.store.dispatch_checkpoint_interval_ms);
-                if since.elapsed() < interval {
+                if since.elapsed() < interval || !self.exports.begin_cycle() {
                     Checkpointing::Idle { since }
                 } else {
-                    self.start_snapshot().unwrap_or_else(idle)
+                    self.start_snapshot().unwrap_or_else(|| {
+                        self.exports.end_cycle();
+                        idle()
+                    })
                 }
             }
             Checkpointing::Snapshot {
@@ -160,6 +254,9 @@ impl Inner {
                 }
             },
         };
+        if was_busy && !cp.busy() {
+            self.exports.end_cycle();
+        }
     }
 
     /// Stage 1: the state cloned at the dispatch point, written by another thread, which then

@@ -41,6 +41,7 @@ mod group_api;
 pub mod group_command;
 pub mod groups;
 mod ids;
+mod image;
 pub mod journal;
 mod session_api;
 pub mod session_command;
@@ -79,6 +80,7 @@ pub use groups::{
     MAX_AUTOCLAIM_COUNT, PendingEntry, PendingSummary, StreamFacts, Streams,
 };
 pub use ids::{IdSpec, resolve};
+pub use image::EngineImage;
 pub use session_api::{SessionMessage, SessionRead};
 pub use session_command::{InFlightNew, SubscribeOptions, Will};
 pub use sessions::{Session, SessionError};
@@ -880,6 +882,8 @@ struct Inner {
     cluster: std::sync::OnceLock<cluster::ClusterLink>,
     /// In a Raft group of several: where writes go when this node does not lead.
     forwarder: Option<forward::Forwarder>,
+    /// Image exports out, which pause checkpoint cycles.
+    exports: checkpointer::ExportGate,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -964,6 +968,8 @@ impl Engine {
                 id.incarnation
             }
         };
+        // An image a previous run received and staged replaces the store and engine files.
+        crate::store::image::apply_pending(storage.as_ref(), root)?;
         let store = MessageStore::open(storage.clone(), root, store_config)?;
         let store_ms = opening.elapsed().as_millis();
         let last = store.log().last_index();
@@ -1146,6 +1152,7 @@ impl Engine {
                     Duration::from_millis(c.forward_apply_wait_ms),
                 )
             }),
+            exports: Default::default(),
         });
         let applier_inner = inner.clone();
         let in_group = clustered.is_some();
@@ -1893,6 +1900,8 @@ impl Engine {
     /// cleanly (the next open finds no abort marker).
     pub fn close(mut self) -> Result<()> {
         self.shutdown();
+        // An image being read must not see this checkpoint's files.
+        self.inner.exports.close(Duration::from_secs(10));
         self.inner.checkpoint()?;
         Ok(self.inner.store.close()?)
     }

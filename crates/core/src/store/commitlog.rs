@@ -938,6 +938,49 @@ impl CommitLog {
         self.inner.delete_before(index)
     }
 
+    /// What an image of the log `first_index..=upto` ships, once those entries are written:
+    /// each segment holding them — the last one up to the end of `upto`'s record — and the
+    /// term of `upto`.
+    /// The caller keeps deletions from running while it reads them (`delete_before` removes
+    /// files); nothing else rewrites bytes at or below a written entry.
+    pub(crate) fn image_segments(&self, upto: LogIndex) -> Result<(Vec<ImageSegment>, Term)> {
+        let first = self.first_index();
+        let head = self.inner.record(first, true)?;
+        let last = self.inner.record(upto, true)?;
+        let segments = self.inner.segments_read();
+        let outside = |pos: u64| StoreError::Corruption {
+            file: self.inner.log_dir.clone(),
+            offset: pos,
+            reason: "an entry points outside every segment".into(),
+        };
+        let from = segment_at(&segments, head.pos).ok_or_else(|| outside(head.pos))?;
+        let to = segment_at(&segments, last.pos).ok_or_else(|| outside(last.pos))?;
+        if head.pos != from.base + SEGMENT_HEADER_LEN {
+            return Err(StoreError::Corruption {
+                file: from.path.clone(),
+                offset: head.pos - from.base,
+                reason: format!("first entry {first} does not begin its segment"),
+            });
+        }
+        let files = segments
+            .range(from.base..=to.base)
+            .map(|(base, seg)| {
+                let data = if *base == to.base {
+                    last.pos + u64::from(last.size) - base
+                } else {
+                    seg.size
+                };
+                ImageSegment {
+                    name: super::segment::file_name(*base),
+                    path: seg.path.clone(),
+                    size: seg.size,
+                    data,
+                }
+            })
+            .collect();
+        Ok((files, last.term))
+    }
+
     /// Closes cleanly: flushes, writes the checkpoint, removes the abort marker. Appends fail
     /// with `Closed` afterwards.
     pub fn close(&self) -> Result<()> {
@@ -971,6 +1014,19 @@ impl CommitLog {
             let _ = t.join();
         }
     }
+}
+
+/// A segment as an image ships it.
+#[derive(Debug)]
+pub(crate) struct ImageSegment {
+    /// File name under the log directory.
+    pub name: String,
+    /// The live file.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Bytes to ship from its start (the rest is zeros).
+    pub data: u64,
 }
 
 impl Drop for CommitLog {

@@ -648,6 +648,98 @@ impl MessageStore {
         self.dispatch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// An image of this store for another directory ([`super::image`]): the log from its
+    /// first index to `upto` (a committed entry at or past the dispatch point) and the derived
+    /// state of the durable dispatch checkpoint, with a log checkpoint that has the receiving
+    /// store verify every entry it was sent. The caller keeps dispatch checkpoints and
+    /// deletions from running until it has read every file: derived files are then what a
+    /// crash now would leave (bytes written past the checkpoint are re-dispatched over), and
+    /// no file the image names is removed.
+    pub fn image(&self, upto: LogIndex) -> Result<super::image::StoreImage> {
+        use super::image::{Manifest, StoreImage};
+        let cp_path = self.root.join(DISPATCH_FILE);
+        if !self.storage.exists(&cp_path) {
+            return Err(StoreError::Config(
+                "no dispatch checkpoint yet: nothing to make an image of".into(),
+            ));
+        }
+        let dispatch = read_all(self.storage.as_ref(), &cp_path).at(&cp_path)?;
+        let cp = DispatchCheckpoint::decode(&dispatch, &cp_path)?;
+        let first = self.log.first_index();
+        if upto < cp.dispatched || upto < first {
+            return Err(StoreError::Config(format!(
+                "an image up to {upto} would not reach the dispatch point {} and the first \
+                 index {first}",
+                cp.dispatched
+            )));
+        }
+        let (segments, last_term) = self.log.image_segments(upto)?;
+        let mut image = StoreImage::new(
+            self.storage.clone(),
+            Manifest {
+                first_index: first,
+                last_index: upto,
+                last_term,
+                dispatched: cp.dispatched,
+                files: Vec::new(),
+            },
+        );
+        for seg in segments {
+            image.push_file(
+                format!("commitlog/{}", seg.name),
+                seg.path,
+                seg.size,
+                seg.data,
+            );
+        }
+        let storage = self.storage.as_ref();
+        let whole = |image: &mut StoreImage, rel: String| -> Result<()> {
+            let path = self.root.join(&rel);
+            let len = storage.open(&path, false).at(&path)?.size().at(&path)?;
+            image.push_file(rel, path, len, len);
+            Ok(())
+        };
+        let cq = self.root.join("consumequeue");
+        for name in storage.list(&cq.join("arena")).at(&cq)? {
+            if super::segment::parse_file_name(&name).is_some() {
+                whole(&mut image, format!("consumequeue/arena/{name}"))?;
+            }
+        }
+        for dir in storage.list_dirs(&cq).at(&cq)? {
+            if dir == "arena" {
+                continue;
+            }
+            for name in storage.list(&cq.join(&dir)).at(&cq)? {
+                if super::segment::parse_file_name(&name).is_some() {
+                    whole(&mut image, format!("consumequeue/{dir}/{name}"))?;
+                }
+            }
+        }
+        let table = format!("topics-{:08}", cp.table.generation);
+        if storage.exists(&cq.join(&table)) {
+            whole(&mut image, format!("consumequeue/{table}"))?;
+        }
+        let index_dir = self.root.join("index");
+        for name in storage.list(&index_dir).at(&index_dir)? {
+            // Files named past the active one were made after the checkpoint.
+            if super::segment::parse_file_name(&name).is_some_and(|i| i <= cp.index.first_index) {
+                whole(&mut image, format!("index/{name}"))?;
+            }
+        }
+        image.push_bytes(DISPATCH_FILE.into(), dispatch);
+        let checkpoint = super::checkpoint::Checkpoint {
+            first_index: first,
+            flushed_index: upto,
+            map_flushed_index: upto,
+            verify_from_index: first - 1,
+        };
+        image.push_bytes(
+            super::checkpoint::CHECKPOINT_FILE.into(),
+            checkpoint.encode().to_vec(),
+        );
+        Ok(image)
+    }
+
     /// The CommitLog (append, read by index, durability).
     pub fn log(&self) -> &CommitLog {
         &self.log

@@ -11,6 +11,7 @@ pub mod consume_queue;
 pub mod entry;
 pub mod error;
 pub mod file_cache;
+pub mod image;
 pub mod index_file;
 pub mod inspect;
 pub mod latency;

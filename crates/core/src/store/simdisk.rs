@@ -485,6 +485,33 @@ impl Storage for SimDisk {
             .map(|s| s.names.contains_key(path))
             .unwrap_or(false)
     }
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let s = self.lock()?;
+        if !s.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(s.dirs
+            .iter()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.lock()?;
+        if !s.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        let occupied = s.names.keys().any(|p| p.starts_with(dir))
+            || s.dirs.iter().any(|p| p != dir && p.starts_with(dir));
+        if occupied {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!("{} is not empty", dir.display()),
+            ));
+        }
+        s.dirs.remove(dir);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

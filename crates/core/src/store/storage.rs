@@ -56,6 +56,10 @@ pub trait Storage: Send + Sync + Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether a file exists.
     fn exists(&self, path: &Path) -> bool;
+    /// Names of the directories in `dir`, sorted.
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Removes an empty directory; durable after `sync_dir` of its parent.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// Writes a small metadata file atomically: temp file, `fdatasync`, rename, `fsync` of the
@@ -162,5 +166,19 @@ impl Storage for RealFs {
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::remove_dir(dir)
     }
 }
