@@ -308,11 +308,33 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ensure!(ms > 0, "--retention-check-ms must be above 0");
         config.retention_check_ms = ms;
     }
-    let max_message_bytes = config.max_message_bytes;
-    let engine = Arc::new(open(&s.data_dir, config)?);
     if let (Some(addr), None) = (&s.raft_addr, &s.peers) {
         tracing::warn!(%addr, "--raft-addr without --peers: a single node; not listening");
     }
+    // A node behind its leader's retained log stages an image of the leader and restarts on
+    // it: the engine is closed and opened again (which installs the image), the listeners
+    // bound anew.
+    loop {
+        match serve_once(&s, config.clone())? {
+            Stopped::Signal => return Ok(ExitCode::SUCCESS),
+            Stopped::Restart => tracing::info!("restarting on the image staged"),
+        }
+    }
+}
+
+/// Why [`serve_once`] returned.
+enum Stopped {
+    /// SIGINT or SIGTERM: the process ends.
+    Signal,
+    /// An image is staged: open again.
+    Restart,
+}
+
+/// Opens the engine, serves until a signal or a restart, and closes it cleanly.
+fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
+    let max_message_bytes = config.max_message_bytes;
+    let engine = Arc::new(open(&s.data_dir, config)?);
+    let mut restart = engine.restart_requested();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("manifold-io")
@@ -368,12 +390,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let signal = runtime.block_on(async {
         tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            _ = term.recv() => Some("SIGTERM"),
+            _ = int.recv() => Some("SIGINT"),
+            _ = restart.wait_for(|staged| *staged) => None,
         }
     });
     tracing::info!(
-        signal,
+        signal = signal.unwrap_or("restart"),
         "shutting down: closing connections, applying what was proposed, checkpointing"
     );
     let _ = stop.send(true);
@@ -390,8 +413,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::try_unwrap(engine)
         .map_err(|_| anyhow::anyhow!("the engine is still in use after the front ends stopped"))?;
     engine.close().context("closing the engine")?;
+    if signal.is_none() {
+        return Ok(Stopped::Restart);
+    }
     tracing::info!("manifold stopped cleanly");
-    Ok(ExitCode::SUCCESS)
+    Ok(Stopped::Signal)
 }
 
 fn open(dir: &Path, config: EngineConfig) -> anyhow::Result<Engine> {

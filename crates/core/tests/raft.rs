@@ -1466,28 +1466,105 @@ fn a_follower_behind_the_retained_log_is_reported_as_needing_a_snapshot() {
 }
 
 #[test]
-fn retention_on_the_leader_is_learned_and_a_follower_that_needs_what_it_removed_gets_no_appends() {
+fn a_follower_behind_the_leaders_retained_log_is_offered_an_image_and_probed_until_it_has_one() {
     let (mut r, now) = pinned_leader(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
     // Entries 1..=11 committed (the no-op at 11); retention removes 1..=10 on the leader.
     step(&mut r, now, Event::LogCompacted { first_index: 11 });
     assert_eq!(r.log_terms().base_index(), 10);
     // Node 3 comes back with a log ending at 3.
-    let reply = Message::AppendReply(AppendReply {
+    let behind = Message::AppendReply(AppendReply {
         term: 2,
         success: false,
         index: 11,
         hint_index: 4,
         hint_term: 0,
     });
-    msg(&mut r, now + 1, 3, reply);
+    let a = msg(&mut r, now + 1, 3, behind.clone());
     assert_eq!(r.peer_needs_snapshot(3), Some(true));
-    // Nothing is sent to it from the log (it would be refused again and again).
+    // It is offered an image at once, with one probe from the first entry held (prev 10);
+    // nothing else goes to it from the log (it would be refused again and again).
+    let offers = |a: &[Action]| {
+        a.iter()
+            .filter(|x| {
+                matches!(
+                    x,
+                    Action::Send {
+                        to: 3,
+                        msg: Message::InstallImage { term: 2 }
+                    }
+                )
+            })
+            .count()
+    };
+    let probes = |a: &[Action]| {
+        a.iter()
+            .filter(|x| matches!(x, Action::SendEntries { to: 3, .. }))
+            .map(|x| match x {
+                Action::SendEntries { header, last, .. } => (header.prev_index, *last),
+                _ => unreachable!(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut all = a;
+    all.extend(step(&mut r, now + 2, Event::Tick));
+    assert_eq!(offers(&all), 1, "{all:?}");
+    assert_eq!(probes(&all), vec![(10, 10)], "{all:?}");
+    // Refused (it has no image yet): no more until the retry interval passed.
+    let mut all = msg(&mut r, now + 3, 3, behind.clone());
     for t in [now + 300, now + 600, now + 900] {
-        let a = step(&mut r, t, Event::Tick);
-        assert!(
-            !a.iter()
-                .any(|x| matches!(x, Action::SendEntries { to: 3, .. })),
-            "{a:?}"
-        );
+        all.extend(step(&mut r, t, Event::Tick));
+        all.extend(msg(
+            &mut r,
+            t,
+            3,
+            Message::HeartbeatReply {
+                term: 2,
+                healthy: true,
+            },
+        ));
     }
+    assert_eq!((offers(&all), probes(&all).len()), (0, 0), "{all:?}");
+    let mut all = step(&mut r, now + 1002, Event::Tick);
+    all.extend(msg(
+        &mut r,
+        now + 1002,
+        3,
+        Message::HeartbeatReply {
+            term: 2,
+            healthy: true,
+        },
+    ));
+    assert_eq!(offers(&all), 1, "{all:?}");
+    assert_eq!(probes(&all), vec![(10, 10)], "{all:?}");
+    // It installed one (its log now reaches 11): the probe is accepted and the rest follows
+    // from the log.
+    let a = msg(
+        &mut r,
+        now + 1003,
+        3,
+        Message::AppendReply(AppendReply {
+            term: 2,
+            success: true,
+            index: 10,
+            hint_index: 0,
+            hint_term: 0,
+        }),
+    );
+    assert_eq!(r.peer_needs_snapshot(3), Some(false));
+    assert_eq!(probes(&a), vec![(10, 11)], "{a:?}");
+}
+
+#[test]
+fn a_follower_offered_an_image_by_its_leader_fetches_it() {
+    let mut f = node(2, 1, &[]);
+    let a = msg(&mut f, 10, 1, Message::InstallImage { term: 3 });
+    assert_eq!(f.role(), Role::Follower);
+    assert_eq!(f.leader(), Some(1));
+    assert!(a.contains(&Action::FetchImage { leader: 1 }), "{a:?}");
+    // From a stale term: nothing.
+    let a = msg(&mut f, 11, 3, Message::InstallImage { term: 2 });
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::FetchImage { .. })),
+        "{a:?}"
+    );
 }

@@ -954,6 +954,8 @@ impl Sim {
                 self.report_own(i, event, local);
                 self.written(i, local);
             }
+            // Nothing here compacts a log: no image is ever offered.
+            Action::FetchImage { .. } => {}
             Action::RoleChanged { role, term, leader } => {
                 self.fingerprint = mix(mix(self.fingerprint, id), term * 4 + role as u64);
                 self.role_changed(i, role, term, leader)?;

@@ -271,6 +271,8 @@ impl Sim {
                     },
                 );
             }
+            // Nothing here compacts a log: no image is ever offered.
+            Action::FetchImage { .. } => {}
             Action::RoleChanged { role, term, leader } => {
                 if role == Role::Leader {
                     let before = self.leaders.insert(term, id);

@@ -65,6 +65,7 @@ impl Hooks for Node {
         self.store.log().last_index()
     }
     fn resume_proposals(&self) {}
+    fn fetch_image(&self, _leader: raft::NodeId) {}
 }
 
 struct Running {

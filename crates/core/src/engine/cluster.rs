@@ -170,6 +170,10 @@ impl Hooks for EngineHooks {
         self.0.store.log().last_index()
     }
 
+    fn fetch_image(&self, leader: NodeId) {
+        self.0.start_fetch(leader);
+    }
+
     fn resume_proposals(&self) {
         if let Some(g) = self.0.lock_proposer().cluster.as_mut() {
             g.paused = false;
@@ -258,6 +262,16 @@ pub(super) fn start(
             },
         )
         .map_err(|e| StoreError::io("raft transport", e))?,
+    );
+    // Followers behind the retained log fetch images of this node.
+    let weak = Arc::downgrade(inner);
+    transport.on_side_channel(
+        raft::handshake::Kind::Image,
+        Arc::new(move |from, stream| {
+            if let Some(inner) = weak.upgrade() {
+                inner.serve_image(from, stream);
+            }
+        }),
     );
     let driver = Driver::start(
         core,

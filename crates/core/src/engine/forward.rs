@@ -444,9 +444,9 @@ impl Engine {
             return;
         };
         let engine: Weak<Engine> = Arc::downgrade(self);
-        parts
-            .transport
-            .on_side_channel(Arc::new(move |_from, stream: std::net::TcpStream| {
+        parts.transport.on_side_channel(
+            Kind::Forward,
+            Arc::new(move |_from, stream: std::net::TcpStream| {
                 let engine = engine.clone();
                 runtime.spawn(async move {
                     if let Err(e) = serve_connection(engine, stream).await
@@ -455,7 +455,8 @@ impl Engine {
                         tracing::warn!(error = %e, "forwarding connection closed on a bad frame");
                     }
                 });
-            }));
+            }),
+        );
     }
 
     /// Forwarded writes this node answered before applying what they wrote.

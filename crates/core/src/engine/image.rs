@@ -10,16 +10,20 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::snapshot::SNAPSHOT_DIR;
 use super::{Engine, EngineError, Inner, Result};
-use crate::store::Storage;
+use crate::raft::ConfigAt;
+use crate::raft::members_file::{self, MEMBERS_FILE};
 use crate::store::error::IoContext;
 use crate::store::image::{Installer, Manifest, StoreImage};
+use crate::store::{LogIndex, Storage};
 
 /// How long an export waits for a checkpoint cycle in flight to end.
 const CYCLE_WAIT: Duration = Duration::from_secs(30);
+/// How long an export waits for the last committed configuration to be applied.
+const CONFIG_WAIT: Duration = Duration::from_secs(2);
 /// Bytes copied at a time by a local install.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -75,10 +79,16 @@ impl EngineImage {
 impl Engine {
     /// An image of this node as of its applied index: the log from its first retained entry
     /// to there, the store's derived state and the engine state at the durable dispatch
-    /// checkpoint. Waits for a checkpoint cycle in flight to end; none starts until the image
-    /// is dropped.
+    /// checkpoint, and in a group the configurations that log holds. Waits for a checkpoint
+    /// cycle in flight to end; none starts until the image is dropped.
     pub fn export_image(&self) -> Result<EngineImage> {
-        let inner = &self.inner;
+        self.inner.export_image()
+    }
+}
+
+impl Inner {
+    pub(super) fn export_image(self: &Arc<Self>) -> Result<EngineImage> {
+        let inner = self;
         if !inner.exports.begin_export(CYCLE_WAIT) {
             return Err(EngineError::ShuttingDown);
         }
@@ -87,8 +97,13 @@ impl Engine {
             inner: inner.clone(),
             store: StoreImage::empty(inner.storage.clone()),
         };
-        let applied = inner.applied.load(Ordering::Acquire);
+        let (applied, configs) = self.applied_with_configs()?;
         image.store = inner.store.image(applied)?;
+        if let Some(configs) = configs {
+            image
+                .store
+                .push_bytes(MEMBERS_FILE.into(), members_file::encode(&configs));
+        }
         let dir = inner.root.join(SNAPSHOT_DIR);
         let storage = inner.storage.as_ref();
         // No directory: no snapshot yet (the state at the dispatch point is empty by rule).
@@ -103,5 +118,26 @@ impl Engine {
                 .push_file(format!("{SNAPSHOT_DIR}/{name}"), path, len, len);
         }
         Ok(image)
+    }
+
+    /// The applied index an image goes up to and, in a group, the configurations of the log
+    /// up to there: the `members` file's, those past it left out. The file begins with the
+    /// last configuration committed when it was written; should that one not be applied yet,
+    /// this waits (briefly) until it is, or the image would have no configuration at all.
+    fn applied_with_configs(&self) -> Result<(LogIndex, Option<Vec<ConfigAt>>)> {
+        let started = Instant::now();
+        loop {
+            let applied = self.applied.load(Ordering::Acquire);
+            if self.config.cluster.is_none() {
+                return Ok((applied, None));
+            }
+            let configs = members_file::load(self.storage.as_ref(), &self.root)?;
+            if configs.first().is_none_or(|c| c.index <= applied) || started.elapsed() > CONFIG_WAIT
+            {
+                let held = configs.into_iter().filter(|c| c.index <= applied).collect();
+                return Ok((applied, Some(held)));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }

@@ -42,6 +42,7 @@ pub mod group_command;
 pub mod groups;
 mod ids;
 mod image;
+pub mod image_transfer;
 pub mod journal;
 mod session_api;
 pub mod session_command;
@@ -884,6 +885,10 @@ struct Inner {
     forwarder: Option<forward::Forwarder>,
     /// Image exports out, which pause checkpoint cycles.
     exports: checkpointer::ExportGate,
+    /// A follower's image fetch is under way, or an image is staged.
+    fetching: std::sync::atomic::AtomicBool,
+    /// Set once an image is staged: the node must restart (close, open) to install it.
+    restart: tokio::sync::watch::Sender<bool>,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -1153,6 +1158,8 @@ impl Engine {
                 )
             }),
             exports: Default::default(),
+            fetching: Default::default(),
+            restart: tokio::sync::watch::Sender::new(false),
         });
         let applier_inner = inner.clone();
         let in_group = clustered.is_some();
@@ -1217,6 +1224,12 @@ impl Engine {
     /// leader).
     pub fn raft_status(&self) -> Option<crate::raft::driver::Status> {
         self.inner.raft_status()
+    }
+
+    /// Becomes true once this node staged an image of its leader (it was behind the leader's
+    /// retained log): close the engine and open it again to install it.
+    pub fn restart_requested(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.restart.subscribe()
     }
 
     /// What the open that made this engine cost.

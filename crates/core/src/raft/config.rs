@@ -40,6 +40,9 @@ pub struct RaftConfig {
     pub preferred_leader: Option<NodeId>,
     /// Seed of the election-timeout randomness (mixed with `id`).
     pub seed: u64,
+    /// A follower behind the retained log is offered an image (and probed, in case it
+    /// installed one) at most this often (default 1000 ms).
+    pub image_retry_ms: u64,
 }
 
 impl RaftConfig {
@@ -65,6 +68,7 @@ impl RaftConfig {
             commit_push_ms: 1,
             preferred_leader: None,
             seed: 0x6d61_6e69_666f_6c64,
+            image_retry_ms: 1000,
         }
     }
 }

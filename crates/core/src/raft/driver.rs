@@ -45,6 +45,9 @@ pub trait Hooks: Send + Sync + 'static {
     fn pause_proposals(&self) -> LogIndex;
     /// The transfer was abandoned: take proposals again.
     fn resume_proposals(&self);
+    /// The leader offers an image (this node is behind its retained log): fetch it from
+    /// `leader` and install it, unless a fetch is under way.
+    fn fetch_image(&self, leader: NodeId);
 }
 
 /// A node's Raft status as the driver last saw it.
@@ -491,6 +494,7 @@ impl Runner {
                     .send(Some(Event::ProposalsPaused { last_index, term }));
             }
             Action::ResumeProposals => self.hooks.resume_proposals(),
+            Action::FetchImage { leader } => self.hooks.fetch_image(leader),
             Action::SaveMembers(configs) => {
                 members_file::save(self.storage.as_ref(), &self.root, &configs)?;
                 self.members_changed(&configs);

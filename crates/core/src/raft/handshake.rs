@@ -32,6 +32,8 @@ pub enum Kind {
     Raft = 0,
     /// Forwarded writes and their answers.
     Forward = 1,
+    /// A follower fetching an image of the leader (`engine/image_transfer.rs`).
+    Image = 2,
 }
 
 /// Why a handshake failed.
@@ -73,6 +75,7 @@ pub fn read_hello(b: &[u8; HELLO_LEN]) -> Result<(Kind, NodeId), HandshakeError>
     let kind = match b[6] {
         0 => Kind::Raft,
         1 => Kind::Forward,
+        2 => Kind::Image,
         k => return Err(HandshakeError::Kind(k)),
     };
     let mut from = [0u8; 8];

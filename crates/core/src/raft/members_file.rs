@@ -22,6 +22,12 @@ const MAGIC: &[u8; 4] = b"MFMB";
 
 /// Writes `configs` durably (temp file, fsync, rename, directory fsync).
 pub fn save(storage: &dyn Storage, root: &Path, configs: &[ConfigAt]) -> Result<(), StoreError> {
+    let path = root.join(MEMBERS_FILE);
+    write_atomic(storage, &path, &encode(configs)).map_err(|e| StoreError::io(&path, e))
+}
+
+/// The file's bytes for `configs`.
+pub fn encode(configs: &[ConfigAt]) -> Vec<u8> {
     let mut b = Vec::with_capacity(64);
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&(configs.len() as u32).to_le_bytes());
@@ -34,8 +40,7 @@ pub fn save(storage: &dyn Storage, root: &Path, configs: &[ConfigAt]) -> Result<
     }
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
-    let path = root.join(MEMBERS_FILE);
-    write_atomic(storage, &path, &b).map_err(|e| StoreError::io(&path, e))
+    b
 }
 
 /// The configurations saved, none when there is no file; `Corruption` when it does not

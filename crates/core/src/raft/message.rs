@@ -106,6 +106,11 @@ pub enum Message {
         term: Term,
         change: MembershipChange,
     },
+    /// The leader no longer holds the entries the follower needs next (retention removed
+    /// them): fetch an image of the leader and install it.
+    InstallImage {
+        term: Term,
+    },
 }
 
 impl Message {
@@ -120,7 +125,8 @@ impl Message {
             | Message::HeartbeatReply { term, .. }
             | Message::TimeoutNow { term }
             | Message::TransferRequest { term, .. }
-            | Message::MembershipRequest { term, .. } => *term,
+            | Message::MembershipRequest { term, .. }
+            | Message::InstallImage { term } => *term,
         }
     }
 }
@@ -264,5 +270,10 @@ pub enum Action {
         role: Role,
         term: Term,
         leader: Option<NodeId>,
+    },
+    /// Follower: the leader offers an image; fetch it from `leader` and install it (the node
+    /// restarts on it), unless one is being fetched already.
+    FetchImage {
+        leader: NodeId,
     },
 }

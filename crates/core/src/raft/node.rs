@@ -542,7 +542,9 @@ impl Raft {
                 Message::VoteReply(r) if r.pre && r.granted => {}
                 // A live leader is known: a disruptive candidate changes nobody's term.
                 Message::Vote(v) if !v.transfer && self.in_lease() => return,
-                Message::Append { .. } | Message::Heartbeat { .. } => {
+                Message::Append { .. }
+                | Message::Heartbeat { .. }
+                | Message::InstallImage { .. } => {
                     self.become_follower(term, Some(from));
                 }
                 _ => self.become_follower(term, None),
@@ -601,6 +603,12 @@ impl Raft {
             Message::TimeoutNow { .. } => self.on_timeout_now(from),
             Message::TransferRequest { to, .. } => self.start_transfer(to),
             Message::MembershipRequest { change, .. } => self.request_change(change),
+            Message::InstallImage { .. } => {
+                self.heard_from_leader(from);
+                if self.role == Role::Follower {
+                    self.actions.push(Action::FetchImage { leader: from });
+                }
+            }
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Progress {
     /// It needs entries the leader's log no longer holds (retention cut them): only a
     /// snapshot install can catch it up.
     pub needs_snapshot: bool,
+    /// When it was last offered an image (and probed from the log's start).
+    pub image_offered_ms: Option<u64>,
 }
 
 impl Progress {
@@ -55,6 +57,7 @@ impl Progress {
             sent_commit: 0,
             incarnation: 0,
             needs_snapshot: false,
+            image_offered_ms: None,
         }
     }
 

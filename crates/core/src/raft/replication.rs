@@ -75,8 +75,7 @@ impl Raft {
             return;
         }
         if p.needs_snapshot && p.next_index <= self.log.base_index() + 1 {
-            // What it needs next is gone: sending from the log's start would only be refused
-            // again. (It acknowledges its way out of this only after a snapshot install.)
+            self.offer_image(to);
             return;
         }
         let probing = matches!(p.state, super::progress::SendState::Probe { .. });
@@ -86,10 +85,10 @@ impl Raft {
         }
         let prev_index = p.next_index - 1;
         let Some(prev_term) = self.log.term_at(prev_index) else {
-            // Below what the log holds: the follower needs a snapshot (not built yet; the
-            // driver reports it); until then it is probed from the oldest entry held.
+            // Below what the log holds: the follower needs an image of this node.
             p.next_index = self.log.base_index() + 1;
             p.needs_snapshot = true;
+            self.offer_image(to);
             return;
         };
         let upto = last.min(prev_index.saturating_add(max));
@@ -104,6 +103,41 @@ impl Raft {
                 commit,
             },
             last: upto,
+        });
+    }
+
+    /// Leader: `to` needs entries the log no longer holds. It is offered an image, and probed
+    /// from the first entry held — which it accepts once it installed one — at most once per
+    /// `image_retry_ms` (each probe it refuses brings it back here).
+    fn offer_image(&mut self, to: NodeId) {
+        let base = self.log.base_index();
+        let (term, commit, now) = (self.hard.term, self.commit, self.now);
+        let retry = self.cfg.image_retry_ms;
+        let Some(prev_term) = self.log.term_at(base) else {
+            return;
+        };
+        let Some(p) = self.progress.get_mut(&to) else {
+            return;
+        };
+        if p.image_offered_ms.is_some_and(|t| now < t + retry) {
+            return;
+        }
+        p.image_offered_ms = Some(now);
+        self.send(to, Message::InstallImage { term });
+        let Some(p) = self.progress.get_mut(&to) else {
+            return;
+        };
+        p.next_index = base + 1;
+        p.sent(base);
+        self.actions.push(Action::SendEntries {
+            to,
+            header: AppendHeader {
+                term,
+                prev_index: base,
+                prev_term,
+                commit,
+            },
+            last: base,
         });
     }
 

@@ -34,10 +34,21 @@ use super::wire;
 /// Where decoded messages go: `(from, its incarnation, message)`.
 pub type Deliver = Arc<dyn Fn(NodeId, u64, Message) + Send + Sync>;
 
-/// Takes a forwarding connection (its handshake done): the caller's id and the stream.
+/// Takes a side-channel connection — forwarded writes, an image fetch — its handshake done:
+/// the caller's id and the stream.
 pub type SideChannel = Arc<dyn Fn(NodeId, TcpStream) + Send + Sync>;
 
-type SideSlot = Arc<std::sync::OnceLock<SideChannel>>;
+/// The handler of each side-channel kind: forwarding, images.
+type SideSlot = Arc<[std::sync::OnceLock<SideChannel>; 2]>;
+
+/// Where a side-channel kind's handler lives in a [`SideSlot`] (`None`: a Raft lane).
+fn side_index(kind: handshake::Kind) -> Option<usize> {
+    match kind {
+        handshake::Kind::Raft => None,
+        handshake::Kind::Forward => Some(0),
+        handshake::Kind::Image => Some(1),
+    }
+}
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -190,9 +201,12 @@ impl Transport {
         Ok(())
     }
 
-    /// Sets the handler of side-channel connections (once; later calls are ignored).
-    pub fn on_side_channel(&self, handler: SideChannel) {
-        let _ = self.side.set(handler);
+    /// Sets the handler of side-channel connections of `kind` (once; later calls are
+    /// ignored, and so is a Raft lane).
+    pub fn on_side_channel(&self, kind: handshake::Kind, handler: SideChannel) {
+        if let Some(slot) = side_index(kind).and_then(|i| self.side.get(i)) {
+            let _ = slot.set(handler);
+        }
     }
 
     /// The address it listens on.
@@ -355,10 +369,10 @@ fn read_loop(
     side: &SideSlot,
     max_frame: usize,
 ) -> io::Result<()> {
-    if kind == handshake::Kind::Forward {
-        match side.get() {
+    if let Some(i) = side_index(kind) {
+        match side.get(i).and_then(|s| s.get()) {
             Some(handler) => handler(caller, conn),
-            None => tracing::debug!("forwarding connection closed: no handler"),
+            None => tracing::debug!(?kind, "side-channel connection closed: no handler"),
         }
         return Ok(());
     }

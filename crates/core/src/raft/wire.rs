@@ -16,6 +16,7 @@
 //! kind 8  TransferRequest  to:u64
 //! kind 9  MembershipRequest op:u8 id:u64, then for op 1 (add): learner:u8 addr_len:u16 addr
 //!                       (op 2: remove)
+//! kind 10 InstallImage
 //! ```
 //! `incarnation` is the sender's data directory (its `identity`).
 //! All integers little-endian. Owns the encoding only; what a message means is the core's.
@@ -60,6 +61,7 @@ pub fn encode(out: &mut Vec<u8>, from: NodeId, incarnation: u64, msg: &Message) 
         Message::TimeoutNow { .. } => 7,
         Message::TransferRequest { .. } => 8,
         Message::MembershipRequest { .. } => 9,
+        Message::InstallImage { .. } => 10,
     };
     out.push(kind);
     out.extend_from_slice(&from.to_le_bytes());
@@ -97,7 +99,7 @@ pub fn encode(out: &mut Vec<u8>, from: NodeId, incarnation: u64, msg: &Message) 
         Message::Heartbeat { commit, .. } => u64le(out, *commit),
         Message::TransferRequest { to, .. } => u64le(out, *to),
         Message::HeartbeatReply { healthy, .. } => out.push(u8::from(*healthy)),
-        Message::TimeoutNow { .. } => {}
+        Message::TimeoutNow { .. } | Message::InstallImage { .. } => {}
         Message::MembershipRequest { change, .. } => match change {
             MembershipChange::Add { id, addr, learner } => {
                 out.push(1);
@@ -220,6 +222,7 @@ pub fn decode(
             };
             Message::MembershipRequest { term, change }
         }
+        10 => Message::InstallImage { term },
         k => return Err(WireError::Kind(k)),
     };
     if r.0.has_remaining() {
@@ -347,6 +350,7 @@ mod tests {
             },
         );
         roundtrip(5, Message::TimeoutNow { term: 1 });
+        roundtrip(5, Message::InstallImage { term: 9 });
         roundtrip(6, Message::TransferRequest { term: 2, to: 3 });
         roundtrip(
             6,
