@@ -1560,11 +1560,69 @@ fn a_follower_offered_an_image_by_its_leader_fetches_it() {
     let a = msg(&mut f, 10, 1, Message::InstallImage { term: 3 });
     assert_eq!(f.role(), Role::Follower);
     assert_eq!(f.leader(), Some(1));
-    assert!(a.contains(&Action::FetchImage { leader: 1 }), "{a:?}");
+    assert!(
+        a.contains(&Action::FetchImage {
+            leader: 1,
+            diverged: false
+        }),
+        "{a:?}"
+    );
     // From a stale term: nothing.
     let a = msg(&mut f, 11, 3, Message::InstallImage { term: 2 });
     assert!(
         !a.iter().any(|x| matches!(x, Action::FetchImage { .. })),
         "{a:?}"
     );
+}
+
+#[test]
+fn a_follower_whose_committed_entries_are_not_the_leaders_fetches_an_image_instead_of_truncating() {
+    // Node 2 committed 1..=5 (all term 1); the leader of term 3 holds term 2 from index 3 on:
+    // acknowledged writes were lost (async flushing, a majority down).
+    let follower = || {
+        let cfg = RaftConfig::new(2, VOTERS.to_vec());
+        let hard = HardState {
+            term: 3,
+            voted_for: 0,
+        };
+        Raft::new(cfg, hard, log_of(&[1, 1, 1, 1, 1, 1]), 5, 0)
+    };
+    let append = |prev_index, prev_term, terms: &[u64]| Message::Append {
+        header: AppendHeader {
+            term: 3,
+            prev_index,
+            prev_term,
+            commit: 8,
+        },
+        entries: entries(terms),
+    };
+    let fetched = |a: &[Action]| {
+        a.contains(&Action::FetchImage {
+            leader: 1,
+            diverged: true,
+        })
+    };
+    let refused = |a: &[Action]| {
+        a.iter().any(
+            |x| matches!(x, Action::Send { to: 1, msg: Message::AppendReply(r) } if !r.success),
+        )
+    };
+    let persisted = |a: &[Action]| a.iter().any(|x| matches!(x, Action::Persist { .. }));
+    // The entry before the append is a committed one of another term.
+    let mut f = follower();
+    let a = msg(&mut f, 10, 1, append(4, 2, &[]));
+    assert!(fetched(&a) && refused(&a) && !persisted(&a), "{a:?}");
+    // Committed entries the append carries differ.
+    let mut f = follower();
+    let a = msg(&mut f, 10, 1, append(2, 1, &[2, 2, 3]));
+    assert!(fetched(&a) && refused(&a) && !persisted(&a), "{a:?}");
+    // A conflict right after the commit: an ordinary truncation.
+    let mut f = follower();
+    let a = msg(&mut f, 10, 1, append(5, 1, &[3]));
+    assert!(!fetched(&a) && persisted(&a), "{a:?}");
+    // The same committed terms: accepted, the conflict past the commit truncated as usual.
+    let mut f = follower();
+    let a = msg(&mut f, 10, 1, append(2, 1, &[1, 1, 1, 3]));
+    assert!(!fetched(&a) && persisted(&a), "{a:?}");
+    assert_eq!(f.log_terms().term_at(6), Some(3));
 }

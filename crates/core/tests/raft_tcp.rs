@@ -65,7 +65,7 @@ impl Hooks for Node {
         self.store.log().last_index()
     }
     fn resume_proposals(&self) {}
-    fn fetch_image(&self, _leader: raft::NodeId) {}
+    fn fetch_image(&self, _leader: raft::NodeId, _diverged: bool) {}
 }
 
 struct Running {

@@ -170,8 +170,8 @@ impl Hooks for EngineHooks {
         self.0.store.log().last_index()
     }
 
-    fn fetch_image(&self, leader: NodeId) {
-        self.0.start_fetch(leader);
+    fn fetch_image(&self, leader: NodeId, diverged: bool) {
+        self.0.start_fetch(leader, diverged);
     }
 
     fn resume_proposals(&self) {

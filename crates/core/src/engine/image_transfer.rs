@@ -337,15 +337,16 @@ impl Inner {
     }
 
     /// Follower: fetches an image from `leader` on a thread of its own, unless a fetch is
-    /// under way or an image is already staged.
-    pub(super) fn start_fetch(self: &Arc<Self>, leader: NodeId) {
+    /// under way or an image is already staged. `diverged`: this node's committed entries are
+    /// not the leader's, so it installs the image whatever it holds.
+    pub(super) fn start_fetch(self: &Arc<Self>, leader: NodeId, diverged: bool) {
         if self.fetching.swap(true, Ordering::AcqRel) {
             return;
         }
         let inner = self.clone();
         let spawned = std::thread::Builder::new()
             .name("image-fetch".into())
-            .spawn(move || match inner.fetch_image(leader) {
+            .spawn(move || match inner.fetch_image(leader, diverged) {
                 Ok(true) => {
                     tracing::info!(leader, "image staged; restarting on it");
                     inner.restart.send_replace(true);
@@ -363,8 +364,8 @@ impl Inner {
     }
 
     /// Fetches and stages an image of `leader`: true once staged whole, false when it would
-    /// not help (this node's log reaches the leader's by now).
-    fn fetch_image(&self, leader: NodeId) -> Result<bool> {
+    /// not help (this node's log reaches the leader's by now, and has not diverged).
+    fn fetch_image(&self, leader: NodeId, diverged: bool) -> Result<bool> {
         let cluster = self
             .config
             .cluster
@@ -398,7 +399,14 @@ impl Inner {
         };
         let last = self.store.log().last_index();
         let applied = self.applied.load(Ordering::Acquire);
-        if manifest.first_index <= last || manifest.dispatched < applied {
+        if diverged {
+            tracing::warn!(
+                leader,
+                applied,
+                "this node's committed entries are not the leader's: replacing its state with an \
+                 image of the leader"
+            );
+        } else if manifest.first_index <= last || manifest.dispatched < applied {
             tracing::info!(
                 last,
                 applied,

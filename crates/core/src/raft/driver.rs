@@ -45,9 +45,10 @@ pub trait Hooks: Send + Sync + 'static {
     fn pause_proposals(&self) -> LogIndex;
     /// The transfer was abandoned: take proposals again.
     fn resume_proposals(&self);
-    /// The leader offers an image (this node is behind its retained log): fetch it from
-    /// `leader` and install it, unless a fetch is under way.
-    fn fetch_image(&self, leader: NodeId);
+    /// Fetch an image of `leader` and install it, unless a fetch is under way: the leader
+    /// offers one (this node is behind its retained log), or this node's committed entries
+    /// are not the leader's (`diverged`: it must install one whatever it holds).
+    fn fetch_image(&self, leader: NodeId, diverged: bool);
 }
 
 /// A node's Raft status as the driver last saw it.
@@ -494,7 +495,7 @@ impl Runner {
                     .send(Some(Event::ProposalsPaused { last_index, term }));
             }
             Action::ResumeProposals => self.hooks.resume_proposals(),
-            Action::FetchImage { leader } => self.hooks.fetch_image(leader),
+            Action::FetchImage { leader, diverged } => self.hooks.fetch_image(leader, diverged),
             Action::SaveMembers(configs) => {
                 members_file::save(self.storage.as_ref(), &self.root, &configs)?;
                 self.members_changed(&configs);

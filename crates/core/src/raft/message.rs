@@ -271,9 +271,13 @@ pub enum Action {
         term: Term,
         leader: Option<NodeId>,
     },
-    /// Follower: the leader offers an image; fetch it from `leader` and install it (the node
-    /// restarts on it), unless one is being fetched already.
+    /// Follower: fetch an image of `leader` and install it (the node restarts on it), unless
+    /// one is being fetched already — because the leader offers one (this node is behind its
+    /// retained log), or because this node's committed entries are not the leader's
+    /// (`diverged`: possible only after a loss of acknowledged writes, `async` flushing with a
+    /// majority down; applied entries are never truncated in place).
     FetchImage {
         leader: NodeId,
+        diverged: bool,
     },
 }

@@ -606,7 +606,10 @@ impl Raft {
             Message::InstallImage { .. } => {
                 self.heard_from_leader(from);
                 if self.role == Role::Follower {
-                    self.actions.push(Action::FetchImage { leader: from });
+                    self.actions.push(Action::FetchImage {
+                        leader: from,
+                        diverged: false,
+                    });
                 }
             }
         }

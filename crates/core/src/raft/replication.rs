@@ -162,8 +162,18 @@ impl Raft {
         let request_last = h.prev_index + entries.len() as u64;
         let mut first = h.prev_index + 1;
         if h.prev_index < self.commit {
-            // Committed entries are in every leader's log: skip them unchecked.
+            // Committed entries are in every leader's log, with the same terms: skipped. A term
+            // that differs shows this node committed entries the leader does not have.
             let skip = (self.commit - h.prev_index).min(entries.len() as u64);
+            let differs = |index: LogIndex, term: Term| {
+                self.log.term_at(index).is_some_and(|held| held != term)
+            };
+            if differs(h.prev_index, h.prev_term)
+                || (0..skip).any(|k| differs(first + k, entries[k as usize].term))
+            {
+                self.diverged(from, h.prev_index);
+                return;
+            }
             entries.drain(..skip as usize);
             first += skip;
         } else if self.log.term_at(h.prev_index) != Some(h.prev_term) {
@@ -190,8 +200,7 @@ impl Raft {
             let at = first + same as u64;
             let truncate = (at <= self.log.last_index()).then_some(at - 1);
             if truncate.is_some_and(|t| t < self.commit) {
-                // Cannot happen with a correct leader; refuse rather than lose a commit.
-                self.send(from, reject(self.commit + 1, 0));
+                self.diverged(from, h.prev_index);
                 return;
             }
             let new = entries.split_off(same);
@@ -223,6 +232,28 @@ impl Raft {
         if self.persisted >= request_last {
             self.acknowledge_at(from, request_last);
         }
+    }
+
+    /// Follower: entries this node committed (and may have applied) are not the leader's —
+    /// possible only after acknowledged writes were lost (`async` flushing, a majority down
+    /// before its disks caught up). Committed entries are never truncated in place: the
+    /// append is refused, and the node installs an image of the leader instead.
+    fn diverged(&mut self, leader: NodeId, prev_index: LogIndex) {
+        let term = self.hard.term;
+        self.send(
+            leader,
+            Message::AppendReply(AppendReply {
+                term,
+                success: false,
+                index: prev_index,
+                hint_index: self.commit + 1,
+                hint_term: 0,
+            }),
+        );
+        self.actions.push(Action::FetchImage {
+            leader,
+            diverged: true,
+        });
     }
 
     /// Follower: tells the leader how far the log matches durably.
