@@ -17,8 +17,20 @@
   cluster.py serve BIN SECS
       starts 3 nodes and prints `leader=PORT followers=PORT,PORT`, then serves for SECS
       seconds (for redis-benchmark or resp_load.py against the leader and the followers).
+  cluster.py image BIN MB
+      starts 3 nodes with an 8 s retention and 16 MiB segments, SIGKILLs a follower, writes
+      48 MiB that retention then removes and MB MiB it keeps (1 KiB XADDs over 100 streams),
+      restarts the follower — now behind the leader's retained log — and times until it
+      installed an image of the leader and applied everything the leader had committed.
+      Prints the time, the image's size and the rate.
+  cluster.py redis-sync REDIS_SERVER MB
+      the reference for `image`: a redis-server primary (appendonly, fsync always) holding
+      the same MB MiB of streams, then a replica started with `replicaof`; times from its
+      start until its link is up and it holds every entry (a full resync: an RDB of the
+      primary, shipped and loaded).
 
-Each node: --segment-size 64 MiB, its own RESP and HTTP port; stderr goes to DIR/logN.
+Each node: --segment-size 64 MiB (16 MiB for `image`), its own RESP and HTTP port; stderr goes
+to DIR/logN.
 """
 import json
 import os
@@ -43,8 +55,8 @@ def free_port():
 
 
 class Group:
-    def __init__(self, binary, root):
-        self.binary, self.root = binary, root
+    def __init__(self, binary, root, extra=(), segment=64 << 20):
+        self.binary, self.root, self.extra, self.segment = binary, root, list(extra), segment
         self.raft = [free_port() for _ in range(3)]
         self.resp = [free_port() for _ in range(3)]
         self.http = [free_port() for _ in range(3)]
@@ -58,7 +70,7 @@ class Group:
              "--node-id", str(i + 1), "--peers", self.peers,
              "--resp-addr", f"127.0.0.1:{self.resp[i]}",
              "--http-addr", f"127.0.0.1:{self.http[i]}", "--mqtt-addr", "127.0.0.1:0",
-             "--segment-size", str(64 << 20)],
+             "--segment-size", str(self.segment)] + self.extra,
             stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -207,12 +219,116 @@ def steady(g, secs, rate):
           f"{after[0]['term']} under leader {after[0]['leader_id']}")
 
 
+def fill(port, mib, tag):
+    r = redis.Redis(port=port, socket_timeout=60)
+    value = "v" * 1024
+    for batch in range(mib):
+        p = r.pipeline(transaction=False)
+        for k in range(1024):
+            p.xadd(f"{tag}{k % 100}", {"f": value})
+        p.execute()
+
+
+def image(g, mib):
+    leader = g.leader()
+    away = (leader + 1) % 3
+    g.procs[away].send_signal(signal.SIGKILL)
+    g.procs[away].wait()
+    g.procs[away] = None
+    fill(g.resp[leader], 48, "old")
+    time.sleep(9)
+    fill(g.resp[leader], mib, "new")
+    # Retention cuts the leader's log past where the follower stopped.
+    first = os.path.join(g.root, f"n{leader + 1}", "commitlog")
+    deadline = time.time() + 30
+    while sorted(os.listdir(first))[0] == "0" * 20:
+        if time.time() > deadline:
+            raise SystemExit("retention did not cut the leader's log")
+        time.sleep(0.1)
+    target = g.admin(leader, "/cluster")["commit_index"]
+    started = time.perf_counter()
+    g.start(away)
+    while True:
+        try:
+            # Down for a moment while it restarts on the image.
+            if g.admin(away, "/cluster")["applied_index"] >= target:
+                break
+        except OSError:
+            if g.procs[away].poll() is not None:
+                raise SystemExit("the follower exited")
+        time.sleep(0.01)
+    took = time.perf_counter() - started
+    sent = None
+    with open(os.path.join(g.root, f"log{leader + 1}")) as log:
+        for line in log:
+            if "sending an image" in line and "bytes=" in line:
+                sent = int(line.split("bytes=")[1].split()[0])
+    if sent is None:
+        raise SystemExit("the follower caught up without an image")
+    print(f"follower behind the retained log: restart to applying index {target} in "
+          f"{took * 1000:.0f} ms; image {sent / 2**20:.1f} MiB shipped "
+          f"({sent / 2**20 / took:.0f} MiB/s including restart and the install)")
+
+
+def redis_sync(server, root, mib):
+    primary, replica = free_port(), free_port()
+    procs = []
+
+    def start(port, *more):
+        d = os.path.join(root, str(port))
+        os.makedirs(d)
+        procs.append(subprocess.Popen(
+            [server, "--port", str(port), "--dir", d, "--appendonly", "yes",
+             "--appendfsync", "always", "--save", ""] + list(more),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        r = redis.Redis(port=port, socket_timeout=60)
+        deadline = time.time() + 10
+        while True:
+            try:
+                r.ping()
+                return r
+            except redis.ConnectionError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    try:
+        p = start(primary)
+        fill(primary, mib, "new")
+        want = sum(p.xlen(f"new{k}") for k in range(100))
+        started = time.perf_counter()
+        r = start(replica, "--replicaof", "127.0.0.1", str(primary))
+        while True:
+            try:
+                up = r.info("replication").get("master_link_status") == "up"
+                if up and sum(r.xlen(f"new{k}") for k in range(100)) == want:
+                    break
+            except redis.BusyLoadingError:
+                pass
+            time.sleep(0.01)
+        took = time.perf_counter() - started
+        print(f"redis-server replica full resync of {mib} MiB of streams ({want} entries): "
+              f"{took * 1000:.0f} ms from its start")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def main():
     # SIGTERM ends the run like Ctrl-C: the nodes are stopped and the directory removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     what, binary = sys.argv[1], sys.argv[2]
     root = tempfile.mkdtemp(prefix="manifold-cluster-", dir=os.environ.get("MANIFOLD_BENCH_DIR"))
+    if what == "redis-sync":
+        try:
+            redis_sync(binary, root, int(sys.argv[3]))
+        finally:
+            subprocess.run(["rm", "-rf", root])
+        return
     g = Group(binary, root)
+    if what == "image":
+        g = Group(binary, root, ["--retention-ms", "8000", "--retention-check-ms", "200"], 16 << 20)
     try:
         for i in range(3):
             g.start(i)
@@ -222,6 +338,8 @@ def main():
             transfer(g, int(sys.argv[3]))
         elif what == "steady":
             steady(g, float(sys.argv[3]), int(sys.argv[4]))
+        elif what == "image":
+            image(g, int(sys.argv[3]))
         elif what == "serve":
             leader = g.leader()
             followers = [g.resp[i] for i in range(3) if i != leader]
