@@ -1995,14 +1995,18 @@ fn contents(engine: &Engine, keys: &[&str]) -> Vec<(String, StreamId, Vec<u8>)> 
 /// that held another life of the node, it opens with the source's state at the image's index,
 /// its log byte for byte, and goes on appending. Writes to the source while the image is out
 /// change nothing of it.
-#[test]
-fn an_image_installed_in_another_directory_opens_with_the_source_state() -> Result<(), EngineError>
-{
+/// A node whose retention removed its first segments, with streams (one emptied by retention,
+/// one dropped), a consumer group with pending entries, XDELs, trims, retained messages and
+/// keyed messages; its clock is `clock`.
+fn image_source(
+    clock: &'static std::sync::atomic::AtomicU64,
+    tick: fn() -> u64,
+) -> Result<(Engine, EngineConfig, tokio::runtime::Runtime), EngineError> {
     use manifold_core::engine::{GroupStart, ReadFrom};
     let disk = SimDisk::new();
     let root = PathBuf::from("/data");
     let mut config = config();
-    config.clock = image_clock;
+    config.clock = tick;
     config.retention_ms = 3_600_000;
     config.retention_check_ms = 5;
     config.timer_tick_ms = 5;
@@ -2010,7 +2014,6 @@ fn an_image_installed_in_another_directory_opens_with_the_source_state() -> Resu
     let engine = Engine::open(Arc::new(disk.clone()), &root, config.clone())?;
     let rt = runtime();
     let big = "x".repeat(200);
-    let keys = ["old/0", "old/1", "new/0", "new/1", "new/2", "gone"];
     rt.block_on(async {
         for n in 0..600u64 {
             engine
@@ -2020,7 +2023,7 @@ fn an_image_installed_in_another_directory_opens_with_the_source_state() -> Resu
         Ok::<_, EngineError>(())
     })?;
     let first_before = engine.store().log().first_index();
-    IMAGE_CLOCK.fetch_add(7_200_000, std::sync::atomic::Ordering::SeqCst);
+    clock.fetch_add(7_200_000, std::sync::atomic::Ordering::SeqCst);
     rt.block_on(async {
         engine
             .group_create(
@@ -2074,6 +2077,18 @@ fn an_image_installed_in_another_directory_opens_with_the_source_state() -> Resu
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    Ok((engine, config, rt))
+}
+
+/// The streams [`image_source`] writes.
+const IMAGE_KEYS: [&str; 6] = ["old/0", "old/1", "new/0", "new/1", "new/2", "gone"];
+
+#[test]
+fn an_image_installed_in_another_directory_opens_with_the_source_state() -> Result<(), EngineError>
+{
+    let (engine, config, rt) = image_source(&IMAGE_CLOCK, image_clock)?;
+    let root = PathBuf::from("/data");
+    let keys = IMAGE_KEYS;
     // Quiet: what the image must reproduce.
     let state = engine.state_digest();
     let store = engine.store().state_digest()?;
@@ -2201,5 +2216,61 @@ fn an_unfinished_install_changes_nothing() -> Result<(), EngineError> {
     let engine = open(&disk.crash(CrashMode::KeepUnsynced))?;
     assert_eq!(engine.len(0, b"s"), 1);
     assert!(!storage.exists(&root.join("install/checkpoint")));
+    Ok(())
+}
+
+static CUT_CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000);
+
+fn cut_clock() -> u64 {
+    CUT_CLOCK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A power cut at any point of an install — after any directory sync of the moves, losing
+/// every unsynced byte and name — leaves a directory that the next open installs the image in
+/// whole: the source's state, nothing of the old life.
+#[test]
+fn an_install_cut_by_a_power_failure_anywhere_completes_at_the_next_open() -> Result<(), EngineError>
+{
+    let (engine, config, rt) = image_source(&CUT_CLOCK, cut_clock)?;
+    let root = PathBuf::from("/data");
+    let state = engine.state_digest();
+    let before = contents(&engine, &IMAGE_KEYS);
+    let image = engine.export_image()?;
+    let mut other = config.clone();
+    other.node_id = 2;
+    let mut cuts = 0;
+    for skip in 0.. {
+        let target = SimDisk::new();
+        {
+            let e = Engine::open(Arc::new(target.clone()), &root, other.clone())?;
+            rt.block_on(e.append(req("stale", IdSpec::Auto, "mine")))?;
+            e.close()?;
+        }
+        image.install_into(Arc::new(target.clone()), &root)?;
+        target.fail_dir_sync_after(skip);
+        let done = manifold_core::store::image::apply_pending(&target, &root).is_ok();
+        let target = target.crash(if skip % 2 == 0 {
+            CrashMode::DropUnsynced
+        } else {
+            CrashMode::Random(skip as u64)
+        });
+        let installed = Engine::open(Arc::new(target), &root, other.clone())?;
+        assert_eq!(
+            installed.state_digest(),
+            state,
+            "cut after {skip} directory syncs"
+        );
+        assert_eq!(contents(&installed, &IMAGE_KEYS), before);
+        assert_eq!(installed.len(0, b"stale"), 0);
+        drop(installed);
+        if done {
+            break;
+        }
+        cuts += 1;
+    }
+    assert!(
+        cuts >= 3,
+        "the install has several steps to cut between ({cuts})"
+    );
     Ok(())
 }

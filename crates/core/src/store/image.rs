@@ -415,14 +415,20 @@ pub fn apply_pending(storage: &dyn Storage, root: &Path) -> Result<Option<Manife
     Ok(Some(manifest))
 }
 
-/// Removes `dir` and everything under it; nothing if it does not exist.
+/// Removes `dir` and everything under it, each directory's removals made durable before the
+/// directory goes (a power cut must not bring a file back into a directory that survives);
+/// nothing if it does not exist.
 pub(crate) fn remove_tree(storage: &dyn Storage, dir: &Path) -> Result<()> {
     let Ok(files) = storage.list(dir) else {
         return Ok(());
     };
+    let removed = !files.is_empty();
     for name in files {
         let path = dir.join(name);
         storage.remove(&path).at(&path)?;
+    }
+    if removed {
+        storage.sync_dir(dir).at(dir)?;
     }
     for name in storage.list_dirs(dir).at(dir)? {
         remove_tree(storage, &dir.join(name))?;

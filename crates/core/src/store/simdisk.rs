@@ -77,6 +77,11 @@ struct SimState {
     failing_syncs: u32,
     /// Syncs to let through before `failing_syncs` start failing.
     syncs_before_failing: u32,
+    /// `sync_dir` calls to let through before one fails (`None`: none fails).
+    dir_syncs_before_failing: Option<u32>,
+    /// Renames since the last crash `(from, to, file)`: a random crash keeps each one whole
+    /// or not at all, as a journaling filesystem does.
+    renames: Vec<(PathBuf, PathBuf, FileId)>,
     capacity: Option<u64>,
     sync_latency: std::time::Duration,
 }
@@ -183,6 +188,14 @@ impl SimDisk {
         }
     }
 
+    /// Lets `skip` more `sync_dir` calls succeed, then fails the next one (EIO, nothing made
+    /// durable): a crash between the renames of a multi-file protocol.
+    pub fn fail_dir_sync_after(&self, skip: u32) {
+        if let Ok(mut s) = self.lock() {
+            s.dir_syncs_before_failing = Some(skip);
+        }
+    }
+
     /// Limits the total size of all files; growing past it fails with ENOSPC.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         if let Ok(mut s) = self.lock() {
@@ -216,10 +229,35 @@ impl SimDisk {
             s.durable_names.clone()
         };
         if random {
+            // A rename whose source name is durable and whose new name is not lands whole or
+            // not at all: never both names lost.
+            let mut decided = std::collections::BTreeSet::new();
+            for (from, to, id) in &s.renames {
+                let whole = s.names.get(to) == Some(id)
+                    && !s.names.contains_key(from)
+                    && s.durable_names.get(from) == Some(id)
+                    && s.durable_names.get(to) != Some(id);
+                if !whole || decided.contains(from) || decided.contains(to) {
+                    continue;
+                }
+                if rng.below(2) == 0 {
+                    names.insert(to.clone(), *id);
+                    names.remove(from);
+                } else {
+                    names.insert(from.clone(), *id);
+                    match s.durable_names.get(to) {
+                        Some(old) => names.insert(to.clone(), *old),
+                        None => names.remove(to),
+                    };
+                }
+                decided.insert(from.clone());
+                decided.insert(to.clone());
+            }
             let all: Vec<PathBuf> = s
                 .names
                 .keys()
                 .chain(s.durable_names.keys())
+                .filter(|p| !decided.contains(*p))
                 .cloned()
                 .collect();
             for path in all {
@@ -305,6 +343,8 @@ impl SimDisk {
         s.files = files;
         s.failing_syncs = 0;
         s.syncs_before_failing = 0;
+        s.dir_syncs_before_failing = None;
+        s.renames.clear();
         s.sync_latency = std::time::Duration::ZERO;
         SimDisk {
             state: self.state.clone(),
@@ -440,6 +480,7 @@ impl Storage for SimDisk {
         let mut s = self.lock()?;
         let id = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_path_buf(), id);
+        s.renames.push((from.to_path_buf(), to.to_path_buf(), id));
         Ok(())
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -472,12 +513,24 @@ impl Storage for SimDisk {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.lock()?;
         let s = &mut *s;
+        match s.dir_syncs_before_failing {
+            Some(0) => {
+                s.dir_syncs_before_failing = None;
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
+            Some(n) => s.dir_syncs_before_failing = Some(n - 1),
+            None => {}
+        }
         s.durable_names.retain(|p, _| p.parent() != Some(dir));
         for (p, id) in &s.names {
             if p.parent() == Some(dir) {
                 s.durable_names.insert(p.clone(), *id);
             }
         }
+        // A rename durable under its new name and no longer under its old one is settled.
+        let durable = &s.durable_names;
+        s.renames
+            .retain(|(from, to, id)| durable.get(to) != Some(id) || durable.get(from) == Some(id));
         Ok(())
     }
     fn exists(&self, path: &Path) -> bool {
