@@ -395,8 +395,16 @@ fn xadd_on_leader(nodes: &[Node], key: &str, n: u64) -> anyhow::Result<String> {
 }
 
 /// Waits up to 10 s for `check` to pass; its last error otherwise.
-fn eventually(mut check: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+fn eventually(check: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    eventually_within(Duration::from_secs(10), check)
+}
+
+/// Waits up to `limit` for `check` to pass; its last error otherwise.
+fn eventually_within(
+    limit: Duration,
+    mut check: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
     loop {
         match check() {
             Ok(()) => return Ok(()),
@@ -1096,8 +1104,8 @@ fn a_follower_behind_the_retained_log_installs_an_image_of_the_leader_and_catche
     nodes[away].start(&peers)?;
     let id = nodes[away].id;
     // The leader offers it an image; it fetches it, restarts on it (same process) and then
-    // follows from the log.
-    eventually(|| {
+    // follows from the log (a loaded machine may take a while).
+    eventually_within(Duration::from_secs(60), || {
         let l = leader(&nodes, Duration::from_secs(1))?;
         let v = cluster_json(&nodes[l])?;
         let peer = v["peers"]
