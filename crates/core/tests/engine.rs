@@ -2198,6 +2198,7 @@ fn an_unfinished_install_changes_nothing() -> Result<(), EngineError> {
     engine.close()?;
     let manifest = Manifest {
         first_index: 1,
+        first_term: 1,
         last_index: 1,
         last_term: 1,
         dispatched: 1,

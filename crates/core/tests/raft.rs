@@ -1626,3 +1626,39 @@ fn a_follower_whose_committed_entries_are_not_the_leaders_fetches_an_image_inste
     assert!(!fetched(&a) && persisted(&a), "{a:?}");
     assert_eq!(f.log_terms().term_at(6), Some(3));
 }
+
+#[test]
+fn a_probe_at_a_followers_commit_below_its_cut_log_is_accepted() {
+    // Node 2's log holds 10..=15 (its store's first entry, 10, is the base it knows the term
+    // of), and it committed through 9 (an image's dispatch point, or a restart after retention
+    // cut below it); the leader's log was cut at 9 and it probes from there.
+    let cfg = RaftConfig::new(2, VOTERS.to_vec());
+    let hard = HardState {
+        term: 2,
+        voted_for: 0,
+    };
+    let mut log = LogTerms::new(10, 1);
+    assert!(log.append(1, 5));
+    let mut f = Raft::new(cfg, hard, log, 9, 0);
+    let probe = Message::Append {
+        header: AppendHeader {
+            term: 2,
+            prev_index: 9,
+            prev_term: 1,
+            commit: 15,
+        },
+        entries: entries(&[1, 1, 1, 1, 1, 1]),
+    };
+    let a = msg(&mut f, 10, 1, probe);
+    assert!(
+        a.iter().any(|x| matches!(
+            x,
+            Action::Send {
+                to: 1,
+                msg: Message::AppendReply(AppendReply { success: true, .. })
+            }
+        )),
+        "{a:?}"
+    );
+    assert!(!a.iter().any(|x| matches!(x, Action::FetchImage { .. })));
+}

@@ -1,11 +1,16 @@
 //! Raft over the real store: 3-node groups whose logs are real `MessageStore`s on simulated
 //! disks, driven by the Raft core through the driver's half (`raft::appends`, `raft::persist`,
 //! `raft::log_terms`, the hard-state file), on a simulated network that drops, delays,
-//! duplicates and partitions, with power cuts that lose every unsynced byte. Checked
+//! duplicates and partitions, with power cuts that lose every unsynced byte. Nodes cut their
+//! logs below their dispatch checkpoints (retention), so a node that was down or cut off may
+//! need what its leader no longer holds: it is offered an image and installs it — the leader's
+//! store image (`MessageStore::image`) staged on its disk (`Installer`), sometimes cut by a
+//! power failure before the restart that installs it (`image::apply_pending`). Checked
 //! throughout: one leader per term; every index committed anywhere holds the same record
-//! (byte for byte) everywhere it is committed; equal store digests at equal dispatch points.
-//! At the end, healed: one leader, every node commits the same last index, and every
-//! acknowledged proposal is in every node's log exactly once. A seed replays exactly.
+//! (byte for byte) everywhere it is committed and still held; equal store digests at equal
+//! dispatch points. At the end, healed: one leader, every node commits the same last index,
+//! and every acknowledged proposal still in a node's log is there exactly once. A seed replays
+//! exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +20,7 @@ use bytes::Bytes;
 use manifold_core::raft::{
     self, Action, Event, HardState, LogTerms, Message, NodeId, Raft, RaftConfig, Role,
 };
+use manifold_core::store::image::{Installer, apply_pending};
 use manifold_core::store::{
     CrashMode, EntryKind, FlushMode, LogConfig, LogIndex, MessageStore, NewEntry, RecordOp,
     SimDisk, Storage, StoreConfig, StreamId, SubRecord, Term,
@@ -101,10 +107,16 @@ struct Sim {
     acked: BTreeSet<u64>,
     /// A digest of everything that happened, to show a seed replays exactly.
     trace: u64,
+    /// Images installed.
+    images: u64,
+    /// The seed (restarts mix it with the time).
+    seed: u64,
 }
 
 fn open_node(disk: &SimDisk, id: NodeId, seed: u64, now: u64) -> (MessageStore, Raft) {
     let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+    // An image staged before the node went down replaces its store first.
+    apply_pending(storage.as_ref(), &root()).expect("staged image installs");
     let store = MessageStore::open(storage.clone(), &root(), store_config()).expect("store opens");
     let hard = HardState::load(storage.as_ref(), &root()).expect("hard state loads");
     let terms: LogTerms = raft::log_terms(&store).expect("terms rebuilt");
@@ -151,6 +163,8 @@ impl Sim {
             proposals: BTreeMap::new(),
             acked: BTreeSet::new(),
             trace: seed,
+            images: 0,
+            seed,
         }
     }
 
@@ -271,8 +285,7 @@ impl Sim {
                     },
                 );
             }
-            // Nothing here compacts a log: no image is ever offered.
-            Action::FetchImage { .. } => {}
+            Action::FetchImage { leader, diverged } => self.fetch_image(n, leader, diverged),
             Action::RoleChanged { role, term, leader } => {
                 if role == Role::Leader {
                     let before = self.leaders.insert(term, id);
@@ -280,9 +293,11 @@ impl Sim {
                         before.is_none_or(|b| b == id),
                         "two leaders in term {term}: {before:?} and {id}"
                     );
-                    // Leader completeness: it holds everything committed so far.
+                    // Leader completeness: it holds everything committed so far (that its
+                    // log still holds: retention cut below its dispatch checkpoint).
                     let store = self.nodes[n].store();
-                    for (index, raw) in &self.committed {
+                    let first = store.log().first_index();
+                    for (index, raw) in self.committed.range(first..) {
                         let mine = store.log().read_raw(*index).expect("committed entry held");
                         assert_eq!(&mine, raw, "leader {id} of term {term} differs at {index}");
                     }
@@ -319,6 +334,74 @@ impl Sim {
             self.acked.extend(mine);
         }
         self.note(index);
+    }
+
+    /// Follower `n` fetches an image of `leader` (what it dispatched, all committed), stages it
+    /// on its own disk and restarts on it — unless it would not help, as the real node decides.
+    /// Sometimes the power fails between the staging and the restart.
+    fn fetch_image(&mut self, n: usize, leader: NodeId, diverged: bool) {
+        let l = (leader - 1) as usize;
+        let (Some(from), Some(to)) = (self.nodes[l].store.as_ref(), self.nodes[n].store.as_ref())
+        else {
+            return;
+        };
+        // No dispatch checkpoint yet: no image (the offer comes again).
+        let Ok(mut image) = from.image(from.dispatched_index()) else {
+            return;
+        };
+        let m = image.manifest().clone();
+        if !diverged && !m.needed_by(to.log(), to.dispatched_index()) {
+            return;
+        }
+        let configs: Vec<raft::ConfigAt> = raft::members_file::load(&self.nodes[l].disk, &root())
+            .expect("members")
+            .into_iter()
+            .filter(|c| c.index <= m.last_index)
+            .collect();
+        image.push_bytes("members".into(), raft::members_file::encode(&configs));
+        let storage: Arc<dyn Storage> = Arc::new(self.nodes[n].disk.clone());
+        let mut staged =
+            Installer::begin(storage, &root(), image.manifest().clone()).expect("staging");
+        let mut buf = vec![0u8; 4096];
+        for (k, f) in image.manifest().files.iter().enumerate() {
+            let mut at = 0;
+            while at < f.data_len {
+                let got = image.read(k, at, &mut buf).expect("image read");
+                staged.write(k, at, &buf[..got]).expect("staged");
+                at += got as u64;
+            }
+        }
+        staged.finish().expect("image staged");
+        drop(image);
+        self.images += 1;
+        self.note(5000 + m.last_index);
+        // The restart that installs it, or a power cut first (the next open installs it).
+        let node = &mut self.nodes[n];
+        node.raft = None;
+        node.store = None;
+        node.dirty = false;
+        if self.rng.chance(300_000) {
+            node.disk = node.disk.crash(CrashMode::Random(self.rng.next()));
+        }
+        let id = node.id;
+        self.net.retain(|msg| msg.3 != id);
+        let seed = self.seed;
+        self.restart(n, seed);
+    }
+
+    /// Retention: node `n` cuts its log below its last dispatch checkpoint (the store never
+    /// goes further) and its core forgets those entries.
+    fn compact(&mut self, n: usize) {
+        let Some(store) = self.nodes[n].store.as_ref() else {
+            return;
+        };
+        let before = store.log().first_index();
+        let upto = store.dispatched_index().saturating_sub(self.rng.below(30));
+        let first = store.delete_before(upto).expect("retention");
+        if first > before {
+            self.note(7000 + first);
+            self.step(n, Event::LogCompacted { first_index: first });
+        }
     }
 
     fn propose(&mut self, n: usize) {
@@ -431,6 +514,9 @@ impl Sim {
             if self.rng.chance(2_000) && self.nodes[n].store.is_some() {
                 self.nodes[n].store().checkpoint().expect("checkpoint");
             }
+            if self.faults && self.rng.chance(1_000) {
+                self.compact(n);
+            }
             if self.faults && self.rng.chance(300) {
                 let to = IDS[self.rng.below(3) as usize];
                 self.step(n, Event::TransferLeader { to });
@@ -474,8 +560,8 @@ impl Sim {
     }
 }
 
-/// Runs one seed; returns the trace digest.
-fn run(seed: u64, ms: u64) -> u64 {
+/// Runs one seed; returns the trace digest and the images installed.
+fn run(seed: u64, ms: u64) -> (u64, u64) {
     let mut sim = Sim::new(seed);
     for _ in 0..ms {
         sim.tick(seed);
@@ -496,21 +582,31 @@ fn run(seed: u64, ms: u64) -> u64 {
         .filter_map(|n| n.raft.as_ref())
         .map(|r| r.commit_index())
         .collect();
+    let logs: Vec<(LogIndex, LogIndex)> = sim
+        .nodes
+        .iter()
+        .map(|n| (n.store().log().first_index(), n.store().log().last_index()))
+        .collect();
     assert!(
         commits.windows(2).all(|w| w[0] == w[1]),
-        "seed {seed}: commit indexes {commits:?}"
+        "seed {seed}: commit indexes {commits:?}, logs (first, last) {logs:?}"
     );
-    // Every acknowledged proposal is in every log exactly once.
+    // Every acknowledged proposal is in every log exactly once, as far as the log still
+    // holds it (the store digests compared the rest).
     for node in &sim.nodes {
         let store = node.store();
-        let last = store.log().last_index();
+        let (first, last) = (store.log().first_index(), store.log().last_index());
         let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
-        for e in store.log().entries(1, last).expect("log readable") {
+        for e in store.log().entries(first, last).expect("log readable") {
             for r in &e.records {
                 *seen.entry(r.id.ms).or_default() += 1;
             }
         }
-        for id in &sim.acked {
+        let held = sim
+            .acked
+            .iter()
+            .filter(|id| sim.proposals.get(id).is_some_and(|p| p.2 >= first));
+        for id in held {
             assert_eq!(
                 seen.get(id),
                 Some(&1),
@@ -526,7 +622,18 @@ fn run(seed: u64, ms: u64) -> u64 {
     for node in &sim.nodes {
         node.store().close().expect("closes");
     }
-    sim.trace
+    (sim.trace, sim.images)
+}
+
+/// `RAFT_STORE_SEED=N` replays seed `N` alone.
+#[test]
+fn one_seed() {
+    if let Some(seed) = std::env::var("RAFT_STORE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        run(seed, 6_000);
+    }
 }
 
 fn seeds() -> u64 {
@@ -538,9 +645,12 @@ fn seeds() -> u64 {
 
 #[test]
 fn replicated_stores_agree_through_partitions_drops_and_power_cuts() {
+    let mut images = 0;
     for seed in 0..seeds() {
-        run(seed, 6_000);
+        images += run(seed, 6_000).1;
     }
+    eprintln!("{} seeds: {images} images installed", seeds());
+    assert!(images > 0, "no node ever needed an image");
 }
 
 #[test]

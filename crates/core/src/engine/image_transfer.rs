@@ -406,7 +406,7 @@ impl Inner {
                 "this node's committed entries are not the leader's: replacing its state with an \
                  image of the leader"
             );
-        } else if manifest.first_index <= last || manifest.dispatched < applied {
+        } else if !manifest.needed_by(self.store.log(), applied) {
             tracing::info!(
                 last,
                 applied,
@@ -445,6 +445,7 @@ mod tests {
     fn manifest() -> Manifest {
         Manifest {
             first_index: 5,
+            first_term: 1,
             last_index: 9,
             last_term: 2,
             dispatched: 8,

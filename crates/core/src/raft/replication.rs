@@ -161,9 +161,11 @@ impl Raft {
         // The last index this request covers: once accepted, the logs match through it.
         let request_last = h.prev_index + entries.len() as u64;
         let mut first = h.prev_index + 1;
-        if h.prev_index < self.commit {
-            // Committed entries are in every leader's log, with the same terms: skipped. A term
-            // that differs shows this node committed entries the leader does not have.
+        if h.prev_index <= self.commit {
+            // Committed entries are in every leader's log, with the same terms: skipped (the
+            // entry before them too, even when this log no longer holds it: retention or an
+            // image cut the log below its commit). A term that differs shows this node
+            // committed entries the leader does not have.
             let skip = (self.commit - h.prev_index).min(entries.len() as u64);
             let differs = |index: LogIndex, term: Term| {
                 self.log.term_at(index).is_some_and(|held| held != term)

@@ -62,6 +62,9 @@ pub struct ImageFile {
 pub struct Manifest {
     /// First log index the image holds (its first segment begins with it).
     pub first_index: LogIndex,
+    /// Term of `first_index`: a node whose log holds that entry with this term holds every
+    /// entry before it as the image's source does, and needs no image.
+    pub first_term: Term,
     /// Last log index it holds: a committed entry, at or past `dispatched`.
     pub last_index: LogIndex,
     /// Term of `last_index`.
@@ -80,6 +83,7 @@ impl Manifest {
         b.extend_from_slice(&VERSION.to_le_bytes());
         for v in [
             self.first_index,
+            self.first_term,
             self.last_index,
             self.last_term,
             self.dispatched,
@@ -102,7 +106,7 @@ impl Manifest {
     /// every byte verifies and every path is one an image may carry.
     pub fn decode(b: &[u8]) -> Option<Manifest> {
         let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
-        if body.len() < 44
+        if body.len() < 52
             || crc32c::crc32c(body).to_le_bytes() != crc
             || le::u32_at(body, 0) != MAGIC
             || le::u32_at(body, 4) != VERSION
@@ -111,20 +115,22 @@ impl Manifest {
         }
         let mut m = Manifest {
             first_index: le::u64_at(body, 8),
-            last_index: le::u64_at(body, 16),
-            last_term: le::u64_at(body, 24),
-            dispatched: le::u64_at(body, 32),
+            first_term: le::u64_at(body, 16),
+            last_index: le::u64_at(body, 24),
+            last_term: le::u64_at(body, 32),
+            dispatched: le::u64_at(body, 40),
             files: Vec::new(),
         };
-        let count = le::u32_at(body, 40) as usize;
+        let count = le::u32_at(body, 48) as usize;
         if count > MAX_FILES
             || m.first_index == 0
             || m.last_index < m.first_index
+            || m.last_term < m.first_term
             || m.dispatched > m.last_index
         {
             return None;
         }
-        let mut at = 44;
+        let mut at = 52;
         for _ in 0..count {
             let len = u16::from_le_bytes(body.get(at..at + 2)?.try_into().ok()?) as usize;
             let path = std::str::from_utf8(body.get(at + 2..at + 2 + len)?).ok()?;
@@ -141,6 +147,18 @@ impl Manifest {
             at += 18 + len;
         }
         (at == body.len()).then_some(m)
+    }
+
+    /// Whether a node whose log is `log` and that applied through `applied` needs this image:
+    /// its log cannot be caught up from the source's — it ends before the image's first entry,
+    /// or holds another term there (entries before it that the source does not have) — and the
+    /// image is not behind what it applied. A log that starts past the image's first entry
+    /// holds only committed entries below its own start: the source's log catches it up.
+    pub fn needed_by(&self, log: &super::CommitLog, applied: LogIndex) -> bool {
+        let catches_up = self.first_index < log.first_index()
+            || (self.first_index <= log.last_index()
+                && log.term_at(self.first_index).ok() == Some(self.first_term));
+        !catches_up && self.dispatched >= applied
     }
 
     /// Bytes the files carry (what a transfer moves, zero runs included).
@@ -443,6 +461,7 @@ mod tests {
     fn manifest() -> Manifest {
         Manifest {
             first_index: 5,
+            first_term: 1,
             last_index: 9,
             last_term: 2,
             dispatched: 8,

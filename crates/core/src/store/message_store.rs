@@ -678,6 +678,7 @@ impl MessageStore {
             self.storage.clone(),
             Manifest {
                 first_index: first,
+                first_term: self.log.term_at(first)?,
                 last_index: upto,
                 last_term,
                 dispatched: cp.dispatched,
