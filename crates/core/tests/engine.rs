@@ -733,18 +733,25 @@ fn retention_clock() -> u64 {
     RETENTION_CLOCK.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// One-hour retention looked for every 5 ms, timers every 5 ms, a checkpoint cycle whenever
+/// the applier can, on the clock `tick`.
+fn retention_config(tick: fn() -> u64) -> EngineConfig {
+    let mut config = config();
+    config.clock = tick;
+    config.retention_ms = 3_600_000;
+    config.retention_check_ms = 5;
+    config.timer_tick_ms = 5;
+    config.store.dispatch_checkpoint_interval_ms = 0;
+    config
+}
+
 #[test]
 fn retention_removes_old_entries_pending_and_segments_but_keeps_retained() -> Result<(), EngineError>
 {
     use manifold_core::engine::{GroupStart, ReadFrom};
     let disk = SimDisk::new();
     let root = PathBuf::from("/data");
-    let mut config = config();
-    config.clock = retention_clock;
-    config.retention_ms = 3_600_000;
-    config.retention_check_ms = 5;
-    config.timer_tick_ms = 5;
-    config.store.dispatch_checkpoint_interval_ms = 0;
+    let config = retention_config(retention_clock);
     let engine = Engine::open(Arc::new(disk.clone()), &root, config.clone())?;
     let rt = runtime();
     let big = "x".repeat(200);
@@ -2005,12 +2012,7 @@ fn image_source(
     use manifold_core::engine::{GroupStart, ReadFrom};
     let disk = SimDisk::new();
     let root = PathBuf::from("/data");
-    let mut config = config();
-    config.clock = tick;
-    config.retention_ms = 3_600_000;
-    config.retention_check_ms = 5;
-    config.timer_tick_ms = 5;
-    config.store.dispatch_checkpoint_interval_ms = 0;
+    let config = retention_config(tick);
     let engine = Engine::open(Arc::new(disk.clone()), &root, config.clone())?;
     let rt = runtime();
     let big = "x".repeat(200);
