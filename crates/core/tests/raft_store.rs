@@ -455,12 +455,18 @@ impl Sim {
     }
 
     fn crash(&mut self, n: usize) {
+        // Now and then down long enough for the others' retention to pass it by.
+        let down = if self.rng.chance(250_000) {
+            2_000 + self.rng.below(2_000)
+        } else {
+            100 + self.rng.below(900)
+        };
         let node = &mut self.nodes[n];
         node.raft = None;
         node.store = None; // dropped without close: the abort path
         node.disk = node.disk.crash(CrashMode::DropUnsynced);
         node.dirty = false;
-        node.down_until = Some(self.now + 100 + self.rng.below(900));
+        node.down_until = Some(self.now + down);
         let id = node.id;
         self.net.retain(|m| m.3 != id);
         self.note(1000 + id);
@@ -549,6 +555,11 @@ impl Sim {
     fn settle(&mut self, seed: u64) {
         self.faults = false;
         self.cut.clear();
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].down_until.is_some() {
+                self.restart(n, seed);
+            }
+        }
         for _ in 0..3_000 {
             self.tick(seed);
             for n in 0..self.nodes.len() {
@@ -640,7 +651,7 @@ fn seeds() -> u64 {
     std::env::var("RAFT_STORE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4)
+        .unwrap_or(8)
 }
 
 #[test]

@@ -321,6 +321,11 @@ impl Raft {
         }
         if r.success {
             if p.matched(r.index.min(last), now) {
+                // A heartbeat gave it the commit only as far as it then held: it may apply
+                // more now (it hears with the next append, or a push in 1 ms if none comes).
+                if p.sent_commit < self.commit.min(p.match_index) && self.commit_push_at.is_none() {
+                    self.commit_push_at = Some(now + self.cfg.commit_push_ms);
+                }
                 self.maybe_commit();
                 self.maybe_finish_transfer(from);
                 self.maybe_reconfigure();
@@ -407,14 +412,15 @@ impl Raft {
         }
     }
 
-    /// Leader: pushes an advanced commit index to followers that did not get it yet.
+    /// Leader: pushes an advanced commit index to followers that did not get as much of it
+    /// as they hold yet.
     pub(super) fn push_commit(&mut self) {
         self.commit_push_at = None;
         let commit = self.commit;
         let behind: Vec<NodeId> = self
             .progress
             .iter()
-            .filter(|(_, p)| p.sent_commit < commit)
+            .filter(|(_, p)| p.sent_commit < commit.min(p.match_index))
             .map(|(id, _)| *id)
             .collect();
         for to in behind {
@@ -429,8 +435,8 @@ impl Raft {
         let Some(p) = self.progress.get_mut(&to) else {
             return;
         };
-        p.sent_commit = p.sent_commit.max(commit);
         let theirs = commit.min(p.match_index);
+        p.sent_commit = p.sent_commit.max(theirs);
         let term = self.hard.term;
         self.send(
             to,
