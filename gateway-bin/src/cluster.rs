@@ -250,14 +250,25 @@ fn describe(v: &ClusterView) -> String {
     if v.membership != "voter" {
         out.push_str(&format!("this node: {}\n", v.membership));
     }
+    if !v.image.is_empty() && v.image != "none" {
+        out.push_str(&format!("image of the leader: {}\n", v.image));
+    }
+    if let Some(i) = v.installed_image {
+        out.push_str(&format!("started on an image of the leader up to {i}\n"));
+    }
     for p in &v.peers {
         out.push_str(&format!(
-            "peer {}  {}  {}  match {}  lag {}\n",
+            "peer {}  {}  {}  match {}  lag {}{}\n",
             p.id,
             p.member,
             p.raft_addr,
             opt(p.match_index),
-            opt(p.lag)
+            opt(p.lag),
+            if p.needs_snapshot == Some(true) {
+                "  behind the retained log"
+            } else {
+                ""
+            }
         ));
     }
     out

@@ -1117,6 +1117,16 @@ fn a_follower_behind_the_retained_log_installs_an_image_of_the_leader_and_catche
             .context("peer listed")?;
         ensure!(peer["needs_snapshot"] == false, "{peer}");
         ensure!(stream_view(&nodes[away])? == stream_view(&nodes[l])?);
+        // It says so, and the leader counted the image it sent.
+        let mine = cluster_json(&nodes[away])?;
+        ensure!(mine["installed_image"].as_u64().is_some(), "{mine}");
+        ensure!(mine["image"] == "none", "{mine}");
+        let mut sent = 0.0;
+        for n in nodes.iter().filter(|n| n.id != id) {
+            let (_, page) = http(n.http, "GET", "/metrics")?;
+            sent += metric(&page, "manifold_images_sent_total").unwrap_or(0.0);
+        }
+        ensure!(sent >= 1.0, "images sent: {sent}");
         Ok(())
     })?;
     ensure!(

@@ -74,6 +74,14 @@ pub struct ClusterView {
     pub membership: String,
     /// The other members, voters and learners.
     pub peers: Vec<PeerView>,
+    /// This node and images of its leader (it was behind the leader's retained log):
+    /// `none`, `fetching`, or `staged` (installed when it restarts — at once under
+    /// `manifold serve`).
+    #[serde(default)]
+    pub image: String,
+    /// The last log index of the image this node's last start installed, if any.
+    #[serde(default)]
+    pub installed_image: Option<u64>,
 }
 
 /// One other member, as this node knows it.
@@ -118,6 +126,8 @@ pub fn cluster_view(engine: &Engine) -> ClusterView {
             healthy: true,
             membership: "voter".into(),
             peers: Vec::new(),
+            image: engine.image_fetch_state().into(),
+            installed_image: engine.installed_image(),
         },
         Some(st) => {
             let leading = st.role == Role::Leader;
@@ -160,6 +170,8 @@ pub fn cluster_view(engine: &Engine) -> ClusterView {
                     _ => "none".into(),
                 },
                 peers,
+                image: engine.image_fetch_state().into(),
+                installed_image: engine.installed_image(),
             }
         }
     }
@@ -591,6 +603,12 @@ pub fn render_metrics(engine: &Engine) -> String {
         "Node-to-node connections refused in the handshake (version, secret).",
     );
     t.sample("manifold_raft_handshakes_refused_total", &[], refused);
+    t.family(
+        "manifold_images_sent_total",
+        "counter",
+        "Images of this node sent whole to followers behind its retained log.",
+    );
+    t.sample("manifold_images_sent_total", &[], engine.images_sent());
     t.family(
         "manifold_forward_apply_timeouts_total",
         "counter",

@@ -327,11 +327,14 @@ impl Inner {
             Ok(())
         })();
         match sent {
-            Ok(()) => tracing::info!(
-                to = caller,
-                ms = started.elapsed().as_millis() as u64,
-                "image sent"
-            ),
+            Ok(()) => {
+                self.images_sent.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    to = caller,
+                    ms = started.elapsed().as_millis() as u64,
+                    "image sent"
+                )
+            }
             Err(e) => tracing::warn!(to = caller, error = %e, "image transfer ended"),
         }
     }

@@ -889,6 +889,10 @@ struct Inner {
     fetching: std::sync::atomic::AtomicBool,
     /// Set once an image is staged: the node must restart (close, open) to install it.
     restart: tokio::sync::watch::Sender<bool>,
+    /// The last index of the image the open that made this engine installed, if any.
+    installed_image: Option<LogIndex>,
+    /// Images this node sent whole to followers.
+    images_sent: AtomicU64,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -974,7 +978,8 @@ impl Engine {
             }
         };
         // An image a previous run received and staged replaces the store and engine files.
-        crate::store::image::apply_pending(storage.as_ref(), root)?;
+        let installed_image =
+            crate::store::image::apply_pending(storage.as_ref(), root)?.map(|m| m.last_index);
         let store = MessageStore::open(storage.clone(), root, store_config)?;
         let store_ms = opening.elapsed().as_millis();
         let last = store.log().last_index();
@@ -1160,6 +1165,8 @@ impl Engine {
             exports: Default::default(),
             fetching: Default::default(),
             restart: tokio::sync::watch::Sender::new(false),
+            installed_image,
+            images_sent: AtomicU64::new(0),
         });
         let applier_inner = inner.clone();
         let in_group = clustered.is_some();
@@ -1230,6 +1237,29 @@ impl Engine {
     /// retained log): close the engine and open it again to install it.
     pub fn restart_requested(&self) -> tokio::sync::watch::Receiver<bool> {
         self.inner.restart.subscribe()
+    }
+
+    /// Where this node is with an image of its leader: `none`, `fetching`, or `staged`
+    /// (installed at the next open).
+    pub fn image_fetch_state(&self) -> &'static str {
+        if *self.inner.restart.borrow() {
+            "staged"
+        } else if self.inner.fetching.load(Ordering::Acquire) {
+            "fetching"
+        } else {
+            "none"
+        }
+    }
+
+    /// The last log index of the image the open that made this engine installed, if it
+    /// installed one.
+    pub fn installed_image(&self) -> Option<LogIndex> {
+        self.inner.installed_image
+    }
+
+    /// Images this node sent whole to followers since this engine opened.
+    pub fn images_sent(&self) -> u64 {
+        self.inner.images_sent.load(Ordering::Relaxed)
     }
 
     /// What the open that made this engine cost.
