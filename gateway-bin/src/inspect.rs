@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use manifold_core::engine::{EngineFiles, inspect_files};
+use manifold_core::store::image::Staged;
 use manifold_core::store::inspect::InspectOptions;
 use manifold_core::store::{InspectReport, RealFs, inspect};
 
@@ -164,6 +165,23 @@ fn print(
             "members at index {} (term {}): {}",
             c.index, c.term, c.members
         )?;
+    }
+    match &engine.staged {
+        Staged::Nothing => {}
+        Staged::Unfinished => writeln!(
+            out,
+            "staged image: an unfinished transfer (removed at the next start)"
+        )?,
+        Staged::Image(m) => writeln!(
+            out,
+            "staged image: entries {}..={} (dispatch point {}), {} files, {} bytes; installed \
+             at the next start in place of what is above",
+            m.first_index,
+            m.last_index,
+            m.dispatched,
+            m.files.len(),
+            m.data_bytes()
+        )?,
     }
     if args.digest {
         for d in &r.digests {

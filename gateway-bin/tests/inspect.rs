@@ -143,3 +143,44 @@ fn engine_files_are_reported_and_a_damaged_snapshot_exits_one() -> anyhow::Resul
     assert!(out.contains("snapshot does not verify"), "{out}");
     Ok(())
 }
+
+#[test]
+fn a_staged_image_is_reported_and_a_damaged_manifest_exits_one() -> anyhow::Result<()> {
+    use manifold_core::store::image::{ImageFile, Installer, Manifest};
+    let dir = tempfile::tempdir()?;
+    build(dir.path(), 100)?;
+    let manifest = Manifest {
+        first_index: 40,
+        first_term: 1,
+        last_index: 90,
+        last_term: 1,
+        dispatched: 80,
+        files: vec![ImageFile {
+            path: "dispatch".into(),
+            len: 128,
+            data_len: 128,
+        }],
+    };
+    let mut installer = Installer::begin(Arc::new(RealFs), dir.path(), manifest.clone())?;
+    installer.write(0, 0, &[7; 128])?;
+    let (code, out) = inspect(dir.path(), &[])?;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("staged image: an unfinished transfer"),
+        "{out}"
+    );
+    installer.finish()?;
+    let (code, out) = inspect(dir.path(), &[])?;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("staged image: entries 40..=90 (dispatch point 80), 1 files, 128 bytes"),
+        "{out}"
+    );
+    // Inspect changed nothing: the image is still staged.
+    assert!(dir.path().join("install/manifest").exists());
+    std::fs::write(dir.path().join("install/manifest"), b"not a manifest")?;
+    let (code, out) = inspect(dir.path(), &[])?;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("install manifest does not verify"), "{out}");
+    Ok(())
+}

@@ -1994,6 +1994,9 @@ pub struct EngineFiles {
     pub identity: Option<crate::raft::hard_state::Identity>,
     /// The configurations of the `members` file (a group member's), as saved.
     pub members: Vec<crate::raft::ConfigAt>,
+    /// What the staging area `install/` holds: an image the next open installs, or a transfer
+    /// that never finished.
+    pub staged: crate::store::image::Staged,
     /// What does not verify, one line each (file and reason).
     pub problems: Vec<String>,
 }
@@ -2020,6 +2023,10 @@ pub fn inspect_files(
     }
     match crate::raft::members_file::load(storage, root) {
         Ok(m) => files.members = m,
+        Err(e) => files.problems.push(e.to_string()),
+    }
+    match crate::store::image::staged(storage, root) {
+        Ok(s) => files.staged = s,
         Err(e) => files.problems.push(e.to_string()),
     }
     match snapshot::load(storage, root, dispatched) {

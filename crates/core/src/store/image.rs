@@ -433,6 +433,48 @@ pub fn apply_pending(storage: &dyn Storage, root: &Path) -> Result<Option<Manife
     Ok(Some(manifest))
 }
 
+/// What a directory's staging area holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Staged {
+    /// No staging area.
+    #[default]
+    Nothing,
+    /// A transfer that never finished (no manifest): removed at the next open.
+    Unfinished,
+    /// A whole image, installed at the next open.
+    Image(Manifest),
+}
+
+/// Reads what `install/` holds, without changing anything; `Corruption` for a manifest that
+/// does not verify (the next open would refuse it too).
+pub fn staged(storage: &dyn Storage, root: &Path) -> Result<Staged> {
+    let staging = root.join(INSTALL_DIR);
+    let path = staging.join(MANIFEST_FILE);
+    if !storage.exists(&path) {
+        let files = storage
+            .list(&staging)
+            .map(|f| !f.is_empty())
+            .unwrap_or(false);
+        let dirs = storage
+            .list_dirs(&staging)
+            .map(|d| !d.is_empty())
+            .unwrap_or(false);
+        return Ok(if files || dirs {
+            Staged::Unfinished
+        } else {
+            Staged::Nothing
+        });
+    }
+    let bytes = read_all(storage, &path).at(&path)?;
+    Manifest::decode(&bytes)
+        .map(Staged::Image)
+        .ok_or_else(|| StoreError::Corruption {
+            file: path,
+            offset: 0,
+            reason: "install manifest does not verify".into(),
+        })
+}
+
 /// Removes `dir` and everything under it, each directory's removals made durable before the
 /// directory goes (a power cut must not bring a file back into a directory that survives);
 /// nothing if it does not exist.
@@ -493,6 +535,24 @@ mod tests {
         for cut in 0..b.len() {
             assert_eq!(Manifest::decode(&b[..cut]), None, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn what_is_staged_is_read_without_changing_it() {
+        let disk = crate::store::SimDisk::new();
+        let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+        let root = PathBuf::from("/d");
+        storage.create_dir_all(&root).expect("dir");
+        assert_eq!(staged(&disk, &root).ok(), Some(Staged::Nothing));
+        let mut installer = Installer::begin(storage.clone(), &root, manifest()).expect("begin");
+        installer.write(0, 0, &[1; 100]).expect("write");
+        assert_eq!(staged(&disk, &root).ok(), Some(Staged::Unfinished));
+        installer.finish().expect("finish");
+        assert_eq!(staged(&disk, &root).ok(), Some(Staged::Image(manifest())));
+        let path = root.join("install/manifest");
+        let file = disk.open(&path, false).expect("open");
+        file.write_at(9, &[0xff]).expect("damage");
+        assert!(staged(&disk, &root).is_err());
     }
 
     #[test]
