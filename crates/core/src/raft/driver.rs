@@ -380,6 +380,7 @@ impl Runner {
             if self.now() >= self.core.next_deadline() {
                 self.step(Event::Tick);
             }
+            self.publish_status();
         }
     }
 
@@ -399,6 +400,11 @@ impl Runner {
                 break;
             }
         }
+    }
+
+    /// What the node above reads of the core (`DriverHandle::status`): once per batch of
+    /// events, not per event (it clones the membership).
+    fn publish_status(&self) {
         let status = status_of(&self.core);
         let mut slot = self.status.lock().unwrap_or_else(|p| p.into_inner());
         for p in status
@@ -409,8 +415,7 @@ impl Runner {
             tracing::warn!(
                 peer = p,
                 first_index = self.core.log_terms().base_index() + 1,
-                "a follower needs entries retention removed: it cannot catch up until snapshot \
-                 install exists (wipe its directory and re-add it, or raise --retention-ms)"
+                "a follower needs entries retention removed: it is offered an image of this node"
             );
         }
         *slot = status;
