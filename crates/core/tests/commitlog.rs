@@ -363,3 +363,38 @@ fn entries_read_in_runs_equal_entries_read_one_by_one() -> Result<(), StoreError
     ));
     Ok(())
 }
+
+/// Whether a node needs an image of another (`Manifest::needed_by`): only when the source's log
+/// cannot catch it up — its log ends before the image's first entry or holds another term
+/// there — and never an image behind what it applied.
+#[test]
+fn a_node_needs_an_image_only_when_the_sources_log_cannot_catch_it_up() -> Result<(), StoreError> {
+    use manifold_core::store::image::Manifest;
+    let disk = SimDisk::new();
+    let log = open(&disk)?;
+    append_all(&log, 1, 10, 1)?;
+    append_all(&log, 11, 60, 2)?;
+    let image = |first_index, first_term, dispatched| Manifest {
+        first_index,
+        first_term,
+        last_index: 90,
+        last_term: 3,
+        dispatched,
+        files: Vec::new(),
+    };
+    // The source's log starts past this one's end: needed.
+    assert!(image(70, 3, 80).needed_by(&log, 40));
+    // It starts within this log with the same term there: the log catches it up.
+    assert!(!image(30, 2, 80).needed_by(&log, 40));
+    assert!(!image(60, 2, 80).needed_by(&log, 40));
+    // Another term there: entries before it the source does not have — needed.
+    assert!(image(30, 3, 80).needed_by(&log, 40));
+    // An image behind what this node applied is never taken.
+    assert!(!image(70, 3, 35).needed_by(&log, 40));
+    // This log starts past the image's first entry (cut below its commit): caught up from the
+    // source's log.
+    log.delete_before(50)?;
+    assert!(log.first_index() > 30, "first index {}", log.first_index());
+    assert!(!image(30, 2, 80).needed_by(&log, 55));
+    Ok(())
+}
