@@ -441,35 +441,11 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::image::ImageFile;
     use crate::store::{SimDisk, Storage};
     use std::path::PathBuf;
 
     fn manifest() -> Manifest {
-        Manifest {
-            first_index: 5,
-            first_term: 1,
-            last_index: 9,
-            last_term: 2,
-            dispatched: 8,
-            files: vec![
-                ImageFile {
-                    path: "commitlog/00000000000000000000".into(),
-                    len: 4096,
-                    data_len: 300,
-                },
-                ImageFile {
-                    path: "index/00000000000000000001".into(),
-                    len: 100,
-                    data_len: 0,
-                },
-                ImageFile {
-                    path: "dispatch".into(),
-                    len: 4,
-                    data_len: 4,
-                },
-            ],
-        }
+        crate::store::image::test_manifest()
     }
 
     fn frames(fs: &[ImageFrame]) -> Vec<u8> {

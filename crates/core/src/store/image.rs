@@ -496,30 +496,41 @@ pub(crate) fn remove_tree(storage: &dyn Storage, dir: &Path) -> Result<()> {
     storage.remove_dir(dir).at(dir)
 }
 
+/// A manifest for tests: a log segment shipped in part, a file shipping nothing, a whole one.
+#[cfg(test)]
+pub(crate) fn test_manifest() -> Manifest {
+    Manifest {
+        first_index: 5,
+        first_term: 1,
+        last_index: 9,
+        last_term: 2,
+        dispatched: 8,
+        files: vec![
+            ImageFile {
+                path: "commitlog/00000000000000000000".into(),
+                len: 4096,
+                data_len: 300,
+            },
+            ImageFile {
+                path: "index/00000000000000000001".into(),
+                len: 100,
+                data_len: 0,
+            },
+            ImageFile {
+                path: "dispatch".into(),
+                len: 4,
+                data_len: 4,
+            },
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn manifest() -> Manifest {
-        Manifest {
-            first_index: 5,
-            first_term: 1,
-            last_index: 9,
-            last_term: 2,
-            dispatched: 8,
-            files: vec![
-                ImageFile {
-                    path: "commitlog/00000000000000000000".into(),
-                    len: 4096,
-                    data_len: 100,
-                },
-                ImageFile {
-                    path: "consumequeue/0000000a/00000000000000000000".into(),
-                    len: 64,
-                    data_len: 64,
-                },
-            ],
-        }
+        test_manifest()
     }
 
     #[test]
