@@ -62,12 +62,26 @@ impl ExportGate {
     /// Takes an export out once no cycle is in flight; false if the engine is closing or a
     /// cycle did not end within `wait`.
     pub(super) fn begin_export(&self, wait: Duration) -> bool {
+        let mut g = self.wait_until(wait, |g| !g.cycle || g.closing);
+        if g.cycle || g.closing {
+            return false;
+        }
+        g.exports += 1;
+        true
+    }
+
+    /// The state once `done` holds, or once `wait` has passed.
+    fn wait_until(
+        &self,
+        wait: Duration,
+        done: impl Fn(&GateState) -> bool,
+    ) -> std::sync::MutexGuard<'_, GateState> {
         let deadline = Instant::now() + wait;
         let mut g = self.lock();
-        while g.cycle && !g.closing {
+        while !done(&g) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                break;
             }
             g = self
                 .changed
@@ -75,11 +89,7 @@ impl ExportGate {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        if g.closing {
-            return false;
-        }
-        g.exports += 1;
-        true
+        g
     }
 
     pub(super) fn end_export(&self) {
@@ -95,20 +105,11 @@ impl ExportGate {
 
     /// At close: no export starts any more; waits up to `wait` for those out to stop.
     pub(super) fn close(&self, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        let mut g = self.lock();
-        g.closing = true;
-        while g.exports > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                tracing::warn!(exports = g.exports, "closing with image exports still out");
-                return;
-            }
-            g = self
-                .changed
-                .wait_timeout(g, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        self.lock().closing = true;
+        self.changed.notify_all();
+        let g = self.wait_until(wait, |g| g.exports == 0);
+        if g.exports > 0 {
+            tracing::warn!(exports = g.exports, "closing with image exports still out");
         }
     }
 }
