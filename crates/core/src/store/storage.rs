@@ -112,6 +112,19 @@ impl StorageFile for RealFile {
     }
 }
 
+/// The names in `dir` of the entries whose type `keep` accepts, sorted.
+fn names_in(dir: &Path, keep: impl Fn(&std::fs::FileType) -> bool) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if keep(&entry.file_type()?) {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 impl Storage for RealFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let file = OpenOptions::new()
@@ -128,15 +141,7 @@ impl Storage for RealFs {
         std::fs::remove_file(path)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                names.push(entry.file_name().to_string_lossy().into_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
+        names_in(dir, |t| t.is_file())
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         // Create top-down, fsyncing each parent whose entry we added.
@@ -168,15 +173,7 @@ impl Storage for RealFs {
         path.exists()
     }
     fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                names.push(entry.file_name().to_string_lossy().into_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
+        names_in(dir, |t| t.is_dir())
     }
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::remove_dir(dir)
