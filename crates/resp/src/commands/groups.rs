@@ -23,6 +23,9 @@ use crate::reply::{Protocol, Reply};
 
 type Result<T> = std::result::Result<T, Reply>;
 
+/// How long a reader waiting in line for its turn goes without looking at the line again.
+const LINE_RECHECK: Duration = Duration::from_millis(100);
+
 /// `-ERR The XGROUP subcommand requires the key to exist. ...`
 fn no_stream() -> Reply {
     Reply::err(
@@ -327,7 +330,13 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
                     break false;
                 }
                 if ctx.shared.engine.earlier_waiting(t) || !t.is_first() {
-                    changed.await;
+                    // The line's change is awaited, but never past the BLOCK and never long
+                    // without looking again: a wake-up lost in the line must not hold this
+                    // reader (CI once saw three readers wait for good past BLOCK 1000).
+                    let Some(left) = super::read::remaining(deadline) else {
+                        return Ok(Reply::NilArray);
+                    };
+                    let _ = tokio::time::timeout(left.min(LINE_RECHECK), changed).await;
                     continue;
                 }
                 position = applied;
