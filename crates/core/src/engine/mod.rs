@@ -1927,9 +1927,15 @@ impl Engine {
                 .is_some_and(|t| t.last_applied.0 > after)
         });
         if changed {
-            let turn = order
-                .zip(topics.first())
-                .map(|(order, topic)| self.inner.waiters.join(topic, order, id));
+            let turn = match order.zip(topics.first()) {
+                None => None,
+                Some((order, topic)) => match self.inner.waiters.join_missed(topic, order, id) {
+                    Some(turn) => Some(turn),
+                    // A commit woke it meanwhile: its turn is on its way (sent just after the
+                    // registry's lock is let go).
+                    None => rx.await.ok().and_then(|(_, turn)| turn),
+                },
+            };
             return (Wake::Changed, turn);
         }
         match tokio::time::timeout(timeout, rx).await {

@@ -235,10 +235,16 @@ impl Waiters {
         }
     }
 
-    /// A place in `topic`'s line for an ordered waiter that found, on registering, that it had
-    /// missed an entry (it reads at once, but in its turn).
-    pub fn join(&self, topic: &TopicKey, order: u64, id: u64) -> Turn {
-        self.lock().join(topic, order, id)
+    /// A place in `topic`'s line for the ordered waiter `id` that found, on registering, that
+    /// it had missed an entry (it reads at once, but in its turn); it leaves the registry. `None`
+    /// if a commit woke it meanwhile: that wake gave it its place, and the turn is in its
+    /// receiver. (Taking a second place would leave two turns on one place: dropping either
+    /// would take the place from the other, which would then never be first.)
+    pub fn join_missed(&self, topic: &TopicKey, order: u64, id: u64) -> Option<Turn> {
+        let mut inner = self.lock();
+        inner.waiting.remove(&id)?;
+        self.counted(&inner);
+        Some(inner.join(topic, order, id))
     }
 
     /// Whether a reader ahead of `turn` (smaller order) waits on its topic after a log index
@@ -260,5 +266,42 @@ impl Waiters {
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.lock().waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EntryKind;
+
+    fn entry() -> Arc<LogEntry> {
+        Arc::new(LogEntry {
+            index: 1,
+            term: 1,
+            kind: EntryKind::Command,
+            timestamp_ms: 0,
+            command: Bytes::new(),
+            records: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_waiter_woken_while_it_takes_its_missed_turn_holds_one_place() {
+        let waiters = Waiters::default();
+        let topic: TopicKey = (0, Bytes::from_static(b"s"));
+        let (first, mut rx) = waiters.register(std::slice::from_ref(&topic), Some(1), 0);
+        // A commit wakes it while it is finding, on its own, that it missed that entry.
+        waiters.wake(&entry(), std::iter::once((0, &topic.1)));
+        assert!(waiters.join_missed(&topic, 1, first).is_none());
+        let (_, turn) = rx.try_recv().expect("woken");
+        let turn = turn.expect("a turn");
+        // A reader behind it, and one that missed nothing while registering.
+        let (second, _rx) = waiters.register(std::slice::from_ref(&topic), Some(2), 0);
+        let behind = waiters.join_missed(&topic, 2, second).expect("not woken");
+        assert_eq!(waiters.len(), 0);
+        assert!(turn.is_first());
+        assert!(!behind.is_first());
+        drop(turn);
+        assert!(behind.is_first());
     }
 }

@@ -332,7 +332,8 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
                 if ctx.shared.engine.earlier_waiting(t) || !t.is_first() {
                     // The line's change is awaited, but never past the BLOCK and never long
                     // without looking again: a wake-up lost in the line must not hold this
-                    // reader (CI once saw three readers wait for good past BLOCK 1000).
+                    // reader (CI once saw three readers wait for good past BLOCK 1000, when a
+                    // reader woken as it found its missed entry got two turns on one place).
                     let Some(left) = super::read::remaining(deadline) else {
                         return Ok(Reply::NilArray);
                     };
