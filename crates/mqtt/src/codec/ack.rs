@@ -7,9 +7,12 @@ use bytes::{BufMut, BytesMut};
 
 use super::error::{DecodeError, EncodeError};
 use super::framer::PacketType;
-use super::properties::{Properties, Scope};
+use super::properties::Scope;
 use super::wire::Reader;
-use super::{Ack, Protocol, check_packet_id, no_properties, packet_id};
+use super::{
+    Ack, Protocol, check_packet_id, no_properties, packet_id, put_code_and_properties,
+    read_code_and_properties,
+};
 
 /// The reason codes each may carry (spec 3.4.2.1, 3.5.2.1, 3.6.2.1, 3.7.2.1).
 fn valid(code: u8, kind: PacketType) -> bool {
@@ -27,16 +30,9 @@ fn valid(code: u8, kind: PacketType) -> bool {
 pub fn decode(r: &mut Reader, protocol: Protocol, kind: PacketType) -> Result<Ack, DecodeError> {
     let packet_id = packet_id(r)?;
     let mut ack = Ack::new(packet_id);
-    if protocol == Protocol::V5 && !r.is_empty() {
-        ack.code = r.u8()?;
-        if !valid(ack.code, kind) {
-            return Err(DecodeError::Protocol(
-                "a reason code this packet does not define",
-            ));
-        }
-        if !r.is_empty() {
-            ack.properties = Properties::decode(r, Scope::Ack)?;
-        }
+    if protocol == Protocol::V5 {
+        (ack.code, ack.properties) =
+            read_code_and_properties(r, Scope::Ack, |code| valid(code, kind))?;
     }
     r.end("bytes after the last field of an acknowledgement")?;
     Ok(ack)
@@ -50,18 +46,14 @@ pub fn encode(
 ) -> Result<u8, EncodeError> {
     check_packet_id(a.packet_id)?;
     no_properties(&a.properties, protocol)?;
-    if !valid(a.code, kind) || (protocol == Protocol::V311 && a.code != 0) {
+    if protocol == Protocol::V311 && a.code != 0 {
         return Err(EncodeError::Invalid(
             "a reason code this packet does not define",
         ));
     }
     out.put_u16(a.packet_id);
-    if protocol == Protocol::V5 && (a.code != 0 || !a.properties.is_empty()) {
-        out.put_u8(a.code);
-        if !a.properties.is_empty() {
-            let len = a.properties.check(Scope::Ack)?;
-            a.properties.encode(len, out);
-        }
+    if protocol == Protocol::V5 {
+        put_code_and_properties(a.code, &a.properties, Scope::Ack, |c| valid(c, kind), out)?;
     }
     Ok(if kind == PacketType::PubRel {
         0b0010

@@ -2,12 +2,12 @@
 //! success without properties; otherwise a reason code (0x00, 0x18 continue, 0x19
 //! re-authenticate) and properties.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::error::{DecodeError, EncodeError};
-use super::properties::{Properties, Scope};
+use super::properties::Scope;
 use super::wire::Reader;
-use super::{Auth, Protocol};
+use super::{Auth, Protocol, put_code_and_properties, read_code_and_properties};
 
 fn valid(code: u8) -> bool {
     matches!(code, 0x00 | 0x18 | 0x19)
@@ -20,18 +20,7 @@ pub fn decode(r: &mut Reader, protocol: Protocol) -> Result<Auth, DecodeError> {
         ));
     }
     let mut a = Auth::default();
-    if !r.is_empty() {
-        a.code = r.u8()?;
-        if !valid(a.code) {
-            return Err(DecodeError::Protocol(
-                "an AUTH reason code 5.0 does not define",
-            ));
-        }
-        // A reason code without a property length: no properties (as DISCONNECT reads it).
-        if !r.is_empty() {
-            a.properties = Properties::decode(r, Scope::Auth)?;
-        }
-    }
+    (a.code, a.properties) = read_code_and_properties(r, Scope::Auth, valid)?;
     r.end("bytes after the last AUTH field")?;
     Ok(a)
 }
@@ -40,15 +29,5 @@ pub fn encode(a: &Auth, protocol: Protocol, out: &mut BytesMut) -> Result<(), En
     if protocol == Protocol::V311 {
         return Err(EncodeError::Invalid("MQTT 3.1.1 has no AUTH"));
     }
-    if !valid(a.code) {
-        return Err(EncodeError::Invalid(
-            "an AUTH reason code 5.0 does not define",
-        ));
-    }
-    if a.code != 0 || !a.properties.is_empty() {
-        out.put_u8(a.code);
-        let len = a.properties.check(Scope::Auth)?;
-        a.properties.encode(len, out);
-    }
-    Ok(())
+    put_code_and_properties(a.code, &a.properties, Scope::Auth, valid, out)
 }

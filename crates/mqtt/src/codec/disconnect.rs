@@ -3,12 +3,14 @@
 //! (`E0 01 8E` — the packet mqttbytes consumes and then asks more bytes for), more a reason
 //! code and properties.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::error::{DecodeError, EncodeError};
-use super::properties::{Properties, Scope};
+use super::properties::Scope;
 use super::wire::Reader;
-use super::{Disconnect, Protocol, no_properties};
+use super::{
+    Disconnect, Protocol, no_properties, put_code_and_properties, read_code_and_properties,
+};
 
 /// 5.0 DISCONNECT reason codes (spec 3.14.2.1).
 fn valid(code: u8) -> bool {
@@ -47,16 +49,8 @@ fn valid(code: u8) -> bool {
 
 pub fn decode(r: &mut Reader, protocol: Protocol) -> Result<Disconnect, DecodeError> {
     let mut d = Disconnect::default();
-    if protocol == Protocol::V5 && !r.is_empty() {
-        d.code = r.u8()?;
-        if !valid(d.code) {
-            return Err(DecodeError::Protocol(
-                "a DISCONNECT reason code 5.0 does not define",
-            ));
-        }
-        if !r.is_empty() {
-            d.properties = Properties::decode(r, Scope::Disconnect)?;
-        }
+    if protocol == Protocol::V5 {
+        (d.code, d.properties) = read_code_and_properties(r, Scope::Disconnect, valid)?;
     }
     r.end("bytes after the last DISCONNECT field")?;
     Ok(d)
@@ -69,18 +63,8 @@ pub fn encode(d: &Disconnect, protocol: Protocol, out: &mut BytesMut) -> Result<
             "a 3.1.1 DISCONNECT has no reason code",
         )),
         Protocol::V311 => Ok(()),
-        Protocol::V5 if !valid(d.code) => Err(EncodeError::Invalid(
-            "a DISCONNECT reason code 5.0 does not define",
-        )),
         Protocol::V5 => {
-            if d.code != 0 || !d.properties.is_empty() {
-                out.put_u8(d.code);
-                if !d.properties.is_empty() {
-                    let len = d.properties.check(Scope::Disconnect)?;
-                    d.properties.encode(len, out);
-                }
-            }
-            Ok(())
+            put_code_and_properties(d.code, &d.properties, Scope::Disconnect, valid, out)
         }
     }
 }

@@ -29,7 +29,7 @@ mod unsuback;
 mod unsubscribe;
 mod wire;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 pub use error::{DecodeError, EncodeError};
 pub use framer::{FixedHeader, PacketType};
@@ -420,6 +420,55 @@ fn put_properties(
 ) -> Result<(), EncodeError> {
     no_properties(p, protocol)?;
     if protocol == Protocol::V5 {
+        let len = p.check(scope)?;
+        p.encode(len, out);
+    }
+    Ok(())
+}
+
+/// The 5.0 tail of PUBACK-family packets, DISCONNECT and AUTH: a reason code and properties,
+/// both omitted when the code is 0 and there are none, the properties alone omitted after a
+/// code (spec 3.4.2.2, 3.14.2.2, 3.15.2.2). `valid` says which codes the packet defines.
+fn read_code_and_properties(
+    r: &mut wire::Reader,
+    scope: properties::Scope,
+    valid: impl Fn(u8) -> bool,
+) -> Result<(u8, Properties), DecodeError> {
+    if r.is_empty() {
+        return Ok((0, Properties::default()));
+    }
+    let code = r.u8()?;
+    if !valid(code) {
+        return Err(DecodeError::Protocol(
+            "a reason code this packet does not define",
+        ));
+    }
+    let properties = if r.is_empty() {
+        Properties::default()
+    } else {
+        Properties::decode(r, scope)?
+    };
+    Ok((code, properties))
+}
+
+/// Writes that tail, as short as it may be.
+fn put_code_and_properties(
+    code: u8,
+    p: &Properties,
+    scope: properties::Scope,
+    valid: impl Fn(u8) -> bool,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    if !valid(code) {
+        return Err(EncodeError::Invalid(
+            "a reason code this packet does not define",
+        ));
+    }
+    if code == 0 && p.is_empty() {
+        return Ok(());
+    }
+    out.put_u8(code);
+    if !p.is_empty() {
         let len = p.check(scope)?;
         p.encode(len, out);
     }
