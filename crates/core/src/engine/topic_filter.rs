@@ -55,7 +55,9 @@ fn check_text(s: &[u8]) -> Result<(), TopicError> {
 /// Checks a topic name (what a PUBLISH names).
 pub fn check_topic_name(name: &[u8]) -> Result<(), TopicError> {
     check_text(name)?;
-    if name.iter().any(|b| matches!(b, b'+' | b'#')) {
+    // `contains` on bytes is a vectorised search; a byte-by-byte `any` cost an MQTT encoder
+    // more than everything else it does for a PUBLISH.
+    if name.contains(&b'+') || name.contains(&b'#') {
         return Err(TopicError::WildcardInName);
     }
     Ok(())

@@ -1,10 +1,10 @@
 //! The fixed header (spec 2.1; 3.1.1 2.2): packet type, flags and remaining length. [`check`]
 //! says whether a whole packet is buffered — reading no further than its fixed header, and
 //! refusing a packet larger than the limit as soon as its length is known — so the packet
-//! decoders only ever see whole packets. [`put`] writes a header and body, refusing a packet
-//! larger than the peer's limit or MQTT's.
+//! decoders only ever see whole packets. [`put_header`] completes a packet written in place,
+//! refusing one larger than the peer's limit or MQTT's.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::error::{DecodeError, EncodeError};
 use super::wire::{self, MAX_VARINT};
@@ -120,32 +120,44 @@ pub fn check_flags(h: &FixedHeader) -> Result<(), DecodeError> {
     }
 }
 
-/// Appends a packet of `packet_type` with `flags` and `body`, if it fits within `max` (and
-/// MQTT's largest remaining length).
-pub fn put(
+/// The largest fixed header: one byte and a four-byte remaining length.
+pub const MAX_HEADER: usize = 5;
+
+/// Completes a packet written at `out[start..]` as [`MAX_HEADER`] bytes of room and then its
+/// body: writes the fixed header of `packet_type` with `flags` just before the body and closes
+/// the gap — if the packet fits within `max` (and MQTT's largest remaining length).
+pub fn put_header(
     packet_type: PacketType,
     flags: u8,
-    body: &[u8],
+    start: usize,
     max: u32,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    if body.len() > MAX_VARINT as usize {
+    let body_start = start + MAX_HEADER;
+    let body_len = out.len() - body_start;
+    if body_len > MAX_VARINT as usize {
         return Err(EncodeError::TooLarge {
-            size: body.len() as u64,
+            size: body_len as u64,
             max: u64::from(MAX_VARINT),
         });
     }
-    let remaining = body.len() as u32;
-    let size = 1 + wire::varint_len(remaining) as u64 + u64::from(remaining);
+    let remaining = body_len as u32;
+    let header_len = 1 + wire::varint_len(remaining);
+    let size = (header_len + body_len) as u64;
     if size > u64::from(max) {
         return Err(EncodeError::TooLarge {
             size,
             max: u64::from(max),
         });
     }
-    out.reserve(size as usize);
-    out.put_u8(((packet_type as u8) << 4) | flags);
-    wire::put_varint(out, remaining);
-    out.put_slice(body);
+    let header_start = body_start - header_len;
+    let header = &mut out[header_start..body_start];
+    header[0] = ((packet_type as u8) << 4) | flags;
+    wire::write_varint(&mut header[1..], remaining);
+    let gap = header_start - start;
+    if gap > 0 {
+        out.copy_within(header_start.., start);
+        out.truncate(out.len() - gap);
+    }
     Ok(())
 }

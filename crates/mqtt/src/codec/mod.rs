@@ -329,53 +329,73 @@ pub fn encode(
     max_packet_size: u32,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let mut body = BytesMut::new();
-    let flags = match packet {
+    // The body is written in place after room for the largest fixed header, which is then
+    // written just before it and the gap closed: one pass, no buffer of its own.
+    let start = out.len();
+    out.put_bytes(0, framer::MAX_HEADER);
+    let written = encode_body(packet, protocol, out);
+    let flags = match written {
+        Ok(flags) => flags,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    let r = framer::put_header(packet.packet_type(), flags, start, max_packet_size, out);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+/// Writes `packet`'s body at the end of `out`; returns its fixed header's flags.
+fn encode_body(packet: &Packet, protocol: Protocol, out: &mut BytesMut) -> Result<u8, EncodeError> {
+    let body = out;
+    Ok(match packet {
         Packet::Connect(c) => {
             if c.protocol != protocol {
                 return Err(EncodeError::Invalid(
                     "a CONNECT of another protocol version",
                 ));
             }
-            connect::encode(c, &mut body)?;
+            connect::encode(c, body)?;
             0
         }
         Packet::ConnAck(c) => {
-            connack::encode(c, protocol, &mut body)?;
+            connack::encode(c, protocol, body)?;
             0
         }
-        Packet::Publish(p) => publish::encode(p, protocol, &mut body)?,
-        Packet::PubAck(a) => ack::encode(a, protocol, PacketType::PubAck, &mut body)?,
-        Packet::PubRec(a) => ack::encode(a, protocol, PacketType::PubRec, &mut body)?,
-        Packet::PubRel(a) => ack::encode(a, protocol, PacketType::PubRel, &mut body)?,
-        Packet::PubComp(a) => ack::encode(a, protocol, PacketType::PubComp, &mut body)?,
+        Packet::Publish(p) => publish::encode(p, protocol, body)?,
+        Packet::PubAck(a) => ack::encode(a, protocol, PacketType::PubAck, body)?,
+        Packet::PubRec(a) => ack::encode(a, protocol, PacketType::PubRec, body)?,
+        Packet::PubRel(a) => ack::encode(a, protocol, PacketType::PubRel, body)?,
+        Packet::PubComp(a) => ack::encode(a, protocol, PacketType::PubComp, body)?,
         Packet::Subscribe(s) => {
-            subscribe::encode(s, protocol, &mut body)?;
+            subscribe::encode(s, protocol, body)?;
             0b0010
         }
         Packet::SubAck(s) => {
-            suback::encode(s, protocol, &mut body)?;
+            suback::encode(s, protocol, body)?;
             0
         }
         Packet::Unsubscribe(u) => {
-            unsubscribe::encode(u, protocol, &mut body)?;
+            unsubscribe::encode(u, protocol, body)?;
             0b0010
         }
         Packet::UnsubAck(u) => {
-            unsuback::encode(u, protocol, &mut body)?;
+            unsuback::encode(u, protocol, body)?;
             0
         }
         Packet::PingReq | Packet::PingResp => 0,
         Packet::Disconnect(d) => {
-            disconnect::encode(d, protocol, &mut body)?;
+            disconnect::encode(d, protocol, body)?;
             0
         }
         Packet::Auth(a) => {
-            auth::encode(a, protocol, &mut body)?;
+            auth::encode(a, protocol, body)?;
             0
         }
-    };
-    framer::put(packet.packet_type(), flags, &body, max_packet_size, out)
+    })
 }
 
 /// Encodes a string field's length check and bytes (shared by the packet files).

@@ -422,8 +422,63 @@ impl Properties {
         }
     }
 
-    /// Whether no property is present.
+    /// Whether no property is present (field by field: no default built to compare with).
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        let Properties {
+            payload_format,
+            message_expiry,
+            content_type,
+            response_topic,
+            correlation_data,
+            subscription_ids,
+            session_expiry,
+            assigned_client_id,
+            server_keep_alive,
+            auth_method,
+            auth_data,
+            request_problem_info,
+            will_delay,
+            request_response_info,
+            response_info,
+            server_reference,
+            reason_string,
+            receive_maximum,
+            topic_alias_maximum,
+            topic_alias,
+            maximum_qos,
+            retain_available,
+            user,
+            maximum_packet_size,
+            wildcard_available,
+            subscription_ids_available,
+            shared_available,
+        } = self;
+        payload_format.is_none()
+            && message_expiry.is_none()
+            && content_type.is_none()
+            && response_topic.is_none()
+            && correlation_data.is_none()
+            && subscription_ids.is_empty()
+            && session_expiry.is_none()
+            && assigned_client_id.is_none()
+            && server_keep_alive.is_none()
+            && auth_method.is_none()
+            && auth_data.is_none()
+            && request_problem_info.is_none()
+            && will_delay.is_none()
+            && request_response_info.is_none()
+            && response_info.is_none()
+            && server_reference.is_none()
+            && reason_string.is_none()
+            && receive_maximum.is_none()
+            && topic_alias_maximum.is_none()
+            && topic_alias.is_none()
+            && maximum_qos.is_none()
+            && retain_available.is_none()
+            && user.is_empty()
+            && maximum_packet_size.is_none()
+            && wildcard_available.is_none()
+            && subscription_ids_available.is_none()
+            && shared_available.is_none()
     }
 }

@@ -143,16 +143,26 @@ pub fn varint_len(value: u32) -> usize {
 }
 
 /// Writes a variable byte integer (`value` ≤ [`MAX_VARINT`]).
-pub fn put_varint(out: &mut BytesMut, mut value: u32) {
+pub fn put_varint(out: &mut BytesMut, value: u32) {
+    let mut b = [0u8; 4];
+    let n = write_varint(&mut b, value);
+    out.put_slice(&b[..n]);
+}
+
+/// Writes a variable byte integer into `dst` (room for [`varint_len`] bytes); returns its
+/// length.
+pub fn write_varint(dst: &mut [u8], mut value: u32) -> usize {
+    let mut i = 0;
     loop {
         let mut b = (value & 0x7f) as u8;
         value >>= 7;
         if value > 0 {
             b |= 0x80;
         }
-        out.put_u8(b);
+        dst[i] = b;
+        i += 1;
         if value == 0 {
-            return;
+            return i;
         }
     }
 }
