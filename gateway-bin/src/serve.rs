@@ -2,9 +2,8 @@
 //! same name; flags win over the file), a single node on the engine, and a graceful shutdown on
 //! SIGINT/SIGTERM (stop intake, apply what was proposed, checkpoint, close the log cleanly).
 //!
-//! The RESP front end listens on `--resp-addr`, the HTTP listener (admin routes) on
-//! `--http-addr`; the MQTT listener, whose front end is not built yet, is logged as
-//! unavailable and skipped. `--peers` makes the node a member of a Raft group.
+//! The RESP front end listens on `--resp-addr`, the MQTT broker on `--mqtt-addr`, the HTTP
+//! listener (admin routes) on `--http-addr`. `--peers` makes the node a member of a Raft group.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -354,10 +353,6 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut front_ends = Vec::new();
     for (name, addr) in &s.listeners {
-        if *name == "MQTT" {
-            tracing::warn!(listener = name, %addr, "front end not available yet; not listening");
-            continue;
-        }
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr.as_str()))
             .with_context(|| format!("binding the {name} listener to {addr}"))?;
@@ -365,7 +360,15 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
             .local_addr()
             .with_context(|| format!("{name} listener address"))?;
         tracing::info!(listener = name, addr = %local, "listening");
-        front_ends.push(if *name == "RESP" {
+        front_ends.push(if *name == "MQTT" {
+            let config = manifold_mqtt::BrokerConfig::for_engine(max_message_bytes);
+            runtime.spawn(manifold_mqtt::serve(
+                listener,
+                engine.clone(),
+                config,
+                stopped.clone(),
+            ))
+        } else if *name == "RESP" {
             let config = manifold_resp::RespConfig::for_engine(max_message_bytes);
             runtime.spawn(manifold_resp::serve(
                 listener,

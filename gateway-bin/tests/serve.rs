@@ -30,8 +30,13 @@ fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, String)> {
         .arg("serve")
         .arg("--data-dir")
         .arg(dir)
-        // Any free port: tests run in parallel, and a Redis may hold 6379.
+        // Any free port: tests run in parallel, and a Redis may hold 6379 (a Mosquitto 1883).
         .args(["--resp-addr", "127.0.0.1:0"])
+        .args(if extra.contains(&"--mqtt-addr") {
+            &[][..]
+        } else {
+            &["--mqtt-addr", "127.0.0.1:0"][..]
+        })
         .args(if extra.contains(&"--http-addr") {
             &[][..]
         } else {
@@ -157,6 +162,7 @@ fn a_closed_stderr_does_not_kill_the_node() -> anyhow::Result<()> {
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--resp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--mqtt-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -144,7 +144,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 match &mut m.session {
                     Some(s) => {
                         r.map_err(fail)?;
-                        s.subs.insert(f, (qos, m.published.len()));
+                        // A re-subscribe replaces the QoS and keeps matching from where the
+                        // subscription did (MQTT 3.8.4: the flow is not interrupted).
+                        let since = s.subs.get(f).map_or(m.published.len(), |(_, since)| *since);
+                        s.subs.insert(f, (qos, since));
                     }
                     None => prop_assert!(r.is_err(), "subscribe without a session"),
                 }

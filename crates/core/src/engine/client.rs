@@ -292,6 +292,16 @@ impl Client {
         self.engine.wait_filter(filter, after, timeout).await
     }
 
+    /// [`Engine::wait_filters`]: the same, for several filters.
+    pub async fn wait_filters(
+        &self,
+        filters: &[&[u8]],
+        after: LogIndex,
+        timeout: Duration,
+    ) -> Result<Wake> {
+        self.engine.wait_filters(filters, after, timeout).await
+    }
+
     /// [`Engine::group_create`], if it may subscribe to the key (and publish to it with
     /// MKSTREAM, which creates the stream).
     pub async fn group_create(

@@ -1842,27 +1842,51 @@ impl Engine {
         after: LogIndex,
         timeout: Duration,
     ) -> Result<Wake> {
-        topic_filter::check_filter(filter).map_err(EngineError::BadTopic)?;
-        let (id, rx) = self
-            .inner
-            .waiters
-            .register_filter(Bytes::copy_from_slice(filter));
-        let _registered = WaitGuard {
-            waiters: &self.inner.waiters,
-            id,
-            topics: &[],
-        };
+        self.wait_filters(&[filter], after, timeout).await
+    }
+
+    /// [`Engine::wait_filter`] for several filters at once (an MQTT session's subscriptions):
+    /// the first entry that adds a message to a topic any of them matches.
+    pub async fn wait_filters(
+        &self,
+        filters: &[&[u8]],
+        after: LogIndex,
+        timeout: Duration,
+    ) -> Result<Wake> {
+        for f in filters {
+            topic_filter::check_filter(f).map_err(EngineError::BadTopic)?;
+        }
+        let mut guards = Vec::with_capacity(filters.len());
+        let mut receivers = Vec::with_capacity(filters.len());
+        for f in filters {
+            let (id, rx) = self
+                .inner
+                .waiters
+                .register_filter(Bytes::copy_from_slice(f));
+            guards.push(WaitGuard {
+                waiters: &self.inner.waiters,
+                id,
+                topics: &[],
+            });
+            receivers.push(rx);
+        }
         // Registered first, checked second: an entry applied in between is never missed.
-        let wake = if self.applied_index() > after {
-            Wake::Changed
-        } else {
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok((entry, _))) => Wake::Entry(entry),
-                Ok(Err(_)) => Wake::Changed,
-                Err(_) => Wake::Timeout,
+        if self.applied_index() > after || receivers.is_empty() {
+            return Ok(Wake::Changed);
+        }
+        let first = std::future::poll_fn(|cx| {
+            for rx in receivers.iter_mut() {
+                if let std::task::Poll::Ready(r) = std::pin::Pin::new(rx).poll(cx) {
+                    return std::task::Poll::Ready(r);
+                }
             }
-        };
-        Ok(wake)
+            std::task::Poll::Pending
+        });
+        Ok(match tokio::time::timeout(timeout, first).await {
+            Ok(Ok((entry, _))) => Wake::Entry(entry),
+            Ok(Err(_)) => Wake::Changed,
+            Err(_) => Wake::Timeout,
+        })
     }
 
     /// Waits until an entry applied after `after` adds a message to one of `topics`, or

@@ -148,11 +148,15 @@ impl Sessions {
             SessionOp::Open { .. } => SessionOutcome::Done, // handled above
             SessionOp::Subscribe(subs) => {
                 for (filter, options) in subs {
+                    // A SUBSCRIBE to a filter already subscribed replaces its options but must
+                    // not interrupt its flow of messages (MQTT 3.8.4): it keeps matching from
+                    // where it did. (Clients re-subscribe on every reconnect.)
+                    let since = s.subscriptions.get(filter).map_or(index, |old| old.since);
                     s.subscriptions.insert(
                         filter.clone(),
                         Subscription {
                             options: *options,
-                            since: index,
+                            since,
                         },
                     );
                 }

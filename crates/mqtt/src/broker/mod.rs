@@ -1,0 +1,195 @@
+//! The MQTT broker: accepts connections on the MQTT listener and runs one [`connection`] task
+//! each, on the engine. Every session is the engine's (a clean session is one that ends with
+//! its connection): its subscriptions, its cursor in the log and its packets in flight are
+//! committed state, so what a client missed while away is read from the log, not kept in RAM.
+//! This module owns the listener and the node's table of connected client ids (a new
+//! connection with a client id already connected here takes the session over); it never
+//! decides what a session receives (the engine does) and never parses bytes (the codec does).
+
+mod connection;
+pub mod payload;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use manifold_core::engine::Engine;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+/// The broker's limits and defaults.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The largest packet taken from a client (MQTT 5: told in CONNACK); the engine's
+    /// `max_message_bytes` plus room for a PUBLISH's header and properties.
+    pub max_packet_size: u32,
+    /// The longest keep alive a client may ask for; a longer one (or 0) is cut to it, and an
+    /// MQTT 5 client is told (Server Keep Alive). 0: no maximum.
+    pub max_keep_alive: u16,
+    /// How long a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// QoS 1 and 2 PUBLISH packets a client may have unacknowledged towards the broker
+    /// (MQTT 5 Receive Maximum; more is DISCONNECT 0x93).
+    pub receive_maximum: u16,
+    /// How long an MQTT 3.1.1 persistent session (Clean Session 0) outlives its connection,
+    /// in seconds (as Mosquitto's `persistent_client_expiration`); `u32::MAX`: for ever.
+    pub persistent_session_expiry_s: u32,
+}
+
+impl BrokerConfig {
+    /// Defaults for an engine taking messages of up to `max_message_bytes`.
+    pub fn for_engine(max_message_bytes: usize) -> BrokerConfig {
+        BrokerConfig {
+            max_packet_size: u32::try_from(max_message_bytes.saturating_add(64 * 1024))
+                .unwrap_or(u32::MAX),
+            max_keep_alive: 0,
+            connect_timeout: Duration::from_secs(10),
+            receive_maximum: 100,
+            persistent_session_expiry_s: u32::MAX,
+        }
+    }
+}
+
+/// A connection holding a client id: how to take the session from it.
+struct Holder {
+    connection: u64,
+    /// Tells it to leave (without closing the session: the new connection has it).
+    leave: watch::Sender<bool>,
+    /// Completes once it has left.
+    gone: Option<oneshot::Receiver<()>>,
+}
+
+/// What connections share.
+pub(crate) struct Shared {
+    engine: Arc<Engine>,
+    config: BrokerConfig,
+    holders: Mutex<HashMap<Bytes, Holder>>,
+    /// Per client id, the inbound QoS 2 packet ids whose message is stored and PUBREC sent,
+    /// until PUBREL: a resend of one (DUP, after a reconnect to this node) is not stored
+    /// again. Node-local: a resend to another node after a failover is not recognised yet.
+    releases: Mutex<HashMap<Bytes, std::collections::HashSet<u16>>>,
+    next_connection: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Bytes, Holder>> {
+        self.holders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes connection `connection` the holder of `client`, after the connection holding it
+    /// (if any) has left; returns what tells this one to leave in turn, and what it signals
+    /// when it has.
+    async fn take(
+        &self,
+        client: &Bytes,
+        connection: u64,
+    ) -> (watch::Receiver<bool>, oneshot::Sender<()>) {
+        let (leave, told) = watch::channel(false);
+        let (done, gone) = oneshot::channel();
+        let before = self.lock().insert(
+            client.clone(),
+            Holder {
+                connection,
+                leave,
+                gone: Some(gone),
+            },
+        );
+        if let Some(mut old) = before {
+            let _ = old.leave.send(true);
+            if let Some(gone) = old.gone.take() {
+                // A connection stuck writing to a dead socket must not hold the session.
+                let _ = tokio::time::timeout(Duration::from_secs(5), gone).await;
+            }
+        }
+        (told, done)
+    }
+
+    fn lock_releases(&self) -> MutexGuard<'_, HashMap<Bytes, std::collections::HashSet<u16>>> {
+        self.releases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `client`'s QoS 2 packet `id` is stored and waits for PUBREL.
+    fn awaiting_release(&self, client: &Bytes, id: u16) -> bool {
+        self.lock_releases()
+            .get(client)
+            .is_some_and(|s| s.contains(&id))
+    }
+
+    /// `client`'s QoS 2 packet `id` is stored; PUBREL will end it.
+    fn await_release(&self, client: &Bytes, id: u16) {
+        self.lock_releases()
+            .entry(client.clone())
+            .or_default()
+            .insert(id);
+    }
+
+    /// PUBREL for `client`'s packet `id`: whether it was waiting.
+    fn released(&self, client: &Bytes, id: u16) -> bool {
+        let mut all = self.lock_releases();
+        let Some(ids) = all.get_mut(client) else {
+            return false;
+        };
+        let known = ids.remove(&id);
+        if ids.is_empty() {
+            all.remove(client);
+        }
+        known
+    }
+
+    /// A clean start: `client`'s exchanges in progress are gone with its session.
+    fn forget_releases(&self, client: &Bytes) {
+        self.lock_releases().remove(client);
+    }
+
+    /// Connection `connection` no longer holds `client` (unless another took it since).
+    fn release(&self, client: &Bytes, connection: u64) {
+        let mut holders = self.lock();
+        if holders
+            .get(client)
+            .is_some_and(|h| h.connection == connection)
+        {
+            holders.remove(client);
+        }
+    }
+}
+
+/// Serves MQTT on `listener` until `shutdown` turns true; then every connection is told to
+/// close (MQTT 5: DISCONNECT 0x8B, server shutting down).
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    config: BrokerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared {
+        engine,
+        config,
+        holders: Mutex::new(HashMap::new()),
+        releases: Mutex::new(HashMap::new()),
+        next_connection: AtomicU64::new(1),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (socket, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+                tasks.spawn(connection::run(socket, shared.clone(), id, shutdown.clone()));
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The real `manifold` binary with real MQTT clients — Debian's `mosquitto_pub` and
+//! `mosquitto_sub`, both protocol versions — and raw TCP for what no client sends: messages
+//! across MQTT and RESP, QoS 0/1/2, retained messages, persistent sessions across a SIGKILL,
+//! Wills, takeover, and bad first packets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::{free_port, serve};
+
+/// A node with its MQTT and RESP ports, killed when dropped.
+struct Node {
+    child: Child,
+    mqtt: u16,
+    resp: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, mqtt: u16, resp: u16) -> anyhow::Result<Node> {
+    let args: Vec<String> = [
+        "--data-dir",
+        &dir.display().to_string(),
+        "--mqtt-addr",
+        &format!("127.0.0.1:{mqtt}"),
+        "--resp-addr",
+        &format!("127.0.0.1:{resp}"),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--segment-size",
+        "1048576",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Ok(Node {
+        child: serve(&args)?,
+        mqtt,
+        resp,
+        dir: dir.to_path_buf(),
+    })
+}
+
+fn node(dir: &std::path::Path) -> anyhow::Result<Node> {
+    start(dir, free_port()?, free_port()?)
+}
+
+impl Node {
+    /// SIGKILL, then the same directory and ports again.
+    fn kill_and_restart(mut self) -> anyhow::Result<Node> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let (dir, mqtt, resp) = (self.dir.clone(), self.mqtt, self.resp);
+        std::mem::forget(self);
+        start(&dir, mqtt, resp)
+    }
+
+    fn publish(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt.to_string()])
+            .args(args)
+            .output()
+            .context("mosquitto_pub (Debian package mosquitto-clients)")?;
+        ensure!(out.status.success(), "mosquitto_pub {args:?}: {out:?}");
+        Ok(())
+    }
+
+    /// `mosquitto_sub ARGS` in the background; its output once it exits.
+    fn subscribe(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("mosquitto_sub (Debian package mosquitto-clients)")
+    }
+
+    /// One RESP command over raw TCP; the reply's first line.
+    fn resp(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.resp))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes())?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
+    }
+}
+
+fn output(child: Child) -> anyhow::Result<String> {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&stdout).into_owned();
+    ensure!(
+        status.success(),
+        "mosquitto_sub: {status}: {text} {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    Ok(text)
+}
+
+/// Waits until a subscriber's SUBSCRIBE is surely in: `mosquitto_sub -E` (exit once
+/// subscribed) with the same persistent session, run before the real one.
+fn subscribed(node: &Node, id: &str, filter: &str, version: &str) -> anyhow::Result<()> {
+    let sub = node.subscribe(&[
+        "-V", version, "-i", id, "-c", "-q", "2", "-t", filter, "-E", "-x", "3600",
+    ])?;
+    output(sub).map(|_| ())
+}
+
+#[test]
+fn messages_cross_mqtt_versions_qos_levels_and_resp_in_order() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    for version in ["mqttv311", "mqttv5"] {
+        let id = format!("reader-{version}");
+        subscribed(&node, &id, "a/#", version)?;
+        let sub = node.subscribe(&[
+            "-V", version, "-i", &id, "-c", "-x", "3600", "-q", "2", "-t", "a/#", "-v", "-C", "5",
+            "-W", "20",
+        ])?;
+        node.publish(&["-t", "a/b", "-m", "zero", "-q", "0"])?;
+        node.publish(&["-t", "a/b", "-m", "one", "-q", "1", "-V", "mqttv5"])?;
+        node.publish(&["-t", "a/c/d", "-m", "two", "-q", "2"])?;
+        ensure!(
+            node.resp(&["XADD", "a/e", "*", "payload", "raw bytes"])?
+                .starts_with('$')
+        );
+        ensure!(
+            node.resp(&["XADD", "a/e", "*", "temp", "21.5", "unit", "C"])?
+                .starts_with('$')
+        );
+        let got = output(sub)?;
+        assert_eq!(
+            got,
+            "a/b zero\na/b one\na/c/d two\na/e raw bytes\na/e {\"temp\":\"21.5\",\"unit\":\"C\"}\n",
+            "{version}"
+        );
+    }
+    // What MQTT published is a stream entry: field `payload`, the bytes as sent.
+    let range = node.resp(&["XLEN", "a/b"])?;
+    assert_eq!(range, ":4");
+    Ok(())
+}
+
+#[test]
+fn a_persistent_session_gets_what_it_missed_once_and_in_order_across_a_sigkill()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    subscribed(&node, "dev1", "s/#", "mqttv311")?;
+    for i in 0..5 {
+        node.publish(&["-t", &format!("s/{i}"), "-m", &format!("m{i}"), "-q", "1"])?;
+    }
+    let node = node.kill_and_restart()?;
+    node.publish(&["-t", "s/5", "-m", "m5", "-q", "1"])?;
+    let sub = node.subscribe(&[
+        "-i", "dev1", "-c", "-q", "1", "-t", "s/#", "-v", "-C", "6", "-W", "20",
+    ])?;
+    let got = output(sub)?;
+    let want: String = (0..6).map(|i| format!("s/{i} m{i}\n")).collect();
+    assert_eq!(got, want);
+    // Nothing is left for it: a second reconnect gets nothing within a second.
+    let again = node.subscribe(&["-i", "dev1", "-c", "-q", "1", "-t", "s/#", "-v", "-W", "1"])?;
+    let rest = again.wait_with_output()?;
+    assert_eq!(String::from_utf8_lossy(&rest.stdout), "");
+    Ok(())
+}
+
+#[test]
+fn retained_messages_reach_later_subscribers_and_an_empty_payload_clears_them() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    node.publish(&["-t", "r/1", "-m", "kept", "-r", "-q", "1"])?;
+    node.publish(&["-t", "r/2", "-m", "also", "-r"])?;
+    let sub = node.subscribe(&["-t", "r/#", "-v", "-C", "2", "-W", "10"])?;
+    let mut got: Vec<String> = output(sub)?.lines().map(String::from).collect();
+    got.sort();
+    assert_eq!(got, ["r/1 kept", "r/2 also"]);
+    node.publish(&["-t", "r/1", "-n", "-r"])?;
+    let sub = node.subscribe(&["-t", "r/#", "-v", "-C", "1", "-W", "10"])?;
+    assert_eq!(output(sub)?, "r/2 also\n");
+    Ok(())
+}
+
+#[test]
+fn a_will_is_published_when_its_client_vanishes_and_not_after_a_disconnect() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    subscribed(&node, "watcher", "w/#", "mqttv311")?;
+    let watcher = node.subscribe(&[
+        "-i", "watcher", "-c", "-q", "1", "-t", "w/#", "-v", "-C", "1", "-W", "20",
+    ])?;
+    // A clean DISCONNECT: its Will is dropped.
+    node.publish(&[
+        "-t",
+        "x",
+        "-m",
+        "bye",
+        "--will-topic",
+        "w/polite",
+        "--will-payload",
+        "no",
+    ])?;
+    // A client that vanishes: SIGKILL, no DISCONNECT.
+    let mut rude = node.subscribe(&[
+        "-i",
+        "rude",
+        "-t",
+        "x/#",
+        "--will-topic",
+        "w/rude",
+        "--will-payload",
+        "gone",
+        "--will-qos",
+        "1",
+    ])?;
+    std::thread::sleep(Duration::from_millis(500));
+    rude.kill()?;
+    rude.wait()?;
+    assert_eq!(output(watcher)?, "w/rude gone\n");
+    Ok(())
+}
+
+#[test]
+fn a_second_connection_with_the_same_client_id_takes_the_session_over() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let mut first = node.subscribe(&["-V", "mqttv5", "-i", "same", "-t", "t/#", "-W", "30"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(
+        first.try_wait()?.is_none(),
+        "the first subscriber ended by itself"
+    );
+    let taken = std::time::Instant::now();
+    subscribed(&node, "same", "t/#", "mqttv5")?;
+    // The first was disconnected (v5 reason 0x8E, session taken over): it exits at once, long
+    // before its own 30 s.
+    first.wait()?;
+    let after = taken.elapsed();
+    assert!(
+        after < Duration::from_secs(10),
+        "the first connection was kept for {after:?}"
+    );
+    Ok(())
+}
+
+/// Raw TCP: the bytes of one exchange.
+fn exchange(port: u16, send: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(send)?;
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    Ok(got)
+}
+
+#[test]
+fn bad_first_packets_are_answered_as_the_spec_says_and_the_connection_closed() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    // Not a CONNECT: closed, nothing said.
+    assert_eq!(exchange(node.mqtt, b"\xC0\x00")?, b"");
+    // MQTT 3.1 (MQIsdp, level 3): CONNACK return code 1, unacceptable protocol version.
+    let mqisdp = b"\x10\x0F\x00\x06MQIsdp\x03\x02\x00\x3C\x00\x01c";
+    assert_eq!(exchange(node.mqtt, mqisdp)?, b"\x20\x02\x00\x01");
+    // 3.1.1, an empty client id with Clean Session 0: return code 2, identifier rejected.
+    let empty_id = b"\x10\x0C\x00\x04MQTT\x04\x00\x00\x3C\x00\x00";
+    assert_eq!(exchange(node.mqtt, empty_id)?, b"\x20\x02\x00\x02");
+    // 5.0: a good CONNECT, then a SUBSCRIBE with the wrong fixed-header flags: CONNACK, then
+    // DISCONNECT 0x81 (malformed packet), then the connection closes.
+    let mut v5 = b"\x10\x0E\x00\x04MQTT\x05\x02\x00\x3C\x00\x00\x01c".to_vec();
+    v5.extend_from_slice(b"\x80\x07\x00\x01\x00\x00\x01a\x00");
+    let got = exchange(node.mqtt, &v5)?;
+    ensure!(got.starts_with(b"\x20"), "CONNACK first: {got:?}");
+    assert!(
+        got.ends_with(b"\xE0\x02\x81\x00") || got.ends_with(b"\xE0\x01\x81"),
+        "{got:?}"
+    );
+    Ok(())
+}
+
+/// A raw MQTT 5 connection speaking through the codec, for flows no command-line client
+/// exposes (a resend after a lost connection).
+struct Raw {
+    socket: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    fn connect(port: u16, id: &str) -> anyhow::Result<(Raw, bool)> {
+        use manifold_mqtt::codec::{Connect, Packet, Properties, Protocol};
+        let socket = TcpStream::connect(("127.0.0.1", port))?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut raw = Raw {
+            socket,
+            buf: bytes::BytesMut::new(),
+        };
+        raw.send(&Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V5,
+            clean_start: false,
+            keep_alive: 60,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties {
+                session_expiry: Some(3600),
+                ..Properties::default()
+            },
+        })))?;
+        match raw.next()? {
+            Packet::ConnAck(c) if c.code == 0 => Ok((raw, c.session_present)),
+            other => anyhow::bail!("CONNACK expected: {other:?}"),
+        }
+    }
+
+    fn send(&mut self, p: &manifold_mqtt::codec::Packet) -> anyhow::Result<()> {
+        let mut out = bytes::BytesMut::new();
+        manifold_mqtt::codec::encode(p, manifold_mqtt::codec::Protocol::V5, u32::MAX, &mut out)?;
+        self.socket.write_all(&out)?;
+        Ok(())
+    }
+
+    fn next(&mut self) -> anyhow::Result<manifold_mqtt::codec::Packet> {
+        use manifold_mqtt::codec::{Protocol, decode};
+        loop {
+            if let Some(p) = decode(&mut self.buf, Some(Protocol::V5), u32::MAX)? {
+                return Ok(p);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.socket.read(&mut chunk)?;
+            ensure!(n > 0, "the broker closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[test]
+fn a_qos2_publish_resent_after_a_lost_connection_is_stored_once() -> anyhow::Result<()> {
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let publish = |dup| {
+        Packet::Publish(Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "once/a".into(),
+            packet_id: 7,
+            properties: Properties::default(),
+            payload: bytes::Bytes::from_static(b"exactly"),
+        })
+    };
+    let (mut first, present) = Raw::connect(node.mqtt, "q2")?;
+    ensure!(!present);
+    first.send(&publish(false))?;
+    assert_eq!(first.next()?, Packet::PubRec(Ack::new(7)));
+    drop(first); // lost before PUBREL
+    let (mut second, present) = Raw::connect(node.mqtt, "q2")?;
+    ensure!(present, "the session was kept");
+    second.send(&publish(true))?;
+    assert_eq!(second.next()?, Packet::PubRec(Ack::new(7)));
+    second.send(&Packet::PubRel(Ack::new(7)))?;
+    assert_eq!(second.next()?, Packet::PubComp(Ack::new(7)));
+    assert_eq!(node.resp(&["XLEN", "once/a"])?, ":1");
+    // The exchange is over: packet id 7 carries a new message now.
+    second.send(&publish(false))?;
+    assert_eq!(second.next()?, Packet::PubRec(Ack::new(7)));
+    assert_eq!(node.resp(&["XLEN", "once/a"])?, ":2");
+    Ok(())
+}
