@@ -82,9 +82,8 @@ pub(crate) async fn run(
     };
     let connect = match first {
         Ok(Ok(Some(Packet::Connect(c)))) => *c,
-        Ok(Err(DecodeError::UnsupportedProtocol { level, .. })) => {
+        Ok(Err(DecodeError::UnsupportedProtocol { .. })) => {
             // 3.1.1's CONNACK, return code 1: the one a 3.1 or unknown client can read.
-            let _ = level;
             conn.protocol = Protocol::V311;
             conn.send(&Packet::ConnAck(ConnAck {
                 session_present: false,
@@ -209,7 +208,7 @@ impl Conn {
             let id = format!(
                 "manifold-{:x}-{:x}",
                 std::process::id(),
-                connection ^ crate::broker::connection::nonce()
+                connection ^ nonce()
             );
             assigned = Some(id.clone());
             id
