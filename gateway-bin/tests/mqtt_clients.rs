@@ -1,7 +1,7 @@
 //! The real `manifold` binary with real MQTT clients — Debian's `mosquitto_pub` and
-//! `mosquitto_sub`, both protocol versions — and raw TCP for what no client sends: messages
-//! across MQTT and RESP, QoS 0/1/2, retained messages, persistent sessions across a SIGKILL,
-//! Wills, takeover, and bad first packets.
+//! `mosquitto_sub` and Python's paho-mqtt, both protocol versions — and raw TCP for what no
+//! client sends: messages across MQTT and RESP, QoS 0/1/2, retained messages, persistent
+//! sessions across a SIGKILL, Wills, takeover, and bad first packets.
 
 mod common;
 
@@ -390,5 +390,98 @@ fn a_qos2_publish_resent_after_a_lost_connection_is_stored_once() -> anyhow::Res
     second.send(&publish(false))?;
     assert_eq!(second.next()?, Packet::PubRec(Ack::new(7)));
     assert_eq!(node.resp(&["XLEN", "once/a"])?, ":2");
+    Ok(())
+}
+
+/// Python's paho-mqtt (2.x), both protocol versions: a persistent subscriber at QoS 2, QoS 0/1/2
+/// publishes in order, a retained message for a later subscriber, and a reconnect that gets
+/// what was published while away. Prints OK or what went wrong.
+const PAHO_SCRIPT: &str = r#"
+import sys, threading, time
+import paho.mqtt.client as mqtt
+
+port = int(sys.argv[1])
+V2 = mqtt.CallbackAPIVersion.VERSION2
+
+def client(cid, protocol, clean):
+    if protocol == mqtt.MQTTv5:
+        c = mqtt.Client(V2, client_id=cid, protocol=protocol)
+        props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect("127.0.0.1", port, clean_start=clean, properties=props)
+    else:
+        c = mqtt.Client(V2, client_id=cid, protocol=protocol, clean_session=clean)
+        c.connect("127.0.0.1", port)
+    return c
+
+def collect(c, want, topic):
+    got, done, subscribed = [], threading.Event(), threading.Event()
+    def on_message(_c, _u, m):
+        got.append((m.topic, m.payload.decode(), m.qos, bool(m.retain)))
+        if len(got) >= want:
+            done.set()
+    c.on_message = on_message
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.loop_start()
+    c.subscribe(topic, qos=2)
+    assert subscribed.wait(10), "no SUBACK"
+    return got, done
+
+for name, protocol in (("v311", mqtt.MQTTv311), ("v5", mqtt.MQTTv5)):
+    sub = client("paho-sub-" + name, protocol, False)
+    got, done = collect(sub, 3, name + "/#")
+    pub = client("paho-pub-" + name, protocol, True)
+    pub.loop_start()
+    for qos in (0, 1, 2):
+        pub.publish(name + "/q", "m%d" % qos, qos=qos).wait_for_publish(10)
+    assert done.wait(10), "live: %r" % got
+    assert [(t, p, q) for t, p, q, _ in got] == [(name + "/q", "m0", 0), (name + "/q", "m1", 1), (name + "/q", "m2", 2)], got
+    # Away: what is published meanwhile comes on reconnect, once.
+    sub.disconnect(); sub.loop_stop()
+    pub.publish(name + "/away", "while-away", qos=1).wait_for_publish(10)
+    pub.publish(name + "/kept", "retained", qos=1, retain=True).wait_for_publish(10)
+    # The queued messages come once each; the SUBSCRIBE paho sends again on reconnect also
+    # re-sends the retained message, flagged (MQTT 3.8.4), as Mosquitto does.
+    sub = client("paho-sub-" + name, protocol, False)
+    got, done = collect(sub, 3, name + "/#")
+    assert done.wait(10), "after reconnect: %r" % got
+    time.sleep(0.5)
+    assert sorted((t, p, r) for t, p, _, r in got) == sorted([(name + "/away", "while-away", False), (name + "/kept", "retained", False), (name + "/kept", "retained", True)]), got
+    sub.disconnect(); sub.loop_stop()
+    # A new subscriber gets the retained message, flagged.
+    fresh = client("paho-fresh-" + name, protocol, True)
+    got, done = collect(fresh, 1, name + "/kept")
+    assert done.wait(10), "retained: %r" % got
+    assert got[0][1] == "retained" and got[0][3], got
+    fresh.disconnect(); fresh.loop_stop()
+    pub.disconnect(); pub.loop_stop()
+print("OK")
+"#;
+
+#[test]
+fn python_paho_mqtt_in_both_versions() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let mut child = Command::new("python3")
+        .arg("-")
+        .arg(node.mqtt.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run python3")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(PAHO_SCRIPT.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.trim() == "OK",
+        "python3 (paho-mqtt) exited {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
