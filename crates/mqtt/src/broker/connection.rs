@@ -393,18 +393,18 @@ impl Conn {
                         .and_then(|r| r.ok())
                 }
             };
-            tokio::select! {
+            let taken_over = tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
                     self.disconnect(0x8B);
                     return End::Shutdown;
                 }
-                _ = leave.changed() => {
-                    self.disconnect(0x8E);
-                    return End::TakenOver;
-                }
+                _ = leave.changed() => true,
                 n = read => match n {
-                    Some(n) if n > 0 => deadline = Instant::now() + grace,
+                    Some(n) if n > 0 => {
+                        deadline = Instant::now() + grace;
+                        false
+                    }
                     Some(_) => return End::Lost,
                     None => {
                         // The keep alive ran out (or the socket failed).
@@ -412,9 +412,29 @@ impl Conn {
                         return End::Lost;
                     }
                 },
-                _ = new_messages => {}
+                _ = new_messages => false,
+            };
+            if taken_over {
+                return self.leave(rd, buf).await;
             }
         }
+    }
+
+    /// A newer connection takes the session: what this client sent before still counts (its
+    /// acknowledgements, its DISCONNECT), then it is told why it goes (v5: 0x8E).
+    async fn leave(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut) -> End {
+        loop {
+            buf.reserve(4096);
+            match rd.try_read_buf(buf) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        if let Ok(Some(end)) = self.take_packets(buf).await {
+            return end;
+        }
+        self.disconnect(0x8E);
+        End::TakenOver
     }
 
     /// Handles every whole packet in `buf`; a run of PUBLISH packets is appended together.
