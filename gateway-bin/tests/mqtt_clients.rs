@@ -462,26 +462,5 @@ print("OK")
 fn python_paho_mqtt_in_both_versions() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
-    let mut child = Command::new("python3")
-        .arg("-")
-        .arg(node.mqtt.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run python3")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(PAHO_SCRIPT.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success() && stdout.trim() == "OK",
-        "python3 (paho-mqtt) exited {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    common::run_python(PAHO_SCRIPT, &node.mqtt.to_string())
 }

@@ -14,6 +14,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{Context, bail, ensure};
 
 const BIN: &str = env!("CARGO_BIN_EXE_manifold");
@@ -572,28 +574,7 @@ print("OK")
 #[test]
 fn python_redis_py_streams_pipeline_and_resp3() -> anyhow::Result<()> {
     let port = shared_port()?;
-    let mut child = Command::new("python3")
-        .arg("-")
-        .arg(port.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run python3")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(PY_SCRIPT.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success() && stdout.trim() == "OK",
-        "python3 exited {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    common::run_python(PY_SCRIPT, &port.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -128,3 +128,31 @@ pub fn one_group_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Runs `script` with `python3 - ARG` and expects it to print `OK` and exit 0 (a test written
+/// with a Python client library: redis-py, paho-mqtt).
+pub fn run_python(script: &str, arg: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .arg("-")
+        .arg(arg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run python3")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && stdout.trim() == "OK",
+        "python3 exited {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
