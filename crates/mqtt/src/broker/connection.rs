@@ -645,7 +645,26 @@ impl Conn {
             codes,
             properties: Properties::default(),
         }));
-        // Retained messages of the new subscriptions (QoS 0 in this slice).
+        self.send_retained(client, &accepted, &existed).await;
+    }
+
+    /// The retained messages of new subscriptions (Retain Handling 0, or 1 for a subscription
+    /// that did not exist), flagged retained, at `min(granted, published QoS)`. Those sent at
+    /// QoS 1 or 2 are bound to their packet ids by one committed delivery first, as any other
+    /// (within the client's window; past it they go at QoS 0).
+    async fn send_retained(
+        &mut self,
+        client: &Client,
+        accepted: &[(Bytes, SubscribeOptions)],
+        existed: &[bool],
+    ) {
+        let Some(session) = client.session(&self.id) else {
+            return;
+        };
+        let mut used: HashSet<u16> = session.inflight.keys().copied().collect();
+        let mut room = usize::from(self.peer_receive_max).saturating_sub(used.len());
+        let mut inflight = Vec::new();
+        let mut packets = Vec::new();
         for ((filter, options), existed) in accepted.iter().zip(existed) {
             let send = match options.retain_handling {
                 0 => true,
@@ -659,16 +678,60 @@ impl Conn {
                 continue;
             };
             for (topic, r) in retained {
-                self.send(&Packet::Publish(Publish {
+                let qos = options.qos.min(published_qos(&r.properties));
+                // Its place in the log (the sub-record), to bind a packet id to it.
+                let place = if qos > 0 && room > 0 {
+                    client
+                        .read_range(
+                            0,
+                            &topic,
+                            std::ops::Bound::Included(r.id),
+                            std::ops::Bound::Included(r.id),
+                            Some(1),
+                            false,
+                        )
+                        .ok()
+                        .and_then(|m| m.into_iter().next())
+                        .map(|m| (m.log_index, m.sub))
+                } else {
+                    None
+                };
+                let (qos, packet_id) = match place {
+                    Some((log_index, sub)) => {
+                        let id = self.free_packet_id(&used);
+                        used.insert(id);
+                        room -= 1;
+                        inflight.push(InFlightNew {
+                            packet_id: id,
+                            log_index,
+                            sub,
+                            qos,
+                        });
+                        (QoS::from_bits(qos).unwrap_or(QoS::AtLeastOnce), id)
+                    }
+                    None => (QoS::AtMostOnce, 0),
+                };
+                packets.push(Packet::Publish(Publish {
                     dup: false,
-                    qos: QoS::AtMostOnce,
+                    qos,
                     retain: true,
                     topic: String::from_utf8_lossy(&topic).into_owned(),
-                    packet_id: 0,
+                    packet_id,
                     properties: Properties::default(),
                     payload: payload_of(&r.fields),
                 }));
             }
+        }
+        if !inflight.is_empty()
+            && let Err(e) = client
+                .session_deliver(self.id.clone(), session.cursor, inflight)
+                .await
+        {
+            tracing::debug!(error = %e, "binding retained messages to packet ids");
+            return;
+        }
+        for p in &packets {
+            self.send(p);
         }
     }
 
@@ -728,13 +791,7 @@ impl Conn {
             let mut used: HashSet<u16> = session.inflight.keys().copied().collect();
             let full = read.messages.len() >= window.min(DELIVERY_BATCH);
             for m in read.messages {
-                let published = m
-                    .message
-                    .properties
-                    .iter()
-                    .find(|(k, _)| k.as_ref() == QOS_PROPERTY)
-                    .and_then(|(_, v)| v.first())
-                    .map_or(2, |b| b.saturating_sub(b'0'));
+                let published = published_qos(&m.message.properties);
                 let qos = QoS::from_bits(m.qos.min(published)).unwrap_or(QoS::AtMostOnce);
                 let packet_id = if qos == QoS::AtMostOnce {
                     0
@@ -785,6 +842,16 @@ impl Conn {
             }
         }
     }
+}
+
+/// The QoS a message was published with over MQTT (property `mqtt.qos`); 2 for messages from
+/// other protocols (they go at the subscription's QoS).
+fn published_qos(properties: &[(Bytes, Bytes)]) -> u8 {
+    properties
+        .iter()
+        .find(|(k, _)| k.as_ref() == QOS_PROPERTY)
+        .and_then(|(_, v)| v.first())
+        .map_or(2, |b| b.saturating_sub(b'0').min(2))
 }
 
 /// Some bits that differ between runs, for assigned client ids.
