@@ -25,7 +25,7 @@ use super::Shared;
 use super::payload::{QOS_PROPERTY, fields_of, payload_of};
 use crate::codec::{
     Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, Publish, QoS,
-    SubAck, Subscribe, UnsubAck, Unsubscribe, decode, encode,
+    SubAck, Subscribe, UnsubAck, Unsubscribe, decode, encode, topic,
 };
 
 /// Messages read from the log per delivery round, at most.
@@ -79,6 +79,7 @@ pub(crate) async fn run(
         peer_max_packet: u32::MAX,
         peer_receive_max: u16::MAX,
         next_packet_id: 1,
+        settled: None,
     };
     let connect = match first {
         Ok(Ok(Some(Packet::Connect(c)))) => *c,
@@ -137,6 +138,9 @@ struct Conn {
     /// The client's Receive Maximum (v5): our QoS 1/2 packets it takes unacknowledged.
     peer_receive_max: u16,
     next_packet_id: u16,
+    /// The applied index at which a delivery round last found nothing more to send, and the
+    /// filters to wait on then.
+    settled: Option<(u64, Vec<Bytes>)>,
 }
 
 impl Conn {
@@ -363,14 +367,21 @@ impl Conn {
                 }
             }
             let after = client.engine().applied_index();
-            let waiting_for = match self.deliver(&client).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::debug!(error = %e, "MQTT delivery");
-                    self.disconnect(0x80);
-                    return End::Lost;
-                }
+            // Whatever could give this session something to send (a message, an
+            // acknowledgement, a subscription) is a commit: with none since the last delivery
+            // round, there is nothing to read (a busy publisher's reads cost no log reads).
+            let waiting_for = match self.settled.take() {
+                Some((at, filters)) if at == after => filters,
+                _ => match self.deliver(&client).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "MQTT delivery");
+                        self.disconnect(0x80);
+                        return End::Lost;
+                    }
+                },
             };
+            self.settled = Some((after, waiting_for.clone()));
             if self.flush().await.is_err() {
                 return End::Lost;
             }
@@ -474,17 +485,18 @@ impl Conn {
             return Err(0x82);
         };
         let mut requests = Vec::with_capacity(run.len());
-        let mut stored = Vec::with_capacity(run.len());
+        // Per packet: `None` if it is appended (its answer decides the code), else the code.
+        let mut decided = Vec::with_capacity(run.len());
         for p in &run {
             if p.properties.topic_alias.is_some() {
                 return Err(0x94); // Topic Alias Maximum is 0
             }
             if p.qos == QoS::ExactlyOnce && self.shared.awaiting_release(&self.id, p.packet_id) {
-                stored.push(false); // a resend of a message stored already
+                decided.push(Some(0x00)); // a resend of a message stored already
                 continue;
             }
             if p.topic.starts_with("$SYS") {
-                stored.push(false);
+                decided.push(Some(0x87));
                 continue;
             }
             let mut req = AppendRequest::new(
@@ -504,23 +516,17 @@ impl Conn {
                 };
             }
             requests.push(req);
-            stored.push(true);
+            decided.push(None);
         }
         let mut answers = client.append_many(requests).await.into_iter();
-        for (p, was_stored) in run.iter().zip(stored) {
-            let code = if was_stored {
-                match answers.next() {
-                    Some(Ok(_)) => 0x00,
-                    Some(Err(EngineError::NoPermission { .. })) => 0x87,
-                    Some(Err(EngineError::TooLarge { .. })) => 0x95,
-                    Some(Err(EngineError::RetainedLimit { .. })) => 0x97,
-                    Some(Err(_)) | None => 0x80,
-                }
-            } else if p.topic.starts_with("$SYS") {
-                0x87
-            } else {
-                0x00
-            };
+        for (p, decided) in run.iter().zip(decided) {
+            let code = decided.unwrap_or_else(|| match answers.next() {
+                Some(Ok(_)) => 0x00,
+                Some(Err(EngineError::NoPermission { .. })) => 0x87,
+                Some(Err(EngineError::TooLarge { .. })) => 0x95,
+                Some(Err(EngineError::RetainedLimit { .. })) => 0x97,
+                Some(Err(_)) | None => 0x80,
+            });
             let code = if self.v5() { code } else { 0 };
             match p.qos {
                 QoS::AtMostOnce => {}
@@ -600,7 +606,7 @@ impl Conn {
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut accepted = Vec::new();
         for sub in &s.subscriptions {
-            if sub.filter.starts_with("$share/") {
+            if topic::shared(&sub.filter).is_some() {
                 // Shared subscriptions are a later slice; CONNACK said so (v5).
                 codes.push(if v5 { 0x9E } else { 0x80 });
                 continue;

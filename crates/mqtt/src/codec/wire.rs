@@ -24,10 +24,6 @@ impl Reader {
         Reader { buf }
     }
 
-    pub fn remaining(&self) -> usize {
-        self.buf.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
