@@ -207,6 +207,18 @@ fn retained_messages_reach_later_subscribers_and_an_empty_payload_clears_them() 
 }
 
 #[test]
+fn publishes_to_sys_topics_are_refused_and_only_those() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    // Acknowledged (3.1.1 has no refusal code) and not stored.
+    node.publish(&["-t", "$SYS/broker/uptime", "-m", "forged", "-q", "1"])?;
+    node.publish(&["-t", "$SYSTEM/x", "-m", "mine", "-q", "1"])?;
+    assert_eq!(node.resp(&["XLEN", "$SYS/broker/uptime"])?, ":0");
+    assert_eq!(node.resp(&["XLEN", "$SYSTEM/x"])?, ":1");
+    Ok(())
+}
+
+#[test]
 fn a_will_is_published_when_its_client_vanishes_and_not_after_a_disconnect() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;

@@ -495,7 +495,7 @@ impl Conn {
                 decided.push(Some(0x00)); // a resend of a message stored already
                 continue;
             }
-            if p.topic.starts_with("$SYS") {
+            if p.topic == "$SYS" || p.topic.starts_with("$SYS/") {
                 decided.push(Some(0x87));
                 continue;
             }
