@@ -1,0 +1,87 @@
+//! PUBLISH from the client: a run of them is stored by one proposal, and each is acknowledged
+//! (PUBACK / PUBREC) only after its append is committed. It never delivers anything.
+
+use bytes::Bytes;
+use manifold_core::engine::{AppendRequest, EngineError, RetainEffect};
+
+use super::Conn;
+use crate::broker::payload::{QOS_PROPERTY, fields_of};
+use crate::codec::{Ack, Packet, Properties, Publish, QoS};
+
+impl Conn {
+    /// Stores a run of PUBLISH packets (one proposal), then acknowledges each in order.
+    pub(super) async fn publish_run(&mut self, run: Vec<Publish>) -> Result<(), u8> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let Some(client) = self.client.clone() else {
+            return Err(0x82);
+        };
+        let mut requests = Vec::with_capacity(run.len());
+        // Per packet: `None` if it is appended (its answer decides the code), else the code.
+        let mut decided = Vec::with_capacity(run.len());
+        for p in &run {
+            if p.properties.topic_alias.is_some() {
+                return Err(0x94); // Topic Alias Maximum is 0
+            }
+            if p.qos == QoS::ExactlyOnce && self.shared.awaiting_release(&self.id, p.packet_id) {
+                decided.push(Some(0x00)); // a resend of a message stored already
+                continue;
+            }
+            if p.topic == "$SYS" || p.topic.starts_with("$SYS/") {
+                decided.push(Some(0x87));
+                continue;
+            }
+            let mut req = AppendRequest::new(
+                0,
+                Bytes::from(p.topic.clone().into_bytes()),
+                fields_of(p.payload.clone()),
+            );
+            req.properties = vec![(
+                Bytes::from_static(QOS_PROPERTY),
+                Bytes::from(vec![b'0' + p.qos as u8]),
+            )];
+            if p.retain {
+                req.retain = if p.payload.is_empty() {
+                    RetainEffect::Clear
+                } else {
+                    RetainEffect::Set
+                };
+            }
+            requests.push(req);
+            decided.push(None);
+        }
+        let mut answers = client.append_many(requests).await.into_iter();
+        for (p, decided) in run.iter().zip(decided) {
+            let code = decided.unwrap_or_else(|| match answers.next() {
+                Some(Ok(_)) => 0x00,
+                Some(Err(EngineError::NoPermission { .. })) => 0x87,
+                Some(Err(EngineError::TooLarge { .. })) => 0x95,
+                Some(Err(EngineError::RetainedLimit { .. })) => 0x97,
+                Some(Err(_)) | None => 0x80,
+            });
+            let code = if self.v5() { code } else { 0 };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => {
+                    self.send(&Packet::PubAck(Ack {
+                        packet_id: p.packet_id,
+                        code,
+                        properties: Properties::default(),
+                    }));
+                }
+                QoS::ExactlyOnce => {
+                    if code < 0x80 {
+                        self.shared.await_release(&self.id, p.packet_id);
+                    }
+                    self.send(&Packet::PubRec(Ack {
+                        packet_id: p.packet_id,
+                        code,
+                        properties: Properties::default(),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,375 @@
+//! One MQTT connection: CONNECT (version, client id, credentials, session) and CONNACK, then a
+//! loop over three things — packets from the client, new messages for the session's
+//! subscriptions, and the keep-alive deadline — until DISCONNECT, a lost connection, a
+//! takeover by a newer connection with the same client id, or the server's shutdown. The path
+//! of a packet: socket → `codec::decode` → `handle` → engine call → reply packet.
+//! A PUBLISH is acknowledged (PUBACK / PUBREC) only after its append is committed; a message
+//! goes out with a packet id only after the delivery that binds the id to it is committed.
+//! It never keeps what a session will receive in memory: that is read from the log.
+
+mod connect;
+mod inbound;
+mod outbound;
+mod subscribe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use manifold_core::engine::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::codec::{
+    Ack, ConnAck, DecodeError, Disconnect, Packet, Properties, Protocol, decode, encode,
+};
+
+/// Messages read from the log per delivery round, at most.
+const DELIVERY_BATCH: usize = 256;
+
+/// How a connection ended, for its session.
+enum End {
+    /// DISCONNECT (v5: with a new session expiry, and whether the Will goes out: 0x04).
+    Disconnected { expiry_s: Option<u32>, will: bool },
+    /// Lost: the socket closed, the keep alive ran out, or the client broke the protocol. The
+    /// Will goes out.
+    Lost,
+    /// A newer connection took the session: it is theirs now, left as it is.
+    TakenOver,
+    /// The server is shutting down: the session is left disconnected, without its Will.
+    Shutdown,
+}
+
+/// Runs connection `connection` to its end.
+pub(crate) async fn run(
+    socket: TcpStream,
+    shared: Arc<Shared>,
+    connection: u64,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, wr) = socket.into_split();
+    let mut buf = BytesMut::with_capacity(4096);
+    let max = shared.config.max_packet_size;
+    // The first packet: a CONNECT, in time.
+    let first = tokio::time::timeout(shared.config.connect_timeout, async {
+        loop {
+            match decode(&mut buf, None, max) {
+                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let mut conn = Conn {
+        shared: shared.clone(),
+        protocol: Protocol::V311,
+        client: None,
+        id: Bytes::new(),
+        wr,
+        out: BytesMut::new(),
+        peer_max_packet: u32::MAX,
+        peer_receive_max: u16::MAX,
+        next_packet_id: 1,
+        settled: None,
+    };
+    let connect = match first {
+        Ok(Ok(Some(Packet::Connect(c)))) => *c,
+        Ok(Err(DecodeError::UnsupportedProtocol { .. })) => {
+            // 3.1.1's CONNACK, return code 1: the one a 3.1 or unknown client can read.
+            conn.protocol = Protocol::V311;
+            conn.send(&Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: 1,
+                properties: Properties::default(),
+            }));
+            let _ = conn.flush().await;
+            return;
+        }
+        _ => return, // nothing in time, not a CONNECT, or malformed: close
+    };
+    conn.protocol = connect.protocol;
+    let Some((leave, done, keep_alive)) = conn.accept(connect, connection).await else {
+        let _ = conn.flush().await;
+        return;
+    };
+    let end = conn
+        .serve(&mut rd, &mut buf, leave, shutdown, keep_alive)
+        .await;
+    let _ = conn.flush().await;
+    let _ = conn.wr.shutdown().await;
+    if let Some(client) = conn.client.clone() {
+        let close = match end {
+            End::Disconnected { expiry_s, will } => Some((expiry_s, will)),
+            End::Lost => Some((None, true)),
+            End::Shutdown => Some((None, false)),
+            End::TakenOver => None,
+        };
+        if let Some((expiry_s, will)) = close
+            && let Err(e) = client.session_close(conn.id.clone(), expiry_s, will).await
+        {
+            tracing::debug!(error = %e, "closing an MQTT session");
+        }
+        shared.release(&conn.id, connection);
+    }
+    let _ = done.send(());
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    protocol: Protocol,
+    /// The engine as the client's principal (after CONNECT).
+    client: Option<Client>,
+    /// The client id.
+    id: Bytes,
+    wr: OwnedWriteHalf,
+    /// Packets encoded and not yet written.
+    out: BytesMut,
+    /// The client's Maximum Packet Size (v5).
+    peer_max_packet: u32,
+    /// The client's Receive Maximum (v5): our QoS 1/2 packets it takes unacknowledged.
+    peer_receive_max: u16,
+    next_packet_id: u16,
+    /// The applied index at which a delivery round last found nothing more to send, and the
+    /// filters to wait on then.
+    settled: Option<(u64, Vec<Bytes>)>,
+}
+
+impl Conn {
+    fn v5(&self) -> bool {
+        self.protocol == Protocol::V5
+    }
+
+    /// Queues a packet; one the client's Maximum Packet Size refuses is not sent.
+    fn send(&mut self, p: &Packet) -> bool {
+        match encode(p, self.protocol, self.peer_max_packet, &mut self.out) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "an MQTT packet not sent");
+                false
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.wr.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// v5: DISCONNECT with `code` (3.1.1 has no server DISCONNECT: the connection just closes).
+    fn disconnect(&mut self, code: u8) {
+        if self.v5() {
+            self.send(&Packet::Disconnect(Disconnect {
+                code,
+                properties: Properties::default(),
+            }));
+        }
+    }
+
+    /// The connection's loop, after CONNACK.
+    async fn serve(
+        &mut self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        buf: &mut BytesMut,
+        mut leave: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+        keep_alive: u16,
+    ) -> End {
+        let Some(client) = self.client.clone() else {
+            return End::Lost;
+        };
+        // The keep alive, at 1.5 times (spec 3.1.2.10); none with 0.
+        let grace = Duration::from_millis(u64::from(keep_alive) * 1500);
+        let mut deadline = Instant::now() + grace;
+        loop {
+            // What the client has sent goes first (a pipeline, or the DISCONNECT of a client
+            // leaving: nothing is delivered to a connection whose DISCONNECT has arrived), then
+            // new messages.
+            buf.reserve(4096); // a full buffer would read 0 bytes, which means closed
+            let closed = match rd.try_read_buf(buf) {
+                Ok(0) => true,
+                Ok(_) => {
+                    deadline = Instant::now() + grace;
+                    false
+                }
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            // Whole packets before a close are still handled (a PUBLISH then a DISCONNECT).
+            match self.take_packets(buf).await {
+                Ok(Some(end)) => return end,
+                Ok(None) if closed => return End::Lost,
+                Ok(None) => {}
+                Err(code) => {
+                    self.disconnect(code);
+                    return End::Lost;
+                }
+            }
+            let after = client.engine().applied_index();
+            // Whatever could give this session something to send (a message, an
+            // acknowledgement, a subscription) is a commit: with none since the last delivery
+            // round, there is nothing to read (a busy publisher's reads cost no log reads).
+            let waiting_for = match self.settled.take() {
+                Some((at, filters)) if at == after => filters,
+                _ => match self.deliver(&client).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "MQTT delivery");
+                        self.disconnect(0x80);
+                        return End::Lost;
+                    }
+                },
+            };
+            self.settled = Some((after, waiting_for.clone()));
+            if self.flush().await.is_err() {
+                return End::Lost;
+            }
+            let filters: Vec<&[u8]> = waiting_for.iter().map(|f| f.as_ref()).collect();
+            let new_messages = async {
+                if filters.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                let _ = client
+                    .wait_filters(&filters, after, Duration::from_secs(3600))
+                    .await;
+            };
+            let read = async {
+                if keep_alive == 0 {
+                    rd.read_buf(buf).await.ok()
+                } else {
+                    tokio::time::timeout_at(deadline, rd.read_buf(buf))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                }
+            };
+            let taken_over = tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    self.disconnect(0x8B);
+                    return End::Shutdown;
+                }
+                _ = leave.changed() => true,
+                n = read => match n {
+                    Some(n) if n > 0 => {
+                        deadline = Instant::now() + grace;
+                        false
+                    }
+                    Some(_) => return End::Lost,
+                    None => {
+                        // The keep alive ran out (or the socket failed).
+                        self.disconnect(0x8D);
+                        return End::Lost;
+                    }
+                },
+                _ = new_messages => false,
+            };
+            if taken_over {
+                return self.leave(rd, buf).await;
+            }
+        }
+    }
+
+    /// A newer connection takes the session: what this client sent before still counts (its
+    /// acknowledgements, its DISCONNECT), then it is told why it goes (v5: 0x8E).
+    async fn leave(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut) -> End {
+        loop {
+            buf.reserve(4096);
+            match rd.try_read_buf(buf) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        if let Ok(Some(end)) = self.take_packets(buf).await {
+            return end;
+        }
+        self.disconnect(0x8E);
+        End::TakenOver
+    }
+
+    /// Handles every whole packet in `buf`; a run of PUBLISH packets is appended together.
+    /// `Ok(Some)`: the connection ends; `Err(code)`: the client broke the protocol (the v5
+    /// reason code to disconnect with).
+    async fn take_packets(&mut self, buf: &mut BytesMut) -> Result<Option<End>, u8> {
+        let max = self.shared.config.max_packet_size;
+        let mut publishes = Vec::new();
+        loop {
+            let packet = match decode(buf, Some(self.protocol), max) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    self.publish_run(std::mem::take(&mut publishes)).await?;
+                    return Err(e.reason_code());
+                }
+            };
+            if let Packet::Publish(p) = packet {
+                publishes.push(p);
+                continue;
+            }
+            self.publish_run(std::mem::take(&mut publishes)).await?;
+            if let Some(end) = self.handle(packet).await? {
+                return Ok(Some(end));
+            }
+        }
+        self.publish_run(publishes).await?;
+        Ok(None)
+    }
+
+    /// One packet other than PUBLISH.
+    async fn handle(&mut self, packet: Packet) -> Result<Option<End>, u8> {
+        let Some(client) = self.client.clone() else {
+            return Err(0x82);
+        };
+        match packet {
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+            }
+            Packet::PubAck(a) | Packet::PubComp(a) => {
+                if let Err(e) = client.session_complete(self.id.clone(), a.packet_id).await {
+                    tracing::debug!(error = %e, packet_id = a.packet_id, "acknowledgement");
+                }
+            }
+            Packet::PubRec(a) => {
+                if a.code >= 0x80 {
+                    // Refused: the exchange ends here (spec 4.3.3).
+                    let _ = client.session_complete(self.id.clone(), a.packet_id).await;
+                } else {
+                    if let Err(e) = client.session_received(self.id.clone(), a.packet_id).await {
+                        tracing::debug!(error = %e, packet_id = a.packet_id, "PUBREC");
+                    }
+                    self.send(&Packet::PubRel(Ack::new(a.packet_id)));
+                }
+            }
+            Packet::PubRel(a) => {
+                let known = self.shared.released(&self.id, a.packet_id);
+                let code = if known || !self.v5() { 0 } else { 0x92 };
+                self.send(&Packet::PubComp(Ack {
+                    packet_id: a.packet_id,
+                    code,
+                    properties: Properties::default(),
+                }));
+            }
+            Packet::Subscribe(s) => self.subscribe(&client, s).await,
+            Packet::Unsubscribe(u) => self.unsubscribe(&client, u).await,
+            Packet::Disconnect(d) => {
+                return Ok(Some(End::Disconnected {
+                    expiry_s: d.properties.session_expiry,
+                    will: d.code == 0x04,
+                }));
+            }
+            // A second CONNECT, AUTH without a method, or a server's packet.
+            _ => return Err(0x82),
+        }
+        Ok(None)
+    }
+}
