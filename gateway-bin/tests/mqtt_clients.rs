@@ -323,7 +323,21 @@ impl Raw {
         id: &str,
         will: Option<manifold_mqtt::codec::Will>,
     ) -> anyhow::Result<(Raw, bool)> {
-        use manifold_mqtt::codec::{Connect, Packet, Properties, Protocol};
+        let properties = manifold_mqtt::codec::Properties {
+            session_expiry: Some(3600),
+            ..Default::default()
+        };
+        Raw::connect_with(port, id, will, properties)
+    }
+
+    /// CONNECT (Clean Start 0) with these properties; the session present flag of CONNACK 0.
+    fn connect_with(
+        port: u16,
+        id: &str,
+        will: Option<manifold_mqtt::codec::Will>,
+        properties: manifold_mqtt::codec::Properties,
+    ) -> anyhow::Result<(Raw, bool)> {
+        use manifold_mqtt::codec::{Connect, Packet, Protocol};
         let socket = TcpStream::connect(("127.0.0.1", port))?;
         socket.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut raw = Raw {
@@ -338,10 +352,7 @@ impl Raw {
             will,
             username: None,
             password: None,
-            properties: Properties {
-                session_expiry: Some(3600),
-                ..Properties::default()
-            },
+            properties,
         })))?;
         match raw.next()? {
             Packet::ConnAck(c) if c.code == 0 => Ok((raw, c.session_present)),
@@ -402,6 +413,123 @@ fn a_qos2_publish_resent_after_a_lost_connection_is_stored_once() -> anyhow::Res
     second.send(&publish(false))?;
     assert_eq!(second.next()?, Packet::PubRec(Ack::new(7)));
     assert_eq!(node.resp(&["XLEN", "once/a"])?, ":2");
+    Ok(())
+}
+
+#[test]
+fn v5_message_properties_topic_aliases_and_expiry_carry_through_the_log() -> anyhow::Result<()> {
+    use bytes::Bytes;
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let session = |aliases| Properties {
+        session_expiry: Some(3600),
+        topic_alias_maximum: aliases,
+        ..Properties::default()
+    };
+    let publish = |topic: &str, id, properties, payload: &'static [u8]| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: id,
+            properties,
+            payload: Bytes::from_static(payload),
+        })
+    };
+    let (mut sub, _) = Raw::connect_with(node.mqtt, "props-sub", None, session(Some(5)))?;
+    sub.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        subscriptions: vec![Subscription::new("p/#", QoS::AtLeastOnce)],
+        properties: Properties {
+            subscription_ids: vec![9],
+            ..Properties::default()
+        },
+    }))?;
+    ensure!(matches!(sub.next()?, Packet::SubAck(_)));
+
+    let sent = Properties {
+        content_type: Some("application/json".into()),
+        payload_format: Some(1),
+        message_expiry: Some(100),
+        response_topic: Some("p/reply".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00corr")),
+        user: vec![("key".into(), "k1".into()), ("x".into(), "y".into())],
+        ..Properties::default()
+    };
+    let (mut publisher, _) = Raw::connect_with(node.mqtt, "props-pub", None, session(None))?;
+    let mut first = sent.clone();
+    first.topic_alias = Some(3);
+    publisher.send(&publish("p/a", 1, first, b"{}"))?;
+    let aliased = Properties {
+        topic_alias: Some(3),
+        ..Properties::default()
+    };
+    publisher.send(&publish("", 2, aliased, b"second"))?;
+    assert_eq!(publisher.next()?, Packet::PubAck(Ack::new(1)));
+    assert_eq!(publisher.next()?, Packet::PubAck(Ack::new(2)));
+
+    // The subscriber gets every property back, and the broker's own alias for the topic.
+    let Packet::Publish(one) = sub.next()? else {
+        anyhow::bail!("PUBLISH expected")
+    };
+    let mut want = sent.clone();
+    want.subscription_ids = vec![9];
+    want.topic_alias = Some(1);
+    ensure!(
+        matches!(one.properties.message_expiry, Some(99..=100)),
+        "{one:?}"
+    );
+    want.message_expiry = one.properties.message_expiry;
+    assert_eq!((one.topic.as_str(), &one.properties), ("p/a", &want));
+    let Packet::Publish(two) = sub.next()? else {
+        anyhow::bail!("PUBLISH expected")
+    };
+    assert_eq!((two.topic.as_str(), &two.payload[..]), ("", &b"second"[..]));
+    assert_eq!(two.properties.topic_alias, Some(1));
+    assert_eq!(two.properties.subscription_ids, vec![9]);
+    assert_eq!(two.properties.content_type, None);
+    sub.send(&Packet::PubAck(Ack::new(one.packet_id)))?;
+    sub.send(&Packet::PubAck(Ack::new(two.packet_id)))?;
+    // The user property `key` is the message key the IndexFile finds.
+    assert_eq!(node.resp(&["MANIFOLD.FIND", "p/a", "k1"])?, "*1");
+
+    // An expired message is not delivered to a session that was away; others are.
+    sub.send(&Packet::Disconnect(Default::default()))?;
+    drop(sub);
+    let short = Properties {
+        message_expiry: Some(1),
+        ..Properties::default()
+    };
+    publisher.send(&publish("p/short", 3, short, b"gone"))?;
+    publisher.send(&publish("p/long", 4, Properties::default(), b"kept"))?;
+    assert_eq!(publisher.next()?, Packet::PubAck(Ack::new(3)));
+    assert_eq!(publisher.next()?, Packet::PubAck(Ack::new(4)));
+    std::thread::sleep(Duration::from_millis(2100));
+    let (mut sub, present) = Raw::connect_with(node.mqtt, "props-sub", None, session(None))?;
+    ensure!(present);
+    let Packet::Publish(next) = sub.next()? else {
+        anyhow::bail!("PUBLISH expected")
+    };
+    assert_eq!(
+        (next.topic.as_str(), &next.payload[..]),
+        ("p/long", &b"kept"[..])
+    );
+
+    // Aliases the broker did not allow, or never set up, end the connection.
+    for (alias, topic, code) in [(65u16, "p/x", 0x94u8), (7, "", 0x82)] {
+        let (mut bad, _) = Raw::connect_with(node.mqtt, "props-bad", None, session(None))?;
+        let properties = Properties {
+            topic_alias: Some(alias),
+            ..Properties::default()
+        };
+        bad.send(&publish(topic, 1, properties, b"x"))?;
+        match bad.next()? {
+            Packet::Disconnect(d) => assert_eq!(d.code, code, "alias {alias}"),
+            other => anyhow::bail!("DISCONNECT expected: {other:?}"),
+        }
+    }
     Ok(())
 }
 

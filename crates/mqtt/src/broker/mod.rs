@@ -7,6 +7,7 @@
 //! decides what a session receives (the engine does) and never parses bytes (the codec does).
 
 mod connection;
+pub mod message_properties;
 pub mod payload;
 
 use std::collections::HashMap;
@@ -36,6 +37,9 @@ pub struct BrokerConfig {
     /// How long an MQTT 3.1.1 persistent session (Clean Session 0) outlives its connection,
     /// in seconds (as Mosquitto's `persistent_client_expiration`); `u32::MAX`: for ever.
     pub persistent_session_expiry_s: u32,
+    /// The topic aliases a client may set up towards the broker (MQTT 5 Topic Alias
+    /// Maximum); 0: none.
+    pub topic_alias_maximum: u16,
 }
 
 impl BrokerConfig {
@@ -48,6 +52,7 @@ impl BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             receive_maximum: 100,
             persistent_session_expiry_s: u32::MAX,
+            topic_alias_maximum: 64,
         }
     }
 }

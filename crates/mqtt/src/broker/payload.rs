@@ -9,10 +9,6 @@ use bytes::Bytes;
 /// The field a PUBLISH payload is stored in.
 pub const PAYLOAD_FIELD: &[u8] = b"payload";
 
-/// The message property holding the QoS it was published with (MQTT publishes only): a
-/// subscriber gets `min(this, its granted QoS)`.
-pub const QOS_PROPERTY: &[u8] = b"mqtt.qos";
-
 /// The fields a PUBLISH of `payload` is stored as.
 pub fn fields_of(payload: Bytes) -> Vec<(Bytes, Bytes)> {
     vec![(Bytes::from_static(PAYLOAD_FIELD), payload)]

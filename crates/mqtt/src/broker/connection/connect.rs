@@ -7,7 +7,7 @@ use manifold_core::engine::{Client, EngineError, Will};
 use tokio::sync::watch;
 
 use super::Conn;
-use crate::broker::payload::QOS_PROPERTY;
+use crate::broker::message_properties;
 use crate::codec::{ConnAck, Connect, Packet, Properties};
 
 impl Conn {
@@ -31,6 +31,7 @@ impl Conn {
         if v5 {
             self.peer_max_packet = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
             self.peer_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+            self.peer_alias_max = c.properties.topic_alias_maximum.unwrap_or(0);
             if c.properties.auth_method.is_some() {
                 // No enhanced authentication method is configured.
                 self.connack(0x8C, false, Properties::default());
@@ -79,10 +80,7 @@ impl Conn {
         let will = c.will.as_ref().map(|w| Will {
             topic: Bytes::from(w.topic.clone().into_bytes()),
             payload: w.payload.clone(),
-            properties: vec![(
-                Bytes::from_static(QOS_PROPERTY),
-                Bytes::from(vec![b'0' + w.qos as u8]),
-            )],
+            properties: message_properties::stored(w.qos, &w.properties).properties,
             qos: w.qos as u8,
             retain: w.retain,
             delay_s: w.properties.will_delay.unwrap_or(0),
@@ -120,7 +118,7 @@ impl Conn {
             props.assigned_client_id = assigned;
             props.receive_maximum = Some(self.shared.config.receive_maximum);
             props.maximum_packet_size = Some(self.shared.config.max_packet_size);
-            props.topic_alias_maximum = Some(0);
+            props.topic_alias_maximum = Some(self.shared.config.topic_alias_maximum);
             props.shared_available = Some(0);
             if keep_alive != c.keep_alive {
                 props.server_keep_alive = Some(keep_alive);

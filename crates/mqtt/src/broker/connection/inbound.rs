@@ -5,10 +5,29 @@ use bytes::Bytes;
 use manifold_core::engine::{AppendRequest, EngineError, RetainEffect};
 
 use super::Conn;
-use crate::broker::payload::{QOS_PROPERTY, fields_of};
+use crate::broker::message_properties;
+use crate::broker::payload::fields_of;
 use crate::codec::{Ack, Packet, Properties, Publish, QoS};
 
 impl Conn {
+    /// A PUBLISH's Topic Alias (v5): one with a topic sets the alias up (or changes it), one
+    /// without takes the topic from it. `Err`: the reason code to disconnect with — 0x94 for an
+    /// alias over the maximum the broker gave, 0x82 for an alias never set up.
+    pub(super) fn resolve_alias(&mut self, p: &mut Publish) -> Result<(), u8> {
+        let Some(alias) = p.properties.topic_alias.take() else {
+            return Ok(());
+        };
+        if alias == 0 || alias > self.shared.config.topic_alias_maximum {
+            return Err(0x94);
+        }
+        if p.topic.is_empty() {
+            p.topic = self.aliases_in.get(&alias).cloned().ok_or(0x82u8)?;
+        } else {
+            self.aliases_in.insert(alias, p.topic.clone());
+        }
+        Ok(())
+    }
+
     /// Stores a run of PUBLISH packets (one proposal), then acknowledges each in order.
     pub(super) async fn publish_run(&mut self, run: Vec<Publish>) -> Result<(), u8> {
         if run.is_empty() {
@@ -21,9 +40,6 @@ impl Conn {
         // Per packet: `None` if it is appended (its answer decides the code), else the code.
         let mut decided = Vec::with_capacity(run.len());
         for p in &run {
-            if p.properties.topic_alias.is_some() {
-                return Err(0x94); // Topic Alias Maximum is 0
-            }
             if p.qos == QoS::ExactlyOnce && self.shared.awaiting_release(&self.id, p.packet_id) {
                 decided.push(Some(0x00)); // a resend of a message stored already
                 continue;
@@ -37,10 +53,9 @@ impl Conn {
                 Bytes::from(p.topic.clone().into_bytes()),
                 fields_of(p.payload.clone()),
             );
-            req.properties = vec![(
-                Bytes::from_static(QOS_PROPERTY),
-                Bytes::from(vec![b'0' + p.qos as u8]),
-            )];
+            let stored = message_properties::stored(p.qos, &p.properties);
+            req.properties = stored.properties;
+            req.message_key = stored.message_key;
             if p.retain {
                 req.retain = if p.payload.is_empty() {
                     RetainEffect::Clear

@@ -12,6 +12,7 @@ mod inbound;
 mod outbound;
 mod subscribe;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,10 @@ pub(crate) async fn run(
         peer_max_packet: u32::MAX,
         peer_receive_max: u16::MAX,
         next_packet_id: 1,
+        aliases_in: HashMap::new(),
+        peer_alias_max: 0,
+        aliases_out: HashMap::new(),
+        unsendable: Vec::new(),
         settled: None,
     };
     let connect = match first {
@@ -138,6 +143,14 @@ struct Conn {
     /// The client's Receive Maximum (v5): our QoS 1/2 packets it takes unacknowledged.
     peer_receive_max: u16,
     next_packet_id: u16,
+    /// Topic aliases the client set up (v5): alias → topic.
+    aliases_in: HashMap<u16, String>,
+    /// The client's Topic Alias Maximum (v5): how many aliases the broker may set up.
+    peer_alias_max: u16,
+    /// Topic aliases the broker set up: topic → alias.
+    aliases_out: HashMap<String, u16>,
+    /// Packet ids of QoS 1/2 messages bound but too large for the client (to be completed).
+    unsendable: Vec<u16>,
     /// The applied index at which a delivery round last found nothing more to send, and the
     /// filters to wait on then.
     settled: Option<(u64, Vec<Bytes>)>,
@@ -312,7 +325,11 @@ impl Conn {
                     return Err(e.reason_code());
                 }
             };
-            if let Packet::Publish(p) = packet {
+            if let Packet::Publish(mut p) = packet {
+                if let Err(code) = self.resolve_alias(&mut p) {
+                    self.publish_run(std::mem::take(&mut publishes)).await?;
+                    return Err(code);
+                }
                 publishes.push(p);
                 continue;
             }

@@ -8,8 +8,9 @@ use bytes::Bytes;
 use manifold_core::engine::{Client, EngineError, InFlightNew};
 
 use super::{Conn, DELIVERY_BATCH};
-use crate::broker::payload::{QOS_PROPERTY, payload_of};
-use crate::codec::{Ack, Packet, Properties, Publish, QoS};
+use crate::broker::message_properties::{self, published_qos};
+use crate::broker::payload::payload_of;
+use crate::codec::{Ack, Packet, Publish, QoS};
 
 impl Conn {
     /// After a reconnect: what was in flight goes again (PUBLISH with DUP, or PUBREL once
@@ -35,10 +36,15 @@ impl Conn {
                 retain: false,
                 topic: String::from_utf8_lossy(&m.topic).into_owned(),
                 packet_id: *packet_id,
-                properties: Properties::default(),
+                properties: message_properties::outgoing(
+                    &m.message.properties,
+                    m.message.timestamp_ms,
+                    message_properties::now_ms(),
+                    self.v5(),
+                ),
                 payload: payload_of(&m.message.fields),
             };
-            self.send(&Packet::Publish(publish));
+            self.publish_out(publish);
         }
     }
 
@@ -67,7 +73,12 @@ impl Conn {
             let mut packets = Vec::with_capacity(read.messages.len());
             let mut used: HashSet<u16> = session.inflight.keys().copied().collect();
             let full = read.messages.len() >= window.min(DELIVERY_BATCH);
+            let now = message_properties::now_ms();
             for m in read.messages {
+                let stored = &m.message.properties;
+                if message_properties::expired(stored, m.message.timestamp_ms, now) {
+                    continue; // passed over: the cursor moves past it
+                }
                 let published = published_qos(&m.message.properties);
                 let qos = QoS::from_bits(m.qos.min(published)).unwrap_or(QoS::AtMostOnce);
                 let packet_id = if qos == QoS::AtMostOnce {
@@ -83,11 +94,12 @@ impl Conn {
                     });
                     id
                 };
-                let mut properties = Properties::default();
+                let mut properties =
+                    message_properties::outgoing(stored, m.message.timestamp_ms, now, self.v5());
                 if self.v5() {
                     properties.subscription_ids = m.subscription_ids.clone();
                 }
-                packets.push(Packet::Publish(Publish {
+                packets.push(Publish {
                     dup: false,
                     qos,
                     retain: false,
@@ -95,16 +107,52 @@ impl Conn {
                     packet_id,
                     properties,
                     payload: payload_of(&m.message.fields),
-                }));
+                });
             }
             client
                 .session_deliver(self.id.clone(), read.upto, inflight)
                 .await?;
-            for p in &packets {
-                self.send(p);
+            for p in packets {
+                self.publish_out(p);
             }
+            self.drop_unsendable(client).await;
             if !full {
                 return Ok(filters);
+            }
+        }
+    }
+
+    /// Queues a PUBLISH to the client, with a topic alias when the client allows them (v5): the
+    /// first message on a topic sets one up, later ones carry the alias and an empty topic.
+    /// One the client's Maximum Packet Size refuses is not sent (spec 3.1.2.25: the broker
+    /// acts as if it had been); a QoS 1/2 one is remembered to be completed.
+    pub(super) fn publish_out(&mut self, mut p: Publish) {
+        let mut new_alias = None;
+        if self.peer_alias_max > 0 && !p.topic.is_empty() {
+            if let Some(alias) = self.aliases_out.get(&p.topic) {
+                p.properties.topic_alias = Some(*alias);
+                p.topic.clear();
+            } else if let Ok(n) = u16::try_from(self.aliases_out.len() + 1)
+                && n <= self.peer_alias_max
+            {
+                p.properties.topic_alias = Some(n);
+                new_alias = Some(n);
+            }
+        }
+        if self.send(&Packet::Publish(p.clone())) {
+            if let Some(n) = new_alias {
+                self.aliases_out.insert(p.topic, n);
+            }
+        } else if p.qos != QoS::AtMostOnce {
+            self.unsendable.push(p.packet_id);
+        }
+    }
+
+    /// Ends the exchanges of QoS 1/2 messages too large for the client to take.
+    pub(super) async fn drop_unsendable(&mut self, client: &Client) {
+        for packet_id in std::mem::take(&mut self.unsendable) {
+            if let Err(e) = client.session_complete(self.id.clone(), packet_id).await {
+                tracing::debug!(error = %e, packet_id, "dropping an unsendable message");
             }
         }
     }
@@ -119,14 +167,4 @@ impl Conn {
             }
         }
     }
-}
-
-/// The QoS a message was published with over MQTT (property `mqtt.qos`); 2 for messages from
-/// other protocols (they go at the subscription's QoS).
-pub(super) fn published_qos(properties: &[(Bytes, Bytes)]) -> u8 {
-    properties
-        .iter()
-        .find(|(k, _)| k.as_ref() == QOS_PROPERTY)
-        .and_then(|(_, v)| v.first())
-        .map_or(2, |b| b.saturating_sub(b'0').min(2))
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use manifold_core::engine::{Client, EngineError, InFlightNew, SubscribeOptions};
 
 use super::Conn;
-use super::outbound::published_qos;
+use crate::broker::message_properties::{self, published_qos};
 use crate::broker::payload::payload_of;
 use crate::codec::{
     Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, topic,
@@ -116,6 +116,7 @@ impl Conn {
         let mut room = usize::from(self.peer_receive_max).saturating_sub(used.len());
         let mut inflight = Vec::new();
         let mut packets = Vec::new();
+        let now = message_properties::now_ms();
         for ((filter, options), existed) in accepted.iter().zip(existed) {
             let send = match options.retain_handling {
                 0 => true,
@@ -129,6 +130,9 @@ impl Conn {
                 continue;
             };
             for (topic, r) in retained {
+                if message_properties::expired(&r.properties, r.timestamp_ms, now) {
+                    continue;
+                }
                 let qos = options.qos.min(published_qos(&r.properties));
                 // Its place in the log (the sub-record), to bind a packet id to it.
                 let place = if qos > 0 && room > 0 {
@@ -162,15 +166,20 @@ impl Conn {
                     }
                     None => (QoS::AtMostOnce, 0),
                 };
-                packets.push(Packet::Publish(Publish {
+                let mut properties =
+                    message_properties::outgoing(&r.properties, r.timestamp_ms, now, self.v5());
+                if self.v5() && options.subscription_id != 0 {
+                    properties.subscription_ids = vec![options.subscription_id];
+                }
+                packets.push(Publish {
                     dup: false,
                     qos,
                     retain: true,
                     topic: String::from_utf8_lossy(&topic).into_owned(),
                     packet_id,
-                    properties: Properties::default(),
+                    properties,
                     payload: payload_of(&r.fields),
-                }));
+                });
             }
         }
         if !inflight.is_empty()
@@ -181,8 +190,9 @@ impl Conn {
             tracing::debug!(error = %e, "binding retained messages to packet ids");
             return;
         }
-        for p in &packets {
-            self.send(p);
+        for p in packets {
+            self.publish_out(p);
         }
+        self.drop_unsendable(client).await;
     }
 }
