@@ -533,6 +533,74 @@ fn v5_message_properties_topic_aliases_and_expiry_carry_through_the_log() -> any
     Ok(())
 }
 
+#[test]
+fn v5_no_local_and_retain_as_published() -> anyhow::Result<()> {
+    use bytes::Bytes;
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let publish = |topic: &str, id, retain, payload: &'static [u8]| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain,
+            topic: topic.into(),
+            packet_id: id,
+            properties: Properties::default(),
+            payload: Bytes::from_static(payload),
+        })
+    };
+    let subscribe = |raw: &mut Raw, options: bool| -> anyhow::Result<()> {
+        let mut s = Subscription::new("o/#", QoS::AtLeastOnce);
+        s.no_local = options;
+        s.retain_as_published = options;
+        raw.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            subscriptions: vec![s],
+            properties: Properties::default(),
+        }))?;
+        ensure!(matches!(raw.next()?, Packet::SubAck(_)));
+        Ok(())
+    };
+    let (mut a, _) = Raw::connect(node.mqtt, "opt-a")?;
+    subscribe(&mut a, true)?;
+    let (mut c, _) = Raw::connect(node.mqtt, "opt-c")?;
+    subscribe(&mut c, false)?;
+    let (mut b, _) = Raw::connect(node.mqtt, "opt-b")?;
+    // A's own message does not come back to it (No Local); C gets it.
+    a.send(&publish("o/self", 1, false, b"mine"))?;
+    assert_eq!(a.next()?, Packet::PubAck(Ack::new(1)));
+    b.send(&publish("o/theirs", 1, true, b"r1"))?;
+    assert_eq!(b.next()?, Packet::PubAck(Ack::new(1)));
+    b.send(&publish("o/plain", 2, false, b"p1"))?;
+    assert_eq!(b.next()?, Packet::PubAck(Ack::new(2)));
+    let take = |raw: &mut Raw, n: usize| -> anyhow::Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Packet::Publish(p) = raw.next()? else {
+                anyhow::bail!("PUBLISH expected");
+            };
+            raw.send(&Packet::PubAck(Ack::new(p.packet_id)))?;
+            out.push((p.topic, p.retain));
+        }
+        Ok(out)
+    };
+    // Retain As Published keeps B's retain flag on a live delivery; without it, it is 0.
+    assert_eq!(
+        take(&mut a, 2)?,
+        vec![("o/theirs".into(), true), ("o/plain".into(), false)]
+    );
+    assert_eq!(
+        take(&mut c, 3)?,
+        vec![
+            ("o/self".into(), false),
+            ("o/theirs".into(), false),
+            ("o/plain".into(), false)
+        ]
+    );
+    Ok(())
+}
+
 /// Python's paho-mqtt (2.x), both protocol versions: a persistent subscriber at QoS 2, QoS 0/1/2
 /// publishes in order, a retained message for a later subscriber, and a reconnect that gets
 /// what was published while away. Prints OK or what went wrong.

@@ -82,7 +82,7 @@ pub use groups::{
 };
 pub use ids::{IdSpec, resolve};
 pub use image::EngineImage;
-pub use session_api::{SessionMessage, SessionRead};
+pub use session_api::{PUBLISHER_PROPERTY, SessionMessage, SessionRead};
 pub use session_command::{InFlightNew, SubscribeOptions, Will};
 pub use sessions::{Session, SessionError};
 pub use snapshot::SNAPSHOT_DIR;

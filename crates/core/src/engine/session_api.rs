@@ -14,6 +14,10 @@ use super::sessions::{Session, SessionError, SessionOutcome};
 use super::{CommandTag, Engine, EngineError, Message, Result, topic_filter};
 use crate::store::{LogIndex, StoreError};
 
+/// The message property naming the session (MQTT client id) that published a message: a
+/// subscription with No Local does not match that session's own messages.
+pub const PUBLISHER_PROPERTY: &[u8] = b"mqtt.client";
+
 /// A message a session has to receive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionMessage {
@@ -26,6 +30,8 @@ pub struct SessionMessage {
     pub qos: u8,
     /// The subscription identifiers of those subscriptions (v5), without 0s.
     pub subscription_ids: Vec<u32>,
+    /// Whether one of them asked for Retain As Published (v5).
+    pub retain_as_published: bool,
 }
 
 /// What a session read from its cursor.
@@ -190,7 +196,8 @@ impl Engine {
 
     /// What the session still has to receive after its cursor, at most about `count`
     /// messages (a read never ends inside a log entry): each message once, with the QoS and
-    /// subscription ids of the subscriptions that match it and were made before it.
+    /// subscription ids of the subscriptions that match it and were made before it (a No Local
+    /// subscription does not match the session's own messages).
     pub fn session_pending(&self, client: &[u8], count: usize) -> Result<SessionRead> {
         let session = self.session(client).ok_or(SessionError::NoSession)?;
         let filters: Vec<&[u8]> = session.subscriptions.keys().map(|f| f.as_ref()).collect();
@@ -204,11 +211,17 @@ impl Engine {
         let upto = read.last().map_or(session.cursor, |m| m.message.log_index);
         let mut messages = Vec::with_capacity(read.len());
         for TopicMessage { topic, message } in read {
+            let own = message
+                .properties
+                .iter()
+                .any(|(k, v)| k.as_ref() == PUBLISHER_PROPERTY && v.as_ref() == client);
             let matching: Vec<_> = session
                 .subscriptions
                 .iter()
                 .filter(|(f, s)| {
-                    s.since < message.log_index && topic_filter::filter_matches(f, &topic)
+                    s.since < message.log_index
+                        && !(own && s.options.no_local)
+                        && topic_filter::filter_matches(f, &topic)
                 })
                 .map(|(_, s)| s.options)
                 .collect();
@@ -224,6 +237,7 @@ impl Engine {
                     .map(|o| o.subscription_id)
                     .filter(|id| *id != 0)
                     .collect(),
+                retain_as_published: matching.iter().any(|o| o.retain_as_published),
             });
         }
         Ok(SessionRead { messages, upto })

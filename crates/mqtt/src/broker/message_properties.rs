@@ -5,6 +5,8 @@
 //! | name | holds |
 //! |---|---|
 //! | `mqtt.qos` | the QoS it was published with, `0`–`2` |
+//! | `mqtt.client` | the client id that published it (No Local; the engine's `PUBLISHER_PROPERTY`) |
+//! | `mqtt.retain` | `1` when it was published with the retain flag (Retain As Published) |
 //! | `content-type` | Content Type (the same name HTTP uses) |
 //! | `mqtt.payload-format` | Payload Format Indicator, `0` or `1` |
 //! | `mqtt.expiry` | Message Expiry Interval, seconds, decimal; counted from the store timestamp |
@@ -16,11 +18,13 @@
 //! only converts; it never decides whether a message is delivered except by its expiry.
 
 use bytes::Bytes;
+use manifold_core::engine::PUBLISHER_PROPERTY;
 
 use crate::codec::{Properties, QoS};
 
 /// The QoS a message was published with over MQTT.
 pub const QOS: &[u8] = b"mqtt.qos";
+const RETAIN: &[u8] = b"mqtt.retain";
 const CONTENT_TYPE: &[u8] = b"content-type";
 const PAYLOAD_FORMAT: &[u8] = b"mqtt.payload-format";
 const EXPIRY: &[u8] = b"mqtt.expiry";
@@ -40,13 +44,20 @@ pub struct Stored {
     pub message_key: Bytes,
 }
 
-/// The stored form of a message published at `qos` with `p` (a 3.1.1 PUBLISH has none: pass
-/// `Properties::default()`). The Topic Alias and Subscription Identifiers are not the message's.
-pub fn stored(qos: QoS, p: &Properties) -> Stored {
-    let mut properties = vec![(Bytes::from_static(QOS), digit(qos as u8))];
+/// The stored form of a message client `publisher` published at `qos`, with the retain flag
+/// `retain` and properties `p` (a 3.1.1 PUBLISH has none: pass `Properties::default()`). The
+/// Topic Alias and Subscription Identifiers are not the message's.
+pub fn stored(publisher: &Bytes, qos: QoS, retain: bool, p: &Properties) -> Stored {
+    let mut properties = vec![
+        (Bytes::from_static(QOS), digit(qos as u8)),
+        (Bytes::from_static(PUBLISHER_PROPERTY), publisher.clone()),
+    ];
     let mut put = |name: &'static [u8], value: Bytes| {
         properties.push((Bytes::from_static(name), value));
     };
+    if retain {
+        put(RETAIN, digit(1));
+    }
     if let Some(t) = &p.content_type {
         put(CONTENT_TYPE, Bytes::copy_from_slice(t.as_bytes()));
     }
@@ -95,6 +106,11 @@ pub fn published_qos(properties: &[(Bytes, Bytes)]) -> u8 {
         .map_or(2, |b| b.saturating_sub(b'0').min(2))
 }
 
+/// Whether a message was published with the retain flag.
+pub fn published_retained(properties: &[(Bytes, Bytes)]) -> bool {
+    properties.iter().any(|(k, _)| k.as_ref() == RETAIN)
+}
+
 /// The message's expiry, if it has one: the store time plus the interval, in ms since the
 /// epoch.
 fn expires_at_ms(properties: &[(Bytes, Bytes)], timestamp_ms: u64) -> Option<u64> {
@@ -125,7 +141,7 @@ pub fn outgoing(
     let text = |v: &Bytes| String::from_utf8_lossy(v).into_owned();
     for (name, value) in properties {
         match name.as_ref() {
-            QOS => {}
+            QOS | RETAIN | PUBLISHER_PROPERTY => {}
             CONTENT_TYPE => out.content_type = Some(text(value)),
             PAYLOAD_FORMAT => {
                 out.payload_format = value.first().map(|b| b.saturating_sub(b'0').min(1))
@@ -179,9 +195,10 @@ mod tests {
 
     #[test]
     fn every_message_property_comes_back_as_it_was_sent() {
-        let s = stored(QoS::AtLeastOnce, &full());
+        let s = stored(&Bytes::from_static(b"c1"), QoS::AtLeastOnce, true, &full());
         assert_eq!(s.message_key, &b"device-7"[..]);
         assert_eq!(published_qos(&s.properties), 1);
+        assert!(published_retained(&s.properties));
         let back = outgoing(&s.properties, 1_000_000, 1_000_000, true);
         let mut want = full();
         want.message_expiry = Some(60);
@@ -191,7 +208,8 @@ mod tests {
 
     #[test]
     fn the_expiry_counts_down_from_the_store_time_and_ends_delivery() {
-        let s = stored(QoS::AtMostOnce, &full());
+        let s = stored(&Bytes::new(), QoS::AtMostOnce, false, &full());
+        assert!(!published_retained(&s.properties));
         let at = 5_000_000;
         assert!(!expired(&s.properties, at, at + 59_999));
         assert!(expired(&s.properties, at, at + 60_000));
@@ -203,7 +221,12 @@ mod tests {
             outgoing(&s.properties, at, at + 90_000, true).message_expiry,
             Some(1)
         );
-        let none = stored(QoS::AtMostOnce, &Properties::default());
+        let none = stored(
+            &Bytes::new(),
+            QoS::AtMostOnce,
+            false,
+            &Properties::default(),
+        );
         assert!(!expired(&none.properties, 0, u64::MAX));
         assert_eq!(
             outgoing(&none.properties, 0, 0, true),

@@ -80,7 +80,8 @@ impl Conn {
         let will = c.will.as_ref().map(|w| Will {
             topic: Bytes::from(w.topic.clone().into_bytes()),
             payload: w.payload.clone(),
-            properties: message_properties::stored(w.qos, &w.properties).properties,
+            properties: message_properties::stored(&self.id, w.qos, w.retain, &w.properties)
+                .properties,
             qos: w.qos as u8,
             retain: w.retain,
             delay_s: w.properties.will_delay.unwrap_or(0),

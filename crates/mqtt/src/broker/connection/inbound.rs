@@ -53,7 +53,7 @@ impl Conn {
                 Bytes::from(p.topic.clone().into_bytes()),
                 fields_of(p.payload.clone()),
             );
-            let stored = message_properties::stored(p.qos, &p.properties);
+            let stored = message_properties::stored(&self.id, p.qos, p.retain, &p.properties);
             req.properties = stored.properties;
             req.message_key = stored.message_key;
             if p.retain {

@@ -99,10 +99,12 @@ impl Conn {
                 if self.v5() {
                     properties.subscription_ids = m.subscription_ids.clone();
                 }
+                let retain =
+                    m.retain_as_published && message_properties::published_retained(stored);
                 packets.push(Publish {
                     dup: false,
                     qos,
-                    retain: false,
+                    retain,
                     topic: String::from_utf8_lossy(&m.topic).into_owned(),
                     packet_id,
                     properties,
