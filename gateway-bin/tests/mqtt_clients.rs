@@ -601,6 +601,110 @@ fn v5_no_local_and_retain_as_published() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `$share/g/jobs` is Redis consumer group `g` of stream `jobs`: MQTT members and an
+/// XREADGROUP consumer share its messages, each message once; a member that leaves hands what
+/// it held unacknowledged to another member.
+#[test]
+fn shared_subscriptions_are_consumer_groups_shared_with_xreadgroup() -> anyhow::Result<()> {
+    use bytes::Bytes;
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    // Members whose sessions end with their connections, taking 1 and 2 messages at a time.
+    let member = |id: &str, window: u16| -> anyhow::Result<Raw> {
+        let properties = Properties {
+            session_expiry: Some(0),
+            receive_maximum: Some(window),
+            ..Properties::default()
+        };
+        let (mut raw, _) = Raw::connect_with(node.mqtt, id, None, properties)?;
+        raw.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            subscriptions: vec![Subscription::new("$share/g/jobs", QoS::AtLeastOnce)],
+            properties: Properties::default(),
+        }))?;
+        match raw.next()? {
+            Packet::SubAck(s) => ensure!(s.codes == vec![1], "{s:?}"),
+            other => anyhow::bail!("SUBACK expected: {other:?}"),
+        }
+        Ok(raw)
+    };
+    let mut m1 = member("share-1", 1)?;
+    let mut m2 = member("share-2", 2)?;
+    let (mut publisher, _) = Raw::connect(node.mqtt, "share-pub")?;
+    for k in 1..=6u16 {
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "jobs".into(),
+            packet_id: k,
+            properties: Properties::default(),
+            payload: Bytes::from(format!("j{k}")),
+        }))?;
+        assert_eq!(publisher.next()?, Packet::PubAck(Ack::new(k)));
+    }
+    let publish = |raw: &mut Raw| -> anyhow::Result<Publish> {
+        match raw.next()? {
+            Packet::Publish(p) => Ok(p),
+            other => anyhow::bail!("PUBLISH expected: {other:?}"),
+        }
+    };
+    // Each member takes what its window holds, unacknowledged ...
+    let held_by_1 = publish(&mut m1)?;
+    let held_by_2 = [publish(&mut m2)?, publish(&mut m2)?];
+    // ... and an XREADGROUP consumer of the same group gets the rest.
+    let mut redis =
+        redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp))?.get_connection()?;
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP", "g", "resp-1", "COUNT", "10", "STREAMS", "jobs", ">",
+        ])
+        .query(&mut redis)?;
+    let by_resp: Vec<String> = read.keys[0]
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("payload").unwrap_or_default())
+        .collect();
+    let mut all: Vec<String> = by_resp.clone();
+    all.push(String::from_utf8_lossy(&held_by_1.payload).into_owned());
+    all.extend(
+        held_by_2
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned()),
+    );
+    all.sort();
+    assert_eq!(
+        all,
+        ["j1", "j2", "j3", "j4", "j5", "j6"],
+        "each once: {by_resp:?}"
+    );
+    ensure!(by_resp.len() == 3, "{by_resp:?}");
+
+    // Member 1 vanishes holding its message: member 2 gets it once its window has room.
+    drop(m1);
+    for p in &held_by_2 {
+        m2.send(&Packet::PubAck(Ack::new(p.packet_id)))?;
+    }
+    let handed = publish(&mut m2)?;
+    assert_eq!(handed.payload, held_by_1.payload);
+    ensure!(handed.dup, "a redelivery is flagged DUP");
+    m2.send(&Packet::PubAck(Ack::new(handed.packet_id)))?;
+    // Only the XREADGROUP consumer's three are still pending.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (pending, ..): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(&["jobs", "g"])
+            .query(&mut redis)?;
+        if pending == 3 {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "pending: {pending}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// Python's paho-mqtt (2.x), both protocol versions: a persistent subscriber at QoS 2, QoS 0/1/2
 /// publishes in order, a retained message for a later subscriber, and a reconnect that gets
 /// what was published while away. Prints OK or what went wrong.

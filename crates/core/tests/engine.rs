@@ -1759,6 +1759,7 @@ fn applying_the_same_log_from_scratch_gives_the_same_state() -> Result<(), Engin
                         log_index: m.message.log_index,
                         sub: m.message.sub,
                         qos: 1,
+                        shared: None,
                     })
                     .collect();
                 engine

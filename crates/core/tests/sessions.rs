@@ -111,6 +111,7 @@ fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_
                     log_index: first,
                     sub: 0,
                     qos: 2,
+                    shared: None,
                 }],
             )
             .await?;
@@ -124,7 +125,8 @@ fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_
                         packet_id: 1,
                         log_index: first,
                         sub: 0,
-                        qos: 1
+                        qos: 1,
+                        shared: None,
                     }]
                 )
                 .await,
@@ -152,7 +154,7 @@ fn a_session_keeps_its_subscriptions_cursor_and_inflight_across_disconnects_and_
     let engine = open(&after, config())?;
     assert_eq!(engine.state_digest(), digest);
     let session = engine.session(b"dev").expect("session");
-    let inflight = session.inflight.get(&1).copied().expect("in flight");
+    let inflight = session.inflight.get(&1).cloned().expect("in flight");
     let resent = engine
         .message_at_position(inflight.log_index, inflight.sub)?
         .expect("message");
@@ -344,5 +346,99 @@ fn a_will_goes_out_after_its_delay_unless_the_client_returns_or_says_goodbye()
         engine.session_close(b("brief"), None, true).await
     })?;
     wait_for(&|| engine.len(0, b"status/dev") == 2 && engine.session(b"brief").is_none());
+    Ok(())
+}
+
+/// A shared subscription's message (`$share/g/jobs` = group `g` of `jobs`) is bound to its
+/// packet with its group entry: PUBACK (QoS 1) or PUBREC (QoS 2) acknowledges the entry in the
+/// same command, across a power cut too; a member whose session ends hands what it still holds
+/// to another member of the same share.
+#[test]
+fn shared_subscription_packets_acknowledge_their_group_entries_and_pass_to_another_member()
+-> Result<(), EngineError> {
+    use manifold_core::engine::{GroupStart, ReadFrom, SharedRef};
+    let disk = SimDisk::new();
+    let engine = open(&disk, config())?;
+    let rt = runtime();
+    let share = b("$share/g/jobs");
+    let read = |engine: &Engine, member: &str, count: u64| {
+        rt.block_on(engine.read_group(
+            0,
+            b("g"),
+            b(member),
+            vec![(b("jobs"), ReadFrom::New)],
+            count,
+            false,
+        ))
+        .map(|r| r.into_iter().flat_map(|(_, e)| e).collect::<Vec<_>>())
+    };
+    let bind = |entries: &[manifold_core::engine::GroupEntry], first_id: u16, qos: u8| {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(k, e)| {
+                let m = e.message.as_ref().expect("message");
+                InFlightNew {
+                    packet_id: first_id + k as u16,
+                    log_index: m.log_index,
+                    sub: m.sub,
+                    qos,
+                    shared: Some(SharedRef {
+                        key: b("jobs"),
+                        group: b("g"),
+                        id: e.id,
+                    }),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    rt.block_on(async {
+        for member in ["a", "b"] {
+            engine.session_open(b(member), false, 3600, None).await?;
+            engine
+                .session_subscribe(b(member), vec![(share.clone(), sub(2, 0))])
+                .await?;
+        }
+        engine
+            .group_create(0, b("jobs"), b("g"), GroupStart::Last, true, None)
+            .await?;
+        for k in 1..=3 {
+            engine.append(publish("jobs", &format!("j{k}"))).await?;
+        }
+        // A shared subscription is not read from the session's cursor.
+        assert!(pending(&engine, "a")?.0.is_empty());
+        Ok::<_, EngineError>(())
+    })?;
+    let two = read(&engine, "a", 2)?;
+    let cursor = engine.session(b"a").expect("a").cursor;
+    rt.block_on(async {
+        engine
+            .session_deliver(b("a"), cursor, bind(&two[..1], 1, 1))
+            .await?;
+        engine
+            .session_deliver(b("a"), cursor, bind(&two[1..], 2, 2))
+            .await?;
+        assert_eq!(engine.pending_summary(0, b"jobs", b"g")?.count, 2);
+        engine.session_complete(b("a"), 1).await?; // PUBACK
+        assert_eq!(engine.pending_summary(0, b"jobs", b"g")?.count, 1);
+        engine.session_received(b("a"), 2).await?; // PUBREC: the client has it
+        assert_eq!(engine.pending_summary(0, b"jobs", b"g")?.count, 0);
+        engine.session_complete(b("a"), 2).await?; // PUBCOMP
+        Ok::<_, EngineError>(())
+    })?;
+    let third = read(&engine, "a", 1)?;
+    rt.block_on(engine.session_deliver(b("a"), cursor, bind(&third, 3, 1)))?;
+    // A power cut keeps the binding (journal or snapshot).
+    let digest = engine.state_digest();
+    let after = disk.crash(CrashMode::DropUnsynced);
+    drop(engine);
+    let engine = open(&after, config())?;
+    assert_eq!(engine.state_digest(), digest);
+    let held = engine.session(b"a").expect("a").inflight[&3].clone();
+    assert_eq!(held.shared.as_ref().map(|r| r.id), Some(third[0].id));
+    // Member a's session ends holding it: it is member b's now.
+    rt.block_on(engine.session_close(b("a"), Some(0), false))?;
+    let summary = engine.pending_summary(0, b"jobs", b"g")?;
+    assert_eq!(summary.consumers, vec![(b("b"), 1)]);
     Ok(())
 }

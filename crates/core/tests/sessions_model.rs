@@ -205,6 +205,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             log_index: msg.message.log_index,
                             sub: msg.message.sub,
                             qos: msg.qos,
+                            shared: None,
                         });
                         s.inflight.insert(pid, k);
                     }

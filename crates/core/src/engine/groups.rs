@@ -190,6 +190,35 @@ impl Groups {
         Ok(())
     }
 
+    /// Acknowledges one entry (an MQTT shared subscription's message the client has): whether
+    /// it was pending.
+    pub fn ack_one(&mut self, key: &TopicKey, group: &[u8], id: StreamId) -> bool {
+        let Some(g) = self.group_mut(key, group) else {
+            return false;
+        };
+        let known = g.pel.contains_key(&id);
+        forget_pending(g, id);
+        known
+    }
+
+    /// Gives every pending entry of consumer `from` to consumer `to` (an MQTT shared
+    /// subscription's member whose session ended, to another member), keeping delivery
+    /// counts; `to`'s delivery time for them is `now`.
+    pub fn hand_over(&mut self, key: &TopicKey, group: &[u8], from: &Bytes, to: &Bytes, now: u64) {
+        let Some(g) = self.group_mut(key, group) else {
+            return;
+        };
+        let ids: Vec<StreamId> = g
+            .consumers
+            .get(from)
+            .map(|c| c.pending.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            let count = g.pel.get(&id).map(|p| p.count);
+            take_pending(g, id, to, now, count);
+        }
+    }
+
     /// The groups of a dropped stream go with it.
     pub fn drop_stream(&mut self, key: &TopicKey) {
         self.streams.remove(key);

@@ -200,7 +200,13 @@ impl Engine {
     /// subscription does not match the session's own messages).
     pub fn session_pending(&self, client: &[u8], count: usize) -> Result<SessionRead> {
         let session = self.session(client).ok_or(SessionError::NoSession)?;
-        let filters: Vec<&[u8]> = session.subscriptions.keys().map(|f| f.as_ref()).collect();
+        // Shared subscriptions are consumer groups, read by the front end (`read_group`).
+        let filters: Vec<&[u8]> = session
+            .subscriptions
+            .keys()
+            .map(|f| f.as_ref())
+            .filter(|f| topic_filter::shared_subscription(f).is_none())
+            .collect();
         if filters.is_empty() {
             return Ok(SessionRead {
                 messages: Vec::new(),
@@ -221,6 +227,7 @@ impl Engine {
                 .filter(|(f, s)| {
                     s.since < message.log_index
                         && !(own && s.options.no_local)
+                        && topic_filter::shared_subscription(f).is_none()
                         && topic_filter::filter_matches(f, &topic)
                 })
                 .map(|(_, s)| s.options)

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 
-use super::codec::{Reader, put_bytes, put_pairs};
-use crate::store::LogIndex;
+use super::codec::{Reader, put_bytes, put_id, put_pairs};
+use crate::store::{LogIndex, StreamId};
 
 /// How a subscription was asked for (MQTT SUBSCRIBE options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,6 +40,18 @@ pub struct Will {
     pub delay_s: u32,
 }
 
+/// The consumer-group entry a shared subscription's message is (MQTT `$share/group/topic`
+/// is group `group` of stream `topic` in db 0): completing the packet acknowledges it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRef {
+    /// The stream (db 0).
+    pub key: Bytes,
+    /// The group.
+    pub group: Bytes,
+    /// The entry.
+    pub id: StreamId,
+}
+
 /// A message put in flight to the client (QoS 1 or 2), by its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlightNew {
@@ -51,6 +63,8 @@ pub struct InFlightNew {
     pub sub: u16,
     /// The QoS it was sent with (1 or 2).
     pub qos: u8,
+    /// For a shared subscription's message, its pending group entry.
+    pub shared: Option<SharedRef>,
 }
 
 /// One session operation, for the session of `client`.
@@ -137,7 +151,10 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
             }
         }
         SessionOp::Deliver { upto, inflight } => {
-            out.push(4);
+            // Kind 8 when a shared subscription's message is among them (each then ends with
+            // its group entry); kind 4, the older form, otherwise.
+            let shared = inflight.iter().any(|f| f.shared.is_some());
+            out.push(if shared { 8 } else { 4 });
             out.extend_from_slice(&upto.to_le_bytes());
             out.extend_from_slice(&(inflight.len() as u32).to_le_bytes());
             for f in inflight {
@@ -145,6 +162,9 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
                 out.extend_from_slice(&f.log_index.to_le_bytes());
                 out.extend_from_slice(&f.sub.to_le_bytes());
                 out.push(f.qos);
+                if shared {
+                    put_shared(out, f.shared.as_ref());
+                }
             }
         }
         SessionOp::Complete(id) => {
@@ -206,7 +226,7 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
             }
             SessionOp::Unsubscribe(filters)
         }
-        4 => {
+        kind @ (4 | 8) => {
             let upto = r.u64().ok()?;
             let n = r.count(13).ok()?;
             let mut inflight = Vec::with_capacity(n);
@@ -216,6 +236,11 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
                     log_index: r.u64().ok()?,
                     sub: r.u16().ok()?,
                     qos: r.u8().ok()?,
+                    shared: if kind == 8 {
+                        read_shared(&mut r).ok()?
+                    } else {
+                        None
+                    },
                 });
             }
             SessionOp::Deliver { upto, inflight }
@@ -233,6 +258,31 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
         _ => return None,
     };
     r.finished().then_some(SessionCommand { client, op })
+}
+
+/// A shared subscription's group entry: `0`, or `1`, key, group, ID (ms u64, seq u64).
+pub fn put_shared(out: &mut Vec<u8>, shared: Option<&SharedRef>) {
+    match shared {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_bytes(out, &s.key);
+            put_bytes(out, &s.group);
+            put_id(out, s.id);
+        }
+    }
+}
+
+/// Reads what `put_shared` wrote.
+pub fn read_shared(r: &mut Reader<'_>) -> Result<Option<SharedRef>, String> {
+    if !r.flag()? {
+        return Ok(None);
+    }
+    Ok(Some(SharedRef {
+        key: r.bytes()?,
+        group: r.bytes()?,
+        id: StreamId::new(r.u64()?, r.u64()?),
+    }))
 }
 
 /// A Will: `0`, or `1`, topic, payload, properties (count u32 + pairs), `qos` u8, `retain` u8,
@@ -307,7 +357,31 @@ mod tests {
                     log_index: 98,
                     sub: 0,
                     qos: 1,
+                    shared: None,
                 }],
+            },
+            SessionOp::Deliver {
+                upto: 99,
+                inflight: vec![
+                    InFlightNew {
+                        packet_id: 5,
+                        log_index: 98,
+                        sub: 1,
+                        qos: 2,
+                        shared: Some(SharedRef {
+                            key: Bytes::from_static(b"jobs"),
+                            group: Bytes::from_static(b"workers"),
+                            id: StreamId::new(7, 1),
+                        }),
+                    },
+                    InFlightNew {
+                        packet_id: 6,
+                        log_index: 98,
+                        sub: 2,
+                        qos: 1,
+                        shared: None,
+                    },
+                ],
             },
             SessionOp::Complete(4),
             SessionOp::Received(5),

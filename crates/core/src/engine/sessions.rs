@@ -10,7 +10,9 @@
 use bytes::Bytes;
 use imbl::OrdMap;
 
-use super::session_command::{InFlightNew, SessionCommand, SessionOp, SubscribeOptions, Will};
+use super::session_command::{
+    InFlightNew, SessionCommand, SessionOp, SharedRef, SubscribeOptions, Will,
+};
 use crate::store::LogIndex;
 
 /// A subscription of a session.
@@ -23,7 +25,7 @@ pub struct Subscription {
 }
 
 /// A packet in flight to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     /// Log index of the message's entry.
     pub log_index: LogIndex,
@@ -33,6 +35,9 @@ pub struct InFlight {
     pub qos: u8,
     /// QoS 2: PUBREC came (PUBREL is what is resent).
     pub received: bool,
+    /// A shared subscription's message: its group entry, acknowledged (XACK) when the client
+    /// has the message — PUBACK, or PUBREC for QoS 2 — by the same command.
+    pub shared: Option<SharedRef>,
 }
 
 /// A persistent session.
@@ -86,6 +91,9 @@ pub enum SessionOutcome {
     Opened(bool),
     /// Unsubscribe: per filter, whether it was subscribed.
     Unsubscribed(Vec<bool>),
+    /// Complete or Received of a shared subscription's message: done, and its group entry is
+    /// to be acknowledged (by the caller, in the same apply).
+    AckShared(SharedRef),
     /// Anything else: done.
     Done,
 }
@@ -186,6 +194,7 @@ impl Sessions {
                     log_index,
                     sub,
                     qos,
+                    shared,
                 } in inflight
                 {
                     s.inflight.insert(
@@ -195,21 +204,26 @@ impl Sessions {
                             sub: *sub,
                             qos: *qos,
                             received: false,
+                            shared: shared.clone(),
                         },
                     );
                 }
                 SessionOutcome::Done
             }
-            SessionOp::Complete(id) => {
-                s.inflight.remove(id);
-                SessionOutcome::Done
-            }
-            SessionOp::Received(id) => {
-                if let Some(f) = s.inflight.get_mut(id) {
+            SessionOp::Complete(id) => match s.inflight.remove(id).and_then(|f| f.shared) {
+                Some(r) => SessionOutcome::AckShared(r),
+                None => SessionOutcome::Done,
+            },
+            SessionOp::Received(id) => match s.inflight.get_mut(id) {
+                Some(f) => {
                     f.received = true;
+                    match f.shared.take() {
+                        Some(r) => SessionOutcome::AckShared(r),
+                        None => SessionOutcome::Done,
+                    }
                 }
-                SessionOutcome::Done
-            }
+                None => SessionOutcome::Done,
+            },
             SessionOp::Close {
                 expiry_s,
                 publish_will,
@@ -236,18 +250,18 @@ impl Sessions {
         }
     }
 
-    /// A timer command: ends every disconnected session whose expiry passed by `now_ms`.
-    pub fn expire(&mut self, now_ms: u64) -> usize {
+    /// A timer command: ends every disconnected session whose expiry passed by `now_ms`;
+    /// returns them.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<(Bytes, Session)> {
         let gone: Vec<Bytes> = self
             .by_client
             .iter()
             .filter(|(_, s)| s.will_at_ms.is_none() && s.deadline_ms().is_some_and(|d| d <= now_ms))
             .map(|(k, _)| k.clone())
             .collect();
-        for k in &gone {
-            self.by_client.remove(k);
-        }
-        gone.len()
+        gone.into_iter()
+            .filter_map(|k| self.by_client.remove(&k).map(|s| (k, s)))
+            .collect()
     }
 
     /// The earliest expiry deadline (ms) of any session.

@@ -18,9 +18,12 @@ use super::codec::{Reader, put_bytes, put_id, put_pairs};
 use super::filter_groups::{FilterGroupCommand, FilterGroupOutcome, FilterGroups};
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
-use super::session_command::{SessionCommand, put_will, read_will};
+use super::session_command::{
+    SessionCommand, SessionOp, put_shared, put_will, read_shared, read_will,
+};
 use super::sessions::{Session, SessionOutcome, Sessions, Subscription};
 use super::timers::TimerCommand;
+use super::topic_filter;
 use super::waiters::TopicKey;
 use crate::store::{LogEntry, LogIndex, Outcome, RecordOp, StoreError, StreamId};
 
@@ -152,7 +155,7 @@ impl Retained {
 /// Version of the encoding below (1: without groups, 2: without producers' `last_used_ms`,
 /// 3: without `retained_from`, 4: without sessions, 5: without filter groups, 6: without
 /// sessions' Wills; all still read).
-const STATE_VERSION: u32 = 7;
+const STATE_VERSION: u32 = 8;
 
 impl EngineState {
     /// The answer remembered for `(producer, seq)`.
@@ -182,15 +185,37 @@ impl EngineState {
             ));
         }
         if let Some(c) = &command.session {
-            reply.session =
-                Some(
-                    self.sessions
-                        .apply(c, entry.index, entry.timestamp_ms, limits.max_sessions),
-                );
+            let before = self.sessions.by_client.get(&c.client).cloned();
+            let outcome =
+                self.sessions
+                    .apply(c, entry.index, entry.timestamp_ms, limits.max_sessions);
+            reply.session = Some(match outcome {
+                SessionOutcome::AckShared(r) => {
+                    self.groups.ack_one(&(0, r.key), &r.group, r.id);
+                    SessionOutcome::Done
+                }
+                o => o,
+            });
+            // A session that ended (or was replaced by a clean start) leaves its shared
+            // subscriptions' pending messages to another member.
+            let replaced = matches!(
+                c.op,
+                SessionOp::Open {
+                    clean_start: true,
+                    ..
+                }
+            );
+            if let Some(old) = before
+                && (replaced || !self.sessions.by_client.contains_key(&c.client))
+            {
+                self.hand_over_shares(&c.client, &old, entry.timestamp_ms);
+            }
         }
         match &command.timer {
             Some(TimerCommand::ExpireSessions { now_ms }) => {
-                self.sessions.expire(*now_ms);
+                for (client, old) in self.sessions.expire(*now_ms) {
+                    self.hand_over_shares(&client, &old, entry.timestamp_ms);
+                }
             }
             Some(TimerCommand::PublishWill { client }) => {
                 // The entry's message went into the stream; a retained Will is retained.
@@ -267,6 +292,28 @@ impl EngineState {
                     .apply(&command.groups, entry.timestamp_ms, streams, limits.groups)?;
         }
         Ok(reply)
+    }
+
+    /// `client`'s session `ended` is over: the pending entries of each of its shared
+    /// subscriptions go to the first other session (by client id) subscribed to the same
+    /// `$share/group/topic`. With none, they stay with the old consumer (XAUTOCLAIM, or the
+    /// same client subscribing again, takes them).
+    fn hand_over_shares(&mut self, client: &Bytes, ended: &Session, now_ms: u64) {
+        for filter in ended.subscriptions.keys() {
+            let Some((group, topic)) = topic_filter::shared_subscription(filter) else {
+                continue;
+            };
+            let successor = self
+                .sessions
+                .by_client
+                .iter()
+                .find(|(c, s)| *c != client && s.subscriptions.contains_key(filter))
+                .map(|(c, _)| c.clone());
+            if let Some(to) = successor {
+                let key = (0, Bytes::copy_from_slice(topic));
+                self.groups.hand_over(&key, group, client, &to, now_ms);
+            }
+        }
     }
 
     /// A timer command: forgets the producers whose newest append was stamped before
@@ -354,6 +401,7 @@ impl EngineState {
         encode_sessions(&self.sessions, &mut out);
         self.filter_groups.encode(&mut out);
         encode_wills(&self.sessions, &mut out);
+        encode_shared_inflight(&self.sessions, &mut out);
         out
     }
 
@@ -361,8 +409,10 @@ impl EngineState {
     pub fn decode(b: &[u8]) -> Result<Self, String> {
         let mut r = Reader::new(b);
         let version = r.u32()?;
-        if version != 1 && version != STATE_VERSION {
-            return Err(format!("state version {version} is not {STATE_VERSION}"));
+        if version == 0 || version > STATE_VERSION {
+            return Err(format!(
+                "state version {version} is not 1 to {STATE_VERSION}"
+            ));
         }
         let count = r.u64()?;
         let mut state = EngineState::default();
@@ -423,6 +473,9 @@ impl EngineState {
         }
         if version >= 7 {
             decode_wills(&mut r, &mut state.sessions)?;
+        }
+        if version >= 8 {
+            decode_shared_inflight(&mut r, &mut state.sessions)?;
         }
         if !r.finished() {
             return Err(format!("{} bytes after the state", r.remaining()));
@@ -538,6 +591,44 @@ fn encode_wills(sessions: &Sessions, out: &mut Vec<u8>) {
     }
 }
 
+/// The group entries of shared subscriptions' packets in flight (after the Wills, so older
+/// versions read unchanged): count u64, then per such packet by (client id, packet id):
+/// client, `packet_id` u16, the entry (`put_shared`).
+fn encode_shared_inflight(sessions: &Sessions, out: &mut Vec<u8>) {
+    let with: Vec<_> = sessions
+        .by_client
+        .iter()
+        .flat_map(|(c, s)| {
+            s.inflight
+                .iter()
+                .filter(|(_, f)| f.shared.is_some())
+                .map(move |(id, f)| (c, *id, f.shared.as_ref()))
+        })
+        .collect();
+    out.extend_from_slice(&(with.len() as u64).to_le_bytes());
+    for (client, packet_id, shared) in with {
+        put_bytes(out, client);
+        out.extend_from_slice(&packet_id.to_le_bytes());
+        put_shared(out, shared);
+    }
+}
+
+fn decode_shared_inflight(r: &mut Reader<'_>, sessions: &mut Sessions) -> Result<(), String> {
+    let n = r.u64()?;
+    for _ in 0..n {
+        let client = r.bytes()?;
+        let packet_id = r.u16()?;
+        let shared = read_shared(r)?;
+        let f = sessions
+            .by_client
+            .get_mut(&client)
+            .and_then(|s| s.inflight.get_mut(&packet_id))
+            .ok_or_else(|| "a shared entry for a packet not in flight".to_string())?;
+        f.shared = shared;
+    }
+    Ok(())
+}
+
 fn decode_wills(r: &mut Reader<'_>, sessions: &mut Sessions) -> Result<(), String> {
     let n = r.u64()?;
     for _ in 0..n {
@@ -607,6 +698,7 @@ fn decode_sessions(r: &mut Reader<'_>) -> Result<Sessions, String> {
                 sub: r.u16()?,
                 qos: r.u8()?,
                 received: r.flag()?,
+                shared: None, // version 8 adds it, after the Wills
             };
             s.inflight.insert(id, f);
         }
@@ -799,6 +891,36 @@ mod tests {
             11,
             2_000,
         );
+        // A session with a shared subscription's packet in flight (version 8).
+        let client = Bytes::from_static(b"dev");
+        let command = |op| SessionCommand {
+            client: client.clone(),
+            op,
+        };
+        let open = SessionOp::Open {
+            clean_start: true,
+            expiry_s: 60,
+            will: None,
+        };
+        s.sessions.apply(&command(open), 1, 0, 10);
+        let shared = super::super::session_command::SharedRef {
+            key: Bytes::from_static(b"jobs"),
+            group: Bytes::from_static(b"g"),
+            id: StreamId::new(5, 0),
+        };
+        let inflight = [Some(shared), None]
+            .into_iter()
+            .enumerate()
+            .map(|(k, shared)| super::super::session_command::InFlightNew {
+                packet_id: k as u16 + 1,
+                log_index: 1,
+                sub: k as u16,
+                qos: 1,
+                shared,
+            })
+            .collect();
+        s.sessions
+            .apply(&command(SessionOp::Deliver { upto: 1, inflight }), 2, 0, 10);
         let b = s.encode();
         assert_eq!(EngineState::decode(&b), Ok(s));
         for cut in 0..b.len() {

@@ -82,6 +82,13 @@ pub fn check_filter(filter: &[u8]) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// An MQTT shared subscription `$share/{group}/{filter}`: its group and filter (not checked).
+pub fn shared_subscription(filter: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = filter.strip_prefix(b"$share/")?;
+    let slash = rest.iter().position(|b| *b == b'/')?;
+    Some((&rest[..slash], &rest[slash + 1..]))
+}
+
 /// Whether the valid filter `filter` matches the valid topic name `name`.
 pub fn filter_matches(filter: &[u8], name: &[u8]) -> bool {
     if name.first() == Some(&b'$') && matches!(filter.first(), Some(b'+' | b'#')) {

@@ -76,6 +76,9 @@ pub(crate) struct Shared {
     /// again. Node-local: a resend to another node after a failover is not recognised yet.
     releases: Mutex<HashMap<Bytes, std::collections::HashSet<u16>>>,
     next_connection: AtomicU64,
+    /// Bumped when a session on this node has closed: its shared subscriptions' pending
+    /// messages may have been handed to a member connected here.
+    sessions_closed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -174,6 +177,7 @@ pub async fn serve(
         holders: Mutex::new(HashMap::new()),
         releases: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(1),
+        sessions_closed: watch::channel(0).0,
     });
     let mut tasks = tokio::task::JoinSet::new();
     loop {

@@ -120,7 +120,7 @@ impl Conn {
             props.receive_maximum = Some(self.shared.config.receive_maximum);
             props.maximum_packet_size = Some(self.shared.config.max_packet_size);
             props.topic_alias_maximum = Some(self.shared.config.topic_alias_maximum);
-            props.shared_available = Some(0);
+            props.shared_available = Some(1);
             if keep_alive != c.keep_alive {
                 props.server_keep_alive = Some(keep_alive);
             }

@@ -10,6 +10,7 @@
 mod connect;
 mod inbound;
 mod outbound;
+mod shared;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -84,6 +85,7 @@ pub(crate) async fn run(
         peer_alias_max: 0,
         aliases_out: HashMap::new(),
         unsendable: Vec::new(),
+        sharing: false,
         settled: None,
     };
     let connect = match first {
@@ -118,10 +120,11 @@ pub(crate) async fn run(
             End::Shutdown => Some((None, false)),
             End::TakenOver => None,
         };
-        if let Some((expiry_s, will)) = close
-            && let Err(e) = client.session_close(conn.id.clone(), expiry_s, will).await
-        {
-            tracing::debug!(error = %e, "closing an MQTT session");
+        if let Some((expiry_s, will)) = close {
+            if let Err(e) = client.session_close(conn.id.clone(), expiry_s, will).await {
+                tracing::debug!(error = %e, "closing an MQTT session");
+            }
+            shared.sessions_closed.send_modify(|n| *n += 1);
         }
         shared.release(&conn.id, connection);
     }
@@ -151,6 +154,8 @@ struct Conn {
     aliases_out: HashMap<String, u16>,
     /// Packet ids of QoS 1/2 messages bound but too large for the client (to be completed).
     unsendable: Vec<u16>,
+    /// Whether the session has shared subscriptions (as of the last delivery round).
+    sharing: bool,
     /// The applied index at which a delivery round last found nothing more to send, and the
     /// filters to wait on then.
     settled: Option<(u64, Vec<Bytes>)>,
@@ -205,6 +210,7 @@ impl Conn {
         // The keep alive, at 1.5 times (spec 3.1.2.10); none with 0.
         let grace = Duration::from_millis(u64::from(keep_alive) * 1500);
         let mut deadline = Instant::now() + grace;
+        let mut sessions_closed = self.shared.sessions_closed.subscribe();
         loop {
             // What the client has sent goes first (a pipeline, or the DISCONNECT of a client
             // leaving: nothing is delivered to a connection whose DISCONNECT has arrived), then
@@ -286,6 +292,8 @@ impl Conn {
                     }
                 },
                 _ = new_messages => false,
+                // A member that left may have handed its shared messages to this session.
+                _ = sessions_closed.changed(), if self.sharing => false,
             };
             if taken_over {
                 return self.leave(rd, buf).await;

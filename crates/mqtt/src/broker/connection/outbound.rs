@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use manifold_core::engine::{Client, EngineError, InFlightNew};
+use manifold_core::engine::{Client, EngineError, InFlightNew, topic_filter};
 
 use super::{Conn, DELIVERY_BATCH};
 use crate::broker::message_properties::{self, published_qos};
@@ -48,16 +48,29 @@ impl Conn {
         }
     }
 
-    /// Sends what the session has to receive, as far as the client's window allows: reads
-    /// from the session's cursor, commits the delivery (binding packet ids to messages), then
-    /// queues the PUBLISH packets. Returns the filters to wait on (none while the window is
-    /// full: an acknowledgement reopens it).
+    /// A delivery round: the session's subscriptions, then its shared ones. Returns the filters
+    /// to wait on.
     pub(super) async fn deliver(&mut self, client: &Client) -> Result<Vec<Bytes>, EngineError> {
+        let mut filters = self.deliver_subscriptions(client).await?;
+        filters.extend(self.deliver_shared(client).await?);
+        Ok(filters)
+    }
+
+    /// Sends what the session's (not shared) subscriptions have to receive, as far as the
+    /// client's window allows: reads from the session's cursor, commits the delivery (binding
+    /// packet ids to messages), then queues the PUBLISH packets. Returns the filters to wait
+    /// on (none while the window is full: an acknowledgement reopens it).
+    async fn deliver_subscriptions(&mut self, client: &Client) -> Result<Vec<Bytes>, EngineError> {
         loop {
             let Some(session) = client.session(&self.id) else {
                 return Ok(Vec::new());
             };
-            let filters: Vec<Bytes> = session.subscriptions.keys().cloned().collect();
+            let filters: Vec<Bytes> = session
+                .subscriptions
+                .keys()
+                .filter(|f| topic_filter::shared_subscription(f).is_none())
+                .cloned()
+                .collect();
             if filters.is_empty() {
                 return Ok(filters);
             }
@@ -91,6 +104,7 @@ impl Conn {
                         log_index: m.message.log_index,
                         sub: m.message.sub,
                         qos: qos as u8,
+                        shared: None,
                     });
                     id
                 };

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use manifold_core::engine::{Client, EngineError, InFlightNew, SubscribeOptions};
+use manifold_core::engine::{Client, EngineError, InFlightNew, SubscribeOptions, topic_filter};
 
 use super::Conn;
 use crate::broker::message_properties::{self, published_qos};
@@ -21,9 +21,10 @@ impl Conn {
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut accepted = Vec::new();
         for sub in &s.subscriptions {
-            if topic::shared(&sub.filter).is_some() {
-                // Shared subscriptions are a later slice; CONNACK said so (v5).
-                codes.push(if v5 { 0x9E } else { 0x80 });
+            if let Some(Ok((group, topic))) = topic::shared(&sub.filter)
+                && let Err(code) = self.join_share(client, group, topic).await
+            {
+                codes.push(code);
                 continue;
             }
             let options = SubscribeOptions {
@@ -118,11 +119,13 @@ impl Conn {
         let mut packets = Vec::new();
         let now = message_properties::now_ms();
         for ((filter, options), existed) in accepted.iter().zip(existed) {
-            let send = match options.retain_handling {
-                0 => true,
-                1 => !existed,
-                _ => false,
-            };
+            // A shared subscription gets no retained messages (MQTT 5 4.8.2).
+            let send = topic_filter::shared_subscription(filter).is_none()
+                && match options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
             if !send {
                 continue;
             }
@@ -161,6 +164,7 @@ impl Conn {
                             log_index,
                             sub,
                             qos,
+                            shared: None,
                         });
                         (QoS::from_bits(qos).unwrap_or(QoS::AtLeastOnce), id)
                     }
