@@ -525,6 +525,11 @@ impl Client {
         self.engine.session_received(client, packet_id).await
     }
 
+    /// [`Engine::session_released`].
+    pub async fn session_released(&self, client: Bytes, packet_id: u16) -> Result<bool> {
+        self.engine.session_released(client, packet_id).await
+    }
+
     /// [`Engine::session_close`].
     pub async fn session_close(
         &self,

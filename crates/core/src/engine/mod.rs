@@ -83,7 +83,7 @@ pub use groups::{
 pub use ids::{IdSpec, resolve};
 pub use image::EngineImage;
 pub use session_api::{PUBLISHER_PROPERTY, SessionMessage, SessionRead};
-pub use session_command::{InFlightNew, SharedRef, SubscribeOptions, Will};
+pub use session_command::{InFlightNew, SharedRef, SubscribeOptions, Will, mqtt_producer};
 pub use sessions::{Session, SessionError};
 pub use snapshot::SNAPSHOT_DIR;
 pub use state::{Deduped, EngineState, MAX_PRODUCERS, PRODUCER_WINDOW, RetainEffect, Retained};

@@ -163,6 +163,18 @@ impl Engine {
             .map(|_| ())
     }
 
+    /// PUBREL (inbound QoS 2) for `packet_id`: the exchange is over and the packet id may carry
+    /// a new message. Whether it was awaiting release (stored, PUBREC sent).
+    pub async fn session_released(&self, client: Bytes, packet_id: u16) -> Result<bool> {
+        match self
+            .session_command(client, SessionOp::Released(packet_id))
+            .await?
+        {
+            SessionOutcome::Released(known) => Ok(known),
+            _ => Ok(false),
+        }
+    }
+
     /// The connection ended (with a new expiry interval from a v5 DISCONNECT, if any); an
     /// expiry of 0 ends the session now (after its Will, if that goes out). `publish_will`:
     /// the connection ended without a normal DISCONNECT (or with v5 reason 0x04), so the

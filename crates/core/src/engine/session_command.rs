@@ -95,6 +95,9 @@ pub enum SessionOp {
     Complete(u16),
     /// PUBREC (QoS 2): the client has it; PUBREL follows.
     Received(u16),
+    /// PUBREL from the client (inbound QoS 2): the exchange of its PUBLISH with this packet id
+    /// is over, so the id may carry a new message — the session's producer dedupe forgets it.
+    Released(u16),
     /// The connection ended: the expiry countdown starts (an expiry of 0 ends the session).
     Close {
         /// A new Session Expiry Interval given at DISCONNECT (v5), if any.
@@ -175,6 +178,10 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
             out.push(6);
             out.extend_from_slice(&id.to_le_bytes());
         }
+        SessionOp::Released(id) => {
+            out.push(9);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
         SessionOp::Close {
             expiry_s,
             publish_will,
@@ -247,6 +254,7 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
         }
         5 => SessionOp::Complete(r.u16().ok()?),
         6 => SessionOp::Received(r.u16().ok()?),
+        9 => SessionOp::Released(r.u16().ok()?),
         7 => SessionOp::Close {
             expiry_s: match r.u8().ok()? {
                 0 => None,
@@ -258,6 +266,12 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
         _ => return None,
     };
     r.finished().then_some(SessionCommand { client, op })
+}
+
+/// The producer id of an MQTT client's inbound QoS 2 messages in the engine's dedupe table:
+/// `mqtt:` + the client id; the sequence is the packet id, until PUBREL (`Released`) frees it.
+pub fn mqtt_producer(client: &[u8]) -> Bytes {
+    Bytes::from([b"mqtt:".as_slice(), client].concat())
 }
 
 /// A shared subscription's group entry: `0`, or `1`, key, group, ID (ms u64, seq u64).
@@ -385,6 +399,7 @@ mod tests {
             },
             SessionOp::Complete(4),
             SessionOp::Received(5),
+            SessionOp::Released(6),
             SessionOp::Close {
                 expiry_s: Some(0),
                 publish_will: true,

@@ -94,6 +94,9 @@ pub enum SessionOutcome {
     /// Complete or Received of a shared subscription's message: done, and its group entry is
     /// to be acknowledged (by the caller, in the same apply).
     AckShared(SharedRef),
+    /// Released: whether the packet id was awaiting release (the caller's dedupe table knows;
+    /// this module answers `Done` and the caller decides).
+    Released(bool),
     /// Anything else: done.
     Done,
 }
@@ -224,6 +227,8 @@ impl Sessions {
                 }
                 None => SessionOutcome::Done,
             },
+            // The dedupe table is the caller's (state.rs).
+            SessionOp::Released(_) => SessionOutcome::Done,
             SessionOp::Close {
                 expiry_s,
                 publish_will,

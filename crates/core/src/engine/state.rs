@@ -19,7 +19,7 @@ use super::filter_groups::{FilterGroupCommand, FilterGroupOutcome, FilterGroups}
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
 use super::session_command::{
-    SessionCommand, SessionOp, put_shared, put_will, read_shared, read_will,
+    SessionCommand, SessionOp, mqtt_producer, put_shared, put_will, read_shared, read_will,
 };
 use super::sessions::{Session, SessionOutcome, Sessions, Subscription};
 use super::timers::TimerCommand;
@@ -189,15 +189,19 @@ impl EngineState {
             let outcome =
                 self.sessions
                     .apply(c, entry.index, entry.timestamp_ms, limits.max_sessions);
-            reply.session = Some(match outcome {
-                SessionOutcome::AckShared(r) => {
+            reply.session = Some(match (outcome, &c.op) {
+                (SessionOutcome::AckShared(r), _) => {
                     self.groups.ack_one(&(0, r.key), &r.group, r.id);
                     SessionOutcome::Done
                 }
-                o => o,
+                (SessionOutcome::Done, SessionOp::Released(id)) => {
+                    SessionOutcome::Released(self.release(&c.client, *id))
+                }
+                (o, _) => o,
             });
             // A session that ended (or was replaced by a clean start) leaves its shared
-            // subscriptions' pending messages to another member.
+            // subscriptions' pending messages to another member, and its inbound QoS 2
+            // exchanges end with it.
             let replaced = matches!(
                 c.op,
                 SessionOp::Open {
@@ -205,15 +209,17 @@ impl EngineState {
                     ..
                 }
             );
-            if let Some(old) = before
-                && (replaced || !self.sessions.by_client.contains_key(&c.client))
-            {
-                self.hand_over_shares(&c.client, &old, entry.timestamp_ms);
+            if replaced || !self.sessions.by_client.contains_key(&c.client) {
+                self.producers.remove(&mqtt_producer(&c.client));
+                if let Some(old) = before {
+                    self.hand_over_shares(&c.client, &old, entry.timestamp_ms);
+                }
             }
         }
         match &command.timer {
             Some(TimerCommand::ExpireSessions { now_ms }) => {
                 for (client, old) in self.sessions.expire(*now_ms) {
+                    self.producers.remove(&mqtt_producer(&client));
                     self.hand_over_shares(&client, &old, entry.timestamp_ms);
                 }
             }
@@ -292,6 +298,20 @@ impl EngineState {
                     .apply(&command.groups, entry.timestamp_ms, streams, limits.groups)?;
         }
         Ok(reply)
+    }
+
+    /// PUBREL: `client`'s inbound QoS 2 packet `id` is free again (its dedupe answer goes).
+    /// Whether it was awaiting release.
+    fn release(&mut self, client: &[u8], id: u16) -> bool {
+        let producer = mqtt_producer(client);
+        let Some(p) = self.producers.get_mut(&producer) else {
+            return false;
+        };
+        let known = p.answers.remove(&u64::from(id)).is_some();
+        if p.answers.is_empty() {
+            self.producers.remove(&producer);
+        }
+        known
     }
 
     /// `client`'s session `ended` is over: the pending entries of each of its shared

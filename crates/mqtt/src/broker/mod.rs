@@ -71,10 +71,6 @@ pub(crate) struct Shared {
     engine: Arc<Engine>,
     config: BrokerConfig,
     holders: Mutex<HashMap<Bytes, Holder>>,
-    /// Per client id, the inbound QoS 2 packet ids whose message is stored and PUBREC sent,
-    /// until PUBREL: a resend of one (DUP, after a reconnect to this node) is not stored
-    /// again. Node-local: a resend to another node after a failover is not recognised yet.
-    releases: Mutex<HashMap<Bytes, std::collections::HashSet<u16>>>,
     next_connection: AtomicU64,
     /// Bumped when a session on this node has closed: its shared subscriptions' pending
     /// messages may have been handed to a member connected here.
@@ -114,43 +110,6 @@ impl Shared {
         (told, done)
     }
 
-    fn lock_releases(&self) -> MutexGuard<'_, HashMap<Bytes, std::collections::HashSet<u16>>> {
-        self.releases.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether `client`'s QoS 2 packet `id` is stored and waits for PUBREL.
-    fn awaiting_release(&self, client: &Bytes, id: u16) -> bool {
-        self.lock_releases()
-            .get(client)
-            .is_some_and(|s| s.contains(&id))
-    }
-
-    /// `client`'s QoS 2 packet `id` is stored; PUBREL will end it.
-    fn await_release(&self, client: &Bytes, id: u16) {
-        self.lock_releases()
-            .entry(client.clone())
-            .or_default()
-            .insert(id);
-    }
-
-    /// PUBREL for `client`'s packet `id`: whether it was waiting.
-    fn released(&self, client: &Bytes, id: u16) -> bool {
-        let mut all = self.lock_releases();
-        let Some(ids) = all.get_mut(client) else {
-            return false;
-        };
-        let known = ids.remove(&id);
-        if ids.is_empty() {
-            all.remove(client);
-        }
-        known
-    }
-
-    /// A clean start: `client`'s exchanges in progress are gone with its session.
-    fn forget_releases(&self, client: &Bytes) {
-        self.lock_releases().remove(client);
-    }
-
     /// Connection `connection` no longer holds `client` (unless another took it since).
     fn release(&self, client: &Bytes, connection: u64) {
         let mut holders = self.lock();
@@ -175,7 +134,6 @@ pub async fn serve(
         engine,
         config,
         holders: Mutex::new(HashMap::new()),
-        releases: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(1),
         sessions_closed: watch::channel(0).0,
     });

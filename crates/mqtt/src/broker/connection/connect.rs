@@ -88,9 +88,6 @@ impl Conn {
         });
         // A connection already holding this client id here leaves first.
         let (leave, done) = self.shared.take(&self.id, connection).await;
-        if c.clean_start {
-            self.shared.forget_releases(&self.id);
-        }
         let present = match client
             .session_open(self.id.clone(), c.clean_start, expiry_s, will)
             .await

@@ -2,7 +2,7 @@
 //! (PUBACK / PUBREC) only after its append is committed. It never delivers anything.
 
 use bytes::Bytes;
-use manifold_core::engine::{AppendRequest, EngineError, RetainEffect};
+use manifold_core::engine::{AppendRequest, EngineError, RetainEffect, mqtt_producer};
 
 use super::Conn;
 use crate::broker::message_properties;
@@ -40,10 +40,6 @@ impl Conn {
         // Per packet: `None` if it is appended (its answer decides the code), else the code.
         let mut decided = Vec::with_capacity(run.len());
         for p in &run {
-            if p.qos == QoS::ExactlyOnce && self.shared.awaiting_release(&self.id, p.packet_id) {
-                decided.push(Some(0x00)); // a resend of a message stored already
-                continue;
-            }
             if p.topic == "$SYS" || p.topic.starts_with("$SYS/") {
                 decided.push(Some(0x87));
                 continue;
@@ -56,6 +52,11 @@ impl Conn {
             let stored = message_properties::stored(&self.id, p.qos, p.retain, &p.properties);
             req.properties = stored.properties;
             req.message_key = stored.message_key;
+            if p.qos == QoS::ExactlyOnce {
+                // Exactly once: a resend (DUP, after a reconnect — to any node, after a
+                // failover too) is recognised by the engine's dedupe until PUBREL.
+                req.producer = Some((mqtt_producer(&self.id), u64::from(p.packet_id)));
+            }
             if p.retain {
                 req.retain = if p.payload.is_empty() {
                     RetainEffect::Clear
@@ -87,7 +88,7 @@ impl Conn {
                 }
                 QoS::ExactlyOnce => {
                     if code < 0x80 {
-                        self.shared.await_release(&self.id, p.packet_id);
+                        self.awaiting_release.insert(p.packet_id);
                     }
                     self.send(&Packet::PubRec(Ack {
                         packet_id: p.packet_id,

@@ -13,7 +13,7 @@ mod outbound;
 mod shared;
 mod subscribe;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,8 @@ use tokio::time::Instant;
 
 use super::Shared;
 use crate::codec::{
-    Ack, ConnAck, DecodeError, Disconnect, Packet, Properties, Protocol, decode, encode,
+    Ack, ConnAck, DecodeError, Disconnect, Packet, Properties, Protocol, Publish, QoS, decode,
+    encode,
 };
 
 /// Messages read from the log per delivery round, at most.
@@ -86,6 +87,7 @@ pub(crate) async fn run(
         aliases_out: HashMap::new(),
         unsendable: Vec::new(),
         sharing: false,
+        awaiting_release: HashSet::new(),
         settled: None,
     };
     let connect = match first {
@@ -156,6 +158,9 @@ struct Conn {
     unsendable: Vec<u16>,
     /// Whether the session has shared subscriptions (as of the last delivery round).
     sharing: bool,
+    /// Inbound QoS 2 packet ids stored and answered with PUBREC on this connection, until
+    /// PUBREL: with the run being handled, what counts against the Receive Maximum.
+    awaiting_release: HashSet<u16>,
     /// The applied index at which a delivery round last found nothing more to send, and the
     /// filters to wait on then.
     settled: Option<(u64, Vec<Bytes>)>,
@@ -334,7 +339,24 @@ impl Conn {
                 }
             };
             if let Packet::Publish(mut p) = packet {
-                if let Err(code) = self.resolve_alias(&mut p) {
+                let unacknowledged = self.awaiting_release.len()
+                    + publishes
+                        .iter()
+                        .filter(|q: &&Publish| q.qos != QoS::AtMostOnce)
+                        .count();
+                let resend =
+                    p.qos == QoS::ExactlyOnce && self.awaiting_release.contains(&p.packet_id);
+                // MQTT 5 only: 3.1.1 has no Receive Maximum to hold a client to.
+                let over = self.v5()
+                    && p.qos != QoS::AtMostOnce
+                    && !resend
+                    && unacknowledged >= usize::from(self.shared.config.receive_maximum);
+                let checked = if over {
+                    Err(0x93) // Receive Maximum exceeded
+                } else {
+                    self.resolve_alias(&mut p)
+                };
+                if let Err(code) = checked {
                     self.publish_run(std::mem::take(&mut publishes)).await?;
                     return Err(code);
                 }
@@ -376,7 +398,15 @@ impl Conn {
                 }
             }
             Packet::PubRel(a) => {
-                let known = self.shared.released(&self.id, a.packet_id);
+                // Committed before PUBCOMP: the packet id may carry a new message after it.
+                self.awaiting_release.remove(&a.packet_id);
+                let known = match client.session_released(self.id.clone(), a.packet_id).await {
+                    Ok(known) => known,
+                    Err(e) => {
+                        tracing::debug!(error = %e, packet_id = a.packet_id, "PUBREL");
+                        return Err(0x80);
+                    }
+                };
                 let code = if known || !self.v5() { 0 } else { 0x92 };
                 self.send(&Packet::PubComp(Ack {
                     packet_id: a.packet_id,

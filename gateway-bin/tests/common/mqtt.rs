@@ -1,0 +1,213 @@
+//! MQTT test helpers: a `manifold serve` node with MQTT and RESP listeners, killed when dropped
+//! (or SIGKILLed and restarted on the same directory and ports), driven by Debian's
+//! `mosquitto_pub` / `mosquitto_sub` or by raw RESP; and a raw MQTT 5 client speaking through
+//! the codec, for flows no command-line client exposes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+
+use super::{free_port, serve};
+
+/// A node with its MQTT and RESP ports, killed when dropped.
+pub struct Node {
+    child: Child,
+    pub mqtt: u16,
+    pub resp: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start(dir: &std::path::Path, mqtt: u16, resp: u16) -> anyhow::Result<Node> {
+    let args: Vec<String> = [
+        "--data-dir",
+        &dir.display().to_string(),
+        "--mqtt-addr",
+        &format!("127.0.0.1:{mqtt}"),
+        "--resp-addr",
+        &format!("127.0.0.1:{resp}"),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--segment-size",
+        "1048576",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Ok(Node {
+        child: serve(&args)?,
+        mqtt,
+        resp,
+        dir: dir.to_path_buf(),
+    })
+}
+
+pub fn node(dir: &std::path::Path) -> anyhow::Result<Node> {
+    start(dir, free_port()?, free_port()?)
+}
+
+impl Node {
+    /// SIGKILL, then the same directory and ports again.
+    pub fn kill_and_restart(mut self) -> anyhow::Result<Node> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let (dir, mqtt, resp) = (self.dir.clone(), self.mqtt, self.resp);
+        std::mem::forget(self);
+        start(&dir, mqtt, resp)
+    }
+
+    pub fn publish(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt.to_string()])
+            .args(args)
+            .output()
+            .context("mosquitto_pub (Debian package mosquitto-clients)")?;
+        ensure!(out.status.success(), "mosquitto_pub {args:?}: {out:?}");
+        Ok(())
+    }
+
+    /// `mosquitto_sub ARGS` in the background; its output once it exits.
+    pub fn subscribe(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("mosquitto_sub (Debian package mosquitto-clients)")
+    }
+
+    /// One RESP command over raw TCP; the reply's first line.
+    pub fn resp(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.resp))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes())?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
+    }
+}
+
+/// A raw MQTT 5 connection speaking through the codec, for flows no command-line client
+/// exposes (a resend after a lost connection).
+pub struct Raw {
+    socket: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    pub fn connect(port: u16, id: &str) -> anyhow::Result<(Raw, bool)> {
+        Raw::connect_with_will(port, id, None)
+    }
+
+    pub fn connect_with_will(
+        port: u16,
+        id: &str,
+        will: Option<manifold_mqtt::codec::Will>,
+    ) -> anyhow::Result<(Raw, bool)> {
+        let properties = manifold_mqtt::codec::Properties {
+            session_expiry: Some(3600),
+            ..Default::default()
+        };
+        Raw::connect_with(port, id, will, properties)
+    }
+
+    /// CONNECT (Clean Start 0) with these properties; the session present flag of CONNACK 0.
+    pub fn connect_with(
+        port: u16,
+        id: &str,
+        will: Option<manifold_mqtt::codec::Will>,
+        properties: manifold_mqtt::codec::Properties,
+    ) -> anyhow::Result<(Raw, bool)> {
+        use manifold_mqtt::codec::{Connect, Packet, Protocol};
+        let socket = TcpStream::connect(("127.0.0.1", port))?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut raw = Raw {
+            socket,
+            buf: bytes::BytesMut::new(),
+        };
+        raw.send(&Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V5,
+            clean_start: false,
+            keep_alive: 60,
+            client_id: id.into(),
+            will,
+            username: None,
+            password: None,
+            properties,
+        })))?;
+        match raw.next()? {
+            Packet::ConnAck(c) if c.code == 0 => Ok((raw, c.session_present)),
+            other => anyhow::bail!("CONNACK expected: {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, p: &manifold_mqtt::codec::Packet) -> anyhow::Result<()> {
+        let mut out = bytes::BytesMut::new();
+        manifold_mqtt::codec::encode(p, manifold_mqtt::codec::Protocol::V5, u32::MAX, &mut out)?;
+        self.socket.write_all(&out)?;
+        Ok(())
+    }
+
+    /// The next packet within `wait`; `None` if none came (the broker stays quiet).
+    pub fn next_within(
+        &mut self,
+        wait: Duration,
+    ) -> anyhow::Result<Option<manifold_mqtt::codec::Packet>> {
+        use manifold_mqtt::codec::{Protocol, decode};
+        if let Some(p) = decode(&mut self.buf, Some(Protocol::V5), u32::MAX)? {
+            return Ok(Some(p));
+        }
+        self.socket.set_read_timeout(Some(wait))?;
+        let mut chunk = [0u8; 4096];
+        let read = self.socket.read(&mut chunk);
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(10)))?;
+        match read {
+            Ok(0) => anyhow::bail!("the broker closed the connection"),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                self.next().map(Some)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn next(&mut self) -> anyhow::Result<manifold_mqtt::codec::Packet> {
+        use manifold_mqtt::codec::{Protocol, decode};
+        loop {
+            if let Some(p) = decode(&mut self.buf, Some(Protocol::V5), u32::MAX)? {
+                return Ok(p);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.socket.read(&mut chunk)?;
+            ensure!(n > 0, "the broker closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
