@@ -27,6 +27,7 @@ use super::file_cache::{FileKey, Unsynced};
 use super::index_file::{IndexCapture, IndexConfig, IndexFiles, IndexFill, IndexHit, key_hash};
 use super::le;
 use super::node_walk::NodeWalk;
+use super::recent::RecentEntries;
 use super::recovery::RecoveryReport;
 use super::storage::{Storage, read_all, write_atomic};
 use super::stream_node::{NodeLimits, TailNode};
@@ -452,6 +453,8 @@ pub struct MessageStore {
     dispatch: Mutex<Dispatcher>,
     /// Serialises checkpoints begun and not yet finished.
     checkpoint_gate: Arc<CheckpointGate>,
+    /// The newest applied entries, decoded: reads at the head take messages from here.
+    recent: RecentEntries,
 }
 
 /// Consecutive messages of one topic, buffered during a dispatch call so they reach the queue
@@ -628,6 +631,7 @@ impl MessageStore {
             queues,
             dispatch: Mutex::new(dispatch),
             checkpoint_gate: Arc::default(),
+            recent: RecentEntries::default(),
         };
         // Trims and drops recorded by the checkpoint whose file removal a crash interrupted.
         {
@@ -1536,7 +1540,29 @@ impl MessageStore {
     /// Queue position of `t`'s first entry at or above `first_live` that came from log index
     /// `index` or later (`len` when none): a binary search, queue entries being in log order.
     pub fn seek_log_index(&self, t: &Topic, index: LogIndex) -> Result<u64> {
+        // Nothing at or after `index`: known without reading the queue (a reader at the head
+        // of a topic that has nothing new).
+        if t.len == 0 || t.last_applied.0 < index {
+            return Ok(t.len);
+        }
+        // Readers are mostly near the head: gallop back from the end (1, 2, 4, ... entries)
+        // to bracket the position, then search the bracket.
         let (mut lo, mut hi) = (t.first_live, t.len);
+        let mut step = 1;
+        while step <= hi - lo {
+            let probe = hi - step;
+            let below = self
+                .queues
+                .read(t, probe, 1)?
+                .first()
+                .is_some_and(|e| e.log_index < index);
+            if below {
+                lo = probe + 1;
+                break;
+            }
+            hi = probe;
+            step *= 2;
+        }
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let below = self
@@ -1968,8 +1994,16 @@ impl MessageStore {
 
     /// The message a queue entry of `topic` points to, read from the CommitLog.
     pub fn message(&self, topic: &Topic, entry: &CqEntry) -> Result<StoredMessage> {
+        if let Some(e) = self.recent.get(entry.log_index) {
+            return Self::stored(topic, entry, &e, &self.root);
+        }
         let e = self.log.entry(entry.log_index)?;
         Self::stored(topic, entry, &e, &self.root)
+    }
+
+    /// Keeps applied entries in memory for readers at the head (see `recent.rs`).
+    pub fn keep_recent(&self, entries: &[Arc<LogEntry>]) {
+        self.recent.push(entries);
     }
 
     /// The messages queue entries of `topic` point to, in the order given, read from the
@@ -1979,6 +2013,11 @@ impl MessageStore {
         let mut out = Vec::with_capacity(entries.len());
         let mut i = 0;
         while i < entries.len() {
+            if let Some(e) = self.recent.get(entries[i].log_index) {
+                out.push(Self::stored(topic, &entries[i], &e, &self.root)?);
+                i += 1;
+                continue;
+            }
             let from = entries[i].log_index;
             let mut j = i + 1;
             while j < entries.len() {

@@ -19,6 +19,7 @@ mod le;
 pub mod log_index;
 pub mod message_store;
 mod node_walk;
+pub mod recent;
 pub mod recovery;
 pub mod segment;
 pub mod simdisk;

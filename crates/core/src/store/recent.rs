@@ -1,0 +1,116 @@
+//! The newest applied log entries, kept in memory as the applier decoded them: a reader at the
+//! head of the log (an MQTT subscriber, a blocked XREAD, a long-poll) takes its messages from
+//! here instead of reading the CommitLog back, so a thousand subscribers of one topic cost one
+//! decode, not a thousand reads. Bounded by entry count and bytes; the oldest go first.
+//!
+//! Only applied entries are kept: an applied entry is committed, and a committed entry at a
+//! log index never changes, so nothing here is ever stale. It never holds an entry that is not
+//! contiguous with the ones before it (a gap clears it).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use super::entry::{LogEntry, LogIndex};
+
+/// Entries kept at most.
+const MAX_ENTRIES: usize = 4096;
+/// Bytes (encoded sub-records) kept at most.
+const MAX_BYTES: usize = 32 << 20;
+
+#[derive(Default)]
+struct Ring {
+    entries: VecDeque<(Arc<LogEntry>, usize)>,
+    bytes: usize,
+}
+
+/// The newest applied entries.
+#[derive(Default)]
+pub struct RecentEntries {
+    ring: Mutex<Ring>,
+}
+
+impl std::fmt::Debug for RecentEntries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ring = self.lock();
+        f.debug_struct("RecentEntries")
+            .field("entries", &ring.entries.len())
+            .field("bytes", &ring.bytes)
+            .finish()
+    }
+}
+
+impl RecentEntries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `entries` (applied, in log order).
+    pub fn push(&self, entries: &[Arc<LogEntry>]) {
+        let mut ring = self.lock();
+        for e in entries {
+            let follows = ring
+                .entries
+                .back()
+                .is_none_or(|(last, _)| last.index + 1 == e.index);
+            if !follows {
+                ring.entries.clear();
+                ring.bytes = 0;
+            }
+            let size: usize = e.records.iter().map(|r| r.encoded_len()).sum::<usize>() + 64;
+            ring.entries.push_back((e.clone(), size));
+            ring.bytes += size;
+            while ring.entries.len() > MAX_ENTRIES
+                || (ring.bytes > MAX_BYTES && ring.entries.len() > 1)
+            {
+                if let Some((_, s)) = ring.entries.pop_front() {
+                    ring.bytes -= s;
+                }
+            }
+        }
+    }
+
+    /// The entry at `index`, if it is kept.
+    pub fn get(&self, index: LogIndex) -> Option<Arc<LogEntry>> {
+        let ring = self.lock();
+        let first = ring.entries.front()?.0.index;
+        let at = usize::try_from(index.checked_sub(first)?).ok()?;
+        ring.entries.get(at).map(|(e, _)| e.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::entry::EntryKind;
+
+    fn entry(index: LogIndex) -> Arc<LogEntry> {
+        Arc::new(LogEntry {
+            index,
+            term: 1,
+            kind: EntryKind::Command,
+            timestamp_ms: 0,
+            command: bytes::Bytes::new(),
+            records: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn keeps_the_newest_contiguous_entries_only() {
+        let r = RecentEntries::default();
+        assert!(r.get(1).is_none());
+        r.push(&(1..=3).map(entry).collect::<Vec<_>>());
+        assert_eq!(r.get(2).map(|e| e.index), Some(2));
+        assert!(r.get(0).is_none() && r.get(4).is_none());
+        // A gap (entries this node did not apply in order) starts over.
+        r.push(&[entry(10)]);
+        assert!(r.get(3).is_none());
+        assert_eq!(r.get(10).map(|e| e.index), Some(10));
+        r.push(
+            &(11..=(10 + MAX_ENTRIES as u64))
+                .map(entry)
+                .collect::<Vec<_>>(),
+        );
+        assert!(r.get(10).is_none(), "the oldest goes past the bound");
+        assert!(r.get(11).is_some());
+    }
+}
