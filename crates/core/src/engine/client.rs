@@ -520,6 +520,11 @@ impl Client {
         self.engine.session_complete(client, packet_id).await
     }
 
+    /// [`Engine::session_complete_many`].
+    pub async fn session_complete_many(&self, client: Bytes, packet_ids: Vec<u16>) -> Result<()> {
+        self.engine.session_complete_many(client, packet_ids).await
+    }
+
     /// [`Engine::session_received`].
     pub async fn session_received(&self, client: Bytes, packet_id: u16) -> Result<()> {
         self.engine.session_received(client, packet_id).await
@@ -550,7 +555,17 @@ impl Client {
     /// [`Engine::session_pending`], only messages of topics it may subscribe to (the cursor
     /// still moves past the others).
     pub fn session_pending(&self, client: &[u8], count: usize) -> Result<SessionRead> {
-        let mut read = self.engine.session_pending(client, count)?;
+        self.session_pending_from(client, 0, count)
+    }
+
+    /// [`Engine::session_pending_from`], only messages of topics it may subscribe to.
+    pub fn session_pending_from(
+        &self,
+        client: &[u8],
+        from: crate::store::LogIndex,
+        count: usize,
+    ) -> Result<SessionRead> {
+        let mut read = self.engine.session_pending_from(client, from, count)?;
         read.messages
             .retain(|m| self.principal.may_subscribe(&m.topic));
         Ok(read)

@@ -2507,6 +2507,7 @@ impl Inner {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
+        self.store.keep_recent(entries);
         self.applied.store(last, Ordering::Release);
         // The leader view keeps only topics with entries not yet applied; pruned before any
         // reply goes out, so a proposer acting on a reply sees applied state.

@@ -151,7 +151,12 @@ impl Engine {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`.
     pub async fn session_complete(&self, client: Bytes, packet_id: u16) -> Result<()> {
-        self.session_command(client, SessionOp::Complete(packet_id))
+        self.session_complete_many(client, vec![packet_id]).await
+    }
+
+    /// A run of PUBACK / PUBCOMP packets, as one command.
+    pub async fn session_complete_many(&self, client: Bytes, packet_ids: Vec<u16>) -> Result<()> {
+        self.session_command(client, SessionOp::Complete(packet_ids))
             .await
             .map(|_| ())
     }
@@ -211,7 +216,19 @@ impl Engine {
     /// subscription ids of the subscriptions that match it and were made before it (a No Local
     /// subscription does not match the session's own messages).
     pub fn session_pending(&self, client: &[u8], count: usize) -> Result<SessionRead> {
-        let session = self.session(client).ok_or(SessionError::NoSession)?;
+        self.session_pending_from(client, 0, count)
+    }
+
+    /// As [`Engine::session_pending`], from `from` when that is past the session's committed
+    /// cursor (a front end that moved it without committing: QoS 0 deliveries).
+    pub fn session_pending_from(
+        &self,
+        client: &[u8],
+        from: LogIndex,
+        count: usize,
+    ) -> Result<SessionRead> {
+        let mut session = self.session(client).ok_or(SessionError::NoSession)?;
+        session.cursor = session.cursor.max(from);
         // Shared subscriptions are consumer groups, read by the front end (`read_group`).
         let filters: Vec<&[u8]> = session
             .subscriptions

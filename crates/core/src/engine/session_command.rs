@@ -91,8 +91,9 @@ pub enum SessionOp {
         /// What went out with a packet id.
         inflight: Vec<InFlightNew>,
     },
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): delivery of the packet done.
-    Complete(u16),
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): delivery of these packets done (a client's run of
+    /// acknowledgements is one command).
+    Complete(Vec<u16>),
     /// PUBREC (QoS 2): the client has it; PUBREL follows.
     Received(u16),
     /// PUBREL from the client (inbound QoS 2): the exchange of its PUBLISH with this packet id
@@ -170,9 +171,18 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
                 }
             }
         }
-        SessionOp::Complete(id) => {
-            out.push(5);
-            out.extend_from_slice(&id.to_le_bytes());
+        SessionOp::Complete(ids) => {
+            // Kind 5 for one packet (the older form), 10 for a run: count u32, then the ids.
+            if let [id] = ids[..] {
+                out.push(5);
+                out.extend_from_slice(&id.to_le_bytes());
+            } else {
+                out.push(10);
+                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+            }
         }
         SessionOp::Received(id) => {
             out.push(6);
@@ -252,7 +262,15 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
             }
             SessionOp::Deliver { upto, inflight }
         }
-        5 => SessionOp::Complete(r.u16().ok()?),
+        5 => SessionOp::Complete(vec![r.u16().ok()?]),
+        10 => {
+            let n = r.count(2).ok()?;
+            let mut ids = Vec::with_capacity(n);
+            for _ in 0..n {
+                ids.push(r.u16().ok()?);
+            }
+            SessionOp::Complete(ids)
+        }
         6 => SessionOp::Received(r.u16().ok()?),
         9 => SessionOp::Released(r.u16().ok()?),
         7 => SessionOp::Close {
@@ -397,7 +415,9 @@ mod tests {
                     },
                 ],
             },
-            SessionOp::Complete(4),
+            SessionOp::Complete(vec![4]),
+            SessionOp::Complete(vec![4, 5, 9]),
+            SessionOp::Complete(Vec::new()),
             SessionOp::Received(5),
             SessionOp::Released(6),
             SessionOp::Close {

@@ -93,7 +93,7 @@ pub enum SessionOutcome {
     Unsubscribed(Vec<bool>),
     /// Complete or Received of a shared subscription's message: done, and its group entry is
     /// to be acknowledged (by the caller, in the same apply).
-    AckShared(SharedRef),
+    AckShared(Vec<SharedRef>),
     /// Released: whether the packet id was awaiting release (the caller's dedupe table knows;
     /// this module answers `Done` and the caller decides).
     Released(bool),
@@ -213,15 +213,22 @@ impl Sessions {
                 }
                 SessionOutcome::Done
             }
-            SessionOp::Complete(id) => match s.inflight.remove(id).and_then(|f| f.shared) {
-                Some(r) => SessionOutcome::AckShared(r),
-                None => SessionOutcome::Done,
-            },
+            SessionOp::Complete(ids) => {
+                let shared: Vec<SharedRef> = ids
+                    .iter()
+                    .filter_map(|id| s.inflight.remove(id).and_then(|f| f.shared))
+                    .collect();
+                if shared.is_empty() {
+                    SessionOutcome::Done
+                } else {
+                    SessionOutcome::AckShared(shared)
+                }
+            }
             SessionOp::Received(id) => match s.inflight.get_mut(id) {
                 Some(f) => {
                     f.received = true;
                     match f.shared.take() {
-                        Some(r) => SessionOutcome::AckShared(r),
+                        Some(r) => SessionOutcome::AckShared(vec![r]),
                         None => SessionOutcome::Done,
                     }
                 }

@@ -190,8 +190,10 @@ impl EngineState {
                 self.sessions
                     .apply(c, entry.index, entry.timestamp_ms, limits.max_sessions);
             reply.session = Some(match (outcome, &c.op) {
-                (SessionOutcome::AckShared(r), _) => {
-                    self.groups.ack_one(&(0, r.key), &r.group, r.id);
+                (SessionOutcome::AckShared(refs), _) => {
+                    for r in refs {
+                        self.groups.ack_one(&(0, r.key), &r.group, r.id);
+                    }
                     SessionOutcome::Done
                 }
                 (SessionOutcome::Done, SessionOp::Released(id)) => {

@@ -37,6 +37,9 @@ pub struct BrokerConfig {
     /// How long an MQTT 3.1.1 persistent session (Clean Session 0) outlives its connection,
     /// in seconds (as Mosquitto's `persistent_client_expiration`); `u32::MAX`: for ever.
     pub persistent_session_expiry_s: u32,
+    /// QoS 1/2 messages a session has in flight towards its client at most (MQTT 5: fewer if
+    /// the client's Receive Maximum says so). Each is committed session state.
+    pub max_inflight: u16,
     /// The topic aliases a client may set up towards the broker (MQTT 5 Topic Alias
     /// Maximum); 0: none.
     pub topic_alias_maximum: u16,
@@ -53,6 +56,7 @@ impl BrokerConfig {
             receive_maximum: 100,
             persistent_session_expiry_s: u32::MAX,
             topic_alias_maximum: 64,
+            max_inflight: 1024,
         }
     }
 }

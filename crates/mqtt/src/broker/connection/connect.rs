@@ -122,6 +122,8 @@ impl Conn {
                 props.server_keep_alive = Some(keep_alive);
             }
         }
+        // The broker's own in-flight window bounds what the client allows (3.1.1: all of it).
+        self.peer_receive_max = self.peer_receive_max.min(self.shared.config.max_inflight);
         self.connack(0, present && !c.clean_start, props);
         self.client = Some(client);
         self.resend_in_flight();

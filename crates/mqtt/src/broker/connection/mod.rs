@@ -87,6 +87,9 @@ pub(crate) async fn run(
         aliases_out: HashMap::new(),
         unsendable: Vec::new(),
         sharing: false,
+        cursor: 0,
+        cursor_dirty: false,
+        cursor_committed: Instant::now(),
         awaiting_release: HashSet::new(),
         settled: None,
     };
@@ -123,6 +126,7 @@ pub(crate) async fn run(
             End::TakenOver => None,
         };
         if let Some((expiry_s, will)) = close {
+            conn.commit_cursor(&client).await;
             if let Err(e) = client.session_close(conn.id.clone(), expiry_s, will).await {
                 tracing::debug!(error = %e, "closing an MQTT session");
             }
@@ -158,6 +162,12 @@ struct Conn {
     unsendable: Vec<u16>,
     /// Whether the session has shared subscriptions (as of the last delivery round).
     sharing: bool,
+    /// How far this connection has delivered (at or past the session's committed cursor).
+    cursor: u64,
+    /// Whether `cursor` is past the committed one (QoS 0 deliveries), and since when the
+    /// committed one last moved.
+    cursor_dirty: bool,
+    cursor_committed: Instant,
     /// Inbound QoS 2 packet ids stored and answered with PUBREC on this connection, until
     /// PUBREL: with the run being handled, what counts against the Receive Maximum.
     awaiting_release: HashSet<u16>,
@@ -329,21 +339,25 @@ impl Conn {
     async fn take_packets(&mut self, buf: &mut BytesMut) -> Result<Option<End>, u8> {
         let max = self.shared.config.max_packet_size;
         let mut publishes = Vec::new();
+        // A run of PUBACK / PUBCOMP packets is one command too.
+        let mut completes = Vec::new();
+        // QoS 1/2 packets in `publishes` (counted against the Receive Maximum).
+        let mut acknowledged_in_run = 0;
         loop {
             let packet = match decode(buf, Some(self.protocol), max) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {
-                    self.publish_run(std::mem::take(&mut publishes)).await?;
+                    self.runs(&mut publishes, &mut completes).await?;
                     return Err(e.reason_code());
                 }
             };
+            if let Packet::PubAck(a) | Packet::PubComp(a) = &packet {
+                completes.push(a.packet_id);
+                continue;
+            }
             if let Packet::Publish(mut p) = packet {
-                let unacknowledged = self.awaiting_release.len()
-                    + publishes
-                        .iter()
-                        .filter(|q: &&Publish| q.qos != QoS::AtMostOnce)
-                        .count();
+                let unacknowledged = self.awaiting_release.len() + acknowledged_in_run;
                 let resend =
                     p.qos == QoS::ExactlyOnce && self.awaiting_release.contains(&p.packet_id);
                 // MQTT 5 only: 3.1.1 has no Receive Maximum to hold a client to.
@@ -357,19 +371,41 @@ impl Conn {
                     self.resolve_alias(&mut p)
                 };
                 if let Err(code) = checked {
-                    self.publish_run(std::mem::take(&mut publishes)).await?;
+                    self.runs(&mut publishes, &mut completes).await?;
                     return Err(code);
+                }
+                if p.qos != QoS::AtMostOnce {
+                    acknowledged_in_run += 1;
                 }
                 publishes.push(p);
                 continue;
             }
-            self.publish_run(std::mem::take(&mut publishes)).await?;
+            self.runs(&mut publishes, &mut completes).await?;
+            acknowledged_in_run = 0;
             if let Some(end) = self.handle(packet).await? {
                 return Ok(Some(end));
             }
         }
-        self.publish_run(publishes).await?;
+        self.runs(&mut publishes, &mut completes).await?;
         Ok(None)
+    }
+
+    /// Stores a run of PUBLISH packets and completes a run of acknowledged deliveries.
+    async fn runs(
+        &mut self,
+        publishes: &mut Vec<Publish>,
+        completes: &mut Vec<u16>,
+    ) -> Result<(), u8> {
+        self.publish_run(std::mem::take(publishes)).await?;
+        if !completes.is_empty()
+            && let Some(client) = self.client.clone()
+            && let Err(e) = client
+                .session_complete_many(self.id.clone(), std::mem::take(completes))
+                .await
+        {
+            tracing::debug!(error = %e, "acknowledgements");
+        }
+        Ok(())
     }
 
     /// One packet other than PUBLISH.
@@ -380,11 +416,6 @@ impl Conn {
         match packet {
             Packet::PingReq => {
                 self.send(&Packet::PingResp);
-            }
-            Packet::PubAck(a) | Packet::PubComp(a) => {
-                if let Err(e) = client.session_complete(self.id.clone(), a.packet_id).await {
-                    tracing::debug!(error = %e, packet_id = a.packet_id, "acknowledgement");
-                }
             }
             Packet::PubRec(a) => {
                 if a.code >= 0x80 {

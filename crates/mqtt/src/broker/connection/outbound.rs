@@ -3,14 +3,19 @@
 //! It never sends a QoS 1/2 message whose packet id is not committed.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use bytes::Bytes;
-use manifold_core::engine::{Client, EngineError, InFlightNew, topic_filter};
+use manifold_core::engine::{Client, EngineError, InFlightNew, Session, topic_filter};
+use tokio::time::Instant;
 
 use super::{Conn, DELIVERY_BATCH};
 use crate::broker::message_properties::{self, published_qos};
 use crate::broker::payload::payload_of;
 use crate::codec::{Ack, Packet, Publish, QoS};
+
+/// How long a cursor moved by QoS 0 deliveries may go uncommitted.
+const CURSOR_COMMIT: Duration = Duration::from_secs(1);
 
 impl Conn {
     /// After a reconnect: what was in flight goes again (PUBLISH with DUP, or PUBREL once
@@ -78,13 +83,14 @@ impl Conn {
             if window == 0 {
                 return Ok(Vec::new());
             }
-            let read = client.session_pending(&self.id, window.min(DELIVERY_BATCH))?;
-            if read.messages.is_empty() && read.upto <= session.cursor {
+            let from = self.cursor.max(session.cursor);
+            let read = client.session_pending_from(&self.id, from, window.min(DELIVERY_BATCH))?;
+            if read.messages.is_empty() && read.upto <= from {
                 return Ok(filters);
             }
             let mut inflight = Vec::new();
             let mut packets = Vec::with_capacity(read.messages.len());
-            let mut used: HashSet<u16> = session.inflight.keys().copied().collect();
+            let mut taken = HashSet::new();
             let full = read.messages.len() >= window.min(DELIVERY_BATCH);
             let now = message_properties::now_ms();
             for m in read.messages {
@@ -97,8 +103,7 @@ impl Conn {
                 let packet_id = if qos == QoS::AtMostOnce {
                     0
                 } else {
-                    let id = self.free_packet_id(&used);
-                    used.insert(id);
+                    let id = self.free_packet_id(&session, &mut taken);
                     inflight.push(InFlightNew {
                         packet_id: id,
                         log_index: m.message.log_index,
@@ -125,15 +130,39 @@ impl Conn {
                     payload: payload_of(&m.message.fields),
                 });
             }
-            client
-                .session_deliver(self.id.clone(), read.upto, inflight)
-                .await?;
+            self.cursor = read.upto;
+            // QoS 1/2 packets are bound to their messages by a commit, which moves the
+            // committed cursor too; a round of QoS 0 only moves this connection's cursor,
+            // committed at most every CURSOR_COMMIT (QoS 0 may repeat after a crash, as
+            // QoS 1 may) and when the connection ends.
+            if !inflight.is_empty() || self.cursor_committed.elapsed() >= CURSOR_COMMIT {
+                client
+                    .session_deliver(self.id.clone(), read.upto, inflight)
+                    .await?;
+                self.cursor_committed = Instant::now();
+                self.cursor_dirty = false;
+            } else {
+                self.cursor_dirty = true;
+            }
             for p in packets {
                 self.publish_out(p);
             }
             self.drop_unsendable(client).await;
             if !full {
                 return Ok(filters);
+            }
+        }
+    }
+
+    /// Commits the cursor this connection moved by QoS 0 deliveries, if it did.
+    pub(super) async fn commit_cursor(&mut self, client: &Client) {
+        if self.cursor_dirty {
+            self.cursor_dirty = false;
+            if let Err(e) = client
+                .session_deliver(self.id.clone(), self.cursor, Vec::new())
+                .await
+            {
+                tracing::debug!(error = %e, "committing a session's cursor");
             }
         }
     }
@@ -174,11 +203,11 @@ impl Conn {
     }
 
     /// The next packet id not in `used` (never 0).
-    pub(super) fn free_packet_id(&mut self, used: &HashSet<u16>) -> u16 {
+    pub(super) fn free_packet_id(&mut self, session: &Session, taken: &mut HashSet<u16>) -> u16 {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if id != 0 && !used.contains(&id) {
+            if id != 0 && !session.inflight.contains_key(&id) && taken.insert(id) {
                 return id;
             }
         }

@@ -100,7 +100,7 @@ impl Conn {
             }
             let mut room =
                 usize::from(self.peer_receive_max).saturating_sub(session.inflight.len());
-            let mut used: HashSet<u16> = session.inflight.keys().copied().collect();
+            let mut taken = HashSet::new();
             let mut inflight = Vec::new();
             let mut packets = Vec::new();
             let mut wait_on = Vec::new();
@@ -134,8 +134,7 @@ impl Conn {
                         ack.push(entry.id); // at QoS 0 the client never acknowledges
                         0
                     } else {
-                        let id = self.free_packet_id(&used);
-                        used.insert(id);
+                        let id = self.free_packet_id(&session, &mut taken);
                         room -= 1;
                         inflight.push(InFlightNew {
                             packet_id: id,

@@ -113,8 +113,8 @@ impl Conn {
         let Some(session) = client.session(&self.id) else {
             return;
         };
-        let mut used: HashSet<u16> = session.inflight.keys().copied().collect();
-        let mut room = usize::from(self.peer_receive_max).saturating_sub(used.len());
+        let mut taken = HashSet::new();
+        let mut room = usize::from(self.peer_receive_max).saturating_sub(session.inflight.len());
         let mut inflight = Vec::new();
         let mut packets = Vec::new();
         let now = message_properties::now_ms();
@@ -156,8 +156,7 @@ impl Conn {
                 };
                 let (qos, packet_id) = match place {
                     Some((log_index, sub)) => {
-                        let id = self.free_packet_id(&used);
-                        used.insert(id);
+                        let id = self.free_packet_id(&session, &mut taken);
                         room -= 1;
                         inflight.push(InFlightNew {
                             packet_id: id,
