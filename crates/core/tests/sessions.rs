@@ -442,3 +442,64 @@ fn shared_subscription_packets_acknowledge_their_group_entries_and_pass_to_anoth
     assert_eq!(summary.consumers, vec![(b("b"), 1)]);
     Ok(())
 }
+
+/// A session woken by an entry takes that entry's messages from memory: the same messages a
+/// read from the log gives, only those the subscriptions match.
+#[test]
+fn a_woken_session_reads_the_waking_entry_from_memory_as_from_the_log() -> Result<(), EngineError> {
+    let disk = SimDisk::new();
+    let engine = open(&disk, config())?;
+    let rt = runtime();
+    rt.block_on(async {
+        engine.session_open(b("head"), false, 3600, None).await?;
+        engine
+            .session_subscribe(
+                b("head"),
+                vec![(b("h/+"), sub(1, 3)), (b("h/1"), sub(2, 4))],
+            )
+            .await?;
+        let results = engine
+            .append_many(vec![
+                publish("h/1", "one"),
+                publish("x/1", "other"),
+                publish("h/2", "two"),
+            ])
+            .await;
+        assert!(results.iter().all(|r| r.is_ok()));
+        Ok::<_, EngineError>(())
+    })?;
+    let read = engine.session_pending(b"head", 100)?;
+    let mut indexes: Vec<u64> = read.messages.iter().map(|m| m.message.log_index).collect();
+    indexes.dedup();
+    let mut at = manifold_core::engine::SessionRead::default();
+    for index in indexes {
+        let one = engine
+            .session_pending_at(b"head", index)
+            .expect("kept in memory");
+        assert_eq!(one.upto, index);
+        at.messages.extend(one.messages);
+    }
+    let shape = |r: &manifold_core::engine::SessionRead| -> Vec<(Bytes, u8, Vec<u32>, Bytes)> {
+        r.messages
+            .iter()
+            .map(|m| {
+                (
+                    m.topic.clone(),
+                    m.qos,
+                    m.subscription_ids.clone(),
+                    m.message.fields[0].1.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(shape(&at), shape(&read));
+    assert_eq!(at.messages.len(), 2);
+    assert_eq!(at.messages, read.messages);
+    // An entry not kept (here: not applied yet) is read from the log instead.
+    assert!(
+        engine
+            .session_pending_at(b"head", engine.applied_index() + 1)
+            .is_none()
+    );
+    Ok(())
+}

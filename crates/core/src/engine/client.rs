@@ -571,6 +571,18 @@ impl Client {
         Ok(read)
     }
 
+    /// [`Engine::session_pending_at`], only messages of topics it may subscribe to.
+    pub fn session_pending_at(
+        &self,
+        client: &[u8],
+        index: crate::store::LogIndex,
+    ) -> Option<SessionRead> {
+        let mut read = self.engine.session_pending_at(client, index)?;
+        read.messages
+            .retain(|m| self.principal.may_subscribe(&m.topic));
+        Some(read)
+    }
+
     /// [`Engine::filter_group_join`].
     pub async fn filter_group_join(&self, group: Bytes, filter: Bytes) -> Result<bool> {
         self.engine.filter_group_join(group, filter).await

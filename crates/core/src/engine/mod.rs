@@ -2507,7 +2507,16 @@ impl Inner {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
-        self.store.keep_recent(entries);
+        let added = applied
+            .iter()
+            .map(|a| {
+                a.outcomes
+                    .iter()
+                    .map(|o| matches!(o, Outcome::Added))
+                    .collect()
+            })
+            .collect();
+        self.store.keep_recent(entries, added);
         self.applied.store(last, Ordering::Release);
         // The leader view keeps only topics with entries not yet applied; pruned before any
         // reply goes out, so a proposer acting on a reply sees applied state.

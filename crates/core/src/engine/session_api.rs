@@ -12,7 +12,7 @@ use super::session_command::{
 };
 use super::sessions::{Session, SessionError, SessionOutcome};
 use super::{CommandTag, Engine, EngineError, Message, Result, topic_filter};
-use crate::store::{LogIndex, StoreError};
+use crate::store::{LogIndex, RecordOp, StoreError};
 
 /// The message property naming the session (MQTT client id) that published a message: a
 /// subscription with No Local does not match that session's own messages.
@@ -244,39 +244,47 @@ impl Engine {
         }
         let read = self.read_filters(&filters, session.cursor, count)?;
         let upto = read.last().map_or(session.cursor, |m| m.message.log_index);
-        let mut messages = Vec::with_capacity(read.len());
-        for TopicMessage { topic, message } in read {
-            let own = message
-                .properties
-                .iter()
-                .any(|(k, v)| k.as_ref() == PUBLISHER_PROPERTY && v.as_ref() == client);
-            let matching: Vec<_> = session
-                .subscriptions
-                .iter()
-                .filter(|(f, s)| {
-                    s.since < message.log_index
-                        && !(own && s.options.no_local)
-                        && topic_filter::shared_subscription(f).is_none()
-                        && topic_filter::filter_matches(f, &topic)
-                })
-                .map(|(_, s)| s.options)
-                .collect();
-            let Some(qos) = matching.iter().map(|o| o.qos).max() else {
-                continue;
-            };
-            messages.push(SessionMessage {
-                topic,
-                message,
-                qos,
-                subscription_ids: matching
-                    .iter()
-                    .map(|o| o.subscription_id)
-                    .filter(|id| *id != 0)
-                    .collect(),
-                retain_as_published: matching.iter().any(|o| o.retain_as_published),
-            });
-        }
+        let messages = read
+            .into_iter()
+            .filter_map(|m| session_message(&session, client, m))
+            .collect();
         Ok(SessionRead { messages, upto })
+    }
+
+    /// What the session has to receive from the one applied entry at `index`, taken from the
+    /// entries kept in memory (no reads): for a session that had everything matching up to an
+    /// earlier index and was woken by this entry, its next messages. `None` when the entry is
+    /// no longer kept (read from the log instead). The read goes up to `index`.
+    pub fn session_pending_at(&self, client: &[u8], index: LogIndex) -> Option<SessionRead> {
+        let session = self.session(client)?;
+        let (entry, added) = self.inner.store.recent_entry(index)?;
+        let messages = entry
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(k, r)| {
+                r.db == 0 && r.op == RecordOp::Message && added.get(*k).copied().unwrap_or(false)
+            })
+            .filter_map(|(k, r)| {
+                let m = TopicMessage {
+                    topic: r.topic.clone(),
+                    message: Message {
+                        id: r.id,
+                        fields: r.fields.clone(),
+                        properties: r.properties.clone(),
+                        message_key: r.message_key.clone(),
+                        timestamp_ms: entry.timestamp_ms,
+                        log_index: index,
+                        sub: u16::try_from(k).ok()?,
+                    },
+                };
+                session_message(&session, client, m)
+            })
+            .collect();
+        Some(SessionRead {
+            messages,
+            upto: index,
+        })
     }
 
     /// The message at a log position, with its topic (an in-flight packet to resend); `None`
@@ -304,4 +312,38 @@ impl Engine {
             },
         }))
     }
+}
+
+/// `m` as `client`'s session receives it: with the QoS and subscription ids of the (not
+/// shared) subscriptions that match it and were made before it — a No Local one does not
+/// match the session's own messages — or `None` when none does.
+fn session_message(session: &Session, client: &[u8], m: TopicMessage) -> Option<SessionMessage> {
+    let TopicMessage { topic, message } = m;
+    let own = message
+        .properties
+        .iter()
+        .any(|(k, v)| k.as_ref() == PUBLISHER_PROPERTY && v.as_ref() == client);
+    let matching: Vec<_> = session
+        .subscriptions
+        .iter()
+        .filter(|(f, s)| {
+            s.since < message.log_index
+                && !(own && s.options.no_local)
+                && topic_filter::shared_subscription(f).is_none()
+                && topic_filter::filter_matches(f, &topic)
+        })
+        .map(|(_, s)| s.options)
+        .collect();
+    let qos = matching.iter().map(|o| o.qos).max()?;
+    Some(SessionMessage {
+        topic,
+        message,
+        qos,
+        subscription_ids: matching
+            .iter()
+            .map(|o| o.subscription_id)
+            .filter(|id| *id != 0)
+            .collect(),
+        retain_as_published: matching.iter().any(|o| o.retain_as_published),
+    })
 }

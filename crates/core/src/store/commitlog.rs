@@ -160,9 +160,16 @@ impl AppendTicket {
         // and a wake-up — a thread woken on a CPU that went idle during the fdatasync starts
         // ~20 µs later (p50; wake bench), which a blocked reader would wait for.
         let start = Instant::now();
+        // On one CPU a spin only takes time from the threads that would make progress.
+        static SEVERAL_CPUS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let spin = *SEVERAL_CPUS
+            .get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
         for look in 1u32.. {
             if self.acked() {
                 return Ok(self.index);
+            }
+            if !spin {
+                break;
             }
             // The clock is read once every 32 looks: reading it cost as much as a look.
             if look % 32 == 0 && start.elapsed() >= ACK_SPIN {

@@ -2001,9 +2001,15 @@ impl MessageStore {
         Self::stored(topic, entry, &e, &self.root)
     }
 
-    /// Keeps applied entries in memory for readers at the head (see `recent.rs`).
-    pub fn keep_recent(&self, entries: &[Arc<LogEntry>]) {
-        self.recent.push(entries);
+    /// Keeps applied entries in memory for readers at the head (see `recent.rs`), each with
+    /// which of its sub-records were added as messages.
+    pub fn keep_recent(&self, entries: &[Arc<LogEntry>], added: Vec<Arc<[bool]>>) {
+        self.recent.push(entries, added);
+    }
+
+    /// A kept recent entry and which of its sub-records were added, if it is still kept.
+    pub fn recent_entry(&self, index: LogIndex) -> Option<(Arc<LogEntry>, Arc<[bool]>)> {
+        self.recent.get_added(index)
     }
 
     /// The messages queue entries of `topic` point to, in the order given, read from the

@@ -4,8 +4,10 @@
 //! decode, not a thousand reads. Bounded by entry count and bytes; the oldest go first.
 //!
 //! Only applied entries are kept: an applied entry is committed, and a committed entry at a
-//! log index never changes, so nothing here is ever stale. It never holds an entry that is not
-//! contiguous with the ones before it (a gap clears it).
+//! log index never changes, so nothing here is ever stale. With each entry goes which of its
+//! sub-records apply added as messages (an append that failed its check at apply is in the
+//! entry but was not added). It never holds an entry that is not contiguous with the ones
+//! before it (a gap clears it).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,9 +19,12 @@ const MAX_ENTRIES: usize = 4096;
 /// Bytes (encoded sub-records) kept at most.
 const MAX_BYTES: usize = 32 << 20;
 
+/// A kept entry: the entry, which sub-records were added as messages, its size.
+type Kept = (Arc<LogEntry>, Arc<[bool]>, usize);
+
 #[derive(Default)]
 struct Ring {
-    entries: VecDeque<(Arc<LogEntry>, usize)>,
+    entries: VecDeque<Kept>,
     bytes: usize,
 }
 
@@ -44,25 +49,25 @@ impl RecentEntries {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps `entries` (applied, in log order).
-    pub fn push(&self, entries: &[Arc<LogEntry>]) {
+    /// Keeps `entries` (applied, in log order), each with which of its sub-records were added.
+    pub fn push(&self, entries: &[Arc<LogEntry>], added: Vec<Arc<[bool]>>) {
         let mut ring = self.lock();
-        for e in entries {
+        for (e, added) in entries.iter().zip(added) {
             let follows = ring
                 .entries
                 .back()
-                .is_none_or(|(last, _)| last.index + 1 == e.index);
+                .is_none_or(|(last, _, _)| last.index + 1 == e.index);
             if !follows {
                 ring.entries.clear();
                 ring.bytes = 0;
             }
             let size: usize = e.records.iter().map(|r| r.encoded_len()).sum::<usize>() + 64;
-            ring.entries.push_back((e.clone(), size));
+            ring.entries.push_back((e.clone(), added, size));
             ring.bytes += size;
             while ring.entries.len() > MAX_ENTRIES
                 || (ring.bytes > MAX_BYTES && ring.entries.len() > 1)
             {
-                if let Some((_, s)) = ring.entries.pop_front() {
+                if let Some((_, _, s)) = ring.entries.pop_front() {
                     ring.bytes -= s;
                 }
             }
@@ -71,10 +76,15 @@ impl RecentEntries {
 
     /// The entry at `index`, if it is kept.
     pub fn get(&self, index: LogIndex) -> Option<Arc<LogEntry>> {
+        self.get_added(index).map(|(e, _)| e)
+    }
+
+    /// The entry at `index` and which of its sub-records were added, if it is kept.
+    pub fn get_added(&self, index: LogIndex) -> Option<(Arc<LogEntry>, Arc<[bool]>)> {
         let ring = self.lock();
         let first = ring.entries.front()?.0.index;
         let at = usize::try_from(index.checked_sub(first)?).ok()?;
-        ring.entries.get(at).map(|(e, _)| e.clone())
+        ring.entries.get(at).map(|(e, a, _)| (e.clone(), a.clone()))
     }
 }
 
@@ -98,18 +108,20 @@ mod tests {
     fn keeps_the_newest_contiguous_entries_only() {
         let r = RecentEntries::default();
         assert!(r.get(1).is_none());
-        r.push(&(1..=3).map(entry).collect::<Vec<_>>());
+        let push = |from: u64, to: u64| {
+            let entries: Vec<_> = (from..=to).map(entry).collect();
+            let added = entries.iter().map(|_| Arc::from(vec![true])).collect();
+            r.push(&entries, added);
+        };
+        push(1, 3);
         assert_eq!(r.get(2).map(|e| e.index), Some(2));
         assert!(r.get(0).is_none() && r.get(4).is_none());
         // A gap (entries this node did not apply in order) starts over.
-        r.push(&[entry(10)]);
+        push(10, 10);
         assert!(r.get(3).is_none());
         assert_eq!(r.get(10).map(|e| e.index), Some(10));
-        r.push(
-            &(11..=(10 + MAX_ENTRIES as u64))
-                .map(entry)
-                .collect::<Vec<_>>(),
-        );
+        push(11, 10 + MAX_ENTRIES as u64);
+        assert_eq!(r.get_added(11).map(|(_, a)| a[0]), Some(true));
         assert!(r.get(10).is_none(), "the oldest goes past the bound");
         assert!(r.get(11).is_some());
     }

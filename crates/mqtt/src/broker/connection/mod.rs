@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use manifold_core::engine::Client;
+use manifold_core::engine::{Client, Wake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -126,7 +126,13 @@ pub(crate) async fn run(
             End::TakenOver => None,
         };
         if let Some((expiry_s, will)) = close {
-            conn.commit_cursor(&client).await;
+            // A session that ends with the connection needs no cursor.
+            let outlives = expiry_s
+                .or_else(|| client.session(&conn.id).map(|s| s.expiry_s))
+                .is_some_and(|e| e > 0);
+            if outlives {
+                conn.commit_cursor(&client).await;
+            }
             if let Err(e) = client.session_close(conn.id.clone(), expiry_s, will).await {
                 tracing::debug!(error = %e, "closing an MQTT session");
             }
@@ -226,6 +232,8 @@ impl Conn {
         let grace = Duration::from_millis(u64::from(keep_alive) * 1500);
         let mut deadline = Instant::now() + grace;
         let mut sessions_closed = self.shared.sessions_closed.subscribe();
+        // The log index of the entry that woke the connection for new messages, if one did.
+        let mut woken: Option<u64> = None;
         loop {
             // What the client has sent goes first (a pipeline, or the DISCONNECT of a client
             // leaving: nothing is delivered to a connection whose DISCONNECT has arrived), then
@@ -247,6 +255,26 @@ impl Conn {
                 Err(code) => {
                     self.disconnect(code);
                     return End::Lost;
+                }
+            }
+            // Woken by the first entry with something for this session since the last round:
+            // its messages are taken from the entry the engine keeps in memory, no log reads
+            // (a thousand subscribers of one topic cost one decode).
+            if let Some(index) = woken.take()
+                && !self.sharing
+            {
+                match self.deliver_at(&client, index).await {
+                    Ok(true) => {
+                        if let Some((_, filters)) = self.settled.take() {
+                            self.settled = Some((index, filters));
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "MQTT delivery");
+                        self.disconnect(0x80);
+                        return End::Lost;
+                    }
                 }
             }
             let after = client.engine().applied_index();
@@ -273,9 +301,13 @@ impl Conn {
                 if filters.is_empty() {
                     std::future::pending::<()>().await;
                 }
-                let _ = client
+                match client
                     .wait_filters(&filters, after, Duration::from_secs(3600))
-                    .await;
+                    .await
+                {
+                    Ok(Wake::Entry(e)) => Some(e.index),
+                    _ => None,
+                }
             };
             let read = async {
                 if keep_alive == 0 {
@@ -306,7 +338,10 @@ impl Conn {
                         return End::Lost;
                     }
                 },
-                _ = new_messages => false,
+                index = new_messages => {
+                    woken = index;
+                    false
+                }
                 // A member that left may have handed its shared messages to this session.
                 _ = sessions_closed.changed(), if self.sharing => false,
             };

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use manifold_core::engine::{Client, EngineError, InFlightNew, Session, topic_filter};
+use manifold_core::engine::{Client, EngineError, InFlightNew, Session, SessionRead, topic_filter};
 use tokio::time::Instant;
 
 use super::{Conn, DELIVERY_BATCH};
@@ -88,70 +88,110 @@ impl Conn {
             if read.messages.is_empty() && read.upto <= from {
                 return Ok(filters);
             }
-            let mut inflight = Vec::new();
-            let mut packets = Vec::with_capacity(read.messages.len());
-            let mut taken = HashSet::new();
             let full = read.messages.len() >= window.min(DELIVERY_BATCH);
-            let now = message_properties::now_ms();
-            for m in read.messages {
-                let stored = &m.message.properties;
-                if message_properties::expired(stored, m.message.timestamp_ms, now) {
-                    continue; // passed over: the cursor moves past it
-                }
-                let published = published_qos(&m.message.properties);
-                let qos = QoS::from_bits(m.qos.min(published)).unwrap_or(QoS::AtMostOnce);
-                let packet_id = if qos == QoS::AtMostOnce {
-                    0
-                } else {
-                    let id = self.free_packet_id(&session, &mut taken);
-                    inflight.push(InFlightNew {
-                        packet_id: id,
-                        log_index: m.message.log_index,
-                        sub: m.message.sub,
-                        qos: qos as u8,
-                        shared: None,
-                    });
-                    id
-                };
-                let mut properties =
-                    message_properties::outgoing(stored, m.message.timestamp_ms, now, self.v5());
-                if self.v5() {
-                    properties.subscription_ids = m.subscription_ids.clone();
-                }
-                let retain =
-                    m.retain_as_published && message_properties::published_retained(stored);
-                packets.push(Publish {
-                    dup: false,
-                    qos,
-                    retain,
-                    topic: String::from_utf8_lossy(&m.topic).into_owned(),
-                    packet_id,
-                    properties,
-                    payload: payload_of(&m.message.fields),
-                });
-            }
-            self.cursor = read.upto;
-            // QoS 1/2 packets are bound to their messages by a commit, which moves the
-            // committed cursor too; a round of QoS 0 only moves this connection's cursor,
-            // committed at most every CURSOR_COMMIT (QoS 0 may repeat after a crash, as
-            // QoS 1 may) and when the connection ends.
-            if !inflight.is_empty() || self.cursor_committed.elapsed() >= CURSOR_COMMIT {
-                client
-                    .session_deliver(self.id.clone(), read.upto, inflight)
-                    .await?;
-                self.cursor_committed = Instant::now();
-                self.cursor_dirty = false;
-            } else {
-                self.cursor_dirty = true;
-            }
-            for p in packets {
-                self.publish_out(p);
-            }
-            self.drop_unsendable(client).await;
+            self.send_read(client, &session, read).await?;
             if !full {
                 return Ok(filters);
             }
         }
+    }
+
+    /// Delivers the messages of the read from the session's last read up to the entry at
+    /// `index`, taken from the entries the engine keeps in memory, when that is all there is:
+    /// the entry woke this connection, which had everything matching before it. `false` when
+    /// it cannot (the entry is no longer kept, the window is too small, or it is not ahead of
+    /// the cursor): a normal round reads from the log instead.
+    pub(super) async fn deliver_at(
+        &mut self,
+        client: &Client,
+        index: u64,
+    ) -> Result<bool, EngineError> {
+        let Some(session) = client.session(&self.id) else {
+            return Ok(false);
+        };
+        if index <= self.cursor.max(session.cursor) {
+            return Ok(false);
+        }
+        let window = usize::from(self.peer_receive_max).saturating_sub(session.inflight.len());
+        let Some(read) = client.session_pending_at(&self.id, index) else {
+            return Ok(false);
+        };
+        if read.messages.len() > window.min(DELIVERY_BATCH) {
+            return Ok(false);
+        }
+        self.send_read(client, &session, read).await?;
+        Ok(true)
+    }
+
+    /// Sends a read of the session's subscriptions: binds its QoS 1/2 messages to packet ids
+    /// (committed), moves the cursor to where the read went, queues the PUBLISH packets.
+    async fn send_read(
+        &mut self,
+        client: &Client,
+        session: &Session,
+        read: SessionRead,
+    ) -> Result<(), EngineError> {
+        let mut inflight = Vec::new();
+        let mut packets = Vec::with_capacity(read.messages.len());
+        let mut taken = HashSet::new();
+        let now = message_properties::now_ms();
+        for m in read.messages {
+            let stored = &m.message.properties;
+            if message_properties::expired(stored, m.message.timestamp_ms, now) {
+                continue; // passed over: the cursor moves past it
+            }
+            let published = published_qos(&m.message.properties);
+            let qos = QoS::from_bits(m.qos.min(published)).unwrap_or(QoS::AtMostOnce);
+            let packet_id = if qos == QoS::AtMostOnce {
+                0
+            } else {
+                let id = self.free_packet_id(session, &mut taken);
+                inflight.push(InFlightNew {
+                    packet_id: id,
+                    log_index: m.message.log_index,
+                    sub: m.message.sub,
+                    qos: qos as u8,
+                    shared: None,
+                });
+                id
+            };
+            let mut properties =
+                message_properties::outgoing(stored, m.message.timestamp_ms, now, self.v5());
+            if self.v5() {
+                properties.subscription_ids = m.subscription_ids.clone();
+            }
+            let retain = m.retain_as_published && message_properties::published_retained(stored);
+            packets.push(Publish {
+                dup: false,
+                qos,
+                retain,
+                topic: String::from_utf8_lossy(&m.topic).into_owned(),
+                packet_id,
+                properties,
+                payload: payload_of(&m.message.fields),
+            });
+        }
+        self.cursor = read.upto;
+        // QoS 1/2 packets are bound to their messages by a commit, which moves the
+        // committed cursor too; a round of QoS 0 only moves this connection's cursor,
+        // committed at most every CURSOR_COMMIT for a session that outlives its connection
+        // (QoS 0 may repeat after a crash, as QoS 1 may) and when the connection ends.
+        let persistent = session.expiry_s > 0;
+        if !inflight.is_empty() || (persistent && self.cursor_committed.elapsed() >= CURSOR_COMMIT)
+        {
+            client
+                .session_deliver(self.id.clone(), read.upto, inflight)
+                .await?;
+            self.cursor_committed = Instant::now();
+            self.cursor_dirty = false;
+        } else {
+            self.cursor_dirty = true;
+        }
+        for p in packets {
+            self.publish_out(p);
+        }
+        self.drop_unsendable(client).await;
+        Ok(())
     }
 
     /// Commits the cursor this connection moved by QoS 0 deliveries, if it did.
