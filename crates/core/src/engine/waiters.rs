@@ -10,7 +10,7 @@
 //! entry, and leaves it when it drops its turn.
 //! This module never decides what a waiter reads; it only says that something arrived.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -38,8 +38,9 @@ struct Waiting {
 #[derive(Debug, Default)]
 struct Inner {
     by_topic: HashMap<TopicKey, Vec<u64>>,
-    /// `(waiter, filter)` of filter waiters (db 0).
-    by_filter: Vec<(u64, Bytes)>,
+    /// The filter of each filter waiter (db 0), in registration order (woken first come,
+    /// first served; a cancel costs a lookup, not a scan).
+    by_filter: BTreeMap<u64, Bytes>,
     waiting: HashMap<u64, Waiting>,
     next_id: u64,
     /// The lines of ordered readers, per topic (gone once no turn holds them).
@@ -172,7 +173,7 @@ impl Waiters {
             },
         );
         self.counted(&inner);
-        inner.by_filter.push((id, filter));
+        inner.by_filter.insert(id, filter);
         (id, rx)
     }
 
@@ -181,7 +182,7 @@ impl Waiters {
         let mut inner = self.lock();
         inner.waiting.remove(&id);
         self.counted(&inner);
-        inner.by_filter.retain(|(w, _)| *w != id);
+        inner.by_filter.remove(&id);
         for t in topics {
             if let Some(ids) = inner.by_topic.get_mut(t) {
                 ids.retain(|w| *w != id);
@@ -208,7 +209,7 @@ impl Waiters {
                     && topic_filter::check_topic_name(key).is_ok()
                 {
                     let waiting = &mut inner.waiting;
-                    inner.by_filter.retain(|(id, filter)| {
+                    inner.by_filter.retain(|id, filter| {
                         if !topic_filter::filter_matches(filter, key) {
                             return true;
                         }

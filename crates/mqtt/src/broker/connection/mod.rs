@@ -260,8 +260,11 @@ impl Conn {
             // Woken by the first entry with something for this session since the last round:
             // its messages are taken from the entry the engine keeps in memory, no log reads
             // (a thousand subscribers of one topic cost one decode).
+            // (Only at the head: when more has been applied since, one read of the log covers
+            // it all in one round.)
             if let Some(index) = woken.take()
                 && !self.sharing
+                && client.engine().applied_index() == index
             {
                 match self.deliver_at(&client, index).await {
                     Ok(true) => {
