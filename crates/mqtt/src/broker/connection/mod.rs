@@ -34,6 +34,9 @@ use crate::codec::{
 /// Messages read from the log per delivery round, at most.
 const DELIVERY_BATCH: usize = 256;
 
+/// Output buffer capacity an idle connection keeps (more is released until the next burst).
+const IDLE_OUT_CAPACITY: usize = 16 * 1024;
+
 /// How a connection ended, for its session.
 enum End {
     /// DISCONNECT (v5: with a new session expiry, and whether the Will goes out: 0x04).
@@ -109,7 +112,7 @@ pub(crate) async fn run(
         _ => return, // nothing in time, not a CONNECT, or malformed: close
     };
     conn.protocol = connect.protocol;
-    let Some((leave, done, keep_alive)) = conn.accept(connect, connection).await else {
+    let Some((leave, done, keep_alive)) = Box::pin(conn.accept(connect, connection)).await else {
         let _ = conn.flush().await;
         return;
     };
@@ -131,9 +134,9 @@ pub(crate) async fn run(
                 .or_else(|| client.session(&conn.id).map(|s| s.expiry_s))
                 .is_some_and(|e| e > 0);
             if outlives {
-                conn.commit_cursor(&client).await;
+                Box::pin(conn.commit_cursor(&client)).await;
             }
-            if let Err(e) = client.session_close(conn.id.clone(), expiry_s, will).await {
+            if let Err(e) = Box::pin(client.session_close(conn.id.clone(), expiry_s, will)).await {
                 tracing::debug!(error = %e, "closing an MQTT session");
             }
             shared.sessions_closed.send_modify(|n| *n += 1);
@@ -248,7 +251,9 @@ impl Conn {
                 Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
             };
             // Whole packets before a close are still handled (a PUBLISH then a DISCONNECT).
-            match self.take_packets(buf).await {
+            // Boxed, as the other rounds below: the connection's future stays small while it
+            // waits (10,000 idle connections), the round's state lives only while it runs.
+            match Box::pin(self.take_packets(buf)).await {
                 Ok(Some(end)) => return end,
                 Ok(None) if closed => return End::Lost,
                 Ok(None) => {}
@@ -266,7 +271,7 @@ impl Conn {
                 && !self.sharing
                 && client.engine().applied_index() == index
             {
-                match self.deliver_at(&client, index).await {
+                match Box::pin(self.deliver_at(&client, index)).await {
                     Ok(true) => {
                         if let Some((_, filters)) = self.settled.take() {
                             self.settled = Some((index, filters));
@@ -286,7 +291,7 @@ impl Conn {
             // round, there is nothing to read (a busy publisher's reads cost no log reads).
             let waiting_for = match self.settled.take() {
                 Some((at, filters)) if at == after => filters,
-                _ => match self.deliver(&client).await {
+                _ => match Box::pin(self.deliver(&client)).await {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::debug!(error = %e, "MQTT delivery");
@@ -312,11 +317,19 @@ impl Conn {
                     _ => None,
                 }
             };
+            // An idle connection holds no buffers: they are taken again when bytes come.
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+            if self.out.capacity() > IDLE_OUT_CAPACITY {
+                self.out = BytesMut::new();
+            }
+            // Readable, or the keep alive ran out (`None`); the bytes are read at the top.
             let read = async {
                 if keep_alive == 0 {
-                    rd.read_buf(buf).await.ok()
+                    rd.readable().await.ok()
                 } else {
-                    tokio::time::timeout_at(deadline, rd.read_buf(buf))
+                    tokio::time::timeout_at(deadline, rd.readable())
                         .await
                         .ok()
                         .and_then(|r| r.ok())
@@ -329,12 +342,8 @@ impl Conn {
                     return End::Shutdown;
                 }
                 _ = leave.changed() => true,
-                n = read => match n {
-                    Some(n) if n > 0 => {
-                        deadline = Instant::now() + grace;
-                        false
-                    }
-                    Some(_) => return End::Lost,
+                readable = read => match readable {
+                    Some(()) => false,
                     None => {
                         // The keep alive ran out (or the socket failed).
                         self.disconnect(0x8D);
@@ -349,7 +358,7 @@ impl Conn {
                 _ = sessions_closed.changed(), if self.sharing => false,
             };
             if taken_over {
-                return self.leave(rd, buf).await;
+                return Box::pin(self.leave(rd, buf)).await;
             }
         }
     }
