@@ -13,7 +13,7 @@ mod outbound;
 mod shared;
 mod subscribe;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,8 @@ pub(crate) async fn run(
         cursor_dirty: false,
         cursor_committed: Instant::now(),
         awaiting_release: HashSet::new(),
+        publishing: VecDeque::new(),
+        publishing_owed: 0,
         settled: None,
     };
     let connect = match first {
@@ -178,8 +180,12 @@ struct Conn {
     cursor_dirty: bool,
     cursor_committed: Instant,
     /// Inbound QoS 2 packet ids stored and answered with PUBREC on this connection, until
-    /// PUBREL: with the run being handled, what counts against the Receive Maximum.
+    /// PUBREL: with the runs not yet acknowledged, what counts against the Receive Maximum.
     awaiting_release: HashSet<u16>,
+    /// Runs of PUBLISH packets proposed, oldest first, and their QoS 1/2 packets not yet
+    /// acknowledged.
+    publishing: VecDeque<inbound::PublishRun>,
+    publishing_owed: usize,
     /// The applied index at which a delivery round last found nothing more to send, and the
     /// filters to wait on then.
     settled: Option<(u64, Vec<Bytes>)>,
@@ -301,6 +307,7 @@ impl Conn {
                 },
             };
             self.settled = Some((after, waiting_for.clone()));
+            self.settle_publishing(false).await;
             if self.flush().await.is_err() {
                 return End::Lost;
             }
@@ -335,6 +342,9 @@ impl Conn {
                         .and_then(|r| r.ok())
                 }
             };
+            // Runs of PUBLISH packets waiting for their commit: out of `self` while waiting.
+            let mut publishing = std::mem::take(&mut self.publishing);
+            let committed = inbound::front_committed(&mut publishing);
             let taken_over = tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -356,7 +366,10 @@ impl Conn {
                 }
                 // A member that left may have handed its shared messages to this session.
                 _ = sessions_closed.changed(), if self.sharing => false,
+                // PUBLISH packets committed: acknowledged at the top.
+                () = committed => false,
             };
+            self.publishing = publishing;
             if taken_over {
                 return Box::pin(self.leave(rd, buf)).await;
             }
@@ -404,7 +417,8 @@ impl Conn {
                 continue;
             }
             if let Packet::Publish(mut p) = packet {
-                let unacknowledged = self.awaiting_release.len() + acknowledged_in_run;
+                let unacknowledged =
+                    self.awaiting_release.len() + self.publishing_owed + acknowledged_in_run;
                 let resend =
                     p.qos == QoS::ExactlyOnce && self.awaiting_release.contains(&p.packet_id);
                 // MQTT 5 only: 3.1.1 has no Receive Maximum to hold a client to.
@@ -429,6 +443,8 @@ impl Conn {
             }
             self.runs(&mut publishes, &mut completes).await?;
             acknowledged_in_run = 0;
+            // Anything else is handled once what came before it is stored.
+            self.settle_publishing(true).await;
             if let Some(end) = self.handle(packet).await? {
                 return Ok(Some(end));
             }
