@@ -64,8 +64,8 @@ print(*[kv[k] for k in sys.argv[2].split(",")], f"{cpu:.2f}")
 PY
 }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
-# row NAMES KEYS HIGHER-IS-BETTER(1/0) LOAD-ARGS...: one line per name/key (comma-separated),
-# all from the same runs.
+# row NAMES KEYS HIGHER-IS-BETTER(1/0) LOAD-ARGS...: one line per name and key (names split
+# by '|', keys by ','), all from the same runs.
 row() {
     local names=$1 keys=$2 higher=$3; shift 3
     local m_runs=() q_runs=()
@@ -73,7 +73,7 @@ row() {
         m_runs+=("$(run "$m_port" "$m_pid" "$keys" "$@")")
         q_runs+=("$(run "$q_port" "$q_pid" "$keys" "$@")")
     done
-    IFS=, read -r -a name_list <<<"$names"
+    IFS='|' read -r -a name_list <<<"$names"
     local col=0 name m q mc qc
     for name in "${name_list[@]}"; do
         m=$(median $(printf '%s\n' "${m_runs[@]}" | awk -v c=$((col + 1)) '{print $c}'))
@@ -97,6 +97,6 @@ row "QoS 1, 1 -> 1 (deliveries/s)" deliver_rate 1 throughput --qos 1 --messages 
 row "QoS 1 publish, acked (msgs/s)" publish_rate 1 throughput --qos 1 --messages 200000 --subscribers 0
 row "QoS 0, 1 -> 1000 (deliveries/s)" deliver_rate 1 throughput --qos 0 --messages 2000 --subscribers 1000
 row "QoS 1, 1 -> 1000 (deliveries/s)" deliver_rate 1 throughput --qos 1 --messages 1000 --subscribers 1000
-row "1000 subs @ 50 msg/s: p50 (ms),1000 subs @ 50 msg/s: p99 (ms)" p50_ms,p99_ms 0 \
+row "1000 subs @ 50 msg/s: p50 (ms)|1000 subs @ 50 msg/s: p99 (ms)" p50_ms,p99_ms 0 \
     latency --subscribers 1000 --rate 50 --seconds 10
 row "offline replay of 1M (msgs/s)" replay_rate 1 replay --messages 1000000
