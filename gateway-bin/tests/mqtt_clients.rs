@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::{Child, Output};
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use common::mqtt::{Node, Raw, node};
 
 fn output(child: Child) -> anyhow::Result<String> {
@@ -500,6 +500,87 @@ fn shared_subscriptions_are_consumer_groups_shared_with_xreadgroup() -> anyhow::
         ensure!(std::time::Instant::now() < deadline, "pending: {pending}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
+}
+
+/// `$share/w/sensors/+` (a wildcard) is the engine's filter group `(w, sensors/+)`: two
+/// members share its messages, each once; a member that vanishes releases what it held, and
+/// the other takes it (flagged DUP) once its window has room.
+#[test]
+fn wildcard_shared_subscriptions_split_messages_and_survive_a_member_leaving() -> anyhow::Result<()>
+{
+    use bytes::Bytes;
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let member = |id: &str| -> anyhow::Result<Raw> {
+        let properties = Properties {
+            session_expiry: Some(0),
+            receive_maximum: Some(1),
+            ..Properties::default()
+        };
+        let (mut raw, _) = Raw::connect_with(node.mqtt, id, None, properties)?;
+        raw.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            subscriptions: vec![Subscription::new("$share/w/sensors/+", QoS::AtLeastOnce)],
+            properties: Properties::default(),
+        }))?;
+        match raw.next()? {
+            Packet::SubAck(s) => ensure!(s.codes == vec![1], "{s:?}"),
+            other => anyhow::bail!("SUBACK expected: {other:?}"),
+        }
+        Ok(raw)
+    };
+    let publish = |raw: &mut Raw| -> anyhow::Result<Publish> {
+        match raw.next()? {
+            Packet::Publish(p) => Ok(p),
+            other => anyhow::bail!("PUBLISH expected: {other:?}"),
+        }
+    };
+    let mut m1 = member("wild-1")?;
+    let mut m2 = member("wild-2")?;
+    let (mut publisher, _) = Raw::connect(node.mqtt, "wild-pub")?;
+    for k in 1..=4u16 {
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: format!("sensors/{}", if k % 2 == 0 { "a" } else { "b" }),
+            packet_id: k,
+            properties: Properties::default(),
+            payload: Bytes::from(format!("s{k}")),
+        }))?;
+        assert_eq!(publisher.next()?, Packet::PubAck(Ack::new(k)));
+    }
+    // A window of one each: each member holds one message, unacknowledged.
+    let held_by_1 = publish(&mut m1)?;
+    let first_of_2 = publish(&mut m2)?;
+    ensure!(held_by_1.payload != first_of_2.payload);
+    // Member 1 vanishes: what it held is released, and member 2 gets it and the rest.
+    drop(m1);
+    let mut got = vec![first_of_2.clone()];
+    let mut last = first_of_2;
+    while got.len() < 4 {
+        m2.send(&Packet::PubAck(Ack::new(last.packet_id)))?;
+        last = publish(&mut m2)?;
+        got.push(last.clone());
+    }
+    m2.send(&Packet::PubAck(Ack::new(last.packet_id)))?;
+    let again = got
+        .iter()
+        .find(|p| p.payload == held_by_1.payload)
+        .context("member 1's message reached member 2")?;
+    ensure!(again.dup, "a redelivery is flagged DUP");
+    let mut payloads: Vec<String> = got
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, ["s1", "s2", "s3", "s4"]);
+    ensure!(
+        m2.next_within(Duration::from_millis(300))?.is_none(),
+        "nothing twice"
+    );
     Ok(())
 }
 

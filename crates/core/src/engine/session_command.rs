@@ -40,16 +40,30 @@ pub struct Will {
     pub delay_s: u32,
 }
 
-/// The consumer-group entry a shared subscription's message is (MQTT `$share/group/topic`
-/// is group `group` of stream `topic` in db 0): completing the packet acknowledges it there.
+/// Where a shared subscription's message is pending: completing the packet acknowledges it
+/// there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedRef {
-    /// The stream (db 0).
-    pub key: Bytes,
-    /// The group.
-    pub group: Bytes,
-    /// The entry.
-    pub id: StreamId,
+pub enum SharedRef {
+    /// MQTT `$share/group/topic` (no wildcards): entry `id` of consumer group `group` of
+    /// stream `key` in db 0.
+    Stream {
+        /// The stream (db 0).
+        key: Bytes,
+        /// The group.
+        group: Bytes,
+        /// The entry.
+        id: StreamId,
+    },
+    /// MQTT `$share/group/filter` with wildcards: a position in filter group
+    /// `(group, filter)`.
+    Filter {
+        /// The group.
+        group: Bytes,
+        /// The filter.
+        filter: Bytes,
+        /// The message's position in the log `(index, sub-record)`.
+        position: (LogIndex, u16),
+    },
 }
 
 /// A message put in flight to the client (QoS 1 or 2), by its place in the log.
@@ -292,29 +306,48 @@ pub fn mqtt_producer(client: &[u8]) -> Bytes {
     Bytes::from([b"mqtt:".as_slice(), client].concat())
 }
 
-/// A shared subscription's group entry: `0`, or `1`, key, group, ID (ms u64, seq u64).
+/// A shared subscription's pending place: `0` (none); `1`, key, group, ID (ms u64, seq u64)
+/// for a stream group's entry; `2`, group, filter, log index u64, sub-record u16 for a filter
+/// group's position.
 pub fn put_shared(out: &mut Vec<u8>, shared: Option<&SharedRef>) {
     match shared {
         None => out.push(0),
-        Some(s) => {
+        Some(SharedRef::Stream { key, group, id }) => {
             out.push(1);
-            put_bytes(out, &s.key);
-            put_bytes(out, &s.group);
-            put_id(out, s.id);
+            put_bytes(out, key);
+            put_bytes(out, group);
+            put_id(out, *id);
+        }
+        Some(SharedRef::Filter {
+            group,
+            filter,
+            position,
+        }) => {
+            out.push(2);
+            put_bytes(out, group);
+            put_bytes(out, filter);
+            out.extend_from_slice(&position.0.to_le_bytes());
+            out.extend_from_slice(&position.1.to_le_bytes());
         }
     }
 }
 
 /// Reads what `put_shared` wrote.
 pub fn read_shared(r: &mut Reader<'_>) -> Result<Option<SharedRef>, String> {
-    if !r.flag()? {
-        return Ok(None);
-    }
-    Ok(Some(SharedRef {
-        key: r.bytes()?,
-        group: r.bytes()?,
-        id: StreamId::new(r.u64()?, r.u64()?),
-    }))
+    Ok(match r.u8()? {
+        0 => None,
+        1 => Some(SharedRef::Stream {
+            key: r.bytes()?,
+            group: r.bytes()?,
+            id: StreamId::new(r.u64()?, r.u64()?),
+        }),
+        2 => Some(SharedRef::Filter {
+            group: r.bytes()?,
+            filter: r.bytes()?,
+            position: (r.u64()?, r.u16()?),
+        }),
+        k => return Err(format!("shared place kind {k}")),
+    })
 }
 
 /// A Will: `0`, or `1`, topic, payload, properties (count u32 + pairs), `qos` u8, `retain` u8,
@@ -400,7 +433,7 @@ mod tests {
                         log_index: 98,
                         sub: 1,
                         qos: 2,
-                        shared: Some(SharedRef {
+                        shared: Some(SharedRef::Stream {
                             key: Bytes::from_static(b"jobs"),
                             group: Bytes::from_static(b"workers"),
                             id: StreamId::new(7, 1),
@@ -412,6 +445,17 @@ mod tests {
                         sub: 2,
                         qos: 1,
                         shared: None,
+                    },
+                    InFlightNew {
+                        packet_id: 7,
+                        log_index: 98,
+                        sub: 3,
+                        qos: 2,
+                        shared: Some(SharedRef::Filter {
+                            group: Bytes::from_static(b"workers"),
+                            filter: Bytes::from_static(b"jobs/+"),
+                            position: (98, 3),
+                        }),
                     },
                 ],
             },

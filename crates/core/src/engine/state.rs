@@ -15,11 +15,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::codec::{Reader, put_bytes, put_id, put_pairs};
-use super::filter_groups::{FilterGroupCommand, FilterGroupOutcome, FilterGroups};
+use super::filter_groups::{FilterGroupCommand, FilterGroupOp, FilterGroupOutcome, FilterGroups};
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
 use super::session_command::{
-    SessionCommand, SessionOp, mqtt_producer, put_shared, put_will, read_shared, read_will,
+    SessionCommand, SessionOp, SharedRef, mqtt_producer, put_shared, put_will, read_shared,
+    read_will,
 };
 use super::sessions::{Session, SessionOutcome, Sessions, Subscription};
 use super::timers::TimerCommand;
@@ -192,7 +193,7 @@ impl EngineState {
             reply.session = Some(match (outcome, &c.op) {
                 (SessionOutcome::AckShared(refs), _) => {
                     for r in refs {
-                        self.groups.ack_one(&(0, r.key), &r.group, r.id);
+                        self.ack_shared(r, entry, limits);
                     }
                     SessionOutcome::Done
                 }
@@ -214,7 +215,7 @@ impl EngineState {
             if replaced || !self.sessions.by_client.contains_key(&c.client) {
                 self.producers.remove(&mqtt_producer(&c.client));
                 if let Some(old) = before {
-                    self.hand_over_shares(&c.client, &old, entry.timestamp_ms);
+                    self.hand_over_shares(&c.client, &old, entry, limits);
                 }
             }
         }
@@ -222,7 +223,7 @@ impl EngineState {
             Some(TimerCommand::ExpireSessions { now_ms }) => {
                 for (client, old) in self.sessions.expire(*now_ms) {
                     self.producers.remove(&mqtt_producer(&client));
-                    self.hand_over_shares(&client, &old, entry.timestamp_ms);
+                    self.hand_over_shares(&client, &old, entry, limits);
                 }
             }
             Some(TimerCommand::PublishWill { client }) => {
@@ -316,15 +317,65 @@ impl EngineState {
         known
     }
 
-    /// `client`'s session `ended` is over: the pending entries of each of its shared
-    /// subscriptions go to the first other session (by client id) subscribed to the same
-    /// `$share/group/topic`. With none, they stay with the old consumer (XAUTOCLAIM, or the
-    /// same client subscribing again, takes them).
-    fn hand_over_shares(&mut self, client: &Bytes, ended: &Session, now_ms: u64) {
+    /// A shared subscription's message the client has: acknowledged where it is pending.
+    fn ack_shared(&mut self, r: SharedRef, entry: &LogEntry, limits: Limits) {
+        match r {
+            SharedRef::Stream { key, group, id } => {
+                self.groups.ack_one(&(0, key), &group, id);
+            }
+            SharedRef::Filter {
+                group,
+                filter,
+                position,
+            } => {
+                let ack = FilterGroupCommand {
+                    group,
+                    filter,
+                    op: FilterGroupOp::Ack(vec![position]),
+                };
+                self.filter_groups.apply(
+                    &ack,
+                    entry.index,
+                    entry.timestamp_ms,
+                    limits.groups.max_pending,
+                );
+            }
+        }
+    }
+
+    /// `client`'s session `ended` is over: the pending entries of each of its stream-group
+    /// shares go to the first other session (by client id) subscribed to the same
+    /// `$share/group/topic` — with none, they stay with the old consumer (XAUTOCLAIM, or the
+    /// same client subscribing again, takes them); a filter group's (wildcard share's) pending
+    /// positions are released for any member to claim.
+    fn hand_over_shares(
+        &mut self,
+        client: &Bytes,
+        ended: &Session,
+        entry: &LogEntry,
+        limits: Limits,
+    ) {
         for filter in ended.subscriptions.keys() {
             let Some((group, topic)) = topic_filter::shared_subscription(filter) else {
                 continue;
             };
+            if topic.iter().any(|b| matches!(b, b'+' | b'#')) {
+                // A filter group: the member's pending messages are released, for the other
+                // members to claim.
+                let leave = FilterGroupCommand {
+                    group: Bytes::copy_from_slice(group),
+                    filter: Bytes::copy_from_slice(topic),
+                    op: FilterGroupOp::Leave(client.clone()),
+                };
+                self.filter_groups.apply(
+                    &leave,
+                    entry.index,
+                    entry.timestamp_ms,
+                    limits.groups.max_pending,
+                );
+                continue;
+            }
+            let now_ms = entry.timestamp_ms;
             let successor = self
                 .sessions
                 .by_client
@@ -925,7 +976,7 @@ mod tests {
             will: None,
         };
         s.sessions.apply(&command(open), 1, 0, 10);
-        let shared = super::super::session_command::SharedRef {
+        let shared = super::super::session_command::SharedRef::Stream {
             key: Bytes::from_static(b"jobs"),
             group: Bytes::from_static(b"g"),
             id: StreamId::new(5, 0),
