@@ -216,7 +216,7 @@ fn bad_first_packets_are_answered_as_the_spec_says_and_the_connection_closed() -
 #[test]
 fn v5_message_properties_topic_aliases_and_expiry_carry_through_the_log() -> anyhow::Result<()> {
     use bytes::Bytes;
-    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
     let session = |aliases| Properties {
@@ -334,7 +334,7 @@ fn v5_message_properties_topic_aliases_and_expiry_carry_through_the_log() -> any
 #[test]
 fn v5_no_local_and_retain_as_published() -> anyhow::Result<()> {
     use bytes::Bytes;
-    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
     let publish = |topic: &str, id, retain, payload: &'static [u8]| {
@@ -405,30 +405,12 @@ fn v5_no_local_and_retain_as_published() -> anyhow::Result<()> {
 #[test]
 fn shared_subscriptions_are_consumer_groups_shared_with_xreadgroup() -> anyhow::Result<()> {
     use bytes::Bytes;
-    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
     // Members whose sessions end with their connections, taking 1 and 2 messages at a time.
-    let member = |id: &str, window: u16| -> anyhow::Result<Raw> {
-        let properties = Properties {
-            session_expiry: Some(0),
-            receive_maximum: Some(window),
-            ..Properties::default()
-        };
-        let (mut raw, _) = Raw::connect_with(node.mqtt, id, None, properties)?;
-        raw.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            subscriptions: vec![Subscription::new("$share/g/jobs", QoS::AtLeastOnce)],
-            properties: Properties::default(),
-        }))?;
-        match raw.next()? {
-            Packet::SubAck(s) => ensure!(s.codes == vec![1], "{s:?}"),
-            other => anyhow::bail!("SUBACK expected: {other:?}"),
-        }
-        Ok(raw)
-    };
-    let mut m1 = member("share-1", 1)?;
-    let mut m2 = member("share-2", 2)?;
+    let mut m1 = Raw::share_member(node.mqtt, "share-1", "$share/g/jobs", 1)?;
+    let mut m2 = Raw::share_member(node.mqtt, "share-2", "$share/g/jobs", 2)?;
     let (mut publisher, _) = Raw::connect(node.mqtt, "share-pub")?;
     for k in 1..=6u16 {
         publisher.send(&Packet::Publish(Publish {
@@ -510,35 +492,17 @@ fn shared_subscriptions_are_consumer_groups_shared_with_xreadgroup() -> anyhow::
 fn wildcard_shared_subscriptions_split_messages_and_survive_a_member_leaving() -> anyhow::Result<()>
 {
     use bytes::Bytes;
-    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
-    let member = |id: &str| -> anyhow::Result<Raw> {
-        let properties = Properties {
-            session_expiry: Some(0),
-            receive_maximum: Some(1),
-            ..Properties::default()
-        };
-        let (mut raw, _) = Raw::connect_with(node.mqtt, id, None, properties)?;
-        raw.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            subscriptions: vec![Subscription::new("$share/w/sensors/+", QoS::AtLeastOnce)],
-            properties: Properties::default(),
-        }))?;
-        match raw.next()? {
-            Packet::SubAck(s) => ensure!(s.codes == vec![1], "{s:?}"),
-            other => anyhow::bail!("SUBACK expected: {other:?}"),
-        }
-        Ok(raw)
-    };
     let publish = |raw: &mut Raw| -> anyhow::Result<Publish> {
         match raw.next()? {
             Packet::Publish(p) => Ok(p),
             other => anyhow::bail!("PUBLISH expected: {other:?}"),
         }
     };
-    let mut m1 = member("wild-1")?;
-    let mut m2 = member("wild-2")?;
+    let mut m1 = Raw::share_member(node.mqtt, "wild-1", "$share/w/sensors/+", 1)?;
+    let mut m2 = Raw::share_member(node.mqtt, "wild-2", "$share/w/sensors/+", 1)?;
     let (mut publisher, _) = Raw::connect(node.mqtt, "wild-pub")?;
     for k in 1..=4u16 {
         publisher.send(&Packet::Publish(Publish {

@@ -166,6 +166,28 @@ impl Raw {
         Ok(())
     }
 
+    /// A member of shared subscription `filter` at QoS 1 whose session ends with its
+    /// connection, taking `window` messages at a time (Receive Maximum).
+    pub fn share_member(port: u16, id: &str, filter: &str, window: u16) -> anyhow::Result<Raw> {
+        use manifold_mqtt::codec::{Packet, Properties, QoS, Subscribe, Subscription};
+        let properties = Properties {
+            session_expiry: Some(0),
+            receive_maximum: Some(window),
+            ..Properties::default()
+        };
+        let (mut raw, _) = Raw::connect_with(port, id, None, properties)?;
+        raw.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            subscriptions: vec![Subscription::new(filter, QoS::AtLeastOnce)],
+            properties: Properties::default(),
+        }))?;
+        match raw.next()? {
+            Packet::SubAck(s) => ensure!(s.codes == vec![1], "{s:?}"),
+            other => anyhow::bail!("SUBACK expected: {other:?}"),
+        }
+        Ok(raw)
+    }
+
     /// The next packet within `wait`; `None` if none came (the broker stays quiet).
     pub fn next_within(
         &mut self,

@@ -259,11 +259,7 @@ impl Conn {
                 );
             }
         }
-        let count = if qos0 {
-            DELIVERY_BATCH
-        } else {
-            room.saturating_sub(due.len()).min(DELIVERY_BATCH)
-        };
+        let count = new_count(qos0, room, due.len());
         if count == 0 {
             return Ok(due);
         }
@@ -367,11 +363,7 @@ impl Conn {
                 }));
             }
         }
-        let count = if qos0 {
-            DELIVERY_BATCH
-        } else {
-            room.saturating_sub(due.len()).min(DELIVERY_BATCH)
-        };
+        let count = new_count(qos0, room, due.len());
         if count == 0 {
             return Ok(due);
         }
@@ -406,6 +398,16 @@ impl Conn {
         let group = String::from_utf8_lossy(&share.group).into_owned();
         let topic = String::from_utf8_lossy(&share.topic).into_owned();
         let _ = self.join_share(client, &group, &topic).await;
+    }
+}
+
+/// How many new messages a round reads for a share: a batch at QoS 0 (no packets to bind),
+/// else what the window has room for after `due` redeliveries.
+fn new_count(qos0: bool, room: usize, due: usize) -> usize {
+    if qos0 {
+        DELIVERY_BATCH
+    } else {
+        room.saturating_sub(due).min(DELIVERY_BATCH)
     }
 }
 
