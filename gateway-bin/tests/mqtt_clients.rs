@@ -216,7 +216,7 @@ fn bad_first_packets_are_answered_as_the_spec_says_and_the_connection_closed() -
 #[test]
 fn v5_message_properties_topic_aliases_and_expiry_carry_through_the_log() -> anyhow::Result<()> {
     use bytes::Bytes;
-    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
     let session = |aliases| Properties {
@@ -334,7 +334,7 @@ fn v5_message_properties_topic_aliases_and_expiry_carry_through_the_log() -> any
 #[test]
 fn v5_no_local_and_retain_as_published() -> anyhow::Result<()> {
     use bytes::Bytes;
-    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
     let publish = |topic: &str, id, retain, payload: &'static [u8]| {
