@@ -352,6 +352,12 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
     })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut front_ends = Vec::new();
+    // The MQTT broker's counters: `$SYS` there, `/metrics` on the HTTP listener.
+    let mqtt_stats = Arc::new(manifold_mqtt::BrokerStats::default());
+    let mqtt_metrics: manifold_push::MetricsSource = {
+        let stats = mqtt_stats.clone();
+        Arc::new(move || stats.prometheus())
+    };
     for (name, addr) in &s.listeners {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr.as_str()))
@@ -366,6 +372,7 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
                 listener,
                 engine.clone(),
                 config,
+                mqtt_stats.clone(),
                 stopped.clone(),
             ))
         } else if *name == "RESP" {
@@ -380,6 +387,7 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
             runtime.spawn(manifold_push::serve(
                 listener,
                 engine.clone(),
+                vec![mqtt_metrics.clone()],
                 stopped.clone(),
             ))
         });

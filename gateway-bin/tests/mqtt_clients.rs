@@ -548,6 +548,66 @@ fn wildcard_shared_subscriptions_split_messages_and_survive_a_member_leaving() -
     Ok(())
 }
 
+/// `$SYS/broker/...` as Mosquitto publishes them (node-local, not in the log): a new
+/// subscriber gets the values at once, flagged retained; `/metrics` has the same counters.
+#[test]
+fn sys_topics_and_metrics_report_the_brokers_counters() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    node.publish(&["-t", "counted", "-m", "x", "-q", "1"])?;
+    let got = output(node.subscribe(&[
+        "-t",
+        "$SYS/broker/#",
+        "-v",
+        "-C",
+        "10",
+        "-W",
+        "10",
+        "-F",
+        "%r %t %p",
+    ])?)?;
+    let value = |topic: &str| -> Option<String> {
+        got.lines()
+            .find(|l| l.split(' ').nth(1) == Some(topic))
+            .map(|l| l.splitn(3, ' ').nth(2).unwrap_or("").to_string())
+    };
+    assert_eq!(
+        value("$SYS/broker/version").as_deref(),
+        Some(concat!("manifold ", env!("CARGO_PKG_VERSION"))),
+        "{got}"
+    );
+    // This subscriber itself is connected; the publisher came and went.
+    assert_eq!(
+        value("$SYS/broker/clients/connected").as_deref(),
+        Some("1"),
+        "{got}"
+    );
+    assert_eq!(
+        value("$SYS/broker/clients/total").as_deref(),
+        Some("2"),
+        "{got}"
+    );
+    assert_eq!(
+        value("$SYS/broker/publish/messages/received").as_deref(),
+        Some("1"),
+        "{got}"
+    );
+    ensure!(
+        got.lines().all(|l| l.starts_with("1 ")),
+        "flagged retained: {got}"
+    );
+    let metrics = node.http_get("/metrics")?;
+    ensure!(
+        metrics.contains("manifold_mqtt_publish_received_total 1"),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains("manifold_mqtt_connections_total 2"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
 /// Python's paho-mqtt (2.x), both protocol versions: a persistent subscriber at QoS 2, QoS 0/1/2
 /// publishes in order, a retained message for a later subscriber, and a reconnect that gets
 /// what was published while away. Prints OK or what went wrong.

@@ -35,8 +35,11 @@ pub const TRANSFER_WAIT_MAX_MS: u64 = 60_000;
 /// catch up with the whole log first.
 pub const MEMBERSHIP_WAIT_MS: u64 = 30_000;
 
-/// The admin routes on `engine`.
-pub fn routes(engine: Arc<Engine>) -> axum::Router {
+/// The admin routes on `engine`; `/metrics` also renders `metrics` (other parts' counters).
+pub fn routes(engine: Arc<Engine>, metrics: Vec<crate::MetricsSource>) -> axum::Router {
+    let page = axum::Router::new()
+        .route("/metrics", get(metrics_page))
+        .with_state((engine.clone(), Arc::new(metrics)));
     axum::Router::new()
         .route("/health", get(health))
         .route("/cluster", get(cluster))
@@ -47,8 +50,8 @@ pub fn routes(engine: Arc<Engine>) -> axum::Router {
             axum::routing::delete(remove_member),
         )
         .route("/cluster/digest", get(digest))
-        .route("/metrics", get(metrics))
         .with_state(engine)
+        .merge(page)
 }
 
 /// This node's view of its group: what `GET /cluster` returns.
@@ -430,8 +433,17 @@ fn done(to: u64, term: u64, started: Instant) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
-    let text = tokio::task::spawn_blocking(move || render_metrics(&engine)).await;
+async fn metrics_page(
+    State((engine, more)): State<(Arc<Engine>, Arc<Vec<crate::MetricsSource>>)>,
+) -> Response {
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = render_metrics(&engine);
+        for source in more.iter() {
+            text.push_str(&source());
+        }
+        text
+    })
+    .await;
     match text {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed"),

@@ -14,18 +14,23 @@ use manifold_core::engine::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// More of `/metrics`: Prometheus text another part of the node renders (the MQTT broker's
+/// counters), appended to the engine's.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Every route of the HTTP listener.
-pub fn router(engine: Arc<Engine>) -> axum::Router {
-    admin::routes(engine)
+pub fn router(engine: Arc<Engine>, metrics: Vec<MetricsSource>) -> axum::Router {
+    admin::routes(engine, metrics)
 }
 
 /// Serves the HTTP listener until `stopped` turns true; requests under way finish first.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    metrics: Vec<MetricsSource>,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine))
+    axum::serve(listener, router(engine, metrics))
         .with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|s| *s).await;
         })

@@ -12,11 +12,12 @@ use anyhow::{Context, ensure};
 
 use super::{free_port, serve};
 
-/// A node with its MQTT and RESP ports, killed when dropped.
+/// A node with its MQTT, RESP and HTTP ports, killed when dropped.
 pub struct Node {
     child: Child,
     pub mqtt: u16,
     pub resp: u16,
+    pub http: u16,
     dir: std::path::PathBuf,
 }
 
@@ -27,7 +28,7 @@ impl Drop for Node {
     }
 }
 
-pub fn start(dir: &std::path::Path, mqtt: u16, resp: u16) -> anyhow::Result<Node> {
+pub fn start(dir: &std::path::Path, mqtt: u16, resp: u16, http: u16) -> anyhow::Result<Node> {
     let args: Vec<String> = [
         "--data-dir",
         &dir.display().to_string(),
@@ -36,7 +37,7 @@ pub fn start(dir: &std::path::Path, mqtt: u16, resp: u16) -> anyhow::Result<Node
         "--resp-addr",
         &format!("127.0.0.1:{resp}"),
         "--http-addr",
-        "127.0.0.1:0",
+        &format!("127.0.0.1:{http}"),
         "--segment-size",
         "1048576",
     ]
@@ -47,12 +48,13 @@ pub fn start(dir: &std::path::Path, mqtt: u16, resp: u16) -> anyhow::Result<Node
         child: serve(&args)?,
         mqtt,
         resp,
+        http,
         dir: dir.to_path_buf(),
     })
 }
 
 pub fn node(dir: &std::path::Path) -> anyhow::Result<Node> {
-    start(dir, free_port()?, free_port()?)
+    start(dir, free_port()?, free_port()?, free_port()?)
 }
 
 impl Node {
@@ -60,9 +62,22 @@ impl Node {
     pub fn kill_and_restart(mut self) -> anyhow::Result<Node> {
         self.child.kill()?;
         self.child.wait()?;
-        let (dir, mqtt, resp) = (self.dir.clone(), self.mqtt, self.resp);
+        let (dir, mqtt, resp, http) = (self.dir.clone(), self.mqtt, self.resp, self.http);
         std::mem::forget(self);
-        start(&dir, mqtt, resp)
+        start(&dir, mqtt, resp, http)
+    }
+
+    /// `GET path` on the HTTP listener: the response's body.
+    pub fn http_get(&self, path: &str) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let (_, body) = response
+            .split_once("\r\n\r\n")
+            .context("an HTTP response")?;
+        Ok(body.to_string())
     }
 
     pub fn publish(&self, args: &[&str]) -> anyhow::Result<()> {

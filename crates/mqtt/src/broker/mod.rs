@@ -9,6 +9,9 @@
 mod connection;
 pub mod message_properties;
 pub mod payload;
+pub mod stats;
+
+pub use stats::BrokerStats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +40,9 @@ pub struct BrokerConfig {
     /// How long an MQTT 3.1.1 persistent session (Clean Session 0) outlives its connection,
     /// in seconds (as Mosquitto's `persistent_client_expiration`); `u32::MAX`: for ever.
     pub persistent_session_expiry_s: u32,
+    /// How often the `$SYS/broker/...` values are published to their subscribers (Mosquitto's
+    /// `sys_interval`); a new subscription gets them at once.
+    pub sys_interval: Duration,
     /// QoS 1/2 messages a session has in flight towards its client at most (MQTT 5: fewer if
     /// the client's Receive Maximum says so). Each is committed session state.
     pub max_inflight: u16,
@@ -57,6 +63,7 @@ impl BrokerConfig {
             persistent_session_expiry_s: u32::MAX,
             topic_alias_maximum: 64,
             max_inflight: 1024,
+            sys_interval: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +83,10 @@ pub(crate) struct Shared {
     config: BrokerConfig,
     holders: Mutex<HashMap<Bytes, Holder>>,
     next_connection: AtomicU64,
+    /// This node's counters.
+    stats: Arc<BrokerStats>,
+    /// The `$SYS` topics and values, as of the last tick.
+    sys: watch::Sender<Arc<Vec<(String, Bytes)>>>,
     /// Bumped when a session on this node has closed: its shared subscriptions' pending
     /// messages may have been handed to a member connected here.
     sessions_closed: watch::Sender<u64>,
@@ -132,9 +143,14 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     config: BrokerConfig,
+    stats: Arc<BrokerStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let mut sys_tick = tokio::time::interval(config.sys_interval);
+    sys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shared = Arc::new(Shared {
+        sys: watch::channel(Arc::new(stats.sys_messages())).0,
+        stats,
         engine,
         config,
         holders: Mutex::new(HashMap::new()),
@@ -159,6 +175,9 @@ pub async fn serve(
                 tasks.spawn(connection::run(socket, shared.clone(), id, shutdown.clone()));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = sys_tick.tick() => {
+                shared.sys.send_replace(Arc::new(shared.stats.sys_messages()));
+            }
         }
     }
     while tasks.join_next().await.is_some() {}

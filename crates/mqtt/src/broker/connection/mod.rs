@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Shared;
+use super::stats;
 use crate::codec::{
     Ack, ConnAck, DecodeError, Disconnect, Packet, Properties, Protocol, Publish, QoS, decode,
     encode,
@@ -70,7 +71,7 @@ pub(crate) async fn run(
             }
             match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
+                Ok(n) => stats::add(&shared.stats.bytes_received, n as u64),
             }
         }
     })
@@ -90,6 +91,7 @@ pub(crate) async fn run(
         aliases_out: HashMap::new(),
         unsendable: Vec::new(),
         sharing: false,
+        sys_filters: Vec::new(),
         cursor: 0,
         cursor_dirty: false,
         cursor_committed: Instant::now(),
@@ -114,13 +116,20 @@ pub(crate) async fn run(
         _ => return, // nothing in time, not a CONNECT, or malformed: close
     };
     conn.protocol = connect.protocol;
+    stats::add(&shared.stats.packets_received, 1);
     let Some((leave, done, keep_alive)) = Box::pin(conn.accept(connect, connection)).await else {
         let _ = conn.flush().await;
         return;
     };
+    stats::add(&shared.stats.connections, 1);
+    stats::add(&shared.stats.connected, 1);
     let end = conn
         .serve(&mut rd, &mut buf, leave, shutdown, keep_alive)
         .await;
+    shared
+        .stats
+        .connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     let _ = conn.flush().await;
     let _ = conn.wr.shutdown().await;
     if let Some(client) = conn.client.clone() {
@@ -173,6 +182,8 @@ struct Conn {
     unsendable: Vec<u16>,
     /// Whether the session has shared subscriptions (as of the last delivery round).
     sharing: bool,
+    /// The session's filters that can match `$SYS/...` topics (as of the last round).
+    sys_filters: Vec<Bytes>,
     /// How far this connection has delivered (at or past the session's committed cursor).
     cursor: u64,
     /// Whether `cursor` is past the committed one (QoS 0 deliveries), and since when the
@@ -199,7 +210,10 @@ impl Conn {
     /// Queues a packet; one the client's Maximum Packet Size refuses is not sent.
     fn send(&mut self, p: &Packet) -> bool {
         match encode(p, self.protocol, self.peer_max_packet, &mut self.out) {
-            Ok(()) => true,
+            Ok(()) => {
+                stats::add(&self.shared.stats.packets_sent, 1);
+                true
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "an MQTT packet not sent");
                 false
@@ -210,6 +224,7 @@ impl Conn {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             self.wr.write_all(&self.out).await?;
+            stats::add(&self.shared.stats.bytes_sent, self.out.len() as u64);
             self.out.clear();
         }
         Ok(())
@@ -241,6 +256,8 @@ impl Conn {
         let grace = Duration::from_millis(u64::from(keep_alive) * 1500);
         let mut deadline = Instant::now() + grace;
         let mut sessions_closed = self.shared.sessions_closed.subscribe();
+        let mut sys = self.shared.sys.subscribe();
+        let mut sys_changed = false;
         // The log index of the entry that woke the connection for new messages, if one did.
         let mut woken: Option<u64> = None;
         loop {
@@ -250,7 +267,8 @@ impl Conn {
             buf.reserve(4096); // a full buffer would read 0 bytes, which means closed
             let closed = match rd.try_read_buf(buf) {
                 Ok(0) => true,
-                Ok(_) => {
+                Ok(n) => {
+                    stats::add(&self.shared.stats.bytes_received, n as u64);
                     deadline = Instant::now() + grace;
                     false
                 }
@@ -368,8 +386,16 @@ impl Conn {
                 _ = sessions_closed.changed(), if self.sharing => false,
                 // PUBLISH packets committed: acknowledged at the top.
                 () = committed => false,
+                // New `$SYS` values for a subscriber of them.
+                _ = sys.changed(), if !self.sys_filters.is_empty() => {
+                    sys_changed = true;
+                    false
+                }
             };
             self.publishing = publishing;
+            if std::mem::take(&mut sys_changed) {
+                self.send_sys(None);
+            }
             if taken_over {
                 return Box::pin(self.leave(rd, buf)).await;
             }
@@ -412,6 +438,10 @@ impl Conn {
                     return Err(e.reason_code());
                 }
             };
+            stats::add(&self.shared.stats.packets_received, 1);
+            if matches!(packet, Packet::Publish(_)) {
+                stats::add(&self.shared.stats.publish_received, 1);
+            }
             if let Packet::PubAck(a) | Packet::PubComp(a) = &packet {
                 completes.push(a.packet_id);
                 continue;

@@ -56,6 +56,16 @@ impl Conn {
     /// A delivery round: the session's subscriptions, then its shared ones. Returns the filters
     /// to wait on.
     pub(super) async fn deliver(&mut self, client: &Client) -> Result<Vec<Bytes>, EngineError> {
+        self.sys_filters = client
+            .session(&self.id)
+            .map(|s| {
+                s.subscriptions
+                    .keys()
+                    .filter(|f| f.starts_with(b"$SYS"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut filters = self.deliver_subscriptions(client).await?;
         filters.extend(self.deliver_shared(client).await?);
         Ok(filters)
@@ -194,6 +204,37 @@ impl Conn {
         Ok(())
     }
 
+    /// The node's `$SYS` values (not in the log) that the session's `$SYS` filters match, at
+    /// QoS 0 — as of the last tick; or, for a new subscription `filter`, as of now and flagged
+    /// retained (they stand for the broker's retained `$SYS` messages, as Mosquitto's are).
+    pub(super) fn send_sys(&mut self, filter: Option<&[u8]>) {
+        let retain = filter.is_some();
+        let values = match filter {
+            Some(_) => std::sync::Arc::new(self.shared.stats.sys_messages()),
+            None => self.shared.sys.borrow().clone(),
+        };
+        for (topic, value) in values.iter() {
+            let matched = match filter {
+                Some(f) => topic_filter::filter_matches(f, topic.as_bytes()),
+                None => self
+                    .sys_filters
+                    .iter()
+                    .any(|f| topic_filter::filter_matches(f, topic.as_bytes())),
+            };
+            if matched {
+                self.publish_out(Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain,
+                    topic: topic.clone(),
+                    packet_id: 0,
+                    properties: Default::default(),
+                    payload: value.clone(),
+                });
+            }
+        }
+    }
+
     /// Commits the cursor this connection moved by QoS 0 deliveries, if it did.
     pub(super) async fn commit_cursor(&mut self, client: &Client) {
         if self.cursor_dirty {
@@ -225,6 +266,7 @@ impl Conn {
             }
         }
         if self.send(&Packet::Publish(p.clone())) {
+            crate::broker::stats::add(&self.shared.stats.publish_sent, 1);
             if let Some(n) = new_alias {
                 self.aliases_out.insert(p.topic, n);
             }

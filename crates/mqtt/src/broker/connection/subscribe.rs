@@ -68,6 +68,12 @@ impl Conn {
             properties: Properties::default(),
         }));
         self.send_retained(client, &accepted, &existed).await;
+        for (filter, _) in &accepted {
+            if filter.starts_with(b"$SYS") {
+                self.send_sys(Some(filter));
+                self.sys_filters.push(filter.clone());
+            }
+        }
     }
 
     pub(super) async fn unsubscribe(&mut self, client: &Client, u: Unsubscribe) {

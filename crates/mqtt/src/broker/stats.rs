@@ -1,0 +1,146 @@
+//! The broker's node-local counters — connections, packets and bytes in and out — as Mosquitto
+//! publishes them under `$SYS/broker/...` and as Prometheus text for `/metrics`. Node-local
+//! soft state: never in the log, reset by a restart. It only counts; it never decides
+//! anything.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// The counters, shared by every connection of the node.
+#[derive(Debug)]
+pub struct BrokerStats {
+    started: Instant,
+    /// Clients connected now (CONNACK 0 sent, connection not ended).
+    pub connected: AtomicU64,
+    /// Connections accepted (CONNACK 0) since the start.
+    pub connections: AtomicU64,
+    /// Control packets received / sent.
+    pub packets_received: AtomicU64,
+    pub packets_sent: AtomicU64,
+    /// PUBLISH packets received / sent.
+    pub publish_received: AtomicU64,
+    pub publish_sent: AtomicU64,
+    /// Bytes read from / written to clients.
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+impl Default for BrokerStats {
+    fn default() -> Self {
+        BrokerStats {
+            started: Instant::now(),
+            connected: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            packets_received: AtomicU64::new(0),
+            packets_sent: AtomicU64::new(0),
+            publish_received: AtomicU64::new(0),
+            publish_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl BrokerStats {
+    /// The `$SYS` topics and their values now, Mosquitto's names.
+    pub fn sys_messages(&self) -> Vec<(String, Bytes)> {
+        let n = |c: &AtomicU64| Bytes::from(get(c).to_string());
+        vec![
+            (
+                "$SYS/broker/version".into(),
+                Bytes::from(format!("manifold {}", env!("CARGO_PKG_VERSION"))),
+            ),
+            (
+                "$SYS/broker/uptime".into(),
+                Bytes::from(format!("{} seconds", self.started.elapsed().as_secs())),
+            ),
+            ("$SYS/broker/clients/connected".into(), n(&self.connected)),
+            ("$SYS/broker/clients/total".into(), n(&self.connections)),
+            (
+                "$SYS/broker/messages/received".into(),
+                n(&self.packets_received),
+            ),
+            ("$SYS/broker/messages/sent".into(), n(&self.packets_sent)),
+            (
+                "$SYS/broker/publish/messages/received".into(),
+                n(&self.publish_received),
+            ),
+            (
+                "$SYS/broker/publish/messages/sent".into(),
+                n(&self.publish_sent),
+            ),
+            ("$SYS/broker/bytes/received".into(), n(&self.bytes_received)),
+            ("$SYS/broker/bytes/sent".into(), n(&self.bytes_sent)),
+        ]
+    }
+
+    /// The counters as Prometheus text (families `manifold_mqtt_*`).
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, value: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        family(
+            "manifold_mqtt_clients_connected",
+            "gauge",
+            "MQTT clients connected to this node.",
+            get(&self.connected),
+        );
+        family(
+            "manifold_mqtt_connections_total",
+            "counter",
+            "MQTT connections accepted by this node.",
+            get(&self.connections),
+        );
+        family(
+            "manifold_mqtt_packets_received_total",
+            "counter",
+            "MQTT control packets received.",
+            get(&self.packets_received),
+        );
+        family(
+            "manifold_mqtt_packets_sent_total",
+            "counter",
+            "MQTT control packets sent.",
+            get(&self.packets_sent),
+        );
+        family(
+            "manifold_mqtt_publish_received_total",
+            "counter",
+            "MQTT PUBLISH packets received.",
+            get(&self.publish_received),
+        );
+        family(
+            "manifold_mqtt_publish_sent_total",
+            "counter",
+            "MQTT PUBLISH packets sent.",
+            get(&self.publish_sent),
+        );
+        family(
+            "manifold_mqtt_bytes_received_total",
+            "counter",
+            "Bytes read from MQTT clients.",
+            get(&self.bytes_received),
+        );
+        family(
+            "manifold_mqtt_bytes_sent_total",
+            "counter",
+            "Bytes written to MQTT clients.",
+            get(&self.bytes_sent),
+        );
+        out
+    }
+}
