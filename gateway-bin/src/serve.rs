@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// How often the leader looks for entries past the retention (ms; default 60000).
     #[arg(long)]
     retention_check_ms: Option<u64>,
+    /// A clean MQTT session whose next message is older than this skips to the head of the
+    /// log (ms; default 60000; 0: never).
+    #[arg(long)]
+    mqtt_lag_limit_ms: Option<u64>,
 }
 
 /// The TOML file: the same settings, by the same names (with `_`).
@@ -86,6 +90,7 @@ struct FileConfig {
     segment_size: Option<u64>,
     retention_ms: Option<u64>,
     retention_check_ms: Option<u64>,
+    mqtt_lag_limit_ms: Option<u64>,
     /// The cluster's shared secret (file or `MANIFOLD_CLUSTER_SECRET`, never a flag).
     cluster_secret: Option<String>,
     /// `[[principal]]` tables (file only: secrets stay off the command line).
@@ -120,6 +125,7 @@ struct Settings {
     segment_size: Option<u64>,
     retention_ms: Option<u64>,
     retention_check_ms: Option<u64>,
+    mqtt_lag_limit_ms: Option<u64>,
     cluster_secret: Option<String>,
     access: AccessConfig,
 }
@@ -178,6 +184,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         segment_size: args.segment_size.or(file.segment_size),
         retention_ms: args.retention_ms.or(file.retention_ms),
         retention_check_ms: args.retention_check_ms.or(file.retention_check_ms),
+        mqtt_lag_limit_ms: args.mqtt_lag_limit_ms.or(file.mqtt_lag_limit_ms),
         cluster_secret: std::env::var("MANIFOLD_CLUSTER_SECRET")
             .ok()
             .or(file.cluster_secret),
@@ -367,7 +374,10 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
             .with_context(|| format!("{name} listener address"))?;
         tracing::info!(listener = name, addr = %local, "listening");
         front_ends.push(if *name == "MQTT" {
-            let config = manifold_mqtt::BrokerConfig::for_engine(max_message_bytes);
+            let mut config = manifold_mqtt::BrokerConfig::for_engine(max_message_bytes);
+            if let Some(ms) = s.mqtt_lag_limit_ms {
+                config.clean_lag_limit_ms = ms;
+            }
             runtime.spawn(manifold_mqtt::serve(
                 listener,
                 engine.clone(),

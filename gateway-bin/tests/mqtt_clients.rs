@@ -409,8 +409,8 @@ fn shared_subscriptions_are_consumer_groups_shared_with_xreadgroup() -> anyhow::
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
     // Members whose sessions end with their connections, taking 1 and 2 messages at a time.
-    let mut m1 = Raw::share_member(node.mqtt, "share-1", "$share/g/jobs", 1)?;
-    let mut m2 = Raw::share_member(node.mqtt, "share-2", "$share/g/jobs", 2)?;
+    let mut m1 = Raw::windowed_subscriber(node.mqtt, "share-1", "$share/g/jobs", 1)?;
+    let mut m2 = Raw::windowed_subscriber(node.mqtt, "share-2", "$share/g/jobs", 2)?;
     let (mut publisher, _) = Raw::connect(node.mqtt, "share-pub")?;
     for k in 1..=6u16 {
         publisher.send(&Packet::Publish(Publish {
@@ -501,8 +501,8 @@ fn wildcard_shared_subscriptions_split_messages_and_survive_a_member_leaving() -
             other => anyhow::bail!("PUBLISH expected: {other:?}"),
         }
     };
-    let mut m1 = Raw::share_member(node.mqtt, "wild-1", "$share/w/sensors/+", 1)?;
-    let mut m2 = Raw::share_member(node.mqtt, "wild-2", "$share/w/sensors/+", 1)?;
+    let mut m1 = Raw::windowed_subscriber(node.mqtt, "wild-1", "$share/w/sensors/+", 1)?;
+    let mut m2 = Raw::windowed_subscriber(node.mqtt, "wild-2", "$share/w/sensors/+", 1)?;
     let (mut publisher, _) = Raw::connect(node.mqtt, "wild-pub")?;
     for k in 1..=4u16 {
         publisher.send(&Packet::Publish(Publish {
@@ -603,6 +603,56 @@ fn sys_topics_and_metrics_report_the_brokers_counters() -> anyhow::Result<()> {
     );
     ensure!(
         metrics.contains("manifold_mqtt_connections_total 2"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// A clean session that fell further behind than `--mqtt-lag-limit-ms` skips to the head of
+/// the log: live subscribers never replay stale messages; the skip is counted.
+#[test]
+fn a_clean_session_past_its_lag_limit_skips_to_the_head() -> anyhow::Result<()> {
+    use bytes::Bytes;
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
+    let dir = tempfile::tempdir()?;
+    let node = common::mqtt::node_with(dir.path(), &["--mqtt-lag-limit-ms", "300"])?;
+    // A clean session taking one message at a time: holding one unacknowledged, it falls
+    // behind while the others are published.
+    let mut slow = Raw::windowed_subscriber(node.mqtt, "slow", "lag/#", 1)?;
+    let (mut publisher, _) = Raw::connect(node.mqtt, "lag-pub")?;
+    let mut publish = |id: u16, payload: &str| -> anyhow::Result<()> {
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "lag/t".into(),
+            packet_id: id,
+            properties: Properties::default(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+        }))?;
+        assert_eq!(publisher.next()?, Packet::PubAck(Ack::new(id)));
+        Ok(())
+    };
+    for k in 1..=20 {
+        publish(k, &format!("m{k}"))?;
+    }
+    let Packet::Publish(first) = slow.next()? else {
+        anyhow::bail!("PUBLISH expected");
+    };
+    assert_eq!(&first.payload[..], b"m1");
+    std::thread::sleep(Duration::from_millis(600));
+    // Caught up again (its window reopens): the stale ones are passed over; what comes after
+    // is delivered.
+    slow.send(&Packet::PubAck(Ack::new(first.packet_id)))?;
+    std::thread::sleep(Duration::from_millis(200));
+    publish(21, "fresh")?;
+    let Packet::Publish(next) = slow.next()? else {
+        anyhow::bail!("PUBLISH expected");
+    };
+    assert_eq!(&next.payload[..], b"fresh");
+    let metrics = node.http_get("/metrics")?;
+    ensure!(
+        metrics.contains("manifold_mqtt_lag_skips_total 1"),
         "{metrics}"
     );
     Ok(())

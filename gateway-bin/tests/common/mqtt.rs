@@ -19,6 +19,8 @@ pub struct Node {
     pub resp: u16,
     pub http: u16,
     dir: std::path::PathBuf,
+    /// More `serve` flags, kept for a restart.
+    extra: Vec<String>,
 }
 
 impl Drop for Node {
@@ -28,8 +30,14 @@ impl Drop for Node {
     }
 }
 
-pub fn start(dir: &std::path::Path, mqtt: u16, resp: u16, http: u16) -> anyhow::Result<Node> {
-    let args: Vec<String> = [
+pub fn start(
+    dir: &std::path::Path,
+    mqtt: u16,
+    resp: u16,
+    http: u16,
+    extra: Vec<String>,
+) -> anyhow::Result<Node> {
+    let mut args: Vec<String> = [
         "--data-dir",
         &dir.display().to_string(),
         "--mqtt-addr",
@@ -44,17 +52,25 @@ pub fn start(dir: &std::path::Path, mqtt: u16, resp: u16, http: u16) -> anyhow::
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(extra.iter().cloned());
     Ok(Node {
         child: serve(&args)?,
         mqtt,
         resp,
         http,
         dir: dir.to_path_buf(),
+        extra,
     })
 }
 
 pub fn node(dir: &std::path::Path) -> anyhow::Result<Node> {
-    start(dir, free_port()?, free_port()?, free_port()?)
+    node_with(dir, &[])
+}
+
+/// A node started with more `serve` flags.
+pub fn node_with(dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Node> {
+    let extra = extra.iter().map(|s| s.to_string()).collect();
+    start(dir, free_port()?, free_port()?, free_port()?, extra)
 }
 
 impl Node {
@@ -63,8 +79,9 @@ impl Node {
         self.child.kill()?;
         self.child.wait()?;
         let (dir, mqtt, resp, http) = (self.dir.clone(), self.mqtt, self.resp, self.http);
+        let extra = std::mem::take(&mut self.extra);
         std::mem::forget(self);
-        start(&dir, mqtt, resp, http)
+        start(&dir, mqtt, resp, http, extra)
     }
 
     /// `GET path` on the HTTP listener: the response's body.
@@ -181,9 +198,14 @@ impl Raw {
         Ok(())
     }
 
-    /// A member of shared subscription `filter` at QoS 1 whose session ends with its
-    /// connection, taking `window` messages at a time (Receive Maximum).
-    pub fn share_member(port: u16, id: &str, filter: &str, window: u16) -> anyhow::Result<Raw> {
+    /// A subscriber of `filter` (a shared subscription too) at QoS 1 whose session ends with
+    /// its connection, taking `window` messages at a time (Receive Maximum).
+    pub fn windowed_subscriber(
+        port: u16,
+        id: &str,
+        filter: &str,
+        window: u16,
+    ) -> anyhow::Result<Raw> {
         use manifold_mqtt::codec::{Packet, Properties, QoS, Subscribe, Subscription};
         let properties = Properties {
             session_expiry: Some(0),

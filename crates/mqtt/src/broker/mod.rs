@@ -40,6 +40,10 @@ pub struct BrokerConfig {
     /// How long an MQTT 3.1.1 persistent session (Clean Session 0) outlives its connection,
     /// in seconds (as Mosquitto's `persistent_client_expiration`); `u32::MAX`: for ever.
     pub persistent_session_expiry_s: u32,
+    /// A clean session (one that ends with its connection) whose next message is older than
+    /// this (ms) skips to the head of the log: live QoS 0 telemetry never replays minutes
+    /// late. 0: never.
+    pub clean_lag_limit_ms: u64,
     /// How often the `$SYS/broker/...` values are published to their subscribers (Mosquitto's
     /// `sys_interval`); a new subscription gets them at once.
     pub sys_interval: Duration,
@@ -64,6 +68,7 @@ impl BrokerConfig {
             topic_alias_maximum: 64,
             max_inflight: 1024,
             sys_interval: Duration::from_secs(10),
+            clean_lag_limit_ms: 60_000,
         }
     }
 }

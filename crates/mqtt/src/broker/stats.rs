@@ -25,6 +25,8 @@ pub struct BrokerStats {
     /// Bytes read from / written to clients.
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Times a clean session fell behind its lag limit and skipped to the head of the log.
+    pub lag_skips: AtomicU64,
 }
 
 impl Default for BrokerStats {
@@ -39,6 +41,7 @@ impl Default for BrokerStats {
             publish_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            lag_skips: AtomicU64::new(0),
         }
     }
 }
@@ -82,6 +85,7 @@ impl BrokerStats {
             ),
             ("$SYS/broker/bytes/received".into(), n(&self.bytes_received)),
             ("$SYS/broker/bytes/sent".into(), n(&self.bytes_sent)),
+            ("$SYS/broker/clients/lag-skips".into(), n(&self.lag_skips)),
         ]
     }
 
@@ -140,6 +144,12 @@ impl BrokerStats {
             "counter",
             "Bytes written to MQTT clients.",
             get(&self.bytes_sent),
+        );
+        family(
+            "manifold_mqtt_lag_skips_total",
+            "counter",
+            "Times a clean session past its lag limit skipped to the head of the log.",
+            get(&self.lag_skips),
         );
         out
     }

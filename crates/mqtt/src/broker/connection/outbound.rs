@@ -98,6 +98,18 @@ impl Conn {
             if read.messages.is_empty() && read.upto <= from {
                 return Ok(filters);
             }
+            let limit = self.shared.config.clean_lag_limit_ms;
+            if session.expiry_s == 0
+                && limit > 0
+                && read.messages.first().is_some_and(|m| {
+                    message_properties::now_ms().saturating_sub(m.message.timestamp_ms) > limit
+                })
+            {
+                // Too far behind for a live subscriber: everything up to now is passed over.
+                self.cursor = client.engine().applied_index().max(read.upto);
+                crate::broker::stats::add(&self.shared.stats.lag_skips, 1);
+                continue;
+            }
             let full = read.messages.len() >= window.min(DELIVERY_BATCH);
             self.send_read(client, &session, read).await?;
             if !full {
