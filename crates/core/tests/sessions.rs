@@ -472,12 +472,13 @@ fn a_woken_session_reads_the_waking_entry_from_memory_as_from_the_log() -> Resul
         Ok::<_, EngineError>(())
     })?;
     let read = engine.session_pending(b"head", 100)?;
+    let session = engine.session(b"head").expect("session");
     let mut indexes: Vec<u64> = read.messages.iter().map(|m| m.message.log_index).collect();
     indexes.dedup();
     let mut at = manifold_core::engine::SessionRead::default();
     for index in indexes {
         let one = engine
-            .session_pending_at(b"head", index)
+            .session_pending_at(&session, b"head", index)
             .expect("kept in memory");
         assert_eq!(one.upto, index);
         at.messages.extend(one.messages);
@@ -501,7 +502,7 @@ fn a_woken_session_reads_the_waking_entry_from_memory_as_from_the_log() -> Resul
     // An entry not kept (here: not applied yet) is read from the log instead.
     assert!(
         engine
-            .session_pending_at(b"head", engine.applied_index() + 1)
+            .session_pending_at(&session, b"head", engine.applied_index() + 1)
             .is_none()
     );
     Ok(())

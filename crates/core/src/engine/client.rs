@@ -574,10 +574,11 @@ impl Client {
     /// [`Engine::session_pending_at`], only messages of topics it may subscribe to.
     pub fn session_pending_at(
         &self,
+        session: &super::Session,
         client: &[u8],
         index: crate::store::LogIndex,
     ) -> Option<SessionRead> {
-        let mut read = self.engine.session_pending_at(client, index)?;
+        let mut read = self.engine.session_pending_at(session, client, index)?;
         read.messages
             .retain(|m| self.principal.may_subscribe(&m.topic));
         Some(read)

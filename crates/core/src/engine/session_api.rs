@@ -254,9 +254,14 @@ impl Engine {
     /// What the session has to receive from the one applied entry at `index`, taken from the
     /// entries kept in memory (no reads): for a session that had everything matching up to an
     /// earlier index and was woken by this entry, its next messages. `None` when the entry is
-    /// no longer kept (read from the log instead). The read goes up to `index`.
-    pub fn session_pending_at(&self, client: &[u8], index: LogIndex) -> Option<SessionRead> {
-        let session = self.session(client)?;
+    /// no longer kept (read from the log instead). The read goes up to `index`. `session` is
+    /// the client's, as the caller just read it (`Engine::session`).
+    pub fn session_pending_at(
+        &self,
+        session: &Session,
+        client: &[u8],
+        index: LogIndex,
+    ) -> Option<SessionRead> {
         let (entry, added) = self.inner.store.recent_entry(index)?;
         let messages = entry
             .records
@@ -278,7 +283,7 @@ impl Engine {
                         sub: u16::try_from(k).ok()?,
                     },
                 };
-                session_message(&session, client, m)
+                session_message(session, client, m)
             })
             .collect();
         Some(SessionRead {

@@ -135,7 +135,7 @@ impl Conn {
             return Ok(false);
         }
         let window = usize::from(self.peer_receive_max).saturating_sub(session.inflight.len());
-        let Some(read) = client.session_pending_at(&self.id, index) else {
+        let Some(read) = client.session_pending_at(&session, &self.id, index) else {
             return Ok(false);
         };
         if read.messages.len() > window.min(DELIVERY_BATCH) {
