@@ -658,6 +658,39 @@ fn a_clean_session_past_its_lag_limit_skips_to_the_head() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Keep alive at 1.5 times (MQTT 3.1.2.10): a client that sends PINGREQ in time stays, one that
+/// goes quiet is told DISCONNECT 0x8D after 1.5 periods and closed.
+#[test]
+fn the_keep_alive_is_enforced_at_one_and_a_half_times() -> anyhow::Result<()> {
+    use manifold_mqtt::codec::{Packet, Properties};
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let (mut pinging, _) =
+        Raw::connect_keep_alive(node.mqtt, "pinging", None, Properties::default(), 1)?;
+    let (mut quiet, _) =
+        Raw::connect_keep_alive(node.mqtt, "quiet", None, Properties::default(), 1)?;
+    for n in 1..=6 {
+        std::thread::sleep(Duration::from_millis(500));
+        pinging.send(&Packet::PingReq)?;
+        assert_eq!(pinging.next()?, Packet::PingResp);
+        if n == 2 {
+            // 1 s: one period passed, not one and a half.
+            let early = quiet.next_within(Duration::from_millis(1))?;
+            ensure!(early.is_none(), "closed too soon: {early:?}");
+        }
+    }
+    // 3 s: it went at 1.5 s.
+    match quiet.next_within(Duration::from_millis(1))? {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.code, 0x8D),
+        other => anyhow::bail!("DISCONNECT 0x8D expected: {other:?}"),
+    }
+    ensure!(quiet.next().is_err(), "then closed");
+    // The one that pinged is still served after 3 s.
+    pinging.send(&Packet::PingReq)?;
+    assert_eq!(pinging.next()?, Packet::PingResp);
+    Ok(())
+}
+
 /// Python's paho-mqtt (2.x), both protocol versions: a persistent subscriber at QoS 2, QoS 0/1/2
 /// publishes in order, a retained message for a later subscriber, and a reconnect that gets
 /// what was published while away. Prints OK or what went wrong.

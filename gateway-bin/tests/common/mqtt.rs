@@ -168,6 +168,17 @@ impl Raw {
         will: Option<manifold_mqtt::codec::Will>,
         properties: manifold_mqtt::codec::Properties,
     ) -> anyhow::Result<(Raw, bool)> {
+        Raw::connect_keep_alive(port, id, will, properties, 60)
+    }
+
+    /// As `connect_with`, with a Keep Alive of `keep_alive` seconds.
+    pub fn connect_keep_alive(
+        port: u16,
+        id: &str,
+        will: Option<manifold_mqtt::codec::Will>,
+        properties: manifold_mqtt::codec::Properties,
+        keep_alive: u16,
+    ) -> anyhow::Result<(Raw, bool)> {
         use manifold_mqtt::codec::{Connect, Packet, Protocol};
         let socket = TcpStream::connect(("127.0.0.1", port))?;
         socket.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -178,7 +189,7 @@ impl Raw {
         raw.send(&Packet::Connect(Box::new(Connect {
             protocol: Protocol::V5,
             clean_start: false,
-            keep_alive: 60,
+            keep_alive,
             client_id: id.into(),
             will,
             username: None,

@@ -255,6 +255,12 @@ impl Conn {
         // The keep alive, at 1.5 times (spec 3.1.2.10); none with 0.
         let grace = Duration::from_millis(u64::from(keep_alive) * 1500);
         let mut deadline = Instant::now() + grace;
+        // One timer for the connection's life: it fires at most once per keep-alive period
+        // (reads only move `deadline`; the timer catches up when it fires), instead of a timer
+        // set and cleared on every wait.
+        let keep_alive_timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(keep_alive_timer);
+        let mut timer_fired = false;
         let mut sessions_closed = self.shared.sessions_closed.subscribe();
         let mut sys = self.shared.sys.subscribe();
         let mut sys_changed = false;
@@ -358,17 +364,7 @@ impl Conn {
             if self.out.capacity() > IDLE_OUT_CAPACITY {
                 self.out = BytesMut::new();
             }
-            // Readable, or the keep alive ran out (`None`); the bytes are read at the top.
-            let read = async {
-                if keep_alive == 0 {
-                    rd.readable().await.ok()
-                } else {
-                    tokio::time::timeout_at(deadline, rd.readable())
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok())
-                }
-            };
+
             // Runs of PUBLISH packets waiting for their commit: out of `self` while waiting.
             let mut publishing = std::mem::take(&mut self.publishing);
             let committed = inbound::front_committed(&mut publishing);
@@ -379,17 +375,18 @@ impl Conn {
                     return End::Shutdown;
                 }
                 _ = leave.changed() => true,
-                readable = read => match readable {
-                    Some(()) => {
+                // Readable: the bytes are read at the top.
+                readable = rd.readable() => match readable {
+                    Ok(()) => {
                         may_read = true;
                         false
                     }
-                    None => {
-                        // The keep alive ran out (or the socket failed).
-                        self.disconnect(0x8D);
-                        return End::Lost;
-                    }
+                    Err(_) => return End::Lost,
                 },
+                () = &mut keep_alive_timer, if keep_alive > 0 => {
+                    timer_fired = true;
+                    false
+                }
                 index = new_messages => {
                     woken = index;
                     false
@@ -405,6 +402,14 @@ impl Conn {
                 }
             };
             self.publishing = publishing;
+            if std::mem::take(&mut timer_fired) {
+                if Instant::now() >= deadline {
+                    // Nothing from the client for 1.5 keep-alive periods.
+                    self.disconnect(0x8D);
+                    return End::Lost;
+                }
+                keep_alive_timer.as_mut().reset(deadline);
+            }
             if std::mem::take(&mut sys_changed) {
                 self.send_sys(None);
             }
