@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// log (ms; default 60000; 0: never).
     #[arg(long)]
     mqtt_lag_limit_ms: Option<u64>,
+    /// How long an MQTT 3.1.1 persistent session (Clean Session 0) outlives its connection
+    /// (s; default: for ever, as Mosquitto's persistent_client_expiration).
+    #[arg(long)]
+    mqtt_persistent_expiry_s: Option<u32>,
 }
 
 /// The TOML file: the same settings, by the same names (with `_`).
@@ -91,6 +95,7 @@ struct FileConfig {
     retention_ms: Option<u64>,
     retention_check_ms: Option<u64>,
     mqtt_lag_limit_ms: Option<u64>,
+    mqtt_persistent_expiry_s: Option<u32>,
     /// The cluster's shared secret (file or `MANIFOLD_CLUSTER_SECRET`, never a flag).
     cluster_secret: Option<String>,
     /// `[[principal]]` tables (file only: secrets stay off the command line).
@@ -126,6 +131,7 @@ struct Settings {
     retention_ms: Option<u64>,
     retention_check_ms: Option<u64>,
     mqtt_lag_limit_ms: Option<u64>,
+    mqtt_persistent_expiry_s: Option<u32>,
     cluster_secret: Option<String>,
     access: AccessConfig,
 }
@@ -185,6 +191,9 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         retention_ms: args.retention_ms.or(file.retention_ms),
         retention_check_ms: args.retention_check_ms.or(file.retention_check_ms),
         mqtt_lag_limit_ms: args.mqtt_lag_limit_ms.or(file.mqtt_lag_limit_ms),
+        mqtt_persistent_expiry_s: args
+            .mqtt_persistent_expiry_s
+            .or(file.mqtt_persistent_expiry_s),
         cluster_secret: std::env::var("MANIFOLD_CLUSTER_SECRET")
             .ok()
             .or(file.cluster_secret),
@@ -377,6 +386,9 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
             let mut config = manifold_mqtt::BrokerConfig::for_engine(max_message_bytes);
             if let Some(ms) = s.mqtt_lag_limit_ms {
                 config.clean_lag_limit_ms = ms;
+            }
+            if let Some(secs) = s.mqtt_persistent_expiry_s {
+                config.persistent_session_expiry_s = secs;
             }
             runtime.spawn(manifold_mqtt::serve(
                 listener,

@@ -691,6 +691,27 @@ fn the_keep_alive_is_enforced_at_one_and_a_half_times() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--mqtt-persistent-expiry-s` (Mosquitto's `persistent_client_expiration`): a 3.1.1
+/// persistent session (Clean Session 0) is kept across a disconnect, and ends once it has been
+/// away that long.
+#[test]
+fn a_persistent_311_session_expires_after_the_configured_time() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = common::mqtt::node_with(dir.path(), &["--mqtt-persistent-expiry-s", "1"])?;
+    // CONNECT 3.1.1, Clean Session 0, client id "exp", then DISCONNECT.
+    let visit = || {
+        exchange(
+            node.mqtt,
+            b"\x10\x0F\x00\x04MQTT\x04\x00\x00\x3C\x00\x03exp\xE0\x00",
+        )
+    };
+    assert_eq!(visit()?, b"\x20\x02\x00\x00", "a new session");
+    assert_eq!(visit()?, b"\x20\x02\x01\x00", "kept: session present");
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(visit()?, b"\x20\x02\x00\x00", "expired after 1 s away");
+    Ok(())
+}
+
 /// Python's paho-mqtt (2.x), both protocol versions: a persistent subscriber at QoS 2, QoS 0/1/2
 /// publishes in order, a retained message for a later subscriber, and a reconnect that gets
 /// what was published while away. Prints OK or what went wrong.
