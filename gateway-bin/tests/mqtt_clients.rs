@@ -122,6 +122,11 @@ fn publishes_to_sys_topics_are_refused_and_only_those() -> anyhow::Result<()> {
     node.publish(&["-t", "$SYSTEM/x", "-m", "mine", "-q", "1"])?;
     assert_eq!(node.resp(&["XLEN", "$SYS/broker/uptime"])?, ":0");
     assert_eq!(node.resp(&["XLEN", "$SYSTEM/x"])?, ":1");
+    // Nor over RESP (any protocol: the engine's rule), as Redis refuses a key an ACL denies.
+    let refused = node.resp(&["XADD", "$SYS/broker/uptime", "*", "payload", "forged"])?;
+    ensure!(refused.starts_with("-NOPERM"), "{refused}");
+    let added = node.resp(&["XADD", "$SYSTEM/y", "*", "payload", "ok"])?;
+    ensure!(added.starts_with('$'), "an ID: {added}");
     Ok(())
 }
 

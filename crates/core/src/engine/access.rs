@@ -64,9 +64,11 @@ impl Principal {
         &self.name
     }
 
-    /// Whether it may publish to (change) the stream `key`.
+    /// Whether it may publish to (change) the stream `key`. Nobody may write `$SYS` or
+    /// `$SYS/...`: the MQTT broker's own statistics live there (node-local, never in the log),
+    /// and no protocol is a way to forge them.
     pub fn may_publish(&self, key: &[u8]) -> bool {
-        self.publish.iter().any(|p| glob_match(p, key))
+        !is_reserved(key) && self.publish.iter().any(|p| glob_match(p, key))
     }
 
     /// Whether it may subscribe to (read) the stream `key`.
@@ -157,6 +159,11 @@ impl Acl {
 /// but its length).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `$SYS` and `$SYS/...`: the MQTT broker's statistics, which no one may write.
+pub fn is_reserved(key: &[u8]) -> bool {
+    key == b"$SYS" || key.starts_with(b"$SYS/")
 }
 
 #[cfg(test)]
