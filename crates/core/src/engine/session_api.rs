@@ -12,7 +12,7 @@ use super::session_command::{
 };
 use super::sessions::{Session, SessionError, SessionOutcome};
 use super::{CommandTag, Engine, EngineError, Message, Result, topic_filter};
-use crate::store::{LogIndex, RecordOp, StoreError};
+use crate::store::{LogEntry, LogIndex, RecordOp, StoreError};
 
 /// The message property naming the session (MQTT client id) that published a message: a
 /// subscription with No Local does not match that session's own messages.
@@ -270,19 +270,8 @@ impl Engine {
             .filter(|(k, r)| {
                 r.db == 0 && r.op == RecordOp::Message && added.get(*k).copied().unwrap_or(false)
             })
-            .filter_map(|(k, r)| {
-                let m = TopicMessage {
-                    topic: r.topic.clone(),
-                    message: Message {
-                        id: r.id,
-                        fields: r.fields.clone(),
-                        properties: r.properties.clone(),
-                        message_key: r.message_key.clone(),
-                        timestamp_ms: entry.timestamp_ms,
-                        log_index: index,
-                        sub: u16::try_from(k).ok()?,
-                    },
-                };
+            .filter_map(|(k, _)| {
+                let m = topic_message(&entry, u16::try_from(k).ok()?)?;
                 session_message(session, client, m)
             })
             .collect();
@@ -303,19 +292,10 @@ impl Engine {
         if log_index < log.first_index() || log_index > log.last_index() {
             return Ok(None);
         }
-        let entry = log.entry(log_index)?;
-        Ok(entry.records.get(usize::from(sub)).map(|r| TopicMessage {
-            topic: r.topic.clone(),
-            message: Message {
-                id: r.id,
-                fields: r.fields.clone(),
-                properties: r.properties.clone(),
-                message_key: r.message_key.clone(),
-                timestamp_ms: entry.timestamp_ms,
-                log_index,
-                sub,
-            },
-        }))
+        if let Some((entry, _)) = self.inner.store.recent_entry(log_index) {
+            return Ok(topic_message(&entry, sub));
+        }
+        Ok(topic_message(&log.entry(log_index)?, sub))
     }
 }
 
@@ -350,5 +330,22 @@ fn session_message(session: &Session, client: &[u8], m: TopicMessage) -> Option<
             .filter(|id| *id != 0)
             .collect(),
         retain_as_published: matching.iter().any(|o| o.retain_as_published),
+    })
+}
+
+/// The message of sub-record `sub` of `entry`, with its topic.
+fn topic_message(entry: &LogEntry, sub: u16) -> Option<TopicMessage> {
+    let r = entry.records.get(usize::from(sub))?;
+    Some(TopicMessage {
+        topic: r.topic.clone(),
+        message: Message {
+            id: r.id,
+            fields: r.fields.clone(),
+            properties: r.properties.clone(),
+            message_key: r.message_key.clone(),
+            timestamp_ms: entry.timestamp_ms,
+            log_index: entry.index,
+            sub,
+        },
     })
 }

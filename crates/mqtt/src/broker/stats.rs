@@ -56,101 +56,104 @@ fn get(counter: &AtomicU64) -> u64 {
 }
 
 impl BrokerStats {
+    /// Every counter once: its `$SYS` topic, its `/metrics` family, the family's type and help,
+    /// its value now.
+    fn counters(&self) -> [(&'static str, &'static str, &'static str, &'static str, u64); 9] {
+        let c =
+            |sys, metric, kind, help, counter: &AtomicU64| (sys, metric, kind, help, get(counter));
+        [
+            c(
+                "clients/connected",
+                "manifold_mqtt_clients_connected",
+                "gauge",
+                "MQTT clients connected to this node.",
+                &self.connected,
+            ),
+            c(
+                "clients/total",
+                "manifold_mqtt_connections_total",
+                "counter",
+                "MQTT connections accepted by this node.",
+                &self.connections,
+            ),
+            c(
+                "messages/received",
+                "manifold_mqtt_packets_received_total",
+                "counter",
+                "MQTT control packets received.",
+                &self.packets_received,
+            ),
+            c(
+                "messages/sent",
+                "manifold_mqtt_packets_sent_total",
+                "counter",
+                "MQTT control packets sent.",
+                &self.packets_sent,
+            ),
+            c(
+                "publish/messages/received",
+                "manifold_mqtt_publish_received_total",
+                "counter",
+                "MQTT PUBLISH packets received.",
+                &self.publish_received,
+            ),
+            c(
+                "publish/messages/sent",
+                "manifold_mqtt_publish_sent_total",
+                "counter",
+                "MQTT PUBLISH packets sent.",
+                &self.publish_sent,
+            ),
+            c(
+                "bytes/received",
+                "manifold_mqtt_bytes_received_total",
+                "counter",
+                "Bytes read from MQTT clients.",
+                &self.bytes_received,
+            ),
+            c(
+                "bytes/sent",
+                "manifold_mqtt_bytes_sent_total",
+                "counter",
+                "Bytes written to MQTT clients.",
+                &self.bytes_sent,
+            ),
+            c(
+                "clients/lag-skips",
+                "manifold_mqtt_lag_skips_total",
+                "counter",
+                "Times a clean session past its lag limit skipped to the head of the log.",
+                &self.lag_skips,
+            ),
+        ]
+    }
+
     /// The `$SYS` topics and their values now, Mosquitto's names.
     pub fn sys_messages(&self) -> Vec<(String, Bytes)> {
-        let n = |c: &AtomicU64| Bytes::from(get(c).to_string());
-        vec![
+        let mut out = vec![
             (
-                "$SYS/broker/version".into(),
+                "$SYS/broker/version".to_string(),
                 Bytes::from(format!("manifold {}", env!("CARGO_PKG_VERSION"))),
             ),
             (
-                "$SYS/broker/uptime".into(),
+                "$SYS/broker/uptime".to_string(),
                 Bytes::from(format!("{} seconds", self.started.elapsed().as_secs())),
             ),
-            ("$SYS/broker/clients/connected".into(), n(&self.connected)),
-            ("$SYS/broker/clients/total".into(), n(&self.connections)),
-            (
-                "$SYS/broker/messages/received".into(),
-                n(&self.packets_received),
-            ),
-            ("$SYS/broker/messages/sent".into(), n(&self.packets_sent)),
-            (
-                "$SYS/broker/publish/messages/received".into(),
-                n(&self.publish_received),
-            ),
-            (
-                "$SYS/broker/publish/messages/sent".into(),
-                n(&self.publish_sent),
-            ),
-            ("$SYS/broker/bytes/received".into(), n(&self.bytes_received)),
-            ("$SYS/broker/bytes/sent".into(), n(&self.bytes_sent)),
-            ("$SYS/broker/clients/lag-skips".into(), n(&self.lag_skips)),
-        ]
+        ];
+        for (sys, _, _, _, value) in self.counters() {
+            out.push((format!("$SYS/broker/{sys}"), Bytes::from(value.to_string())));
+        }
+        out
     }
 
     /// The counters as Prometheus text (families `manifold_mqtt_*`).
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, value: u64| {
+        for (_, name, kind, help, value) in self.counters() {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
-        };
-        family(
-            "manifold_mqtt_clients_connected",
-            "gauge",
-            "MQTT clients connected to this node.",
-            get(&self.connected),
-        );
-        family(
-            "manifold_mqtt_connections_total",
-            "counter",
-            "MQTT connections accepted by this node.",
-            get(&self.connections),
-        );
-        family(
-            "manifold_mqtt_packets_received_total",
-            "counter",
-            "MQTT control packets received.",
-            get(&self.packets_received),
-        );
-        family(
-            "manifold_mqtt_packets_sent_total",
-            "counter",
-            "MQTT control packets sent.",
-            get(&self.packets_sent),
-        );
-        family(
-            "manifold_mqtt_publish_received_total",
-            "counter",
-            "MQTT PUBLISH packets received.",
-            get(&self.publish_received),
-        );
-        family(
-            "manifold_mqtt_publish_sent_total",
-            "counter",
-            "MQTT PUBLISH packets sent.",
-            get(&self.publish_sent),
-        );
-        family(
-            "manifold_mqtt_bytes_received_total",
-            "counter",
-            "Bytes read from MQTT clients.",
-            get(&self.bytes_received),
-        );
-        family(
-            "manifold_mqtt_bytes_sent_total",
-            "counter",
-            "Bytes written to MQTT clients.",
-            get(&self.bytes_sent),
-        );
-        family(
-            "manifold_mqtt_lag_skips_total",
-            "counter",
-            "Times a clean session past its lag limit skipped to the head of the log.",
-            get(&self.lag_skips),
-        );
+        }
         out
     }
 }

@@ -56,16 +56,6 @@ impl Conn {
     /// A delivery round: the session's subscriptions, then its shared ones. Returns the filters
     /// to wait on.
     pub(super) async fn deliver(&mut self, client: &Client) -> Result<Vec<Bytes>, EngineError> {
-        self.sys_filters = client
-            .session(&self.id)
-            .map(|s| {
-                s.subscriptions
-                    .keys()
-                    .filter(|f| f.starts_with(b"$SYS"))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut filters = self.deliver_subscriptions(client).await?;
         filters.extend(self.deliver_shared(client).await?);
         Ok(filters)
@@ -78,12 +68,19 @@ impl Conn {
     async fn deliver_subscriptions(&mut self, client: &Client) -> Result<Vec<Bytes>, EngineError> {
         loop {
             let Some(session) = client.session(&self.id) else {
+                self.sys_filters.clear();
                 return Ok(Vec::new());
             };
             let filters: Vec<Bytes> = session
                 .subscriptions
                 .keys()
                 .filter(|f| topic_filter::shared_subscription(f).is_none())
+                .cloned()
+                .collect();
+            // `$SYS` values are node-local, sent apart (`send_sys`), never read from the log.
+            self.sys_filters = filters
+                .iter()
+                .filter(|f| f.starts_with(b"$SYS"))
                 .cloned()
                 .collect();
             if filters.is_empty() {

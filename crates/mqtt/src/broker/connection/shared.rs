@@ -273,14 +273,8 @@ impl Conn {
                 qos0,
             )
             .await;
-        let read = match read {
-            Ok(r) => r,
-            // The group was destroyed (XGROUP DESTROY, or the stream deleted): made again.
-            Err(EngineError::Group(GroupError::NoGroup)) => {
-                self.rejoin(client, share).await;
-                return Ok(due);
-            }
-            Err(e) => return Err(e),
+        let Some(read) = self.or_rejoin(client, share, read).await? else {
+            return Ok(due);
         };
         due.extend(
             read.into_iter()
@@ -376,13 +370,8 @@ impl Conn {
                 qos0,
             )
             .await;
-        let read = match read {
-            Ok(r) => r,
-            Err(EngineError::Group(GroupError::NoGroup)) => {
-                self.rejoin(client, share).await;
-                return Ok(due);
-            }
-            Err(e) => return Err(e),
+        let Some(read) = self.or_rejoin(client, share, read).await? else {
+            return Ok(due);
         };
         due.extend(read.into_iter().map(|d| Due {
             place: place(d.position),
@@ -393,11 +382,24 @@ impl Conn {
         Ok(due)
     }
 
-    /// Joins a share's group again (it was destroyed meanwhile).
-    async fn rejoin(&self, client: &Client, share: &Share) {
-        let group = String::from_utf8_lossy(&share.group).into_owned();
-        let topic = String::from_utf8_lossy(&share.topic).into_owned();
-        let _ = self.join_share(client, &group, &topic).await;
+    /// A read of a share's group: `None` when the group was gone (XGROUP DESTROY, the stream
+    /// deleted) — it is joined again, and the next round reads.
+    async fn or_rejoin<T>(
+        &self,
+        client: &Client,
+        share: &Share,
+        read: Result<T, EngineError>,
+    ) -> Result<Option<T>, EngineError> {
+        match read {
+            Ok(r) => Ok(Some(r)),
+            Err(EngineError::Group(GroupError::NoGroup)) => {
+                let group = String::from_utf8_lossy(&share.group).into_owned();
+                let topic = String::from_utf8_lossy(&share.topic).into_owned();
+                let _ = self.join_share(client, &group, &topic).await;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
