@@ -451,6 +451,21 @@ fn replies_match_redis_server() {
             &["MULTI"],
             &["PING"],
             &["EXEC"],
+            // A trim that drops only an XDEL tombstone leaves the key untouched; one that
+            // drops a live entry does not.
+            &["XADD", "tomb", "1-1", "f", "v"],
+            &["XDEL", "tomb", "1-1"],
+            &["XADD", "tomb", "MAXLEN", "=", "1", "1-2", "f", "v"],
+            &["WATCH", "tomb"],
+            &["XTRIM", "tomb", "MINID", "=", "1-2"],
+            &["MULTI"],
+            &["XLEN", "tomb"],
+            &["EXEC"],
+            &["WATCH", "tomb"],
+            &["XTRIM", "tomb", "MINID", "=", "1-3"],
+            &["MULTI"],
+            &["XLEN", "tomb"],
+            &["EXEC"],
             // A key created and deleted again since WATCH was touched.
             &["WATCH", "gone"],
             &["XADD", "gone", "1-1", "f", "v"],

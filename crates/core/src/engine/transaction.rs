@@ -229,7 +229,7 @@ pub enum TxAnswer {
 pub struct Watch {
     db: u8,
     key: Bytes,
-    version: Option<[u64; 4]>,
+    version: Option<[u64; 3]>,
     /// The store's topic-set version then: a key missing then and now may have been created
     /// and dropped between.
     topics_at: u64,
@@ -959,8 +959,12 @@ fn drops(db: u8, keys: impl Iterator<Item = Bytes>) -> Vec<SubRecord> {
 /// What WATCH compares: the incarnation and how far the stream was appended, trimmed and
 /// deleted — each only grows, so a change never looks like no change. Group commands and
 /// XSETID leave it alone, as they leave Redis's watched keys alone.
-fn version_of(t: &crate::store::Topic) -> [u64; 4] {
-    [t.incarnation, t.len, t.first_live, t.deleted]
+/// What WATCH compares: the incarnation, entries added and entries live. Redis marks a key
+/// modified only when a command adds or removes a live entry, so a trim that drops only
+/// XDEL tombstones (first live offset and tombstone count move, nothing visible does)
+/// leaves a WATCH intact, as it does there.
+fn version_of(t: &crate::store::Topic) -> [u64; 3] {
+    [t.incarnation, t.len, t.live_len()]
 }
 
 /// Whether `w`'s key changed since WATCH: applied state differs, or writes to it are still
