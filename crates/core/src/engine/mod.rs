@@ -788,6 +788,10 @@ pub enum Wake {
 struct ViewTopic {
     last_id: StreamId,
     exists: bool,
+    /// The lowest ID an XSETID in flight names below `last_id`: one accepted on an empty
+    /// stream lowers the top (Redis checks it only against live entries), so until it is
+    /// applied an explicit ID above this is left for apply to judge.
+    lowered_to: Option<StreamId>,
     /// Last entry that changed this view.
     at: LogIndex,
 }
@@ -2129,6 +2133,7 @@ impl Proposer {
             let v = self.view.entry(key.clone()).or_insert(ViewTopic {
                 last_id,
                 exists,
+                lowered_to: None,
                 at: 0,
             });
             match r.op {
@@ -2143,7 +2148,12 @@ impl Proposer {
                 RecordOp::Create => v.exists = true,
                 // Taken as done: appends proposed after it resolve IDs above it (a refused
                 // XSETID leaves the view high until it is applied; apply re-checks appends).
-                RecordOp::SetId if v.exists => v.last_id = v.last_id.max(r.id),
+                RecordOp::SetId if v.exists => {
+                    if r.id < v.last_id {
+                        v.lowered_to = Some(v.lowered_to.map_or(r.id, |low| low.min(r.id)));
+                    }
+                    v.last_id = v.last_id.max(r.id);
+                }
                 _ => {}
             }
             v.at = index;
@@ -2167,6 +2177,11 @@ impl Proposer {
                 .map(|((_, k), _)| k.clone()),
         );
         keys
+    }
+
+    /// The lowest top an XSETID in flight may leave `key` with, when below the view's last ID.
+    fn lowered_to(&self, key: &TopicKey) -> Option<StreamId> {
+        self.view.get(key).and_then(|v| v.lowered_to)
     }
 
     /// The leader view of a topic: last ID and existence, including unapplied entries.

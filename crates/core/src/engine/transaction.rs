@@ -23,8 +23,8 @@ use super::group_api::{AutoClaimed, GroupEntry};
 use super::group_command::{self, Claim, GroupCommand, GroupOp, GroupStart, ReadFrom};
 use super::groups::{Claimed, GroupOutcome};
 use super::{
-    AppendRequest, Applied, COMMAND_VERSION, CommandTag, Engine, EngineError, Proposer, Result,
-    RetainEffect, TopicKey, Trim, check_db, command_with_producer, resolve,
+    AppendRequest, Applied, COMMAND_VERSION, CommandTag, Engine, EngineError, IdSpec, Proposer,
+    Result, RetainEffect, TopicKey, Trim, check_db, command_with_producer, resolve,
 };
 use crate::store::{EntryKind, MessageStore, Outcome, RecordOp, StreamId, SubRecord};
 
@@ -641,7 +641,11 @@ impl Engine {
         if req.nomkstream && !exists {
             return Ok(None); // nothing to log: the reply is nil
         }
-        let id = resolve(req.id, last, p.last_ts)?;
+        let id = match (req.id, p.lowered_to(&key)) {
+            // An XSETID in flight may lower the top below `last`: apply judges this ID.
+            (IdSpec::Explicit(id), Some(low)) if id > low && id <= last => id,
+            _ => resolve(req.id, last, p.last_ts)?,
+        };
         let record = SubRecord {
             op: RecordOp::Message,
             db: req.db,
