@@ -7,6 +7,7 @@
 mod cluster;
 mod inspect;
 mod serve;
+mod tls;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -2,8 +2,10 @@
 //! same name; flags win over the file), a single node on the engine, and a graceful shutdown on
 //! SIGINT/SIGTERM (stop intake, apply what was proposed, checkpoint, close the log cleanly).
 //!
-//! The RESP front end listens on `--resp-addr`, the MQTT broker on `--mqtt-addr`, the HTTP
-//! listener (admin routes) on `--http-addr`. `--peers` makes the node a member of a Raft group.
+//! The RESP front end listens on `--resp-addr`, the MQTT broker on `--mqtt-addr` (and over TLS
+//! on `--mqtts-addr`, with `--tls-cert` and `--tls-key`), the HTTP listener (admin routes, and
+//! the broker's `/mqtt` WebSocket) on `--http-addr`. `--peers` makes the node a member of a
+//! Raft group.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +76,16 @@ pub struct ServeArgs {
     /// (s; default: for ever, as Mosquitto's persistent_client_expiration).
     #[arg(long)]
     mqtt_persistent_expiry_s: Option<u32>,
+    /// MQTT over TLS listener (default 127.0.0.1:8883 once --tls-cert and --tls-key are given;
+    /// off without them).
+    #[arg(long)]
+    mqtts_addr: Option<String>,
+    /// The TLS certificate chain, PEM (the server's certificate first).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings, by the same names (with `_`).
@@ -96,6 +108,9 @@ struct FileConfig {
     retention_check_ms: Option<u64>,
     mqtt_lag_limit_ms: Option<u64>,
     mqtt_persistent_expiry_s: Option<u32>,
+    mqtts_addr: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     /// The cluster's shared secret (file or `MANIFOLD_CLUSTER_SECRET`, never a flag).
     cluster_secret: Option<String>,
     /// `[[principal]]` tables (file only: secrets stay off the command line).
@@ -132,6 +147,8 @@ struct Settings {
     retention_check_ms: Option<u64>,
     mqtt_lag_limit_ms: Option<u64>,
     mqtt_persistent_expiry_s: Option<u32>,
+    /// The MQTT over TLS listener: address, certificate chain, key.
+    mqtts: Option<(String, PathBuf, PathBuf)>,
     cluster_secret: Option<String>,
     access: AccessConfig,
 }
@@ -160,6 +177,21 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
                 .unwrap_or(100),
         },
         other => bail!("flush must be sync or async, not {other:?}"),
+    };
+    let tls_cert = args.tls_cert.clone().or(file.tls_cert);
+    let tls_key = args.tls_key.clone().or(file.tls_key);
+    let mqtts_addr = args.mqtts_addr.clone().or(file.mqtts_addr);
+    let mqtts = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some((
+            mqtts_addr.unwrap_or_else(|| "127.0.0.1:8883".to_string()),
+            cert,
+            key,
+        )),
+        (None, None) if mqtts_addr.is_some() => {
+            bail!("--mqtts-addr needs --tls-cert and --tls-key")
+        }
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
     };
     Ok(Settings {
         data_dir: args
@@ -194,6 +226,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         mqtt_persistent_expiry_s: args
             .mqtt_persistent_expiry_s
             .or(file.mqtt_persistent_expiry_s),
+        mqtts,
         cluster_secret: std::env::var("MANIFOLD_CLUSTER_SECRET")
             .ok()
             .or(file.cluster_secret),
@@ -368,13 +401,34 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
     })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut front_ends = Vec::new();
-    // The MQTT broker's counters: `$SYS` there, `/metrics` on the HTTP listener.
+    // The MQTT broker: its counters (`$SYS` there, `/metrics` on the HTTP listener) and the
+    // connections of its three listeners (TCP, TLS, WebSocket at `/mqtt` on HTTP).
     let mqtt_stats = Arc::new(manifold_mqtt::BrokerStats::default());
     let mqtt_metrics: manifold_push::MetricsSource = {
         let stats = mqtt_stats.clone();
         Arc::new(move || stats.prometheus())
     };
-    for (name, addr) in &s.listeners {
+    let broker = {
+        let mut config = manifold_mqtt::BrokerConfig::for_engine(max_message_bytes);
+        if let Some(ms) = s.mqtt_lag_limit_ms {
+            config.clean_lag_limit_ms = ms;
+        }
+        if let Some(secs) = s.mqtt_persistent_expiry_s {
+            config.persistent_session_expiry_s = secs;
+        }
+        let _runtime = runtime.enter();
+        manifold_mqtt::Broker::new(engine.clone(), config, mqtt_stats, stopped.clone())
+    };
+    let tls = match &s.mqtts {
+        Some((addr, cert, key)) => Some((addr, crate::tls::acceptor(cert, key)?)),
+        None => None,
+    };
+    let listeners = s
+        .listeners
+        .iter()
+        .map(|(name, addr)| (*name, addr))
+        .chain(tls.as_ref().map(|(addr, _)| ("MQTTS", *addr)));
+    for (name, addr) in listeners {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr.as_str()))
             .with_context(|| format!("binding the {name} listener to {addr}"))?;
@@ -382,36 +436,34 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
             .local_addr()
             .with_context(|| format!("{name} listener address"))?;
         tracing::info!(listener = name, addr = %local, "listening");
-        front_ends.push(if *name == "MQTT" {
-            let mut config = manifold_mqtt::BrokerConfig::for_engine(max_message_bytes);
-            if let Some(ms) = s.mqtt_lag_limit_ms {
-                config.clean_lag_limit_ms = ms;
+        let broker = broker.clone();
+        front_ends.push(match name {
+            "MQTT" => runtime.spawn(async move { broker.serve(listener).await }),
+            "MQTTS" => {
+                let tls = tls.as_ref().map(|(_, acceptor)| acceptor.clone());
+                runtime.spawn(async move {
+                    match tls {
+                        Some(tls) => broker.serve_tls(listener, tls).await,
+                        None => Ok(()),
+                    }
+                })
             }
-            if let Some(secs) = s.mqtt_persistent_expiry_s {
-                config.persistent_session_expiry_s = secs;
+            "RESP" => {
+                let config = manifold_resp::RespConfig::for_engine(max_message_bytes);
+                runtime.spawn(manifold_resp::serve(
+                    listener,
+                    engine.clone(),
+                    config,
+                    stopped.clone(),
+                ))
             }
-            runtime.spawn(manifold_mqtt::serve(
-                listener,
-                engine.clone(),
-                config,
-                mqtt_stats.clone(),
-                stopped.clone(),
-            ))
-        } else if *name == "RESP" {
-            let config = manifold_resp::RespConfig::for_engine(max_message_bytes);
-            runtime.spawn(manifold_resp::serve(
-                listener,
-                engine.clone(),
-                config,
-                stopped.clone(),
-            ))
-        } else {
-            runtime.spawn(manifold_push::serve(
+            _ => runtime.spawn(manifold_push::serve(
                 listener,
                 engine.clone(),
                 vec![mqtt_metrics.clone()],
+                manifold_mqtt::broker::websocket::routes(broker),
                 stopped.clone(),
-            ))
+            )),
         });
     }
     tracing::info!(
@@ -441,7 +493,10 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
                 Err(e) => tracing::error!(error = %e, "front end task failed"),
             }
         }
+        // Every MQTT connection (of any listener) has closed: none holds the engine.
+        broker.closed().await;
     });
+    drop(broker);
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     let engine = Arc::try_unwrap(engine)
         .map_err(|_| anyhow::anyhow!("the engine is still in use after the front ends stopped"))?;
@@ -498,6 +553,39 @@ mod tests {
         assert!(
             settings(&args).is_err(),
             "unknown principal keys are refused"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_mqtts_listener_needs_a_certificate_and_its_key() -> anyhow::Result<()> {
+        let base = ServeArgs::default();
+        assert_eq!(settings(&base)?.mqtts, None, "off by default");
+        let with = |addr: Option<&str>, cert: Option<&str>, key: Option<&str>| ServeArgs {
+            mqtts_addr: addr.map(String::from),
+            tls_cert: cert.map(PathBuf::from),
+            tls_key: key.map(PathBuf::from),
+            ..ServeArgs::default()
+        };
+        let s = settings(&with(None, Some("c.pem"), Some("k.pem")))?;
+        assert_eq!(
+            s.mqtts,
+            Some((
+                "127.0.0.1:8883".into(),
+                PathBuf::from("c.pem"),
+                PathBuf::from("k.pem")
+            ))
+        );
+        let s = settings(&with(Some("0.0.0.0:9883"), Some("c.pem"), Some("k.pem")))?;
+        assert_eq!(s.mqtts.map(|m| m.0), Some("0.0.0.0:9883".into()));
+        let refused = |args: ServeArgs| settings(&args).err().map(|e| e.to_string());
+        assert_eq!(
+            refused(with(Some("127.0.0.1:8883"), None, None)).as_deref(),
+            Some("--mqtts-addr needs --tls-cert and --tls-key")
+        );
+        assert_eq!(
+            refused(with(None, Some("c.pem"), None)).as_deref(),
+            Some("--tls-cert and --tls-key go together")
         );
         Ok(())
     }

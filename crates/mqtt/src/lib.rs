@@ -5,4 +5,4 @@
 pub mod broker;
 pub mod codec;
 
-pub use broker::{BrokerConfig, BrokerStats, serve};
+pub use broker::{Broker, BrokerConfig, BrokerStats};

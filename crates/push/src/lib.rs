@@ -1,6 +1,7 @@
 //! Manifold's HTTP listener on `--http-addr`. Today it carries the admin routes
-//! (`admin.rs`: health, cluster status, metrics, leadership transfer); the push routes
-//! (WebSocket, Server-Sent Events, long-polling, REST) join the same router.
+//! (`admin.rs`: health, cluster status, metrics, leadership transfer) and what other front ends
+//! hand it (MQTT over WebSocket at `/mqtt`); the push routes (WebSocket, Server-Sent Events,
+//! long-polling, REST) join the same router.
 //!
 //! Owns the HTTP surface only: every answer comes from the engine's public API; nothing here
 //! changes the log except through it.
@@ -24,13 +25,15 @@ pub fn router(engine: Arc<Engine>, metrics: Vec<MetricsSource>) -> axum::Router 
 }
 
 /// Serves the HTTP listener until `stopped` turns true; requests under way finish first.
+/// `more` are routes other front ends serve here (the MQTT broker's `/mqtt` WebSocket).
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     metrics: Vec<MetricsSource>,
+    more: axum::Router,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, metrics))
+    axum::serve(listener, router(engine, metrics).merge(more))
         .with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|s| *s).await;
         })

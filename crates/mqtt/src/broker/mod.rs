@@ -1,8 +1,9 @@
-//! The MQTT broker: accepts connections on the MQTT listener and runs one [`connection`] task
-//! each, on the engine. Every session is the engine's (a clean session is one that ends with
+//! The MQTT broker: accepts connections on the MQTT listeners (TCP, TLS, and WebSocket at
+//! `/mqtt` on the HTTP listener: [`websocket`]) and runs one [`connection`] task each, on the
+//! engine; [`transport`] gives the connection one shape of byte stream whatever carried it. Every session is the engine's (a clean session is one that ends with
 //! its connection): its subscriptions, its cursor in the log and its packets in flight are
 //! committed state, so what a client missed while away is read from the log, not kept in RAM.
-//! This module owns the listener and the node's table of connected client ids (a new
+//! This module owns the listeners and the node's table of connected client ids (a new
 //! connection with a client id already connected here takes the session over); it never
 //! decides what a session receives (the engine does) and never parses bytes (the codec does).
 
@@ -10,6 +11,8 @@ mod connection;
 pub mod message_properties;
 pub mod payload;
 pub mod stats;
+mod transport;
+pub mod websocket;
 
 pub use stats::BrokerStats;
 
@@ -22,6 +25,8 @@ use bytes::Bytes;
 use manifold_core::engine::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
 /// The broker's limits and defaults.
 #[derive(Debug, Clone)]
@@ -142,49 +147,128 @@ impl Shared {
     }
 }
 
-/// Serves MQTT on `listener` until `shutdown` turns true; then every connection is told to
-/// close (MQTT 5: DISCONNECT 0x8B, server shutting down).
-pub async fn serve(
-    listener: TcpListener,
-    engine: Arc<Engine>,
-    config: BrokerConfig,
-    stats: Arc<BrokerStats>,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let mut sys_tick = tokio::time::interval(config.sys_interval);
-    sys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let shared = Arc::new(Shared {
-        sys: watch::channel(Arc::new(stats.sys_messages())).0,
-        stats,
-        engine,
-        config,
-        holders: Mutex::new(HashMap::new()),
-        next_connection: AtomicU64::new(1),
-        sessions_closed: watch::channel(0).0,
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => {
-                let (socket, _) = match accepted {
-                    Ok(a) => a,
+/// A node's MQTT broker: what the connections of every listener share (the engine, the table
+/// of connected client ids, the counters) and the tasks running them. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Broker {
+    /// A broker on `engine`: its connections are told to close (MQTT 5: DISCONNECT 0x8B, server
+    /// shutting down) when `shutdown` turns true. Starts the `$SYS` ticker (on the current
+    /// tokio runtime).
+    pub fn new(
+        engine: Arc<Engine>,
+        config: BrokerConfig,
+        stats: Arc<BrokerStats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Broker {
+        let mut sys_tick = tokio::time::interval(config.sys_interval);
+        sys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = Arc::new(Shared {
+            sys: watch::channel(Arc::new(stats.sys_messages())).0,
+            stats,
+            engine,
+            config,
+            holders: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            sessions_closed: watch::channel(0).0,
+        });
+        let broker = Broker {
+            shared,
+            tasks: TaskTracker::new(),
+            shutdown,
+        };
+        let (shared, mut shutdown) = (broker.shared.clone(), broker.shutdown.clone());
+        broker.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stopping(&mut shutdown) => break,
+                    _ = sys_tick.tick() => {
+                        shared.sys.send_replace(Arc::new(shared.stats.sys_messages()));
+                    }
+                }
+            }
+        });
+        broker
+    }
+
+    /// Serves MQTT on `listener` (plain TCP) until shutdown.
+    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        self.accept(listener, None).await
+    }
+
+    /// Serves MQTT over TLS (`mqtts`) on `listener` until shutdown. A handshake not done within
+    /// the CONNECT timeout closes the connection.
+    pub async fn serve_tls(&self, listener: TcpListener, tls: TlsAcceptor) -> std::io::Result<()> {
+        self.accept(listener, Some(tls)).await
+    }
+
+    /// Waits, once shutdown has begun, until every connection of every listener has closed
+    /// (and with them their hold on the engine).
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn accept(&self, listener: TcpListener, tls: Option<TlsAcceptor>) -> std::io::Result<()> {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let socket = tokio::select! {
+                () = stopping(&mut shutdown) => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, _)) => socket,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
-                };
-                let _ = socket.set_nodelay(true);
-                let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-                tasks.spawn(connection::run(socket, shared.clone(), id, shutdown.clone()));
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = sys_tick.tick() => {
-                shared.sys.send_replace(Arc::new(shared.stats.sys_messages()));
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            match &tls {
+                None => {
+                    let (rd, wr) = transport::tcp(socket);
+                    self.connection(rd, wr);
+                }
+                Some(tls) => {
+                    let (tls, broker) = (tls.clone(), self.clone());
+                    let timeout = self.shared.config.connect_timeout;
+                    self.tasks.spawn(async move {
+                        match tokio::time::timeout(timeout, tls.accept(socket)).await {
+                            Ok(Ok(stream)) => {
+                                let (rd, wr) = tokio::io::split(stream);
+                                let (rd, wr) = transport::stream(Box::new(rd), Box::new(wr));
+                                broker.connection(rd, wr);
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    });
+                }
             }
         }
     }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+
+    /// Runs one connection on a stream of MQTT bytes; `false` (and nothing runs) once shutdown
+    /// has begun.
+    fn connection(&self, rd: transport::Reader, wr: transport::Writer) -> bool {
+        let mut shutdown = self.shutdown.clone();
+        // Seen as it is now: the one change to come (to true) wakes the connection.
+        if *shutdown.borrow_and_update() {
+            return false;
+        }
+        let id = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        self.tasks
+            .spawn(connection::run(rd, wr, self.shared.clone(), id, shutdown));
+        true
+    }
+}
+
+/// Completes once `shutdown` is true (at once if it is already).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }

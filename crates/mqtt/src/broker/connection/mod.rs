@@ -19,14 +19,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use manifold_core::engine::{Client, Wake};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Shared;
 use super::stats;
+use super::transport::{Reader, Writer};
 use crate::codec::{
     Ack, ConnAck, DecodeError, Disconnect, Packet, Properties, Protocol, Publish, QoS, decode,
     encode,
@@ -51,14 +49,14 @@ enum End {
     Shutdown,
 }
 
-/// Runs connection `connection` to its end.
+/// Runs connection `connection`, on the stream read from `rd` and written to `wr`, to its end.
 pub(crate) async fn run(
-    socket: TcpStream,
+    mut rd: Reader,
+    wr: Writer,
     shared: Arc<Shared>,
     connection: u64,
     shutdown: watch::Receiver<bool>,
 ) {
-    let (mut rd, wr) = socket.into_split();
     let mut buf = BytesMut::with_capacity(4096);
     let max = shared.config.max_packet_size;
     // The first packet: a CONNECT, in time.
@@ -164,7 +162,7 @@ struct Conn {
     client: Option<Client>,
     /// The client id.
     id: Bytes,
-    wr: OwnedWriteHalf,
+    wr: Writer,
     /// Packets encoded and not yet written.
     out: BytesMut,
     /// The client's Maximum Packet Size (v5).
@@ -243,7 +241,7 @@ impl Conn {
     /// The connection's loop, after CONNACK.
     async fn serve(
         &mut self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        rd: &mut Reader,
         buf: &mut BytesMut,
         mut leave: watch::Receiver<bool>,
         mut shutdown: watch::Receiver<bool>,
@@ -421,7 +419,7 @@ impl Conn {
 
     /// A newer connection takes the session: what this client sent before still counts (its
     /// acknowledgements, its DISCONNECT), then it is told why it goes (v5: 0x8E).
-    async fn leave(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut) -> End {
+    async fn leave(&mut self, rd: &mut Reader, buf: &mut BytesMut) -> End {
         loop {
             buf.reserve(4096);
             match rd.try_read_buf(buf) {
