@@ -33,11 +33,9 @@ impl Engine {
     ) -> Result<FilterGroupOutcome> {
         let command = FilterGroupCommand { group, filter, op };
         let applied = self
-            .propose_and_apply(
-                CommandTag::FilterGroup,
-                |out| filter_groups::encode_command(&command, out),
-                Vec::new(),
-            )
+            .run_command(CommandTag::FilterGroup, |out| {
+                filter_groups::encode_command(&command, out)
+            })
             .await?;
         match applied.filter_group {
             Some(FilterGroupOutcome::NoGroup) => Err(GroupError::NoGroup.into()),

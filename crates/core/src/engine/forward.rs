@@ -26,7 +26,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-pub use super::forward_codec::{ForwardAnswer, ForwardOp};
+pub use super::forward_codec::{CommandAnswer, ForwardAnswer, ForwardOp};
 use super::forward_codec::{decode_answer, decode_op, encode_answer, encode_op};
 use super::{Engine, EngineError, Inner, Result};
 use crate::raft::NodeId;
@@ -162,7 +162,7 @@ impl Forwarder {
         match op {
             ForwardOp::Append(req) => stamp(req),
             ForwardOp::AppendMany(reqs) => reqs.iter_mut().for_each(stamp),
-            ForwardOp::Run(_) | ForwardOp::Exec(_) => {}
+            ForwardOp::Run(_) | ForwardOp::Exec(_) | ForwardOp::Command(_) => {}
         }
     }
 
@@ -319,6 +319,7 @@ fn refused(answer: &ForwardAnswer) -> bool {
         ForwardAnswer::AppendMany(rs) => !rs.is_empty() && rs.iter().all(not_leader),
         ForwardAnswer::Run(r) => not_leader(r),
         ForwardAnswer::Exec(r) => not_leader(r),
+        ForwardAnswer::Command(r) => not_leader(r),
     }
 }
 
@@ -407,6 +408,7 @@ impl Engine {
             }
             ForwardOp::Run(op) => ForwardAnswer::Run(self.run_op_here(op).await),
             ForwardOp::Exec(ops) => ForwardAnswer::Exec(self.exec_all_here(ops).await),
+            ForwardOp::Command(command) => ForwardAnswer::Command(self.command_here(command).await),
         }
     }
 

@@ -8,11 +8,12 @@
 use std::borrow::Cow;
 
 use super::codec::{Reader, put_bytes, put_id, put_pairs};
+use super::filter_groups::FilterGroupOutcome;
 use super::group_api::{AutoClaimed, GroupEntry};
 use super::group_command::{Claim, ClaimTime, GroupStart, ReadFrom};
 use super::groups::GroupError;
 use super::ids::IdSpec;
-use super::sessions::SessionError;
+use super::sessions::{SessionError, SessionOutcome};
 use super::state::RetainEffect;
 use super::topic_filter::TopicError;
 use super::transaction::{GroupTx, TxAnswer, TxOp};
@@ -27,6 +28,9 @@ pub enum ForwardOp {
     Run(TxOp),
     /// A transaction without reads or WATCH (MULTI … EXEC), as one log entry.
     Exec(Vec<TxOp>),
+    /// An MQTT session or filter-group command: the entry's command bytes as they are logged
+    /// (version, tag, payload); the leader takes no other tag.
+    Command(bytes::Bytes),
 }
 
 /// The leader's answer.
@@ -36,6 +40,16 @@ pub enum ForwardAnswer {
     AppendMany(Vec<Result<Option<StreamId>>>),
     Run(Result<TxAnswer>),
     Exec(Result<Vec<Result<TxAnswer>>>),
+    Command(Result<CommandAnswer>),
+}
+
+/// What applying a session or filter-group command answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandAnswer {
+    /// A session command's outcome.
+    pub session: Option<SessionOutcome>,
+    /// A filter-group command's outcome.
+    pub filter_group: Option<FilterGroupOutcome>,
 }
 
 type Decoded<T> = std::result::Result<T, String>;
@@ -114,6 +128,10 @@ pub fn encode_op(op: &ForwardOp) -> Vec<u8> {
                 put_tx_op(&mut out, op);
             }
         }
+        ForwardOp::Command(command) => {
+            out.push(5);
+            put_bytes(&mut out, command);
+        }
     }
     out
 }
@@ -132,6 +150,7 @@ pub fn decode_op(b: &[u8]) -> Decoded<ForwardOp> {
             let n = r.count(1)?;
             ForwardOp::Exec((0..n).map(|_| tx_op(&mut r)).collect::<Decoded<_>>()?)
         }
+        5 => ForwardOp::Command(r.bytes()?),
         k => return Err(format!("forwarded operation kind {k}")),
     };
     finish(&r)?;
@@ -651,6 +670,10 @@ pub fn encode_answer(applied: LogIndex, answer: &ForwardAnswer) -> Vec<u8> {
                 }
             });
         }
+        ForwardAnswer::Command(r) => {
+            out.push(5);
+            put_result(&mut out, r, put_command_answer);
+        }
     }
     out
 }
@@ -676,10 +699,126 @@ pub fn decode_answer(b: &[u8]) -> Decoded<(LogIndex, ForwardAnswer)> {
                 .map(|_| result(r, tx_answer))
                 .collect::<Decoded<Vec<_>>>()
         })?),
+        5 => ForwardAnswer::Command(result(&mut r, command_answer)?),
         k => return Err(format!("forwarded answer kind {k}")),
     };
     finish(&r)?;
     Ok((applied, answer))
+}
+
+fn put_session_error(out: &mut Vec<u8>, e: &SessionError) {
+    out.push(match e {
+        SessionError::NoSession => 0,
+        SessionError::TooManySessions => 1,
+        SessionError::PacketIdInUse => 2,
+    });
+}
+
+fn session_error(r: &mut Reader<'_>) -> Decoded<SessionError> {
+    Ok(match r.u8()? {
+        0 => SessionError::NoSession,
+        1 => SessionError::TooManySessions,
+        2 => SessionError::PacketIdInUse,
+        k => return Err(format!("session error {k}")),
+    })
+}
+
+fn put_command_answer(out: &mut Vec<u8>, a: &CommandAnswer) {
+    match &a.session {
+        None => out.push(0),
+        Some(o) => {
+            out.push(1);
+            match o {
+                // Acknowledgements of shared messages are done in apply; the caller sees Done.
+                SessionOutcome::Done | SessionOutcome::AckShared(_) => out.push(0),
+                SessionOutcome::Opened(present) => {
+                    out.push(1);
+                    put_flag(out, *present);
+                }
+                SessionOutcome::Unsubscribed(each) => {
+                    out.push(2);
+                    out.extend_from_slice(&(each.len() as u32).to_le_bytes());
+                    out.extend(each.iter().map(|b| u8::from(*b)));
+                }
+                SessionOutcome::Released(was) => {
+                    out.push(3);
+                    put_flag(out, *was);
+                }
+                SessionOutcome::Error(e) => {
+                    out.push(4);
+                    put_session_error(out, e);
+                }
+            }
+        }
+    }
+    match &a.filter_group {
+        None => out.push(0),
+        Some(o) => {
+            out.push(1);
+            match o {
+                FilterGroupOutcome::NoGroup => out.push(0),
+                FilterGroupOutcome::PendingLimit => out.push(1),
+                FilterGroupOutcome::Bool(b) => {
+                    out.push(2);
+                    put_flag(out, *b);
+                }
+                FilterGroupOutcome::Count(n) => {
+                    out.push(3);
+                    put_u64(out, *n);
+                }
+                FilterGroupOutcome::Delivered(positions) => {
+                    out.push(4);
+                    out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+                    for ((index, sub), topic) in positions {
+                        put_u64(out, *index);
+                        out.extend_from_slice(&sub.to_le_bytes());
+                        put_bytes(out, topic);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn command_answer(r: &mut Reader<'_>) -> Decoded<CommandAnswer> {
+    let session = if r.flag()? {
+        Some(match r.u8()? {
+            0 => SessionOutcome::Done,
+            1 => SessionOutcome::Opened(r.flag()?),
+            2 => {
+                let n = r.count(1)?;
+                SessionOutcome::Unsubscribed((0..n).map(|_| r.flag()).collect::<Decoded<_>>()?)
+            }
+            3 => SessionOutcome::Released(r.flag()?),
+            4 => SessionOutcome::Error(session_error(r)?),
+            k => return Err(format!("session outcome {k}")),
+        })
+    } else {
+        None
+    };
+    let filter_group = if r.flag()? {
+        Some(match r.u8()? {
+            0 => FilterGroupOutcome::NoGroup,
+            1 => FilterGroupOutcome::PendingLimit,
+            2 => FilterGroupOutcome::Bool(r.flag()?),
+            3 => FilterGroupOutcome::Count(r.u64()?),
+            4 => {
+                let n = r.count(14)?;
+                let mut positions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    positions.push(((r.u64()?, r.u16()?), r.bytes()?));
+                }
+                FilterGroupOutcome::Delivered(positions)
+            }
+            k => return Err(format!("filter-group outcome {k}")),
+        })
+    } else {
+        None
+    };
+    Ok(CommandAnswer {
+        session,
+        filter_group,
+    })
 }
 
 fn put_result<T>(out: &mut Vec<u8>, r: &Result<T>, put: impl Fn(&mut Vec<u8>, &T)) {
@@ -858,11 +997,7 @@ fn put_error(out: &mut Vec<u8>, e: &EngineError) {
         }
         EngineError::Session(s) => {
             out.push(11);
-            out.push(match s {
-                SessionError::NoSession => 0,
-                SessionError::TooManySessions => 1,
-                SessionError::PacketIdInUse => 2,
-            });
+            put_session_error(out, s);
         }
         EngineError::NoPermission { key, publish } => {
             out.push(12);
@@ -921,12 +1056,7 @@ fn error(r: &mut Reader<'_>) -> Decoded<EngineError> {
             k => return Err(format!("group error {k}")),
         }),
         10 => EngineError::InvalidArgument(Cow::Owned(text(r)?)),
-        11 => EngineError::Session(match r.u8()? {
-            0 => SessionError::NoSession,
-            1 => SessionError::TooManySessions,
-            2 => SessionError::PacketIdInUse,
-            k => return Err(format!("session error {k}")),
-        }),
+        11 => EngineError::Session(session_error(r)?),
         12 => EngineError::NoPermission {
             key: r.bytes()?,
             publish: r.flag()?,
@@ -1014,6 +1144,7 @@ mod tests {
                 max_deleted: None,
             }),
             ForwardOp::Run(TxOp::Read),
+            ForwardOp::Command(b("\x01\x09session command bytes")),
             g(GroupTx::Create {
                 db: 0,
                 key: b("k"),
@@ -1157,6 +1288,43 @@ mod tests {
                 Err(EngineError::NoFields),
             ])),
             ForwardAnswer::Exec(Err(EngineError::NotLeader { leader: Some(2) })),
+            ForwardAnswer::Command(Ok(CommandAnswer::default())),
+            ForwardAnswer::Command(Ok(CommandAnswer {
+                session: Some(SessionOutcome::Opened(true)),
+                filter_group: None,
+            })),
+            ForwardAnswer::Command(Ok(CommandAnswer {
+                session: Some(SessionOutcome::Unsubscribed(vec![true, false])),
+                filter_group: None,
+            })),
+            ForwardAnswer::Command(Ok(CommandAnswer {
+                session: Some(SessionOutcome::Released(false)),
+                filter_group: None,
+            })),
+            ForwardAnswer::Command(Ok(CommandAnswer {
+                session: Some(SessionOutcome::Error(SessionError::PacketIdInUse)),
+                filter_group: None,
+            })),
+            ForwardAnswer::Command(Ok(CommandAnswer {
+                session: Some(SessionOutcome::Done),
+                filter_group: Some(FilterGroupOutcome::Delivered(vec![
+                    ((7, 1), b("a/b")),
+                    ((9, 0), b("a/c")),
+                ])),
+            })),
+            ForwardAnswer::Command(Ok(CommandAnswer {
+                session: None,
+                filter_group: Some(FilterGroupOutcome::Count(3)),
+            })),
+            ForwardAnswer::Command(Ok(CommandAnswer {
+                session: None,
+                filter_group: Some(FilterGroupOutcome::Bool(true)),
+            })),
+            ForwardAnswer::Command(Ok(CommandAnswer {
+                session: None,
+                filter_group: Some(FilterGroupOutcome::PendingLimit),
+            })),
+            ForwardAnswer::Command(Err(EngineError::Session(SessionError::NoSession))),
         ];
         out.extend(errors.into_iter().map(|e| ForwardAnswer::Run(Err(e))));
         out

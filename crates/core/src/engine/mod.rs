@@ -1549,25 +1549,47 @@ impl Engine {
         self.inner.store.topic(db, key).is_some()
     }
 
-    /// Proposes an entry with command `tag` and `payload` (the bytes after the tag) and
-    /// `records`, and waits for what applying it produced. The path every group, session and
-    /// filter-group command takes.
-    async fn propose_and_apply(
+    /// Runs a session or filter-group command (`tag` and `payload`, the bytes after it): on a
+    /// follower the leader runs it (forwarded as its command bytes); here it is proposed and
+    /// applied. Answers what applying it produced. The path every session and filter-group
+    /// command takes.
+    async fn run_command(
         &self,
         tag: CommandTag,
         payload: impl FnOnce(&mut Vec<u8>),
-        records: Vec<SubRecord>,
-    ) -> Result<Applied> {
+    ) -> Result<forward::CommandAnswer> {
         let mut bytes = vec![COMMAND_VERSION, tag as u8];
         payload(&mut bytes);
         let bytes = Bytes::from(bytes);
+        if self.inner.forwarding() {
+            return match self.forward(forward::ForwardOp::Command(bytes)).await? {
+                forward::ForwardAnswer::Command(answer) => answer,
+                _ => Err(forward::unexpected()),
+            };
+        }
+        self.command_here(bytes).await
+    }
+
+    /// [`Engine::run_command`] on this node (what a leader does with a forwarded one): only a
+    /// session or filter-group command is taken.
+    pub(super) async fn command_here(&self, command: Bytes) -> Result<forward::CommandAnswer> {
+        let taken = [CommandTag::Session as u8, CommandTag::FilterGroup as u8];
+        if !matches!(command.as_ref(), [COMMAND_VERSION, tag, ..] if taken.contains(tag)) {
+            return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                "only session and filter-group commands are forwarded as commands",
+            )));
+        }
         let reply = self
             .inner
-            .propose(|p| Ok(Some((EntryKind::Command, bytes, records, p.term))))?;
-        match reply {
-            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)?,
-            None => Err(EngineError::ShuttingDown),
-        }
+            .propose(|p| Ok(Some((EntryKind::Command, command, Vec::new(), p.term))))?;
+        let applied = match reply {
+            Some(reply) => reply.await.map_err(|_| EngineError::ShuttingDown)??,
+            None => return Err(EngineError::ShuttingDown),
+        };
+        Ok(forward::CommandAnswer {
+            session: applied.session,
+            filter_group: applied.filter_group,
+        })
     }
 
     /// Entries (neither deleted nor trimmed) with IDs in `[start, end]` (bounds may be

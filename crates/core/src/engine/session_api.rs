@@ -47,11 +47,9 @@ impl Engine {
     async fn session_command(&self, client: Bytes, op: SessionOp) -> Result<SessionOutcome> {
         let command = SessionCommand { client, op };
         let applied = self
-            .propose_and_apply(
-                CommandTag::Session,
-                |out| session_command::encode(&command, out),
-                Vec::new(),
-            )
+            .run_command(CommandTag::Session, |out| {
+                session_command::encode(&command, out)
+            })
             .await?;
         match applied.session {
             Some(SessionOutcome::Error(e)) => Err(e.into()),

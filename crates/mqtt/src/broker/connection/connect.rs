@@ -3,7 +3,7 @@
 //! It never reads or writes the socket: the packets it answers are queued on the connection.
 
 use bytes::Bytes;
-use manifold_core::engine::{Client, EngineError, Will};
+use manifold_core::engine::{Client, EngineError, SessionError, Will};
 use tokio::sync::watch;
 
 use super::Conn;
@@ -97,7 +97,9 @@ impl Conn {
                 let code = match e {
                     EngineError::NoPermission { .. } => refuse(5, 0x87),
                     EngineError::BadTopic(_) => refuse(2, 0x90),
-                    _ => refuse(3, 0x97),
+                    EngineError::Session(SessionError::TooManySessions) => refuse(3, 0x97),
+                    // No leader to take the session (an election, a partition), or a failure.
+                    _ => refuse(3, 0x88),
                 };
                 self.connack(code, false, Properties::default());
                 self.shared.release(&self.id, connection);
