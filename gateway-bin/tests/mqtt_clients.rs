@@ -163,6 +163,31 @@ fn a_will_is_published_when_its_client_vanishes_and_not_after_a_disconnect() -> 
     Ok(())
 }
 
+/// A client connected when the broker is SIGKILLed lost its connection too: once the broker is
+/// back its Will goes out (the restarted broker declares its earlier run's connections lost),
+/// to a persistent subscriber that was away as well.
+#[test]
+fn the_wills_of_clients_connected_when_the_broker_died_go_out_after_its_restart()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    subscribed(&node, "watcher", "w/#", "mqttv311")?;
+    let will = manifold_mqtt::codec::Will {
+        topic: "w/crashed".into(),
+        payload: bytes::Bytes::from_static(b"gone with the broker"),
+        qos: manifold_mqtt::codec::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    };
+    let (_held, _) = Raw::connect_with_will(node.mqtt, "crashed", Some(will))?;
+    let node = node.kill_and_restart()?;
+    let watcher = node.subscribe(&[
+        "-i", "watcher", "-c", "-q", "1", "-t", "w/#", "-v", "-C", "1", "-W", "20",
+    ])?;
+    assert_eq!(output(watcher)?, "w/crashed gone with the broker\n");
+    Ok(())
+}
+
 #[test]
 fn a_second_connection_with_the_same_client_id_takes_the_session_over() -> anyhow::Result<()> {
     use manifold_mqtt::codec::{Disconnect, Packet};

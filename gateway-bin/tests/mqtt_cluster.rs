@@ -176,3 +176,37 @@ fn mqtt_clients_on_any_node_share_the_log_and_their_sessions() -> anyhow::Result
     assert_eq!(output(last)?, "m3\n");
     Ok(())
 }
+
+/// A client id connected on one node and then on another: the first connection is told it
+/// was taken over (v5 DISCONNECT 0x8E) — the session's Open names its connection, and every
+/// node disconnects its own connection of a session opened elsewhere — and its session, with
+/// what it subscribed to, goes on at the second node.
+#[test]
+fn a_connection_on_another_node_takes_the_session_over() -> anyhow::Result<()> {
+    use common::mqtt::Raw;
+    use manifold_mqtt::codec::{Packet, Properties, QoS, Subscribe, Subscription};
+    let _one = common::one_group_at_a_time();
+    let root = tempfile::tempdir()?;
+    let (nodes, _peers, l) = group(root.path())?;
+    let f = (l + 1) % 3;
+    let (mut first, present) = Raw::connect(nodes[f].mqtt, "wanderer")?;
+    ensure!(!present, "a new session");
+    first.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        subscriptions: vec![Subscription::new("w/t", QoS::AtLeastOnce)],
+        properties: Properties::default(),
+    }))?;
+    ensure!(matches!(first.next()?, Packet::SubAck(_)), "SUBACK");
+    let (mut second, present) = Raw::connect(nodes[l].mqtt, "wanderer")?;
+    ensure!(present, "the session was there");
+    match first.next_within(Duration::from_secs(10))? {
+        Some(Packet::Disconnect(d)) => ensure!(d.code == 0x8E, "taken over: {d:?}"),
+        other => bail!("DISCONNECT 0x8E expected on the first node, got {other:?}"),
+    }
+    nodes[f].publish(&["-t", "w/t", "-m", "still subscribed", "-q", "1"])?;
+    match second.next()? {
+        Packet::Publish(p) => ensure!(p.payload.as_ref() == b"still subscribed", "{p:?}"),
+        other => bail!("the message on the second node, got {other:?}"),
+    }
+    Ok(())
+}

@@ -349,6 +349,109 @@ fn a_will_goes_out_after_its_delay_unless_the_client_returns_or_says_goodbye()
     Ok(())
 }
 
+/// A session belongs to the connection that opened it last: commands carrying an older
+/// connection's epoch change nothing (`TakenOver`) — its late DISCONNECT neither closes the
+/// session nor publishes the Will; the current one's work. A node's connections declared lost
+/// (but for its current broker run's) close their sessions as lost connections: the Will goes
+/// out; a session held elsewhere, or by the current run, stays connected.
+#[test]
+fn the_newest_connection_holds_the_session_and_a_lost_nodes_sessions_close()
+-> Result<(), EngineError> {
+    use manifold_core::engine::{Owner, SessionRef, Will};
+    let disk = SimDisk::new();
+    let mut config = config();
+    config.timer_tick_ms = 5;
+    let engine = open(&disk, config)?;
+    let rt = runtime();
+    let will = Some(Will {
+        topic: b("status/a"),
+        payload: b("gone"),
+        qos: 0,
+        ..Will::default()
+    });
+    let owner = |node, boot, connection| {
+        Some(Owner {
+            node,
+            boot,
+            connection,
+        })
+    };
+    let fenced = |epoch| SessionRef {
+        client: b("a"),
+        epoch: Some(epoch),
+    };
+    rt.block_on(async {
+        let first = engine
+            .session_open_by(b("a"), false, 3600, will.clone(), owner(1, 10, 1))
+            .await?;
+        engine
+            .session_subscribe(fenced(first.epoch), vec![(b("t/#"), sub(1, 0))])
+            .await?;
+        // Another node's connection takes the session.
+        let second = engine
+            .session_open_by(b("a"), false, 3600, will.clone(), owner(2, 20, 1))
+            .await?;
+        assert!(second.present && second.epoch > first.epoch);
+        assert_eq!(engine.session(b"a").and_then(|s| s.owner), owner(2, 20, 1));
+        let stale = engine
+            .session_subscribe(fenced(first.epoch), vec![(b("u/#"), sub(1, 0))])
+            .await;
+        assert!(
+            matches!(stale, Err(EngineError::Session(SessionError::TakenOver))),
+            "{stale:?}"
+        );
+        let late_close = engine.session_close(fenced(first.epoch), None, true).await;
+        assert!(
+            matches!(
+                late_close,
+                Err(EngineError::Session(SessionError::TakenOver))
+            ),
+            "{late_close:?}"
+        );
+        let s = engine.session(b"a").expect("the session");
+        assert!(s.disconnected_ms.is_none() && s.will_at_ms.is_none());
+        assert!(!s.subscriptions.contains_key(b"u/#".as_slice()));
+        engine
+            .session_subscribe(fenced(second.epoch), vec![(b("v/#"), sub(0, 0))])
+            .await?;
+        // Node 2's current run keeps its connections; node 1's loss touches nothing of node 2.
+        engine.sessions_lost(2, 20).await?;
+        engine.sessions_lost(1, 0).await?;
+        assert!(
+            engine
+                .session(b"a")
+                .is_some_and(|s| s.disconnected_ms.is_none())
+        );
+        // Node 2 restarted (a new run): its earlier connections are gone, the Will goes out.
+        engine.sessions_lost(2, 21).await?;
+        let s = engine
+            .session(b"a")
+            .expect("a persistent session outlives it");
+        assert!(s.disconnected_ms.is_some() && s.owner.is_none());
+        // The lost connection's commands are refused too.
+        let after_loss = engine
+            .session_subscribe(fenced(second.epoch), vec![(b("w/#"), sub(0, 0))])
+            .await;
+        assert!(
+            matches!(
+                after_loss,
+                Err(EngineError::Session(SessionError::TakenOver))
+            ),
+            "{after_loss:?}"
+        );
+        Ok::<_, EngineError>(())
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.len(0, b"status/a") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Will did not go out"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// A shared subscription's message (`$share/g/jobs` = group `g` of `jobs`) is bound to its
 /// packet with its group entry: PUBACK (QoS 1) or PUBREC (QoS 2) acknowledges the entry in the
 /// same command, across a power cut too; a member whose session ends hands what it still holds

@@ -18,8 +18,8 @@ use super::filter_read::TopicMessage;
 use super::group_api::{AutoClaimed, GroupEntry, PendingQuery};
 use super::group_command::{Claim, GroupStart, ReadFrom};
 use super::groups::{ConsumerInfo, GroupInfo, PendingEntry, PendingSummary};
-use super::session_api::SessionRead;
-use super::session_command::{InFlightNew, SubscribeOptions, Will};
+use super::session_api::{Opened, SessionRead, SessionRef};
+use super::session_command::{InFlightNew, Owner, SubscribeOptions, Will};
 use super::sessions::Session;
 use super::state::Retained;
 use super::transaction::{Exec, TxAnswer, TxOp, Watch};
@@ -31,6 +31,9 @@ use crate::store::{LogIndex, StreamId};
 pub struct Client {
     engine: Arc<Engine>,
     principal: Arc<Principal>,
+    /// The epoch of the MQTT session this client's connection holds: its session commands
+    /// carry it (refused once another connection took the session).
+    session_epoch: Option<LogIndex>,
 }
 
 impl Engine {
@@ -54,7 +57,11 @@ impl Engine {
 impl Client {
     /// `principal`'s view of `engine`.
     pub fn new(engine: Arc<Engine>, principal: Arc<Principal>) -> Self {
-        Client { engine, principal }
+        Client {
+            engine,
+            principal,
+            session_epoch: None,
+        }
     }
 
     /// The principal.
@@ -477,13 +484,45 @@ impl Client {
         expiry_s: u32,
         will: Option<Will>,
     ) -> Result<bool> {
+        self.session_open_by(client, clean_start, expiry_s, will, None)
+            .await
+            .map(|o| o.present)
+    }
+
+    /// [`Engine::session_open_by`]: then [`Client::with_session_epoch`] with the epoch
+    /// answered fences this client's session commands.
+    pub async fn session_open_by(
+        &self,
+        client: Bytes,
+        clean_start: bool,
+        expiry_s: u32,
+        will: Option<Will>,
+        owner: Option<Owner>,
+    ) -> Result<Opened> {
         // A Will is a publish made later on the client's behalf.
         if let Some(w) = &will {
             self.principal.check_publish(&w.topic)?;
         }
         self.engine
-            .session_open(client, clean_start, expiry_s, will)
+            .session_open_by(client, clean_start, expiry_s, will, owner)
             .await
+    }
+
+    /// This client, its session commands carrying `epoch` (the one its connection's Open
+    /// answered): once another connection opens the session they fail `TakenOver`.
+    pub fn with_session_epoch(&self, epoch: LogIndex) -> Client {
+        Client {
+            session_epoch: Some(epoch),
+            ..self.clone()
+        }
+    }
+
+    /// `client`'s session, with this client's epoch.
+    fn fenced(&self, client: Bytes) -> SessionRef {
+        SessionRef {
+            client,
+            epoch: self.session_epoch,
+        }
     }
 
     /// [`Engine::session_subscribe`]: a filter may be subscribed to; what it delivers is
@@ -493,7 +532,9 @@ impl Client {
         client: Bytes,
         subs: Vec<(Bytes, SubscribeOptions)>,
     ) -> Result<()> {
-        self.engine.session_subscribe(client, subs).await
+        self.engine
+            .session_subscribe(self.fenced(client), subs)
+            .await
     }
 
     /// [`Engine::session_unsubscribe`].
@@ -502,7 +543,9 @@ impl Client {
         client: Bytes,
         filters: Vec<Bytes>,
     ) -> Result<Vec<bool>> {
-        self.engine.session_unsubscribe(client, filters).await
+        self.engine
+            .session_unsubscribe(self.fenced(client), filters)
+            .await
     }
 
     /// [`Engine::session_deliver`].
@@ -512,27 +555,37 @@ impl Client {
         upto: LogIndex,
         inflight: Vec<InFlightNew>,
     ) -> Result<()> {
-        self.engine.session_deliver(client, upto, inflight).await
+        self.engine
+            .session_deliver(self.fenced(client), upto, inflight)
+            .await
     }
 
     /// [`Engine::session_complete`].
     pub async fn session_complete(&self, client: Bytes, packet_id: u16) -> Result<()> {
-        self.engine.session_complete(client, packet_id).await
+        self.engine
+            .session_complete(self.fenced(client), packet_id)
+            .await
     }
 
     /// [`Engine::session_complete_many`].
     pub async fn session_complete_many(&self, client: Bytes, packet_ids: Vec<u16>) -> Result<()> {
-        self.engine.session_complete_many(client, packet_ids).await
+        self.engine
+            .session_complete_many(self.fenced(client), packet_ids)
+            .await
     }
 
     /// [`Engine::session_received`].
     pub async fn session_received(&self, client: Bytes, packet_id: u16) -> Result<()> {
-        self.engine.session_received(client, packet_id).await
+        self.engine
+            .session_received(self.fenced(client), packet_id)
+            .await
     }
 
     /// [`Engine::session_released`].
     pub async fn session_released(&self, client: Bytes, packet_id: u16) -> Result<bool> {
-        self.engine.session_released(client, packet_id).await
+        self.engine
+            .session_released(self.fenced(client), packet_id)
+            .await
     }
 
     /// [`Engine::session_close`].
@@ -543,7 +596,7 @@ impl Client {
         publish_will: bool,
     ) -> Result<()> {
         self.engine
-            .session_close(client, expiry_s, publish_will)
+            .session_close(self.fenced(client), expiry_s, publish_will)
             .await
     }
 

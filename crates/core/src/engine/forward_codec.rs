@@ -711,6 +711,7 @@ fn put_session_error(out: &mut Vec<u8>, e: &SessionError) {
         SessionError::NoSession => 0,
         SessionError::TooManySessions => 1,
         SessionError::PacketIdInUse => 2,
+        SessionError::TakenOver => 3,
     });
 }
 
@@ -719,6 +720,7 @@ fn session_error(r: &mut Reader<'_>) -> Decoded<SessionError> {
         0 => SessionError::NoSession,
         1 => SessionError::TooManySessions,
         2 => SessionError::PacketIdInUse,
+        3 => SessionError::TakenOver,
         k => return Err(format!("session error {k}")),
     })
 }
@@ -729,11 +731,15 @@ fn put_command_answer(out: &mut Vec<u8>, a: &CommandAnswer) {
         Some(o) => {
             out.push(1);
             match o {
-                // Acknowledgements of shared messages are done in apply; the caller sees Done.
-                SessionOutcome::Done | SessionOutcome::AckShared(_) => out.push(0),
-                SessionOutcome::Opened(present) => {
+                // Acknowledgements of shared messages and the hand-over of ended sessions are
+                // done in apply; the caller sees Done.
+                SessionOutcome::Done | SessionOutcome::AckShared(_) | SessionOutcome::Ended(_) => {
+                    out.push(0)
+                }
+                SessionOutcome::Opened { present, epoch } => {
                     out.push(1);
                     put_flag(out, *present);
+                    put_u64(out, *epoch);
                 }
                 SessionOutcome::Unsubscribed(each) => {
                     out.push(2);
@@ -784,7 +790,10 @@ fn command_answer(r: &mut Reader<'_>) -> Decoded<CommandAnswer> {
     let session = if r.flag()? {
         Some(match r.u8()? {
             0 => SessionOutcome::Done,
-            1 => SessionOutcome::Opened(r.flag()?),
+            1 => SessionOutcome::Opened {
+                present: r.flag()?,
+                epoch: r.u64()?,
+            },
             2 => {
                 let n = r.count(1)?;
                 SessionOutcome::Unsubscribed((0..n).map(|_| r.flag()).collect::<Decoded<_>>()?)
@@ -1290,7 +1299,10 @@ mod tests {
             ForwardAnswer::Exec(Err(EngineError::NotLeader { leader: Some(2) })),
             ForwardAnswer::Command(Ok(CommandAnswer::default())),
             ForwardAnswer::Command(Ok(CommandAnswer {
-                session: Some(SessionOutcome::Opened(true)),
+                session: Some(SessionOutcome::Opened {
+                    present: true,
+                    epoch: 41,
+                }),
                 filter_group: None,
             })),
             ForwardAnswer::Command(Ok(CommandAnswer {
@@ -1325,6 +1337,7 @@ mod tests {
                 filter_group: Some(FilterGroupOutcome::PendingLimit),
             })),
             ForwardAnswer::Command(Err(EngineError::Session(SessionError::NoSession))),
+            ForwardAnswer::Command(Err(EngineError::Session(SessionError::TakenOver))),
         ];
         out.extend(errors.into_iter().map(|e| ForwardAnswer::Run(Err(e))));
         out

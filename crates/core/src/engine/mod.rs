@@ -82,8 +82,10 @@ pub use groups::{
 };
 pub use ids::{IdSpec, resolve};
 pub use image::EngineImage;
-pub use session_api::{PUBLISHER_PROPERTY, SessionMessage, SessionRead};
-pub use session_command::{InFlightNew, SharedRef, SubscribeOptions, Will, mqtt_producer};
+pub use session_api::{
+    Opened, PUBLISHER_PROPERTY, SessionEvent, SessionMessage, SessionRead, SessionRef,
+};
+pub use session_command::{InFlightNew, Owner, SharedRef, SubscribeOptions, Will, mqtt_producer};
 pub use sessions::{Session, SessionError};
 pub use snapshot::SNAPSHOT_DIR;
 pub use state::{Deduped, EngineState, MAX_PRODUCERS, PRODUCER_WINDOW, RetainEffect, Retained};
@@ -870,6 +872,9 @@ struct Inner {
     proposer: Mutex<Proposer>,
     apply_tx: Mutex<Option<mpsc::Sender<ApplyInput>>>,
     waiters: Waiters,
+    /// Sessions opened and nodes' connections declared lost, as applied (the MQTT brokers
+    /// disconnect the connections that no longer hold their sessions).
+    session_events: tokio::sync::broadcast::Sender<SessionEvent>,
     applied: AtomicU64,
     /// Engine state beyond streams (retained messages), as of `applied`.
     state: Mutex<EngineState>,
@@ -1149,6 +1154,7 @@ impl Engine {
             }),
             apply_tx: Mutex::new(Some(tx)),
             waiters: Waiters::default(),
+            session_events: tokio::sync::broadcast::channel(1024).0,
             applied: AtomicU64::new(applied_at_open),
             state,
             acl: Acl::new(&config_access),
@@ -2602,6 +2608,9 @@ impl Inner {
                     .map(|(r, _)| (r.db, &r.topic))
                     .chain(destroyed.iter().map(|(db, key)| (*db, key)));
                 self.waiters.wake(entry, touched);
+                if let Some(event) = session_api::event_of(entry) {
+                    let _ = self.session_events.send(event);
+                }
                 mine.push(applied);
             }
             match reply {

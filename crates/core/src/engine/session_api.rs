@@ -4,11 +4,13 @@
 //! message once however many of its subscriptions match, with the QoS and subscription ids of
 //! those that do. This module builds commands and shapes replies; `sessions.rs` decides.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::filter_read::TopicMessage;
 use super::session_command::{
-    self, InFlightNew, SessionCommand, SessionOp, SubscribeOptions, Will,
+    self, InFlightNew, Owner, SessionCommand, SessionOp, SubscribeOptions, Will,
 };
 use super::sessions::{Session, SessionError, SessionOutcome};
 use super::{CommandTag, Engine, EngineError, Message, Result, topic_filter};
@@ -34,6 +36,35 @@ pub struct SessionMessage {
     pub retain_as_published: bool,
 }
 
+/// Which session a command is for: the client id and, for a command of a connection, the
+/// epoch its Open gave it (the command is refused, `TakenOver`, once another connection has
+/// the session). A client id alone (`From<Bytes>`) is not fenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
+    /// MQTT client id.
+    pub client: Bytes,
+    /// The connection's epoch.
+    pub epoch: Option<LogIndex>,
+}
+
+impl From<Bytes> for SessionRef {
+    fn from(client: Bytes) -> SessionRef {
+        SessionRef {
+            client,
+            epoch: None,
+        }
+    }
+}
+
+/// What CONNECT made of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// MQTT Session Present.
+    pub present: bool,
+    /// The epoch the connection's commands carry ([`SessionRef`]).
+    pub epoch: LogIndex,
+}
+
 /// What a session read from its cursor.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SessionRead {
@@ -43,9 +74,79 @@ pub struct SessionRead {
     pub upto: LogIndex,
 }
 
+/// A change of who holds sessions, as applied on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// `client`'s session was opened by connection `owner` (`None`: one not named).
+    Opened {
+        /// MQTT client id.
+        client: Bytes,
+        /// The connection that holds it now.
+        owner: Option<Owner>,
+    },
+    /// Node `node`'s connections, but for those of its broker run `except_boot`, lost the
+    /// sessions they held.
+    Lost {
+        /// The node.
+        node: u64,
+        /// Its broker run whose connections keep theirs.
+        except_boot: u64,
+    },
+}
+
+/// The session event of an applied entry, if it is an Open or a Lost session command (other
+/// entries cost a look at their tag, and session commands one at their kind).
+pub(super) fn event_of(entry: &LogEntry) -> Option<SessionEvent> {
+    let command = entry.command.as_ref();
+    if command.get(1) != Some(&(CommandTag::Session as u8)) {
+        return None;
+    }
+    let body = command.get(2..)?;
+    let len = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    // Opens and Losts are never fenced: their kind follows the client id.
+    if !matches!(body.get(4 + len), Some(1 | 11 | 12)) {
+        return None;
+    }
+    match session_command::decode(body)? {
+        SessionCommand {
+            client,
+            op: SessionOp::Open { owner, .. },
+            ..
+        } => Some(SessionEvent::Opened { client, owner }),
+        SessionCommand {
+            op: SessionOp::Lost { node, except_boot },
+            ..
+        } => Some(SessionEvent::Lost { node, except_boot }),
+        _ => None,
+    }
+}
+
 impl Engine {
-    async fn session_command(&self, client: Bytes, op: SessionOp) -> Result<SessionOutcome> {
-        let command = SessionCommand { client, op };
+    /// Every session opened and every node's connections declared lost from now on, as this
+    /// node applies them. A receiver that falls behind is told how much it missed (then look
+    /// at the sessions themselves: [`Engine::session`]).
+    pub fn session_events(&self) -> tokio::sync::broadcast::Receiver<SessionEvent> {
+        self.inner.session_events.subscribe()
+    }
+
+    /// Declares the connections of `node` lost, but for those of its broker run
+    /// `except_boot` (0: all): each session one of them held is closed as a lost
+    /// connection's (its Will goes out after its delay). A broker calls it for its own node
+    /// when it starts (connections of an earlier run are gone); the leader, for a node it has
+    /// not heard from for `session_node_lost_ms`.
+    pub async fn sessions_lost(&self, node: u64, except_boot: u64) -> Result<()> {
+        self.session_command(Bytes::new(), SessionOp::Lost { node, except_boot })
+            .await
+            .map(|_| ())
+    }
+
+    async fn session_command(
+        &self,
+        session: impl Into<SessionRef>,
+        op: SessionOp,
+    ) -> Result<SessionOutcome> {
+        let SessionRef { client, epoch } = session.into();
+        let command = SessionCommand { client, op, epoch };
         let applied = self
             .run_command(CommandTag::Session, |out| {
                 session_command::encode(&command, out)
@@ -71,6 +172,22 @@ impl Engine {
         expiry_s: u32,
         will: Option<Will>,
     ) -> Result<bool> {
+        self.session_open_by(client, clean_start, expiry_s, will, None)
+            .await
+            .map(|o| o.present)
+    }
+
+    /// [`Engine::session_open`] by connection `owner`: the session is its until another
+    /// connection opens it (a connection elsewhere that held it is told so: see
+    /// [`Engine::session_events`]); its commands carry the epoch answered.
+    pub async fn session_open_by(
+        &self,
+        client: Bytes,
+        clean_start: bool,
+        expiry_s: u32,
+        will: Option<Will>,
+        owner: Option<Owner>,
+    ) -> Result<Opened> {
         if let Some(w) = &will {
             topic_filter::check_topic_name(&w.topic).map_err(EngineError::BadTopic)?;
             if w.qos > 2 {
@@ -86,12 +203,15 @@ impl Engine {
                     clean_start,
                     expiry_s,
                     will,
+                    owner,
                 },
             )
             .await?
         {
-            SessionOutcome::Opened(present) => Ok(present),
-            _ => Ok(false),
+            SessionOutcome::Opened { present, epoch } => Ok(Opened { present, epoch }),
+            other => Err(EngineError::Store(StoreError::Failed(Arc::from(format!(
+                "a session open answered {other:?}"
+            ))))),
         }
     }
 
@@ -99,7 +219,7 @@ impl Engine {
     /// Filters are checked first (`BadTopic`), QoS must be 0..=2.
     pub async fn session_subscribe(
         &self,
-        client: Bytes,
+        client: impl Into<SessionRef>,
         subs: Vec<(Bytes, SubscribeOptions)>,
     ) -> Result<()> {
         for (f, o) in &subs {
@@ -123,7 +243,7 @@ impl Engine {
     /// UNSUBSCRIBE: per filter, whether it was subscribed.
     pub async fn session_unsubscribe(
         &self,
-        client: Bytes,
+        client: impl Into<SessionRef>,
         filters: Vec<Bytes>,
     ) -> Result<Vec<bool>> {
         match self
@@ -138,7 +258,7 @@ impl Engine {
     /// The messages of a read up to `upto` went out; those with a packet id are in flight.
     pub async fn session_deliver(
         &self,
-        client: Bytes,
+        client: impl Into<SessionRef>,
         upto: LogIndex,
         inflight: Vec<InFlightNew>,
     ) -> Result<()> {
@@ -148,19 +268,31 @@ impl Engine {
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`.
-    pub async fn session_complete(&self, client: Bytes, packet_id: u16) -> Result<()> {
+    pub async fn session_complete(
+        &self,
+        client: impl Into<SessionRef>,
+        packet_id: u16,
+    ) -> Result<()> {
         self.session_complete_many(client, vec![packet_id]).await
     }
 
     /// A run of PUBACK / PUBCOMP packets, as one command.
-    pub async fn session_complete_many(&self, client: Bytes, packet_ids: Vec<u16>) -> Result<()> {
+    pub async fn session_complete_many(
+        &self,
+        client: impl Into<SessionRef>,
+        packet_ids: Vec<u16>,
+    ) -> Result<()> {
         self.session_command(client, SessionOp::Complete(packet_ids))
             .await
             .map(|_| ())
     }
 
     /// PUBREC (QoS 2) for `packet_id`.
-    pub async fn session_received(&self, client: Bytes, packet_id: u16) -> Result<()> {
+    pub async fn session_received(
+        &self,
+        client: impl Into<SessionRef>,
+        packet_id: u16,
+    ) -> Result<()> {
         self.session_command(client, SessionOp::Received(packet_id))
             .await
             .map(|_| ())
@@ -168,7 +300,11 @@ impl Engine {
 
     /// PUBREL (inbound QoS 2) for `packet_id`: the exchange is over and the packet id may carry
     /// a new message. Whether it was awaiting release (stored, PUBREC sent).
-    pub async fn session_released(&self, client: Bytes, packet_id: u16) -> Result<bool> {
+    pub async fn session_released(
+        &self,
+        client: impl Into<SessionRef>,
+        packet_id: u16,
+    ) -> Result<bool> {
         match self
             .session_command(client, SessionOp::Released(packet_id))
             .await?
@@ -184,7 +320,7 @@ impl Engine {
     /// Will is published after its delay; otherwise it is discarded.
     pub async fn session_close(
         &self,
-        client: Bytes,
+        client: impl Into<SessionRef>,
         expiry_s: Option<u32>,
         publish_will: bool,
     ) -> Result<()> {

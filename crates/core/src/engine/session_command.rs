@@ -66,6 +66,18 @@ pub enum SharedRef {
     },
 }
 
+/// The connection that holds a session: the node it is connected to, that node's broker run
+/// (`boot`: a value of its own for each start of the process) and the connection there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The node's id.
+    pub node: u64,
+    /// The broker run on that node.
+    pub boot: u64,
+    /// The connection within that run.
+    pub connection: u64,
+}
+
 /// A message put in flight to the client (QoS 1 or 2), by its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlightNew {
@@ -93,6 +105,9 @@ pub enum SessionOp {
         expiry_s: u32,
         /// The Will, if the CONNECT has one (it replaces, and cancels, any earlier one).
         will: Option<Will>,
+        /// The connection taking the session (`None`: not said, as in entries written before
+        /// connections were named).
+        owner: Option<Owner>,
     },
     /// SUBSCRIBE: adds or replaces subscriptions; they match messages after this entry.
     Subscribe(Vec<(Bytes, SubscribeOptions)>),
@@ -121,6 +136,15 @@ pub enum SessionOp {
         /// or with v5 reason 0x04); otherwise it is discarded.
         publish_will: bool,
     },
+    /// The connections of node `node` are gone, but for those of broker run `except_boot`
+    /// (0: all of them): each session one of them holds is closed as a lost connection's
+    /// (its Will goes out). Names no client (the command's client id is empty).
+    Lost {
+        /// The node.
+        node: u64,
+        /// The broker run whose connections are not lost (the node's current one).
+        except_boot: u64,
+    },
 }
 
 /// A session operation with its client.
@@ -130,22 +154,40 @@ pub struct SessionCommand {
     pub client: Bytes,
     /// What to do.
     pub op: SessionOp,
+    /// The epoch of the connection sending it (the log index of the Open that gave it the
+    /// session): refused unless it still holds the session. `None`: not fenced.
+    pub epoch: Option<LogIndex>,
 }
+
+/// In place of an operation's kind: the command is fenced; its epoch (u64) and the kind follow.
+const FENCED: u8 = 0xF0;
 
 /// Encodes a command after the version and tag (see `docs/storage-format.md`, Session
 /// commands).
 pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
     put_bytes(out, &c.client);
+    // The fencing epoch, before the operation: `FENCED`, then the epoch.
+    if let Some(epoch) = c.epoch {
+        out.push(FENCED);
+        out.extend_from_slice(&epoch.to_le_bytes());
+    }
     match &c.op {
         SessionOp::Open {
             clean_start,
             expiry_s,
             will,
+            owner,
         } => {
-            out.push(1);
+            // Kind 11 names the connection; kind 1, the older form, does not.
+            out.push(if owner.is_some() { 11 } else { 1 });
             out.push(u8::from(*clean_start));
             out.extend_from_slice(&expiry_s.to_le_bytes());
             put_will(out, will.as_ref());
+            if let Some(o) = owner {
+                for v in [o.node, o.boot, o.connection] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
         }
         SessionOp::Subscribe(subs) => {
             out.push(2);
@@ -220,6 +262,11 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
             }
             out.push(u8::from(*publish_will));
         }
+        SessionOp::Lost { node, except_boot } => {
+            out.push(12);
+            out.extend_from_slice(&node.to_le_bytes());
+            out.extend_from_slice(&except_boot.to_le_bytes());
+        }
     }
 }
 
@@ -227,11 +274,28 @@ pub fn encode(c: &SessionCommand, out: &mut Vec<u8>) {
 pub fn decode(b: &[u8]) -> Option<SessionCommand> {
     let mut r = Reader::new(b);
     let client = r.bytes().ok()?;
-    let op = match r.u8().ok()? {
-        1 => SessionOp::Open {
+    let mut kind = r.u8().ok()?;
+    let epoch = if kind == FENCED {
+        let epoch = r.u64().ok()?;
+        kind = r.u8().ok()?;
+        Some(epoch)
+    } else {
+        None
+    };
+    let op = match kind {
+        kind @ (1 | 11) => SessionOp::Open {
             clean_start: r.flag().ok()?,
             expiry_s: r.u32().ok()?,
             will: read_will(&mut r).ok()?,
+            owner: if kind == 11 {
+                Some(Owner {
+                    node: r.u64().ok()?,
+                    boot: r.u64().ok()?,
+                    connection: r.u64().ok()?,
+                })
+            } else {
+                None
+            },
         },
         2 => {
             let n = r.count(12).ok()?;
@@ -295,9 +359,13 @@ pub fn decode(b: &[u8]) -> Option<SessionCommand> {
             },
             publish_will: r.flag().ok()?,
         },
+        12 => SessionOp::Lost {
+            node: r.u64().ok()?,
+            except_boot: r.u64().ok()?,
+        },
         _ => return None,
     };
-    r.finished().then_some(SessionCommand { client, op })
+    r.finished().then_some(SessionCommand { client, op, epoch })
 }
 
 /// The producer id of an MQTT client's inbound QoS 2 messages in the engine's dedupe table:
@@ -400,8 +468,24 @@ mod tests {
                 clean_start: false,
                 expiry_s: 3600,
                 will: None,
+                owner: None,
             },
             SessionOp::Open {
+                clean_start: false,
+                expiry_s: 3600,
+                will: None,
+                owner: Some(Owner {
+                    node: 3,
+                    boot: 1_795_000_000_000_000_000,
+                    connection: 17,
+                }),
+            },
+            SessionOp::Lost {
+                node: 2,
+                except_boot: 99,
+            },
+            SessionOp::Open {
+                owner: None,
                 clean_start: true,
                 expiry_s: 0,
                 will: Some(Will {
@@ -473,10 +557,12 @@ mod tests {
                 publish_will: false,
             },
         ];
-        for op in ops {
+        let fenced = ops.iter().map(|op| (op.clone(), Some(41)));
+        for (op, epoch) in ops.iter().map(|op| (op.clone(), None)).chain(fenced) {
             let c = SessionCommand {
                 client: Bytes::from_static(b"dev-1"),
                 op,
+                epoch,
             };
             let mut b = Vec::new();
             encode(&c, &mut b);

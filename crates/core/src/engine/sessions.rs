@@ -11,7 +11,7 @@ use bytes::Bytes;
 use imbl::OrdMap;
 
 use super::session_command::{
-    InFlightNew, SessionCommand, SessionOp, SharedRef, SubscribeOptions, Will,
+    InFlightNew, Owner, SessionCommand, SessionOp, SharedRef, SubscribeOptions, Will,
 };
 use crate::store::LogIndex;
 
@@ -58,6 +58,11 @@ pub struct Session {
     /// When the Will is to be published (ms): set when the connection ended without a normal
     /// DISCONNECT, cleared when it is published or the client reconnects.
     pub will_at_ms: Option<u64>,
+    /// The log index of the Open that last connected it: the fencing epoch a connection's
+    /// commands carry (0: opened before epochs were kept).
+    pub epoch: LogIndex,
+    /// The connection holding it while connected, if the Open named one.
+    pub owner: Option<Owner>,
 }
 
 impl Session {
@@ -80,6 +85,10 @@ pub enum SessionError {
     /// A packet id given is already in flight.
     #[error("packet id already in flight")]
     PacketIdInUse,
+    /// The command's connection no longer holds the session: another connection opened it
+    /// since (on any node), or its node was declared lost.
+    #[error("the session was taken over by another connection")]
+    TakenOver,
 }
 
 /// What a session command did.
@@ -87,8 +96,17 @@ pub enum SessionError {
 pub enum SessionOutcome {
     /// It failed and changed nothing.
     Error(SessionError),
-    /// Open: whether a session was present (MQTT Session Present).
-    Opened(bool),
+    /// Open: whether a session was present (MQTT Session Present), and the epoch the
+    /// connection's commands are to carry.
+    Opened {
+        /// MQTT Session Present.
+        present: bool,
+        /// The Open's log index.
+        epoch: LogIndex,
+    },
+    /// Lost: the sessions that ended with their connections (the caller hands over what they
+    /// held).
+    Ended(Vec<(Bytes, Session)>),
     /// Unsubscribe: per filter, whether it was subscribed.
     Unsubscribed(Vec<bool>),
     /// Complete or Received of a shared subscription's message: done, and its group entry is
@@ -118,10 +136,14 @@ impl Sessions {
         now_ms: u64,
         max_sessions: usize,
     ) -> SessionOutcome {
+        if let SessionOp::Lost { node, except_boot } = &c.op {
+            return SessionOutcome::Ended(self.lose(*node, *except_boot, now_ms));
+        }
         if let SessionOp::Open {
             clean_start,
             expiry_s,
             will,
+            owner,
         } = &c.op
         {
             if *clean_start {
@@ -133,7 +155,12 @@ impl Sessions {
                 // Reconnecting before the Will went out cancels it (MQTT v5 3.1.3.2.2).
                 s.will = will.clone();
                 s.will_at_ms = None;
-                return SessionOutcome::Opened(true);
+                s.epoch = index;
+                s.owner = *owner;
+                return SessionOutcome::Opened {
+                    present: true,
+                    epoch: index,
+                };
             }
             if self.by_client.len() >= max_sessions {
                 return SessionOutcome::Error(SessionError::TooManySessions);
@@ -148,15 +175,26 @@ impl Sessions {
                     disconnected_ms: None,
                     will: will.clone(),
                     will_at_ms: None,
+                    epoch: index,
+                    owner: *owner,
                 },
             );
-            return SessionOutcome::Opened(false);
+            return SessionOutcome::Opened {
+                present: false,
+                epoch: index,
+            };
         }
         let Some(s) = self.by_client.get_mut(&c.client) else {
             return SessionOutcome::Error(SessionError::NoSession);
         };
+        // A connection that no longer holds the session changes nothing in it.
+        if let Some(epoch) = c.epoch
+            && (s.epoch != epoch || s.disconnected_ms.is_some())
+        {
+            return SessionOutcome::Error(SessionError::TakenOver);
+        }
         match &c.op {
-            SessionOp::Open { .. } => SessionOutcome::Done, // handled above
+            SessionOp::Open { .. } | SessionOp::Lost { .. } => SessionOutcome::Done, // above
             SessionOp::Subscribe(subs) => {
                 for (filter, options) in subs {
                     // A SUBSCRIBE to a filter already subscribed replaces its options but must
@@ -240,26 +278,39 @@ impl Sessions {
                 expiry_s,
                 publish_will,
             } => {
-                if let Some(e) = expiry_s {
-                    s.expiry_s = *e;
-                }
-                s.disconnected_ms = Some(now_ms);
-                match (&s.will, publish_will) {
-                    // Out after its delay, or when the session ends if that is sooner.
-                    (Some(w), true) => {
-                        let delay = w.delay_s.min(s.expiry_s);
-                        s.will_at_ms = Some(now_ms.saturating_add(u64::from(delay) * 1000));
-                    }
-                    _ => s.will = None,
-                }
-                // A session without expiry ends now, unless its Will has yet to go out (the
-                // expiry timer ends it after the Will).
-                if s.expiry_s == 0 && s.will_at_ms.is_none() {
+                if close(s, *expiry_s, *publish_will, now_ms) {
                     self.by_client.remove(&c.client);
                 }
                 SessionOutcome::Done
             }
         }
+    }
+
+    /// Closes, as lost connections, the sessions held by connections of `node` but for those
+    /// of its broker run `except_boot`; returns those that ended.
+    fn lose(&mut self, node: u64, except_boot: u64, now_ms: u64) -> Vec<(Bytes, Session)> {
+        let held: Vec<Bytes> = self
+            .by_client
+            .iter()
+            .filter(|(_, s)| {
+                s.disconnected_ms.is_none()
+                    && s.owner
+                        .is_some_and(|o| o.node == node && o.boot != except_boot)
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        let mut ended = Vec::new();
+        for client in held {
+            let Some(s) = self.by_client.get_mut(&client) else {
+                continue;
+            };
+            let before = s.clone();
+            if close(s, None, true, now_ms) {
+                self.by_client.remove(&client);
+                ended.push((client, before));
+            }
+        }
+        ended
     }
 
     /// A timer command: ends every disconnected session whose expiry passed by `now_ms`;
@@ -304,4 +355,25 @@ impl Sessions {
         s.will_at_ms = None;
         s.will.take()
     }
+}
+
+/// The connection of `s` ended (with a new expiry interval, if given); whether the session
+/// ends now.
+fn close(s: &mut Session, expiry_s: Option<u32>, publish_will: bool, now_ms: u64) -> bool {
+    if let Some(e) = expiry_s {
+        s.expiry_s = e;
+    }
+    s.disconnected_ms = Some(now_ms);
+    s.owner = None;
+    match (&s.will, publish_will) {
+        // Out after its delay, or when the session ends if that is sooner.
+        (Some(w), true) => {
+            let delay = w.delay_s.min(s.expiry_s);
+            s.will_at_ms = Some(now_ms.saturating_add(u64::from(delay) * 1000));
+        }
+        _ => s.will = None,
+    }
+    // A session without expiry ends now, unless its Will has yet to go out (the expiry timer
+    // ends it after the Will).
+    s.expiry_s == 0 && s.will_at_ms.is_none()
 }

@@ -19,7 +19,7 @@ use super::filter_groups::{FilterGroupCommand, FilterGroupOp, FilterGroupOutcome
 use super::group_command::GroupCommand;
 use super::groups::{Consumer, Group, GroupLimits, GroupOutcome, Groups, Pending, Streams};
 use super::session_command::{
-    SessionCommand, SessionOp, SharedRef, mqtt_producer, put_shared, put_will, read_shared,
+    Owner, SessionCommand, SessionOp, SharedRef, mqtt_producer, put_shared, put_will, read_shared,
     read_will,
 };
 use super::sessions::{Session, SessionOutcome, Sessions, Subscription};
@@ -156,7 +156,7 @@ impl Retained {
 /// Version of the encoding below (1: without groups, 2: without producers' `last_used_ms`,
 /// 3: without `retained_from`, 4: without sessions, 5: without filter groups, 6: without
 /// sessions' Wills; all still read).
-const STATE_VERSION: u32 = 8;
+const STATE_VERSION: u32 = 9;
 
 impl EngineState {
     /// The answer remembered for `(producer, seq)`.
@@ -191,6 +191,14 @@ impl EngineState {
                 self.sessions
                     .apply(c, entry.index, entry.timestamp_ms, limits.max_sessions);
             reply.session = Some(match (outcome, &c.op) {
+                // Sessions of a lost node's connections that ended with them.
+                (SessionOutcome::Ended(ended), _) => {
+                    for (client, old) in ended {
+                        self.producers.remove(&mqtt_producer(&client));
+                        self.hand_over_shares(&client, &old, entry, limits);
+                    }
+                    SessionOutcome::Done
+                }
                 (SessionOutcome::AckShared(refs), _) => {
                     for r in refs {
                         self.ack_shared(r, entry, limits);
@@ -212,7 +220,8 @@ impl EngineState {
                     ..
                 }
             );
-            if replaced || !self.sessions.by_client.contains_key(&c.client) {
+            let lost = matches!(c.op, SessionOp::Lost { .. });
+            if !lost && (replaced || !self.sessions.by_client.contains_key(&c.client)) {
                 self.producers.remove(&mqtt_producer(&c.client));
                 if let Some(old) = before {
                     self.hand_over_shares(&c.client, &old, entry, limits);
@@ -475,6 +484,7 @@ impl EngineState {
         self.filter_groups.encode(&mut out);
         encode_wills(&self.sessions, &mut out);
         encode_shared_inflight(&self.sessions, &mut out);
+        encode_owners(&self.sessions, &mut out);
         out
     }
 
@@ -549,6 +559,9 @@ impl EngineState {
         }
         if version >= 8 {
             decode_shared_inflight(&mut r, &mut state.sessions)?;
+        }
+        if version >= 9 {
+            decode_owners(&mut r, &mut state.sessions)?;
         }
         if !r.finished() {
             return Err(format!("{} bytes after the state", r.remaining()));
@@ -686,6 +699,55 @@ fn encode_shared_inflight(sessions: &Sessions, out: &mut Vec<u8>) {
     }
 }
 
+/// Sessions' epochs and owners (after the shared entries in flight, so older versions read
+/// unchanged): count u64, then per session with an epoch or an owner, by client id: client,
+/// `epoch` u64, owner flag u8 (then `node` u64, `boot` u64, `connection` u64).
+fn encode_owners(sessions: &Sessions, out: &mut Vec<u8>) {
+    let with: Vec<_> = sessions
+        .by_client
+        .iter()
+        .filter(|(_, s)| s.epoch != 0 || s.owner.is_some())
+        .collect();
+    out.extend_from_slice(&(with.len() as u64).to_le_bytes());
+    for (client, s) in with {
+        put_bytes(out, client);
+        out.extend_from_slice(&s.epoch.to_le_bytes());
+        match &s.owner {
+            None => out.push(0),
+            Some(o) => {
+                out.push(1);
+                for v in [o.node, o.boot, o.connection] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+fn decode_owners(r: &mut Reader<'_>, sessions: &mut Sessions) -> Result<(), String> {
+    let n = r.u64()?;
+    for _ in 0..n {
+        let client = r.bytes()?;
+        let epoch = r.u64()?;
+        let owner = match r.u8()? {
+            0 => None,
+            1 => Some(Owner {
+                node: r.u64()?,
+                boot: r.u64()?,
+                connection: r.u64()?,
+            }),
+            f => return Err(format!("owner flag {f}")),
+        };
+        let s = sessions
+            .by_client
+            .get_mut(&client)
+            .ok_or_else(|| "an owner for a session that does not exist".to_string())?;
+        s.epoch = epoch;
+        s.owner = owner;
+    }
+    Ok(())
+}
+
 fn decode_shared_inflight(r: &mut Reader<'_>, sessions: &mut Sessions) -> Result<(), String> {
     let n = r.u64()?;
     for _ in 0..n {
@@ -748,6 +810,8 @@ fn decode_sessions(r: &mut Reader<'_>) -> Result<Sessions, String> {
             disconnected_ms,
             will: None,
             will_at_ms: None,
+            epoch: 0,    // version 9 adds it, after the shared entries in flight
+            owner: None, // likewise
         };
         let subs = r.count(24)?;
         for _ in 0..subs {
@@ -969,11 +1033,18 @@ mod tests {
         let command = |op| SessionCommand {
             client: client.clone(),
             op,
+            epoch: None,
         };
+        // Held by a named connection (version 9).
         let open = SessionOp::Open {
             clean_start: true,
             expiry_s: 60,
             will: None,
+            owner: Some(super::super::session_command::Owner {
+                node: 2,
+                boot: 7,
+                connection: 3,
+            }),
         };
         s.sessions.apply(&command(open), 1, 0, 10);
         let shared = super::super::session_command::SharedRef::Stream {

@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use manifold_core::engine::Engine;
+use manifold_core::engine::{Owner, SessionEvent};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -90,6 +91,9 @@ struct Holder {
 /// What connections share.
 pub(crate) struct Shared {
     engine: Arc<Engine>,
+    /// This broker run: connections are named `(node, boot, connection)` in the sessions they
+    /// open, so a restarted node tells its old connections from its new ones.
+    boot: u64,
     config: BrokerConfig,
     holders: Mutex<HashMap<Bytes, Holder>>,
     next_connection: AtomicU64,
@@ -135,6 +139,55 @@ impl Shared {
         (told, done)
     }
 
+    /// This node's connection `connection`, as sessions name it.
+    fn owner(&self, connection: u64) -> Owner {
+        Owner {
+            node: self.engine.node_id(),
+            boot: self.boot,
+            connection,
+        }
+    }
+
+    /// Tells the connections here that lost their sessions to leave: the one holding a
+    /// session another broker's connection opened (another node, or an earlier run here), or
+    /// all of them when this run's connections were declared lost; `None`: look at each.
+    fn follow(&self, event: Option<SessionEvent>) {
+        let me = self.engine.node_id();
+        let holders = self.lock();
+        let leave = |h: &Holder| {
+            let _ = h.leave.send(true);
+        };
+        match event {
+            Some(SessionEvent::Opened {
+                client,
+                owner: Some(owner),
+            }) if owner.node != me || owner.boot != self.boot => {
+                // (A newer connection here takes the session from an older one itself.)
+                if let Some(h) = holders.get(&client) {
+                    leave(h);
+                }
+            }
+            Some(SessionEvent::Opened { .. }) => {}
+            Some(SessionEvent::Lost { node, except_boot }) => {
+                if node == me && except_boot != self.boot {
+                    holders.values().for_each(leave);
+                }
+            }
+            None => {
+                for (client, h) in holders.iter() {
+                    let held_elsewhere = self
+                        .engine
+                        .session(client)
+                        .and_then(|s| s.owner)
+                        .is_some_and(|o| o.node != me || o.boot != self.boot);
+                    if held_elsewhere {
+                        leave(h);
+                    }
+                }
+            }
+        }
+    }
+
     /// Connection `connection` no longer holds `client` (unless another took it since).
     fn release(&self, client: &Bytes, connection: u64) {
         let mut holders = self.lock();
@@ -169,6 +222,7 @@ impl Broker {
         let mut sys_tick = tokio::time::interval(config.sys_interval);
         sys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shared = Arc::new(Shared {
+            boot: boot_id(),
             sys: watch::channel(Arc::new(stats.sys_messages())).0,
             stats,
             engine,
@@ -190,6 +244,38 @@ impl Broker {
                     _ = sys_tick.tick() => {
                         shared.sys.send_replace(Arc::new(shared.stats.sys_messages()));
                     }
+                }
+            }
+        });
+        // Sessions taken by connections elsewhere: their holders here leave.
+        let (shared, mut shutdown) = (broker.shared.clone(), broker.shutdown.clone());
+        let mut events = shared.engine.session_events();
+        broker.tasks.spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = stopping(&mut shutdown) => break,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Ok(event) => shared.follow(Some(event)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => shared.follow(None),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        // The connections of this node's earlier runs are gone: the sessions they held close
+        // as lost connections' (their Wills go out). Retried until taken (no leader yet).
+        let (shared, mut shutdown) = (broker.shared.clone(), broker.shutdown.clone());
+        broker.tasks.spawn(async move {
+            let node = shared.engine.node_id();
+            loop {
+                match shared.engine.sessions_lost(node, shared.boot).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::debug!(error = %e, "declaring earlier connections lost"),
+                }
+                tokio::select! {
+                    () = stopping(&mut shutdown) => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         });
@@ -271,4 +357,12 @@ impl Broker {
 /// Completes once `shutdown` is true (at once if it is already).
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// A value of this broker run's own: the wall clock in nanoseconds at start (never 0).
+fn boot_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos.max(1)
 }

@@ -88,11 +88,15 @@ impl Conn {
         });
         // A connection already holding this client id here leaves first.
         let (leave, done) = self.shared.take(&self.id, connection).await;
-        let present = match client
-            .session_open(self.id.clone(), c.clean_start, expiry_s, will)
+        // The session is this connection's (named in the Open) until another connection, here
+        // or on another node, opens it; its commands carry the epoch, so once that happens
+        // they change nothing.
+        let owner = self.shared.owner(connection);
+        let (present, client) = match client
+            .session_open_by(self.id.clone(), c.clean_start, expiry_s, will, Some(owner))
             .await
         {
-            Ok(present) => present,
+            Ok(opened) => (opened.present, client.with_session_epoch(opened.epoch)),
             Err(e) => {
                 let code = match e {
                     EngineError::NoPermission { .. } => refuse(5, 0x87),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use manifold_core::engine::{Client, Wake};
+use manifold_core::engine::{Client, EngineError, SessionError, Wake};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -315,11 +315,7 @@ impl Conn {
                         }
                     }
                     Ok(false) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "MQTT delivery");
-                        self.disconnect(0x80);
-                        return End::Lost;
-                    }
+                    Err(e) => return self.delivery_failed(&e),
                 }
             }
             let after = client.engine().applied_index();
@@ -330,11 +326,7 @@ impl Conn {
                 Some((at, filters)) if at == after => filters,
                 _ => match Box::pin(self.deliver(&client)).await {
                     Ok(w) => w,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "MQTT delivery");
-                        self.disconnect(0x80);
-                        return End::Lost;
-                    }
+                    Err(e) => return self.delivery_failed(&e),
                 },
             };
             self.settled = Some((after, waiting_for.clone()));
@@ -415,6 +407,18 @@ impl Conn {
                 return Box::pin(self.leave(rd, buf)).await;
             }
         }
+    }
+
+    /// A delivery round failed: the session was taken by another connection (its commands
+    /// from here are refused: v5 0x8E), or the engine failed (0x80, a lost connection).
+    fn delivery_failed(&mut self, e: &EngineError) -> End {
+        if matches!(e, EngineError::Session(SessionError::TakenOver)) {
+            self.disconnect(0x8E);
+            return End::TakenOver;
+        }
+        tracing::debug!(error = %e, "MQTT delivery");
+        self.disconnect(0x80);
+        End::Lost
     }
 
     /// A newer connection takes the session: what this client sent before still counts (its
