@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// (s; default: for ever, as Mosquitto's persistent_client_expiration).
     #[arg(long)]
     mqtt_persistent_expiry_s: Option<u32>,
+    /// In a group: the leader declares a node's MQTT connections lost (their sessions close,
+    /// their Wills go out) after not hearing from it for this long (ms; default 3000).
+    #[arg(long)]
+    mqtt_node_lost_ms: Option<u64>,
     /// MQTT over TLS listener (default 127.0.0.1:8883 once --tls-cert and --tls-key are given;
     /// off without them).
     #[arg(long)]
@@ -108,6 +112,7 @@ struct FileConfig {
     retention_check_ms: Option<u64>,
     mqtt_lag_limit_ms: Option<u64>,
     mqtt_persistent_expiry_s: Option<u32>,
+    mqtt_node_lost_ms: Option<u64>,
     mqtts_addr: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -147,6 +152,7 @@ struct Settings {
     retention_check_ms: Option<u64>,
     mqtt_lag_limit_ms: Option<u64>,
     mqtt_persistent_expiry_s: Option<u32>,
+    mqtt_node_lost_ms: Option<u64>,
     /// The MQTT over TLS listener: address, certificate chain, key.
     mqtts: Option<(String, PathBuf, PathBuf)>,
     cluster_secret: Option<String>,
@@ -226,6 +232,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         mqtt_persistent_expiry_s: args
             .mqtt_persistent_expiry_s
             .or(file.mqtt_persistent_expiry_s),
+        mqtt_node_lost_ms: args.mqtt_node_lost_ms.or(file.mqtt_node_lost_ms),
         mqtts,
         cluster_secret: std::env::var("MANIFOLD_CLUSTER_SECRET")
             .ok()
@@ -355,6 +362,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(ms) = s.retention_check_ms {
         ensure!(ms > 0, "--retention-check-ms must be above 0");
         config.retention_check_ms = ms;
+    }
+    if let Some(ms) = s.mqtt_node_lost_ms {
+        ensure!(ms > 0, "--mqtt-node-lost-ms must be above 0");
+        config.session_node_lost_ms = ms;
     }
     if let (Some(addr), None) = (&s.raft_addr, &s.peers) {
         tracing::warn!(%addr, "--raft-addr without --peers: a single node; not listening");

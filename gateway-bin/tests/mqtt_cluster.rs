@@ -55,6 +55,15 @@ impl Node {
         Ok(())
     }
 
+    /// SIGKILL.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
     /// The role `/cluster` reports.
     fn role(&self) -> Option<String> {
         let (status, body) = common::http(self.http, "GET", "/cluster").ok()?;
@@ -208,5 +217,42 @@ fn a_connection_on_another_node_takes_the_session_over() -> anyhow::Result<()> {
         Packet::Publish(p) => ensure!(p.payload.as_ref() == b"still subscribed", "{p:?}"),
         other => bail!("the message on the second node, got {other:?}"),
     }
+    Ok(())
+}
+
+/// Nodes that die holding connections: their clients' Wills go out through the others. A
+/// follower SIGKILLed is declared lost by the leader once silent for 3 s; a leader SIGKILLed,
+/// by the leader elected after it.
+#[test]
+fn the_wills_of_a_dead_nodes_clients_go_out_through_the_others() -> anyhow::Result<()> {
+    use common::mqtt::Raw;
+    use manifold_mqtt::codec::{QoS, Will};
+    let _one = common::one_group_at_a_time();
+    let root = tempfile::tempdir()?;
+    let (mut nodes, peers, l) = group(root.path())?;
+    let will = |topic: &str| Will {
+        topic: topic.into(),
+        payload: bytes::Bytes::from_static(b"node died"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    };
+    // A follower dies with a client on it; a watcher on the leader sees the Will.
+    let f = (l + 1) % 3;
+    let (_on_follower, _) = Raw::connect_with_will(nodes[f].mqtt, "dev-f", Some(will("w/f")))?;
+    let watcher = nodes[l].subscribe(&["-t", "w/#", "-q", "1", "-C", "1", "-W", "30", "-v"])?;
+    std::thread::sleep(Duration::from_millis(800));
+    nodes[f].kill()?;
+    assert_eq!(output(watcher)?, "w/f node died\n");
+
+    // The leader dies with a client on it; a watcher on the follower left sees the Will once
+    // a new leader (the follower restarted, or the other) has declared it lost.
+    nodes[f].start(&peers)?;
+    let (_on_leader, _) = Raw::connect_with_will(nodes[l].mqtt, "dev-l", Some(will("w/l")))?;
+    let other = (l + 2) % 3;
+    let watcher = nodes[other].subscribe(&["-t", "w/#", "-q", "1", "-C", "1", "-W", "30", "-v"])?;
+    std::thread::sleep(Duration::from_millis(800));
+    nodes[l].kill()?;
+    assert_eq!(output(watcher)?, "w/l node died\n");
     Ok(())
 }

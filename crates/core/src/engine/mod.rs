@@ -542,6 +542,10 @@ pub struct EngineConfig {
     /// MQTT persistent sessions at most (default 100,000): opening one more is refused
     /// (`TooManySessions`; MQTT CONNACK "quota exceeded").
     pub max_sessions: usize,
+    /// In a group: the leader declares a node's MQTT connections lost (their sessions close
+    /// and their Wills go out) once it has not heard from that node for this long, or the
+    /// node left the group (ms, default 3000).
+    pub session_node_lost_ms: u64,
     /// Principals and what they may publish and subscribe to (default: `default`, without a
     /// secret, allowed everything).
     pub access: AccessConfig,
@@ -564,6 +568,7 @@ impl Default for EngineConfig {
             retention_ms: 72 * 3600 * 1000,
             retention_check_ms: 60_000,
             max_sessions: 100_000,
+            session_node_lost_ms: 3000,
             access: AccessConfig::default(),
             cluster: None,
         }
@@ -1216,7 +1221,7 @@ impl Engine {
                     .map_err(|_| EngineError::ShuttingDown)??;
             }
         }
-        // Timers run on every node; their proposals are refused except on the leader.
+        // Timers run on every node; only the leader's propose.
         let (stop, stopped) = mpsc::channel();
         let timer_inner = engine.inner.clone();
         let timers = std::thread::Builder::new()
@@ -2635,6 +2640,10 @@ impl Inner {
         let tick = Duration::from_millis(self.config.timer_tick_ms.max(1));
         let mut retention_checked = Instant::now();
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
+            // Only the leader proposes timers (a follower's proposals would be refused).
+            if self.forwarding() {
+                continue;
+            }
             let now = self.now_ms();
             let (oldest, session_deadline) = {
                 let state = self.lock_state();
@@ -2683,10 +2692,67 @@ impl Inner {
                         let _ = reply.blocking_recv();
                     }
                     Ok(None) => {}
+                    // Leadership moved on since the check: the next leader's timers act.
+                    Err(EngineError::NotLeader { .. }) => break,
                     Err(_) => return, // shutting down, or the log failed
                 }
             }
+            if let Err(e) = self.declare_lost_nodes() {
+                if matches!(e, EngineError::ShuttingDown) {
+                    return;
+                }
+                tracing::debug!(error = %e, "declaring a node's connections lost");
+            }
         }
+    }
+
+    /// Leader of a group: the nodes holding MQTT sessions that it has not heard from for
+    /// `session_node_lost_ms`, or that left the group, have their connections declared lost
+    /// (their sessions close, their Wills go out). A node that was only cut off follows: its
+    /// broker disconnects the connections whose sessions it no longer holds.
+    fn declare_lost_nodes(&self) -> Result<()> {
+        let Some(status) = self.raft_status() else {
+            return Ok(());
+        };
+        if status.role != crate::raft::Role::Leader {
+            return Ok(());
+        }
+        let me = self.config.node_id;
+        let holding: std::collections::BTreeSet<u64> = self
+            .lock_state()
+            .sessions
+            .by_client
+            .values()
+            .filter(|s| s.disconnected_ms.is_none())
+            .filter_map(|s| s.owner.map(|o| o.node))
+            .filter(|n| *n != me)
+            .collect();
+        for node in holding {
+            let silent = status.silent_ms.iter().find(|(p, _)| *p == node);
+            if silent.is_some_and(|(_, ms)| *ms < self.config.session_node_lost_ms) {
+                continue;
+            }
+            tracing::info!(node, "declaring a node's MQTT connections lost");
+            let command = session_command::SessionCommand {
+                client: Bytes::new(),
+                op: session_command::SessionOp::Lost {
+                    node,
+                    except_boot: 0,
+                },
+                epoch: None,
+            };
+            let mut bytes = vec![COMMAND_VERSION, CommandTag::Session as u8];
+            session_command::encode(&command, &mut bytes);
+            let bytes = Bytes::from(bytes);
+            if let Some(reply) =
+                self.propose(|p| Ok(Some((EntryKind::Command, bytes, Vec::new(), p.term))))?
+            {
+                reply
+                    .blocking_recv()
+                    .map_err(|_| EngineError::ShuttingDown)??;
+            }
+        }
+        Ok(())
     }
 
     /// Proposes the publication of `client`'s Will: one entry with the Timer command and the

@@ -62,6 +62,9 @@ pub struct Status {
     pub last_index: LogIndex,
     /// Leader: each follower's match index.
     pub peers: Vec<(NodeId, LogIndex)>,
+    /// Leader: how long each follower has not answered (ms; as of the last batch of events,
+    /// heartbeats included).
+    pub silent_ms: Vec<(NodeId, u64)>,
     /// Leader: a transfer under way to this voter.
     pub transferring: Option<NodeId>,
     /// Whether this node's disk is healthy (no failed or stalled fsync).
@@ -241,6 +244,11 @@ fn status_of(core: &Raft) -> Status {
         .into_iter()
         .filter_map(|p| core.match_index(p).map(|m| (p, m)))
         .collect();
+    let silent_ms = core
+        .peer_ids()
+        .into_iter()
+        .filter_map(|p| core.peer_silent_ms(p).map(|s| (p, s)))
+        .collect();
     Status {
         id: core.id(),
         role: core.role(),
@@ -249,6 +257,7 @@ fn status_of(core: &Raft) -> Status {
         commit: core.commit_index(),
         last_index: core.last_index(),
         peers,
+        silent_ms,
         transferring: core.transferring_to(),
         healthy: core.healthy(),
         unhealthy_peers: core

@@ -60,6 +60,8 @@ pub struct Raft {
     pub(super) quorum_deadline: u64,
     /// When a leader was last heard from (followers) — the stickiness window starts there.
     pub(super) leader_contact: Option<u64>,
+    /// Leader: when it began leading (a follower not heard from since is silent from then).
+    pub(super) leading_since: u64,
     /// Leader: a transfer under way to this voter, abandoned at the deadline.
     pub(super) transfer: Option<(NodeId, u64)>,
     /// Leader: the driver confirmed proposals are paused for the transfer under way.
@@ -112,6 +114,7 @@ impl Raft {
             heartbeat_deadline: u64::MAX,
             quorum_deadline: u64::MAX,
             leader_contact: None,
+            leading_since: 0,
             transfer: None,
             transfer_ready: false,
             prefer_not_before: 0,
@@ -276,6 +279,14 @@ impl Raft {
     pub fn match_index(&self, peer: NodeId) -> Option<LogIndex> {
         self.progress.get(&peer).map(|p| p.match_index)
     }
+    /// Leader: how long a follower has not answered (since its last answer, or since this
+    /// node began leading if it has not answered since).
+    pub fn peer_silent_ms(&self, peer: NodeId) -> Option<u64> {
+        self.progress.get(&peer).map(|p| {
+            self.now
+                .saturating_sub(p.last_heard_ms.max(self.leading_since))
+        })
+    }
     /// Leader: whether a follower's last heartbeat answer said its disk is healthy.
     pub fn peer_healthy(&self, peer: NodeId) -> Option<bool> {
         self.progress.get(&peer).map(|p| p.healthy)
@@ -427,6 +438,7 @@ impl Raft {
 
     pub(super) fn become_leader(&mut self) {
         self.role = Role::Leader;
+        self.leading_since = self.now;
         self.leader = Some(self.cfg.id);
         self.transfer = None;
         // A new leader settles before handing over to the preferred one.
