@@ -256,3 +256,141 @@ fn the_wills_of_a_dead_nodes_clients_go_out_through_the_others() -> anyhow::Resu
     assert_eq!(output(watcher)?, "w/l node died\n");
     Ok(())
 }
+
+/// QoS 2 publishes while the leader is SIGKILLed mid-stream, from a client on a follower and
+/// from one on the leader; half-way, a PUBLISH is committed and its PUBREC never read, the
+/// leader dies and the client reconnects. A client that follows the protocol — after a lost
+/// connection it reconnects, to any node, and sends again, DUP, the PUBLISH not yet PUBREC'd
+/// or the PUBREL not yet PUBCOMP'd — gets each message stored exactly once, in order, on every
+/// node (the broker's appends carry the session's producer sequence, which the new leader's
+/// dedupe answers).
+#[test]
+fn qos2_publishes_are_stored_once_across_a_leader_failover() -> anyhow::Result<()> {
+    let _one = common::one_group_at_a_time();
+    for on_leader in [false, true] {
+        let root = tempfile::tempdir()?;
+        let (mut nodes, _peers, l) = group(root.path())?;
+        let first = if on_leader { l } else { (l + 1) % 3 };
+        let reconnects = qos2_stream(&mut nodes, first, l, "q2/failover")?;
+        ensure!(reconnects > 0, "the client reconnected");
+        let want: Vec<String> = (1..=QOS2_MESSAGES).map(|i| format!("m{i}")).collect();
+        for n in nodes.iter().filter(|n| n.child.is_some()) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = payloads(n, "q2/failover")?;
+                if got == want {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "node {} (client on the leader: {on_leader}): {} messages, not {} once \
+                     each in order: {got:?}",
+                    n.id,
+                    got.len(),
+                    QOS2_MESSAGES
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    Ok(())
+}
+
+const QOS2_MESSAGES: u16 = 60;
+
+/// Publishes `m1`.. at QoS 2 from client `q2-pub`, first connected to `nodes[first]`,
+/// SIGKILLing `nodes[kill]` right after sending PUBLISH number half-way; returns how often the
+/// client had to reconnect.
+fn qos2_stream(nodes: &mut [Node], first: usize, kill: usize, topic: &str) -> anyhow::Result<u32> {
+    use common::mqtt::Raw;
+    use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
+    let publish = |id: u16, dup: bool| {
+        Packet::Publish(Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: id,
+            properties: Properties::default(),
+            payload: bytes::Bytes::from(format!("m{id}")),
+        })
+    };
+    // Any running node, starting with `at`.
+    let connect = |nodes: &[Node], at: usize| -> anyhow::Result<Raw> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut k = at;
+        loop {
+            if nodes[k].child.is_some()
+                && let Ok((raw, _)) = Raw::connect(nodes[k].mqtt, "q2-pub")
+            {
+                return Ok(raw);
+            }
+            ensure!(Instant::now() < deadline, "no node took the client back");
+            k = (k + 1) % nodes.len();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut raw = connect(nodes, first)?;
+    let mut reconnects = 0;
+    for id in 1..=QOS2_MESSAGES {
+        // PUBLISH until PUBREC, then PUBREL until PUBCOMP; a lost connection (or a broker
+        // that says nothing for 10 s) means reconnect and send the same step again, DUP.
+        let mut released = false;
+        let mut dup = false;
+        loop {
+            let sent = if released {
+                raw.send(&Packet::PubRel(Ack::new(id)))
+            } else {
+                raw.send(&publish(id, dup))
+            };
+            let answer = if id == QOS2_MESSAGES / 2 && nodes[kill].child.is_some() {
+                // The PUBLISH is committed by now; the leader dies and the client never reads
+                // its PUBREC: it must send the PUBLISH again, wherever it reconnects.
+                std::thread::sleep(Duration::from_millis(300));
+                nodes[kill].kill()?;
+                Ok(None)
+            } else {
+                match sent {
+                    Ok(()) => raw.next_within(Duration::from_secs(10)),
+                    Err(e) => Err(e),
+                }
+            };
+            match answer {
+                Ok(Some(Packet::PubRec(a))) if a.packet_id == id && !released => released = true,
+                Ok(Some(Packet::PubComp(a))) if a.packet_id == id && released => break,
+                Ok(Some(other)) => bail!("message {id}: unexpected {other:?}"),
+                Ok(None) | Err(_) => {
+                    reconnects += 1;
+                    ensure!(reconnects < 20, "message {id}: the broker never answered");
+                    raw = connect(nodes, first)?;
+                    dup = true;
+                }
+            }
+        }
+    }
+    Ok(reconnects)
+}
+
+/// The `payload` field of every entry of `key`, in order (redis-cli's raw XRANGE output).
+fn payloads(node: &Node, key: &str) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &node.resp.to_string(),
+            "--raw",
+            "XRANGE",
+            key,
+            "-",
+            "+",
+        ])
+        .output()
+        .context("redis-cli (Debian package redis-tools)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // Each entry: its ID, then field, value pairs.
+    Ok(lines
+        .windows(2)
+        .filter(|w| w[0] == "payload")
+        .map(|w| w[1].to_string())
+        .collect())
+}

@@ -129,6 +129,21 @@ impl Engine {
         self.inner.session_events.subscribe()
     }
 
+    /// Whether a connected session is held by a connection of `node` of another broker run
+    /// than `except_boot` (as applied here).
+    pub fn sessions_held_by(&self, node: u64, except_boot: u64) -> bool {
+        self.inner
+            .lock_state()
+            .sessions
+            .by_client
+            .values()
+            .any(|s| {
+                s.disconnected_ms.is_none()
+                    && s.owner
+                        .is_some_and(|o| o.node == node && o.boot != except_boot)
+            })
+    }
+
     /// Declares the connections of `node` lost, but for those of its broker run
     /// `except_boot` (0: all): each session one of them held is closed as a lost
     /// connection's (its Will goes out after its delay). A broker calls it for its own node

@@ -265,10 +265,11 @@ impl Broker {
         });
         // The connections of this node's earlier runs are gone: the sessions they held close
         // as lost connections' (their Wills go out). Retried until taken (no leader yet).
+        // (Every session a connection here opened was applied here before its CONNACK.)
         let (shared, mut shutdown) = (broker.shared.clone(), broker.shutdown.clone());
         broker.tasks.spawn(async move {
             let node = shared.engine.node_id();
-            loop {
+            while shared.engine.sessions_held_by(node, shared.boot) {
                 match shared.engine.sessions_lost(node, shared.boot).await {
                     Ok(()) => break,
                     Err(e) => tracing::debug!(error = %e, "declaring earlier connections lost"),
