@@ -1883,7 +1883,8 @@ impl Engine {
     }
 
     /// [`Engine::wait_filter`] for several filters at once (an MQTT session's subscriptions):
-    /// the first entry that adds a message to a topic any of them matches.
+    /// the first entry that adds a message to a topic any of them matches. A `timeout` of
+    /// `Duration::MAX` waits without a timer.
     pub async fn wait_filters(
         &self,
         filters: &[&[u8]],
@@ -1919,7 +1920,14 @@ impl Engine {
             }
             std::task::Poll::Pending
         });
-        Ok(match tokio::time::timeout(timeout, first).await {
+        // `Duration::MAX`: no timer at all (a timer set and cleared per wait costs a fan-out's
+        // every delivery).
+        let woken = if timeout == Duration::MAX {
+            Ok(first.await)
+        } else {
+            tokio::time::timeout(timeout, first).await
+        };
+        Ok(match woken {
             Ok(Ok((entry, _))) => Wake::Entry(entry),
             Ok(Err(_)) => Wake::Changed,
             Err(_) => Wake::Timeout,

@@ -259,8 +259,14 @@ impl Conn {
         let keep_alive_timer = tokio::time::sleep_until(deadline);
         tokio::pin!(keep_alive_timer);
         let mut timer_fired = false;
-        let mut sessions_closed = self.shared.sessions_closed.subscribe();
-        let mut sys = self.shared.sys.subscribe();
+        // The signals outlive the loop's rounds: registering a waiter for each of them on every
+        // round cost more than a fan-out's delivery does.
+        let shutdown_signal = shutdown.changed();
+        tokio::pin!(shutdown_signal);
+        let leave_signal = leave.changed();
+        tokio::pin!(leave_signal);
+        let mut sessions_closed = next_change(self.shared.sessions_closed.subscribe());
+        let mut sys = next_change(self.shared.sys.subscribe());
         let mut sys_changed = false;
         // The log index of the entry that woke the connection for new messages, if one did.
         let mut woken: Option<u64> = None;
@@ -340,7 +346,7 @@ impl Conn {
                     std::future::pending::<()>().await;
                 }
                 match client
-                    .wait_filters(&filters, after, Duration::from_secs(3600))
+                    .wait_filters(&filters, after, Duration::MAX)
                     .await
                 {
                     Ok(Wake::Entry(e)) => Some(e.index),
@@ -360,11 +366,11 @@ impl Conn {
             let committed = inbound::front_committed(&mut publishing);
             let taken_over = tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
+                _ = &mut shutdown_signal => {
                     self.disconnect(0x8B);
                     return End::Shutdown;
                 }
-                _ = leave.changed() => true,
+                _ = &mut leave_signal => true,
                 // Readable: the bytes are read at the top.
                 readable = rd.readable() => match readable {
                     Ok(()) => {
@@ -382,11 +388,15 @@ impl Conn {
                     false
                 }
                 // A member that left may have handed its shared messages to this session.
-                _ = sessions_closed.changed(), if self.sharing => false,
+                rx = &mut sessions_closed, if self.sharing => {
+                    sessions_closed = next_change(rx);
+                    false
+                }
                 // PUBLISH packets committed: acknowledged at the top.
                 () = committed => false,
                 // New `$SYS` values for a subscriber of them.
-                _ = sys.changed(), if !self.sys_filters.is_empty() => {
+                rx = &mut sys, if !self.sys_filters.is_empty() => {
+                    sys = next_change(rx);
                     sys_changed = true;
                     false
                 }
@@ -570,4 +580,17 @@ impl Conn {
         }
         Ok(None)
     }
+}
+
+/// The next change of `rx`, as a future that owns it and hands it back (to wait again).
+fn next_change<T: Send + Sync + 'static>(
+    mut rx: watch::Receiver<T>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = watch::Receiver<T>> + Send>> {
+    Box::pin(async move {
+        // A sender gone never changes again.
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        rx
+    })
 }
