@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -32,26 +32,16 @@ impl Drop for Node {
 
 impl Node {
     fn start(&mut self, peers: &str) -> anyhow::Result<()> {
-        let args: Vec<String> = [
-            "--data-dir",
-            &self.dir.display().to_string(),
-            "--node-id",
-            &self.id.to_string(),
-            "--peers",
+        let (dir, id) = (&self.dir, self.id);
+        self.child = Some(common::member_with_mqtt(
+            dir,
+            id,
             peers,
-            "--mqtt-addr",
-            &format!("127.0.0.1:{}", self.mqtt),
-            "--resp-addr",
-            &format!("127.0.0.1:{}", self.resp),
-            "--http-addr",
-            &format!("127.0.0.1:{}", self.http),
-            "--segment-size",
-            "1048576",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        self.child = Some(common::serve(&args).with_context(|| format!("node {}", self.id))?);
+            self.mqtt,
+            self.resp,
+            self.http,
+            &[],
+        )?);
         Ok(())
     }
 
@@ -75,28 +65,11 @@ impl Node {
     }
 
     fn publish(&self, args: &[&str]) -> anyhow::Result<()> {
-        let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.mqtt.to_string()])
-            .args(args)
-            .output()
-            .context("mosquitto_pub (Debian package mosquitto-clients)")?;
-        ensure!(
-            out.status.success(),
-            "mosquitto_pub {args:?} on node {}: {out:?}",
-            self.id
-        );
-        Ok(())
+        common::mqtt::mosquitto_pub(self.mqtt, args)
     }
 
-    /// `mosquitto_sub ARGS` until it exits: its output.
     fn subscribe(&self, args: &[&str]) -> anyhow::Result<Child> {
-        Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &self.mqtt.to_string()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("mosquitto_sub (Debian package mosquitto-clients)")
+        common::mqtt::mosquitto_sub(self.mqtt, args)
     }
 }
 

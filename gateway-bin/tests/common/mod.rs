@@ -76,6 +76,19 @@ pub fn member(
     http: u16,
     extra: &[String],
 ) -> anyhow::Result<Child> {
+    member_with_mqtt(dir, id, peers, 0, resp, http, extra)
+}
+
+/// [`member`] with its MQTT listener on port `mqtt` too.
+pub fn member_with_mqtt(
+    dir: &std::path::Path,
+    id: u64,
+    peers: &str,
+    mqtt: u16,
+    resp: u16,
+    http: u16,
+    extra: &[String],
+) -> anyhow::Result<Child> {
     let mut args: Vec<String> = vec!["--data-dir".into(), dir.display().to_string()];
     for a in [
         "--node-id",
@@ -87,7 +100,7 @@ pub fn member(
         "--http-addr",
         &format!("127.0.0.1:{http}"),
         "--mqtt-addr",
-        "127.0.0.1:0",
+        &format!("127.0.0.1:{mqtt}"),
         "--segment-size",
         "1048576",
     ] {

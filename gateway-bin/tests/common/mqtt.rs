@@ -98,24 +98,12 @@ impl Node {
     }
 
     pub fn publish(&self, args: &[&str]) -> anyhow::Result<()> {
-        let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.mqtt.to_string()])
-            .args(args)
-            .output()
-            .context("mosquitto_pub (Debian package mosquitto-clients)")?;
-        ensure!(out.status.success(), "mosquitto_pub {args:?}: {out:?}");
-        Ok(())
+        mosquitto_pub(self.mqtt, args)
     }
 
     /// `mosquitto_sub ARGS` in the background; its output once it exits.
     pub fn subscribe(&self, args: &[&str]) -> anyhow::Result<Child> {
-        Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &self.mqtt.to_string()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("mosquitto_sub (Debian package mosquitto-clients)")
+        mosquitto_sub(self.mqtt, args)
     }
 
     /// One RESP command over raw TCP; the reply's first line.
@@ -135,6 +123,31 @@ impl Node {
             .unwrap_or("")
             .to_string())
     }
+}
+
+/// `mosquitto_pub ARGS` to the broker on `port`, to its end.
+pub fn mosquitto_pub(port: u16, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .context("mosquitto_pub (Debian package mosquitto-clients)")?;
+    ensure!(
+        out.status.success(),
+        "mosquitto_pub {args:?} (port {port}): {out:?}"
+    );
+    Ok(())
+}
+
+/// `mosquitto_sub ARGS` on the broker on `port`, in the background.
+pub fn mosquitto_sub(port: u16, args: &[&str]) -> anyhow::Result<Child> {
+    Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("mosquitto_sub (Debian package mosquitto-clients)")
 }
 
 /// A raw MQTT 5 connection speaking through the codec, for flows no command-line client

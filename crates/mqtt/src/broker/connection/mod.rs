@@ -345,10 +345,7 @@ impl Conn {
                 if filters.is_empty() {
                     std::future::pending::<()>().await;
                 }
-                match client
-                    .wait_filters(&filters, after, Duration::MAX)
-                    .await
-                {
+                match client.wait_filters(&filters, after, Duration::MAX).await {
                     Ok(Wake::Entry(e)) => Some(e.index),
                     _ => None,
                 }
