@@ -1,13 +1,15 @@
 //! Manifold's HTTP listener on `--http-addr`. Today it carries the admin routes
-//! (`admin.rs`: health, cluster status, metrics, leadership transfer) and what other front ends
-//! hand it (MQTT over WebSocket at `/mqtt`); the push routes (WebSocket, Server-Sent Events,
-//! long-polling, REST) join the same router.
+//! (`admin.rs`: health, cluster status, metrics, leadership transfer), REST over the log
+//! (`rest.rs`: publish, history, topics) and what other front ends hand it (MQTT over
+//! WebSocket at `/mqtt`); the push routes (WebSocket, Server-Sent Events, long-polling) join
+//! the same router.
 //!
 //! Owns the HTTP surface only: every answer comes from the engine's public API; nothing here
 //! changes the log except through it.
 
 pub mod admin;
 mod prometheus;
+pub mod rest;
 
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Every route of the HTTP listener.
 pub fn router(engine: Arc<Engine>, metrics: Vec<MetricsSource>) -> axum::Router {
-    admin::routes(engine, metrics)
+    admin::routes(engine.clone(), metrics).merge(rest::routes(engine))
 }
 
 /// Serves the HTTP listener until `stopped` turns true; requests under way finish first.

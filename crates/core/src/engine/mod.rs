@@ -1232,6 +1232,11 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The largest message an append takes (`max_message_bytes`, encoded).
+    pub fn max_message_bytes(&self) -> usize {
+        self.inner.config.max_message_bytes
+    }
+
     /// The store underneath (reads, inspection).
     pub fn store(&self) -> &MessageStore {
         &self.inner.store

@@ -1,0 +1,258 @@
+//! REST over the log against a real `manifold serve`, with `reqwest`: publish and read back,
+//! topics that need percent-encoding in the URL, the body stored byte for byte (and reaching
+//! MQTT and RESP as it is), form bodies as fields, message keys, idempotency keys, cursors
+//! across a delete and re-create (`reset`), the topic list, bearer tokens and the errors.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::mqtt::{Node, node, node_with};
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+fn http() -> anyhow::Result<Client> {
+    Ok(Client::builder().timeout(Duration::from_secs(10)).build()?)
+}
+
+/// `/topics/{topic}` with the topic as one percent-encoded segment.
+fn url(node: &Node, topic: &str, rest: &str) -> String {
+    let encoded: String = form_urlencoded_segment(topic);
+    format!("http://127.0.0.1:{}/topics/{encoded}{rest}", node.http)
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), so `/` is `%2F`.
+fn form_urlencoded_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn publish(c: &Client, node: &Node, topic: &str, body: &'static [u8]) -> anyhow::Result<Value> {
+    let r = c
+        .post(url(node, topic, ""))
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()?;
+    ensure!(r.status() == StatusCode::CREATED, "{}", r.status());
+    Ok(r.json()?)
+}
+
+fn history(
+    c: &Client,
+    node: &Node,
+    topic: &str,
+    query: &str,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let r = c
+        .get(url(node, topic, &format!("/messages{query}")))
+        .send()?;
+    let status = r.status();
+    Ok((status, r.json()?))
+}
+
+#[test]
+fn publish_read_back_and_list_topics_over_rest() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let c = http()?;
+    // Topics with '/', '+', spaces and non-ASCII, each one path segment.
+    for topic in ["sensors/a", "odd+name", "with space", "température/ünï"] {
+        let ack = publish(&c, &node, topic, b"21.5")?;
+        let (status, read) = history(&c, &node, topic, "")?;
+        ensure!(status == StatusCode::OK, "{topic}: {status}");
+        let m = &read["messages"][0];
+        ensure!(
+            m["topic"] == topic && m["payload"] == "21.5",
+            "{topic}: {read}"
+        );
+        ensure!(
+            m["id"] == ack["id"] && m["cursor"] == ack["cursor"],
+            "{ack} {m}"
+        );
+    }
+
+    // The body byte for byte, with its content type: JSON stays the device's JSON, binary
+    // comes back as base64, and MQTT and RESP see the same bytes.
+    let json_body = br#"{"temp": 21.5, "unit": "C"}"#;
+    let sub = node.subscribe(&["-t", "dev/json", "-C", "1", "-W", "10"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let r = c
+        .post(url(&node, "dev/json", ""))
+        .header("content-type", "application/json")
+        .body(&json_body[..])
+        .send()?;
+    ensure!(r.status() == StatusCode::CREATED);
+    let out = sub.wait_with_output()?;
+    ensure!(out.stdout == [&json_body[..], b"\n"].concat(), "{out:?}");
+    let (_, read) = history(&c, &node, "dev/json", "")?;
+    ensure!(
+        read["messages"][0]["properties"]["content-type"] == "application/json",
+        "{read}"
+    );
+    publish(&c, &node, "dev/bin", b"\xff\x00\x01")?;
+    let (_, read) = history(&c, &node, "dev/bin", "")?;
+    ensure!(read["messages"][0]["payload"]["base64"] == "/wAB", "{read}");
+    ensure!(node.resp(&["XLEN", "dev/bin"])? == ":1");
+
+    // A form body becomes fields, in order; a repeated name is an array.
+    let r = c
+        .post(url(&node, "forms", ""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("temp=21.5&tag=a&tag=b%20c")
+        .send()?;
+    ensure!(r.status() == StatusCode::CREATED);
+    let (_, read) = history(&c, &node, "forms", "")?;
+    let fields = &read["messages"][0]["fields"];
+    ensure!(fields["temp"] == "21.5", "{read}");
+    ensure!(fields["tag"] == serde_json::json!(["a", "b c"]), "{read}");
+    ensure!(node.resp(&["XLEN", "forms"])? == ":1");
+
+    // A message key is kept with the message (the IndexFile's key).
+    let r = c
+        .post(url(&node, "keyed", ""))
+        .header("x-message-key", "order-17")
+        .body("paid")
+        .send()?;
+    ensure!(r.status() == StatusCode::CREATED);
+    let (_, read) = history(&c, &node, "keyed", "")?;
+    ensure!(read["messages"][0]["key"] == "order-17", "{read}");
+
+    // An idempotency key: a repeat is answered with the first message, stored once.
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let r = c
+            .post(url(&node, "once", ""))
+            .header("idempotency-key", "k-1")
+            .body("charge")
+            .send()?;
+        ensure!(r.status() == StatusCode::CREATED);
+        acks.push(r.json::<Value>()?);
+    }
+    ensure!(acks[0]["id"] == acks[1]["id"], "{acks:?}");
+    ensure!(node.resp(&["XLEN", "once"])? == ":1");
+
+    // Cursors page through in order, and back with reverse.
+    for i in 0..5 {
+        let body: &'static [u8] = Box::leak(format!("m{i}").into_bytes().into_boxed_slice());
+        publish(&c, &node, "paged", body)?;
+    }
+    let (_, first) = history(&c, &node, "paged", "?limit=2")?;
+    let next = first["next"].as_str().context("next")?;
+    let (_, second) = history(&c, &node, "paged", &format!("?limit=2&after={next}"))?;
+    let payloads = |v: &Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .map(|a| a.iter().map(|m| m["payload"].to_string()).collect())
+            .unwrap_or_default()
+    };
+    ensure!(payloads(&first) == ["\"m0\"", "\"m1\""], "{first}");
+    ensure!(payloads(&second) == ["\"m2\"", "\"m3\""], "{second}");
+    let last = second["next"].as_str().context("next")?;
+    let (_, back) = history(&c, &node, "paged", &format!("?reverse=true&after={last}"))?;
+    ensure!(payloads(&back) == ["\"m2\"", "\"m1\"", "\"m0\""], "{back}");
+
+    // A cursor of a deleted topic's earlier incarnation: reset, from the start.
+    ensure!(node.resp(&["DEL", "paged"])? == ":1");
+    publish(&c, &node, "paged", b"new life")?;
+    let (_, again) = history(&c, &node, "paged", &format!("?after={last}"))?;
+    ensure!(
+        again["reset"] == true && payloads(&again) == ["\"new life\""],
+        "{again}"
+    );
+
+    // The topic list, by MQTT filter.
+    let list: Value = c
+        .get(format!(
+            "http://127.0.0.1:{}/topics?match=dev/%2B",
+            node.http
+        ))
+        .send()?
+        .json()?;
+    let names: Vec<&str> = list["topics"]
+        .as_array()
+        .context("topics")?
+        .iter()
+        .filter_map(|t| t["topic"].as_str())
+        .collect();
+    ensure!(names == ["dev/bin", "dev/json"], "{list}");
+    ensure!(list["topics"][1]["length"] == 1, "{list}");
+    Ok(())
+}
+
+#[test]
+fn rest_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("manifold.toml");
+    std::fs::write(
+        &config,
+        "[[principal]]\nname = \"writer\"\nsecret = \"pw\"\npublish = [\"*\"]\nsubscribe = [\"*\"]\n\n\
+         [[principal]]\nname = \"default\"\nsubscribe = [\"public/*\"]\n",
+    )?;
+    let config = config.display().to_string();
+    let node = node_with(&dir.path().join("data"), &["--config", &config])?;
+    let c = http()?;
+    let status_error = |r: reqwest::blocking::Response| -> anyhow::Result<(StatusCode, String)> {
+        let status = r.status();
+        let v: Value = r.json()?;
+        ensure!(v["message"].is_string(), "{v}");
+        Ok((status, v["error"].as_str().unwrap_or_default().to_string()))
+    };
+    // Unauthenticated: may not publish; a bearer token of a principal may.
+    let r = c.post(url(&node, "public/x", "")).body("hi").send()?;
+    ensure!(status_error(r)? == (StatusCode::FORBIDDEN, "forbidden".into()));
+    let r = c
+        .post(url(&node, "public/x", ""))
+        .bearer_auth("writer:wrong")
+        .body("hi")
+        .send()?;
+    ensure!(status_error(r)? == (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    let r = c
+        .post(url(&node, "public/x", ""))
+        .bearer_auth("writer:pw")
+        .body("hi")
+        .send()?;
+    ensure!(r.status() == StatusCode::CREATED, "{}", r.status());
+    // Reading what the default principal may not subscribe to.
+    let r = c.get(url(&node, "private", "/messages")).send()?;
+    ensure!(status_error(r)?.0 == StatusCode::FORBIDDEN);
+    // Unknown topic, bad cursor, bad topic, bad filter.
+    let r = c.get(url(&node, "public/none", "/messages")).send()?;
+    ensure!(status_error(r)? == (StatusCode::NOT_FOUND, "unknown_topic".into()));
+    let r = c
+        .get(url(&node, "public/x", "/messages?after=nonsense"))
+        .send()?;
+    ensure!(status_error(r)? == (StatusCode::BAD_REQUEST, "bad_cursor".into()));
+    let r = c
+        .post(format!("http://127.0.0.1:{}/topics/%24SYS%2Fx", node.http))
+        .bearer_auth("writer:pw")
+        .body("x")
+        .send()?;
+    ensure!(
+        status_error(r)? == (StatusCode::FORBIDDEN, "forbidden".into()),
+        "$SYS is reserved"
+    );
+    let r = c
+        .get(format!(
+            "http://127.0.0.1:{}/topics?match=a/%23/b",
+            node.http
+        ))
+        .send()?;
+    ensure!(status_error(r)? == (StatusCode::BAD_REQUEST, "bad_filter".into()));
+    // A form body without fields.
+    let r = c
+        .post(url(&node, "public/x", ""))
+        .bearer_auth("writer:pw")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("")
+        .send()?;
+    ensure!(status_error(r)? == (StatusCode::BAD_REQUEST, "no_fields".into()));
+    Ok(())
+}
