@@ -256,3 +256,110 @@ fn rest_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
     ensure!(status_error(r)? == (StatusCode::BAD_REQUEST, "no_fields".into()));
     Ok(())
 }
+
+/// Long-polling: answers at once when something after the cursor exists; otherwise waits and
+/// answers as soon as a message comes (here one published over MQTT), or with nothing at the
+/// timeout — always with the cursor to poll from next. Several topics or an MQTT filter poll
+/// by log position.
+#[test]
+fn long_polls_wake_on_a_publish_and_time_out_with_the_next_cursor() -> anyhow::Result<()> {
+    use std::time::Instant;
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let c = http()?;
+    let poll = |query: &str| -> anyhow::Result<Value> {
+        let r = c
+            .get(format!("http://127.0.0.1:{}/poll?{query}", node.http))
+            .send()?;
+        ensure!(r.status() == StatusCode::OK, "{}", r.status());
+        Ok(r.json()?)
+    };
+    let first = publish(&c, &node, "lp/a", b"one")?;
+    let cursor0 = first["cursor"].as_str().context("cursor")?.to_string();
+    // Something after the cursor already: at once.
+    let (_, read) = history(&c, &node, "lp/a", "")?;
+    ensure!(read["messages"][0]["payload"] == "one");
+    publish(&c, &node, "lp/a", b"two")?;
+    let started = Instant::now();
+    let got = poll(&format!("topic=lp%2Fa&after={cursor0}&timeout=20s"))?;
+    ensure!(started.elapsed() < Duration::from_secs(5), "at once");
+    ensure!(got["messages"][0]["payload"] == "two", "{got}");
+    let next = got["next"].as_str().context("next")?.to_string();
+
+    // Nothing yet: the poll waits until an MQTT client publishes, then answers.
+    let waiting = std::thread::scope(|s| -> anyhow::Result<Value> {
+        let t = s.spawn(|| poll(&format!("topic=lp%2Fa&after={next}&timeout=20s")));
+        std::thread::sleep(Duration::from_millis(700));
+        let sent = Instant::now();
+        node.publish(&["-t", "lp/a", "-m", "three", "-q", "1"])?;
+        let got = t.join().map_err(|_| anyhow::anyhow!("poll thread"))??;
+        ensure!(
+            sent.elapsed() < Duration::from_secs(5),
+            "woken by the publish"
+        );
+        Ok(got)
+    })?;
+    ensure!(waiting["messages"][0]["payload"] == "three", "{waiting}");
+
+    // Nothing at all: empty at the timeout, with the same cursor.
+    let next = waiting["next"].as_str().context("next")?.to_string();
+    let started = Instant::now();
+    let idle = poll(&format!("topic=lp%2Fa&after={next}&timeout=500ms"))?;
+    ensure!(
+        started.elapsed() >= Duration::from_millis(450),
+        "waited the timeout"
+    );
+    ensure!(
+        idle["messages"] == serde_json::json!([]) && idle["next"] == next,
+        "{idle}"
+    );
+
+    // A filter (and several topics) by log position: from now, then on from `next`.
+    let waiting = std::thread::scope(|s| -> anyhow::Result<Value> {
+        let t = s.spawn(|| poll("filter=lp%2F%2B&timeout=20s"));
+        std::thread::sleep(Duration::from_millis(700));
+        publish(&c, &node, "lp/b", b"four")?;
+        t.join().map_err(|_| anyhow::anyhow!("poll thread"))?
+    })?;
+    ensure!(
+        waiting["messages"][0]["topic"] == "lp/b" && waiting["messages"][0]["payload"] == "four",
+        "{waiting}"
+    );
+    let next = waiting["next"].as_str().context("next")?.to_string();
+    publish(&c, &node, "lp/a", b"five")?;
+    publish(&c, &node, "other", b"not matched")?;
+    publish(&c, &node, "lp/b", b"six")?;
+    let more = poll(&format!("filter=lp%2F%2B&after={next}&timeout=5s"))?;
+    let payloads: Vec<&str> = more["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["payload"].as_str())
+        .collect();
+    ensure!(payloads == ["five", "six"], "{more}");
+    let both = poll(&format!("topic=lp%2Fa&topic=other&after={next}&timeout=5s"))?;
+    let payloads: Vec<&str> = both["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["payload"].as_str())
+        .collect();
+    ensure!(payloads == ["five", "not matched"], "{both}");
+    // Bad requests.
+    for query in [
+        "timeout=5s",
+        "topic=a&filter=b",
+        "filter=a%2F%23%2Fb",
+        "topic=a&after=x",
+    ] {
+        let r = c
+            .get(format!("http://127.0.0.1:{}/poll?{query}", node.http))
+            .send()?;
+        ensure!(
+            r.status() == StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            r.status()
+        );
+    }
+    Ok(())
+}

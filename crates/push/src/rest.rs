@@ -37,11 +37,16 @@ pub fn routes(engine: Arc<Engine>) -> Router {
             post(publish).layer(axum::extract::DefaultBodyLimit::max(body_limit)),
         )
         .route("/topics/{topic}/messages", get(history))
+        .route("/poll", get(crate::poll::poll))
         .with_state(engine)
 }
 
 /// A JSON error answer.
-struct Failure(StatusCode, &'static str, String);
+pub(crate) struct Failure(
+    pub(crate) StatusCode,
+    pub(crate) &'static str,
+    pub(crate) String,
+);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -71,7 +76,7 @@ impl From<EngineError> for Failure {
 
 /// The requesting principal: `Authorization: Bearer NAME:SECRET`, else the unauthenticated
 /// one (`default`).
-fn client(engine: &Arc<Engine>, headers: &HeaderMap) -> Result<Client, Failure> {
+pub(crate) fn client(engine: &Arc<Engine>, headers: &HeaderMap) -> Result<Client, Failure> {
     let principal = match headers.get(header::AUTHORIZATION) {
         Some(value) => {
             let token = value
@@ -95,7 +100,7 @@ fn client(engine: &Arc<Engine>, headers: &HeaderMap) -> Result<Client, Failure> 
 
 /// A topic from the URL: any non-empty key, as over RESP (one with MQTT wildcards or `#` is
 /// a stream MQTT clients cannot publish to, but may read with a filter that matches it).
-fn topic_of(topic: &str) -> Result<Bytes, Failure> {
+pub(crate) fn topic_of(topic: &str) -> Result<Bytes, Failure> {
     if topic.is_empty() {
         return Err(Failure(
             StatusCode::BAD_REQUEST,
@@ -216,7 +221,7 @@ async fn history(
     };
     let messages: Vec<Value> = messages
         .iter()
-        .map(|m| message_json(&topic, m, info.incarnation))
+        .map(|m| message_json(&topic, m, cursor(m.id, info.incarnation)))
         .collect();
     Ok(axum::Json(json!({
         "topic": topic,
@@ -268,12 +273,12 @@ async fn list(
 }
 
 /// A message's cursor: `ID@INCARNATION`.
-fn cursor(id: StreamId, incarnation: u64) -> String {
+pub(crate) fn cursor(id: StreamId, incarnation: u64) -> String {
     format!("{id}@{incarnation}")
 }
 
 /// What [`cursor`] wrote.
-fn parse_cursor(s: &str) -> Result<(StreamId, u64), Failure> {
+pub(crate) fn parse_cursor(s: &str) -> Result<(StreamId, u64), Failure> {
     let bad = || {
         Failure(
             StatusCode::BAD_REQUEST,
@@ -295,11 +300,11 @@ fn parse_cursor(s: &str) -> Result<(StreamId, u64), Failure> {
 /// One message: `{topic, id, cursor, fields | payload, properties}`. A message whose only
 /// field is `payload` (an MQTT or HTTP publish) shows `payload`; any other shows `fields`, an
 /// object in order where a repeated name maps to an array of its values.
-pub fn message_json(topic: &str, m: &Message, incarnation: u64) -> Value {
+pub fn message_json(topic: &str, m: &Message, cursor: String) -> Value {
     let mut out = Map::new();
     out.insert("topic".into(), Value::String(topic.into()));
     out.insert("id".into(), Value::String(m.id.to_string()));
-    out.insert("cursor".into(), Value::String(cursor(m.id, incarnation)));
+    out.insert("cursor".into(), Value::String(cursor));
     match &m.fields[..] {
         [(name, value)] if name.as_ref() == b"payload" => {
             out.insert("payload".into(), text(value));

@@ -1,0 +1,232 @@
+//! Long-polling (`GET /poll`): answers as soon as anything after the cursor exists, else with
+//! no messages when the timeout passes — always with the cursor to poll from next. A wait is
+//! one of the engine's waiters (woken by the commit that adds to its topics; nothing runs
+//! while it waits).
+//!
+//! One topic (`topic=T`) pages by that topic's cursor (`ID@INCARNATION`, as the history);
+//! several (`topic=A&topic=B`) or an MQTT filter (`filter=sensors/+`) by a position in the
+//! log (`INDEX.SUB`). Without a cursor a poll waits for what comes after it began.
+//! Owns the waiting and the cursors of filter reads; the message shape is `rest.rs`'s.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use manifold_core::engine::{Client, Engine, Wake, topic_filter};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::rest::{Failure, client, cursor, message_json, parse_cursor, topic_of};
+
+/// How long a poll waits by default, and at most.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// Messages one answer carries at most (and by default).
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// What a poll asked for.
+struct Poll {
+    topics: Vec<String>,
+    filter: Option<String>,
+    after: Option<String>,
+    timeout: Duration,
+    limit: usize,
+}
+
+fn bad(error: &'static str, message: String) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, error, message)
+}
+
+fn parse(query: Option<&str>) -> Result<Poll, Failure> {
+    let mut poll = Poll {
+        topics: Vec::new(),
+        filter: None,
+        after: None,
+        timeout: DEFAULT_TIMEOUT,
+        limit: DEFAULT_LIMIT,
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "topic" => poll.topics.push(v.into_owned()),
+            "filter" => poll.filter = Some(v.into_owned()),
+            "after" => poll.after = Some(v.into_owned()),
+            "timeout" => poll.timeout = duration(&v)?.min(MAX_TIMEOUT),
+            "limit" => {
+                poll.limit = v
+                    .parse::<usize>()
+                    .map_err(|_| bad("bad_limit", format!("limit {v:?} is not a number")))?
+                    .clamp(1, MAX_LIMIT)
+            }
+            _ => {}
+        }
+    }
+    if poll.topics.is_empty() == poll.filter.is_none() {
+        return Err(bad(
+            "bad_request",
+            "poll needs topic=T (one or more) or filter=F, not both".into(),
+        ));
+    }
+    Ok(poll)
+}
+
+/// `30s`, `500ms` or a number of seconds.
+fn duration(v: &str) -> Result<Duration, Failure> {
+    let wrong = || {
+        bad(
+            "bad_timeout",
+            format!("timeout {v:?} is not 30s, 500ms or 30"),
+        )
+    };
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| wrong());
+    }
+    v.strip_suffix('s')
+        .unwrap_or(v)
+        .parse()
+        .map(Duration::from_secs)
+        .map_err(|_| wrong())
+}
+
+/// `GET /poll?topic=T[&topic=U]|filter=F[&after=CURSOR][&timeout=30s][&limit=N]`.
+pub async fn poll(
+    State(engine): State<Arc<Engine>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let client = client(&engine, &headers)?;
+    let poll = parse(query.as_deref())?;
+    let deadline = Instant::now() + poll.timeout;
+    let body = match (&poll.topics[..], &poll.filter) {
+        ([topic], None) => one_topic(&client, topic, &poll, deadline).await?,
+        _ => positions(&client, &poll, deadline).await?,
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+/// A poll of one topic, by its cursor.
+async fn one_topic(
+    client: &Client,
+    topic: &str,
+    poll: &Poll,
+    deadline: Instant,
+) -> Result<Value, Failure> {
+    let key = topic_of(topic)?;
+    let given = poll.after.as_deref().map(parse_cursor).transpose()?;
+    // Without a cursor: what comes after the topic's last message now.
+    let mut from = match (given, client.stream_info(0, &key)?) {
+        (Some(c), _) => Some(c),
+        (None, Some(info)) => Some((info.last_generated_id, info.incarnation)),
+        (None, None) => None,
+    };
+    loop {
+        let at = client.engine().applied_index();
+        if let Some(info) = client.stream_info(0, &key)? {
+            let reset = from.is_some_and(|(_, incarnation)| incarnation != info.incarnation);
+            let start = match from {
+                Some((id, _)) if !reset => Bound::Excluded(id),
+                _ => Bound::Unbounded,
+            };
+            let messages =
+                client.read_range(0, &key, start, Bound::Unbounded, Some(poll.limit), false)?;
+            let next_id = messages.last().map(|m| m.id).or(match start {
+                Bound::Excluded(id) => Some(id),
+                _ => None,
+            });
+            let next = next_id.map(|id| cursor(id, info.incarnation));
+            if !messages.is_empty() || reset || Instant::now() >= deadline {
+                let messages: Vec<Value> = messages
+                    .iter()
+                    .map(|m| message_json(topic, m, cursor(m.id, info.incarnation)))
+                    .collect();
+                return Ok(json!({"messages": messages, "next": next, "reset": reset}));
+            }
+            from = next_id.map(|id| (id, info.incarnation));
+        } else if Instant::now() >= deadline {
+            let next = from.map(|(id, incarnation)| cursor(id, incarnation));
+            return Ok(json!({"messages": [], "next": next, "reset": false}));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.wait(&[(0, key.clone())], at, left).await? {
+            Wake::Entry(_) | Wake::Changed | Wake::Timeout => {}
+        }
+    }
+}
+
+/// A log position cursor: `INDEX.SUB`.
+fn position(s: &str) -> Result<(u64, u16), Failure> {
+    let wrong = || {
+        bad(
+            "bad_cursor",
+            format!("{s:?} is not a cursor of a filter poll (INDEX.SUB, as its \"next\")"),
+        )
+    };
+    let (index, sub) = s.split_once('.').ok_or_else(wrong)?;
+    Ok((
+        index.parse().map_err(|_| wrong())?,
+        sub.parse().map_err(|_| wrong())?,
+    ))
+}
+
+/// A poll of several topics or a filter, by log position.
+async fn positions(client: &Client, poll: &Poll, deadline: Instant) -> Result<Value, Failure> {
+    let filters: Vec<Bytes> = match &poll.filter {
+        Some(f) => vec![Bytes::copy_from_slice(f.as_bytes())],
+        None => poll
+            .topics
+            .iter()
+            .map(|t| Bytes::copy_from_slice(t.as_bytes()))
+            .collect(),
+    };
+    for f in &filters {
+        topic_filter::check_filter(f).map_err(|e| {
+            bad(
+                "bad_filter",
+                format!("{:?}: {e}", String::from_utf8_lossy(f)),
+            )
+        })?;
+    }
+    let filters: Vec<&[u8]> = filters.iter().map(|f| f.as_ref()).collect();
+    // Without a cursor: what comes after the entries applied now.
+    let mut from = match &poll.after {
+        Some(c) => position(c)?,
+        None => (client.engine().applied_index(), u16::MAX),
+    };
+    loop {
+        let at = client.engine().applied_index();
+        // From the cursor's own entry (the rest of it may be new), keeping what is after it.
+        let messages: Vec<_> = client
+            .read_filters(
+                &filters,
+                from.0.saturating_sub(1),
+                poll.limit.saturating_add(1),
+            )?
+            .into_iter()
+            .filter(|m| (m.message.log_index, m.message.sub) > from)
+            .take(poll.limit)
+            .collect();
+        if let Some(last) = messages.last() {
+            let messages: Vec<Value> = messages
+                .iter()
+                .map(|m| {
+                    let here = format!("{}.{}", m.message.log_index, m.message.sub);
+                    message_json(&String::from_utf8_lossy(&m.topic), &m.message, here)
+                })
+                .collect();
+            let next = format!("{}.{}", last.message.log_index, last.message.sub);
+            return Ok(json!({"messages": messages, "next": next, "reset": false}));
+        }
+        // Nothing up to `at`: the next read starts after it.
+        from = from.max((at, u16::MAX));
+        if Instant::now() >= deadline {
+            let next = format!("{}.{}", from.0, from.1);
+            return Ok(json!({"messages": [], "next": next, "reset": false}));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        client.wait_filters(&filters, at, left).await?;
+    }
+}
