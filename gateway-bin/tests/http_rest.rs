@@ -363,3 +363,44 @@ fn long_polls_wake_on_a_publish_and_time_out_with_the_next_cursor() -> anyhow::R
     }
     Ok(())
 }
+
+/// A shutdown does not wait out a waiting poll: SIGTERM answers it at once (no messages, its
+/// cursor) and the node stops cleanly within seconds, not after the poll's 60 s.
+#[test]
+fn a_waiting_poll_is_answered_when_the_node_shuts_down() -> anyhow::Result<()> {
+    use std::time::Instant;
+    let dir = tempfile::tempdir()?;
+    let mut node = node(dir.path())?;
+    let c = http()?;
+    let ack = publish(&c, &node, "sd", b"x")?;
+    let cursor = ack["cursor"].as_str().context("cursor")?.to_string();
+    let url = format!(
+        "http://127.0.0.1:{}/poll?topic=sd&after={cursor}&timeout=60s",
+        node.http
+    );
+    let started = Instant::now();
+    let answer = std::thread::scope(|s| -> anyhow::Result<Value> {
+        let t = s.spawn(|| -> anyhow::Result<Value> {
+            let r = Client::builder()
+                .timeout(Duration::from_secs(90))
+                .build()?
+                .get(&url)
+                .send()?;
+            ensure!(r.status() == StatusCode::OK, "{}", r.status());
+            Ok(r.json()?)
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        ensure!(node.terminate()?, "a clean exit");
+        t.join().map_err(|_| anyhow::anyhow!("poll thread"))?
+    })?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    ensure!(
+        answer["messages"] == serde_json::json!([]) && answer["next"] == cursor.as_str(),
+        "{answer}"
+    );
+    Ok(())
+}

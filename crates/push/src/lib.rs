@@ -23,8 +23,13 @@ use tokio::sync::watch;
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Every route of the HTTP listener.
-pub fn router(engine: Arc<Engine>, metrics: Vec<MetricsSource>) -> axum::Router {
-    admin::routes(engine.clone(), metrics).merge(rest::routes(engine))
+/// `stopped` turns true when the listener shuts down (waiting polls answer then).
+pub fn router(
+    engine: Arc<Engine>,
+    metrics: Vec<MetricsSource>,
+    stopped: watch::Receiver<bool>,
+) -> axum::Router {
+    admin::routes(engine.clone(), metrics).merge(rest::routes(engine, stopped))
 }
 
 /// Serves the HTTP listener until `stopped` turns true; requests under way finish first.
@@ -36,9 +41,12 @@ pub async fn serve(
     more: axum::Router,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, metrics).merge(more))
-        .with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-        .await
+    axum::serve(
+        listener,
+        router(engine, metrics, stopped.clone()).merge(more),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    })
+    .await
 }

@@ -1,7 +1,7 @@
 //! Long-polling (`GET /poll`): answers as soon as anything after the cursor exists, else with
 //! no messages when the timeout passes — always with the cursor to poll from next. A wait is
 //! one of the engine's waiters (woken by the commit that adds to its topics; nothing runs
-//! while it waits).
+//! while it waits). A shutdown of the listener answers waiting polls at once.
 //!
 //! One topic (`topic=T`) pages by that topic's cursor (`ID@INCARNATION`, as the history);
 //! several (`topic=A&topic=B`) or an MQTT filter (`filter=sensors/+`) by a position in the
@@ -9,18 +9,18 @@
 //! Owns the waiting and the cursors of filter reads; the message shape is `rest.rs`'s.
 
 use std::ops::Bound;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use manifold_core::engine::{Client, Engine, Wake, topic_filter};
+use manifold_core::engine::{Client, topic_filter};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::rest::{Failure, client, cursor, message_json, parse_cursor, topic_of};
+use crate::rest::{Failure, Rest, client, cursor, message_json, parse_cursor, topic_of};
 
 /// How long a poll waits by default, and at most.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,18 +94,48 @@ fn duration(v: &str) -> Result<Duration, Failure> {
 
 /// `GET /poll?topic=T[&topic=U]|filter=F[&after=CURSOR][&timeout=30s][&limit=N]`.
 pub async fn poll(
-    State(engine): State<Arc<Engine>>,
+    State(Rest { engine, stopped }): State<Rest>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
     let client = client(&engine, &headers)?;
     let poll = parse(query.as_deref())?;
-    let deadline = Instant::now() + poll.timeout;
+    let mut waiting = Waiting {
+        deadline: Instant::now() + poll.timeout,
+        stopped,
+    };
     let body = match (&poll.topics[..], &poll.filter) {
-        ([topic], None) => one_topic(&client, topic, &poll, deadline).await?,
-        _ => positions(&client, &poll, deadline).await?,
+        ([topic], None) => one_topic(&client, topic, &poll, &mut waiting).await?,
+        _ => positions(&client, &poll, &mut waiting).await?,
     };
     Ok(axum::Json(body).into_response())
+}
+
+/// Until when a poll may wait: its deadline, or the listener's shutdown.
+struct Waiting {
+    deadline: Instant,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Waiting {
+    /// Whether the poll must answer now.
+    fn over(&self) -> bool {
+        Instant::now() >= self.deadline || *self.stopped.borrow()
+    }
+
+    /// Waits for `wait` (an engine wait), at most until the deadline or the shutdown (then
+    /// `None`).
+    async fn until<T>(&mut self, wait: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            r = wait => Some(r),
+            _ = self.stopped.wait_for(|s| *s) => None,
+            () = tokio::time::sleep_until(self.deadline) => None,
+        }
+    }
+
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
 }
 
 /// A poll of one topic, by its cursor.
@@ -113,7 +143,7 @@ async fn one_topic(
     client: &Client,
     topic: &str,
     poll: &Poll,
-    deadline: Instant,
+    waiting: &mut Waiting,
 ) -> Result<Value, Failure> {
     let key = topic_of(topic)?;
     let given = poll.after.as_deref().map(parse_cursor).transpose()?;
@@ -138,7 +168,7 @@ async fn one_topic(
                 _ => None,
             });
             let next = next_id.map(|id| cursor(id, info.incarnation));
-            if !messages.is_empty() || reset || Instant::now() >= deadline {
+            if !messages.is_empty() || reset || waiting.over() {
                 let messages: Vec<Value> = messages
                     .iter()
                     .map(|m| message_json(topic, m, cursor(m.id, info.incarnation)))
@@ -146,13 +176,14 @@ async fn one_topic(
                 return Ok(json!({"messages": messages, "next": next, "reset": reset}));
             }
             from = next_id.map(|id| (id, info.incarnation));
-        } else if Instant::now() >= deadline {
+        } else if waiting.over() {
             let next = from.map(|(id, incarnation)| cursor(id, incarnation));
             return Ok(json!({"messages": [], "next": next, "reset": false}));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.wait(&[(0, key.clone())], at, left).await? {
-            Wake::Entry(_) | Wake::Changed | Wake::Timeout => {}
+        let left = waiting.left();
+        let topics = [(0, key.clone())];
+        if let Some(Err(e)) = waiting.until(client.wait(&topics, at, left)).await {
+            return Err(e.into());
         }
     }
 }
@@ -173,7 +204,7 @@ fn position(s: &str) -> Result<(u64, u16), Failure> {
 }
 
 /// A poll of several topics or a filter, by log position.
-async fn positions(client: &Client, poll: &Poll, deadline: Instant) -> Result<Value, Failure> {
+async fn positions(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Result<Value, Failure> {
     let filters: Vec<Bytes> = match &poll.filter {
         Some(f) => vec![Bytes::copy_from_slice(f.as_bytes())],
         None => poll
@@ -222,11 +253,13 @@ async fn positions(client: &Client, poll: &Poll, deadline: Instant) -> Result<Va
         }
         // Nothing up to `at`: the next read starts after it.
         from = from.max((at, u16::MAX));
-        if Instant::now() >= deadline {
+        if waiting.over() {
             let next = format!("{}.{}", from.0, from.1);
             return Ok(json!({"messages": [], "next": next, "reset": false}));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        client.wait_filters(&filters, at, left).await?;
+        let left = waiting.left();
+        if let Some(Err(e)) = waiting.until(client.wait_filters(&filters, at, left)).await {
+            return Err(e.into());
+        }
     }
 }

@@ -21,13 +21,22 @@ use manifold_core::engine::{AppendRequest, Client, Engine, EngineError, Message,
 use manifold_core::store::StreamId;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tokio::sync::watch;
 
 /// Messages a history read returns at most (and by default).
 const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
 
-/// The REST routes.
-pub fn routes(engine: Arc<Engine>) -> Router {
+/// What the REST handlers share: the engine, and the listener's shutdown (a waiting poll
+/// answers at once when it comes, so shutdown does not wait out its timeout).
+#[derive(Clone)]
+pub(crate) struct Rest {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) stopped: watch::Receiver<bool>,
+}
+
+/// The REST routes; `stopped` turns true when the listener shuts down.
+pub fn routes(engine: Arc<Engine>, stopped: watch::Receiver<bool>) -> Router {
     // A body as large as the largest message (a larger one is refused with 413).
     let body_limit = engine.max_message_bytes().saturating_add(64 * 1024);
     Router::new()
@@ -38,7 +47,7 @@ pub fn routes(engine: Arc<Engine>) -> Router {
         )
         .route("/topics/{topic}/messages", get(history))
         .route("/poll", get(crate::poll::poll))
-        .with_state(engine)
+        .with_state(Rest { engine, stopped })
 }
 
 /// A JSON error answer.
@@ -116,7 +125,7 @@ pub(crate) fn topic_of(topic: &str) -> Result<Bytes, Failure> {
 /// to the IndexFile; `Idempotency-Key` makes a repeat answer the first one instead of storing
 /// again. 201 `{id, cursor}` once committed.
 async fn publish(
-    State(engine): State<Arc<Engine>>,
+    State(Rest { engine, .. }): State<Rest>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -190,7 +199,7 @@ struct HistoryQuery {
 /// `next`, the cursor to go on from. A cursor of an earlier incarnation of the topic (deleted
 /// and created again) reads from the start and says `"reset": true`.
 async fn history(
-    State(engine): State<Arc<Engine>>,
+    State(Rest { engine, .. }): State<Rest>,
     Path(topic): Path<String>,
     Query(q): Query<HistoryQuery>,
     headers: HeaderMap,
@@ -241,7 +250,7 @@ struct ListQuery {
 /// `GET /topics?match=FILTER`: the topics an MQTT filter matches (`#` by default: every topic
 /// not starting with `$`), by name, each with its length and last ID.
 async fn list(
-    State(engine): State<Arc<Engine>>,
+    State(Rest { engine, .. }): State<Rest>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {

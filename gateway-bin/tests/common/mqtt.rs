@@ -74,6 +74,15 @@ pub fn node_with(dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Node> 
 }
 
 impl Node {
+    /// SIGTERM (a clean shutdown), then waits for the process; whether it exited 0.
+    pub fn terminate(&mut self) -> anyhow::Result<bool> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM");
+        Ok(self.child.wait()?.success())
+    }
+
     /// SIGKILL, then the same directory and ports again.
     pub fn kill_and_restart(mut self) -> anyhow::Result<Node> {
         self.child.kill()?;

@@ -1,8 +1,11 @@
 //! The MQTT broker: accepts connections on the MQTT listeners (TCP, TLS, and WebSocket at
 //! `/mqtt` on the HTTP listener: [`websocket`]) and runs one [`connection`] task each, on the
-//! engine; [`transport`] gives the connection one shape of byte stream whatever carried it. Every session is the engine's (a clean session is one that ends with
-//! its connection): its subscriptions, its cursor in the log and its packets in flight are
-//! committed state, so what a client missed while away is read from the log, not kept in RAM.
+//! engine; [`transport`] gives the connection one shape of byte stream whatever carried it.
+//! Every session is the engine's (a clean session is one that ends with its connection): its
+//! subscriptions, its cursor in the log and its packets in flight are committed state, so
+//! what a client missed while away is read from the log, not kept in RAM. A session belongs
+//! to the connection that opened it last, on whichever node: this module follows the opens the
+//! engine applies and tells its own connection of a session opened elsewhere to leave.
 //! This module owns the listeners and the node's table of connected client ids (a new
 //! connection with a client id already connected here takes the session over); it never
 //! decides what a session receives (the engine does) and never parses bytes (the codec does).
