@@ -404,3 +404,144 @@ fn a_waiting_poll_is_answered_when_the_node_shuts_down() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// One Server-Sent Event: its id, its event name and its data.
+type SseEvent = (Option<String>, Option<String>, String);
+
+/// Server-Sent Events read as a browser's `EventSource` would: `(id, event, data)` of each
+/// event, comments and the `retry:` hint left out (the hint is noted).
+struct Events {
+    lines: std::io::Lines<std::io::BufReader<reqwest::blocking::Response>>,
+    retry: Option<String>,
+}
+
+impl Events {
+    fn open(node: &Node, query: &str, last_event_id: Option<&str>) -> anyhow::Result<Events> {
+        use std::io::BufRead;
+        let mut req = Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?
+            .get(format!("http://127.0.0.1:{}/sse?{query}", node.http));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let r = req.send()?;
+        ensure!(r.status() == StatusCode::OK, "{}", r.status());
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        ensure!(ct.starts_with("text/event-stream"), "{ct}");
+        Ok(Events {
+            lines: std::io::BufReader::new(r).lines(),
+            retry: None,
+        })
+    }
+
+    /// The next event; `None` when the stream ended.
+    fn next(&mut self) -> anyhow::Result<Option<SseEvent>> {
+        let (mut id, mut event, mut data) = (None, None, Vec::new());
+        loop {
+            let Some(line) = self.lines.next() else {
+                return Ok(None);
+            };
+            let line = line?;
+            if line.is_empty() {
+                if !data.is_empty() {
+                    return Ok(Some((id, event, data.join("\n"))));
+                }
+                continue;
+            }
+            match line.split_once(':') {
+                Some(("", _)) => {} // a comment
+                Some(("id", v)) => id = Some(v.trim_start().to_string()),
+                Some(("event", v)) => event = Some(v.trim_start().to_string()),
+                Some(("data", v)) => data.push(v.strip_prefix(' ').unwrap_or(v).to_string()),
+                Some(("retry", v)) => self.retry = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// SSE: messages as they are committed (from HTTP and from MQTT), each event's id its cursor;
+/// `Last-Event-ID` resumes after it; a filter stream by log position; the retry hint; a
+/// shutdown ends the stream and the node stops cleanly at once.
+#[test]
+fn server_sent_events_stream_resume_by_last_event_id_and_end_at_shutdown() -> anyhow::Result<()> {
+    use std::time::Instant;
+    let dir = tempfile::tempdir()?;
+    let mut node = node(dir.path())?;
+    let c = http()?;
+    publish(&c, &node, "ev/a", b"before")?;
+    let mut events = Events::open(&node, "topic=ev%2Fa", None)?;
+    // Only what comes after the stream opened.
+    publish(&c, &node, "ev/a", b"first")?;
+    node.publish(&["-t", "ev/a", "-m", "second", "-q", "1"])?;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (id, event, data) = events.next()?.context("the stream ended")?;
+        ensure!(event.is_none(), "{event:?}");
+        let m: Value = serde_json::from_str(&data)?;
+        ensure!(
+            id.as_deref() == m["cursor"].as_str(),
+            "id is the cursor: {id:?} {m}"
+        );
+        got.push((
+            id.context("id")?,
+            m["payload"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    ensure!(got[0].1 == "first" && got[1].1 == "second", "{got:?}");
+    ensure!(
+        events.retry.as_deref() == Some("3000"),
+        "retry hint: {:?}",
+        events.retry
+    );
+
+    // A reconnect with Last-Event-ID resumes after it.
+    let mut resumed = Events::open(&node, "topic=ev%2Fa", Some(&got[0].0))?;
+    let (_, _, data) = resumed.next()?.context("resumed")?;
+    ensure!(
+        serde_json::from_str::<Value>(&data)?["payload"] == "second",
+        "{data}"
+    );
+
+    // A filter stream: several topics, by log position.
+    let mut filtered = Events::open(&node, "filter=ev%2F%2B", None)?;
+    publish(&c, &node, "ev/b", b"third")?;
+    publish(&c, &node, "other", b"not matched")?;
+    publish(&c, &node, "ev/a", b"fourth")?;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (_, _, data) = filtered.next()?.context("filter stream")?;
+        let m: Value = serde_json::from_str(&data)?;
+        seen.push(format!(
+            "{} {}",
+            m["topic"].as_str().unwrap_or_default(),
+            m["payload"]
+        ));
+    }
+    ensure!(seen == ["ev/b \"third\"", "ev/a \"fourth\""], "{seen:?}");
+
+    // SIGTERM: the streams end and the node stops at once.
+    let started = Instant::now();
+    ensure!(node.terminate()?, "a clean exit");
+    // (The first stream has "fourth" still to give: ev/a's.)
+    let mut rest = Vec::new();
+    while let Some((_, _, data)) = events.next()? {
+        rest.push(data);
+    }
+    ensure!(
+        rest.len() == 1 && rest[0].contains("fourth"),
+        "then the end: {rest:?}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

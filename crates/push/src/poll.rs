@@ -30,10 +30,10 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
 /// What a poll asked for.
-struct Poll {
+pub(crate) struct Poll {
     topics: Vec<String>,
     filter: Option<String>,
-    after: Option<String>,
+    pub(crate) after: Option<String>,
     timeout: Duration,
     limit: usize,
 }
@@ -42,7 +42,7 @@ fn bad(error: &'static str, message: String) -> Failure {
     Failure(StatusCode::BAD_REQUEST, error, message)
 }
 
-fn parse(query: Option<&str>) -> Result<Poll, Failure> {
+pub(crate) fn parse(query: Option<&str>) -> Result<Poll, Failure> {
     let mut poll = Poll {
         topics: Vec::new(),
         filter: None,
@@ -104,22 +104,44 @@ pub async fn poll(
         deadline: Instant::now() + poll.timeout,
         stopped,
     };
-    let body = match (&poll.topics[..], &poll.filter) {
-        ([topic], None) => one_topic(&client, topic, &poll, &mut waiting).await?,
-        _ => positions(&client, &poll, &mut waiting).await?,
-    };
-    Ok(axum::Json(body).into_response())
+    let batch = next_batch(&client, &poll, &mut waiting).await?;
+    Ok(axum::Json(json!({
+        "messages": batch.messages,
+        "next": batch.next,
+        "reset": batch.reset,
+    }))
+    .into_response())
+}
+
+/// What one read after a cursor found: messages (each with its `cursor`), the cursor to go on
+/// from, and whether the given cursor was of an earlier incarnation of the topic.
+pub(crate) struct Batch {
+    pub(crate) messages: Vec<Value>,
+    pub(crate) next: Option<String>,
+    pub(crate) reset: bool,
+}
+
+/// The next messages after `poll.after`, waiting for them as `waiting` allows.
+pub(crate) async fn next_batch(
+    client: &Client,
+    poll: &Poll,
+    waiting: &mut Waiting,
+) -> Result<Batch, Failure> {
+    match (&poll.topics[..], &poll.filter) {
+        ([topic], None) => one_topic(client, topic, poll, waiting).await,
+        _ => positions(client, poll, waiting).await,
+    }
 }
 
 /// Until when a poll may wait: its deadline, or the listener's shutdown.
-struct Waiting {
-    deadline: Instant,
-    stopped: watch::Receiver<bool>,
+pub(crate) struct Waiting {
+    pub(crate) deadline: Instant,
+    pub(crate) stopped: watch::Receiver<bool>,
 }
 
 impl Waiting {
     /// Whether the poll must answer now.
-    fn over(&self) -> bool {
+    pub(crate) fn over(&self) -> bool {
         Instant::now() >= self.deadline || *self.stopped.borrow()
     }
 
@@ -144,7 +166,7 @@ async fn one_topic(
     topic: &str,
     poll: &Poll,
     waiting: &mut Waiting,
-) -> Result<Value, Failure> {
+) -> Result<Batch, Failure> {
     let key = topic_of(topic)?;
     let given = poll.after.as_deref().map(parse_cursor).transpose()?;
     // Without a cursor: what comes after the topic's last message now.
@@ -173,12 +195,20 @@ async fn one_topic(
                     .iter()
                     .map(|m| message_json(topic, m, cursor(m.id, info.incarnation)))
                     .collect();
-                return Ok(json!({"messages": messages, "next": next, "reset": reset}));
+                return Ok(Batch {
+                    messages,
+                    next,
+                    reset,
+                });
             }
             from = next_id.map(|id| (id, info.incarnation));
         } else if waiting.over() {
             let next = from.map(|(id, incarnation)| cursor(id, incarnation));
-            return Ok(json!({"messages": [], "next": next, "reset": false}));
+            return Ok(Batch {
+                messages: Vec::new(),
+                next,
+                reset: false,
+            });
         }
         let left = waiting.left();
         let topics = [(0, key.clone())];
@@ -204,7 +234,7 @@ fn position(s: &str) -> Result<(u64, u16), Failure> {
 }
 
 /// A poll of several topics or a filter, by log position.
-async fn positions(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Result<Value, Failure> {
+async fn positions(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Result<Batch, Failure> {
     let filters: Vec<Bytes> = match &poll.filter {
         Some(f) => vec![Bytes::copy_from_slice(f.as_bytes())],
         None => poll
@@ -249,13 +279,21 @@ async fn positions(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Resul
                 })
                 .collect();
             let next = format!("{}.{}", last.message.log_index, last.message.sub);
-            return Ok(json!({"messages": messages, "next": next, "reset": false}));
+            return Ok(Batch {
+                messages,
+                next: Some(next),
+                reset: false,
+            });
         }
         // Nothing up to `at`: the next read starts after it.
         from = from.max((at, u16::MAX));
         if waiting.over() {
             let next = format!("{}.{}", from.0, from.1);
-            return Ok(json!({"messages": [], "next": next, "reset": false}));
+            return Ok(Batch {
+                messages: Vec::new(),
+                next: Some(next),
+                reset: false,
+            });
         }
         let left = waiting.left();
         if let Some(Err(e)) = waiting.until(client.wait_filters(&filters, at, left)).await {

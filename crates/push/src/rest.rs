@@ -47,6 +47,7 @@ pub fn routes(engine: Arc<Engine>, stopped: watch::Receiver<bool>) -> Router {
         )
         .route("/topics/{topic}/messages", get(history))
         .route("/poll", get(crate::poll::poll))
+        .route("/sse", get(crate::sse::sse))
         .with_state(Rest { engine, stopped })
 }
 

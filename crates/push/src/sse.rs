@@ -1,0 +1,97 @@
+//! Server-Sent Events (`GET /sse`): the messages of a topic, several topics or an MQTT filter
+//! as they are committed, from a cursor on. Each event's `id:` is the message's cursor, so a
+//! browser's `EventSource` that reconnects sends it back as `Last-Event-ID` and resumes after
+//! it; the stream opens with a `retry:` hint and sends a keep-alive comment when idle. A
+//! cursor of an earlier incarnation of the topic first sends an event `reset`.
+//!
+//! Owns the event stream only: what is read and how a cursor goes on is `poll.rs`'s (the same
+//! reads and waits as a long-poll that never times out). A slow client is held back by its
+//! socket: the next read happens only once the events before it were taken.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use tokio::time::Instant;
+
+use crate::poll::{Waiting, next_batch, parse};
+use crate::rest::{Failure, Rest, client};
+
+/// What a reconnecting `EventSource` is told to wait before it does.
+const RETRY: Duration = Duration::from_secs(3);
+/// How often an idle stream sends a comment (proxies close silent connections).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long one read may wait before the stream looks again (shutdown ends it sooner).
+const ROUND: Duration = Duration::from_secs(3600);
+
+/// `GET /sse?topic=T[&topic=U]|filter=F[&after=CURSOR]`, or `Last-Event-ID` for `after`.
+pub async fn sse(
+    State(Rest { engine, stopped }): State<Rest>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let client = client(&engine, &headers)?;
+    let mut poll = parse(query.as_deref())?;
+    if let Some(id) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        poll.after = Some(id.to_string());
+    }
+    let hello = Event::default().retry(RETRY).comment("manifold");
+    let events = stream::unfold(Some((client, poll, stopped)), |state| async move {
+        let (client, mut poll, stopped) = state?;
+        let mut waiting = Waiting {
+            deadline: Instant::now() + ROUND,
+            stopped,
+        };
+        let batch = match next_batch(&client, &poll, &mut waiting).await {
+            Ok(b) => b,
+            Err(Failure(_, error, message)) => {
+                let e = Event::default()
+                    .event("error")
+                    .data(serde_json::json!({"error": error, "message": message}).to_string());
+                return Some((vec![e], None));
+            }
+        };
+        let mut out = Vec::with_capacity(batch.messages.len() + 1);
+        if batch.reset {
+            out.push(
+                Event::default()
+                    .event("reset")
+                    .data(serde_json::json!({"reset": true}).to_string()),
+            );
+        }
+        for m in &batch.messages {
+            let mut e = Event::default().data(m.to_string());
+            if let Some(c) = m["cursor"].as_str() {
+                e = e.id(c);
+            }
+            out.push(e);
+        }
+        if batch.next.is_some() {
+            poll.after = batch.next;
+        }
+        let stopped = waiting.stopped;
+        // The listener stops: the events read go out, then the stream ends.
+        let go_on = !*stopped.borrow();
+        Some((out, go_on.then_some((client, poll, stopped))))
+    });
+    let events = stream::once(async move { vec![hello] })
+        .chain(events)
+        .flat_map(|batch| stream::iter(batch.into_iter().map(Ok::<_, Infallible>)));
+    Ok(sse_response(events))
+}
+
+fn sse_response(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
