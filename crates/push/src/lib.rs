@@ -1,8 +1,8 @@
 //! Manifold's HTTP listener on `--http-addr`. Today it carries the admin routes
 //! (`admin.rs`: health, cluster status, metrics, leadership transfer), REST over the log
 //! (`rest.rs`: publish, history, topics; `poll.rs`: long-polling; `sse.rs`: Server-Sent
-//! Events) and what other front ends hand it (MQTT over WebSocket at `/mqtt`); the WebSocket
-//! push protocol joins the same router.
+//! Events; `ws.rs`: the WebSocket push protocol) and what other front ends hand it (MQTT over
+//! WebSocket at `/mqtt`).
 //!
 //! Owns the HTTP surface only: every answer comes from the engine's public API; nothing here
 //! changes the log except through it.
@@ -12,6 +12,7 @@ mod poll;
 mod prometheus;
 pub mod rest;
 mod sse;
+pub mod ws;
 
 use std::sync::Arc;
 

@@ -42,6 +42,29 @@ fn bad(error: &'static str, message: String) -> Failure {
     Failure(StatusCode::BAD_REQUEST, error, message)
 }
 
+impl Poll {
+    /// Reads of `topics` or of `filter` (one of the two), after `after`.
+    pub(crate) fn new(
+        topics: Vec<String>,
+        filter: Option<String>,
+        after: Option<String>,
+    ) -> Result<Poll, Failure> {
+        if topics.is_empty() == filter.is_none() {
+            return Err(bad(
+                "bad_request",
+                "a topic (one or more) or a filter, not both".into(),
+            ));
+        }
+        Ok(Poll {
+            topics,
+            filter,
+            after,
+            timeout: DEFAULT_TIMEOUT,
+            limit: DEFAULT_LIMIT,
+        })
+    }
+}
+
 pub(crate) fn parse(query: Option<&str>) -> Result<Poll, Failure> {
     let mut poll = Poll {
         topics: Vec::new(),
@@ -178,7 +201,10 @@ async fn one_topic(
     loop {
         let at = client.engine().applied_index();
         if let Some(info) = client.stream_info(0, &key)? {
-            let reset = from.is_some_and(|(_, incarnation)| incarnation != info.incarnation);
+            // (Incarnation 0: a cursor from before the topic existed, never a reset.)
+            let reset = from.is_some_and(|(_, incarnation)| {
+                incarnation != 0 && incarnation != info.incarnation
+            });
             let start = match from {
                 Some((id, _)) if !reset => Bound::Excluded(id),
                 _ => Bound::Unbounded,
@@ -219,7 +245,7 @@ async fn one_topic(
 }
 
 /// A log position cursor: `INDEX.SUB`.
-fn position(s: &str) -> Result<(u64, u16), Failure> {
+pub(crate) fn position(s: &str) -> Result<(u64, u16), Failure> {
     let wrong = || {
         bad(
             "bad_cursor",

@@ -48,6 +48,7 @@ pub fn routes(engine: Arc<Engine>, stopped: watch::Receiver<bool>) -> Router {
         .route("/topics/{topic}/messages", get(history))
         .route("/poll", get(crate::poll::poll))
         .route("/sse", get(crate::sse::sse))
+        .route("/ws", get(crate::ws::ws))
         .with_state(Rest { engine, stopped })
 }
 

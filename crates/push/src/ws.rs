@@ -1,0 +1,324 @@
+//! The WebSocket push protocol (`GET /ws`, docs/protocol-mapping.md "HTTP"): JSON text frames.
+//! A client subscribes to a topic, several topics or an MQTT filter — from the latest message,
+//! the earliest, or a cursor — publishes (acknowledged with the message's ID and cursor),
+//! unsubscribes and pings. Each subscription is a loop of the long-poll's reads and waits
+//! (`poll.rs`), so a client that reconnects with its last cursor gets every later message once,
+//! in order.
+//!
+//! A client that does not read gets at most `OUTBOX` frames queued; when they stay queued for
+//! `SLOW_AFTER` its connection is closed with code 4008 and it resumes from its last cursor (a
+//! client catching up fast is only held back: its reads wait for room). Owns the frames and the
+//! subscriptions' tasks; what is read and stored is the engine's, through the client's
+//! principal.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use manifold_core::engine::{AppendRequest, Client};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::poll::{Poll, Waiting, next_batch};
+use crate::rest::{Failure, Rest, client, cursor};
+
+/// Frames queued for a client at most.
+const OUTBOX: usize = 1024;
+/// A client whose queue stays full this long (it does not read) counts as too slow.
+const SLOW_AFTER: Duration = Duration::from_secs(5);
+/// The close code of a client too slow to take its messages (it resumes from its cursor).
+pub const SLOW_CONSUMER: u16 = 4008;
+/// How long one read of a subscription may wait before it looks again.
+const ROUND: Duration = Duration::from_secs(3600);
+
+/// `GET /ws`: upgrades (the principal is the request's: bearer token or `default`).
+pub(crate) async fn ws(
+    State(Rest { engine, stopped }): State<Rest>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, Failure> {
+    let client = client(&engine, &headers)?;
+    Ok(upgrade.on_upgrade(move |socket| run(socket, client, stopped)))
+}
+
+/// What the writer sends next.
+enum Out {
+    Text(String),
+    /// Close with this code and reason, then stop.
+    Close(u16, &'static str),
+}
+
+async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>) {
+    let (mut frames_out, mut frames_in) = socket.split();
+    let (out, mut outbox) = mpsc::channel::<Out>(OUTBOX);
+    // A subscription that found the outbox full asks for the slow-consumer close here (the
+    // outbox itself is full).
+    let (close, mut closing) = watch::channel(false);
+    let writer = tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = closing.wait_for(|c| *c) => {
+                    Some(Out::Close(SLOW_CONSUMER, "too slow: reconnect from your last cursor"))
+                }
+                o = outbox.recv() => o,
+            };
+            let frame = match next {
+                Some(Out::Text(t)) => Message::Text(Utf8Bytes::from(t)),
+                Some(Out::Close(code, reason)) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(reason),
+                    };
+                    let _ = frames_out.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+                None => return,
+            };
+            if frames_out.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut subs: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut shutdown = stopped.clone();
+    loop {
+        let frame = tokio::select! {
+            f = frames_in.next() => f,
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                let _ = out.send(Out::Close(1001, "server shutting down")).await;
+                break;
+            }
+        };
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Binary(_))) => {
+                let _ = out
+                    .send(Out::Text(error(
+                        None,
+                        "bad_request",
+                        "frames are JSON text",
+                    )))
+                    .await;
+                continue;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+        };
+        let answer = handle(&text, &client, &out, &close, &stopped, &mut subs).await;
+        if out.send(Out::Text(answer.to_string())).await.is_err() {
+            break;
+        }
+    }
+    for (_, task) in subs {
+        task.abort();
+    }
+    drop(out);
+    let _ = writer.await;
+}
+
+fn error(reference: Option<&Value>, error: &str, message: &str) -> String {
+    json!({"type": "error", "ref": reference, "error": error, "message": message}).to_string()
+}
+
+/// One client frame; the answer to send.
+async fn handle(
+    text: &str,
+    client: &Client,
+    out: &mpsc::Sender<Out>,
+    close: &watch::Sender<bool>,
+    stopped: &watch::Receiver<bool>,
+    subs: &mut HashMap<String, JoinHandle<()>>,
+) -> Value {
+    let bad = |reference: Option<&Value>, message: &str| -> Value {
+        serde_json::from_str(&error(reference, "bad_request", message)).unwrap_or(Value::Null)
+    };
+    let Ok(req) = serde_json::from_str::<Value>(text) else {
+        return bad(None, "a frame is a JSON object");
+    };
+    let reference = req.get("ref");
+    match req["type"].as_str() {
+        Some("ping") => json!({"type": "pong", "ref": reference}),
+        Some("subscribe") => {
+            let Some(id) = req["id"].as_str().map(String::from) else {
+                return bad(reference, "subscribe needs an id");
+            };
+            if subs.contains_key(&id) {
+                return bad(reference, "a subscription with this id exists");
+            }
+            let poll = match subscription(client, &req) {
+                Ok(p) => p,
+                Err(Failure(_, e, m)) => {
+                    return serde_json::from_str(&error(reference, e, &m)).unwrap_or(Value::Null);
+                }
+            };
+            let task = tokio::spawn(follow(
+                client.clone(),
+                poll,
+                id.clone(),
+                out.clone(),
+                close.clone(),
+                stopped.clone(),
+            ));
+            subs.insert(id.clone(), task);
+            json!({"type": "subscribed", "id": id, "ref": reference})
+        }
+        Some("unsubscribe") => {
+            let id = req["id"].as_str().unwrap_or_default();
+            match subs.remove(id) {
+                Some(task) => {
+                    task.abort();
+                    json!({"type": "unsubscribed", "id": id, "ref": reference})
+                }
+                None => bad(reference, "no subscription with this id"),
+            }
+        }
+        Some("publish") => match publish(client, &req).await {
+            Ok((id, cursor)) => {
+                json!({"type": "published", "ref": reference, "id": id, "cursor": cursor})
+            }
+            Err(Failure(_, e, m)) => {
+                serde_json::from_str(&error(reference, e, &m)).unwrap_or(Value::Null)
+            }
+        },
+        _ => bad(reference, "type is subscribe, unsubscribe, publish or ping"),
+    }
+}
+
+/// A subscribe frame's reads: `topic`, `topics` or `filter`, and `from`: `latest` (default),
+/// `earliest` or a cursor.
+fn subscription(client: &Client, req: &Value) -> Result<Poll, Failure> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut topics = strings(&req["topics"]);
+    if let Some(t) = req["topic"].as_str() {
+        topics.push(t.to_string());
+    }
+    let filter = req["filter"].as_str().map(String::from);
+    let after = match req["from"].as_str().unwrap_or("latest") {
+        "latest" => None,
+        "earliest" => Some(match (&topics[..], &filter) {
+            // Before the topic's first message, in its incarnation now (none yet: its first).
+            ([topic], None) => {
+                let incarnation = client
+                    .stream_info(0, topic.as_bytes())?
+                    .map_or(0, |i| i.incarnation);
+                cursor(manifold_core::store::StreamId::new(0, 0), incarnation)
+            }
+            _ => "0.0".to_string(),
+        }),
+        c => {
+            // Checked now: a bad cursor is the subscribe's answer.
+            match (&topics[..], &filter) {
+                ([_], None) => drop(crate::rest::parse_cursor(c)?),
+                _ => drop(crate::poll::position(c)?),
+            }
+            Some(c.to_string())
+        }
+    };
+    Poll::new(topics, filter, after)
+}
+
+/// A subscription: reads after its cursor and queues each message, until the connection ends.
+async fn follow(
+    client: Client,
+    mut poll: Poll,
+    id: String,
+    out: mpsc::Sender<Out>,
+    close: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut stopped = stopped;
+    loop {
+        let mut waiting = Waiting {
+            deadline: Instant::now() + ROUND,
+            stopped,
+        };
+        let batch = next_batch(&client, &poll, &mut waiting).await;
+        stopped = waiting.stopped;
+        let batch = match batch {
+            Ok(b) => b,
+            Err(Failure(_, e, m)) => {
+                let _ = out.try_send(Out::Text(error(None, e, &m)));
+                return;
+            }
+        };
+        let reset = batch.reset.then(|| json!({"type": "reset", "sub": id}));
+        let messages = batch.messages.into_iter().map(|mut m| {
+            if let Value::Object(o) = &mut m {
+                o.insert("type".into(), Value::from("message"));
+                o.insert("sub".into(), Value::from(id.as_str()));
+            }
+            m
+        });
+        for frame in reset.into_iter().chain(messages) {
+            match tokio::time::timeout(SLOW_AFTER, out.send(Out::Text(frame.to_string()))).await {
+                Ok(Ok(())) => {}
+                // The connection is gone.
+                Ok(Err(_)) => return,
+                // Its queue stayed full: too slow; it closes, the client resumes.
+                Err(_) => {
+                    let _ = close.send(true);
+                    return;
+                }
+            }
+        }
+        if batch.next.is_some() {
+            poll.after = batch.next;
+        }
+        if *stopped.borrow() {
+            return;
+        }
+    }
+}
+
+/// A publish frame: `topic`, `payload` (a string) or `fields` (an object of strings), and an
+/// optional `key`. The message's ID and cursor.
+async fn publish(client: &Client, req: &Value) -> Result<(String, String), Failure> {
+    let bad = |m: &str| Failure(axum::http::StatusCode::BAD_REQUEST, "bad_request", m.into());
+    let topic = req["topic"]
+        .as_str()
+        .ok_or_else(|| bad("publish needs a topic"))?;
+    let key = crate::rest::topic_of(topic)?;
+    let fields: Vec<(Bytes, Bytes)> = match (&req["payload"], &req["fields"]) {
+        (Value::String(p), Value::Null) => vec![(
+            Bytes::from_static(b"payload"),
+            Bytes::copy_from_slice(p.as_bytes()),
+        )],
+        (Value::Null, Value::Object(f)) if !f.is_empty() => f
+            .iter()
+            .map(|(k, v)| {
+                let v = v.as_str().map_or_else(|| v.to_string(), String::from);
+                (
+                    Bytes::copy_from_slice(k.as_bytes()),
+                    Bytes::from(v.into_bytes()),
+                )
+            })
+            .collect(),
+        _ => return Err(bad("publish needs a payload string or a fields object")),
+    };
+    let mut append = AppendRequest::new(0, key.clone(), fields);
+    if let Some(k) = req["key"].as_str() {
+        append.message_key = Bytes::copy_from_slice(k.as_bytes());
+    }
+    let id = client
+        .append(append)
+        .await?
+        .ok_or_else(|| bad("nothing stored"))?;
+    let incarnation = client.stream_info(0, &key)?.map_or(0, |i| i.incarnation);
+    Ok((id.to_string(), cursor(id, incarnation)))
+}

@@ -1,0 +1,193 @@
+//! The WebSocket push protocol (`/ws`) against a real `manifold serve`, with the `tungstenite`
+//! client: subscribe to a topic (latest), a filter (earliest) and from a cursor; messages from
+//! MQTT and from the socket itself; publish acknowledged with the cursor; unsubscribe; ping;
+//! bad frames; and a client that does not read closed with 4008, then resuming from its last
+//! cursor with every later message once, in order.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use common::mqtt::{Node, node};
+use serde_json::{Value, json};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn open(node: &Node) -> anyhow::Result<Socket> {
+    let (ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{}/ws", node.http))?;
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    }
+    Ok(ws)
+}
+
+fn send(ws: &mut Socket, v: Value) -> anyhow::Result<()> {
+    ws.send(Message::text(v.to_string()))?;
+    Ok(())
+}
+
+/// The next JSON frame.
+fn next(ws: &mut Socket) -> anyhow::Result<Value> {
+    loop {
+        match ws.read()? {
+            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => bail!("a text frame expected: {other:?}"),
+        }
+    }
+}
+
+/// Frames until `n` of type `message` came; the others too.
+fn messages(ws: &mut Socket, n: usize) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
+    let (mut got, mut other) = (Vec::new(), Vec::new());
+    while got.len() < n {
+        let v = next(ws)?;
+        if v["type"] == "message" {
+            got.push(v);
+        } else {
+            other.push(v);
+        }
+    }
+    Ok((got, other))
+}
+
+#[test]
+fn websocket_subscribe_publish_and_resume() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let mut ws = open(&node)?;
+    send(&mut ws, json!({"type": "ping", "ref": 1}))?;
+    ensure!(next(&mut ws)? == json!({"type": "pong", "ref": 1}));
+    node.publish(&["-t", "w/a", "-m", "old", "-q", "1"])?;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "live", "topic": "w/a"}),
+    )?;
+    ensure!(next(&mut ws)?["type"] == "subscribed");
+    // Latest: only what comes after, from MQTT and from this socket.
+    node.publish(&["-t", "w/a", "-m", "from mqtt", "-q", "1"])?;
+    send(
+        &mut ws,
+        json!({"type": "publish", "ref": "p1", "topic": "w/a", "payload": "from ws"}),
+    )?;
+    let (got, mut other) = messages(&mut ws, 2)?;
+    // The publish's answer comes after its commit, before or after the message it made.
+    while !other.iter().any(|v| v["type"] == "published") {
+        other.push(next(&mut ws)?);
+    }
+    ensure!(
+        got.iter().all(|m| m["sub"] == "live")
+            && got[0]["payload"] == "from mqtt"
+            && got[1]["payload"] == "from ws",
+        "{got:?}"
+    );
+    let published = other
+        .iter()
+        .find(|v| v["type"] == "published")
+        .context("published")?;
+    ensure!(
+        published["ref"] == "p1" && published["cursor"] == got[1]["cursor"],
+        "{published} {got:?}"
+    );
+    // Earliest, by filter: everything so far, in order.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "all", "filter": "w/+", "from": "earliest"}),
+    )?;
+    let (got, _) = messages(&mut ws, 3)?;
+    let payloads: Vec<&str> = got.iter().filter_map(|m| m["payload"].as_str()).collect();
+    ensure!(payloads == ["old", "from mqtt", "from ws"], "{got:?}");
+    // Unsubscribed: no more for it; the other goes on.
+    send(&mut ws, json!({"type": "unsubscribe", "id": "all"}))?;
+    ensure!(next(&mut ws)?["type"] == "unsubscribed");
+    node.publish(&["-t", "w/a", "-m", "after", "-q", "1"])?;
+    let (got, _) = messages(&mut ws, 1)?;
+    ensure!(
+        got[0]["sub"] == "live" && got[0]["payload"] == "after",
+        "{got:?}"
+    );
+    // Bad frames are answered, the connection stays.
+    send(&mut ws, json!({"type": "subscribe", "topic": "w/a"}))?;
+    ensure!(next(&mut ws)?["error"] == "bad_request");
+    ws.send(Message::text("not json"))?;
+    ensure!(next(&mut ws)?["error"] == "bad_request");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "x", "topic": "w/a", "from": "junk"}),
+    )?;
+    ensure!(next(&mut ws)?["error"] == "bad_cursor");
+    Ok(())
+}
+
+/// A client that does not read: once its queue has stayed full for 5 s the server closes with
+/// 4008; it comes back from its last cursor and gets every later message once, in order.
+#[test]
+fn a_slow_client_is_closed_with_4008_and_resumes_from_its_cursor() -> anyhow::Result<()> {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let mut ws = open(&node)?;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "s", "topic": "big", "from": "earliest"}),
+    )?;
+    ensure!(next(&mut ws)?["type"] == "subscribed");
+    // 3000 messages of 8 KiB: far more than the queue and the socket buffers hold.
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp))?;
+    let mut con = redis.get_connection()?;
+    let body = "x".repeat(8192);
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        pipe.cmd("XADD")
+            .arg("big")
+            .arg("*")
+            .arg("payload")
+            .arg(format!("{i:05}{body}"))
+            .ignore();
+    }
+    pipe.query::<()>(&mut con)?;
+    // Not reading for longer than the server waits for room in a full queue (5 s).
+    std::thread::sleep(Duration::from_secs(8));
+    // Now read: messages, then the close.
+    let mut last_cursor = None;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        ensure!(Instant::now() < deadline, "no close");
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str())?;
+                if v["type"] == "message" {
+                    let p = v["payload"].as_str().context("payload")?;
+                    seen.push(p[..5].to_string());
+                    last_cursor = v["cursor"].as_str().map(String::from);
+                }
+            }
+            Ok(Message::Close(Some(frame))) => break u16::from(frame.code),
+            Ok(_) => {}
+            Err(e) => bail!("{e} after {} messages", seen.len()),
+        }
+    };
+    ensure!(code == 4008, "close code {code}");
+    ensure!(seen.len() < N, "closed before all {N} came: {}", seen.len());
+    // Back from the last cursor: the rest, once each, in order.
+    let mut ws = open(&node)?;
+    let from = last_cursor.context("a cursor")?;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "s", "topic": "big", "from": from}),
+    )?;
+    ensure!(next(&mut ws)?["type"] == "subscribed");
+    while seen.len() < N {
+        let (got, _) = messages(&mut ws, 1)?;
+        let p = got[0]["payload"].as_str().context("payload")?;
+        seen.push(p[..5].to_string());
+    }
+    let want: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
+    ensure!(seen == want, "each once, in order");
+    Ok(())
+}
