@@ -220,6 +220,40 @@ fn rest_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
         .body("hi")
         .send()?;
     ensure!(r.status() == StatusCode::CREATED, "{}", r.status());
+    // What a browser can send instead of a header: ?access_token= and the cookie.
+    let r = c
+        .post(url(&node, "public/x", "?access_token=writer:pw"))
+        .body("by query")
+        .send()?;
+    ensure!(
+        r.status() == StatusCode::CREATED,
+        "query token: {}",
+        r.status()
+    );
+    let r = c
+        .post(url(&node, "public/x", ""))
+        .header("cookie", "theme=dark; manifold_token=writer:pw")
+        .body("by cookie")
+        .send()?;
+    ensure!(r.status() == StatusCode::CREATED, "cookie: {}", r.status());
+    let r = c
+        .get(format!(
+            "http://127.0.0.1:{}/sse?topic=private&access_token=writer:wrong",
+            node.http
+        ))
+        .send()?;
+    ensure!(status_error(r)? == (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    let r = c
+        .get(format!(
+            "http://127.0.0.1:{}/poll?topic=private&timeout=100ms&access_token=writer:pw",
+            node.http
+        ))
+        .send()?;
+    ensure!(
+        r.status() == StatusCode::OK,
+        "a token that may read: {}",
+        r.status()
+    );
     // Reading what the default principal may not subscribe to.
     let r = c.get(url(&node, "private", "/messages")).send()?;
     ensure!(status_error(r)?.0 == StatusCode::FORBIDDEN);

@@ -121,7 +121,7 @@ pub async fn poll(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
-    let client = client(&engine, &headers)?;
+    let client = client(&engine, &headers, query.as_deref())?;
     let poll = parse(query.as_deref())?;
     let mut waiting = Waiting {
         deadline: Instant::now() + poll.timeout,

@@ -11,7 +11,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -85,23 +85,41 @@ impl From<EngineError> for Failure {
     }
 }
 
-/// The requesting principal: `Authorization: Bearer NAME:SECRET`, else the unauthenticated
-/// one (`default`).
-pub(crate) fn client(engine: &Arc<Engine>, headers: &HeaderMap) -> Result<Client, Failure> {
-    let principal = match headers.get(header::AUTHORIZATION) {
-        Some(value) => {
-            let token = value
+/// The requesting principal, from a token `NAME:SECRET`: `Authorization: Bearer TOKEN`, else
+/// the query's `access_token=TOKEN` or the cookie `manifold_token=TOKEN` (browsers'
+/// `EventSource` and `WebSocket` cannot set headers); without one, the unauthenticated
+/// principal (`default`).
+pub(crate) fn client(
+    engine: &Arc<Engine>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Client, Failure> {
+    let unauthorized = |m: &str| Failure(StatusCode::UNAUTHORIZED, "unauthorized", m.into());
+    let token: Option<String> = match headers.get(header::AUTHORIZATION) {
+        Some(value) => Some(
+            value
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| {
-                    Failure(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "Authorization must be Bearer NAME:SECRET".into(),
-                    )
-                })?;
-            let (name, secret) = token.split_once(':').unwrap_or((token, ""));
+                .ok_or_else(|| unauthorized("Authorization must be Bearer NAME:SECRET"))?
+                .to_string(),
+        ),
+        None => form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+            .or_else(|| {
+                headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|c| c.trim().strip_prefix("manifold_token="))
+                    .map(String::from)
+            }),
+    };
+    let principal = match token {
+        Some(token) => {
+            let (name, secret) = token.split_once(':').unwrap_or((&token, ""));
             engine.authenticate(name.as_bytes(), secret.as_bytes())?
         }
         None => engine.anonymous()?,
@@ -129,10 +147,11 @@ pub(crate) fn topic_of(topic: &str) -> Result<Bytes, Failure> {
 async fn publish(
     State(Rest { engine, .. }): State<Rest>,
     Path(topic): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let client = client(&engine, &headers)?;
+    let client = client(&engine, &headers, query.as_deref())?;
     let key = topic_of(&topic)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -204,9 +223,10 @@ async fn history(
     State(Rest { engine, .. }): State<Rest>,
     Path(topic): Path<String>,
     Query(q): Query<HistoryQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
-    let client = client(&engine, &headers)?;
+    let client = client(&engine, &headers, query.as_deref())?;
     let key = topic_of(&topic)?;
     let info = client.stream_info(0, &key)?.ok_or_else(|| {
         Failure(
@@ -254,9 +274,10 @@ struct ListQuery {
 async fn list(
     State(Rest { engine, .. }): State<Rest>,
     Query(q): Query<ListQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
-    let client = client(&engine, &headers)?;
+    let client = client(&engine, &headers, query.as_deref())?;
     let filter = q.filter.unwrap_or_else(|| "#".into());
     topic_filter::check_filter(filter.as_bytes()).map_err(|e| {
         Failure(

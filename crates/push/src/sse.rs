@@ -34,7 +34,7 @@ pub async fn sse(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
-    let client = client(&engine, &headers)?;
+    let client = client(&engine, &headers, query.as_deref())?;
     let mut poll = parse(query.as_deref())?;
     if let Some(id) = headers
         .get("last-event-id")

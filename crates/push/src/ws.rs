@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
@@ -38,13 +38,15 @@ pub const SLOW_CONSUMER: u16 = 4008;
 /// How long one read of a subscription may wait before it looks again.
 const ROUND: Duration = Duration::from_secs(3600);
 
-/// `GET /ws`: upgrades (the principal is the request's: bearer token or `default`).
+/// `GET /ws`: upgrades (the principal is the request's: a token in the `Authorization` header,
+/// the `access_token` query parameter or the `manifold_token` cookie, or `default`).
 pub(crate) async fn ws(
     State(Rest { engine, stopped }): State<Rest>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Failure> {
-    let client = client(&engine, &headers)?;
+    let client = client(&engine, &headers, query.as_deref())?;
     Ok(upgrade.on_upgrade(move |socket| run(socket, client, stopped)))
 }
 
