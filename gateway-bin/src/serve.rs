@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// The TLS private key, PEM (PKCS#8, PKCS#1 or SEC1).
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Origins whose browser pages may call the HTTP listener (CORS), comma-separated
+    /// `scheme://host[:port]`, or `*` (default: none).
+    #[arg(long)]
+    http_cors_origins: Option<String>,
 }
 
 /// The TOML file: the same settings, by the same names (with `_`).
@@ -116,6 +120,7 @@ struct FileConfig {
     mqtts_addr: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    http_cors_origins: Option<String>,
     /// The cluster's shared secret (file or `MANIFOLD_CLUSTER_SECRET`, never a flag).
     cluster_secret: Option<String>,
     /// `[[principal]]` tables (file only: secrets stay off the command line).
@@ -155,6 +160,8 @@ struct Settings {
     mqtt_node_lost_ms: Option<u64>,
     /// The MQTT over TLS listener: address, certificate chain, key.
     mqtts: Option<(String, PathBuf, PathBuf)>,
+    /// CORS origins of the HTTP listener.
+    http_cors_origins: Vec<String>,
     cluster_secret: Option<String>,
     access: AccessConfig,
 }
@@ -234,6 +241,17 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .or(file.mqtt_persistent_expiry_s),
         mqtt_node_lost_ms: args.mqtt_node_lost_ms.or(file.mqtt_node_lost_ms),
         mqtts,
+        http_cors_origins: args
+            .http_cors_origins
+            .clone()
+            .or(file.http_cors_origins)
+            .map(|o| {
+                o.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
         cluster_secret: std::env::var("MANIFOLD_CLUSTER_SECRET")
             .ok()
             .or(file.cluster_secret),
@@ -473,6 +491,7 @@ fn serve_once(s: &Settings, config: EngineConfig) -> anyhow::Result<Stopped> {
                 engine.clone(),
                 vec![mqtt_metrics.clone()],
                 manifold_mqtt::broker::websocket::routes(broker),
+                manifold_push::cors::Cors::new(s.http_cors_origins.clone()),
                 stopped.clone(),
             )),
         });

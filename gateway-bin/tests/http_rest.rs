@@ -579,3 +579,69 @@ fn server_sent_events_stream_resume_by_last_event_id_and_end_at_shutdown() -> an
     );
     Ok(())
 }
+
+/// CORS (`--http-cors-origins`): an allowed origin's request carries
+/// `Access-Control-Allow-Origin` and its preflight is answered 204 with the methods and
+/// headers; another origin gets no CORS header, and without the flag no origin does.
+#[test]
+fn cors_allows_only_the_configured_origins() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cors = node_with(
+        &dir.path().join("cors"),
+        &[
+            "--http-cors-origins",
+            "http://console.example, http://localhost:3000",
+        ],
+    )?;
+    let c = http()?;
+    let allow = |r: &reqwest::blocking::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let r = c
+        .get(format!("http://127.0.0.1:{}/topics", cors.http))
+        .header("origin", "http://localhost:3000")
+        .send()?;
+    ensure!(r.status() == StatusCode::OK);
+    ensure!(
+        allow(&r).as_deref() == Some("http://localhost:3000"),
+        "{:?}",
+        r.headers()
+    );
+    let r = c
+        .request(reqwest::Method::OPTIONS, url(&cors, "sensors/a", ""))
+        .header("origin", "http://console.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, idempotency-key",
+        )
+        .send()?;
+    ensure!(r.status() == StatusCode::NO_CONTENT, "{}", r.status());
+    ensure!(allow(&r).as_deref() == Some("http://console.example"));
+    let headers = r
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        headers.contains("idempotency-key") && headers.contains("content-type"),
+        "{headers}"
+    );
+    let r = c
+        .get(format!("http://127.0.0.1:{}/topics", cors.http))
+        .header("origin", "http://evil.example")
+        .send()?;
+    ensure!(allow(&r).is_none(), "another origin: {:?}", r.headers());
+    drop(cors);
+    let plain = node(&dir.path().join("plain"))?;
+    let r = c
+        .get(format!("http://127.0.0.1:{}/topics", plain.http))
+        .header("origin", "http://localhost:3000")
+        .send()?;
+    ensure!(allow(&r).is_none(), "no CORS by default");
+    Ok(())
+}

@@ -8,6 +8,7 @@
 //! changes the log except through it.
 
 pub mod admin;
+pub mod cors;
 mod poll;
 mod prometheus;
 pub mod rest;
@@ -35,20 +36,22 @@ pub fn router(
 }
 
 /// Serves the HTTP listener until `stopped` turns true; requests under way finish first.
-/// `more` are routes other front ends serve here (the MQTT broker's `/mqtt` WebSocket).
+/// `more` are routes other front ends serve here (the MQTT broker's `/mqtt` WebSocket);
+/// `cors`, the origins browsers' pages may call it from.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     metrics: Vec<MetricsSource>,
     more: axum::Router,
+    cors: cors::Cors,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(engine, metrics, stopped.clone()).merge(more),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    })
-    .await
+    let app = router(engine, metrics, stopped.clone())
+        .merge(more)
+        .layer(axum::middleware::from_fn_with_state(cors, cors::layer));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
 }
