@@ -144,12 +144,47 @@ pub(crate) struct Batch {
     pub(crate) reset: bool,
 }
 
+/// A poll that never times out: the batches of a stream (SSE) or a subscription (WebSocket),
+/// each after the last one's cursor, until the listener stops.
+pub(crate) struct Follow {
+    client: Client,
+    poll: Poll,
+    stopped: watch::Receiver<bool>,
+}
+
+/// How long one read of a [`Follow`] may wait before it looks again (shutdown ends it sooner).
+const ROUND: Duration = Duration::from_secs(3600);
+
+impl Follow {
+    pub(crate) fn new(client: Client, poll: Poll, stopped: watch::Receiver<bool>) -> Follow {
+        Follow {
+            client,
+            poll,
+            stopped,
+        }
+    }
+
+    /// The next batch, waited for; the next one starts after it.
+    pub(crate) async fn next(&mut self) -> Result<Batch, Failure> {
+        let mut waiting = Waiting {
+            deadline: Instant::now() + ROUND,
+            stopped: self.stopped.clone(),
+        };
+        let batch = next_batch(&self.client, &self.poll, &mut waiting).await?;
+        if let Some(next) = &batch.next {
+            self.poll.after = Some(next.clone());
+        }
+        Ok(batch)
+    }
+
+    /// Whether the listener is shutting down.
+    pub(crate) fn stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+}
+
 /// The next messages after `poll.after`, waiting for them as `waiting` allows.
-pub(crate) async fn next_batch(
-    client: &Client,
-    poll: &Poll,
-    waiting: &mut Waiting,
-) -> Result<Batch, Failure> {
+async fn next_batch(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Result<Batch, Failure> {
     match (&poll.topics[..], &poll.filter) {
         ([topic], None) => one_topic(client, topic, poll, waiting).await,
         _ => positions(client, poll, waiting).await,
@@ -157,14 +192,14 @@ pub(crate) async fn next_batch(
 }
 
 /// Until when a poll may wait: its deadline, or the listener's shutdown.
-pub(crate) struct Waiting {
-    pub(crate) deadline: Instant,
-    pub(crate) stopped: watch::Receiver<bool>,
+struct Waiting {
+    deadline: Instant,
+    stopped: watch::Receiver<bool>,
 }
 
 impl Waiting {
     /// Whether the poll must answer now.
-    pub(crate) fn over(&self) -> bool {
+    fn over(&self) -> bool {
         Instant::now() >= self.deadline || *self.stopped.borrow()
     }
 

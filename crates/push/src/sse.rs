@@ -16,17 +16,14 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use tokio::time::Instant;
 
-use crate::poll::{Waiting, next_batch, parse};
+use crate::poll::{Follow, parse};
 use crate::rest::{Failure, Rest, client};
 
 /// What a reconnecting `EventSource` is told to wait before it does.
 const RETRY: Duration = Duration::from_secs(3);
 /// How often an idle stream sends a comment (proxies close silent connections).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// How long one read may wait before the stream looks again (shutdown ends it sooner).
-const ROUND: Duration = Duration::from_secs(3600);
 
 /// `GET /sse?topic=T[&topic=U]|filter=F[&after=CURSOR]`, or `Last-Event-ID` for `after`.
 pub async fn sse(
@@ -44,44 +41,39 @@ pub async fn sse(
         poll.after = Some(id.to_string());
     }
     let hello = Event::default().retry(RETRY).comment("manifold");
-    let events = stream::unfold(Some((client, poll, stopped)), |state| async move {
-        let (client, mut poll, stopped) = state?;
-        let mut waiting = Waiting {
-            deadline: Instant::now() + ROUND,
-            stopped,
-        };
-        let batch = match next_batch(&client, &poll, &mut waiting).await {
-            Ok(b) => b,
-            Err(Failure(_, error, message)) => {
-                let e = Event::default()
-                    .event("error")
-                    .data(serde_json::json!({"error": error, "message": message}).to_string());
-                return Some((vec![e], None));
+    let events = stream::unfold(
+        Some(Follow::new(client, poll, stopped)),
+        |state| async move {
+            let mut follow = state?;
+            let batch = match follow.next().await {
+                Ok(b) => b,
+                Err(Failure(_, error, message)) => {
+                    let e = Event::default()
+                        .event("error")
+                        .data(serde_json::json!({"error": error, "message": message}).to_string());
+                    return Some((vec![e], None));
+                }
+            };
+            let mut out = Vec::with_capacity(batch.messages.len() + 1);
+            if batch.reset {
+                out.push(
+                    Event::default()
+                        .event("reset")
+                        .data(serde_json::json!({"reset": true}).to_string()),
+                );
             }
-        };
-        let mut out = Vec::with_capacity(batch.messages.len() + 1);
-        if batch.reset {
-            out.push(
-                Event::default()
-                    .event("reset")
-                    .data(serde_json::json!({"reset": true}).to_string()),
-            );
-        }
-        for m in &batch.messages {
-            let mut e = Event::default().data(m.to_string());
-            if let Some(c) = m["cursor"].as_str() {
-                e = e.id(c);
+            for m in &batch.messages {
+                let mut e = Event::default().data(m.to_string());
+                if let Some(c) = m["cursor"].as_str() {
+                    e = e.id(c);
+                }
+                out.push(e);
             }
-            out.push(e);
-        }
-        if batch.next.is_some() {
-            poll.after = batch.next;
-        }
-        let stopped = waiting.stopped;
-        // The listener stops: the events read go out, then the stream ends.
-        let go_on = !*stopped.borrow();
-        Some((out, go_on.then_some((client, poll, stopped))))
-    });
+            // The listener stops: the events read go out, then the stream ends.
+            let go_on = !follow.stopped();
+            Some((out, go_on.then_some(follow)))
+        },
+    );
     let events = stream::once(async move { vec![hello] })
         .chain(events)
         .flat_map(|batch| stream::iter(batch.into_iter().map(Ok::<_, Infallible>)));

@@ -24,9 +24,8 @@ use manifold_core::engine::{AppendRequest, Client};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use crate::poll::{Poll, Waiting, next_batch};
+use crate::poll::{Follow, Poll};
 use crate::rest::{Failure, Rest, client, cursor};
 
 /// Frames queued for a client at most.
@@ -35,8 +34,6 @@ const OUTBOX: usize = 1024;
 const SLOW_AFTER: Duration = Duration::from_secs(5);
 /// The close code of a client too slow to take its messages (it resumes from its cursor).
 pub const SLOW_CONSUMER: u16 = 4008;
-/// How long one read of a subscription may wait before it looks again.
-const ROUND: Duration = Duration::from_secs(3600);
 
 /// `GET /ws`: upgrades (the principal is the request's: a token in the `Authorization` header,
 /// the `access_token` query parameter or the `manifold_token` cookie, or `default`).
@@ -102,13 +99,8 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>) 
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
-                let _ = out
-                    .send(Out::Text(error(
-                        None,
-                        "bad_request",
-                        "frames are JSON text",
-                    )))
-                    .await;
+                let answer = error(None, "bad_request", "frames are JSON text");
+                let _ = out.send(Out::Text(answer.to_string())).await;
                 continue;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -126,8 +118,8 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>) 
     let _ = writer.await;
 }
 
-fn error(reference: Option<&Value>, error: &str, message: &str) -> String {
-    json!({"type": "error", "ref": reference, "error": error, "message": message}).to_string()
+fn error(reference: Option<&Value>, error: &str, message: &str) -> Value {
+    json!({"type": "error", "ref": reference, "error": error, "message": message})
 }
 
 /// One client frame; the answer to send.
@@ -139,9 +131,7 @@ async fn handle(
     stopped: &watch::Receiver<bool>,
     subs: &mut HashMap<String, JoinHandle<()>>,
 ) -> Value {
-    let bad = |reference: Option<&Value>, message: &str| -> Value {
-        serde_json::from_str(&error(reference, "bad_request", message)).unwrap_or(Value::Null)
-    };
+    let bad = |reference: Option<&Value>, message: &str| error(reference, "bad_request", message);
     let Ok(req) = serde_json::from_str::<Value>(text) else {
         return bad(None, "a frame is a JSON object");
     };
@@ -157,9 +147,7 @@ async fn handle(
             }
             let poll = match subscription(client, &req) {
                 Ok(p) => p,
-                Err(Failure(_, e, m)) => {
-                    return serde_json::from_str(&error(reference, e, &m)).unwrap_or(Value::Null);
-                }
+                Err(Failure(_, e, m)) => return error(reference, e, &m),
             };
             let task = tokio::spawn(follow(
                 client.clone(),
@@ -186,9 +174,7 @@ async fn handle(
             Ok((id, cursor)) => {
                 json!({"type": "published", "ref": reference, "id": id, "cursor": cursor})
             }
-            Err(Failure(_, e, m)) => {
-                serde_json::from_str(&error(reference, e, &m)).unwrap_or(Value::Null)
-            }
+            Err(Failure(_, e, m)) => error(reference, e, &m),
         },
         _ => bad(reference, "type is subscribe, unsubscribe, publish or ping"),
     }
@@ -238,24 +224,18 @@ fn subscription(client: &Client, req: &Value) -> Result<Poll, Failure> {
 /// A subscription: reads after its cursor and queues each message, until the connection ends.
 async fn follow(
     client: Client,
-    mut poll: Poll,
+    poll: Poll,
     id: String,
     out: mpsc::Sender<Out>,
     close: watch::Sender<bool>,
     stopped: watch::Receiver<bool>,
 ) {
-    let mut stopped = stopped;
+    let mut reads = Follow::new(client, poll, stopped);
     loop {
-        let mut waiting = Waiting {
-            deadline: Instant::now() + ROUND,
-            stopped,
-        };
-        let batch = next_batch(&client, &poll, &mut waiting).await;
-        stopped = waiting.stopped;
-        let batch = match batch {
+        let batch = match reads.next().await {
             Ok(b) => b,
             Err(Failure(_, e, m)) => {
-                let _ = out.try_send(Out::Text(error(None, e, &m)));
+                let _ = out.try_send(Out::Text(error(None, e, &m).to_string()));
                 return;
             }
         };
@@ -279,10 +259,7 @@ async fn follow(
                 }
             }
         }
-        if batch.next.is_some() {
-            poll.after = batch.next;
-        }
-        if *stopped.borrow() {
+        if reads.stopped() {
             return;
         }
     }

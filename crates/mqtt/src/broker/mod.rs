@@ -151,6 +151,12 @@ impl Shared {
         }
     }
 
+    /// Whether `owner` is a connection of another broker (another node, or an earlier run of
+    /// this one).
+    fn elsewhere(&self, owner: Owner) -> bool {
+        owner.node != self.engine.node_id() || owner.boot != self.boot
+    }
+
     /// Tells the connections here that lost their sessions to leave: the one holding a
     /// session another broker's connection opened (another node, or an earlier run here), or
     /// all of them when this run's connections were declared lost; `None`: look at each.
@@ -164,7 +170,7 @@ impl Shared {
             Some(SessionEvent::Opened {
                 client,
                 owner: Some(owner),
-            }) if owner.node != me || owner.boot != self.boot => {
+            }) if self.elsewhere(owner) => {
                 // (A newer connection here takes the session from an older one itself.)
                 if let Some(h) = holders.get(&client) {
                     leave(h);
@@ -182,7 +188,7 @@ impl Shared {
                         .engine
                         .session(client)
                         .and_then(|s| s.owner)
-                        .is_some_and(|o| o.node != me || o.boot != self.boot);
+                        .is_some_and(|o| self.elsewhere(o));
                     if held_elsewhere {
                         leave(h);
                     }
