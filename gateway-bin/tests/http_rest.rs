@@ -124,6 +124,35 @@ fn publish_read_back_and_list_topics_over_rest() -> anyhow::Result<()> {
     ensure!(r.status() == StatusCode::CREATED);
     let (_, read) = history(&c, &node, "keyed", "")?;
     ensure!(read["messages"][0]["key"] == "order-17", "{read}");
+    // ...and found by it, through the IndexFile, newest first, within a time range.
+    std::thread::sleep(Duration::from_millis(20));
+    for (key, body) in [("order-18", "open"), ("order-17", "shipped")] {
+        let r = c
+            .post(url(&node, "keyed", ""))
+            .header("x-message-key", key)
+            .body(body)
+            .send()?;
+        ensure!(r.status() == StatusCode::CREATED);
+    }
+    let (status, found) = history(&c, &node, "keyed", "?key=order-17")?;
+    ensure!(status == StatusCode::OK, "{status}");
+    let bodies: Vec<&str> = found["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["payload"].as_str())
+        .collect();
+    ensure!(bodies == ["shipped", "paid"], "{found}");
+    let newest = found["messages"][0]["timestamp_ms"]
+        .as_u64()
+        .context("ms")?;
+    let (_, later) = history(&c, &node, "keyed", &format!("?key=order-17&from={newest}"))?;
+    ensure!(
+        later["messages"].as_array().map(Vec::len) == Some(1),
+        "{later}"
+    );
+    let (_, none) = history(&c, &node, "keyed", "?key=order-99")?;
+    ensure!(none["messages"] == serde_json::json!([]), "{none}");
 
     // An idempotency key: a repeat is answered with the first message, stored once.
     let mut acks = Vec::new();

@@ -1,7 +1,8 @@
 //! Manifold's HTTP listener on `--http-addr`. Today it carries the admin routes
 //! (`admin.rs`: health, cluster status, metrics, leadership transfer), REST over the log
 //! (`rest.rs`: publish, history, topics; `poll.rs`: long-polling; `sse.rs`: Server-Sent
-//! Events; `ws.rs`: the WebSocket push protocol) and what other front ends hand it (MQTT over
+//! Events; `ws.rs`: the WebSocket push protocol; `groups.rs`: consumer groups and acks over
+//! them) and what other front ends hand it (MQTT over
 //! WebSocket at `/mqtt`).
 //!
 //! Owns the HTTP surface only: every answer comes from the engine's public API; nothing here
@@ -9,6 +10,7 @@
 
 pub mod admin;
 pub mod cors;
+mod groups;
 mod poll;
 mod prometheus;
 pub mod rest;

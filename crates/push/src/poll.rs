@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::groups::{self, Membership, Target};
 use crate::rest::{Failure, Rest, client, cursor, message_json, parse_cursor, topic_of};
 
 /// How long a poll waits by default, and at most.
@@ -36,6 +37,8 @@ pub(crate) struct Poll {
     pub(crate) after: Option<String>,
     timeout: Duration,
     limit: usize,
+    /// Read as a member of a consumer group (`group=G&consumer=C`), not from a cursor.
+    pub(crate) member: Option<Membership>,
 }
 
 fn bad(error: &'static str, message: String) -> Failure {
@@ -61,6 +64,7 @@ impl Poll {
             after,
             timeout: DEFAULT_TIMEOUT,
             limit: DEFAULT_LIMIT,
+            member: None,
         })
     }
 }
@@ -72,7 +76,12 @@ pub(crate) fn parse(query: Option<&str>) -> Result<Poll, Failure> {
         after: None,
         timeout: DEFAULT_TIMEOUT,
         limit: DEFAULT_LIMIT,
+        member: None,
     };
+    let (mut group, mut consumer) = (None, None);
+    let mut claim_idle = None;
+    let mut earliest = false;
+    let mut noack = false;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "topic" => poll.topics.push(v.into_owned()),
@@ -85,9 +94,31 @@ pub(crate) fn parse(query: Option<&str>) -> Result<Poll, Failure> {
                     .map_err(|_| bad("bad_limit", format!("limit {v:?} is not a number")))?
                     .clamp(1, MAX_LIMIT)
             }
+            "group" => group = Some(v.into_owned()),
+            "consumer" => consumer = Some(v.into_owned()),
+            "claim_idle" => claim_idle = Some(duration(&v)?),
+            "start" => {
+                earliest = match v.as_ref() {
+                    "earliest" => true,
+                    "latest" => false,
+                    _ => {
+                        return Err(bad(
+                            "bad_request",
+                            format!("start {v:?} is earliest or latest"),
+                        ));
+                    }
+                }
+            }
+            "noack" => noack = v == "true" || v == "1",
             _ => {}
         }
     }
+    poll.member = Membership::new(group, consumer)?.map(|mut m| {
+        m.claim_idle = claim_idle.unwrap_or(m.claim_idle);
+        m.earliest = earliest;
+        m.noack = noack;
+        m
+    });
     if poll.topics.is_empty() == poll.filter.is_none() {
         return Err(bad(
             "bad_request",
@@ -98,7 +129,7 @@ pub(crate) fn parse(query: Option<&str>) -> Result<Poll, Failure> {
 }
 
 /// `30s`, `500ms` or a number of seconds.
-fn duration(v: &str) -> Result<Duration, Failure> {
+pub(crate) fn duration(v: &str) -> Result<Duration, Failure> {
     let wrong = || {
         bad(
             "bad_timeout",
@@ -115,7 +146,8 @@ fn duration(v: &str) -> Result<Duration, Failure> {
         .map_err(|_| wrong())
 }
 
-/// `GET /poll?topic=T[&topic=U]|filter=F[&after=CURSOR][&timeout=30s][&limit=N]`.
+/// `GET /poll?topic=T[&topic=U]|filter=F[&after=CURSOR][&timeout=30s][&limit=N]`, or as a
+/// group member: `...&group=G&consumer=C[&claim_idle=30s][&start=latest|earliest][&noack=1]`.
 pub async fn poll(
     State(Rest { engine, stopped }): State<Rest>,
     RawQuery(query): RawQuery,
@@ -185,6 +217,13 @@ impl Follow {
 
 /// The next messages after `poll.after`, waiting for them as `waiting` allows.
 async fn next_batch(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Result<Batch, Failure> {
+    if let Some(member) = &poll.member {
+        let target = match &poll.filter {
+            Some(f) => Target::Filter(f),
+            None => Target::Topics(&poll.topics),
+        };
+        return groups::next_batch(client, target, member, poll.limit, waiting).await;
+    }
     match (&poll.topics[..], &poll.filter) {
         ([topic], None) => one_topic(client, topic, poll, waiting).await,
         _ => positions(client, poll, waiting).await,
@@ -192,20 +231,23 @@ async fn next_batch(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Resu
 }
 
 /// Until when a poll may wait: its deadline, or the listener's shutdown.
-struct Waiting {
+pub(crate) struct Waiting {
     deadline: Instant,
     stopped: watch::Receiver<bool>,
 }
 
 impl Waiting {
     /// Whether the poll must answer now.
-    fn over(&self) -> bool {
+    pub(crate) fn over(&self) -> bool {
         Instant::now() >= self.deadline || *self.stopped.borrow()
     }
 
     /// Waits for `wait` (an engine wait), at most until the deadline or the shutdown (then
     /// `None`).
-    async fn until<T>(&mut self, wait: impl std::future::Future<Output = T>) -> Option<T> {
+    pub(crate) async fn until<T>(
+        &mut self,
+        wait: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
         tokio::select! {
             r = wait => Some(r),
             _ = self.stopped.wait_for(|s| *s) => None,
@@ -213,7 +255,7 @@ impl Waiting {
         }
     }
 
-    fn left(&self) -> Duration {
+    pub(crate) fn left(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
 }

@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
-use manifold_core::engine::{AppendRequest, Client, Engine, EngineError, Message, topic_filter};
+use manifold_core::engine::{
+    AppendRequest, Client, Engine, EngineError, GroupError, Message, topic_filter,
+};
 use manifold_core::store::StreamId;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -46,6 +48,12 @@ pub fn routes(engine: Arc<Engine>, stopped: watch::Receiver<bool>) -> Router {
             post(publish).layer(axum::extract::DefaultBodyLimit::max(body_limit)),
         )
         .route("/topics/{topic}/messages", get(history))
+        .route("/topics/{topic}/groups", get(crate::groups::list))
+        .route(
+            "/topics/{topic}/groups/{group}/ack",
+            post(crate::groups::ack),
+        )
+        .route("/groups/{group}/ack", post(crate::groups::ack_filter))
         .route("/poll", get(crate::poll::poll))
         .route("/sse", get(crate::sse::sse))
         .route("/ws", get(crate::ws::ws))
@@ -76,6 +84,11 @@ impl From<EngineError> for Failure {
             EngineError::NoPermission { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             EngineError::BadCredentials => (StatusCode::UNAUTHORIZED, "unauthorized"),
             EngineError::BadTopic(_) => (StatusCode::BAD_REQUEST, "bad_topic"),
+            EngineError::Group(GroupError::NoGroup) => (StatusCode::NOT_FOUND, "unknown_group"),
+            EngineError::Group(GroupError::NoStream) => (StatusCode::NOT_FOUND, "unknown_topic"),
+            EngineError::Group(GroupError::PendingLimit) => {
+                (StatusCode::TOO_MANY_REQUESTS, "pending_limit")
+            }
             EngineError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             EngineError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             EngineError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -213,11 +226,17 @@ struct HistoryQuery {
     limit: Option<usize>,
     #[serde(default)]
     reverse: bool,
+    /// Only messages with this message key (the IndexFile's), stored from `from` to `to`
+    /// (ms since the epoch, inclusive), newest first.
+    key: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
 }
 
 /// `GET /topics/{topic}/messages?after=CURSOR&limit=N[&reverse=true]`: the messages after the
 /// cursor (before it, newest first, with `reverse`), at most `limit` (100; at most 1000), and
-/// `next`, the cursor to go on from. A cursor of an earlier incarnation of the topic (deleted
+/// `next`, the cursor to go on from. With `key=K[&from=MS][&to=MS]`: the messages with that
+/// message key stored in that time range, newest first, through the IndexFile. A cursor of an earlier incarnation of the topic (deleted
 /// and created again) reads from the start and says `"reset": true`.
 async fn history(
     State(Rest { engine, .. }): State<Rest>,
@@ -236,6 +255,19 @@ async fn history(
         )
     })?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    if let Some(message_key) = &q.key {
+        let from = q.from.unwrap_or(0);
+        let to = q.to.unwrap_or(u64::MAX);
+        let found = client.find_by_key(0, &key, message_key.as_bytes(), from, to, limit)?;
+        let messages: Vec<Value> = found
+            .iter()
+            .map(|m| message_json(&topic, m, cursor(m.id, info.incarnation)))
+            .collect();
+        return Ok(
+            axum::Json(json!({"topic": topic, "key": message_key, "messages": messages}))
+                .into_response(),
+        );
+    }
     let after = q.after.as_deref().map(parse_cursor).transpose()?;
     let reset = after.is_some_and(|(_, incarnation)| incarnation != info.incarnation);
     let from = after.filter(|_| !reset).map(|(id, _)| id);

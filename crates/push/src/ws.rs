@@ -1,7 +1,8 @@
 //! The WebSocket push protocol (`GET /ws`, docs/protocol-mapping.md "HTTP"): JSON text frames.
 //! A client subscribes to a topic, several topics or an MQTT filter — from the latest message,
-//! the earliest, or a cursor — publishes (acknowledged with the message's ID and cursor),
-//! unsubscribes and pings. Each subscription is a loop of the long-poll's reads and waits
+//! the earliest, or a cursor, or as a member of a consumer group (`groups.rs`) — publishes
+//! (acknowledged with the message's ID and cursor), acknowledges group messages, unsubscribes
+//! and pings. Each subscription is a loop of the long-poll's reads and waits
 //! (`poll.rs`), so a client that reconnects with its last cursor gets every later message once,
 //! in order.
 //!
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::groups::{self, Membership};
 use crate::poll::{Follow, Poll};
 use crate::rest::{Failure, Rest, client, cursor};
 
@@ -170,18 +172,27 @@ async fn handle(
                 None => bad(reference, "no subscription with this id"),
             }
         }
+        Some("ack") => match ack(client, &req).await {
+            Ok(acked) => json!({"type": "acked", "ref": reference, "acked": acked}),
+            Err(Failure(_, e, m)) => error(reference, e, &m),
+        },
         Some("publish") => match publish(client, &req).await {
             Ok((id, cursor)) => {
                 json!({"type": "published", "ref": reference, "id": id, "cursor": cursor})
             }
             Err(Failure(_, e, m)) => error(reference, e, &m),
         },
-        _ => bad(reference, "type is subscribe, unsubscribe, publish or ping"),
+        _ => bad(
+            reference,
+            "type is subscribe, unsubscribe, publish, ack or ping",
+        ),
     }
 }
 
 /// A subscribe frame's reads: `topic`, `topics` or `filter`, and `from`: `latest` (default),
-/// `earliest` or a cursor.
+/// `earliest` or a cursor. With `group` and `consumer`, a group member's reads (`from`:
+/// where a group it creates starts; `claim_idle_ms`: when an unacknowledged message goes
+/// again; `noack`).
 fn subscription(client: &Client, req: &Value) -> Result<Poll, Failure> {
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -197,6 +208,28 @@ fn subscription(client: &Client, req: &Value) -> Result<Poll, Failure> {
         topics.push(t.to_string());
     }
     let filter = req["filter"].as_str().map(String::from);
+    let name = |k: &str| req[k].as_str().map(String::from);
+    if let Some(mut member) = Membership::new(name("group"), name("consumer"))? {
+        member.earliest = match req["from"].as_str().unwrap_or("latest") {
+            "latest" => false,
+            "earliest" => true,
+            _ => {
+                return Err(Failure(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "a group subscription is from latest or earliest (the group keeps its place)"
+                        .into(),
+                ));
+            }
+        };
+        if let Some(ms) = req["claim_idle_ms"].as_u64() {
+            member.claim_idle = Duration::from_millis(ms);
+        }
+        member.noack = req["noack"].as_bool().unwrap_or(false);
+        let mut poll = Poll::new(topics, filter, None)?;
+        poll.member = Some(member);
+        return Ok(poll);
+    }
     let after = match req["from"].as_str().unwrap_or("latest") {
         "latest" => None,
         "earliest" => Some(match (&topics[..], &filter) {
@@ -262,6 +295,45 @@ async fn follow(
         if reads.stopped() {
             return;
         }
+    }
+}
+
+/// An ack frame: `group`, `ids` (the messages' cursors) and `topic` (a stream group) or
+/// `filter` (a filter group). How many were pending.
+async fn ack(client: &Client, req: &Value) -> Result<u64, Failure> {
+    let bad = |m: &str| Failure(axum::http::StatusCode::BAD_REQUEST, "bad_request", m.into());
+    let group = req["group"]
+        .as_str()
+        .ok_or_else(|| bad("ack needs a group"))?;
+    let ids: Vec<&str> = req["ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return Err(bad("ack needs ids: the messages' cursors"));
+    }
+    match (req["topic"].as_str(), req["filter"].as_str()) {
+        (Some(topic), None) => {
+            let ids = ids
+                .iter()
+                .map(|c| groups::stream_id(c))
+                .collect::<Result<Vec<_>, _>>()?;
+            groups::ack_topic(client, crate::rest::topic_of(topic)?, group, ids).await
+        }
+        (None, Some(filter)) => {
+            let positions = ids
+                .iter()
+                .map(|c| crate::poll::position(c))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(client
+                .filter_group_ack(
+                    Bytes::copy_from_slice(group.as_bytes()),
+                    Bytes::copy_from_slice(filter.as_bytes()),
+                    positions,
+                )
+                .await?)
+        }
+        _ => Err(bad("ack needs a topic or a filter")),
     }
 }
 
