@@ -523,3 +523,32 @@ pub(crate) async fn list(
     }
     Ok(axum::Json(json!({ "topic": topic, "groups": out })).into_response())
 }
+
+/// Most groups `GET /groups` lists.
+const MAX_GROUPS_LISTED: usize = 1000;
+
+/// `GET /groups`: every topic's consumer groups the principal may read (at most 1,000), each
+/// `{topic, name, consumers, pending, lag, last_delivered_id}`, by topic.
+pub(crate) async fn all(
+    State(Rest { engine, .. }): State<Rest>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let client = client(&engine, &headers, query.as_deref())?;
+    let groups: Vec<Value> = engine
+        .all_groups_info(MAX_GROUPS_LISTED)
+        .into_iter()
+        .filter(|(db, topic, _)| *db == 0 && client.principal().may_subscribe(topic))
+        .map(|(_, topic, g)| {
+            json!({
+                "topic": String::from_utf8_lossy(&topic),
+                "name": String::from_utf8_lossy(&g.name),
+                "consumers": g.consumers,
+                "pending": g.pending,
+                "lag": g.lag,
+                "last_delivered_id": g.last_delivered_id.to_string(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "groups": groups })).into_response())
+}

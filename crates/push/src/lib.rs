@@ -1,14 +1,16 @@
-//! Manifold's HTTP listener on `--http-addr`. Today it carries the admin routes
-//! (`admin.rs`: health, cluster status, metrics, leadership transfer), REST over the log
-//! (`rest.rs`: publish, history, topics; `poll.rs`: long-polling; `sse.rs`: Server-Sent
-//! Events; `ws.rs`: the WebSocket push protocol; `groups.rs`: consumer groups and acks over
-//! them) and what other front ends hand it (MQTT over
-//! WebSocket at `/mqtt`).
+//! Manifold's HTTP listener on `--http-addr`. It carries the web console (`console.rs`, at
+//! `/`), the admin routes (`admin.rs`: health, cluster status, metrics, leadership transfer),
+//! REST over the log (`rest.rs`: publish, history, topics; `poll.rs`: long-polling; `sse.rs`:
+//! Server-Sent Events; `ws.rs`: the WebSocket push protocol; `groups.rs`: consumer groups and
+//! acks over them; `clients.rs`: the MQTT sessions) and what other front ends hand it (MQTT
+//! over WebSocket at `/mqtt`).
 //!
 //! Owns the HTTP surface only: every answer comes from the engine's public API; nothing here
 //! changes the log except through it.
 
 pub mod admin;
+mod clients;
+mod console;
 pub mod cors;
 mod groups;
 mod poll;
@@ -34,7 +36,9 @@ pub fn router(
     metrics: Vec<MetricsSource>,
     stopped: watch::Receiver<bool>,
 ) -> axum::Router {
-    admin::routes(engine.clone(), metrics).merge(rest::routes(engine, stopped))
+    admin::routes(engine.clone(), metrics)
+        .merge(rest::routes(engine, stopped))
+        .merge(console::routes())
 }
 
 /// Serves the HTTP listener until `stopped` turns true; requests under way finish first.

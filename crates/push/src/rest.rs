@@ -54,6 +54,8 @@ pub fn routes(engine: Arc<Engine>, stopped: watch::Receiver<bool>) -> Router {
             post(crate::groups::ack),
         )
         .route("/groups/{group}/ack", post(crate::groups::ack_filter))
+        .route("/groups", get(crate::groups::all))
+        .route("/mqtt/clients", get(crate::clients::list))
         .route("/poll", get(crate::poll::poll))
         .route("/sse", get(crate::sse::sse))
         .route("/ws", get(crate::ws::ws))

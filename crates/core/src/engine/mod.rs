@@ -84,6 +84,7 @@ pub use ids::{IdSpec, resolve};
 pub use image::EngineImage;
 pub use session_api::{
     Opened, PUBLISHER_PROPERTY, SessionEvent, SessionMessage, SessionRead, SessionRef,
+    SessionSummary, SessionsSummary,
 };
 pub use session_command::{InFlightNew, Owner, SharedRef, SubscribeOptions, Will, mqtt_producer};
 pub use sessions::{Session, SessionError};

@@ -121,12 +121,80 @@ pub(super) fn event_of(entry: &LogEntry) -> Option<SessionEvent> {
     }
 }
 
+/// The sessions as [`Engine::sessions_summary`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionsSummary {
+    /// Sessions in all.
+    pub total: usize,
+    /// Connected ones.
+    pub connected: usize,
+    /// The listed ones, connected first, each by client id.
+    pub sessions: Vec<SessionSummary>,
+}
+
+/// One MQTT session, as a list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The client id.
+    pub client: Bytes,
+    /// Whether a connection holds it.
+    pub connected: bool,
+    /// The node whose broker holds it, when connected and known.
+    pub node: Option<u64>,
+    /// Its subscriptions' filters.
+    pub subscriptions: Vec<Bytes>,
+    /// Packets in flight to it.
+    pub inflight: usize,
+    /// Session Expiry Interval (s; `u32::MAX`: never).
+    pub expiry_s: u32,
+    /// When it disconnected (ms), if it did.
+    pub disconnected_ms: Option<u64>,
+}
+
 impl Engine {
     /// Every session opened and every node's connections declared lost from now on, as this
     /// node applies them. A receiver that falls behind is told how much it missed (then look
     /// at the sessions themselves: [`Engine::session`]).
     pub fn session_events(&self) -> tokio::sync::broadcast::Receiver<SessionEvent> {
         self.inner.session_events.subscribe()
+    }
+
+    /// The MQTT sessions as applied, by client id: how many there are, how many are connected,
+    /// and the first `limit` of them (connected ones first). What the console lists.
+    pub fn sessions_summary(&self, limit: usize) -> SessionsSummary {
+        let state = self.inner.lock_state();
+        let all = &state.sessions.by_client;
+        let summary = |(client, s): (&Bytes, &Session)| SessionSummary {
+            client: client.clone(),
+            connected: s.disconnected_ms.is_none(),
+            node: s
+                .owner
+                .filter(|_| s.disconnected_ms.is_none())
+                .map(|o| o.node),
+            subscriptions: s.subscriptions.keys().cloned().collect(),
+            inflight: s.inflight.len(),
+            expiry_s: s.expiry_s,
+            disconnected_ms: s.disconnected_ms,
+        };
+        let connected = all.values().filter(|s| s.disconnected_ms.is_none()).count();
+        let mut listed: Vec<SessionSummary> = all
+            .iter()
+            .filter(|(_, s)| s.disconnected_ms.is_none())
+            .take(limit)
+            .map(summary)
+            .collect();
+        let room = limit.saturating_sub(listed.len());
+        listed.extend(
+            all.iter()
+                .filter(|(_, s)| s.disconnected_ms.is_some())
+                .take(room)
+                .map(summary),
+        );
+        SessionsSummary {
+            total: all.len(),
+            connected,
+            sessions: listed,
+        }
     }
 
     /// Whether a connected session is held by a connection of `node` of another broker run
