@@ -191,3 +191,57 @@ fn a_slow_client_is_closed_with_4008_and_resumes_from_its_cursor() -> anyhow::Re
     ensure!(seen == want, "each once, in order");
     Ok(())
 }
+
+#[test]
+fn a_live_tail_too_far_behind_skips_to_the_head() -> anyhow::Result<()> {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let mut ws = open(&node)?;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "live", "topic": "telemetry", "lag_limit_ms": 300}),
+    )?;
+    ensure!(next(&mut ws)?["type"] == "subscribed");
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp))?;
+    let mut con = redis.get_connection()?;
+    let body = "x".repeat(8192);
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        pipe.cmd("XADD")
+            .arg("telemetry")
+            .arg("*")
+            .arg("payload")
+            .arg(format!("{i:05}{body}"))
+            .ignore();
+    }
+    pipe.query::<()>(&mut con)?;
+    // Not reading for a while (less than the 5 s that close a full queue): the tail falls
+    // behind by more than its limit.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut seen = Vec::new();
+    let skipped = loop {
+        let v = next(&mut ws)?;
+        match v["type"].as_str() {
+            Some("message") => {
+                let p = v["payload"].as_str().context("payload")?;
+                seen.push(p[..5].parse::<usize>()?);
+            }
+            Some("skipped") => break v,
+            _ => bail!("unexpected {v}"),
+        }
+    };
+    ensure!(
+        skipped["sub"] == "live" && skipped["cursor"].is_string(),
+        "{skipped}"
+    );
+    ensure!(seen.len() < N, "nothing skipped: {}", seen.len());
+    ensure!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
+    // From the head on, what comes next arrives.
+    let _: String = redis::cmd("XADD")
+        .arg(&["telemetry", "*", "payload", "fresh"])
+        .query(&mut con)?;
+    let (got, other) = messages(&mut ws, 1)?;
+    ensure!(got[0]["payload"] == "fresh", "{got:?} {other:?}");
+    Ok(())
+}

@@ -209,6 +209,26 @@ impl Follow {
         Ok(batch)
     }
 
+    /// Passes over everything committed now: the next batch starts at the head of the topic
+    /// (or of the log, for several topics or a filter). The new cursor.
+    pub(crate) fn skip_to_head(&mut self) -> Result<Option<String>, Failure> {
+        let next = match (&self.poll.topics[..], &self.poll.filter) {
+            ([topic], None) => self
+                .client
+                .stream_info(0, &topic_of(topic)?)?
+                .map(|i| cursor(i.last_generated_id, i.incarnation)),
+            _ => Some(format!(
+                "{}.{}",
+                self.client.engine().applied_index(),
+                u16::MAX
+            )),
+        };
+        if next.is_some() {
+            self.poll.after = next.clone();
+        }
+        Ok(next)
+    }
+
     /// Whether the listener is shutting down.
     pub(crate) fn stopped(&self) -> bool {
         *self.stopped.borrow()

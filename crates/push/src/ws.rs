@@ -36,6 +36,9 @@ const OUTBOX: usize = 1024;
 const SLOW_AFTER: Duration = Duration::from_secs(5);
 /// The close code of a client too slow to take its messages (it resumes from its cursor).
 pub const SLOW_CONSUMER: u16 = 4008;
+/// A live tail (a subscription from `latest`) whose next message is older than this skips to
+/// the head, as an MQTT clean session does (`lag_limit_ms` in the subscribe; 0: never).
+const DEFAULT_LAG_LIMIT: Duration = Duration::from_secs(60);
 
 /// `GET /ws`: upgrades (the principal is the request's: a token in the `Authorization` header,
 /// the `access_token` query parameter or the `manifold_token` cookie, or `default`).
@@ -151,9 +154,18 @@ async fn handle(
                 Ok(p) => p,
                 Err(Failure(_, e, m)) => return error(reference, e, &m),
             };
+            // Only a live tail passes messages over: a subscription from a cursor or the
+            // earliest, or a group member's, gets every one.
+            let live =
+                poll.member.is_none() && matches!(req["from"].as_str(), None | Some("latest"));
+            let lag_limit = req["lag_limit_ms"]
+                .as_u64()
+                .map_or(DEFAULT_LAG_LIMIT, Duration::from_millis);
+            let lag_limit = (live && !lag_limit.is_zero()).then_some(lag_limit);
             let task = tokio::spawn(follow(
                 client.clone(),
                 poll,
+                lag_limit,
                 id.clone(),
                 out.clone(),
                 close.clone(),
@@ -255,9 +267,12 @@ fn subscription(client: &Client, req: &Value) -> Result<Poll, Failure> {
 }
 
 /// A subscription: reads after its cursor and queues each message, until the connection ends.
+/// With a lag limit, a batch whose first message is older than it is passed over, the reads
+/// go on from the head, and the client is told `{"type": "skipped", "sub", "cursor"}`.
 async fn follow(
     client: Client,
     poll: Poll,
+    lag_limit: Option<Duration>,
     id: String,
     out: mpsc::Sender<Out>,
     close: watch::Sender<bool>,
@@ -272,6 +287,22 @@ async fn follow(
                 return;
             }
         };
+        let oldest = batch
+            .messages
+            .first()
+            .and_then(|m| m["timestamp_ms"].as_u64());
+        if let (Some(limit), Some(oldest)) = (lag_limit, oldest)
+            && now_ms().saturating_sub(oldest) > limit.as_millis() as u64
+        {
+            let frame = match reads.skip_to_head() {
+                Ok(cursor) => json!({"type": "skipped", "sub": id, "cursor": cursor}),
+                Err(Failure(_, e, m)) => error(None, e, &m),
+            };
+            if !queue(&out, &close, frame).await {
+                return;
+            }
+            continue;
+        }
         let reset = batch.reset.then(|| json!({"type": "reset", "sub": id}));
         let messages = batch.messages.into_iter().map(|mut m| {
             if let Value::Object(o) = &mut m {
@@ -281,21 +312,33 @@ async fn follow(
             m
         });
         for frame in reset.into_iter().chain(messages) {
-            match tokio::time::timeout(SLOW_AFTER, out.send(Out::Text(frame.to_string()))).await {
-                Ok(Ok(())) => {}
-                // The connection is gone.
-                Ok(Err(_)) => return,
-                // Its queue stayed full: too slow; it closes, the client resumes.
-                Err(_) => {
-                    let _ = close.send(true);
-                    return;
-                }
+            if !queue(&out, &close, frame).await {
+                return;
             }
         }
         if reads.stopped() {
             return;
         }
     }
+}
+
+/// Queues a frame for the writer; `false` when the subscription is to end: the connection is
+/// gone, or its queue stayed full for `SLOW_AFTER` (too slow: it closes, the client resumes).
+async fn queue(out: &mpsc::Sender<Out>, close: &watch::Sender<bool>, frame: Value) -> bool {
+    match tokio::time::timeout(SLOW_AFTER, out.send(Out::Text(frame.to_string()))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = close.send(true);
+            false
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An ack frame: `group`, `ids` (the messages' cursors) and `topic` (a stream group) or
