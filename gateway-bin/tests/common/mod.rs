@@ -2,6 +2,7 @@
 //! and picking ports. Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod group;
 pub mod mqtt;
 
 use std::io::{BufRead, BufReader};
