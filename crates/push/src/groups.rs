@@ -25,7 +25,7 @@ use manifold_core::engine::{
 use manifold_core::store::StreamId;
 use serde_json::{Value, json};
 
-use crate::poll::{Batch, Waiting, position};
+use crate::poll::{Batch, Rendered, Waiting, position};
 use crate::rest::{Failure, Rest, client, cursor, message_json, parse_cursor, topic_of};
 
 /// How long a delivered message may stay unacknowledged before another read takes it.
@@ -168,9 +168,10 @@ pub(crate) async fn next_batch(
 
 fn group_batch(messages: Vec<Value>) -> Batch {
     Batch {
-        messages,
+        messages: messages.iter().map(Rendered::new).collect(),
         next: None,
         reset: false,
+        settled: None,
     }
 }
 
@@ -263,7 +264,7 @@ fn read_or_gone<T: Default>(r: Result<T, EngineError>) -> Result<T, Failure> {
 }
 
 fn incarnation(client: &Client, key: &[u8]) -> Result<u64, Failure> {
-    Ok(client.stream_info(0, key)?.map_or(0, |i| i.incarnation))
+    Ok(client.topic_head(0, key)?.map_or(0, |h| h.incarnation))
 }
 
 /// Whether a topic has messages after its group's last delivered one.

@@ -9,18 +9,20 @@
 //! Owns the waiting and the cursors of filter reads; the message shape is `rest.rs`'s.
 
 use std::ops::Bound;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use manifold_core::engine::{Client, topic_filter};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::groups::{self, Membership, Target};
+use crate::hub::{Hubs, Item};
 use crate::rest::{Failure, Rest, client, cursor, message_json, parse_cursor, topic_of};
 
 /// How long a poll waits by default, and at most.
@@ -39,6 +41,9 @@ pub(crate) struct Poll {
     limit: usize,
     /// Read as a member of a consumer group (`group=G&consumer=C`), not from a cursor.
     pub(crate) member: Option<Membership>,
+    /// Nothing after `after` up to this applied index (the last batch's `settled`): wait for
+    /// a change past it before reading. Saves a follower at the head one read per message.
+    settled: Option<u64>,
 }
 
 fn bad(error: &'static str, message: String) -> Failure {
@@ -65,6 +70,7 @@ impl Poll {
             timeout: DEFAULT_TIMEOUT,
             limit: DEFAULT_LIMIT,
             member: None,
+            settled: None,
         })
     }
 }
@@ -77,6 +83,7 @@ pub(crate) fn parse(query: Option<&str>) -> Result<Poll, Failure> {
         timeout: DEFAULT_TIMEOUT,
         limit: DEFAULT_LIMIT,
         member: None,
+        settled: None,
     };
     let (mut group, mut consumer) = (None, None);
     let mut claim_idle = None;
@@ -149,7 +156,9 @@ pub(crate) fn duration(v: &str) -> Result<Duration, Failure> {
 /// `GET /poll?topic=T[&topic=U]|filter=F[&after=CURSOR][&timeout=30s][&limit=N]`, or as a
 /// group member: `...&group=G&consumer=C[&claim_idle=30s][&start=latest|earliest][&noack=1]`.
 pub async fn poll(
-    State(Rest { engine, stopped }): State<Rest>,
+    State(Rest {
+        engine, stopped, ..
+    }): State<Rest>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
@@ -160,20 +169,55 @@ pub async fn poll(
         stopped,
     };
     let batch = next_batch(&client, &poll, &mut waiting).await?;
-    Ok(axum::Json(json!({
-        "messages": batch.messages,
-        "next": batch.next,
-        "reset": batch.reset,
-    }))
-    .into_response())
+    // The messages as rendered (shared), the rest around them.
+    let mut body = String::from("{\"messages\":[");
+    for (k, m) in batch.messages.iter().enumerate() {
+        if k > 0 {
+            body.push(',');
+        }
+        body.push_str(&m.json);
+    }
+    body.push_str("],\"next\":");
+    body.push_str(&json!(batch.next).to_string());
+    body.push_str(if batch.reset {
+        ",\"reset\":true}"
+    } else {
+        ",\"reset\":false}"
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A message rendered as JSON once (`rest::message_json`), shared by every reader it goes to.
+#[derive(Debug, Clone)]
+pub(crate) struct Rendered {
+    /// The JSON object, as text.
+    pub(crate) json: Arc<str>,
+    /// Its `cursor`.
+    pub(crate) cursor: Arc<str>,
+    /// Its `timestamp_ms` (when it was stored).
+    pub(crate) timestamp_ms: u64,
+}
+
+impl Rendered {
+    /// A message's JSON (with its `cursor` and `timestamp_ms`), rendered.
+    pub(crate) fn new(message: &Value) -> Rendered {
+        Rendered {
+            json: Arc::from(message.to_string()),
+            cursor: Arc::from(message["cursor"].as_str().unwrap_or_default()),
+            timestamp_ms: message["timestamp_ms"].as_u64().unwrap_or(0),
+        }
+    }
 }
 
 /// What one read after a cursor found: messages (each with its `cursor`), the cursor to go on
 /// from, and whether the given cursor was of an earlier incarnation of the topic.
 pub(crate) struct Batch {
-    pub(crate) messages: Vec<Value>,
+    pub(crate) messages: Vec<Rendered>,
     pub(crate) next: Option<String>,
     pub(crate) reset: bool,
+    /// The read took everything after the cursor up to this applied index: the next read
+    /// after `next` can wait for a change past it before it looks.
+    pub(crate) settled: Option<u64>,
 }
 
 /// A poll that never times out: the batches of a stream (SSE) or a subscription (WebSocket),
@@ -182,31 +226,138 @@ pub(crate) struct Follow {
     client: Client,
     poll: Poll,
     stopped: watch::Receiver<bool>,
+    /// Where a follower of one topic at its head takes its messages from (`hub.rs`).
+    hubs: Option<Arc<Hubs>>,
+    /// Its topic's hub, once joined.
+    live: Option<broadcast::Receiver<Item>>,
+    /// Just joined: one read by cursor first (what came before joining is not in the hub).
+    catch_up: bool,
 }
 
 /// How long one read of a [`Follow`] may wait before it looks again (shutdown ends it sooner).
 const ROUND: Duration = Duration::from_secs(3600);
 
 impl Follow {
-    pub(crate) fn new(client: Client, poll: Poll, stopped: watch::Receiver<bool>) -> Follow {
+    /// Follows `poll`; with `hubs`, one topic's follower at its head takes its messages from
+    /// the topic's hub.
+    pub(crate) fn new(
+        client: Client,
+        poll: Poll,
+        stopped: watch::Receiver<bool>,
+        hubs: Option<Arc<Hubs>>,
+    ) -> Follow {
+        let single = poll.member.is_none() && poll.filter.is_none() && poll.topics.len() == 1;
         Follow {
             client,
             poll,
             stopped,
+            hubs: hubs.filter(|_| single),
+            live: None,
+            catch_up: false,
         }
     }
 
     /// The next batch, waited for; the next one starts after it.
     pub(crate) async fn next(&mut self) -> Result<Batch, Failure> {
-        let mut waiting = Waiting {
-            deadline: Instant::now() + ROUND,
-            stopped: self.stopped.clone(),
-        };
-        let batch = next_batch(&self.client, &self.poll, &mut waiting).await?;
-        if let Some(next) = &batch.next {
-            self.poll.after = Some(next.clone());
+        loop {
+            if self.live.is_some()
+                && !self.catch_up
+                && let Some(batch) = self.next_live().await
+            {
+                return Ok(batch);
+            }
+            let catching_up = std::mem::take(&mut self.catch_up);
+            let wait = if catching_up { Duration::ZERO } else { ROUND };
+            let mut waiting = Waiting {
+                deadline: Instant::now() + wait,
+                stopped: self.stopped.clone(),
+            };
+            let batch = next_batch(&self.client, &self.poll, &mut waiting).await?;
+            if let Some(next) = &batch.next {
+                self.poll.after = Some(next.clone());
+            }
+            self.poll.settled = batch.settled;
+            if catching_up && batch.messages.is_empty() && !batch.reset && !self.stopped() {
+                continue; // nothing came before joining: on to the hub
+            }
+            if self.live.is_none()
+                && batch.settled.is_some()
+                && let Some(hubs) = &self.hubs
+            {
+                self.live = Some(hubs.join(&self.client, &self.poll.topics[0]));
+                self.catch_up = true;
+            }
+            return Ok(batch);
         }
-        Ok(batch)
+    }
+
+    /// The hub's next messages after the cursor (waited for); `None` when the follower must
+    /// read by cursor instead (it fell too far behind, the topic was created again, the hub
+    /// stopped): it leaves the hub.
+    async fn next_live(&mut self) -> Option<Batch> {
+        let Some((mut last, incarnation)) = self
+            .poll
+            .after
+            .as_deref()
+            .and_then(|c| parse_cursor(c).ok())
+        else {
+            self.live = None;
+            return None;
+        };
+        let rx = self.live.as_mut()?;
+        let mut messages: Vec<Rendered> = Vec::new();
+        loop {
+            // (A shutdown stops the hub: this ends with `Closed`, and the read by cursor that
+            // follows sees the shutdown.)
+            let item = if messages.is_empty() {
+                rx.recv().await
+            } else {
+                match rx.try_recv() {
+                    Ok(item) => Ok(item),
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                }
+            };
+            match item {
+                Ok(Item::Message {
+                    id,
+                    incarnation: i,
+                    rendered,
+                }) if i == incarnation => {
+                    // (What the catch-up read had already given is passed over.)
+                    if id > last {
+                        last = id;
+                        messages.push(rendered);
+                        if messages.len() >= self.poll.limit {
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    self.live = None;
+                    if messages.is_empty() {
+                        return None;
+                    }
+                    break;
+                }
+            }
+        }
+        let next = messages.last().map(|m| m.cursor.to_string());
+        if next.is_some() {
+            self.poll.after = next.clone();
+        }
+        self.poll.settled = None;
+        Some(Batch {
+            messages,
+            next,
+            reset: false,
+            settled: None,
+        })
     }
 
     /// Passes over everything committed now: the next batch starts at the head of the topic
@@ -215,8 +366,8 @@ impl Follow {
         let next = match (&self.poll.topics[..], &self.poll.filter) {
             ([topic], None) => self
                 .client
-                .stream_info(0, &topic_of(topic)?)?
-                .map(|i| cursor(i.last_generated_id, i.incarnation)),
+                .topic_head(0, &topic_of(topic)?)?
+                .map(|h| cursor(h.last_id, h.incarnation)),
             _ => Some(format!(
                 "{}.{}",
                 self.client.engine().applied_index(),
@@ -225,6 +376,9 @@ impl Follow {
         };
         if next.is_some() {
             self.poll.after = next.clone();
+            self.poll.settled = None;
+            self.live = None;
+            self.catch_up = false;
         }
         Ok(next)
     }
@@ -290,14 +444,23 @@ async fn one_topic(
     let key = topic_of(topic)?;
     let given = poll.after.as_deref().map(parse_cursor).transpose()?;
     // Without a cursor: what comes after the topic's last message now.
-    let mut from = match (given, client.stream_info(0, &key)?) {
+    let mut from = match (given, client.topic_head(0, &key)?) {
         (Some(c), _) => Some(c),
-        (None, Some(info)) => Some((info.last_generated_id, info.incarnation)),
+        (None, Some(head)) => Some((head.last_id, head.incarnation)),
         (None, None) => None,
     };
+    let topics = [(0, key.clone())];
+    let mut settled = poll.settled;
     loop {
+        if let Some(at) = settled.take()
+            && let Some(Err(e)) = waiting
+                .until(client.wait(&topics, at, waiting.left()))
+                .await
+        {
+            return Err(e.into());
+        }
         let at = client.engine().applied_index();
-        if let Some(info) = client.stream_info(0, &key)? {
+        if let Some(info) = client.topic_head(0, &key)? {
             // (Incarnation 0: a cursor from before the topic existed, never a reset.)
             let reset = from.is_some_and(|(_, incarnation)| {
                 incarnation != 0 && incarnation != info.incarnation
@@ -314,14 +477,16 @@ async fn one_topic(
             });
             let next = next_id.map(|id| cursor(id, info.incarnation));
             if !messages.is_empty() || reset || waiting.over() {
-                let messages: Vec<Value> = messages
+                let settled = (messages.len() < poll.limit && !reset).then_some(at);
+                let messages = messages
                     .iter()
-                    .map(|m| message_json(topic, m, cursor(m.id, info.incarnation)))
+                    .map(|m| Rendered::new(&message_json(topic, m, cursor(m.id, info.incarnation))))
                     .collect();
                 return Ok(Batch {
                     messages,
                     next,
                     reset,
+                    settled,
                 });
             }
             from = next_id.map(|id| (id, info.incarnation));
@@ -331,10 +496,10 @@ async fn one_topic(
                 messages: Vec::new(),
                 next,
                 reset: false,
+                settled: None,
             });
         }
         let left = waiting.left();
-        let topics = [(0, key.clone())];
         if let Some(Err(e)) = waiting.until(client.wait(&topics, at, left)).await {
             return Err(e.into());
         }
@@ -380,7 +545,15 @@ async fn positions(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Resul
         Some(c) => position(c)?,
         None => (client.engine().applied_index(), u16::MAX),
     };
+    let mut settled = poll.settled;
     loop {
+        if let Some(at) = settled.take()
+            && let Some(Err(e)) = waiting
+                .until(client.wait_filters(&filters, at, waiting.left()))
+                .await
+        {
+            return Err(e.into());
+        }
         let at = client.engine().applied_index();
         // From the cursor's own entry (the rest of it may be new), keeping what is after it.
         let messages: Vec<_> = client
@@ -394,18 +567,21 @@ async fn positions(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Resul
             .take(poll.limit)
             .collect();
         if let Some(last) = messages.last() {
-            let messages: Vec<Value> = messages
+            let messages: Vec<Rendered> = messages
                 .iter()
                 .map(|m| {
                     let here = format!("{}.{}", m.message.log_index, m.message.sub);
-                    message_json(&String::from_utf8_lossy(&m.topic), &m.message, here)
+                    let topic = String::from_utf8_lossy(&m.topic);
+                    Rendered::new(&message_json(&topic, &m.message, here))
                 })
                 .collect();
             let next = format!("{}.{}", last.message.log_index, last.message.sub);
+            let settled = (messages.len() < poll.limit).then_some(at);
             return Ok(Batch {
                 messages,
                 next: Some(next),
                 reset: false,
+                settled,
             });
         }
         // Nothing up to `at`: the next read starts after it.
@@ -416,6 +592,7 @@ async fn positions(client: &Client, poll: &Poll, waiting: &mut Waiting) -> Resul
                 messages: Vec::new(),
                 next: Some(next),
                 reset: false,
+                settled: None,
             });
         }
         let left = waiting.left();

@@ -35,6 +35,8 @@ const DEFAULT_LIMIT: usize = 100;
 pub(crate) struct Rest {
     pub(crate) engine: Arc<Engine>,
     pub(crate) stopped: watch::Receiver<bool>,
+    /// The live tails SSE and WebSocket followers of a topic share (`hub.rs`).
+    pub(crate) hubs: Arc<crate::hub::Hubs>,
 }
 
 /// The REST routes; `stopped` turns true when the listener shuts down.
@@ -59,7 +61,11 @@ pub fn routes(engine: Arc<Engine>, stopped: watch::Receiver<bool>) -> Router {
         .route("/poll", get(crate::poll::poll))
         .route("/sse", get(crate::sse::sse))
         .route("/ws", get(crate::ws::ws))
-        .with_state(Rest { engine, stopped })
+        .with_state(Rest {
+            engine,
+            hubs: crate::hub::Hubs::new(stopped.clone()),
+            stopped,
+        })
 }
 
 /// A JSON error answer.
@@ -217,7 +223,7 @@ async fn publish(
             "the append stored nothing".into(),
         )
     })?;
-    let incarnation = engine.stream_info(0, &key)?.map_or(0, |i| i.incarnation);
+    let incarnation = engine.topic_head(0, &key).map_or(0, |h| h.incarnation);
     let body = json!({"id": id.to_string(), "cursor": cursor(id, incarnation)});
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
@@ -249,7 +255,7 @@ async fn history(
 ) -> Result<Response, Failure> {
     let client = client(&engine, &headers, query.as_deref())?;
     let key = topic_of(&topic)?;
-    let info = client.stream_info(0, &key)?.ok_or_else(|| {
+    let info = client.topic_head(0, &key)?.ok_or_else(|| {
         Failure(
             StatusCode::NOT_FOUND,
             "unknown_topic",
@@ -327,11 +333,11 @@ async fn list(
         if !topic_filter::filter_matches(filter.as_bytes(), &key) {
             continue;
         }
-        if let Some(info) = client.stream_info(0, &key)? {
+        if let Some(head) = client.topic_head(0, &key)? {
             topics.push(json!({
                 "topic": text(&key),
-                "length": info.length,
-                "last_id": info.last_generated_id.to_string(),
+                "length": head.length,
+                "last_id": head.last_id.to_string(),
             }));
         }
     }

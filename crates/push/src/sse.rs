@@ -27,7 +27,11 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// `GET /sse?topic=T[&topic=U]|filter=F[&after=CURSOR]`, or `Last-Event-ID` for `after`.
 pub async fn sse(
-    State(Rest { engine, stopped }): State<Rest>,
+    State(Rest {
+        engine,
+        stopped,
+        hubs,
+    }): State<Rest>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
@@ -42,7 +46,7 @@ pub async fn sse(
     }
     let hello = Event::default().retry(RETRY).comment("manifold");
     let events = stream::unfold(
-        Some(Follow::new(client, poll, stopped)),
+        Some(Follow::new(client, poll, stopped, Some(hubs))),
         |state| async move {
             let mut follow = state?;
             let batch = match follow.next().await {
@@ -63,11 +67,7 @@ pub async fn sse(
                 );
             }
             for m in &batch.messages {
-                let mut e = Event::default().data(m.to_string());
-                if let Some(c) = m["cursor"].as_str() {
-                    e = e.id(c);
-                }
-                out.push(e);
+                out.push(Event::default().data(&*m.json).id(&*m.cursor));
             }
             // The listener stops: the events read go out, then the stream ends.
             let go_on = !follow.stopped();

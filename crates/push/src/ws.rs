@@ -13,6 +13,7 @@
 //! principal.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -27,9 +28,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::groups::{self, Membership};
+use crate::hub::Hubs;
 use crate::poll::{Follow, Poll};
 use crate::rest::{Failure, Rest, client, cursor};
 
+/// The socket's read buffer to start with (tungstenite's default, 128 KiB, is zero-filled at
+/// the first read: 128 KiB of RSS per connection). Client frames are small; a larger one grows
+/// it.
+const READ_BUFFER: usize = 4096;
 /// Frames queued for a client at most.
 const OUTBOX: usize = 1024;
 /// A client whose queue stays full this long (it does not read) counts as too slow.
@@ -43,13 +49,19 @@ const DEFAULT_LAG_LIMIT: Duration = Duration::from_secs(60);
 /// `GET /ws`: upgrades (the principal is the request's: a token in the `Authorization` header,
 /// the `access_token` query parameter or the `manifold_token` cookie, or `default`).
 pub(crate) async fn ws(
-    State(Rest { engine, stopped }): State<Rest>,
+    State(Rest {
+        engine,
+        stopped,
+        hubs,
+    }): State<Rest>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Failure> {
     let client = client(&engine, &headers, query.as_deref())?;
-    Ok(upgrade.on_upgrade(move |socket| run(socket, client, stopped)))
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .on_upgrade(move |socket| run(socket, client, stopped, hubs)))
 }
 
 /// What the writer sends next.
@@ -59,7 +71,7 @@ enum Out {
     Close(u16, &'static str),
 }
 
-async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>) {
+async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>, hubs: Arc<Hubs>) {
     let (mut frames_out, mut frames_in) = socket.split();
     let (out, mut outbox) = mpsc::channel::<Out>(OUTBOX);
     // A subscription that found the outbox full asks for the slow-consumer close here (the
@@ -111,7 +123,8 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>) 
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
         };
-        let answer = handle(&text, &client, &out, &close, &stopped, &mut subs).await;
+        let follows = (&stopped, &hubs);
+        let answer = handle(&text, &client, &out, &close, follows, &mut subs).await;
         if out.send(Out::Text(answer.to_string())).await.is_err() {
             break;
         }
@@ -133,7 +146,7 @@ async fn handle(
     client: &Client,
     out: &mpsc::Sender<Out>,
     close: &watch::Sender<bool>,
-    stopped: &watch::Receiver<bool>,
+    (stopped, hubs): (&watch::Receiver<bool>, &Arc<Hubs>),
     subs: &mut HashMap<String, JoinHandle<()>>,
 ) -> Value {
     let bad = |reference: Option<&Value>, message: &str| error(reference, "bad_request", message);
@@ -169,7 +182,7 @@ async fn handle(
                 id.clone(),
                 out.clone(),
                 close.clone(),
-                stopped.clone(),
+                (stopped.clone(), hubs.clone()),
             ));
             subs.insert(id.clone(), task);
             json!({"type": "subscribed", "id": id, "ref": reference})
@@ -248,8 +261,8 @@ fn subscription(client: &Client, req: &Value) -> Result<Poll, Failure> {
             // Before the topic's first message, in its incarnation now (none yet: its first).
             ([topic], None) => {
                 let incarnation = client
-                    .stream_info(0, topic.as_bytes())?
-                    .map_or(0, |i| i.incarnation);
+                    .topic_head(0, topic.as_bytes())?
+                    .map_or(0, |h| h.incarnation);
                 cursor(manifold_core::store::StreamId::new(0, 0), incarnation)
             }
             _ => "0.0".to_string(),
@@ -276,9 +289,10 @@ async fn follow(
     id: String,
     out: mpsc::Sender<Out>,
     close: watch::Sender<bool>,
-    stopped: watch::Receiver<bool>,
+    (stopped, hubs): (watch::Receiver<bool>, Arc<Hubs>),
 ) {
-    let mut reads = Follow::new(client, poll, stopped);
+    let mut reads = Follow::new(client, poll, stopped, Some(hubs));
+    let frame_head = format!(r#"{{"type":"message","sub":{},"#, json!(id));
     loop {
         let batch = match reads.next().await {
             Ok(b) => b,
@@ -287,10 +301,7 @@ async fn follow(
                 return;
             }
         };
-        let oldest = batch
-            .messages
-            .first()
-            .and_then(|m| m["timestamp_ms"].as_u64());
+        let oldest = batch.messages.first().map(|m| m.timestamp_ms);
         if let (Some(limit), Some(oldest)) = (lag_limit, oldest)
             && now_ms().saturating_sub(oldest) > limit.as_millis() as u64
         {
@@ -298,20 +309,24 @@ async fn follow(
                 Ok(cursor) => json!({"type": "skipped", "sub": id, "cursor": cursor}),
                 Err(Failure(_, e, m)) => error(None, e, &m),
             };
-            if !queue(&out, &close, frame).await {
+            if !queue(&out, &close, frame.to_string()).await {
                 return;
             }
             continue;
         }
-        let reset = batch.reset.then(|| json!({"type": "reset", "sub": id}));
-        let messages = batch.messages.into_iter().map(|mut m| {
-            if let Value::Object(o) = &mut m {
-                o.insert("type".into(), Value::from("message"));
-                o.insert("sub".into(), Value::from(id.as_str()));
+        if batch.reset {
+            let frame = json!({"type": "reset", "sub": id}).to_string();
+            if !queue(&out, &close, frame).await {
+                return;
             }
-            m
-        });
-        for frame in reset.into_iter().chain(messages) {
+        }
+        for m in &batch.messages {
+            // The message's JSON as rendered once for every reader, after the frame's own
+            // fields: `{"type":"message","sub":S,` + the message's fields.
+            let body = m.json.strip_prefix('{').unwrap_or(&m.json);
+            let mut frame = String::with_capacity(frame_head.len() + body.len());
+            frame.push_str(&frame_head);
+            frame.push_str(body);
             if !queue(&out, &close, frame).await {
                 return;
             }
@@ -324,8 +339,14 @@ async fn follow(
 
 /// Queues a frame for the writer; `false` when the subscription is to end: the connection is
 /// gone, or its queue stayed full for `SLOW_AFTER` (too slow: it closes, the client resumes).
-async fn queue(out: &mpsc::Sender<Out>, close: &watch::Sender<bool>, frame: Value) -> bool {
-    match tokio::time::timeout(SLOW_AFTER, out.send(Out::Text(frame.to_string()))).await {
+async fn queue(out: &mpsc::Sender<Out>, close: &watch::Sender<bool>, frame: String) -> bool {
+    // Room in the queue (the common case): no timer.
+    let frame = match out.try_send(Out::Text(frame)) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(frame)) => frame,
+    };
+    match tokio::time::timeout(SLOW_AFTER, out.send(frame)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
@@ -413,6 +434,6 @@ async fn publish(client: &Client, req: &Value) -> Result<(String, String), Failu
         .append(append)
         .await?
         .ok_or_else(|| bad("nothing stored"))?;
-    let incarnation = client.stream_info(0, &key)?.map_or(0, |i| i.incarnation);
+    let incarnation = client.topic_head(0, &key)?.map_or(0, |h| h.incarnation);
     Ok((id.to_string(), cursor(id, incarnation)))
 }

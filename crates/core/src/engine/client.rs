@@ -243,6 +243,12 @@ impl Client {
         Ok(self.engine.retained_of(db, key))
     }
 
+    /// [`Engine::topic_head`], if it may subscribe to the key.
+    pub fn topic_head(&self, db: u8, key: &[u8]) -> Result<Option<super::TopicHead>> {
+        self.principal.check_subscribe(key)?;
+        Ok(self.engine.topic_head(db, key))
+    }
+
     /// [`Engine::find_by_key`], if it may subscribe to the topic.
     pub fn find_by_key(
         &self,

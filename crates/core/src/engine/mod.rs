@@ -792,6 +792,17 @@ pub enum Wake {
     Timeout,
 }
 
+/// A stream's place as [`Engine::topic_head`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicHead {
+    /// The log index of the entry that created this incarnation of the stream.
+    pub incarnation: LogIndex,
+    /// The last ID generated in it (XINFO's last-generated-id).
+    pub last_id: StreamId,
+    /// Live entries (XLEN).
+    pub length: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct ViewTopic {
     last_id: StreamId,
@@ -1716,6 +1727,7 @@ impl Engine {
 
     /// XINFO STREAM's fields this slice holds; `None` when the stream does not exist.
     pub fn stream_info(&self, db: u8, key: &[u8]) -> Result<Option<StreamInfo>> {
+        // (Two reads: the first and the last entry. `topic_head` has the rest without them.)
         let Some(t) = self.inner.store.topic(db, key) else {
             return Ok(None);
         };
@@ -1731,6 +1743,16 @@ impl Engine {
             last_entry: last.into_iter().next(),
             incarnation: t.incarnation,
         }))
+    }
+
+    /// The stream's incarnation, last ID and length as applied, without reading an entry (what
+    /// a reader following the stream by cursor needs on every round). `None` if it is missing.
+    pub fn topic_head(&self, db: u8, key: &[u8]) -> Option<TopicHead> {
+        self.inner.store.topic(db, key).map(|t| TopicHead {
+            incarnation: t.incarnation,
+            last_id: t.last_id,
+            length: t.live_len(),
+        })
     }
 
     /// Streams of `db` whose key matches the glob `pattern` (`*`, `?`, `[...]`, `\` escapes:

@@ -37,7 +37,10 @@ struct Waiting {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_topic: HashMap<TopicKey, Vec<u64>>,
+    /// Each topic's waiters by id: registration order (woken first come, first served; a
+    /// cancel is a lookup, not a scan — ten thousand followers of a topic each cancel their
+    /// wait once woken).
+    by_topic: HashMap<TopicKey, BTreeSet<u64>>,
     /// The filter of each filter waiter (db 0), in registration order (woken first come,
     /// first served; a cancel costs a lookup, not a scan).
     by_filter: BTreeMap<u64, Bytes>,
@@ -153,7 +156,7 @@ impl Waiters {
         inner.waiting.insert(id, Waiting { tx, order, after });
         self.counted(&inner);
         for t in topics {
-            inner.by_topic.entry(t.clone()).or_default().push(id);
+            inner.by_topic.entry(t.clone()).or_default().insert(id);
         }
         (id, rx)
     }
@@ -185,7 +188,7 @@ impl Waiters {
         inner.by_filter.remove(&id);
         for t in topics {
             if let Some(ids) = inner.by_topic.get_mut(t) {
-                ids.retain(|w| *w != id);
+                ids.remove(&id);
                 if ids.is_empty() {
                     inner.by_topic.remove(t);
                 }

@@ -50,8 +50,11 @@ async fn upgrade(State(broker): State<Broker>, ws: WebSocketUpgrade) -> Response
     }
     // A frame may carry a whole packet: as large as the broker takes, and some room.
     let max = broker.shared.config.max_packet_size as usize + 64 * 1024;
+    // A small read buffer to start with (tungstenite's 128 KiB default is zero-filled at the
+    // first read: resident for every connection); a larger frame grows it.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(4096)
         .on_upgrade(move |socket| broker.websocket(socket))
 }
 
