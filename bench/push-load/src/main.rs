@@ -225,10 +225,13 @@ async fn ws_fanout(args: &Args, subscribers: usize, rate: u64, seconds: u64) -> 
     let publish_addr = args.publish_http.clone().unwrap_or(args.http.clone());
     let mut publisher = Http::connect(&publish_addr).await?;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let cpu_before = cpu_ticks(args.pid)?;
     for _ in 0..expected {
         tick.tick().await;
         publish(&mut publisher, &args.topic, &now_us().to_string()).await?;
     }
+    // (Ticks are 10 ms: the server's CPU over the whole publishing, per delivery.)
+    let server_cpu_us = cpu_ticks(args.pid)?.saturating_sub(cpu_before) * 10_000;
     let rss_publishing = rss_kib(args.pid)?;
     let mut all = Vec::with_capacity(subscribers * expected as usize);
     let mut complete = 0;
@@ -253,13 +256,14 @@ async fn ws_fanout(args: &Args, subscribers: usize, rate: u64, seconds: u64) -> 
          deliveries={} expected={} complete_subscribers={complete} connect_s={connect_s:.1} \
          p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2} rss_before_kib={rss_before} \
          rss_connected_kib={rss_connected} rss_publishing_kib={rss_publishing} \
-         per_connection_kib={per_conn:.1}",
+         per_connection_kib={per_conn:.1} server_cpu_us_per_delivery={:.2}",
         all.len(),
         expected * subscribers as u64,
         percentile_ms(&all, 0.50),
         percentile_ms(&all, 0.99),
         percentile_ms(&all, 0.999),
         percentile_ms(&all, 1.0),
+        server_cpu_us as f64 / (expected as f64 * subscribers as f64),
     );
     drop(keep);
     Ok(())
@@ -281,6 +285,7 @@ async fn poll_wake(
     }
     let mut lat = Vec::with_capacity(waiters * rounds);
     let mut idle_cpu_pct = f64::NAN;
+    let mut wake_cpu_ticks = 0;
     let mut rss_waiting = 0;
     for round in 0..rounds {
         let path = format!(
@@ -315,6 +320,7 @@ async fn poll_wake(
         }
         drop(done_tx);
         let t0 = Instant::now();
+        let cpu_before = cpu_ticks(args.pid)?;
         cursor = publish(&mut publisher, &args.topic, &format!("round-{round}")).await?;
         let mut woke = 0;
         while let Some(at) = done_rx.recv().await {
@@ -329,17 +335,20 @@ async fn poll_wake(
             conns.push(c);
         }
         ensure!(woke == waiters, "round {round}: {woke} of {waiters} woke");
+        wake_cpu_ticks += cpu_ticks(args.pid)?.saturating_sub(cpu_before);
     }
     lat.sort_unstable();
     let per_waiter = rss_waiting.saturating_sub(rss_before) as f64 / waiters as f64;
     println!(
         "run=poll-wake waiters={waiters} rounds={rounds} wakes={} idle_seconds={idle_seconds} \
          idle_cpu_pct={idle_cpu_pct:.2} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} \
-         rss_before_kib={rss_before} rss_waiting_kib={rss_waiting} per_waiter_kib={per_waiter:.1}",
+         rss_before_kib={rss_before} rss_waiting_kib={rss_waiting} per_waiter_kib={per_waiter:.1} \
+         server_cpu_us_per_wake={:.2}",
         lat.len(),
         percentile_ms(&lat, 0.50),
         percentile_ms(&lat, 0.99),
         percentile_ms(&lat, 1.0),
+        (wake_cpu_ticks * 10_000) as f64 / lat.len() as f64,
     );
     Ok(())
 }

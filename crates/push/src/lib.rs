@@ -57,6 +57,11 @@ pub async fn serve(
     let app = router(engine, metrics, stopped.clone())
         .merge(more)
         .layer(axum::middleware::from_fn_with_state(cors, cors::layer));
+    // TCP_NODELAY: a pushed message goes out at once, not after the client's delayed ACK of
+    // the one before (Nagle), as the MQTT and RESP listeners do.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|s| *s).await;

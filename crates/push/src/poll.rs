@@ -157,18 +157,20 @@ pub(crate) fn duration(v: &str) -> Result<Duration, Failure> {
 /// group member: `...&group=G&consumer=C[&claim_idle=30s][&start=latest|earliest][&noack=1]`.
 pub async fn poll(
     State(Rest {
-        engine, stopped, ..
+        engine,
+        stopped,
+        hubs,
     }): State<Rest>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
     let client = client(&engine, &headers, query.as_deref())?;
     let poll = parse(query.as_deref())?;
-    let mut waiting = Waiting {
-        deadline: Instant::now() + poll.timeout,
-        stopped,
-    };
-    let batch = next_batch(&client, &poll, &mut waiting).await?;
+    let deadline = Instant::now() + poll.timeout;
+    // A poll of one topic at its head waits on the topic's hub, as SSE and WebSocket followers.
+    let batch = Follow::new(client, poll, stopped, Some(hubs))
+        .next_until(deadline)
+        .await?;
     // The messages as rendered (shared), the rest around them.
     let mut body = String::from("{\"messages\":[");
     for (k, m) in batch.messages.iter().enumerate() {
@@ -259,17 +261,24 @@ impl Follow {
 
     /// The next batch, waited for; the next one starts after it.
     pub(crate) async fn next(&mut self) -> Result<Batch, Failure> {
+        self.next_until(Instant::now() + ROUND).await
+    }
+
+    /// The next batch, waited for until `deadline` (then empty, with the cursor to go on from).
+    /// A follower of one topic that finds nothing new joins the topic's hub and waits there.
+    pub(crate) async fn next_until(&mut self, deadline: Instant) -> Result<Batch, Failure> {
         loop {
             if self.live.is_some()
                 && !self.catch_up
-                && let Some(batch) = self.next_live().await
+                && let Some(batch) = self.next_live(deadline).await
             {
                 return Ok(batch);
             }
-            let catching_up = std::mem::take(&mut self.catch_up);
-            let wait = if catching_up { Duration::ZERO } else { ROUND };
+            // A follower that may use a hub looks without waiting first.
+            let hub_ready = self.hubs.is_some() && self.live.is_none();
+            let wait_here = !(hub_ready || self.catch_up);
             let mut waiting = Waiting {
-                deadline: Instant::now() + wait,
+                deadline: if wait_here { deadline } else { Instant::now() },
                 stopped: self.stopped.clone(),
             };
             let batch = next_batch(&self.client, &self.poll, &mut waiting).await?;
@@ -277,24 +286,41 @@ impl Follow {
                 self.poll.after = Some(next.clone());
             }
             self.poll.settled = batch.settled;
-            if catching_up && batch.messages.is_empty() && !batch.reset && !self.stopped() {
+            let found = !batch.messages.is_empty() || batch.reset;
+            if found || wait_here || self.stopped() || Instant::now() >= deadline {
+                return Ok(batch);
+            }
+            if std::mem::take(&mut self.catch_up) {
                 continue; // nothing came before joining: on to the hub
             }
-            if self.live.is_none()
-                && batch.settled.is_some()
-                && let Some(hubs) = &self.hubs
-            {
-                self.live = Some(hubs.join(&self.client, &self.poll.topics[0]));
-                self.catch_up = true;
+            match (&self.hubs, &self.poll.after) {
+                // At the head: wait on the topic's hub, after one more look (what was committed
+                // before joining is not in it).
+                (Some(hubs), Some(_)) => {
+                    self.live = Some(hubs.join(&self.client, &self.poll.topics[0]));
+                    self.catch_up = true;
+                }
+                // The topic is not there yet: wait on the engine.
+                _ => {
+                    let mut waiting = Waiting {
+                        deadline,
+                        stopped: self.stopped.clone(),
+                    };
+                    let batch = next_batch(&self.client, &self.poll, &mut waiting).await?;
+                    if let Some(next) = &batch.next {
+                        self.poll.after = Some(next.clone());
+                    }
+                    self.poll.settled = batch.settled;
+                    return Ok(batch);
+                }
             }
-            return Ok(batch);
         }
     }
 
     /// The hub's next messages after the cursor (waited for); `None` when the follower must
     /// read by cursor instead (it fell too far behind, the topic was created again, the hub
     /// stopped): it leaves the hub.
-    async fn next_live(&mut self) -> Option<Batch> {
+    async fn next_live(&mut self, deadline: Instant) -> Option<Batch> {
         let Some((mut last, incarnation)) = self
             .poll
             .after
@@ -310,7 +336,11 @@ impl Follow {
             // (A shutdown stops the hub: this ends with `Closed`, and the read by cursor that
             // follows sees the shutdown.)
             let item = if messages.is_empty() {
-                rx.recv().await
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(item) => item,
+                    // Nothing before the deadline: an empty batch, the cursor as it was.
+                    Err(_) => break,
+                }
             } else {
                 match rx.try_recv() {
                     Ok(item) => Ok(item),
@@ -338,8 +368,14 @@ impl Follow {
                         }
                     }
                 }
-                _ => {
+                other => {
                     self.live = None;
+                    if matches!(other, Err(broadcast::error::RecvError::Closed)) && !self.stopped()
+                    {
+                        // The hub stopped on a failed read: this follower waits on the engine
+                        // from now on (and meets the failure itself if it lasts).
+                        self.hubs = None;
+                    }
                     if messages.is_empty() {
                         return None;
                     }
@@ -347,10 +383,11 @@ impl Follow {
                 }
             }
         }
-        let next = messages.last().map(|m| m.cursor.to_string());
-        if next.is_some() {
-            self.poll.after = next.clone();
-        }
+        let next = match messages.last() {
+            Some(m) => Some(m.cursor.to_string()),
+            None => self.poll.after.clone(),
+        };
+        self.poll.after = next.clone();
         self.poll.settled = None;
         Some(Batch {
             messages,

@@ -36,6 +36,8 @@ use crate::rest::{Failure, Rest, client, cursor};
 /// the first read: 128 KiB of RSS per connection). Client frames are small; a larger one grows
 /// it.
 const READ_BUFFER: usize = 4096;
+/// Frames the writer sends with one flush at most.
+const WRITE_BATCH: usize = 64;
 /// Frames queued for a client at most.
 const OUTBOX: usize = 1024;
 /// A client whose queue stays full this long (it does not read) counts as too slow.
@@ -76,18 +78,22 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>, 
     let (out, mut outbox) = mpsc::channel::<Out>(OUTBOX);
     // A subscription that found the outbox full asks for the slow-consumer close here (the
     // outbox itself is full).
-    let (close, mut closing) = watch::channel(false);
+    let (close, closing) = watch::channel(false);
     let writer = tokio::spawn(async move {
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = closing.wait_for(|c| *c) => {
-                    Some(Out::Close(SLOW_CONSUMER, "too slow: reconnect from your last cursor"))
-                }
-                o = outbox.recv() => o,
+            // (Asked for only while the outbox is full: this writer is then between sends,
+            // never waiting for the outbox.)
+            let next = if *closing.borrow() {
+                Some(Out::Close(
+                    SLOW_CONSUMER,
+                    "too slow: reconnect from your last cursor",
+                ))
+            } else {
+                outbox.recv().await
             };
-            let frame = match next {
-                Some(Out::Text(t)) => Message::Text(Utf8Bytes::from(t)),
+            // The frames queued now go out together, with one flush.
+            let mut text = match next {
+                Some(Out::Text(t)) => t,
                 Some(Out::Close(code, reason)) => {
                     let frame = CloseFrame {
                         code,
@@ -98,7 +104,38 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>, 
                 }
                 None => return,
             };
-            if frames_out.send(frame).await.is_err() {
+            let mut more = WRITE_BATCH;
+            loop {
+                if frames_out
+                    .feed(Message::Text(Utf8Bytes::from(text)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                more -= 1;
+                match outbox.try_recv() {
+                    Ok(Out::Text(t)) if more > 0 => text = t,
+                    Ok(Out::Text(t)) => {
+                        // Sent after this flush.
+                        if frames_out.flush().await.is_err() {
+                            return;
+                        }
+                        more = WRITE_BATCH;
+                        text = t;
+                    }
+                    Ok(Out::Close(code, reason)) => {
+                        let frame = CloseFrame {
+                            code,
+                            reason: Utf8Bytes::from_static(reason),
+                        };
+                        let _ = frames_out.send(Message::Close(Some(frame))).await;
+                        return;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if frames_out.flush().await.is_err() {
                 return;
             }
         }
