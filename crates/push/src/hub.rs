@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use manifold_core::engine::Client;
@@ -24,8 +25,11 @@ use tokio::sync::{broadcast, watch};
 
 use crate::poll::{Follow, Poll, Rendered};
 
-/// Messages a hub holds for its slowest follower; one further behind reads by cursor.
-const CAPACITY: usize = 1024;
+/// Messages a hub holds for its slowest follower; one further behind reads by cursor. (The
+/// ring is allocated whole: about 100 bytes a message, per followed topic.)
+const CAPACITY: usize = 128;
+/// How often a hub without messages looks whether anyone still follows it.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 /// What a hub hands its followers.
 #[derive(Debug, Clone)]
@@ -125,8 +129,9 @@ impl Hubs {
 }
 
 /// A hub: follows the topic from its head as it is when the hub starts, and hands each batch to
-/// the followers, until none is left (checked as each batch comes), the listener stops, or a
-/// read fails (its followers then read by cursor, and meet the failure themselves).
+/// the followers, until none is left (checked as each batch comes, and every `IDLE_CHECK`),
+/// the listener stops, or a read fails (its followers then read by cursor, and meet the
+/// failure themselves).
 async fn run(
     hubs: Arc<Hubs>,
     client: Client,
@@ -144,7 +149,8 @@ async fn run(
         if hubs.leave(&key, &tx, generation, false) {
             return;
         }
-        let Ok(batch) = follow.next().await else {
+        let deadline = tokio::time::Instant::now() + IDLE_CHECK;
+        let Ok(batch) = follow.next_until(deadline).await else {
             hubs.leave(&key, &tx, generation, true);
             return;
         };
