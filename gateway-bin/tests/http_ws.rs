@@ -55,6 +55,25 @@ fn messages(ws: &mut Socket, n: usize) -> anyhow::Result<(Vec<Value>, Vec<Value>
     Ok((got, other))
 }
 
+/// `n` messages of 8 KiB (payload `00000xxx…`, numbered) into `topic`, XADDs pipelined over
+/// RESP; the connection, for more.
+fn big_messages(node: &Node, topic: &str, n: usize) -> anyhow::Result<redis::Connection> {
+    let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp))?;
+    let mut con = redis.get_connection()?;
+    let body = "x".repeat(8192);
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("XADD")
+            .arg(topic)
+            .arg("*")
+            .arg("payload")
+            .arg(format!("{i:05}{body}"))
+            .ignore();
+    }
+    pipe.query::<()>(&mut con)?;
+    Ok(con)
+}
+
 #[test]
 fn websocket_subscribe_publish_and_resume() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -137,19 +156,7 @@ fn a_slow_client_is_closed_with_4008_and_resumes_from_its_cursor() -> anyhow::Re
     )?;
     ensure!(next(&mut ws)?["type"] == "subscribed");
     // 3000 messages of 8 KiB: far more than the queue and the socket buffers hold.
-    let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp))?;
-    let mut con = redis.get_connection()?;
-    let body = "x".repeat(8192);
-    let mut pipe = redis::pipe();
-    for i in 0..N {
-        pipe.cmd("XADD")
-            .arg("big")
-            .arg("*")
-            .arg("payload")
-            .arg(format!("{i:05}{body}"))
-            .ignore();
-    }
-    pipe.query::<()>(&mut con)?;
+    big_messages(&node, "big", N)?;
     // Not reading for longer than the server waits for room in a full queue (5 s).
     std::thread::sleep(Duration::from_secs(8));
     // Now read: messages, then the close.
@@ -203,19 +210,7 @@ fn a_live_tail_too_far_behind_skips_to_the_head() -> anyhow::Result<()> {
         json!({"type": "subscribe", "id": "live", "topic": "telemetry", "lag_limit_ms": 300}),
     )?;
     ensure!(next(&mut ws)?["type"] == "subscribed");
-    let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp))?;
-    let mut con = redis.get_connection()?;
-    let body = "x".repeat(8192);
-    let mut pipe = redis::pipe();
-    for i in 0..N {
-        pipe.cmd("XADD")
-            .arg("telemetry")
-            .arg("*")
-            .arg("payload")
-            .arg(format!("{i:05}{body}"))
-            .ignore();
-    }
-    pipe.query::<()>(&mut con)?;
+    let mut con = big_messages(&node, "telemetry", N)?;
     // Not reading for a while (less than the 5 s that close a full queue): the tail falls
     // behind by more than its limit. (It may fall behind while the messages are still being
     // stored, too: then it skips to the head of that moment and goes on from there.)

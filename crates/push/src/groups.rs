@@ -492,13 +492,9 @@ pub(crate) async fn list(
 ) -> Result<Response, Failure> {
     let client = client(&engine, &headers, query.as_deref())?;
     let key = topic_of(&topic)?;
-    let groups = client.groups_info(0, &key)?.ok_or_else(|| {
-        Failure(
-            StatusCode::NOT_FOUND,
-            "unknown_topic",
-            format!("no topic {topic:?}"),
-        )
-    })?;
+    let groups = client
+        .groups_info(0, &key)?
+        .ok_or_else(|| crate::rest::unknown_topic(&topic))?;
     let mut out = Vec::with_capacity(groups.len());
     for g in groups {
         let consumers: Vec<Value> = client

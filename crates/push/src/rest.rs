@@ -255,13 +255,9 @@ async fn history(
 ) -> Result<Response, Failure> {
     let client = client(&engine, &headers, query.as_deref())?;
     let key = topic_of(&topic)?;
-    let info = client.topic_head(0, &key)?.ok_or_else(|| {
-        Failure(
-            StatusCode::NOT_FOUND,
-            "unknown_topic",
-            format!("no topic {topic:?}"),
-        )
-    })?;
+    let info = client
+        .topic_head(0, &key)?
+        .ok_or_else(|| unknown_topic(&topic))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     if let Some(message_key) = &q.key {
         let from = q.from.unwrap_or(0);
@@ -342,6 +338,15 @@ async fn list(
         }
     }
     Ok(axum::Json(json!({ "topics": topics })).into_response())
+}
+
+/// The answer about a topic that does not exist (404 `unknown_topic`).
+pub(crate) fn unknown_topic(topic: &str) -> Failure {
+    Failure(
+        StatusCode::NOT_FOUND,
+        "unknown_topic",
+        format!("no topic {topic:?}"),
+    )
 }
 
 /// A message's cursor: `ID@INCARNATION`.
