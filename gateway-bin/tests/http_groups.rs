@@ -339,3 +339,62 @@ fn websocket_members_of_a_filter_group_share_mqtt_messages_and_ack() -> anyhow::
     ensure!(of_type(&error[0], "error")[0]["error"] == "bad_request");
     Ok(())
 }
+
+/// `GET /groups` lists every topic's groups, whatever made them; `GET /mqtt/clients` the MQTT
+/// sessions, connected ones with their node and subscriptions, and a persistent one after its
+/// client left.
+#[test]
+fn groups_and_mqtt_clients_are_listed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let c = http()?;
+    publish(&c, &node, "orders", "o1")?;
+    ensure!(node.resp(&["XGROUP", "CREATE", "orders", "billing", "0"])? == "+OK");
+    let get = |path: &str| -> anyhow::Result<Value> {
+        Ok(c.get(format!("http://127.0.0.1:{}{path}", node.http))
+            .send()?
+            .json()?)
+    };
+    let groups = get("/groups")?;
+    ensure!(
+        groups["groups"]
+            == json!([{"topic": "orders", "name": "billing", "consumers": 0, "pending": 0,
+                       "lag": 1, "last_delivered_id": "0-0"}]),
+        "{groups}"
+    );
+    // A persistent MQTT session (clean session off), connected, then gone.
+    let mut watcher = node.subscribe(&["-i", "watcher", "-c", "-q", "1", "-t", "orders/#"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let clients = loop {
+        let v = get("/mqtt/clients")?;
+        if v["connected"] == 1 {
+            break v;
+        }
+        ensure!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let one = &clients["clients"][0];
+    ensure!(
+        one["client_id"] == "watcher"
+            && one["connected"] == true
+            && one["node"] == 1
+            && one["subscriptions"] == json!(["orders/#"]),
+        "{clients}"
+    );
+    watcher.kill()?;
+    watcher.wait()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = get("/mqtt/clients")?;
+        if v["connected"] == 0 {
+            ensure!(
+                v["total"] == 1 && v["clients"][0]["connected"] == false,
+                "{v}"
+            );
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

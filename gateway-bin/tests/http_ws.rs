@@ -325,3 +325,42 @@ fn many_followers_of_a_topic_each_get_every_message_once_in_order() -> anyhow::R
     }
     Ok(())
 }
+
+/// A client frame larger than the largest message (16 MiB) and its JSON's room closes that
+/// connection (1009, message too big) without storing anything; others go on.
+#[test]
+fn an_oversized_frame_closes_the_connection() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    let mut ws = open(&node)?;
+    let payload = "x".repeat(17 << 20);
+    let frame = format!(r#"{{"type":"publish","topic":"huge","payload":"{payload}"}}"#);
+    // The server may close before the whole frame is written.
+    let _ = ws.send(Message::text(frame));
+    let closed = loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(Message::Text(t)) => bail!("answered instead of closing: {t}"),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!("the connection stayed open")
+            }
+            // Reset or ended without a close frame.
+            Err(_) => break None,
+        }
+    };
+    ensure!(
+        closed.is_none_or(|code| code == 1009),
+        "closed with {closed:?}"
+    );
+    ensure!(node.resp(&["EXISTS", "huge"])? == ":0");
+    let mut again = open(&node)?;
+    send(&mut again, json!({"type": "ping", "ref": 1}))?;
+    ensure!(next(&mut again)?["type"] == "pong");
+    Ok(())
+}

@@ -61,8 +61,13 @@ pub(crate) async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Failure> {
     let client = client(&engine, &headers, query.as_deref())?;
+    // A client frame at most as large as the largest message and some room for its JSON (not
+    // tungstenite's 64 MiB); a larger one closes the connection with 1009.
+    let max = engine.max_message_bytes().saturating_add(64 * 1024);
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
         .on_upgrade(move |socket| run(socket, client, stopped, hubs)))
 }
 
