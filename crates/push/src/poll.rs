@@ -1,7 +1,9 @@
 //! Long-polling (`GET /poll`): answers as soon as anything after the cursor exists, else with
 //! no messages when the timeout passes — always with the cursor to poll from next. A wait is
 //! one of the engine's waiters (woken by the commit that adds to its topics; nothing runs
-//! while it waits). A shutdown of the listener answers waiting polls at once.
+//! while it waits), or for one topic at its head a place on the topic's hub (`hub.rs`). A
+//! shutdown of the listener answers waiting polls at once. `Follow` is the same reading for
+//! the streams that never time out (SSE, WebSocket subscriptions).
 //!
 //! One topic (`topic=T`) pages by that topic's cursor (`ID@INCARNATION`, as the history);
 //! several (`topic=A&topic=B`) or an MQTT filter (`filter=sensors/+`) by a position in the
