@@ -7,25 +7,18 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use common::group::{Node, group, leader};
+use common::ws::{self, Socket};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
-
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+use tungstenite::Message;
 
 fn open(node: &Node) -> anyhow::Result<Socket> {
-    let (ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{}/ws", node.http))?;
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    }
-    Ok(ws)
+    ws::open(node.http, Duration::from_secs(20))
 }
 
 /// The next `n` messages' payloads and the last one's cursor.

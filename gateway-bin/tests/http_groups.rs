@@ -7,16 +7,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use common::mqtt::{Node, node};
+use common::ws::{self, Socket, send, try_next};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
 
 fn http() -> anyhow::Result<Client> {
     Ok(Client::builder().timeout(Duration::from_secs(20)).build()?)
@@ -196,39 +194,8 @@ fn long_poll_members_share_a_group_ack_and_take_over_idle_messages() -> anyhow::
     Ok(())
 }
 
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
-
 fn open(node: &Node) -> anyhow::Result<Socket> {
-    let (ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{}/ws", node.http))?;
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_millis(300)))?;
-    }
-    Ok(ws)
-}
-
-fn send(ws: &mut Socket, v: Value) -> anyhow::Result<()> {
-    ws.send(Message::text(v.to_string()))?;
-    Ok(())
-}
-
-/// The next JSON frame, or `None` if none comes in 300 ms.
-fn next(ws: &mut Socket) -> anyhow::Result<Option<Value>> {
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => return Ok(Some(serde_json::from_str(t.as_str())?)),
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
-            Ok(other) => bail!("a text frame expected: {other:?}"),
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    ws::open(node.http, Duration::from_millis(300))
 }
 
 /// Frames of type `kind` from either socket until `until` holds or 10 s pass.
@@ -241,7 +208,7 @@ fn collect(
     while !until(&got) {
         ensure!(Instant::now() < deadline, "only {got:?}");
         for (i, ws) in sockets.iter_mut().enumerate() {
-            if let Some(v) = next(ws)? {
+            if let Some(v) = try_next(ws)? {
                 got[i].push(v);
             }
         }

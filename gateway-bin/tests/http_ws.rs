@@ -6,39 +6,19 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use common::mqtt::{Node, node};
+use common::ws::{self, Socket, next, send};
 use serde_json::{Value, json};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+/// How long a read waits for a frame.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn open(node: &Node) -> anyhow::Result<Socket> {
-    let (ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{}/ws", node.http))?;
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    }
-    Ok(ws)
-}
-
-fn send(ws: &mut Socket, v: Value) -> anyhow::Result<()> {
-    ws.send(Message::text(v.to_string()))?;
-    Ok(())
-}
-
-/// The next JSON frame.
-fn next(ws: &mut Socket) -> anyhow::Result<Value> {
-    loop {
-        match ws.read()? {
-            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => bail!("a text frame expected: {other:?}"),
-        }
-    }
+    ws::open(node.http, TIMEOUT)
 }
 
 /// Frames until `n` of type `message` came; the others too.
@@ -216,9 +196,7 @@ fn a_live_tail_too_far_behind_skips_to_the_head() -> anyhow::Result<()> {
     // stored, too: then it skips to the head of that moment and goes on from there.)
     std::thread::sleep(Duration::from_millis(1500));
     // Every frame until the stream goes quiet: messages in order, each after the last skip.
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_millis(800)))?;
-    }
+    ws::set_timeout(&ws, Duration::from_millis(800))?;
     let (mut seen, mut skips) = (0usize, 0usize);
     let mut last = (0u64, 0u64);
     let id_of = |s: &str| -> anyhow::Result<(u64, u64)> {
@@ -226,20 +204,7 @@ fn a_live_tail_too_far_behind_skips_to_the_head() -> anyhow::Result<()> {
         let (ms, seq) = id.split_once('-').context("id")?;
         Ok((ms.parse()?, seq.parse()?))
     };
-    loop {
-        let frame = match ws.read() {
-            Ok(Message::Text(t)) => serde_json::from_str::<Value>(t.as_str())?,
-            Ok(_) => continue,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break;
-            }
-            Err(e) => return Err(e.into()),
-        };
+    while let Some(frame) = ws::try_next(&mut ws)? {
         match frame["type"].as_str() {
             Some("message") => {
                 let id = id_of(frame["id"].as_str().context("id")?)?;
@@ -259,9 +224,7 @@ fn a_live_tail_too_far_behind_skips_to_the_head() -> anyhow::Result<()> {
     }
     ensure!(skips >= 1 && seen < N, "{skips} skips, {seen} messages");
     // At the head now: what comes next arrives.
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    }
+    ws::set_timeout(&ws, TIMEOUT)?;
     let _: String = redis::cmd("XADD")
         .arg(&["telemetry", "*", "payload", "fresh"])
         .query(&mut con)?;

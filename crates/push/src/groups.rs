@@ -109,7 +109,7 @@ pub(crate) async fn next_batch(
                         .extend(claim_topic(client, key, &group, &consumer, member, room).await?);
                 }
                 let room = limit.saturating_sub(messages.len());
-                if room > 0 && has_new(client, &keys, &group) {
+                if room > 0 && keys.iter().any(|k| client.group_has_new(0, k, &group)) {
                     messages
                         .extend(read_new(client, &keys, &group, &consumer, member, room).await?);
                 }
@@ -265,24 +265,6 @@ fn read_or_gone<T: Default>(r: Result<T, EngineError>) -> Result<T, Failure> {
 
 fn incarnation(client: &Client, key: &[u8]) -> Result<u64, Failure> {
     Ok(client.topic_head(0, key)?.map_or(0, |h| h.incarnation))
-}
-
-/// Whether a topic has messages after its group's last delivered one.
-fn has_new(client: &Client, keys: &[Bytes], group: &[u8]) -> bool {
-    keys.iter().any(|key| {
-        let last = client
-            .stream_info(0, key)
-            .ok()
-            .flatten()
-            .and_then(|i| i.last_entry.map(|m| m.id));
-        let delivered = client
-            .groups_info(0, key)
-            .ok()
-            .flatten()
-            .and_then(|g| g.into_iter().find(|g| g.name.as_ref() == group))
-            .map(|g| g.last_delivered_id);
-        matches!((last, delivered), (Some(last), Some(delivered)) if last > delivered)
-    })
 }
 
 /// New messages of the topics for `consumer` (one XREADGROUP `>` command).

@@ -279,15 +279,9 @@ impl Follow {
             // A follower that may use a hub looks without waiting first.
             let hub_ready = self.hubs.is_some() && self.live.is_none();
             let wait_here = !(hub_ready || self.catch_up);
-            let mut waiting = Waiting {
-                deadline: if wait_here { deadline } else { Instant::now() },
-                stopped: self.stopped.clone(),
-            };
-            let batch = next_batch(&self.client, &self.poll, &mut waiting).await?;
-            if let Some(next) = &batch.next {
-                self.poll.after = Some(next.clone());
-            }
-            self.poll.settled = batch.settled;
+            let batch = self
+                .read(if wait_here { deadline } else { Instant::now() })
+                .await?;
             let found = !batch.messages.is_empty() || batch.reset;
             if found || wait_here || self.stopped() || Instant::now() >= deadline {
                 return Ok(batch);
@@ -303,20 +297,24 @@ impl Follow {
                     self.catch_up = true;
                 }
                 // The topic is not there yet: wait on the engine.
-                _ => {
-                    let mut waiting = Waiting {
-                        deadline,
-                        stopped: self.stopped.clone(),
-                    };
-                    let batch = next_batch(&self.client, &self.poll, &mut waiting).await?;
-                    if let Some(next) = &batch.next {
-                        self.poll.after = Some(next.clone());
-                    }
-                    self.poll.settled = batch.settled;
-                    return Ok(batch);
-                }
+                _ => return self.read(deadline).await,
             }
         }
+    }
+
+    /// One read by cursor, waiting for something new until `deadline`; the cursor goes on
+    /// after it.
+    async fn read(&mut self, deadline: Instant) -> Result<Batch, Failure> {
+        let mut waiting = Waiting {
+            deadline,
+            stopped: self.stopped.clone(),
+        };
+        let batch = next_batch(&self.client, &self.poll, &mut waiting).await?;
+        if let Some(next) = &batch.next {
+            self.poll.after = Some(next.clone());
+        }
+        self.poll.settled = batch.settled;
+        Ok(batch)
     }
 
     /// The hub's next messages after the cursor (waited for); `None` when the follower must

@@ -100,11 +100,7 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>, 
             let mut text = match next {
                 Some(Out::Text(t)) => t,
                 Some(Out::Close(code, reason)) => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from_static(reason),
-                    };
-                    let _ = frames_out.send(Message::Close(Some(frame))).await;
+                    let _ = frames_out.send(close_frame(code, reason)).await;
                     return;
                 }
                 None => return,
@@ -130,11 +126,7 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>, 
                         text = t;
                     }
                     Ok(Out::Close(code, reason)) => {
-                        let frame = CloseFrame {
-                            code,
-                            reason: Utf8Bytes::from_static(reason),
-                        };
-                        let _ = frames_out.send(Message::Close(Some(frame))).await;
+                        let _ = frames_out.send(close_frame(code, reason)).await;
                         return;
                     }
                     Err(_) => break,
@@ -176,6 +168,13 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>, 
     }
     drop(out);
     let _ = writer.await;
+}
+
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
 }
 
 fn error(reference: Option<&Value>, error: &str, message: &str) -> Value {

@@ -4,6 +4,7 @@
 
 pub mod group;
 pub mod mqtt;
+pub mod ws;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -453,6 +453,11 @@ impl Client {
         self.engine.pending(db, key, group, query)
     }
 
+    /// [`Engine::group_has_new`] (false if it may not subscribe to the key).
+    pub fn group_has_new(&self, db: u8, key: &[u8], group: &[u8]) -> bool {
+        self.principal.may_subscribe(key) && self.engine.group_has_new(db, key, group)
+    }
+
     /// [`Engine::groups_info`], if it may subscribe to the key.
     pub fn groups_info(&self, db: u8, key: &[u8]) -> Result<Option<Vec<GroupInfo>>> {
         self.principal.check_subscribe(key)?;

@@ -396,6 +396,33 @@ impl Engine {
         ))
     }
 
+    /// Whether the stream has a live entry after the group's last delivered ID: whether a `>`
+    /// read would find something (a blocked group reader logs no read that would not). False
+    /// when the stream or the group is missing.
+    pub fn group_has_new(&self, db: u8, key: &[u8], group: &[u8]) -> bool {
+        let delivered = {
+            let state = self.inner.lock_state();
+            let Some(g) = state
+                .groups
+                .streams
+                .get(&(db, Bytes::copy_from_slice(key)))
+                .and_then(|groups| groups.get(group))
+            else {
+                return false;
+            };
+            g.last_id
+        };
+        let newest = self.read_range(
+            db,
+            key,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            Some(1),
+            true,
+        );
+        newest.is_ok_and(|m| m.first().is_some_and(|m| m.id > delivered))
+    }
+
     /// Every consumer group as `(db, stream, info)`, in stream order, at most `limit` of
     /// them (metrics); streams whose facts cannot be read are left out.
     pub fn all_groups_info(&self, limit: usize) -> Vec<(u8, Bytes, GroupInfo)> {

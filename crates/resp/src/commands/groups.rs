@@ -407,23 +407,9 @@ pub async fn xreadgroup(ctx: &mut Ctx<'_>) -> Result<Reply> {
 
 /// Whether any `>` stream has entries after its group's last delivered ID.
 fn has_new(client: &Client, db: u8, streams: &[(Bytes, ReadFrom)], group: &[u8]) -> bool {
-    streams.iter().any(|(key, _)| {
-        let last = client
-            .stream_info(db, key)
-            .ok()
-            .flatten()
-            .and_then(|i| i.last_entry.map(|m| m.id));
-        let delivered = client
-            .groups_info(db, key)
-            .ok()
-            .flatten()
-            .and_then(|g| g.into_iter().find(|g| g.name.as_ref() == group))
-            .map(|g| g.last_delivered_id);
-        match (last, delivered) {
-            (Some(last), Some(delivered)) => last > delivered,
-            _ => false,
-        }
-    })
+    streams
+        .iter()
+        .any(|(key, _)| client.group_has_new(db, key, group))
 }
 
 /// XACK key group id [id ...]: a missing key or group answers 0 before the IDs are read.
