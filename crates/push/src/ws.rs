@@ -159,7 +159,9 @@ async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>, 
         };
         let follows = (&stopped, &hubs);
         let answer = handle(&text, &client, &out, &close, follows, &mut subs).await;
-        if out.send(Out::Text(answer.to_string())).await.is_err() {
+        if let Some(answer) = answer
+            && out.send(Out::Text(answer.to_string())).await.is_err()
+        {
             break;
         }
     }
@@ -181,7 +183,8 @@ fn error(reference: Option<&Value>, error: &str, message: &str) -> Value {
     json!({"type": "error", "ref": reference, "error": error, "message": message})
 }
 
-/// One client frame; the answer to send.
+/// One client frame; the answer to send (`None`: already queued, as a subscribe's is, before
+/// its first message).
 async fn handle(
     text: &str,
     client: &Client,
@@ -189,24 +192,24 @@ async fn handle(
     close: &watch::Sender<bool>,
     (stopped, hubs): (&watch::Receiver<bool>, &Arc<Hubs>),
     subs: &mut HashMap<String, JoinHandle<()>>,
-) -> Value {
+) -> Option<Value> {
     let bad = |reference: Option<&Value>, message: &str| error(reference, "bad_request", message);
     let Ok(req) = serde_json::from_str::<Value>(text) else {
-        return bad(None, "a frame is a JSON object");
+        return Some(bad(None, "a frame is a JSON object"));
     };
     let reference = req.get("ref");
-    match req["type"].as_str() {
+    Some(match req["type"].as_str() {
         Some("ping") => json!({"type": "pong", "ref": reference}),
         Some("subscribe") => {
             let Some(id) = req["id"].as_str().map(String::from) else {
-                return bad(reference, "subscribe needs an id");
+                return Some(bad(reference, "subscribe needs an id"));
             };
             if subs.contains_key(&id) {
-                return bad(reference, "a subscription with this id exists");
+                return Some(bad(reference, "a subscription with this id exists"));
             }
             let poll = match subscription(client, &req) {
                 Ok(p) => p,
-                Err(Failure(_, e, m)) => return error(reference, e, &m),
+                Err(Failure(_, e, m)) => return Some(error(reference, e, &m)),
             };
             // Only a live tail passes messages over: a subscription from a cursor or the
             // earliest, or a group member's, gets every one.
@@ -216,6 +219,9 @@ async fn handle(
                 .as_u64()
                 .map_or(DEFAULT_LAG_LIMIT, Duration::from_millis);
             let lag_limit = (live && !lag_limit.is_zero()).then_some(lag_limit);
+            // The answer goes ahead of the subscription's first message.
+            let answer = json!({"type": "subscribed", "id": id, "ref": reference});
+            out.send(Out::Text(answer.to_string())).await.ok()?;
             let task = tokio::spawn(follow(
                 client.clone(),
                 poll,
@@ -225,8 +231,8 @@ async fn handle(
                 close.clone(),
                 (stopped.clone(), hubs.clone()),
             ));
-            subs.insert(id.clone(), task);
-            json!({"type": "subscribed", "id": id, "ref": reference})
+            subs.insert(id, task);
+            return None;
         }
         Some("unsubscribe") => {
             let id = req["id"].as_str().unwrap_or_default();
@@ -252,7 +258,7 @@ async fn handle(
             reference,
             "type is subscribe, unsubscribe, publish, ack or ping",
         ),
-    }
+    })
 }
 
 /// A subscribe frame's reads: `topic`, `topics` or `filter`, and `from`: `latest` (default),
