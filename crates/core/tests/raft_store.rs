@@ -1,26 +1,43 @@
-//! Raft over the real store: 3-node groups whose logs are real `MessageStore`s on simulated
-//! disks, driven by the Raft core through the driver's half (`raft::appends`, `raft::persist`,
-//! `raft::log_terms`, the hard-state file), on a simulated network that drops, delays,
-//! duplicates and partitions, with power cuts that lose every unsynced byte. Nodes cut their
-//! logs below their dispatch checkpoints (retention), so a node that was down or cut off may
-//! need what its leader no longer holds: it is offered an image and installs it — the leader's
-//! store image (`MessageStore::image`) staged on its disk (`Installer`), sometimes cut by a
-//! power failure before the restart that installs it (`image::apply_pending`). Checked
-//! throughout: one leader per term; every index committed anywhere holds the same record
-//! (byte for byte) everywhere it is committed and still held; equal store digests at equal
-//! dispatch points. At the end, healed: one leader, every node commits the same last index,
-//! and every acknowledged proposal still in a node's log is there exactly once. A seed replays
-//! exactly.
+//! Raft over the real store and the real engine state machine: 3-node groups whose logs are
+//! real `MessageStore`s on simulated disks and whose state is the engine's (`engine::replica`:
+//! the applier's own apply, the engine's snapshots), driven by the Raft core through the
+//! driver's half (`raft::appends`, `raft::persist`, `raft::log_terms`, the hard-state file), on
+//! a simulated network that drops, delays, duplicates and partitions, with power cuts that lose
+//! every unsynced byte. Leaders propose retention (`RetainFrom`, as the engine's timer does) and
+//! nodes remove their logs below the retention point they applied and their dispatch
+//! checkpoints, so a node that was down or cut off may need what its leader no longer holds: it is offered an
+//! image and installs it — the leader's image (store and engine snapshot, as
+//! `Engine::export_image` makes it) staged on its disk (`Installer`), sometimes cut by a power
+//! failure before the restart that installs it (`image::apply_pending`).
+//!
+//! Clients propose engine commands, as the engine's proposer writes them, on whichever node
+//! leads once its term's no-op is applied (as the proposer opens): appends with a producer
+//! sequence (retried on later leaders with a new ID and the same sequence, answered from the
+//! replicated producer table when it already holds the answer — the dedupe forwarding and
+//! MQTT QoS 2 rely on), consumer-group creates, reads (`Deliver`, new and history), acks,
+//! autoclaims and destroys, XDEL, MAXLEN trims and retention. Many fail at apply (no such
+//! group, an ID gone): deterministically, on every node alike.
+//!
+//! Checked throughout: one leader per term; every index committed anywhere holds the same
+//! record (byte for byte) everywhere it is committed and still held; every node's answer for
+//! an index is the same (also when a restart or an image makes it apply again); equal digests
+//! of store and engine state at equal applied indexes. At the end, healed: one leader, every
+//! node commits the same last index, and every acknowledged append still in a node's log is
+//! there exactly once. A seed replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use manifold_core::engine::replica::{Replica, command};
+use manifold_core::engine::{
+    Deduped, EngineConfig, GroupCommand, GroupOp, GroupStart, ReadFrom, Trim,
+};
 use manifold_core::raft::{
     self, Action, Event, HardState, LogTerms, Message, NodeId, Raft, RaftConfig, Role,
 };
-use manifold_core::store::image::{Installer, apply_pending};
+use manifold_core::store::image::Installer;
 use manifold_core::store::{
     CrashMode, EntryKind, FlushMode, LogConfig, LogIndex, MessageStore, NewEntry, RecordOp,
     SimDisk, Storage, StoreConfig, StreamId, SubRecord, Term,
@@ -51,6 +68,19 @@ fn store_config() -> StoreConfig {
     }
 }
 
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        store: store_config(),
+        ..EngineConfig::default()
+    }
+}
+
+/// Producers (clients with a sequence each) writing appends.
+const PRODUCERS: u64 = 16;
+/// A producer retries a write only while fewer than this many newer ones were sent (the
+/// producer table remembers the newest `PRODUCER_WINDOW`, 64, sequences).
+const RETRY_WINDOW: u64 = 32;
+
 /// The simulation's only randomness: the Raft core's own seeded generator (SplitMix64).
 struct Rng(raft::Rng);
 
@@ -70,8 +100,10 @@ impl Rng {
 struct Node {
     id: NodeId,
     disk: SimDisk,
-    store: Option<MessageStore>,
+    replica: Option<Replica>,
     raft: Option<Raft>,
+    /// The no-op of the term it leads: proposals open once it is applied.
+    noop: Option<(Term, LogIndex)>,
     /// Appended (by persist or proposal) but not yet synced.
     dirty: bool,
     /// Time it comes back after a crash.
@@ -80,7 +112,11 @@ struct Node {
 
 impl Node {
     fn store(&self) -> &MessageStore {
-        self.store.as_ref().expect("node is up")
+        self.replica().store()
+    }
+
+    fn replica(&self) -> &Replica {
+        self.replica.as_ref().expect("node is up")
     }
 }
 
@@ -98,13 +134,24 @@ struct Sim {
     leaders: BTreeMap<Term, NodeId>,
     /// Index → the record committed there (raw bytes), by whoever committed it first.
     committed: BTreeMap<LogIndex, Bytes>,
-    /// Dispatch point → store digest, by whoever dispatched there first.
-    digests: BTreeMap<LogIndex, u32>,
+    /// Applied index → digest of store and engine state, by whoever applied there first.
+    digests: BTreeMap<LogIndex, u64>,
+    /// Index → what applying it answered, by whoever applied it first.
+    replies: BTreeMap<LogIndex, String>,
     next_payload: u64,
-    /// Proposals: payload id → (node, term, index).
-    proposals: BTreeMap<u64, (NodeId, Term, LogIndex)>,
-    /// Payload ids acknowledged to their client (committed by their leader in their term).
+    /// The next stream ID's milliseconds (every append gets a new, higher one).
+    next_ms: u64,
+    /// Appends proposed: (node, term, index, payload).
+    proposals: Vec<(NodeId, Term, LogIndex, u64)>,
+    /// Writes not acknowledged yet: payload → (producer, sequence).
+    unanswered: BTreeMap<u64, (u64, u64)>,
+    /// Each producer's last sequence.
+    sequences: BTreeMap<u64, u64>,
+    /// Payloads acknowledged to their client: committed by their leader in its term, or
+    /// answered from the producer table on a retry.
     acked: BTreeSet<u64>,
+    /// Retries answered from the producer table.
+    deduped: u64,
     /// A digest of everything that happened, to show a seed replays exactly.
     trace: u64,
     /// Images installed.
@@ -113,22 +160,21 @@ struct Sim {
     seed: u64,
 }
 
-fn open_node(disk: &SimDisk, id: NodeId, seed: u64, now: u64) -> (MessageStore, Raft) {
+fn open_node(disk: &SimDisk, id: NodeId, seed: u64, now: u64) -> (Replica, Raft) {
     let storage: Arc<dyn Storage> = Arc::new(disk.clone());
-    // An image staged before the node went down replaces its store first.
-    apply_pending(storage.as_ref(), &root()).expect("staged image installs");
-    let store = MessageStore::open(storage.clone(), &root(), store_config()).expect("store opens");
+    // An image staged before the node went down replaces its store and state first.
+    let replica = Replica::open(storage.clone(), &root(), &engine_config()).expect("opens");
     let hard = HardState::load(storage.as_ref(), &root()).expect("hard state loads");
-    let terms: LogTerms = raft::log_terms(&store).expect("terms rebuilt");
-    // Everything dispatched was committed: a restart knows at least that much.
-    let commit = store.dispatched_index();
+    let terms: LogTerms = raft::log_terms(replica.store()).expect("terms rebuilt");
+    // Everything applied was committed: a restart knows at least that much.
+    let commit = replica.applied();
     let cfg = RaftConfig {
         seed,
         ..RaftConfig::new(id, IDS.to_vec())
     };
     let mut raft = Raft::new(cfg, hard, terms, commit, now);
     raft.restore_configs(raft::members_file::load(storage.as_ref(), &root()).expect("members"));
-    (store, raft)
+    (replica, raft)
 }
 
 impl Sim {
@@ -137,12 +183,13 @@ impl Sim {
             .iter()
             .map(|&id| {
                 let disk = SimDisk::new();
-                let (store, raft) = open_node(&disk, id, seed, 0);
+                let (replica, raft) = open_node(&disk, id, seed, 0);
                 Node {
                     id,
                     disk,
-                    store: Some(store),
+                    replica: Some(replica),
                     raft: Some(raft),
+                    noop: None,
                     dirty: false,
                     down_until: None,
                 }
@@ -159,9 +206,14 @@ impl Sim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             digests: BTreeMap::new(),
+            replies: BTreeMap::new(),
             next_payload: 1,
-            proposals: BTreeMap::new(),
+            next_ms: 1,
+            proposals: Vec::new(),
+            unanswered: BTreeMap::new(),
+            sequences: BTreeMap::new(),
             acked: BTreeSet::new(),
+            deduped: 0,
             trace: seed,
             images: 0,
             seed,
@@ -237,6 +289,7 @@ impl Sim {
                     .append(&NewEntry::noop(term, self.now))
                     .expect("no-op appended");
                 self.nodes[n].dirty = true;
+                self.nodes[n].noop = Some((term, ticket.index));
                 self.step(
                     n,
                     Event::Appended {
@@ -276,6 +329,11 @@ impl Sim {
                     .append(&entry)
                     .expect("config appended");
                 self.nodes[n].dirty = true;
+                // The founding configuration is a new leader's first entry, in place of the
+                // no-op: proposals open once it is applied (as `engine::cluster` does).
+                if self.nodes[n].noop.is_none_or(|(t, _)| t != term) {
+                    self.nodes[n].noop = Some((term, ticket.index));
+                }
                 self.step(
                     n,
                     Event::ConfigAppended {
@@ -309,17 +367,37 @@ impl Sim {
 
     fn commit(&mut self, n: usize, index: LogIndex) {
         let id = self.nodes[n].id;
-        let store = self.nodes[n].store();
+        let replica = self.nodes[n].replica();
+        let store = replica.store();
         let from = self.committed.keys().next_back().map_or(1, |i| i + 1);
-        for i in from.min(store.dispatched_index() + 1)..=index {
+        for i in from.min(replica.applied() + 1)..=index {
             let raw = store.log().read_raw(i).expect("committed entry readable");
             let seen = self.committed.entry(i).or_insert_with(|| raw.clone());
-            assert_eq!(*seen, raw, "node {id} committed another record at {i}");
+            assert_eq!(
+                *seen, raw,
+                "seed {}: node {id} committed another record at {i}",
+                self.seed
+            );
         }
-        let at = store.dispatch_to(index).expect("dispatched");
-        let digest = store.state_digest().expect("digest");
+        let applied = replica.apply_to(index);
+        let applied = applied
+            .unwrap_or_else(|e| panic!("seed {}: node {id}: apply to {index}: {e}", self.seed));
+        for (i, reply) in applied {
+            let seen = self.replies.entry(i).or_insert_with(|| reply.clone());
+            assert_eq!(
+                *seen, reply,
+                "seed {}: node {id}: the answer at {i}",
+                self.seed
+            );
+        }
+        let at = replica.applied();
+        let digest = replica.digest().expect("digest");
         let seen = *self.digests.entry(at).or_insert(digest);
-        assert_eq!(seen, digest, "node {id}: store digest at {at}");
+        assert_eq!(
+            seen, digest,
+            "seed {}: node {id}: state digest at {at}",
+            self.seed
+        );
         // Acknowledged: this node's own proposals of its current term, now committed.
         if let Some(raft) = self.nodes[n].raft.as_ref()
             && raft.role() == Role::Leader
@@ -328,10 +406,13 @@ impl Sim {
             let mine: Vec<u64> = self
                 .proposals
                 .iter()
-                .filter(|(_, (p, t, i))| *p == id && *t == term && *i <= index)
-                .map(|(k, _)| *k)
+                .filter(|(p, t, i, _)| *p == id && *t == term && *i <= index)
+                .map(|p| p.3)
                 .collect();
-            self.acked.extend(mine);
+            for payload in mine {
+                self.unanswered.remove(&payload);
+                self.acked.insert(payload);
+            }
         }
         self.note(index);
     }
@@ -341,16 +422,18 @@ impl Sim {
     /// Sometimes the power fails between the staging and the restart.
     fn fetch_image(&mut self, n: usize, leader: NodeId, diverged: bool) {
         let l = (leader - 1) as usize;
-        let (Some(from), Some(to)) = (self.nodes[l].store.as_ref(), self.nodes[n].store.as_ref())
-        else {
+        let (Some(from), Some(to)) = (
+            self.nodes[l].replica.as_ref(),
+            self.nodes[n].replica.as_ref(),
+        ) else {
             return;
         };
         // No dispatch checkpoint yet: no image (the offer comes again).
-        let Ok(mut image) = from.image(from.dispatched_index()) else {
+        let Ok(mut image) = from.image() else {
             return;
         };
         let m = image.manifest().clone();
-        if !diverged && !m.needed_by(to.log(), to.dispatched_index()) {
+        if !diverged && !m.needed_by(to.store().log(), to.applied()) {
             return;
         }
         let configs: Vec<raft::ConfigAt> = raft::members_file::load(&self.nodes[l].disk, &root())
@@ -378,7 +461,7 @@ impl Sim {
         // The restart that installs it, or a power cut first (the next open installs it).
         let node = &mut self.nodes[n];
         node.raft = None;
-        node.store = None;
+        node.replica = None;
         node.dirty = false;
         if self.rng.chance(300_000) {
             node.disk = node.disk.crash(CrashMode::Random(self.rng.next()));
@@ -389,14 +472,18 @@ impl Sim {
         self.restart(n, seed);
     }
 
-    /// Retention: node `n` cuts its log below its last dispatch checkpoint (the store never
-    /// goes further) and its core forgets those entries.
+    /// Retention: node `n` removes the log below the retention point it applied (as the
+    /// engine does once a `RetainFrom` is applied: no topic holds an entry there any more) and
+    /// below its last dispatch checkpoint (the store never goes further); its core forgets
+    /// those entries.
     fn compact(&mut self, n: usize) {
-        let Some(store) = self.nodes[n].store.as_ref() else {
+        let Some(replica) = self.nodes[n].replica.as_ref() else {
             return;
         };
+        let store = replica.store();
         let before = store.log().first_index();
-        let upto = store.dispatched_index().saturating_sub(self.rng.below(30));
+        let retained_from = replica.with_state(|s| s.retained_from);
+        let upto = retained_from.min(store.dispatched_index().saturating_sub(self.rng.below(30)));
         let first = store.delete_before(upto).expect("retention");
         if first > before {
             self.note(7000 + first);
@@ -404,29 +491,36 @@ impl Sim {
         }
     }
 
+    /// A client's command on node `n`, if it leads and its term's no-op is applied (the
+    /// engine's proposer opens then: everything of earlier terms is applied, so the producer
+    /// table holds every answer a retry could need).
     fn propose(&mut self, n: usize) {
         let Some(term) = self.nodes[n].raft.as_ref().and_then(|r| r.can_propose()) else {
             return;
         };
-        let payload = self.next_payload;
-        self.next_payload += 1;
+        let id = self.nodes[n].id;
+        let applied = self.nodes[n].replica().applied();
+        if !self.nodes[n]
+            .noop
+            .is_some_and(|(t, i)| t == term && applied >= i)
+        {
+            return;
+        }
+        let (command, records, payload) = if self.rng.below(100) < 55 {
+            match self.append(n, term) {
+                Some((command, record, payload)) => (command, vec![record], Some(payload)),
+                None => return,
+            }
+        } else {
+            let (command, records) = self.stream_command(n);
+            (command, records, None)
+        };
         let entry = NewEntry {
             term,
             kind: EntryKind::Command,
             timestamp_ms: self.now,
-            command: Bytes::new(),
-            records: vec![SubRecord {
-                op: RecordOp::Message,
-                db: 0,
-                topic: Bytes::from(format!("t{}", payload % 3)),
-                id: StreamId::new(payload, 0),
-                message_key: Bytes::new(),
-                properties: Vec::new(),
-                fields: vec![(
-                    Bytes::from_static(b"f"),
-                    Bytes::from(vec![b'x'; (payload % 200) as usize]),
-                )],
-            }],
+            command,
+            records,
         };
         let ticket = self.nodes[n]
             .store()
@@ -434,8 +528,9 @@ impl Sim {
             .append(&entry)
             .expect("proposal appended");
         self.nodes[n].dirty = true;
-        self.proposals
-            .insert(payload, (self.nodes[n].id, term, ticket.index));
+        if let Some(payload) = payload {
+            self.proposals.push((id, term, ticket.index, payload));
+        }
         self.step(
             n,
             Event::Appended {
@@ -443,6 +538,143 @@ impl Sim {
                 term,
             },
         );
+    }
+
+    /// An append on leader `n`: a new write, or (mostly, when there is one) a retry — new ID,
+    /// same producer sequence — of one not answered yet and not in flight on this leader
+    /// (the proposer would wait for that one), answered from the producer table instead when
+    /// it holds the answer.
+    fn append(&mut self, n: usize, term: Term) -> Option<(Bytes, SubRecord, u64)> {
+        let (id, applied) = (self.nodes[n].id, self.nodes[n].replica().applied());
+        let in_flight = |proposals: &[(NodeId, Term, LogIndex, u64)], payload: u64| {
+            proposals
+                .iter()
+                .any(|&(p, t, i, x)| p == id && t == term && x == payload && i > applied)
+        };
+        let retry = if self.rng.chance(800_000) {
+            let open: Vec<(u64, (u64, u64))> = self
+                .unanswered
+                .iter()
+                .filter(|(k, (p, seq))| {
+                    seq + RETRY_WINDOW > self.sequences[p] && !in_flight(&self.proposals, **k)
+                })
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            (!open.is_empty()).then(|| open[self.rng.below(open.len() as u64) as usize])
+        } else {
+            None
+        };
+        let (payload, (producer, seq)) = retry.unwrap_or_else(|| {
+            let payload = self.next_payload;
+            self.next_payload += 1;
+            let producer = payload % PRODUCERS;
+            let seq = self.sequences.entry(producer).or_default();
+            *seq += 1;
+            self.unanswered.insert(payload, (producer, *seq));
+            (payload, (producer, *seq))
+        });
+        let name = Bytes::from(format!("producer-{producer}"));
+        let replica = self.nodes[n].replica();
+        match replica.deduped(&name, seq) {
+            Some(Deduped::Added(_)) => {
+                self.unanswered.remove(&payload);
+                self.acked.insert(payload);
+                self.deduped += 1;
+                return None;
+            }
+            Some(Deduped::Rejected(_)) => {
+                self.unanswered.remove(&payload);
+                return None;
+            }
+            None => {}
+        }
+        if in_flight(&self.proposals, payload) {
+            return None;
+        }
+        let ms = self.next_ms;
+        self.next_ms += 1;
+        let record = SubRecord {
+            op: RecordOp::Message,
+            db: 0,
+            topic: Bytes::from(format!("t{}", payload % 3)),
+            id: StreamId::new(ms, 0),
+            message_key: Bytes::new(),
+            properties: Vec::new(),
+            fields: vec![
+                (Bytes::from_static(b"p"), Bytes::from(payload.to_string())),
+                (
+                    Bytes::from_static(b"x"),
+                    Bytes::from(vec![b'x'; (payload % 200) as usize]),
+                ),
+            ],
+        };
+        Some((command::append(Some(&(name, seq))), record, payload))
+    }
+
+    /// A consumer-group command, an XDEL or a MAXLEN trim on one of the streams, on leader
+    /// `n`. An XDEL names one of the newest IDs; an ack, what the group has pending there (as
+    /// a consumer acks what it read), and sometimes an ID it does not.
+    fn stream_command(&mut self, n: usize) -> (Bytes, Vec<SubRecord>) {
+        let key = Bytes::from(format!("t{}", self.rng.below(3)));
+        let group = Bytes::from(format!("g{}", self.rng.below(2)));
+        let consumer = Bytes::from(format!("c{}", self.rng.below(3)));
+        let recent = StreamId::new(self.next_ms.saturating_sub(1 + self.rng.below(40)), 0);
+        let pending: Vec<StreamId> = self.nodes[n].replica().with_state(|s| {
+            s.groups
+                .streams
+                .get(&(0, key.clone()))
+                .and_then(|g| g.get(&group))
+                .map(|g| g.pel.keys().take(4).copied().collect())
+                .unwrap_or_default()
+        });
+        let zero = StreamId::new(0, 0);
+        let op = match self.rng.below(100) {
+            0..30 => GroupOp::Deliver {
+                consumer,
+                from: if self.rng.chance(200_000) {
+                    ReadFrom::Pending(zero)
+                } else {
+                    ReadFrom::New
+                },
+                count: 1 + self.rng.below(10),
+                noack: self.rng.chance(100_000),
+            },
+            30..55 => GroupOp::Ack {
+                ids: pending.into_iter().chain([recent]).collect(),
+            },
+            55..68 => GroupOp::Create {
+                start: if self.rng.chance(500_000) {
+                    GroupStart::Last
+                } else {
+                    GroupStart::Id(zero)
+                },
+                entries_read: None,
+            },
+            68..76 => GroupOp::AutoClaim {
+                consumer,
+                min_idle_ms: self.rng.below(50),
+                start: zero,
+                count: 5,
+                justid: false,
+            },
+            76..80 => GroupOp::Destroy,
+            80..84 => GroupOp::CreateConsumer { consumer },
+            84..90 => return command::delete(0, &key, &[recent]),
+            // Retention, as the leader's timer proposes it: up to a little before what it
+            // applied (never the newest entry).
+            90..94 => {
+                let applied = self.nodes[n].replica().applied();
+                return command::retain_from(applied.saturating_sub(self.rng.below(40)).max(1));
+            }
+            _ => return command::trim(0, &key, Trim::max_len(20 + self.rng.below(20))),
+        };
+        let c = GroupCommand {
+            db: 0,
+            key,
+            group,
+            op,
+        };
+        (command::group(&[c]), Vec::new())
     }
 
     /// The node's log made durable: its core hears how far.
@@ -463,7 +695,7 @@ impl Sim {
         };
         let node = &mut self.nodes[n];
         node.raft = None;
-        node.store = None; // dropped without close: the abort path
+        node.replica = None; // dropped without close: the abort path
         node.disk = node.disk.crash(CrashMode::DropUnsynced);
         node.dirty = false;
         node.down_until = Some(self.now + down);
@@ -474,9 +706,10 @@ impl Sim {
 
     fn restart(&mut self, n: usize, seed: u64) {
         let node = &mut self.nodes[n];
-        let (store, raft) = open_node(&node.disk, node.id, seed ^ self.now, self.now);
-        node.store = Some(store);
+        let (replica, raft) = open_node(&node.disk, node.id, seed ^ self.now, self.now);
+        node.replica = Some(replica);
         node.raft = Some(raft);
+        node.noop = None;
         node.down_until = None;
     }
 
@@ -517,8 +750,8 @@ impl Sim {
             if self.faults && self.rng.chance(150_000) {
                 self.propose(n);
             }
-            if self.rng.chance(2_000) && self.nodes[n].store.is_some() {
-                self.nodes[n].store().checkpoint().expect("checkpoint");
+            if self.rng.chance(2_000) && self.nodes[n].replica.is_some() {
+                self.nodes[n].replica().checkpoint().expect("checkpoint");
             }
             if self.faults && self.rng.chance(1_000) {
                 self.compact(n);
@@ -571,8 +804,9 @@ impl Sim {
     }
 }
 
-/// Runs one seed; returns the trace digest and the images installed.
-fn run(seed: u64, ms: u64) -> (u64, u64) {
+/// Runs one seed; returns the trace digest, the images installed and the retries the
+/// producer table answered.
+fn run(seed: u64, ms: u64) -> (u64, u64, u64) {
     let mut sim = Sim::new(seed);
     for _ in 0..ms {
         sim.tick(seed);
@@ -602,26 +836,36 @@ fn run(seed: u64, ms: u64) -> (u64, u64) {
         commits.windows(2).all(|w| w[0] == w[1]),
         "seed {seed}: commit indexes {commits:?}, logs (first, last) {logs:?}"
     );
-    // Every acknowledged proposal is in every log exactly once, as far as the log still
-    // holds it (the store digests compared the rest).
+    // Every acknowledged append is in every log exactly once, as far as the log still holds
+    // it (the state digests compared the rest): a retry answered by the producer table added
+    // nothing.
     for node in &sim.nodes {
         let store = node.store();
         let (first, last) = (store.log().first_index(), store.log().last_index());
         let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
         for e in store.log().entries(first, last).expect("log readable") {
-            for r in &e.records {
-                *seen.entry(r.id.ms).or_default() += 1;
+            for r in e.records.iter().filter(|r| r.op == RecordOp::Message) {
+                let payload = r
+                    .fields
+                    .first()
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok());
+                if let Some(p) = payload.and_then(|p| p.parse().ok()) {
+                    *seen.entry(p).or_default() += 1;
+                }
             }
         }
-        let held = sim
-            .acked
-            .iter()
-            .filter(|id| sim.proposals.get(id).is_some_and(|p| p.2 >= first));
-        for id in held {
+        // Held: every proposal of it is in the log's range (one below it may be a copy).
+        let held = sim.acked.iter().filter(|&&payload| {
+            sim.proposals
+                .iter()
+                .filter(|p| p.3 == payload)
+                .all(|p| p.2 >= first)
+        });
+        for payload in held {
             assert_eq!(
-                seen.get(id),
+                seen.get(payload),
                 Some(&1),
-                "seed {seed}: node {}: acknowledged proposal {id}",
+                "seed {seed}: node {}: acknowledged append {payload}",
                 node.id
             );
         }
@@ -630,10 +874,10 @@ fn run(seed: u64, ms: u64) -> (u64, u64) {
         !sim.acked.is_empty(),
         "seed {seed}: nothing was acknowledged"
     );
-    for node in &sim.nodes {
-        node.store().close().expect("closes");
+    for node in &mut sim.nodes {
+        node.replica.take().expect("up").close().expect("closes");
     }
-    (sim.trace, sim.images)
+    (sim.trace, sim.images, sim.deduped)
 }
 
 /// `RAFT_STORE_SEED=N` replays seed `N` alone.
@@ -655,13 +899,19 @@ fn seeds() -> u64 {
 }
 
 #[test]
-fn replicated_stores_agree_through_partitions_drops_and_power_cuts() {
-    let mut images = 0;
+fn replicated_store_and_engine_state_agree_through_partitions_drops_and_power_cuts() {
+    let (mut images, mut deduped) = (0, 0);
     for seed in 0..seeds() {
-        images += run(seed, 6_000).1;
+        let (_, i, d) = run(seed, 6_000);
+        images += i;
+        deduped += d;
     }
-    eprintln!("{} seeds: {images} images installed", seeds());
+    eprintln!(
+        "{} seeds: {images} images installed, {deduped} retries answered by the producer table",
+        seeds()
+    );
     assert!(images > 0, "no node ever needed an image");
+    assert!(deduped > 0, "no retry was answered by the producer table");
 }
 
 #[test]

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::snapshot::SNAPSHOT_DIR;
 use super::{Engine, EngineError, Inner, Result};
 use crate::raft::ConfigAt;
 use crate::raft::members_file::{self, MEMBERS_FILE};
-use crate::store::error::IoContext;
 use crate::store::image::{Installer, Manifest, StoreImage};
 use crate::store::{LogIndex, Storage};
 
@@ -104,19 +102,7 @@ impl Inner {
                 .store
                 .push_bytes(MEMBERS_FILE.into(), members_file::encode(&configs));
         }
-        let dir = inner.root.join(SNAPSHOT_DIR);
-        let storage = inner.storage.as_ref();
-        // No directory: no snapshot yet (the state at the dispatch point is empty by rule).
-        for name in storage.list(&dir).unwrap_or_default() {
-            if name.ends_with(".tmp") {
-                continue;
-            }
-            let path = dir.join(&name);
-            let len = storage.open(&path, false).at(&path)?.size().at(&path)?;
-            image
-                .store
-                .push_file(format!("{SNAPSHOT_DIR}/{name}"), path, len, len);
-        }
+        super::replica::push_snapshot_files(inner.storage.as_ref(), &inner.root, &mut image.store)?;
         Ok(image)
     }
 

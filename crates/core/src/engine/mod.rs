@@ -44,6 +44,7 @@ mod ids;
 mod image;
 pub mod image_transfer;
 pub mod journal;
+pub mod replica;
 mod session_api;
 pub mod session_command;
 pub mod sessions;
@@ -480,6 +481,25 @@ fn set_id_record(
         properties,
         ..SubRecord::default()
     }
+}
+
+/// The command and sub-records of a timer's entry (a Will's, which carries the message, is
+/// `propose_will`'s).
+fn timer_entry(due: &TimerCommand) -> (Bytes, Vec<SubRecord>) {
+    let mut bytes = vec![COMMAND_VERSION, CommandTag::Timer as u8];
+    due.encode(&mut bytes);
+    let records = match due {
+        // The store's half: every topic cut below the index.
+        TimerCommand::RetainFrom { index } => vec![SubRecord {
+            op: RecordOp::RetainFrom,
+            id: StreamId::new(*index, 0),
+            ..SubRecord::default()
+        }],
+        TimerCommand::ExpireProducers { .. }
+        | TimerCommand::ExpireSessions { .. }
+        | TimerCommand::PublishWill { .. } => Vec::new(),
+    };
+    (Bytes::from(bytes), records)
 }
 
 /// A count answer (XDEL, XTRIM, DEL).
@@ -1010,93 +1030,8 @@ impl Engine {
         let store_ms = opening.elapsed().as_millis();
         let last = store.log().last_index();
         let checkpointed = store.dispatched_index();
-        let mut journaled = 0;
-        let state = match snapshot::load(storage.as_ref(), root, checkpointed)? {
-            None => EngineState::default(),
-            Some(loaded) => {
-                // A snapshot carried forward by its journal: the log entries after it, applied
-                // with what they read from the store back then.
-                let mut state = loaded.state;
-                journaled = loaded.journal.len();
-                // The journal covers base+1 ..= the dispatch point, entry by entry; the log
-                // entries are read in runs alongside it.
-                let mut entries = Vec::new().into_iter();
-                let mut next = loaded.base + 1;
-                for je in loaded.journal {
-                    let entry = match entries.next() {
-                        Some(e) => e,
-                        None => {
-                            let upto = checkpointed.min(next + APPLY_BATCH as u64 - 1);
-                            entries = store.log().entries(next, upto)?.into_iter();
-                            next = upto + 1;
-                            entries.next().ok_or_else(|| StoreError::Corruption {
-                                file: root.join(SNAPSHOT_DIR),
-                                offset: je.index,
-                                reason: "the journal runs past the dispatch point".into(),
-                            })?
-                        }
-                    };
-                    if entry.index != je.index {
-                        return Err(StoreError::Corruption {
-                            file: root.join(SNAPSHOT_DIR),
-                            offset: je.index,
-                            reason: format!(
-                                "journal entry {} read as log entry {}",
-                                je.index, entry.index
-                            ),
-                        }
-                        .into());
-                    }
-                    let replay = journal::Replayer::new(je.index, je.reads);
-                    let limits = config.limits();
-                    match batch::parts(&entry) {
-                        None => {
-                            state.apply(
-                                &entry,
-                                &entry_command(&entry),
-                                &je.outcomes,
-                                &replay,
-                                limits,
-                            )?;
-                        }
-                        Some(parts) => {
-                            let outcomes = &je.outcomes;
-                            batch::apply(
-                                &entry,
-                                &parts,
-                                &[],
-                                &mut |range, _| {
-                                    outcomes.get(range).map(<[Outcome]>::to_vec).ok_or_else(|| {
-                                        StoreError::Corruption {
-                                            file: root.join(SNAPSHOT_DIR),
-                                            offset: je.index,
-                                            reason: "journal outcomes do not cover the entry"
-                                                .into(),
-                                        }
-                                    })
-                                },
-                                &mut |sub, command, outcomes| {
-                                    state.apply(sub, command, outcomes, &replay, limits)
-                                },
-                                &mut |_| {},
-                            )?;
-                        }
-                    }
-                    if !replay.finished() {
-                        return Err(StoreError::Corruption {
-                            file: root.join(SNAPSHOT_DIR),
-                            offset: je.index,
-                            reason: format!(
-                                "the apply journal has answers entry {} did not ask for",
-                                je.index
-                            ),
-                        }
-                        .into());
-                    }
-                }
-                state
-            }
-        };
+        let (state, journaled) =
+            replica::recover_state(storage.as_ref(), root, &store, config.limits())?;
         let state = Mutex::new(state);
         let state_ms = opening.elapsed().as_millis() - store_ms;
         snapshot::prune(storage.as_ref(), root, checkpointed)?;
@@ -2709,20 +2644,7 @@ impl Inner {
                 }
             }
             for due in due {
-                let mut bytes = vec![COMMAND_VERSION, CommandTag::Timer as u8];
-                due.encode(&mut bytes);
-                let bytes = Bytes::from(bytes);
-                let records = match due {
-                    // The store's half: every topic cut below the index.
-                    TimerCommand::RetainFrom { index } => vec![SubRecord {
-                        op: RecordOp::RetainFrom,
-                        id: StreamId::new(index, 0),
-                        ..SubRecord::default()
-                    }],
-                    TimerCommand::ExpireProducers { .. }
-                    | TimerCommand::ExpireSessions { .. }
-                    | TimerCommand::PublishWill { .. } => Vec::new(),
-                };
+                let (bytes, records) = timer_entry(&due);
                 match self.propose(|p| Ok(Some((EntryKind::Command, bytes, records, p.term)))) {
                     Ok(Some(reply)) => {
                         let _ = reply.blocking_recv();
@@ -2914,11 +2836,8 @@ impl Inner {
     /// checkpoint at the same index, then older snapshots removed. Called by the applier (or
     /// after it stopped), so the dispatch point does not move meanwhile.
     fn checkpoint(&self) -> Result<()> {
-        let index = self.store.dispatched_index();
-        let bytes = self.lock_state().encode();
-        snapshot::write(self.storage.as_ref(), &self.root, index, &bytes)?;
-        self.store.checkpoint()?;
-        snapshot::prune(self.storage.as_ref(), &self.root, index)?;
+        let index =
+            replica::checkpoint_state(self.storage.as_ref(), &self.root, &self.store, &self.state)?;
         self.delete_retained(index);
         Ok(())
     }
