@@ -18,12 +18,20 @@
 //! autoclaims and destroys, XDEL, MAXLEN trims and retention. Many fail at apply (no such
 //! group, an ID gone): deterministically, on every node alike.
 //!
+//! Power cuts hit one node, or now and then two or all three at once; the disk goes before the
+//! dying store is dropped, so nothing it does on the way out lands. Two fsync models: `sync`
+//! (an entry counts durable once synced) and `async` (once written, as `--flush async`
+//! acknowledges; syncs far apart), where a majority's power cut may lose committed entries.
+//!
 //! Checked throughout: one leader per term; every index committed anywhere holds the same
-//! record (byte for byte) everywhere it is committed and still held; every node's answer for
-//! an index is the same (also when a restart or an image makes it apply again); equal digests
-//! of store and engine state at equal applied indexes. At the end, healed: one leader, every
-//! node commits the same last index, and every acknowledged append still in a node's log is
-//! there exactly once. A seed replays exactly.
+//! record (byte for byte) everywhere it is committed and still held — in `async`, unless the
+//! group lost it, which is counted and the group's history goes on from the new record; every
+//! node's answer for an index is the same (also when a restart or an image makes it apply
+//! again); equal digests of store and engine state at equal applied indexes. At the end,
+//! healed: one leader, every node commits and applies the same last index to the same state
+//! (a node that applied lost entries installed an image: never a divergence), and every
+//! acknowledged append still in a node's log is there exactly once (`async`: at most once).
+//! A seed replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -73,6 +81,17 @@ fn engine_config() -> EngineConfig {
         store: store_config(),
         ..EngineConfig::default()
     }
+}
+
+/// When a node's log counts an entry durable (the `--flush` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    /// Once synced (`sync`): nothing acknowledged is ever lost.
+    Sync,
+    /// Once written (`async`): a power cut loses what was not synced yet, so a group may lose
+    /// committed entries when a majority loses them — a loss, reported, never a divergence:
+    /// nodes that applied a lost entry install an image of the group's history.
+    Async,
 }
 
 /// Producers (clients with a sequence each) writing appends.
@@ -156,8 +175,13 @@ struct Sim {
     trace: u64,
     /// Images installed.
     images: u64,
+    /// Of them, installed because the node's committed entries were not the group's.
+    diverged: u64,
     /// The seed (restarts mix it with the time).
     seed: u64,
+    model: Model,
+    /// Committed entries lost (async): a later commit put another record at their index.
+    losses: u64,
 }
 
 fn open_node(disk: &SimDisk, id: NodeId, seed: u64, now: u64) -> (Replica, Raft) {
@@ -178,7 +202,7 @@ fn open_node(disk: &SimDisk, id: NodeId, seed: u64, now: u64) -> (Replica, Raft)
 }
 
 impl Sim {
-    fn new(seed: u64) -> Sim {
+    fn new(seed: u64, model: Model) -> Sim {
         let nodes = IDS
             .iter()
             .map(|&id| {
@@ -216,7 +240,10 @@ impl Sim {
             deduped: 0,
             trace: seed,
             images: 0,
+            diverged: 0,
             seed,
+            model,
+            losses: 0,
         }
     }
 
@@ -234,6 +261,21 @@ impl Sim {
         for a in actions {
             self.carry_out(n, a);
         }
+    }
+
+    /// In `async`, an entry written is acknowledged at once (the log's acknowledged watermark
+    /// moves with the write, before any fsync).
+    fn written(&mut self, n: usize) {
+        if self.model == Model::Sync {
+            return;
+        }
+        let log = self.nodes[n].store().log();
+        let index = log.last_index();
+        if index == 0 {
+            return;
+        }
+        let term = log.term_at(index).expect("term");
+        self.step(n, Event::Persisted { index, term });
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
@@ -281,6 +323,7 @@ impl Sim {
                 raft::persist(self.nodes[n].store(), truncate_after, first_index, &entries)
                     .expect("entries written");
                 self.nodes[n].dirty = true;
+                self.written(n);
             }
             Action::AppendNoop { term } => {
                 let store = self.nodes[n].store();
@@ -297,6 +340,7 @@ impl Sim {
                         term,
                     },
                 );
+                self.written(n);
             }
             Action::Commit(index) => self.commit(n, index),
             Action::PauseProposals => {
@@ -342,6 +386,7 @@ impl Sim {
                         members,
                     },
                 );
+                self.written(n);
             }
             Action::FetchImage { leader, diverged } => self.fetch_image(n, leader, diverged),
             Action::RoleChanged { role, term, leader } => {
@@ -352,9 +397,13 @@ impl Sim {
                         "two leaders in term {term}: {before:?} and {id}"
                     );
                     // Leader completeness: it holds everything committed so far (that its
-                    // log still holds: retention cut below its dispatch checkpoint).
+                    // log still holds: retention cut below its dispatch checkpoint) — in
+                    // `sync`; in `async` a majority may have lost some of it.
                     let store = self.nodes[n].store();
-                    let first = store.log().first_index();
+                    let first = match self.model {
+                        Model::Sync => store.log().first_index(),
+                        Model::Async => LogIndex::MAX,
+                    };
                     for (index, raw) in self.committed.range(first..) {
                         let mine = store.log().read_raw(*index).expect("committed entry held");
                         assert_eq!(&mine, raw, "leader {id} of term {term} differs at {index}");
@@ -373,11 +422,23 @@ impl Sim {
         for i in from.min(replica.applied() + 1)..=index {
             let raw = store.log().read_raw(i).expect("committed entry readable");
             let seen = self.committed.entry(i).or_insert_with(|| raw.clone());
+            if *seen == raw {
+                continue;
+            }
             assert_eq!(
-                *seen, raw,
+                self.model,
+                Model::Async,
                 "seed {}: node {id} committed another record at {i}",
                 self.seed
             );
+            // The group lost what it had committed from here: its history goes on from this
+            // record. Nodes that applied the lost one must not build on it (their answers and
+            // digests past here are compared with this history's).
+            self.losses += 1;
+            self.committed.split_off(&i);
+            self.replies.split_off(&i);
+            self.digests.split_off(&i);
+            self.committed.insert(i, raw);
         }
         let applied = replica.apply_to(index);
         let applied = applied
@@ -457,6 +518,7 @@ impl Sim {
         staged.finish().expect("image staged");
         drop(image);
         self.images += 1;
+        self.diverged += u64::from(diverged);
         self.note(5000 + m.last_index);
         // The restart that installs it, or a power cut first (the next open installs it).
         let node = &mut self.nodes[n];
@@ -538,6 +600,7 @@ impl Sim {
                 term,
             },
         );
+        self.written(n);
     }
 
     /// An append on leader `n`: a new write, or (mostly, when there is one) a retry — new ID,
@@ -695,8 +758,11 @@ impl Sim {
         };
         let node = &mut self.nodes[n];
         node.raft = None;
+        // The power goes first: what the dying store does as it is dropped (its log writer
+        // flushes on the way out) must not reach the disk — its old handles fail from here.
+        let disk = node.disk.crash(CrashMode::DropUnsynced);
         node.replica = None; // dropped without close: the abort path
-        node.disk = node.disk.crash(CrashMode::DropUnsynced);
+        node.disk = disk;
         node.dirty = false;
         node.down_until = Some(self.now + down);
         let id = node.id;
@@ -744,7 +810,12 @@ impl Sim {
             if self.now >= raft.next_deadline() {
                 self.step(n, Event::Tick);
             }
-            if self.nodes[n].dirty && self.rng.chance(400_000) {
+            // `async` syncs on a timer, far less often than `sync` waits for the disk.
+            let sync_chance = match self.model {
+                Model::Sync => 400_000,
+                Model::Async => 30_000,
+            };
+            if self.nodes[n].dirty && self.rng.chance(sync_chance) {
                 self.sync(n);
             }
             if self.faults && self.rng.chance(150_000) {
@@ -764,10 +835,19 @@ impl Sim {
         if !self.faults {
             return;
         }
-        // Faults: a power cut (never more than one node down), a partition or a heal.
+        // Faults: a power cut of one node (never more than one down) or, rarely, of two or
+        // all three at once (in `async` a majority's cut may lose committed entries), a
+        // partition or a heal.
         if self.rng.chance(800) && self.nodes.iter().all(|n| n.raft.is_some()) {
             let n = self.rng.below(3) as usize;
             self.crash(n);
+            if self.rng.chance(150_000) {
+                let other = (n + 1 + self.rng.below(2) as usize) % 3;
+                self.crash(other);
+                if self.rng.chance(500_000) {
+                    self.crash(3 - n - other);
+                }
+            }
         }
         if self.rng.chance(1_000) {
             let a = IDS[self.rng.below(3) as usize];
@@ -804,10 +884,25 @@ impl Sim {
     }
 }
 
-/// Runs one seed; returns the trace digest, the images installed and the retries the
-/// producer table answered.
-fn run(seed: u64, ms: u64) -> (u64, u64, u64) {
-    let mut sim = Sim::new(seed);
+/// What a seed did.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    /// A digest of everything that happened (a seed replays exactly).
+    trace: u64,
+    images: u64,
+    /// Images installed over committed entries that were not the group's (`async` only).
+    diverged: u64,
+    /// Retries the producer table answered.
+    deduped: u64,
+    /// Committed entries lost (`async` only).
+    losses: u64,
+    /// Acknowledged appends missing at the end (`async` only).
+    lost: u64,
+}
+
+/// Runs one seed in one model.
+fn run(seed: u64, ms: u64, model: Model) -> Outcome {
+    let mut sim = Sim::new(seed, model);
     for _ in 0..ms {
         sim.tick(seed);
     }
@@ -836,9 +931,21 @@ fn run(seed: u64, ms: u64) -> (u64, u64, u64) {
         commits.windows(2).all(|w| w[0] == w[1]),
         "seed {seed}: commit indexes {commits:?}, logs (first, last) {logs:?}"
     );
-    // Every acknowledged append is in every log exactly once, as far as the log still holds
-    // it (the state digests compared the rest): a retry answered by the producer table added
-    // nothing.
+    // Every node applied all of it, to the same state.
+    let states: Vec<(LogIndex, u64)> = sim
+        .nodes
+        .iter()
+        .map(|n| (n.replica().applied(), n.replica().digest().expect("digest")))
+        .collect();
+    assert!(
+        states.windows(2).all(|w| w[0] == w[1]) && states[0].0 == commits[0],
+        "seed {seed} ({model:?}): applied and digests {states:?}, commit {}",
+        commits[0]
+    );
+    // Every acknowledged append is in every log exactly once (`async`: at most once), as far
+    // as the log still holds it (the state digests compared the rest): a retry answered by
+    // the producer table added nothing.
+    let mut lost = BTreeSet::new();
     for node in &sim.nodes {
         let store = node.store();
         let (first, last) = (store.log().first_index(), store.log().last_index());
@@ -862,10 +969,14 @@ fn run(seed: u64, ms: u64) -> (u64, u64, u64) {
                 .all(|p| p.2 >= first)
         });
         for payload in held {
+            let copies = seen.get(payload).copied().unwrap_or(0);
+            if copies == 0 && model == Model::Async {
+                lost.insert(*payload);
+                continue;
+            }
             assert_eq!(
-                seen.get(payload),
-                Some(&1),
-                "seed {seed}: node {}: acknowledged append {payload}",
+                copies, 1,
+                "seed {seed} ({model:?}): node {}: acknowledged append {payload}",
                 node.id
             );
         }
@@ -877,20 +988,30 @@ fn run(seed: u64, ms: u64) -> (u64, u64, u64) {
     for node in &mut sim.nodes {
         node.replica.take().expect("up").close().expect("closes");
     }
-    (sim.trace, sim.images, sim.deduped)
+    Outcome {
+        trace: sim.trace,
+        images: sim.images,
+        diverged: sim.diverged,
+        deduped: sim.deduped,
+        losses: sim.losses,
+        lost: lost.len() as u64,
+    }
 }
 
-/// `RAFT_STORE_SEED=N` replays seed `N` alone.
+/// `RAFT_STORE_SEED=N` replays seed `N` alone (in each model).
 #[test]
 fn one_seed() {
     if let Some(seed) = std::env::var("RAFT_STORE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
     {
-        run(seed, 6_000);
+        for model in [Model::Sync, Model::Async] {
+            eprintln!("{model:?}: {:?}", run(seed, 6_000, model));
+        }
     }
 }
 
+/// `RAFT_STORE_SEEDS=N` runs N seeds in each model (default 8).
 fn seeds() -> u64 {
     std::env::var("RAFT_STORE_SEEDS")
         .ok()
@@ -898,25 +1019,63 @@ fn seeds() -> u64 {
         .unwrap_or(8)
 }
 
+/// Seeds known to make a group lose committed entries in `async` and a node install an image
+/// over entries that were not the group's: run by default with the first `seeds()`. (Found
+/// with `RAFT_STORE_SEEDS=120`, which prints such seeds; a change to the simulation may move
+/// them.)
+const ASYNC_LOSS_SEEDS: [u64; 2] = [11, 97];
+
+fn many_seeds(model: Model, extra: &[u64]) -> Vec<Outcome> {
+    let mut seeds_run: Vec<u64> = (0..seeds()).collect();
+    seeds_run.extend(extra.iter().filter(|s| **s >= seeds()));
+    let outcomes: Vec<Outcome> = seeds_run
+        .iter()
+        .map(|&seed| run(seed, 6_000, model))
+        .collect();
+    for (seed, o) in seeds_run.iter().zip(&outcomes) {
+        if o.diverged > 0 {
+            eprintln!("{model:?}, seed {seed}: {o:?}");
+        }
+    }
+    let sum = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+    eprintln!(
+        "{model:?}, {} seeds: {} images installed ({} over entries not the group's), {} retries \
+         answered by the producer table, {} committed entries lost, {} acknowledged appends lost",
+        seeds_run.len(),
+        sum(|o| o.images),
+        sum(|o| o.diverged),
+        sum(|o| o.deduped),
+        sum(|o| o.losses),
+        sum(|o| o.lost),
+    );
+    assert!(sum(|o| o.images) > 0, "no node ever needed an image");
+    assert!(
+        sum(|o| o.deduped) > 0,
+        "no retry was answered by the producer table"
+    );
+    outcomes
+}
+
 #[test]
 fn replicated_store_and_engine_state_agree_through_partitions_drops_and_power_cuts() {
-    let (mut images, mut deduped) = (0, 0);
-    for seed in 0..seeds() {
-        let (_, i, d) = run(seed, 6_000);
-        images += i;
-        deduped += d;
-    }
-    eprintln!(
-        "{} seeds: {images} images installed, {deduped} retries answered by the producer table",
-        seeds()
+    many_seeds(Model::Sync, &[]);
+}
+
+/// Acknowledged before the disk: committed entries may be lost, the nodes never diverge.
+#[test]
+fn in_async_mode_a_group_may_lose_writes_but_never_diverges() {
+    let outcomes = many_seeds(Model::Async, &ASYNC_LOSS_SEEDS);
+    assert!(
+        outcomes.iter().any(|o| o.diverged > 0),
+        "no node installed an image over entries not the group's: pick new ASYNC_LOSS_SEEDS"
     );
-    assert!(images > 0, "no node ever needed an image");
-    assert!(deduped > 0, "no retry was answered by the producer table");
 }
 
 #[test]
 fn a_seed_replays_exactly() {
-    assert_eq!(run(7, 2_000), run(7, 2_000));
+    for model in [Model::Sync, Model::Async] {
+        assert_eq!(run(7, 2_000, model), run(7, 2_000, model));
+    }
 }
 
 /// The hard-state file round-trips on the simulated disk (what a restart loads).
