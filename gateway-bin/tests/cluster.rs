@@ -968,6 +968,20 @@ fn a_wiped_node_gets_its_place_back_once_caught_up_and_counts_again() -> anyhow:
 
 #[test]
 fn a_group_of_one_grows_into_three_that_survive_the_first_nodes_loss() -> anyhow::Result<()> {
+    grow_from_one(false)
+}
+
+/// A plain single node (no `--peers`) killed with SIGKILL, its directory started again as a
+/// group of one: what it held — acknowledged before the kill — is there, and it grows into a
+/// group of three as one started with `--peers` does.
+#[test]
+fn a_plain_single_nodes_directory_becomes_a_group_of_one_and_grows() -> anyhow::Result<()> {
+    grow_from_one(true)
+}
+
+/// Node 1 alone (first as a plain single node if `plain_first`), then nodes 2 and 3 added
+/// through `manifold cluster add`; then node 1 goes for good and the other two go on.
+fn grow_from_one(plain_first: bool) -> anyhow::Result<()> {
     let _serial = common::one_group_at_a_time();
     let root = tempfile::tempdir()?;
     let rafts: Vec<u16> = (0..3).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
@@ -988,9 +1002,51 @@ fn a_group_of_one_grows_into_three_that_survive_the_first_nodes_loss() -> anyhow
         })
         .collect::<anyhow::Result<_>>()?;
     let peer = |i: usize| format!("{}=127.0.0.1:{}", i + 1, rafts[i]);
+    let mut written = Vec::new();
+    if plain_first {
+        let args: Vec<String> = [
+            "--data-dir",
+            &nodes[0].dir.display().to_string(),
+            "--node-id",
+            "1",
+            "--resp-addr",
+            &format!("127.0.0.1:{}", nodes[0].resp),
+            "--http-addr",
+            &format!("127.0.0.1:{}", nodes[0].http),
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--segment-size",
+            "1048576",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        nodes[0].child = Some(common::serve(&args)?);
+        let mut con = nodes[0].client()?;
+        for n in 100..110 {
+            let _: String = redis::cmd("XADD")
+                .arg("s")
+                .arg("*")
+                .arg("n")
+                .arg(n)
+                .query(&mut con)?;
+            written.push(n);
+        }
+        let _: String = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("s")
+            .arg("g")
+            .arg("0")
+            .query(&mut con)?;
+        nodes[0].kill("KILL")?;
+    }
     // `--peers` naming only itself: a group of one, on the Raft path.
     nodes[0].start(&peer(0))?;
-    let mut written = Vec::new();
+    eventually(|| {
+        let got = values(&nodes[0])?;
+        ensure!(got == written, "after the restart as a group of one: {got:?}");
+        Ok(())
+    })?;
     for n in 0..10 {
         xadd_on_leader(&nodes[..1], "s", n)?;
         written.push(n);
@@ -1022,6 +1078,16 @@ fn a_group_of_one_grows_into_three_that_survive_the_first_nodes_loss() -> anyhow
                 "node {} sees {:?}",
                 n.id,
                 members_of(n)
+            );
+            // The plain node's consumer group came along.
+            let groups: Vec<redis::Value> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg("s")
+                .query(&mut n.client()?)?;
+            ensure!(
+                groups.len() == usize::from(plain_first),
+                "node {}: {groups:?}",
+                n.id
             );
         }
         Ok(())
