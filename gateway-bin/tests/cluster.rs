@@ -1044,7 +1044,10 @@ fn grow_from_one(plain_first: bool) -> anyhow::Result<()> {
     nodes[0].start(&peer(0))?;
     eventually(|| {
         let got = values(&nodes[0])?;
-        ensure!(got == written, "after the restart as a group of one: {got:?}");
+        ensure!(
+            got == written,
+            "after the restart as a group of one: {got:?}"
+        );
         Ok(())
     })?;
     for n in 0..10 {

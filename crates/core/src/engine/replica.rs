@@ -272,8 +272,11 @@ impl Replica {
 pub mod command {
     use bytes::Bytes;
 
-    use super::super::{COMMAND_VERSION, CommandTag, Trim, command_with_producer, group_command};
+    use super::super::{
+        COMMAND_VERSION, CommandTag, Trim, command_with_producer, group_command, session_command,
+    };
     use crate::engine::group_command::GroupCommand;
+    use crate::engine::session_command::SessionCommand;
     use crate::store::{LogIndex, RecordOp, StreamId, SubRecord};
 
     /// An append's (XADD's) command, with its producer sequence if any; its sub-record is the
@@ -309,6 +312,18 @@ pub mod command {
     /// removed.
     pub fn retain_from(index: LogIndex) -> (Bytes, Vec<SubRecord>) {
         super::super::timer_entry(&super::super::TimerCommand::RetainFrom { index })
+    }
+
+    /// The session-expiry timer: sessions whose expiry passed by `now_ms` end.
+    pub fn expire_sessions(now_ms: u64) -> Bytes {
+        super::super::timer_entry(&super::super::TimerCommand::ExpireSessions { now_ms }).0
+    }
+
+    /// An MQTT session command.
+    pub fn session(c: &SessionCommand) -> Bytes {
+        let mut bytes = vec![COMMAND_VERSION, CommandTag::Session as u8];
+        session_command::encode(c, &mut bytes);
+        Bytes::from(bytes)
     }
 
     /// Consumer-group commands (no sub-records: a group on a stream that does not exist fails).
