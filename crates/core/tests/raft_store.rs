@@ -644,7 +644,7 @@ impl Sim {
         });
         let name = Bytes::from(format!("producer-{producer}"));
         let replica = self.nodes[n].replica();
-        match replica.deduped(&name, seq) {
+        match replica.with_state(|s| s.deduped(&name, seq)) {
             Some(Deduped::Added(_)) => {
                 self.unanswered.remove(&payload);
                 self.acked.insert(payload);

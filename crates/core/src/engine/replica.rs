@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::state::{Deduped, EngineState, Limits};
+use super::state::{EngineState, Limits};
 use super::{
     APPLY_BATCH, EngineConfig, Result, apply_entries, batch, entry_command, journal, snapshot,
 };
@@ -223,11 +223,6 @@ impl Replica {
             next = upto + 1;
         }
         Ok(out)
-    }
-
-    /// The answer the producer table remembers for `(producer, seq)`, as applied so far.
-    pub fn deduped(&self, producer: &[u8], seq: u64) -> Option<Deduped> {
-        self.lock().deduped(producer, seq)
     }
 
     /// Reads the engine state as applied so far.
