@@ -470,6 +470,30 @@ fn a_shorter_follower_points_the_leader_at_its_end() {
     );
 }
 
+/// A follower told a commit past its log's end lost entries it acknowledged (`--flush async`,
+/// a power cut): besides the heartbeat answer it says where its log ends, as a follower back
+/// with less does, so the leader sends them again even when no append is coming.
+#[test]
+fn a_follower_that_lost_acknowledged_entries_points_the_leader_at_its_end_on_a_heartbeat() {
+    let mut f = node(2, 1, &[1, 1]);
+    let heartbeat = |commit| Message::Heartbeat { term: 1, commit };
+    let a = msg(&mut f, 0, 1, heartbeat(5));
+    let r = append_replies(&a);
+    assert_eq!(r.len(), 1, "{a:?}");
+    assert_eq!(
+        (r[0].success, r[0].index, r[0].hint_index, r[0].hint_term),
+        (false, 5, 3, 0)
+    );
+    assert!(
+        sends(&a)
+            .iter()
+            .any(|(to, m)| *to == 1 && matches!(m, Message::HeartbeatReply { .. }))
+    );
+    // A commit it holds: the heartbeat answer only.
+    let a = msg(&mut f, 1, 1, heartbeat(2));
+    assert!(append_replies(&a).is_empty(), "{a:?}");
+}
+
 #[test]
 fn the_leader_backs_off_by_term_and_never_past_what_was_refused() {
     // Leader of term 5 with 1 1 3 3 5: follower reports term 3 from index 2 at index 4 ... the

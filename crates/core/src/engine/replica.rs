@@ -268,8 +268,10 @@ pub mod command {
     use bytes::Bytes;
 
     use super::super::{
-        COMMAND_VERSION, CommandTag, Trim, command_with_producer, group_command, session_command,
+        COMMAND_VERSION, CommandTag, Trim, command_with_producer, filter_groups, group_command,
+        session_command,
     };
+    use crate::engine::filter_groups::FilterGroupCommand;
     use crate::engine::group_command::GroupCommand;
     use crate::engine::session_command::SessionCommand;
     use crate::store::{LogIndex, RecordOp, StreamId, SubRecord};
@@ -318,6 +320,19 @@ pub mod command {
     pub fn session(c: &SessionCommand) -> Bytes {
         let mut bytes = vec![COMMAND_VERSION, CommandTag::Session as u8];
         session_command::encode(c, &mut bytes);
+        Bytes::from(bytes)
+    }
+
+    /// An append whose message becomes its topic's retained message (an MQTT retained
+    /// PUBLISH).
+    pub fn append_retained(producer: Option<&(Bytes, u64)>) -> Bytes {
+        command_with_producer(CommandTag::AppendRetain, producer)
+    }
+
+    /// A filter-group command (MQTT shared subscriptions on a filter).
+    pub fn filter_group(c: &FilterGroupCommand) -> Bytes {
+        let mut bytes = vec![COMMAND_VERSION, CommandTag::FilterGroup as u8];
+        filter_groups::encode_command(c, &mut bytes);
         Bytes::from(bytes)
     }
 

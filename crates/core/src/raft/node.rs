@@ -607,6 +607,24 @@ impl Raft {
                     let term = self.hard.term;
                     let healthy = self.healthy;
                     self.send(from, Message::HeartbeatReply { term, healthy });
+                    // The leader sends a commit only as far as it counts this node's log
+                    // matched: one past our end means we lost entries we acknowledged (a power
+                    // cut took them before the disk had them: `--flush async`). Say where our
+                    // log ends, as a follower back with less does, so the leader sends them
+                    // again — on an idle group no append would ever show it.
+                    let last = self.log.last_index();
+                    if commit > last {
+                        self.send(
+                            from,
+                            Message::AppendReply(super::message::AppendReply {
+                                term,
+                                success: false,
+                                index: commit,
+                                hint_index: last + 1,
+                                hint_term: 0,
+                            }),
+                        );
+                    }
                 }
             }
             Message::HeartbeatReply { healthy, .. } => {
