@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use common::mqtt::{Node, node};
-use common::ws::{self, Socket, next, send};
+use common::ws::{self, Socket, next, send, subscribe};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -62,11 +62,10 @@ fn websocket_subscribe_publish_and_resume() -> anyhow::Result<()> {
     send(&mut ws, json!({"type": "ping", "ref": 1}))?;
     ensure!(next(&mut ws)? == json!({"type": "pong", "ref": 1}));
     node.publish(&["-t", "w/a", "-m", "old", "-q", "1"])?;
-    send(
+    subscribe(
         &mut ws,
         json!({"type": "subscribe", "id": "live", "topic": "w/a"}),
     )?;
-    ensure!(next(&mut ws)?["type"] == "subscribed");
     // Latest: only what comes after, from MQTT and from this socket.
     node.publish(&["-t", "w/a", "-m", "from mqtt", "-q", "1"])?;
     send(
@@ -92,13 +91,12 @@ fn websocket_subscribe_publish_and_resume() -> anyhow::Result<()> {
         published["ref"] == "p1" && published["cursor"] == got[1]["cursor"],
         "{published} {got:?}"
     );
-    // Earliest, by filter: everything so far, in order.
-    send(
+    // Earliest, by filter: everything so far, in order; the answer comes before the
+    // subscription's first message.
+    subscribe(
         &mut ws,
         json!({"type": "subscribe", "id": "all", "filter": "w/+", "from": "earliest"}),
     )?;
-    // The answer comes before the subscription's first message.
-    ensure!(next(&mut ws)?["type"] == "subscribed");
     let (got, other) = messages(&mut ws, 3)?;
     ensure!(other.is_empty(), "{other:?}");
     let payloads: Vec<&str> = got.iter().filter_map(|m| m["payload"].as_str()).collect();
@@ -133,11 +131,10 @@ fn a_slow_client_is_closed_with_4008_and_resumes_from_its_cursor() -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
     let mut ws = open(&node)?;
-    send(
+    subscribe(
         &mut ws,
         json!({"type": "subscribe", "id": "s", "topic": "big", "from": "earliest"}),
     )?;
-    ensure!(next(&mut ws)?["type"] == "subscribed");
     // 3000 messages of 8 KiB: far more than the queue and the socket buffers hold.
     big_messages(&node, "big", N)?;
     // Not reading for longer than the server waits for room in a full queue (5 s).
@@ -167,11 +164,10 @@ fn a_slow_client_is_closed_with_4008_and_resumes_from_its_cursor() -> anyhow::Re
     // Back from the last cursor: the rest, once each, in order.
     let mut ws = open(&node)?;
     let from = last_cursor.context("a cursor")?;
-    send(
+    subscribe(
         &mut ws,
         json!({"type": "subscribe", "id": "s", "topic": "big", "from": from}),
     )?;
-    ensure!(next(&mut ws)?["type"] == "subscribed");
     while seen.len() < N {
         let (got, _) = messages(&mut ws, 1)?;
         let p = got[0]["payload"].as_str().context("payload")?;
@@ -188,11 +184,10 @@ fn a_live_tail_too_far_behind_skips_to_the_head() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = node(dir.path())?;
     let mut ws = open(&node)?;
-    send(
+    subscribe(
         &mut ws,
         json!({"type": "subscribe", "id": "live", "topic": "telemetry", "lag_limit_ms": 300}),
     )?;
-    ensure!(next(&mut ws)?["type"] == "subscribed");
     let mut con = big_messages(&node, "telemetry", N)?;
     // Not reading for a while (less than the 5 s that close a full queue): the tail falls
     // behind by more than its limit. (It may fall behind while the messages are still being
@@ -249,11 +244,10 @@ fn many_followers_of_a_topic_each_get_every_message_once_in_order() -> anyhow::R
     let mut sockets = Vec::new();
     for _ in 0..FOLLOWERS {
         let mut ws = open(&node)?;
-        send(
+        subscribe(
             &mut ws,
             json!({"type": "subscribe", "id": "t", "topic": "wide", "lag_limit_ms": 0}),
         )?;
-        ensure!(next(&mut ws)?["type"] == "subscribed");
         sockets.push(ws);
     }
     let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp))?;

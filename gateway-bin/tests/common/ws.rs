@@ -55,3 +55,11 @@ pub fn try_next(ws: &mut Socket) -> anyhow::Result<Option<Value>> {
 pub fn next(ws: &mut Socket) -> anyhow::Result<Value> {
     try_next(ws)?.context("no frame within the read timeout")
 }
+
+/// Sends a subscribe frame; the next frame must be its `subscribed` answer.
+pub fn subscribe(ws: &mut Socket, frame: Value) -> anyhow::Result<()> {
+    send(ws, frame)?;
+    let answer = next(ws)?;
+    anyhow::ensure!(answer["type"] == "subscribed", "{answer}");
+    Ok(())
+}
