@@ -28,6 +28,22 @@ struct Node {
     gate: Mutex<Option<Term>>,
     commit: Mutex<LogIndex>,
     committed: Condvar,
+    /// What the driver said, in order, of configurations appended and of this node being
+    /// its group's only voter.
+    calls: Mutex<Vec<Call>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    /// A Config entry at this index with these voters.
+    Config(LogIndex, Vec<NodeId>),
+    SoleVoter(Option<LogIndex>),
+}
+
+impl Node {
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Hooks for Node {
@@ -44,9 +60,20 @@ impl Hooks for Node {
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         let log = self.store.log();
         before(log.last_index() + 1)?;
-        Ok(log
+        let index = log
             .append(&raft::membership::config_entry(term, 0, members))?
-            .index)
+            .index;
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Call::Config(index, members.voters().collect()));
+        Ok(index)
+    }
+    fn sole_voter(&self, first: Option<LogIndex>) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Call::SoleVoter(first));
     }
     fn committed(&self, index: LogIndex) {
         if let Err(e) = self.store.dispatch_to(index) {
@@ -88,19 +115,35 @@ fn config(id: NodeId, peers: &[(NodeId, SocketAddr)]) -> RaftConfig {
 }
 
 fn start(id: NodeId, dir: &Path, listener: TcpListener, peers: &[(NodeId, SocketAddr)]) -> Running {
+    start_with(id, dir, listener, peers, false)
+}
+
+/// `join`: this node starts as a learner waiting to be added (`serve --join`).
+fn start_with(
+    id: NodeId,
+    dir: &Path,
+    listener: TcpListener,
+    peers: &[(NodeId, SocketAddr)],
+    join: bool,
+) -> Running {
     let storage: Arc<dyn Storage> = Arc::new(RealFs);
     let store = Arc::new(
         MessageStore::open(storage.clone(), dir, StoreConfig::default()).expect("store opens"),
     );
     let hard = HardState::load(storage.as_ref(), dir).expect("hard state");
     let terms = raft::log_terms(&store).expect("terms");
-    let mut core = Raft::new(config(id, peers), hard, terms, store.dispatched_index(), 0);
+    let mut cfg = config(id, peers);
+    if join && let Some(me) = cfg.members.get_mut(id) {
+        me.role = raft::MemberRole::Learner { promote: false };
+    }
+    let mut core = Raft::new(cfg, hard, terms, store.dispatched_index(), 0);
     core.restore_configs(raft::members_file::load(storage.as_ref(), dir).expect("members"));
     let node = Arc::new(Node {
         store: store.clone(),
         gate: Mutex::new(None),
         commit: Mutex::new(store.dispatched_index()),
         committed: Condvar::new(),
+        calls: Mutex::new(Vec::new()),
     });
     let (channel, deliver) = raft::driver::event_channel();
     let transport = Arc::new(
@@ -328,7 +371,105 @@ fn three_nodes_over_tcp_elect_replicate_fail_over_and_catch_up() {
             expected,
             "node {id}: every write once, in order"
         );
+        assert!(
+            !n.node
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Call::SoleVoter(Some(_)))),
+            "node {id} of three is never told its acknowledgement commits"
+        );
     }
+    for (_, n) in std::mem::take(&mut c.nodes) {
+        n.stop();
+    }
+}
+
+/// A group of one commits what its log acknowledges, and the driver says so to the node above
+/// (which then applies on the acknowledgement); it stops saying so before the configuration
+/// that makes a second node a voter is appended — an entry after it needs that node too.
+#[test]
+fn a_group_of_one_is_told_it_commits_alone_until_a_second_voter_is_appended() {
+    let (l1, l2) = (
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+    );
+    let addrs = vec![
+        (1, l1.local_addr().expect("addr")),
+        (2, l2.local_addr().expect("addr")),
+    ];
+    let (d1, d2) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let mut c = Cluster {
+        dirs: Vec::new(),
+        addrs: addrs.clone(),
+        nodes: BTreeMap::new(),
+    };
+    c.nodes.insert(1, start(1, d1.path(), l1, &addrs[..1]));
+    assert_eq!(
+        c.leader(Duration::from_secs(5)),
+        Some(1),
+        "a group of one leads"
+    );
+    assert_eq!(c.write(1..21).len(), 20);
+    // Its founding configuration (itself) is its first entry, and from there it commits alone
+    // (before, campaigning, it was told it does not).
+    let calls = c.nodes[&1].node.calls();
+    assert!(
+        calls.ends_with(&[Call::Config(1, vec![1]), Call::SoleVoter(Some(1))])
+            && calls[..calls.len() - 2]
+                .iter()
+                .all(|c| *c == Call::SoleVoter(None)),
+        "{calls:?}"
+    );
+
+    // Node 2 joins: added as a learner (still one voter), caught up, then promoted.
+    c.nodes
+        .insert(2, start_with(2, d2.path(), l2, &addrs, true));
+    c.nodes[&1]
+        .handle
+        .event(Event::ChangeMembership(raft::MembershipChange::Add {
+            id: 2,
+            addr: addrs[1].1.to_string(),
+            learner: false,
+        }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let promoted = loop {
+        let calls = c.nodes[&1].node.calls();
+        if let Some(at) = calls
+            .iter()
+            .position(|c| matches!(c, Call::Config(_, v) if v.len() == 2))
+        {
+            break calls[..=at].to_vec();
+        }
+        assert!(Instant::now() < deadline, "node 2 promoted: {calls:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // While node 2 was a learner the group still had one voter; the promotion's entry was
+    // appended only after the driver withdrew the word.
+    let n = promoted.len();
+    assert!(
+        matches!(promoted[n - 2], Call::SoleVoter(None)),
+        "told before the second voter's configuration: {promoted:?}"
+    );
+    assert!(
+        promoted[..n - 2]
+            .iter()
+            .any(|c| matches!(c, Call::Config(_, v) if v == &[1])),
+        "node 2 was first a learner: {promoted:?}"
+    );
+    // Two voters now: writes commit on both.
+    let more = c.write(21..41);
+    assert_eq!(more.len(), 20);
+    let last = c.nodes[&1].node.store.log().last_index();
+    assert!(c.nodes[&2].wait_commit(last, Duration::from_secs(5)));
+    assert!(
+        !c.nodes[&1].node.calls()[n..]
+            .iter()
+            .any(|c| matches!(c, Call::SoleVoter(Some(_)))),
+        "two voters: never alone again"
+    );
     for (_, n) in std::mem::take(&mut c.nodes) {
         n.stop();
     }

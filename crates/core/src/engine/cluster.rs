@@ -125,6 +125,7 @@ impl Hooks for EngineHooks {
         let mut p = self.0.lock_proposer();
         let entry = NewEntry::noop(term, p.last_ts);
         let index = self.0.store.log().append(&entry)?.index;
+        self.0.handed.store(index, Ordering::Release);
         if let Some(g) = p.cluster.as_mut() {
             g.noop_at = Some(index);
         }
@@ -142,6 +143,7 @@ impl Hooks for EngineHooks {
         let log = self.0.store.log();
         before(log.last_index() + 1)?;
         let index = log.append(&entry)?.index;
+        self.0.handed.store(index, Ordering::Release);
         // The founding configuration is a new leader's first entry, in place of the no-op:
         // proposals open once it is applied.
         if let Some(g) = p.cluster.as_mut()
@@ -155,6 +157,11 @@ impl Hooks for EngineHooks {
 
     fn committed(&self, index: LogIndex) {
         self.0.commit.fetch_max(index, Ordering::AcqRel);
+        // Applied already (a group of one's applier takes entries on the log's
+        // acknowledgement): nothing to wake it for.
+        if self.0.applied.load(Ordering::Acquire) >= index {
+            return;
+        }
         let tx = self.0.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = tx.as_ref() {
             let _ = tx.send(ApplyInput::Commit);
@@ -172,6 +179,12 @@ impl Hooks for EngineHooks {
 
     fn fetch_image(&self, leader: NodeId, diverged: bool) {
         self.0.start_fetch(leader, diverged);
+    }
+
+    fn sole_voter(&self, first: Option<LogIndex>) {
+        self.0
+            .sole_from
+            .store(first.unwrap_or(0), Ordering::Release);
     }
 
     fn resume_proposals(&self) {
@@ -381,16 +394,30 @@ impl Inner {
     /// Tells the driver the leader appended through `index` in `term`.
     pub(super) fn appended(&self, index: LogIndex, term: Term) {
         if let Some(c) = self.cluster.get() {
-            c.handle.event(Event::Appended {
-                last_index: index,
-                term,
-            });
+            c.handle.appended(index, term);
         }
     }
 
     /// This node's Raft status, if it is in a group.
     pub(super) fn raft_status(&self) -> Option<Status> {
         self.cluster.get().map(|c| c.handle.status())
+    }
+
+    /// What the applier may apply through: the driver's commit index or, leading a group of
+    /// one, what the log has acknowledged of this leadership's entries and the proposals
+    /// already queued (`handed`) — the same index the core will report, a hand-off sooner.
+    fn commit_now(&self) -> LogIndex {
+        let commit = self.commit.load(Ordering::Acquire);
+        // The acknowledgement is read first: an entry it covers was appended before it, so a
+        // `sole_voter(None)` made before a configuration entry's append is seen below.
+        let acked = self.store.log().acked_index();
+        let handed = self.handed.load(Ordering::Acquire);
+        let from = self.sole_from.load(Ordering::Acquire);
+        if from != 0 && acked >= from {
+            commit.max(acked.min(handed))
+        } else {
+            commit
+        }
     }
 
     /// The applier of a group member: waits for the commit index, applies the committed
@@ -401,7 +428,18 @@ impl Inner {
         let mut checkpointing = Checkpointing::new();
         let mut pending: VecDeque<Proposal> = VecDeque::new();
         loop {
-            let next = if checkpointing.busy() {
+            // Leading a group of one, the oldest proposal's acknowledgement is its commit:
+            // waited for here, as the single-node applier does, not through the driver.
+            let alone_waiting = (self.sole_from.load(Ordering::Acquire) != 0)
+                .then(|| pending.front().and_then(|p| p.entries.last()))
+                .flatten()
+                .filter(|(t, _)| !t.is_durable());
+            let next = if let Some((ticket, _)) = alone_waiting {
+                // An error (a truncation: no longer leading) is met again in the driver's
+                // commit; the next turn sleeps in the channel.
+                let _ = ticket.wait_ref();
+                Ok(ApplyInput::Commit)
+            } else if checkpointing.busy() {
                 rx.recv_timeout(Duration::from_millis(20))
             } else {
                 rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
@@ -417,7 +455,7 @@ impl Inner {
                 }
             }
             loop {
-                let commit = self.commit.load(Ordering::Acquire);
+                let commit = self.commit_now();
                 let applied = self.applied.load(Ordering::Acquire);
                 if commit <= applied {
                     break;

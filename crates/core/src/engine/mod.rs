@@ -925,6 +925,14 @@ struct Inner {
     wait_order: AtomicU64,
     /// In a Raft group of several: the commit index the driver reported.
     commit: AtomicU64,
+    /// Leading a group whose configuration in force has this node as its only voter: the
+    /// first entry of that leadership (0: not so). From it on, an entry is committed once the
+    /// log acknowledges it, and the applier takes it without waiting for the driver's word.
+    sole_from: AtomicU64,
+    /// The last entry appended under the proposer lock whose proposal, if it has one, is in
+    /// the applier's channel: an acknowledged entry past it may be a proposal of ours not
+    /// queued yet, so the applier never takes it on the log's acknowledgement alone.
+    handed: AtomicU64,
     /// In a Raft group of several: the driver.
     cluster: std::sync::OnceLock<cluster::ClusterLink>,
     /// In a Raft group of several: where writes go when this node does not lead.
@@ -1114,6 +1122,8 @@ impl Engine {
             topic_index: Mutex::new(None),
             wait_order: AtomicU64::new(0),
             commit: AtomicU64::new(applied_at_open),
+            sole_from: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
             cluster: std::sync::OnceLock::new(),
             forwarder: clustered.as_ref().map(|c| {
                 forward::Forwarder::new(
@@ -2359,6 +2369,9 @@ impl Inner {
         drop(tx);
         if sent != Some(true) {
             return Err(EngineError::ShuttingDown);
+        }
+        if let Some((index, _)) = last {
+            self.handed.store(index, Ordering::Release);
         }
         // In a group, the Raft core replicates what the leader appended — told only now: the
         // proposal must reach the applier before the commit that covers it can (else its

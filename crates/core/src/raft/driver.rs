@@ -49,6 +49,15 @@ pub trait Hooks: Send + Sync + 'static {
     /// offers one (this node is behind its retained log), or this node's committed entries
     /// are not the leader's (`diverged`: it must install one whatever it holds).
     fn fetch_image(&self, leader: NodeId, diverged: bool);
+    /// `Some(first)`: this node leads, and the configuration in force has it as its only
+    /// voter, from entry `first` (its leadership's first entry) on — each entry from there is
+    /// committed the moment this node's log acknowledges it, which is all the core would
+    /// count, so the node above may apply on the acknowledgement without waiting for
+    /// `committed` (which still follows). `None`: no longer; called before a configuration
+    /// with other voters is appended, and when the node stops leading.
+    fn sole_voter(&self, first: Option<LogIndex>) {
+        let _ = first;
+    }
 }
 
 /// A node's Raft status as the driver last saw it.
@@ -131,6 +140,7 @@ pub fn event_channel() -> (
 pub struct Driver {
     tx: Sender<Option<Event>>,
     status: Arc<Mutex<Status>>,
+    appended: Arc<Mutex<Option<(LogIndex, Term)>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -140,11 +150,24 @@ pub struct Driver {
 pub struct DriverHandle {
     tx: Sender<Option<Event>>,
     status: Arc<Mutex<Status>>,
+    appended: Arc<Mutex<Option<(LogIndex, Term)>>>,
 }
 
 impl DriverHandle {
     pub fn event(&self, event: Event) {
         let _ = self.tx.send(Some(event));
+    }
+
+    /// The leader appended through `last_index` in `term` (called in log order). Coalesced:
+    /// while one `Appended` waits for the driver, later ones only move what the driver takes
+    /// with it — one wake-up per driver turn, not one per proposal.
+    pub fn appended(&self, last_index: LogIndex, term: Term) {
+        let mut slot = self.appended.lock().unwrap_or_else(|p| p.into_inner());
+        let first = slot.replace((last_index, term)).is_none();
+        drop(slot);
+        if first {
+            let _ = self.tx.send(Some(Event::Appended { last_index, term }));
+        }
     }
     pub fn status(&self) -> Status {
         self.status
@@ -166,6 +189,8 @@ struct Runner {
     config: DriverConfig,
     epoch: Instant,
     tx: Sender<Option<Event>>,
+    /// The latest of the leader's coalesced appends (`DriverHandle::appended`).
+    appended: Arc<Mutex<Option<(LogIndex, Term)>>>,
 }
 
 impl Driver {
@@ -184,6 +209,7 @@ impl Driver {
     ) -> std::io::Result<Driver> {
         let (tx, rx) = channel;
         let status = Arc::new(Mutex::new(status_of(&core)));
+        let appended = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
@@ -207,6 +233,7 @@ impl Driver {
             config,
             epoch: Instant::now(),
             tx: tx.clone(),
+            appended: appended.clone(),
         };
         threads.push(
             std::thread::Builder::new()
@@ -216,6 +243,7 @@ impl Driver {
         Ok(Driver {
             tx,
             status,
+            appended,
             stop,
             threads,
         })
@@ -225,6 +253,7 @@ impl Driver {
         DriverHandle {
             tx: self.tx.clone(),
             status: self.status.clone(),
+            appended: self.appended.clone(),
         }
     }
 
@@ -395,7 +424,19 @@ impl Runner {
 
     fn step(&mut self, event: Event) {
         let now = self.now();
+        let appended = matches!(event, Event::Appended { .. });
         self.core.step(now, event);
+        // The appends coalesced behind this one (`DriverHandle::appended`).
+        if appended {
+            let latest = self
+                .appended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some((last_index, term)) = latest {
+                self.core.step(now, Event::Appended { last_index, term });
+            }
+        }
         let actions = self.core.take_actions();
         for a in actions {
             if let Err(e) = self.carry_out(a) {
@@ -439,6 +480,9 @@ impl Runner {
         // the no-op follows.
         if role == Role::Leader && self.store.log().last_index() > self.core.last_index() {
             self.store.truncate_after(self.core.last_index())?;
+        }
+        if role != Role::Leader {
+            self.hooks.sole_voter(None);
         }
         let status = Status {
             role,
@@ -493,6 +537,9 @@ impl Runner {
             }
             Action::AppendNoop { term } => {
                 let index = self.hooks.append_noop(term)?;
+                if self.core.leads_alone() {
+                    self.hooks.sole_voter(Some(index));
+                }
                 // Handled on the next turn, after this batch of actions.
                 let _ = self.tx.send(Some(Event::Appended {
                     last_index: index,
@@ -528,7 +575,16 @@ impl Runner {
                     });
                     members_file::save(storage.as_ref(), &root, &configs)
                 };
+                // Entries after a configuration with other voters need their votes: the
+                // node above stops taking acknowledged entries as committed before it exists.
+                let alone = self.core.alone_in(&members);
+                if !alone {
+                    self.hooks.sole_voter(None);
+                }
                 let index = self.hooks.append_config(term, &members, &mut before)?;
+                if alone && self.core.role() == Role::Leader {
+                    self.hooks.sole_voter(Some(index));
+                }
                 self.members_changed(&configs);
                 // Handled on the next turn, like `Appended`.
                 let _ = self.tx.send(Some(Event::ConfigAppended {

@@ -158,6 +158,21 @@ impl Raft {
         self.counts(self.cfg.id, self.cfg.incarnation) && self.membership().voters().count() == 1
     }
 
+    /// Leading a group of one: each entry of this term is committed as soon as this node's
+    /// log makes it durable (`Persisted` commits it, nothing else is counted).
+    pub fn leads_alone(&self) -> bool {
+        self.role == Role::Leader && self.alone()
+    }
+
+    /// Whether `members`, once in force, would have this node (this incarnation) as its only
+    /// voter.
+    pub fn alone_in(&self, members: &Membership) -> bool {
+        members.voters().count() == 1
+            && members.get(self.cfg.id).is_some_and(|m| {
+                m.role == MemberRole::Voter && m.incarnation == self.cfg.incarnation
+            })
+    }
+
     /// Feeds one event at time `now` (milliseconds on the driver's monotonic clock).
     pub fn step(&mut self, now: u64, event: Event) {
         self.now = self.now.max(now);

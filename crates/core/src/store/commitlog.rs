@@ -755,6 +755,12 @@ impl CommitLog {
         self.inner.fsync_latency.snapshot()
     }
 
+    /// The last index acknowledged (written in `async`, synced in `sync`), read without the
+    /// lock.
+    pub fn acked_index(&self) -> LogIndex {
+        self.inner.acked.load(Ordering::Acquire)
+    }
+
     /// The last acknowledgement: the index it reached and when (the instant an `async`
     /// write or a `sync` fdatasync completed). What latency is measured from: a reader woken
     /// for an entry is woken this long after its commit.
