@@ -1038,6 +1038,13 @@ fn grow_from_one(plain_first: bool) -> anyhow::Result<()> {
             .arg("g")
             .arg("0")
             .query(&mut con)?;
+        // A single node is a group of one with no Raft listener: nothing can join it.
+        let (code, _, err) =
+            cluster_cli(&nodes[0], &["add", "--id", "2", "--addr", "127.0.0.1:9"])?;
+        ensure!(
+            code == 1 && err.contains("no Raft listener"),
+            "a single node refuses a member ({code}): {err}"
+        );
         nodes[0].kill("KILL")?;
     }
     // `--peers` naming only itself: a group of one, on the Raft path.
@@ -1106,7 +1113,39 @@ fn grow_from_one(plain_first: bool) -> anyhow::Result<()> {
             ensure!(values(n)? == written, "node {} differs", n.id);
         }
         Ok(())
-    })
+    })?;
+    // Its directory now holds the group's configuration: started without `--peers` (as a
+    // single node, alone), it refuses to serve rather than lead a log that is the group's.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir", &nodes[0].dir.display().to_string()])
+        .args(["--resp-addr", &format!("127.0.0.1:{}", nodes[0].resp)])
+        .args(["--http-addr", &format!("127.0.0.1:{}", nodes[0].http)])
+        .args(["--mqtt-addr", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("a single node served a group's directory");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err)?;
+    }
+    ensure!(
+        status.code() == Some(2) && err.contains("voters are [1, 2, 3]"),
+        "{status}: {err}"
+    );
+    Ok(())
 }
 
 /// What a client sees of stream `s`: its entries and XINFO STREAM (lengths, IDs, entries

@@ -155,7 +155,7 @@ fn start_with(
         store,
         storage,
         dir.to_path_buf(),
-        transport.clone(),
+        Some(transport.clone()),
         node.clone(),
         DriverConfig::default(),
         channel,

@@ -263,7 +263,10 @@ async fn transfer_leader(
             .min(TRANSFER_WAIT_MAX_MS),
     );
     let started = Instant::now();
-    let Some(before) = engine.raft_status() else {
+    let Some(before) = engine
+        .raft_status()
+        .filter(|st| st.members.voters().count() > 1)
+    else {
         return error(
             StatusCode::CONFLICT,
             "a group of one has no other voter to lead",
@@ -380,10 +383,14 @@ async fn change_and_wait(
     let started = Instant::now();
     let mut asked = None::<Instant>;
     loop {
-        let Some(st) = engine.raft_status() else {
+        let Some(st) = engine
+            .raft_status()
+            .filter(|_| engine.raft_addr().is_some())
+        else {
             return error(
                 StatusCode::CONFLICT,
-                "a group of one has no membership to change (start it with --peers)",
+                "a single node has no Raft listener to grow its group from (restart it with \
+                 --peers naming itself)",
             );
         };
         // A node removed from the group stops hearing from it: its own removal is done here

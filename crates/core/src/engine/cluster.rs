@@ -99,7 +99,8 @@ impl std::fmt::Debug for ClusterLink {
 /// The running Raft parts, stopped by `Engine::close`.
 pub(super) struct ClusterParts {
     pub driver: Driver,
-    pub transport: Arc<Transport>,
+    /// None: a single node (no `ClusterConfig`), a group of one without a Raft listener.
+    pub transport: Option<Arc<Transport>>,
 }
 
 impl std::fmt::Debug for ClusterParts {
@@ -111,7 +112,7 @@ impl std::fmt::Debug for ClusterParts {
 impl ClusterParts {
     pub fn stop(self) {
         self.driver.stop();
-        if let Ok(t) = Arc::try_unwrap(self.transport) {
+        if let Some(Ok(t)) = self.transport.map(Arc::try_unwrap) {
             t.shutdown();
         }
     }
@@ -216,38 +217,47 @@ impl Hooks for EngineHooks {
 }
 
 /// Binds the Raft address, starts the transport and the driver. `applied`: what the engine
-/// applied at open (all committed).
+/// applied at open (all committed). Without a `cluster`, a single node: a group of one with
+/// no Raft listener and no transport (its founding configuration names it with no address).
 pub(super) fn start(
     inner: &Arc<Inner>,
     id: NodeId,
     incarnation: u64,
-    cluster: &ClusterConfig,
+    cluster: Option<&ClusterConfig>,
     applied: LogIndex,
 ) -> Result<ClusterParts> {
     let storage = inner.storage.clone();
     let root = inner.root.clone();
-    let Some(&(_, addr)) = cluster.voters.iter().find(|(v, _)| *v == id) else {
-        return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
-            "this node's id is not among the cluster's voters",
-        )));
+    let single = ClusterConfig::new(Vec::new());
+    let (listener, bootstrap) = match cluster {
+        Some(cluster) => {
+            let Some(&(_, addr)) = cluster.voters.iter().find(|(v, _)| *v == id) else {
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                    "this node's id is not among the cluster's voters",
+                )));
+            };
+            let addr = cluster.listen.unwrap_or(addr);
+            let listener = TcpListener::bind(addr)
+                .map_err(|e| StoreError::io(format!("raft address {addr}"), e))?;
+            let mut bootstrap = raft::Membership::bootstrap(
+                &cluster
+                    .voters
+                    .iter()
+                    .map(|(v, a)| (*v, a.to_string()))
+                    .collect::<Vec<_>>(),
+            );
+            if cluster.join
+                && let Some(me) = bootstrap.get_mut(id)
+            {
+                me.role = raft::MemberRole::Learner { promote: false };
+            }
+            (Some(listener), bootstrap)
+        }
+        None => (None, raft::Membership::bootstrap(&[(id, String::new())])),
     };
-    let addr = cluster.listen.unwrap_or(addr);
-    let listener =
-        TcpListener::bind(addr).map_err(|e| StoreError::io(format!("raft address {addr}"), e))?;
+    let cluster = cluster.unwrap_or(&single);
     let hard = HardState::load(storage.as_ref(), &root)?;
     let terms = raft::log_terms(&inner.store)?;
-    let mut bootstrap = raft::Membership::bootstrap(
-        &cluster
-            .voters
-            .iter()
-            .map(|(v, a)| (*v, a.to_string()))
-            .collect::<Vec<_>>(),
-    );
-    if cluster.join
-        && let Some(me) = bootstrap.get_mut(id)
-    {
-        me.role = raft::MemberRole::Learner { promote: false };
-    }
     let cfg = RaftConfig {
         heartbeat_ms: cluster.heartbeat_ms,
         election_min_ms: cluster.election_min_ms,
@@ -262,30 +272,36 @@ pub(super) fn start(
     core.restore_configs(crate::raft::members_file::load(storage.as_ref(), &root)?);
     let peers = crate::raft::driver::peer_addrs(core.membership(), id, &cluster.voters);
     let (channel, deliver) = crate::raft::driver::event_channel();
-    let transport = Arc::new(
-        Transport::start(
-            id,
-            listener,
-            &peers,
-            deliver,
-            TransportConfig {
-                secret: std::sync::Arc::from(cluster.secret.as_slice()),
-                incarnation,
-                ..TransportConfig::default()
-            },
-        )
-        .map_err(|e| StoreError::io("raft transport", e))?,
-    );
-    // Followers behind the retained log fetch images of this node.
-    let weak = Arc::downgrade(inner);
-    transport.on_side_channel(
-        raft::handshake::Kind::Image,
-        Arc::new(move |from, stream| {
-            if let Some(inner) = weak.upgrade() {
-                inner.serve_image(from, stream);
-            }
-        }),
-    );
+    let transport = match listener {
+        Some(listener) => {
+            let transport = Arc::new(
+                Transport::start(
+                    id,
+                    listener,
+                    &peers,
+                    deliver,
+                    TransportConfig {
+                        secret: std::sync::Arc::from(cluster.secret.as_slice()),
+                        incarnation,
+                        ..TransportConfig::default()
+                    },
+                )
+                .map_err(|e| StoreError::io("raft transport", e))?,
+            );
+            // Followers behind the retained log fetch images of this node.
+            let weak = Arc::downgrade(inner);
+            transport.on_side_channel(
+                raft::handshake::Kind::Image,
+                Arc::new(move |from, stream| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.serve_image(from, stream);
+                    }
+                }),
+            );
+            Some(transport)
+        }
+        None => None,
+    };
     let driver = Driver::start(
         core,
         inner.store.clone(),
@@ -328,10 +344,14 @@ impl super::Engine {
     /// `InvalidArgument` in a group of one.
     pub fn change_membership(&self, change: raft::MembershipChange) -> Result<()> {
         let Some(c) = self.inner.cluster.get() else {
-            return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
-                "a group of one has no membership to change (start it with --peers)",
-            )));
+            return Err(EngineError::ShuttingDown);
         };
+        if self.raft_addr().is_none() {
+            return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
+                "a single node has no Raft listener to grow its group from (restart it with \
+                 --peers naming itself)",
+            )));
+        }
         if let raft::MembershipChange::Add { id, addr, .. } = &change {
             if *id == 0 {
                 return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
@@ -348,17 +368,29 @@ impl super::Engine {
         Ok(())
     }
 
+    /// Where this node's Raft listener is bound; none for a single node (started without a
+    /// cluster configuration: a group of one that talks to nobody).
+    pub fn raft_addr(&self) -> Option<SocketAddr> {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.transport.as_ref())
+            .map(|t| t.local_addr())
+    }
+
     /// Node-to-node traffic so far: messages dropped (a full queue, a peer down), frames
     /// refused by the decoder, connections refused in the handshake. Zeros in a group of one.
     pub fn transport_counts(&self) -> (u64, u64, u64) {
-        self.cluster.as_ref().map_or((0, 0, 0), |c| {
-            let s = c.transport.stats();
-            (
-                s.dropped.load(Ordering::Relaxed),
-                s.bad_frames.load(Ordering::Relaxed),
-                s.refused.load(Ordering::Relaxed),
-            )
-        })
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.transport.as_ref())
+            .map_or((0, 0, 0), |t| {
+                let s = t.stats();
+                (
+                    s.dropped.load(Ordering::Relaxed),
+                    s.bad_frames.load(Ordering::Relaxed),
+                    s.refused.load(Ordering::Relaxed),
+                )
+            })
     }
 
     /// The preferred leader, if one is configured.
@@ -376,11 +408,15 @@ impl super::Engine {
     /// node that is not a voter.
     pub fn transfer_leader(&self, to: NodeId) -> Result<()> {
         let Some(c) = self.inner.cluster.get() else {
+            return Err(EngineError::ShuttingDown);
+        };
+        let members = c.handle.status().members;
+        if members.voters().count() == 1 {
             return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
                 "a group of one has no other voter to lead",
             )));
-        };
-        if !c.handle.status().members.is_voter(to) {
+        }
+        if !members.is_voter(to) {
             return Err(EngineError::InvalidArgument(std::borrow::Cow::Borrowed(
                 "not a voter of this group",
             )));
@@ -398,9 +434,56 @@ impl Inner {
         }
     }
 
-    /// This node's Raft status, if it is in a group.
+    /// Waits until this node leads and takes proposals (its no-op applied): a single node's
+    /// open. `InvalidArgument` if it does not within `limit` — its log names other voters, whom
+    /// a node without a Raft listener cannot reach.
+    pub(super) fn wait_leading(&self, limit: Duration) -> Result<()> {
+        let started = std::time::Instant::now();
+        // A directory that was grown into a group holds the group's configuration: a node
+        // with no Raft listener cannot reach the other voters, and must not serve as if alone.
+        if let Some(st) = self.raft_status() {
+            let voters: Vec<NodeId> = st.members.voters().collect();
+            if voters != [self.config.node_id] {
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Owned(
+                    format!(
+                        "the data directory belongs to a Raft group whose voters are {voters:?}: \
+                     start this node with --peers naming them"
+                    ),
+                )));
+            }
+        }
+        loop {
+            {
+                let p = self.lock_proposer();
+                if p.shut {
+                    return Err(EngineError::ShuttingDown);
+                }
+                if p.cluster.as_ref().is_some_and(|g| g.writable) {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() >= limit {
+                let voters = self.raft_status().map_or(0, |s| s.members.voters().count());
+                return Err(EngineError::InvalidArgument(std::borrow::Cow::Owned(
+                    format!(
+                        "this node did not come to lead its own log within {} s: the log's \
+                     configuration has {voters} voters; start a member of a group with --peers",
+                        limit.as_secs()
+                    ),
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// This node's Raft status. Its commit index is at least what this node applied: leading
+    /// alone, the engine applies on the log's acknowledgement before the core counts it.
     pub(super) fn raft_status(&self) -> Option<Status> {
-        self.cluster.get().map(|c| c.handle.status())
+        self.cluster.get().map(|c| {
+            let mut st = c.handle.status();
+            st.commit = st.commit.max(self.applied.load(Ordering::Acquire));
+            st
+        })
     }
 
     /// What the applier may apply through: the driver's commit index or, leading a group of
@@ -504,7 +587,8 @@ impl Inner {
     }
 
     /// Applies the committed entries `from..=to` (fewer if a pipeline of ours runs past
-    /// `to`); how many.
+    /// `to`); how many. This node's own proposals are applied from memory, as proposed (the
+    /// log holds the same bytes: same index and term); other entries are read from the log.
     fn apply_committed(
         &self,
         from: LogIndex,
@@ -512,73 +596,75 @@ impl Inner {
         pending: &mut VecDeque<Proposal>,
         journal: Option<&mut Vec<super::journal::JournalEntry>>,
     ) -> Result<usize> {
-        let entries: Vec<Arc<LogEntry>> = self
-            .store
-            .log()
-            .entries(from, to)?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let log = self.store.log();
+        let mut entries: Vec<Arc<LogEntry>> = Vec::new();
         let mut replies: Vec<(Option<ReplyTo>, usize)> = Vec::new();
-        let mut pauses = Vec::with_capacity(entries.len());
-        let mut i = 0usize;
-        while i < entries.len() {
-            let index = entries[i].index;
-            // Proposals wholly before this entry were skipped over: their entries are gone.
-            while let Some(p) = pending.front() {
-                let last = p.entries.last().map_or(0, |(t, _)| t.index);
-                if last >= index {
-                    break;
-                }
+        let mut pauses = Vec::new();
+        let mut index = from;
+        while index <= to {
+            // Proposals whose first entry is behind this one were passed over: their entries
+            // are gone (another leader's are in their place).
+            while pending
+                .front()
+                .is_some_and(|p| p.entries.first().is_none_or(|(t, _)| t.index < index))
+            {
                 if let Some(p) = pending.pop_front() {
                     p.reply.fail(not_leader(self));
                 }
             }
-            let ours = pending.front().is_some_and(|p| {
-                p.entries.first().is_some_and(|(t, _)| t.index == index)
-                    && p.entries.iter().enumerate().all(|(k, (t, e))| {
-                        entries
-                            .get(i + k)
-                            .is_some_and(|l| l.index == t.index && l.term == e.term)
-                    })
+            let front = pending.front().and_then(|p| {
+                let (first, _) = p.entries.first()?;
+                let (last, e) = p.entries.last()?;
+                Some((first.index, last.index, e.term))
             });
-            let starts_here = pending
-                .front()
-                .is_some_and(|p| p.entries.first().is_some_and(|(t, _)| t.index == index));
-            if ours {
-                if let Some(mut p) = pending.pop_front() {
-                    let n = p.entries.len();
-                    for _ in 0..n {
-                        pauses.push(p.pauses.take());
+            let mut next_ours = to + 1;
+            if let Some((first, last, term)) = front {
+                if first == index {
+                    // Log matching: the log holding this proposal's term at its last index
+                    // holds every entry of it as this node appended them.
+                    if last <= to && log.term_at(last).ok() == Some(term) {
+                        if let Some(mut p) = pending.pop_front() {
+                            let n = p.entries.len();
+                            for (ticket, e) in p.entries {
+                                pauses.push(p.pauses.take());
+                                entries.push(Arc::new(LogEntry {
+                                    index: ticket.index,
+                                    term: e.term,
+                                    kind: e.kind,
+                                    timestamp_ms: e.timestamp_ms,
+                                    command: e.command,
+                                    records: e.records,
+                                }));
+                            }
+                            replies.push((Some(p.reply), n));
+                        }
+                        index = last + 1;
+                        continue;
                     }
-                    replies.push((Some(p.reply), n));
-                    i += n;
+                    if last > to && log.term_at(index).ok() == Some(term) {
+                        // Ours, but its last entries are not in this batch: apply up to it
+                        // now, the rest with the next batch.
+                        break;
+                    }
+                    if let Some(p) = pending.pop_front() {
+                        p.reply.fail(not_leader(self));
+                    }
                     continue;
                 }
-            } else if starts_here {
-                let straddles = pending.front().is_some_and(|p| {
-                    let last = p.entries.last().map_or(0, |(t, _)| t.index);
-                    last > to
-                        && entries.get(i).is_some_and(|l| {
-                            p.entries.first().is_some_and(|(_, e)| e.term == l.term)
-                        })
-                });
-                if straddles {
-                    // Ours, but its last entries are not in this batch: apply up to it now,
-                    // the rest with the next batch.
-                    break;
-                }
-                if let Some(p) = pending.pop_front() {
-                    p.reply.fail(not_leader(self));
-                }
+                next_ours = first;
             }
-            pauses.push(None);
-            replies.push((None, 1));
-            i += 1;
+            // Entries that are not this node's proposals, up to the next one that may be.
+            let upto = to.min(next_ours.saturating_sub(1));
+            for e in log.entries(index, upto)? {
+                entries.push(Arc::new(e));
+                replies.push((None, 1));
+                pauses.push(None);
+            }
+            index = upto + 1;
         }
-        let entries = &entries[..i];
-        self.finish_batch(entries, replies, &pauses, journal)?;
-        Ok(i)
+        let n = entries.len();
+        self.finish_batch(&entries, replies, &pauses, journal)?;
+        Ok(n)
     }
 }
 

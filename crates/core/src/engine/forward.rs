@@ -442,11 +442,11 @@ impl Engine {
     /// its Raft listener accepts. Call once, after the engine is shared; nothing in a group
     /// of one.
     pub fn serve_forwarded(self: &Arc<Self>, runtime: tokio::runtime::Handle) {
-        let Some(parts) = self.cluster.as_ref() else {
+        let Some(transport) = self.cluster.as_ref().and_then(|c| c.transport.as_ref()) else {
             return;
         };
         let engine: Weak<Engine> = Arc::downgrade(self);
-        parts.transport.on_side_channel(
+        transport.on_side_channel(
             Kind::Forward,
             Arc::new(move |_from, stream: std::net::TcpStream| {
                 let engine = engine.clone();

@@ -69,7 +69,6 @@ use tokio::sync::oneshot;
 
 pub use crate::raft::HardState;
 pub use access::{AccessConfig, Acl, DEFAULT_PRINCIPAL, Principal, PrincipalConfig};
-use checkpointer::Checkpointing;
 pub use client::Client;
 pub use clock_bound::CLOCK_BOUND_FILE;
 pub use error::{EngineError, Result};
@@ -107,6 +106,9 @@ const APPLY_BATCH: usize = 1024;
 /// Entries re-applied at a time when the engine opens: a batch is read from the log in runs
 /// and dispatched with one consume-queue write per stream it touches.
 const REPLAY_BATCH: u64 = 16_384;
+/// How long a single node's open waits to lead its group of one (an election and the no-op's
+/// fdatasync, milliseconds; longer only if its log names other voters, which it cannot reach).
+const SINGLE_NODE_LEAD_WAIT: Duration = Duration::from_secs(10);
 /// Command bytes: format version, then what the entry does (the sub-records carry the data).
 const COMMAND_VERSION: u8 = 1;
 
@@ -865,14 +867,7 @@ struct Proposal {
     pauses: Option<transaction::Pauses>,
 }
 
-impl Proposal {
-    /// Whether all its entries are durable now (never blocks).
-    fn is_durable(&self) -> bool {
-        self.entries.last().is_none_or(|(t, _)| t.is_durable())
-    }
-}
-
-/// What reaches the applier: a proposal, or (in a cluster) word that the commit index moved.
+/// What reaches the applier: a proposal, or word that the commit index moved.
 enum ApplyInput {
     Proposal(Proposal),
     Commit,
@@ -1043,16 +1038,12 @@ impl Engine {
         let state = Mutex::new(state);
         let state_ms = opening.elapsed().as_millis() - store_ms;
         snapshot::prune(storage.as_ref(), root, checkpointed)?;
-        // Re-apply the log after the checkpoint, with the outcomes the state depends on. A
-        // single node (no cluster configuration) has committed everything it made durable; a
-        // group member — even of a group of one, which may grow — knows only the dispatch
-        // point committed: the rest waits for the leader's word.
+        // Re-apply the log after the checkpoint, with the outcomes the state depends on. Every
+        // node is a Raft group member — a single node a group of one — and knows only the
+        // dispatch point committed: the rest waits for the leader's word (a group of one's
+        // own, once its first entry of the new term is durable).
         let clustered = config.cluster.clone();
-        let applied_at_open = if clustered.is_some() {
-            checkpointed
-        } else {
-            last
-        };
+        let applied_at_open = checkpointed;
         let mut next = checkpointed + 1;
         while next <= applied_at_open {
             let upto = applied_at_open.min(next + REPLAY_BATCH - 1);
@@ -1068,19 +1059,8 @@ impl Engine {
             replay_ms: (opening.elapsed().as_millis() - store_ms - state_ms) as u64,
         };
         tracing::info!(?recovered, "engine state recovered");
-        let hard = HardState::load(storage.as_ref(), root)?;
-        let term = if clustered.is_some() {
-            // Terms and votes are the Raft core's to change.
-            hard.term
-        } else {
-            let term = hard.term.max(store.log().last_term()) + 1;
-            HardState {
-                term,
-                voted_for: config.node_id,
-            }
-            .store(storage.as_ref(), root)?;
-            term
-        };
+        // Terms and votes are the Raft core's to change.
+        let term = HardState::load(storage.as_ref(), root)?.term;
         let mut last_ts = if last >= store.log().first_index() && last > 0 {
             store.log().entry(last)?.timestamp_ms
         } else {
@@ -1110,7 +1090,7 @@ impl Engine {
                 producers_in_flight: HashMap::new(),
                 undo: None,
                 shut: false,
-                cluster: clustered.as_ref().map(|_| cluster::LeaderGate::default()),
+                cluster: Some(cluster::LeaderGate::default()),
             }),
             apply_tx: Mutex::new(Some(tx)),
             waiters: Waiters::default(),
@@ -1141,16 +1121,9 @@ impl Engine {
             images_sent: AtomicU64::new(0),
         });
         let applier_inner = inner.clone();
-        let in_group = clustered.is_some();
         let applier = std::thread::Builder::new()
             .name("engine-apply".into())
-            .spawn(move || {
-                if in_group {
-                    applier_inner.apply_loop_cluster(rx)
-                } else {
-                    applier_inner.apply_loop(rx)
-                }
-            })
+            .spawn(move || applier_inner.apply_loop_cluster(rx))
             .map_err(|e| StoreError::io("engine-apply thread", e))?;
         let mut engine = Engine {
             inner,
@@ -1158,25 +1131,20 @@ impl Engine {
             timers: None,
             cluster: None,
         };
-        if let Some(c) = &clustered {
-            // The Raft core elects a leader; its no-op opens proposals there.
-            let node = engine.inner.config.node_id;
-            engine.cluster = Some(cluster::start(
-                &engine.inner,
-                node,
-                incarnation,
-                c,
-                applied_at_open,
-            )?);
-        } else {
-            // The leader's no-op: commits everything before it in the new term.
-            let noop = engine
-                .inner
-                .propose(|p| Ok(Some((EntryKind::Noop, Bytes::new(), Vec::new(), p.term))))?;
-            if let Some(noop) = noop {
-                noop.blocking_recv()
-                    .map_err(|_| EngineError::ShuttingDown)??;
-            }
+        // The Raft core elects a leader; its no-op (or founding configuration) opens proposals
+        // there once applied.
+        let node = engine.inner.config.node_id;
+        engine.cluster = Some(cluster::start(
+            &engine.inner,
+            node,
+            incarnation,
+            clustered.as_ref(),
+            applied_at_open,
+        )?);
+        if clustered.is_none() {
+            // A single node serves when it returns: elected, its no-op applied (and with it
+            // the log it recovered).
+            engine.inner.wait_leading(SINGLE_NODE_LEAD_WAIT)?;
         }
         // Timers run on every node; only the leader's propose.
         let (stop, stopped) = mpsc::channel();
@@ -1204,8 +1172,8 @@ impl Engine {
         self.inner.lock_proposer().term
     }
 
-    /// This node's Raft status in a group of several (`None`: a group of one, always the
-    /// leader).
+    /// This node's Raft status (every node is in a group: a single node in a group of one;
+    /// `None` only while the engine opens).
     pub fn raft_status(&self) -> Option<crate::raft::driver::Status> {
         self.inner.raft_status()
     }
@@ -2380,130 +2348,6 @@ impl Inner {
             self.appended(index, term);
         }
         Ok(())
-    }
-
-    /// The applier: entries in log order, once durable; dispatched in batches (the first
-    /// proposal waiting, then those behind it already durable, up to `APPLY_BATCH` entries),
-    /// then each proposer gets its reply and the waiters of the touched topics are woken. Between batches it drives checkpoints (`advance_checkpoint`).
-    fn apply_loop(&self, rx: mpsc::Receiver<ApplyInput>) {
-        let mut checkpointing = Checkpointing::new();
-        // A proposal received but not durable yet: the next batch starts with it.
-        let mut carry = None;
-        loop {
-            // While a checkpoint stage is in flight, wake up now and then to advance it even
-            // if nothing arrives.
-            let next = if let Some(p) = carry.take() {
-                Ok(ApplyInput::Proposal(p))
-            } else if checkpointing.busy() {
-                rx.recv_timeout(Duration::from_millis(20))
-            } else {
-                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-            };
-            match next {
-                Ok(ApplyInput::Commit) => {}
-                Ok(ApplyInput::Proposal(first)) => {
-                    if !self.apply_batch(first, &rx, &mut carry, checkpointing.journal()) {
-                        break;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            self.advance_checkpoint(&mut checkpointing);
-        }
-        // Stopping: a stage still in flight is waited for (close writes its own checkpoint).
-        checkpointing.join();
-    }
-
-    /// Applies one batch starting with `first`; false when apply failed and the engine stops.
-    fn apply_batch(
-        &self,
-        first: Proposal,
-        rx: &mpsc::Receiver<ApplyInput>,
-        carry: &mut Option<Proposal>,
-        journal: Option<&mut Vec<journal::JournalEntry>>,
-    ) -> bool {
-        // The first proposal is waited for; those behind it join the batch only if they are
-        // durable already, so entries committed by one fdatasync are applied and answered
-        // while the writer syncs the next ones, not held back until those are durable too.
-        if let Some((ticket, _)) = first.entries.last() {
-            let _ = ticket.wait_ref(); // an error is met again below
-        }
-        let mut n = first.entries.len();
-        let mut batch = vec![first];
-        while n < APPLY_BATCH {
-            match rx.try_recv() {
-                Ok(ApplyInput::Proposal(p)) if p.is_durable() => {
-                    n += p.entries.len();
-                    batch.push(p);
-                }
-                Ok(ApplyInput::Proposal(p)) => {
-                    *carry = Some(p);
-                    break;
-                }
-                Ok(ApplyInput::Commit) => {}
-                Err(_) => break,
-            }
-        }
-        // `n` entries in all (a connection's pipeline is one proposal of many).
-        let mut entries = Vec::with_capacity(n);
-        // Each proposal's reply and how many entries it had.
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut pauses = Vec::with_capacity(n);
-        let mut failed = None;
-        for mut p in batch {
-            replies.push((p.reply, p.entries.len()));
-            for (ticket, entry) in p.entries {
-                if failed.is_some() {
-                    break;
-                }
-                pauses.push(p.pauses.take());
-                // Tickets resolve in index order: each wait here is the commit of its entry.
-                match ticket.wait() {
-                    Ok(index) => entries.push(Arc::new(LogEntry {
-                        index,
-                        term: entry.term,
-                        kind: entry.kind,
-                        timestamp_ms: entry.timestamp_ms,
-                        command: entry.command,
-                        records: entry.records,
-                    })),
-                    Err(e) => failed = Some(EngineError::from(e)),
-                }
-            }
-        }
-        if let Some(e) = failed {
-            return self.stop_applying(e, replies.into_iter().map(|(r, _)| r), carry, rx);
-        }
-        let replies = replies.into_iter().map(|(r, n)| (Some(r), n)).collect();
-        match self.finish_batch(&entries, replies, &pauses, journal) {
-            Ok(()) => true,
-            Err(e) => self.stop_applying(e, std::iter::empty(), carry, rx),
-        }
-    }
-
-    /// The log or the store failed: nothing later can apply either. Every reply still owed
-    /// fails, the proposer shuts; the applier stops (false).
-    fn stop_applying(
-        &self,
-        e: EngineError,
-        owed: impl Iterator<Item = ReplyTo>,
-        carry: &mut Option<Proposal>,
-        rx: &mpsc::Receiver<ApplyInput>,
-    ) -> bool {
-        tracing::error!(error = %e, "apply failed; the engine stops applying");
-        for reply in owed {
-            reply.fail(e.clone());
-        }
-        let queued = rx.try_iter().filter_map(|i| match i {
-            ApplyInput::Proposal(p) => Some(p),
-            ApplyInput::Commit => None,
-        });
-        for rest in carry.take().into_iter().chain(queued) {
-            rest.reply.fail(e.clone());
-        }
-        self.lock_proposer().shut = true;
-        false
     }
 
     /// Applies `entries` (committed, in log order) to the store and the engine state, moves

@@ -141,6 +141,7 @@ pub struct Driver {
     tx: Sender<Option<Event>>,
     status: Arc<Mutex<Status>>,
     appended: Arc<Mutex<Option<(LogIndex, Term)>>>,
+    alone: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -151,6 +152,7 @@ pub struct DriverHandle {
     tx: Sender<Option<Event>>,
     status: Arc<Mutex<Status>>,
     appended: Arc<Mutex<Option<(LogIndex, Term)>>>,
+    alone: Arc<AtomicBool>,
 }
 
 impl DriverHandle {
@@ -159,13 +161,14 @@ impl DriverHandle {
     }
 
     /// The leader appended through `last_index` in `term` (called in log order). Coalesced:
-    /// while one `Appended` waits for the driver, later ones only move what the driver takes
-    /// with it — one wake-up per driver turn, not one per proposal.
+    /// the driver takes the latest at its next turn, and one `Appended` wakes it unless one
+    /// is already on its way — or the node leads alone (`Hooks::sole_voter`), where nobody
+    /// waits for it: the next acknowledgement the watcher reports brings it along.
     pub fn appended(&self, last_index: LogIndex, term: Term) {
         let mut slot = self.appended.lock().unwrap_or_else(|p| p.into_inner());
         let first = slot.replace((last_index, term)).is_none();
         drop(slot);
-        if first {
+        if first && !self.alone.load(Ordering::Acquire) {
             let _ = self.tx.send(Some(Event::Appended { last_index, term }));
         }
     }
@@ -183,7 +186,8 @@ struct Runner {
     store: Arc<MessageStore>,
     storage: Arc<dyn Storage>,
     root: PathBuf,
-    transport: Arc<Transport>,
+    /// None: a group of one without a Raft listener (a single node), which sends nothing.
+    transport: Option<Arc<Transport>>,
     hooks: Arc<dyn Hooks>,
     status: Arc<Mutex<Status>>,
     config: DriverConfig,
@@ -191,6 +195,9 @@ struct Runner {
     tx: Sender<Option<Event>>,
     /// The latest of the leader's coalesced appends (`DriverHandle::appended`).
     appended: Arc<Mutex<Option<(LogIndex, Term)>>>,
+    /// Leading alone (what `Hooks::sole_voter` was last told): nobody waits for the core's
+    /// commit, so appends and acknowledgements reach it in coalesced turns.
+    alone: Arc<AtomicBool>,
 }
 
 impl Driver {
@@ -202,7 +209,7 @@ impl Driver {
         store: Arc<MessageStore>,
         storage: Arc<dyn Storage>,
         root: PathBuf,
-        transport: Arc<Transport>,
+        transport: Option<Arc<Transport>>,
         hooks: Arc<dyn Hooks>,
         config: DriverConfig,
         channel: (Sender<Option<Event>>, mpsc::Receiver<Option<Event>>),
@@ -210,16 +217,17 @@ impl Driver {
         let (tx, rx) = channel;
         let status = Arc::new(Mutex::new(status_of(&core)));
         let appended = Arc::new(Mutex::new(None));
+        let alone = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
-            let (store, tx, stop) = (store.clone(), tx.clone(), stop.clone());
+            let (store, tx, stop, alone) = (store.clone(), tx.clone(), stop.clone(), alone.clone());
             let from = core.persisted_index();
             let stall = Duration::from_millis(config.stall_ms.max(1));
             threads.push(
                 std::thread::Builder::new()
                     .name("raft-persisted".into())
-                    .spawn(move || watch_persisted(&store, from, stall, &tx, &stop))?,
+                    .spawn(move || watch_persisted(&store, from, stall, &tx, &stop, &alone))?,
             );
         }
         let runner = Runner {
@@ -234,6 +242,7 @@ impl Driver {
             epoch: Instant::now(),
             tx: tx.clone(),
             appended: appended.clone(),
+            alone: alone.clone(),
         };
         threads.push(
             std::thread::Builder::new()
@@ -244,6 +253,7 @@ impl Driver {
             tx,
             status,
             appended,
+            alone,
             stop,
             threads,
         })
@@ -254,6 +264,7 @@ impl Driver {
             tx: self.tx.clone(),
             status: self.status.clone(),
             appended: self.appended.clone(),
+            alone: self.alone.clone(),
         }
     }
 
@@ -343,6 +354,7 @@ fn watch_persisted(
     stall: Duration,
     tx: &Sender<Option<Event>>,
     stop: &AtomicBool,
+    alone: &AtomicBool,
 ) {
     let mut seen = (from, 0);
     let mut first = true;
@@ -386,8 +398,17 @@ fn watch_persisted(
         {
             return;
         }
+        // Leading alone, the engine applies on the log's acknowledgement itself: the core
+        // hears of it in turns of at most one a millisecond, not one per write.
+        if alone.load(Ordering::Acquire) {
+            std::thread::sleep(ALONE_REPORT_EVERY);
+        }
     }
 }
+
+/// How often the watcher reports the acknowledged watermark at most while the node leads
+/// alone.
+const ALONE_REPORT_EVERY: Duration = Duration::from_millis(1);
 
 impl Runner {
     fn now(&self) -> u64 {
@@ -424,19 +445,17 @@ impl Runner {
 
     fn step(&mut self, event: Event) {
         let now = self.now();
-        let appended = matches!(event, Event::Appended { .. });
-        self.core.step(now, event);
-        // The appends coalesced behind this one (`DriverHandle::appended`).
-        if appended {
-            let latest = self
-                .appended
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some((last_index, term)) = latest {
-                self.core.step(now, Event::Appended { last_index, term });
-            }
+        // The leader's appends coalesced since the last turn (`DriverHandle::appended`) go in
+        // first: an acknowledgement reported now may cover them.
+        let latest = self
+            .appended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((last_index, term)) = latest {
+            self.core.step(now, Event::Appended { last_index, term });
         }
+        self.core.step(now, event);
         let actions = self.core.take_actions();
         for a in actions {
             if let Err(e) = self.carry_out(a) {
@@ -482,7 +501,7 @@ impl Runner {
             self.store.truncate_after(self.core.last_index())?;
         }
         if role != Role::Leader {
-            self.hooks.sole_voter(None);
+            self.sole_voter(None);
         }
         let status = Status {
             role,
@@ -495,12 +514,21 @@ impl Runner {
         Ok(())
     }
 
+    /// Tells the node above whether it leads alone (`Hooks::sole_voter`), and the watcher and
+    /// the handle whether to coalesce.
+    fn sole_voter(&self, first: Option<LogIndex>) {
+        self.alone.store(first.is_some(), Ordering::Release);
+        self.hooks.sole_voter(first);
+    }
+
     /// The configuration in force changed: the transport sends to its members.
     fn members_changed(&self, configs: &[ConfigAt]) {
         let Some(last) = configs.last() else { return };
         tracing::info!(members = %last.members, index = last.index, "raft membership");
         let peers = peer_addrs(&last.members, self.core.id(), &self.config.addresses);
-        if let Err(e) = self.transport.set_peers(&peers) {
+        if let Some(t) = &self.transport
+            && let Err(e) = t.set_peers(&peers)
+        {
             tracing::error!(error = %e, "could not start lanes to new members");
         }
     }
@@ -508,12 +536,18 @@ impl Runner {
     fn carry_out(&mut self, action: Action) -> Result<(), StoreError> {
         match action {
             Action::SaveHardState(h) => h.store(self.storage.as_ref(), &self.root)?,
-            Action::Send { to, msg } => self.transport.send(to, msg),
+            Action::Send { to, msg } => {
+                if let Some(t) = &self.transport {
+                    t.send(to, msg);
+                }
+            }
             Action::SendEntries { to, header, last } => {
                 match replica_log::appends(&self.store, header, last, self.config.append_bytes) {
                     Ok(messages) => {
-                        for m in messages {
-                            self.transport.send(to, m);
+                        if let Some(t) = &self.transport {
+                            for m in messages {
+                                t.send(to, m);
+                            }
                         }
                     }
                     // Retention removed them since the core decided (it hears of it with
@@ -538,7 +572,7 @@ impl Runner {
             Action::AppendNoop { term } => {
                 let index = self.hooks.append_noop(term)?;
                 if self.core.leads_alone() {
-                    self.hooks.sole_voter(Some(index));
+                    self.sole_voter(Some(index));
                 }
                 // Handled on the next turn, after this batch of actions.
                 let _ = self.tx.send(Some(Event::Appended {
@@ -579,11 +613,11 @@ impl Runner {
                 // node above stops taking acknowledged entries as committed before it exists.
                 let alone = self.core.alone_in(&members);
                 if !alone {
-                    self.hooks.sole_voter(None);
+                    self.sole_voter(None);
                 }
                 let index = self.hooks.append_config(term, &members, &mut before)?;
                 if alone && self.core.role() == Role::Leader {
-                    self.hooks.sole_voter(Some(index));
+                    self.sole_voter(Some(index));
                 }
                 self.members_changed(&configs);
                 // Handled on the next turn, like `Appended`.
