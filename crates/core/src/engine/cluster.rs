@@ -516,12 +516,24 @@ impl Inner {
             let alone_waiting = (self.sole_from.load(Ordering::Acquire) != 0)
                 .then(|| pending.front().and_then(|p| p.entries.last()))
                 .flatten()
-                .filter(|(t, _)| !t.is_durable());
+                .filter(|(t, _)| !t.is_durable() || self.handed.load(Ordering::Acquire) < t.index);
             let next = if let Some((ticket, _)) = alone_waiting {
                 // An error (a truncation: no longer leading) is met again in the driver's
                 // commit; the next turn sleeps in the channel.
                 let _ = ticket.wait_ref();
-                Ok(ApplyInput::Commit)
+                // Its proposer marks it handed just after queueing it (an `async` write can be
+                // acknowledged first): a few looks, then the channel for a moment — never a
+                // sleep until the next proposal or the driver's word.
+                let mut looks = 0;
+                while self.handed.load(Ordering::Acquire) < ticket.index && looks < 1000 {
+                    std::thread::yield_now();
+                    looks += 1;
+                }
+                if self.handed.load(Ordering::Acquire) < ticket.index {
+                    rx.recv_timeout(Duration::from_millis(1))
+                } else {
+                    Ok(ApplyInput::Commit)
+                }
             } else if checkpointing.busy() {
                 rx.recv_timeout(Duration::from_millis(20))
             } else {

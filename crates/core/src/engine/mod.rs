@@ -103,9 +103,6 @@ use waiters::Waiters;
 
 /// Entries the applier dispatches together at most.
 const APPLY_BATCH: usize = 1024;
-/// Entries re-applied at a time when the engine opens: a batch is read from the log in runs
-/// and dispatched with one consume-queue write per stream it touches.
-const REPLAY_BATCH: u64 = 16_384;
 /// How long a single node's open waits to lead its group of one (an election and the no-op's
 /// fdatasync, milliseconds; longer only if its log names other voters, which it cannot reach).
 const SINGLE_NODE_LEAD_WAIT: Duration = Duration::from_secs(10);
@@ -913,7 +910,7 @@ struct Inner {
     /// The principals.
     acl: Acl,
     /// What the last open cost.
-    recovered: OpenStats,
+    recovered: Mutex<OpenStats>,
     /// The topic index and the store's topic version it is current at.
     topic_index: Mutex<Option<(u64, topic_index::TopicIndex)>>,
     /// The next place in line for readers waiting in turn.
@@ -954,9 +951,11 @@ pub struct OpenStats {
     pub state_ms: u64,
     /// Journal entries replayed.
     pub journaled: u64,
-    /// Log entries re-applied after the store's checkpoint.
+    /// Log entries applied after the store's checkpoint before a single node's open returned
+    /// (its group of one's first entry of the term included; 0 in a larger group, whose
+    /// applier follows the leader's commit after open).
     pub replayed: u64,
-    /// Their re-apply (ms).
+    /// From the driver's start until then (ms): the election and that apply.
     pub replay_ms: u64,
 }
 
@@ -1038,25 +1037,18 @@ impl Engine {
         let state = Mutex::new(state);
         let state_ms = opening.elapsed().as_millis() - store_ms;
         snapshot::prune(storage.as_ref(), root, checkpointed)?;
-        // Re-apply the log after the checkpoint, with the outcomes the state depends on. Every
-        // node is a Raft group member — a single node a group of one — and knows only the
-        // dispatch point committed: the rest waits for the leader's word (a group of one's
-        // own, once its first entry of the new term is durable).
+        // The log after the checkpoint is applied again by the applier once the leader's word
+        // commits it: every node is a Raft group member — a single node a group of one — and
+        // knows only the dispatch point committed (a group of one commits the rest with its
+        // first entry of the new term).
         let clustered = config.cluster.clone();
         let applied_at_open = checkpointed;
-        let mut next = checkpointed + 1;
-        while next <= applied_at_open {
-            let upto = applied_at_open.min(next + REPLAY_BATCH - 1);
-            let entries = store.log().entries(next, upto)?;
-            apply_entries(&store, &state, &entries, config.limits(), None, &[])?;
-            next = upto + 1;
-        }
         let recovered = OpenStats {
             store_ms: store_ms as u64,
             state_ms: state_ms as u64,
             journaled: journaled as u64,
-            replayed: applied_at_open.saturating_sub(checkpointed),
-            replay_ms: (opening.elapsed().as_millis() - store_ms - state_ms) as u64,
+            replayed: 0,
+            replay_ms: 0,
         };
         tracing::info!(?recovered, "engine state recovered");
         // Terms and votes are the Raft core's to change.
@@ -1098,7 +1090,7 @@ impl Engine {
             applied: AtomicU64::new(applied_at_open),
             state,
             acl: Acl::new(&config_access),
-            recovered,
+            recovered: Mutex::new(recovered),
             topic_index: Mutex::new(None),
             wait_order: AtomicU64::new(0),
             commit: AtomicU64::new(applied_at_open),
@@ -1144,7 +1136,16 @@ impl Engine {
         if clustered.is_none() {
             // A single node serves when it returns: elected, its no-op applied (and with it
             // the log it recovered).
+            let leading = Instant::now();
             engine.inner.wait_leading(SINGLE_NODE_LEAD_WAIT)?;
+            let mut stats = engine
+                .inner
+                .recovered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            stats.replayed = engine.applied_index().saturating_sub(checkpointed);
+            stats.replay_ms = leading.elapsed().as_millis() as u64;
+            tracing::info!(stats = ?*stats, "leading the group of one, the log applied");
         }
         // Timers run on every node; only the leader's propose.
         let (stop, stopped) = mpsc::channel();
@@ -1209,7 +1210,11 @@ impl Engine {
 
     /// What the open that made this engine cost.
     pub fn open_stats(&self) -> OpenStats {
-        self.inner.recovered
+        *self
+            .inner
+            .recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Producers the dedupe table remembers (metrics, tests).
