@@ -183,6 +183,10 @@ impl Hooks for EngineHooks {
     }
 
     fn sole_voter(&self, first: Option<LogIndex>) {
+        if first.is_some() {
+            let term = self.0.lock_proposer().term;
+            self.0.sole_term.store(term, Ordering::Release);
+        }
         self.0
             .sole_from
             .store(first.unwrap_or(0), Ordering::Release);
@@ -609,6 +613,10 @@ impl Inner {
         journal: Option<&mut Vec<super::journal::JournalEntry>>,
     ) -> Result<usize> {
         let log = self.store.log();
+        // Leading alone: a proposal of this leadership's term from its first entry on is in
+        // the log as proposed (a leader's log only grows within its term), no lookup needed.
+        let sole_from = self.sole_from.load(Ordering::Acquire);
+        let sole_term = self.sole_term.load(Ordering::Acquire);
         let mut entries: Vec<Arc<LogEntry>> = Vec::new();
         let mut replies: Vec<(Option<ReplyTo>, usize)> = Vec::new();
         let mut pauses = Vec::new();
@@ -634,7 +642,8 @@ impl Inner {
                 if first == index {
                     // Log matching: the log holding this proposal's term at its last index
                     // holds every entry of it as this node appended them.
-                    if last <= to && log.term_at(last).ok() == Some(term) {
+                    let this_leadership = sole_from != 0 && first >= sole_from && term == sole_term;
+                    if last <= to && (this_leadership || log.term_at(last).ok() == Some(term)) {
                         if let Some(mut p) = pending.pop_front() {
                             let n = p.entries.len();
                             for (ticket, e) in p.entries {

@@ -921,6 +921,8 @@ struct Inner {
     /// first entry of that leadership (0: not so). From it on, an entry is committed once the
     /// log acknowledges it, and the applier takes it without waiting for the driver's word.
     sole_from: AtomicU64,
+    /// The term of that leadership (meaningful while `sole_from` is not 0).
+    sole_term: AtomicU64,
     /// The last entry appended under the proposer lock whose proposal, if it has one, is in
     /// the applier's channel: an acknowledged entry past it may be a proposal of ours not
     /// queued yet, so the applier never takes it on the log's acknowledgement alone.
@@ -1095,6 +1097,7 @@ impl Engine {
             wait_order: AtomicU64::new(0),
             commit: AtomicU64::new(applied_at_open),
             sole_from: AtomicU64::new(0),
+            sole_term: AtomicU64::new(0),
             handed: AtomicU64::new(0),
             cluster: std::sync::OnceLock::new(),
             forwarder: clustered.as_ref().map(|c| {
