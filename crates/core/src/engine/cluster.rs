@@ -1,10 +1,12 @@
-//! The engine as a member of a Raft group: what `Engine::open` starts when the group has more
-//! than one voter, and the applier that follows the commit index. The Raft driver tells the
-//! engine three things (`Hooks`): append the no-op of a new term (under the proposer lock, so
-//! it is ordered with proposals), the commit index moved (the applier applies the committed
-//! entries from the log, answering the proposals that are this node's), and the role changed
-//! (the proposer opens once the new leader's no-op is applied, and closes at once on stepping
-//! down, dropping its view of entries that may be truncated).
+//! The engine as a member of a Raft group — every engine is one: a single node is a group of
+//! one without a Raft listener. What `Engine::open` starts (the driver, and a transport when
+//! there is a `ClusterConfig`), and the applier that follows the commit index. The Raft
+//! driver tells the engine (`Hooks`): append the no-op of a new term (under the proposer lock,
+//! so it is ordered with proposals), the commit index moved (the applier applies the committed
+//! entries, answering the proposals that are this node's), the role changed (the proposer
+//! opens once the new leader's no-op is applied, and closes at once on stepping down, dropping
+//! its view of entries that may be truncated), and whether it leads alone (then the applier
+//! takes the log's acknowledgement as the commit, which is all the core would count).
 //!
 //! Never here: deciding what commits (the Raft core), applying anything not committed.
 

@@ -569,7 +569,8 @@ pub struct EngineConfig {
     /// Principals and what they may publish and subscribe to (default: `default`, without a
     /// secret, allowed everything).
     pub access: AccessConfig,
-    /// The Raft group this node belongs to (default `None`: a group of one).
+    /// The Raft group this node belongs to and its Raft listener (default `None`: a single
+    /// node, a group of one that listens to nobody).
     pub cluster: Option<cluster::ClusterConfig>,
 }
 
