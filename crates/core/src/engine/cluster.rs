@@ -347,7 +347,7 @@ impl super::Engine {
     /// Asks the group for a membership change: the leader appends it (one voter at a time;
     /// an add of a node already there or a remove of one that is not does nothing), a
     /// follower passes it to the leader. Returns at once; watch [`Engine::raft_status`].
-    /// `InvalidArgument` in a group of one.
+    /// `InvalidArgument` on a single node (no Raft listener: nobody could reach it).
     pub fn change_membership(&self, change: raft::MembershipChange) -> Result<()> {
         let Some(c) = self.inner.cluster.get() else {
             return Err(EngineError::ShuttingDown);
@@ -441,8 +441,8 @@ impl Inner {
     }
 
     /// Waits until this node leads and takes proposals (its no-op applied): a single node's
-    /// open. `InvalidArgument` if it does not within `limit` — its log names other voters, whom
-    /// a node without a Raft listener cannot reach.
+    /// open. `InvalidArgument` at once if the configuration in force names other voters (a
+    /// node without a Raft listener cannot reach them), or if it does not lead within `limit`.
     pub(super) fn wait_leading(&self, limit: Duration) -> Result<()> {
         let started = std::time::Instant::now();
         // A directory that was grown into a group holds the group's configuration: a node
@@ -469,11 +469,10 @@ impl Inner {
                 }
             }
             if started.elapsed() >= limit {
-                let voters = self.raft_status().map_or(0, |s| s.members.voters().count());
                 return Err(EngineError::InvalidArgument(std::borrow::Cow::Owned(
                     format!(
-                        "this node did not come to lead its own log within {} s: the log's \
-                     configuration has {voters} voters; start a member of a group with --peers",
+                        "this node did not come to lead its group of one within {} s (is its \
+                         disk answering?)",
                         limit.as_secs()
                     ),
                 )));

@@ -104,7 +104,7 @@ use waiters::Waiters;
 /// Entries the applier dispatches together at most.
 const APPLY_BATCH: usize = 1024;
 /// How long a single node's open waits to lead its group of one (an election and the no-op's
-/// fdatasync, milliseconds; longer only if its log names other voters, which it cannot reach).
+/// fdatasync: milliseconds, unless the disk stalls).
 const SINGLE_NODE_LEAD_WAIT: Duration = Duration::from_secs(10);
 /// Command bytes: format version, then what the entry does (the sub-records carry the data).
 const COMMAND_VERSION: u8 = 1;
