@@ -2535,6 +2535,11 @@ impl Inner {
     /// (their sessions close, their Wills go out). A node that was only cut off follows: its
     /// broker disconnects the connections whose sessions it no longer holds.
     fn declare_lost_nodes(&self) -> Result<()> {
+        // A single node hears from no other node: a session another node's connection holds
+        // closes only when a broker says so (`sessions_lost`), as before it was a group of one.
+        if self.config.cluster.is_none() {
+            return Ok(());
+        }
         let Some(status) = self.raft_status() else {
             return Ok(());
         };
