@@ -1496,11 +1496,12 @@ fn a_follower_behind_the_leaders_retained_log_is_offered_an_image_and_probed_unt
     // Entries 1..=11 committed (the no-op at 11); retention removes 1..=10 on the leader.
     step(&mut r, now, Event::LogCompacted { first_index: 11 });
     assert_eq!(r.log_terms().base_index(), 10);
-    // Node 3 comes back with a log ending at 3.
+    // Node 3 comes back with a log ending at 3: it refuses the probe the leader sent it on
+    // election (prev 10).
     let behind = Message::AppendReply(AppendReply {
         term: 2,
         success: false,
-        index: 11,
+        index: 10,
         hint_index: 4,
         hint_term: 0,
     });
@@ -1713,4 +1714,50 @@ fn a_slower_follower_hears_the_commit_as_soon_as_it_holds_the_entries() {
     let mut a = msg(&mut r, now + 4, 3, ack(2, 4));
     a.extend(step(&mut r, now + 5, Event::Tick));
     assert_eq!(commit_to(&a, 3), Some(4), "{a:?}");
+}
+
+/// A follower refuses every append of a pipeline sent past its log's end, one answer each:
+/// the first answer sends a probe; the others refuse appends other than the probe out and
+/// send nothing (each would send the probe again, and its whole range with it); the answer
+/// to the probe moves the leader on.
+#[test]
+fn while_probing_only_the_answer_to_the_probe_moves_the_leader() {
+    let (mut r, now) = leader(1, &[1, 1, 1, 1]);
+    step(
+        &mut r,
+        now,
+        Event::Appended {
+            last_index: 5,
+            term: 2,
+        },
+    );
+    let refuse = |index, hint_index| {
+        Message::AppendReply(AppendReply {
+            term: 2,
+            success: false,
+            index,
+            hint_index,
+            hint_term: 0,
+        })
+    };
+    let probes = |a: &[Action]| {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::SendEntries {
+                    to: 2,
+                    header,
+                    last,
+                } => Some((header.prev_index, *last)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = msg(&mut r, now, 2, refuse(4, 2));
+    assert_eq!(probes(&a), vec![(1, 5)]);
+    for stale in [2, 3, 4, 2] {
+        let a = msg(&mut r, now, 2, refuse(stale, 2));
+        assert!(probes(&a).is_empty(), "refusal of prev {stale}: {a:?}");
+    }
+    let a = msg(&mut r, now, 2, refuse(1, 1));
+    assert_eq!(probes(&a), vec![(0, 5)]);
 }

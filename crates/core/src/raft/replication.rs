@@ -344,6 +344,15 @@ impl Raft {
         if r.index < p.match_index {
             return;
         }
+        // While probing, only the answer to the probe out moves the leader: the other appends
+        // of a pipeline refused along with the first (each sent past where the follower's log
+        // ends, or reordered on the way) are stale — each would send the probe again, and the
+        // whole range after it with it.
+        if matches!(p.state, super::progress::SendState::Probe { .. })
+            && r.index.saturating_add(1) != p.next_index
+        {
+            return;
+        }
         // Where to try next, never past the index just refused: the follower's end if it is
         // shorter; else past our last entry of the term it holds there, or, if we hold none
         // of that term, to its first entry of it.

@@ -882,6 +882,10 @@ impl CommitLog {
         if from > to {
             return Ok(());
         }
+        // No record is shorter than its header: more records than this pass `max_bytes` for
+        // sure (the first always comes), so the index map is read no further — a follower far
+        // behind costs each batch its own records, not the whole way to `to`.
+        let to = to.min(from.saturating_add(max_bytes / super::entry::ENTRY_HEADER_LEN as u64));
         let mut total = 0u64;
         let records = self.inner.records(from, to)?;
         let record = |i: LogIndex| records[(i - from) as usize];
