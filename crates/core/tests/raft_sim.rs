@@ -45,7 +45,7 @@
 //!    every acknowledged proposal (committed by its leader while still leading its term) is
 //!    applied on every node exactly once.
 //!
-//! `RAFT_SIM_SEEDS=N` runs N seeds in each fsync model (default 100, so 200 in all);
+//! `RAFT_SIM_SEEDS=N` runs N seeds in each fsync model (default 300, so 600 in all);
 //! `RAFT_SIM_SEED=S` replays seed S alone (in each model) and prints its trace.
 //!
 //! Two scripted scenarios at the end check two behaviours directly, each on a minimal cluster:
@@ -1737,7 +1737,7 @@ fn run_seeds(fsync: Fsync) {
         }
         return;
     }
-    let seeds = env_u64("RAFT_SIM_SEEDS").unwrap_or(100);
+    let seeds = env_u64("RAFT_SIM_SEEDS").unwrap_or(300);
     let mut failures = Vec::new();
     let (mut committed, mut acknowledged, mut crashes, mut wipes, mut configs) = (0, 0, 0, 0, 0);
     for seed in 0..seeds {

@@ -21,8 +21,19 @@
 //! claims, leaves, destroys) and retained PUBLISHes. Many fail at apply (no such
 //! group, an ID gone): deterministically, on every node alike.
 //!
+//! Membership (in one seed in two): a fourth node starts as `--join` starts one, a learner in
+//! its own view; leaders are asked to add a node outside the configuration while there are
+//! three voters (it joins as a learner and is promoted once caught up) and to remove one of
+//! four voters (the leader too, which hands over), so nodes leave and come back with the
+//! directory they left with. Lost disks (in one seed in three): a node comes back empty — log,
+//! votes, members, state, identity — as a new incarnation of its directory, which counts for
+//! nothing until the leader hands it its place back; one at a time, once the committed
+//! configuration pins every member's current directory. Every message carries its sender's
+//! incarnation, read from the directory's identity file as `Engine::open` does.
+//!
 //! Each node's clock (what its core is given) runs at its own rate, up to 10 % apart, and
-//! starts from 0 at each restart, as a process's monotonic clock does. Power cuts hit one node, or now and then two or all three at once; the disk goes before the
+//! starts from 0 at each restart, as a process's monotonic clock does. Power cuts hit one node, or
+//! now and then two or all of them at once; the disk goes before the
 //! dying store is dropped, so nothing it does on the way out lands. Two fsync models: `sync`
 //! (an entry counts durable once synced) and `async` (once written, as `--flush async`
 //! acknowledges; syncs far apart), where a majority's power cut may lose committed entries.
@@ -32,7 +43,8 @@
 //! group lost it, which is counted and the group's history goes on from the new record; every
 //! node's answer for an index is the same (also when a restart or an image makes it apply
 //! again); equal digests of store and engine state at equal applied indexes. At the end,
-//! healed: one leader, every node commits and applies the same last index to the same state
+//! healed (clients propose for another second, then stop): one leader, every member of its
+//! configuration commits and applies the same last index to the same state
 //! (a node that applied lost entries installed an image: never a divergence), and every
 //! acknowledged append still in a node's log is there exactly once (`async`: at most once).
 //! A seed replays exactly.
@@ -49,16 +61,22 @@ use manifold_core::engine::{
     Deduped, EngineConfig, GroupCommand, GroupOp, GroupStart, InFlightNew, ReadFrom,
     SubscribeOptions, Trim, Will,
 };
+use manifold_core::raft::hard_state::{Identity, load_identity, save_identity};
 use manifold_core::raft::{
-    self, Action, Event, HardState, LogTerms, Message, NodeId, Raft, RaftConfig, Role,
+    self, Action, Event, HardState, LogTerms, MembershipChange, Message, NodeId, Raft, RaftConfig,
+    Role,
 };
 use manifold_core::store::image::Installer;
 use manifold_core::store::{
-    CrashMode, EntryKind, FlushMode, LogConfig, LogIndex, MessageStore, NewEntry, RecordOp,
-    SimDisk, Storage, StoreConfig, StreamId, SubRecord, Term,
+    CqConfig, CrashMode, EntryKind, FlushMode, IndexConfig, LogConfig, LogIndex, MessageStore,
+    NewEntry, RecordOp, SimDisk, Storage, StoreConfig, StreamId, SubRecord, Term,
 };
 
-const IDS: [NodeId; 3] = [1, 2, 3];
+/// The voters a group is founded with (`--peers 1,2,3`).
+const BOOT: [NodeId; 3] = [1, 2, 3];
+/// In seeds with membership changes, a fourth node started as `--join` does (a learner in its
+/// own view) that the leader is asked to add; voters are removed again once there are four.
+const SPARE: NodeId = 4;
 /// Bytes of records per append request: small, so ranges split into several appends.
 const APPEND_BYTES: u64 = 600;
 
@@ -79,6 +97,18 @@ fn store_config() -> StoreConfig {
             ..LogConfig::default()
         },
         dispatch_checkpoint_interval_ms: 3_600_000,
+        // Small files (the defaults preallocate tens of MiB, which the simulated disk holds in
+        // memory and copies at every power cut): more of them, and rollovers, exercised.
+        queues: CqConfig {
+            arena_file_slots: 64,
+            first_file_entries: 16,
+            max_file_entries: 256,
+            ..CqConfig::default()
+        },
+        index: IndexConfig {
+            slots: 256,
+            entries: 1024,
+        },
         ..StoreConfig::default()
     }
 }
@@ -126,6 +156,10 @@ impl Rng {
 struct Node {
     id: NodeId,
     disk: SimDisk,
+    /// Its data directory's incarnation (the identity file's): what its messages carry.
+    incarnation: u64,
+    /// The incarnation a new directory gets (the real node draws a random one).
+    fresh: u64,
     replica: Option<Replica>,
     raft: Option<Raft>,
     /// The no-op of the term it leads: proposals open once it is applied.
@@ -160,8 +194,8 @@ struct Sim {
     rng: Rng,
     now: u64,
     nodes: Vec<Node>,
-    /// `(deliver at, sequence, from, to, message)`.
-    net: Vec<(u64, u64, NodeId, NodeId, Message)>,
+    /// `(deliver at, sequence, from, to, message, the sender's incarnation)`.
+    net: Vec<(u64, u64, NodeId, NodeId, Message, u64)>,
     seq: u64,
     /// Links cut (from, to): one-way unless both directions are in.
     cut: BTreeSet<(NodeId, NodeId)>,
@@ -199,36 +233,80 @@ struct Sim {
     model: Model,
     /// Committed entries lost (async): a later commit put another record at their index.
     losses: u64,
+    /// Whether leaders are asked to add the spare and remove voters.
+    changes: bool,
+    /// Whether a node may lose its disk (back empty, as a new incarnation).
+    wipes: bool,
+    /// Disks lost.
+    wiped: u64,
+    /// After the chaos, clients propose until then.
+    healed_proposals_until: u64,
 }
 
-fn open_node(disk: &SimDisk, id: NodeId, seed: u64, now: u64) -> (Replica, Raft) {
+/// Opens node `id` on `disk` as `Engine::open` does: the directory's identity (created with
+/// incarnation `fresh` when it has none), the store and state, the hard state, the log's terms
+/// and the members file. Returns the incarnation too.
+fn open_node(disk: &SimDisk, id: NodeId, fresh: u64, seed: u64, now: u64) -> (Replica, Raft, u64) {
     let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+    storage.create_dir_all(&root()).expect("directory");
+    let incarnation = match load_identity(storage.as_ref(), &root()).expect("identity") {
+        Some(identity) => {
+            assert_eq!(identity.node, id, "the directory is node {id}'s");
+            identity.incarnation
+        }
+        None => {
+            let identity = Identity {
+                node: id,
+                incarnation: fresh,
+            };
+            save_identity(storage.as_ref(), &root(), identity).expect("identity saved");
+            fresh
+        }
+    };
     // An image staged before the node went down replaces its store and state first.
     let replica = Replica::open(storage.clone(), &root(), &engine_config()).expect("opens");
     let hard = HardState::load(storage.as_ref(), &root()).expect("hard state loads");
     let terms: LogTerms = raft::log_terms(replica.store()).expect("terms rebuilt");
     // Everything applied was committed: a restart knows at least that much.
     let commit = replica.applied();
-    let cfg = RaftConfig {
+    let mut cfg = RaftConfig {
         seed,
-        ..RaftConfig::new(id, IDS.to_vec())
+        incarnation,
+        ..RaftConfig::new(id, BOOT.to_vec())
     };
+    if !BOOT.contains(&id) {
+        cfg.members.put(raft::Member {
+            id,
+            incarnation: 0,
+            role: raft::MemberRole::Learner { promote: false },
+            addr: String::new(),
+        });
+    }
     let mut raft = Raft::new(cfg, hard, terms, commit, now);
     raft.restore_configs(raft::members_file::load(storage.as_ref(), &root()).expect("members"));
-    (replica, raft)
+    (replica, raft, incarnation)
 }
 
 impl Sim {
     fn new(seed: u64, model: Model) -> Sim {
         let mut rng = Rng(raft::Rng::new(seed));
-        let nodes = IDS
-            .iter()
-            .map(|&id| {
+        let changes = seed % 2 == 1;
+        let wipes = seed.is_multiple_of(3);
+        let ids = if changes {
+            1..=SPARE
+        } else {
+            1..=BOOT.len() as NodeId
+        };
+        let nodes = ids
+            .map(|id| {
                 let disk = SimDisk::new();
-                let (replica, raft) = open_node(&disk, id, seed, 0);
+                let fresh = rng.next().max(1);
+                let (replica, raft, incarnation) = open_node(&disk, id, fresh, seed, 0);
                 Node {
                     id,
                     disk,
+                    incarnation,
+                    fresh,
                     replica: Some(replica),
                     raft: Some(raft),
                     noop: None,
@@ -264,6 +342,10 @@ impl Sim {
             seed,
             model,
             losses: 0,
+            changes,
+            wipes,
+            wiped: 0,
+            healed_proposals_until: 0,
         }
     }
 
@@ -311,12 +393,14 @@ impl Sim {
             1 + self.rng.below(if self.faults { 8 } else { 2 })
         };
         self.seq += 1;
+        let inc = self.nodes[(from - 1) as usize].incarnation;
         let copy = (self.faults && self.rng.chance(10_000)).then(|| msg.clone());
-        self.net.push((self.now + delay, self.seq, from, to, msg));
+        self.net
+            .push((self.now + delay, self.seq, from, to, msg, inc));
         if let Some(m) = copy {
             self.seq += 1;
             let later = self.now + delay + self.rng.below(20);
-            self.net.push((later, self.seq, from, to, m));
+            self.net.push((later, self.seq, from, to, m, inc));
         }
     }
 
@@ -916,7 +1000,9 @@ impl Sim {
         let node = &mut self.nodes[n];
         // A new process: its monotonic clock starts again.
         node.started = self.now;
-        let (replica, raft) = open_node(&node.disk, node.id, seed ^ self.now, 0);
+        let (replica, raft, incarnation) =
+            open_node(&node.disk, node.id, node.fresh, seed ^ self.now, 0);
+        node.incarnation = incarnation;
         node.replica = Some(replica);
         node.raft = Some(raft);
         node.noop = None;
@@ -930,7 +1016,7 @@ impl Sim {
         self.net.sort_by_key(|m| (m.0, m.1));
         let due = self.net.partition_point(|m| m.0 <= self.now);
         let batch: Vec<_> = self.net.drain(..due).collect();
-        for (_, _, from, to, msg) in batch {
+        for (_, _, from, to, msg, incarnation) in batch {
             let n = (to - 1) as usize;
             if self.nodes[n].raft.is_some() {
                 self.note(from * 7 + to);
@@ -938,7 +1024,7 @@ impl Sim {
                     n,
                     Event::Message {
                         from,
-                        incarnation: 1,
+                        incarnation,
                         msg,
                     },
                 );
@@ -962,7 +1048,7 @@ impl Sim {
             if self.nodes[n].dirty && self.rng.chance(sync_chance) {
                 self.sync(n);
             }
-            if self.faults && self.rng.chance(150_000) {
+            if (self.faults || self.now < self.healed_proposals_until) && self.rng.chance(150_000) {
                 self.propose(n);
             }
             if self.rng.chance(2_000) && self.nodes[n].replica.is_some() {
@@ -972,30 +1058,39 @@ impl Sim {
                 self.compact(n);
             }
             if self.faults && self.rng.chance(300) {
-                let to = IDS[self.rng.below(3) as usize];
+                let to = self.rng.below(self.nodes.len() as u64) + 1;
                 self.step(n, Event::TransferLeader { to });
+            }
+            if self.faults && self.changes && self.rng.chance(300) {
+                self.change_members(n);
             }
         }
         if !self.faults {
             return;
         }
         // Faults: a power cut of one node (never more than one down) or, rarely, of two or
-        // all three at once (in `async` a majority's cut may lose committed entries), a
-        // partition or a heal.
+        // all of them at once (in `async` a majority's cut may lose committed entries), a lost
+        // disk, a partition or a heal.
+        let count = self.nodes.len();
         if self.rng.chance(800) && self.nodes.iter().all(|n| n.raft.is_some()) {
-            let n = self.rng.below(3) as usize;
+            let n = self.rng.below(count as u64) as usize;
             self.crash(n);
             if self.rng.chance(150_000) {
-                let other = (n + 1 + self.rng.below(2) as usize) % 3;
-                self.crash(other);
-                if self.rng.chance(500_000) {
-                    self.crash(3 - n - other);
+                let all = self.rng.chance(500_000);
+                let other = (n + 1 + self.rng.below(count as u64 - 1) as usize) % count;
+                for o in 0..count {
+                    if o != n && (all || o == other) {
+                        self.crash(o);
+                    }
                 }
             }
         }
+        if self.wipes && self.rng.chance(1_000) {
+            self.wipe();
+        }
         if self.rng.chance(1_000) {
-            let a = IDS[self.rng.below(3) as usize];
-            let b = IDS[self.rng.below(3) as usize];
+            let a = self.rng.below(count as u64) + 1;
+            let b = self.rng.below(count as u64) + 1;
             if a != b {
                 self.cut.insert((a, b));
                 if self.rng.chance(500_000) {
@@ -1008,9 +1103,114 @@ impl Sim {
         }
     }
 
-    /// Heals everything and lets the group settle.
+    /// Leader `n` is asked for a membership change, as `manifold cluster add|remove` asks it:
+    /// a node outside the configuration (the spare, or a voter removed earlier, its directory
+    /// as it left it) is added — a learner, promoted once caught up — while there are three
+    /// voters; one of four voters (the leader too) is removed.
+    fn change_members(&mut self, n: usize) {
+        let Some(raft) = self.nodes[n].raft.as_ref() else {
+            return;
+        };
+        if raft.role() != Role::Leader {
+            return;
+        }
+        let config = raft.membership().clone();
+        let outside: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .map(|x| x.id)
+            .filter(|id| config.get(*id).is_none())
+            .collect();
+        let voters: Vec<NodeId> = config.voters().collect();
+        let change = if !outside.is_empty() && voters.len() <= 3 {
+            MembershipChange::Add {
+                id: outside[self.rng.below(outside.len() as u64) as usize],
+                addr: String::new(),
+                learner: false,
+            }
+        } else if voters.len() > 3 {
+            MembershipChange::Remove {
+                id: voters[self.rng.below(voters.len() as u64) as usize],
+            }
+        } else {
+            return;
+        };
+        self.note(match change {
+            MembershipChange::Add { id, .. } => 11_000 + id,
+            MembershipChange::Remove { id } => 12_000 + id,
+        });
+        self.step(n, Event::ChangeMembership(change));
+    }
+
+    /// The configuration last committed, as far as the simulation saw commits.
+    fn committed_config(&self) -> Option<raft::Membership> {
+        self.committed
+            .values()
+            .rev()
+            .find_map(|raw| raft::membership::config_of(raw))
+    }
+
+    /// A node loses its disk (in half the cases, the follower furthest ahead as the leader
+    /// goes down): it comes back empty — log, votes, members file, state — as a
+    /// new incarnation of its directory, which counts for nothing until a committed change
+    /// names it. As in the core's simulation, one at a time: only once the committed
+    /// configuration pins every member to the directory it has now (a majority of lost
+    /// disks loses data whatever the protocol does; so does a disk lost before the group
+    /// pinned its founders), and only once every node durably holds an entry (two empty logs
+    /// cannot tell themselves from a group being founded).
+    fn wipe(&mut self) {
+        if !self.nodes.iter().all(|n| n.raft.is_some()) {
+            return;
+        }
+        let Some(config) = self.committed_config() else {
+            return;
+        };
+        let pinned = config.members().iter().all(|m| {
+            self.nodes
+                .iter()
+                .any(|n| n.id == m.id && n.incarnation == m.incarnation)
+        });
+        if !pinned
+            || self
+                .nodes
+                .iter()
+                .any(|n| n.store().log().flushed_index() == 0)
+        {
+            return;
+        }
+        // Now and then the worst case: the follower holding most of the leader's log loses
+        // its disk as the leader goes down — what was committed may be on the leader alone,
+        // and the wiped node must not help a node behind take over.
+        let leader = self
+            .nodes
+            .iter()
+            .position(|n| n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader));
+        let ahead = (0..self.nodes.len())
+            .filter(|&i| Some(i) != leader)
+            .max_by_key(|&i| self.nodes[i].store().log().last_index());
+        let n = match (leader, ahead) {
+            (Some(l), Some(a)) if self.rng.chance(500_000) => {
+                self.crash(l);
+                a
+            }
+            _ => self.rng.below(self.nodes.len() as u64) as usize,
+        };
+        let fresh = self.rng.next().max(1);
+        self.crash(n);
+        let node = &mut self.nodes[n];
+        node.disk = SimDisk::new();
+        node.fresh = fresh;
+        let id = node.id;
+        self.wiped += 1;
+        self.note(13_000 + id);
+    }
+
+    /// Heals everything and lets the group settle: clients go on proposing for a second
+    /// (chaos may have left no leader for long: a place not pinned when the group was founded
+    /// counts for nothing until a leader pins it), then stop.
     fn settle(&mut self, seed: u64) {
         self.faults = false;
+        self.healed_proposals_until = self.now + 1_000;
         self.cut.clear();
         for n in 0..self.nodes.len() {
             if self.nodes[n].down_until.is_some() {
@@ -1042,6 +1242,13 @@ struct Outcome {
     losses: u64,
     /// Acknowledged appends missing at the end (`async` only).
     lost: u64,
+    /// Disks lost.
+    wiped: u64,
+    /// Committed configurations whose voters differ from the last one's.
+    voter_changes: u64,
+    /// Committed configurations that pinned a member to another directory than the last one
+    /// did (a lost disk's place handed to its new directory).
+    repins: u64,
 }
 
 /// Runs one seed in one model.
@@ -1060,14 +1267,20 @@ fn run(seed: u64, ms: u64, model: Model) -> Outcome {
         .map(|r| r.id())
         .collect();
     assert_eq!(leaders.len(), 1, "seed {seed}: leaders {leaders:?}");
-    let commits: Vec<LogIndex> = sim
+    // The members of the leader's configuration (a node removed hears from no one).
+    let leader = &sim.nodes[(leaders[0] - 1) as usize];
+    let config = leader.raft.as_ref().expect("up").membership().clone();
+    let members: Vec<&Node> = sim
         .nodes
+        .iter()
+        .filter(|n| config.get(n.id).is_some())
+        .collect();
+    let commits: Vec<LogIndex> = members
         .iter()
         .filter_map(|n| n.raft.as_ref())
         .map(|r| r.commit_index())
         .collect();
-    let logs: Vec<(LogIndex, LogIndex)> = sim
-        .nodes
+    let logs: Vec<(LogIndex, LogIndex)> = members
         .iter()
         .map(|n| (n.store().log().first_index(), n.store().log().last_index()))
         .collect();
@@ -1075,9 +1288,8 @@ fn run(seed: u64, ms: u64, model: Model) -> Outcome {
         commits.windows(2).all(|w| w[0] == w[1]),
         "seed {seed}: commit indexes {commits:?}, logs (first, last) {logs:?}"
     );
-    // Every node applied all of it, to the same state.
-    let states: Vec<(LogIndex, u64)> = sim
-        .nodes
+    // Every member applied all of it, to the same state.
+    let states: Vec<(LogIndex, u64)> = members
         .iter()
         .map(|n| (n.replica().applied(), n.replica().digest().expect("digest")))
         .collect();
@@ -1090,7 +1302,7 @@ fn run(seed: u64, ms: u64, model: Model) -> Outcome {
     // as the log still holds it (the state digests compared the rest): a retry answered by
     // the producer table added nothing.
     let mut lost = BTreeSet::new();
-    for node in &sim.nodes {
+    for node in &members {
         let store = node.store();
         let (first, last) = (store.log().first_index(), store.log().last_index());
         let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
@@ -1127,8 +1339,30 @@ fn run(seed: u64, ms: u64, model: Model) -> Outcome {
     }
     assert!(
         !sim.acked.is_empty(),
-        "seed {seed}: nothing was acknowledged"
+        "seed {seed}: nothing was acknowledged (leaders by term {:?}, {} entries committed, {} \
+         appends proposed, commit {commits:?})",
+        sim.leaders,
+        sim.committed.len(),
+        sim.proposals.len()
     );
+    let (mut voter_changes, mut repins) = (0, 0);
+    let configs: Vec<raft::Membership> = sim
+        .committed
+        .values()
+        .filter_map(|raw| raft::membership::config_of(raw))
+        .collect();
+    for w in configs.windows(2) {
+        let voters = |c: &raft::Membership| c.voters().collect::<Vec<_>>();
+        voter_changes += u64::from(voters(&w[0]) != voters(&w[1]));
+        repins += w[1]
+            .members()
+            .iter()
+            .filter(|m| {
+                w[0].get(m.id)
+                    .is_some_and(|o| o.incarnation != 0 && o.incarnation != m.incarnation)
+            })
+            .count() as u64;
+    }
     for node in &mut sim.nodes {
         node.replica.take().expect("up").close().expect("closes");
     }
@@ -1139,6 +1373,9 @@ fn run(seed: u64, ms: u64, model: Model) -> Outcome {
         deduped: sim.deduped,
         losses: sim.losses,
         lost: lost.len() as u64,
+        wiped: sim.wiped,
+        voter_changes,
+        repins,
     }
 }
 
@@ -1155,19 +1392,19 @@ fn one_seed() {
     }
 }
 
-/// `RAFT_STORE_SEEDS=N` runs N seeds in each model (default 6).
+/// `RAFT_STORE_SEEDS=N` runs N seeds in each model (default 100).
 fn seeds() -> u64 {
     std::env::var("RAFT_STORE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(6)
+        .unwrap_or(100)
 }
 
 /// Seeds known to make a group lose committed entries in `async` and a node install an image
 /// over entries that were not the group's: run by default with the first `seeds()`. (Found
 /// with `RAFT_STORE_SEEDS=300`, which prints such seeds; a change to the simulation may move
 /// them.)
-const ASYNC_LOSS_SEEDS: [u64; 2] = [12, 24];
+const ASYNC_LOSS_SEEDS: [u64; 3] = [119, 266, 427];
 
 fn many_seeds(model: Model, extra: &[u64]) -> Vec<Outcome> {
     let mut seeds_run: Vec<u64> = (0..seeds()).collect();
@@ -1184,15 +1421,21 @@ fn many_seeds(model: Model, extra: &[u64]) -> Vec<Outcome> {
     let sum = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();
     eprintln!(
         "{model:?}, {} seeds: {} images installed ({} over entries not the group's), {} retries \
-         answered by the producer table, {} committed entries lost, {} acknowledged appends lost",
+         answered by the producer table, {} committed entries lost, {} acknowledged appends \
+         lost, {} voter changes committed, {} disks lost, {} places handed to a new directory",
         seeds_run.len(),
         sum(|o| o.images),
         sum(|o| o.diverged),
         sum(|o| o.deduped),
         sum(|o| o.losses),
         sum(|o| o.lost),
+        sum(|o| o.voter_changes),
+        sum(|o| o.wiped),
+        sum(|o| o.repins),
     );
     assert!(sum(|o| o.images) > 0, "no node ever needed an image");
+    assert!(sum(|o| o.voter_changes) > 0, "no voter change committed");
+    assert!(sum(|o| o.repins) > 0, "no lost disk's place was handed on");
     assert!(
         sum(|o| o.deduped) > 0,
         "no retry was answered by the producer table"
