@@ -582,7 +582,12 @@ impl Inner {
                 }
                 match self.apply_committed(applied + 1, upto, &mut pending, checkpointing.journal())
                 {
-                    Ok(0) => break, // the rest of a pipeline of ours is not committed yet
+                    // The rest of a pipeline of ours was not committed as of `commit` — but
+                    // the word that it is may have come since and been taken from the channel
+                    // above (the hook moves the commit index before it sends): look again
+                    // before sleeping, or sleep through it until the next commit.
+                    Ok(0) if self.commit_now() > commit => continue,
+                    Ok(0) => break,
                     Ok(_) => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "apply failed; the engine stops applying");
