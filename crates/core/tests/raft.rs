@@ -100,6 +100,21 @@ fn append_replies(actions: &[Action]) -> Vec<AppendReply> {
         .collect()
 }
 
+/// The `(prev_index, last)` of each `SendEntries` to `to`.
+fn entries_sent(actions: &[Action], to: NodeId) -> Vec<(u64, u64)> {
+    actions
+        .iter()
+        .filter_map(|x| match x {
+            Action::SendEntries {
+                to: t,
+                header,
+                last,
+            } if *t == to => Some((header.prev_index, *last)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn commits(actions: &[Action]) -> Vec<u64> {
     actions
         .iter()
@@ -519,17 +534,7 @@ fn the_leader_backs_off_by_term_and_never_past_what_was_refused() {
             hint_term: 3,
         }),
     );
-    let next = a
-        .iter()
-        .find_map(|x| match x {
-            Action::SendEntries {
-                to: 2,
-                header,
-                last,
-            } => Some((header.prev_index, *last)),
-            _ => None,
-        })
-        .expect("a new probe");
+    let next = *entries_sent(&a, 2).first().expect("a new probe");
     assert_eq!(
         next,
         (3, 5),
@@ -1522,15 +1527,7 @@ fn a_follower_behind_the_leaders_retained_log_is_offered_an_image_and_probed_unt
             })
             .count()
     };
-    let probes = |a: &[Action]| {
-        a.iter()
-            .filter(|x| matches!(x, Action::SendEntries { to: 3, .. }))
-            .map(|x| match x {
-                Action::SendEntries { header, last, .. } => (header.prev_index, *last),
-                _ => unreachable!(),
-            })
-            .collect::<Vec<_>>()
-    };
+    let probes = |a: &[Action]| entries_sent(a, 3);
     let mut all = a;
     all.extend(step(&mut r, now + 2, Event::Tick));
     assert_eq!(offers(&all), 1, "{all:?}");
@@ -1740,18 +1737,7 @@ fn while_probing_only_the_answer_to_the_probe_moves_the_leader() {
             hint_term: 0,
         })
     };
-    let probes = |a: &[Action]| {
-        a.iter()
-            .filter_map(|x| match x {
-                Action::SendEntries {
-                    to: 2,
-                    header,
-                    last,
-                } => Some((header.prev_index, *last)),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
+    let probes = |a: &[Action]| entries_sent(a, 2);
     let a = msg(&mut r, now, 2, refuse(4, 2));
     assert_eq!(probes(&a), vec![(1, 5)]);
     for stale in [2, 3, 4, 2] {
