@@ -518,11 +518,23 @@ impl Inner {
         loop {
             // Leading a group of one, the oldest proposal's acknowledgement is its commit:
             // waited for here, as the single-node applier does, not through the driver.
-            let alone_waiting = (self.sole_from.load(Ordering::Acquire) != 0)
+            let sole_from = self.sole_from.load(Ordering::Acquire);
+            let alone_front = (sole_from != 0)
                 .then(|| pending.front().and_then(|p| p.entries.last()))
-                .flatten()
+                .flatten();
+            // Acknowledged and marked handed already (between the last look at the commit
+            // and here): committed, so applied now — a sleep in the channel would wait for
+            // the driver's word, which leading alone comes only every `ALONE_REPORT_EVERY`.
+            let committed_alone = alone_front.is_some_and(|(t, _)| {
+                t.index >= sole_from
+                    && t.is_durable()
+                    && self.handed.load(Ordering::Acquire) >= t.index
+            });
+            let alone_waiting = alone_front
                 .filter(|(t, _)| !t.is_durable() || self.handed.load(Ordering::Acquire) < t.index);
-            let next = if let Some((ticket, _)) = alone_waiting {
+            let next = if committed_alone {
+                Ok(ApplyInput::Commit)
+            } else if let Some((ticket, _)) = alone_waiting {
                 // An error (a truncation: no longer leading) is met again in the driver's
                 // commit; the next turn sleeps in the channel.
                 let _ = ticket.wait_ref();
