@@ -522,16 +522,14 @@ impl Inner {
             let alone_front = (sole_from != 0)
                 .then(|| pending.front().and_then(|p| p.entries.last()))
                 .flatten();
+            let handed = self.handed.load(Ordering::Acquire);
+            let ready = |t: &crate::store::AppendTicket| t.is_durable() && handed >= t.index;
             // Acknowledged and marked handed already (between the last look at the commit
             // and here): committed, so applied now — a sleep in the channel would wait for
             // the driver's word, which leading alone comes only every `ALONE_REPORT_EVERY`.
-            let committed_alone = alone_front.is_some_and(|(t, _)| {
-                t.index >= sole_from
-                    && t.is_durable()
-                    && self.handed.load(Ordering::Acquire) >= t.index
-            });
-            let alone_waiting = alone_front
-                .filter(|(t, _)| !t.is_durable() || self.handed.load(Ordering::Acquire) < t.index);
+            let committed_alone =
+                alone_front.is_some_and(|(t, _)| t.index >= sole_from && ready(t));
+            let alone_waiting = alone_front.filter(|(t, _)| !ready(t));
             let next = if committed_alone {
                 Ok(ApplyInput::Commit)
             } else if let Some((ticket, _)) = alone_waiting {
