@@ -187,10 +187,18 @@ pub fn prev_id(id: StreamId) -> Option<StreamId> {
     }
 }
 
-/// A stream ID as Redis prints it (`<ms>-<seq>`), made in one allocation of its exact size:
-/// every XADD answers with one.
+/// A stream ID as Redis prints it (`<ms>-<seq>`), made in one allocation of its exact size.
 pub fn id_bulk(id: StreamId) -> Reply {
-    let mut buf = [0u8; 41]; // two u64s of up to 20 digits and the dash
+    let mut buf = [0u8; ID_TEXT_MAX];
+    let at = id_text(id, &mut buf);
+    Reply::Bulk(Bytes::copy_from_slice(&buf[at..]))
+}
+
+/// Longest stream ID text: two u64s of up to 20 digits and the dash.
+pub const ID_TEXT_MAX: usize = 41;
+
+/// Prints `id` as Redis does (`<ms>-<seq>`) at the end of `buf`; returns where it starts.
+pub fn id_text(id: StreamId, buf: &mut [u8; ID_TEXT_MAX]) -> usize {
     let mut at = buf.len();
     for (k, mut n) in [id.seq, id.ms].into_iter().enumerate() {
         loop {
@@ -206,7 +214,24 @@ pub fn id_bulk(id: StreamId) -> Reply {
             buf[at] = b'-';
         }
     }
-    Reply::Bulk(Bytes::copy_from_slice(&buf[at..]))
+    at
+}
+
+/// Writes `id` as a bulk string reply (`$<len>\r\n<ms>-<seq>\r\n`, the same in RESP2 and
+/// RESP3) straight into `out`: an XADD's answer without a reply value in between.
+pub fn put_id_bulk(id: StreamId, out: &mut bytes::BytesMut) {
+    let mut buf = [0u8; ID_TEXT_MAX];
+    let at = id_text(id, &mut buf);
+    let text = &buf[at..];
+    out.reserve(text.len() + 7);
+    out.extend_from_slice(b"$");
+    // An ID is at most 41 bytes: its length has one or two digits.
+    if text.len() >= 10 {
+        out.extend_from_slice(&[b'0' + (text.len() / 10) as u8]);
+    }
+    out.extend_from_slice(&[b'0' + (text.len() % 10) as u8, b'\r', b'\n']);
+    out.extend_from_slice(text);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -222,10 +247,16 @@ mod tests {
             (1_700_000_000_000, 42),
             (u64::MAX, u64::MAX),
         ] {
-            assert_eq!(
-                id_bulk(StreamId::new(ms, seq)),
-                Reply::Bulk(Bytes::from(format!("{ms}-{seq}")))
-            );
+            let id = StreamId::new(ms, seq);
+            assert_eq!(id_bulk(id), Reply::Bulk(Bytes::from(format!("{ms}-{seq}"))));
+            // Written straight out, it is the bulk string either protocol encodes.
+            for protocol in [crate::reply::Protocol::Resp2, crate::reply::Protocol::Resp3] {
+                let mut direct = bytes::BytesMut::new();
+                put_id_bulk(id, &mut direct);
+                let mut encoded = bytes::BytesMut::new();
+                id_bulk(id).encode(protocol, &mut encoded);
+                assert_eq!(direct, encoded, "{ms}-{seq}");
+            }
         }
     }
 

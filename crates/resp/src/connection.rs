@@ -139,6 +139,7 @@ pub async fn run(
                 && let Some(req) = commands::deferrable(&mut conn, &args)
             {
                 appends.push(req);
+                decoder.recycle(args);
                 continue;
             }
             if !stoppable(
@@ -257,9 +258,7 @@ async fn answer_appends(
         // of 16, so an idle connection keeps little): no regrowth request by request.
         let room = appends.len().min(16);
         let run = std::mem::replace(appends, Vec::with_capacity(room));
-        for reply in commands::append_all(shared, conn, run).await {
-            reply.encode(conn.protocol, output);
-        }
+        commands::append_all(shared, conn, run, output).await;
     }
     true
 }

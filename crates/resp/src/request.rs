@@ -35,6 +35,10 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// A multibulk's argument vector is never pre-allocated beyond this many slots (as Redis).
 const PREALLOC_ARGS: usize = 1024;
+/// Arguments a command may have to be read by the fast path (XADD with a few fields has 5–9).
+const FAST_ARGS: usize = 32;
+/// The largest argument vector [`Decoder::recycle`] keeps.
+pub const RECYCLE_ARGS: usize = 16;
 /// What one decoded argument costs beyond its bytes, counted against the query buffer limit.
 const ARG_HANDLE: usize = std::mem::size_of::<Bytes>();
 
@@ -150,6 +154,9 @@ pub struct Decoder {
     state: State,
     /// Bytes at the front of the buffer already searched for the current line's terminator.
     scanned: usize,
+    /// An argument vector given back by the caller ([`Decoder::recycle`]), empty, for the
+    /// next multibulk: a pipeline of XADDs allocates none.
+    spare: Vec<Bytes>,
 }
 
 impl Decoder {
@@ -160,6 +167,17 @@ impl Decoder {
             unauthenticated: false,
             state: State::Idle,
             scanned: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Gives back a command's argument vector once the caller is done with it: the next
+    /// multibulk reuses its room. One of more than [`RECYCLE_ARGS`] slots is dropped instead
+    /// (an idle connection keeps little).
+    pub fn recycle(&mut self, mut args: Vec<Bytes>) {
+        if args.capacity() <= RECYCLE_ARGS {
+            args.clear();
+            self.spare = args;
         }
     }
 
@@ -177,6 +195,11 @@ impl Decoder {
     /// arguments are split out of `buf` without copying; inline arguments are fresh buffers.
     /// After an error the decoder is back at its start, but the stream is lost: close.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        if matches!(self.state, State::Idle)
+            && let Some(args) = self.whole_multibulk(buf)
+        {
+            return Ok(Some(args));
+        }
         loop {
             let step = match std::mem::replace(&mut self.state, State::Idle) {
                 State::Idle => self.start(buf),
@@ -199,6 +222,46 @@ impl Decoder {
                 Err(error) => return Err(self.fail(error)),
             }
         }
+    }
+
+    /// The fast path, for the common case of a pipeline: a multibulk already whole in `buf`,
+    /// within every limit, read in one pass and split off the buffer once (each argument a
+    /// slice of that one piece). `None` for anything else — not whole yet, an error, an empty
+    /// or huge count — which the state machine then reads, with its errors, as before.
+    fn whole_multibulk(&mut self, buf: &mut BytesMut) -> Option<Vec<Bytes>> {
+        let b: &[u8] = buf;
+        if b.first() != Some(&b'*') {
+            return None;
+        }
+        let (count, mut at) = number_line(b, 1)?;
+        let count = usize::try_from(count).ok().filter(|&c| {
+            (1..=FAST_ARGS).contains(&c)
+                && c <= self.limits.max_multibulk_len
+                && !(self.unauthenticated && c > UNAUTHENTICATED_ARGS)
+        })?;
+        let mut spans = [(0usize, 0usize); FAST_ARGS];
+        for span in spans.iter_mut().take(count) {
+            if b.get(at) != Some(&b'$') {
+                return None;
+            }
+            let (len, start) = number_line(b, at + 1)?;
+            let len = usize::try_from(len).ok().filter(|&len| {
+                len <= self.limits.max_bulk_len
+                    && !(self.unauthenticated && len > UNAUTHENTICATED_BULK)
+            })?;
+            let end = start.checked_add(len)?;
+            if b.get(end..end.checked_add(2)?) != Some(&b"\r\n"[..]) {
+                return None;
+            }
+            *span = (start, end);
+            at = end + 2;
+        }
+        let whole = buf.split_to(at).freeze();
+        self.scanned = 0;
+        let mut args = std::mem::take(&mut self.spare);
+        args.reserve(count);
+        args.extend(spans[..count].iter().map(|&(a, z)| whole.slice(a..z)));
+        Some(args)
     }
 
     fn fail(&mut self, error: ProtocolError) -> ProtocolError {
@@ -239,9 +302,11 @@ impl Decoder {
         if count == 0 {
             return Ok(Step::Continue);
         }
+        let mut args = std::mem::take(&mut self.spare);
+        args.reserve(count.min(PREALLOC_ARGS));
         self.state = State::Multibulk(Partial {
             remaining: count,
-            args: Vec::with_capacity(count.min(PREALLOC_ARGS)),
+            args,
             held: cr + 2,
         });
         Ok(Step::Continue)
@@ -356,6 +421,18 @@ impl Decoder {
         buf.advance(n.min(buf.len()));
         self.scanned = 0;
     }
+}
+
+/// The number of a `*`/`$` header line whose digits start at `from`, and where the next line
+/// starts; `None` unless the line is whole, ends in `\r\n` and holds a valid number.
+fn number_line(b: &[u8], from: usize) -> Option<(i64, usize)> {
+    let rest = b.get(from..)?;
+    // A valid number has at most 20 bytes: a longer line is the state machine's to refuse.
+    let cr = rest.iter().take(21).position(|&c| c == b'\r')?;
+    if rest.get(cr + 1) != Some(&b'\n') {
+        return None;
+    }
+    Some((string2ll(rest.get(..cr)?)?, from + cr + 2))
 }
 
 /// Redis's `string2ll`: an optional `-`, then digits with no leading zero (or just `0`), at
@@ -498,6 +575,32 @@ mod tests {
         let command = decoder.decode(&mut buf).expect("valid").expect("complete");
         assert_eq!(command.len(), 1);
         assert_eq!(decoder.scanned, 0);
+    }
+
+    #[test]
+    fn a_whole_multibulk_is_one_piece_and_a_given_back_vector_is_reused() {
+        let mut decoder = Decoder::new(Limits::default());
+        let mut buf =
+            BytesMut::from(&b"*3\r\n$4\r\nXADD\r\n$0\r\n\r\n$2\r\nab\r\n*1\r\n$4\r\nPI"[..]);
+        let args = decoder.decode(&mut buf).expect("valid").expect("whole");
+        assert_eq!(args, [&b"XADD"[..], b"", b"ab"]);
+        assert_eq!(
+            &buf[..],
+            b"*1\r\n$4\r\nPI",
+            "only the first command is taken"
+        );
+        assert!(matches!(decoder.state, State::Idle));
+        let room = args.as_ptr();
+        decoder.recycle(args);
+        buf.extend_from_slice(b"NG\r\n");
+        let args = decoder.decode(&mut buf).expect("valid").expect("whole");
+        assert_eq!(args, [&b"PING"[..]]);
+        assert_eq!(
+            args.as_ptr(),
+            room,
+            "the vector given back holds the next command"
+        );
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -225,6 +225,20 @@ impl Shared {
         }
     }
 
+    /// Counts `n` runs of one command that ran (a pipeline's XADDs), `usec` in all, `failed`
+    /// of them answered with an error (each error counted by the caller with
+    /// [`Shared::count_error`]).
+    pub fn count_commands(&self, name: &'static str, n: u64, usec: u64, failed: u64) {
+        self.stats
+            .commands_processed
+            .fetch_add(n, Ordering::Relaxed);
+        let mut cmds = lock(&self.stats.commands);
+        let s = cmds.entry(name).or_default();
+        s.calls += n;
+        s.usec += usec;
+        s.failed += failed;
+    }
+
     /// Counts an error reply under its code (`ERR`, `WRONGTYPE`, ...).
     pub fn count_error(&self, text: &str) {
         self.stats.error_replies.fetch_add(1, Ordering::Relaxed);

@@ -637,11 +637,12 @@ impl Engine {
             return Err(EngineError::NoFields);
         }
         let key: TopicKey = (req.db, req.key.clone());
-        let (last, exists) = p.view_of(&self.inner.store, &key);
-        if req.nomkstream && !exists {
+        let view = p.topic_view(&self.inner.store, &key);
+        let last = view.last_id;
+        if req.nomkstream && !view.exists {
             return Ok(None); // nothing to log: the reply is nil
         }
-        let id = match (req.id, p.lowered_to(&key)) {
+        let id = match (req.id, view.lowered_to) {
             // An XSETID in flight may lower the top below `last`: apply judges this ID.
             (IdSpec::Explicit(id), Some(low)) if id > low && id <= last => id,
             _ => resolve(req.id, last, p.last_ts)?,

@@ -16,7 +16,7 @@ mod transaction;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use manifold_core::engine::{
     AppendRequest, Client, EngineError, Result as EngineResult, TxAnswer, TxOp,
 };
@@ -254,9 +254,16 @@ pub fn deferrable(conn: &mut Conn, args: &[Bytes]) -> Option<AppendRequest> {
 
 /// Proposes consecutive appends together (one engine call, one reply for all: a pipeline of
 /// XADDs shares the proposer's lock, the applier's hand-off and the wake-up, and its fsyncs)
-/// and answers each, in order.
-pub async fn append_all(shared: &Shared, conn: &Conn, reqs: Vec<AppendRequest>) -> Vec<Reply> {
+/// and writes each answer to `out`, in order: an ID straight into the buffer, anything else
+/// through its [`Reply`].
+pub async fn append_all(
+    shared: &Shared,
+    conn: &Conn,
+    reqs: Vec<AppendRequest>,
+    out: &mut BytesMut,
+) {
     let started = Instant::now();
+    // The keys stay for the error texts; the requests move into the engine.
     let keys: Vec<Bytes> = reqs.iter().map(|r| r.key.clone()).collect();
     let answers = match &conn.client {
         Some(client) => client.append_many(reqs).await,
@@ -265,15 +272,23 @@ pub async fn append_all(shared: &Shared, conn: &Conn, reqs: Vec<AppendRequest>) 
             .map(|_| Err(EngineError::ShuttingDown))
             .collect(),
     };
-    let usec = started.elapsed().as_micros() as u64 / keys.len().max(1) as u64;
-    keys.iter()
-        .zip(answers)
-        .map(|(key, answer)| {
-            let reply = streams::xadd_reply(answer, key);
-            shared.count_command("xadd", usec, false, error_of(&reply));
-            reply
-        })
-        .collect()
+    let n = keys.len() as u64;
+    let usec = started.elapsed().as_micros() as u64;
+    let mut failed = 0;
+    for (key, answer) in keys.iter().zip(answers) {
+        match answer {
+            Ok(Some(id)) => crate::args::put_id_bulk(id, out),
+            answer => {
+                let reply = streams::xadd_reply(answer, key);
+                if let Some(e) = error_of(&reply) {
+                    failed += 1;
+                    shared.count_error(e);
+                }
+                reply.encode(conn.protocol, out);
+            }
+        }
+    }
+    shared.count_commands("xadd", n, usec, failed);
 }
 
 /// Whether `args` is a command that may wait (XREAD or XREADGROUP with BLOCK): the replies
