@@ -2407,10 +2407,9 @@ impl Inner {
         let added = applied
             .iter()
             .map(|a| {
-                a.outcomes
-                    .iter()
-                    .map(|o| matches!(o, Outcome::Added))
-                    .collect()
+                crate::store::recent::Added::from_flags(
+                    a.outcomes.iter().map(|o| matches!(o, Outcome::Added)),
+                )
             })
             .collect();
         self.store.keep_recent(entries, added);

@@ -484,9 +484,7 @@ impl Engine {
             .records
             .iter()
             .enumerate()
-            .filter(|(k, r)| {
-                r.db == 0 && r.op == RecordOp::Message && added.get(*k).copied().unwrap_or(false)
-            })
+            .filter(|(k, r)| r.db == 0 && r.op == RecordOp::Message && added.get(*k))
             .filter_map(|(k, _)| {
                 let m = topic_message(&entry, u16::try_from(k).ok()?)?;
                 session_message(session, client, m)

@@ -9,7 +9,6 @@
 //! point nor let the log lose (truncate or delete) an entry it has dispatched but not
 //! checkpointed.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -472,8 +471,9 @@ struct Run {
 #[derive(Debug, Default)]
 struct Runs {
     runs: Vec<Run>,
-    /// Where each topic's run is in `runs` (a batch may touch thousands of topics).
-    at: HashMap<TopicId, usize>,
+    /// Where each topic's run is in `runs` (a batch may touch thousands of topics); looked up
+    /// per message, so foldhash rather than SipHash.
+    at: hashbrown::HashMap<TopicId, usize>,
 }
 
 impl Run {
@@ -2003,12 +2003,12 @@ impl MessageStore {
 
     /// Keeps applied entries in memory for readers at the head (see `recent.rs`), each with
     /// which of its sub-records were added as messages.
-    pub fn keep_recent(&self, entries: &[Arc<LogEntry>], added: Vec<Arc<[bool]>>) {
+    pub fn keep_recent(&self, entries: &[Arc<LogEntry>], added: Vec<super::recent::Added>) {
         self.recent.push(entries, added);
     }
 
     /// A kept recent entry and which of its sub-records were added, if it is still kept.
-    pub fn recent_entry(&self, index: LogIndex) -> Option<(Arc<LogEntry>, Arc<[bool]>)> {
+    pub fn recent_entry(&self, index: LogIndex) -> Option<(Arc<LogEntry>, super::recent::Added)> {
         self.recent.get_added(index)
     }
 

@@ -20,7 +20,40 @@ const MAX_ENTRIES: usize = 4096;
 const MAX_BYTES: usize = 32 << 20;
 
 /// A kept entry: the entry, which sub-records were added as messages, its size.
-type Kept = (Arc<LogEntry>, Arc<[bool]>, usize);
+type Kept = (Arc<LogEntry>, Added, usize);
+
+/// Which sub-records of an entry were added as messages: a bit each for up to 64 (an entry
+/// of its own for nearly every write, no allocation), a flag each beyond.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// Bit `k` for sub-record `k`.
+    Bits(u64),
+    /// Entries of more than 64 sub-records.
+    Many(Arc<[bool]>),
+}
+
+impl Added {
+    /// From each sub-record's flag, in order.
+    pub fn from_flags(flags: impl ExactSizeIterator<Item = bool>) -> Added {
+        if flags.len() <= 64 {
+            Added::Bits(
+                flags
+                    .enumerate()
+                    .fold(0, |bits, (k, f)| bits | (u64::from(f) << k)),
+            )
+        } else {
+            Added::Many(flags.collect())
+        }
+    }
+
+    /// Whether sub-record `k` was added (`false` past the end).
+    pub fn get(&self, k: usize) -> bool {
+        match self {
+            Added::Bits(bits) => k < 64 && bits >> k & 1 == 1,
+            Added::Many(flags) => flags.get(k).copied().unwrap_or(false),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Ring {
@@ -50,7 +83,7 @@ impl RecentEntries {
     }
 
     /// Keeps `entries` (applied, in log order), each with which of its sub-records were added.
-    pub fn push(&self, entries: &[Arc<LogEntry>], added: Vec<Arc<[bool]>>) {
+    pub fn push(&self, entries: &[Arc<LogEntry>], added: Vec<Added>) {
         let mut ring = self.lock();
         for (e, added) in entries.iter().zip(added) {
             let follows = ring
@@ -80,7 +113,7 @@ impl RecentEntries {
     }
 
     /// The entry at `index` and which of its sub-records were added, if it is kept.
-    pub fn get_added(&self, index: LogIndex) -> Option<(Arc<LogEntry>, Arc<[bool]>)> {
+    pub fn get_added(&self, index: LogIndex) -> Option<(Arc<LogEntry>, Added)> {
         let ring = self.lock();
         let first = ring.entries.front()?.0.index;
         let at = usize::try_from(index.checked_sub(first)?).ok()?;
@@ -110,7 +143,10 @@ mod tests {
         assert!(r.get(1).is_none());
         let push = |from: u64, to: u64| {
             let entries: Vec<_> = (from..=to).map(entry).collect();
-            let added = entries.iter().map(|_| Arc::from(vec![true])).collect();
+            let added = entries
+                .iter()
+                .map(|_| Added::from_flags([true].into_iter()))
+                .collect();
             r.push(&entries, added);
         };
         push(1, 3);
@@ -121,8 +157,21 @@ mod tests {
         assert!(r.get(3).is_none());
         assert_eq!(r.get(10).map(|e| e.index), Some(10));
         push(11, 10 + MAX_ENTRIES as u64);
-        assert_eq!(r.get_added(11).map(|(_, a)| a[0]), Some(true));
+        assert_eq!(r.get_added(11).map(|(_, a)| a.get(0)), Some(true));
         assert!(r.get(10).is_none(), "the oldest goes past the bound");
         assert!(r.get(11).is_some());
+    }
+
+    #[test]
+    fn added_flags_read_back_as_given_in_bits_and_beyond() {
+        for n in [0, 1, 3, 63, 64, 65, 200] {
+            let flags: Vec<bool> = (0..n).map(|k| k % 3 != 1).collect();
+            let added = Added::from_flags(flags.iter().copied());
+            assert_eq!(matches!(added, Added::Bits(_)), n <= 64, "{n} flags");
+            for (k, f) in flags.iter().enumerate() {
+                assert_eq!(added.get(k), *f, "flag {k} of {n}");
+            }
+            assert!(!added.get(n) && !added.get(n + 64), "past the end");
+        }
     }
 }
