@@ -218,20 +218,56 @@ pub fn id_text(id: StreamId, buf: &mut [u8; ID_TEXT_MAX]) -> usize {
 }
 
 /// Writes `id` as a bulk string reply (`$<len>\r\n<ms>-<seq>\r\n`, the same in RESP2 and
-/// RESP3) straight into `out`: an XADD's answer without a reply value in between.
+/// RESP3) straight into `out`: an XADD's answer without a reply value in between. Built back
+/// to front in one stack buffer (the length is known once the ID is printed), two digits at a
+/// time, and copied out once.
 pub fn put_id_bulk(id: StreamId, out: &mut bytes::BytesMut) {
-    let mut buf = [0u8; ID_TEXT_MAX];
-    let at = id_text(id, &mut buf);
-    let text = &buf[at..];
-    out.reserve(text.len() + 7);
-    out.extend_from_slice(b"$");
-    // An ID is at most 41 bytes: its length has one or two digits.
-    if text.len() >= 10 {
-        out.extend_from_slice(&[b'0' + (text.len() / 10) as u8]);
+    let mut buf = [0u8; ID_TEXT_MAX + 7];
+    let mut at = buf.len() - 2;
+    buf[at..].copy_from_slice(b"\r\n");
+    let end = at;
+    at = digits_before(id.seq, &mut buf, at);
+    at -= 1;
+    buf[at] = b'-';
+    at = digits_before(id.ms, &mut buf, at);
+    let len = end - at;
+    at -= 2;
+    buf[at..at + 2].copy_from_slice(b"\r\n");
+    at = digits_before(len as u64, &mut buf, at);
+    at -= 1;
+    buf[at] = b'$';
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// "00" to "99", each two bytes.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut pairs = [0u8; 200];
+    let mut n = 0;
+    while n < 100 {
+        pairs[2 * n] = b'0' + (n / 10) as u8;
+        pairs[2 * n + 1] = b'0' + (n % 10) as u8;
+        n += 1;
     }
-    out.extend_from_slice(&[b'0' + (text.len() % 10) as u8, b'\r', b'\n']);
-    out.extend_from_slice(text);
-    out.extend_from_slice(b"\r\n");
+    pairs
+};
+
+/// Writes `n` in decimal to `buf` ending just before `end`; returns where it starts.
+fn digits_before(mut n: u64, buf: &mut [u8], mut end: usize) -> usize {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        end -= 2;
+        buf[end..end + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        end -= 2;
+        buf[end..end + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        end -= 1;
+        buf[end] = b'0' + n as u8;
+    }
+    end
 }
 
 #[cfg(test)]
@@ -244,6 +280,10 @@ mod tests {
             (0, 0),
             (0, 1),
             (1, 0),
+            (9, 10),
+            (99, 100),
+            (100, 99),
+            (12_345, 678_901),
             (1_700_000_000_000, 42),
             (u64::MAX, u64::MAX),
         ] {

@@ -36,7 +36,7 @@ use bytes::{Buf, Bytes, BytesMut};
 /// A multibulk's argument vector is never pre-allocated beyond this many slots (as Redis).
 const PREALLOC_ARGS: usize = 1024;
 /// Arguments a command may have to be read by the fast path (XADD with a few fields has 5–9).
-const FAST_ARGS: usize = 32;
+const FAST_ARGS: usize = 16;
 /// The largest argument vector [`Decoder::recycle`] keeps.
 pub const RECYCLE_ARGS: usize = 16;
 /// What one decoded argument costs beyond its bytes, counted against the query buffer limit.
@@ -233,8 +233,8 @@ impl Decoder {
         if b.first() != Some(&b'*') {
             return None;
         }
-        let (count, mut at) = number_line(b, 1)?;
-        let count = usize::try_from(count).ok().filter(|&c| {
+        let (count, mut at) = header_number(b, 1)?;
+        let count = Some(count).filter(|&c| {
             (1..=FAST_ARGS).contains(&c)
                 && c <= self.limits.max_multibulk_len
                 && !(self.unauthenticated && c > UNAUTHENTICATED_ARGS)
@@ -244,8 +244,8 @@ impl Decoder {
             if b.get(at) != Some(&b'$') {
                 return None;
             }
-            let (len, start) = number_line(b, at + 1)?;
-            let len = usize::try_from(len).ok().filter(|&len| {
+            let (len, start) = header_number(b, at + 1)?;
+            let len = Some(len).filter(|&len| {
                 len <= self.limits.max_bulk_len
                     && !(self.unauthenticated && len > UNAUTHENTICATED_BULK)
             })?;
@@ -423,16 +423,29 @@ impl Decoder {
     }
 }
 
-/// The number of a `*`/`$` header line whose digits start at `from`, and where the next line
-/// starts; `None` unless the line is whole, ends in `\r\n` and holds a valid number.
-fn number_line(b: &[u8], from: usize) -> Option<(i64, usize)> {
-    let rest = b.get(from..)?;
-    // A valid number has at most 20 bytes: a longer line is the state machine's to refuse.
-    let cr = rest.iter().take(21).position(|&c| c == b'\r')?;
-    if rest.get(cr + 1) != Some(&b'\n') {
+/// For the fast path: the number of a `*`/`$` header line whose digits start at `from`, and
+/// where the next line starts. Only what [`string2ll`] accepts and is not negative, in at most
+/// 18 digits, on a whole line ending in `\r\n`; `None` for anything else (the state machine
+/// then reads the line, and refuses it if it must).
+fn header_number(b: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut value = usize::from(b.get(from)?.wrapping_sub(b'0'));
+    if value > 9 {
         return None;
     }
-    Some((string2ll(rest.get(..cr)?)?, from + cr + 2))
+    let mut at = from + 1;
+    loop {
+        let digit = b.get(at)?.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        // No leading zero (as string2ll), and no more digits than a usize surely holds.
+        if value == 0 || at - from >= 18 {
+            return None;
+        }
+        value = value * 10 + usize::from(digit);
+        at += 1;
+    }
+    (b.get(at..at + 2)? == b"\r\n").then_some((value, at + 2))
 }
 
 /// Redis's `string2ll`: an optional `-`, then digits with no leading zero (or just `0`), at

@@ -160,7 +160,13 @@ pub fn apply(
 /// An XADD with nothing for the engine state (no producer sequence, no retained message):
 /// applying it is the store's dispatch alone.
 fn plain_append(part: &Part) -> bool {
-    part.command.as_ref() == [COMMAND_VERSION, CommandTag::Append as u8]
+    is_plain_append(&part.command)
+}
+
+/// Whether `command` (an entry's or a part's) is a plain XADD's: no producer sequence, no
+/// retained message — nothing for the engine state to do.
+pub(super) fn is_plain_append(command: &[u8]) -> bool {
+    command == [COMMAND_VERSION, CommandTag::Append as u8]
 }
 
 #[cfg(test)]

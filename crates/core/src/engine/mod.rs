@@ -297,9 +297,17 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
             None => &entries[start..=k],
         };
         let outcomes = store.dispatch_batch(run)?;
-        let mut locked = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locked = None;
         for (entry, outcomes) in run.iter().zip(outcomes) {
             let entry = entry.borrow();
+            // A plain XADD leaves the engine state as it is (its dispatch is all it does):
+            // no command to decode, no state lock; the journal still notes its outcomes.
+            if journal.is_none() && batch::is_plain_append(&entry.command) {
+                out.push(Applied::new(outcomes, state::StateReply::default()));
+                continue;
+            }
+            let locked =
+                locked.get_or_insert_with(|| state.lock().unwrap_or_else(|p| p.into_inner()));
             let streams = StoreStreams(store);
             let recorder = journal::Recorder::new(&streams);
             let reply = locked.apply(entry, &entry_command(entry), &outcomes, &recorder, limits)?;
@@ -342,6 +350,10 @@ fn apply_entries<E: std::borrow::Borrow<LogEntry>>(
 
 /// The streams whose group an entry destroyed (their blocked group readers wake).
 fn destroyed_groups(entry: &LogEntry, applied: &Applied) -> Vec<(u8, Bytes)> {
+    if applied.groups.is_empty() && applied.parts.is_empty() {
+        // No group command ran (nearly every entry): nothing to decode.
+        return Vec::new();
+    }
     let destroyed = |commands: Vec<GroupCommand>, outcomes: &[GroupOutcome]| {
         commands
             .into_iter()
