@@ -1168,6 +1168,54 @@ fn dispatch_next_refuses_an_entry_that_is_not_the_logs_next_and_keeps_working()
     Ok(())
 }
 
+/// A batch is checked as each of its entries would be: one entry anywhere in it whose term is
+/// not the log's refuses the whole batch (terms are looked up per run of one term, first and
+/// last; a run's middle is the log's by the log's terms never decreasing).
+#[test]
+fn dispatch_batch_refuses_a_batch_with_any_entry_not_the_logs() -> Result<(), StoreError> {
+    let disk = SimDisk::new();
+    let store = open(&disk)?;
+    let mut entries = Vec::new();
+    for k in 0..4u64 {
+        let e = NewEntry {
+            term: 1 + k / 3, // terms 1, 1, 1, 2
+            kind: EntryKind::Command,
+            timestamp_ms: 1,
+            command: Bytes::new(),
+            records: vec![record(RecordOp::Message, "a", StreamId::new(1, k), "")],
+        };
+        let index = store.log().append(&e)?.wait()?;
+        entries.push(store.log().entry(index)?);
+    }
+    for wrong in 0..4 {
+        let mut batch = entries.clone();
+        batch[wrong].term += 1;
+        assert!(
+            matches!(
+                store.dispatch_batch(&batch),
+                Err(StoreError::Corruption { .. })
+            ),
+            "entry {wrong} of the batch is not the log's"
+        );
+        assert_eq!(
+            ids(&store, "a")?,
+            vec![],
+            "a refused batch dispatches nothing"
+        );
+    }
+    // Every entry claiming term 1: one run, whose last entry the log holds in term 2.
+    let mut batch = entries.clone();
+    batch[3].term = 1;
+    assert!(matches!(
+        store.dispatch_batch(&batch),
+        Err(StoreError::Corruption { .. })
+    ));
+    let outcomes = store.dispatch_batch(&entries)?;
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!(ids(&store, "a")?.len(), 4);
+    Ok(())
+}
+
 /// An XDEL's flag written by a checkpoint finished after the topic migrated out of its arena
 /// slot: the flag must reach the entry where it is now (written first to the captured place,
 /// the arena, it was lost and XLEN disagreed with the queue).

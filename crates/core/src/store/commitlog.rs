@@ -213,6 +213,9 @@ impl Future for AppendTicket {
 
 /// Map records are written to the map file in batches of this many (and at checkpoints).
 const MAP_BATCH: usize = 4096;
+/// Room a new pending chunk starts with: a busy batch (hundreds of small appends) fits
+/// without the chunk being copied as it grows.
+const CHUNK_ROOM: usize = 256 * 1024;
 
 /// How many times the writer looks again for appends (yielding in between) before it sleeps.
 const SPIN_CHECKS: u32 = 20;
@@ -332,7 +335,7 @@ impl State {
             self.pending.push(Chunk {
                 seg,
                 off,
-                data: Vec::with_capacity(64 * 1024),
+                data: Vec::with_capacity(CHUNK_ROOM),
             });
         }
         let last = self.pending.len() - 1;

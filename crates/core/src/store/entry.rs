@@ -280,22 +280,24 @@ pub fn encode_blank(out: &mut Vec<u8>, remaining: u32) {
     out.extend_from_slice(&BLANK_MAGIC.to_le_bytes());
 }
 
-/// Appends the encoded record of `entry` at `index` to `out`; returns its CRC.
+/// Appends the encoded record of `entry` at `index` to `out`; returns its CRC. Each header is
+/// built on the stack and copied in once (every append of the log runs this).
 pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, index: LogIndex) -> u32 {
     let start = out.len();
     let size = entry.encoded_len() as u32;
     out.reserve(size as usize);
-    out.extend_from_slice(&size.to_le_bytes());
-    out.extend_from_slice(&ENTRY_MAGIC.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes()); // crc, patched below
-    out.push(entry.kind as u8);
-    out.push(0); // flags
-    out.extend_from_slice(&0u16.to_le_bytes()); // reserved
-    out.extend_from_slice(&entry.term.to_le_bytes());
-    out.extend_from_slice(&index.to_le_bytes());
-    out.extend_from_slice(&entry.timestamp_ms.to_le_bytes());
-    out.extend_from_slice(&(entry.command.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(entry.records.len() as u32).to_le_bytes());
+    let mut h = [0u8; ENTRY_HEADER_LEN];
+    h[0..4].copy_from_slice(&size.to_le_bytes());
+    h[4..8].copy_from_slice(&ENTRY_MAGIC.to_le_bytes());
+    // 8..12: the CRC, patched below.
+    h[12] = entry.kind as u8;
+    // 13: flags; 14..16: reserved.
+    h[16..24].copy_from_slice(&entry.term.to_le_bytes());
+    h[24..32].copy_from_slice(&index.to_le_bytes());
+    h[32..40].copy_from_slice(&entry.timestamp_ms.to_le_bytes());
+    h[40..44].copy_from_slice(&(entry.command.len() as u32).to_le_bytes());
+    h[44..48].copy_from_slice(&(entry.records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h);
     out.extend_from_slice(&entry.command);
     for r in &entry.records {
         encode_sub_record(out, r);
@@ -307,16 +309,18 @@ pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, index: LogIndex) -> u32
 }
 
 fn encode_sub_record(out: &mut Vec<u8>, r: &SubRecord) {
-    out.extend_from_slice(&(r.encoded_len() as u32).to_le_bytes());
-    out.push(r.db);
-    out.push(r.op as u8);
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&r.id.ms.to_le_bytes());
-    out.extend_from_slice(&r.id.seq.to_le_bytes());
-    out.extend_from_slice(&(r.topic.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(r.message_key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(r.properties.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(r.fields.len() as u32).to_le_bytes());
+    let mut h = [0u8; SUB_RECORD_HEADER_LEN];
+    h[0..4].copy_from_slice(&(r.encoded_len() as u32).to_le_bytes());
+    h[4] = r.db;
+    h[5] = r.op as u8;
+    // 6..8: reserved.
+    h[8..16].copy_from_slice(&r.id.ms.to_le_bytes());
+    h[16..24].copy_from_slice(&r.id.seq.to_le_bytes());
+    h[24..28].copy_from_slice(&(r.topic.len() as u32).to_le_bytes());
+    h[28..32].copy_from_slice(&(r.message_key.len() as u32).to_le_bytes());
+    h[32..36].copy_from_slice(&(r.properties.len() as u32).to_le_bytes());
+    h[36..40].copy_from_slice(&(r.fields.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h);
     out.extend_from_slice(&r.topic);
     out.extend_from_slice(&r.message_key);
     for (k, v) in r.properties.iter().chain(&r.fields) {
