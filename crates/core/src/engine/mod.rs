@@ -2433,10 +2433,16 @@ impl Inner {
             if !prop.producers_in_flight.is_empty() {
                 prop.producers_in_flight.retain(|_, i| *i > last);
             }
+            // A run of entries of one topic (a pipeline of XADDs) looks the topic up once.
+            let mut prev: Option<TopicKey> = None;
             while prop.order.front().is_some_and(|(i, _)| *i <= last) {
                 let Some((_, key)) = prop.order.pop_front() else {
                     break;
                 };
+                if prev.as_ref() == Some(&key) {
+                    continue;
+                }
+                prev = Some(key.clone());
                 if let hashbrown::hash_map::Entry::Occupied(v) = prop.view.entry(key)
                     && v.get().at <= last
                 {
