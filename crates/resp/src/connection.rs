@@ -107,7 +107,7 @@ pub async fn run(
         // Every complete request already read, in order; their replies go out together.
         loop {
             decoder.set_unauthenticated(conn.client.is_none());
-            let args = match decoder.decode(&mut input) {
+            let mut args = match decoder.decode(&mut input) {
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
@@ -136,7 +136,7 @@ pub async fn run(
             // log commits them: a pipeline of appends shares the proposer, the hand-off and the
             // fsyncs instead of one each. Any other command waits until they are answered.
             if appends.len() < MAX_STARTED
-                && let Some(req) = commands::deferrable(&mut conn, &args)
+                && let Some(req) = commands::deferrable(&mut conn, &mut args)
             {
                 appends.push(req);
                 decoder.recycle(args);

@@ -858,7 +858,8 @@ struct Proposer {
     /// Looked up several times per append: hashbrown's default hasher (foldhash, seeded at
     /// random per map), not SipHash, which cost ~10 % of a pipelined XADD's instructions.
     view: hashbrown::HashMap<TopicKey, ViewTopic>,
-    /// `(index, topic)` in proposal order, to drop view entries once applied.
+    /// `(index, topic)` in proposal order, to drop view entries once applied; consecutive
+    /// entries of one topic share one item (at the newest of them).
     order: VecDeque<(LogIndex, TopicKey)>,
     shut: bool,
     /// Producer sequences proposed and not yet applied, with their log index.
@@ -1356,8 +1357,9 @@ impl Engine {
                         continue;
                     }
                 }
+                let key = std::mem::take(&mut req.key);
                 let fields = std::mem::take(&mut req.fields);
-                let built = match self.build_append_with(&mut p, &req, fields) {
+                let built = match self.build_append_with(&mut p, &req, key, fields) {
                     Ok(Some(b)) => b,
                     Ok(None) => {
                         slots.push(Slot::Now(Ok(None)));
@@ -2137,8 +2139,8 @@ impl Proposer {
             // One lookup: a topic not in the view yet enters it as applied state has it.
             let v = self
                 .view
-                .entry(key.clone())
-                .or_insert_with(|| Self::applied_view(store, &key));
+                .entry(key)
+                .or_insert_with_key(|key| Self::applied_view(store, key));
             match r.op {
                 RecordOp::Message if r.id > v.last_id || !v.exists => {
                     v.last_id = r.id;
@@ -2160,7 +2162,12 @@ impl Proposer {
                 _ => {}
             }
             v.at = index;
-            self.order.push_back((index, key));
+            // A run of entries of one topic (a pipeline of XADDs) is one item, at its newest
+            // entry: the view entry goes once that one is applied.
+            match self.order.back_mut() {
+                Some((at, (db, topic))) if *db == r.db && *topic == r.topic => *at = index,
+                _ => self.order.push_back((index, (r.db, r.topic.clone()))),
+            }
         }
     }
 
@@ -2286,6 +2293,8 @@ impl Inner {
         let mut p = self.proposer_for_entry()?;
         let next = self.store.log().last_index() + 1;
         let order = p.order.len();
+        // Noting may also move the last item's index on (a run of one topic is one item).
+        let order_back = p.order.back().map(|(i, _)| *i);
         p.undo = Some(hashbrown::HashMap::new());
         let restore = |p: &mut Proposer| {
             for (key, was) in p.undo.take().unwrap_or_default() {
@@ -2295,6 +2304,9 @@ impl Inner {
                 };
             }
             p.order.truncate(order);
+            if let (Some((i, _)), Some(was)) = (p.order.back_mut(), order_back) {
+                *i = was;
+            }
         };
         let built = match build(&mut p, next) {
             Ok(Some(b)) => b,

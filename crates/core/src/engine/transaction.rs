@@ -621,22 +621,24 @@ impl Engine {
         p: &mut Proposer,
         req: &AppendRequest,
     ) -> Result<Option<Built>> {
-        self.build_append_with(p, req, req.fields.clone())
+        self.build_append_with(p, req, req.key.clone(), req.fields.clone())
     }
 
-    /// [`Engine::build_append`] with the request's `fields` given apart (`req.fields` is not
-    /// read): a caller that owns the request moves them in instead of copying them.
+    /// [`Engine::build_append`] with the request's `key` and `fields` given apart (`req.key`
+    /// and `req.fields` are not read): a caller that owns the request moves them in instead of
+    /// copying them.
     pub(super) fn build_append_with(
         &self,
         p: &mut Proposer,
         req: &AppendRequest,
+        key: Bytes,
         fields: Vec<(Bytes, Bytes)>,
     ) -> Result<Option<Built>> {
         check_db(req.db)?;
         if fields.is_empty() {
             return Err(EngineError::NoFields);
         }
-        let key: TopicKey = (req.db, req.key.clone());
+        let key: TopicKey = (req.db, key);
         let view = p.topic_view(&self.inner.store, &key);
         let last = view.last_id;
         if req.nomkstream && !view.exists {
@@ -647,10 +649,12 @@ impl Engine {
             (IdSpec::Explicit(id), Some(low)) if id > low && id <= last => id,
             _ => resolve(req.id, last, p.last_ts)?,
         };
+        // The trim's record names the key too: made before the key moves into the message's.
+        let trim = req.trim.map(|t| t.record(req.db, &key.1));
         let record = SubRecord {
             op: RecordOp::Message,
             db: req.db,
-            topic: req.key.clone(),
+            topic: key.1,
             id,
             message_key: req.message_key.clone(),
             properties: req.properties.clone(),
@@ -665,15 +669,19 @@ impl Engine {
             // Checked against applied state: appends in flight may pass it by their own size.
             let limit = self.inner.config.max_retained_bytes;
             let state = self.inner.lock_state();
-            let old = state.retained.get(&key).map_or(0, |r| r.size(&req.key));
-            let new = super::state::retained_size(&req.key, &req.properties, &record.fields);
+            let topic = (req.db, record.topic.clone());
+            let old = state
+                .retained
+                .get(&topic)
+                .map_or(0, |r| r.size(&record.topic));
+            let new = super::state::retained_size(&record.topic, &req.properties, &record.fields);
             if state.retained_bytes - old.min(state.retained_bytes) + new > limit {
                 return Err(EngineError::RetainedLimit { limit });
             }
         }
         let mut records = Vec::with_capacity(1 + usize::from(req.trim.is_some()));
         records.push(record);
-        records.extend(req.trim.map(|t| t.record(req.db, &req.key)));
+        records.extend(trim);
         let tag = match req.retain {
             RetainEffect::None => CommandTag::Append,
             RetainEffect::Set => CommandTag::AppendRetain,

@@ -230,8 +230,9 @@ async fn run_plan(ctx: &Ctx<'_>, plan: Result<Plan, Reply>) -> Result<Reply, Rep
 /// cannot change what any command sent after it sees: an XADD (outside MULTI) that passes the
 /// checks and parses, whose effect the engine decides in log order when it is proposed
 /// (against every entry before it, applied or not). `None` for any other command or an XADD
-/// that would be refused: the ordinary path answers it.
-pub fn deferrable(conn: &mut Conn, args: &[Bytes]) -> Option<AppendRequest> {
+/// that would be refused: the ordinary path answers it. The append takes its key and fields
+/// out of `args` (which the caller then only recycles); `args` is untouched when `None`.
+pub fn deferrable(conn: &mut Conn, args: &mut [Bytes]) -> Option<AppendRequest> {
     let is_xadd = args
         .first()
         .is_some_and(|n| n.eq_ignore_ascii_case(b"xadd"));
@@ -243,7 +244,7 @@ pub fn deferrable(conn: &mut Conn, args: &[Bytes]) -> Option<AppendRequest> {
     if !command::arity_ok(spec.arity, args.len()) {
         return None;
     }
-    let req = streams::xadd_request(args, conn.db, streams::approx_limit(conn)).ok()?;
+    let req = streams::xadd_request_owned(args, conn.db, streams::approx_limit(conn)).ok()?;
     *conn
         .entry
         .last_cmd

@@ -135,6 +135,28 @@ fn parse_add_or_trim(a: &[Bytes], xadd: bool, default_limit: u64) -> Result<AddO
 /// XADD's arguments as an append to database `db`; `default_limit`: the LIMIT of a `~` trim
 /// without one ([`approx_limit`]).
 pub fn xadd_request(a: &[Bytes], db: u8, default_limit: u64) -> Result<AppendRequest> {
+    let (parsed, id, at) = xadd_parse(a, default_limit)?;
+    let fields = a[at + 1..]
+        .chunks_exact(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect();
+    Ok(xadd_build(db, a[1].clone(), fields, id, parsed))
+}
+
+/// [`xadd_request`] taking the key and fields out of `a` (left with empty arguments in their
+/// places) instead of copying their handles; on an error `a` is as it was.
+pub fn xadd_request_owned(a: &mut [Bytes], db: u8, default_limit: u64) -> Result<AppendRequest> {
+    let (parsed, id, at) = xadd_parse(a, default_limit)?;
+    let key = std::mem::take(&mut a[1]);
+    let fields = a[at + 1..]
+        .chunks_exact_mut(2)
+        .map(|p| (std::mem::take(&mut p[0]), std::mem::take(&mut p[1])))
+        .collect();
+    Ok(xadd_build(db, key, fields, id, parsed))
+}
+
+/// XADD's arguments checked: the options, the ID, and where the ID is (the fields follow it).
+fn xadd_parse(a: &[Bytes], default_limit: u64) -> Result<(AddOrTrim, AddId, usize)> {
     let parsed = parse_add_or_trim(a, true, default_limit)?;
     // Ran out of arguments before the ID: no fields either.
     let Some((id, at)) = parsed.id else {
@@ -149,14 +171,17 @@ pub fn xadd_request(a: &[Bytes], db: u8, default_limit: u64) -> Result<AppendReq
             "The ID specified in XADD must be greater than 0-0",
         ));
     }
-    let mut req = AppendRequest::new(
-        db,
-        a[1].clone(),
-        fields
-            .chunks_exact(2)
-            .map(|p| (p[0].clone(), p[1].clone()))
-            .collect(),
-    );
+    Ok((parsed, id, at))
+}
+
+fn xadd_build(
+    db: u8,
+    key: Bytes,
+    fields: Vec<(Bytes, Bytes)>,
+    id: AddId,
+    parsed: AddOrTrim,
+) -> AppendRequest {
+    let mut req = AppendRequest::new(db, key, fields);
     req.id = match id {
         AddId::Auto => IdSpec::Auto,
         AddId::AutoSeq(ms) => IdSpec::AutoSeq(ms),
@@ -164,7 +189,7 @@ pub fn xadd_request(a: &[Bytes], db: u8, default_limit: u64) -> Result<AppendReq
     };
     req.nomkstream = parsed.nomkstream;
     req.trim = parsed.trim;
-    Ok(req)
+    req
 }
 
 /// The reply to an append: the new ID, nil for NOMKSTREAM on a missing stream, or the error.
