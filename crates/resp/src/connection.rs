@@ -135,19 +135,17 @@ pub async fn run(
             // Consecutive XADDs are proposed together, in order, and answered in order as the
             // log commits them: a pipeline of appends shares the proposer, the hand-off and the
             // fsyncs instead of one each. Any other command waits until they are answered.
-            if appends.len() < MAX_STARTED
-                && let Some(req) = commands::deferrable(&mut conn, &mut args)
-            {
-                appends.push(req);
+            if appends.len() < MAX_STARTED && commands::defer(&mut conn, &mut args, &mut appends) {
                 decoder.recycle(args);
                 continue;
             }
-            if !stoppable(
-                answer_appends(&shared, &conn, &mut appends, &mut output),
-                &entry,
-                &mut shutdown,
-            )
-            .await
+            if !appends.is_empty()
+                && !stoppable(
+                    answer_appends(&shared, &conn, &mut appends, &mut output),
+                    &entry,
+                    &mut shutdown,
+                )
+                .await
             {
                 return;
             }
@@ -197,21 +195,24 @@ pub async fn run(
                 break;
             }
         }
-        if !stoppable(
-            answer_appends(&shared, &conn, &mut appends, &mut output),
-            &entry,
-            &mut shutdown,
-        )
-        .await
+        // (Each guarded: the futures are large, and building one to do nothing is a copy.)
+        if !appends.is_empty()
+            && !stoppable(
+                answer_appends(&shared, &conn, &mut appends, &mut output),
+                &entry,
+                &mut shutdown,
+            )
+            .await
         {
             return;
         }
-        if !stoppable(
-            flush(&mut socket, &mut output, &shared),
-            &entry,
-            &mut shutdown,
-        )
-        .await
+        if !output.is_empty()
+            && !stoppable(
+                flush(&mut socket, &mut output, &shared),
+                &entry,
+                &mut shutdown,
+            )
+            .await
         {
             return;
         }
