@@ -296,13 +296,20 @@ impl Conn {
             // Whole packets before a close are still handled (a PUBLISH then a DISCONNECT).
             // Boxed, as the other rounds below: the connection's future stays small while it
             // waits (10,000 idle connections), the round's state lives only while it runs.
-            match Box::pin(self.take_packets(buf)).await {
-                Ok(Some(end)) => return end,
-                Ok(None) if closed => return End::Lost,
-                Ok(None) => {}
-                Err(code) => {
-                    self.disconnect(code);
+            // (Nothing read, nothing to handle: a fan-out's wake-up builds no round for it.)
+            if buf.is_empty() {
+                if closed {
                     return End::Lost;
+                }
+            } else {
+                match Box::pin(self.take_packets(buf)).await {
+                    Ok(Some(end)) => return end,
+                    Ok(None) if closed => return End::Lost,
+                    Ok(None) => {}
+                    Err(code) => {
+                        self.disconnect(code);
+                        return End::Lost;
+                    }
                 }
             }
             // Woken by the first entry with something for this session since the last round:

@@ -274,13 +274,16 @@ impl Conn {
                 new_alias = Some(n);
             }
         }
-        if self.send(&Packet::Publish(p.clone())) {
+        // Sent by value (no copy of the packet): what is needed after it is taken first.
+        let (qos, packet_id) = (p.qos, p.packet_id);
+        let alias_topic = new_alias.map(|_| p.topic.clone());
+        if self.send(&Packet::Publish(p)) {
             crate::broker::stats::add(&self.shared.stats.publish_sent, 1);
-            if let Some(n) = new_alias {
-                self.aliases_out.insert(p.topic, n);
+            if let (Some(n), Some(topic)) = (new_alias, alias_topic) {
+                self.aliases_out.insert(topic, n);
             }
-        } else if p.qos != QoS::AtMostOnce {
-            self.unsendable.push(p.packet_id);
+        } else if qos != QoS::AtMostOnce {
+            self.unsendable.push(packet_id);
         }
     }
 
