@@ -190,51 +190,34 @@ pub fn prev_id(id: StreamId) -> Option<StreamId> {
 /// A stream ID as Redis prints it (`<ms>-<seq>`), made in one allocation of its exact size.
 pub fn id_bulk(id: StreamId) -> Reply {
     let mut buf = [0u8; ID_TEXT_MAX];
-    let at = id_text(id, &mut buf);
+    let at = id_text(id, &mut buf, ID_TEXT_MAX);
     Reply::Bulk(Bytes::copy_from_slice(&buf[at..]))
 }
 
 /// Longest stream ID text: two u64s of up to 20 digits and the dash.
-pub const ID_TEXT_MAX: usize = 41;
+const ID_TEXT_MAX: usize = 41;
 
-/// Prints `id` as Redis does (`<ms>-<seq>`) at the end of `buf`; returns where it starts.
-pub fn id_text(id: StreamId, buf: &mut [u8; ID_TEXT_MAX]) -> usize {
-    let mut at = buf.len();
-    for (k, mut n) in [id.seq, id.ms].into_iter().enumerate() {
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        if k == 0 {
-            at -= 1;
-            buf[at] = b'-';
-        }
-    }
-    at
+/// Prints `id` as Redis does (`<ms>-<seq>`) in `buf`, ending just before `end`; returns where
+/// it starts.
+fn id_text(id: StreamId, buf: &mut [u8], end: usize) -> usize {
+    let at = digits_before(id.seq, buf, end) - 1;
+    buf[at] = b'-';
+    digits_before(id.ms, buf, at)
 }
 
 /// Writes `id` as a bulk string reply (`$<len>\r\n<ms>-<seq>\r\n`, the same in RESP2 and
 /// RESP3) straight into `out`: an XADD's answer without a reply value in between. Built back
-/// to front in one stack buffer (the length is known once the ID is printed), two digits at a
-/// time, and copied out once.
+/// to front in one stack buffer (the length is known once the ID is printed) and copied out
+/// once.
 pub fn put_id_bulk(id: StreamId, out: &mut bytes::BytesMut) {
     let mut buf = [0u8; ID_TEXT_MAX + 7];
-    let mut at = buf.len() - 2;
-    buf[at..].copy_from_slice(b"\r\n");
-    let end = at;
-    at = digits_before(id.seq, &mut buf, at);
-    at -= 1;
-    buf[at] = b'-';
-    at = digits_before(id.ms, &mut buf, at);
+    let end = buf.len() - 2;
+    buf[end..].copy_from_slice(b"\r\n");
+    let mut at = id_text(id, &mut buf, end);
     let len = end - at;
     at -= 2;
     buf[at..at + 2].copy_from_slice(b"\r\n");
-    at = digits_before(len as u64, &mut buf, at);
-    at -= 1;
+    at = digits_before(len as u64, &mut buf, at) - 1;
     buf[at] = b'$';
     out.extend_from_slice(&buf[at..]);
 }

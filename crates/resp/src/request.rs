@@ -38,7 +38,7 @@ const PREALLOC_ARGS: usize = 1024;
 /// Arguments a command may have to be read by the fast path (XADD with a few fields has 5–9).
 const FAST_ARGS: usize = 16;
 /// The largest argument vector [`Decoder::recycle`] keeps.
-pub const RECYCLE_ARGS: usize = 16;
+const RECYCLE_ARGS: usize = 16;
 /// What one decoded argument costs beyond its bytes, counted against the query buffer limit.
 const ARG_HANDLE: usize = std::mem::size_of::<Bytes>();
 

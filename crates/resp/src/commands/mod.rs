@@ -226,24 +226,18 @@ async fn run_plan(ctx: &Ctx<'_>, plan: Result<Plan, Reply>) -> Result<Reply, Rep
     }
 }
 
-/// Adds `args` to `appends` if it is a deferrable XADD ([`deferrable`]); whether it did.
+/// Adds `args` to `appends` when it is an append that can be proposed at once, with the
+/// XADDs next to it, because that cannot change what any command sent after it sees: an XADD
+/// (outside MULTI) that passes the checks and parses, whose effect the engine decides in log
+/// order when it is proposed (against every entry before it, applied or not). `false` for any
+/// other command or an XADD that would be refused: the ordinary path answers it. The append
+/// takes its key and fields out of `args` (which the caller then only recycles); `args` is
+/// untouched when `false`.
 pub fn defer(conn: &mut Conn, args: &mut [Bytes], appends: &mut Vec<AppendRequest>) -> bool {
-    match deferrable(conn, args) {
-        Some(req) => {
-            appends.push(req);
-            true
-        }
-        None => false,
-    }
+    deferred(conn, args).map(|req| appends.push(req)).is_some()
 }
 
-/// `args` as an append that can be proposed at once, with the XADDs next to it, when that
-/// cannot change what any command sent after it sees: an XADD (outside MULTI) that passes the
-/// checks and parses, whose effect the engine decides in log order when it is proposed
-/// (against every entry before it, applied or not). `None` for any other command or an XADD
-/// that would be refused: the ordinary path answers it. The append takes its key and fields
-/// out of `args` (which the caller then only recycles); `args` is untouched when `None`.
-fn deferrable(conn: &mut Conn, args: &mut [Bytes]) -> Option<AppendRequest> {
+fn deferred(conn: &mut Conn, args: &mut [Bytes]) -> Option<AppendRequest> {
     let is_xadd = args
         .first()
         .is_some_and(|n| n.eq_ignore_ascii_case(b"xadd"));
