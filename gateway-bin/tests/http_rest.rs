@@ -283,6 +283,20 @@ fn rest_errors_are_json_with_the_right_status() -> anyhow::Result<()> {
         "a token that may read: {}",
         r.status()
     );
+    // `/ws` without a WebSocket upgrade (the server does the handshake itself): 400, and a
+    // wrong token before any upgrade: 401.
+    let ws = format!("http://127.0.0.1:{}/ws", node.http);
+    let r = c.get(&ws).send()?;
+    ensure!(status_error(r)? == (StatusCode::BAD_REQUEST, "bad_request".into()));
+    let r = c
+        .get(&ws)
+        .header("connection", "keep-alive, Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .send()?;
+    ensure!(status_error(r)? == (StatusCode::BAD_REQUEST, "bad_request".into()));
+    let r = c.get(format!("{ws}?access_token=writer:wrong")).send()?;
+    ensure!(status_error(r)? == (StatusCode::UNAUTHORIZED, "unauthorized".into()));
     // Reading what the default principal may not subscribe to.
     let r = c.get(url(&node, "private", "/messages")).send()?;
     ensure!(status_error(r)?.0 == StatusCode::FORBIDDEN);

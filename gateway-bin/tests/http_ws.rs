@@ -40,9 +40,19 @@ fn messages(ws: &mut Socket, n: usize) -> anyhow::Result<(Vec<Value>, Vec<Value>
 fn big_messages(node: &Node, topic: &str, n: usize) -> anyhow::Result<redis::Connection> {
     let redis = redis::Client::open(format!("redis://127.0.0.1:{}/", node.resp))?;
     let mut con = redis.get_connection()?;
+    more_big_messages(&mut con, topic, 0..n)?;
+    Ok(con)
+}
+
+/// Messages numbered `range` as [`big_messages`] stores them.
+fn more_big_messages(
+    con: &mut redis::Connection,
+    topic: &str,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
     let body = "x".repeat(8192);
     let mut pipe = redis::pipe();
-    for i in 0..n {
+    for i in range {
         pipe.cmd("XADD")
             .arg(topic)
             .arg("*")
@@ -50,8 +60,18 @@ fn big_messages(node: &Node, topic: &str, n: usize) -> anyhow::Result<redis::Con
             .arg(format!("{i:05}{body}"))
             .ignore();
     }
-    pipe.query::<()>(&mut con)?;
-    Ok(con)
+    pipe.query::<()>(con)?;
+    Ok(())
+}
+
+/// The numbers of big messages' payloads (`00042xxx…` → 42).
+fn numbers(got: &[Value]) -> anyhow::Result<Vec<usize>> {
+    got.iter()
+        .map(|m| {
+            let p = m["payload"].as_str().context("payload")?;
+            Ok(p.get(..5).context("number")?.parse()?)
+        })
+        .collect()
 }
 
 #[test]
@@ -283,6 +303,92 @@ fn many_followers_of_a_topic_each_get_every_message_once_in_order() -> anyhow::R
             got.len()
         );
     }
+    Ok(())
+}
+
+/// Subscribers at the head are written each new message by the topic's hub (`hub.rs`). One
+/// that stops reading while messages pour in is let go by the hub when its queue fills, reads
+/// by cursor until it is closed with 4008, and resumes with every later message once, in
+/// order; the others get every message in order throughout; one that unsubscribed gets none
+/// after its answer.
+#[test]
+fn a_live_subscriber_that_stops_reading_is_let_go_and_resumes() -> anyhow::Result<()> {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir()?;
+    let node = node(dir.path())?;
+    // The topic exists: its hub can take subscribers from their first read.
+    let mut con = big_messages(&node, "hot", 1)?;
+    let live = json!({"type": "subscribe", "id": "h", "topic": "hot", "lag_limit_ms": 0});
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        let mut ws = open(&node)?;
+        subscribe(&mut ws, live.clone())?;
+        sockets.push(ws);
+    }
+    // Each at the head: message 1 comes to all.
+    more_big_messages(&mut con, "hot", 1..2)?;
+    for ws in &mut sockets {
+        let (got, _) = messages(ws, 1)?;
+        ensure!(numbers(&got)? == [1], "{:?}", numbers(&got));
+    }
+    let mut quitter = sockets.pop().context("socket")?;
+    let mut slow = sockets.pop().context("socket")?;
+    send(&mut quitter, json!({"type": "unsubscribe", "id": "h"}))?;
+    ensure!(next(&mut quitter)?["type"] == "unsubscribed");
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            std::thread::spawn(move || -> anyhow::Result<Vec<usize>> {
+                numbers(&messages(&mut ws, N - 2)?.0)
+            })
+        })
+        .collect();
+    more_big_messages(&mut con, "hot", 2..N)?;
+    let want: Vec<usize> = (2..N).collect();
+    for r in readers {
+        let got = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        ensure!(
+            got == want,
+            "a reader got {} messages, not each once in order",
+            got.len()
+        );
+    }
+    ws::set_timeout(&quitter, Duration::from_secs(1))?;
+    ensure!(
+        ws::try_next(&mut quitter)?.is_none(),
+        "a frame after unsubscribing"
+    );
+    // The one that did not read: what it was sent in order, then 4008 (its queue stayed full).
+    std::thread::sleep(Duration::from_secs(8));
+    let (mut seen, mut last_cursor) = (Vec::new(), None);
+    let code = loop {
+        match slow.read()? {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str())?;
+                if v["type"] == "message" {
+                    seen.extend(numbers(std::slice::from_ref(&v))?);
+                    last_cursor = v["cursor"].as_str().map(String::from);
+                }
+            }
+            Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
+            _ => {}
+        }
+    };
+    ensure!(code == Some(4008), "closed with {code:?}");
+    ensure!(seen.len() < N - 2, "closed after all {} came", seen.len());
+    // Back from its last cursor: the rest, once each, in order.
+    let mut again = open(&node)?;
+    let from = last_cursor.context("a cursor")?;
+    subscribe(
+        &mut again,
+        json!({"type": "subscribe", "id": "h", "topic": "hot", "from": from}),
+    )?;
+    let rest = N - 2 - seen.len();
+    seen.extend(numbers(&messages(&mut again, rest)?.0)?);
+    ensure!(
+        seen == want,
+        "the slow subscriber's messages are not each once in order"
+    );
     Ok(())
 }
 

@@ -1,37 +1,50 @@
 //! Live tails shared by every follower of a topic at its head. Ten thousand WebSocket or SSE
 //! clients following one topic would otherwise each wait on the engine, read each new message
 //! from the store and render its JSON; with a hub, one task per topic does that once and hands
-//! the rendered message to all of them (a `broadcast` channel).
+//! the rendered message to all of them.
 //!
-//! A follower (`poll::Follow`) reads by its own cursor until a read finds it at the head, then
-//! joins the topic's hub and reads once more (what was committed before it joined is not in
-//! the channel, so that read covers it). From then on it takes the hub's messages, passing
-//! over those at or before its cursor. It goes back to reading by cursor — and joins again
-//! later — when it falls more than `CAPACITY` messages behind, when the topic is deleted and
-//! created again, or when the hub stops. So a follower gets the same messages, in the same
-//! order, either way.
+//! Two kinds of follower take from a hub:
 //!
-//! Owns the hubs and their tasks; never decides what a follower may read (a follower joins only
-//! after its own read of the topic, through its own principal, succeeded).
+//! - A reader (`poll::Follow`: long-polls, SSE) reads by its own cursor until a read finds it
+//!   at the head, then joins the topic's hub (a `broadcast` channel) and reads once more (what
+//!   was committed before it joined is not in the channel, so that read covers it). From then
+//!   on it takes the hub's messages, passing over those at or before its cursor. It goes back
+//!   to reading by cursor — and joins again later — when it falls more than `CAPACITY`
+//!   messages behind, when the topic is deleted and created again, or when the hub stops.
+//! - A WebSocket subscription at the head attaches a [`Sink`]: the hub writes each message's
+//!   frame to the connection itself (`outbox.rs`), so a message costs a subscriber one write
+//!   and no task wake-up. The hub keeps its last `CAPACITY` messages; a subscription attaches
+//!   only if its cursor is among them or after (it is written what it has not had yet, under
+//!   the hub's lock, so nothing falls between its read and the hub's writes). The hub lets go
+//!   of it — and it reads by cursor again — when its connection's queue is full, when the
+//!   topic is created again, or when the hub stops.
+//!
+//! Either way a follower gets the same messages, in the same order, each once.
+//!
+//! Owns the hubs, their tasks and the sinks' cursors while attached; never decides what a
+//! follower may read (a follower joins or attaches only after its own read of the topic,
+//! through its own principal, succeeded).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use manifold_core::engine::Client;
 use manifold_core::store::StreamId;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
+use crate::outbox::{Outbox, Sent};
 use crate::poll::{Follow, Poll, Rendered};
 
-/// Messages a hub holds for its slowest follower; one further behind reads by cursor. (The
-/// ring is allocated whole: about 100 bytes a message, per followed topic.)
+/// Messages a hub holds for its slowest reader, and keeps for subscriptions attaching; one
+/// further behind reads by cursor. (The ring is allocated whole: about 100 bytes a message,
+/// per followed topic.)
 const CAPACITY: usize = 128;
 /// How often a hub without messages looks whether anyone still follows it.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 
-/// What a hub hands its followers.
+/// What a hub hands its readers.
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
     /// The next message of the topic.
@@ -53,8 +66,207 @@ pub(crate) struct Hubs {
 
 struct Hub {
     tx: broadcast::Sender<Item>,
+    live: Arc<Live>,
     /// Which hub of the topic (a stopping one removes its entry only if still its own).
     generation: u64,
+}
+
+/// What a hub writes to its sinks from.
+struct Live {
+    state: Mutex<LiveState>,
+}
+
+struct LiveState {
+    /// Every message of this incarnation after this ID passes through `recent` (`None`: the hub
+    /// does not know where it stands; nothing attaches).
+    floor: Option<(StreamId, u64)>,
+    /// The last messages, oldest first.
+    recent: VecDeque<(StreamId, Rendered)>,
+    /// Subscriptions attached since the hub took its last batch (it takes them with the next).
+    added: Vec<Arc<Sink>>,
+    /// The hub stopped: nothing attaches.
+    stopped: bool,
+    /// The topic was created again: the next message starts the incarnation the hub follows.
+    fresh: bool,
+}
+
+/// A WebSocket subscription a hub may write to: its connection, its frame's start, and its
+/// cursor while the hub writes.
+pub(crate) struct Sink {
+    outbox: Arc<Outbox>,
+    /// The frame before the message's own fields: `{"type":"message","sub":ID,`.
+    head: Box<str>,
+    state: Mutex<SinkState>,
+    /// Wakes the subscription when the hub lets go of it.
+    released: Notify,
+}
+
+struct SinkState {
+    /// The last message the subscription has had, and its topic's incarnation.
+    last: StreamId,
+    incarnation: u64,
+    /// A hub writes to it.
+    attached: bool,
+    /// In a hub's list (`added` or the hub's own), attached or not yet dropped from it.
+    listed: bool,
+    /// Unsubscribed: nothing more is written.
+    cancelled: bool,
+}
+
+impl Sink {
+    pub(crate) fn new(outbox: Arc<Outbox>, head: String) -> Arc<Sink> {
+        Arc::new(Sink {
+            outbox,
+            head: head.into_boxed_str(),
+            state: Mutex::new(SinkState {
+                last: StreamId::new(0, 0),
+                incarnation: 0,
+                attached: false,
+                listed: false,
+                cancelled: false,
+            }),
+            released: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The frame before a message's own fields.
+    pub(crate) fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// The last message written while attached.
+    pub(crate) fn last(&self) -> (StreamId, u64) {
+        let state = self.lock();
+        (state.last, state.incarnation)
+    }
+
+    /// No hub writes to it any more (once this returns, none will): an unsubscribe.
+    pub(crate) fn cancel(&self) {
+        let mut state = self.lock();
+        state.cancelled = true;
+        state.attached = false;
+    }
+
+    /// Waits until the hub lets go of it.
+    pub(crate) async fn released(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.lock().attached {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Writes the messages it has not had; whether the hub keeps it in its list (`false`: the
+    /// hub let go of it — its queue is full, its connection closing — or it was detached).
+    fn write(&self, messages: &[(StreamId, u64, Rendered)]) -> bool {
+        let mut state = self.lock();
+        for (id, _, rendered) in messages {
+            if !self.write_one(&mut state, *id, rendered) {
+                break;
+            }
+        }
+        state.listed = state.attached;
+        state.listed
+    }
+
+    /// One message unless it has had it; `false` when the hub lets go of it or has.
+    fn write_one(&self, state: &mut SinkState, id: StreamId, rendered: &Rendered) -> bool {
+        if !state.attached {
+            return false;
+        }
+        if id <= state.last {
+            return true;
+        }
+        // The message's JSON after its `{`, behind the frame's own fields.
+        let body = rendered.json.strip_prefix('{').unwrap_or(&rendered.json);
+        match self
+            .outbox
+            .try_text(&[self.head.as_bytes(), body.as_bytes()])
+        {
+            Sent::Taken => {
+                state.last = id;
+                true
+            }
+            Sent::Full | Sent::Closed => {
+                state.attached = false;
+                self.released.notify_waiters();
+                false
+            }
+        }
+    }
+
+    /// Whether a hub with no message for it keeps it (attached, its connection open).
+    fn keep(&self) -> bool {
+        let mut state = self.lock();
+        if state.attached && !self.outbox.open() {
+            state.attached = false;
+            self.released.notify_waiters();
+        }
+        state.listed = state.attached;
+        state.listed
+    }
+
+    /// The hub lets go of it and drops it from its list.
+    fn release(&self) {
+        let mut state = self.lock();
+        state.attached = false;
+        state.listed = false;
+        self.released.notify_waiters();
+    }
+}
+
+impl Live {
+    fn lock(&self) -> MutexGuard<'_, LiveState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches `sink` after `(last, incarnation)` if the hub has every message after it: it is
+    /// written those it has not had, then each new one. Whether or not, the subscription goes
+    /// on after `sink.last()`.
+    fn attach(&self, sink: &Arc<Sink>, last: StreamId, incarnation: u64) -> bool {
+        let mut live = self.lock();
+        let mut state = sink.lock();
+        state.last = last;
+        state.incarnation = incarnation;
+        let covered = live
+            .floor
+            .is_some_and(|(floor, i)| i == incarnation && last >= floor);
+        if state.cancelled || live.stopped || !covered {
+            return false;
+        }
+        state.attached = true;
+        for (id, rendered) in &live.recent {
+            if !sink.write_one(&mut state, *id, rendered) {
+                break;
+            }
+        }
+        // (Still in the hub's list from an earlier attachment: not listed twice.)
+        if state.attached && !std::mem::replace(&mut state.listed, true) {
+            live.added.push(sink.clone());
+        }
+        state.attached
+    }
+
+    /// Lets go of the sinks attached since the last batch; with `stop`, none attaches again.
+    fn release_added(&self, stop: bool) {
+        let mut live = self.lock();
+        live.stopped |= stop;
+        for sink in live.added.drain(..) {
+            sink.release();
+        }
+    }
 }
 
 impl Hubs {
@@ -70,16 +282,13 @@ impl Hubs {
         self.by_topic.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The topic's hub, started (reading through `client`) if it has none.
-    pub(crate) fn join(
-        self: &Arc<Self>,
-        client: &Client,
-        topic: &str,
-    ) -> broadcast::Receiver<Item> {
+    /// The topic's hub, started (reading through `client`) if it has none; `f` runs on it
+    /// under the lock a stopping hub takes too.
+    fn with_hub<T>(self: &Arc<Self>, client: &Client, topic: &str, f: impl FnOnce(&Hub) -> T) -> T {
         let key = Bytes::copy_from_slice(topic.as_bytes());
         let mut hubs = self.lock();
         if let Some(hub) = hubs.get(&key) {
-            return hub.tx.subscribe();
+            return f(hub);
         }
         let generation = {
             let mut g = self
@@ -89,87 +298,190 @@ impl Hubs {
             *g += 1;
             *g
         };
-        let (tx, rx) = broadcast::channel(CAPACITY);
-        hubs.insert(
-            key.clone(),
-            Hub {
-                tx: tx.clone(),
-                generation,
-            },
-        );
+        // Where the hub starts: the topic's head now (it passes everything after it).
+        let floor = client
+            .topic_head(0, topic.as_bytes())
+            .ok()
+            .flatten()
+            .map(|h| (h.last_id, h.incarnation));
+        let (tx, _) = broadcast::channel(CAPACITY);
+        let live = Arc::new(Live {
+            state: Mutex::new(LiveState {
+                floor,
+                recent: VecDeque::with_capacity(CAPACITY),
+                added: Vec::new(),
+                stopped: false,
+                fresh: false,
+            }),
+        });
+        let hub = Hub {
+            tx: tx.clone(),
+            live: live.clone(),
+            generation,
+        };
+        let out = f(&hub);
+        hubs.insert(key.clone(), hub);
         tokio::spawn(run(
             self.clone(),
             client.clone(),
-            topic.to_string(),
-            key,
+            (topic.to_string(), key, floor),
             tx,
+            live,
             generation,
         ));
-        rx
+        out
     }
 
-    /// Removes the hub's entry if it is still this one (and nobody follows it, unless `force`);
-    /// whether it did.
+    /// Joins the topic's hub as a reader.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        client: &Client,
+        topic: &str,
+    ) -> broadcast::Receiver<Item> {
+        self.with_hub(client, topic, |hub| hub.tx.subscribe())
+    }
+
+    /// Attaches `sink` to the topic's hub after `(last, incarnation)`, the subscription's cursor
+    /// at the head; whether the hub writes to it now (if not, it reads by cursor).
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        client: &Client,
+        topic: &str,
+        sink: &Arc<Sink>,
+        (last, incarnation): (StreamId, u64),
+    ) -> bool {
+        self.with_hub(client, topic, |hub| {
+            hub.live.attach(sink, last, incarnation)
+        })
+    }
+
+    /// Removes the hub's entry if it is still this one (and nobody follows it, unless `force`:
+    /// no reader, no sink in `sinks` — the hub's list — or attached since); whether it did. A
+    /// removed hub lets go of its sinks.
     fn leave(
         &self,
         key: &Bytes,
-        tx: &broadcast::Sender<Item>,
+        (tx, live, sinks): (&broadcast::Sender<Item>, &Live, &mut Vec<Arc<Sink>>),
         generation: u64,
         force: bool,
     ) -> bool {
         let mut hubs = self.lock();
-        if !force && tx.receiver_count() > 0 {
-            return false;
+        if !force {
+            sinks.retain(|s| s.keep());
+            if tx.receiver_count() > 0 || !sinks.is_empty() || !live.lock().added.is_empty() {
+                return false;
+            }
         }
         if hubs.get(key).is_some_and(|h| h.generation == generation) {
             hubs.remove(key);
+        }
+        live.release_added(true);
+        for sink in sinks.drain(..) {
+            sink.release();
         }
         true
     }
 }
 
-/// A hub: follows the topic from its head as it is when the hub starts, and hands each batch to
-/// the followers, until none is left (checked as each batch comes, and every `IDLE_CHECK`),
-/// the listener stops, or a read fails (its followers then read by cursor, and meet the
-/// failure themselves).
+/// A hub: follows the topic from its head as it was when the hub started, hands each batch to
+/// its readers and writes it to its sinks, until none is left (checked as each batch comes,
+/// and every `IDLE_CHECK`), the listener stops, or a read fails (its followers then read by
+/// cursor, and meet the failure themselves).
 async fn run(
     hubs: Arc<Hubs>,
     client: Client,
-    topic: String,
-    key: Bytes,
+    (topic, key, floor): (String, Bytes, Option<(StreamId, u64)>),
     tx: broadcast::Sender<Item>,
+    live: Arc<Live>,
     generation: u64,
 ) {
-    let Ok(poll) = Poll::new(vec![topic.clone()], None, None) else {
-        hubs.leave(&key, &tx, generation, true);
+    let after = floor.map(|(id, incarnation)| crate::rest::cursor(id, incarnation));
+    // The subscriptions it writes to (owned here: attaching ones wait in `added`).
+    let mut sinks: Vec<Arc<Sink>> = Vec::new();
+    let Ok(poll) = Poll::new(vec![topic.clone()], None, after) else {
+        hubs.leave(&key, (&tx, &live, &mut sinks), generation, true);
         return;
     };
     let mut follow = Follow::new(client, poll, hubs.stopped.clone(), None);
+    let mut messages = Vec::new();
     loop {
-        if hubs.leave(&key, &tx, generation, false) {
+        if hubs.leave(&key, (&tx, &live, &mut sinks), generation, false) {
             return;
         }
         let deadline = tokio::time::Instant::now() + IDLE_CHECK;
         let Ok(batch) = follow.next_until(deadline).await else {
-            hubs.leave(&key, &tx, generation, true);
+            hubs.leave(&key, (&tx, &live, &mut sinks), generation, true);
             return;
         };
         if batch.reset {
             let _ = tx.send(Item::Reset);
+            forget(&live, &mut sinks, true);
         }
+        messages.clear();
         for rendered in batch.messages {
             let Ok((id, incarnation)) = crate::rest::parse_cursor(&rendered.cursor) else {
                 continue;
             };
-            let _ = tx.send(Item::Message {
-                id,
-                incarnation,
-                rendered,
-            });
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(Item::Message {
+                    id,
+                    incarnation,
+                    rendered: rendered.clone(),
+                });
+            }
+            messages.push((id, incarnation, rendered));
+        }
+        if record(&live, &messages, &mut sinks) {
+            // Written outside the lock: a subscription attaching meanwhile is written these
+            // from `recent`, and skips them here.
+            sinks.retain(|sink| sink.write(&messages));
+        } else {
+            forget(&live, &mut sinks, false);
         }
         if follow.stopped() {
-            hubs.leave(&key, &tx, generation, true);
+            hubs.leave(&key, (&tx, &live, &mut sinks), generation, true);
             return;
         }
     }
+}
+
+/// The hub no longer knows where it stands (the topic was created again: with `fresh`, its
+/// next message starts the new incarnation): it lets go of every sink, and none attaches until
+/// it knows again.
+fn forget(live: &Live, sinks: &mut Vec<Arc<Sink>>, fresh: bool) {
+    let mut state = live.lock();
+    state.recent.clear();
+    state.floor = None;
+    state.fresh = fresh;
+    drop(state);
+    live.release_added(false);
+    for sink in sinks.drain(..) {
+        sink.release();
+    }
+}
+
+/// Keeps a batch's messages in `recent` (moving the floor past those that leave it) and takes
+/// the sinks attached since the last batch into `sinks`; `false` if a message is not of the
+/// incarnation the hub follows (not expected).
+fn record(live: &Live, messages: &[(StreamId, u64, Rendered)], sinks: &mut Vec<Arc<Sink>>) -> bool {
+    let mut state = live.lock();
+    for (id, incarnation, rendered) in messages {
+        match state.floor {
+            Some((_, i)) if i == *incarnation => {}
+            // The first message of a new incarnation: the hub has all of it.
+            None if state.fresh => {
+                state.floor = Some((StreamId::new(0, 0), *incarnation));
+                state.fresh = false;
+            }
+            _ => return false,
+        }
+        if state.recent.len() == CAPACITY
+            && let Some((gone, _)) = state.recent.pop_front()
+        {
+            state.floor = Some((gone, *incarnation));
+        }
+        state.recent.push_back((*id, rendered.clone()));
+    }
+    sinks.append(&mut state.added);
+    true
 }

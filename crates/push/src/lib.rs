@@ -3,8 +3,8 @@
 //! REST over the log (`rest.rs`: publish, history, topics; `poll.rs`: long-polling; `sse.rs`:
 //! Server-Sent Events; `ws.rs`: the WebSocket push protocol; `groups.rs`: consumer groups and
 //! acks over them; `hub.rs`: the live tail every follower of a topic at its head shares;
-//! `clients.rs`: the MQTT sessions) and what other front ends hand it (MQTT over WebSocket at
-//! `/mqtt`).
+//! `outbox.rs`: a WebSocket connection's outgoing frames; `clients.rs`: the MQTT sessions) and
+//! what other front ends hand it (MQTT over WebSocket at `/mqtt`).
 //!
 //! Owns the HTTP surface only: every answer comes from the engine's public API; nothing here
 //! changes the log except through it.
@@ -15,6 +15,7 @@ mod console;
 pub mod cors;
 mod groups;
 mod hub;
+mod outbox;
 mod poll;
 mod prometheus;
 pub mod rest;

@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use manifold_core::engine::{Client, topic_filter};
+use manifold_core::store::StreamId;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -53,6 +54,14 @@ fn bad(error: &'static str, message: String) -> Failure {
 }
 
 impl Poll {
+    /// The topic of a plain read of one topic (not several, not a filter, not a group's).
+    pub(crate) fn topic(&self) -> Option<&str> {
+        match (&self.topics[..], &self.filter, &self.member) {
+            ([topic], None, None) => Some(topic),
+            _ => None,
+        }
+    }
+
     /// Reads of `topics` or of `filter` (one of the two), after `after`.
     pub(crate) fn new(
         topics: Vec<String>,
@@ -418,6 +427,20 @@ impl Follow {
             self.catch_up = false;
         }
         Ok(next)
+    }
+
+    /// The cursor the next batch starts after, for a follower of one topic.
+    pub(crate) fn cursor(&self) -> Option<(StreamId, u64)> {
+        self.poll
+            .after
+            .as_deref()
+            .and_then(|c| parse_cursor(c).ok())
+    }
+
+    /// Moves the cursor of a follower of one topic (the next batch starts after it).
+    pub(crate) fn set_cursor(&mut self, (id, incarnation): (StreamId, u64)) {
+        self.poll.after = Some(cursor(id, incarnation));
+        self.poll.settled = None;
     }
 
     /// Whether the listener is shutting down.

@@ -2,33 +2,40 @@
 //! A client subscribes to a topic, several topics or an MQTT filter — from the latest message,
 //! the earliest, or a cursor, or as a member of a consumer group (`groups.rs`) — publishes
 //! (acknowledged with the message's ID and cursor), acknowledges group messages, unsubscribes
-//! and pings. Each subscription is a loop of the long-poll's reads and waits
-//! (`poll.rs`), so a client that reconnects with its last cursor gets every later message once,
-//! in order.
+//! and pings. Each subscription is a loop of the long-poll's reads and waits (`poll.rs`); one
+//! of a single topic that reaches the head is written by the topic's hub (`hub.rs`) until the
+//! hub lets go of it. Either way a client that reconnects with its last cursor gets every later
+//! message once, in order.
 //!
-//! A client that does not read gets at most `OUTBOX` frames queued; when they stay queued for
+//! Every frame out goes through the connection's outbox (`outbox.rs`); tungstenite only reads.
+//! A client that does not read gets at most the outbox's queue; when it stays full for
 //! `SLOW_AFTER` its connection is closed with code 4008 and it resumes from its last cursor (a
-//! client catching up fast is only held back: its reads wait for room). Owns the frames and the
-//! subscriptions' tasks; what is read and stored is the engine's, through the client's
-//! principal.
+//! client catching up fast is only held back: its reads wait for room). Owns the upgrade, the
+//! client frames and the subscriptions' tasks; what is read and stored is the engine's,
+//! through the client's principal.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
 use manifold_core::engine::{AppendRequest, Client};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 
 use crate::groups::{self, Membership};
-use crate::hub::Hubs;
+use crate::hub::{Hubs, Sink};
+use crate::outbox::{Outbox, SocketIo};
 use crate::poll::{Follow, Poll};
 use crate::rest::{Failure, Rest, client, cursor};
 
@@ -36,162 +43,185 @@ use crate::rest::{Failure, Rest, client, cursor};
 /// the first read: 128 KiB of RSS per connection). Client frames are small; a larger one grows
 /// it.
 const READ_BUFFER: usize = 4096;
-/// Frames the writer sends with one flush at most.
-const WRITE_BATCH: usize = 64;
-/// Frames queued for a client at most.
-const OUTBOX: usize = 1024;
 /// A client whose queue stays full this long (it does not read) counts as too slow.
 const SLOW_AFTER: Duration = Duration::from_secs(5);
 /// The close code of a client too slow to take its messages (it resumes from its cursor).
 pub const SLOW_CONSUMER: u16 = 4008;
+const SLOW: (u16, &str) = (SLOW_CONSUMER, "too slow: reconnect from your last cursor");
 /// A live tail (a subscription from `latest`) whose next message is older than this skips to
 /// the head, as an MQTT clean session does (`lag_limit_ms` in the subscribe; 0: never).
 const DEFAULT_LAG_LIMIT: Duration = Duration::from_secs(60);
+/// How long a closing connection waits for its last frames to go out.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// `GET /ws`: upgrades (the principal is the request's: a token in the `Authorization` header,
-/// the `access_token` query parameter or the `manifold_token` cookie, or `default`).
+/// the `access_token` query parameter or the `manifold_token` cookie, or `default`). The
+/// handshake is done here rather than by axum's `WebSocketUpgrade`, which keeps the socket to
+/// itself: the topic hubs write to it directly (`outbox.rs`).
 pub(crate) async fn ws(
     State(Rest {
         engine,
         stopped,
         hubs,
     }): State<Rest>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Result<Response, Failure> {
-    let client = client(&engine, &headers, query.as_deref())?;
+    let client = client(&engine, request.headers(), request.uri().query())?;
+    let accept = accept_key(request.headers())?;
+    let upgrading = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| {
+            Failure(
+                StatusCode::UPGRADE_REQUIRED,
+                "bad_request",
+                "this connection cannot be upgraded".into(),
+            )
+        })?;
     // A client frame at most as large as the largest message and some room for its JSON (not
     // tungstenite's 64 MiB); a larger one closes the connection with 1009.
     let max = engine.max_message_bytes().saturating_add(64 * 1024);
-    Ok(upgrade
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| run(socket, client, stopped, hubs)))
-}
-
-/// What the writer sends next.
-enum Out {
-    Text(String),
-    /// Close with this code and reason, then stop.
-    Close(u16, &'static str),
-}
-
-async fn run(socket: WebSocket, client: Client, stopped: watch::Receiver<bool>, hubs: Arc<Hubs>) {
-    let (mut frames_out, mut frames_in) = socket.split();
-    let (out, mut outbox) = mpsc::channel::<Out>(OUTBOX);
-    // A subscription that found the outbox full asks for the slow-consumer close here (the
-    // outbox itself is full).
-    let (close, closing) = watch::channel(false);
-    let writer = tokio::spawn(async move {
-        loop {
-            // (Asked for only while the outbox is full: this writer is then between sends,
-            // never waiting for the outbox.)
-            let next = if *closing.borrow() {
-                Some(Out::Close(
-                    SLOW_CONSUMER,
-                    "too slow: reconnect from your last cursor",
-                ))
-            } else {
-                outbox.recv().await
-            };
-            // The frames queued now go out together, with one flush.
-            let mut text = match next {
-                Some(Out::Text(t)) => t,
-                Some(Out::Close(code, reason)) => {
-                    let _ = frames_out.send(close_frame(code, reason)).await;
-                    return;
-                }
-                None => return,
-            };
-            let mut more = WRITE_BATCH;
-            loop {
-                if frames_out
-                    .feed(Message::Text(Utf8Bytes::from(text)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                more -= 1;
-                match outbox.try_recv() {
-                    Ok(Out::Text(t)) if more > 0 => text = t,
-                    Ok(Out::Text(t)) => {
-                        // Sent after this flush.
-                        if frames_out.flush().await.is_err() {
-                            return;
-                        }
-                        more = WRITE_BATCH;
-                        text = t;
-                    }
-                    Ok(Out::Close(code, reason)) => {
-                        let _ = frames_out.send(close_frame(code, reason)).await;
-                        return;
-                    }
-                    Err(_) => break,
-                }
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrading.await else {
+            return;
+        };
+        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
+            Ok(parts) => {
+                // What the client sent after its upgrade request, copied: the buffer it is in
+                // is the HTTP connection's (8 KiB or more), not to be kept with the socket.
+                let early = parts.read_buf.to_vec();
+                let stream = parts.io.into_inner();
+                drop(parts.read_buf);
+                run(stream, early, max, client, stopped, hubs).await
             }
-            if frames_out.flush().await.is_err() {
-                return;
-            }
+            Err(_) => tracing::warn!("a WebSocket upgrade not over a TCP stream: closed"),
         }
     });
-    let mut subs: HashMap<String, JoinHandle<()>> = HashMap::new();
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// Checks an upgrade request (RFC 6455 4.2.1, as axum does); its `Sec-WebSocket-Accept`.
+fn accept_key(headers: &HeaderMap) -> Result<String, Failure> {
+    let bad = |m: &str| Failure(StatusCode::BAD_REQUEST, "bad_request", m.into());
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    if !has(header::CONNECTION, "upgrade") {
+        return Err(bad("Connection header did not include 'upgrade'"));
+    }
+    if !has(header::UPGRADE, "websocket") {
+        return Err(bad("`Upgrade` header did not include 'websocket'"));
+    }
+    if !has(header::SEC_WEBSOCKET_VERSION, "13") {
+        return Err(bad("`Sec-WebSocket-Version` header did not include '13'"));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| bad("`Sec-WebSocket-Key` header missing"))?;
+    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+/// A subscription of the connection: its task, and the sink a hub may write it through.
+struct Subscription {
+    task: JoinHandle<()>,
+    sink: Arc<Sink>,
+}
+
+/// The connection: client frames in (through tungstenite), frames out through the outbox.
+async fn run(
+    stream: TcpStream,
+    early: Vec<u8>,
+    max: usize,
+    client: Client,
+    stopped: watch::Receiver<bool>,
+    hubs: Arc<Hubs>,
+) {
+    let (outbox, flusher) = Outbox::new(Arc::new(stream));
+    let flusher = tokio::spawn(flusher);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let io = SocketIo {
+        outbox: outbox.clone(),
+    };
+    let mut frames_in =
+        WebSocketStream::from_partially_read(io, early, Role::Server, Some(config)).await;
+    let mut subs: HashMap<String, Subscription> = HashMap::new();
     let mut shutdown = stopped.clone();
+    let mut done = outbox.done();
     loop {
         let frame = tokio::select! {
             f = frames_in.next() => f,
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                let _ = out.send(Out::Close(1001, "server shutting down")).await;
+                outbox.close(1001, "server shutting down");
                 break;
             }
+            // A close frame went out (a slow consumer's) or the socket failed.
+            _ = done.wait_for(|d| *d) => break,
         };
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
                 let answer = error(None, "bad_request", "frames are JSON text");
-                let _ = out.send(Out::Text(answer.to_string())).await;
+                if !answer_with(&outbox, &answer).await {
+                    break;
+                }
                 continue;
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                outbox.close(1009, "frame too large");
+                break;
+            }
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
         };
         let follows = (&stopped, &hubs);
-        let answer = handle(&text, &client, &out, &close, follows, &mut subs).await;
+        // (Boxed: a connection holds the state of a frame's handling only while it runs.)
+        let answer = Box::pin(handle(&text, &client, &outbox, follows, &mut subs)).await;
         if let Some(answer) = answer
-            && out.send(Out::Text(answer.to_string())).await.is_err()
+            && !answer_with(&outbox, &answer).await
         {
             break;
         }
     }
-    for (_, task) in subs {
-        task.abort();
+    for (_, sub) in subs {
+        sub.sink.cancel();
+        sub.task.abort();
     }
-    drop(out);
-    let _ = writer.await;
+    outbox.drained(LINGER).await;
+    outbox.end();
+    let _ = flusher.await;
 }
 
-fn close_frame(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    }))
+/// Sends an answer frame; whether the connection takes it.
+async fn answer_with(outbox: &Outbox, answer: &Value) -> bool {
+    let text = answer.to_string();
+    outbox.send(&[text.as_bytes()], SLOW_AFTER, SLOW).await
 }
 
 fn error(reference: Option<&Value>, error: &str, message: &str) -> Value {
     json!({"type": "error", "ref": reference, "error": error, "message": message})
 }
 
-/// One client frame; the answer to send (`None`: already queued, as a subscribe's is, before
+/// One client frame; the answer to send (`None`: already sent, as a subscribe's is, before
 /// its first message).
 async fn handle(
     text: &str,
     client: &Client,
-    out: &mpsc::Sender<Out>,
-    close: &watch::Sender<bool>,
+    outbox: &Arc<Outbox>,
     (stopped, hubs): (&watch::Receiver<bool>, &Arc<Hubs>),
-    subs: &mut HashMap<String, JoinHandle<()>>,
+    subs: &mut HashMap<String, Subscription>,
 ) -> Option<Value> {
     let bad = |reference: Option<&Value>, message: &str| error(reference, "bad_request", message);
     let Ok(req) = serde_json::from_str::<Value>(text) else {
@@ -221,24 +251,31 @@ async fn handle(
             let lag_limit = (live && !lag_limit.is_zero()).then_some(lag_limit);
             // The answer goes ahead of the subscription's first message.
             let answer = json!({"type": "subscribed", "id": id, "ref": reference});
-            out.send(Out::Text(answer.to_string())).await.ok()?;
+            if !answer_with(outbox, &answer).await {
+                return None;
+            }
+            // Each message's frame: `{"type":"message","sub":ID,` + the message's fields.
+            let sink = Sink::new(
+                outbox.clone(),
+                format!(r#"{{"type":"message","sub":{},"#, json!(id)),
+            );
             let task = tokio::spawn(follow(
                 client.clone(),
                 poll,
                 lag_limit,
                 id.clone(),
-                out.clone(),
-                close.clone(),
+                sink.clone(),
                 (stopped.clone(), hubs.clone()),
             ));
-            subs.insert(id, task);
+            subs.insert(id, Subscription { task, sink });
             return None;
         }
         Some("unsubscribe") => {
             let id = req["id"].as_str().unwrap_or_default();
             match subs.remove(id) {
-                Some(task) => {
-                    task.abort();
+                Some(sub) => {
+                    sub.sink.cancel();
+                    sub.task.abort();
                     json!({"type": "unsubscribed", "id": id, "ref": reference})
                 }
                 None => bad(reference, "no subscription with this id"),
@@ -326,28 +363,62 @@ fn subscription(client: &Client, req: &Value) -> Result<Poll, Failure> {
     Poll::new(topics, filter, after)
 }
 
-/// A subscription: reads after its cursor and queues each message, until the connection ends.
-/// With a lag limit, a batch whose first message is older than it is passed over, the reads
-/// go on from the head, and the client is told `{"type": "skipped", "sub", "cursor"}`.
+/// A subscription: reads after its cursor and sends each message, until the connection ends.
+/// A subscription of one topic that reaches the head attaches to the topic's hub, which
+/// writes it each new message from then on; when the hub lets go of it (its queue was full,
+/// the topic was created again, the hub stopped), it reads by cursor again. With a lag limit,
+/// a batch read whose first message is older than it is passed over, the reads go on from the
+/// head, and the client is told `{"type": "skipped", "sub", "cursor"}`.
 async fn follow(
     client: Client,
     poll: Poll,
     lag_limit: Option<Duration>,
     id: String,
-    out: mpsc::Sender<Out>,
-    close: watch::Sender<bool>,
+    sink: Arc<Sink>,
     (stopped, hubs): (watch::Receiver<bool>, Arc<Hubs>),
 ) {
-    let mut reads = Follow::new(client, poll, stopped, Some(hubs));
-    let frame_head = format!(r#"{{"type":"message","sub":{},"#, json!(id));
+    let topic = poll.topic().map(String::from);
+    let mut reads = Follow::new(client.clone(), poll, stopped, None);
+    let outbox = sink.outbox().clone();
     loop {
-        let batch = match reads.next().await {
+        // A subscription the hub may write to looks without waiting first. (The reads are
+        // boxed: a subscription the hub writes to holds no read's state.)
+        let batch = match &topic {
+            Some(_) => Box::pin(reads.next_until(tokio::time::Instant::now())).await,
+            None => Box::pin(reads.next()).await,
+        };
+        let mut batch = match batch {
             Ok(b) => b,
             Err(Failure(_, e, m)) => {
-                let _ = out.try_send(Out::Text(error(None, e, &m).to_string()));
+                let _ = answer_with(&outbox, &error(None, e, &m)).await;
                 return;
             }
         };
+        if let Some(topic) = &topic
+            && batch.messages.is_empty()
+            && !batch.reset
+            && !reads.stopped()
+        {
+            // At the head: the hub writes from here if it has everything after the cursor.
+            if let Some(at) = reads.cursor() {
+                let attached = hubs.attach(&client, topic, &sink, at);
+                if attached {
+                    sink.released().await;
+                }
+                reads.set_cursor(sink.last());
+                if attached {
+                    continue;
+                }
+            }
+            // Not taken: wait here for what comes next.
+            batch = match Box::pin(reads.next()).await {
+                Ok(b) => b,
+                Err(Failure(_, e, m)) => {
+                    let _ = answer_with(&outbox, &error(None, e, &m)).await;
+                    return;
+                }
+            };
+        }
         let oldest = batch.messages.first().map(|m| m.timestamp_ms);
         if let (Some(limit), Some(oldest)) = (lag_limit, oldest)
             && now_ms().saturating_sub(oldest) > limit.as_millis() as u64
@@ -356,49 +427,27 @@ async fn follow(
                 Ok(cursor) => json!({"type": "skipped", "sub": id, "cursor": cursor}),
                 Err(Failure(_, e, m)) => error(None, e, &m),
             };
-            if !queue(&out, &close, frame.to_string()).await {
+            if !answer_with(&outbox, &frame).await {
                 return;
             }
             continue;
         }
-        if batch.reset {
-            let frame = json!({"type": "reset", "sub": id}).to_string();
-            if !queue(&out, &close, frame).await {
-                return;
-            }
+        if batch.reset && !answer_with(&outbox, &json!({"type": "reset", "sub": id})).await {
+            return;
         }
         for m in &batch.messages {
             // The message's JSON as rendered once for every reader, after the frame's own
-            // fields: `{"type":"message","sub":S,` + the message's fields.
+            // fields.
             let body = m.json.strip_prefix('{').unwrap_or(&m.json);
-            let mut frame = String::with_capacity(frame_head.len() + body.len());
-            frame.push_str(&frame_head);
-            frame.push_str(body);
-            if !queue(&out, &close, frame).await {
+            if !outbox
+                .send(&[sink.head().as_bytes(), body.as_bytes()], SLOW_AFTER, SLOW)
+                .await
+            {
                 return;
             }
         }
         if reads.stopped() {
             return;
-        }
-    }
-}
-
-/// Queues a frame for the writer; `false` when the subscription is to end: the connection is
-/// gone, or its queue stayed full for `SLOW_AFTER` (too slow: it closes, the client resumes).
-async fn queue(out: &mpsc::Sender<Out>, close: &watch::Sender<bool>, frame: String) -> bool {
-    // Room in the queue (the common case): no timer.
-    let frame = match out.try_send(Out::Text(frame)) {
-        Ok(()) => return true,
-        Err(mpsc::error::TrySendError::Closed(_)) => return false,
-        Err(mpsc::error::TrySendError::Full(frame)) => frame,
-    };
-    match tokio::time::timeout(SLOW_AFTER, out.send(frame)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            let _ = close.send(true);
-            false
         }
     }
 }
