@@ -10,6 +10,7 @@
 //! - `ws-read` / `sse-read`: one client reads a preloaded topic from its start: messages/s.
 
 mod http;
+mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,12 +86,6 @@ enum Run {
     },
 }
 
-/// A small read buffer: tungstenite zero-fills its whole read buffer (128 KiB by default) at
-/// every read, which would make the load generator, not the server, the bottleneck.
-fn small_buffers() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
-}
-
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -159,46 +154,48 @@ async fn publish(http: &mut Http, topic: &str, body: &str) -> anyhow::Result<Str
 
 async fn ws_fanout(args: &Args, subscribers: usize, rate: u64, seconds: u64) -> anyhow::Result<()> {
     let expected = rate * seconds;
-    let url = format!("ws://{}/ws", args.http);
     let rss_before = rss_kib(args.pid)?;
     let subscribed = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let connecting = Arc::new(Semaphore::new(200));
     let mut tasks = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
-        let (url, topic) = (url.clone(), args.topic.clone());
+        let (addr, topic) = (args.http.clone(), args.topic.clone());
         let (subscribed, connecting) = (subscribed.clone(), connecting.clone());
         let failed = failed.clone();
         tasks.push(tokio::spawn(async move {
             let permit = connecting.acquire_owned().await?;
-            let (mut ws, _) = match tokio_tungstenite::connect_async_with_config(
-                url,
-                Some(small_buffers()),
-                false,
-            )
-            .await
-            {
+            let mut ws = match ws::Socket::connect(&addr, "/ws").await {
                 Ok(c) => c,
                 Err(e) => {
                     failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
             let frame = format!(r#"{{"type":"subscribe","id":"s","topic":"{topic}"}}"#);
-            ws.send(Message::text(frame)).await?;
+            ws.send_text(&frame).await?;
             let mut latencies = Vec::with_capacity(expected as usize);
-            while let Some(frame) = ws.next().await {
-                let Message::Text(t) = frame? else { continue };
-                if t.contains(r#""type":"subscribed""#) {
+            loop {
+                let ws::Frame::Text(t) = ws.next().await? else {
+                    bail!("closed before the subscribe was answered");
+                };
+                if find(t, br#""type":"subscribed""#).is_some() {
                     drop(permit);
                     subscribed.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
             }
             while (latencies.len() as u64) < expected {
-                let Some(frame) = ws.next().await else { break };
-                let Message::Text(t) = frame? else { continue };
-                if let Some(sent) = json_str(&t, "payload").and_then(|p| p.parse::<u64>().ok()) {
+                let t = match ws.next().await? {
+                    ws::Frame::Text(t) => t,
+                    ws::Frame::Close(code) => bail!("closed ({code:?})"),
+                };
+                // The payload is its send time in microseconds: `"payload":"1764...",`.
+                let sent = std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|t| json_str(t, "payload"))
+                    .and_then(|p| p.parse::<u64>().ok());
+                if let Some(sent) = sent {
                     latencies.push(now_us().saturating_sub(sent));
                 }
             }

@@ -81,7 +81,7 @@ struct LiveState {
     /// does not know where it stands; nothing attaches).
     floor: Option<(StreamId, u64)>,
     /// The last messages, oldest first.
-    recent: VecDeque<(StreamId, Rendered)>,
+    recent: VecDeque<(StreamId, u64, Rendered)>,
     /// Subscriptions attached since the hub took its last batch (it takes them with the next).
     added: Vec<Arc<Sink>>,
     /// The hub stopped: nothing attaches.
@@ -172,8 +172,8 @@ impl Sink {
     /// hub let go of it — its queue is full, its connection closing — or it was detached).
     fn write(&self, messages: &[(StreamId, u64, Rendered)]) -> bool {
         let mut state = self.lock();
-        for (id, _, rendered) in messages {
-            if !self.write_one(&mut state, *id, rendered) {
+        for (id, incarnation, rendered) in messages {
+            if !self.write_one(&mut state, (*id, *incarnation), rendered) {
                 break;
             }
         }
@@ -182,7 +182,12 @@ impl Sink {
     }
 
     /// One message unless it has had it; `false` when the hub lets go of it or has.
-    fn write_one(&self, state: &mut SinkState, id: StreamId, rendered: &Rendered) -> bool {
+    fn write_one(
+        &self,
+        state: &mut SinkState,
+        (id, incarnation): (StreamId, u64),
+        rendered: &Rendered,
+    ) -> bool {
         if !state.attached {
             return false;
         }
@@ -196,7 +201,7 @@ impl Sink {
             .try_text(&[self.head.as_bytes(), body.as_bytes()])
         {
             Sent::Taken => {
-                state.last = id;
+                (state.last, state.incarnation) = (id, incarnation);
                 true
             }
             Sent::Full | Sent::Closed => {
@@ -232,23 +237,32 @@ impl Live {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches `sink` after `(last, incarnation)` if the hub has every message after it: it is
-    /// written those it has not had, then each new one. Whether or not, the subscription goes
-    /// on after `sink.last()`.
-    fn attach(&self, sink: &Arc<Sink>, last: StreamId, incarnation: u64) -> bool {
+    /// Attaches `sink` after `at` (the subscription's cursor: `None` or `0-0@0` when the topic
+    /// did not exist when it looked) if the hub has every message after it: it is written
+    /// those it has not had, then each new one. Whether or not, the subscription goes on after
+    /// `sink.last()`.
+    fn attach(&self, sink: &Arc<Sink>, at: Option<(StreamId, u64)>) -> bool {
+        let zero = StreamId::new(0, 0);
         let mut live = self.lock();
+        let (last, incarnation, covered) = match (at, live.floor) {
+            (Some((id, i)), Some((floor, hub))) if i != 0 => (id, i, i == hub && id >= floor),
+            // Before the topic existed: covered by a hub that passes its incarnation from the
+            // first message (started while the topic was missing, or created again since).
+            (None | Some((_, 0)), floor) if at.is_none_or(|(id, _)| id == zero) => match floor {
+                None => (zero, 0, live.fresh),
+                Some((floor, hub)) => (zero, hub, floor == zero),
+            },
+            (Some((id, i)), _) => (id, i, false),
+            (None, _) => (zero, 0, false),
+        };
         let mut state = sink.lock();
-        state.last = last;
-        state.incarnation = incarnation;
-        let covered = live
-            .floor
-            .is_some_and(|(floor, i)| i == incarnation && last >= floor);
+        (state.last, state.incarnation) = (last, incarnation);
         if state.cancelled || live.stopped || !covered {
             return false;
         }
         state.attached = true;
-        for (id, rendered) in &live.recent {
-            if !sink.write_one(&mut state, *id, rendered) {
+        for (id, incarnation, rendered) in &live.recent {
+            if !sink.write_one(&mut state, (*id, *incarnation), rendered) {
                 break;
             }
         }
@@ -311,7 +325,8 @@ impl Hubs {
                 recent: VecDeque::with_capacity(CAPACITY),
                 added: Vec::new(),
                 stopped: false,
-                fresh: false,
+                // (The topic is missing: the hub passes it from its first message.)
+                fresh: floor.is_none(),
             }),
         });
         let hub = Hub {
@@ -341,18 +356,17 @@ impl Hubs {
         self.with_hub(client, topic, |hub| hub.tx.subscribe())
     }
 
-    /// Attaches `sink` to the topic's hub after `(last, incarnation)`, the subscription's cursor
-    /// at the head; whether the hub writes to it now (if not, it reads by cursor).
+    /// Attaches `sink` to the topic's hub after `at`, the subscription's cursor at the head
+    /// (`None`: the topic did not exist when it looked); whether the hub writes to it now (if
+    /// not, it reads by cursor).
     pub(crate) fn attach(
         self: &Arc<Self>,
         client: &Client,
         topic: &str,
         sink: &Arc<Sink>,
-        (last, incarnation): (StreamId, u64),
+        at: Option<(StreamId, u64)>,
     ) -> bool {
-        self.with_hub(client, topic, |hub| {
-            hub.live.attach(sink, last, incarnation)
-        })
+        self.with_hub(client, topic, |hub| hub.live.attach(sink, at))
     }
 
     /// Removes the hub's entry if it is still this one (and nobody follows it, unless `force`:
@@ -395,7 +409,10 @@ async fn run(
     live: Arc<Live>,
     generation: u64,
 ) {
-    let after = floor.map(|(id, incarnation)| crate::rest::cursor(id, incarnation));
+    // From the head as it was; a missing topic from its first message (`0-0@0`: before it
+    // existed, never a reset).
+    let (id, incarnation) = floor.unwrap_or((StreamId::new(0, 0), 0));
+    let after = Some(crate::rest::cursor(id, incarnation));
     // The subscriptions it writes to (owned here: attaching ones wait in `added`).
     let mut sinks: Vec<Arc<Sink>> = Vec::new();
     let Ok(poll) = Poll::new(vec![topic.clone()], None, after) else {
@@ -476,11 +493,13 @@ fn record(live: &Live, messages: &[(StreamId, u64, Rendered)], sinks: &mut Vec<A
             _ => return false,
         }
         if state.recent.len() == CAPACITY
-            && let Some((gone, _)) = state.recent.pop_front()
+            && let Some((gone, _, _)) = state.recent.pop_front()
         {
             state.floor = Some((gone, *incarnation));
         }
-        state.recent.push_back((*id, rendered.clone()));
+        state
+            .recent
+            .push_back((*id, *incarnation, rendered.clone()));
     }
     sinks.append(&mut state.added);
     true

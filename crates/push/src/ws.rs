@@ -399,16 +399,18 @@ async fn follow(
             && !batch.reset
             && !reads.stopped()
         {
-            // At the head: the hub writes from here if it has everything after the cursor.
-            if let Some(at) = reads.cursor() {
-                let attached = hubs.attach(&client, topic, &sink, at);
-                if attached {
-                    sink.released().await;
-                }
+            // At the head: the hub writes from here if it has everything after the cursor
+            // (none: the topic did not exist — the hub may pass it from its first message).
+            let at = reads.cursor();
+            let attached = hubs.attach(&client, topic, &sink, at);
+            if attached {
+                sink.released().await;
+            }
+            if attached || at.is_some() {
                 reads.set_cursor(sink.last());
-                if attached {
-                    continue;
-                }
+            }
+            if attached {
+                continue;
             }
             // Not taken: wait here for what comes next.
             batch = match Box::pin(reads.next()).await {
