@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Issue 7's HTTP push benchmarks (docs/benchmarks.md), with bench/push-load against release
 # builds of Manifold on this machine; one `run=... key=value` line per workload:
+#   0. No server: the kernel's own cost of one small message to each of N loopback TCP
+#      connections (one writer thread, then two) — the floor under 1, 2 and 4.
 #   1. 10,000 WebSocket subscribers of one topic, a publisher at 10 msg/s: every delivery's
-#      latency, whether all arrived, RSS per connection, server CPU per delivery.
+#      latency, whether all arrived, RSS per connection, server CPU per delivery. The server
+#      is pinned to CPU 0 and the load generator to CPU 1 (as the RESP and MQTT benchmarks
+#      are): the topic's hub writes the frames from one thread, and the generator reads them
+#      on the other core.
 #   2. 10,000 long-polls waiting on one topic: the server's CPU while they wait, then rounds of
-#      one publish each — how long after it each poll is answered.
+#      one publish each — how long after it each poll is answered. Not pinned: the answers are
+#      sent from both cores' worker threads.
 #   3. 1,000,000 messages of 64 bytes read from the start of a topic by one WebSocket client,
 #      then by one Server-Sent Events client: messages/s.
-#   4. As 1, with the subscribers on a follower of a three-node group (publisher on the leader).
-# Usage: bench/push-bench.sh [subscribers]   (default 10000; needs python3 for free ports)
-# The server and the load generator share the machine's cores (no pinning): with 2 cores the
-# load generator's own CPU is part of every latency. Data goes under $MANIFOLD_BENCH_DIR
-# (default target/bench-data).
+#   4. As 1, with the subscribers on a follower of a three-node group (publisher on the
+#      leader): the follower on CPU 0, the generator on CPU 1, the other two nodes unpinned.
+# Usage: bench/push-bench.sh [subscribers]   (default 10000; needs python3 for free ports,
+# taskset). Data goes under $MANIFOLD_BENCH_DIR (default target/bench-data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10000}
@@ -33,13 +38,24 @@ ready() { # port
     return 1
 }
 
-# One node.
+# The floor: as many connections as the open-file limit allows (two descriptors each).
+floor=$(( $(ulimit -n) / 2 - 100 )); [ "$floor" -gt "$n" ] && floor=$n
+$load floor --connections "$floor" --rounds 5
+
+# One node, pinned, for the fan-out (its RSS per connection measured from a fresh process).
+http=$(port); resp=$(port)
+taskset -c 0 $bin serve --data-dir "$dir/fanout" --http-addr "127.0.0.1:$http" \
+    --resp-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 2>"$dir/fanout.log" & pids+=($!); pid=$!
+ready "$http"
+taskset -c 1 $load --http "127.0.0.1:$http" --pid "$pid" --topic fan ws-fanout \
+    --subscribers "$n" --rate 10 --seconds 30
+kill "$pid"; wait "$pid" 2>/dev/null || true
+
+# One node, not pinned, for the rest.
 http=$(port); resp=$(port)
 $bin serve --data-dir "$dir/single" --http-addr "127.0.0.1:$http" --resp-addr "127.0.0.1:$resp" \
     --mqtt-addr 127.0.0.1:0 2>"$dir/single.log" & pids+=($!); pid=$!
 ready "$http"
-# (The fan-out first: its RSS per connection is measured from a fresh process.)
-$load --http "127.0.0.1:$http" --pid "$pid" --topic fan ws-fanout --subscribers "$n" --rate 10 --seconds 30
 $load --http "127.0.0.1:$http" --pid "$pid" --topic wake poll-wake --waiters "$n" --rounds 5
 $load --http "127.0.0.1:$http" --topic bulk preload --resp "127.0.0.1:$resp" --messages 1000000 --size 64
 $load --http "127.0.0.1:$http" --topic bulk ws-read --messages 1000000
@@ -66,5 +82,6 @@ for _ in $(seq 100); do
 done
 follower=$(( (leader + 1) % 3 ))
 echo "group: leader node $((leader + 1)), subscribers on follower node $((follower + 1))"
-$load --http "127.0.0.1:${web[$follower]}" --publish-http "127.0.0.1:${web[$leader]}" \
+taskset -a -p -c 0 "${gpids[$follower]}" >/dev/null
+taskset -c 1 $load --http "127.0.0.1:${web[$follower]}" --publish-http "127.0.0.1:${web[$leader]}" \
     --pid "${gpids[$follower]}" --topic fan ws-fanout --subscribers "$n" --rate 10 --seconds 30

@@ -8,7 +8,10 @@
 //!   (`/proc/PID/stat`), then rounds of one publish each: how long after it each poll answers.
 //! - `preload`: N messages into a topic over RESP (pipelined XADD), for the read runs.
 //! - `ws-read` / `sse-read`: one client reads a preloaded topic from its start: messages/s.
+//! - `floor`: no server — the kernel's own cost of one small message to each of N loopback
+//!   connections, the floor under the fan-out and wake-up latencies (`floor.rs`).
 
+mod floor;
 mod http;
 mod ws;
 
@@ -83,6 +86,13 @@ enum Run {
     SseRead {
         #[arg(long, default_value_t = 1_000_000)]
         messages: u64,
+    },
+    /// No server: the kernel's cost of one small message to each of N loopback connections.
+    Floor {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -457,5 +467,9 @@ async fn main() -> anyhow::Result<()> {
         } => preload(resp, &args.topic, messages, size).await,
         Run::WsRead { messages } => ws_read(&args, messages).await,
         Run::SseRead { messages } => sse_read(&args, messages).await,
+        Run::Floor {
+            connections,
+            rounds,
+        } => tokio::task::block_in_place(|| floor::run(connections, rounds)),
     }
 }

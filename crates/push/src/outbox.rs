@@ -117,12 +117,46 @@ impl Outbox {
         slow_after: Duration,
         slow: (u16, &str),
     ) -> bool {
+        self.when_room(slow_after, slow, || self.try_text(parts))
+            .await
+    }
+
+    /// Frames already encoded ([`encode_text`]), written together (one system call for a whole
+    /// batch of messages), waiting for room as [`Outbox::send`] does.
+    pub(crate) async fn send_encoded(
+        &self,
+        frames: &[u8],
+        slow_after: Duration,
+        slow: (u16, &str),
+    ) -> bool {
+        self.when_room(slow_after, slow, || {
+            let mut state = self.lock();
+            if state.closing || state.dead {
+                return Sent::Closed;
+            }
+            if state.queue.len() >= QUEUE_LIMIT {
+                return Sent::Full;
+            }
+            self.put(&mut state, frames);
+            Sent::Taken
+        })
+        .await
+    }
+
+    /// Tries `attempt` until it is taken or refused for good, waiting for room in between;
+    /// closes the connection as too slow after `slow_after` without room.
+    async fn when_room(
+        &self,
+        slow_after: Duration,
+        slow: (u16, &str),
+        mut attempt: impl FnMut() -> Sent,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + slow_after;
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.try_text(parts) {
+            match attempt() {
                 Sent::Taken => return true,
                 Sent::Closed => return false,
                 Sent::Full => {}
@@ -153,25 +187,34 @@ impl Outbox {
     }
 
     /// Bytes tungstenite writes (its replies to pings and closes: whole frames), after what is
-    /// queued; dropped once the connection is closing.
+    /// queued; after its close frame nothing more is taken.
     fn raw(&self, bytes: &[u8]) {
         let mut state = self.lock();
         if state.closing || state.dead {
             return;
         }
-        if state.queue.is_empty() {
-            match self.stream.try_write(bytes) {
-                Ok(n) if n == bytes.len() => return,
-                Ok(n) => state.queue.extend_from_slice(&bytes[n..]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    state.queue.extend_from_slice(bytes)
-                }
-                Err(_) => return self.fail(&mut state),
+        self.put(&mut state, bytes);
+        if bytes.first() == Some(&(0x80 | CLOSE)) {
+            state.closing = true;
+            if state.queue.is_empty() {
+                self.done.send_replace(true);
             }
-            self.queued.notify_one();
-        } else {
-            state.queue.extend_from_slice(bytes);
         }
+    }
+
+    /// Encoded bytes: straight to the socket when nothing is queued, the rest queued.
+    fn put(&self, state: &mut State, bytes: &[u8]) {
+        if !state.queue.is_empty() {
+            state.queue.extend_from_slice(bytes);
+            return;
+        }
+        match self.stream.try_write(bytes) {
+            Ok(n) if n == bytes.len() => return,
+            Ok(n) => state.queue.extend_from_slice(&bytes[n..]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => state.queue.extend_from_slice(bytes),
+            Err(_) => return self.fail(state),
+        }
+        self.queued.notify_one();
     }
 
     /// The connection ended: nothing more is written, waiting writers give up.
@@ -309,6 +352,16 @@ impl Outbox {
             // (Emptied: writers waiting for it to drain look again.)
             self.room.notify_waiters();
         }
+    }
+}
+
+/// Appends a text frame of `parts` (concatenated: valid UTF-8 together) to `out`.
+pub(crate) fn encode_text(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut header = [0u8; 10];
+    out.extend_from_slice(frame_header(&mut header, TEXT, len));
+    for p in parts {
+        out.extend_from_slice(p);
     }
 }
 

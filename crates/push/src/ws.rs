@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 
 use crate::groups::{self, Membership};
 use crate::hub::{Hubs, Sink};
-use crate::outbox::{Outbox, SocketIo};
+use crate::outbox::{Outbox, SocketIo, encode_text};
 use crate::poll::{Follow, Poll};
 use crate::rest::{Failure, Rest, client, cursor};
 
@@ -380,6 +380,7 @@ async fn follow(
     let topic = poll.topic().map(String::from);
     let mut reads = Follow::new(client.clone(), poll, stopped, None);
     let outbox = sink.outbox().clone();
+    let mut frames = Vec::new();
     loop {
         // A subscription the hub may write to looks without waiting first. (The reads are
         // boxed: a subscription the hub writes to holds no read's state.)
@@ -437,16 +438,18 @@ async fn follow(
         if batch.reset && !answer_with(&outbox, &json!({"type": "reset", "sub": id})).await {
             return;
         }
+        // The batch's frames written together: each message's JSON as rendered once for every
+        // reader, after the frame's own fields.
+        frames.clear();
         for m in &batch.messages {
-            // The message's JSON as rendered once for every reader, after the frame's own
-            // fields.
             let body = m.json.strip_prefix('{').unwrap_or(&m.json);
-            if !outbox
-                .send(&[sink.head().as_bytes(), body.as_bytes()], SLOW_AFTER, SLOW)
-                .await
-            {
-                return;
-            }
+            encode_text(&mut frames, &[sink.head().as_bytes(), body.as_bytes()]);
+        }
+        if !frames.is_empty() && !outbox.send_encoded(&frames, SLOW_AFTER, SLOW).await {
+            return;
+        }
+        if frames.capacity() > 64 * 1024 {
+            frames = Vec::new();
         }
         if reads.stopped() {
             return;
