@@ -140,6 +140,16 @@ fn websocket_subscribe_publish_and_resume() -> anyhow::Result<()> {
         json!({"type": "subscribe", "id": "x", "topic": "w/a", "from": "junk"}),
     )?;
     ensure!(next(&mut ws)?["error"] == "bad_cursor");
+    // A client's close is answered with a close: a clean end, not an abort.
+    ws.close(None)?;
+    let answer = loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => break Ok(frame),
+            Ok(_) => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    ensure!(answer.is_ok(), "the close was not answered: {answer:?}");
     Ok(())
 }
 

@@ -26,7 +26,7 @@
 //! through its own principal, succeeded).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -93,7 +93,9 @@ struct LiveState {
 /// A WebSocket subscription a hub may write to: its connection, its frame's start, and its
 /// cursor while the hub writes.
 pub(crate) struct Sink {
-    outbox: Arc<Outbox>,
+    /// The connection's outbox (weak: a hub holding the sink does not keep a connection that
+    /// ended, or its socket, open).
+    outbox: Weak<Outbox>,
     /// The frame before the message's own fields: `{"type":"message","sub":ID,`.
     head: Box<str>,
     state: Mutex<SinkState>,
@@ -114,9 +116,9 @@ struct SinkState {
 }
 
 impl Sink {
-    pub(crate) fn new(outbox: Arc<Outbox>, head: String) -> Arc<Sink> {
+    pub(crate) fn new(outbox: &Arc<Outbox>, head: String) -> Arc<Sink> {
         Arc::new(Sink {
-            outbox,
+            outbox: Arc::downgrade(outbox),
             head: head.into_boxed_str(),
             state: Mutex::new(SinkState {
                 last: StreamId::new(0, 0),
@@ -133,8 +135,9 @@ impl Sink {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+    /// The connection's outbox, while the connection lasts.
+    pub(crate) fn outbox(&self) -> Option<Arc<Outbox>> {
+        self.outbox.upgrade()
     }
 
     /// The frame before a message's own fields.
@@ -196,10 +199,11 @@ impl Sink {
         }
         // The message's JSON after its `{`, behind the frame's own fields.
         let body = rendered.json.strip_prefix('{').unwrap_or(&rendered.json);
-        match self
-            .outbox
-            .try_text(&[self.head.as_bytes(), body.as_bytes()])
-        {
+        let sent = match self.outbox.upgrade() {
+            Some(outbox) => outbox.try_text(&[self.head.as_bytes(), body.as_bytes()]),
+            None => Sent::Closed,
+        };
+        match sent {
             Sent::Taken => {
                 (state.last, state.incarnation) = (id, incarnation);
                 true
@@ -215,7 +219,7 @@ impl Sink {
     /// Whether a hub with no message for it keeps it (attached, its connection open).
     fn keep(&self) -> bool {
         let mut state = self.lock();
-        if state.attached && !self.outbox.open() {
+        if state.attached && !self.outbox.upgrade().is_some_and(|o| o.open()) {
             state.attached = false;
             self.released.notify_waiters();
         }
@@ -239,18 +243,21 @@ impl Live {
 
     /// Attaches `sink` after `at` (the subscription's cursor: `None` or `0-0@0` when the topic
     /// did not exist when it looked) if the hub has every message after it: it is written
-    /// those it has not had, then each new one. Whether or not, the subscription goes on after
-    /// `sink.last()`.
-    fn attach(&self, sink: &Arc<Sink>, at: Option<(StreamId, u64)>) -> bool {
+    /// those it has not had, then each new one. `now` is the topic's incarnation as it is now
+    /// (`None`: missing). Whether or not, the subscription goes on after `sink.last()` (for a
+    /// refused `None`: `0-0@0`, the topic's first message whenever it comes).
+    fn attach(&self, sink: &Arc<Sink>, at: Option<(StreamId, u64)>, now: Option<u64>) -> bool {
         let zero = StreamId::new(0, 0);
         let mut live = self.lock();
         let (last, incarnation, covered) = match (at, live.floor) {
             (Some((id, i)), Some((floor, hub))) if i != 0 => (id, i, i == hub && id >= floor),
-            // Before the topic existed: covered by a hub that passes its incarnation from the
-            // first message (started while the topic was missing, or created again since).
+            // Before the topic existed: covered by a hub that passes it from its first message
+            // (started while it was missing, or since it was created again) — unless that
+            // incarnation is gone (the topic was deleted since).
             (None | Some((_, 0)), floor) if at.is_none_or(|(id, _)| id == zero) => match floor {
                 None => (zero, 0, live.fresh),
-                Some((floor, hub)) => (zero, hub, floor == zero),
+                Some((floor, hub)) if floor == zero && now == Some(hub) => (zero, hub, true),
+                Some(_) => (zero, 0, false),
             },
             (Some((id, i)), _) => (id, i, false),
             (None, _) => (zero, 0, false),
@@ -366,7 +373,14 @@ impl Hubs {
         sink: &Arc<Sink>,
         at: Option<(StreamId, u64)>,
     ) -> bool {
-        self.with_hub(client, topic, |hub| hub.live.attach(sink, at))
+        // (Read before the hub's lock: a topic created since is fine, the hub passes it; one
+        // deleted since is not covered.)
+        let now = client
+            .topic_head(0, topic.as_bytes())
+            .ok()
+            .flatten()
+            .map(|h| h.incarnation);
+        self.with_hub(client, topic, |hub| hub.live.attach(sink, at, now))
     }
 
     /// Removes the hub's entry if it is still this one (and nobody follows it, unless `force`:

@@ -56,8 +56,8 @@ pub(crate) struct Outbox {
     queued: Notify,
     /// Wakes writers waiting for room.
     room: Notify,
-    /// Turns true once nothing more will be written (a close frame went out, or the socket
-    /// failed): the connection may end.
+    /// Turns true once nothing more is taken (a close frame is queued or written, or the
+    /// socket failed): the connection ends after at most a short wait for what is queued.
     done: watch::Sender<bool>,
 }
 
@@ -151,7 +151,7 @@ impl Outbox {
         slow: (u16, &str),
         mut attempt: impl FnMut() -> Sent,
     ) -> bool {
-        let deadline = tokio::time::Instant::now() + slow_after;
+        let mut deadline = tokio::time::Instant::now() + slow_after;
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -165,6 +165,8 @@ impl Outbox {
                 self.close(slow.0, slow.1);
                 return false;
             }
+            // The socket took some: too slow only after `slow_after` without progress.
+            deadline = tokio::time::Instant::now() + slow_after;
         }
     }
 
@@ -181,24 +183,25 @@ impl Outbox {
         let reason = &reason.as_bytes()[..reason.len().min(123)];
         self.write(&mut state, CLOSE, &[code, reason]);
         state.closing = true;
-        if state.queue.is_empty() {
-            self.done.send_replace(true);
-        }
+        self.done.send_replace(true);
     }
 
     /// Bytes tungstenite writes (its replies to pings and closes: whole frames), after what is
-    /// queued; after its close frame nothing more is taken.
+    /// queued; after its close frame nothing more is taken. A pong finding the queue full is
+    /// dropped (a client that pings and never reads grows nothing).
     fn raw(&self, bytes: &[u8]) {
         let mut state = self.lock();
         if state.closing || state.dead {
             return;
         }
+        let close = bytes.first() == Some(&(0x80 | CLOSE));
+        if !close && state.queue.len() >= QUEUE_LIMIT {
+            return;
+        }
         self.put(&mut state, bytes);
-        if bytes.first() == Some(&(0x80 | CLOSE)) {
+        if close {
             state.closing = true;
-            if state.queue.is_empty() {
-                self.done.send_replace(true);
-            }
+            self.done.send_replace(true);
         }
     }
 
@@ -223,7 +226,7 @@ impl Outbox {
         self.fail(&mut state);
     }
 
-    /// Turns true once nothing more will be written.
+    /// Turns true once nothing more is taken (closing, or the socket failed).
     pub(crate) fn done(&self) -> watch::Receiver<bool> {
         self.done.subscribe()
     }
@@ -328,13 +331,8 @@ impl Outbox {
                     match self.stream.try_write(&state.queue) {
                         Ok(n) => {
                             state.queue.advance(n);
-                            if state.queue.is_empty() {
-                                if state.queue.capacity() > KEEP_CAPACITY {
-                                    state.queue = BytesMut::new();
-                                }
-                                if state.closing {
-                                    self.done.send_replace(true);
-                                }
+                            if state.queue.is_empty() && state.queue.capacity() > KEEP_CAPACITY {
+                                state.queue = BytesMut::new();
                             }
                             if state.queue.len() < QUEUE_LIMIT {
                                 self.room.notify_waiters();

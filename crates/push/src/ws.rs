@@ -23,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use manifold_core::engine::{AppendRequest, Client};
 use serde_json::{Value, json};
@@ -51,8 +51,10 @@ const SLOW: (u16, &str) = (SLOW_CONSUMER, "too slow: reconnect from your last cu
 /// A live tail (a subscription from `latest`) whose next message is older than this skips to
 /// the head, as an MQTT clean session does (`lag_limit_ms` in the subscribe; 0: never).
 const DEFAULT_LAG_LIMIT: Duration = Duration::from_secs(60);
-/// How long a closing connection waits for its last frames to go out.
-const LINGER: Duration = Duration::from_secs(1);
+/// How long a closing connection waits for its last frames (its close frame among them) to
+/// go out: a slow consumer that reads again within it gets what was queued, then the close;
+/// one that does not is dropped.
+const LINGER: Duration = Duration::from_secs(30);
 
 /// `GET /ws`: upgrades (the principal is the request's: a token in the `Authorization` header,
 /// the `access_token` query parameter or the `manifold_token` cookie, or `default`). The
@@ -167,7 +169,7 @@ async fn run(
                 outbox.close(1001, "server shutting down");
                 break;
             }
-            // A close frame went out (a slow consumer's) or the socket failed.
+            // Closing (a slow consumer's close queued) or the socket failed.
             _ = done.wait_for(|d| *d) => break,
         };
         let text = match frame {
@@ -184,7 +186,12 @@ async fn run(
                 outbox.close(1009, "frame too large");
                 break;
             }
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(Message::Close(_))) => {
+                // tungstenite queued its answer; this writes it (through the outbox).
+                let _ = frames_in.flush().await;
+                break;
+            }
+            Some(Err(_)) | None => break,
         };
         let follows = (&stopped, &hubs);
         // (Boxed: a connection holds the state of a frame's handling only while it runs.)
@@ -256,7 +263,7 @@ async fn handle(
             }
             // Each message's frame: `{"type":"message","sub":ID,` + the message's fields.
             let sink = Sink::new(
-                outbox.clone(),
+                outbox,
                 format!(r#"{{"type":"message","sub":{},"#, json!(id)),
             );
             let task = tokio::spawn(follow(
@@ -274,8 +281,11 @@ async fn handle(
             let id = req["id"].as_str().unwrap_or_default();
             match subs.remove(id) {
                 Some(sub) => {
+                    // No hub writes for it after `cancel`; its own task is gone once awaited
+                    // (a poll under way on another thread finishes first).
                     sub.sink.cancel();
                     sub.task.abort();
+                    let _ = sub.task.await;
                     json!({"type": "unsubscribed", "id": id, "ref": reference})
                 }
                 None => bad(reference, "no subscription with this id"),
@@ -379,7 +389,9 @@ async fn follow(
 ) {
     let topic = poll.topic().map(String::from);
     let mut reads = Follow::new(client.clone(), poll, stopped, None);
-    let outbox = sink.outbox().clone();
+    let Some(outbox) = sink.outbox() else {
+        return;
+    };
     let mut frames = Vec::new();
     loop {
         // A subscription the hub may write to looks without waiting first. (The reads are
@@ -407,9 +419,7 @@ async fn follow(
             if attached {
                 sink.released().await;
             }
-            if attached || at.is_some() {
-                reads.set_cursor(sink.last());
-            }
+            reads.set_cursor(sink.last());
             if attached {
                 continue;
             }
