@@ -64,6 +64,75 @@ fn more_big_messages(
     Ok(())
 }
 
+/// A client that stopped reading for a while: it reads what it was sent (fewer than `want`,
+/// in order), then the close 4008; a new connection subscribing (`id`, `topic`) from its last
+/// cursor gets the rest of `want`, once each, in order.
+fn closed_then_resumed(
+    node: &Node,
+    ws: &mut Socket,
+    (id, topic): (&str, &str),
+    want: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
+    let want: Vec<usize> = want.collect();
+    let (mut seen, last_cursor, code) = until_closed(ws)?;
+    ensure!(code == 4008, "closed with {code}");
+    ensure!(
+        seen.len() < want.len(),
+        "closed after all {} came",
+        seen.len()
+    );
+    let mut again = open(node)?;
+    let from = last_cursor.context("a cursor")?;
+    subscribe(
+        &mut again,
+        json!({"type": "subscribe", "id": id, "topic": topic, "from": from}),
+    )?;
+    let rest = want.len() - seen.len();
+    seen.extend(numbers(&messages(&mut again, rest)?.0)?);
+    ensure!(seen == want, "not each message once, in order");
+    Ok(())
+}
+
+/// Reads a client that stopped reading for a while: the numbers of the big messages it was
+/// sent before its close, the last one's cursor, and the close code.
+fn until_closed(ws: &mut Socket) -> anyhow::Result<(Vec<usize>, Option<String>, u16)> {
+    let (mut seen, mut last_cursor) = (Vec::new(), None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        ensure!(Instant::now() < deadline, "no close");
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str())?;
+                if v["type"] == "message" {
+                    seen.extend(numbers(std::slice::from_ref(&v))?);
+                    last_cursor = v["cursor"].as_str().map(String::from);
+                }
+            }
+            Ok(Message::Close(Some(frame))) => {
+                return Ok((seen, last_cursor, u16::from(frame.code)));
+            }
+            Ok(_) => {}
+            Err(e) => bail!("{e} after {} messages", seen.len()),
+        }
+    }
+}
+
+/// Every reader thread got exactly `want` (each message once, in order).
+fn each_got(
+    readers: Vec<std::thread::JoinHandle<anyhow::Result<Vec<usize>>>>,
+    want: &[usize],
+) -> anyhow::Result<()> {
+    for r in readers {
+        let got = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        ensure!(
+            got == want,
+            "a reader got {} messages, not each once in order",
+            got.len()
+        );
+    }
+    Ok(())
+}
+
 /// The numbers of big messages' payloads (`00042xxx…` → 42).
 fn numbers(got: &[Value]) -> anyhow::Result<Vec<usize>> {
     got.iter()
@@ -169,42 +238,8 @@ fn a_slow_client_is_closed_with_4008_and_resumes_from_its_cursor() -> anyhow::Re
     big_messages(&node, "big", N)?;
     // Not reading for longer than the server waits for room in a full queue (5 s).
     std::thread::sleep(Duration::from_secs(8));
-    // Now read: messages, then the close.
-    let mut last_cursor = None;
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        ensure!(Instant::now() < deadline, "no close");
-        match ws.read() {
-            Ok(Message::Text(t)) => {
-                let v: Value = serde_json::from_str(t.as_str())?;
-                if v["type"] == "message" {
-                    let p = v["payload"].as_str().context("payload")?;
-                    seen.push(p[..5].to_string());
-                    last_cursor = v["cursor"].as_str().map(String::from);
-                }
-            }
-            Ok(Message::Close(Some(frame))) => break u16::from(frame.code),
-            Ok(_) => {}
-            Err(e) => bail!("{e} after {} messages", seen.len()),
-        }
-    };
-    ensure!(code == 4008, "close code {code}");
-    ensure!(seen.len() < N, "closed before all {N} came: {}", seen.len());
-    // Back from the last cursor: the rest, once each, in order.
-    let mut ws = open(&node)?;
-    let from = last_cursor.context("a cursor")?;
-    subscribe(
-        &mut ws,
-        json!({"type": "subscribe", "id": "s", "topic": "big", "from": from}),
-    )?;
-    while seen.len() < N {
-        let (got, _) = messages(&mut ws, 1)?;
-        let p = got[0]["payload"].as_str().context("payload")?;
-        seen.push(p[..5].to_string());
-    }
-    let want: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
-    ensure!(seen == want, "each once, in order");
+    // Now read: messages, then the close; back from the last cursor, the rest.
+    closed_then_resumed(&node, &mut ws, ("s", "big"), 0..N)?;
     Ok(())
 }
 
@@ -304,16 +339,7 @@ fn many_followers_of_a_topic_each_get_every_message_once_in_order() -> anyhow::R
         pipe.query::<()>(&mut con)?;
         std::thread::sleep(Duration::from_millis(200));
     }
-    let want: Vec<usize> = (0..BURSTS * PER_BURST).collect();
-    for r in readers {
-        let got = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        ensure!(
-            got == want,
-            "a follower got {} messages, not each once in order",
-            got.len()
-        );
-    }
-    Ok(())
+    each_got(readers, &(0..BURSTS * PER_BURST).collect::<Vec<_>>())
 }
 
 /// Subscribers at the head are written each new message by the topic's hub (`hub.rs`). One
@@ -355,14 +381,7 @@ fn a_live_subscriber_that_stops_reading_is_let_go_and_resumes() -> anyhow::Resul
         .collect();
     more_big_messages(&mut con, "hot", 2..N)?;
     let want: Vec<usize> = (2..N).collect();
-    for r in readers {
-        let got = r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        ensure!(
-            got == want,
-            "a reader got {} messages, not each once in order",
-            got.len()
-        );
-    }
+    each_got(readers, &want)?;
     ws::set_timeout(&quitter, Duration::from_secs(1))?;
     ensure!(
         ws::try_next(&mut quitter)?.is_none(),
@@ -370,35 +389,7 @@ fn a_live_subscriber_that_stops_reading_is_let_go_and_resumes() -> anyhow::Resul
     );
     // The one that did not read: what it was sent in order, then 4008 (its queue stayed full).
     std::thread::sleep(Duration::from_secs(8));
-    let (mut seen, mut last_cursor) = (Vec::new(), None);
-    let code = loop {
-        match slow.read()? {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(t.as_str())?;
-                if v["type"] == "message" {
-                    seen.extend(numbers(std::slice::from_ref(&v))?);
-                    last_cursor = v["cursor"].as_str().map(String::from);
-                }
-            }
-            Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
-            _ => {}
-        }
-    };
-    ensure!(code == Some(4008), "closed with {code:?}");
-    ensure!(seen.len() < N - 2, "closed after all {} came", seen.len());
-    // Back from its last cursor: the rest, once each, in order.
-    let mut again = open(&node)?;
-    let from = last_cursor.context("a cursor")?;
-    subscribe(
-        &mut again,
-        json!({"type": "subscribe", "id": "h", "topic": "hot", "from": from}),
-    )?;
-    let rest = N - 2 - seen.len();
-    seen.extend(numbers(&messages(&mut again, rest)?.0)?);
-    ensure!(
-        seen == want,
-        "the slow subscriber's messages are not each once in order"
-    );
+    closed_then_resumed(&node, &mut slow, ("h", "hot"), 2..N)?;
     Ok(())
 }
 
