@@ -8,11 +8,11 @@
 //! message once, in order.
 //!
 //! Every frame out goes through the connection's outbox (`outbox.rs`); tungstenite only reads.
-//! A client that does not read gets at most the outbox's queue; when it stays full for
-//! `SLOW_AFTER` its connection is closed with code 4008 and it resumes from its last cursor (a
-//! client catching up fast is only held back: its reads wait for room). Owns the upgrade, the
-//! client frames and the subscriptions' tasks; what is read and stored is the engine's,
-//! through the client's principal.
+//! A client that does not read gets at most the outbox's queue; when it stays full, the socket
+//! taking nothing, for `SLOW_AFTER` its connection is closed with code 4008 and it resumes from
+//! its last cursor (a client catching up fast is only held back: its reads wait for room).
+//! Owns the upgrade, the client frames and the subscriptions' tasks; what is read and stored
+//! is the engine's, through the client's principal.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,7 +43,8 @@ use crate::rest::{Failure, Rest, client, cursor};
 /// the first read: 128 KiB of RSS per connection). Client frames are small; a larger one grows
 /// it.
 const READ_BUFFER: usize = 4096;
-/// A client whose queue stays full this long (it does not read) counts as too slow.
+/// A client whose queue stays full this long, the socket taking nothing (it does not read),
+/// counts as too slow.
 const SLOW_AFTER: Duration = Duration::from_secs(5);
 /// The close code of a client too slow to take its messages (it resumes from its cursor).
 pub const SLOW_CONSUMER: u16 = 4008;
