@@ -197,10 +197,8 @@ impl Sink {
         if id <= state.last {
             return true;
         }
-        // The message's JSON after its `{`, behind the frame's own fields.
-        let body = rendered.json.strip_prefix('{').unwrap_or(&rendered.json);
         let sent = match self.outbox.upgrade() {
-            Some(outbox) => outbox.try_text(&[self.head.as_bytes(), body.as_bytes()]),
+            Some(outbox) => outbox.try_text(&[self.head.as_bytes(), rendered.fields().as_bytes()]),
             None => Sent::Closed,
         };
         match sent {

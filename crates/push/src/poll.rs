@@ -212,6 +212,11 @@ pub(crate) struct Rendered {
 }
 
 impl Rendered {
+    /// The JSON's fields without its opening `{`: what a frame of its own fields goes before.
+    pub(crate) fn fields(&self) -> &str {
+        self.json.strip_prefix('{').unwrap_or(&self.json)
+    }
+
     /// A message's JSON (with its `cursor` and `timestamp_ms`), rendered.
     pub(crate) fn new(message: &Value) -> Rendered {
         Rendered {

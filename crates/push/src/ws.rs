@@ -394,14 +394,18 @@ async fn follow(
         return;
     };
     let mut frames = Vec::new();
+    // Refused by the hub: the next read waits for what comes.
+    let mut wait = false;
     loop {
         // A subscription the hub may write to looks without waiting first. (The reads are
         // boxed: a subscription the hub writes to holds no read's state.)
         let batch = match &topic {
-            Some(_) => Box::pin(reads.next_until(tokio::time::Instant::now())).await,
-            None => Box::pin(reads.next()).await,
+            Some(_) if !std::mem::take(&mut wait) => {
+                Box::pin(reads.next_until(tokio::time::Instant::now())).await
+            }
+            _ => Box::pin(reads.next()).await,
         };
-        let mut batch = match batch {
+        let batch = match batch {
             Ok(b) => b,
             Err(Failure(_, e, m)) => {
                 let _ = answer_with(&outbox, &error(None, e, &m)).await;
@@ -421,17 +425,8 @@ async fn follow(
                 sink.released().await;
             }
             reads.set_cursor(sink.last());
-            if attached {
-                continue;
-            }
-            // Not taken: wait here for what comes next.
-            batch = match Box::pin(reads.next()).await {
-                Ok(b) => b,
-                Err(Failure(_, e, m)) => {
-                    let _ = answer_with(&outbox, &error(None, e, &m)).await;
-                    return;
-                }
-            };
+            wait = !attached;
+            continue;
         }
         let oldest = batch.messages.first().map(|m| m.timestamp_ms);
         if let (Some(limit), Some(oldest)) = (lag_limit, oldest)
@@ -453,8 +448,10 @@ async fn follow(
         // reader, after the frame's own fields.
         frames.clear();
         for m in &batch.messages {
-            let body = m.json.strip_prefix('{').unwrap_or(&m.json);
-            encode_text(&mut frames, &[sink.head().as_bytes(), body.as_bytes()]);
+            encode_text(
+                &mut frames,
+                &[sink.head().as_bytes(), m.fields().as_bytes()],
+            );
         }
         if !frames.is_empty() && !outbox.send_encoded(&frames, SLOW_AFTER, SLOW).await {
             return;
