@@ -68,9 +68,13 @@ impl Socket {
 
     /// Sends a text frame (masked, as a client must).
     pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
-        let payload = text.as_bytes();
+        self.send_frame(0x1, text.as_bytes()).await
+    }
+
+    /// Sends a frame, masked.
+    async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> anyhow::Result<()> {
         let mut frame = Vec::with_capacity(payload.len() + 14);
-        frame.push(0x81);
+        frame.push(0x80 | opcode);
         match payload.len() {
             n if n < 126 => frame.push(0x80 | n as u8),
             n if n <= 0xffff => {
@@ -101,7 +105,7 @@ impl Socket {
                 }
                 Some((0x9, (a, b))) => {
                     let ping = self.buf[a..b].to_vec();
-                    self.pong(&ping).await?;
+                    self.send_frame(0xa, &ping).await?;
                 }
                 Some(_) => {}
                 None => self.fill().await?,
@@ -152,15 +156,6 @@ impl Socket {
             bail!("connection closed");
         }
         self.end += n;
-        Ok(())
-    }
-
-    async fn pong(&mut self, payload: &[u8]) -> anyhow::Result<()> {
-        let mask = [0u8; 4];
-        let mut frame = vec![0x8a, 0x80 | payload.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend_from_slice(payload);
-        self.stream.write_all(&frame).await?;
         Ok(())
     }
 }
