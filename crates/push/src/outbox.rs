@@ -1,9 +1,9 @@
 //! A WebSocket connection's outgoing side. Every writer of the connection — the answers to its
 //! frames, its subscriptions catching up, the topic hubs writing live messages (`hub.rs`),
 //! tungstenite's replies to pings and closes — hands whole frames here. A frame goes straight
-//! to the socket (one `writev`, no copy) when nothing is queued before it; what the socket
-//! does not take is queued, and the connection's flusher task writes the queue as the socket
-//! drains. So a message fanned out to ten thousand clients costs one system call each and no
+//! to the socket (one `send`; a small frame is built on the stack) when nothing is queued
+//! before it; what the socket does not take is queued, and the connection's flusher task
+//! writes the queue as the socket drains. So a message fanned out to ten thousand clients costs one system call each and no
 //! task wake-up.
 //!
 //! The queue is bounded: a frame that finds `QUEUE_LIMIT` bytes queued is refused (`Full`); the
