@@ -278,25 +278,42 @@ impl Cluster {
     }
 
     /// Proposes payloads `from..to` through whoever leads, each waited for until committed
-    /// on the leader; returns those acknowledged.
+    /// on the leader; returns those acknowledged. A write is tried again, as a client would,
+    /// only when it is certainly not in the log: no leader took it, or the index it was
+    /// appended at committed with another term's entry (an election on a stalled machine).
+    /// One whose fate is unknown after 5 s is not acknowledged and not tried again.
     fn write(&self, range: std::ops::Range<u64>) -> Vec<u64> {
         let mut acked = Vec::new();
         for n in range {
-            let Some(leader) = self.leader(Duration::from_secs(3)) else {
-                continue;
-            };
-            let node = &self.nodes[&leader];
-            let Some((index, term)) = node.propose(n) else {
-                eprintln!("write {n}: node {leader} no longer leads");
-                continue;
-            };
-            if node.wait_commit(index, Duration::from_secs(5))
-                && node.node.store.log().term_at(index).ok() == Some(term)
-            {
-                acked.push(n);
-            } else {
-                let st: Vec<_> = self.nodes.values().map(|n| n.handle.status()).collect();
-                eprintln!("write {n} at {index} term {term} not acknowledged: {st:?}");
+            for attempt in 1..=5 {
+                let Some(leader) = self.leader(Duration::from_secs(3)) else {
+                    eprintln!("write {n}: no leader (attempt {attempt})");
+                    continue;
+                };
+                let node = &self.nodes[&leader];
+                let Some((index, term)) = node.propose(n) else {
+                    eprintln!("write {n}: node {leader} no longer leads (attempt {attempt})");
+                    continue;
+                };
+                let committed = node.wait_commit(index, Duration::from_secs(5));
+                let kept = node.node.store.log().term_at(index).ok() == Some(term);
+                let st =
+                    || -> Vec<Status> { self.nodes.values().map(|n| n.handle.status()).collect() };
+                if committed && kept {
+                    acked.push(n);
+                } else if committed {
+                    eprintln!(
+                        "write {n} at {index} term {term} lost to an election: {:?}",
+                        st()
+                    );
+                    continue;
+                } else {
+                    eprintln!(
+                        "write {n} at {index} term {term} not acknowledged: {:?}",
+                        st()
+                    );
+                }
+                break;
             }
         }
         acked
@@ -317,6 +334,12 @@ fn payloads(store: &MessageStore) -> Vec<u64> {
 
 #[test]
 fn three_nodes_over_tcp_elect_replicate_fail_over_and_catch_up() {
+    // The drivers' role changes and warnings are printed if the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .with_env_filter("info")
+        .try_init();
     let mut c = Cluster::start();
     let first = c
         .leader(Duration::from_secs(5))
