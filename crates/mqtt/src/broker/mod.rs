@@ -11,7 +11,9 @@
 //! decides what a session receives (the engine does) and never parses bytes (the codec does).
 
 mod connection;
+mod hub;
 pub mod message_properties;
+mod outbox;
 pub mod payload;
 pub mod stats;
 mod transport;
@@ -107,6 +109,8 @@ pub(crate) struct Shared {
     /// Bumped when a session on this node has closed: its shared subscriptions' pending
     /// messages may have been handed to a member connected here.
     sessions_closed: watch::Sender<u64>,
+    /// Live subscribers' shared readers, by filter.
+    hubs: Arc<hub::Hubs>,
 }
 
 impl Shared {
@@ -233,6 +237,7 @@ impl Broker {
         let shared = Arc::new(Shared {
             boot: boot_id(),
             sys: watch::channel(Arc::new(stats.sys_messages())).0,
+            hubs: hub::Hubs::new(engine.clone(), stats.clone()),
             stats,
             engine,
             config,

@@ -27,6 +27,10 @@ pub struct BrokerStats {
     pub bytes_sent: AtomicU64,
     /// Times a clean session fell behind its lag limit and skipped to the head of the log.
     pub lag_skips: AtomicU64,
+    /// Live subscribers whose messages a topic hub writes now (`hub.rs`).
+    pub hub_subscribers: AtomicU64,
+    /// Times a hub let go of a subscriber whose socket did not keep up.
+    pub hub_let_go: AtomicU64,
 }
 
 impl Default for BrokerStats {
@@ -42,6 +46,8 @@ impl Default for BrokerStats {
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             lag_skips: AtomicU64::new(0),
+            hub_subscribers: AtomicU64::new(0),
+            hub_let_go: AtomicU64::new(0),
         }
     }
 }
@@ -58,7 +64,7 @@ fn get(counter: &AtomicU64) -> u64 {
 impl BrokerStats {
     /// Every counter once: its `$SYS` topic, its `/metrics` family, the family's type and help,
     /// its value now.
-    fn counters(&self) -> [(&'static str, &'static str, &'static str, &'static str, u64); 9] {
+    fn counters(&self) -> [(&'static str, &'static str, &'static str, &'static str, u64); 11] {
         let c =
             |sys, metric, kind, help, counter: &AtomicU64| (sys, metric, kind, help, get(counter));
         [
@@ -124,6 +130,20 @@ impl BrokerStats {
                 "counter",
                 "Times a clean session past its lag limit skipped to the head of the log.",
                 &self.lag_skips,
+            ),
+            c(
+                "clients/hub",
+                "manifold_mqtt_hub_subscribers",
+                "gauge",
+                "Live subscribers whose messages a topic hub writes.",
+                &self.hub_subscribers,
+            ),
+            c(
+                "clients/hub-let-go",
+                "manifold_mqtt_hub_let_go_total",
+                "counter",
+                "Times a topic hub let go of a subscriber whose socket did not keep up.",
+                &self.hub_let_go,
             ),
         ]
     }

@@ -6,14 +6,18 @@
 //! (`readable`), so a wake-up for new messages costs no read. A TCP socket does both itself;
 //! another stream has no readiness of its own, so `readable` reads into a small pending
 //! buffer that the next `try_read_buf` hands over (cancel-safe: a read that did not complete
-//! took nothing).
+//! took nothing). A TCP socket's writes go through its [`Outbox`], which the topic hubs write
+//! live messages to as well.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
+
+use super::outbox::Outbox;
 
 /// A stream other than TCP, boxed (TLS, a WebSocket's bytes).
 pub type BoxedRead = Box<dyn AsyncRead + Send + Sync + Unpin>;
@@ -34,14 +38,16 @@ pub(crate) enum Reader {
 
 /// The half a connection writes to.
 pub(crate) enum Writer {
-    Tcp(OwnedWriteHalf),
+    Tcp(Arc<Outbox>),
     Stream(BoxedWrite),
+    /// Shut down.
+    Closed,
 }
 
 /// Splits a TCP socket.
 pub(crate) fn tcp(socket: TcpStream) -> (Reader, Writer) {
     let (rd, wr) = socket.into_split();
-    (Reader::Tcp(rd), Writer::Tcp(wr))
+    (Reader::Tcp(rd), Writer::Tcp(Arc::new(Outbox::new(wr))))
 }
 
 /// Another stream's halves.
@@ -109,19 +115,33 @@ impl Writer {
     /// Writes all of `bytes` (and pushes them out of any buffer the stream keeps, as TLS does).
     pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
-            Writer::Tcp(wr) => wr.write_all(bytes).await,
+            Writer::Tcp(out) => out.write_all(bytes).await,
             Writer::Stream(wr) => {
                 wr.write_all(bytes).await?;
                 wr.flush().await
             }
+            Writer::Closed => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// The TCP socket's outbox (hubs write to it), if this is one.
+    pub(crate) fn outbox(&self) -> Option<&Arc<Outbox>> {
+        match self {
+            Writer::Tcp(out) => Some(out),
+            _ => None,
         }
     }
 
     /// Closes the writing direction (TCP FIN, TLS close_notify, WebSocket Close).
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            Writer::Tcp(wr) => wr.shutdown().await,
-            Writer::Stream(wr) => wr.shutdown().await,
+        match std::mem::replace(self, Writer::Closed) {
+            // The last handle gone closes it (a hub holds none once its subscriber detached).
+            Writer::Tcp(out) => {
+                drop(out);
+                Ok(())
+            }
+            Writer::Stream(mut wr) => wr.shutdown().await,
+            Writer::Closed => Ok(()),
         }
     }
 }

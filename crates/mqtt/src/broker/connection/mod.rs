@@ -9,6 +9,7 @@
 
 mod connect;
 mod inbound;
+mod live;
 mod outbound;
 mod shared;
 mod subscribe;
@@ -97,6 +98,7 @@ pub(crate) async fn run(
         publishing: VecDeque::new(),
         publishing_owed: 0,
         settled: None,
+        hub: None,
     };
     let connect = match first {
         Ok(Ok(Some(Packet::Connect(c)))) => *c,
@@ -124,6 +126,7 @@ pub(crate) async fn run(
     let end = conn
         .serve(&mut rd, &mut buf, leave, shutdown, keep_alive)
         .await;
+    conn.detach_live();
     shared
         .stats
         .connected
@@ -198,6 +201,9 @@ struct Conn {
     /// The applied index at which a delivery round last found nothing more to send, and the
     /// filters to wait on then.
     settled: Option<(u64, Vec<Bytes>)>,
+    /// The hub writing this connection's messages, while one does (`live.rs`): no delivery
+    /// rounds then.
+    hub: Option<super::hub::Attached>,
 }
 
 impl Conn {
@@ -219,11 +225,14 @@ impl Conn {
         }
     }
 
+    /// Writes the packets queued, and what a hub queued on the socket before them.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             self.wr.write_all(&self.out).await?;
             stats::add(&self.shared.stats.bytes_sent, self.out.len() as u64);
             self.out.clear();
+        } else if let Some(outbox) = self.wr.outbox() {
+            outbox.flush().await?;
         }
         Ok(())
     }
@@ -318,6 +327,7 @@ impl Conn {
             // (Only at the head: when more has been applied since, one read of the log covers
             // it all in one round.)
             if let Some(index) = woken.take()
+                && self.hub.is_none()
                 && !self.sharing
                 && client.engine().applied_index() == index
             {
@@ -335,19 +345,31 @@ impl Conn {
             // Whatever could give this session something to send (a message, an
             // acknowledgement, a subscription) is a commit: with none since the last delivery
             // round, there is nothing to read (a busy publisher's reads cost no log reads).
+            // (None while a hub writes this session's messages.)
             let waiting_for = match self.settled.take() {
+                _ if self.hub.is_some() => Vec::new(),
                 Some((at, filters)) if at == after => filters,
                 _ => match Box::pin(self.deliver(&client)).await {
                     Ok(w) => w,
                     Err(e) => return self.delivery_failed(&e),
                 },
             };
-            self.settled = Some((after, waiting_for.clone()));
+            if self.hub.is_none() {
+                self.settled = Some((after, waiting_for.clone()));
+            }
             self.settle_publishing(false).await;
             if self.flush().await.is_err() {
                 return End::Lost;
             }
-            let filters: Vec<&[u8]> = waiting_for.iter().map(|f| f.as_ref()).collect();
+            // Everything up to `after` delivered and written: a live subscriber may leave the
+            // next messages to its filter's hub (which writes after these).
+            if self.hub.is_none() && waiting_for.len() == 1 {
+                self.attach_live(&client, after);
+            }
+            let filters: Vec<&[u8]> = match self.hub {
+                Some(_) => Vec::new(),
+                None => waiting_for.iter().map(|f| f.as_ref()).collect(),
+            };
             let new_messages = async {
                 if filters.is_empty() {
                     std::future::pending::<()>().await;
@@ -364,6 +386,21 @@ impl Conn {
             if self.out.capacity() > IDLE_OUT_CAPACITY {
                 self.out = BytesMut::new();
             }
+
+            // Attached to a hub: it may let go of this connection, or queue bytes the socket
+            // did not take (written out here).
+            let hub = self.hub.as_ref().map(|h| h.signal());
+            let outbox = hub.as_ref().and_then(|_| self.wr.outbox().cloned());
+            let live = async {
+                match (&hub, &outbox) {
+                    (Some(hub), Some(outbox)) => tokio::select! {
+                        () = hub.let_go() => true,
+                        () = outbox.queued.notified() => false,
+                    },
+                    _ => std::future::pending().await,
+                }
+            };
+            let mut let_go = false;
 
             // Runs of PUBLISH packets waiting for their commit: out of `self` while waiting.
             let mut publishing = std::mem::take(&mut self.publishing);
@@ -391,6 +428,11 @@ impl Conn {
                     woken = index;
                     false
                 }
+                // Let go, or bytes to write out (at the top).
+                went = live => {
+                    let_go = went;
+                    false
+                }
                 // A member that left may have handed its shared messages to this session.
                 rx = &mut sessions_closed, if self.sharing => {
                     sessions_closed = next_change(rx);
@@ -406,6 +448,9 @@ impl Conn {
                 }
             };
             self.publishing = publishing;
+            if let_go {
+                self.detach_live();
+            }
             if std::mem::take(&mut timer_fired) {
                 if Instant::now() >= deadline {
                     // Nothing from the client for 1.5 keep-alive periods.
@@ -571,8 +616,14 @@ impl Conn {
                     properties: Properties::default(),
                 }));
             }
-            Packet::Subscribe(s) => self.subscribe(&client, s).await,
-            Packet::Unsubscribe(u) => self.unsubscribe(&client, u).await,
+            Packet::Subscribe(s) => {
+                self.detach_live();
+                self.subscribe(&client, s).await
+            }
+            Packet::Unsubscribe(u) => {
+                self.detach_live();
+                self.unsubscribe(&client, u).await
+            }
             Packet::Disconnect(d) => {
                 return Ok(Some(End::Disconnected {
                     expiry_s: d.properties.session_expiry,
