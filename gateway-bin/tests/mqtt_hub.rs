@@ -48,13 +48,18 @@ fn metric(node: &Node, name: &str) -> anyhow::Result<u64> {
 
 /// Waits until `/metrics` says `name` is `want`.
 fn metric_becomes(node: &Node, name: &str, want: u64) -> anyhow::Result<()> {
+    metric_until(node, name, |got| got == want)
+}
+
+/// Waits until `/metrics` says `name` is a value `ok` takes.
+fn metric_until(node: &Node, name: &str, ok: impl Fn(u64) -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let got = metric(node, name)?;
-        if got == want {
+        if ok(got) {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "{name}: {got}, expected {want}");
+        ensure!(Instant::now() < deadline, "{name}: {got}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -136,7 +141,8 @@ fn a_live_subscriber_that_stops_reading_is_let_go_by_its_hub_and_catches_up() ->
     };
     fast = next_reader()?;
     other = next_reader()?;
-    metric_becomes(&node, "manifold_mqtt_hub_let_go_total", 1)?;
+    // (The readers may have been let go too, on a slow machine.)
+    metric_until(&node, "manifold_mqtt_hub_let_go_total", |n| n >= 1)?;
 
     // The slow one reads again: the rest comes by cursor from where the hub stopped, once.
     assert_eq!(
@@ -228,6 +234,6 @@ fn one_hub_writes_each_protocol_version_its_own_packets() -> anyhow::Result<()> 
         "hub/t plain  \nhub/t typed text/plain site:north\n"
     );
     // Each counted as sent.
-    assert_eq!(metric(&node, "manifold_mqtt_publish_sent_total")?, sent + 4);
+    metric_becomes(&node, "manifold_mqtt_publish_sent_total", sent + 4)?;
     Ok(())
 }

@@ -72,6 +72,9 @@ pub struct SessionRead {
     pub messages: Vec<SessionMessage>,
     /// How far the read went: the log index to give `session_deliver` once these are out.
     pub upto: LogIndex,
+    /// Messages the read went through, those the session does not get included: a read that
+    /// went through fewer than it was asked for went through everything applied.
+    pub scanned: usize,
 }
 
 /// A change of who holds sessions, as applied on this node.
@@ -457,15 +460,21 @@ impl Engine {
             return Ok(SessionRead {
                 messages: Vec::new(),
                 upto: session.cursor,
+                scanned: 0,
             });
         }
         let read = self.read_filters(&filters, session.cursor, count)?;
         let upto = read.last().map_or(session.cursor, |m| m.message.log_index);
+        let scanned = read.len();
         let messages = read
             .into_iter()
             .filter_map(|m| session_message(&session, client, m))
             .collect();
-        Ok(SessionRead { messages, upto })
+        Ok(SessionRead {
+            messages,
+            upto,
+            scanned,
+        })
     }
 
     /// What the session has to receive from the one applied entry at `index`, taken from the
@@ -480,12 +489,14 @@ impl Engine {
         index: LogIndex,
     ) -> Option<SessionRead> {
         let (entry, added) = self.inner.store.recent_entry(index)?;
+        let mut scanned = 0;
         let messages = entry
             .records
             .iter()
             .enumerate()
             .filter(|(k, r)| r.db == 0 && r.op == RecordOp::Message && added.get(*k))
             .filter_map(|(k, _)| {
+                scanned += 1;
                 let m = topic_message(&entry, u16::try_from(k).ok()?)?;
                 session_message(session, client, m)
             })
@@ -493,6 +504,7 @@ impl Engine {
         Some(SessionRead {
             messages,
             upto: index,
+            scanned,
         })
     }
 

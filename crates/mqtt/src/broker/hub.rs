@@ -312,6 +312,11 @@ impl Attached {
     /// Leaves the hub: the log index up to which the connection has every message of its
     /// filter. The hub writes nothing more to it once this returns.
     pub(crate) fn detach(self) -> u64 {
+        self.leave()
+    }
+
+    /// [`Attached::detach`], also when dropped (a connection's task that ended otherwise).
+    fn leave(&self) -> u64 {
         let mut st = self.hub.lock();
         if self.sink.attached.load(Ordering::Acquire) {
             st.sinks.retain(|s| !Arc::ptr_eq(s, &self.sink));
@@ -323,6 +328,12 @@ impl Attached {
             }
         }
         self.sink.position.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 

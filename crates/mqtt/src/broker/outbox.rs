@@ -111,23 +111,27 @@ impl Outbox {
         self.flush().await
     }
 
-    /// Writes the queue out, waiting for the socket to take it.
+    /// Writes out what is queued now, waiting for the socket to take it. What a hub queues
+    /// meanwhile is left for the next call (the connection is told): a subscriber reading
+    /// about as fast as a hub writes never keeps its connection here.
     pub(crate) async fn flush(&self) -> io::Result<()> {
+        let mut left = self.lock().queue.len();
         loop {
             {
                 let mut st = self.lock();
                 if st.dead {
                     return Err(io::ErrorKind::BrokenPipe.into());
                 }
-                if st.queue.is_empty() {
-                    if st.queue.capacity() > KEEP_CAPACITY {
-                        st.queue = BytesMut::new();
-                    }
+                if st.queue.is_empty() && st.queue.capacity() > KEEP_CAPACITY {
+                    st.queue = BytesMut::new();
+                }
+                if left == 0 || st.queue.is_empty() {
                     return Ok(());
                 }
                 match self.wr.try_write(&st.queue) {
                     Ok(n) => {
                         st.queue.advance(n);
+                        left = left.saturating_sub(n);
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

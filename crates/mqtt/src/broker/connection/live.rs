@@ -58,7 +58,11 @@ impl Conn {
     /// round reads from there.
     pub(super) fn detach_live(&mut self) {
         if let Some(attached) = self.hub.take() {
-            self.cursor = self.cursor.max(attached.detach());
+            let position = attached.detach();
+            if position > self.cursor {
+                self.cursor = position;
+                self.cursor_dirty = true;
+            }
             self.settled = None;
         }
     }

@@ -107,7 +107,10 @@ impl Conn {
                 crate::broker::stats::add(&self.shared.stats.lag_skips, 1);
                 continue;
             }
-            let full = read.messages.len() >= window.min(DELIVERY_BATCH);
+            // Full: the read stopped at its count, and more may follow (a read through
+            // messages the session does not get counts them too — else the round would end
+            // short of the head, and a live subscriber attach there).
+            let full = read.scanned >= window.min(DELIVERY_BATCH);
             self.send_read(client, &session, read).await?;
             if !full {
                 return Ok(filters);
