@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use bytes::Bytes;
 use common::mqtt::{Node, Raw, node};
-use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Subscribe, Subscription};
+use manifold_mqtt::codec::{Ack, Packet, Properties, Publish, QoS};
 
 /// A client whose session ends with its connection, subscribed to `filter` at QoS 0.
 fn live(node: &Node, id: &str, filter: &str) -> anyhow::Result<Raw> {
@@ -21,21 +21,8 @@ fn live(node: &Node, id: &str, filter: &str) -> anyhow::Result<Raw> {
         ..Properties::default()
     };
     let (mut raw, _) = Raw::connect_with(node.mqtt, id, None, properties)?;
-    subscribe(&mut raw, 1, filter)?;
+    raw.subscribe(1, filter, QoS::AtMostOnce)?;
     Ok(raw)
-}
-
-fn subscribe(raw: &mut Raw, packet_id: u16, filter: &str) -> anyhow::Result<()> {
-    raw.send(&Packet::Subscribe(Subscribe {
-        packet_id,
-        subscriptions: vec![Subscription::new(filter, QoS::AtMostOnce)],
-        properties: Properties::default(),
-    }))?;
-    match raw.next()? {
-        Packet::SubAck(s) => ensure!(s.codes == vec![0], "{s:?}"),
-        other => anyhow::bail!("SUBACK expected: {other:?}"),
-    }
-    Ok(())
 }
 
 /// A `/metrics` value of the node.
@@ -154,7 +141,7 @@ fn a_live_subscriber_that_stops_reading_is_let_go_by_its_hub_and_catches_up() ->
     metric_becomes(&node, "manifold_mqtt_hub_subscribers", 3)?;
 
     // A second filter: `fast` leaves the hub and gets each message of both filters once.
-    subscribe(&mut fast, 2, "news")?;
+    fast.subscribe(2, "news", QoS::AtMostOnce)?;
     metric_becomes(&node, "manifold_mqtt_hub_subscribers", 2)?;
     publisher.send(&publish("live/b", QoS::AtLeastOnce, 2, b"one".to_vec()))?;
     assert_eq!(publisher.next()?, Packet::PubAck(Ack::new(2)));

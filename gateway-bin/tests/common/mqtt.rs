@@ -239,23 +239,35 @@ impl Raw {
         filter: &str,
         window: u16,
     ) -> anyhow::Result<Raw> {
-        use manifold_mqtt::codec::{Packet, Properties, QoS, Subscribe, Subscription};
+        use manifold_mqtt::codec::{Properties, QoS};
         let properties = Properties {
             session_expiry: Some(0),
             receive_maximum: Some(window),
             ..Properties::default()
         };
         let (mut raw, _) = Raw::connect_with(port, id, None, properties)?;
-        raw.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            subscriptions: vec![Subscription::new(filter, QoS::AtLeastOnce)],
+        raw.subscribe(1, filter, QoS::AtLeastOnce)?;
+        Ok(raw)
+    }
+
+    /// SUBSCRIBE to `filter` at `qos`, and its SUBACK granting that QoS.
+    pub fn subscribe(
+        &mut self,
+        packet_id: u16,
+        filter: &str,
+        qos: manifold_mqtt::codec::QoS,
+    ) -> anyhow::Result<()> {
+        use manifold_mqtt::codec::{Packet, Properties, Subscribe, Subscription};
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            subscriptions: vec![Subscription::new(filter, qos)],
             properties: Properties::default(),
         }))?;
-        match raw.next()? {
-            Packet::SubAck(s) => ensure!(s.codes == vec![1], "{s:?}"),
+        match self.next()? {
+            Packet::SubAck(s) => ensure!(s.codes == vec![qos as u8], "{s:?}"),
             other => anyhow::bail!("SUBACK expected: {other:?}"),
         }
-        Ok(raw)
+        Ok(())
     }
 
     /// The next packet within `wait`; `None` if none came (the broker stays quiet).
