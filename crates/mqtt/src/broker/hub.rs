@@ -232,11 +232,12 @@ impl Hubs {
             let start = first.checked_sub(1).map_or(0, |k| run.ends[k]);
             let taken = match sink.outbox.upgrade() {
                 // One the client could not take goes by cursor (which passes over it).
-                Some(_) if run.largest > sink.max_packet as usize => Some(0),
-                Some(out) => out.offer(&run.bytes, start, &run.ends[first..]),
-                None => None,
+                Some(_) if run.largest > sink.max_packet as usize => 0,
+                Some(out) => out
+                    .offer(&run.bytes, start, &run.ends[first..])
+                    .unwrap_or(0),
+                None => 0,
             };
-            let taken = taken.unwrap_or(0);
             let last = first + taken;
             packets += run.counts[last] - run.counts[first];
             let end = last.checked_sub(1).map_or(start, |k| run.ends[k]);

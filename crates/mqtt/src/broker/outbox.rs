@@ -62,13 +62,9 @@ impl Outbox {
         }
         let (mut taken, mut at) = (0, start);
         if st.queue.is_empty() {
-            let sent = match self.wr.try_write(&bytes[start..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(_) => {
-                    st.dead = true;
-                    return None;
-                }
+            let Ok(sent) = self.try_send(&bytes[start..]) else {
+                st.dead = true;
+                return None;
             };
             at = start + sent;
             taken = ends.partition_point(|e| *e <= at);
@@ -128,13 +124,13 @@ impl Outbox {
                 if left == 0 || st.queue.is_empty() {
                     return Ok(());
                 }
-                match self.wr.try_write(&st.queue) {
+                match self.try_send(&st.queue) {
+                    Ok(0) => {}
                     Ok(n) => {
                         st.queue.advance(n);
                         left = left.saturating_sub(n);
                         continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         st.dead = true;
                         return Err(e);
@@ -148,19 +144,21 @@ impl Outbox {
     /// With the queue empty: one `send`, and what the socket did not take queued (the
     /// connection is told).
     fn send_or_queue(&self, st: &mut State, bytes: &[u8]) -> io::Result<()> {
-        let sent = match self.wr.try_write(bytes) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => {
-                st.dead = true;
-                return Err(e);
-            }
-        };
+        let sent = self.try_send(bytes).inspect_err(|_| st.dead = true)?;
         if sent < bytes.len() {
             st.queue.extend_from_slice(&bytes[sent..]);
             self.queued.notify_one();
         }
         Ok(())
+    }
+
+    /// One `send` without waiting: how many bytes the socket took (0 when it takes none now).
+    /// An error is the socket's end.
+    fn try_send(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self.wr.try_write(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            done => done,
+        }
     }
 }
 
