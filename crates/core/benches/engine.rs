@@ -8,6 +8,11 @@
 mod common;
 mod engine_common;
 
+// The binary's allocator (gateway-bin): what the pipeline runs on in production. The
+// applier frees what the proposers allocated; glibc's arenas make that a lock.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use common::bench_dir;
 use engine_common::{fill, open_engine, request, runtime};
 

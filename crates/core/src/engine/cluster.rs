@@ -602,7 +602,7 @@ impl Inner {
                     Err(e) => {
                         tracing::error!(error = %e, "apply failed; the engine stops applying");
                         for p in pending.drain(..) {
-                            p.reply.fail(e.clone());
+                            self.fail(p.reply, e.clone());
                         }
                         self.lock_proposer().shut = true;
                         checkpointing.join();
@@ -613,7 +613,7 @@ impl Inner {
             self.advance_checkpoint(&mut checkpointing);
         }
         for p in pending.drain(..) {
-            p.reply.fail(EngineError::ShuttingDown);
+            self.fail(p.reply, EngineError::ShuttingDown);
         }
         checkpointing.join();
     }
@@ -651,7 +651,7 @@ impl Inner {
                 .is_some_and(|p| p.entries.first().is_none_or(|(t, _)| t.index < index))
             {
                 if let Some(p) = pending.pop_front() {
-                    p.reply.fail(not_leader(self));
+                    self.fail(p.reply, not_leader(self));
                 }
             }
             let front = pending.front().and_then(|p| {
@@ -690,7 +690,7 @@ impl Inner {
                         break;
                     }
                     if let Some(p) = pending.pop_front() {
-                        p.reply.fail(not_leader(self));
+                        self.fail(p.reply, not_leader(self));
                     }
                     continue;
                 }

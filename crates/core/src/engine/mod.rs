@@ -45,6 +45,7 @@ mod image;
 pub mod image_transfer;
 pub mod journal;
 pub mod replica;
+mod reply_relay;
 mod session_api;
 pub mod session_command;
 pub mod sessions;
@@ -895,14 +896,11 @@ enum ReplyTo {
 }
 
 impl ReplyTo {
-    fn fail(self, e: EngineError) {
+    /// The reply that fails this proposal with `e`.
+    fn failed(self, e: EngineError) -> reply_relay::Reply {
         match self {
-            ReplyTo::One(tx) => {
-                let _ = tx.send(Err(e));
-            }
-            ReplyTo::Many(tx) => {
-                let _ = tx.send(Err(e));
-            }
+            ReplyTo::One(tx) => reply_relay::Reply::One(tx, Err(e)),
+            ReplyTo::Many(tx) => reply_relay::Reply::Many(tx, Err(e)),
         }
     }
 }
@@ -957,6 +955,8 @@ struct Inner {
     installed_image: Option<LogIndex>,
     /// Images this node sent whole to followers.
     images_sent: AtomicU64,
+    /// Where a busy batch's replies are sent from.
+    relay: reply_relay::ReplyRelay,
 }
 
 /// What opening the engine cost: store recovery, loading the engine state (snapshot and
@@ -1115,6 +1115,7 @@ impl Engine {
             sole_from: AtomicU64::new(0),
             sole_term: AtomicU64::new(0),
             handed: AtomicU64::new(0),
+            relay: reply_relay::ReplyRelay::default(),
             cluster: std::sync::OnceLock::new(),
             forwarder: clustered.as_ref().map(|c| {
                 forward::Forwarder::new(
@@ -2377,9 +2378,15 @@ impl Inner {
         Ok(Some(rx))
     }
 
+    /// Fails a proposal: behind the replies the relay still holds, as every reply is.
+    fn fail(&self, reply: ReplyTo, e: EngineError) {
+        self.relay.send(vec![reply.failed(e)]);
+    }
+
     /// Hands a proposal to the applier. Called with the proposer lock held (the lock its
     /// entries were appended under): proposals must reach the applier in log order.
     fn send(&self, proposal: Proposal) -> Result<()> {
+        self.relay.ensure();
         let last = proposal.entries.last().map(|(t, e)| (t.index, e.term));
         let tx = self.apply_tx.lock().unwrap_or_else(|e| e.into_inner());
         let sent = tx
@@ -2423,11 +2430,9 @@ impl Inner {
         let applied = match applied {
             Ok(o) => o,
             Err(e) => {
-                for (reply, _) in replies {
-                    if let Some(reply) = reply {
-                        reply.fail(e.clone());
-                    }
-                }
+                let failed = replies.into_iter().filter_map(|(reply, _)| reply);
+                self.relay
+                    .send(failed.map(|r| r.failed(e.clone())).collect());
                 return Err(e);
             }
         };
@@ -2484,6 +2489,7 @@ impl Inner {
             }
         }
         let mut applied = entries.iter().zip(applied);
+        let mut answers = Vec::with_capacity(replies.len());
         for (reply, n) in replies {
             let mut mine = Vec::with_capacity(n);
             for (entry, applied) in applied.by_ref().take(n) {
@@ -2507,15 +2513,14 @@ impl Inner {
             match reply {
                 Some(ReplyTo::One(tx)) => {
                     if let Some(applied) = mine.pop() {
-                        let _ = tx.send(Ok(applied));
+                        answers.push(reply_relay::Reply::One(tx, Ok(applied)));
                     }
                 }
-                Some(ReplyTo::Many(tx)) => {
-                    let _ = tx.send(Ok(mine));
-                }
+                Some(ReplyTo::Many(tx)) => answers.push(reply_relay::Reply::Many(tx, Ok(mine))),
                 None => {}
             }
         }
+        self.relay.send(answers);
         Ok(())
     }
 

@@ -1,0 +1,223 @@
+//! The reply relay: a busy apply batch's replies, sent from a task on the proposers' runtime.
+//!
+//! Each reply the applier sends wakes the task that waits for it. Woken from the applier's
+//! thread, a task goes through the runtime's shared queue and, when a worker sleeps, a
+//! futex wake — a system call per reply, and the woken worker often takes the applier's
+//! CPU. Under load (hundreds of replies per batch) that was the applier's largest cost. The
+//! relay is one task on the runtime the proposals came from: the applier hands it a batch's
+//! replies in one message, and the relay sends them there, where a wake is a push onto a
+//! worker's own queue. A batch with few replies (a quiet engine, where a reply's latency
+//! counts) is answered directly, one hop sooner.
+//!
+//! What it owns: the channel to that task and the count of batches it still holds. What it
+//! must never do: reorder replies — a batch is answered directly only when the relay holds
+//! none (one caller's replies arrive in log order, as MQTT's acknowledgements must); lose a
+//! reply — a relay whose runtime is gone hands the batch back, and it is answered directly.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Applied, Result};
+
+/// A batch with at least this many replies goes through the relay.
+const RELAY_FROM: usize = 32;
+
+/// One reply to send.
+pub(super) enum Reply {
+    One(oneshot::Sender<Result<Applied>>, Result<Applied>),
+    Many(oneshot::Sender<Result<Vec<Applied>>>, Result<Vec<Applied>>),
+}
+
+impl Reply {
+    fn send(self) {
+        match self {
+            Reply::One(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Reply::Many(tx, r) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+/// The applier's side of the relay.
+#[derive(Debug, Default)]
+pub(super) struct ReplyRelay {
+    /// Set while a relay task runs: checked by proposers without the lock.
+    live: AtomicBool,
+    tx: Mutex<Option<mpsc::UnboundedSender<Vec<Reply>>>>,
+    /// Batches handed to the relay and not yet all sent.
+    held: Arc<AtomicU64>,
+}
+
+impl ReplyRelay {
+    /// Starts the relay on the caller's runtime if none runs (a proposer calls this): only a
+    /// multi-thread runtime, whose workers run the relay whether or not anyone blocks on it.
+    pub(super) fn ensure(&self) {
+        if self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let mut slot = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
+            self.live.store(true, Ordering::Release);
+            return;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Reply>>();
+        let held = self.held.clone();
+        handle.spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                for reply in batch {
+                    reply.send();
+                }
+                held.fetch_sub(1, Ordering::AcqRel);
+            }
+        });
+        *slot = Some(tx);
+        self.live.store(true, Ordering::Release);
+    }
+
+    /// Sends a batch's replies: through the relay when it is large or the relay still holds
+    /// earlier ones, else here.
+    pub(super) fn send(&self, replies: Vec<Reply>) {
+        if replies.is_empty() {
+            return;
+        }
+        let relay = self.live.load(Ordering::Acquire)
+            && (replies.len() >= RELAY_FROM || self.held.load(Ordering::Acquire) > 0);
+        let replies = if relay {
+            let slot = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(tx) => {
+                    self.held.fetch_add(1, Ordering::AcqRel);
+                    match tx.send(replies) {
+                        Ok(()) => return,
+                        Err(mpsc::error::SendError(back)) => {
+                            // The runtime is gone: what it still held was dropped with it (its
+                            // callers see the engine shutting down); this batch goes here.
+                            self.held.store(0, Ordering::Release);
+                            self.live.store(false, Ordering::Release);
+                            back
+                        }
+                    }
+                }
+                None => replies,
+            }
+        } else {
+            replies
+        };
+        for reply in replies {
+            reply.send();
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replies(n: usize) -> (Vec<Reply>, Vec<oneshot::Receiver<Result<Applied>>>) {
+        (0..n)
+            .map(|_| {
+                let (tx, rx) = oneshot::channel();
+                (Reply::One(tx, Ok(Applied::default())), rx)
+            })
+            .unzip()
+    }
+
+    fn multi_thread(workers: usize) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_small_batch_waits_behind_the_batches_the_relay_holds() {
+        let rt = multi_thread(1);
+        let relay = ReplyRelay::default();
+        {
+            let _in = rt.enter();
+            relay.ensure();
+        }
+        // The runtime's only worker is kept busy: the relay cannot run.
+        let (hold, release) = std::sync::mpsc::channel::<()>();
+        let (busy_tx, busy) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = busy_tx.send(());
+            let _ = release.recv();
+        });
+        busy.recv().expect("worker busy");
+
+        let (big, mut big_rx) = replies(RELAY_FROM);
+        relay.send(big);
+        let (small, mut small_rx) = replies(1);
+        relay.send(small);
+        // Neither is answered: the small one is behind the big one, in the relay.
+        assert!(big_rx.iter_mut().all(|rx| rx.try_recv().is_err()));
+        assert!(
+            small_rx[0].try_recv().is_err(),
+            "answered ahead of the batch before it"
+        );
+
+        drop(hold);
+        for rx in big_rx.into_iter().chain(small_rx) {
+            assert!(rx.blocking_recv().expect("answered").is_ok());
+        }
+        // The relay holds nothing now: a small batch is answered at once, here.
+        while relay.held.load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
+        }
+        let (small, mut small_rx) = replies(1);
+        relay.send(small);
+        assert!(
+            small_rx[0].try_recv().is_ok(),
+            "a quiet batch goes directly"
+        );
+    }
+
+    #[test]
+    fn replies_are_sent_here_once_the_relays_runtime_is_gone() {
+        let rt = multi_thread(1);
+        let relay = ReplyRelay::default();
+        {
+            let _in = rt.enter();
+            relay.ensure();
+        }
+        drop(rt);
+        let (big, big_rx) = replies(RELAY_FROM * 2);
+        relay.send(big);
+        for mut rx in big_rx {
+            assert!(rx.try_recv().expect("answered here").is_ok());
+        }
+        // A runtime of one thread does not take the relay (nothing runs it unless someone
+        // blocks on that runtime): replies keep going directly.
+        let single = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        {
+            let _in = single.enter();
+            relay.ensure();
+        }
+        let (big, big_rx) = replies(RELAY_FROM);
+        relay.send(big);
+        for mut rx in big_rx {
+            assert!(rx.try_recv().expect("answered here").is_ok());
+        }
+    }
+}
