@@ -4,15 +4,16 @@
 //! thread, a task goes through the runtime's shared queue and, when a worker sleeps, a
 //! futex wake — a system call per reply, and the woken worker often takes the applier's
 //! CPU. Under load (hundreds of replies per batch) that was the applier's largest cost. The
-//! relay is one task on the runtime the proposals came from: the applier hands it a batch's
-//! replies in one message, and the relay sends them there, where a wake is a push onto a
-//! worker's own queue. A batch with few replies (a quiet engine, where a reply's latency
-//! counts) is answered directly, one hop sooner.
+//! relay is one task on the first multi-thread runtime that proposes (the binary has one):
+//! the applier hands it a batch's replies in one message, and the relay sends them there,
+//! where a wake is a push onto a worker's own queue. A batch with few replies (a quiet
+//! engine, where a reply's latency counts) is answered directly, one hop sooner.
 //!
 //! What it owns: the channel to that task and the count of batches it still holds. What it
 //! must never do: reorder replies — a batch is answered directly only when the relay holds
 //! none (one caller's replies arrive in log order, as MQTT's acknowledgements must); lose a
-//! reply — a relay whose runtime is gone hands the batch back, and it is answered directly.
+//! reply — when the relay's runtime drops its task, the task sends what it still holds as it
+//! goes, and a batch it can no longer take is answered directly once those are out.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -47,7 +48,8 @@ impl Reply {
 /// The applier's side of the relay.
 #[derive(Debug, Default)]
 pub(super) struct ReplyRelay {
-    /// Set while a relay task runs: checked by proposers without the lock.
+    /// Set once a relay task was started, cleared when it is found gone (a relayed send
+    /// fails): checked by proposers without the lock.
     live: AtomicBool,
     tx: Mutex<Option<mpsc::UnboundedSender<Vec<Reply>>>>,
     /// Batches handed to the relay and not yet all sent.
@@ -72,14 +74,14 @@ impl ReplyRelay {
             self.live.store(true, Ordering::Release);
             return;
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Reply>>();
-        let held = self.held.clone();
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<Reply>>();
+        let mut relay = Relay {
+            rx,
+            held: self.held.clone(),
+        };
         handle.spawn(async move {
-            while let Some(batch) = rx.recv().await {
-                for reply in batch {
-                    reply.send();
-                }
-                held.fetch_sub(1, Ordering::AcqRel);
+            while let Some(batch) = relay.rx.recv().await {
+                relay.deliver(batch);
             }
         });
         *slot = Some(tx);
@@ -102,10 +104,13 @@ impl ReplyRelay {
                     match tx.send(replies) {
                         Ok(()) => return,
                         Err(mpsc::error::SendError(back)) => {
-                            // The runtime is gone: what it still held was dropped with it (its
-                            // callers see the engine shutting down); this batch goes here.
-                            self.held.store(0, Ordering::Release);
+                            // The relay's runtime dropped it: it sends what it held as it
+                            // goes (`Relay::drop`); this batch goes here, after those.
+                            self.held.fetch_sub(1, Ordering::AcqRel);
                             self.live.store(false, Ordering::Release);
+                            while self.held.load(Ordering::Acquire) > 0 {
+                                std::thread::yield_now();
+                            }
                             back
                         }
                     }
@@ -117,6 +122,32 @@ impl ReplyRelay {
         };
         for reply in replies {
             reply.send();
+        }
+    }
+}
+
+/// The relay task's side: what it receives, and the count it takes each batch off.
+struct Relay {
+    rx: mpsc::UnboundedReceiver<Vec<Reply>>,
+    held: Arc<AtomicU64>,
+}
+
+impl Relay {
+    fn deliver(&self, batch: Vec<Reply>) {
+        for reply in batch {
+            reply.send();
+        }
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Relay {
+    /// The runtime is dropping the task (shutting down): nothing more comes in, and what
+    /// came is sent from here rather than dropped with the channel.
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(batch) = self.rx.try_recv() {
+            self.deliver(batch);
         }
     }
 }
@@ -188,6 +219,63 @@ mod tests {
         assert!(
             small_rx[0].try_recv().is_ok(),
             "a quiet batch goes directly"
+        );
+    }
+
+    #[test]
+    fn what_the_relay_holds_is_sent_when_its_runtime_drops_it() {
+        let rt = multi_thread(1);
+        let relay = ReplyRelay::default();
+        {
+            let _in = rt.enter();
+            relay.ensure();
+        }
+        let (hold, release) = std::sync::mpsc::channel::<()>();
+        let (busy_tx, busy) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = busy_tx.send(());
+            let _ = release.recv();
+        });
+        busy.recv().expect("worker busy");
+        let (big, big_rx) = replies(RELAY_FROM);
+        relay.send(big);
+        // The runtime goes while the relay holds the batch: sent by a last poll or as the
+        // task is dropped (the test below drops one unpolled).
+        rt.shutdown_background();
+        drop(hold);
+        for rx in big_rx {
+            assert!(rx.blocking_recv().expect("not dropped").is_ok());
+        }
+        assert_eq!(relay.held.load(Ordering::Acquire), 0);
+        // The relay is gone: the next batch goes here.
+        let (big, big_rx) = replies(RELAY_FROM);
+        relay.send(big);
+        for mut rx in big_rx {
+            assert!(rx.try_recv().expect("answered here").is_ok());
+        }
+    }
+
+    #[test]
+    fn a_relay_dropped_unpolled_sends_what_it_holds() {
+        // What a runtime shutting down does to the relay's task: drops it, whatever its
+        // channel holds.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let held = Arc::new(AtomicU64::new(2));
+        let relay = Relay {
+            rx,
+            held: held.clone(),
+        };
+        let (first, first_rx) = replies(3);
+        let (second, second_rx) = replies(1);
+        assert!(tx.send(first).is_ok() && tx.send(second).is_ok());
+        drop(relay);
+        for mut rx in first_rx.into_iter().chain(second_rx) {
+            assert!(rx.try_recv().expect("sent, not dropped").is_ok());
+        }
+        assert_eq!(held.load(Ordering::Acquire), 0);
+        assert!(
+            tx.send(Vec::new()).is_err(),
+            "a dropped relay takes nothing more"
         );
     }
 
