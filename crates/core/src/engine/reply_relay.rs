@@ -178,15 +178,19 @@ mod tests {
             .expect("runtime")
     }
 
-    #[test]
-    fn a_small_batch_waits_behind_the_batches_the_relay_holds() {
+    /// A relay on a runtime whose only worker is kept busy (the relay cannot run) until the
+    /// sender returned is dropped.
+    fn relay_on_a_busy_runtime() -> (
+        tokio::runtime::Runtime,
+        ReplyRelay,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let rt = multi_thread(1);
         let relay = ReplyRelay::default();
         {
             let _in = rt.enter();
             relay.ensure();
         }
-        // The runtime's only worker is kept busy: the relay cannot run.
         let (hold, release) = std::sync::mpsc::channel::<()>();
         let (busy_tx, busy) = std::sync::mpsc::channel();
         rt.spawn(async move {
@@ -194,6 +198,12 @@ mod tests {
             let _ = release.recv();
         });
         busy.recv().expect("worker busy");
+        (rt, relay, hold)
+    }
+
+    #[test]
+    fn a_small_batch_waits_behind_the_batches_the_relay_holds() {
+        let (_rt, relay, hold) = relay_on_a_busy_runtime();
 
         let (big, mut big_rx) = replies(RELAY_FROM);
         relay.send(big);
@@ -224,19 +234,7 @@ mod tests {
 
     #[test]
     fn what_the_relay_holds_is_sent_when_its_runtime_drops_it() {
-        let rt = multi_thread(1);
-        let relay = ReplyRelay::default();
-        {
-            let _in = rt.enter();
-            relay.ensure();
-        }
-        let (hold, release) = std::sync::mpsc::channel::<()>();
-        let (busy_tx, busy) = std::sync::mpsc::channel();
-        rt.spawn(async move {
-            let _ = busy_tx.send(());
-            let _ = release.recv();
-        });
-        busy.recv().expect("worker busy");
+        let (rt, relay, hold) = relay_on_a_busy_runtime();
         let (big, big_rx) = replies(RELAY_FROM);
         relay.send(big);
         // The runtime goes while the relay holds the batch: sent by a last poll or as the
