@@ -896,6 +896,15 @@ enum ReplyTo {
 }
 
 impl ReplyTo {
+    /// The reply that answers this proposal with what applying its entries did (one for
+    /// `One`).
+    fn answered(self, mut applied: Vec<Applied>) -> Option<reply_relay::Reply> {
+        match self {
+            ReplyTo::One(tx) => applied.pop().map(|a| reply_relay::Reply::One(tx, Ok(a))),
+            ReplyTo::Many(tx) => Some(reply_relay::Reply::Many(tx, Ok(applied))),
+        }
+    }
+
     /// The reply that fails this proposal with `e`.
     fn failed(self, e: EngineError) -> reply_relay::Reply {
         match self {
@@ -2510,15 +2519,7 @@ impl Inner {
                 }
                 mine.push(applied);
             }
-            match reply {
-                Some(ReplyTo::One(tx)) => {
-                    if let Some(applied) = mine.pop() {
-                        answers.push(reply_relay::Reply::One(tx, Ok(applied)));
-                    }
-                }
-                Some(ReplyTo::Many(tx)) => answers.push(reply_relay::Reply::Many(tx, Ok(mine))),
-                None => {}
-            }
+            answers.extend(reply.and_then(|r| r.answered(mine)));
         }
         self.relay.send(answers);
         Ok(())
